@@ -1,0 +1,85 @@
+//! sotto's end-to-end cryptography.
+//!
+//! Everything a sotto client needs so that the relay it talks through can
+//! neither read nor forge what it carries: identities, their fingerprints
+//! and safety numbers, the passphrase-encrypted identity file, pairwise
+//! session keys, and the sealing and opening of messages.
+//!
+//! # Design
+//!
+//! - An [`Identity`] is two RSA-3072 key pairs: RSA-OAEP-SHA256 for
+//!   receiving session keys and RSA-PSS-SHA256 for signing. Its
+//!   [`Fingerprint`] is SHA-256 over both public keys; two people compare a
+//!   [`SafetyNumber`] (or its QR code) to verify each other.
+//! - RSA only runs at session set-up. A sender starts a [`SendingSession`]
+//!   with a fresh 256-bit key per recipient, wrapped with OAEP (the
+//!   [`SessionContext`] is the label) and signed with PSS over the full
+//!   context: an [`Announcement`]. The recipient verifies the signature
+//!   before any RSA decryption ([`Identity::accept`]).
+//! - Each message is one AES-256-GCM body under a fresh content key
+//!   (committed to in the header), plus an 80-byte [`KeySlot`] per recipient
+//!   sealing that content key under the pairwise session key, with the whole
+//!   message hashed into the slot's associated data. Slot nonces are the
+//!   sender's [`SequenceCounter`], persisted ahead of use.
+//! - Every failed check is the one opaque [`Error::DecryptionFailed`].
+//!
+//! docs/protocol.md in the repository gives every byte.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use sotto_crypto::{
+//!     Conversation, Identity, NoPersistence, PeerBody, ReplayWindow, SendingSession,
+//!     SequenceCounter, roster_digest,
+//! };
+//!
+//! # fn main() -> Result<(), sotto_crypto::Error> {
+//! let mut rng = rand::rng();
+//! let alice = Identity::generate()?;
+//! let bob = Identity::generate()?;
+//! let room = Conversation::room("lobby");
+//! let roster = roster_digest([alice.fingerprint(), bob.fingerprint()]);
+//!
+//! // Alice starts a session and announces its key to Bob.
+//! let (mut session, announcements) =
+//!     SendingSession::start(&mut rng, &alice, room.clone(), 1, 0, 0, &[bob.public()])?;
+//! let mut counter = SequenceCounter::resume(0, NoPersistence);
+//! let sealed = session.seal(&mut rng, &mut counter, 0, roster, b"hello")?;
+//!
+//! // Bob accepts the announcement (signature first), then opens the message.
+//! let receiving = bob.accept(&mut rng, &announcements[0], alice.public())?;
+//! let PeerBody::Message(body) = PeerBody::decode(&sealed.body)? else { unreachable!() };
+//! let opened = receiving.open(&room, &body, &sealed.slots[0].to_bytes())?;
+//! ReplayWindow::starting_at(0).accept(opened.seq)?;
+//! assert_eq!(&opened.plaintext[..], b"hello");
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod error;
+mod identity;
+mod keystore;
+mod message;
+mod replay;
+mod secret;
+mod session;
+mod wire;
+
+pub use error::{Error, Result};
+pub use identity::{
+    Fingerprint, Identity, PUBLIC_IDENTITY_VERSION, PublicIdentity, RSA_BITS, RSA_LEN, SafetyNumber,
+};
+pub use keystore::{IDENTITY_FILE_VERSION, KdfParams};
+pub use message::{
+    KeySlot, MAX_PLAINTEXT_LEN, MessageBody, MessageHeader, Opened, PAD_BLOCK, PEER_VERSION,
+    PeerBody, SLOT_LEN, SealedMessage, roster_digest,
+};
+pub use replay::{Arrival, REPLAY_WINDOW, ReplayWindow};
+pub use secret::{KEY_LEN, SessionKey};
+pub use session::{
+    Announcement, Conversation, CounterStore, FileCounterStore, MAX_MESSAGES_PER_SESSION,
+    MAX_SESSION_AGE, NoPersistence, ReceivingSession, SendingSession, SequenceCounter,
+    SessionContext, SessionId,
+};

@@ -1,0 +1,536 @@
+//! Sealing a message to every recipient of a session, and opening it.
+//!
+//! A message is one AES-256-GCM body under a fresh content key, plus one
+//! 80-byte key slot per recipient: the content key sealed under that
+//! recipient's pairwise session key. docs/protocol.md gives the exact bytes.
+
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::identity::{Fingerprint, len_u32};
+use crate::secret::{ContentKey, KEY_LEN};
+use crate::session::{
+    Announcement, Conversation, CounterStore, MAX_MESSAGES_PER_SESSION, ReceivingSession,
+    SendingSession, SequenceCounter, SessionId,
+};
+use crate::wire;
+
+/// Version of everything clients send each other inside the relay's frames.
+pub const PEER_VERSION: u8 = 1;
+/// Length of an encoded [`KeySlot`].
+pub const SLOT_LEN: usize = 32 + KEY_LEN + TAG_LEN;
+/// Plaintexts are padded to a multiple of this many bytes (after a 4-byte
+/// length), so the relay learns lengths only to this granularity.
+pub const PAD_BLOCK: usize = 64;
+/// Largest plaintext [`SendingSession::seal`] accepts.
+pub const MAX_PLAINTEXT_LEN: usize = 512 * 1024;
+
+const TAG_LEN: usize = 16;
+const MESSAGE_LABEL: &[u8] = b"sotto/v1/message\0";
+const COMMIT_LABEL: &[u8] = b"sotto/v1/commit\0";
+const SLOT_LABEL: &[u8] = b"sotto/v1/slot\0";
+const ROSTER_LABEL: &[u8] = b"sotto/v1/roster\0";
+/// postcard's variant index of [`PeerBody::Message`].
+const MESSAGE_VARIANT: u8 = 1;
+
+/// What one client sends another inside a relay frame's body: version byte
+/// [`PEER_VERSION`], then the postcard encoding of this enum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerBody<'a> {
+    /// A session key for the recipient.
+    Announcement(Announcement),
+    /// A sealed message's shared part.
+    Message(#[serde(borrow)] MessageBody<'a>),
+}
+
+impl<'a> PeerBody<'a> {
+    /// Encodes the body with its version byte.
+    pub fn encode(&self) -> Vec<u8> {
+        wire::encode_versioned(PEER_VERSION, self)
+    }
+
+    /// Decodes a body, borrowing the message bytes from `bytes`. Anything
+    /// malformed, trailing or of another version is
+    /// [`Error::DecryptionFailed`] (P11).
+    pub fn decode(bytes: &'a [u8]) -> Result<Self> {
+        match bytes.split_first() {
+            Some((&PEER_VERSION, rest)) => {
+                wire::decode_exact(rest).map_err(|()| Error::DecryptionFailed)
+            }
+            _ => Err(Error::DecryptionFailed),
+        }
+    }
+}
+
+/// The part of a sealed message every recipient gets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageBody<'a> {
+    /// The encoded [`MessageHeader`], exactly as authenticated.
+    #[serde(borrow)]
+    pub header: &'a [u8],
+    /// AES-256-GCM of the padded plaintext, tag appended.
+    #[serde(borrow)]
+    pub ciphertext: &'a [u8],
+}
+
+impl MessageBody<'_> {
+    /// Decodes the header (it is only authenticated once the message opens).
+    pub fn header(&self) -> Result<MessageHeader> {
+        wire::decode_exact(self.header).map_err(|()| Error::DecryptionFailed)
+    }
+}
+
+/// The authenticated, unencrypted header of a message (P4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageHeader {
+    /// [`PEER_VERSION`].
+    pub version: u8,
+    /// Where the message belongs.
+    pub conversation: Conversation,
+    /// Who sent it.
+    pub sender: Fingerprint,
+    /// The sender's session it was sealed in.
+    pub session_id: SessionId,
+    /// That session's epoch.
+    pub epoch: u32,
+    /// The sender's sequence number in this conversation.
+    pub seq: u64,
+    /// When it was sent, milliseconds since the Unix epoch (sender's clock).
+    pub sent_at_ms: u64,
+    /// The sender's view of the conversation's members ([`roster_digest`]).
+    pub roster: [u8; 32],
+    /// SHA-256 commitment to the content key (P8).
+    pub commitment: [u8; 32],
+}
+
+/// One recipient's key slot: the content key sealed under the pairwise
+/// session key. Encoded as 80 raw bytes: recipient fingerprint, encrypted
+/// key, tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySlot {
+    /// Whose slot this is.
+    pub recipient: Fingerprint,
+    /// The encrypted content key.
+    pub ciphertext: [u8; KEY_LEN],
+    /// Its AES-GCM tag.
+    pub tag: [u8; TAG_LEN],
+}
+
+impl KeySlot {
+    /// The 80-byte encoding.
+    pub fn to_bytes(&self) -> [u8; SLOT_LEN] {
+        let mut out = [0u8; SLOT_LEN];
+        let (recipient, rest) = out.split_at_mut(32);
+        let (ciphertext, tag) = rest.split_at_mut(KEY_LEN);
+        recipient.copy_from_slice(&self.recipient.0);
+        ciphertext.copy_from_slice(&self.ciphertext);
+        tag.copy_from_slice(&self.tag);
+        out
+    }
+
+    /// Decodes 80 bytes; any other length is [`Error::DecryptionFailed`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let bytes: &[u8; SLOT_LEN] = bytes.try_into().map_err(|_| Error::DecryptionFailed)?;
+        let (recipient, rest) = bytes.split_at(32);
+        let (ciphertext, tag) = rest.split_at(KEY_LEN);
+        let fail = |_| Error::DecryptionFailed;
+        Ok(Self {
+            recipient: Fingerprint(recipient.try_into().map_err(fail)?),
+            ciphertext: ciphertext.try_into().map_err(fail)?,
+            tag: tag.try_into().map_err(fail)?,
+        })
+    }
+}
+
+/// A sealed message: the shared body (an encoded [`PeerBody::Message`]) and
+/// one slot per recipient, ascending by fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedMessage {
+    /// Sequence number the message carries.
+    pub seq: u64,
+    /// The encoded body, for every recipient.
+    pub body: Vec<u8>,
+    /// One slot per recipient.
+    pub slots: Vec<KeySlot>,
+}
+
+/// A message that passed every check.
+#[derive(Debug)]
+pub struct Opened {
+    /// The sender's sequence number (order by it, not by arrival).
+    pub seq: u64,
+    /// The sender's clock at sending, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The sender's view of the members; compare with [`roster_digest`] of
+    /// your own view to detect a relay showing different rosters (P7).
+    pub roster: [u8; 32],
+    /// The plaintext, wiped when dropped.
+    pub plaintext: Zeroizing<Vec<u8>>,
+}
+
+/// Digest of a conversation's member set (sender included), in any order,
+/// duplicates ignored.
+pub fn roster_digest(members: impl IntoIterator<Item = Fingerprint>) -> [u8; 32] {
+    let mut members: Vec<Fingerprint> = members.into_iter().collect();
+    members.sort_unstable();
+    members.dedup();
+    let mut hash = Sha256::new_with_prefix(ROSTER_LABEL);
+    hash.update(len_u32(members.len()).to_be_bytes());
+    for member in &members {
+        hash.update(member.0);
+    }
+    hash.finalize().into()
+}
+
+fn commitment(key: &ContentKey) -> [u8; 32] {
+    Sha256::new_with_prefix(COMMIT_LABEL)
+        .chain_update(key.0)
+        .finalize()
+        .into()
+}
+
+/// Binds a slot to the whole message: header and ciphertext.
+fn message_digest(header: &[u8], ciphertext: &[u8]) -> [u8; 32] {
+    Sha256::new_with_prefix(MESSAGE_LABEL)
+        .chain_update(len_u32(header.len()).to_be_bytes())
+        .chain_update(header)
+        .chain_update(ciphertext)
+        .finalize()
+        .into()
+}
+
+fn slot_nonce(seq: u64) -> Nonce<aes_gcm::aead::consts::U12> {
+    let mut nonce = [0u8; 12];
+    let (_, counter) = nonce.split_at_mut(4);
+    counter.copy_from_slice(&seq.to_be_bytes());
+    Nonce::from(nonce)
+}
+
+fn slot_aad(digest: &[u8; 32], recipient: &Fingerprint) -> [u8; 78] {
+    let mut aad = [0u8; 78];
+    let (label, rest) = aad.split_at_mut(SLOT_LABEL.len());
+    label.copy_from_slice(SLOT_LABEL);
+    let (d, r) = rest.split_at_mut(32);
+    d.copy_from_slice(digest);
+    r.copy_from_slice(&recipient.0);
+    aad
+}
+
+/// The body's nonce: all zero. Safe because each content key encrypts
+/// exactly one body.
+const BODY_NONCE: [u8; 12] = [0; 12];
+
+/// Appends postcard's unsigned LEB128 varint of `value`.
+fn push_varint(out: &mut Vec<u8>, mut value: usize) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+impl SendingSession {
+    /// Seals `plaintext` to every recipient of this session under the next
+    /// number of `counter` (persisted first, P9).
+    ///
+    /// `sent_at_ms` is the sender's clock; `roster` is [`roster_digest`] of
+    /// the sender's view of the members.
+    pub fn seal<R: CryptoRng + ?Sized, S: CounterStore>(
+        &mut self,
+        rng: &mut R,
+        counter: &mut SequenceCounter<S>,
+        sent_at_ms: u64,
+        roster: [u8; 32],
+        plaintext: &[u8],
+    ) -> Result<SealedMessage> {
+        if self.sealed >= MAX_MESSAGES_PER_SESSION {
+            return Err(Error::SessionExhausted);
+        }
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(Error::InvalidParameter("plaintext too long"));
+        }
+        if counter.peek() < self.first_seq
+            || self.last_seq.is_some_and(|last| counter.peek() <= last)
+        {
+            return Err(Error::InvalidParameter(
+                "sequence counter behind this session",
+            ));
+        }
+        let seq = counter.next()?;
+        self.last_seq = Some(seq);
+        self.sealed += 1;
+
+        let mut key = ContentKey([0u8; KEY_LEN]);
+        rng.fill_bytes(&mut key.0);
+        let committed = commitment(&key);
+        self.seal_parts(seq, sent_at_ms, roster, plaintext, committed, &key, &key)
+    }
+
+    /// Builds the message. Production passes one key for the commitment, the
+    /// body and the slots; tests pass mismatched ones to show the
+    /// commitment check (P8) is what stops them.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_parts(
+        &self,
+        seq: u64,
+        sent_at_ms: u64,
+        roster: [u8; 32],
+        plaintext: &[u8],
+        committed: [u8; 32],
+        body_key: &ContentKey,
+        slot_key: &ContentKey,
+    ) -> Result<SealedMessage> {
+        let header = wire::encode(&MessageHeader {
+            version: PEER_VERSION,
+            conversation: self.conversation.clone(),
+            sender: self.sender,
+            session_id: self.session_id,
+            epoch: self.epoch,
+            seq,
+            sent_at_ms,
+            roster,
+            commitment: committed,
+        });
+
+        // Write the encoded PeerBody::Message directly, so the plaintext is
+        // copied once and encrypted in place: version, variant, header
+        // (length-prefixed), ciphertext (length-prefixed).
+        let padded_len = padded_len(plaintext.len());
+        let ciphertext_len = padded_len + TAG_LEN;
+        let mut body = Vec::with_capacity(header.len() + ciphertext_len + 16);
+        body.push(PEER_VERSION);
+        body.push(MESSAGE_VARIANT);
+        push_varint(&mut body, header.len());
+        body.extend_from_slice(&header);
+        push_varint(&mut body, ciphertext_len);
+        let start = body.len();
+        body.extend_from_slice(&len_u32(plaintext.len()).to_le_bytes());
+        body.extend_from_slice(plaintext);
+        body.resize(start + padded_len, 0);
+
+        let tag = Aes256Gcm::new(&body_key.0.into())
+            .encrypt_inout_detached(
+                &Nonce::from(BODY_NONCE),
+                &header,
+                body.get_mut(start..).unwrap_or_default().into(),
+            )
+            .map_err(|_| Error::InvalidParameter("plaintext too long"))?;
+        body.extend_from_slice(&tag);
+
+        let digest = message_digest(&header, body.get(start..).unwrap_or_default());
+        let nonce = slot_nonce(seq);
+        let mut slots = Vec::with_capacity(self.recipients.len());
+        for recipient in &self.recipients {
+            let mut ciphertext = slot_key.0;
+            let tag = recipient
+                .cipher
+                .encrypt_inout_detached(
+                    &nonce,
+                    &slot_aad(&digest, &recipient.fingerprint),
+                    ciphertext.as_mut_slice().into(),
+                )
+                .map_err(|_| Error::InvalidParameter("slot"))?;
+            slots.push(KeySlot {
+                recipient: recipient.fingerprint,
+                ciphertext,
+                tag: tag.into(),
+            });
+        }
+        Ok(SealedMessage { seq, body, slots })
+    }
+}
+
+fn padded_len(plaintext_len: usize) -> usize {
+    (4 + plaintext_len).div_ceil(PAD_BLOCK) * PAD_BLOCK
+}
+
+impl ReceivingSession {
+    /// Opens a message that arrived in `conversation` with this recipient's
+    /// `slot`.
+    ///
+    /// Every check must pass: the header's version, conversation, sender,
+    /// session and epoch match this session; the message is not this
+    /// recipient's own (no reflection); the slot is addressed here and opens
+    /// under the pairwise key with the whole message bound in; the content
+    /// key matches the header's commitment; the body opens. Any failure is
+    /// [`Error::DecryptionFailed`] (P11). Replay and order are the caller's
+    /// next step, with a [`crate::ReplayWindow`] per sender and conversation.
+    pub fn open(
+        &self,
+        conversation: &Conversation,
+        body: &MessageBody<'_>,
+        slot: &[u8],
+    ) -> Result<Opened> {
+        let header = body.header()?;
+        let context = &self.context;
+        let slot = KeySlot::from_bytes(slot)?;
+        let matches = header.version == PEER_VERSION
+            && header.conversation == *conversation
+            && header.conversation == context.conversation
+            && header.sender == context.sender
+            && header.sender != context.recipient
+            && header.session_id == context.session_id
+            && header.epoch == context.epoch
+            && header.seq >= context.first_seq
+            && slot.recipient == context.recipient
+            && body.ciphertext.len() >= TAG_LEN + PAD_BLOCK;
+        if !matches {
+            return Err(Error::DecryptionFailed);
+        }
+
+        let digest = message_digest(body.header, body.ciphertext);
+        let mut key = ContentKey(slot.ciphertext);
+        self.cipher
+            .decrypt_inout_detached(
+                &slot_nonce(header.seq),
+                &slot_aad(&digest, &slot.recipient),
+                key.0.as_mut_slice().into(),
+                &Tag::from(slot.tag),
+            )
+            .map_err(|_| Error::DecryptionFailed)?;
+        if !bool::from(commitment(&key).ct_eq(&header.commitment)) {
+            return Err(Error::DecryptionFailed);
+        }
+
+        let (ciphertext, tag) = body.ciphertext.split_at(body.ciphertext.len() - TAG_LEN);
+        let tag = Tag::try_from(tag).map_err(|_| Error::DecryptionFailed)?;
+        let mut plain = Zeroizing::new(ciphertext.to_vec());
+        Aes256Gcm::new(&key.0.into())
+            .decrypt_inout_detached(
+                &Nonce::from(BODY_NONCE),
+                body.header,
+                plain.as_mut_slice().into(),
+                &tag,
+            )
+            .map_err(|_| Error::DecryptionFailed)?;
+        let plaintext = unpad(plain)?;
+        Ok(Opened {
+            seq: header.seq,
+            sent_at_ms: header.sent_at_ms,
+            roster: header.roster,
+            plaintext,
+        })
+    }
+}
+
+/// Strips the length prefix and zero padding, refusing anything else.
+fn unpad(mut padded: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>> {
+    let (len, rest) = padded
+        .split_first_chunk::<4>()
+        .ok_or(Error::DecryptionFailed)?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).map_err(|_| Error::DecryptionFailed)?;
+    if padded.len() != padded_len(len) {
+        return Err(Error::DecryptionFailed);
+    }
+    let padding = rest.get(len..).ok_or(Error::DecryptionFailed)?;
+    if !bool::from(padding.ct_eq(&vec![0u8; padding.len()])) {
+        return Err(Error::DecryptionFailed);
+    }
+    padded.copy_within(4..4 + len, 0);
+    padded.truncate(len);
+    Ok(padded)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+    use crate::Identity;
+
+    fn pair() -> (SendingSession, ReceivingSession, Conversation) {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let alice = Identity::generate_from_rng(&mut rng).unwrap();
+        let bob = Identity::generate_from_rng(&mut rng).unwrap();
+        let room = Conversation::room("lobby");
+        let (session, announcements) =
+            SendingSession::start(&mut rng, &alice, room.clone(), 1, 0, 0, &[bob.public()])
+                .unwrap();
+        let receiving = bob
+            .accept(&mut rng, &announcements[0], alice.public())
+            .unwrap();
+        (session, receiving, room)
+    }
+
+    fn open(
+        receiving: &ReceivingSession,
+        room: &Conversation,
+        sealed: &SealedMessage,
+    ) -> Result<Vec<u8>> {
+        let PeerBody::Message(body) = PeerBody::decode(&sealed.body)? else {
+            return Err(Error::DecryptionFailed);
+        };
+        Ok(receiving
+            .open(room, &body, &sealed.slots[0].to_bytes())?
+            .plaintext
+            .to_vec())
+    }
+
+    #[test]
+    fn mismatched_key_commitment_is_rejected() {
+        let (session, receiving, room) = pair();
+        let committed = ContentKey([1; KEY_LEN]);
+        let used = ContentKey([2; KEY_LEN]);
+        // Control: a consistent message under `used` opens.
+        let honest = session
+            .seal_parts(0, 0, [0; 32], b"x", commitment(&used), &used, &used)
+            .unwrap();
+        assert_eq!(open(&receiving, &room, &honest).unwrap(), b"x");
+        // Body and slot agree on `used`, but the header commits to another
+        // key: what a sender would do to show two recipients two texts.
+        let split = session
+            .seal_parts(0, 0, [0; 32], b"x", commitment(&committed), &used, &used)
+            .unwrap();
+        assert!(matches!(
+            open(&receiving, &room, &split),
+            Err(Error::DecryptionFailed)
+        ));
+    }
+
+    #[test]
+    fn body_under_another_key_than_the_slot_is_rejected() {
+        let (session, receiving, room) = pair();
+        let slot_key = ContentKey([1; KEY_LEN]);
+        let body_key = ContentKey([2; KEY_LEN]);
+        let sealed = session
+            .seal_parts(
+                0,
+                0,
+                [0; 32],
+                b"x",
+                commitment(&slot_key),
+                &body_key,
+                &slot_key,
+            )
+            .unwrap();
+        assert!(matches!(
+            open(&receiving, &room, &sealed),
+            Err(Error::DecryptionFailed)
+        ));
+    }
+
+    #[test]
+    fn hand_written_body_encoding_matches_postcard() {
+        let (mut session, _, _) = pair();
+        let mut counter = SequenceCounter::resume(0, crate::NoPersistence);
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        for len in [0, 100, 200, 20_000] {
+            let sealed = session
+                .seal(&mut rng, &mut counter, 0, [0; 32], &vec![7; len])
+                .unwrap();
+            let decoded = PeerBody::decode(&sealed.body).unwrap();
+            assert_eq!(decoded.encode(), sealed.body, "length {len}");
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Pairwise sessions: announcing a session key to a peer, accepting one,
+//! and the sequence counter whose persistence keeps nonces unique (P9).
+
+use std::fmt;
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aes_gcm::{Aes256Gcm, KeyInit};
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::identity::{Fingerprint, Identity, PublicIdentity, RSA_LEN};
+use crate::secret::SessionKey;
+use crate::wire;
+
+const ANNOUNCE_LABEL: &[u8] = b"sotto/v1/announce\0";
+const WRAP_LABEL: &[u8] = b"sotto/v1/session-key\0";
+
+/// A sending session is rotated after this many messages (well before any
+/// AES-GCM limit: slot nonces are counters, so the bound is hygiene).
+pub const MAX_MESSAGES_PER_SESSION: u64 = 1 << 20;
+/// A sending session is rotated once it is this old.
+pub const MAX_SESSION_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Where a message belongs: a named room, or the direct conversation of two
+/// identities.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Conversation {
+    /// A room, by its name on the relay.
+    Room(String),
+    /// A direct conversation; the two fingerprints are in ascending order,
+    /// so both sides name it the same way (use [`Conversation::direct`]).
+    Direct(Fingerprint, Fingerprint),
+}
+
+impl Conversation {
+    /// The room called `name`.
+    pub fn room(name: impl Into<String>) -> Self {
+        Self::Room(name.into())
+    }
+
+    /// The direct conversation between `a` and `b`, in either order.
+    pub fn direct(a: Fingerprint, b: Fingerprint) -> Self {
+        if a <= b {
+            Self::Direct(a, b)
+        } else {
+            Self::Direct(b, a)
+        }
+    }
+}
+
+/// A random 128-bit session identifier.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    /// A fresh random id.
+    pub fn random<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        Self(id)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId(")?;
+        for b in self.0.iter().take(4) {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+/// Everything a session key is bound to: signed by the sender and used as
+/// the OAEP label, so a key cannot be moved to another conversation,
+/// direction, session or epoch (P3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionContext {
+    /// The conversation the session encrypts.
+    pub conversation: Conversation,
+    /// Who sends under this key.
+    pub sender: Fingerprint,
+    /// Who receives under this key.
+    pub recipient: Fingerprint,
+    /// The sender's session in this conversation.
+    pub session_id: SessionId,
+    /// Rotation counter of the sender in this conversation; strictly grows.
+    pub epoch: u32,
+    /// Sequence number of the first message sent in this session.
+    pub first_seq: u64,
+    /// When the session was made, seconds since the Unix epoch (sender's clock).
+    pub created_at: u64,
+}
+
+impl SessionContext {
+    fn label(&self) -> Vec<u8> {
+        let mut label = WRAP_LABEL.to_vec();
+        label.extend_from_slice(&wire::encode(self));
+        label
+    }
+}
+
+/// A session key for one recipient: wrapped to the recipient's OAEP key and
+/// signed, with its context, by the sender's PSS key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// What the key is bound to.
+    pub context: SessionContext,
+    /// RSA-OAEP-SHA256 of the 32-byte key, label `sotto/v1/session-key\0 || postcard(context)`.
+    pub wrapped_key: Vec<u8>,
+    /// RSA-PSS-SHA256 over `sotto/v1/announce\0 || postcard((context, wrapped_key))`.
+    pub signature: Vec<u8>,
+}
+
+fn announcement_transcript(context: &SessionContext, wrapped_key: &[u8]) -> Vec<u8> {
+    let mut message = ANNOUNCE_LABEL.to_vec();
+    message.extend_from_slice(&wire::encode(&(context, wrapped_key)));
+    message
+}
+
+/// One recipient of a sending session.
+pub(crate) struct SlotKey {
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) cipher: Aes256Gcm,
+}
+
+/// The sending side of a session: one pairwise key per recipient.
+pub struct SendingSession {
+    pub(crate) conversation: Conversation,
+    pub(crate) sender: Fingerprint,
+    pub(crate) session_id: SessionId,
+    pub(crate) epoch: u32,
+    pub(crate) first_seq: u64,
+    pub(crate) created_at: u64,
+    /// Sorted by fingerprint.
+    pub(crate) recipients: Vec<SlotKey>,
+    pub(crate) last_seq: Option<u64>,
+    pub(crate) sealed: u64,
+}
+
+impl SendingSession {
+    /// Starts a session in `conversation` at `epoch`, whose first message will
+    /// carry `first_seq`, with a fresh key for each of `recipients`; returns
+    /// it with one signed [`Announcement`] per recipient to deliver.
+    ///
+    /// Each announcement costs one OAEP encryption and one PSS signature.
+    pub fn start<R: CryptoRng + ?Sized>(
+        rng: &mut R,
+        sender: &Identity,
+        conversation: Conversation,
+        epoch: u32,
+        first_seq: u64,
+        created_at: u64,
+        recipients: &[&PublicIdentity],
+    ) -> Result<(Self, Vec<Announcement>)> {
+        let session_id = SessionId::random(rng);
+        let mut keys = Vec::with_capacity(recipients.len());
+        let mut announcements = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            if recipient.fingerprint() == sender.fingerprint() {
+                return Err(Error::InvalidParameter(
+                    "a session cannot be sent to oneself",
+                ));
+            }
+            let context = SessionContext {
+                conversation: conversation.clone(),
+                sender: sender.fingerprint(),
+                recipient: recipient.fingerprint(),
+                session_id,
+                epoch,
+                first_seq,
+                created_at,
+            };
+            let key = SessionKey::random(rng);
+            announcements.push(sender.announce(rng, recipient, context, &key)?);
+            keys.push(SlotKey {
+                fingerprint: recipient.fingerprint(),
+                cipher: cipher_for(&key),
+            });
+        }
+        keys.sort_by_key(|k| k.fingerprint);
+        if keys
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if a.fingerprint == b.fingerprint))
+        {
+            return Err(Error::InvalidParameter("duplicate recipient"));
+        }
+        let session = Self {
+            conversation,
+            sender: sender.fingerprint(),
+            session_id,
+            epoch,
+            first_seq,
+            created_at,
+            recipients: keys,
+            last_seq: None,
+            sealed: 0,
+        };
+        Ok((session, announcements))
+    }
+
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The conversation.
+    pub fn conversation(&self) -> &Conversation {
+        &self.conversation
+    }
+
+    /// Fingerprints of the recipients, ascending.
+    pub fn recipients(&self) -> impl Iterator<Item = Fingerprint> + '_ {
+        self.recipients.iter().map(|k| k.fingerprint)
+    }
+
+    /// Whether the session should be replaced before sending again: it has
+    /// sealed [`MAX_MESSAGES_PER_SESSION`] messages or is older than
+    /// [`MAX_SESSION_AGE`] at `now` (seconds since the Unix epoch).
+    pub fn needs_rotation(&self, now: u64) -> bool {
+        self.sealed >= MAX_MESSAGES_PER_SESSION
+            || now.saturating_sub(self.created_at) >= MAX_SESSION_AGE.as_secs()
+    }
+}
+
+impl fmt::Debug for SendingSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendingSession")
+            .field("conversation", &self.conversation)
+            .field("session_id", &self.session_id)
+            .field("epoch", &self.epoch)
+            .field("recipients", &self.recipients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiving side of one pairwise session.
+pub struct ReceivingSession {
+    pub(crate) context: SessionContext,
+    pub(crate) cipher: Aes256Gcm,
+}
+
+impl ReceivingSession {
+    /// What the session key is bound to.
+    pub fn context(&self) -> &SessionContext {
+        &self.context
+    }
+}
+
+impl fmt::Debug for ReceivingSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceivingSession")
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn cipher_for(key: &SessionKey) -> Aes256Gcm {
+    Aes256Gcm::new(key.expose_secret().into())
+}
+
+impl Identity {
+    /// Wraps `key` to `recipient` and signs it with its full `context`.
+    pub fn announce<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        recipient: &PublicIdentity,
+        context: SessionContext,
+        key: &SessionKey,
+    ) -> Result<Announcement> {
+        if context.sender != self.fingerprint() || context.recipient != recipient.fingerprint() {
+            return Err(Error::InvalidParameter(
+                "context does not name sender and recipient",
+            ));
+        }
+        let wrapped_key = recipient.wrap_session_key(rng, context.label(), key)?;
+        let signature = self.sign(rng, &announcement_transcript(&context, &wrapped_key))?;
+        Ok(Announcement {
+            context,
+            wrapped_key,
+            signature,
+        })
+    }
+
+    /// Accepts an announcement from `sender` addressed to this identity.
+    ///
+    /// Checks, in order: the context names `sender` and this identity, the
+    /// sizes are those of RSA-3072, and the sender's PSS signature verifies.
+    /// Only then is the key decrypted (with blinding), so forged or
+    /// unsigned wraps never reach RSA decryption (P3). Every failure is
+    /// [`Error::DecryptionFailed`] (P11).
+    ///
+    /// The caller still decides whether the session is welcome: that
+    /// `sender` belongs in `context.conversation` and that `context.epoch`
+    /// is newer than the sender's current one (no rollback).
+    pub fn accept<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        announcement: &Announcement,
+        sender: &PublicIdentity,
+    ) -> Result<ReceivingSession> {
+        let context = &announcement.context;
+        let well_formed = context.sender == sender.fingerprint()
+            && context.recipient == self.fingerprint()
+            && context.sender != context.recipient
+            && announcement.wrapped_key.len() == RSA_LEN
+            && announcement.signature.len() == RSA_LEN;
+        if !well_formed {
+            return Err(Error::DecryptionFailed);
+        }
+        sender.verify(
+            &announcement_transcript(context, &announcement.wrapped_key),
+            &announcement.signature,
+        )?;
+        let key = self.unwrap_session_key(rng, context.label(), &announcement.wrapped_key)?;
+        Ok(ReceivingSession {
+            context: context.clone(),
+            cipher: cipher_for(&key),
+        })
+    }
+}
+
+/// Durable storage for a [`SequenceCounter`]: the write-ahead hook of P9.
+pub trait CounterStore {
+    /// Records durably that sequence numbers below `limit` may have been
+    /// used. Must not return `Ok` before the value is on stable storage.
+    fn persist(&mut self, limit: u64) -> std::io::Result<()>;
+}
+
+/// A [`CounterStore`] that keeps nothing: for tests and throw-away sessions.
+#[derive(Debug, Default)]
+pub struct NoPersistence;
+
+impl CounterStore for NoPersistence {
+    fn persist(&mut self, _limit: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`CounterStore`] in a small file (8 bytes, little-endian), replaced
+/// atomically and synced on every reservation.
+#[derive(Debug)]
+pub struct FileCounterStore {
+    path: PathBuf,
+}
+
+impl FileCounterStore {
+    /// Uses the file at `path` (it need not exist yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The limit stored in the file, or 0 if there is no file yet.
+    pub fn load(&self) -> Result<u64> {
+        match fs::read(&self.path) {
+            Ok(bytes) => {
+                let bytes: [u8; 8] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::InvalidParameter("counter file is not 8 bytes"))?;
+                Ok(u64::from_le_bytes(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl CounterStore for FileCounterStore {
+    fn persist(&mut self, limit: u64) -> std::io::Result<()> {
+        crate::keystore::write_private_file(&self.path, &limit.to_le_bytes()).map_err(|e| match e {
+            Error::Io(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })
+    }
+}
+
+/// The per-conversation message sequence of one sender, which also numbers
+/// the AES-GCM nonces of its key slots.
+///
+/// Numbers are reserved in blocks: before the first number of a block is
+/// handed out, the end of the block is persisted through the
+/// [`CounterStore`]. After a crash the counter resumes at the persisted
+/// limit, skipping the unused rest of the block but never reusing a number
+/// (P9).
+#[derive(Debug)]
+pub struct SequenceCounter<S> {
+    next: u64,
+    reserved: u64,
+    block: u64,
+    store: S,
+}
+
+impl<S: CounterStore> SequenceCounter<S> {
+    /// Numbers reserved per write to the store.
+    pub const DEFAULT_BLOCK: u64 = 64;
+
+    /// Resumes from `persisted`, the last limit the store recorded (0 for a
+    /// new conversation).
+    pub fn resume(persisted: u64, store: S) -> Self {
+        Self::with_block(persisted, store, Self::DEFAULT_BLOCK)
+    }
+
+    /// Like [`SequenceCounter::resume`] with `block` numbers per reservation
+    /// (1 persists before every message).
+    pub fn with_block(persisted: u64, store: S, block: u64) -> Self {
+        Self {
+            next: persisted,
+            reserved: persisted,
+            block: block.max(1),
+            store,
+        }
+    }
+
+    /// The number the next call to [`SequenceCounter::next`] returns.
+    pub fn peek(&self) -> u64 {
+        self.next
+    }
+
+    /// Hands out the next number, persisting a new reservation first when
+    /// the current one is used up. If persisting fails, nothing is handed
+    /// out.
+    #[allow(clippy::should_implement_trait)] // fallible, unlike Iterator::next
+    pub fn next(&mut self) -> Result<u64> {
+        if self.next == u64::MAX {
+            return Err(Error::CounterExhausted);
+        }
+        if self.next >= self.reserved {
+            let limit = self.next.saturating_add(self.block);
+            self.store.persist(limit)?;
+            self.reserved = limit;
+        }
+        let seq = self.next;
+        self.next += 1;
+        Ok(seq)
+    }
+}

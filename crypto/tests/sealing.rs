@@ -1,0 +1,333 @@
+//! Sessions, sealing and opening, with the checks that defend P2-P5, P8, P11.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests
+
+mod common;
+
+use common::{people, rng};
+use proptest::prelude::*;
+use sotto_crypto::{
+    Arrival, Conversation, Error, NoPersistence, PeerBody, ReceivingSession, ReplayWindow,
+    SealedMessage, SendingSession, SequenceCounter, roster_digest,
+};
+
+struct Dm {
+    room: Conversation,
+    session: SendingSession,
+    counter: SequenceCounter<NoPersistence>,
+    bob: ReceivingSession,
+    carol: ReceivingSession,
+}
+
+/// Alice sends in a room with Bob and Carol.
+fn room_with_bob_and_carol(name: &str) -> Dm {
+    let p = people();
+    let mut rng = rng();
+    let room = Conversation::room(name);
+    let (session, announcements) = SendingSession::start(
+        &mut rng,
+        &p.alice,
+        room.clone(),
+        1,
+        0,
+        1_700_000_000,
+        &[p.bob.public(), p.carol.public()],
+    )
+    .unwrap();
+    let to = |fp| {
+        announcements
+            .iter()
+            .find(|a| a.context.recipient == fp)
+            .unwrap()
+    };
+    let bob = p
+        .bob
+        .accept(&mut rng, to(p.bob.fingerprint()), p.alice.public())
+        .unwrap();
+    let carol = p
+        .carol
+        .accept(&mut rng, to(p.carol.fingerprint()), p.alice.public())
+        .unwrap();
+    Dm {
+        room,
+        session,
+        counter: SequenceCounter::resume(0, NoPersistence),
+        bob,
+        carol,
+    }
+}
+
+fn seal(dm: &mut Dm, text: &[u8]) -> SealedMessage {
+    let p = people();
+    let roster = roster_digest([
+        p.alice.fingerprint(),
+        p.bob.fingerprint(),
+        p.carol.fingerprint(),
+    ]);
+    dm.session
+        .seal(&mut rng(), &mut dm.counter, 1_700_000_000_000, roster, text)
+        .unwrap()
+}
+
+fn slot_for(sealed: &SealedMessage, who: sotto_crypto::Fingerprint) -> [u8; 80] {
+    sealed
+        .slots
+        .iter()
+        .find(|s| s.recipient == who)
+        .unwrap()
+        .to_bytes()
+}
+
+fn open(
+    session: &ReceivingSession,
+    room: &Conversation,
+    body: &[u8],
+    slot: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let PeerBody::Message(message) = PeerBody::decode(body)? else {
+        return Err(Error::DecryptionFailed);
+    };
+    Ok(session.open(room, &message, slot)?.plaintext.to_vec())
+}
+
+fn assert_opaque(result: Result<Vec<u8>, Error>) {
+    assert!(matches!(result, Err(Error::DecryptionFailed)), "{result:?}");
+}
+
+#[test]
+fn every_recipient_opens_the_same_plaintext() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let sealed = seal(&mut dm, b"hello, room");
+    assert_eq!(sealed.slots.len(), 2);
+    for (session, who) in [
+        (&dm.bob, p.bob.fingerprint()),
+        (&dm.carol, p.carol.fingerprint()),
+    ] {
+        let text = open(session, &dm.room, &sealed.body, &slot_for(&sealed, who)).unwrap();
+        assert_eq!(text, b"hello, room");
+    }
+}
+
+#[test]
+fn empty_and_block_sized_plaintexts_round_trip() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    for len in [0, 1, 59, 60, 61, 64, 1000, 65536] {
+        let text = vec![0x5a; len];
+        let sealed = seal(&mut dm, &text);
+        let got = open(
+            &dm.bob,
+            &dm.room,
+            &sealed.body,
+            &slot_for(&sealed, p.bob.fingerprint()),
+        );
+        assert_eq!(got.unwrap(), text, "length {len}");
+    }
+}
+
+#[test]
+fn flipped_bit_anywhere_in_body_is_rejected() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let sealed = seal(&mut dm, b"do not touch");
+    let slot = slot_for(&sealed, p.bob.fingerprint());
+    for bit in 0..sealed.body.len() * 8 {
+        let mut body = sealed.body.clone();
+        body[bit / 8] ^= 1 << (bit % 8);
+        assert_opaque(open(&dm.bob, &dm.room, &body, &slot));
+    }
+}
+
+#[test]
+fn flipped_bit_anywhere_in_slot_is_rejected() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let sealed = seal(&mut dm, b"do not touch");
+    let slot = slot_for(&sealed, p.bob.fingerprint());
+    for bit in 0..slot.len() * 8 {
+        let mut bad = slot;
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert_opaque(open(&dm.bob, &dm.room, &sealed.body, &bad));
+    }
+}
+
+#[test]
+fn truncated_body_or_slot_is_rejected() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let sealed = seal(&mut dm, b"whole");
+    let slot = slot_for(&sealed, p.bob.fingerprint());
+    for len in 0..sealed.body.len() {
+        assert_opaque(open(&dm.bob, &dm.room, &sealed.body[..len], &slot));
+    }
+    for len in 0..slot.len() {
+        assert_opaque(open(&dm.bob, &dm.room, &sealed.body, &slot[..len]));
+    }
+    let mut longer = sealed.body.clone();
+    longer.push(0);
+    assert_opaque(open(&dm.bob, &dm.room, &longer, &slot));
+}
+
+#[test]
+fn wrong_recipient_cannot_use_anothers_slot() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let sealed = seal(&mut dm, b"for carol's eyes");
+    let carols_slot = slot_for(&sealed, p.carol.fingerprint());
+    assert_opaque(open(&dm.bob, &dm.room, &sealed.body, &carols_slot));
+    // Even relabelled as Bob's, Carol's slot does not open under Bob's key.
+    let mut relabelled = carols_slot;
+    relabelled[..32].copy_from_slice(p.bob.fingerprint().as_bytes());
+    assert_opaque(open(&dm.bob, &dm.room, &sealed.body, &relabelled));
+}
+
+#[test]
+fn slot_spliced_from_another_message_is_rejected() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let first = seal(&mut dm, b"first");
+    let second = seal(&mut dm, b"second");
+    let slot_of_first = slot_for(&first, p.bob.fingerprint());
+    assert_opaque(open(&dm.bob, &dm.room, &second.body, &slot_of_first));
+}
+
+#[test]
+fn body_moved_to_another_room_is_rejected() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let sealed = seal(&mut dm, b"lobby only");
+    let slot = slot_for(&sealed, p.bob.fingerprint());
+    assert_opaque(open(
+        &dm.bob,
+        &Conversation::room("elsewhere"),
+        &sealed.body,
+        &slot,
+    ));
+}
+
+#[test]
+fn message_spliced_across_sessions_is_rejected() {
+    let p = people();
+    let mut lobby = room_with_bob_and_carol("lobby");
+    let other = room_with_bob_and_carol("lobby"); // a second session, same room
+    let sealed = seal(&mut lobby, b"session one");
+    let slot = slot_for(&sealed, p.bob.fingerprint());
+    assert_opaque(open(&other.bob, &lobby.room, &sealed.body, &slot));
+    // And a session from another room entirely.
+    let elsewhere = room_with_bob_and_carol("elsewhere");
+    assert_opaque(open(&elsewhere.bob, &lobby.room, &sealed.body, &slot));
+}
+
+#[test]
+fn message_reflected_back_to_its_sender_is_rejected() {
+    let p = people();
+    let mut rng = rng();
+    let dm = Conversation::direct(p.alice.fingerprint(), p.bob.fingerprint());
+    // Alice -> Bob and Bob -> Alice sessions in the same DM.
+    let (mut to_bob, ann) =
+        SendingSession::start(&mut rng, &p.alice, dm.clone(), 1, 0, 0, &[p.bob.public()]).unwrap();
+    let _ = p.bob.accept(&mut rng, &ann[0], p.alice.public()).unwrap();
+    let (_, ann) =
+        SendingSession::start(&mut rng, &p.bob, dm.clone(), 1, 0, 0, &[p.alice.public()]).unwrap();
+    let alice_from_bob = p.alice.accept(&mut rng, &ann[0], p.bob.public()).unwrap();
+
+    let mut counter = SequenceCounter::resume(0, NoPersistence);
+    let roster = roster_digest([p.alice.fingerprint(), p.bob.fingerprint()]);
+    let sealed = to_bob
+        .seal(&mut rng, &mut counter, 0, roster, b"mine")
+        .unwrap();
+    let slot = sealed.slots[0].to_bytes();
+    assert_opaque(open(&alice_from_bob, &dm, &sealed.body, &slot));
+    let mut readdressed = slot;
+    readdressed[..32].copy_from_slice(p.alice.fingerprint().as_bytes());
+    assert_opaque(open(&alice_from_bob, &dm, &sealed.body, &readdressed));
+}
+
+#[test]
+fn replayed_or_reordered_sequence_is_handled_by_the_window() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let messages: Vec<_> = (0..4)
+        .map(|i| seal(&mut dm, format!("m{i}").as_bytes()))
+        .collect();
+    let mut window = ReplayWindow::starting_at(dm.bob.context().first_seq);
+    let mut arrivals = Vec::new();
+    // Delivered as 0, 2, 1, 2 (replay), 3.
+    for i in [0, 2, 1, 2, 3] {
+        let sealed = &messages[i];
+        let PeerBody::Message(body) = PeerBody::decode(&sealed.body).unwrap() else {
+            panic!()
+        };
+        let opened = dm
+            .bob
+            .open(&dm.room, &body, &slot_for(sealed, p.bob.fingerprint()))
+            .unwrap();
+        assert_eq!(opened.seq, i as u64);
+        arrivals.push(window.accept(opened.seq).map_err(|e| e.to_string()));
+    }
+    assert_eq!(
+        arrivals,
+        vec![
+            Ok(Arrival::Newest { missing: 0 }),
+            Ok(Arrival::Newest { missing: 1 }),
+            Ok(Arrival::Late),
+            Err("decryption failed".to_string()),
+            Ok(Arrival::Newest { missing: 0 }),
+        ]
+    );
+}
+
+#[test]
+fn sealing_reuses_no_sequence_number() {
+    let mut dm = room_with_bob_and_carol("lobby");
+    let seqs: Vec<u64> = (0..10).map(|_| seal(&mut dm, b"x").seq).collect();
+    assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+    // A counter that went backwards (say, restored from an old backup) is refused.
+    dm.counter = SequenceCounter::resume(3, NoPersistence);
+    let roster = [0; 32];
+    let err = dm
+        .session
+        .seal(&mut rng(), &mut dm.counter, 0, roster, b"x")
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidParameter(_)), "{err:?}");
+}
+
+#[test]
+fn roster_digest_ignores_order_and_duplicates() {
+    let p = people();
+    let (a, b, c) = (
+        p.alice.fingerprint(),
+        p.bob.fingerprint(),
+        p.carol.fingerprint(),
+    );
+    assert_eq!(roster_digest([a, b, c]), roster_digest([c, a, b, a]));
+    assert_ne!(roster_digest([a, b, c]), roster_digest([a, b]));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn seal_open_round_trips(text in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let p = people();
+        let mut dm = room_with_bob_and_carol("lobby");
+        let sealed = seal(&mut dm, &text);
+        for (session, who) in [(&dm.bob, p.bob.fingerprint()), (&dm.carol, p.carol.fingerprint())] {
+            let got = open(session, &dm.room, &sealed.body, &slot_for(&sealed, who)).unwrap();
+            prop_assert_eq!(&got, &text);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_open(body in proptest::collection::vec(any::<u8>(), 0..512),
+                                  slot in proptest::collection::vec(any::<u8>(), 80..=80)) {
+        let dm = room_with_bob_and_carol("lobby");
+        prop_assert!(open(&dm.bob, &dm.room, &body, &slot).is_err());
+    }
+}

@@ -1,0 +1,284 @@
+//! The frames exchanged between clients and the relay.
+//!
+//! # Compatibility
+//!
+//! Frames are encoded with postcard, which writes struct fields in
+//! declaration order and enum variants by their index in declaration order.
+//! The order of fields and variants is therefore part of the wire format:
+//! **never reorder, remove or insert** fields or variants. A change that
+//! does need to break the format bumps
+//! [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION). New variants may only be
+//! appended, and only together with a version bump, because an older peer
+//! refuses an unknown variant index as malformed.
+//!
+//! For the same reason these enums are not `#[non_exhaustive]`: both ends
+//! are built from this crate and are expected to match every variant.
+//!
+//! Byte fields ([`Bytes`]) are opaque to this crate and to the relay: they
+//! carry encoded identities, signatures and ciphertext that only
+//! `sotto-crypto` interprets.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::name::{RoomName, UserName};
+
+/// A frame sent by a client to the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// Answer to the relay's [`RelayFrame::Challenge`]: claim `name` for
+    /// `identity`.
+    Register {
+        /// The name to claim on this relay.
+        name: UserName,
+        /// An encoded sotto public identity (opaque here).
+        identity: Bytes,
+        /// A PSS signature over the registration transcript, as defined by
+        /// `sotto-crypto`.
+        proof: Bytes,
+    },
+    /// Join a room, creating it if needed.
+    Join {
+        /// The room to join.
+        room: RoomName,
+    },
+    /// Leave a room.
+    Leave {
+        /// The room to leave.
+        room: RoomName,
+    },
+    /// Ask for the list of rooms; answered by [`RelayFrame::Rooms`].
+    ListRooms,
+    /// Ask for the list of users; answered by [`RelayFrame::Users`].
+    ListUsers,
+    /// Ask the relay's directory for a user's identity; answered by
+    /// [`RelayFrame::Key`].
+    LookupKey {
+        /// The user to look up.
+        name: UserName,
+    },
+    /// Ciphertext to route. `route` is the routing header, the only part
+    /// the relay reads.
+    Send {
+        /// Where to deliver the message, and the request id to echo.
+        route: Route,
+        /// The ciphertext, forwarded untouched to every recipient.
+        body: Bytes,
+        /// The recipients' key slots; each recipient receives only its own.
+        slots: Vec<Slot>,
+    },
+    /// The client stored delivery `delivery`; the relay may forget it.
+    Ack {
+        /// The relay's id from [`RelayFrame::Deliver`].
+        delivery: u64,
+    },
+    /// Liveness check; the relay answers with [`RelayFrame::Pong`].
+    Ping {
+        /// An arbitrary value echoed in the answer.
+        nonce: u64,
+    },
+    /// Answer to a [`RelayFrame::Ping`].
+    Pong {
+        /// The nonce of the ping being answered.
+        nonce: u64,
+    },
+    /// Orderly goodbye.
+    Bye,
+}
+
+/// The routing header of a [`ClientFrame::Send`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Route {
+    /// A client-chosen request id, echoed in [`RelayFrame::Sent`] or
+    /// [`RelayFrame::Error`].
+    pub id: u64,
+    /// The recipient room or user.
+    pub to: Destination,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Destination {
+    /// Every member of a room.
+    Room(RoomName),
+    /// A single user.
+    User(UserName),
+}
+
+/// One recipient's key slot; the relay forwards to each recipient only its
+/// own slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// The recipient.
+    pub to: UserName,
+    /// The wrapped key material for that recipient (opaque here).
+    pub data: Bytes,
+}
+
+/// A frame sent by the relay to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayFrame {
+    /// First frame on every connection: a fresh 32-byte challenge to sign.
+    Challenge {
+        /// The random challenge.
+        nonce: [u8; 32],
+    },
+    /// The client's [`ClientFrame::Register`] succeeded.
+    Registered {
+        /// The name now bound to this connection.
+        name: UserName,
+    },
+    /// The client joined `room`.
+    Joined {
+        /// The room joined.
+        room: RoomName,
+        /// The room's members, including the client itself.
+        members: Vec<Member>,
+    },
+    /// The client left `room`.
+    Left {
+        /// The room left.
+        room: RoomName,
+    },
+    /// Answer to [`ClientFrame::ListRooms`].
+    Rooms {
+        /// The relay's rooms.
+        rooms: Vec<RoomInfo>,
+    },
+    /// Answer to [`ClientFrame::ListUsers`].
+    Users {
+        /// The relay's connected users.
+        users: Vec<UserInfo>,
+    },
+    /// Directory answer: a hint the client verifies, never trusts.
+    Key {
+        /// The user looked up.
+        name: UserName,
+        /// The identity the relay has for `name`, if any (opaque here).
+        identity: Option<Bytes>,
+    },
+    /// Routed ciphertext. `delivery` is the relay's id for
+    /// [`ClientFrame::Ack`] (offline queue).
+    Deliver {
+        /// The relay's id for this delivery.
+        delivery: u64,
+        /// The registered sender.
+        from: UserName,
+        /// The destination the sender addressed.
+        to: Destination,
+        /// The ciphertext, as sent.
+        body: Bytes,
+        /// This recipient's key slot, if the sender included one.
+        slot: Option<Bytes>,
+    },
+    /// A member of a room the client is in joined, left or disconnected.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// The member concerned.
+        user: UserName,
+        /// What happened.
+        event: PresenceEvent,
+        /// The member's identity (opaque here), sent when it joins.
+        identity: Option<Bytes>,
+    },
+    /// The [`ClientFrame::Send`] with this request id was accepted for
+    /// routing.
+    Sent {
+        /// The [`Route::id`] of the accepted send.
+        id: u64,
+    },
+    /// A request failed, or the connection is about to be closed.
+    Error {
+        /// The [`Route::id`] of the failed send, if the error concerns one.
+        id: Option<u64>,
+        /// What went wrong, for programs.
+        code: ErrorCode,
+        /// What went wrong, for people.
+        message: String,
+    },
+    /// Liveness check; the client answers with [`ClientFrame::Pong`].
+    Ping {
+        /// An arbitrary value echoed in the answer.
+        nonce: u64,
+    },
+    /// Answer to a [`ClientFrame::Ping`].
+    Pong {
+        /// The nonce of the ping being answered.
+        nonce: u64,
+    },
+    /// The relay is shutting down; reconnect later.
+    ShuttingDown,
+}
+
+/// A member of a room, in [`RelayFrame::Joined`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's name.
+    pub name: UserName,
+    /// The member's encoded public identity (opaque here).
+    pub identity: Bytes,
+}
+
+/// A room, in [`RelayFrame::Rooms`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// The room's name.
+    pub name: RoomName,
+    /// How many members it has.
+    pub members: u32,
+}
+
+/// A user, in [`RelayFrame::Users`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The user's name.
+    pub name: UserName,
+    /// The rooms the user is in.
+    pub rooms: Vec<RoomName>,
+}
+
+/// What happened to a room member, in [`RelayFrame::Presence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PresenceEvent {
+    /// The user joined the room.
+    Joined,
+    /// The user left the room.
+    Left,
+    /// The user's connection closed.
+    Disconnected,
+}
+
+/// Why a request failed, in [`RelayFrame::Error`].
+///
+/// Encoded by variant index like every enum here: append only, never
+/// reorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The client sent a frame that could not be decoded.
+    BadFrame,
+    /// The client speaks another protocol version.
+    UnsupportedVersion,
+    /// The request needs a registered name and the client has none.
+    NotRegistered,
+    /// The registration proof did not verify.
+    BadProof,
+    /// The name is registered to another identity.
+    NameTaken,
+    /// No such user.
+    NoSuchUser,
+    /// No such room.
+    NoSuchRoom,
+    /// The client is not a member of the room.
+    NotMember,
+    /// The client is sending too fast.
+    RateLimited,
+    /// The frame or message is too large.
+    TooLarge,
+    /// The recipient's offline queue is full.
+    QueueFull,
+    /// The relay is shutting down.
+    ShuttingDown,
+    /// The relay failed internally.
+    Internal,
+}
