@@ -1,1 +1,23 @@
-//! placeholder
+//! sotto's client library: identities, contacts, sessions and the
+//! connection to a relay, with no GUI dependency (the desktop app sits
+//! behind the `gui` feature).
+//!
+//! # Status
+//!
+//! This crate is a skeleton. The cryptography it will drive is
+//! [`sotto_crypto`] and the frames it will exchange with the relay are
+//! [`sotto_proto`]. The client state machine (`session::run`), the
+//! `sotto-cli` binary and the `sotto` GUI are the next pieces of work.
+//!
+//! # Example
+//!
+//! ```
+//! assert_eq!(sotto_client::PROTOCOL_VERSION, 1);
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+/// The relay protocol version this client speaks.
+pub const PROTOCOL_VERSION: u8 = sotto_proto::PROTOCOL_VERSION;
+/// The version of what clients send each other.
+pub const PEER_VERSION: u8 = sotto_crypto::PEER_VERSION;

@@ -80,6 +80,6 @@ pub use replay::{Arrival, REPLAY_WINDOW, ReplayWindow};
 pub use secret::{KEY_LEN, SessionKey};
 pub use session::{
     Announcement, Conversation, CounterStore, FileCounterStore, MAX_MESSAGES_PER_SESSION,
-    MAX_SESSION_AGE, NoPersistence, ReceivingSession, SendingSession, SequenceCounter,
-    SessionContext, SessionId,
+    MAX_SESSION_AGE, NoPersistence, ReceivingSession, SendingSession, SendingState,
+    SequenceCounter, SessionContext, SessionId,
 };

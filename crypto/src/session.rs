@@ -124,7 +124,44 @@ fn announcement_transcript(context: &SessionContext, wrapped_key: &[u8]) -> Vec<
 /// One recipient of a sending session.
 pub(crate) struct SlotKey {
     pub(crate) fingerprint: Fingerprint,
+    pub(crate) key: SessionKey,
     pub(crate) cipher: Aes256Gcm,
+}
+
+impl SlotKey {
+    fn new(fingerprint: Fingerprint, key: SessionKey) -> Self {
+        let cipher = cipher_for(&key);
+        Self {
+            fingerprint,
+            key,
+            cipher,
+        }
+    }
+}
+
+/// Everything needed to carry a [`SendingSession`] across a restart: the
+/// client stores it encrypted at rest. It holds key material: zeroized on
+/// drop, and its `Debug` shows no keys.
+#[derive(Debug)]
+pub struct SendingState {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The sender's fingerprint.
+    pub sender: Fingerprint,
+    /// The session id.
+    pub session_id: SessionId,
+    /// The epoch.
+    pub epoch: u32,
+    /// Sequence number of the session's first message.
+    pub first_seq: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: u64,
+    /// The last sequence number sealed, if any.
+    pub last_seq: Option<u64>,
+    /// How many messages were sealed.
+    pub sealed: u64,
+    /// One pairwise key per recipient.
+    pub keys: Vec<(Fingerprint, SessionKey)>,
 }
 
 /// The sending side of a session: one pairwise key per recipient.
@@ -156,6 +193,15 @@ impl SendingSession {
         created_at: u64,
         recipients: &[&PublicIdentity],
     ) -> Result<(Self, Vec<Announcement>)> {
+        let mut fingerprints: Vec<Fingerprint> =
+            recipients.iter().map(|r| r.fingerprint()).collect();
+        fingerprints.sort_unstable();
+        if fingerprints
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if a == b))
+        {
+            return Err(Error::InvalidParameter("duplicate recipient"));
+        }
         let session_id = SessionId::random(rng);
         let mut keys = Vec::with_capacity(recipients.len());
         let mut announcements = Vec::with_capacity(recipients.len());
@@ -176,30 +222,86 @@ impl SendingSession {
             };
             let key = SessionKey::random(rng);
             announcements.push(sender.announce(rng, recipient, context, &key)?);
-            keys.push(SlotKey {
-                fingerprint: recipient.fingerprint(),
-                cipher: cipher_for(&key),
-            });
+            keys.push((recipient.fingerprint(), key));
         }
-        keys.sort_by_key(|k| k.fingerprint);
-        if keys
-            .windows(2)
-            .any(|w| matches!(w, [a, b] if a.fingerprint == b.fingerprint))
-        {
-            return Err(Error::InvalidParameter("duplicate recipient"));
-        }
-        let session = Self {
+        let session = Self::restore(SendingState {
             conversation,
             sender: sender.fingerprint(),
             session_id,
             epoch,
             first_seq,
             created_at,
-            recipients: keys,
             last_seq: None,
             sealed: 0,
-        };
+            keys,
+        })?;
         Ok((session, announcements))
+    }
+
+    /// Rebuilds a session from state saved with [`SendingSession::export`].
+    pub fn restore(state: SendingState) -> Result<Self> {
+        let SendingState {
+            conversation,
+            sender,
+            session_id,
+            epoch,
+            first_seq,
+            created_at,
+            last_seq,
+            sealed,
+            keys,
+        } = state;
+        let mut recipients: Vec<SlotKey> = keys
+            .into_iter()
+            .map(|(fingerprint, key)| SlotKey::new(fingerprint, key))
+            .collect();
+        recipients.sort_by_key(|k| k.fingerprint);
+        if recipients
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if a.fingerprint == b.fingerprint))
+        {
+            return Err(Error::InvalidParameter("duplicate recipient"));
+        }
+        if recipients.iter().any(|k| k.fingerprint == sender) {
+            return Err(Error::InvalidParameter(
+                "a session cannot be sent to oneself",
+            ));
+        }
+        Ok(Self {
+            conversation,
+            sender,
+            session_id,
+            epoch,
+            first_seq,
+            created_at,
+            recipients,
+            last_seq,
+            sealed,
+        })
+    }
+
+    /// The session's state, keys included, for storage at rest.
+    pub fn export(&self) -> SendingState {
+        SendingState {
+            conversation: self.conversation.clone(),
+            sender: self.sender,
+            session_id: self.session_id,
+            epoch: self.epoch,
+            first_seq: self.first_seq,
+            created_at: self.created_at,
+            last_seq: self.last_seq,
+            sealed: self.sealed,
+            keys: self
+                .recipients
+                .iter()
+                .map(|k| {
+                    (
+                        k.fingerprint,
+                        SessionKey::from_bytes(*k.key.expose_secret()),
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// The session id.
@@ -245,10 +347,27 @@ impl fmt::Debug for SendingSession {
 /// The receiving side of one pairwise session.
 pub struct ReceivingSession {
     pub(crate) context: SessionContext,
+    pub(crate) key: SessionKey,
     pub(crate) cipher: Aes256Gcm,
 }
 
 impl ReceivingSession {
+    /// Rebuilds a session accepted earlier, from its context and the key
+    /// [`ReceivingSession::export_key`] gave.
+    pub fn restore(context: SessionContext, key: SessionKey) -> Self {
+        let cipher = cipher_for(&key);
+        Self {
+            context,
+            key,
+            cipher,
+        }
+    }
+
+    /// A copy of the session key, for storage at rest.
+    pub fn export_key(&self) -> SessionKey {
+        SessionKey::from_bytes(*self.key.expose_secret())
+    }
+
     /// What the session key is bound to.
     pub fn context(&self) -> &SessionContext {
         &self.context
@@ -321,10 +440,7 @@ impl Identity {
             &announcement.signature,
         )?;
         let key = self.unwrap_session_key(rng, context.label(), &announcement.wrapped_key)?;
-        Ok(ReceivingSession {
-            context: context.clone(),
-            cipher: cipher_for(&key),
-        })
+        Ok(ReceivingSession::restore(context.clone(), key))
     }
 }
 

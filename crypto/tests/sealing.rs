@@ -331,3 +331,21 @@ proptest! {
         prop_assert!(open(&dm.bob, &dm.room, &body, &slot).is_err());
     }
 }
+
+#[test]
+fn sessions_survive_export_and_restore() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let first = seal(&mut dm, b"before");
+    let state = dm.session.export();
+    assert!(
+        !format!("{state:?}").contains("key: ["),
+        "Debug shows no key bytes"
+    );
+    dm.session = SendingSession::restore(state).unwrap();
+    let second = seal(&mut dm, b"after");
+    assert_eq!(second.seq, first.seq + 1);
+    let bob = ReceivingSession::restore(dm.bob.context().clone(), dm.bob.export_key());
+    let slot = slot_for(&second, p.bob.fingerprint());
+    assert_eq!(open(&bob, &dm.room, &second.body, &slot).unwrap(), b"after");
+}
