@@ -77,7 +77,7 @@ fn seal(c: &mut Criterion) {
                     counter = SequenceCounter::resume(0, NoPersistence);
                 }
                 session
-                    .seal(&mut rng, &mut counter, 0, [0; 32], black_box(&text))
+                    .seal(&mut rng, &mut counter, 0, black_box(&text))
                     .unwrap()
             })
         });
@@ -96,7 +96,6 @@ fn open(c: &mut Criterion) {
                 &mut ChaCha20Rng::seed_from_u64(2),
                 &mut counter,
                 0,
-                [0; 32],
                 &vec![0x62; len],
             )
             .unwrap();
@@ -136,7 +135,7 @@ fn seal_64k_vs_raw(c: &mut Criterion) {
     group.bench_function("sotto_seal", |b| {
         b.iter(|| {
             session
-                .seal(&mut rng, &mut counter, 0, [0; 32], black_box(&text))
+                .seal(&mut rng, &mut counter, 0, black_box(&text))
                 .unwrap()
         })
     });

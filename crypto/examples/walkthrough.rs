@@ -60,8 +60,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
 
     let mut counter = SequenceCounter::resume(0, NoPersistence);
-    let roster = roster_digest([alice.fingerprint(), bob.fingerprint()]);
-    let sealed = session.seal(&mut rng, &mut counter, 0, roster, b"hello, bob")?;
+    let sealed = session.seal(&mut rng, &mut counter, 0, b"hello, bob")?;
     println!(
         "sealed 10 bytes: {}-byte body for everyone, {}-byte slot for bob",
         sealed.body.len(),
@@ -74,6 +73,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     let opened = from_alice.open(&room, &body, &slot)?;
     let mut window = ReplayWindow::starting_at(0);
+    let expected_roster = roster_digest([alice.fingerprint(), bob.fingerprint()]);
+    println!(
+        "the message commits to its readers, alice and bob: {}",
+        opened.roster == expected_roster
+    );
     println!(
         "bob opened seq {}: {:?} ({:?})",
         opened.seq,

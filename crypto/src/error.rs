@@ -20,7 +20,7 @@ pub enum Error {
     #[error("the identity file is corrupted or is not a sotto identity file")]
     CorruptIdentityFile,
     /// A format version this build does not know.
-    #[error("unsupported format version {0}")]
+    #[error("unsupported format version {0} (made by a newer sotto, or damaged)")]
     UnsupportedVersion(u8),
     /// Bytes that do not encode an acceptable sotto public identity
     /// (malformed, or not two RSA-3072 keys).

@@ -150,8 +150,9 @@ impl PublicIdentity {
         let enc = parse_public_key(wire.enc)?;
         let sig = parse_public_key(wire.sig)?;
         let identity = Self::from_keys(enc, sig)?;
-        // Re-encoding must give the same DER: one identity, one encoding.
-        if identity.enc_der != wire.enc || identity.sig_der != wire.sig {
+        // Re-encoding must give the same bytes (DER and postcard alike): one
+        // identity, one encoding.
+        if identity.to_bytes() != bytes {
             return Err(Error::InvalidPublicIdentity);
         }
         Ok(identity)
@@ -167,14 +168,16 @@ impl PublicIdentity {
         SafetyNumber::new(&self.fingerprint, &other.fingerprint)
     }
 
-    /// Checks a registration proof made by [`Identity::sign_registration`].
+    /// Checks a registration proof made by [`Identity::sign_registration`]
+    /// for the relay whose TLS certificate has SHA-256 `relay`.
     pub fn verify_registration(
         &self,
+        relay: &[u8; 32],
         challenge: &[u8; 32],
         name: &str,
         proof: &[u8],
     ) -> Result<()> {
-        let message = registration_transcript(challenge, name, &self.to_bytes());
+        let message = registration_transcript(relay, challenge, name, &self.to_bytes());
         self.verify(&message, proof)
             .map_err(|_| Error::InvalidSignature)
     }
@@ -295,14 +298,17 @@ impl Identity {
     }
 
     /// Proves possession of the signing key to a relay: a PSS signature over
-    /// the relay's challenge, the claimed name and this public identity.
+    /// the SHA-256 of the relay's TLS certificate (as pinned by the client),
+    /// the relay's challenge, the claimed name and this public identity. The
+    /// certificate hash keeps one relay from replaying the proof at another.
     pub fn sign_registration<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
+        relay: &[u8; 32],
         challenge: &[u8; 32],
         name: &str,
     ) -> Result<Vec<u8>> {
-        let message = registration_transcript(challenge, name, &self.public.to_bytes());
+        let message = registration_transcript(relay, challenge, name, &self.public.to_bytes());
         self.sign(rng, &message)
     }
 
@@ -439,9 +445,14 @@ fn fingerprint_of(enc_der: &[u8], sig_der: &[u8]) -> Fingerprint {
     Fingerprint(hash.finalize().into())
 }
 
-fn registration_transcript(challenge: &[u8; 32], name: &str, identity: &[u8]) -> Vec<u8> {
+fn registration_transcript(
+    relay: &[u8; 32],
+    challenge: &[u8; 32],
+    name: &str,
+    identity: &[u8],
+) -> Vec<u8> {
     let mut message = REGISTER_LABEL.to_vec();
-    message.extend_from_slice(&wire::encode(&(challenge, name, identity)));
+    message.extend_from_slice(&wire::encode(&(relay, challenge, name, identity)));
     message
 }
 

@@ -131,10 +131,16 @@ impl Identity {
         let cipher = derive_key(passphrase, &salt, &params)?;
 
         let [enc, sig] = self.to_pkcs8()?;
-        let mut buffer = Zeroizing::new(wire::encode(&SecretKeysWire {
-            enc_pkcs8: &enc,
-            sig_pkcs8: &sig,
-        }));
+        // Sized up front so the buffer holding the private keys never
+        // reallocates and leaves an unwiped copy behind.
+        let mut buffer = Zeroizing::new(Vec::with_capacity(enc.len() + sig.len() + 16));
+        wire::encode_into(
+            &SecretKeysWire {
+                enc_pkcs8: &enc,
+                sig_pkcs8: &sig,
+            },
+            &mut buffer,
+        );
 
         let mut out = Vec::with_capacity(HEADER_LEN + buffer.len() + TAG_LEN + CHECK_LEN);
         out.extend_from_slice(MAGIC);
@@ -162,6 +168,12 @@ impl Identity {
         if bytes.len() < MAGIC.len() + 1 || !bytes.starts_with(MAGIC) {
             return Err(Error::CorruptIdentityFile);
         }
+        // The version decides the rest of the layout, so it comes first.
+        match bytes.get(MAGIC.len()) {
+            Some(&IDENTITY_FILE_VERSION) => {}
+            Some(&other) => return Err(Error::UnsupportedVersion(other)),
+            None => return Err(Error::CorruptIdentityFile),
+        }
         let (body, check) = bytes
             .split_at_checked(bytes.len().saturating_sub(CHECK_LEN))
             .ok_or(Error::CorruptIdentityFile)?;
@@ -173,10 +185,6 @@ impl Identity {
         let (header, sealed) = body.split_at(HEADER_LEN);
         let field =
             |at: usize, len: usize| header.get(at..at + len).ok_or(Error::CorruptIdentityFile);
-        let version = *header.get(8).ok_or(Error::CorruptIdentityFile)?;
-        if version != IDENTITY_FILE_VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
         let cost = |at: usize| -> Result<u32> {
             let bytes: [u8; 4] = field(at, 4)?
                 .try_into()

@@ -38,19 +38,20 @@
 //! let alice = Identity::generate()?;
 //! let bob = Identity::generate()?;
 //! let room = Conversation::room("lobby");
-//! let roster = roster_digest([alice.fingerprint(), bob.fingerprint()]);
 //!
 //! // Alice starts a session and announces its key to Bob.
 //! let (mut session, announcements) =
 //!     SendingSession::start(&mut rng, &alice, room.clone(), 1, 0, 0, &[bob.public()])?;
 //! let mut counter = SequenceCounter::resume(0, NoPersistence);
-//! let sealed = session.seal(&mut rng, &mut counter, 0, roster, b"hello")?;
+//! let sealed = session.seal(&mut rng, &mut counter, 0, b"hello")?;
 //!
 //! // Bob accepts the announcement (signature first), then opens the message.
 //! let receiving = bob.accept(&mut rng, &announcements[0], alice.public())?;
 //! let PeerBody::Message(body) = PeerBody::decode(&sealed.body)? else { unreachable!() };
 //! let opened = receiving.open(&room, &body, &sealed.slots[0].to_bytes())?;
 //! ReplayWindow::starting_at(0).accept(opened.seq)?;
+//! // The header committed to who could read it: Alice and Bob.
+//! assert_eq!(opened.roster, roster_digest([alice.fingerprint(), bob.fingerprint()]));
 //! assert_eq!(&opened.plaintext[..], b"hello");
 //! # Ok(())
 //! # }

@@ -49,6 +49,17 @@ impl Conversation {
             Self::Direct(b, a)
         }
     }
+
+    /// Whether `sender` may send to `recipient` here: any two distinct
+    /// parties in a room (membership is the client's to judge), exactly the
+    /// two parties, in canonical order, in a direct conversation.
+    pub fn admits(&self, sender: Fingerprint, recipient: Fingerprint) -> bool {
+        sender != recipient
+            && match self {
+                Self::Room(_) => true,
+                Self::Direct(..) => *self == Self::direct(sender, recipient),
+            }
+    }
 }
 
 /// A random 128-bit session identifier.
@@ -174,6 +185,8 @@ pub struct SendingSession {
     pub(crate) created_at: u64,
     /// Sorted by fingerprint.
     pub(crate) recipients: Vec<SlotKey>,
+    /// [`crate::roster_digest`] of the sender and the recipients.
+    pub(crate) roster: [u8; 32],
     pub(crate) last_seq: Option<u64>,
     pub(crate) sealed: u64,
 }
@@ -206,9 +219,9 @@ impl SendingSession {
         let mut keys = Vec::with_capacity(recipients.len());
         let mut announcements = Vec::with_capacity(recipients.len());
         for recipient in recipients {
-            if recipient.fingerprint() == sender.fingerprint() {
+            if !conversation.admits(sender.fingerprint(), recipient.fingerprint()) {
                 return Err(Error::InvalidParameter(
-                    "a session cannot be sent to oneself",
+                    "recipient not admitted by the conversation",
                 ));
             }
             let context = SessionContext {
@@ -262,11 +275,15 @@ impl SendingSession {
         {
             return Err(Error::InvalidParameter("duplicate recipient"));
         }
-        if recipients.iter().any(|k| k.fingerprint == sender) {
+        if !recipients
+            .iter()
+            .all(|k| conversation.admits(sender, k.fingerprint))
+        {
             return Err(Error::InvalidParameter(
-                "a session cannot be sent to oneself",
+                "recipient not admitted by the conversation",
             ));
         }
+        let roster = crate::roster_digest(recipients.iter().map(|k| k.fingerprint).chain([sender]));
         Ok(Self {
             conversation,
             sender,
@@ -275,6 +292,7 @@ impl SendingSession {
             first_seq,
             created_at,
             recipients,
+            roster,
             last_seq,
             sealed,
         })
@@ -429,7 +447,9 @@ impl Identity {
         let context = &announcement.context;
         let well_formed = context.sender == sender.fingerprint()
             && context.recipient == self.fingerprint()
-            && context.sender != context.recipient
+            && context
+                .conversation
+                .admits(context.sender, context.recipient)
             && announcement.wrapped_key.len() == RSA_LEN
             && announcement.signature.len() == RSA_LEN;
         if !well_formed {
@@ -539,6 +559,14 @@ impl<S: CounterStore> SequenceCounter<S> {
     /// The number the next call to [`SequenceCounter::next`] returns.
     pub fn peek(&self) -> u64 {
         self.next
+    }
+
+    /// Persists exactly the next unused number, for a clean shutdown: the
+    /// next run resumes there and recipients see no gap.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.store.persist(self.next)?;
+        self.reserved = self.next;
+        Ok(())
     }
 
     /// Hands out the next number, persisting a new reservation first when

@@ -63,14 +63,8 @@ fn room_with_bob_and_carol(name: &str) -> Dm {
 }
 
 fn seal(dm: &mut Dm, text: &[u8]) -> SealedMessage {
-    let p = people();
-    let roster = roster_digest([
-        p.alice.fingerprint(),
-        p.bob.fingerprint(),
-        p.carol.fingerprint(),
-    ]);
     dm.session
-        .seal(&mut rng(), &mut dm.counter, 1_700_000_000_000, roster, text)
+        .seal(&mut rng(), &mut dm.counter, 1_700_000_000_000, text)
         .unwrap()
 }
 
@@ -238,10 +232,7 @@ fn message_reflected_back_to_its_sender_is_rejected() {
     let alice_from_bob = p.alice.accept(&mut rng, &ann[0], p.bob.public()).unwrap();
 
     let mut counter = SequenceCounter::resume(0, NoPersistence);
-    let roster = roster_digest([p.alice.fingerprint(), p.bob.fingerprint()]);
-    let sealed = to_bob
-        .seal(&mut rng, &mut counter, 0, roster, b"mine")
-        .unwrap();
+    let sealed = to_bob.seal(&mut rng, &mut counter, 0, b"mine").unwrap();
     let slot = sealed.slots[0].to_bytes();
     assert_opaque(open(&alice_from_bob, &dm, &sealed.body, &slot));
     let mut readdressed = slot;
@@ -290,10 +281,9 @@ fn sealing_reuses_no_sequence_number() {
     assert_eq!(seqs, (0..10).collect::<Vec<_>>());
     // A counter that went backwards (say, restored from an old backup) is refused.
     dm.counter = SequenceCounter::resume(3, NoPersistence);
-    let roster = [0; 32];
     let err = dm
         .session
-        .seal(&mut rng(), &mut dm.counter, 0, roster, b"x")
+        .seal(&mut rng(), &mut dm.counter, 0, b"x")
         .unwrap_err();
     assert!(matches!(err, Error::InvalidParameter(_)), "{err:?}");
 }
@@ -348,4 +338,89 @@ fn sessions_survive_export_and_restore() {
     let bob = ReceivingSession::restore(dm.bob.context().clone(), dm.bob.export_key());
     let slot = slot_for(&second, p.bob.fingerprint());
     assert_eq!(open(&bob, &dm.room, &second.body, &slot).unwrap(), b"after");
+}
+
+#[test]
+fn nothing_sent_contains_the_plaintext_or_a_key() {
+    let p = people();
+    let mut rng = rng();
+    let room = Conversation::room("lobby");
+    let (mut session, announcements) =
+        SendingSession::start(&mut rng, &p.alice, room, 1, 0, 0, &[p.bob.public()]).unwrap();
+    let marker = b"MARKER-PLAINTEXT-4f1c9a";
+    let sealed = session
+        .seal(
+            &mut rng,
+            &mut SequenceCounter::resume(0, NoPersistence),
+            0,
+            marker,
+        )
+        .unwrap();
+    let mut wire = sealed.body.clone();
+    wire.extend(sealed.slots.iter().flat_map(|s| s.to_bytes()));
+    for announcement in &announcements {
+        wire.extend(PeerBody::Announcement(announcement.clone()).encode());
+    }
+    let contains = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(marker), "plaintext on the wire (P1)");
+    for (_, key) in session.export().keys {
+        assert!(
+            !contains(key.expose_secret()),
+            "session key on the wire (P1)"
+        );
+    }
+}
+
+#[test]
+fn exhausted_session_refuses_to_seal_until_rotated() {
+    let mut dm = room_with_bob_and_carol("lobby");
+    let mut state = dm.session.export();
+    state.sealed = sotto_crypto::MAX_MESSAGES_PER_SESSION - 1;
+    dm.session = SendingSession::restore(state).unwrap();
+    assert!(!dm.session.needs_rotation(0));
+    seal(&mut dm, b"the last one");
+    assert!(dm.session.needs_rotation(0));
+    let err = dm
+        .session
+        .seal(&mut rng(), &mut dm.counter, 0, b"one too many")
+        .unwrap_err();
+    assert!(matches!(err, Error::SessionExhausted), "{err:?}");
+}
+
+#[test]
+fn over_long_encodings_are_refused() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let sealed = seal(&mut dm, b"canonical");
+    let slot = slot_for(&sealed, p.bob.fingerprint());
+    // Rewrite the header's one-byte length varint as two bytes (same value).
+    let len = sealed.body[2];
+    assert!(len < 0x80);
+    let mut overlong = vec![sealed.body[0], sealed.body[1], len | 0x80, 0x00];
+    overlong.extend_from_slice(&sealed.body[3..]);
+    assert_opaque(open(&dm.bob, &dm.room, &overlong, &slot));
+}
+
+#[test]
+fn the_header_commits_to_who_can_read_the_message() {
+    let p = people();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let sealed = seal(&mut dm, b"who reads this?");
+    let PeerBody::Message(body) = PeerBody::decode(&sealed.body).unwrap() else {
+        panic!()
+    };
+    let opened = dm
+        .bob
+        .open(&dm.room, &body, &slot_for(&sealed, p.bob.fingerprint()))
+        .unwrap();
+    let everyone = [
+        p.alice.fingerprint(),
+        p.bob.fingerprint(),
+        p.carol.fingerprint(),
+    ];
+    assert_eq!(opened.roster, roster_digest(everyone));
+    assert_ne!(
+        opened.roster,
+        roster_digest([p.alice.fingerprint(), p.bob.fingerprint()])
+    );
 }

@@ -201,33 +201,40 @@ fn safety_number_changes_with_either_key() {
 }
 
 #[test]
-fn registration_proof_binds_challenge_name_and_key() {
+fn registration_proof_binds_relay_challenge_name_and_key() {
     let p = people();
-    let challenge = [7u8; 32];
+    let (relay, challenge) = ([3u8; 32], [7u8; 32]);
     let proof = p
         .alice
-        .sign_registration(&mut rng(), &challenge, "alice")
+        .sign_registration(&mut rng(), &relay, &challenge, "alice")
         .unwrap();
     p.alice
         .public()
-        .verify_registration(&challenge, "alice", &proof)
+        .verify_registration(&relay, &challenge, "alice", &proof)
         .unwrap();
     assert!(
         p.alice
             .public()
-            .verify_registration(&[8; 32], "alice", &proof)
+            .verify_registration(&[4; 32], &challenge, "alice", &proof)
+            .is_err(),
+        "a proof made for one relay is refused by another"
+    );
+    assert!(
+        p.alice
+            .public()
+            .verify_registration(&relay, &[8; 32], "alice", &proof)
             .is_err()
     );
     assert!(
         p.alice
             .public()
-            .verify_registration(&challenge, "mallory", &proof)
+            .verify_registration(&relay, &challenge, "mallory", &proof)
             .is_err()
     );
     assert!(
         p.bob
             .public()
-            .verify_registration(&challenge, "alice", &proof)
+            .verify_registration(&relay, &challenge, "alice", &proof)
             .is_err()
     );
 }
@@ -359,4 +366,81 @@ fn sessions_ask_for_rotation_when_old() {
     .unwrap();
     assert!(!session.needs_rotation(1_000));
     assert!(session.needs_rotation(1_000 + sotto_crypto::MAX_SESSION_AGE.as_secs()));
+}
+
+#[test]
+fn direct_session_must_name_exactly_its_two_parties() {
+    let p = people();
+    let (a, b, c) = (
+        p.alice.fingerprint(),
+        p.bob.fingerprint(),
+        p.carol.fingerprint(),
+    );
+    // Alice cannot start a session for Bob in the Carol-Bob conversation.
+    let carol_bob = Conversation::direct(c, b);
+    assert!(
+        SendingSession::start(
+            &mut rng(),
+            &p.alice,
+            carol_bob.clone(),
+            1,
+            0,
+            0,
+            &[p.bob.public()]
+        )
+        .is_err()
+    );
+
+    // Nor can she make Bob accept one she signed for it herself.
+    let mut announcement = announcement_to_bob();
+    announcement.context.conversation = Conversation::direct(a, b);
+    let honest = p
+        .alice
+        .announce(
+            &mut rng(),
+            p.bob.public(),
+            announcement.context.clone(),
+            &SessionKey::random(&mut rng()),
+        )
+        .unwrap();
+    assert!(p.bob.accept(&mut rng(), &honest, p.alice.public()).is_ok());
+    let mut context = honest.context.clone();
+    context.conversation = carol_bob;
+    let forged = p
+        .alice
+        .announce(
+            &mut rng(),
+            p.bob.public(),
+            context.clone(),
+            &SessionKey::random(&mut rng()),
+        )
+        .unwrap();
+    assert_rejected_before_decryption(&forged, p.alice.public());
+    // A direct conversation written in non-canonical order is refused too.
+    let (low, high) = if a < b { (a, b) } else { (b, a) };
+    context.conversation = Conversation::Direct(high, low);
+    let unsorted = p
+        .alice
+        .announce(
+            &mut rng(),
+            p.bob.public(),
+            context,
+            &SessionKey::random(&mut rng()),
+        )
+        .unwrap();
+    assert_rejected_before_decryption(&unsorted, p.alice.public());
+}
+
+#[test]
+fn checkpoint_resumes_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lobby.seq");
+    let mut counter = SequenceCounter::resume(0, FileCounterStore::new(&path));
+    for _ in 0..5 {
+        counter.next().unwrap();
+    }
+    counter.checkpoint().unwrap();
+    let store = FileCounterStore::new(&path);
+    let mut resumed = SequenceCounter::resume(store.load().unwrap(), store);
+    assert_eq!(resumed.next().unwrap(), 5);
 }

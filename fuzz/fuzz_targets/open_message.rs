@@ -31,7 +31,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let receiving = bob.accept(&mut rng, &announcements[0], alice.public()).expect("accept");
     let mut counter = SequenceCounter::resume(0, NoPersistence);
     let sealed = session
-        .seal(&mut rng, &mut counter, 0, [0; 32], b"fuzz me")
+        .seal(&mut rng, &mut counter, 0, b"fuzz me")
         .expect("seal");
     Fixture {
         room,

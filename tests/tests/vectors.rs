@@ -356,14 +356,12 @@ fn sealed_vector(alice: &Identity, bob: &Identity) -> SealedVector {
     )
     .unwrap();
     let mut counter = SequenceCounter::resume(0, NoPersistence);
-    let roster = roster_digest([alice.fingerprint(), bob.fingerprint()]);
     let plaintext = "known answer: hello, Bob";
     let sealed = session
         .seal(
             &mut ChaCha20Rng::seed_from_u64(11),
             &mut counter,
             1_764_000_000_123,
-            roster,
             plaintext.as_bytes(),
         )
         .unwrap();
@@ -413,6 +411,10 @@ fn sealed_message_vector_opens_and_reseals_identically() {
         .unwrap();
     assert_eq!(&opened.plaintext[..], stored.plaintext.as_bytes());
     assert_eq!(opened.seq, 0);
+    assert_eq!(
+        opened.roster,
+        roster_digest([alice.fingerprint(), bob.fingerprint()])
+    );
     assert_eq!(opened.sent_at_ms, 1_764_000_000_123);
 
     // Sealing again from the same seeds gives the same message bytes (the
