@@ -4,8 +4,9 @@
 //!
 //! # Status
 //!
-//! This crate is a skeleton. The cryptography it will drive is
-//! [`sotto_crypto`] and the frames it will exchange with the relay are
+//! Early days. What exists: [`tls`], connecting to a relay with its
+//! certificate pinned by the address. The cryptography the client drives is
+//! [`sotto_crypto`] and the frames it exchanges with the relay are
 //! [`sotto_proto`]. The client state machine (`session::run`), the
 //! `sotto-cli` binary and the `sotto` GUI are the next pieces of work.
 //!
@@ -16,6 +17,8 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod tls;
 
 /// The relay protocol version this client speaks.
 pub const PROTOCOL_VERSION: u8 = sotto_proto::PROTOCOL_VERSION;

@@ -16,11 +16,13 @@
 //!   [`SessionContext`] is the label) and signed with PSS over the full
 //!   context: an [`Announcement`]. The recipient verifies the signature
 //!   before any RSA decryption ([`Identity::accept`]).
-//! - Each message is one AES-256-GCM body under a fresh content key
-//!   (committed to in the header), plus an 80-byte [`KeySlot`] per recipient
-//!   sealing that content key under the pairwise session key, with the whole
-//!   message hashed into the slot's associated data. Slot nonces are the
-//!   sender's [`SequenceCounter`], persisted ahead of use.
+//! - Each message is one body encrypted once with AES-256-CTR under a fresh
+//!   content key (committed to in the header), plus an 80-byte [`KeySlot`]
+//!   per recipient sealing that content key with AES-256-GCM under the
+//!   pairwise session key, with a BLAKE3 digest of the whole message as the
+//!   slot's associated data: the slot authenticates the body, the sender and
+//!   the context at once. Slot nonces are the sender's [`SequenceCounter`],
+//!   persisted ahead of use.
 //! - Every failed check is the one opaque [`Error::DecryptionFailed`].
 //!
 //! docs/protocol.md in the repository gives every byte.

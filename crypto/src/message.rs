@@ -1,11 +1,14 @@
 //! Sealing a message to every recipient of a session, and opening it.
 //!
-//! A message is one AES-256-GCM body under a fresh content key, plus one
-//! 80-byte key slot per recipient: the content key sealed under that
-//! recipient's pairwise session key. docs/protocol.md gives the exact bytes.
+//! A message is one body encrypted once (AES-256-CTR) under a fresh content
+//! key, plus one 80-byte key slot per recipient: the content key sealed with
+//! AES-256-GCM under that recipient's pairwise session key, with a BLAKE3
+//! digest of the whole message (header and body ciphertext) as associated
+//! data. The header commits to the content key. docs/protocol.md gives the
+//! exact bytes and the argument that this is as strong as a GCM body.
 
 use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use aes_gcm::{Nonce, Tag};
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,8 +28,9 @@ use crate::wire;
 pub const PEER_VERSION: u8 = 1;
 /// Length of an encoded [`KeySlot`].
 pub const SLOT_LEN: usize = 32 + KEY_LEN + TAG_LEN;
-/// Plaintexts are padded to a multiple of this many bytes (after a 4-byte
-/// length), so the relay learns lengths only to this granularity.
+/// Plaintexts are padded to a multiple of this many bytes (after a 12-byte
+/// prefix: send time and length), so the relay learns lengths only to this
+/// granularity.
 pub const PAD_BLOCK: usize = 64;
 /// Largest plaintext [`SendingSession::seal`] accepts.
 pub const MAX_PLAINTEXT_LEN: usize = 512 * 1024;
@@ -93,7 +97,8 @@ pub struct MessageBody<'a> {
     /// The encoded [`MessageHeader`], exactly as authenticated.
     #[serde(borrow)]
     pub header: &'a [u8],
-    /// AES-256-GCM of the padded plaintext, tag appended.
+    /// AES-256-CTR of the padded plaintext under the content key; no tag
+    /// (every slot authenticates it through the message digest).
     #[serde(borrow)]
     pub ciphertext: &'a [u8],
 }
@@ -247,9 +252,15 @@ fn slot_aad(digest: &[u8; 32], recipient: &Fingerprint) -> [u8; 78] {
     aad
 }
 
-/// The body's nonce: all zero. Safe because each content key encrypts
-/// exactly one body.
-const BODY_NONCE: [u8; 12] = [0; 12];
+/// The body cipher: AES-256-CTR (32-bit big-endian block counter) from an
+/// all-zero initial counter block, safe because each content key encrypts
+/// exactly one body. The body carries no tag of its own: its integrity comes
+/// from the message digest every key slot authenticates (see
+/// docs/protocol.md), so a GCM tag would only cost a second pass.
+fn body_cipher(key: &ContentKey) -> ctr::Ctr32BE<aes::Aes256> {
+    use ctr::cipher::KeyIvInit;
+    ctr::Ctr32BE::<aes::Aes256>::new(&key.0.into(), &[0u8; 16].into())
+}
 
 /// Length of postcard's varint encoding of `value`.
 fn varint_len(value: usize) -> usize {
@@ -334,7 +345,7 @@ impl SendingSession {
         // copied once and encrypted in place: version, variant, header
         // (length-prefixed), ciphertext (length-prefixed).
         let padded_len = padded_len(plaintext.len());
-        let ciphertext_len = padded_len + TAG_LEN;
+        let ciphertext_len = padded_len;
         let mut body = Vec::with_capacity(header.len() + ciphertext_len + 16);
         body.push(PEER_VERSION);
         body.push(MESSAGE_VARIANT);
@@ -347,14 +358,10 @@ impl SendingSession {
         body.extend_from_slice(plaintext);
         body.resize(start + padded_len, 0);
 
-        let tag = Aes256Gcm::new(&body_key.0.into())
-            .encrypt_inout_detached(
-                &Nonce::from(BODY_NONCE),
-                &header,
-                body.get_mut(start..).unwrap_or_default().into(),
-            )
-            .map_err(|_| Error::InvalidParameter("plaintext too long"))?;
-        body.extend_from_slice(&tag);
+        ctr::cipher::StreamCipher::apply_keystream(
+            &mut body_cipher(body_key),
+            body.get_mut(start..).unwrap_or_default(),
+        );
 
         let digest = message_digest(&header, body.get(start..).unwrap_or_default());
         let nonce = slot_nonce(seq);
@@ -384,7 +391,10 @@ impl SendingSession {
 const PREFIX_LEN: usize = 12;
 
 fn padded_len(plaintext_len: usize) -> usize {
-    (PREFIX_LEN + plaintext_len).div_ceil(PAD_BLOCK) * PAD_BLOCK
+    PREFIX_LEN
+        .saturating_add(plaintext_len)
+        .div_ceil(PAD_BLOCK)
+        .saturating_mul(PAD_BLOCK)
 }
 
 impl ReceivingSession {
@@ -416,7 +426,8 @@ impl ReceivingSession {
             && header.epoch == context.epoch
             && header.seq >= context.first_seq
             && slot.recipient == context.recipient
-            && body.ciphertext.len() >= TAG_LEN + PAD_BLOCK;
+            && body.ciphertext.len() >= PAD_BLOCK
+            && body.ciphertext.len().is_multiple_of(PAD_BLOCK);
         if !matches {
             return Err(Error::DecryptionFailed);
         }
@@ -435,17 +446,10 @@ impl ReceivingSession {
             return Err(Error::DecryptionFailed);
         }
 
-        let (ciphertext, tag) = body.ciphertext.split_at(body.ciphertext.len() - TAG_LEN);
-        let tag = Tag::try_from(tag).map_err(|_| Error::DecryptionFailed)?;
-        let mut plain = Zeroizing::new(ciphertext.to_vec());
-        Aes256Gcm::new(&key.0.into())
-            .decrypt_inout_detached(
-                &Nonce::from(BODY_NONCE),
-                body.header,
-                plain.as_mut_slice().into(),
-                &tag,
-            )
-            .map_err(|_| Error::DecryptionFailed)?;
+        // The slot authenticated the digest of header and ciphertext, and the
+        // key matches the commitment: only now is the body decrypted.
+        let mut plain = Zeroizing::new(body.ciphertext.to_vec());
+        ctr::cipher::StreamCipher::apply_keystream(&mut body_cipher(&key), plain.as_mut_slice());
         let (sent_at_ms, plaintext) = unpad(plain)?;
         Ok(Opened {
             seq: header.seq,

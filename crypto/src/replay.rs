@@ -20,8 +20,11 @@ pub enum Arrival {
     Late,
 }
 
-/// Per-sender, per-conversation record of the sequence numbers seen: rejects
-/// duplicates and anything older than the window, reports gaps.
+/// Record of the sequence numbers seen from one sender in one conversation,
+/// kept per receiving session and started at the session's `first_seq`:
+/// rejects duplicates and anything older than the window, reports gaps.
+/// (A sender's numbers keep growing across its sessions, so numbers skipped
+/// between two sessions, after a crash, are not counted as missing.)
 ///
 /// Apply it only to messages that opened: forged messages must not move it.
 #[derive(Clone, Debug, PartialEq, Eq)]

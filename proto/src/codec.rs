@@ -157,6 +157,8 @@ impl<'a> postcard::ser_flavors::Flavor for CappedSink<'a> {
 /// reserves exactly the missing bytes of the frame and waits for them. A
 /// stream that ends inside a frame is [`ProtoError::Malformed`].
 pub struct FrameCodec<In, Out> {
+    /// Largest payload this codec decodes: [`MAX_FRAME_LEN`] or less.
+    max_len: usize,
     // `fn() -> ..` keeps the codec Send, Sync and Unpin whatever the frames.
     _frames: PhantomData<fn() -> (In, Out)>,
 }
@@ -171,6 +173,22 @@ impl<In, Out> FrameCodec<In, Out> {
     /// A new codec. It holds no state.
     pub const fn new() -> Self {
         Self {
+            max_len: MAX_FRAME_LEN,
+            _frames: PhantomData,
+        }
+    }
+
+    /// A codec that refuses to decode payloads longer than `max_len` bytes
+    /// (capped at [`MAX_FRAME_LEN`]), checked before allocating, as
+    /// [`ProtoError::FrameTooLarge`]. A relay can accept less than the
+    /// protocol's maximum.
+    pub const fn with_max_len(max_len: usize) -> Self {
+        Self {
+            max_len: if max_len < MAX_FRAME_LEN {
+                max_len
+            } else {
+                MAX_FRAME_LEN
+            },
             _frames: PhantomData,
         }
     }
@@ -209,6 +227,12 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         };
         let len = usize::try_from(u32::from_be_bytes(*prefix)).unwrap_or(usize::MAX);
         check_len(len)?;
+        if len > self.max_len {
+            return Err(ProtoError::FrameTooLarge {
+                len,
+                max: self.max_len,
+            });
+        }
         let total = PREFIX_LEN + len;
         if src.len() < total {
             // Bounded by MAX_FRAME_LEN + PREFIX_LEN thanks to check_len.

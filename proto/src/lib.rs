@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod address;
 pub mod codec;
 mod error;
 pub mod frame;
@@ -56,6 +57,7 @@ pub mod name;
 #[cfg(test)]
 mod strategies;
 
+pub use address::{AddressError, DEFAULT_PORT, RelayAddress};
 pub use codec::{
     ClientCodec, FrameCodec, MAX_FRAME_LEN, PROTOCOL_VERSION, RelayCodec, decode_payload,
     encode_frame,

@@ -1,22 +1,194 @@
 //! sotto's relay: a self-hostable TLS 1.3 server that routes end-to-end
 //! encrypted frames between sotto clients without being able to read them.
 //!
-//! # Status
+//! # Design
 //!
-//! This crate is a skeleton. The wire format it will speak is
-//! [`sotto_proto`]; the relay itself (TLS, registration, rooms, routing,
-//! offline queue, limits) is the next piece of work. What it can already
-//! promise is its boundary: it reads only the routing header of a
-//! [`sotto_proto::ClientFrame::Send`] and forwards the opaque `body` and
-//! `slot` bytes untouched.
+//! - [`run`] takes a bound listener, the certificate store, the
+//!   [`Config`] and a shutdown future; `main.rs` only parses arguments,
+//!   sets up logging, loads or generates the certificate, binds and calls
+//!   it. Tests bind `127.0.0.1:0` and call [`run`] directly.
+//! - Each connection is one task: TLS handshake (with a timeout), a fresh
+//!   registration challenge, then one `select!` over inbound frames,
+//!   keepalive and shutdown. A writer task per connection drains a bounded
+//!   outbound queue in batches: one TLS write and one flush for everything
+//!   queued. A client that lets its queue fill is disconnected, never
+//!   waited for.
+//! - The relay decodes each frame, but of a `Send` it reads only the
+//!   routing header (destination and slot recipients); bodies and slots are
+//!   forwarded as the opaque bytes they came as, each recipient getting
+//!   only its own slot.
+//! - Who is online and in which room lives in one mutex-guarded registry
+//!   (never held across an `.await`). Name ownership and the offline queue
+//!   live in a redb database in the data directory ([`store`]).
 //!
 //! # Example
 //!
-//! ```
-//! assert_eq!(sotto_relay::DEFAULT_ROOM, "lobby");
+//! ```no_run
+//! use sotto_relay::{CertSource, CertStore, Config, run};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::default();
+//! let certs = CertStore::load(CertSource::Generated {
+//!     dir: config.data_dir.clone(),
+//!     hosts: vec!["localhost".into()],
+//! })?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7447").await?;
+//! run(listener, certs, config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! # Ok(())
+//! # }
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod config;
+mod connection;
+pub mod metrics;
+mod state;
+pub mod store;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+pub use metrics::Metrics;
+pub use tls::{CertSource, CertStore, TlsError};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::state::Shared;
+use crate::store::{QueueLimits, Store, StoreError};
+
 /// The room every client can join without asking: the seed chat's general room.
 pub const DEFAULT_ROOM: &str = sotto_proto::LOBBY;
+
+/// Why the relay could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Binding the metrics endpoint failed.
+    #[error("metrics endpoint: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// Serves clients on `listener` until `shutdown` completes, then tells
+/// every client, waits up to [`Config::shutdown_grace`] for them to hear it,
+/// and returns. Every write to the database is durable when it returns, so
+/// there is nothing left to flush.
+pub async fn run(
+    listener: TcpListener,
+    certs: Arc<CertStore>,
+    config: Config,
+    shutdown: impl Future,
+) -> Result<(), RelayError> {
+    run_with_metrics(
+        listener,
+        certs,
+        config,
+        Arc::new(Metrics::default()),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`], with the counters kept in `metrics` (tests and the load
+/// generator read them).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    certs: Arc<CertStore>,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future,
+) -> Result<(), RelayError> {
+    config.validate().map_err(RelayError::Config)?;
+    let store = Arc::new(Store::open(
+        &config.data_dir,
+        QueueLimits {
+            max_messages: config.offline_max_messages,
+            max_bytes: config.offline_max_bytes,
+            max_age: config.offline_max_age,
+        },
+    )?);
+    let acceptor = TlsAcceptor::from(certs.server_config()?);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+
+    if let Some(addr) = config.metrics {
+        let endpoint = TcpListener::bind(addr).await.map_err(RelayError::Metrics)?;
+        let store = Arc::clone(&store);
+        let depth = Arc::new(move || store.total_queued().unwrap_or(0));
+        let serve = metrics::serve(endpoint, Arc::clone(&metrics), depth);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serve => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let shared = Arc::new(Shared::new(config, store, certs, metrics));
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((socket, addr)) => {
+                backoff = Duration::from_millis(1);
+                let _ = socket.set_nodelay(true);
+                tracker.spawn(connection::serve(
+                    Arc::clone(&shared),
+                    acceptor.clone(),
+                    socket,
+                    addr,
+                    stop.child_token(),
+                    permit,
+                ));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: wait, never give up.
+                tracing::warn!(%error, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within the grace period");
+    }
+    Ok(())
+}

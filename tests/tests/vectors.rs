@@ -288,6 +288,28 @@ fn identity(name: &str, seed: u64) -> Identity {
     Identity::load(&testdata().join(file), PASSPHRASE).unwrap()
 }
 
+/// Identities the end-to-end tests load instead of generating RSA keys.
+const FIXTURES: [(&str, u64); 6] = [
+    ("alice", 1),
+    ("bob", 2),
+    ("carol", 3),
+    ("dave", 4),
+    ("erin", 5),
+    ("mallory", 6),
+];
+
+#[test]
+fn fixture_identities_load() {
+    let fingerprints: Vec<String> = FIXTURES
+        .iter()
+        .map(|(name, seed)| identity(name, *seed).fingerprint().to_hex())
+        .collect();
+    let mut unique = fingerprints.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), FIXTURES.len());
+}
+
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct IdentityVectors {
     alice_public: String,

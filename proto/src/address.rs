@@ -1,0 +1,203 @@
+//! Relay addresses: where a relay is and which certificate it must present.
+//!
+//! An address is `sotto://FINGERPRINT@HOST:PORT`, where `FINGERPRINT` is the
+//! SHA-256 of the relay's TLS certificate (DER), in unpadded base64url (43
+//! characters), `HOST` a DNS name, an IPv4 address or a bracketed IPv6
+//! address, and `:PORT` optional ([`DEFAULT_PORT`]). A client that connects
+//! with an address accepts exactly that certificate and no other, so an
+//! address is all a user needs to share: no certificate authority, and no
+//! "accept any certificate" step.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The port a relay listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7447;
+/// The URI scheme of relay addresses.
+pub const SCHEME: &str = "sotto://";
+
+/// A relay's host, port and pinned certificate fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RelayAddress {
+    /// DNS name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// SHA-256 of the relay certificate's DER encoding.
+    pub fingerprint: [u8; 32],
+}
+
+/// Why a string is not a relay address.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddressError {
+    /// It does not start with `sotto://`.
+    #[error("a relay address starts with {SCHEME}")]
+    Scheme,
+    /// The fingerprint part is missing or is not 32 bytes of base64url.
+    #[error("the certificate fingerprint (before '@') must be 43 base64url characters")]
+    Fingerprint,
+    /// The host is missing or malformed.
+    #[error("the host (after '@') is missing or malformed")]
+    Host,
+    /// The port is not a number from 1 to 65535.
+    #[error("the port must be a number from 1 to 65535")]
+    Port,
+}
+
+impl RelayAddress {
+    /// The fingerprint as it appears in the address.
+    pub fn fingerprint_text(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.fingerprint)
+    }
+
+    /// `host:port`, with IPv6 hosts in brackets, for connecting.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for RelayAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{SCHEME}{}@{}",
+            self.fingerprint_text(),
+            self.authority()
+        )
+    }
+}
+
+impl FromStr for RelayAddress {
+    type Err = AddressError;
+
+    fn from_str(text: &str) -> Result<Self, AddressError> {
+        let rest = text
+            .trim()
+            .strip_prefix(SCHEME)
+            .ok_or(AddressError::Scheme)?;
+        let (fingerprint, authority) = rest.split_once('@').ok_or(AddressError::Fingerprint)?;
+        let fingerprint: [u8; 32] = URL_SAFE_NO_PAD
+            .decode(fingerprint)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(AddressError::Fingerprint)?;
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        let (host, port) = split_host_port(authority)?;
+        Ok(Self {
+            host,
+            port,
+            fingerprint,
+        })
+    }
+}
+
+fn split_host_port(authority: &str) -> Result<(String, u16), AddressError> {
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']').ok_or(AddressError::Host)?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(AddressError::Host);
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or(AddressError::Port)?),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'));
+    if !valid_host {
+        return Err(AddressError::Host);
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port != 0 => port,
+            _ => return Err(AddressError::Port),
+        },
+    };
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(host: &str, port: u16) -> RelayAddress {
+        RelayAddress {
+            host: host.into(),
+            port,
+            fingerprint: [0xAB; 32],
+        }
+    }
+
+    #[test]
+    fn addresses_round_trip() {
+        for a in [
+            address("relay.example.org", 7447),
+            address("127.0.0.1", 1),
+            address("::1", 65535),
+        ] {
+            let text = a.to_string();
+            assert_eq!(text.parse::<RelayAddress>().unwrap(), a, "{text}");
+        }
+        assert_eq!(
+            address("::1", 9).to_string(),
+            format!(
+                "sotto://{}@[::1]:9",
+                "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s"
+            )
+        );
+    }
+
+    #[test]
+    fn port_defaults_and_whitespace_is_ignored() {
+        let text = format!(
+            "  sotto://{}@example.org\n",
+            URL_SAFE_NO_PAD.encode([1u8; 32])
+        );
+        let parsed: RelayAddress = text.parse().unwrap();
+        assert_eq!(parsed.port, DEFAULT_PORT);
+        assert_eq!(parsed.fingerprint, [1; 32]);
+    }
+
+    #[test]
+    fn malformed_addresses_are_refused_with_a_reason() {
+        let fp = URL_SAFE_NO_PAD.encode([1u8; 32]);
+        let cases = [
+            ("https://x@example.org".to_string(), AddressError::Scheme),
+            ("sotto://example.org".to_string(), AddressError::Fingerprint),
+            (
+                "sotto://abc@example.org".to_string(),
+                AddressError::Fingerprint,
+            ),
+            (format!("sotto://{fp}@"), AddressError::Host),
+            (format!("sotto://{fp}@exa mple.org"), AddressError::Host),
+            (format!("sotto://{fp}@[nothex]:1"), AddressError::Host),
+            (format!("sotto://{fp}@example.org:0"), AddressError::Port),
+            (
+                format!("sotto://{fp}@example.org:99999"),
+                AddressError::Port,
+            ),
+            (format!("sotto://{fp}@example.org:x"), AddressError::Port),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(text.parse::<RelayAddress>(), Err(expected), "{text}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Counters the relay keeps about itself, and the opt-in Prometheus
+//! endpoint that shows them. Nothing here names a user or holds content.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The relay's counters and gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open client connections (gauge).
+    pub connections: AtomicU64,
+    /// Registered, connected users (gauge).
+    pub users_online: AtomicU64,
+    /// TLS handshakes completed.
+    pub handshakes: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub handshake_failures: AtomicU64,
+    /// Frames received from clients.
+    pub frames_in: AtomicU64,
+    /// Send frames routed.
+    pub frames_routed: AtomicU64,
+    /// Deliveries handed to connected recipients.
+    pub deliveries: AtomicU64,
+    /// Deliveries stored in the offline queue.
+    pub queued: AtomicU64,
+    /// Deliveries refused because a recipient's offline queue was full.
+    pub queue_full: AtomicU64,
+    /// Clients disconnected for not reading fast enough.
+    pub slow_consumers: AtomicU64,
+    /// Connections closed for sending malformed, oversized or
+    /// wrong-version frames.
+    pub bad_frames: AtomicU64,
+    /// Registrations refused (bad proof, name taken).
+    pub registrations_refused: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to `counter`.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one from the gauge `counter`.
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter, plus the offline
+    /// queue depth given by the caller.
+    pub fn render(&self, offline_queue_depth: u64) -> String {
+        let rows: [(&str, &str, &str, u64); 13] = [
+            (
+                "sotto_relay_connections",
+                "gauge",
+                "Open client connections.",
+                self.connections.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_users_online",
+                "gauge",
+                "Registered users connected.",
+                self.users_online.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_offline_queue_messages",
+                "gauge",
+                "Messages in the offline queue.",
+                offline_queue_depth,
+            ),
+            (
+                "sotto_relay_handshakes_total",
+                "counter",
+                "TLS handshakes completed.",
+                self.handshakes.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_handshake_failures_total",
+                "counter",
+                "TLS handshakes failed or timed out.",
+                self.handshake_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_frames_in_total",
+                "counter",
+                "Frames received from clients.",
+                self.frames_in.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_frames_routed_total",
+                "counter",
+                "Send frames routed.",
+                self.frames_routed.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_deliveries_total",
+                "counter",
+                "Deliveries to connected clients.",
+                self.deliveries.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_queued_total",
+                "counter",
+                "Deliveries stored for offline users.",
+                self.queued.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_queue_full_total",
+                "counter",
+                "Deliveries refused: offline queue full.",
+                self.queue_full.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_slow_consumers_total",
+                "counter",
+                "Clients disconnected for reading too slowly.",
+                self.slow_consumers.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_bad_frames_total",
+                "counter",
+                "Connections closed for bad frames.",
+                self.bad_frames.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_registrations_refused_total",
+                "counter",
+                "Registrations refused.",
+                self.registrations_refused.load(Ordering::Relaxed),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped. Any other
+/// request gets a 404. `depth` reads the offline queue depth.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    depth: Arc<dyn Fn() -> u64 + Send + Sync>,
+) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        let depth = Arc::clone(&depth);
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut request))
+                    .await;
+            let Ok(Ok(n)) = read else { return };
+            let head = request.get(..n).unwrap_or_default();
+            let response = if head.starts_with(b"GET /metrics ")
+                || head.starts_with(b"GET /metrics?")
+            {
+                let depth = tokio::task::spawn_blocking(move || depth())
+                    .await
+                    .unwrap_or(0);
+                let body = metrics.render(depth);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,441 @@
+//! What the relay keeps on disk, in one redb database in the data
+//! directory: which identity owns which name, and the offline queue of
+//! ciphertext for registered users who are not connected.
+//!
+//! Nothing else is stored: no plaintext (the relay never has any), no
+//! session keys, no logs of who talked to whom beyond the queued frames
+//! themselves, which are deleted once acknowledged or expired.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sotto_proto::{Destination, UserName};
+
+/// File name of the database in the data directory.
+pub const DATABASE_FILE: &str = "relay.redb";
+
+/// Lower-cased name -> [`NameRecord`].
+const NAMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("names");
+/// (lower-cased recipient, id) -> [`Queued`].
+const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
+/// Lower-cased recipient -> (messages, bytes) queued.
+const QUEUE_STATS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("queue_stats");
+/// Counters: `next_id`.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused an operation.
+    #[error("database: {0}")]
+    Database(String),
+    /// A stored record did not decode (the file is damaged).
+    #[error("damaged record in the database")]
+    Corrupt,
+}
+
+fn db_err<E: std::fmt::Display>(error: E) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+/// Who owns a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord {
+    /// The name as registered (case preserved).
+    pub name: UserName,
+    /// SHA-256 fingerprint of the owner's identity.
+    pub fingerprint: [u8; 32],
+    /// The owner's encoded public identity.
+    pub identity: Bytes,
+}
+
+/// Outcome of claiming a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The name was free and is now bound to the identity.
+    New,
+    /// The identity already owned the name.
+    Existing,
+    /// Another identity owns the name (in any letter case).
+    Taken,
+}
+
+/// One queued delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// When it was queued, seconds since the Unix epoch.
+    pub queued_at: u64,
+    /// The sender.
+    pub from: UserName,
+    /// Where it was sent.
+    pub to: Destination,
+    /// The opaque body.
+    pub body: Bytes,
+    /// The recipient's opaque slot, if any.
+    pub slot: Option<Bytes>,
+}
+
+/// Outcome of queueing a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueue {
+    /// Stored under this id.
+    Stored(u64),
+    /// The recipient's queue is full (count or bytes).
+    Full,
+}
+
+/// Bounds of each user's offline queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most messages.
+    pub max_messages: u64,
+    /// Most bytes (bodies and slots).
+    pub max_bytes: u64,
+    /// Oldest message kept.
+    pub max_age: Duration,
+}
+
+/// The relay's database.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    limits: QueueLimits,
+}
+
+fn key(name: &UserName) -> String {
+    name.as_str().to_ascii_lowercase()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(db_err)?;
+        let db = Database::create(dir.join(DATABASE_FILE)).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(NAMES).map_err(db_err)?;
+            txn.open_table(QUEUE).map_err(db_err)?;
+            txn.open_table(QUEUE_STATS).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db, limits })
+    }
+
+    /// Binds `name` to the identity with `fingerprint`, unless another
+    /// identity holds it already. Names compare without regard to case, so
+    /// `Alice` cannot be taken by someone else once `alice` is.
+    pub fn claim(&self, record: &NameRecord) -> Result<Claim, StoreError> {
+        let key = key(&record.name);
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let claim = {
+            let mut names = txn.open_table(NAMES).map_err(db_err)?;
+            let existing = match names.get(key.as_str()).map_err(db_err)? {
+                Some(value) => Some(decode::<NameRecord>(value.value())?),
+                None => None,
+            };
+            match existing {
+                Some(owner) if owner.fingerprint != record.fingerprint => Claim::Taken,
+                Some(_) => Claim::Existing,
+                None => {
+                    let value = postcard::to_stdvec(record).map_err(db_err)?;
+                    names
+                        .insert(key.as_str(), value.as_slice())
+                        .map_err(db_err)?;
+                    Claim::New
+                }
+            }
+        };
+        if claim == Claim::New {
+            txn.commit().map_err(db_err)?;
+        } else {
+            txn.abort().map_err(db_err)?;
+        }
+        Ok(claim)
+    }
+
+    /// The owner of `name`, if registered.
+    pub fn lookup(&self, name: &UserName) -> Result<Option<NameRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let names = txn.open_table(NAMES).map_err(db_err)?;
+        let found = names.get(key(name).as_str()).map_err(db_err)?;
+        found.map(|value| decode(value.value())).transpose()
+    }
+
+    /// Queues a delivery for `recipient`, within its limits; expired
+    /// entries are dropped first.
+    pub fn enqueue(&self, recipient: &UserName, message: &Queued) -> Result<Enqueue, StoreError> {
+        let user = key(recipient);
+        let size = message.body.len() as u64 + message.slot.as_ref().map_or(0, |s| s.len() as u64);
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            expire(&mut queue, &mut stats, &user, self.cutoff())?;
+            let (count, bytes) = stats
+                .get(user.as_str())
+                .map_err(db_err)?
+                .map_or((0, 0), |v| v.value());
+            if count + 1 > self.limits.max_messages || bytes + size > self.limits.max_bytes {
+                Enqueue::Full
+            } else {
+                let id = meta
+                    .get("next_id")
+                    .map_err(db_err)?
+                    .map_or(1, |v| v.value());
+                meta.insert("next_id", id + 1).map_err(db_err)?;
+                let value = postcard::to_stdvec(message).map_err(db_err)?;
+                queue
+                    .insert((user.as_str(), id), value.as_slice())
+                    .map_err(db_err)?;
+                stats
+                    .insert(user.as_str(), (count + 1, bytes + size))
+                    .map_err(db_err)?;
+                Enqueue::Stored(id)
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(outcome)
+    }
+
+    /// Everything queued for `recipient`, oldest first, expired entries
+    /// dropped.
+    pub fn pending(&self, recipient: &UserName) -> Result<Vec<(u64, Queued)>, StoreError> {
+        let user = key(recipient);
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let pending = {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+            expire(&mut queue, &mut stats, &user, self.cutoff())?;
+            let mut pending = Vec::new();
+            for entry in queue
+                .range((user.as_str(), 0)..=(user.as_str(), u64::MAX))
+                .map_err(db_err)?
+            {
+                let (k, v) = entry.map_err(db_err)?;
+                pending.push((k.value().1, decode(v.value())?));
+            }
+            pending
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(pending)
+    }
+
+    /// Forgets delivery `id` of `recipient` (acknowledged). Unknown ids are
+    /// ignored.
+    pub fn acknowledge(&self, recipient: &UserName, id: u64) -> Result<bool, StoreError> {
+        let user = key(recipient);
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+            let removed = match queue.remove((user.as_str(), id)).map_err(db_err)? {
+                Some(value) => Some(decode::<Queued>(value.value())?),
+                None => None,
+            };
+            if let Some(message) = &removed {
+                subtract(&mut stats, &user, 1, stored_size(message))?;
+            }
+            removed.is_some()
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    /// Messages and bytes queued for `recipient`.
+    pub fn queue_depth(&self, recipient: &UserName) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+        let depth = stats.get(key(recipient).as_str()).map_err(db_err)?;
+        Ok(depth.map_or((0, 0), |v| v.value()))
+    }
+
+    /// Messages queued for everyone.
+    pub fn total_queued(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let queue = txn.open_table(QUEUE).map_err(db_err)?;
+        queue.len().map_err(db_err)
+    }
+
+    fn cutoff(&self) -> u64 {
+        now_secs().saturating_sub(self.limits.max_age.as_secs())
+    }
+}
+
+fn stored_size(message: &Queued) -> u64 {
+    message.body.len() as u64 + message.slot.as_ref().map_or(0, |s| s.len() as u64)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt)
+}
+
+fn subtract(
+    stats: &mut redb::Table<'_, &str, (u64, u64)>,
+    user: &str,
+    count: u64,
+    bytes: u64,
+) -> Result<(), StoreError> {
+    let (have_count, have_bytes) = stats
+        .get(user)
+        .map_err(db_err)?
+        .map_or((0, 0), |v| v.value());
+    let left = (
+        have_count.saturating_sub(count),
+        have_bytes.saturating_sub(bytes),
+    );
+    if left.0 == 0 {
+        stats.remove(user).map_err(db_err)?;
+    } else {
+        stats.insert(user, left).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Drops `user`'s entries queued before `cutoff`.
+fn expire(
+    queue: &mut redb::Table<'_, (&str, u64), &[u8]>,
+    stats: &mut redb::Table<'_, &str, (u64, u64)>,
+    user: &str,
+    cutoff: u64,
+) -> Result<(), StoreError> {
+    let mut expired = Vec::new();
+    for entry in queue.range((user, 0)..=(user, u64::MAX)).map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let message: Queued = decode(v.value())?;
+        // Ids grow with time, so the first fresh entry ends the scan.
+        if message.queued_at >= cutoff {
+            break;
+        }
+        expired.push((k.value().1, stored_size(&message)));
+    }
+    for (id, size) in expired {
+        queue.remove((user, id)).map_err(db_err)?;
+        subtract(stats, user, 1, size)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, limits: QueueLimits) -> Store {
+        Store::open(dir, limits).unwrap()
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 3,
+        max_bytes: 1000,
+        max_age: Duration::from_secs(3600),
+    };
+
+    fn user(name: &str) -> UserName {
+        UserName::try_from(name).unwrap()
+    }
+
+    fn message(body: &'static [u8]) -> Queued {
+        Queued {
+            queued_at: now_secs(),
+            from: user("alice"),
+            to: Destination::User(user("bob")),
+            body: Bytes::from_static(body),
+            slot: None,
+        }
+    }
+
+    #[test]
+    fn a_name_stays_bound_to_its_first_key_in_any_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), LIMITS);
+        let record = |name: &str, fp: u8| NameRecord {
+            name: user(name),
+            fingerprint: [fp; 32],
+            identity: Bytes::from_static(b"id"),
+        };
+        assert_eq!(s.claim(&record("alice", 1)).unwrap(), Claim::New);
+        assert_eq!(s.claim(&record("alice", 1)).unwrap(), Claim::Existing);
+        assert_eq!(s.claim(&record("alice", 2)).unwrap(), Claim::Taken);
+        assert_eq!(s.claim(&record("ALICE", 2)).unwrap(), Claim::Taken);
+        assert_eq!(
+            s.lookup(&user("Alice")).unwrap().unwrap().name,
+            user("alice")
+        );
+        assert!(s.lookup(&user("bob")).unwrap().is_none());
+    }
+
+    #[test]
+    fn queue_keeps_order_limits_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path(), LIMITS);
+            for body in [b"one".as_slice(), b"two", b"three"] {
+                let body: &'static [u8] = Box::leak(body.to_vec().into_boxed_slice());
+                assert!(matches!(
+                    s.enqueue(&user("bob"), &message(body)).unwrap(),
+                    Enqueue::Stored(_)
+                ));
+            }
+            assert_eq!(
+                s.enqueue(&user("bob"), &message(b"four")).unwrap(),
+                Enqueue::Full
+            );
+        }
+        let s = store(dir.path(), LIMITS);
+        let pending = s.pending(&user("Bob")).unwrap();
+        let bodies: Vec<&[u8]> = pending.iter().map(|(_, q)| q.body.as_ref()).collect();
+        assert_eq!(bodies, vec![b"one".as_slice(), b"two", b"three"]);
+        assert!(s.acknowledge(&user("bob"), pending[0].0).unwrap());
+        assert!(!s.acknowledge(&user("bob"), pending[0].0).unwrap());
+        assert_eq!(s.queue_depth(&user("bob")).unwrap(), (2, 8));
+        assert!(matches!(
+            s.enqueue(&user("bob"), &message(b"four")).unwrap(),
+            Enqueue::Stored(_)
+        ));
+    }
+
+    #[test]
+    fn queue_is_bounded_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(
+            dir.path(),
+            QueueLimits {
+                max_bytes: 5,
+                ..LIMITS
+            },
+        );
+        assert!(matches!(
+            s.enqueue(&user("bob"), &message(b"1234")).unwrap(),
+            Enqueue::Stored(_)
+        ));
+        assert_eq!(
+            s.enqueue(&user("bob"), &message(b"56")).unwrap(),
+            Enqueue::Full
+        );
+    }
+
+    #[test]
+    fn expired_messages_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), LIMITS);
+        let mut old = message(b"old");
+        old.queued_at = now_secs() - 7200;
+        s.enqueue(&user("bob"), &old).unwrap();
+        s.enqueue(&user("bob"), &message(b"new")).unwrap();
+        let pending = s.pending(&user("bob")).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].1.body.as_ref(), b"new");
+        assert_eq!(s.queue_depth(&user("bob")).unwrap(), (1, 3));
+    }
+}
