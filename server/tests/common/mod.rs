@@ -1,0 +1,238 @@
+//! A real relay on 127.0.0.1:0 with a generated certificate, and real TLS
+//! clients speaking sotto-proto, for the relay's end-to-end tests.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use sotto_crypto::Identity;
+use sotto_proto::{ClientCodec, ClientFrame, RelayAddress, RelayFrame, RoomName, UserName};
+use sotto_relay::{CertSource, CertStore, Config, Metrics};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_util::codec::Framed;
+
+/// How long a test waits for a frame that should come.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
+}
+
+/// A fixture identity from testdata/identities (alice, bob, carol, dave,
+/// erin, mallory), loaded once.
+pub fn identity(name: &str) -> &'static Identity {
+    static CACHE: OnceLock<std::sync::Mutex<Vec<(String, &'static Identity)>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap();
+    if let Some((_, id)) = cache.iter().find(|(n, _)| n == name) {
+        return id;
+    }
+    let path = testdata().join(format!("identities/{name}.sotto-id"));
+    let id: &'static Identity = Box::leak(Box::new(
+        Identity::load(&path, b"sotto test vectors").unwrap(),
+    ));
+    cache.push((name.to_string(), id));
+    id
+}
+
+pub fn user(name: &str) -> UserName {
+    UserName::try_from(name).unwrap()
+}
+
+pub fn room(name: &str) -> RoomName {
+    RoomName::try_from(name).unwrap()
+}
+
+/// A relay running in this process.
+pub struct Relay {
+    pub address: RelayAddress,
+    pub metrics: Arc<Metrics>,
+    pub certs: Arc<CertStore>,
+    pub dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), sotto_relay::RelayError>>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Relay {
+    pub async fn start() -> Relay {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Relay {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
+        let mut relay = Self::start_in(&dir, adjust).await;
+        relay._temp = Some(temp);
+        relay
+    }
+
+    /// Starts a relay keeping its data in `dir` (which the caller owns).
+    pub async fn start_in(dir: &Path, adjust: impl FnOnce(&mut Config)) -> Relay {
+        let mut config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let certs = CertStore::load(CertSource::Generated {
+            dir: dir.to_path_buf(),
+            hosts: vec!["localhost".into()],
+        })
+        .unwrap();
+        Self::start_with_certs(dir, config, certs).await
+    }
+
+    pub async fn start_with_certs(dir: &Path, config: Config, certs: Arc<CertStore>) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let address = RelayAddress {
+            host: "127.0.0.1".into(),
+            port,
+            fingerprint: certs.fingerprint(),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sotto_relay::run_with_metrics(
+            listener,
+            Arc::clone(&certs),
+            config,
+            Arc::clone(&metrics),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Relay {
+            address,
+            metrics,
+            certs,
+            dir: dir.to_path_buf(),
+            stop: Some(stop),
+            task: Some(task),
+            _temp: None,
+        }
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("relay stops in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.address).await
+    }
+
+    /// A connected client registered as `name` with the fixture identity
+    /// of the same name.
+    pub async fn registered(&self, name: &str) -> Client {
+        let mut client = self.client().await;
+        let reply = client.register(name, identity(name)).await;
+        assert_eq!(reply, RelayFrame::Registered { name: user(name) });
+        client
+    }
+}
+
+/// A TLS client speaking frames.
+pub struct Client {
+    pub framed: Framed<TlsStream<TcpStream>, ClientCodec>,
+    pub challenge: [u8; 32],
+    pub relay: [u8; 32],
+}
+
+impl Client {
+    pub async fn connect(address: &RelayAddress) -> Client {
+        let tls = sotto_client::tls::connect(address).await.unwrap();
+        let mut framed = Framed::new(tls, ClientCodec::new());
+        let first = tokio::time::timeout(PATIENCE, framed.next())
+            .await
+            .expect("challenge in time")
+            .expect("a frame")
+            .expect("a valid frame");
+        let RelayFrame::Challenge { nonce } = first else {
+            panic!("expected a challenge, got {first:?}")
+        };
+        Client {
+            framed,
+            challenge: nonce,
+            relay: address.fingerprint,
+        }
+    }
+
+    pub async fn register(&mut self, name: &str, identity: &Identity) -> RelayFrame {
+        let proof = identity
+            .sign_registration(&mut rand::rng(), &self.relay, &self.challenge, name)
+            .unwrap();
+        self.send(ClientFrame::Register {
+            name: user(name),
+            identity: Bytes::from(identity.public().to_bytes()),
+            proof: Bytes::from(proof),
+        })
+        .await;
+        self.recv().await
+    }
+
+    pub async fn send(&mut self, frame: ClientFrame) {
+        self.framed.send(frame).await.unwrap();
+    }
+
+    /// The next frame other than a keepalive ping (which is answered).
+    pub async fn recv(&mut self) -> RelayFrame {
+        self.try_recv(PATIENCE).await.expect("a frame in time")
+    }
+
+    /// The next non-ping frame within `wait`, or `None` if nothing came or
+    /// the connection ended.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<RelayFrame> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.framed.next()).await;
+            match next {
+                Ok(Some(Ok(RelayFrame::Ping { nonce }))) => {
+                    let _ = self.framed.send(ClientFrame::Pong { nonce }).await;
+                }
+                Ok(Some(Ok(frame))) => return Some(frame),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits until the relay closes the connection; panics on any frame
+    /// other than `allowed` ones before that.
+    pub async fn closed(&mut self) -> Vec<RelayFrame> {
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(PATIENCE, self.framed.next()).await {
+                Ok(Some(Ok(frame))) => seen.push(frame),
+                Ok(Some(Err(_)) | None) => return seen,
+                Err(_) => panic!("the relay did not close the connection; saw {seen:?}"),
+            }
+        }
+    }
+
+    pub async fn join(&mut self, name: &str) -> RelayFrame {
+        self.send(ClientFrame::Join { room: room(name) }).await;
+        self.recv().await
+    }
+}

@@ -1,0 +1,259 @@
+//! The `relay` binary as a process: the printed address, a crash (SIGKILL)
+//! and restart with the offline queue intact, SIGHUP certificate reload,
+//! SIGTERM shutdown, and logs that never hold what clients send (P12).
+
+#![cfg(unix)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Client, identity, user};
+use sotto_proto::{ClientFrame, Destination, RelayAddress, RelayFrame, Route, Slot};
+
+/// A marker no log line may ever contain.
+const MARKER: &[u8] = b"BODY-MARKER-7c1e55";
+
+struct Process {
+    child: Child,
+    address: RelayAddress,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Collect stderr (the log) in the background.
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all);
+        let _ = tx.send(all);
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let address = line
+        .strip_prefix("address: ")
+        .unwrap_or_else(|| panic!("first line should be the address, got {line:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // Keep draining stdout (later address lines after SIGHUP).
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+    });
+    Process {
+        child,
+        address,
+        log,
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait(child: &mut Child) -> std::process::ExitStatus {
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the relay did not exit");
+}
+
+async fn registered(address: &RelayAddress, name: &str) -> Client {
+    let mut client = Client::connect(address).await;
+    assert_eq!(
+        client.register(name, identity(name)).await,
+        RelayFrame::Registered { name: user(name) }
+    );
+    client
+}
+
+#[tokio::test]
+async fn offline_queue_survives_a_killed_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path(), &[]);
+    drop(registered(&first.address, "bob").await);
+    let mut alice = registered(&first.address, "alice").await;
+    alice
+        .send(ClientFrame::Send {
+            route: Route {
+                id: 1,
+                to: Destination::User(user("bob")),
+            },
+            body: Bytes::from_static(MARKER),
+            slots: vec![Slot {
+                to: user("bob"),
+                data: Bytes::from_static(b"slot"),
+            }],
+        })
+        .await;
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
+
+    // No goodbye, no flush: SIGKILL.
+    signal(&first.child, "KILL");
+    wait(&mut first.child);
+    let log = first.log.recv().unwrap();
+    assert!(!log.contains("BODY-MARKER"), "the log holds message bytes");
+
+    let mut second = start(dir.path(), &[]);
+    assert_eq!(
+        second.address.fingerprint, first.address.fingerprint,
+        "same certificate after restart"
+    );
+    let mut bob = registered(&second.address, "bob").await;
+    let RelayFrame::Deliver {
+        delivery,
+        from,
+        body,
+        ..
+    } = bob.recv().await
+    else {
+        panic!()
+    };
+    assert_eq!((from, body.as_ref()), (user("alice"), MARKER));
+    bob.send(ClientFrame::Ack { delivery }).await;
+    bob.send(ClientFrame::Bye).await;
+    bob.closed().await;
+
+    // SIGTERM: clients are told, the process exits cleanly and quickly.
+    let mut watcher = registered(&second.address, "carol").await;
+    signal(&second.child, "TERM");
+    assert_eq!(watcher.closed().await, vec![RelayFrame::ShuttingDown]);
+    assert!(wait(&mut second.child).success());
+    let log = second.log.recv().unwrap();
+    assert!(!log.contains("BODY-MARKER"), "the log holds message bytes");
+    assert!(log.contains("registered"), "trace logging was on: {log}");
+
+    // Acknowledged means gone, across restarts too.
+    let mut third = start(dir.path(), &[]);
+    let mut bob = registered(&third.address, "bob").await;
+    assert_eq!(bob.try_recv(Duration::from_millis(300)).await, None);
+    signal(&third.child, "TERM");
+    wait(&mut third.child);
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_renewed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let write = |host: &str| {
+        let generated = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    };
+    write("one.example");
+    let data = dir.path().join("data");
+    let args = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let mut relay = start(&data, &args);
+    let mut connected = registered(&relay.address, "alice").await;
+
+    write("two.example");
+    signal(&relay.child, "HUP");
+    let mut renewed = relay.address.clone();
+    let mut reloaded = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(sotto_client::tls::ConnectError::CertificateMismatch { presented, .. }) =
+            sotto_client::tls::connect(&relay.address).await
+        {
+            renewed.fingerprint = presented;
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "the new certificate was not served");
+    drop(registered(&renewed, "bob").await);
+    connected.send(ClientFrame::Ping { nonce: 1 }).await;
+    assert_eq!(connected.recv().await, RelayFrame::Pong { nonce: 1 });
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+}
+
+#[test]
+fn help_explains_every_option() {
+    let output = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in [
+        "--config",
+        "--listen",
+        "--host",
+        "--data-dir",
+        "--cert",
+        "--key",
+        "--metrics",
+        "--max-connections",
+        "--handshake-timeout",
+        "--idle-timeout",
+        "--keepalive-interval",
+        "--max-frame-len",
+        "--max-slots",
+        "--rate-per-sec",
+        "--rate-burst",
+        "--outbound-queue",
+        "--max-rooms-per-user",
+        "--offline-max-messages",
+        "--offline-max-bytes",
+        "--offline-max-age",
+        "--shutdown-grace",
+    ] {
+        assert!(help.contains(option), "{option} missing from --help");
+    }
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "max_conections = 3\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max_conections"), "{stderr}");
+}

@@ -1,0 +1,708 @@
+//! The relay end to end: real TLS on 127.0.0.1:0, real clients.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Client, Relay, identity, room, user};
+use sotto_proto::{
+    ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, Route, Slot,
+    UserInfo,
+};
+use tokio::io::AsyncWriteExt;
+
+fn send_to_room(
+    id: u64,
+    name: &str,
+    body: &'static [u8],
+    slots: &[(&str, &'static [u8])],
+) -> ClientFrame {
+    ClientFrame::Send {
+        route: Route {
+            id,
+            to: Destination::Room(room(name)),
+        },
+        body: Bytes::from_static(body),
+        slots: slots
+            .iter()
+            .map(|(to, data)| Slot {
+                to: user(to),
+                data: Bytes::from_static(data),
+            })
+            .collect(),
+    }
+}
+
+fn send_to_user(id: u64, name: &str, body: &'static [u8]) -> ClientFrame {
+    ClientFrame::Send {
+        route: Route {
+            id,
+            to: Destination::User(user(name)),
+        },
+        body: Bytes::from_static(body),
+        slots: vec![],
+    }
+}
+
+fn members(frame: &RelayFrame) -> Vec<String> {
+    let RelayFrame::Joined { members, .. } = frame else {
+        panic!("expected Joined, got {frame:?}")
+    };
+    members
+        .iter()
+        .map(|m: &Member| m.name.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn registration_needs_a_proof_for_this_relays_challenge() {
+    let relay = Relay::start().await;
+    let alice = identity("alice");
+
+    // A proof for another challenge (say, relayed from another session).
+    let mut client = relay.client().await;
+    let stale = alice
+        .sign_registration(&mut rand::rng(), &client.relay, &[0; 32], "alice")
+        .unwrap();
+    client
+        .send(ClientFrame::Register {
+            name: user("alice"),
+            identity: Bytes::from(alice.public().to_bytes()),
+            proof: Bytes::from(stale),
+        })
+        .await;
+    let RelayFrame::Error { code, .. } = client.recv().await else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::BadProof);
+
+    // A proof made for another relay's certificate.
+    let mut client = relay.client().await;
+    let elsewhere = alice
+        .sign_registration(&mut rand::rng(), &[9; 32], &client.challenge, "alice")
+        .unwrap();
+    client
+        .send(ClientFrame::Register {
+            name: user("alice"),
+            identity: Bytes::from(alice.public().to_bytes()),
+            proof: Bytes::from(elsewhere),
+        })
+        .await;
+    let RelayFrame::Error { code, .. } = client.recv().await else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::BadProof);
+
+    // Nothing but registration is served before it.
+    client.send(ClientFrame::ListUsers).await;
+    let RelayFrame::Error { code, .. } = client.recv().await else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::NotRegistered);
+
+    // The right proof works on the same connection.
+    assert_eq!(
+        client.register("alice", alice).await,
+        RelayFrame::Registered {
+            name: user("alice")
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_name_stays_bound_to_its_key_in_any_letter_case() {
+    let relay = Relay::start().await;
+    drop(relay.registered("alice").await);
+
+    for claimed in ["alice", "ALICE", "Alice"] {
+        let mut mallory = relay.client().await;
+        let RelayFrame::Error { code, .. } = mallory.register(claimed, identity("mallory")).await
+        else {
+            panic!("{claimed} was given to another key")
+        };
+        assert_eq!(code, ErrorCode::NameTaken);
+    }
+    // Alice herself gets it back, and a second login replaces the first.
+    let mut first = relay.registered("alice").await;
+    let _second = relay.registered("alice").await;
+    assert!(first.closed().await.is_empty());
+    assert!(
+        relay
+            .metrics
+            .registrations_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
+}
+
+#[tokio::test]
+async fn rooms_presence_and_listings_follow_the_seed_chat() {
+    let relay = Relay::start().await;
+    let mut alice = relay.registered("alice").await;
+    let mut bob = relay.registered("bob").await;
+
+    assert_eq!(members(&alice.join("lobby").await), vec!["alice"]);
+    assert_eq!(members(&bob.join("lobby").await), vec!["alice", "bob"]);
+    // Alice hears Bob join, with his public identity as a hint.
+    let RelayFrame::Presence {
+        room: r,
+        user: u,
+        event,
+        identity: id,
+    } = alice.recv().await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (r, u, event),
+        (room("lobby"), user("bob"), PresenceEvent::Joined)
+    );
+    assert_eq!(
+        id.unwrap(),
+        Bytes::from(identity("bob").public().to_bytes())
+    );
+
+    bob.join("ops").await;
+    alice.send(ClientFrame::ListUsers).await;
+    assert_eq!(
+        alice.recv().await,
+        RelayFrame::Users {
+            users: vec![
+                UserInfo {
+                    name: user("alice"),
+                    rooms: vec![room("lobby")]
+                },
+                UserInfo {
+                    name: user("bob"),
+                    rooms: vec![room("lobby"), room("ops")]
+                },
+            ]
+        }
+    );
+    alice.send(ClientFrame::ListRooms).await;
+    assert_eq!(
+        alice.recv().await,
+        RelayFrame::Rooms {
+            rooms: vec![
+                RoomInfo {
+                    name: room("lobby"),
+                    members: 2
+                },
+                RoomInfo {
+                    name: room("ops"),
+                    members: 1
+                },
+            ]
+        }
+    );
+
+    bob.send(ClientFrame::Leave {
+        room: room("lobby"),
+    })
+    .await;
+    assert_eq!(
+        bob.recv().await,
+        RelayFrame::Left {
+            room: room("lobby")
+        }
+    );
+    let RelayFrame::Presence { user: u, event, .. } = alice.recv().await else {
+        panic!()
+    };
+    assert_eq!((u, event), (user("bob"), PresenceEvent::Left));
+    bob.send(ClientFrame::Leave {
+        room: room("lobby"),
+    })
+    .await;
+    let RelayFrame::Error { code, .. } = bob.recv().await else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::NotMember);
+
+    bob.join("lobby").await;
+    let _joined = alice.recv().await;
+    drop(bob);
+    let RelayFrame::Presence { user: u, event, .. } = alice.recv().await else {
+        panic!()
+    };
+    assert_eq!((u, event), (user("bob"), PresenceEvent::Disconnected));
+}
+
+#[tokio::test]
+async fn room_message_fans_out_each_member_getting_only_its_slot() {
+    let relay = Relay::start().await;
+    let mut alice = relay.registered("alice").await;
+    let mut bob = relay.registered("bob").await;
+    let mut carol = relay.registered("carol").await;
+    let mut dave = relay.registered("dave").await;
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.join("lobby").await;
+    }
+    // Drain the presence notices.
+    alice.recv().await;
+    alice.recv().await;
+    bob.recv().await;
+
+    alice
+        .send(send_to_room(
+            7,
+            "lobby",
+            b"ciphertext",
+            &[
+                ("bob", b"bob-slot"),
+                ("carol", b"carol-slot"),
+                ("dave", b"x"),
+            ],
+        ))
+        .await;
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 7 });
+    for (client, slot) in [(&mut bob, &b"bob-slot"[..]), (&mut carol, b"carol-slot")] {
+        assert_eq!(
+            client.recv().await,
+            RelayFrame::Deliver {
+                delivery: 0,
+                from: user("alice"),
+                to: Destination::Room(room("lobby")),
+                body: Bytes::from_static(b"ciphertext"),
+                slot: Some(Bytes::copy_from_slice(slot)),
+            }
+        );
+    }
+    // Dave is not in the room: nothing for him, whatever the slots say.
+    assert_eq!(dave.try_recv(Duration::from_millis(300)).await, None);
+    // And he cannot post to it.
+    dave.send(send_to_room(1, "lobby", b"x", &[])).await;
+    assert!(matches!(
+        dave.recv().await,
+        RelayFrame::Error {
+            id: Some(1),
+            code: ErrorCode::NotMember,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn direct_message_reaches_only_its_recipient() {
+    let relay = Relay::start().await;
+    let mut alice = relay.registered("alice").await;
+    let mut bob = relay.registered("bob").await;
+    let mut carol = relay.registered("carol").await;
+
+    alice.send(send_to_user(3, "Bob", b"for bob")).await;
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 3 });
+    let RelayFrame::Deliver { from, to, body, .. } = bob.recv().await else {
+        panic!()
+    };
+    assert_eq!(
+        (from, to, body),
+        (
+            user("alice"),
+            Destination::User(user("Bob")),
+            Bytes::from_static(b"for bob")
+        )
+    );
+    assert_eq!(carol.try_recv(Duration::from_millis(300)).await, None);
+
+    alice.send(send_to_user(4, "nobody", b"x")).await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayFrame::Error {
+            id: Some(4),
+            code: ErrorCode::NoSuchUser,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn key_directory_answers_with_the_registered_identity() {
+    let relay = Relay::start().await;
+    drop(relay.registered("bob").await);
+    let mut alice = relay.registered("alice").await;
+    alice
+        .send(ClientFrame::LookupKey { name: user("BOB") })
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        RelayFrame::Key {
+            name: user("bob"),
+            identity: Some(Bytes::from(identity("bob").public().to_bytes()))
+        }
+    );
+    alice
+        .send(ClientFrame::LookupKey {
+            name: user("nobody"),
+        })
+        .await;
+    assert_eq!(
+        alice.recv().await,
+        RelayFrame::Key {
+            name: user("nobody"),
+            identity: None
+        }
+    );
+}
+
+/// Raw bytes on a TLS connection, outside the codec.
+async fn raw(relay: &Relay, bytes: &[u8]) -> Client {
+    let mut client = relay.client().await;
+    client.framed.get_mut().write_all(bytes).await.unwrap();
+    client.framed.get_mut().flush().await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn bad_input_closes_only_the_offending_connection() {
+    let relay = Relay::start_with(|c| c.max_frame_len = 4096).await;
+    let mut alice = relay.registered("alice").await;
+    let mut bob = relay.registered("bob").await;
+    alice.join("lobby").await;
+    bob.join("lobby").await;
+    alice.recv().await;
+
+    let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+        (
+            "garbage",
+            b"\x00\x00\x00\x05\x01\xff\xff\xff\xff".to_vec(),
+            ErrorCode::BadFrame,
+        ),
+        (
+            "wrong version",
+            b"\x00\x00\x00\x02\x07\x03".to_vec(),
+            ErrorCode::UnsupportedVersion,
+        ),
+        (
+            "oversized",
+            5000u32.to_be_bytes().to_vec(),
+            ErrorCode::TooLarge,
+        ),
+        ("zero length", vec![0, 0, 0, 0], ErrorCode::BadFrame),
+        (
+            "truncated then closed",
+            b"\x00\x00\x00\x10\x01\x05".to_vec(),
+            ErrorCode::BadFrame,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut bad = raw(&relay, &bytes).await;
+        if what.starts_with("truncated") {
+            bad.framed.get_mut().shutdown().await.unwrap();
+        }
+        let seen = bad.closed().await;
+        assert!(
+            matches!(seen.as_slice(), [RelayFrame::Error { code: c, .. }] if *c == code),
+            "{what}: {seen:?}"
+        );
+        // Everyone else keeps chatting.
+        alice
+            .send(send_to_room(1, "lobby", b"still here", &[]))
+            .await;
+        assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 }, "{what}");
+        assert!(
+            matches!(bob.recv().await, RelayFrame::Deliver { .. }),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        relay
+            .metrics
+            .bad_frames
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_disconnected_without_stalling_others() {
+    // Alice is held to 200 frames/s, which Bob reads easily; Carol reads
+    // nothing, and her queue of 64 frames fills within a second.
+    let relay = Relay::start_with(|c| {
+        c.outbound_queue = 64;
+        c.rate_per_sec = 200;
+        c.rate_burst = 50;
+    })
+    .await;
+    let mut alice = relay.registered("alice").await;
+    let mut bob = relay.registered("bob").await;
+    let mut sloth = relay.registered("carol").await;
+    alice.join("lobby").await;
+    bob.join("lobby").await;
+    sloth.join("lobby").await;
+    alice.recv().await;
+    alice.recv().await;
+    bob.recv().await;
+
+    // Carol stops reading. Alice sends far more than her queue holds, in
+    // big frames so that socket buffers fill too.
+    static BIG: [u8; 60_000] = [0x42; 60_000];
+    let sender = tokio::spawn(async move {
+        for id in 0..400 {
+            alice.send(send_to_room(id, "lobby", &BIG, &[])).await;
+        }
+        alice
+    });
+    let mut received = 0;
+    while received < 400 {
+        match bob.recv().await {
+            RelayFrame::Deliver { .. } => received += 1,
+            RelayFrame::Presence {
+                event: PresenceEvent::Disconnected,
+                ..
+            } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _alice = sender.await.unwrap();
+    assert_eq!(received, 400, "bob got everything");
+    assert!(
+        relay
+            .metrics
+            .slow_consumers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // Carol's connection was closed by the relay.
+    let seen = sloth.closed().await;
+    assert!(
+        seen.len() < 400,
+        "carol was cut off, not served: {}",
+        seen.len()
+    );
+}
+
+#[tokio::test]
+async fn a_flooding_client_is_slowed_down_not_dropped() {
+    let relay = Relay::start_with(|c| {
+        c.rate_per_sec = 50;
+        c.rate_burst = 10;
+    })
+    .await;
+    let mut alice = relay.registered("alice").await;
+    let started = std::time::Instant::now();
+    for nonce in 0..60 {
+        alice.send(ClientFrame::Ping { nonce }).await;
+    }
+    for nonce in 0..60 {
+        assert_eq!(alice.recv().await, RelayFrame::Pong { nonce });
+    }
+    // 60 frames at 50/s after a burst of 10 (plus the registration) cannot
+    // take less than about one second: a lower bound, not a timing target.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_unregistered_connection_is_closed_after_the_timeout() {
+    let relay = Relay::start_with(|c| c.handshake_timeout = Duration::from_millis(500)).await;
+    let mut idle = relay.client().await;
+    assert!(idle.closed().await.is_empty());
+    // A TCP connection that never starts TLS is dropped as well.
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", relay.address.port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut socket, &mut buf),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_pinged_then_dropped() {
+    let relay = Relay::start_with(|c| {
+        c.keepalive_interval = Duration::from_millis(200);
+        c.idle_timeout = Duration::from_millis(700);
+    })
+    .await;
+    let mut silent = relay.registered("alice").await;
+    let mut lively = relay.registered("bob").await;
+    // The silent one sees pings and is closed, while the lively one, which
+    // keeps talking, stays.
+    let keep_talking = async {
+        for _ in 0..8 {
+            lively.send(ClientFrame::ListRooms).await;
+            assert_eq!(lively.recv().await, RelayFrame::Rooms { rooms: vec![] });
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    };
+    let (seen, ()) = tokio::join!(silent.closed(), keep_talking);
+    assert!(
+        seen.iter().any(|f| matches!(f, RelayFrame::Ping { .. })),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn offline_messages_wait_in_order_until_acknowledged() {
+    let relay = Relay::start().await;
+    drop(relay.registered("bob").await);
+    let mut alice = relay.registered("alice").await;
+    for (id, body) in [(1, &b"first"[..]), (2, b"second")] {
+        alice
+            .send(ClientFrame::Send {
+                route: Route {
+                    id,
+                    to: Destination::User(user("bob")),
+                },
+                body: Bytes::from_static(body),
+                slots: vec![Slot {
+                    to: user("bob"),
+                    data: Bytes::from_static(b"slot"),
+                }],
+            })
+            .await;
+        assert_eq!(alice.recv().await, RelayFrame::Sent { id });
+    }
+    let mut bob = relay.registered("bob").await;
+    let mut deliveries = Vec::new();
+    for expected in [&b"first"[..], b"second"] {
+        let RelayFrame::Deliver {
+            delivery,
+            body,
+            slot,
+            ..
+        } = bob.recv().await
+        else {
+            panic!()
+        };
+        assert_eq!(body.as_ref(), expected);
+        assert_eq!(slot.as_deref(), Some(&b"slot"[..]));
+        assert_ne!(delivery, 0);
+        deliveries.push(delivery);
+    }
+    // Only the first is acknowledged: the second comes again next time.
+    bob.send(ClientFrame::Ack {
+        delivery: deliveries[0],
+    })
+    .await;
+    bob.send(ClientFrame::Bye).await;
+    assert!(bob.closed().await.is_empty());
+    let mut bob = relay.registered("bob").await;
+    let RelayFrame::Deliver { body, .. } = bob.recv().await else {
+        panic!()
+    };
+    assert_eq!(body.as_ref(), b"second");
+    assert_eq!(bob.try_recv(Duration::from_millis(300)).await, None);
+}
+
+#[tokio::test]
+async fn offline_queue_is_bounded() {
+    let relay = Relay::start_with(|c| c.offline_max_messages = 2).await;
+    drop(relay.registered("bob").await);
+    let mut alice = relay.registered("alice").await;
+    for id in 0..3 {
+        alice.send(send_to_user(id, "bob", b"x")).await;
+    }
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 0 });
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
+    assert!(matches!(
+        alice.recv().await,
+        RelayFrame::Error {
+            id: Some(2),
+            code: ErrorCode::QueueFull,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn shutdown_tells_every_client_and_returns() {
+    let mut relay = Relay::start().await;
+    let mut alice = relay.registered("alice").await;
+    let mut anonymous = relay.client().await;
+    relay.stop().await;
+    assert_eq!(alice.closed().await, vec![RelayFrame::ShuttingDown]);
+    assert_eq!(anonymous.closed().await, vec![RelayFrame::ShuttingDown]);
+}
+
+#[tokio::test]
+async fn certificate_reload_keeps_connections_and_changes_the_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let write = |hosts: Vec<String>| {
+        let generated = rcgen::generate_simple_self_signed(hosts).unwrap();
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    };
+    write(vec!["old.example".into()]);
+    let certs = sotto_relay::CertStore::load(sotto_relay::CertSource::Files {
+        cert: cert.clone(),
+        key: key.clone(),
+    })
+    .unwrap();
+    let config = sotto_relay::Config {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let relay = Relay::start_with_certs(dir.path(), config, std::sync::Arc::clone(&certs)).await;
+    let mut before = relay.registered("alice").await;
+
+    write(vec!["new.example".into()]);
+    let new_fingerprint = certs.reload().unwrap();
+    assert_ne!(new_fingerprint, relay.address.fingerprint);
+
+    // The open connection carries on.
+    before.send(ClientFrame::Ping { nonce: 5 }).await;
+    assert_eq!(before.recv().await, RelayFrame::Pong { nonce: 5 });
+    // A client pinned to the old certificate is refused, naming both.
+    let error = sotto_client::tls::connect(&relay.address)
+        .await
+        .unwrap_err();
+    let sotto_client::tls::ConnectError::CertificateMismatch {
+        expected,
+        presented,
+    } = error
+    else {
+        panic!("{error}")
+    };
+    assert_eq!(
+        (expected, presented),
+        (relay.address.fingerprint, new_fingerprint)
+    );
+    // The new address works.
+    let mut renewed = relay.address.clone();
+    renewed.fingerprint = new_fingerprint;
+    let mut after = Client::connect(&renewed).await;
+    assert_eq!(
+        after.register("bob", identity("bob")).await,
+        RelayFrame::Registered { name: user("bob") }
+    );
+    // A bad reload (a key that does not match) keeps the current certificate.
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    assert!(certs.reload().is_err());
+    assert_eq!(certs.fingerprint(), new_fingerprint);
+}
+
+#[tokio::test]
+async fn generated_key_is_private_and_reused() {
+    let relay = Relay::start().await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(relay.dir.join(sotto_relay::tls::GENERATED_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = sotto_relay::CertStore::load(sotto_relay::CertSource::Generated {
+        dir: relay.dir.clone(),
+        hosts: vec!["localhost".into()],
+    })
+    .unwrap();
+    assert_eq!(again.fingerprint(), relay.address.fingerprint);
+}
