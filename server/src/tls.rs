@@ -204,7 +204,7 @@ fn generate(
     key_path: &Path,
     hosts: &[String],
 ) -> Result<(), TlsError> {
-    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    crate::store::create_private_dir(dir).map_err(io_error(dir))?;
     let hosts = if hosts.is_empty() {
         vec!["localhost".to_string()]
     } else {

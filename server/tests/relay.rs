@@ -706,3 +706,46 @@ async fn generated_key_is_private_and_reused() {
     .unwrap();
     assert_eq!(again.fingerprint(), relay.address.fingerprint);
 }
+
+#[tokio::test]
+async fn metrics_endpoint_counts_without_naming_anyone() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let relay = Relay::start_with(|c| c.metrics = Some(([127, 0, 0, 1], port).into())).await;
+    let mut alice = relay.registered("alice").await;
+    alice.send(ClientFrame::Ping { nonce: 1 }).await;
+    alice.recv().await;
+
+    let fetch = |path: &'static str| async move {
+        use tokio::io::AsyncReadExt;
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        socket.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut response = String::new();
+        socket.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let response = fetch("/metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("\nsotto_relay_connections 1\n"), "{response}");
+    assert!(response.contains("\nsotto_relay_users_online 1\n"), "{response}");
+    assert!(response.contains("\nsotto_relay_frames_in_total 2\n"), "{response}");
+    assert!(response.contains("# TYPE sotto_relay_offline_queue_messages gauge"), "{response}");
+    assert!(!response.contains("alice"), "metrics never name users");
+    assert!(fetch("/other").await.starts_with("HTTP/1.1 404"));
+}
+
+#[tokio::test]
+async fn data_directory_is_private() {
+    let relay = Relay::start().await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A data directory the relay creates is readable by its owner only.
+        let nested = relay.dir.join("nested/data");
+        let _second = Relay::start_in(&nested, |_| {}).await;
+        let mode = std::fs::metadata(&nested).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}
