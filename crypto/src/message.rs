@@ -220,12 +220,12 @@ fn commitment(key: &ContentKey) -> [u8; 32] {
         .into()
 }
 
-/// Binds a slot to the whole message, header and ciphertext, with a
-/// collision-resistant hash: a recipient who knows the content key could
-/// otherwise make another body with the same GCM tag for another recipient.
-/// BLAKE3 (derive-key mode, context [`MESSAGE_CONTEXT`]) rather than
-/// SHA-256: it hashes a 64 KiB body in a fifth of the time here, and this
-/// hash is the largest cost of sealing a long message after AES-GCM itself.
+/// Binds a slot to the whole message, header and ciphertext. It must be a
+/// collision-resistant hash, not a MAC under the content key: every
+/// recipient knows that key and could otherwise forge another body for the
+/// other recipients. BLAKE3 (derive-key mode, context [`MESSAGE_CONTEXT`])
+/// rather than SHA-256: it hashes a 64 KiB body in a fifth of the time
+/// here, and after the body cipher it is the largest cost of sealing.
 fn message_digest(header: &[u8], ciphertext: &[u8]) -> [u8; 32] {
     blake3::Hasher::new_derive_key(MESSAGE_CONTEXT)
         .update(&len_u32(header.len()).to_be_bytes())
@@ -346,7 +346,7 @@ impl SendingSession {
         // (length-prefixed), ciphertext (length-prefixed).
         let padded_len = padded_len(plaintext.len());
         let ciphertext_len = padded_len;
-        let mut body = Vec::with_capacity(header.len() + ciphertext_len + 16);
+        let mut body = Vec::with_capacity(header.len() + ciphertext_len + 12);
         body.push(PEER_VERSION);
         body.push(MESSAGE_VARIANT);
         push_varint(&mut body, header.len());
@@ -405,9 +405,10 @@ impl ReceivingSession {
     /// session and epoch match this session; the message is not this
     /// recipient's own (no reflection); the slot is addressed here and opens
     /// under the pairwise key with the whole message bound in; the content
-    /// key matches the header's commitment; the body opens. Any failure is
+    /// key matches the header's commitment. Only then is the body
+    /// decrypted, and its padding must be exact. Any failure is
     /// [`Error::DecryptionFailed`] (P11). Replay and order are the caller's
-    /// next step, with a [`crate::ReplayWindow`] per sender and conversation.
+    /// next step, with this session's [`crate::ReplayWindow`].
     pub fn open(
         &self,
         conversation: &Conversation,
