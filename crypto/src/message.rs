@@ -9,6 +9,7 @@
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Nonce, Tag};
+use ctr::cipher::StreamCipher;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -355,13 +356,23 @@ impl SendingSession {
         let start = body.len();
         body.extend_from_slice(&sent_at_ms.to_le_bytes());
         body.extend_from_slice(&len_u32(plaintext.len()).to_le_bytes());
-        body.extend_from_slice(plaintext);
         body.resize(start + padded_len, 0);
 
-        ctr::cipher::StreamCipher::apply_keystream(
-            &mut body_cipher(body_key),
-            body.get_mut(start..).unwrap_or_default(),
-        );
+        // Encrypt prefix, content and padding in order; the content goes
+        // straight from the caller's buffer to the output (one pass, no
+        // separate copy).
+        let mut cipher = body_cipher(body_key);
+        let (prefix, rest) = body
+            .get_mut(start..)
+            .unwrap_or_default()
+            .split_at_mut(PREFIX_LEN);
+        let (content, padding) = rest.split_at_mut(plaintext.len());
+        let too_long = |_| Error::InvalidParameter("plaintext too long");
+        cipher.try_apply_keystream(prefix).map_err(too_long)?;
+        cipher
+            .try_apply_keystream_b2b(plaintext, content)
+            .map_err(too_long)?;
+        cipher.try_apply_keystream(padding).map_err(too_long)?;
 
         let digest = message_digest(&header, body.get(start..).unwrap_or_default());
         let nonce = slot_nonce(seq);
@@ -450,7 +461,9 @@ impl ReceivingSession {
         // The slot authenticated the digest of header and ciphertext, and the
         // key matches the commitment: only now is the body decrypted.
         let mut plain = Zeroizing::new(body.ciphertext.to_vec());
-        ctr::cipher::StreamCipher::apply_keystream(&mut body_cipher(&key), plain.as_mut_slice());
+        body_cipher(&key)
+            .try_apply_keystream(plain.as_mut_slice())
+            .map_err(|_| Error::DecryptionFailed)?;
         let (sent_at_ms, plaintext) = unpad(plain)?;
         Ok(Opened {
             seq: header.seq,
