@@ -13,7 +13,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
-use sotto_proto::RelayAddress;
+use sotto_proto::{RelayAddress, fingerprint_text};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -25,9 +25,9 @@ pub enum ConnectError {
     /// The relay presented a certificate other than the pinned one: a
     /// different relay, a renewed certificate, or someone in between.
     #[error(
-        "the relay's certificate does not match the address: expected {}, got {}",
-        hex(expected),
-        hex(presented)
+        "the relay's certificate does not match the address: the address pins {}, the relay presented {}",
+        fingerprint_text(expected),
+        fingerprint_text(presented)
     )]
     CertificateMismatch {
         /// SHA-256 the address pins.
@@ -61,8 +61,8 @@ impl fmt::Display for Mismatch {
         write!(
             f,
             "certificate {} is not the pinned {}",
-            hex(&self.presented),
-            hex(&self.expected)
+            fingerprint_text(&self.presented),
+            fingerprint_text(&self.expected)
         )
     }
 }
@@ -185,8 +185,4 @@ fn mismatch_in(error: &std::io::Error) -> Option<([u8; 32], [u8; 32])> {
     };
     let mismatch = other.0.downcast_ref::<Mismatch>()?;
     Some((mismatch.expected, mismatch.presented))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

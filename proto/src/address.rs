@@ -48,10 +48,15 @@ pub enum AddressError {
     Port,
 }
 
+/// A certificate fingerprint as addresses write it: unpadded base64url.
+pub fn fingerprint_text(fingerprint: &[u8; 32]) -> String {
+    URL_SAFE_NO_PAD.encode(fingerprint)
+}
+
 impl RelayAddress {
     /// The fingerprint as it appears in the address.
     pub fn fingerprint_text(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.fingerprint)
+        fingerprint_text(&self.fingerprint)
     }
 
     /// `host:port`, with IPv6 hosts in brackets, for connecting.
@@ -126,6 +131,11 @@ fn split_host_port(authority: &str) -> Result<(String, u16), AddressError> {
     }
     let port = match port {
         None => DEFAULT_PORT,
+        Some(port)
+            if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            return Err(AddressError::Port);
+        }
         Some(port) => match port.parse::<u16>() {
             Ok(port) if port != 0 => port,
             _ => return Err(AddressError::Port),
@@ -195,6 +205,8 @@ mod tests {
                 AddressError::Port,
             ),
             (format!("sotto://{fp}@example.org:x"), AddressError::Port),
+            (format!("sotto://{fp}@example.org:+443"), AddressError::Port),
+            (format!("sotto://{fp}@example.org:"), AddressError::Port),
         ];
         for (text, expected) in cases {
             assert_eq!(text.parse::<RelayAddress>(), Err(expected), "{text}");

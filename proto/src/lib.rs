@@ -57,7 +57,7 @@ pub mod name;
 #[cfg(test)]
 mod strategies;
 
-pub use address::{AddressError, DEFAULT_PORT, RelayAddress};
+pub use address::{AddressError, DEFAULT_PORT, RelayAddress, fingerprint_text};
 pub use codec::{
     ClientCodec, FrameCodec, MAX_FRAME_LEN, PROTOCOL_VERSION, RelayCodec, decode_payload,
     encode_frame,

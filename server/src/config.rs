@@ -39,7 +39,7 @@ pub struct Config {
     /// Largest frame accepted from a client, in bytes (at most
     /// `sotto_proto::MAX_FRAME_LEN`).
     pub max_frame_len: usize,
-    /// Most slots (recipients) in one room message.
+    /// Most slots (recipients) in one message.
     pub max_slots: usize,
     /// Frames per second a connection may send, sustained.
     pub rate_per_sec: u32,

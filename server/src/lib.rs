@@ -67,6 +67,9 @@ use tokio_util::task::TaskTracker;
 use crate::state::Shared;
 use crate::store::{QueueLimits, Store, StoreError};
 
+/// How often expired offline messages are swept from the database.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(60 * 60);
+
 /// The room every client can join without asking: the seed chat's general room.
 pub const DEFAULT_ROOM: &str = sotto_proto::LOBBY;
 
@@ -140,6 +143,27 @@ pub async fn run_with_metrics(
             tokio::select! {
                 () = serve => {}
                 () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    // Expired offline messages of users who never return are swept hourly.
+    {
+        let store = Arc::clone(&store);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut hourly = tokio::time::interval(EXPIRY_SWEEP);
+            loop {
+                tokio::select! {
+                    _ = hourly.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                let store = Arc::clone(&store);
+                match tokio::task::spawn_blocking(move || store.expire_all()).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(dropped)) => tracing::info!(dropped, "expired offline messages removed"),
+                    _ => tracing::warn!("could not sweep the offline queue"),
+                }
             }
         });
     }

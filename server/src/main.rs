@@ -64,7 +64,7 @@ struct Args {
     /// Largest frame accepted, in bytes [default and maximum: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_frame_len: Option<usize>,
-    /// Most recipients (slots) in one room message [default: 4096].
+    /// Most recipients (slots) in one message [default: 4096].
     #[arg(long, value_name = "N")]
     max_slots: Option<usize>,
     /// Frames per second one connection may send, sustained; faster

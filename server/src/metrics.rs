@@ -152,6 +152,8 @@ pub async fn serve(
 ) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
+            // Out of descriptors and the like: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let metrics = Arc::clone(&metrics);

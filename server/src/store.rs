@@ -253,6 +253,34 @@ impl Store {
         Ok(removed)
     }
 
+    /// Drops every user's expired entries, so that ciphertext for users who
+    /// never come back does not stay on disk past its age. Returns how many
+    /// entries were dropped.
+    pub fn expire_all(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let dropped = {
+            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+            let mut users = Vec::new();
+            for entry in stats.iter().map_err(db_err)? {
+                let (user, depth) = entry.map_err(db_err)?;
+                users.push((user.value().to_string(), depth.value().0));
+            }
+            let mut dropped = 0;
+            for (user, before) in users {
+                expire(&mut queue, &mut stats, &user, self.cutoff())?;
+                let after = stats
+                    .get(user.as_str())
+                    .map_err(db_err)?
+                    .map_or(0, |v| v.value().0);
+                dropped += before.saturating_sub(after);
+            }
+            dropped
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(dropped)
+    }
+
     /// Messages and bytes queued for `recipient`.
     pub fn queue_depth(&self, recipient: &UserName) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -442,7 +470,13 @@ mod tests {
         let mut old = message(b"old");
         old.queued_at = now_secs() - 7200;
         s.enqueue(&user("bob"), &old).unwrap();
+        s.enqueue(&user("carol"), &old).unwrap();
         s.enqueue(&user("bob"), &message(b"new")).unwrap();
+        // Bob's old entry went when his queue was written to; Carol never
+        // comes back, and the periodic sweep removes hers.
+        assert_eq!(s.expire_all().unwrap(), 1);
+        assert_eq!(s.queue_depth(&user("carol")).unwrap(), (0, 0));
+        assert_eq!(s.total_queued().unwrap(), 1);
         let pending = s.pending(&user("bob")).unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].1.body.as_ref(), b"new");
