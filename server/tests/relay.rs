@@ -720,18 +720,35 @@ async fn metrics_endpoint_counts_without_naming_anyone() {
 
     let fetch = |path: &'static str| async move {
         use tokio::io::AsyncReadExt;
-        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        socket.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        socket
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut response = String::new();
         socket.read_to_string(&mut response).await.unwrap();
         response
     };
     let response = fetch("/metrics").await;
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    assert!(response.contains("\nsotto_relay_connections 1\n"), "{response}");
-    assert!(response.contains("\nsotto_relay_users_online 1\n"), "{response}");
-    assert!(response.contains("\nsotto_relay_frames_in_total 2\n"), "{response}");
-    assert!(response.contains("# TYPE sotto_relay_offline_queue_messages gauge"), "{response}");
+    assert!(
+        response.contains("\nsotto_relay_connections 1\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("\nsotto_relay_users_online 1\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("\nsotto_relay_frames_in_total 2\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("# TYPE sotto_relay_offline_queue_messages gauge"),
+        "{response}"
+    );
     assert!(!response.contains("alice"), "metrics never name users");
     assert!(fetch("/other").await.starts_with("HTTP/1.1 404"));
 }
