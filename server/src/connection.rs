@@ -7,10 +7,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sotto_crypto::PublicIdentity;
 use sotto_proto::{
     ClientFrame, Destination, ErrorCode, ProtoError, RelayCodec, RelayFrame, Route, Slot, UserName,
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::state::{Direct, Peer, Shared, encode};
+use crate::state::{Direct, Peer, PeerCache, Shared, To, deliver, encode, sent};
 use crate::store::{Claim, Enqueue, NameRecord, Queued};
 
 /// Room the relay leaves for a Deliver frame's own fields when checking a
@@ -33,6 +34,11 @@ use crate::store::{Claim, Enqueue, NameRecord, Queued};
 const DELIVER_OVERHEAD: usize = 256;
 /// How many queued frames the writer takes per TLS write.
 const WRITE_BATCH: usize = 512;
+/// Initial size of a connection's read buffer (it grows for larger
+/// frames). Enough for a registration; an idle connection holds no more.
+const READ_BUFFER: usize = 2 * 1024;
+/// Most inbound frames handled per pass through a connection's `select!`.
+const DRAIN_BATCH: usize = 256;
 /// How long a closing connection may take to flush what it was sending.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -94,9 +100,10 @@ async fn serve_tls(
         challenge: rand::random(),
         rate: RateLimit::new(shared.config.rate_per_sec, shared.config.rate_burst),
     };
-    let frames = FramedRead::new(
+    let frames = FramedRead::with_capacity(
         reader,
         RelayCodec::with_max_len(shared.config.max_frame_len),
+        READ_BUFFER,
     );
     let end = connection.run(frames, shutdown).await;
     debug!(?end, "connection ends");
@@ -142,13 +149,45 @@ impl RateLimit {
         }
     }
 
-    /// Takes a token; returns how long to wait if the bucket ran dry.
-    fn take(&mut self) -> Option<Duration> {
-        let now = Instant::now();
+    /// Takes a token at `now`; returns how long to wait if the bucket ran
+    /// dry.
+    fn take(&mut self, now: Instant) -> Option<Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst) - 1.0;
         (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.per_sec))
+    }
+}
+
+/// What a connection keeps between frames to route cheaply.
+#[derive(Default)]
+struct Routing {
+    /// Where its direct messages went last, within this batch.
+    peers: PeerCache,
+    /// Sends routed and deliveries made since the last flush: the shared
+    /// counters are updated once per batch of frames, not once per frame
+    /// (every connection on every core writes them).
+    routed: u64,
+    delivered: u64,
+}
+
+impl Routing {
+    /// Ends a batch: adds the counts to the shared counters and forgets
+    /// the cached recipient.
+    fn flush(&mut self, metrics: &Metrics) {
+        self.peers.forget();
+        if self.routed > 0 {
+            metrics
+                .frames_routed
+                .fetch_add(self.routed, Ordering::Relaxed);
+            self.routed = 0;
+        }
+        if self.delivered > 0 {
+            metrics
+                .deliveries
+                .fetch_add(self.delivered, Ordering::Relaxed);
+            self.delivered = 0;
+        }
     }
 }
 
@@ -178,6 +217,7 @@ impl Connection {
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         keepalive.tick().await;
         let mut last_heard = Instant::now();
+        let mut routing = Routing::default();
         let kill = self.peer.kill.clone();
         loop {
             tokio::select! {
@@ -199,26 +239,62 @@ impl Connection {
                         self.reply(RelayFrame::Ping { nonce: rand::random() });
                     }
                 }
-                frame = frames.next() => {
-                    let frame = match frame {
-                        None => return End::Eof,
-                        Some(Ok(frame)) => frame,
-                        Some(Err(error)) => {
-                            self.refuse(&error);
-                            return End::BadFrame;
-                        }
-                    };
+                next = frames.next() => {
                     last_heard = Instant::now();
-                    Metrics::inc(&self.shared.metrics.frames_in);
-                    if let Some(wait) = self.rate.take() {
-                        tokio::time::sleep(wait).await;
-                    }
-                    if let Some(end) = self.handle(frame).await {
+                    let end = self.drain(next, &mut frames, &mut routing, last_heard).await;
+                    routing.flush(&self.shared.metrics);
+                    if let Some(end) = end {
                         return end;
                     }
                 }
             }
         }
+    }
+
+    /// Handles `next` and then every frame already read, or readable
+    /// without waiting, before going back to the `select!`: a busy
+    /// connection pays for the select once per read rather than once per
+    /// frame. At most [`DRAIN_BATCH`] frames, so that a kill or a shutdown
+    /// is noticed soon. `now` is when the frames were read. `Some` ends the
+    /// connection.
+    async fn drain<R: AsyncRead + Unpin>(
+        &mut self,
+        mut next: Option<Result<ClientFrame, ProtoError>>,
+        frames: &mut FramedRead<R, RelayCodec>,
+        routing: &mut Routing,
+        mut now: Instant,
+    ) -> Option<End> {
+        for drained in 1.. {
+            let frame = match next {
+                None => return Some(End::Eof),
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    self.refuse(&error);
+                    return Some(End::BadFrame);
+                }
+            };
+            Metrics::inc(&self.shared.metrics.frames_in);
+            if let Some(wait) = self.rate.take(now) {
+                routing.peers.forget();
+                tokio::time::sleep(wait).await;
+                now = Instant::now();
+            }
+            if !matches!(frame, ClientFrame::Send { .. }) {
+                // Other frames may wait for the store.
+                routing.peers.forget();
+            }
+            if let Some(end) = self.handle(frame, routing).await {
+                return Some(end);
+            }
+            if drained >= DRAIN_BATCH {
+                break;
+            }
+            match frames.next().now_or_never() {
+                Some(more) => next = more,
+                None => break,
+            }
+        }
+        None
     }
 
     /// Tells the client why its frame was refused; the connection then
@@ -263,7 +339,7 @@ impl Connection {
     }
 
     /// Handles one frame; `Some` ends the connection.
-    async fn handle(&mut self, frame: ClientFrame) -> Option<End> {
+    async fn handle(&mut self, frame: ClientFrame, routing: &mut Routing) -> Option<End> {
         match frame {
             ClientFrame::Ping { nonce } => self.reply(RelayFrame::Pong { nonce }),
             ClientFrame::Pong { .. } => {}
@@ -272,25 +348,25 @@ impl Connection {
                 name,
                 identity,
                 proof,
-            } => self.register(name, identity, proof).await,
+            } => Box::pin(self.register(name, identity, proof)).await,
             other => {
-                let Some(name) = self.name.clone() else {
+                let Some(name) = &self.name else {
                     self.error(None, ErrorCode::NotRegistered, "register first");
                     return None;
                 };
-                self.handle_registered(name, other).await;
+                self.handle_registered(name, other, routing).await;
             }
         }
         None
     }
 
-    async fn handle_registered(&mut self, name: UserName, frame: ClientFrame) {
+    async fn handle_registered(&self, name: &UserName, frame: ClientFrame, routing: &mut Routing) {
         match frame {
-            ClientFrame::Join { room } => match self.shared.join(&name, &room) {
+            ClientFrame::Join { room } => match self.shared.join(name, &room) {
                 Ok(members) => self.reply(RelayFrame::Joined { room, members }),
                 Err(code) => self.error(None, code, format!("cannot join {room}")),
             },
-            ClientFrame::Leave { room } => match self.shared.leave(&name, &room) {
+            ClientFrame::Leave { room } => match self.shared.leave(name, &room) {
                 Ok(()) => self.reply(RelayFrame::Left { room }),
                 Err(code) => self.error(None, code, format!("not in {room}")),
             },
@@ -300,28 +376,13 @@ impl Connection {
             ClientFrame::ListUsers => self.reply(RelayFrame::Users {
                 users: self.shared.users(),
             }),
-            ClientFrame::LookupKey { name: wanted } => {
-                let store = Arc::clone(&self.shared.store);
-                let lookup = wanted.clone();
-                let found = blocking(move || store.lookup(&lookup)).await;
-                match found {
-                    Some(Ok(record)) => self.reply(RelayFrame::Key {
-                        name: record.as_ref().map_or(wanted, |r| r.name.clone()),
-                        identity: record.map(|r| r.identity),
-                    }),
-                    _ => self.error(None, ErrorCode::Internal, "directory unavailable"),
-                }
+            ClientFrame::LookupKey { name: wanted } => Box::pin(self.lookup_key(wanted)).await,
+            ClientFrame::Send { route, body, slots } => {
+                self.send(name, route, body, slots, routing).await;
             }
-            ClientFrame::Send { route, body, slots } => self.send(name, route, body, slots).await,
             ClientFrame::Ack { delivery } => {
                 if delivery != 0 {
-                    let store = Arc::clone(&self.shared.store);
-                    if blocking(move || store.acknowledge(&name, delivery))
-                        .await
-                        .is_none()
-                    {
-                        warn!("could not record an acknowledgement");
-                    }
+                    Box::pin(self.acknowledge(name, delivery)).await;
                 }
             }
             // Answered before registration is checked.
@@ -329,6 +390,35 @@ impl Connection {
             | ClientFrame::Ping { .. }
             | ClientFrame::Pong { .. }
             | ClientFrame::Bye => {}
+        }
+    }
+
+    // The store operations below wait for the blocking pool; they are rare
+    // and their state is large, so they are called boxed: the state of
+    // every connection's future (all its awaits overlaid) stays small, and
+    // so does an idle connection.
+
+    async fn lookup_key(&self, wanted: UserName) {
+        let store = Arc::clone(&self.shared.store);
+        let lookup = wanted.clone();
+        let found = blocking(move || store.lookup(&lookup)).await;
+        match found {
+            Some(Ok(record)) => self.reply(RelayFrame::Key {
+                name: record.as_ref().map_or(wanted, |r| r.name.clone()),
+                identity: record.map(|r| r.identity),
+            }),
+            _ => self.error(None, ErrorCode::Internal, "directory unavailable"),
+        }
+    }
+
+    async fn acknowledge(&self, name: &UserName, delivery: u64) {
+        let store = Arc::clone(&self.shared.store);
+        let name = name.clone();
+        if blocking(move || store.acknowledge(&name, delivery))
+            .await
+            .is_none()
+        {
+            warn!("could not record an acknowledgement");
         }
     }
 
@@ -412,7 +502,14 @@ impl Connection {
         }
     }
 
-    async fn send(&self, from: UserName, route: Route, body: Bytes, slots: Vec<Slot>) {
+    async fn send(
+        &self,
+        from: &UserName,
+        route: Route,
+        body: Bytes,
+        slots: Vec<Slot>,
+        routing: &mut Routing,
+    ) {
         let id = route.id;
         let largest_slot = slots.iter().map(|s| s.data.len()).max().unwrap_or(0);
         if slots.len() > self.shared.config.max_slots
@@ -425,10 +522,13 @@ impl Connection {
             );
             return;
         }
-        Metrics::inc(&self.shared.metrics.frames_routed);
+        routing.routed += 1;
         match route.to {
-            Destination::Room(room) => match self.shared.route_room(&from, &room, &body, &slots) {
-                Ok(_) => self.reply(RelayFrame::Sent { id }),
+            Destination::Room(room) => match self.shared.route_room(from, &room, &body, &slots) {
+                Ok(delivered) => {
+                    routing.delivered += delivered as u64;
+                    self.push(sent(id));
+                }
                 Err(code) => self.error(Some(id), code, format!("not a member of {room}")),
             },
             Destination::User(to) => {
@@ -436,26 +536,52 @@ impl Connection {
                     .into_iter()
                     .find(|s| s.to.as_str().eq_ignore_ascii_case(to.as_str()))
                     .map(|s| s.data);
-                let queued = Queued {
-                    queued_at: now_secs(),
-                    from,
-                    to: Destination::User(to.clone()),
-                    body,
-                    slot,
-                };
-                self.send_direct(id, to, queued).await;
+                self.send_direct(id, from, to, body, slot, routing).await;
             }
         }
     }
 
-    async fn send_direct(&self, id: u64, to: UserName, queued: Queued) {
-        if let Some(bytes) = encode(&deliver_frame(0, queued.clone()))
-            && let Direct::Delivered = self.shared.route_direct(&to, bytes)
+    /// Queues an encoded frame for this client.
+    fn push(&self, bytes: Bytes) {
+        self.peer.push(bytes, &self.shared.metrics);
+    }
+
+    async fn send_direct(
+        &self,
+        id: u64,
+        from: &UserName,
+        to: UserName,
+        body: Bytes,
+        slot: Option<Bytes>,
+        routing: &mut Routing,
+    ) {
+        if let Some(bytes) = deliver(0, from, To::User(&to), &body, slot.as_deref())
+            && let Direct::Delivered = self.shared.route_direct(&mut routing.peers, &to, bytes)
         {
-            self.reply(RelayFrame::Sent { id });
+            routing.delivered += 1;
+            self.push(sent(id));
             return;
         }
         // Not connected (or too slow to take it): queue it, if `to` exists.
+        routing.peers.forget();
+        Box::pin(self.store_offline(id, from, to, body, slot)).await;
+    }
+
+    async fn store_offline(
+        &self,
+        id: u64,
+        from: &UserName,
+        to: UserName,
+        body: Bytes,
+        slot: Option<Bytes>,
+    ) {
+        let queued = Queued {
+            queued_at: now_secs(),
+            from: from.clone(),
+            to: Destination::User(to.clone()),
+            body,
+            slot,
+        };
         let store = Arc::clone(&self.shared.store);
         let recipient = to.clone();
         let message = queued.clone();
@@ -524,8 +650,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Bytes>,
     kill: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    // Both grow with use, so an idle connection holds next to nothing.
+    let mut batch = Vec::new();
+    let mut buffer = BytesMut::new();
     loop {
         let received = tokio::select! {
             biased;

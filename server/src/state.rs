@@ -4,15 +4,26 @@
 //! `.await`: every operation here is synchronous and short (map lookups and
 //! non-blocking `try_send`s), so an async mutex would only add cost
 //! (mini-redis makes the same choice in `db.rs`).
+//!
+//! The routing path is built to cost little per message, because a relay
+//! is judged by how close it comes to a bare forwarder (docs/benchmarks.md):
+//! `Deliver` and `Sent` frames are assembled from their parts ([`deliver`],
+//! [`sent`]; the same bytes as the codec, see the tests) into blocks shared
+//! by many frames instead of one allocation each; a room message without
+//! slots is assembled once for all its members, whose connections the
+//! room keeps at hand; and a batch of direct messages to one user takes
+//! the registry's lock once ([`PeerCache`]).
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use sotto_proto::{
-    Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, RoomName, Slot, UserInfo,
-    UserName, encode_frame,
+    ErrorCode, MAX_FRAME_LEN, Member, PROTOCOL_VERSION, PresenceEvent, RelayFrame, RoomInfo,
+    RoomName, Slot, UserInfo, UserName, encode_frame,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +75,151 @@ pub(crate) fn encode(frame: &RelayFrame) -> Option<Bytes> {
     }
 }
 
+/// Index of `RelayFrame::Deliver` among the variants: postcard encodes a
+/// variant by its position in the declaration (the tests check these
+/// constants against `encode_frame`).
+const DELIVER_VARIANT: u64 = 7;
+/// Index of `RelayFrame::Sent`.
+const SENT_VARIANT: u64 = 9;
+/// Index of `Destination::Room` and `Destination::User`.
+const ROOM_VARIANT: u64 = 0;
+const USER_VARIANT: u64 = 1;
+
+/// Where a delivery was addressed, borrowed: assembling a `Deliver` frame
+/// needs only the name's bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum To<'a> {
+    /// A room.
+    Room(&'a RoomName),
+    /// A user.
+    User(&'a UserName),
+}
+
+impl To<'_> {
+    /// The variant index and the name.
+    fn parts(&self) -> (u64, &str) {
+        match self {
+            To::Room(room) => (ROOM_VARIANT, room.as_str()),
+            To::User(user) => (USER_VARIANT, user.as_str()),
+        }
+    }
+}
+
+/// Bytes of `value` as a postcard varint (LEB128).
+fn varint_len(mut value: u64) -> usize {
+    let mut len = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        len += 1;
+    }
+    len
+}
+
+fn put_varint(out: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        out.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.put_u8(value as u8);
+}
+
+fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn bytes_len(len: usize) -> usize {
+    varint_len(len as u64) + len
+}
+
+/// The wire form of `RelayFrame::Deliver { delivery, from, to, body, slot }`,
+/// written straight from its parts: the same bytes as `encode` of that
+/// frame (see the tests), without building the frame (cloning names) or
+/// growing a buffer while serializing. `None`, logged, if it would exceed
+/// the maximum frame length, as with `encode`.
+pub(crate) fn deliver(
+    delivery: u64,
+    from: &UserName,
+    to: To<'_>,
+    body: &[u8],
+    slot: Option<&[u8]>,
+) -> Option<Bytes> {
+    let (variant, to_name) = to.parts();
+    let payload = 1
+        + varint_len(DELIVER_VARIANT)
+        + varint_len(delivery)
+        + bytes_len(from.as_str().len())
+        + varint_len(variant)
+        + bytes_len(to_name.len())
+        + bytes_len(body.len())
+        + 1
+        + slot.map_or(0, |slot| bytes_len(slot.len()));
+    let Some(prefix) = u32::try_from(payload)
+        .ok()
+        .filter(|_| payload <= MAX_FRAME_LEN)
+    else {
+        tracing::error!(len = payload, "could not encode a relay frame: too large");
+        return None;
+    };
+    Some(carve(4 + payload, |out| {
+        out.extend_from_slice(&prefix.to_be_bytes());
+        out.put_u8(PROTOCOL_VERSION);
+        put_varint(out, DELIVER_VARIANT);
+        put_varint(out, delivery);
+        put_bytes(out, from.as_str().as_bytes());
+        put_varint(out, variant);
+        put_bytes(out, to_name.as_bytes());
+        put_bytes(out, body);
+        match slot {
+            None => out.put_u8(0),
+            Some(slot) => {
+                out.put_u8(1);
+                put_bytes(out, slot);
+            }
+        }
+    }))
+}
+
+/// The wire form of `RelayFrame::Sent { id }` (the same bytes as `encode`).
+pub(crate) fn sent(id: u64) -> Bytes {
+    let payload = 1 + varint_len(SENT_VARIANT) + varint_len(id);
+    carve(4 + payload, |out| {
+        out.extend_from_slice(&(payload as u32).to_be_bytes());
+        out.put_u8(PROTOCOL_VERSION);
+        put_varint(out, SENT_VARIANT);
+        put_varint(out, id);
+    })
+}
+
+/// Size of the blocks relay-built frames are carved from.
+const BLOCK: usize = 8 * 1024;
+
+thread_local! {
+    /// This thread's current block: what is left of it after the frames
+    /// already carved out.
+    static BLOCK_LEFT: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// A frame of `len` bytes written by `write`, carved from the thread's
+/// current block instead of allocated on its own: routing builds one or
+/// two frames per message, and a `malloc` plus a `free` on another thread
+/// (the recipient's writer) for each cost more than the rest of the
+/// frame's assembly. A frame keeps its block alive (reference-counted) until
+/// it is written, so a block lives as long as its longest-queued frame: a
+/// queued frame holds at most `BLOCK` bytes besides its own, and a reader
+/// too slow to empty its queue is disconnected when the queue is full.
+fn carve(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    BLOCK_LEFT.with(|left| {
+        let mut left = left.borrow_mut();
+        if left.capacity() < len {
+            *left = BytesMut::with_capacity(BLOCK.max(len));
+        }
+        write(&mut left);
+        debug_assert_eq!(left.len(), len, "a frame's length was miscounted");
+        left.split().freeze()
+    })
+}
+
 struct Online {
     name: UserName,
     identity: Bytes,
@@ -76,8 +232,11 @@ struct Online {
 struct Registry {
     /// Lower-cased name -> the connection registered under it.
     users: HashMap<String, Online>,
-    /// Room -> lower-cased names of its members. Empty rooms are removed.
-    rooms: BTreeMap<RoomName, BTreeSet<String>>,
+    /// Room -> lower-cased names of its members, with their connections
+    /// (the same as in `users`: a member that logs out or in again leaves
+    /// its rooms under the same lock), so that a room message reaches each
+    /// member without looking it up. Empty rooms are removed.
+    rooms: BTreeMap<RoomName, BTreeMap<String, Peer>>,
 }
 
 /// What a direct delivery came to.
@@ -96,11 +255,43 @@ pub(crate) struct Shared {
     pub(crate) certs: Arc<CertStore>,
     pub(crate) metrics: Arc<Metrics>,
     registry: Mutex<Registry>,
+    /// Changed (under the lock) whenever `registry.users` changes.
+    generation: AtomicU64,
     next_conn: AtomicU64,
+}
+
+/// A connection's memory of its last direct recipient: the registry
+/// generation it was looked up in, the recipient's key and connection.
+///
+/// It holds the recipient's queue open, which must not outlive the batch
+/// of frames it serves: a connection that ends closes once everyone has
+/// let go of its queue. So it is forgotten at the end of every batch and
+/// before anything that waits.
+#[derive(Debug, Default)]
+pub(crate) struct PeerCache {
+    last: Option<(u64, String, Peer)>,
+}
+
+impl PeerCache {
+    /// Lets go of the cached connection.
+    pub(crate) fn forget(&mut self) {
+        self.last = None;
+    }
 }
 
 pub(crate) fn key(name: &UserName) -> String {
     name.as_str().to_ascii_lowercase()
+}
+
+/// [`key`] for a lookup: borrowed, not allocated, when the name is
+/// lower-case already (the usual case on the routing path).
+fn lookup_key(name: &UserName) -> Cow<'_, str> {
+    let name = name.as_str();
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 impl Shared {
@@ -116,6 +307,7 @@ impl Shared {
             certs,
             metrics,
             registry: Mutex::new(Registry::default()),
+            generation: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -136,6 +328,7 @@ impl Shared {
     /// same user is disconnected and leaves its rooms.
     pub(crate) fn register(&self, conn: u64, name: UserName, identity: Bytes, peer: Peer) {
         let mut registry = self.registry();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let user = key(&name);
         if let Some(old) = registry.users.remove(&user) {
             old.peer.kill.cancel();
@@ -169,6 +362,7 @@ impl Shared {
         if registry.users.get(&user).is_some_and(|o| o.conn == conn)
             && let Some(old) = registry.users.remove(&user)
         {
+            self.generation.fetch_add(1, Ordering::AcqRel);
             Metrics::dec(&self.metrics.users_online);
             self.leave_all(
                 &mut registry,
@@ -234,10 +428,8 @@ impl Shared {
             return;
         };
         let Some(bytes) = encode(frame) else { return };
-        for member in members.iter().filter(|m| Some(m.as_str()) != except) {
-            if let Some(online) = registry.users.get(member) {
-                online.peer.push(bytes.clone(), &self.metrics);
-            }
+        for (_, peer) in members.iter().filter(|(m, _)| Some(m.as_str()) != except) {
+            peer.push(bytes.clone(), &self.metrics);
         }
     }
 
@@ -246,7 +438,7 @@ impl Shared {
     pub(crate) fn join(&self, name: &UserName, room: &RoomName) -> Result<Vec<Member>, ErrorCode> {
         let mut registry = self.registry();
         let user = key(name);
-        let (identity, display) = {
+        let (identity, display, peer) = {
             let online = registry
                 .users
                 .get_mut(&user)
@@ -256,13 +448,17 @@ impl Shared {
                 return Err(ErrorCode::TooLarge);
             }
             let fresh = online.rooms.insert(room.clone());
-            (fresh.then(|| online.identity.clone()), online.name.clone())
+            (
+                fresh.then(|| online.identity.clone()),
+                online.name.clone(),
+                online.peer.clone(),
+            )
         };
         registry
             .rooms
             .entry(room.clone())
             .or_default()
-            .insert(user.clone());
+            .insert(user.clone(), peer);
         if let Some(identity) = identity {
             self.broadcast(
                 &registry,
@@ -281,7 +477,7 @@ impl Shared {
             .get(room)
             .into_iter()
             .flatten()
-            .filter_map(|m| registry.users.get(m))
+            .filter_map(|(m, _)| registry.users.get(m))
             .map(|o| Member {
                 name: o.name.clone(),
                 identity: o.identity.clone(),
@@ -307,7 +503,8 @@ impl Shared {
     }
 
     /// Fans a room message out to every other member, each with only its own
-    /// slot (members without one get the body alone).
+    /// slot (members without one get the body alone). The frame without a
+    /// slot is assembled once and shared by every member that has none.
     pub(crate) fn route_room(
         &self,
         from: &UserName,
@@ -316,49 +513,72 @@ impl Shared {
         slots: &[Slot],
     ) -> Result<usize, ErrorCode> {
         let registry = self.registry();
-        let sender = key(from);
+        let sender = lookup_key(from);
         let members = registry.rooms.get(room).ok_or(ErrorCode::NotMember)?;
-        if !members.contains(&sender) {
+        if !members.contains_key(sender.as_ref()) {
             return Err(ErrorCode::NotMember);
         }
         let mut own: HashMap<String, &Bytes> = HashMap::with_capacity(slots.len());
         for slot in slots {
             own.insert(key(&slot.to), &slot.data);
         }
-        let to = Destination::Room(room.clone());
+        let to = To::Room(room);
+        let mut shared: Option<Option<Bytes>> = None;
         let mut delivered = 0;
-        for member in members.iter().filter(|m| **m != sender) {
-            let Some(online) = registry.users.get(member) else {
-                continue;
+        for (member, peer) in members.iter().filter(|(m, _)| **m != sender) {
+            let frame = match own.get(member) {
+                Some(slot) => deliver(0, from, to, body, Some(slot)),
+                None => shared
+                    .get_or_insert_with(|| deliver(0, from, to, body, None))
+                    .clone(),
             };
-            let frame = RelayFrame::Deliver {
-                delivery: 0,
-                from: from.clone(),
-                to: to.clone(),
-                body: body.clone(),
-                slot: own.get(member).map(|s| (*s).clone()),
-            };
-            if let Some(bytes) = encode(&frame)
-                && online.peer.push(bytes, &self.metrics)
+            if let Some(bytes) = frame
+                && peer.push(bytes, &self.metrics)
             {
                 delivered += 1;
             }
         }
-        self.metrics
-            .deliveries
-            .fetch_add(delivered as u64, Ordering::Relaxed);
         Ok(delivered)
     }
 
-    /// Hands an encoded delivery to `to` if connected.
-    pub(crate) fn route_direct(&self, to: &UserName, frame: Bytes) -> Direct {
-        let registry = self.registry();
-        match registry.users.get(&key(to)) {
-            Some(online) if online.peer.push(frame, &self.metrics) => {
-                Metrics::inc(&self.metrics.deliveries);
-                Direct::Delivered
+    /// Hands an encoded delivery to `to` if connected. `cache` remembers
+    /// the last recipient's connection, so that a batch of messages to the
+    /// same user takes the registry's lock once, not once per message: it
+    /// is used only while no one has logged in or out since it was filled
+    /// (the registry's generation is unchanged), which makes it exactly
+    /// what the lookup would find.
+    pub(crate) fn route_direct(
+        &self,
+        cache: &mut PeerCache,
+        to: &UserName,
+        frame: Bytes,
+    ) -> Direct {
+        let user = lookup_key(to);
+        let generation = self.generation.load(Ordering::Acquire);
+        let cached = cache
+            .last
+            .as_ref()
+            .filter(|(g, key, _)| *g == generation && *key == user)
+            .map(|(_, _, peer)| peer);
+        let delivered = match cached {
+            Some(peer) => peer.push(frame, &self.metrics),
+            None => {
+                let registry = self.registry();
+                let generation = self.generation.load(Ordering::Acquire);
+                cache.last = registry
+                    .users
+                    .get(user.as_ref())
+                    .map(|online| (generation, user.into_owned(), online.peer.clone()));
+                match &cache.last {
+                    Some((_, _, peer)) => peer.push(frame, &self.metrics),
+                    None => false,
+                }
             }
-            _ => Direct::Offline,
+        };
+        if delivered {
+            Direct::Delivered
+        } else {
+            Direct::Offline
         }
     }
 
@@ -366,7 +586,7 @@ impl Shared {
     pub(crate) fn peer(&self, name: &UserName) -> Option<Peer> {
         self.registry()
             .users
-            .get(&key(name))
+            .get(lookup_key(name).as_ref())
             .map(|o| o.peer.clone())
     }
 
@@ -395,5 +615,167 @@ impl Shared {
                 members: u32::try_from(members.len()).unwrap_or(u32::MAX),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sotto_proto::Destination;
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    use super::*;
+
+    fn user(name: &str) -> UserName {
+        UserName::try_from(name).unwrap()
+    }
+
+    /// The hand-assembled frames are byte for byte what the codec makes,
+    /// across every varint length boundary that matters.
+    #[test]
+    fn assembled_deliver_frames_equal_encode_frame() {
+        let from = user("Alice.w");
+        let bob = user("bob");
+        let room = RoomName::try_from("lobby").unwrap();
+        let long_name = user(&"n".repeat(32));
+        for delivery in [0, 1, 127, 128, 300, u64::MAX] {
+            for len in [0, 1, 127, 128, 16_383, 16_384, 70_000] {
+                let body = Bytes::from(vec![0xb7; len]);
+                for slot in [None, Some(Bytes::new()), Some(Bytes::from(vec![3; 384]))] {
+                    for (to, borrowed) in [
+                        (Destination::User(bob.clone()), To::User(&bob)),
+                        (Destination::Room(room.clone()), To::Room(&room)),
+                        (Destination::User(long_name.clone()), To::User(&long_name)),
+                    ] {
+                        let frame = RelayFrame::Deliver {
+                            delivery,
+                            from: from.clone(),
+                            to,
+                            body: body.clone(),
+                            slot: slot.clone(),
+                        };
+                        let assembled =
+                            deliver(delivery, &from, borrowed, &body, slot.as_deref()).unwrap();
+                        assert_eq!(
+                            assembled,
+                            encode_frame(&frame).unwrap(),
+                            "{delivery} {len} {slot:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_deliver_frames_are_refused_like_encode() {
+        let body = vec![0; MAX_FRAME_LEN];
+        let bob = user("bob");
+        assert!(deliver(0, &bob, To::User(&bob), &body, None).is_none());
+        let frame = RelayFrame::Deliver {
+            delivery: 0,
+            from: bob.clone(),
+            to: Destination::User(bob.clone()),
+            body: Bytes::from(body),
+            slot: None,
+        };
+        assert!(encode(&frame).is_none());
+    }
+
+    #[test]
+    fn assembled_sent_frames_equal_encode_frame() {
+        // Thousands of frames: several blocks, each frame its own bytes.
+        let ids: Vec<u64> = (0..5000).chain([1 << 35, u64::MAX]).collect();
+        let frames: Vec<Bytes> = ids.iter().map(|&id| sent(id)).collect();
+        for (id, frame) in ids.into_iter().zip(frames) {
+            assert_eq!(
+                frame,
+                encode_frame(&RelayFrame::Sent { id }).unwrap(),
+                "{id}"
+            );
+        }
+    }
+
+    fn shared(dir: &std::path::Path) -> Shared {
+        let store = Store::open(
+            dir,
+            crate::store::QueueLimits {
+                max_messages: 10,
+                max_bytes: 1 << 20,
+                max_age: std::time::Duration::from_secs(60),
+            },
+        )
+        .unwrap();
+        let certs = CertStore::load(crate::tls::CertSource::Generated {
+            dir: dir.to_path_buf(),
+            hosts: vec!["localhost".into()],
+        })
+        .unwrap();
+        Shared::new(
+            Config::default(),
+            Arc::new(store),
+            certs,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn peer() -> (Peer, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(8);
+        let kill = CancellationToken::new();
+        (Peer { tx, kill }, rx)
+    }
+
+    /// A cached recipient is used only while it is still the registered
+    /// one: a new login or a logout sends the next message where a lookup
+    /// would.
+    #[test]
+    fn the_peer_cache_follows_logins_and_logouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let mut cache = PeerCache::default();
+        let frame = |text: &'static str| Bytes::from_static(text.as_bytes());
+
+        assert!(matches!(
+            shared.route_direct(&mut cache, &user("bob"), frame("nobody")),
+            Direct::Offline
+        ));
+        let (first, mut first_rx) = peer();
+        shared.register(1, user("bob"), Bytes::new(), first);
+        for text in ["one", "two"] {
+            assert!(matches!(
+                shared.route_direct(&mut cache, &user("Bob"), frame(text)),
+                Direct::Delivered
+            ));
+            assert_eq!(first_rx.try_recv().unwrap(), frame(text));
+        }
+
+        let (second, mut second_rx) = peer();
+        shared.register(2, user("bob"), Bytes::new(), second);
+        assert!(matches!(
+            shared.route_direct(&mut cache, &user("bob"), frame("three")),
+            Direct::Delivered
+        ));
+        assert_eq!(second_rx.try_recv().unwrap(), frame("three"));
+        assert!(
+            first_rx.try_recv().is_err(),
+            "the replaced login gets nothing"
+        );
+
+        // Once bob is gone and the cache forgotten, nothing holds his
+        // queue open: his connection can close.
+        shared.unregister(2, &user("bob"));
+        assert_eq!(second_rx.try_recv(), Err(TryRecvError::Empty));
+        cache.forget();
+        assert_eq!(second_rx.try_recv(), Err(TryRecvError::Disconnected));
+        assert!(matches!(
+            shared.route_direct(&mut cache, &user("bob"), frame("four")),
+            Direct::Offline
+        ));
+    }
+
+    #[test]
+    fn lookup_keys_are_lower_case_and_borrowed_when_possible() {
+        assert!(matches!(lookup_key(&user("bob")), Cow::Borrowed("bob")));
+        assert_eq!(lookup_key(&user("BoB")), "bob");
+        assert_eq!(lookup_key(&user("BoB")), key(&user("BoB")));
     }
 }

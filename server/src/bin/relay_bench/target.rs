@@ -1,0 +1,214 @@
+//! The process under test: a `relay` or a `relay-bench forwarder` child,
+//! its address, and its CPU time and resident memory from `/proc`.
+//!
+//! Children are killed when their [`Target`] is dropped, so an error, a
+//! panic or Ctrl-C in the bench never leaves one behind; the forwarder also
+//! exits when its stdin (a pipe from the bench) closes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use sotto_proto::RelayAddress;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::BoxError;
+use crate::wire::Proto;
+
+/// Clock ticks per second in `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// How to start the two targets.
+#[derive(Clone, Debug)]
+pub(crate) struct Launch {
+    /// The `relay` binary.
+    pub(crate) relay_bin: PathBuf,
+    /// This binary, for `relay-bench forwarder`.
+    pub(crate) self_bin: PathBuf,
+    /// The relay's data directory (kept across rounds: same certificate,
+    /// names already claimed).
+    pub(crate) data_dir: PathBuf,
+    /// Extra arguments for the relay, after the benchmark limits.
+    pub(crate) relay_args: Vec<String>,
+    /// RUST_LOG for the relay.
+    pub(crate) relay_log: String,
+}
+
+/// The benchmark limits: nothing in the relay's defaults may throttle the
+/// load generator (rate limit, queue, connection and idle limits).
+const RELAY_LIMITS: &[&str] = &[
+    "--rate-per-sec",
+    "10000000",
+    "--rate-burst",
+    "10000000",
+    "--outbound-queue",
+    "65536",
+    "--max-connections",
+    "20000",
+    "--handshake-timeout",
+    "600",
+    "--idle-timeout",
+    "3600",
+    "--keepalive-interval",
+    "1800",
+];
+
+impl Launch {
+    /// The relay command line, for the report.
+    pub(crate) fn relay_command(&self) -> String {
+        let mut words = vec![
+            self.relay_bin.display().to_string(),
+            "--listen 127.0.0.1:0 --host 127.0.0.1 --data-dir".to_string(),
+            self.data_dir.display().to_string(),
+        ];
+        words.extend(RELAY_LIMITS.iter().map(|s| (*s).to_string()));
+        words.extend(self.relay_args.iter().cloned());
+        words.join(" ")
+    }
+}
+
+/// A running target.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) proto: Proto,
+    pub(crate) address: RelayAddress,
+    pub(crate) pid: u32,
+    child: Child,
+    // Held open: the forwarder exits when it closes; the relay's stdout
+    // stays readable so a later print cannot fail.
+    _stdin: Option<ChildStdin>,
+    _stdout: BufReader<ChildStdout>,
+}
+
+/// CPU time and memory of a process at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Usage {
+    /// User plus system CPU seconds so far.
+    pub(crate) cpu_secs: f64,
+    /// Resident set size, KiB.
+    pub(crate) rss_kib: u64,
+    /// Busy CPU seconds of the whole machine so far.
+    pub(crate) machine_secs: f64,
+}
+
+impl Target {
+    /// Starts a target speaking `proto`; `log` receives its stderr.
+    pub(crate) async fn start(launch: &Launch, proto: Proto, log: &Path) -> Result<Self, BoxError> {
+        let mut command = match proto {
+            Proto::Relay => {
+                let mut command = Command::new(&launch.relay_bin);
+                command
+                    .args([
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--host",
+                        "127.0.0.1",
+                        "--data-dir",
+                    ])
+                    .arg(&launch.data_dir)
+                    .args(RELAY_LIMITS)
+                    .args(&launch.relay_args)
+                    .env("RUST_LOG", &launch.relay_log);
+                command
+            }
+            Proto::Forwarder => {
+                let mut command = Command::new(&launch.self_bin);
+                command.args(["forwarder", "--listen", "127.0.0.1:0"]);
+                command
+            }
+        };
+        let stderr = std::fs::File::create(log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {proto:?} target: {e}"))?;
+        let pid = child.id().ok_or("the target exited at once")?;
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("{proto:?} target printed no address; its log:\n{log}").into());
+        }
+        let address: RelayAddress = line
+            .trim()
+            .strip_prefix("address: ")
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?
+            .parse()?;
+        Ok(Self {
+            proto,
+            address,
+            pid,
+            child,
+            _stdin: stdin,
+            _stdout: stdout,
+        })
+    }
+
+    /// This target's CPU time and memory now.
+    pub(crate) fn usage(&self) -> Result<Usage, BoxError> {
+        usage_of(&self.pid.to_string())
+    }
+
+    /// Kills the target and waits for it.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// CPU time and memory of `/proc/<pid>` (`self` for this process), with
+/// the machine's busy time.
+pub(crate) fn usage_of(pid: &str) -> Result<Usage, BoxError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at
+    // field 3, "state"; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64, BoxError> {
+        let field = fields.get(i).ok_or("short /proc stat")?;
+        Ok(field.parse::<u64>()? as f64)
+    };
+    let cpu_secs = (ticks(11)? + ticks(12)?) / USER_HZ;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or("no VmRSS in /proc status")?
+        .parse()?;
+    Ok(Usage {
+        cpu_secs,
+        rss_kib,
+        machine_secs: machine_busy_secs()?,
+    })
+}
+
+/// CPU seconds the whole machine has spent busy (all cores, everything
+/// but idle and iowait), from `/proc/stat`: with the target's and the
+/// bench's own, it shows how much else ran during a measurement.
+pub(crate) fn machine_busy_secs() -> Result<f64, BoxError> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().ok_or("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok(total.saturating_sub(idle) as f64 / USER_HZ)
+}
+
+/// The soft limit on open files of this process, from `/proc/self/limits`.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
