@@ -85,7 +85,7 @@ async fn serve_tls(
     };
     Metrics::inc(&shared.metrics.handshakes);
     // What this client pinned: the certificate this handshake presented.
-    let relay_fingerprint = shared.certs.fingerprint();
+    let relay_fingerprints = shared.certs.recent_fingerprints();
     let (reader, writer) = tokio::io::split(tls);
     let (tx, rx) = mpsc::channel(shared.config.outbound_queue);
     let kill = CancellationToken::new();
@@ -96,7 +96,7 @@ async fn serve_tls(
         conn,
         peer: Peer { tx, kill },
         name: None,
-        relay_fingerprint,
+        relay_fingerprints,
         challenge: rand::random(),
         rate: RateLimit::new(shared.config.rate_per_sec, shared.config.rate_burst),
     };
@@ -196,7 +196,9 @@ struct Connection {
     conn: u64,
     peer: Peer,
     name: Option<UserName>,
-    relay_fingerprint: [u8; 32],
+    /// The certificate fingerprints this client may have pinned: the current
+    /// one and, just after a reload, the previous one.
+    relay_fingerprints: ([u8; 32], Option<[u8; 32]>),
     challenge: [u8; 32],
     rate: RateLimit,
 }
@@ -300,6 +302,10 @@ impl Connection {
     /// Tells the client why its frame was refused; the connection then
     /// closes. Other connections are unaffected.
     fn refuse(&mut self, error: &ProtoError) {
+        if matches!(error, ProtoError::Io(_)) {
+            // The connection broke: nothing to tell, nothing to count.
+            return;
+        }
         Metrics::inc(&self.shared.metrics.bad_frames);
         let (code, message) = match error {
             ProtoError::FrameTooLarge { len, max } => (
@@ -348,7 +354,7 @@ impl Connection {
                 name,
                 identity,
                 proof,
-            } => Box::pin(self.register(name, identity, proof)).await,
+            } => return Box::pin(self.register(name, identity, proof)).await,
             other => {
                 let Some(name) = &self.name else {
                     self.error(None, ErrorCode::NotRegistered, "register first");
@@ -422,10 +428,13 @@ impl Connection {
         }
     }
 
-    async fn register(&mut self, name: UserName, identity: Bytes, proof: Bytes) {
+    /// Checks the proof, claims the name, and serves what waited offline.
+    /// `Some` ends the connection.
+    async fn register(&mut self, name: UserName, identity: Bytes, proof: Bytes) -> Option<End> {
         if self.name.is_some() {
+            // A protocol violation, answered like any other bad frame.
             self.error(None, ErrorCode::BadFrame, "already registered");
-            return;
+            return Some(End::BadFrame);
         }
         let refuse = |this: &Self, code, message: &str| {
             Metrics::inc(&this.shared.metrics.registrations_refused);
@@ -433,23 +442,21 @@ impl Connection {
         };
         let Ok(public) = PublicIdentity::from_bytes(&identity) else {
             refuse(self, ErrorCode::BadProof, "not a sotto public identity");
-            return;
+            return None;
         };
-        if public
-            .verify_registration(
-                &self.relay_fingerprint,
-                &self.challenge,
-                name.as_str(),
-                &proof,
-            )
-            .is_err()
-        {
+        let (current, previous) = self.relay_fingerprints;
+        let verifies = |relay: &[u8; 32]| {
+            public
+                .verify_registration(relay, &self.challenge, name.as_str(), &proof)
+                .is_ok()
+        };
+        if !verifies(&current) && !previous.is_some_and(|p| verifies(&p)) {
             refuse(
                 self,
                 ErrorCode::BadProof,
                 "the proof does not verify for this relay's challenge",
             );
-            return;
+            return None;
         }
         let record = NameRecord {
             name: name.clone(),
@@ -458,31 +465,36 @@ impl Connection {
         };
         let store = Arc::clone(&self.shared.store);
         let claim = blocking(move || store.claim(&record)).await;
-        match claim {
-            Some(Ok(Claim::New | Claim::Existing)) => {}
+        // The name as first registered is how everyone sees it.
+        let name = match claim {
+            Some(Ok(Claim::New)) => name,
+            Some(Ok(Claim::Existing(registered))) => registered,
             Some(Ok(Claim::Taken)) => {
                 refuse(
                     self,
                     ErrorCode::NameTaken,
                     "that name belongs to another key",
                 );
-                return;
+                return None;
             }
             _ => {
                 self.error(None, ErrorCode::Internal, "directory unavailable");
-                return;
+                return None;
             }
-        }
+        };
         self.shared
             .register(self.conn, name.clone(), identity, self.peer.clone());
         self.name = Some(name.clone());
         info!(user = %name, "registered");
         self.reply(RelayFrame::Registered { name: name.clone() });
         self.deliver_pending(&name).await;
+        None
     }
 
-    /// Sends what waited in the offline queue, oldest first. What does not
-    /// fit in the outbound queue stays stored for the next connection.
+    /// Sends what waited in the offline queue, oldest first, waiting for
+    /// room in the outbound queue (a backlog larger than the queue is not a
+    /// slow reader). What is not sent within the idle timeout stays stored
+    /// for the next connection.
     async fn deliver_pending(&self, name: &UserName) {
         let store = Arc::clone(&self.shared.store);
         let user = name.clone();
@@ -495,7 +507,8 @@ impl Connection {
             let Some(bytes) = encode(&frame) else {
                 continue;
             };
-            if !self.peer.push(bytes, &self.shared.metrics) {
+            let queued = timeout(self.shared.config.idle_timeout, self.peer.tx.send(bytes));
+            if !matches!(queued.await, Ok(Ok(()))) {
                 break;
             }
             Metrics::inc(&self.shared.metrics.deliveries);

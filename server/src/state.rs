@@ -519,8 +519,9 @@ impl Shared {
             return Err(ErrorCode::NotMember);
         }
         let mut own: HashMap<String, &Bytes> = HashMap::with_capacity(slots.len());
+        // The first slot for a recipient counts, as for direct messages.
         for slot in slots {
-            own.insert(key(&slot.to), &slot.data);
+            own.entry(key(&slot.to)).or_insert(&slot.data);
         }
         let to = To::Room(room);
         let mut shared: Option<Option<Bytes>> = None;

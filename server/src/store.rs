@@ -58,8 +58,8 @@ pub struct NameRecord {
 pub enum Claim {
     /// The name was free and is now bound to the identity.
     New,
-    /// The identity already owned the name.
-    Existing,
+    /// The identity already owned the name, registered with this casing.
+    Existing(UserName),
     /// Another identity owns the name (in any letter case).
     Taken,
 }
@@ -146,7 +146,7 @@ impl Store {
             };
             match existing {
                 Some(owner) if owner.fingerprint != record.fingerprint => Claim::Taken,
-                Some(_) => Claim::Existing,
+                Some(owner) => Claim::Existing(owner.name),
                 None => {
                     let value = postcard::to_stdvec(record).map_err(db_err)?;
                     names
@@ -403,7 +403,10 @@ mod tests {
             identity: Bytes::from_static(b"id"),
         };
         assert_eq!(s.claim(&record("alice", 1)).unwrap(), Claim::New);
-        assert_eq!(s.claim(&record("alice", 1)).unwrap(), Claim::Existing);
+        assert_eq!(
+            s.claim(&record("ALICE", 1)).unwrap(),
+            Claim::Existing(user("alice"))
+        );
         assert_eq!(s.claim(&record("alice", 2)).unwrap(), Claim::Taken);
         assert_eq!(s.claim(&record("ALICE", 2)).unwrap(), Claim::Taken);
         assert_eq!(

@@ -70,6 +70,9 @@ pub struct CertStore {
     source: CertSource,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Loaded>>,
+    /// The fingerprint before the last reload: a client whose handshake
+    /// got the old certificate just before a reload still registers.
+    previous: RwLock<Option<[u8; 32]>>,
 }
 
 struct Loaded {
@@ -95,6 +98,7 @@ impl CertStore {
             source,
             provider,
             current: RwLock::new(Arc::new(loaded)),
+            previous: RwLock::new(None),
         }))
     }
 
@@ -104,9 +108,14 @@ impl CertStore {
     pub fn reload(&self) -> Result<[u8; 32], TlsError> {
         let loaded = load_from(&self.source, &self.provider)?;
         let fingerprint = loaded.fingerprint;
+        let old = self.fingerprint();
         match self.current.write() {
             Ok(mut current) => *current = Arc::new(loaded),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(loaded),
+        }
+        match self.previous.write() {
+            Ok(mut previous) => *previous = Some(old),
+            Err(poisoned) => *poisoned.into_inner() = Some(old),
         }
         Ok(fingerprint)
     }
@@ -121,6 +130,16 @@ impl CertStore {
     /// SHA-256 of the current leaf certificate's DER: what clients pin.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.current().fingerprint
+    }
+
+    /// The current fingerprint and the one before the last reload, if any:
+    /// a connection accepted around a reload may have seen either.
+    pub fn recent_fingerprints(&self) -> ([u8; 32], Option<[u8; 32]>) {
+        let previous = match self.previous.read() {
+            Ok(previous) => *previous,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        (self.fingerprint(), previous)
     }
 
     /// The rustls server configuration: TLS 1.3 only, no client

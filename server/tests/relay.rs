@@ -650,11 +650,20 @@ async fn certificate_reload_keeps_connections_and_changes_the_pin() {
     };
     let relay = Relay::start_with_certs(dir.path(), config, std::sync::Arc::clone(&certs)).await;
     let mut before = relay.registered("alice").await;
+    // Connected (old certificate) but not yet registered when the reload happens.
+    let mut straddling = relay.client().await;
 
     write(vec!["new.example".into()]);
     let new_fingerprint = certs.reload().unwrap();
     assert_ne!(new_fingerprint, relay.address.fingerprint);
 
+    // Its proof names the old certificate, which it was shown: accepted.
+    assert_eq!(
+        straddling.register("carol", identity("carol")).await,
+        RelayFrame::Registered {
+            name: user("carol")
+        }
+    );
     // The open connection carries on.
     before.send(ClientFrame::Ping { nonce: 5 }).await;
     assert_eq!(before.recv().await, RelayFrame::Pong { nonce: 5 });
@@ -765,4 +774,68 @@ async fn data_directory_is_private() {
         let mode = std::fs::metadata(&nested).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
+}
+
+#[tokio::test]
+async fn a_name_keeps_the_casing_it_was_first_registered_with() {
+    let relay = Relay::start().await;
+    drop(relay.registered("alice").await);
+    let mut again = relay.client().await;
+    assert_eq!(
+        again.register("ALICE", identity("alice")).await,
+        RelayFrame::Registered {
+            name: user("alice")
+        }
+    );
+    let mut bob = relay.registered("bob").await;
+    bob.send(ClientFrame::ListUsers).await;
+    let RelayFrame::Users { users } = bob.recv().await else {
+        panic!()
+    };
+    let names: Vec<String> = users.iter().map(|u| u.name.to_string()).collect();
+    assert_eq!(names, vec!["alice", "bob"]);
+}
+
+#[tokio::test]
+async fn a_second_registration_on_one_connection_closes_it() {
+    let relay = Relay::start().await;
+    let mut alice = relay.registered("alice").await;
+    let reply = alice.register("alice2", identity("alice")).await;
+    assert!(
+        matches!(
+            reply,
+            RelayFrame::Error {
+                code: ErrorCode::BadFrame,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    assert!(alice.closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_offline_backlog_larger_than_the_outbound_queue_is_delivered() {
+    let relay = Relay::start_with(|c| c.outbound_queue = 4).await;
+    drop(relay.registered("bob").await);
+    let mut alice = relay.registered("alice").await;
+    for id in 0..12 {
+        alice.send(send_to_user(id, "bob", b"waiting")).await;
+        assert_eq!(alice.recv().await, RelayFrame::Sent { id });
+    }
+    let mut bob = relay.registered("bob").await;
+    for _ in 0..12 {
+        let RelayFrame::Deliver { delivery, .. } = bob.recv().await else {
+            panic!()
+        };
+        bob.send(ClientFrame::Ack { delivery }).await;
+    }
+    assert_eq!(bob.try_recv(Duration::from_millis(300)).await, None);
+    assert_eq!(
+        relay
+            .metrics
+            .slow_consumers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
