@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use sotto_crypto::PublicIdentity;
 use sotto_proto::{
     ClientFrame, Destination, ErrorCode, ProtoError, RelayCodec, RelayFrame, Route, Slot, UserName,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
@@ -28,19 +28,16 @@ use tracing::{Instrument, debug, info, warn};
 use crate::metrics::Metrics;
 use crate::state::{Direct, Peer, PeerCache, Shared, To, deliver, encode, sent};
 use crate::store::{Claim, Enqueue, NameRecord, Queued};
+use crate::writer::{CLOSE_FLUSH, write_loop};
 
 /// Room the relay leaves for a Deliver frame's own fields when checking a
 /// Send against the maximum frame length.
 const DELIVER_OVERHEAD: usize = 256;
-/// How many queued frames the writer takes per TLS write.
-const WRITE_BATCH: usize = 512;
 /// Initial size of a connection's read buffer (it grows for larger
 /// frames). Enough for a registration; an idle connection holds no more.
 const READ_BUFFER: usize = 2 * 1024;
 /// Most inbound frames handled per pass through a connection's `select!`.
 const DRAIN_BATCH: usize = 256;
-/// How long a closing connection may take to flush what it was sending.
-const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Serves one accepted TCP connection until it ends.
 pub(crate) async fn serve(
@@ -653,44 +650,4 @@ fn now_secs() -> u64 {
 /// Runs a store operation on the blocking pool (redb commits fsync).
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(work).await.ok()
-}
-
-/// Writes queued frames: everything waiting (up to a batch) goes out as one
-/// TLS write and one flush, so many small frames share TLS records and
-/// system calls.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut rx: mpsc::Receiver<Bytes>,
-    kill: CancellationToken,
-) {
-    // Both grow with use, so an idle connection holds next to nothing.
-    let mut batch = Vec::new();
-    let mut buffer = BytesMut::new();
-    loop {
-        let received = tokio::select! {
-            biased;
-            () = kill.cancelled() => break,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-        };
-        if received == 0 {
-            break;
-        }
-        buffer.clear();
-        for frame in batch.drain(..) {
-            buffer.extend_from_slice(&frame);
-        }
-        let write = async {
-            writer.write_all(&buffer).await?;
-            writer.flush().await
-        };
-        tokio::select! {
-            biased;
-            () = kill.cancelled() => break,
-            result = write => if result.is_err() {
-                kill.cancel();
-                break;
-            }
-        }
-    }
-    let _ = timeout(CLOSE_FLUSH, writer.shutdown()).await;
 }

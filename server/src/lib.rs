@@ -49,6 +49,7 @@ pub mod metrics;
 mod state;
 pub mod store;
 pub mod tls;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -21,20 +21,17 @@ use futures::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use sotto_proto::{MAX_FRAME_LEN, RelayAddress};
-use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
+use sotto_relay::writer::{CLOSE_FLUSH, write_loop};
+
 use crate::BoxError;
 use crate::wire::{fwd, fwd_ack, fwd_frame};
-
-/// The relay's `WRITE_BATCH`.
-const WRITE_BATCH: usize = 512;
-/// The relay's `CLOSE_FLUSH`.
-const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Options of `relay-bench forwarder`.
 #[derive(Debug, clap::Args)]
@@ -203,42 +200,4 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, socket: TcpStrea
     if tokio::time::timeout(CLOSE_FLUSH, writer).await.is_err() {
         kill.cancel();
     }
-}
-
-/// The relay's writer, verbatim: everything queued (up to a batch) goes out
-/// as one TLS write and one flush.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut rx: mpsc::Receiver<Bytes>,
-    kill: CancellationToken,
-) {
-    let mut batch = Vec::new();
-    let mut buffer = BytesMut::new();
-    loop {
-        let received = tokio::select! {
-            biased;
-            () = kill.cancelled() => break,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-        };
-        if received == 0 {
-            break;
-        }
-        buffer.clear();
-        for frame in batch.drain(..) {
-            buffer.extend_from_slice(&frame);
-        }
-        let write = async {
-            writer.write_all(&buffer).await?;
-            writer.flush().await
-        };
-        tokio::select! {
-            biased;
-            () = kill.cancelled() => break,
-            result = write => if result.is_err() {
-                kill.cancel();
-                break;
-            }
-        }
-    }
-    let _ = tokio::time::timeout(CLOSE_FLUSH, writer.shutdown()).await;
 }
