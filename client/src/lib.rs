@@ -5,7 +5,8 @@
 //! # Status
 //!
 //! Early days. What exists: [`tls`], connecting to a relay with its
-//! certificate pinned by the address. The cryptography the client drives is
+//! certificate pinned by the address, and [`contacts`], the trust-on-first-use
+//! pinning of peer keys with the blocking rule for changed verified keys. The cryptography the client drives is
 //! [`sotto_crypto`] and the frames it exchanges with the relay are
 //! [`sotto_proto`]. The client state machine (`session::run`), the
 //! `sotto-cli` binary and the `sotto` GUI are the next pieces of work.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod contacts;
 pub mod tls;
 
 /// The relay protocol version this client speaks.
