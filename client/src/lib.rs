@@ -6,7 +6,8 @@
 //!
 //! Early days. What exists: [`tls`], connecting to a relay with its
 //! certificate pinned by the address, and [`contacts`], the trust-on-first-use
-//! pinning of peer keys with the blocking rule for changed verified keys. The cryptography the client drives is
+//! pinning of peer keys with the blocking rule for changed verified keys,
+//! and [`servers`], the relay certificates pinned per `host:port`. The cryptography the client drives is
 //! [`sotto_crypto`] and the frames it exchanges with the relay are
 //! [`sotto_proto`]. The client state machine (`session::run`), the
 //! `sotto-cli` binary and the `sotto` GUI are the next pieces of work.
@@ -20,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod contacts;
+pub mod servers;
 pub mod tls;
 
 /// The relay protocol version this client speaks.

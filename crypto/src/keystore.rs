@@ -235,7 +235,7 @@ impl Identity {
         params: KdfParams,
     ) -> Result<()> {
         let bytes = self.encrypt_to_bytes(rng, passphrase, params)?;
-        write_private_file(path, &bytes)
+        Ok(write_private_file(path, &bytes)?)
     }
 
     /// Reads and decrypts the identity file at `path`.
@@ -259,15 +259,19 @@ impl Identity {
     }
 }
 
-/// Atomically replaces `path` with `bytes`, readable only by the owner.
-pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Atomically replaces `path` with `bytes`, readable only by the owner
+/// (mode 0600): written under a temporary name in the same directory,
+/// synced, renamed over `path`, and the directory synced, so a crash leaves
+/// the old file or the new one. Used for every file sotto keeps secrets or
+/// pins in.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or(Error::InvalidParameter("path has no file name"))?;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
+    })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
@@ -289,7 +293,7 @@ pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    Ok(result?)
+    result
 }
 
 #[cfg(test)]

@@ -512,10 +512,7 @@ impl FileCounterStore {
 
 impl CounterStore for FileCounterStore {
     fn persist(&mut self, limit: u64) -> std::io::Result<()> {
-        crate::keystore::write_private_file(&self.path, &limit.to_le_bytes()).map_err(|e| match e {
-            Error::Io(io) => io,
-            other => std::io::Error::other(other.to_string()),
-        })
+        crate::keystore::write_private_file(&self.path, &limit.to_le_bytes())
     }
 }
 
