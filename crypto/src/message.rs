@@ -342,9 +342,9 @@ impl SendingSession {
             commitment: committed,
         });
 
-        // Write the encoded PeerBody::Message directly, so the plaintext is
-        // copied once and encrypted in place: version, variant, header
-        // (length-prefixed), ciphertext (length-prefixed).
+        // Write the encoded PeerBody::Message directly: version, variant,
+        // header (length-prefixed), ciphertext (length-prefixed), the
+        // ciphertext encrypted straight from the caller's plaintext.
         let padded_len = padded_len(plaintext.len());
         let ciphertext_len = padded_len;
         let mut body = Vec::with_capacity(header.len() + ciphertext_len + 12);
