@@ -7,7 +7,8 @@
 //! Early days. What exists: [`tls`], connecting to a relay with its
 //! certificate pinned by the address, and [`contacts`], the trust-on-first-use
 //! pinning of peer keys with the blocking rule for changed verified keys,
-//! and [`servers`], the relay certificates pinned per `host:port`. The cryptography the client drives is
+//! [`servers`], the relay certificates pinned per `host:port`, and
+//! [`profile`], the data directory and the identity in it. The cryptography the client drives is
 //! [`sotto_crypto`] and the frames it exchanges with the relay are
 //! [`sotto_proto`]. The client state machine (`session::run`), the
 //! `sotto-cli` binary and the `sotto` GUI are the next pieces of work.
@@ -21,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod contacts;
+pub mod profile;
 pub mod servers;
 pub mod tls;
 
