@@ -291,6 +291,23 @@ impl Identity {
         self.public.fingerprint
     }
 
+    /// A 256-bit key for encrypting this user's local data at rest (history,
+    /// session state), derived from the private keys: BLAKE3 in derive-key
+    /// mode, context `"sotto/v1/local-storage " || purpose`, over both
+    /// PKCS#8 encodings (OAEP key first, each prefixed with its u32 BE
+    /// length). Whoever can open the identity file can derive it; nobody
+    /// else can, and no extra secret needs storing.
+    pub fn local_storage_key(&self, purpose: &str) -> Result<SessionKey> {
+        let [enc, sig] = self.to_pkcs8()?;
+        let mut hasher =
+            blake3::Hasher::new_derive_key(&format!("sotto/v1/local-storage {purpose}"));
+        for der in [&enc, &sig] {
+            hasher.update(&len_u32(der.len()).to_be_bytes());
+            hasher.update(der);
+        }
+        Ok(SessionKey::from_bytes(*hasher.finalize().as_bytes()))
+    }
+
     /// How many RSA decryptions this identity has performed. Tests use it to
     /// show that forged announcements never reach the decryption (P3).
     pub fn rsa_decryptions(&self) -> u64 {

@@ -444,3 +444,27 @@ fn checkpoint_resumes_without_a_gap() {
     let mut resumed = SequenceCounter::resume(store.load().unwrap(), store);
     assert_eq!(resumed.next().unwrap(), 5);
 }
+
+#[test]
+fn local_storage_keys_are_stable_per_identity_and_purpose() {
+    let p = people();
+    let a = p.alice.local_storage_key("history").unwrap();
+    assert_eq!(
+        a.expose_secret(),
+        p.alice
+            .local_storage_key("history")
+            .unwrap()
+            .expose_secret()
+    );
+    assert_ne!(
+        a.expose_secret(),
+        p.alice
+            .local_storage_key("sessions")
+            .unwrap()
+            .expose_secret()
+    );
+    assert_ne!(
+        a.expose_secret(),
+        p.bob.local_storage_key("history").unwrap().expose_secret()
+    );
+}

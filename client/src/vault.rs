@@ -1,0 +1,249 @@
+//! The client's local store, encrypted at rest: one redb database in the
+//! data directory whose every value is sealed with AES-256-GCM under a key
+//! derived from the user's identity
+//! ([`sotto_crypto::Identity::local_storage_key`]).
+//!
+//! Keys (table names and record keys) are stored in the clear, so callers
+//! use opaque keys (numbers, hashes), never message content. Each value is
+//! `nonce (12 random bytes) || ciphertext || tag`, with the table name and
+//! the record key as associated data, so a value cannot be moved to
+//! another record or table without failing to open. Someone who copies the
+//! data directory while the app is closed learns how many records there
+//! are and their sizes, not what they say.
+
+use std::path::Path;
+
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use rand::Rng;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use sotto_crypto::SessionKey;
+use zeroize::Zeroizing;
+
+/// File name of the database in the data directory.
+pub const VAULT_FILE: &str = "client.redb";
+
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// Why the vault failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// The database refused an operation.
+    #[error("local database: {0}")]
+    Database(String),
+    /// A value did not open: damaged, moved, or written under another key.
+    #[error("a record in the local database is damaged or was not written by this identity")]
+    Corrupt,
+}
+
+fn db_err<E: std::fmt::Display>(error: E) -> VaultError {
+    VaultError::Database(error.to_string())
+}
+
+/// The encrypted store.
+pub struct Vault {
+    db: Database,
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").finish_non_exhaustive()
+    }
+}
+
+type Table<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+
+/// A record's key and its opened value (wiped when dropped).
+pub type Record = (Vec<u8>, Zeroizing<Vec<u8>>);
+
+fn aad(table: &str, key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(4 + table.len() + key.len());
+    aad.extend_from_slice(&u32::try_from(table.len()).unwrap_or(u32::MAX).to_be_bytes());
+    aad.extend_from_slice(table.as_bytes());
+    aad.extend_from_slice(key);
+    aad
+}
+
+impl Vault {
+    /// Opens (or creates) the vault at `path` with `key`.
+    pub fn open(path: &Path, key: &SessionKey) -> Result<Self, VaultError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let cipher = Aes256Gcm::new(key.expose_secret().into());
+        Ok(Self { db, cipher })
+    }
+
+    fn seal(&self, table: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(NONCE_LEN + value.len() + TAG_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(value);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &aad(table, key),
+                out.get_mut(NONCE_LEN..).unwrap_or_default().into(),
+            )
+            .map_err(|_| VaultError::Corrupt)?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    fn open_value(
+        &self,
+        table: &str,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(VaultError::Corrupt);
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| VaultError::Corrupt)?;
+        let tag = Tag::try_from(tag).map_err(|_| VaultError::Corrupt)?;
+        let mut plain = Zeroizing::new(ciphertext.to_vec());
+        self.cipher
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                &aad(table, key),
+                plain.as_mut_slice().into(),
+                &tag,
+            )
+            .map_err(|_| VaultError::Corrupt)?;
+        Ok(plain)
+    }
+
+    /// Stores `value` under `key` in `table`, durably.
+    pub fn put(&self, table: &str, key: &[u8], value: &[u8]) -> Result<(), VaultError> {
+        let sealed = self.seal(table, key, value)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
+            t.insert(key, sealed.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The value under `key` in `table`, if any.
+    pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = match txn.open_table(Table::new(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let found = t.get(key).map_err(db_err)?;
+        found
+            .map(|sealed| self.open_value(table, key, sealed.value()))
+            .transpose()
+    }
+
+    /// Removes `key` from `table`.
+    pub fn remove(&self, table: &str, key: &[u8]) -> Result<(), VaultError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
+            t.remove(key).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Every record of `table` in key order (byte-wise), opened.
+    pub fn all(&self, table: &str) -> Result<Vec<Record>, VaultError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = match txn.open_table(Table::new(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut records = Vec::new();
+        for entry in t.iter().map_err(db_err)? {
+            let (key, sealed) = entry.map_err(db_err)?;
+            let key = key.value().to_vec();
+            let value = self.open_value(table, &key, sealed.value())?;
+            records.push((key, value));
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> SessionKey {
+        SessionKey::from_bytes([byte; 32])
+    }
+
+    #[test]
+    fn values_round_trip_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(VAULT_FILE);
+        {
+            let vault = Vault::open(&path, &key(1)).unwrap();
+            vault.put("history", &1u64.to_be_bytes(), b"first").unwrap();
+            vault
+                .put("history", &2u64.to_be_bytes(), b"second")
+                .unwrap();
+            vault.remove("history", &1u64.to_be_bytes()).unwrap();
+        }
+        let vault = Vault::open(&path, &key(1)).unwrap();
+        let all = vault.all("history").unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(&all[0].1[..], b"second");
+        assert_eq!(vault.get("history", &9u64.to_be_bytes()).unwrap(), None);
+        assert!(vault.all("never-written").unwrap().is_empty());
+    }
+
+    #[test]
+    fn nothing_is_stored_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(VAULT_FILE);
+        let marker = b"PLAINTEXT-MARKER-0b9d";
+        {
+            let vault = Vault::open(&path, &key(1)).unwrap();
+            vault.put("history", b"k", marker).unwrap();
+        }
+        let file = std::fs::read(&path).unwrap();
+        assert!(!file.windows(marker.len()).any(|w| w == marker));
+    }
+
+    #[test]
+    fn another_key_or_a_moved_value_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(VAULT_FILE);
+        {
+            let vault = Vault::open(&path, &key(1)).unwrap();
+            vault.put("history", b"a", b"for a").unwrap();
+        }
+        let wrong = Vault::open(&path, &key(2)).unwrap();
+        assert!(matches!(
+            wrong.get("history", b"a"),
+            Err(VaultError::Corrupt)
+        ));
+        drop(wrong);
+
+        // Copy the sealed bytes of record "a" to record "b" behind the
+        // vault's back: it must not open there.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(Table::new("history")).unwrap();
+            let sealed = t.get(b"a".as_slice()).unwrap().unwrap().value().to_vec();
+            t.insert(b"b".as_slice(), sealed.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        drop(db);
+        let vault = Vault::open(&path, &key(1)).unwrap();
+        assert_eq!(&vault.get("history", b"a").unwrap().unwrap()[..], b"for a");
+        assert!(matches!(
+            vault.get("history", b"b"),
+            Err(VaultError::Corrupt)
+        ));
+    }
+}
