@@ -8,8 +8,9 @@
 //! certificate pinned by the address, and [`contacts`], the trust-on-first-use
 //! pinning of peer keys with the blocking rule for changed verified keys,
 //! [`servers`], the relay certificates pinned per `host:port`, and
-//! [`profile`], the data directory and the identity in it, and [`vault`],
-//! the local database encrypted at rest. The cryptography the client drives is
+//! [`profile`], the data directory and the identity in it, [`vault`],
+//! the local database encrypted at rest, and [`backoff`], when to
+//! reconnect. The cryptography the client drives is
 //! [`sotto_crypto`] and the frames it exchanges with the relay are
 //! [`sotto_proto`]. The client state machine (`session::run`), the
 //! `sotto-cli` binary and the `sotto` GUI are the next pieces of work.
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod contacts;
 pub mod profile;
 pub mod servers;
