@@ -75,11 +75,7 @@ impl Profile {
     /// The profile in `dir`, created (mode 0700) if missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, ProfileError> {
         let dir = dir.into();
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(&dir).map_err(|source| ProfileError::Io {
+        sotto_crypto::create_private_dir(&dir).map_err(|source| ProfileError::Io {
             path: dir.clone(),
             source,
         })?;

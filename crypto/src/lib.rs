@@ -74,7 +74,7 @@ pub use error::{Error, Result};
 pub use identity::{
     Fingerprint, Identity, PUBLIC_IDENTITY_VERSION, PublicIdentity, RSA_BITS, RSA_LEN, SafetyNumber,
 };
-pub use keystore::{IDENTITY_FILE_VERSION, KdfParams, write_private_file};
+pub use keystore::{IDENTITY_FILE_VERSION, KdfParams, create_private_dir, write_private_file};
 pub use message::{
     KeySlot, MAX_PLAINTEXT_LEN, MessageBody, MessageHeader, Opened, PAD_BLOCK, PEER_VERSION,
     PeerBody, SLOT_LEN, SealedMessage, roster_digest,

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::state::{Direct, Peer, PeerCache, Shared, To, deliver, encode, sent};
-use crate::store::{Claim, Enqueue, NameRecord, Queued};
+use crate::store::{Claim, Enqueue, NameRecord, Queued, now_secs};
 use crate::writer::{CLOSE_FLUSH, write_loop};
 
 /// Room the relay leaves for a Deliver frame's own fields when checking a
@@ -439,42 +439,28 @@ impl Connection {
         };
         // Parsing the keys and verifying the RSA signature take a fraction
         // of a millisecond each: on the blocking pool, not the runtime.
-        enum Check {
-            NotAnIdentity,
-            BadProof,
-            Valid([u8; 32]),
-        }
         let (current, previous) = self.relay_fingerprints;
         let challenge = self.challenge;
         let (claimed, bytes) = (name.clone(), identity.clone());
         let check = blocking(move || {
-            let Ok(public) = PublicIdentity::from_bytes(&bytes) else {
-                return Check::NotAnIdentity;
-            };
+            let public =
+                PublicIdentity::from_bytes(&bytes).map_err(|_| "not a sotto public identity")?;
             let verifies = |relay: &[u8; 32]| {
                 public
                     .verify_registration(relay, &challenge, claimed.as_str(), &proof)
                     .is_ok()
             };
             if verifies(&current) || previous.is_some_and(|p| verifies(&p)) {
-                Check::Valid(*public.fingerprint().as_bytes())
+                Ok(*public.fingerprint().as_bytes())
             } else {
-                Check::BadProof
+                Err("the proof does not verify for this relay's challenge")
             }
         })
         .await;
         let fingerprint = match check {
-            Some(Check::Valid(fingerprint)) => fingerprint,
-            Some(Check::NotAnIdentity) => {
-                refuse(self, ErrorCode::BadProof, "not a sotto public identity");
-                return None;
-            }
-            Some(Check::BadProof) => {
-                refuse(
-                    self,
-                    ErrorCode::BadProof,
-                    "the proof does not verify for this relay's challenge",
-                );
+            Some(Ok(fingerprint)) => fingerprint,
+            Some(Err(why)) => {
+                refuse(self, ErrorCode::BadProof, why);
                 return None;
             }
             None => {
@@ -666,12 +652,6 @@ fn deliver_frame(delivery: u64, queued: Queued) -> RelayFrame {
         body: queued.body,
         slot: queued.slot,
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs a store operation on the blocking pool (redb commits fsync).

@@ -332,13 +332,7 @@ impl Shared {
         let user = key(&name);
         if let Some(old) = registry.users.remove(&user) {
             old.peer.kill.cancel();
-            self.leave_all(
-                &mut registry,
-                &user,
-                &old.name,
-                old.rooms,
-                PresenceEvent::Disconnected,
-            );
+            self.disconnected(&mut registry, &user, old);
         } else {
             Metrics::inc(&self.metrics.users_online);
         }
@@ -364,26 +358,21 @@ impl Shared {
         {
             self.generation.fetch_add(1, Ordering::AcqRel);
             Metrics::dec(&self.metrics.users_online);
-            self.leave_all(
-                &mut registry,
-                &user,
-                &old.name,
-                old.rooms,
-                PresenceEvent::Disconnected,
-            );
+            self.disconnected(&mut registry, &user, old);
         }
     }
 
-    fn leave_all(
-        &self,
-        registry: &mut Registry,
-        user: &str,
-        name: &UserName,
-        rooms: BTreeSet<RoomName>,
-        event: PresenceEvent,
-    ) {
-        for room in rooms {
-            self.remove_member(registry, &room, user, name, event);
+    /// Takes a connection that is gone (`old`, of lower-cased `user`) out
+    /// of its rooms, whose members hear that it disconnected.
+    fn disconnected(&self, registry: &mut Registry, user: &str, old: Online) {
+        for room in old.rooms {
+            self.remove_member(
+                registry,
+                &room,
+                user,
+                &old.name,
+                PresenceEvent::Disconnected,
+            );
         }
     }
 

@@ -110,7 +110,8 @@ fn key(name: &UserName) -> String {
     name.as_str().to_ascii_lowercase()
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -119,7 +120,7 @@ fn now_secs() -> u64 {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
-        create_private_dir(dir).map_err(db_err)?;
+        sotto_crypto::create_private_dir(dir).map_err(db_err)?;
         let db = Database::create(dir.join(DATABASE_FILE)).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         {
@@ -299,16 +300,6 @@ impl Store {
     fn cutoff(&self) -> u64 {
         now_secs().saturating_sub(self.limits.max_age.as_secs())
     }
-}
-
-/// Creates `dir` (and parents) if missing; a directory this creates is
-/// readable by the owner only.
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 fn stored_size(message: &Queued) -> u64 {

@@ -223,7 +223,7 @@ fn generate(
     key_path: &Path,
     hosts: &[String],
 ) -> Result<(), TlsError> {
-    crate::store::create_private_dir(dir).map_err(io_error(dir))?;
+    sotto_crypto::create_private_dir(dir).map_err(io_error(dir))?;
     let hosts = if hosts.is_empty() {
         vec!["localhost".to_string()]
     } else {

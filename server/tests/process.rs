@@ -17,9 +17,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::{Client, identity, user};
-use sotto_proto::{ClientFrame, Destination, RelayAddress, RelayFrame, Route, Slot};
+use common::{Client, identity, send_to_user, user};
+use sotto_proto::{ClientFrame, RelayAddress, RelayFrame};
 
 /// A marker no log line may ever contain.
 const MARKER: &[u8] = b"BODY-MARKER-7c1e55";
@@ -109,17 +108,7 @@ async fn offline_queue_survives_a_killed_relay() {
     drop(registered(&first.address, "bob").await);
     let mut alice = registered(&first.address, "alice").await;
     alice
-        .send(ClientFrame::Send {
-            route: Route {
-                id: 1,
-                to: Destination::User(user("bob")),
-            },
-            body: Bytes::from_static(MARKER),
-            slots: vec![Slot {
-                to: user("bob"),
-                data: Bytes::from_static(b"slot"),
-            }],
-        })
+        .send(send_to_user(1, "bob", MARKER, Some(b"slot")))
         .await;
     assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
 

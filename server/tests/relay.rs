@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Client, Relay, identity, room, user};
+use common::{Client, Relay, identity, room, send_to_user, user};
 use sotto_proto::{
     ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, Route, Slot,
     UserInfo,
@@ -38,17 +38,6 @@ fn send_to_room(
                 data: Bytes::from_static(data),
             })
             .collect(),
-    }
-}
-
-fn send_to_user(id: u64, name: &str, body: &'static [u8]) -> ClientFrame {
-    ClientFrame::Send {
-        route: Route {
-            id,
-            to: Destination::User(user(name)),
-        },
-        body: Bytes::from_static(body),
-        slots: vec![],
     }
 }
 
@@ -297,7 +286,7 @@ async fn direct_message_reaches_only_its_recipient() {
     let mut bob = relay.registered("bob").await;
     let mut carol = relay.registered("carol").await;
 
-    alice.send(send_to_user(3, "Bob", b"for bob")).await;
+    alice.send(send_to_user(3, "Bob", b"for bob", None)).await;
     assert_eq!(alice.recv().await, RelayFrame::Sent { id: 3 });
     let RelayFrame::Deliver { from, to, body, .. } = bob.recv().await else {
         panic!()
@@ -312,7 +301,7 @@ async fn direct_message_reaches_only_its_recipient() {
     );
     assert_eq!(carol.try_recv(Duration::from_millis(300)).await, None);
 
-    alice.send(send_to_user(4, "nobody", b"x")).await;
+    alice.send(send_to_user(4, "nobody", b"x", None)).await;
     assert!(matches!(
         alice.recv().await,
         RelayFrame::Error {
@@ -553,17 +542,7 @@ async fn offline_messages_wait_in_order_until_acknowledged() {
     let mut alice = relay.registered("alice").await;
     for (id, body) in [(1, &b"first"[..]), (2, b"second")] {
         alice
-            .send(ClientFrame::Send {
-                route: Route {
-                    id,
-                    to: Destination::User(user("bob")),
-                },
-                body: Bytes::from_static(body),
-                slots: vec![Slot {
-                    to: user("bob"),
-                    data: Bytes::from_static(b"slot"),
-                }],
-            })
+            .send(send_to_user(id, "bob", body, Some(b"slot")))
             .await;
         assert_eq!(alice.recv().await, RelayFrame::Sent { id });
     }
@@ -605,7 +584,7 @@ async fn offline_queue_is_bounded() {
     drop(relay.registered("bob").await);
     let mut alice = relay.registered("alice").await;
     for id in 0..3 {
-        alice.send(send_to_user(id, "bob", b"x")).await;
+        alice.send(send_to_user(id, "bob", b"x", None)).await;
     }
     assert_eq!(alice.recv().await, RelayFrame::Sent { id: 0 });
     assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
@@ -820,7 +799,7 @@ async fn an_offline_backlog_larger_than_the_outbound_queue_is_delivered() {
     drop(relay.registered("bob").await);
     let mut alice = relay.registered("alice").await;
     for id in 0..12 {
-        alice.send(send_to_user(id, "bob", b"waiting")).await;
+        alice.send(send_to_user(id, "bob", b"waiting", None)).await;
         assert_eq!(alice.recv().await, RelayFrame::Sent { id });
     }
     let mut bob = relay.registered("bob").await;

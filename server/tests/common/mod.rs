@@ -53,6 +53,29 @@ pub fn user(name: &str) -> UserName {
     UserName::try_from(name).unwrap()
 }
 
+/// A direct `Send` of `body` to `to`, with a slot for `to` if given.
+pub fn send_to_user(
+    id: u64,
+    to: &str,
+    body: &'static [u8],
+    slot: Option<&'static [u8]>,
+) -> ClientFrame {
+    ClientFrame::Send {
+        route: sotto_proto::Route {
+            id,
+            to: sotto_proto::Destination::User(user(to)),
+        },
+        body: Bytes::from_static(body),
+        slots: slot
+            .map(|data| sotto_proto::Slot {
+                to: user(to),
+                data: Bytes::from_static(data),
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
 pub fn room(name: &str) -> RoomName {
     RoomName::try_from(name).unwrap()
 }

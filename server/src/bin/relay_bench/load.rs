@@ -308,6 +308,20 @@ impl Window {
     fn contains(&self, t: u64) -> bool {
         (self.start..self.end).contains(&t)
     }
+
+    /// Waits out the window, reading the target's and this process's CPU
+    /// and memory at its start and its end.
+    async fn measure(
+        &self,
+        clock: &Clock,
+        target: &Target,
+    ) -> Result<((Usage, Usage), (Usage, Usage)), BoxError> {
+        tokio::time::sleep_until(clock.instant(self.start)).await;
+        let (target_start, bench_start) = (target.usage()?, usage_of("self")?);
+        tokio::time::sleep_until(clock.instant(self.end)).await;
+        let (target_end, bench_end) = (target.usage()?, usage_of("self")?);
+        Ok(((target_start, target_end), (bench_start, bench_end)))
+    }
 }
 
 struct ReadResult {
@@ -403,12 +417,7 @@ pub(crate) async fn run_traffic(
         });
     }
 
-    tokio::time::sleep_until(clock.instant(window.start)).await;
-    let target_start = target.usage()?;
-    let bench_start = usage_of("self")?;
-    tokio::time::sleep_until(clock.instant(window.end)).await;
-    let target_end = target.usage()?;
-    let bench_end = usage_of("self")?;
+    let (target_usage, bench_usage) = window.measure(&clock, target).await?;
 
     let mut sent = 0;
     let mut scheduled = 0;
@@ -454,8 +463,8 @@ pub(crate) async fn run_traffic(
         delivered,
         missing: (sent * traffic.fanout).saturating_sub(stamped),
         latency,
-        target: (target_start, target_end),
-        bench: (bench_start, bench_end),
+        target: target_usage,
+        bench: bench_usage,
         lost,
     })
 }
@@ -714,12 +723,7 @@ pub(crate) async fn handshakes(
             (completed, failed)
         }));
     }
-    tokio::time::sleep_until(clock.instant(window.start)).await;
-    let target_start = target.usage()?;
-    let bench_start = usage_of("self")?;
-    tokio::time::sleep_until(clock.instant(window.end)).await;
-    let target_end = target.usage()?;
-    let bench_end = usage_of("self")?;
+    let (target_usage, bench_usage) = window.measure(&clock, target).await?;
     let (mut completed, mut failed) = (0, 0);
     for task in tasks {
         let (c, f) = task.await?;
@@ -730,8 +734,8 @@ pub(crate) async fn handshakes(
         secs: duration.as_secs_f64(),
         completed,
         failed,
-        target: (target_start, target_end),
-        bench: (bench_start, bench_end),
+        target: target_usage,
+        bench: bench_usage,
     })
 }
 
