@@ -127,6 +127,16 @@ impl Contacts {
         Self::default()
     }
 
+    /// Contacts restored from storage.
+    pub fn from_contacts(contacts: impl IntoIterator<Item = Contact>) -> Self {
+        Self {
+            by_name: contacts
+                .into_iter()
+                .map(|contact| (key(&contact.name), contact))
+                .collect(),
+        }
+    }
+
     /// Records that `identity` was presented for `name` (by the relay's
     /// directory, a roster, or a signed announcement), pinning it on first
     /// sight; returns the event to show, if anything changed.

@@ -23,10 +23,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod account;
 pub mod backoff;
 pub mod contacts;
 pub mod profile;
 pub mod servers;
+pub mod session;
+pub mod store;
 pub mod tls;
 pub mod vault;
 

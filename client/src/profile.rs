@@ -113,6 +113,7 @@ impl Profile {
         if path.exists() {
             return Err(ProfileError::AlreadyExists(path));
         }
+        let passphrase = normalize_passphrase(&passphrase);
         blocking(move || {
             let identity = Identity::generate()?;
             identity.save(&mut rand::rng(), &path, passphrase.as_bytes(), params)?;
@@ -130,6 +131,7 @@ impl Profile {
         if !path.exists() {
             return Err(ProfileError::NoIdentity(self.dir.clone()));
         }
+        let passphrase = normalize_passphrase(&passphrase);
         blocking(move || Ok(Arc::new(Identity::load(&path, passphrase.as_bytes())?))).await
     }
 
@@ -144,6 +146,7 @@ impl Profile {
         if !path.exists() {
             return Err(ProfileError::NoIdentity(self.dir.clone()));
         }
+        let (old, new) = (normalize_passphrase(&old), normalize_passphrase(&new));
         blocking(move || {
             Identity::change_passphrase(
                 &mut rand::rng(),
@@ -158,6 +161,14 @@ impl Profile {
     }
 }
 
+/// The passphrase as the identity file uses it: Unicode NFKC, so the same
+/// words typed on another keyboard or system (composed or decomposed
+/// accents, full-width forms) open the file.
+pub fn normalize_passphrase(passphrase: &str) -> Zeroizing<String> {
+    use unicode_normalization::UnicodeNormalization;
+    Zeroizing::new(passphrase.nfkc().collect())
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ProfileError> + Send + 'static,
 ) -> Result<T, ProfileError> {
@@ -169,6 +180,16 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passphrases_are_compared_after_normalisation() {
+        // "é" composed and decomposed are the same passphrase.
+        assert_eq!(
+            normalize_passphrase("caf\u{e9}"),
+            normalize_passphrase("cafe\u{301}")
+        );
+        assert_eq!(&*normalize_passphrase("plain ascii"), "plain ascii");
+    }
 
     fn pass(text: &str) -> Zeroizing<String> {
         Zeroizing::new(text.to_string())

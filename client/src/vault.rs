@@ -129,6 +129,21 @@ impl Vault {
         txn.commit().map_err(db_err)
     }
 
+    /// Stores several `(table, key, value)` records in one durable
+    /// transaction: all of them or none.
+    pub fn put_all(&self, records: &[(&str, &[u8], &[u8])]) -> Result<(), VaultError> {
+        let sealed = records
+            .iter()
+            .map(|(table, key, value)| self.seal(table, key, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        for ((table, key, _), sealed) in records.iter().zip(&sealed) {
+            let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
+            t.insert(*key, sealed.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
     /// The value under `key` in `table`, if any.
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
         let txn = self.db.begin_read().map_err(db_err)?;

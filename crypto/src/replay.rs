@@ -1,5 +1,7 @@
 //! The replay and order window (P5).
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// How far behind the newest sequence number a late message is still
@@ -27,7 +29,9 @@ pub enum Arrival {
 /// between two sessions, after a crash, are not counted as missing.)
 ///
 /// Apply it only to messages that opened: forged messages must not move it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// It serializes (with serde) so a client can keep it with the session it
+/// belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayWindow {
     /// One past the newest sequence number accepted.
     top: u64,

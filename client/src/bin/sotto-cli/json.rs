@@ -1,0 +1,277 @@
+//! `--json` mode: one JSON object per line, in (commands) and out (events),
+//! each with a `type` field. docs/cli.md is the schema.
+
+use serde_json::{Map, Value, json};
+use sotto_client::contacts::KeyEvent;
+use sotto_client::session::{
+    Chat, Command, Connection, Member, Message, PresenceChange, TrustLevel, Update,
+};
+
+use crate::{room, user};
+
+fn trust(trust: TrustLevel) -> &'static str {
+    match trust {
+        TrustLevel::Unknown => "unknown",
+        TrustLevel::Unverified => "unverified",
+        TrustLevel::Verified => "verified",
+        TrustLevel::Changed => "changed",
+    }
+}
+
+/// `{"room": R}` or `{"user": PEER}`, merged into an event.
+fn chat_fields(chat: &Chat, into: &mut Map<String, Value>) {
+    match chat {
+        Chat::Room(room) => into.insert("room".to_owned(), json!(room.as_str())),
+        Chat::Direct(peer) => into.insert("user".to_owned(), json!(peer.as_str())),
+    };
+}
+
+fn with_type(kind: &str, fields: Value) -> Value {
+    let mut object = Map::new();
+    object.insert("type".to_owned(), json!(kind));
+    if let Value::Object(fields) = fields {
+        object.extend(fields);
+    }
+    Value::Object(object)
+}
+
+fn message(message: &Message) -> Value {
+    let mut fields = Map::new();
+    chat_fields(&message.chat, &mut fields);
+    fields.insert("from".to_owned(), json!(message.from));
+    fields.insert("fingerprint".to_owned(), json!(message.fingerprint.to_hex()));
+    fields.insert("trust".to_owned(), json!(trust(message.trust)));
+    fields.insert("outgoing".to_owned(), json!(message.outgoing));
+    fields.insert("seq".to_owned(), json!(message.seq));
+    fields.insert("sent_at_ms".to_owned(), json!(message.sent_at_ms));
+    fields.insert("received_at_ms".to_owned(), json!(message.received_at_ms));
+    fields.insert("late".to_owned(), json!(message.late));
+    fields.insert("text".to_owned(), json!(message.text));
+    Value::Object(fields)
+}
+
+fn member(member: &Member) -> Value {
+    json!({
+        "name": member.name,
+        "fingerprint": member.fingerprint.map(|f| f.to_hex()),
+        "trust": trust(member.trust),
+    })
+}
+
+/// An error event.
+pub(crate) fn error(message: &str) -> Value {
+    with_type("error", json!({ "message": message }))
+}
+
+/// The event for one update.
+pub(crate) fn event(update: &Update) -> Value {
+    match update {
+        Update::Ready(_) => with_type("ready", json!({})),
+        Update::History { chat, messages } => {
+            let mut fields = Map::new();
+            chat_fields(chat, &mut fields);
+            fields.insert(
+                "messages".to_owned(),
+                Value::Array(messages.iter().map(message).collect()),
+            );
+            with_type("history", Value::Object(fields))
+        }
+        Update::Connection(state) => match state {
+            Connection::Connecting => with_type("connection", json!({ "state": "connecting" })),
+            Connection::Connected { name } => {
+                with_type("connection", json!({ "state": "connected", "name": name }))
+            }
+            Connection::Reconnecting { after, reason } => with_type(
+                "connection",
+                json!({
+                    "state": "reconnecting",
+                    "after_ms": u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                    "reason": reason,
+                }),
+            ),
+            Connection::Failed { reason } => {
+                with_type("connection", json!({ "state": "failed", "reason": reason }))
+            }
+        },
+        Update::Joined { room } => with_type("joined", json!({ "room": room.as_str() })),
+        Update::Left { room } => with_type("left", json!({ "room": room.as_str() })),
+        Update::Members { room, members } => with_type(
+            "members",
+            json!({
+                "room": room.as_str(),
+                "members": members.iter().map(member).collect::<Vec<_>>(),
+            }),
+        ),
+        Update::Presence { room, name, change } => with_type(
+            "presence",
+            json!({
+                "room": room.as_str(),
+                "name": name,
+                "change": match change {
+                    PresenceChange::Joined => "joined",
+                    PresenceChange::Left => "left",
+                    PresenceChange::Disconnected => "disconnected",
+                },
+            }),
+        ),
+        Update::Message(m) => with_type("message", message(m)),
+        Update::Missing { chat, from, count } => {
+            let mut fields = Map::new();
+            chat_fields(chat, &mut fields);
+            fields.insert("from".to_owned(), json!(from));
+            fields.insert("count".to_owned(), json!(count));
+            with_type("missing", Value::Object(fields))
+        }
+        Update::Rejected { chat, from } => {
+            let mut fields = Map::new();
+            if let Some(chat) = chat {
+                chat_fields(chat, &mut fields);
+            }
+            fields.insert("from".to_owned(), json!(from));
+            with_type("rejected", Value::Object(fields))
+        }
+        Update::Key(event) => match event {
+            KeyEvent::Pinned { name, fingerprint } => with_type(
+                "key",
+                json!({ "event": "pinned", "name": name, "fingerprint": fingerprint.to_hex() }),
+            ),
+            KeyEvent::Changed {
+                name,
+                previous,
+                current,
+            } => with_type(
+                "key",
+                json!({
+                    "event": "changed",
+                    "name": name,
+                    "previous": previous.to_hex(),
+                    "fingerprint": current.to_hex(),
+                }),
+            ),
+            KeyEvent::ChangedVerified {
+                name,
+                pinned,
+                offered,
+            } => with_type(
+                "key",
+                json!({
+                    "event": "changed_verified",
+                    "name": name,
+                    "previous": pinned.to_hex(),
+                    "fingerprint": offered.to_hex(),
+                    "blocked": true,
+                }),
+            ),
+        },
+        Update::Trust { name, trust: level } => {
+            with_type("trust", json!({ "name": name, "trust": trust(*level) }))
+        }
+        Update::SafetyNumber {
+            name,
+            fingerprint,
+            safety_number,
+            trust: level,
+        } => with_type(
+            "safety_number",
+            json!({
+                "name": name,
+                "fingerprint": fingerprint.to_hex(),
+                "safety_number": safety_number.digits(),
+                "groups": safety_number.groups(),
+                "qr": safety_number.qr_payload(),
+                "trust": trust(*level),
+            }),
+        ),
+        Update::NotSentTo {
+            chat,
+            names,
+            reason,
+        } => {
+            let mut fields = Map::new();
+            chat_fields(chat, &mut fields);
+            fields.insert("names".to_owned(), json!(names));
+            fields.insert("reason".to_owned(), json!(reason));
+            with_type("not_sent", Value::Object(fields))
+        }
+        Update::RosterMismatch { room, from } => with_type(
+            "roster_mismatch",
+            json!({ "room": room.as_str(), "from": from }),
+        ),
+        Update::Users(users) => with_type(
+            "users",
+            json!({
+                "users": users.iter().map(|u| json!({
+                    "name": u.name,
+                    "rooms": u.rooms,
+                    "trust": trust(u.trust),
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        Update::Rooms(rooms) => with_type(
+            "rooms",
+            json!({
+                "rooms": rooms.iter().map(|(name, members)| json!({
+                    "name": name,
+                    "members": members,
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        Update::VerifiedOnly { room, on } => with_type(
+            "verified_only",
+            json!({ "room": room.as_str(), "on": on }),
+        ),
+        Update::Error(message) => error(message),
+        other => error(&format!("unhandled update: {other:?}")),
+    }
+}
+
+fn text_field<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
+    object
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing string field {field:?}"))
+}
+
+/// Parses one command line.
+pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    let Value::Object(object) = value else {
+        return Err("each line must be a JSON object".to_owned());
+    };
+    let kind = text_field(&object, "type")?;
+    let command = match kind {
+        "send" => {
+            let text = text_field(&object, "text")?.to_owned();
+            let chat = match (object.get("room"), object.get("user")) {
+                (Some(Value::String(r)), None) => Chat::Room(room(r)?),
+                (None, Some(Value::String(u))) => Chat::Direct(user(u)?),
+                _ => return Err("send needs exactly one of \"room\" and \"user\"".to_owned()),
+            };
+            Command::Send { chat, text }
+        }
+        "join" => Command::Join(room(text_field(&object, "room")?)?),
+        "leave" => Command::Leave(room(text_field(&object, "room")?)?),
+        "users" => Command::ListUsers,
+        "rooms" => Command::ListRooms,
+        "safety_number" => Command::SafetyNumber(user(text_field(&object, "name")?)?),
+        "verify" => Command::Verify {
+            name: user(text_field(&object, "name")?)?,
+            safety_number: text_field(&object, "safety_number")?.to_owned(),
+        },
+        "trust" => Command::AcceptKey(user(text_field(&object, "name")?)?),
+        "verified_only" => Command::SetVerifiedOnly {
+            room: room(text_field(&object, "room")?)?,
+            on: object
+                .get("on")
+                .and_then(Value::as_bool)
+                .ok_or("missing boolean field \"on\"")?,
+        },
+        "quit" => Command::Quit,
+        other => return Err(format!("unknown command type {other:?}")),
+    };
+    Ok(Some(command))
+}

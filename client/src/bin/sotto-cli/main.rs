@@ -1,0 +1,270 @@
+//! `sotto-cli`: the headless sotto client.
+//!
+//! `init` creates an identity, `fingerprint` prints it, `connect` chats
+//! through a relay, interactively or (with `--json`) as JSON lines for bots
+//! and tests. docs/cli.md documents every command and the JSON schema.
+#![forbid(unsafe_code)]
+// A command-line program talks on stdout.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod json;
+mod text;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use sotto_client::account::Account;
+use sotto_client::profile::Profile;
+use sotto_client::session::{self, Config, Update};
+use sotto_crypto::KdfParams;
+use sotto_proto::{RelayAddress, RoomName, UserName};
+use tokio::io::AsyncBufReadExt;
+use zeroize::Zeroizing;
+
+/// The headless sotto client: end-to-end encrypted chat through a sotto relay.
+#[derive(Debug, Parser)]
+#[command(name = "sotto-cli", version)]
+struct Args {
+    /// The data directory (identity, contacts, history). Default:
+    /// $XDG_DATA_HOME/sotto, else ~/.local/share/sotto.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Read the passphrase from the first line of FILE instead of asking.
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create an identity (two RSA-3072 key pairs) for NAME.
+    Init {
+        /// The name to register on relays: 1-32 of A-Z a-z 0-9 . _ -,
+        /// starting with a letter or digit.
+        #[arg(long)]
+        name: UserName,
+    },
+    /// Print your name and key fingerprint.
+    Fingerprint,
+    /// Change the passphrase of your identity.
+    Passphrase,
+    /// Connect to a relay and chat.
+    Connect {
+        /// The relay's address, as its operator gave it:
+        /// sotto://<certificate fingerprint>@host:port
+        address: RelayAddress,
+        /// Speak JSON lines on stdin and stdout (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+        /// Rooms to join the first time (later runs rejoin the rooms you
+        /// were in). Default: lobby.
+        #[arg(long = "room", value_name = "ROOM")]
+        rooms: Vec<RoomName>,
+    },
+}
+
+/// The environment variable holding the passphrase, for scripts.
+const PASSPHRASE_ENV: &str = "SOTTO_PASSPHRASE";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sotto-cli: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, String> {
+    let profile = match &args.data_dir {
+        Some(dir) => Profile::open(dir),
+        None => Profile::open_default(),
+    }
+    .map_err(|e| e.to_string())?;
+    match args.command {
+        Cmd::Init { name } => {
+            if profile.has_identity() {
+                return Err(format!(
+                    "an identity already exists in {}",
+                    profile.dir().display()
+                ));
+            }
+            let passphrase = new_passphrase(args.passphrase_file.as_deref())?;
+            eprintln!("generating keys (this takes a few seconds)...");
+            let account = Account::create(&profile, name, passphrase, KdfParams::DEFAULT)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("created {} in {}", account.name(), profile.dir().display());
+            println!("fingerprint: {}", account.identity().fingerprint());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fingerprint => {
+            let account = unlock(&profile, args.passphrase_file.as_deref()).await?;
+            println!("name: {}", account.name());
+            println!("fingerprint: {}", account.identity().fingerprint());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Passphrase => {
+            let old = passphrase(args.passphrase_file.as_deref(), "current passphrase: ")?;
+            let new = ask_new()?;
+            profile
+                .change_passphrase(old, new, KdfParams::DEFAULT)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("passphrase changed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Connect {
+            address,
+            json,
+            rooms,
+        } => {
+            let account = unlock(&profile, args.passphrase_file.as_deref()).await?;
+            let mut config = Config::new(account, address);
+            if !rooms.is_empty() {
+                config.rooms = rooms;
+            }
+            chat(config, json).await
+        }
+    }
+}
+
+async fn unlock(profile: &Profile, file: Option<&std::path::Path>) -> Result<Account, String> {
+    if !profile.has_identity() {
+        return Err(format!(
+            "no identity in {}: create one with `sotto-cli init --name NAME`",
+            profile.dir().display()
+        ));
+    }
+    let passphrase = passphrase(file, "passphrase: ")?;
+    Account::unlock(profile, passphrase)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The passphrase from `--passphrase-file`, `SOTTO_PASSPHRASE`, or a prompt.
+fn passphrase(file: Option<&std::path::Path>, prompt: &str) -> Result<Zeroizing<String>, String> {
+    if let Some(file) = file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?,
+        );
+        let line = text.lines().next().unwrap_or_default();
+        return Ok(Zeroizing::new(line.to_owned()));
+    }
+    if let Ok(value) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(Zeroizing::new(value));
+    }
+    rpassword::prompt_password(prompt)
+        .map(Zeroizing::new)
+        .map_err(|e| format!("cannot read the passphrase (use --passphrase-file or {PASSPHRASE_ENV} without a terminal): {e}"))
+}
+
+/// A new passphrase: from the file or environment, or asked twice.
+fn new_passphrase(file: Option<&std::path::Path>) -> Result<Zeroizing<String>, String> {
+    if file.is_some() || std::env::var_os(PASSPHRASE_ENV).is_some() {
+        let passphrase = passphrase(file, "")?;
+        if passphrase.is_empty() {
+            return Err("the passphrase must not be empty".to_owned());
+        }
+        return Ok(passphrase);
+    }
+    ask_new()
+}
+
+fn ask_new() -> Result<Zeroizing<String>, String> {
+    let first = Zeroizing::new(
+        rpassword::prompt_password("new passphrase: ").map_err(|e| e.to_string())?,
+    );
+    if first.chars().count() < 8 {
+        return Err("choose a passphrase of at least 8 characters (several words are best)".to_owned());
+    }
+    let again = Zeroizing::new(
+        rpassword::prompt_password("repeat the passphrase: ").map_err(|e| e.to_string())?,
+    );
+    if first != again {
+        return Err("the passphrases differ".to_owned());
+    }
+    Ok(first)
+}
+
+/// Runs a session, reading commands from stdin and printing updates.
+async fn chat(config: Config, json: bool) -> Result<ExitCode, String> {
+    let mut updates = Box::pin(session::run(config));
+    let Some(Update::Ready(controller)) = updates.next().await else {
+        return Err("the session did not start".to_owned());
+    };
+    let mut view = text::View::default();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    if !json {
+        println!("type /help for commands");
+    }
+    loop {
+        tokio::select! {
+            update = updates.next() => {
+                let Some(update) = update else { break };
+                let failed = matches!(
+                    &update,
+                    Update::Connection(session::Connection::Failed { .. })
+                );
+                if json {
+                    println!("{}", json::event(&update));
+                } else {
+                    view.show(&update);
+                }
+                if failed {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(line)) => {
+                    let parsed = if json {
+                        json::command(&line)
+                    } else {
+                        view.command(&line)
+                    };
+                    match parsed {
+                        Ok(Some(command)) => {
+                            if controller.command(command).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(message) => {
+                            if json {
+                                println!("{}", json::error(&message));
+                            } else {
+                                println!("! {message}");
+                            }
+                        }
+                    }
+                }
+                // End of input: quit, after what is queued is sent.
+                Ok(None) | Err(_) => {
+                    stdin_open = false;
+                    let _ = controller.quit();
+                }
+            },
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses a user name, with a readable error.
+fn user(name: &str) -> Result<UserName, String> {
+    name.parse()
+        .map_err(|e| format!("{name:?} is not a valid name: {e}"))
+}
+
+/// Parses a room name, with a readable error.
+fn room(name: &str) -> Result<RoomName, String> {
+    name.trim_start_matches('#')
+        .parse()
+        .map_err(|e| format!("{name:?} is not a valid room name: {e}"))
+}

@@ -1,0 +1,428 @@
+//! The client's conversation with a relay, as a stream of [`Update`]s.
+//!
+//! [`run`] starts the session on a thread of its own (with its own tokio
+//! runtime, so neither RSA work nor disk writes ever run on the caller's
+//! thread or executor) and returns a stream. Its first item is
+//! [`Update::Ready`] with the [`Controller`] that takes [`Command`]s; every
+//! later item is something a UI shows: messages, presence, members, key
+//! changes, trust, missing messages, the connection state and errors. The
+//! session ends when the controller says [`Command::Quit`] or when every
+//! controller and the stream are dropped.
+//!
+//! # Design
+//!
+//! - `engine` is the state machine: contacts (trust on first use), rooms
+//!   and their rosters, sending sessions (started lazily, rotated whenever
+//!   the set of members a message would reach differs from the session's,
+//!   and after [`sotto_crypto::MAX_MESSAGES_PER_SESSION`] messages or
+//!   [`sotto_crypto::MAX_SESSION_AGE`]), receiving sessions with their
+//!   replay windows, history. It is synchronous, so tests drive it without
+//!   a network.
+//! - `connection` owns the TLS connection: connect with the relay
+//!   certificate pinned, register, rejoin rooms, move frames between the
+//!   relay and the engine, and reconnect with backoff when the connection
+//!   fails.
+//! - Everything the engine learns is stored (encrypted, [`crate::store`])
+//!   before the relay is told it may forget it (`Ack`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use sotto_client::account::Account;
+//! use sotto_client::session::{self, Chat, Config, Update};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let account = Account::unlock_default("correct horse".to_owned().into()).await?;
+//! let relay = "sotto://AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@127.0.0.1:7447".parse()?;
+//! let mut updates = Box::pin(session::run(Config::new(account, relay)));
+//! let Some(Update::Ready(controller)) = updates.next().await else {
+//!     return Ok(());
+//! };
+//! controller.send(Chat::Room("lobby".parse()?), "hello")?;
+//! while let Some(update) = updates.next().await {
+//!     println!("{update:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod connection;
+mod engine;
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use sotto_crypto::{Fingerprint, SafetyNumber};
+use sotto_proto::{RelayAddress, RoomName, UserName};
+use tokio::sync::mpsc;
+
+use crate::account::Account;
+use crate::contacts::KeyEvent;
+
+pub use engine::SessionLimits;
+
+/// A conversation as a user sees it: a room, or the direct conversation
+/// with one peer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Chat {
+    /// A room.
+    Room(RoomName),
+    /// Direct messages with this user.
+    Direct(UserName),
+}
+
+impl Chat {
+    /// The same chat with names compared as the relay compares them
+    /// (ignoring ASCII letter case for users).
+    pub(crate) fn canonical(&self) -> Chat {
+        match self {
+            Chat::Room(room) => Chat::Room(room.clone()),
+            Chat::Direct(user) => Chat::Direct(lower(user)),
+        }
+    }
+}
+
+pub(crate) fn lower(name: &UserName) -> UserName {
+    UserName::try_from(name.as_str().to_ascii_lowercase()).unwrap_or_else(|_| name.clone())
+}
+
+impl fmt::Display for Chat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Chat::Room(room) => write!(f, "#{room}"),
+            Chat::Direct(user) => write!(f, "@{user}"),
+        }
+    }
+}
+
+/// How far a peer is trusted, as shown next to its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrustLevel {
+    /// No key is pinned for the name yet.
+    Unknown,
+    /// Pinned on first sight, not verified.
+    Unverified,
+    /// Verified by safety number.
+    Verified,
+    /// A verified peer presented another key: nothing is sent to it until
+    /// the user verifies or accepts the new key.
+    Changed,
+}
+
+/// A room member as shown in the member list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The name.
+    pub name: String,
+    /// The pinned key's fingerprint, if any.
+    pub fingerprint: Option<Fingerprint>,
+    /// Its trust.
+    pub trust: TrustLevel,
+}
+
+/// A message, sent or received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Where it belongs.
+    pub chat: Chat,
+    /// Who sent it (as pinned).
+    pub from: String,
+    /// The sender's key.
+    pub fingerprint: Fingerprint,
+    /// The sender's trust when it arrived.
+    pub trust: TrustLevel,
+    /// Whether this client sent it.
+    pub outgoing: bool,
+    /// The sender's sequence number: messages of one sender are ordered by it.
+    pub seq: u64,
+    /// The sender's clock (shown, not trusted), ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// This client's clock at arrival, ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// It arrived after a later message of its sender and fills a gap: show
+    /// it at its place in the sender's order, before `anchor`.
+    pub late: bool,
+    /// Display position in the chat: messages sort by it.
+    pub position: (u64, u32),
+    /// The text.
+    pub text: String,
+}
+
+/// The connection to the relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// Connecting (TLS handshake and registration).
+    Connecting,
+    /// Registered under `name`.
+    Connected {
+        /// The name the relay registered.
+        name: String,
+    },
+    /// The connection failed or closed; the next attempt is in `after`.
+    Reconnecting {
+        /// Delay before the next attempt.
+        after: Duration,
+        /// Why the last connection ended.
+        reason: String,
+    },
+    /// A failure retrying cannot fix (a different relay certificate, a
+    /// name registered to someone else): the session has stopped.
+    Failed {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A presence change in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceChange {
+    /// Joined the room.
+    Joined,
+    /// Left the room.
+    Left,
+    /// Lost its connection (and so left the room).
+    Disconnected,
+}
+
+/// A connected user, in [`Update::Users`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnlineUser {
+    /// The name.
+    pub name: String,
+    /// The rooms the user is in.
+    pub rooms: Vec<String>,
+    /// Its trust here.
+    pub trust: TrustLevel,
+}
+
+/// Something the UI shows.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Update {
+    /// The session started: commands go through this controller.
+    Ready(Controller),
+    /// The stored history of one chat, in display order, at start.
+    History {
+        /// The chat.
+        chat: Chat,
+        /// Its messages.
+        messages: Vec<Message>,
+    },
+    /// The connection changed.
+    Connection(Connection),
+    /// This client is now in `room`.
+    Joined {
+        /// The room.
+        room: RoomName,
+    },
+    /// This client left `room`.
+    Left {
+        /// The room.
+        room: RoomName,
+    },
+    /// The members of `room` changed (the relay's roster, with this
+    /// client's trust in each).
+    Members {
+        /// The room.
+        room: RoomName,
+        /// Every member, this client included.
+        members: Vec<Member>,
+    },
+    /// Someone joined or left a room this client is in.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// Who.
+        name: String,
+        /// What happened.
+        change: PresenceChange,
+    },
+    /// A message arrived or was sent.
+    Message(Message),
+    /// Messages of `from` in `chat` were skipped: `count` numbers between
+    /// the last one received and the one that just arrived.
+    Missing {
+        /// The chat.
+        chat: Chat,
+        /// The sender.
+        from: String,
+        /// How many are missing.
+        count: u64,
+    },
+    /// Something claiming to come from `from` failed its checks and was
+    /// dropped (forged, altered, replayed or not addressed to this client).
+    Rejected {
+        /// The chat it claimed, when known.
+        chat: Option<Chat>,
+        /// The sender the relay named.
+        from: String,
+    },
+    /// A peer's key was pinned or changed.
+    Key(KeyEvent),
+    /// A peer's trust changed (verified, accepted a new key).
+    Trust {
+        /// Who.
+        name: String,
+        /// The trust now.
+        trust: TrustLevel,
+    },
+    /// The safety number with `name`, as asked for.
+    SafetyNumber {
+        /// Who.
+        name: String,
+        /// Their pinned key (or, for a changed key, the key offered).
+        fingerprint: Fingerprint,
+        /// What to compare.
+        safety_number: SafetyNumber,
+        /// Their trust.
+        trust: TrustLevel,
+    },
+    /// A message was sent but some members were left out: `names` cannot
+    /// read it, for `reason`.
+    NotSentTo {
+        /// The chat.
+        chat: Chat,
+        /// Who was left out.
+        names: Vec<String>,
+        /// Why.
+        reason: String,
+    },
+    /// `from`'s message committed to another member set of `room` than the
+    /// one this client sees: the relay may be showing members different
+    /// rosters (or someone joined or left a moment ago).
+    RosterMismatch {
+        /// The room.
+        room: RoomName,
+        /// Whose view differs.
+        from: String,
+    },
+    /// The connected users.
+    Users(Vec<OnlineUser>),
+    /// The rooms, with member counts.
+    Rooms(Vec<(String, u32)>),
+    /// A room setting changed.
+    VerifiedOnly {
+        /// The room.
+        room: RoomName,
+        /// Whether keys go to verified members only.
+        on: bool,
+    },
+    /// A command failed, or the relay refused something.
+    Error(String),
+}
+
+/// What the UI asks of the session.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Command {
+    /// Send `text` to `chat`.
+    Send {
+        /// Where.
+        chat: Chat,
+        /// What.
+        text: String,
+    },
+    /// Join a room.
+    Join(RoomName),
+    /// Leave a room.
+    Leave(RoomName),
+    /// List the connected users.
+    ListUsers,
+    /// List the rooms.
+    ListRooms,
+    /// Show the safety number with a peer (looked up if not yet pinned).
+    SafetyNumber(UserName),
+    /// Mark a peer verified after comparing `safety_number` (the digits,
+    /// or a scanned QR payload) with them.
+    Verify {
+        /// Who.
+        name: UserName,
+        /// What was compared.
+        safety_number: String,
+    },
+    /// Accept a verified peer's changed key without verifying it.
+    AcceptKey(UserName),
+    /// In `room`, wrap keys only to verified members (or to all pinned).
+    SetVerifiedOnly {
+        /// The room.
+        room: RoomName,
+        /// On or off.
+        on: bool,
+    },
+    /// Say goodbye to the relay and stop.
+    Quit,
+}
+
+/// The session is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the session has ended")]
+pub struct Closed;
+
+/// Sends [`Command`]s to a running session. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Controller {
+    /// Sends any command.
+    pub fn command(&self, command: Command) -> Result<(), Closed> {
+        self.commands.send(command).map_err(|_| Closed)
+    }
+
+    /// Sends `text` to `chat`.
+    pub fn send(&self, chat: Chat, text: impl Into<String>) -> Result<(), Closed> {
+        self.command(Command::Send {
+            chat,
+            text: text.into(),
+        })
+    }
+
+    /// Stops the session.
+    pub fn quit(&self) -> Result<(), Closed> {
+        self.command(Command::Quit)
+    }
+}
+
+/// What [`run`] needs.
+#[derive(Debug)]
+pub struct Config {
+    /// The unlocked account.
+    pub account: Account,
+    /// The relay, with its pinned certificate.
+    pub relay: RelayAddress,
+    /// Rooms to join the first time (later runs rejoin the rooms the user
+    /// was in). Defaults to the lobby.
+    pub rooms: Vec<RoomName>,
+    /// Tunables.
+    pub limits: SessionLimits,
+}
+
+impl Config {
+    /// The default configuration for `account` at `relay`.
+    pub fn new(account: Account, relay: RelayAddress) -> Self {
+        Self {
+            account,
+            relay,
+            rooms: vec![RoomName::lobby()],
+            limits: SessionLimits::default(),
+        }
+    }
+}
+
+/// Starts a session; see the [module documentation](self).
+pub fn run(config: Config) -> impl Stream<Item = Update> + Send + 'static {
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let controller = Controller {
+        commands: commands_tx,
+    };
+    let _ = updates_tx.send(Update::Ready(controller));
+    connection::spawn(config, commands_rx, updates_tx);
+    futures::stream::unfold(updates_rx, |mut rx| async move {
+        rx.recv().await.map(|update| (update, rx))
+    })
+}

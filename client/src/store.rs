@@ -1,0 +1,450 @@
+//! What the client keeps between runs, typed, on top of the encrypted
+//! [`Vault`]: the account name, rooms to rejoin, room settings, contacts,
+//! sending epochs and sequence counters, receiving sessions with their
+//! replay windows, and the message history.
+//!
+//! Record keys never contain names or message content: a conversation is
+//! known on disk by a keyed hash ([`Store::record_id`]) whose key is derived
+//! from the identity, so someone holding a copy of the data directory
+//! cannot even confirm a guessed room name.
+//!
+//! Sending sessions are deliberately **not** stored: a client starts new
+//! ones in every run (docs/protocol.md, section 17.1 "Rollback"), so a data
+//! directory restored from a backup can never make it reuse a key slot
+//! nonce under an old key.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sotto_crypto::{
+    Conversation, CounterStore, Fingerprint, Identity, PublicIdentity, ReceivingSession,
+    ReplayWindow, SessionContext, SessionKey,
+};
+use zeroize::Zeroizing;
+
+use crate::contacts::{Contact, Contacts, Trust};
+use crate::vault::{Vault, VaultError};
+
+const SETTINGS: &str = "settings";
+const CONTACTS: &str = "contacts";
+const ROOMS: &str = "rooms";
+const COUNTERS: &str = "counters";
+const EPOCHS: &str = "epochs";
+const INBOUND: &str = "inbound";
+const HISTORY: &str = "history";
+
+const NAME_KEY: &[u8] = b"name";
+const JOINED_KEY: &[u8] = b"joined";
+const CONTACTS_KEY: &[u8] = b"all";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The vault underneath failed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// A record opened but does not decode: written by an incompatible
+    /// version, or damaged.
+    #[error("a record in the local database does not decode")]
+    Format,
+    /// Deriving the local keys failed.
+    #[error(transparent)]
+    Crypto(#[from] sotto_crypto::Error),
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    postcard::to_stdvec(value)
+        .map(Zeroizing::new)
+        .map_err(|_| StoreError::Format)
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Format)
+}
+
+/// One message in the history, incoming or outgoing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEntry {
+    /// The conversation, as the UI names it (see [`crate::session::Chat`]).
+    pub chat: crate::session::Chat,
+    /// The sender's name as pinned.
+    pub from: String,
+    /// The sender's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Whether this client sent it.
+    pub outgoing: bool,
+    /// The sender's sequence number in the conversation.
+    pub seq: u64,
+    /// The sender's clock, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// This client's clock when it arrived (or was sent).
+    pub received_at_ms: u64,
+    /// The text.
+    pub text: String,
+}
+
+/// Where an entry sits in its conversation's history: record keys sort in
+/// display order (section 17.4 of docs/protocol.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    /// The arrival number of the entry it is shown with: its own, or for a
+    /// late message the arrival number of the sender's next message.
+    pub anchor: u64,
+    /// Order among entries sharing an anchor: [`Position::IN_ORDER`] for the
+    /// anchor itself, less for late messages placed before it.
+    pub rank: u32,
+}
+
+impl Position {
+    /// The rank of an entry shown where it arrived.
+    pub const IN_ORDER: u32 = 1 << 31;
+
+    fn to_bytes(self) -> [u8; 12] {
+        let mut bytes = [0u8; 12];
+        let (anchor, rank) = bytes.split_at_mut(8);
+        anchor.copy_from_slice(&self.anchor.to_be_bytes());
+        rank.copy_from_slice(&self.rank.to_be_bytes());
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let anchor = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let rank = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?);
+        Some(Self { anchor, rank })
+    }
+}
+
+/// A receiving session at rest: its context, key, replay window and the
+/// sequence numbers still missing in it.
+#[derive(Serialize, Deserialize)]
+struct StoredReceiving {
+    context: SessionContext,
+    key: [u8; 32],
+    window: ReplayWindow,
+    missing: BTreeSet<u64>,
+}
+
+impl Drop for StoredReceiving {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// A receiving session in memory, with its window.
+#[derive(Debug)]
+pub struct Receiving {
+    /// The session.
+    pub session: ReceivingSession,
+    /// Its replay window.
+    pub window: ReplayWindow,
+    /// Sequence numbers skipped and not (yet) arrived, within the window.
+    pub missing: BTreeSet<u64>,
+}
+
+/// Everything received from one sender in one conversation.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    /// Highest epoch accepted from this sender here: older or equal
+    /// announcements are replays (no rollback, docs/protocol.md 14.3).
+    pub max_epoch: u32,
+    /// Recent sessions, newest last.
+    pub sessions: Vec<Receiving>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredInbound {
+    max_epoch: u32,
+    sessions: Vec<StoredReceiving>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredContact {
+    name: String,
+    identity: Vec<u8>,
+    verified: bool,
+    offered: Option<Vec<u8>>,
+}
+
+/// Per-room settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSettings {
+    /// Wrap keys only to verified members.
+    pub verified_only: bool,
+}
+
+/// The typed store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    vault: Arc<Vault>,
+    ids: Arc<SessionKey>,
+}
+
+impl Store {
+    /// The store of `identity` in `vault`.
+    pub fn new(vault: Arc<Vault>, identity: &Identity) -> Result<Self, StoreError> {
+        let ids = Arc::new(identity.local_storage_key("record-ids")?);
+        Ok(Self { vault, ids })
+    }
+
+    /// A 16-byte record id for `parts`: SHA-256 keyed with a secret of the
+    /// identity, so ids reveal nothing about names.
+    pub fn record_id(&self, parts: &impl Serialize) -> [u8; 16] {
+        let mut hash = Sha256::new();
+        hash.update(self.ids.expose_secret());
+        hash.update(postcard::to_stdvec(parts).unwrap_or_default());
+        let digest = hash.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
+        id
+    }
+
+    /// The account's name on relays.
+    pub fn name(&self) -> Result<Option<String>, StoreError> {
+        self.vault
+            .get(SETTINGS, NAME_KEY)?
+            .map(|bytes| String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Format))
+            .transpose()
+    }
+
+    /// Records the account's name.
+    pub fn set_name(&self, name: &str) -> Result<(), StoreError> {
+        Ok(self.vault.put(SETTINGS, NAME_KEY, name.as_bytes())?)
+    }
+
+    /// The rooms to join on connecting, or `None` if never recorded.
+    pub fn joined_rooms(&self) -> Result<Option<Vec<String>>, StoreError> {
+        self.vault
+            .get(SETTINGS, JOINED_KEY)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    /// Records the rooms to join on connecting.
+    pub fn set_joined_rooms(&self, rooms: &[String]) -> Result<(), StoreError> {
+        Ok(self.vault.put(SETTINGS, JOINED_KEY, &encode(&rooms)?)?)
+    }
+
+    /// The settings of `room`.
+    pub fn room_settings(&self, room: &str) -> Result<RoomSettings, StoreError> {
+        let id = self.record_id(&("room", room));
+        Ok(self
+            .vault
+            .get(ROOMS, &id)?
+            .map(|bytes| decode(&bytes))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Records the settings of `room`.
+    pub fn set_room_settings(&self, room: &str, settings: &RoomSettings) -> Result<(), StoreError> {
+        let id = self.record_id(&("room", room));
+        Ok(self.vault.put(ROOMS, &id, &encode(settings)?)?)
+    }
+
+    /// The pinned contacts.
+    pub fn contacts(&self) -> Result<Contacts, StoreError> {
+        let Some(bytes) = self.vault.get(CONTACTS, CONTACTS_KEY)? else {
+            return Ok(Contacts::new());
+        };
+        let stored: Vec<StoredContact> = decode(&bytes)?;
+        let parse = |bytes: &[u8]| PublicIdentity::from_bytes(bytes).map_err(|_| StoreError::Format);
+        let mut contacts = Vec::with_capacity(stored.len());
+        for contact in stored {
+            let trust = match (&contact.offered, contact.verified) {
+                (Some(offered), _) => Trust::Changed {
+                    offered: parse(offered)?,
+                },
+                (None, true) => Trust::Verified,
+                (None, false) => Trust::Unverified,
+            };
+            contacts.push(Contact {
+                name: contact.name,
+                identity: parse(&contact.identity)?,
+                trust,
+            });
+        }
+        Ok(Contacts::from_contacts(contacts))
+    }
+
+    /// Records every contact.
+    pub fn set_contacts(&self, contacts: &Contacts) -> Result<(), StoreError> {
+        let stored: Vec<StoredContact> = contacts
+            .iter()
+            .map(|c| StoredContact {
+                name: c.name.clone(),
+                identity: c.identity.to_bytes(),
+                verified: !matches!(c.trust, Trust::Unverified),
+                offered: match &c.trust {
+                    Trust::Changed { offered } => Some(offered.to_bytes()),
+                    Trust::Unverified | Trust::Verified => None,
+                },
+            })
+            .collect();
+        Ok(self.vault.put(CONTACTS, CONTACTS_KEY, &encode(&stored)?)?)
+    }
+
+    /// The last epoch this client used to send in `conversation` (0: none).
+    pub fn epoch(&self, conversation: &Conversation) -> Result<u32, StoreError> {
+        let id = self.record_id(&("epoch", conversation));
+        Ok(self
+            .vault
+            .get(EPOCHS, &id)?
+            .map(|bytes| decode(&bytes))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Records the epoch this client now sends with in `conversation`.
+    pub fn set_epoch(&self, conversation: &Conversation, epoch: u32) -> Result<(), StoreError> {
+        let id = self.record_id(&("epoch", conversation));
+        Ok(self.vault.put(EPOCHS, &id, &encode(&epoch)?)?)
+    }
+
+    /// The sequence counter limit persisted for `conversation`, and the
+    /// [`CounterStore`] that keeps it.
+    pub fn counter(&self, conversation: &Conversation) -> Result<(u64, VaultCounter), StoreError> {
+        let id = self.record_id(&("counter", conversation));
+        let limit = self
+            .vault
+            .get(COUNTERS, &id)?
+            .map(|bytes| decode(&bytes))
+            .transpose()?
+            .unwrap_or(0);
+        Ok((
+            limit,
+            VaultCounter {
+                vault: self.vault.clone(),
+                id,
+            },
+        ))
+    }
+
+    fn inbound_id(&self, sender: Fingerprint, conversation: &Conversation) -> [u8; 16] {
+        self.record_id(&("inbound", sender, conversation))
+    }
+
+    /// What was received from `sender` in `conversation`.
+    pub fn inbound(
+        &self,
+        sender: Fingerprint,
+        conversation: &Conversation,
+    ) -> Result<Inbound, StoreError> {
+        let id = self.inbound_id(sender, conversation);
+        let Some(bytes) = self.vault.get(INBOUND, &id)? else {
+            return Ok(Inbound::default());
+        };
+        let stored: StoredInbound = decode(&bytes)?;
+        let sessions = stored
+            .sessions
+            .iter()
+            .map(|s| Receiving {
+                session: ReceivingSession::restore(s.context.clone(), SessionKey::from_bytes(s.key)),
+                window: s.window.clone(),
+                missing: s.missing.clone(),
+            })
+            .collect();
+        Ok(Inbound {
+            max_epoch: stored.max_epoch,
+            sessions,
+        })
+    }
+
+    fn encode_inbound(inbound: &Inbound) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let stored = StoredInbound {
+            max_epoch: inbound.max_epoch,
+            sessions: inbound
+                .sessions
+                .iter()
+                .map(|r| StoredReceiving {
+                    context: r.session.context().clone(),
+                    key: *r.session.export_key().expose_secret(),
+                    window: r.window.clone(),
+                    missing: r.missing.clone(),
+                })
+                .collect(),
+        };
+        encode(&stored)
+    }
+
+    /// Records what was received from `sender` in `conversation`.
+    pub fn set_inbound(
+        &self,
+        sender: Fingerprint,
+        conversation: &Conversation,
+        inbound: &Inbound,
+    ) -> Result<(), StoreError> {
+        let id = self.inbound_id(sender, conversation);
+        Ok(self
+            .vault
+            .put(INBOUND, &id, &Self::encode_inbound(inbound)?)?)
+    }
+
+    fn history_key(&self, entry: &StoredEntry, position: Position) -> Vec<u8> {
+        let mut key = self.record_id(&("history", &entry.chat)).to_vec();
+        key.extend_from_slice(&position.to_bytes());
+        key
+    }
+
+    /// Records an opened message and the receiving state it moved, in one
+    /// transaction: after a crash either both are there or neither is, so
+    /// a message is never shown twice nor lost once acknowledged.
+    pub fn record_received(
+        &self,
+        entry: &StoredEntry,
+        position: Position,
+        sender: Fingerprint,
+        conversation: &Conversation,
+        inbound: &Inbound,
+    ) -> Result<(), StoreError> {
+        let history_key = self.history_key(entry, position);
+        let history_value = encode(entry)?;
+        let inbound_id = self.inbound_id(sender, conversation);
+        let inbound_value = Self::encode_inbound(inbound)?;
+        Ok(self.vault.put_all(&[
+            (HISTORY, &history_key, &history_value),
+            (INBOUND, &inbound_id, &inbound_value),
+        ])?)
+    }
+
+    /// Records a message this client sent.
+    pub fn record_sent(&self, entry: &StoredEntry, position: Position) -> Result<(), StoreError> {
+        let key = self.history_key(entry, position);
+        Ok(self.vault.put(HISTORY, &key, &encode(entry)?)?)
+    }
+
+    /// The whole history in display order per conversation, with the
+    /// highest arrival number used so far.
+    pub fn history(&self) -> Result<(Vec<(Position, StoredEntry)>, u64), StoreError> {
+        let mut entries = Vec::new();
+        let mut last = 0;
+        for (key, value) in self.vault.all(HISTORY)? {
+            let position = key
+                .get(16..)
+                .and_then(Position::from_bytes)
+                .ok_or(StoreError::Format)?;
+            last = last.max(position.anchor);
+            entries.push((position, decode(&value)?));
+        }
+        Ok((entries, last))
+    }
+}
+
+/// A [`CounterStore`] in the vault: every reservation is one durable
+/// transaction.
+#[derive(Debug)]
+pub struct VaultCounter {
+    vault: Arc<Vault>,
+    id: [u8; 16],
+}
+
+impl CounterStore for VaultCounter {
+    fn persist(&mut self, limit: u64) -> std::io::Result<()> {
+        let value = postcard::to_stdvec(&limit).map_err(std::io::Error::other)?;
+        self.vault
+            .put(COUNTERS, &self.id, &value)
+            .map_err(std::io::Error::other)
+    }
+}
