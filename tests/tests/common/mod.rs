@@ -1,0 +1,276 @@
+//! End-to-end harness: a real relay (in this process, on a runtime of its
+//! own so a test can kill it at once) on 127.0.0.1 with a generated
+//! certificate, and real clients (`sotto_client::session::run`) with real
+//! data directories.
+#![allow(dead_code, unreachable_pub)] // each test file uses part of it
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use sotto_client::account::Account;
+use sotto_client::profile::Profile;
+use sotto_client::session::{self, Chat, Config, Connection, Controller, Update};
+use sotto_crypto::Identity;
+use sotto_proto::{RelayAddress, RoomName, UserName};
+use sotto_relay::{CertSource, CertStore};
+
+/// How long any expected event may take.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
+}
+
+/// A fixture identity (tests/testdata/identities), loaded once.
+pub fn identity(name: &str) -> Arc<Identity> {
+    static CACHE: OnceLock<Mutex<Vec<(String, Arc<Identity>)>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
+    if let Some((_, id)) = cache.iter().find(|(n, _)| n == name) {
+        return id.clone();
+    }
+    let path = testdata().join(format!("identities/{name}.sotto-id"));
+    let id = Arc::new(Identity::load(&path, b"sotto test vectors").unwrap());
+    cache.push((name.to_owned(), id.clone()));
+    id
+}
+
+pub fn user(name: &str) -> UserName {
+    name.parse().unwrap()
+}
+
+pub fn room(name: &str) -> RoomName {
+    name.parse().unwrap()
+}
+
+pub fn lobby() -> Chat {
+    Chat::Room(RoomName::lobby())
+}
+
+pub fn dm(name: &str) -> Chat {
+    Chat::Direct(user(name))
+}
+
+/// A relay running on a thread (and runtime) of its own.
+pub struct Relay {
+    pub address: RelayAddress,
+    pub dir: PathBuf,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Starts a relay keeping its certificate and database in `dir`, on
+    /// `port` (0: any free port).
+    pub fn start(dir: &Path, port: u16) -> Relay {
+        let certs = CertStore::load(CertSource::Generated {
+            dir: dir.to_path_buf(),
+            hosts: vec!["localhost".into()],
+        })
+        .unwrap();
+        let config = sotto_relay::Config {
+            data_dir: dir.to_path_buf(),
+            ..sotto_relay::Config::default()
+        };
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = RelayAddress {
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+            fingerprint: certs.fingerprint(),
+        };
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                sotto_relay::run(listener, certs, config, std::future::pending::<()>()).await
+            });
+            // Runs until told to stop (or the test ends), then drops every
+            // task at once: the relay dies as if killed.
+            let _ = stopped.recv();
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        });
+        Relay {
+            address,
+            dir: dir.to_path_buf(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Kills the relay: every connection drops, nothing is said to anyone.
+    pub async fn kill(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join().unwrap())
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Starts the relay again on the same port with the same data.
+    pub fn restart(&mut self) {
+        *self = Relay::start(&self.dir.clone(), self.address.port);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+type Updates = Pin<Box<dyn Stream<Item = Update> + Send>>;
+
+/// A real client: an account in its own data directory and a running session.
+pub struct Peer {
+    pub name: String,
+    pub account: Account,
+    pub controller: Controller,
+    pub updates: Updates,
+    /// Every update seen so far, for assertions after the fact.
+    pub seen: Vec<String>,
+    /// Updates that arrived while connecting, not yet expected.
+    backlog: std::collections::VecDeque<Update>,
+}
+
+/// Creates the account `name` (with the fixture identity of `fixture`) in `dir`.
+pub async fn account(dir: &Path, name: &str, fixture: &str) -> Account {
+    let profile = Profile::open(dir).unwrap();
+    Account::open(profile, identity(fixture), Some(user(name)))
+        .await
+        .unwrap()
+}
+
+impl Peer {
+    /// Connects `account` to `relay` and waits until it is in the lobby.
+    pub async fn connect(account: Account, relay: &RelayAddress) -> Peer {
+        Self::connect_with(account, relay, |_| {}).await
+    }
+
+    pub async fn connect_with(
+        account: Account,
+        relay: &RelayAddress,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Peer {
+        let name = account.name().to_string();
+        let mut config = Config::new(account.clone(), relay.clone());
+        adjust(&mut config);
+        let mut updates: Updates = Box::pin(session::run(config));
+        let Some(Update::Ready(controller)) = updates.next().await else {
+            panic!("no controller");
+        };
+        let mut peer = Peer {
+            name,
+            account,
+            controller,
+            updates,
+            seen: Vec::new(),
+            backlog: Default::default(),
+        };
+        let mut early = Vec::new();
+        loop {
+            let update = peer.next().await;
+            let joined = matches!(update, Update::Joined { .. });
+            early.push(update);
+            if joined {
+                break;
+            }
+        }
+        peer.backlog = early.into();
+        peer
+    }
+
+    /// Starts a named client with a fixture identity in a fresh directory
+    /// under `base`.
+    pub async fn join(base: &Path, name: &str, relay: &RelayAddress) -> Peer {
+        let dir = base.join(name);
+        Peer::connect(account(&dir, name, name).await, relay).await
+    }
+
+    async fn next(&mut self) -> Update {
+        let next = tokio::time::timeout(PATIENCE, self.updates.next()).await;
+        let update = match next {
+            Ok(Some(update)) => update,
+            Ok(None) => panic!("{}: session ended; seen: {:#?}", self.name, self.seen),
+            Err(_) => panic!("{}: timed out; seen: {:#?}", self.name, self.seen),
+        };
+        self.seen.push(format!("{update:?}"));
+        update
+    }
+
+    /// The next update matching `wanted` (first among those that came while
+    /// connecting), skipping others.
+    pub async fn expect(&mut self, wanted: impl Fn(&Update) -> bool) -> Update {
+        if let Some(index) = self.backlog.iter().position(&wanted) {
+            let update = self.backlog.remove(index);
+            self.backlog.drain(..index);
+            if let Some(update) = update {
+                return update;
+            }
+        }
+        self.backlog.clear();
+        loop {
+            let update = self.next().await;
+            if wanted(&update) {
+                return update;
+            }
+        }
+    }
+
+    /// Waits for a message in `chat` whose text is `text`; returns it.
+    pub async fn expect_message(&mut self, chat: &Chat, text: &str) -> session::Message {
+        let update = self
+            .expect(|u| matches!(u, Update::Message(m) if &m.chat == chat && m.text == text && !m.outgoing))
+            .await;
+        let Update::Message(message) = update else {
+            unreachable!()
+        };
+        message
+    }
+
+    /// Waits until `room`'s member list is exactly `names`.
+    pub async fn expect_members(&mut self, room: &str, names: &[&str]) {
+        self.expect(|u| {
+            matches!(u, Update::Members { room: r, members }
+                if r.as_str() == room
+                    && members.iter().map(|m| m.name.as_str()).eq(names.iter().copied()))
+        })
+        .await;
+    }
+
+    /// Whether any update seen so far matches `pattern` (Debug text).
+    pub fn saw(&self, pattern: &str) -> bool {
+        self.seen.iter().any(|s| s.contains(pattern))
+    }
+
+    pub fn send(&self, chat: Chat, text: &str) {
+        self.controller.send(chat, text).unwrap();
+    }
+
+    pub fn command(&self, command: session::Command) {
+        self.controller.command(command).unwrap();
+    }
+
+    /// Waits until the session reports being connected again.
+    pub async fn expect_connected(&mut self) {
+        self.expect(|u| matches!(u, Update::Connection(Connection::Connected { .. })))
+            .await;
+    }
+
+    /// Says goodbye and waits for the session to end.
+    pub async fn quit(mut self) {
+        self.controller.quit().unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while let Ok(Some(update)) = tokio::time::timeout_at(deadline, self.updates.next()).await {
+            self.seen.push(format!("{update:?}"));
+        }
+    }
+}
