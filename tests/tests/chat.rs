@@ -32,10 +32,12 @@ async fn three_users_chat_in_a_room() {
         (&mut bob, ["alice", "carol"]),
         (&mut carol, ["alice", "bob"]),
     ] {
-        for other in others {
-            let message = peer
-                .expect_message(&lobby(), &format!("hello from {other}"))
-                .await;
+        let texts = others.map(|other| format!("hello from {other}"));
+        let messages = peer
+            .expect_texts(&lobby(), &[&texts[0], &texts[1]])
+            .await;
+        for (other, message) in others.iter().zip(messages) {
+            let other = *other;
             assert_eq!(message.from, other);
             assert_eq!(message.fingerprint, identity(other).fingerprint());
             assert_eq!(message.trust, TrustLevel::Unverified);
@@ -206,9 +208,16 @@ async fn clients_reconnect_after_the_relay_is_killed_and_restarted() {
     for peer in [&mut alice, &mut bob] {
         peer.expect_connected().await;
     }
-    bob.expect_message(&dm("alice"), "typed while offline").await;
-    // Both rejoined the lobby (in either order) and chat goes on.
-    bob.expect_members("lobby", &["alice", "bob"]).await;
+    // The queued message arrives, and both rejoined the lobby (in either
+    // order, so wait for both in any order).
+    bob.expect_all(&[
+        &|u| matches!(u, Update::Message(m) if m.text == "typed while offline" && m.chat == dm("alice")),
+        &|u| {
+            matches!(u, Update::Members { members, .. }
+                if members.iter().map(|m| m.name.as_str()).eq(["alice", "bob"]))
+        },
+    ])
+    .await;
     bob.send(lobby(), "after");
     alice.expect_message(&lobby(), "after").await;
 }
@@ -292,10 +301,14 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
     alice
         .expect(|u| matches!(u, Update::Trust { name, trust: TrustLevel::Unverified } if name == "bob"))
         .await;
-    // ...and only then is the held message opened (had it been shown
-    // earlier, `expect` would have skipped it and timed out here).
+    // ...and only then is the held message opened.
     let held = alice.expect_message(&lobby(), "I am bob, trust me").await;
     assert_eq!(held.fingerprint, identity("mallory").fingerprint());
+    assert!(
+        alice.seen_at("I am bob, trust me") > alice.seen_at("Trust {"),
+        "shown before the user accepted the key: {:#?}",
+        alice.seen
+    );
     alice.send(dm("bob"), "after accepting");
     mallory.expect_message(&dm("alice"), "after accepting").await;
     assert!(!mallory.saw("must not reach"), "{:#?}", mallory.seen);
@@ -323,4 +336,200 @@ async fn history_and_sequence_numbers_survive_a_restart() {
     assert!(three.seq > two.seq, "{} <= {}", three.seq, two.seq);
     assert!(!bob.saw("Missing"), "{:#?}", bob.seen);
     alice.quit().await;
+}
+
+/// A member driven by hand at the frame level, to look at what the relay
+/// delivers (and what a member can open with its own keys).
+struct Tap {
+    framed: tokio_util::codec::Framed<
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        sotto_proto::ClientCodec,
+    >,
+    identity: std::sync::Arc<sotto_crypto::Identity>,
+    sessions: Vec<sotto_crypto::ReceivingSession>,
+}
+
+impl Tap {
+    async fn join(relay: &sotto_proto::RelayAddress, name: &str) -> Tap {
+        use futures::{SinkExt, StreamExt};
+        use sotto_proto::{ClientFrame, RelayFrame};
+        let tls = sotto_client::tls::connect(relay).await.unwrap();
+        let mut framed = tokio_util::codec::Framed::new(tls, sotto_proto::ClientCodec::new());
+        let Some(Ok(RelayFrame::Challenge { nonce })) = framed.next().await else {
+            panic!("no challenge")
+        };
+        let identity = identity(name);
+        let proof = identity
+            .sign_registration(&mut rand::rng(), &relay.fingerprint, &nonce, name)
+            .unwrap();
+        framed
+            .send(ClientFrame::Register {
+                name: user(name),
+                identity: identity.public().to_bytes().into(),
+                proof: proof.into(),
+            })
+            .await
+            .unwrap();
+        framed
+            .send(ClientFrame::Join {
+                room: room("lobby"),
+            })
+            .await
+            .unwrap();
+        Tap {
+            framed,
+            identity,
+            sessions: Vec::new(),
+        }
+    }
+
+    /// Accepts announcements from `sender` until a message arrives; returns
+    /// its body bytes, its slot, and what the tap's own keys open of it.
+    async fn next_message(
+        &mut self,
+        sender: &sotto_crypto::PublicIdentity,
+    ) -> (bytes::Bytes, bytes::Bytes, sotto_crypto::Opened) {
+        use futures::StreamExt;
+        use sotto_crypto::PeerBody;
+        use sotto_proto::RelayFrame;
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.framed.next())
+                .await
+                .expect("a frame in time")
+                .unwrap()
+                .unwrap();
+            let RelayFrame::Deliver { body, slot, .. } = frame else {
+                continue;
+            };
+            match PeerBody::decode(&body).unwrap() {
+                PeerBody::Announcement(announcement) => {
+                    let session = self
+                        .identity
+                        .accept(&mut rand::rng(), &announcement, sender)
+                        .unwrap();
+                    self.sessions.push(session);
+                }
+                PeerBody::Message(message) => {
+                    let slot = slot.expect("the tap's own slot");
+                    let header = message.header().unwrap();
+                    let session = self
+                        .sessions
+                        .iter()
+                        .find(|s| s.context().session_id == header.session_id)
+                        .expect("announced before use");
+                    let opened = session
+                        .open(&sotto_crypto::Conversation::room("lobby"), &message, &slot)
+                        .unwrap();
+                    return (body.clone(), slot, opened);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_left_cannot_open_what_is_sent_after() {
+    use sotto_crypto::{Conversation, MessageBody, PeerBody, roster_digest};
+    let temp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&temp.path().join("relay"), 0);
+    let mut alice = Peer::join(temp.path(), "alice", &relay.address).await;
+    let mut carol = Peer::join(temp.path(), "carol", &relay.address).await;
+    let mut dave = Tap::join(&relay.address, "dave").await;
+    alice
+        .expect_members("lobby", &["alice", "carol", "dave"])
+        .await;
+    let alice_key = identity("alice").public().clone();
+
+    alice.send(lobby(), "before carol leaves");
+    carol.expect_message(&lobby(), "before carol leaves").await;
+    let (_, _, before) = dave.next_message(&alice_key).await;
+    assert_eq!(&before.plaintext[..], b"before carol leaves");
+
+    carol.command(Command::Leave(room("lobby")));
+    alice
+        .expect(|u| matches!(u, Update::Presence { name, change: PresenceChange::Left, .. } if name == "carol"))
+        .await;
+    alice.send(lobby(), "after carol left");
+    let (body, slot, after) = dave.next_message(&alice_key).await;
+    assert_eq!(&after.plaintext[..], b"after carol left");
+    // The message commits to who could read it: alice and dave only.
+    assert_eq!(
+        after.roster,
+        roster_digest([identity("alice").fingerprint(), identity("dave").fingerprint()])
+    );
+    let PeerBody::Message(message) = PeerBody::decode(&body).unwrap() else {
+        panic!("not a message")
+    };
+    let header = message.header().unwrap();
+
+    // Carol's client holds every session key alice ever gave her in the
+    // lobby; none is the one this message was sealed under, and none opens
+    // it (not even with a slot that does open for dave).
+    let received = carol
+        .account
+        .store()
+        .inbound(identity("alice").fingerprint(), &Conversation::room("lobby"))
+        .unwrap();
+    assert!(!received.sessions.is_empty());
+    for held in &received.sessions {
+        assert_ne!(held.session.context().session_id, header.session_id);
+        let body = MessageBody {
+            header: message.header,
+            ciphertext: message.ciphertext,
+        };
+        assert!(
+            held.session
+                .open(&Conversation::room("lobby"), &body, &slot)
+                .is_err()
+        );
+    }
+    // And the relay gave her nothing of it.
+    assert!(!carol.saw("after carol left"), "{:#?}", carol.seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_only_room_wraps_no_key_to_unverified_members() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&temp.path().join("relay"), 0);
+    let mut alice = Peer::join(temp.path(), "alice", &relay.address).await;
+    let mut bob = Peer::join(temp.path(), "bob", &relay.address).await;
+    let mut carol = Peer::join(temp.path(), "carol", &relay.address).await;
+    alice
+        .expect_members("lobby", &["alice", "bob", "carol"])
+        .await;
+    let number = identity("alice")
+        .public()
+        .safety_number(identity("bob").public());
+    alice.command(Command::Verify {
+        name: user("bob"),
+        safety_number: number.digits().to_owned(),
+    });
+    alice.command(Command::SetVerifiedOnly {
+        room: room("lobby"),
+        on: true,
+    });
+    alice
+        .expect(|u| matches!(u, Update::VerifiedOnly { on: true, .. }))
+        .await;
+
+    alice.send(lobby(), "verified eyes only");
+    alice
+        .expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &["carol".to_owned()]))
+        .await;
+    bob.expect_message(&lobby(), "verified eyes only").await;
+    // Carol gets the body without a key slot: nothing she can open.
+    carol
+        .expect(|u| matches!(u, Update::Rejected { from, .. } if from == "alice"))
+        .await;
+    assert!(!carol.saw("verified eyes only"), "{:#?}", carol.seen);
+    // Her key was never announced to her in this room.
+    let received = carol
+        .account
+        .store()
+        .inbound(
+            identity("alice").fingerprint(),
+            &sotto_crypto::Conversation::room("lobby"),
+        )
+        .unwrap();
+    assert!(received.sessions.is_empty());
 }

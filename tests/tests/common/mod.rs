@@ -225,6 +225,57 @@ impl Peer {
         }
     }
 
+    /// Waits until every predicate of `wanted` has matched an update, in
+    /// any order; returns the matches in the order of `wanted`.
+    pub async fn expect_all(&mut self, wanted: &[&dyn Fn(&Update) -> bool]) -> Vec<Update> {
+        let mut found: Vec<Option<Update>> = wanted.iter().map(|_| None).collect();
+        let mut backlog: Vec<Update> = self.backlog.drain(..).collect();
+        backlog.reverse();
+        while found.iter().any(Option::is_none) {
+            let update = match backlog.pop() {
+                Some(update) => update,
+                None => self.next().await,
+            };
+            if let Some(slot) = wanted
+                .iter()
+                .zip(found.iter_mut())
+                .find(|(want, slot)| slot.is_none() && want(&update))
+                .map(|(_, slot)| slot)
+            {
+                *slot = Some(update);
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
+    /// Waits for messages in `chat` with each of `texts`, in any order.
+    pub async fn expect_texts(&mut self, chat: &Chat, texts: &[&str]) -> Vec<session::Message> {
+        let wanted: Vec<Box<dyn Fn(&Update) -> bool>> = texts
+            .iter()
+            .map(|text| {
+                let (chat, text) = (chat.clone(), text.to_string());
+                Box::new(move |u: &Update| {
+                    matches!(u, Update::Message(m) if m.chat == chat && m.text == text && !m.outgoing)
+                }) as Box<dyn Fn(&Update) -> bool>
+            })
+            .collect();
+        let refs: Vec<&dyn Fn(&Update) -> bool> = wanted.iter().map(|w| w.as_ref()).collect();
+        self.expect_all(&refs)
+            .await
+            .into_iter()
+            .map(|u| match u {
+                Update::Message(m) => m,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// Where in the updates seen so far the first one containing `pattern`
+    /// (Debug text) is.
+    pub fn seen_at(&self, pattern: &str) -> Option<usize> {
+        self.seen.iter().position(|s| s.contains(pattern))
+    }
+
     /// Waits for a message in `chat` whose text is `text`; returns it.
     pub async fn expect_message(&mut self, chat: &Chat, text: &str) -> session::Message {
         let update = self
