@@ -89,8 +89,11 @@ impl Account {
         name: Option<UserName>,
     ) -> Result<Self, AccountError> {
         tokio::task::spawn_blocking(move || {
-            let key = identity.local_storage_key("vault").map_err(StoreError::from)?;
-            let vault = Vault::open(&profile.dir().join(VAULT_FILE), &key).map_err(StoreError::from)?;
+            let key = identity
+                .local_storage_key("vault")
+                .map_err(StoreError::from)?;
+            let vault =
+                Vault::open(&profile.dir().join(VAULT_FILE), &key).map_err(StoreError::from)?;
             let store = Store::new(Arc::new(vault), &identity)?;
             let name = match name {
                 Some(name) => {

@@ -250,7 +250,8 @@ impl Store {
             return Ok(Contacts::new());
         };
         let stored: Vec<StoredContact> = decode(&bytes)?;
-        let parse = |bytes: &[u8]| PublicIdentity::from_bytes(bytes).map_err(|_| StoreError::Format);
+        let parse =
+            |bytes: &[u8]| PublicIdentity::from_bytes(bytes).map_err(|_| StoreError::Format);
         let mut contacts = Vec::with_capacity(stored.len());
         for contact in stored {
             let trust = match (&contact.offered, contact.verified) {
@@ -341,7 +342,10 @@ impl Store {
             .sessions
             .iter()
             .map(|s| Receiving {
-                session: ReceivingSession::restore(s.context.clone(), SessionKey::from_bytes(s.key)),
+                session: ReceivingSession::restore(
+                    s.context.clone(),
+                    SessionKey::from_bytes(s.key),
+                ),
                 window: s.window.clone(),
                 missing: s.missing.clone(),
             })

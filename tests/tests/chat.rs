@@ -1,6 +1,11 @@
 //! End-to-end chat through a real relay with real clients: the seed's
 //! features and the properties the client enforces (DESIGN.md, P5-P7, P9).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // tests
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests
 
 mod common;
 
@@ -33,9 +38,7 @@ async fn three_users_chat_in_a_room() {
         (&mut carol, ["alice", "bob"]),
     ] {
         let texts = others.map(|other| format!("hello from {other}"));
-        let messages = peer
-            .expect_texts(&lobby(), &[&texts[0], &texts[1]])
-            .await;
+        let messages = peer.expect_texts(&lobby(), &[&texts[0], &texts[1]]).await;
         for (other, message) in others.iter().zip(messages) {
             let other = *other;
             assert_eq!(message.from, other);
@@ -91,9 +94,7 @@ async fn user_list_and_join_leave_notices_follow_the_seed_chat() {
             matches!(u, Update::Presence { name, change: PresenceChange::Joined, .. } if name == "bob")
         })
         .await;
-    let members = alice
-        .expect(|u| matches!(u, Update::Members { .. }))
-        .await;
+    let members = alice.expect(|u| matches!(u, Update::Members { .. })).await;
     let Update::Members { members, .. } = members else {
         unreachable!()
     };
@@ -111,7 +112,12 @@ async fn user_list_and_join_leave_notices_follow_the_seed_chat() {
     };
     let listed: Vec<(&str, Vec<&str>)> = users
         .iter()
-        .map(|u| (u.name.as_str(), u.rooms.iter().map(String::as_str).collect()))
+        .map(|u| {
+            (
+                u.name.as_str(),
+                u.rooms.iter().map(String::as_str).collect(),
+            )
+        })
         .collect();
     assert_eq!(
         listed,
@@ -168,8 +174,12 @@ async fn offline_direct_messages_arrive_once_on_reconnect_and_stay_in_history() 
     assert!(!alice.saw("Error"), "{:#?}", alice.seen);
 
     let mut bob = Peer::connect(account(&bob_dir, "bob", "bob").await, &relay.address).await;
-    let first = bob.expect_message(&dm("alice"), "while you were away 1").await;
-    let second = bob.expect_message(&dm("alice"), "while you were away 2").await;
+    let first = bob
+        .expect_message(&dm("alice"), "while you were away 1")
+        .await;
+    let second = bob
+        .expect_message(&dm("alice"), "while you were away 2")
+        .await;
     assert!(first.seq < second.seq);
     bob.quit().await;
 
@@ -258,7 +268,9 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
         safety_number: safety_number.digits().to_owned(),
     });
     alice
-        .expect(|u| matches!(u, Update::Trust { name, trust: TrustLevel::Verified } if name == "bob"))
+        .expect(
+            |u| matches!(u, Update::Trust { name, trust: TrustLevel::Verified } if name == "bob"),
+        )
         .await;
     alice.send(dm("bob"), "verified hello");
     bob.expect_message(&dm("alice"), "verified hello").await;
@@ -276,7 +288,12 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
     let event = alice
         .expect(|u| matches!(u, Update::Key(KeyEvent::ChangedVerified { .. })))
         .await;
-    let Update::Key(KeyEvent::ChangedVerified { name, pinned, offered }) = event else {
+    let Update::Key(KeyEvent::ChangedVerified {
+        name,
+        pinned,
+        offered,
+    }) = event
+    else {
         unreachable!()
     };
     assert_eq!(name, "bob");
@@ -286,7 +303,10 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
     // Nothing is encrypted to the new key: not in a direct message...
     alice.send(dm("bob"), "must not reach the new key");
     let refused = alice.expect(|u| matches!(u, Update::Error(_))).await;
-    assert!(format!("{refused:?}").contains("key changed"), "{refused:?}");
+    assert!(
+        format!("{refused:?}").contains("key changed"),
+        "{refused:?}"
+    );
     // ...nor in a room.
     alice.send(lobby(), "room message while blocked");
     alice
@@ -294,12 +314,16 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
         .await;
     // What the new key sends is held, not shown, until the user decides.
     mallory.send(lobby(), "I am bob, trust me");
-    mallory.expect(|u| matches!(u, Update::Message(m) if m.outgoing)).await;
+    mallory
+        .expect(|u| matches!(u, Update::Message(m) if m.outgoing))
+        .await;
 
     // The explicit decision unblocks sending, to the new key...
     alice.command(Command::AcceptKey(user("bob")));
     alice
-        .expect(|u| matches!(u, Update::Trust { name, trust: TrustLevel::Unverified } if name == "bob"))
+        .expect(
+            |u| matches!(u, Update::Trust { name, trust: TrustLevel::Unverified } if name == "bob"),
+        )
         .await;
     // ...and only then is the held message opened.
     let held = alice.expect_message(&lobby(), "I am bob, trust me").await;
@@ -310,9 +334,15 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
         alice.seen
     );
     alice.send(dm("bob"), "after accepting");
-    mallory.expect_message(&dm("alice"), "after accepting").await;
+    mallory
+        .expect_message(&dm("alice"), "after accepting")
+        .await;
     assert!(!mallory.saw("must not reach"), "{:#?}", mallory.seen);
-    assert!(!mallory.saw("room message while blocked"), "{:#?}", mallory.seen);
+    assert!(
+        !mallory.saw("room message while blocked"),
+        "{:#?}",
+        mallory.seen
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +358,11 @@ async fn history_and_sequence_numbers_survive_a_restart() {
     alice.quit().await;
 
     let alice = Peer::connect(account(&alice_dir, "alice", "alice").await, &relay.address).await;
-    assert!(alice.saw("\"one\"") && alice.saw("\"two\""), "{:#?}", alice.seen);
+    assert!(
+        alice.saw("\"one\"") && alice.saw("\"two\""),
+        "{:#?}",
+        alice.seen
+    );
     alice.send(lobby(), "three");
     let three = bob.expect_message(&lobby(), "three").await;
     // P9: numbers never go back, across runs (the counter is persisted
@@ -455,7 +489,10 @@ async fn a_member_who_left_cannot_open_what_is_sent_after() {
     // The message commits to who could read it: alice and dave only.
     assert_eq!(
         after.roster,
-        roster_digest([identity("alice").fingerprint(), identity("dave").fingerprint()])
+        roster_digest([
+            identity("alice").fingerprint(),
+            identity("dave").fingerprint()
+        ])
     );
     let PeerBody::Message(message) = PeerBody::decode(&body).unwrap() else {
         panic!("not a message")
@@ -468,7 +505,10 @@ async fn a_member_who_left_cannot_open_what_is_sent_after() {
     let received = carol
         .account
         .store()
-        .inbound(identity("alice").fingerprint(), &Conversation::room("lobby"))
+        .inbound(
+            identity("alice").fingerprint(),
+            &Conversation::room("lobby"),
+        )
         .unwrap();
     assert!(!received.sessions.is_empty());
     for held in &received.sessions {

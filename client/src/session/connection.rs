@@ -189,12 +189,22 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
     let mut framed = Framed::new(tls, ClientCodec::new());
     let challenge = match next_frame(&mut framed).await? {
         RelayFrame::Challenge { nonce } => nonce,
-        other => return Err(End::Lost(format!("unexpected first frame from the relay: {}", kind(&other)))),
+        other => {
+            return Err(End::Lost(format!(
+                "unexpected first frame from the relay: {}",
+                kind(&other)
+            )));
+        }
     };
     let account = &session.config.account;
     let proof = account
         .identity()
-        .sign_registration(&mut rand::rng(), &relay.fingerprint, &challenge, account.name().as_str())
+        .sign_registration(
+            &mut rand::rng(),
+            &relay.fingerprint,
+            &challenge,
+            account.name().as_str(),
+        )
         .map_err(|e| End::Fatal(format!("cannot sign the registration: {e}")))?;
     framed
         .send(ClientFrame::Register {
@@ -207,13 +217,20 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
     match next_frame(&mut framed).await? {
         RelayFrame::Registered { name } => {
             // The certificate is now known to be this relay's: pin it.
-            servers.remember(&relay).map_err(|e| End::Fatal(e.to_string()))?;
+            servers
+                .remember(&relay)
+                .map_err(|e| End::Fatal(e.to_string()))?;
             let mut out = Out::default();
             session.engine.on_registered(name.clone(), &mut out);
             for frame in out.frames.drain(..) {
-                framed.feed(frame).await.map_err(|e| End::Lost(e.to_string()))?;
+                framed
+                    .feed(frame)
+                    .await
+                    .map_err(|e| End::Lost(e.to_string()))?;
             }
-            SinkExt::<ClientFrame>::flush(&mut framed).await.map_err(|e| End::Lost(e.to_string()))?;
+            SinkExt::<ClientFrame>::flush(&mut framed)
+                .await
+                .map_err(|e| End::Lost(e.to_string()))?;
             if !session.state(Connection::Connected {
                 name: name.to_string(),
             }) || !session.emit(&mut out)

@@ -666,7 +666,8 @@ impl Engine {
     fn await_key(&mut self, name: &UserName, out: &mut Out) -> &mut Awaiting {
         let key = lower(name);
         if !self.awaiting_key.contains_key(&key) {
-            out.frames.push(ClientFrame::LookupKey { name: name.clone() });
+            out.frames
+                .push(ClientFrame::LookupKey { name: name.clone() });
         }
         self.awaiting_key.entry(key).or_default()
     }
@@ -738,7 +739,10 @@ impl Engine {
         if let Trust::Changed { offered } = &contact.trust
             && offered.fingerprint() == claimed
         {
-            let parked = self.awaiting_trust.entry(lower(&delivery.from)).or_default();
+            let parked = self
+                .awaiting_trust
+                .entry(lower(&delivery.from))
+                .or_default();
             if parked.len() < 256 {
                 parked.push(delivery.clone());
                 return Err(Handled::Kept);
@@ -786,10 +790,13 @@ impl Engine {
     ) -> &mut Inbound {
         let key = (sender, conversation.clone());
         if !self.inbound.contains_key(&key) {
-            let loaded = self.store.inbound(sender, conversation).unwrap_or_else(|e| {
-                out.error(format!("could not read stored sessions: {e}"));
-                Inbound::default()
-            });
+            let loaded = self
+                .store
+                .inbound(sender, conversation)
+                .unwrap_or_else(|e| {
+                    out.error(format!("could not read stored sessions: {e}"));
+                    Inbound::default()
+                });
             self.inbound.insert(key.clone(), loaded);
         }
         self.inbound.entry(key).or_default()
@@ -887,10 +894,9 @@ impl Engine {
             Err(handled) => return handled,
         };
         let (conversation, chat) = match &delivery.to {
-            Destination::Room(room) => (
-                Conversation::room(room.as_str()),
-                Chat::Room(room.clone()),
-            ),
+            Destination::Room(room) => {
+                (Conversation::room(room.as_str()), Chat::Room(room.clone()))
+            }
             Destination::User(user) if self.is_me(user) => (
                 Conversation::direct(sender, self.me),
                 Chat::Direct(self.display_name(&delivery.from)),
@@ -1005,7 +1011,9 @@ impl Engine {
             && let Some(placed) = self.placed.get(&(chat.canonical(), sender))
             && let Some((next_seq, anchor)) = placed.range(seq + 1..).next()
         {
-            let distance = u32::try_from(next_seq - seq).unwrap_or(u32::MAX).min(Position::IN_ORDER);
+            let distance = u32::try_from(next_seq - seq)
+                .unwrap_or(u32::MAX)
+                .min(Position::IN_ORDER);
             return Position {
                 anchor: *anchor,
                 rank: Position::IN_ORDER - distance,
@@ -1094,9 +1102,11 @@ impl Engine {
                 name,
                 safety_number,
             } => {
-                let result =
-                    self.contacts
-                        .mark_verified(self.identity.public(), name.as_str(), &safety_number);
+                let result = self.contacts.mark_verified(
+                    self.identity.public(),
+                    name.as_str(),
+                    &safety_number,
+                );
                 match result {
                     Ok(()) => self.trust_changed(&name, out),
                     Err(e) => out.error(e.to_string()),
@@ -1211,7 +1221,9 @@ impl Engine {
         }
         if !self.connected {
             if self.outbox.len() >= self.limits.outbox {
-                out.error(format!("{chat}: not connected and too many messages queued; not sent"));
+                out.error(format!(
+                    "{chat}: not connected and too many messages queued; not sent"
+                ));
             } else {
                 self.outbox.push_back((chat, text));
             }
@@ -1243,8 +1255,7 @@ impl Engine {
             let contact = self.contacts.get(member.name.as_str());
             match self.contacts.sendable(member.name.as_str()) {
                 Ok(identity)
-                    if !verified_only
-                        || contact.is_some_and(|c| c.trust == Trust::Verified) =>
+                    if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>
                 {
                     recipients.push((member.name.clone(), identity.clone()));
                 }
@@ -1397,7 +1408,12 @@ impl Engine {
         }
         let sealed = match (&mut outbound.session, recipients.is_empty()) {
             (Some(session), false) => {
-                match session.seal(&mut rand::rng(), &mut outbound.counter, now_ms(), text.as_bytes()) {
+                match session.seal(
+                    &mut rand::rng(),
+                    &mut outbound.counter,
+                    now_ms(),
+                    text.as_bytes(),
+                ) {
                     Ok(sealed) => Some(sealed),
                     Err(e) => return fail(out, &e),
                 }

@@ -26,7 +26,8 @@ pub fn testdata() -> PathBuf {
 
 /// A fixture identity (tests/testdata/identities), loaded once.
 pub fn identity(name: &str) -> Arc<Identity> {
-    static CACHE: OnceLock<Mutex<Vec<(String, Arc<Identity>)>>> = OnceLock::new();
+    type Loaded = Mutex<Vec<(String, Arc<Identity>)>>;
+    static CACHE: OnceLock<Loaded> = OnceLock::new();
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
     if let Some((_, id)) = cache.iter().find(|(n, _)| n == name) {
         return id.clone();
@@ -250,13 +251,14 @@ impl Peer {
 
     /// Waits for messages in `chat` with each of `texts`, in any order.
     pub async fn expect_texts(&mut self, chat: &Chat, texts: &[&str]) -> Vec<session::Message> {
-        let wanted: Vec<Box<dyn Fn(&Update) -> bool>> = texts
+        type Wanted = Box<dyn Fn(&Update) -> bool>;
+        let wanted: Vec<Wanted> = texts
             .iter()
             .map(|text| {
                 let (chat, text) = (chat.clone(), text.to_string());
                 Box::new(move |u: &Update| {
                     matches!(u, Update::Message(m) if m.chat == chat && m.text == text && !m.outgoing)
-                }) as Box<dyn Fn(&Update) -> bool>
+                }) as Wanted
             })
             .collect();
         let refs: Vec<&dyn Fn(&Update) -> bool> = wanted.iter().map(|w| w.as_ref()).collect();

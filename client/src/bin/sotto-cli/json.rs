@@ -39,7 +39,10 @@ fn message(message: &Message) -> Value {
     let mut fields = Map::new();
     chat_fields(&message.chat, &mut fields);
     fields.insert("from".to_owned(), json!(message.from));
-    fields.insert("fingerprint".to_owned(), json!(message.fingerprint.to_hex()));
+    fields.insert(
+        "fingerprint".to_owned(),
+        json!(message.fingerprint.to_hex()),
+    );
     fields.insert("trust".to_owned(), json!(trust(message.trust)));
     fields.insert("outgoing".to_owned(), json!(message.outgoing));
     fields.insert("seq".to_owned(), json!(message.seq));
@@ -216,10 +219,9 @@ pub(crate) fn event(update: &Update) -> Value {
                 })).collect::<Vec<_>>(),
             }),
         ),
-        Update::VerifiedOnly { room, on } => with_type(
-            "verified_only",
-            json!({ "room": room.as_str(), "on": on }),
-        ),
+        Update::VerifiedOnly { room, on } => {
+            with_type("verified_only", json!({ "room": room.as_str(), "on": on }))
+        }
         Update::Error(message) => error(message),
         other => error(&format!("unhandled update: {other:?}")),
     }
@@ -237,8 +239,7 @@ pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
     if line.trim().is_empty() {
         return Ok(None);
     }
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
     let Value::Object(object) = value else {
         return Err("each line must be a JSON object".to_owned());
     };

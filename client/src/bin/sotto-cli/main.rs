@@ -20,7 +20,6 @@ use sotto_client::profile::Profile;
 use sotto_client::session::{self, Config, Update};
 use sotto_crypto::KdfParams;
 use sotto_proto::{RelayAddress, RoomName, UserName};
-use tokio::io::AsyncBufReadExt;
 use zeroize::Zeroizing;
 
 /// The headless sotto client: end-to-end encrypted chat through a sotto relay.
@@ -178,11 +177,12 @@ fn new_passphrase(file: Option<&std::path::Path>) -> Result<Zeroizing<String>, S
 }
 
 fn ask_new() -> Result<Zeroizing<String>, String> {
-    let first = Zeroizing::new(
-        rpassword::prompt_password("new passphrase: ").map_err(|e| e.to_string())?,
-    );
+    let first =
+        Zeroizing::new(rpassword::prompt_password("new passphrase: ").map_err(|e| e.to_string())?);
     if first.chars().count() < 8 {
-        return Err("choose a passphrase of at least 8 characters (several words are best)".to_owned());
+        return Err(
+            "choose a passphrase of at least 8 characters (several words are best)".to_owned(),
+        );
     }
     let again = Zeroizing::new(
         rpassword::prompt_password("repeat the passphrase: ").map_err(|e| e.to_string())?,
@@ -200,7 +200,7 @@ async fn chat(config: Config, json: bool) -> Result<ExitCode, String> {
         return Err("the session did not start".to_owned());
     };
     let mut view = text::View::default();
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = stdin_lines();
     let mut stdin_open = true;
     if !json {
         println!("type /help for commands");
@@ -222,8 +222,8 @@ async fn chat(config: Config, json: bool) -> Result<ExitCode, String> {
                     return Ok(ExitCode::FAILURE);
                 }
             }
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(line)) => {
+            line = lines.recv(), if stdin_open => match line {
+                Some(line) => {
                     let parsed = if json {
                         json::command(&line)
                     } else {
@@ -246,7 +246,7 @@ async fn chat(config: Config, json: bool) -> Result<ExitCode, String> {
                     }
                 }
                 // End of input: quit, after what is queued is sent.
-                Ok(None) | Err(_) => {
+                None => {
                     stdin_open = false;
                     let _ = controller.quit();
                 }
@@ -254,6 +254,23 @@ async fn chat(config: Config, json: bool) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lines of standard input, read on a thread of their own: a read blocked
+/// on a terminal or pipe must not keep the runtime from shutting down.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = std::thread::Builder::new()
+        .name("stdin".to_owned())
+        .spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    rx
 }
 
 /// Parses a user name, with a readable error.

@@ -123,7 +123,9 @@ impl View {
                 }
             }
             ("fingerprint", []) => {
-                println!("* use `sotto-cli fingerprint` or /fingerprint NAME; your own key is shown at connection");
+                println!(
+                    "* use `sotto-cli fingerprint` or /fingerprint NAME; your own key is shown at connection"
+                );
                 return Ok(None);
             }
             ("fingerprint" | "verify", [name]) => Command::SafetyNumber(user(name)?),
@@ -151,7 +153,11 @@ impl View {
                 },
                 None => return Err("you are in no room".to_owned()),
             },
-            _ => return Err(format!("unknown command or wrong arguments: /{name} (try /help)")),
+            _ => {
+                return Err(format!(
+                    "unknown command or wrong arguments: /{name} (try /help)"
+                ));
+            }
         };
         Ok(Some(command))
     }
@@ -161,10 +167,18 @@ impl View {
             println!("! you are in no room");
             return;
         };
-        let members = self.members.get(room).map(Vec::as_slice).unwrap_or_default();
+        let members = self
+            .members
+            .get(room)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         println!("* #{room}: {} members", members.len());
         for member in members {
-            println!("*   {}{}", member.name, self.badge(&member.name, member.trust));
+            println!(
+                "*   {}{}",
+                member.name,
+                self.badge(&member.name, member.trust)
+            );
         }
     }
 
@@ -260,12 +274,18 @@ impl View {
                 println!("! {chat}: {count} message{s} from {from} missing");
             }
             Update::Rejected { chat, from } => match chat {
-                Some(chat) => println!("! {chat}: a message claiming to be from {from} could not be opened and was dropped"),
-                None => println!("! a message claiming to be from {from} could not be opened and was dropped"),
+                Some(chat) => println!(
+                    "! {chat}: a message claiming to be from {from} could not be opened and was dropped"
+                ),
+                None => println!(
+                    "! a message claiming to be from {from} could not be opened and was dropped"
+                ),
             },
             Update::Key(event) => match event {
                 KeyEvent::Pinned { name, fingerprint } => {
-                    println!("* new contact {name}, key {fingerprint} (unverified: /verify {name})");
+                    println!(
+                        "* new contact {name}, key {fingerprint} (unverified: /verify {name})"
+                    );
                 }
                 KeyEvent::Changed {
                     name,
@@ -282,7 +302,9 @@ impl View {
                     println!("!! WARNING: {name}'s key changed since you verified it.");
                     println!("!!   verified key: {pinned}");
                     println!("!!   new key:      {offered}");
-                    println!("!! Nothing is sent to {name} until you compare the new safety number (/verify {name}) or accept the new key (/trust {name}).");
+                    println!(
+                        "!! Nothing is sent to {name} until you compare the new safety number (/verify {name}) or accept the new key (/trust {name})."
+                    );
                 }
             },
             Update::Trust { name, trust } => match trust {
@@ -299,7 +321,9 @@ impl View {
                 self.shown
                     .insert(name.to_ascii_lowercase(), safety_number.digits().to_owned());
                 println!("* {name}{}: key {fingerprint}", trust_badge(*trust));
-                println!("* safety number with {name} (compare it with theirs, in person or by a call):");
+                println!(
+                    "* safety number with {name} (compare it with theirs, in person or by a call):"
+                );
                 for line in safety_number.groups().chunks(4) {
                     println!("*     {}", line.join(" "));
                 }
@@ -329,7 +353,11 @@ impl View {
                         if user.rooms.is_empty() {
                             "no room".to_owned()
                         } else {
-                            user.rooms.iter().map(|r| format!("#{r}")).collect::<Vec<_>>().join(", ")
+                            user.rooms
+                                .iter()
+                                .map(|r| format!("#{r}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         }
                     );
                 }
