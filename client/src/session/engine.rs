@@ -903,7 +903,12 @@ impl Engine {
             ),
             Destination::User(_) => return self.reject(&delivery, out),
         };
-        if !self.admits(&conversation, &delivery.from, sender) {
+        // The header must name the conversation the message came in (checked
+        // again, authenticated, by `open`): a message moved elsewhere is
+        // rejected at once rather than held for an announcement.
+        if header.conversation != conversation
+            || !self.admits(&conversation, &delivery.from, sender)
+        {
             return self.reject(&delivery, out);
         }
         let Some(slot) = delivery.slot.clone() else {
@@ -1478,5 +1483,248 @@ impl Engine {
         }
         let message = self.message_of(entry, position);
         out.update(Update::Message(message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sotto_crypto::{NoPersistence, SealedMessage};
+    use sotto_proto::Member as RosterMember;
+
+    use super::*;
+    use crate::profile::Profile;
+
+    fn fixture(name: &str) -> Arc<Identity> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../testdata/identities/{name}.sotto-id"));
+        Arc::new(Identity::load(&path, b"sotto test vectors").unwrap())
+    }
+
+    fn name(name: &str) -> UserName {
+        name.parse().unwrap()
+    }
+
+    /// Alice's engine, registered, in the lobby with bob.
+    async fn alice_with_bob(bob: &Identity) -> (Engine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = fixture("alice");
+        let account = Account::open(
+            Profile::open(dir.path()).unwrap(),
+            alice.clone(),
+            Some(name("alice")),
+        )
+        .await
+        .unwrap();
+        let (mut engine, _) =
+            Engine::new(&account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        let mut out = Out::default();
+        engine.on_registered(name("alice"), &mut out);
+        engine.handle_frame(
+            RelayFrame::Joined {
+                room: RoomName::lobby(),
+                members: vec![
+                    RosterMember {
+                        name: name("alice"),
+                        identity: alice.public().to_bytes().into(),
+                    },
+                    RosterMember {
+                        name: name("bob"),
+                        identity: bob.public().to_bytes().into(),
+                    },
+                ],
+            },
+            &mut out,
+        );
+        (engine, dir)
+    }
+
+    /// Bob's side: a session to alice in the lobby and its counter.
+    struct Bob {
+        identity: Arc<Identity>,
+        session: SendingSession,
+        counter: SequenceCounter<NoPersistence>,
+        announcement: Announcement,
+    }
+
+    impl Bob {
+        fn start(identity: Arc<Identity>, alice: &PublicIdentity, epoch: u32, first: u64) -> Bob {
+            let (session, mut announcements) = SendingSession::start(
+                &mut rand::rng(),
+                &identity,
+                Conversation::room("lobby"),
+                epoch,
+                first,
+                now_secs(),
+                &[alice],
+            )
+            .unwrap();
+            Bob {
+                identity,
+                session,
+                counter: SequenceCounter::resume(first, NoPersistence),
+                announcement: announcements.remove(0),
+            }
+        }
+
+        fn seal(&mut self, text: &str) -> SealedMessage {
+            self.session
+                .seal(
+                    &mut rand::rng(),
+                    &mut self.counter,
+                    now_ms(),
+                    text.as_bytes(),
+                )
+                .unwrap()
+        }
+    }
+
+    fn announce(announcement: &Announcement) -> RelayFrame {
+        RelayFrame::Deliver {
+            delivery: 0,
+            from: name("bob"),
+            to: Destination::User(name("alice")),
+            body: PeerBody::Announcement(announcement.clone()).encode().into(),
+            slot: None,
+        }
+    }
+
+    fn deliver(sealed: &SealedMessage, to: Destination) -> RelayFrame {
+        RelayFrame::Deliver {
+            delivery: 0,
+            from: name("bob"),
+            to,
+            body: sealed.body.clone().into(),
+            slot: Some(sealed.slots[0].to_bytes().to_vec().into()),
+        }
+    }
+
+    fn lobby() -> Destination {
+        Destination::Room(RoomName::lobby())
+    }
+
+    fn feed(engine: &mut Engine, frame: RelayFrame) -> Vec<Update> {
+        let mut out = Out::default();
+        engine.handle_frame(frame, &mut out);
+        out.updates
+    }
+
+    fn messages(updates: &[Update]) -> Vec<&Message> {
+        updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn gaps_duplicates_and_late_messages_follow_the_senders_order() {
+        let alice = fixture("alice");
+        let mut bob = Bob::start(fixture("bob"), alice.public(), 1, 0);
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        assert!(feed(&mut engine, announce(&bob.announcement)).is_empty());
+        let sealed: Vec<SealedMessage> = (0..4).map(|i| bob.seal(&format!("m{i}"))).collect();
+
+        let first = feed(&mut engine, deliver(&sealed[0], lobby()));
+        assert_eq!(messages(&first)[0].text, "m0");
+        // m3 before m1 and m2: two missing, reported once.
+        let third = feed(&mut engine, deliver(&sealed[3], lobby()));
+        assert!(
+            matches!(third[0], Update::Missing { count: 2, .. }),
+            "{third:?}"
+        );
+        let m3 = messages(&third)[0].clone();
+        // m1 late: placed before m3, not after it.
+        let late = feed(&mut engine, deliver(&sealed[1], lobby()));
+        let m1 = messages(&late)[0].clone();
+        assert!(m1.late && m1.position < m3.position, "{m1:?} {m3:?}");
+        // A duplicate is dropped without a word.
+        assert!(feed(&mut engine, deliver(&sealed[1], lobby())).is_empty());
+        assert!(feed(&mut engine, deliver(&sealed[0], lobby())).is_empty());
+        let late = feed(&mut engine, deliver(&sealed[2], lobby()));
+        let m2 = messages(&late)[0].clone();
+        assert!(m1.position < m2.position && m2.position < m3.position);
+        // On screen, sorted by position: the sender's order.
+        let mut shown = [&m3, &m1, &m2];
+        shown.sort_by_key(|m| m.position);
+        assert_eq!(shown.map(|m| m.seq), [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_message_before_its_announcement_waits_for_it() {
+        let alice = fixture("alice");
+        let mut bob = Bob::start(fixture("bob"), alice.public(), 1, 0);
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        let early = bob.seal("early");
+        assert!(feed(&mut engine, deliver(&early, lobby())).is_empty());
+        let updates = feed(&mut engine, announce(&bob.announcement));
+        assert_eq!(messages(&updates)[0].text, "early");
+    }
+
+    #[tokio::test]
+    async fn replayed_or_older_announcements_cost_no_rsa_and_roll_nothing_back() {
+        let alice = fixture("alice");
+        let old = Bob::start(fixture("bob"), alice.public(), 1, 0);
+        let mut new = Bob::start(fixture("bob"), alice.public(), 2, 10);
+        let (mut engine, _dir) = alice_with_bob(&new.identity).await;
+        let before = engine.identity.rsa_decryptions();
+        assert!(feed(&mut engine, announce(&new.announcement)).is_empty());
+        assert_eq!(engine.identity.rsa_decryptions(), before + 1);
+        // The same announcement again, and an older epoch: dropped before RSA.
+        assert!(feed(&mut engine, announce(&new.announcement)).is_empty());
+        assert!(feed(&mut engine, announce(&old.announcement)).is_empty());
+        assert_eq!(engine.identity.rsa_decryptions(), before + 1);
+        // The newer session is still the one in use.
+        let sealed = new.seal("still epoch 2");
+        let updates = feed(&mut engine, deliver(&sealed, lobby()));
+        assert_eq!(messages(&updates)[0].text, "still epoch 2");
+    }
+
+    #[tokio::test]
+    async fn moved_forged_and_reflected_messages_are_rejected() {
+        let alice = fixture("alice");
+        let mut bob = Bob::start(fixture("bob"), alice.public(), 1, 0);
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        feed(&mut engine, announce(&bob.announcement));
+        let rejected = |updates: &[Update]| {
+            matches!(updates, [Update::Rejected { .. }]) && messages(updates).is_empty()
+        };
+
+        // Moved into a direct message, or into another room.
+        let sealed = bob.seal("lobby only");
+        let moved = feed(
+            &mut engine,
+            deliver(&sealed, Destination::User(name("alice"))),
+        );
+        assert!(rejected(&moved), "{moved:?}");
+        let moved = feed(
+            &mut engine,
+            deliver(&sealed, Destination::Room("side".parse().unwrap())),
+        );
+        assert!(rejected(&moved), "{moved:?}");
+        // A flipped bit anywhere in the body.
+        let mut forged = sealed.clone();
+        let last = forged.body.len() - 1;
+        forged.body[last] ^= 1;
+        assert!(rejected(&feed(&mut engine, deliver(&forged, lobby()))));
+        // Claiming to come from alice herself.
+        let RelayFrame::Deliver { to, body, slot, .. } = deliver(&sealed, lobby()) else {
+            unreachable!()
+        };
+        let reflected = RelayFrame::Deliver {
+            delivery: 0,
+            from: name("alice"),
+            to,
+            body,
+            slot,
+        };
+        assert!(rejected(&feed(&mut engine, reflected)));
+        // The untouched message still opens afterwards: nothing above moved
+        // the replay window.
+        let updates = feed(&mut engine, deliver(&sealed, lobby()));
+        assert_eq!(messages(&updates)[0].text, "lobby only");
     }
 }
