@@ -2,18 +2,22 @@
 //! connection to a relay, with no GUI dependency (the desktop app sits
 //! behind the `gui` feature).
 //!
-//! # Status
+//! # Layout
 //!
-//! Early days. What exists: [`tls`], connecting to a relay with its
-//! certificate pinned by the address, and [`contacts`], the trust-on-first-use
-//! pinning of peer keys with the blocking rule for changed verified keys,
-//! [`servers`], the relay certificates pinned per `host:port`, and
-//! [`profile`], the data directory and the identity in it, [`vault`],
-//! the local database encrypted at rest, and [`backoff`], when to
-//! reconnect. The cryptography the client drives is
-//! [`sotto_crypto`] and the frames it exchanges with the relay are
-//! [`sotto_proto`]. The client state machine (`session::run`), the
-//! `sotto-cli` binary and the `sotto` GUI are the next pieces of work.
+//! - [`session`]: the client as a stream of updates ([`session::run`]) with
+//!   a [`session::Controller`] for commands; the state machine applying
+//!   the rules of docs/protocol.md (trust on first use, sessions, replay
+//!   windows, gaps, rosters) and the connection loop with backoff.
+//! - [`account`], [`profile`]: the data directory, the identity in it and
+//!   its name; [`store`] on [`vault`]: everything kept between runs,
+//!   encrypted at rest.
+//! - [`contacts`]: pinned peer keys and their trust; [`servers`] and
+//!   [`tls`]: relay certificates pinned by address; [`backoff`]: when to
+//!   reconnect.
+//!
+//! The cryptography the client drives is [`sotto_crypto`] and the frames it
+//! exchanges with the relay are [`sotto_proto`]. The `sotto-cli` binary sits
+//! on [`session`]; the desktop app (feature `gui`) is the next piece of work.
 //!
 //! # Example
 //!

@@ -67,9 +67,23 @@ fn aad(table: &str, key: &[u8]) -> Vec<u8> {
     aad
 }
 
+/// Creates `path` readable by its owner only, if it does not exist yet.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Vault {
     /// Opens (or creates) the vault at `path` with `key`.
     pub fn open(path: &Path, key: &SessionKey) -> Result<Self, VaultError> {
+        create_private_file(path).map_err(db_err)?;
         let db = Database::create(path).map_err(db_err)?;
         let cipher = Aes256Gcm::new(key.expose_secret().into());
         Ok(Self { db, cipher })
@@ -193,6 +207,21 @@ mod tests {
 
     fn key(byte: u8) -> SessionKey {
         SessionKey::from_bytes([byte; 32])
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_database_file_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(VAULT_FILE);
+        let vault = Vault::open(&path, &key(1)).unwrap();
+        vault
+            .put_all(&[("a", b"1", b"one"), ("b", b"2", b"two")])
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(&vault.get("b", b"2").unwrap().unwrap()[..], b"two");
     }
 
     #[test]

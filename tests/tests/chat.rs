@@ -557,10 +557,12 @@ async fn a_verified_only_room_wraps_no_key_to_unverified_members() {
         .expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &["carol".to_owned()]))
         .await;
     bob.expect_message(&lobby(), "verified eyes only").await;
-    // Carol gets the body without a key slot: nothing she can open.
+    // Carol gets the body without a key slot: nothing she can open, and
+    // she is told so (not as a forgery).
     carol
-        .expect(|u| matches!(u, Update::Rejected { from, .. } if from == "alice"))
+        .expect(|u| matches!(u, Update::NotForYou { from, .. } if from == "alice"))
         .await;
+    assert!(!carol.saw("Rejected"), "{:#?}", carol.seen);
     assert!(!carol.saw("verified eyes only"), "{:#?}", carol.seen);
     // Her key was never announced to her in this room.
     let received = carol

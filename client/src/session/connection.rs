@@ -320,6 +320,7 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
             }
         }
         if session.engine.should_quit(Instant::now()) {
+            session.engine.report_unsent(&mut out);
             flow = Flow::Quit;
         }
         if flow == Flow::Quit {

@@ -213,7 +213,12 @@ impl Engine {
         let contacts = store.contacts()?;
         let wanted = match store.joined_rooms()? {
             Some(rooms) => rooms.iter().filter_map(|r| r.parse().ok()).collect(),
-            None => first_rooms.iter().cloned().collect(),
+            None => {
+                // First run: these rooms are the user's rooms from now on.
+                let rooms: Vec<String> = first_rooms.iter().map(|r| r.to_string()).collect();
+                store.set_joined_rooms(&rooms)?;
+                first_rooms.iter().cloned().collect()
+            }
         };
         let mut engine = Self {
             identity: account.identity().clone(),
@@ -261,7 +266,12 @@ impl Engine {
         let trust = if entry.outgoing {
             TrustLevel::Verified
         } else {
-            self.trust_of(&entry.from)
+            // The trust of the key it came from: a message from a key that
+            // is no longer pinned is not shown with the new key's trust.
+            match self.contacts.get(&entry.from) {
+                Some(c) if c.identity.fingerprint() == entry.fingerprint => trust_level(&c.trust),
+                Some(_) | None => TrustLevel::Unverified,
+            }
         };
         Message {
             chat: entry.chat,
@@ -851,20 +861,22 @@ impl Engine {
         let kept = self.limits.kept_sessions.max(1);
         let store = self.store.clone();
         let inbound = self.inbound_mut(sender.fingerprint(), &conversation, out);
-        inbound.max_epoch = epoch;
+        let previous_epoch = std::mem::replace(&mut inbound.max_epoch, epoch);
         inbound.sessions.push(Receiving {
             session,
             window: ReplayWindow::starting_at(first_seq),
             missing: BTreeSet::new(),
         });
-        if inbound.sessions.len() > kept {
-            let excess = inbound.sessions.len() - kept;
-            inbound.sessions.drain(..excess);
-        }
+        let excess = inbound.sessions.len().saturating_sub(kept);
+        let dropped: Vec<Receiving> = inbound.sessions.drain(..excess).collect();
         let saved = store.set_inbound(sender.fingerprint(), &conversation, inbound);
         if let Err(e) = saved {
+            // Undo, so that the relay's redelivery is accepted again; not
+            // acknowledged, so a stored announcement does come again.
+            inbound.max_epoch = previous_epoch;
+            inbound.sessions.pop();
+            inbound.sessions.splice(..0, dropped);
             out.error(format!("could not save a session key: {e}"));
-            // Not acknowledged: a stored announcement comes again.
             return Handled::Kept;
         }
         // Messages that arrived before their announcement.
@@ -912,7 +924,13 @@ impl Engine {
             return self.reject(&delivery, out);
         }
         let Some(slot) = delivery.slot.clone() else {
-            return self.reject(&delivery, out);
+            // Not a forgery: the sender did not include this client (or the
+            // relay stripped its slot).
+            out.update(Update::NotForYou {
+                chat,
+                from: self.display_name(&delivery.from).to_string(),
+            });
+            return Handled::Done;
         };
         let held_limit = self.limits.held_messages;
         let inbound = self.inbound_mut(sender, &conversation, out);
@@ -1137,6 +1155,7 @@ impl Engine {
                     // Send what is queued first (bounded by `should_quit`).
                     self.quitting = Some(Instant::now());
                 } else {
+                    self.report_unsent(out);
                     return Flow::Quit;
                 }
             }
@@ -1148,6 +1167,21 @@ impl Engine {
     /// room's `Joined` or a peer's key.
     fn has_unsent(&self) -> bool {
         !self.outbox.is_empty() || self.awaiting_key.values().any(|a| !a.texts.is_empty())
+    }
+
+    /// Says which typed messages were never sent.
+    pub(crate) fn report_unsent(&mut self, out: &mut Out) {
+        let queued = self.outbox.len()
+            + self
+                .awaiting_key
+                .values()
+                .map(|a| a.texts.len())
+                .sum::<usize>();
+        if queued > 0 {
+            out.error(format!(
+                "{queued} queued message(s) were not sent: the relay could not be reached"
+            ));
+        }
     }
 
     /// After a `Quit` that waited for queued messages: whether to stop now

@@ -260,6 +260,16 @@ pub enum Update {
         /// The sender the relay named.
         from: String,
     },
+    /// `from` sent a message in `chat` without a key for this client: it
+    /// does not count this client among the recipients (not verified in a
+    /// verified-only room, a key it has not accepted), or the relay
+    /// stripped this client's key slot. Nothing to open; not a forgery.
+    NotForYou {
+        /// The chat.
+        chat: Chat,
+        /// The sender.
+        from: String,
+    },
     /// A peer's key was pinned or changed.
     Key(KeyEvent),
     /// A peer's trust changed (verified, accepted a new key).

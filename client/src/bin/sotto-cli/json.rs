@@ -133,6 +133,12 @@ pub(crate) fn event(update: &Update) -> Value {
             fields.insert("from".to_owned(), json!(from));
             with_type("rejected", Value::Object(fields))
         }
+        Update::NotForYou { chat, from } => {
+            let mut fields = Map::new();
+            chat_fields(chat, &mut fields);
+            fields.insert("from".to_owned(), json!(from));
+            with_type("not_for_you", Value::Object(fields))
+        }
         Update::Key(event) => match event {
             KeyEvent::Pinned { name, fingerprint } => with_type(
                 "key",

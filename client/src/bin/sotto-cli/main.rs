@@ -60,7 +60,7 @@ enum Cmd {
         json: bool,
         /// Rooms to join the first time (later runs rejoin the rooms you
         /// were in). Default: lobby.
-        #[arg(long = "room", value_name = "ROOM")]
+        #[arg(long = "room", value_name = "ROOM", value_parser = room)]
         rooms: Vec<RoomName>,
     },
 }
@@ -125,11 +125,12 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             rooms,
         } => {
             let account = unlock(&profile, args.passphrase_file.as_deref()).await?;
+            let fingerprint = account.identity().fingerprint().to_string();
             let mut config = Config::new(account, address);
             if !rooms.is_empty() {
                 config.rooms = rooms;
             }
-            chat(config, json).await
+            chat(config, json, fingerprint).await
         }
     }
 }
@@ -194,19 +195,35 @@ fn ask_new() -> Result<Zeroizing<String>, String> {
 }
 
 /// Runs a session, reading commands from stdin and printing updates.
-async fn chat(config: Config, json: bool) -> Result<ExitCode, String> {
+async fn chat(config: Config, json: bool, fingerprint: String) -> Result<ExitCode, String> {
     let mut updates = Box::pin(session::run(config));
     let Some(Update::Ready(controller)) = updates.next().await else {
         return Err("the session did not start".to_owned());
     };
     let mut view = text::View::default();
+    view.fingerprint = Some(fingerprint);
+    if json {
+        println!("{}", json::event(&Update::Ready(controller.clone())));
+    }
     let mut lines = stdin_lines();
     let mut stdin_open = true;
     if !json {
         println!("type /help for commands");
     }
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         tokio::select! {
+            // Ctrl-C: say goodbye properly (the counters are checkpointed);
+            // a second Ctrl-C stops at once.
+            _ = &mut interrupted => {
+                if !stdin_open {
+                    return Ok(ExitCode::from(130));
+                }
+                stdin_open = false;
+                let _ = controller.quit();
+                interrupted.set(tokio::signal::ctrl_c());
+            }
             update = updates.next() => {
                 let Some(update) = update else { break };
                 let failed = matches!(

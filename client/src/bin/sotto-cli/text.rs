@@ -37,6 +37,8 @@ pub(crate) struct View {
     members: BTreeMap<RoomName, Vec<Member>>,
     shown: BTreeMap<String, String>,
     me: Option<String>,
+    /// This user's key fingerprint, for `/fingerprint`.
+    pub(crate) fingerprint: Option<String>,
 }
 
 fn trust_badge(trust: TrustLevel) -> &'static str {
@@ -123,9 +125,10 @@ impl View {
                 }
             }
             ("fingerprint", []) => {
-                println!(
-                    "* use `sotto-cli fingerprint` or /fingerprint NAME; your own key is shown at connection"
-                );
+                match &self.fingerprint {
+                    Some(fingerprint) => println!("* your fingerprint: {fingerprint}"),
+                    None => println!("* use `sotto-cli fingerprint`"),
+                }
                 return Ok(None);
             }
             ("fingerprint" | "verify", [name]) => Command::SafetyNumber(user(name)?),
@@ -281,6 +284,9 @@ impl View {
                     "! a message claiming to be from {from} could not be opened and was dropped"
                 ),
             },
+            Update::NotForYou { chat, from } => println!(
+                "! {chat}: {from} sent a message without a key for you (you are not among its recipients)"
+            ),
             Update::Key(event) => match event {
                 KeyEvent::Pinned { name, fingerprint } => {
                     println!(
