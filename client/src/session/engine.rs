@@ -2,14 +2,15 @@
 //! user sees, with no I/O but the encrypted store. The rules it applies are
 //! those of docs/protocol.md, sections 14.3 and 17-19.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sotto_crypto::{
-    Announcement, Arrival, Conversation, Fingerprint, Identity, PeerBody, PublicIdentity,
-    ReplayWindow, SendingSession, SequenceCounter, SessionId, roster_digest,
+    Announcement, Arrival, Conversation, Fingerprint, Identity, MessageBody, PeerBody,
+    PublicIdentity, ReplayWindow, SendingSession, SequenceCounter, SessionId, roster_digest,
 };
 use sotto_proto::{
     ClientFrame, Destination, PresenceEvent, RelayFrame, RoomName, Route, Slot, UserName,
@@ -422,16 +423,16 @@ impl Engine {
                 body,
                 slot,
             } => {
-                let delivery = Delivery {
-                    delivery,
-                    from,
-                    to,
-                    body,
-                    slot,
-                };
-                if self.on_delivery(delivery.clone(), out) == Handled::Done {
-                    Self::ack(&delivery, out);
-                }
+                self.deliver(
+                    Delivery {
+                        delivery,
+                        from,
+                        to,
+                        body,
+                        slot,
+                    },
+                    out,
+                );
             }
             RelayFrame::Sent { id } => {
                 self.sends.remove(&id);
@@ -663,9 +664,7 @@ impl Engine {
             self.show_safety_number(name, out);
         }
         for delivery in awaiting.deliveries {
-            if self.on_delivery(delivery.clone(), out) == Handled::Done {
-                Self::ack(&delivery, out);
-            }
+            self.deliver(delivery, out);
         }
         for text in awaiting.texts {
             self.send_text(Chat::Direct(name.clone()), text, out);
@@ -710,18 +709,25 @@ impl Engine {
         Handled::Done
     }
 
-    fn on_delivery(&mut self, delivery: Delivery, out: &mut Out) -> Handled {
+    /// Handles a delivery (again, for one that waited) and acknowledges it
+    /// once it is dealt with: stored, or dropped for good.
+    fn deliver(&mut self, delivery: Delivery, out: &mut Out) {
+        if self.on_delivery(&delivery, out) == Handled::Done {
+            Self::ack(&delivery, out);
+        }
+    }
+
+    fn on_delivery(&mut self, delivery: &Delivery, out: &mut Out) -> Handled {
         if self.is_me(&delivery.from) {
             // The relay never sends us our own frames: a reflection.
-            return self.reject(&delivery, out);
+            return self.reject(delivery, out);
         }
-        let body = delivery.body.clone();
-        match PeerBody::decode(&body) {
+        match PeerBody::decode(&delivery.body) {
             Ok(PeerBody::Announcement(announcement)) => {
                 self.on_announcement(delivery, announcement, out)
             }
-            Ok(PeerBody::Message(_)) => self.on_message(delivery, out),
-            Err(_) => self.reject(&delivery, out),
+            Ok(PeerBody::Message(body)) => self.on_message(delivery, &body, out),
+            Err(_) => self.reject(delivery, out),
         }
     }
 
@@ -798,23 +804,20 @@ impl Engine {
         conversation: &Conversation,
         out: &mut Out,
     ) -> &mut Inbound {
-        let key = (sender, conversation.clone());
-        if !self.inbound.contains_key(&key) {
-            let loaded = self
-                .store
-                .inbound(sender, conversation)
-                .unwrap_or_else(|e| {
+        let store = &self.store;
+        self.inbound
+            .entry((sender, conversation.clone()))
+            .or_insert_with(|| {
+                store.inbound(sender, conversation).unwrap_or_else(|e| {
                     out.error(format!("could not read stored sessions: {e}"));
                     Inbound::default()
-                });
-            self.inbound.insert(key.clone(), loaded);
-        }
-        self.inbound.entry(key).or_default()
+                })
+            })
     }
 
     fn on_announcement(
         &mut self,
-        delivery: Delivery,
+        delivery: &Delivery,
         announcement: Announcement,
         out: &mut Out,
     ) -> Handled {
@@ -822,15 +825,15 @@ impl Engine {
         let to_me = matches!(&delivery.to, Destination::User(user) if self.is_me(user));
         let context = &announcement.context;
         if !to_me || context.recipient != self.me || delivery.slot.is_some() {
-            return self.reject(&delivery, out);
+            return self.reject(delivery, out);
         }
-        let sender = match self.sender_key(&delivery, context.sender, out) {
+        let sender = match self.sender_key(delivery, context.sender, out) {
             Ok(sender) => sender,
             Err(handled) => return handled,
         };
         let conversation = context.conversation.clone();
         if !self.admits(&conversation, &delivery.from, sender.fingerprint()) {
-            return self.reject(&delivery, out);
+            return self.reject(delivery, out);
         }
         // No rollback, checked before any RSA work: a replayed or older
         // announcement is dropped without a word.
@@ -855,7 +858,7 @@ impl Engine {
             .identity
             .accept(&mut rand::rng(), &announcement, &sender)
         else {
-            return self.reject(&delivery, out);
+            return self.reject(delivery, out);
         };
         let first_seq = session.context().first_seq;
         let kept = self.limits.kept_sessions.max(1);
@@ -887,21 +890,21 @@ impl Engine {
             .partition(|h| h.sender == fingerprint && h.session == session_id);
         self.held = waiting.into();
         for held in ready {
-            if self.on_message(held.delivery.clone(), out) == Handled::Done {
-                Self::ack(&held.delivery, out);
-            }
+            self.deliver(held.delivery, out);
         }
         Handled::Done
     }
 
-    fn on_message(&mut self, delivery: Delivery, out: &mut Out) -> Handled {
-        let Ok(PeerBody::Message(body)) = PeerBody::decode(&delivery.body) else {
-            return self.reject(&delivery, out);
-        };
+    fn on_message(
+        &mut self,
+        delivery: &Delivery,
+        body: &MessageBody<'_>,
+        out: &mut Out,
+    ) -> Handled {
         let Ok(header) = body.header() else {
-            return self.reject(&delivery, out);
+            return self.reject(delivery, out);
         };
-        let sender = match self.sender_key(&delivery, header.sender, out) {
+        let sender = match self.sender_key(delivery, header.sender, out) {
             Ok(sender) => sender.fingerprint(),
             Err(handled) => return handled,
         };
@@ -913,7 +916,7 @@ impl Engine {
                 Conversation::direct(sender, self.me),
                 Chat::Direct(self.display_name(&delivery.from)),
             ),
-            Destination::User(_) => return self.reject(&delivery, out),
+            Destination::User(_) => return self.reject(delivery, out),
         };
         // The header must name the conversation the message came in (checked
         // again, authenticated, by `open`): a message moved elsewhere is
@@ -921,7 +924,7 @@ impl Engine {
         if header.conversation != conversation
             || !self.admits(&conversation, &delivery.from, sender)
         {
-            return self.reject(&delivery, out);
+            return self.reject(delivery, out);
         }
         let Some(slot) = delivery.slot.clone() else {
             // Not a forgery: the sender did not include this client (or the
@@ -942,20 +945,20 @@ impl Engine {
             if header.epoch > inbound.max_epoch && self.held.len() < held_limit {
                 // Its announcement may still be on the way.
                 self.held.push_back(Held {
-                    delivery,
+                    delivery: delivery.clone(),
                     sender,
                     session: header.session_id,
                     since: Instant::now(),
                 });
                 return Handled::Kept;
             }
-            return self.reject(&delivery, out);
+            return self.reject(delivery, out);
         };
         let Some(receiving) = inbound.sessions.get_mut(index) else {
-            return self.reject(&delivery, out);
+            return self.reject(delivery, out);
         };
-        let Ok(opened) = receiving.session.open(&conversation, &body, &slot) else {
-            return self.reject(&delivery, out);
+        let Ok(opened) = receiving.session.open(&conversation, body, &slot) else {
+            return self.reject(delivery, out);
         };
         let before = (receiving.window.clone(), receiving.missing.clone());
         let top = receiving.window.next_expected();
@@ -1241,9 +1244,7 @@ impl Engine {
             self.members_update(&room, out);
         }
         for delivery in self.awaiting_trust.remove(&lower(name)).unwrap_or_default() {
-            if self.on_delivery(delivery.clone(), out) == Handled::Done {
-                Self::ack(&delivery, out);
-            }
+            self.deliver(delivery, out);
         }
     }
 
@@ -1364,21 +1365,18 @@ impl Engine {
     }
 
     fn outbound(&mut self, conversation: &Conversation) -> Result<&mut Outbound, StoreError> {
-        if !self.outbound.contains_key(conversation) {
-            let epoch = self.store.epoch(conversation)?;
-            let (limit, store) = self.store.counter(conversation)?;
-            self.outbound.insert(
-                conversation.clone(),
-                Outbound {
+        Ok(match self.outbound.entry(conversation.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let epoch = self.store.epoch(conversation)?;
+                let (limit, store) = self.store.counter(conversation)?;
+                entry.insert(Outbound {
                     epoch,
                     counter: SequenceCounter::resume(limit, store),
                     session: None,
-                },
-            );
-        }
-        self.outbound
-            .get_mut(conversation)
-            .ok_or(StoreError::Format)
+                })
+            }
+        })
     }
 
     fn seal_and_send(
