@@ -191,6 +191,24 @@ pub struct SendingSession {
     pub(crate) sealed: u64,
 }
 
+/// Refuses a recipient list (`sorted` ascending) that names someone twice,
+/// or someone `conversation` does not admit as a recipient of `sender`.
+fn check_recipients(
+    conversation: &Conversation,
+    sender: Fingerprint,
+    sorted: &[Fingerprint],
+) -> Result<()> {
+    if sorted.windows(2).any(|w| matches!(w, [a, b] if a == b)) {
+        return Err(Error::InvalidParameter("duplicate recipient"));
+    }
+    if !sorted.iter().all(|r| conversation.admits(sender, *r)) {
+        return Err(Error::InvalidParameter(
+            "recipient not admitted by the conversation",
+        ));
+    }
+    Ok(())
+}
+
 impl SendingSession {
     /// Starts a session in `conversation` at `epoch`, whose first message will
     /// carry `first_seq`, with a fresh key for each of `recipients`; returns
@@ -206,24 +224,15 @@ impl SendingSession {
         created_at: u64,
         recipients: &[&PublicIdentity],
     ) -> Result<(Self, Vec<Announcement>)> {
+        // Checked before any RSA work; `restore` below checks the same.
         let mut fingerprints: Vec<Fingerprint> =
             recipients.iter().map(|r| r.fingerprint()).collect();
         fingerprints.sort_unstable();
-        if fingerprints
-            .windows(2)
-            .any(|w| matches!(w, [a, b] if a == b))
-        {
-            return Err(Error::InvalidParameter("duplicate recipient"));
-        }
+        check_recipients(&conversation, sender.fingerprint(), &fingerprints)?;
         let session_id = SessionId::random(rng);
         let mut keys = Vec::with_capacity(recipients.len());
         let mut announcements = Vec::with_capacity(recipients.len());
         for recipient in recipients {
-            if !conversation.admits(sender.fingerprint(), recipient.fingerprint()) {
-                return Err(Error::InvalidParameter(
-                    "recipient not admitted by the conversation",
-                ));
-            }
             let context = SessionContext {
                 conversation: conversation.clone(),
                 sender: sender.fingerprint(),
@@ -269,21 +278,9 @@ impl SendingSession {
             .map(|(fingerprint, key)| SlotKey::new(fingerprint, key))
             .collect();
         recipients.sort_by_key(|k| k.fingerprint);
-        if recipients
-            .windows(2)
-            .any(|w| matches!(w, [a, b] if a.fingerprint == b.fingerprint))
-        {
-            return Err(Error::InvalidParameter("duplicate recipient"));
-        }
-        if !recipients
-            .iter()
-            .all(|k| conversation.admits(sender, k.fingerprint))
-        {
-            return Err(Error::InvalidParameter(
-                "recipient not admitted by the conversation",
-            ));
-        }
-        let roster = crate::roster_digest(recipients.iter().map(|k| k.fingerprint).chain([sender]));
+        let fingerprints: Vec<Fingerprint> = recipients.iter().map(|k| k.fingerprint).collect();
+        check_recipients(&conversation, sender, &fingerprints)?;
+        let roster = crate::roster_digest(fingerprints.into_iter().chain([sender]));
         Ok(Self {
             conversation,
             sender,
