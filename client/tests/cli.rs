@@ -128,6 +128,21 @@ impl Bot {
     }
 }
 
+/// Waits for `child` to exit; if it does not in time, kills it and fails
+/// with what it wrote on standard error.
+async fn exited(child: &mut Child, name: &str) -> std::process::ExitStatus {
+    if let Ok(status) = tokio::time::timeout(PATIENCE, child.wait()).await {
+        return status.unwrap();
+    }
+    child.start_kill().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        pipe.read_to_string(&mut stderr).await.unwrap();
+    }
+    panic!("{name} did not exit; stderr: {stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cli_users_chat_and_verify_each_other_over_json_lines() {
     let temp = tempfile::tempdir().unwrap();
@@ -198,10 +213,7 @@ async fn two_cli_users_chat_and_verify_each_other_over_json_lines() {
 
     // Quitting ends the process cleanly, and the other side is told.
     alice.say(json!({"type": "quit"})).await;
-    let status = tokio::time::timeout(PATIENCE, alice.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exited(&mut alice.child, "alice").await;
     assert!(status.success());
     bob.expect(|e| {
         e["type"] == "presence" && e["name"] == "alice" && e["change"] == "disconnected"
@@ -209,27 +221,7 @@ async fn two_cli_users_chat_and_verify_each_other_over_json_lines() {
     .await;
     // End of input quits too.
     drop(bob.stdin);
-    let status = match tokio::time::timeout(PATIENCE, bob.child.wait()).await {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            bob.child.start_kill().unwrap();
-            let mut rest = String::new();
-            while let Ok(Some(line)) = bob.stdout.next_line().await {
-                rest.push_str(&line);
-                rest.push('\n');
-            }
-            let mut err = String::new();
-            use tokio::io::AsyncReadExt;
-            bob.child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .await
-                .unwrap();
-            panic!("bob did not exit; stdout: {rest}; stderr: {err}");
-        }
-    };
+    let status = exited(&mut bob.child, "bob").await;
     assert!(status.success());
 }
 
@@ -315,9 +307,6 @@ async fn a_relay_presenting_another_certificate_is_refused_naming_both() {
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.contains(&wrong.fingerprint_text()), "{reason}");
     assert!(reason.contains(&relay.fingerprint_text()), "{reason}");
-    let status = tokio::time::timeout(PATIENCE, bot.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exited(&mut bot, "me").await;
     assert!(!status.success());
 }
