@@ -1,6 +1,6 @@
 //! sotto's client library: identities, contacts, sessions and the
-//! connection to a relay, with no GUI dependency (the desktop app sits
-//! behind the `gui` feature).
+//! connection to a relay; the desktop app sits behind the `gui` feature
+//! (on by default; `--no-default-features` builds a headless library).
 //!
 //! # Layout
 //!
@@ -16,8 +16,9 @@
 //!   reconnect.
 //!
 //! The cryptography the client drives is [`sotto_crypto`] and the frames it
-//! exchanges with the relay are [`sotto_proto`]. The `sotto-cli` binary sits
-//! on [`session`]; the desktop app (feature `gui`) is the next piece of work.
+//! exchanges with the relay are [`sotto_proto`]. The `sotto-cli` binary and
+//! the desktop app (`gui`, feature `gui`, binary `sotto`) both sit on
+//! [`session`]; [`commands`] is the `/` command language they share.
 //!
 //! # Example
 //!
@@ -29,7 +30,10 @@
 
 pub mod account;
 pub mod backoff;
+pub mod commands;
 pub mod contacts;
+#[cfg(feature = "gui")]
+pub mod gui;
 pub mod profile;
 pub mod servers;
 pub mod session;

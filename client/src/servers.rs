@@ -13,6 +13,9 @@ use std::path::PathBuf;
 
 use sotto_proto::{RelayAddress, fingerprint_text};
 
+/// The known relays' file, in the data directory.
+pub const SERVERS_FILE: &str = "servers.txt";
+
 /// A known relay's certificate differs from the one an address offers.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(

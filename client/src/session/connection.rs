@@ -17,9 +17,6 @@ use crate::backoff::Backoff;
 use crate::servers::KnownServers;
 use crate::tls::{self, ConnectError};
 
-/// The known-servers file in the data directory.
-pub(crate) const SERVERS_FILE: &str = "servers.txt";
-
 /// How long to wait for the challenge and for the answer to `Register`.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(15);
 /// Send a `Ping` after this long without hearing from the relay...
@@ -173,7 +170,12 @@ async fn wait(session: &mut Session, delay: Duration) -> Flow {
 /// Connects, checks the relay against the known servers, and registers.
 async fn connect(session: &mut Session) -> Result<Framed_, End> {
     let relay = session.config.relay.clone();
-    let servers_path = session.config.account.profile().dir().join(SERVERS_FILE);
+    let servers_path = session
+        .config
+        .account
+        .profile()
+        .dir()
+        .join(crate::servers::SERVERS_FILE);
     let mut servers = KnownServers::load(&servers_path)
         .map_err(|e| End::Fatal(format!("{}: {e}", servers_path.display())))?;
     servers

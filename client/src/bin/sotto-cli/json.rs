@@ -7,7 +7,7 @@ use sotto_client::session::{
     Chat, Command, Connection, Member, Message, PresenceChange, TrustLevel, Update,
 };
 
-use crate::{room, user};
+use sotto_client::commands::{room, user};
 
 fn trust(trust: TrustLevel) -> &'static str {
     match trust {

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use sotto_client::account::Account;
+use sotto_client::commands;
 use sotto_client::profile::Profile;
 use sotto_client::session::{self, Config, Update};
 use sotto_crypto::KdfParams;
@@ -60,7 +61,7 @@ enum Cmd {
         json: bool,
         /// Rooms to join the first time (later runs rejoin the rooms you
         /// were in). Default: lobby.
-        #[arg(long = "room", value_name = "ROOM", value_parser = room)]
+        #[arg(long = "room", value_name = "ROOM", value_parser = commands::room)]
         rooms: Vec<RoomName>,
     },
 }
@@ -288,17 +289,4 @@ fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
             }
         });
     rx
-}
-
-/// Parses a user name, with a readable error.
-fn user(name: &str) -> Result<UserName, String> {
-    name.parse()
-        .map_err(|e| format!("{name:?} is not a valid name: {e}"))
-}
-
-/// Parses a room name, with a readable error.
-fn room(name: &str) -> Result<RoomName, String> {
-    name.trim_start_matches('#')
-        .parse()
-        .map_err(|e| format!("{name:?} is not a valid room name: {e}"))
 }

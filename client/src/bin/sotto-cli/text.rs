@@ -2,31 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use sotto_client::commands::{self, Line};
 use sotto_client::contacts::KeyEvent;
 use sotto_client::session::{
     Chat, Command, Connection, Member, Message, PresenceChange, TrustLevel, Update,
 };
 use sotto_proto::RoomName;
-
-use crate::{room, user};
-
-pub(crate) const HELP: &str = "\
-commands:
-  TEXT                      send TEXT to the current room
-  /msg NAME TEXT            send a direct message to NAME
-  /join ROOM                join ROOM and make it the current room
-  /room ROOM                make ROOM (already joined) the current room
-  /leave [ROOM]             leave ROOM (default: the current room)
-  /users                    list connected users and their rooms
-  /rooms                    list rooms
-  /members                  list the current room's members and their trust
-  /fingerprint [NAME]       your fingerprint, or NAME's key and safety number
-  /verify NAME              show the safety number to compare with NAME
-  /verify NAME yes          mark NAME verified after the numbers matched
-  /trust NAME               accept NAME's changed key without verifying it
-  /verified-only [on|off]   in the current room, send only to verified members
-  /help                     this list
-  /quit                     leave (also Ctrl-D)";
 
 /// What interactive mode remembers: the current room, the members of each
 /// room, and the safety numbers it showed (so `/verify NAME yes` marks
@@ -64,41 +45,33 @@ fn clock(ms: u64) -> String {
 impl View {
     /// Parses one line typed by the user.
     pub(crate) fn command(&mut self, line: &str) -> Result<Option<Command>, String> {
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.trim().is_empty() {
-            return Ok(None);
-        }
-        let Some(rest) = line.strip_prefix('/') else {
-            let Some(room) = self.current.clone() else {
-                return Err("you are in no room: /join ROOM first".to_owned());
-            };
-            return Ok(Some(Command::Send {
-                chat: Chat::Room(room),
-                text: line.to_owned(),
-            }));
-        };
-        let (name, args) = rest.split_once(' ').unwrap_or((rest, ""));
-        let args = args.trim();
-        let words: Vec<&str> = args.split_whitespace().collect();
-        let command = match (name, words.as_slice()) {
-            ("help", _) => {
-                println!("{HELP}");
+        let command = match commands::parse(line)? {
+            Line::Empty => return Ok(None),
+            Line::Say(text) => {
+                let Some(room) = self.current.clone() else {
+                    return Err("you are in no room: /join ROOM first".to_owned());
+                };
+                Command::Send {
+                    chat: Chat::Room(room),
+                    text,
+                }
+            }
+            Line::Help => {
+                println!("{}", commands::HELP);
                 return Ok(None);
             }
-            ("quit" | "exit", _) => Command::Quit,
-            ("users", []) => Command::ListUsers,
-            ("rooms", []) => Command::ListRooms,
-            ("members", []) => {
+            Line::Quit => Command::Quit,
+            Line::Users => Command::ListUsers,
+            Line::Rooms => Command::ListRooms,
+            Line::Members => {
                 self.print_members();
                 return Ok(None);
             }
-            ("join", [name]) => {
-                let room = room(name)?;
+            Line::Join(room) => {
                 self.current = Some(room.clone());
                 Command::Join(room)
             }
-            ("room", [name]) => {
-                let room = room(name)?;
+            Line::Room(room) => {
                 if !self.members.contains_key(&room) {
                     return Err(format!("you are not in #{room}: /join {room}"));
                 }
@@ -106,61 +79,47 @@ impl View {
                 self.current = Some(room);
                 return Ok(None);
             }
-            ("leave", []) => match &self.current {
+            Line::Leave(Some(room)) => Command::Leave(room),
+            Line::Leave(None) => match &self.current {
                 Some(room) => Command::Leave(room.clone()),
                 None => return Err("you are in no room".to_owned()),
             },
-            ("leave", [name]) => Command::Leave(room(name)?),
-            ("msg", [name, ..]) => {
-                let text = args
-                    .strip_prefix(name)
-                    .map(str::trim_start)
-                    .unwrap_or_default();
-                if text.is_empty() {
-                    return Err("usage: /msg NAME TEXT".to_owned());
-                }
-                Command::Send {
-                    chat: Chat::Direct(user(name)?),
-                    text: text.to_owned(),
-                }
-            }
-            ("fingerprint", []) => {
+            Line::Msg { to, text } => Command::Send {
+                chat: Chat::Direct(to),
+                text,
+            },
+            Line::Fingerprint => {
                 match &self.fingerprint {
                     Some(fingerprint) => println!("* your fingerprint: {fingerprint}"),
                     None => println!("* use `sotto-cli fingerprint`"),
                 }
                 return Ok(None);
             }
-            ("fingerprint" | "verify", [name]) => Command::SafetyNumber(user(name)?),
-            ("verify", [name, "yes"]) => {
-                let Some(number) = self.shown.get(&name.to_ascii_lowercase()) else {
+            Line::SafetyNumber(name) => Command::SafetyNumber(name),
+            Line::Confirm(name) => {
+                let Some(number) = self.shown.get(&name.as_str().to_ascii_lowercase()) else {
                     return Err(format!("first /verify {name} and compare the number"));
                 };
                 Command::Verify {
-                    name: user(name)?,
                     safety_number: number.clone(),
+                    name,
                 }
             }
-            ("verify", [name, digits @ ..]) => Command::Verify {
-                name: user(name)?,
-                safety_number: digits.concat(),
+            Line::Verify {
+                name,
+                safety_number,
+            } => Command::Verify {
+                name,
+                safety_number,
             },
-            ("trust", [name]) => Command::AcceptKey(user(name)?),
-            ("verified-only", []) => {
-                return Err("usage: /verified-only on|off".to_owned());
-            }
-            ("verified-only", [state @ ("on" | "off")]) => match &self.current {
+            Line::Trust(name) => Command::AcceptKey(name),
+            Line::VerifiedOnly(on) => match &self.current {
                 Some(room) => Command::SetVerifiedOnly {
                     room: room.clone(),
-                    on: *state == "on",
+                    on,
                 },
                 None => return Err("you are in no room".to_owned()),
             },
-            _ => {
-                return Err(format!(
-                    "unknown command or wrong arguments: /{name} (try /help)"
-                ));
-            }
         };
         Ok(Some(command))
     }

@@ -1,0 +1,353 @@
+//! The app: which screen is up, the settings, the window's focus, and the
+//! glue between screens.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use iced::widget::{column, container, text};
+use iced::{Element, Fill, Subscription, Task, Theme, event, keyboard, window};
+use sotto_crypto::KdfParams;
+
+use super::chat::{self, Chat};
+use super::connect::{self, Connect};
+use super::onboarding::{self, Onboarding};
+use super::settings::{self, Settings};
+use crate::profile::Profile;
+use crate::session::Chat as Conversation;
+
+/// How the app starts.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The data directory; `None` is the default (XDG data dir).
+    pub data_dir: Option<PathBuf>,
+    /// The passphrase-hashing costs for new identities.
+    pub kdf: KdfParams,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            kdf: KdfParams::DEFAULT,
+        }
+    }
+}
+
+/// The screen on display.
+#[derive(Debug)]
+enum Screen {
+    /// The data directory could not be opened.
+    Broken(String),
+    Onboarding(Onboarding),
+    Connect(Connect),
+    Chat(Box<Chat>),
+}
+
+/// The app.
+#[derive(Debug)]
+pub struct App {
+    data_dir: Option<PathBuf>,
+    settings: Settings,
+    settings_open: bool,
+    settings_error: Option<String>,
+    screen: Screen,
+    focused: bool,
+    sessions: u64,
+    /// The window was asked to close: exit once the session has said
+    /// goodbye (or after [`CLOSE_GRACE`]).
+    closing: bool,
+}
+
+/// Longest wait for the session to deliver what is queued and say goodbye
+/// when the window closes.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything the app reacts to.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// The onboarding screen.
+    Onboarding(onboarding::Message),
+    /// The connect screen.
+    Connect(connect::Message),
+    /// The chat window.
+    Chat(chat::Message),
+    /// The settings screen.
+    Settings(settings::Message),
+    /// The window gained (true) or lost focus.
+    Focus(bool),
+    /// The window is being closed.
+    CloseRequested,
+    /// Close now, whatever the session is doing.
+    Exit,
+    /// Tab: the next field.
+    FocusNext,
+    /// Shift-Tab: the previous field.
+    FocusPrevious,
+}
+
+impl App {
+    /// The app as it starts: onboarding (create or unlock).
+    pub fn new(options: Options) -> (Self, Task<Message>) {
+        let profile = match &options.data_dir {
+            Some(dir) => Profile::open(dir),
+            None => Profile::open_default(),
+        };
+        let (screen, data_dir, settings) = match profile {
+            Ok(profile) => {
+                let dir = profile.dir().to_path_buf();
+                let settings = Settings::load(&dir);
+                (
+                    Screen::Onboarding(Onboarding::new(profile, options.kdf)),
+                    Some(dir),
+                    settings,
+                )
+            }
+            Err(e) => (Screen::Broken(e.to_string()), None, Settings::default()),
+        };
+        let app = Self {
+            data_dir,
+            settings,
+            settings_open: false,
+            settings_error: None,
+            screen,
+            focused: true,
+            sessions: 0,
+            closing: false,
+        };
+        let focus = match &app.screen {
+            Screen::Onboarding(onboarding) => onboarding.first_field(),
+            _ => Task::none(),
+        };
+        (app, focus)
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The chat window, once connected.
+    pub fn chat(&self) -> Option<&Chat> {
+        match &self.screen {
+            Screen::Chat(chat) => Some(chat),
+            _ => None,
+        }
+    }
+
+    /// Which screen is up: "onboarding", "connect", "chat", "settings" or
+    /// "broken" (for tests and logs).
+    pub fn screen_name(&self) -> &'static str {
+        if self.settings_open {
+            return "settings";
+        }
+        match &self.screen {
+            Screen::Broken(_) => "broken",
+            Screen::Onboarding(_) => "onboarding",
+            Screen::Connect(_) => "connect",
+            Screen::Chat(_) => "chat",
+        }
+    }
+
+    /// Handles a message.
+    pub fn update(&mut self, message: Message) -> Task<Message> {
+        match message {
+            Message::Onboarding(message) => {
+                let Screen::Onboarding(onboarding) = &mut self.screen else {
+                    return Task::none();
+                };
+                match onboarding.update(message) {
+                    onboarding::Action::None => Task::none(),
+                    onboarding::Action::Run(task) => task.map(Message::Onboarding),
+                    onboarding::Action::Unlocked(account) => {
+                        self.screen = Screen::Connect(Connect::new(account, None));
+                        iced::widget::operation::focus(connect::ids::ADDRESS)
+                    }
+                }
+            }
+            Message::Connect(message) => {
+                let Screen::Connect(connect) = &mut self.screen else {
+                    return Task::none();
+                };
+                match connect.update(message) {
+                    connect::Action::None => Task::none(),
+                    connect::Action::Settings => {
+                        self.settings_open = true;
+                        Task::none()
+                    }
+                    connect::Action::Connect(account, relay) => {
+                        self.sessions += 1;
+                        let generation = self.sessions;
+                        let mut chat = Chat::new(account.clone(), relay.clone(), generation);
+                        chat.set_focused(self.focused);
+                        self.screen = Screen::Chat(Box::new(chat));
+                        chat::start(account, relay, generation).map(Message::Chat)
+                    }
+                }
+            }
+            Message::Chat(message) => {
+                let Screen::Chat(chat) = &mut self.screen else {
+                    return Task::none();
+                };
+                match chat.update(message) {
+                    chat::Action::None => Task::none(),
+                    chat::Action::Run(task) => task.map(Message::Chat),
+                    chat::Action::Settings => {
+                        self.settings_open = true;
+                        Task::none()
+                    }
+                    chat::Action::Notify { from, chat } => self.notify(&from, &chat),
+                    chat::Action::Disconnected(account, reason) => {
+                        if self.closing {
+                            return iced::exit();
+                        }
+                        self.screen = Screen::Connect(Connect::new(account, reason));
+                        Task::none()
+                    }
+                    chat::Action::Quit => {
+                        self.closing = true;
+                        Task::perform(tokio::time::sleep(CLOSE_GRACE), |()| Message::Exit)
+                    }
+                }
+            }
+            Message::Settings(message) => match message {
+                settings::Message::Theme(theme) => {
+                    self.settings.theme = theme;
+                    self.save_settings()
+                }
+                settings::Message::Notifications(on) => {
+                    self.settings.notifications = on;
+                    self.save_settings()
+                }
+                settings::Message::Saved(result) => {
+                    self.settings_error = result.err();
+                    Task::none()
+                }
+                settings::Message::Close => {
+                    self.settings_open = false;
+                    Task::none()
+                }
+            },
+            Message::Focus(focused) => {
+                self.focused = focused;
+                if let Screen::Chat(chat) = &mut self.screen {
+                    chat.set_focused(focused);
+                }
+                Task::none()
+            }
+            Message::CloseRequested => {
+                let Screen::Chat(chat) = &self.screen else {
+                    return iced::exit();
+                };
+                // Let the session send what is queued and say goodbye.
+                self.closing = true;
+                chat.quit();
+                Task::perform(tokio::time::sleep(CLOSE_GRACE), |()| Message::Exit)
+            }
+            Message::Exit => iced::exit(),
+            Message::FocusNext => iced::widget::operation::focus_next(),
+            Message::FocusPrevious => iced::widget::operation::focus_previous(),
+        }
+    }
+
+    fn save_settings(&self) -> Task<Message> {
+        match &self.data_dir {
+            Some(dir) => self.settings.save(dir.clone()).map(Message::Settings),
+            None => Task::none(),
+        }
+    }
+
+    /// A desktop notification for a message from `from` in `chat`, when the
+    /// window is in the background and notifications are on. It names the
+    /// sender and the conversation, never the text.
+    fn notify(&self, from: &str, chat: &Conversation) -> Task<Message> {
+        if self.focused || !self.settings.notifications {
+            return Task::none();
+        }
+        let body = match chat {
+            Conversation::Room(room) => format!("New message from {from} in #{room}"),
+            Conversation::Direct(_) => format!("New direct message from {from}"),
+        };
+        Task::future(async move {
+            // D-Bus calls block: keep them off the UI thread.
+            let _ = tokio::task::spawn_blocking(move || {
+                notify_rust::Notification::new()
+                    .appname("sotto")
+                    .summary("sotto")
+                    .body(&body)
+                    .show()
+            })
+            .await;
+        })
+        .discard()
+    }
+
+    /// The window title, with the unread count.
+    pub fn title(&self) -> String {
+        match &self.screen {
+            Screen::Chat(chat) => match chat.unread() {
+                0 => chat.title(),
+                n => format!("({n}) {}", chat.title()),
+            },
+            _ => "sotto".to_owned(),
+        }
+    }
+
+    /// The theme.
+    pub fn theme(&self) -> Theme {
+        self.settings.theme.theme()
+    }
+
+    /// Window focus and close events; ticks for countdowns and progress.
+    pub fn subscription(&self) -> Subscription<Message> {
+        let window = event::listen_with(|event, _status, _window| match event {
+            iced::Event::Window(window::Event::Focused) => Some(Message::Focus(true)),
+            iced::Event::Window(window::Event::Unfocused) => Some(Message::Focus(false)),
+            _ => None,
+        });
+        let close = window::close_requests().map(|_| Message::CloseRequested);
+        let tab = keyboard::listen().filter_map(|event| match event {
+            keyboard::Event::KeyPressed {
+                key: keyboard::Key::Named(keyboard::key::Named::Tab),
+                modifiers,
+                ..
+            } => Some(if modifiers.shift() {
+                Message::FocusPrevious
+            } else {
+                Message::FocusNext
+            }),
+            _ => None,
+        });
+        let ticks = match &self.screen {
+            Screen::Onboarding(onboarding) if onboarding.is_busy() => {
+                iced::time::every(Duration::from_millis(50))
+                    .map(|_| Message::Onboarding(onboarding::Message::Tick))
+            }
+            Screen::Chat(chat) if chat.needs_ticks() => iced::time::every(Duration::from_secs(1))
+                .map(|_| Message::Chat(chat::Message::Tick)),
+            _ => Subscription::none(),
+        };
+        Subscription::batch([window, close, tab, ticks])
+    }
+
+    /// The window's content.
+    pub fn view(&self) -> Element<'_, Message> {
+        if self.settings_open {
+            return settings::view(&self.settings, self.settings_error.as_deref())
+                .map(Message::Settings);
+        }
+        match &self.screen {
+            Screen::Broken(reason) => container(
+                column![
+                    text("sotto cannot start").size(28),
+                    text(reason.as_str()).style(text::danger),
+                ]
+                .spacing(12),
+            )
+            .center(Fill)
+            .into(),
+            Screen::Onboarding(onboarding) => onboarding.view().map(Message::Onboarding),
+            Screen::Connect(connect) => connect.view().map(Message::Connect),
+            Screen::Chat(chat) => chat.view().map(Message::Chat),
+        }
+    }
+}

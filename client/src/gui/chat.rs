@@ -1,0 +1,1119 @@
+//! The chat window: conversations in a sidebar with unread counts, the
+//! timeline, the current room's members, the composer; the verification
+//! and key-change screens on top.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iced::widget::{Column, button, column, container, row, scrollable, space, text, text_input};
+use iced::{Alignment, Element, Fill, Task};
+use sotto_crypto::Fingerprint;
+use sotto_proto::{RelayAddress, RoomName, UserName};
+
+use super::style::{BOLD, MONO, badge, clock, count};
+use super::timeline::{Entry, Timeline, Tone};
+use super::verify::{self, KeyChange, Shown};
+use crate::account::Account;
+use crate::commands::{self, Line};
+use crate::contacts::KeyEvent;
+use crate::session::{
+    self, Chat as Conversation, Command, Connection, Controller, Member, PresenceChange,
+    TrustLevel, Update,
+};
+
+/// The widget ids, for tests and focus.
+pub mod ids {
+    /// The composer.
+    pub const COMPOSER: &str = "chat-composer";
+    /// The timeline's scrollable.
+    pub const TIMELINE: &str = "chat-timeline";
+    /// The "join a room" field.
+    pub const JOIN: &str = "chat-join";
+}
+
+/// An [`Update`] from the session, shareable as a message. The update is
+/// taken out once, by the chat it belongs to.
+#[derive(Clone, Debug)]
+pub struct SessionUpdate(Arc<Mutex<Option<Update>>>);
+
+impl SessionUpdate {
+    /// Wraps an update.
+    pub fn new(update: Update) -> Self {
+        Self(Arc::new(Mutex::new(Some(update))))
+    }
+
+    fn take(&self) -> Option<Update> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// What the chat window does.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// Something from session number `.0`.
+    Session(u64, SessionUpdate),
+    /// Session number `.0` has ended (its stream is over).
+    Ended(u64),
+    /// Open a conversation.
+    Select(Conversation),
+    /// The composer changed.
+    Composer(String),
+    /// Send what the composer holds.
+    Submit,
+    /// The "join a room" field changed.
+    JoinField(String),
+    /// Join the room in the field.
+    Join,
+    /// Leave a room.
+    Leave(RoomName),
+    /// Open the verification screen for a peer.
+    Verify(String),
+    /// Mark a peer verified with the safety number shown.
+    MarkVerified(String),
+    /// Close the verification screen.
+    CloseVerify,
+    /// The key-change consent box.
+    Consent(bool),
+    /// Accept a changed key (with consent).
+    AcceptKey(String),
+    /// The timeline was scrolled.
+    Scrolled(scrollable::Viewport),
+    /// Show the newest messages.
+    Newest,
+    /// A second passed (countdowns).
+    Tick,
+    /// Leave this relay.
+    Disconnect,
+    /// Open the settings.
+    Settings,
+}
+
+/// What the app should do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Nothing more.
+    None,
+    /// Run this.
+    Run(Task<Message>),
+    /// Tell the desktop about a message (the app decides whether to).
+    Notify {
+        /// Who wrote.
+        from: String,
+        /// Where.
+        chat: Conversation,
+    },
+    /// The session is over: back to the connect screen.
+    Disconnected(Account, Option<String>),
+    /// Open the settings.
+    Settings,
+    /// Quit the app.
+    Quit,
+}
+
+/// A conversation's state in the window.
+#[derive(Debug, Default)]
+struct Thread {
+    timeline: Timeline,
+    unread: usize,
+}
+
+/// The chat window.
+#[derive(Debug)]
+pub struct Chat {
+    account: Account,
+    relay: RelayAddress,
+    generation: u64,
+    controller: Option<Controller>,
+    connection: Connection,
+    retry_at: Option<Instant>,
+    me: String,
+    threads: BTreeMap<Conversation, Thread>,
+    rooms: BTreeSet<RoomName>,
+    current: Option<Conversation>,
+    members: BTreeMap<RoomName, Vec<Member>>,
+    verified_only: BTreeSet<RoomName>,
+    /// Trust and pinned key per lower-case name, as last heard.
+    trust: HashMap<String, (TrustLevel, Option<Fingerprint>)>,
+    /// Safety numbers shown, per lower-case name.
+    shown: HashMap<String, Shown>,
+    verifying: Option<String>,
+    key_changes: Vec<KeyChange>,
+    consent: bool,
+    composer: String,
+    join_field: String,
+    status: Option<(Tone, String)>,
+    /// The newest position seen: notices go after it.
+    last_position: (u64, u32),
+    focused: bool,
+}
+
+fn lower(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Chat {
+    /// A chat window for a session with `relay` (session number
+    /// `generation`: updates of other sessions are ignored).
+    pub fn new(account: Account, relay: RelayAddress, generation: u64) -> Self {
+        Self {
+            me: account.name().to_string(),
+            account,
+            relay,
+            generation,
+            controller: None,
+            connection: Connection::Connecting,
+            retry_at: None,
+            threads: BTreeMap::new(),
+            rooms: BTreeSet::new(),
+            current: None,
+            members: BTreeMap::new(),
+            verified_only: BTreeSet::new(),
+            trust: HashMap::new(),
+            shown: HashMap::new(),
+            verifying: None,
+            key_changes: Vec::new(),
+            consent: false,
+            composer: String::new(),
+            join_field: String::new(),
+            status: None,
+            last_position: (0, 0),
+            focused: true,
+        }
+    }
+
+    /// The session's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The connection state.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Whether a countdown is on screen (the app ticks every second).
+    pub fn needs_ticks(&self) -> bool {
+        self.retry_at.is_some()
+    }
+
+    /// Unread messages in all conversations.
+    pub fn unread(&self) -> usize {
+        self.threads.values().map(|t| t.unread).sum()
+    }
+
+    /// Whether a key change waits for the user's decision (the composer is
+    /// hidden until then).
+    pub fn is_blocked(&self) -> bool {
+        !self.key_changes.is_empty()
+    }
+
+    /// The window gained or lost focus.
+    pub fn set_focused(&mut self, focused: bool) {
+        self.focused = focused;
+        if focused
+            && let Some(current) = &self.current
+            && let Some(thread) = self.threads.get_mut(current)
+        {
+            thread.unread = 0;
+        }
+    }
+
+    /// Asks the session to stop (the app is closing).
+    pub fn quit(&self) {
+        if let Some(controller) = &self.controller {
+            let _ = controller.quit();
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let sent = self
+            .controller
+            .as_ref()
+            .map(|controller| controller.command(command));
+        if !matches!(sent, Some(Ok(()))) {
+            self.status = Some((Tone::Danger, "the session has ended".to_owned()));
+        }
+    }
+
+    fn thread(&mut self, chat: &Conversation) -> &mut Thread {
+        self.threads.entry(chat.clone()).or_insert_with(|| Thread {
+            timeline: Timeline::new(),
+            unread: 0,
+        })
+    }
+
+    fn notice(&mut self, chat: &Conversation, tone: Tone, text: String) {
+        let position = self.last_position;
+        self.thread(chat)
+            .timeline
+            .push_notice(position, tone, text, now_ms());
+    }
+
+    /// A notice in the current conversation, or the status line.
+    fn tell(&mut self, tone: Tone, text: String) {
+        match self.current.clone() {
+            Some(chat) => self.notice(&chat, tone, text),
+            None => self.status = Some((tone, text)),
+        }
+    }
+
+    fn trust_of(&self, name: &str) -> TrustLevel {
+        if lower(name) == lower(&self.me) {
+            return TrustLevel::Verified;
+        }
+        self.trust
+            .get(&lower(name))
+            .map_or(TrustLevel::Unknown, |(trust, _)| *trust)
+    }
+
+    fn set_trust(&mut self, name: &str, trust: TrustLevel, fingerprint: Option<Fingerprint>) {
+        let entry = self
+            .trust
+            .entry(lower(name))
+            .or_insert((TrustLevel::Unknown, None));
+        entry.0 = trust;
+        if fingerprint.is_some() {
+            entry.1 = fingerprint;
+        }
+        for members in self.members.values_mut() {
+            for member in members.iter_mut() {
+                if member.name.eq_ignore_ascii_case(name) {
+                    member.trust = trust;
+                    if fingerprint.is_some() {
+                        member.fingerprint = fingerprint;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a message.
+    pub fn update(&mut self, message: Message) -> Action {
+        match message {
+            Message::Session(generation, update) => {
+                if generation != self.generation {
+                    return Action::None;
+                }
+                if let Some(update) = update.take() {
+                    return self.apply(update);
+                }
+            }
+            Message::Ended(generation) => {
+                if generation != self.generation {
+                    return Action::None;
+                }
+                self.controller = None;
+                let reason = match &self.connection {
+                    Connection::Failed { reason } => Some(format!("The session ended: {reason}")),
+                    _ => None,
+                };
+                return Action::Disconnected(self.account.clone(), reason);
+            }
+            Message::Select(chat) => {
+                if let Some(thread) = self.threads.get_mut(&chat) {
+                    thread.unread = 0;
+                }
+                self.thread(&chat);
+                self.current = Some(chat);
+                self.status = None;
+                return Action::Run(iced::widget::operation::focus(ids::COMPOSER));
+            }
+            Message::Composer(text) => self.composer = text,
+            Message::Submit => return self.submit(),
+            Message::JoinField(text) => self.join_field = text,
+            Message::Join => match commands::room(self.join_field.trim()) {
+                Ok(room) => {
+                    self.join_field.clear();
+                    self.command(Command::Join(room.clone()));
+                    self.current = Some(Conversation::Room(room));
+                }
+                Err(e) => self.status = Some((Tone::Warning, e)),
+            },
+            Message::Leave(room) => self.command(Command::Leave(room)),
+            Message::Verify(name) => self.open_verify(&name),
+            Message::MarkVerified(name) => {
+                let Some(shown) = self.shown.get(&lower(&name)) else {
+                    return Action::None;
+                };
+                let safety_number = shown.safety_number.digits().to_owned();
+                match name.parse::<UserName>() {
+                    Ok(user) => self.command(Command::Verify {
+                        name: user,
+                        safety_number,
+                    }),
+                    Err(e) => self.status = Some((Tone::Danger, e.to_string())),
+                }
+            }
+            Message::CloseVerify => self.verifying = None,
+            Message::Consent(consent) => self.consent = consent,
+            Message::AcceptKey(name) => {
+                if !self.consent {
+                    return Action::None;
+                }
+                if let Ok(user) = name.parse::<UserName>() {
+                    self.command(Command::AcceptKey(user));
+                }
+            }
+            Message::Scrolled(viewport) => {
+                let y = viewport.relative_offset().y;
+                let Some(thread) = self.current.clone().and_then(|c| self.threads.get_mut(&c))
+                else {
+                    return Action::None;
+                };
+                // The timeline is anchored at the bottom: 1.0 is the top.
+                if y >= 0.999 && thread.timeline.has_older() {
+                    thread.timeline.older();
+                } else if y <= 0.001 && !thread.timeline.is_following() {
+                    thread.timeline.newer();
+                }
+            }
+            Message::Newest => {
+                if let Some(thread) = self.current.clone().and_then(|c| self.threads.get_mut(&c)) {
+                    thread.timeline.follow();
+                }
+                return Action::Run(iced::widget::operation::snap_to_end(ids::TIMELINE));
+            }
+            Message::Tick => {
+                if self.retry_at.is_some_and(|at| at <= Instant::now()) {
+                    self.retry_at = None;
+                }
+            }
+            Message::Disconnect => {
+                self.quit();
+                return Action::Disconnected(self.account.clone(), None);
+            }
+            Message::Settings => return Action::Settings,
+        }
+        Action::None
+    }
+
+    fn open_verify(&mut self, name: &str) {
+        match commands::user(name) {
+            Ok(user) => {
+                self.verifying = Some(lower(name));
+                self.command(Command::SafetyNumber(user));
+            }
+            Err(e) => self.status = Some((Tone::Warning, e)),
+        }
+    }
+
+    /// What the composer sends or does.
+    fn submit(&mut self) -> Action {
+        if self.is_blocked() {
+            return Action::None;
+        }
+        let line = std::mem::take(&mut self.composer);
+        let parsed = match commands::parse(&line) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.composer = line;
+                self.status = Some((Tone::Warning, e));
+                return Action::None;
+            }
+        };
+        self.status = None;
+        match parsed {
+            Line::Empty => {}
+            Line::Say(text) => match self.current.clone() {
+                Some(chat) => self.command(Command::Send { chat, text }),
+                None => {
+                    self.composer = line;
+                    self.status = Some((
+                        Tone::Warning,
+                        "pick a conversation first (or /join ROOM)".to_owned(),
+                    ));
+                }
+            },
+            Line::Msg { to, text } => {
+                let chat = Conversation::Direct(to);
+                self.thread(&chat);
+                self.current = Some(chat.clone());
+                self.command(Command::Send { chat, text });
+            }
+            Line::Join(room) => {
+                self.command(Command::Join(room.clone()));
+                self.current = Some(Conversation::Room(room));
+            }
+            Line::Room(room) => {
+                if self.rooms.contains(&room) {
+                    self.current = Some(Conversation::Room(room));
+                } else {
+                    self.status = Some((
+                        Tone::Warning,
+                        format!("you are not in #{room}: /join {room}"),
+                    ));
+                }
+            }
+            Line::Leave(room) => match room.or_else(|| match &self.current {
+                Some(Conversation::Room(room)) => Some(room.clone()),
+                _ => None,
+            }) {
+                Some(room) => self.command(Command::Leave(room)),
+                None => self.status = Some((Tone::Warning, "you are in no room".to_owned())),
+            },
+            Line::Users => self.command(Command::ListUsers),
+            Line::Rooms => self.command(Command::ListRooms),
+            Line::Members => {
+                let text = match &self.current {
+                    Some(Conversation::Room(room)) => {
+                        let members = self
+                            .members
+                            .get(room)
+                            .map(Vec::as_slice)
+                            .unwrap_or_default();
+                        let names: Vec<String> = members
+                            .iter()
+                            .map(|m| {
+                                format!(
+                                    "{} ({})",
+                                    m.name,
+                                    super::style::trust_label(self.trust_of(&m.name))
+                                )
+                            })
+                            .collect();
+                        format!("#{room}: {} members: {}", members.len(), names.join(", "))
+                    }
+                    _ => "this is not a room".to_owned(),
+                };
+                self.tell(Tone::Info, text);
+            }
+            Line::Fingerprint => {
+                let text = format!(
+                    "your key fingerprint: {}",
+                    self.account.identity().fingerprint()
+                );
+                self.tell(Tone::Info, text);
+            }
+            Line::SafetyNumber(name) => self.open_verify(name.as_str()),
+            Line::Confirm(name) => {
+                if self.shown.contains_key(&lower(name.as_str())) {
+                    return self.update(Message::MarkVerified(name.to_string()));
+                }
+                self.status = Some((
+                    Tone::Warning,
+                    format!("first /verify {name} and compare the number"),
+                ));
+            }
+            Line::Verify {
+                name,
+                safety_number,
+            } => self.command(Command::Verify {
+                name,
+                safety_number,
+            }),
+            Line::Trust(name) => self.command(Command::AcceptKey(name)),
+            Line::VerifiedOnly(on) => match &self.current {
+                Some(Conversation::Room(room)) => {
+                    let room = room.clone();
+                    self.command(Command::SetVerifiedOnly { room, on });
+                }
+                _ => self.status = Some((Tone::Warning, "this is not a room".to_owned())),
+            },
+            Line::Help => self.tell(Tone::Info, commands::HELP.to_owned()),
+            Line::Quit => {
+                self.quit();
+                return Action::Quit;
+            }
+        }
+        Action::None
+    }
+
+    /// Applies one update from the session.
+    fn apply(&mut self, update: Update) -> Action {
+        match update {
+            Update::Ready(controller) => self.controller = Some(controller),
+            Update::History { chat, messages } => {
+                if let Some(last) = messages.iter().map(|m| m.position).max() {
+                    self.last_position = self.last_position.max(last);
+                }
+                for message in &messages {
+                    if !message.outgoing {
+                        self.trust
+                            .entry(lower(&message.from))
+                            .or_insert((message.trust, Some(message.fingerprint)));
+                    }
+                }
+                self.thread(&chat).timeline.extend_messages(messages);
+                if self.current.is_none() {
+                    self.current = Some(chat);
+                }
+            }
+            Update::Connection(connection) => {
+                self.retry_at = match &connection {
+                    Connection::Reconnecting { after, .. } => Some(Instant::now() + *after),
+                    _ => None,
+                };
+                if let Connection::Connected { name } = &connection {
+                    self.me = name.clone();
+                }
+                let failed = matches!(connection, Connection::Failed { .. });
+                self.connection = connection;
+                if failed {
+                    self.controller = None;
+                }
+            }
+            Update::Joined { room } => {
+                self.rooms.insert(room.clone());
+                let chat = Conversation::Room(room.clone());
+                self.notice(&chat, Tone::Info, format!("You joined #{room}"));
+                if self.current.is_none() {
+                    self.current = Some(chat);
+                }
+            }
+            Update::Left { room } => {
+                self.rooms.remove(&room);
+                self.members.remove(&room);
+                let chat = Conversation::Room(room.clone());
+                self.notice(&chat, Tone::Info, format!("You left #{room}"));
+                if self.current.as_ref() == Some(&chat) {
+                    self.current = self
+                        .rooms
+                        .iter()
+                        .next()
+                        .map(|room| Conversation::Room(room.clone()));
+                }
+            }
+            Update::Members { room, members } => {
+                for member in &members {
+                    if lower(&member.name) != lower(&self.me) {
+                        self.trust
+                            .insert(lower(&member.name), (member.trust, member.fingerprint));
+                    }
+                }
+                self.members.insert(room, members);
+            }
+            Update::Presence { room, name, change } => {
+                let what = match change {
+                    PresenceChange::Joined => "joined",
+                    PresenceChange::Left => "left",
+                    PresenceChange::Disconnected => "disconnected from",
+                };
+                self.notice(
+                    &Conversation::Room(room.clone()),
+                    Tone::Info,
+                    format!("{name} {what} #{room}"),
+                );
+            }
+            Update::Message(message) => {
+                self.last_position = self.last_position.max(message.position);
+                let chat = message.chat.clone();
+                let from = message.from.clone();
+                let outgoing = message.outgoing;
+                let seen = self.focused && self.current.as_ref() == Some(&chat);
+                let thread = self.thread(&chat);
+                let added = thread.timeline.push_message(message);
+                if added && !outgoing {
+                    if !seen {
+                        thread.unread += 1;
+                    }
+                    if self.current.is_none() {
+                        self.current = Some(chat.clone());
+                    }
+                    return Action::Notify { from, chat };
+                }
+            }
+            Update::Missing { chat, from, count } => {
+                let s = if count == 1 { "" } else { "s" };
+                self.notice(
+                    &chat,
+                    Tone::Warning,
+                    format!("{count} message{s} from {from} missing: lost, or withheld by the relay"),
+                );
+            }
+            Update::Rejected { chat, from } => {
+                let text = format!(
+                    "A message claiming to be from {from} failed its checks and was dropped (forged, altered or replayed)"
+                );
+                match chat {
+                    Some(chat) => self.notice(&chat, Tone::Danger, text),
+                    None => self.tell(Tone::Danger, text),
+                }
+            }
+            Update::NotForYou { chat, from } => self.notice(
+                &chat,
+                Tone::Warning,
+                format!("{from} sent a message you cannot read: it was not encrypted for you"),
+            ),
+            Update::Key(event) => self.key_event(event),
+            Update::Trust { name, trust } => {
+                let fingerprint = self
+                    .key_changes
+                    .iter()
+                    .find(|change| change.name.eq_ignore_ascii_case(&name))
+                    .map(|change| change.offered)
+                    .or_else(|| self.trust.get(&lower(&name)).and_then(|(_, f)| *f));
+                self.key_changes
+                    .retain(|change| !change.name.eq_ignore_ascii_case(&name));
+                self.consent = false;
+                self.set_trust(&name, trust, fingerprint);
+                if let Some(fingerprint) = fingerprint {
+                    for thread in self.threads.values_mut() {
+                        thread.timeline.retrust(fingerprint, trust);
+                    }
+                }
+                if let Some(shown) = self.shown.get_mut(&lower(&name)) {
+                    shown.trust = trust;
+                }
+                let text = match trust {
+                    TrustLevel::Verified => format!("You verified {name}"),
+                    TrustLevel::Unverified => {
+                        format!("You accepted {name}'s new key without verifying it")
+                    }
+                    _ => format!("{name}'s trust changed"),
+                };
+                self.tell(Tone::Info, text);
+            }
+            Update::SafetyNumber {
+                name,
+                fingerprint,
+                safety_number,
+                trust,
+            } => {
+                let shown = Shown::new(name.clone(), fingerprint, safety_number, trust);
+                self.shown.insert(lower(&name), shown);
+            }
+            Update::NotSentTo {
+                chat,
+                names,
+                reason,
+            } => {
+                let text = if names.is_empty() {
+                    reason
+                } else {
+                    format!("Not sent to {}: {reason}", names.join(", "))
+                };
+                self.notice(&chat, Tone::Warning, text);
+            }
+            Update::RosterMismatch { room, from } => self.notice(
+                &Conversation::Room(room.clone()),
+                Tone::Danger,
+                format!(
+                    "{from} encrypted for another set of members than you see in #{room}: someone may just have joined or left, or the relay may be showing members different rosters"
+                ),
+            ),
+            Update::Users(users) => {
+                let list: Vec<String> = users
+                    .iter()
+                    .map(|user| {
+                        let rooms: Vec<String> =
+                            user.rooms.iter().map(|room| format!("#{room}")).collect();
+                        format!(
+                            "{} ({}) in {}",
+                            user.name,
+                            super::style::trust_label(user.trust),
+                            if rooms.is_empty() { "no room".to_owned() } else { rooms.join(", ") }
+                        )
+                    })
+                    .collect();
+                self.tell(
+                    Tone::Info,
+                    format!("{} users connected: {}", users.len(), list.join("; ")),
+                );
+            }
+            Update::Rooms(rooms) => {
+                let list: Vec<String> = rooms
+                    .iter()
+                    .map(|(room, n)| format!("#{room} ({n})"))
+                    .collect();
+                self.tell(Tone::Info, format!("{} rooms: {}", rooms.len(), list.join(", ")));
+            }
+            Update::VerifiedOnly { room, on } => {
+                let text = if on {
+                    self.verified_only.insert(room.clone());
+                    format!("#{room}: your messages now go to verified members only")
+                } else {
+                    self.verified_only.remove(&room);
+                    format!("#{room}: your messages go to every member with a known key")
+                };
+                self.notice(&Conversation::Room(room), Tone::Info, text);
+            }
+            Update::Error(error) => self.status = Some((Tone::Danger, error)),
+        }
+        Action::None
+    }
+
+    fn key_event(&mut self, event: KeyEvent) {
+        match event {
+            KeyEvent::Pinned { name, fingerprint } => {
+                self.trust
+                    .entry(lower(&name))
+                    .or_insert((TrustLevel::Unverified, Some(fingerprint)));
+            }
+            KeyEvent::Changed {
+                name,
+                previous,
+                current,
+            } => {
+                self.set_trust(&name, TrustLevel::Unverified, Some(current));
+                let text = format!(
+                    "{name}'s key changed (they were not verified): {previous} → {current}. Verify them to be sure it is them."
+                );
+                self.notice_everywhere(&name, Tone::Warning, text);
+            }
+            KeyEvent::ChangedVerified {
+                name,
+                pinned,
+                offered,
+            } => {
+                self.set_trust(&name, TrustLevel::Changed, None);
+                let text = format!(
+                    "{name}'s key changed since you verified it. Nothing is sent to {name} until you decide."
+                );
+                self.notice_everywhere(&name, Tone::Danger, text);
+                if !self
+                    .key_changes
+                    .iter()
+                    .any(|change| change.name.eq_ignore_ascii_case(&name))
+                {
+                    self.key_changes.push(KeyChange {
+                        name,
+                        pinned,
+                        offered,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A notice in the conversations `name` takes part in.
+    fn notice_everywhere(&mut self, name: &str, tone: Tone, text: String) {
+        let mut chats: Vec<Conversation> = self
+            .members
+            .iter()
+            .filter(|(_, members)| members.iter().any(|m| m.name.eq_ignore_ascii_case(name)))
+            .map(|(room, _)| Conversation::Room(room.clone()))
+            .collect();
+        let direct = self
+            .threads
+            .keys()
+            .find(|chat| matches!(chat, Conversation::Direct(user) if user.as_str().eq_ignore_ascii_case(name)))
+            .cloned();
+        chats.extend(direct);
+        if chats.is_empty() {
+            self.tell(tone, text);
+            return;
+        }
+        for chat in chats {
+            self.notice(&chat, tone, text.clone());
+        }
+    }
+
+    /// The window's title.
+    pub fn title(&self) -> String {
+        match &self.current {
+            Some(chat) => format!("{chat} · sotto"),
+            None => "sotto".to_owned(),
+        }
+    }
+
+    /// The window.
+    pub fn view(&self) -> Element<'_, Message> {
+        if let Some(change) = self.key_changes.first() {
+            if let Some(name) = &self.verifying
+                && lower(&change.name) == *name
+            {
+                return verify::view(self.shown.get(name), name, &self.account);
+            }
+            return verify::key_change(change, self.consent);
+        }
+        let main = match &self.verifying {
+            Some(name) => verify::view(self.shown.get(name), name, &self.account),
+            None => self.conversation(),
+        };
+        let mut layout = row![self.sidebar(), main];
+        if self.verifying.is_none()
+            && let Some(Conversation::Room(room)) = &self.current
+        {
+            layout = layout.push(self.member_list(room));
+        }
+        layout.height(Fill).into()
+    }
+
+    fn connection_line(&self) -> Element<'_, Message> {
+        let (label, style): (String, fn(&iced::Theme) -> text::Style) = match &self.connection {
+            Connection::Connecting => (
+                format!("Connecting to {}…", self.relay.authority()),
+                text::secondary,
+            ),
+            Connection::Connected { name } => (
+                format!("Connected to {} as {name}", self.relay.authority()),
+                text::success,
+            ),
+            Connection::Reconnecting { reason, .. } => {
+                let left = self
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(Duration::ZERO);
+                let when = if left.is_zero() {
+                    "reconnecting now".to_owned()
+                } else {
+                    format!("reconnecting in {} s", left.as_secs() + 1)
+                };
+                (format!("Connection lost ({reason}): {when}"), text::warning)
+            }
+            Connection::Failed { reason } => (format!("Not connected: {reason}"), text::danger),
+        };
+        text(label).size(13).style(style).into()
+    }
+
+    fn sidebar(&self) -> Element<'_, Message> {
+        let mut rooms = Column::new().spacing(2);
+        let mut direct = Column::new().spacing(2);
+        for (chat, thread) in &self.threads {
+            let selected = self.current.as_ref() == Some(chat);
+            let mut label = row![].spacing(6).align_y(Alignment::Center);
+            match chat {
+                Conversation::Room(room) => {
+                    if !self.rooms.contains(room) {
+                        continue;
+                    }
+                    label = label.push(text(format!("# {room}")));
+                }
+                Conversation::Direct(user) => {
+                    label = label.push(text(user.to_string()));
+                    label = label.push(badge(self.trust_of(user.as_str())));
+                }
+            }
+            label = label.push(space().width(Fill));
+            if thread.unread > 0 {
+                label = label.push(count(thread.unread));
+            }
+            let entry = button(label)
+                .width(Fill)
+                .style(if selected {
+                    button::primary
+                } else {
+                    button::text
+                })
+                .on_press(Message::Select(chat.clone()));
+            match chat {
+                Conversation::Room(_) => rooms = rooms.push(entry),
+                Conversation::Direct(_) => direct = direct.push(entry),
+            }
+        }
+        let join = text_input("Join a room…", &self.join_field)
+            .id(ids::JOIN)
+            .on_input(Message::JoinField)
+            .on_submit(Message::Join)
+            .padding(6)
+            .size(13);
+        let content = column![
+            text(self.me.clone()).font(BOLD).size(18),
+            text(self.account.identity().fingerprint().to_string())
+                .font(MONO)
+                .size(10)
+                .style(text::secondary),
+            text("Rooms").size(13).style(text::secondary),
+            rooms,
+            join,
+            text("Direct messages").size(13).style(text::secondary),
+            direct,
+            space().height(Fill),
+            row![
+                button(text("Settings").size(13))
+                    .style(button::secondary)
+                    .on_press(Message::Settings),
+                button(text("Disconnect").size(13))
+                    .style(button::secondary)
+                    .on_press(Message::Disconnect),
+            ]
+            .spacing(6),
+        ]
+        .spacing(8);
+        container(content)
+            .padding(12)
+            .width(230)
+            .height(Fill)
+            .style(container::rounded_box)
+            .into()
+    }
+
+    fn conversation(&self) -> Element<'_, Message> {
+        let title: Element<'_, Message> = match &self.current {
+            Some(Conversation::Room(room)) => {
+                let mut line = row![text(format!("#{room}")).size(22)]
+                    .spacing(10)
+                    .align_y(Alignment::Center);
+                if self.verified_only.contains(room) {
+                    line = line.push(text("verified members only").size(12).style(text::success));
+                }
+                line = line.push(space().width(Fill));
+                line = line.push(
+                    button(text("Leave").size(13))
+                        .style(button::secondary)
+                        .on_press(Message::Leave(room.clone())),
+                );
+                line.into()
+            }
+            Some(Conversation::Direct(user)) => row![
+                text(format!("@{user}")).size(22),
+                badge(self.trust_of(user.as_str())),
+                space().width(Fill),
+                button(text("Verify").size(13))
+                    .style(button::secondary)
+                    .on_press(Message::Verify(user.to_string())),
+            ]
+            .spacing(10)
+            .align_y(Alignment::Center)
+            .into(),
+            None => text("No conversation").size(22).into(),
+        };
+        let header = column![title, self.connection_line()].spacing(4);
+
+        let thread = self
+            .current
+            .as_ref()
+            .and_then(|chat| self.threads.get(chat));
+        let mut lines = Column::new().spacing(6).padding([8, 12]);
+        if let Some(thread) = thread {
+            if thread.timeline.has_older() {
+                lines = lines.push(
+                    text("Scroll up for older messages")
+                        .size(12)
+                        .style(text::secondary),
+                );
+            }
+            for entry in thread.timeline.visible() {
+                lines = lines.push(self.entry(entry));
+            }
+        }
+        let timeline = scrollable(lines)
+            .id(ids::TIMELINE)
+            .anchor_bottom()
+            .on_scroll(Message::Scrolled)
+            .height(Fill)
+            .width(Fill);
+        let mut body = column![header, timeline].spacing(8);
+        if thread.is_some_and(|thread| !thread.timeline.is_following()) {
+            body = body.push(
+                button(text("Jump to the newest messages").size(13))
+                    .style(button::secondary)
+                    .on_press(Message::Newest),
+            );
+        }
+        if let Some((tone, status)) = &self.status {
+            body = body.push(text(status).size(13).style(tone_style(*tone)));
+        }
+        let can_send = self.current.is_some() && self.controller.is_some();
+        body = body.push(
+            row![
+                text_input("Write a message, or /help", &self.composer)
+                    .id(ids::COMPOSER)
+                    .on_input(Message::Composer)
+                    .on_submit(Message::Submit)
+                    .padding(10),
+                button(text("Send"))
+                    .padding([10, 16])
+                    .style(button::primary)
+                    .on_press_maybe(can_send.then_some(Message::Submit)),
+            ]
+            .spacing(8),
+        );
+        container(body).padding(12).width(Fill).height(Fill).into()
+    }
+
+    fn entry<'a>(&'a self, entry: &'a Entry) -> Element<'a, Message> {
+        match entry {
+            Entry::Message(message) => {
+                let mut head = row![text(message.from.as_str()).font(BOLD)]
+                    .spacing(8)
+                    .align_y(Alignment::Center);
+                if !message.outgoing {
+                    head = head.push(badge(message.trust));
+                }
+                head = head.push(
+                    text(clock(message.sent_at_ms))
+                        .size(11)
+                        .style(text::secondary),
+                );
+                if message.late {
+                    head = head.push(text("arrived late").size(11).style(text::secondary));
+                }
+                column![head, text(message.text.as_str())].spacing(2).into()
+            }
+            Entry::Notice(notice) => row![
+                text(clock(notice.at_ms)).size(11).style(text::secondary),
+                text(notice.text.as_str())
+                    .size(13)
+                    .style(tone_style(notice.tone)),
+            ]
+            .spacing(8)
+            .into(),
+        }
+    }
+
+    fn member_list(&self, room: &RoomName) -> Element<'_, Message> {
+        let members = self
+            .members
+            .get(room)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut list = Column::new().spacing(4);
+        for member in members {
+            let me = lower(&member.name) == lower(&self.me);
+            let name = if me {
+                format!("{} (you)", member.name)
+            } else {
+                member.name.clone()
+            };
+            let mut line = row![text(name)].spacing(6).align_y(Alignment::Center);
+            if !me {
+                line = line.push(badge(member.trust));
+            }
+            let mut entry = column![line].spacing(2);
+            if !me && let Ok(user) = member.name.parse::<UserName>() {
+                entry = entry.push(
+                    row![
+                        button(text("Message").size(11))
+                            .padding([2, 6])
+                            .style(button::secondary)
+                            .on_press(Message::Select(Conversation::Direct(user))),
+                        button(text("Verify").size(11))
+                            .padding([2, 6])
+                            .style(button::secondary)
+                            .on_press(Message::Verify(member.name.clone())),
+                    ]
+                    .spacing(4),
+                );
+            }
+            list = list.push(entry);
+        }
+        container(
+            column![
+                text(format!("Members · {}", members.len())).font(BOLD),
+                scrollable(list).height(Fill),
+            ]
+            .spacing(8),
+        )
+        .padding(12)
+        .width(210)
+        .height(Fill)
+        .style(container::rounded_box)
+        .into()
+    }
+}
+
+fn tone_style(tone: Tone) -> fn(&iced::Theme) -> text::Style {
+    match tone {
+        Tone::Info => text::secondary,
+        Tone::Warning => text::warning,
+        Tone::Danger => text::danger,
+    }
+}
+
+/// Starts session number `generation` for `account` at `relay`; its updates
+/// arrive as [`Message::Session`].
+pub fn start(account: Account, relay: RelayAddress, generation: u64) -> Task<Message> {
+    let config = session::Config::new(account, relay);
+    Task::run(session::run(config), move |update| {
+        Message::Session(generation, SessionUpdate::new(update))
+    })
+    .chain(Task::done(Message::Ended(generation)))
+}

@@ -1,0 +1,162 @@
+//! The app's settings: theme and desktop notifications, kept in
+//! `settings.json` in the data directory (nothing secret is in it).
+
+use std::path::{Path, PathBuf};
+
+use iced::widget::{button, column, container, radio, row, space, text, toggler};
+use iced::{Element, Fill, Task, Theme};
+use serde::{Deserialize, Serialize};
+
+/// The file, in the data directory.
+pub const SETTINGS_FILE: &str = "settings.json";
+
+/// Light or dark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ThemeChoice {
+    /// Dark text on light backgrounds.
+    #[default]
+    Light,
+    /// Light text on dark backgrounds.
+    Dark,
+}
+
+impl ThemeChoice {
+    /// The iced theme.
+    pub fn theme(self) -> Theme {
+        match self {
+            ThemeChoice::Light => Theme::Light,
+            ThemeChoice::Dark => Theme::Dark,
+        }
+    }
+}
+
+/// What the user chose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// The theme.
+    pub theme: ThemeChoice,
+    /// Show a desktop notification for messages that arrive while the
+    /// window is not focused.
+    pub notifications: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            theme: ThemeChoice::Light,
+            notifications: true,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the settings in `dir`; defaults when there are none (or they
+    /// cannot be read: settings are never worth refusing to start for).
+    pub fn load(dir: &Path) -> Self {
+        std::fs::read(dir.join(SETTINGS_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes the settings to `dir` on the blocking pool.
+    pub fn save(&self, dir: PathBuf) -> Task<Message> {
+        let settings = self.clone();
+        Task::perform(
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    let json =
+                        serde_json::to_vec_pretty(&settings).map_err(std::io::Error::other)?;
+                    let temporary = dir.join(format!("{SETTINGS_FILE}.tmp"));
+                    std::fs::write(&temporary, json)?;
+                    std::fs::rename(temporary, dir.join(SETTINGS_FILE))
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|written| written)
+                .map_err(|e| format!("could not save the settings: {e}"))
+            },
+            Message::Saved,
+        )
+    }
+}
+
+/// What the settings screen does.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// A theme was picked.
+    Theme(ThemeChoice),
+    /// Notifications on or off.
+    Notifications(bool),
+    /// The settings were written (or not).
+    Saved(Result<(), String>),
+    /// Close the settings.
+    Close,
+}
+
+/// The settings screen.
+pub fn view<'a>(settings: &Settings, error: Option<&'a str>) -> Element<'a, Message> {
+    let theme = column![
+        text("Theme").size(18),
+        radio(
+            "Light",
+            ThemeChoice::Light,
+            Some(settings.theme),
+            Message::Theme
+        ),
+        radio(
+            "Dark",
+            ThemeChoice::Dark,
+            Some(settings.theme),
+            Message::Theme
+        ),
+    ]
+    .spacing(8);
+    let notifications = column![
+        text("Notifications").size(18),
+        toggler(settings.notifications)
+            .label("Notify me of new messages while sotto is in the background")
+            .on_toggle(Message::Notifications),
+        text("Notifications say who wrote and where, never what: the text stays in sotto.")
+            .size(13)
+            .style(text::secondary),
+    ]
+    .spacing(8);
+    let mut content = column![
+        row![
+            text("Settings").size(26),
+            space().width(Fill),
+            button("Done").on_press(Message::Close)
+        ],
+        theme,
+        notifications
+    ]
+    .spacing(24)
+    .max_width(560);
+    if let Some(error) = error {
+        content = content.push(text(error).style(text::danger));
+    }
+    container(content).padding(32).center_x(Fill).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_and_default_when_missing_or_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Settings::load(dir.path()), Settings::default());
+        std::fs::write(dir.path().join(SETTINGS_FILE), b"{not json").unwrap();
+        assert_eq!(Settings::load(dir.path()), Settings::default());
+        let chosen = Settings {
+            theme: ThemeChoice::Dark,
+            notifications: false,
+        };
+        let json = serde_json::to_vec(&chosen).unwrap();
+        std::fs::write(dir.path().join(SETTINGS_FILE), json).unwrap();
+        assert_eq!(Settings::load(dir.path()), chosen);
+    }
+}

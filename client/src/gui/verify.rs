@@ -1,0 +1,196 @@
+//! Verifying a peer (safety number and QR code) and deciding about a
+//! verified peer's changed key.
+
+use iced::widget::{Column, button, checkbox, column, container, qr_code, row, space, text};
+use iced::{Alignment, Element, Fill};
+use sotto_crypto::{Fingerprint, SafetyNumber};
+
+use super::chat::Message;
+use super::style::{BOLD, MONO, badge};
+use crate::account::Account;
+use crate::session::TrustLevel;
+
+/// A safety number the session computed, ready to show.
+#[derive(Debug)]
+pub struct Shown {
+    /// The peer.
+    pub name: String,
+    /// The peer's key (for a changed key: the key offered).
+    pub fingerprint: Fingerprint,
+    /// What to compare.
+    pub safety_number: SafetyNumber,
+    /// The peer's trust.
+    pub trust: TrustLevel,
+    /// The QR code of [`SafetyNumber::qr_payload`], made once.
+    qr: Option<qr_code::Data>,
+}
+
+impl Shown {
+    /// Prepares the screen's data (the QR code is encoded here, not in
+    /// `view`).
+    pub fn new(
+        name: String,
+        fingerprint: Fingerprint,
+        safety_number: SafetyNumber,
+        trust: TrustLevel,
+    ) -> Self {
+        let qr = qr_code::Data::new(safety_number.qr_payload()).ok();
+        Self {
+            name,
+            fingerprint,
+            safety_number,
+            trust,
+            qr,
+        }
+    }
+}
+
+/// A verified peer's key changed: sending to them is blocked until the
+/// user verifies the new key or accepts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChange {
+    /// Who.
+    pub name: String,
+    /// The key that was verified.
+    pub pinned: Fingerprint,
+    /// The key presented now.
+    pub offered: Fingerprint,
+}
+
+/// The verification screen for `name`; `shown` is `None` until the
+/// session answers.
+pub fn view<'a>(
+    shown: Option<&'a Shown>,
+    name: &'a str,
+    account: &'a Account,
+) -> Element<'a, Message> {
+    let close = button("Close")
+        .style(button::secondary)
+        .on_press(Message::CloseVerify);
+    let Some(shown) = shown else {
+        return container(
+            column![
+                text(format!("Verify {name}")).size(28),
+                text("Computing the safety number… (the relay is asked for their key if it is not known yet)"),
+                close,
+            ]
+            .spacing(16),
+        )
+        .padding(32)
+        .width(Fill)
+        .into();
+    };
+    let mut groups = Column::new().spacing(6);
+    for line in shown.safety_number.groups().chunks(4) {
+        groups = groups.push(text(line.join("  ")).font(MONO).size(26));
+    }
+    let qr: Element<'a, Message> = match &shown.qr {
+        Some(data) => qr_code(data).cell_size(5).into(),
+        None => text("(no QR code)").into(),
+    };
+    let verified = shown.trust == TrustLevel::Verified;
+    let action: Element<'a, Message> = if verified {
+        text(format!("{} is verified.", shown.name))
+            .style(text::success)
+            .into()
+    } else {
+        button(text("Mark as verified"))
+            .padding([8, 16])
+            .style(button::success)
+            .on_press(Message::MarkVerified(shown.name.clone()))
+            .into()
+    };
+    let explanation = if shown.trust == TrustLevel::Changed {
+        format!(
+            "This is the safety number with {}'s NEW key. Compare it with them before you trust it.",
+            shown.name
+        )
+    } else {
+        format!(
+            "Compare these numbers with {} in person or on a call you trust: their sotto shows \
+             the same twelve groups on their verification screen for you. Or let them scan the \
+             code with their device. If everything matches, nobody (not even the relay) stands \
+             between you.",
+            shown.name
+        )
+    };
+    let content = column![
+        row![
+            text(format!("Verify {}", shown.name)).size(28),
+            badge(shown.trust),
+            space().width(Fill),
+            close
+        ]
+        .spacing(12)
+        .align_y(Alignment::Center),
+        text(explanation),
+        row![
+            column![text("Your safety number").font(BOLD), groups].spacing(10),
+            space().width(Fill),
+            qr,
+        ]
+        .align_y(Alignment::Center),
+        action,
+        column![
+            text(format!("{}'s key fingerprint", shown.name)).size(12),
+            text(shown.fingerprint.to_string()).font(MONO).size(12),
+            text("Your key fingerprint").size(12),
+            text(account.identity().fingerprint().to_string())
+                .font(MONO)
+                .size(12),
+        ]
+        .spacing(4),
+    ]
+    .spacing(20)
+    .max_width(760);
+    container(content).padding(32).width(Fill).into()
+}
+
+/// The blocking screen shown when a verified peer's key changed.
+pub fn key_change(change: &KeyChange, consent: bool) -> Element<'_, Message> {
+    let name = change.name.as_str();
+    let content = column![
+        text(format!("{name}'s key has changed"))
+            .size(30)
+            .style(text::danger),
+        text(format!(
+            "You verified {name}, but the relay now presents another key under that name. \
+             It may be that {name} reinstalled sotto or moved to a new computer, or that \
+             someone is trying to impersonate them. Until you decide, nothing you write is \
+             sent to {name}, and their messages under the new key are held unread."
+        )),
+        column![
+            text("Verified key").size(12),
+            text(change.pinned.to_string()).font(MONO).size(13),
+            text("New key").size(12),
+            text(change.offered.to_string()).font(MONO).size(13),
+        ]
+        .spacing(4),
+        text(format!(
+            "Best: ask {name}, in person or on a call, to compare the new safety number with you."
+        )),
+        button(text("Verify the new key"))
+            .padding([8, 16])
+            .style(button::primary)
+            .on_press(Message::Verify(change.name.clone())),
+        container(
+            column![
+                checkbox(consent)
+                    .label(format!(
+                        "I understand that I have not verified {name}'s new key"
+                    ))
+                    .on_toggle(Message::Consent),
+                button(text("Accept the new key without verifying"))
+                    .padding([8, 16])
+                    .style(button::danger)
+                    .on_press_maybe(consent.then(|| Message::AcceptKey(change.name.clone()))),
+            ]
+            .spacing(10),
+        )
+        .padding(14)
+        .style(container::bordered_box),
+    ]
+    .spacing(18)
+    .max_width(680);
+    container(content).padding(40).center(Fill).into()
+}

@@ -1,0 +1,419 @@
+//! The desktop app, driven as a user drives it: iced_test's simulator
+//! clicks and types in the app's real view (rendered headless with
+//! tiny-skia, no GPU), its messages go through the app's real `update`, and
+//! the tasks `update` returns (key generation, unlocking, the session with
+//! a real relay on 127.0.0.1) run here, in place of iced's runtime. Peers
+//! are `sotto-cli` processes.
+#![cfg(feature = "gui")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests
+
+mod support;
+
+use std::path::Path;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::{BoxStream, SelectAll};
+use serde_json::json;
+use sotto_client::account::Account;
+use sotto_client::gui::chat::ids as chat_ids;
+use sotto_client::gui::connect::ids as connect_ids;
+use sotto_client::gui::onboarding::ids as onboarding_ids;
+use sotto_client::gui::{App, Message, Options};
+use sotto_client::profile::{IDENTITY_FILE, Profile};
+use sotto_crypto::KdfParams;
+use sotto_proto::RelayAddress;
+use support::{Bot, PASSPHRASE, PATIENCE, init, relay};
+
+use iced_test::core::keyboard::Key;
+use iced_test::core::keyboard::key::Named;
+use iced_test::runtime::Action;
+use iced_test::runtime::task::{Task, into_stream};
+use iced_test::selector::{self, Candidate, Target};
+use iced_test::{Selector, Simulator, simulator};
+
+/// The app without a window: its view in a simulator, its tasks here.
+struct Gui {
+    app: App,
+    pending: SelectAll<BoxStream<'static, Action<Message>>>,
+}
+
+/// Text containing `needle`.
+fn containing(needle: &str) -> impl Selector<Output = String> + Send + use<> {
+    let needle = needle.to_owned();
+    move |candidate: Candidate<'_>| match candidate {
+        Candidate::Text { content, .. } if content.contains(&needle) => Some(content.to_owned()),
+        _ => None,
+    }
+}
+
+impl Gui {
+    fn start(dir: &Path) -> Gui {
+        let (app, task) = App::new(Options {
+            data_dir: Some(dir.to_path_buf()),
+            kdf: KdfParams::INSECURE_FOR_TESTS,
+        });
+        let mut gui = Gui {
+            app,
+            pending: SelectAll::new(),
+        };
+        gui.run(task);
+        gui
+    }
+
+    fn run(&mut self, task: Task<Message>) {
+        if let Some(stream) = into_stream(task) {
+            self.pending.push(stream);
+        }
+    }
+
+    fn update(&mut self, message: Message) {
+        let task = self.app.update(message);
+        self.run(task);
+    }
+
+    /// Lets `act` use the current view, then applies what it produced.
+    fn interact<R>(&mut self, act: impl FnOnce(&mut Simulator<'_, Message>) -> R) -> R {
+        let (result, messages) = {
+            let mut ui = simulator(self.app.view());
+            let result = act(&mut ui);
+            (result, ui.into_messages().collect::<Vec<_>>())
+        };
+        for message in messages {
+            self.update(message);
+        }
+        result
+    }
+
+    fn click(&mut self, label: &str) {
+        self.interact(|ui| {
+            ui.click(label)
+                .unwrap_or_else(|e| panic!("click {label:?}: {e}"));
+        });
+    }
+
+    /// Replaces the content of the text field `id` with `text`, as typed.
+    fn replace(&mut self, id: &'static str, text: &str) {
+        self.interact(|ui| {
+            let target = ui
+                .click(selector::id(id))
+                .unwrap_or_else(|e| panic!("field {id}: {e}"));
+            let len = match target {
+                Target::TextInput { content, .. } => content.chars().count(),
+                _ => 0,
+            };
+            ui.tap_key(Key::Named(Named::End));
+            for _ in 0..len {
+                ui.tap_key(Key::Named(Named::Backspace));
+            }
+            ui.typewrite(text);
+        });
+    }
+
+    /// Types `text` at the end of the field `id`.
+    fn type_into(&mut self, id: &'static str, text: &str) {
+        self.interact(|ui| {
+            ui.click(selector::id(id))
+                .unwrap_or_else(|e| panic!("field {id}: {e}"));
+            ui.tap_key(Key::Named(Named::End));
+            ui.typewrite(text);
+        });
+    }
+
+    /// Presses Enter in the field `id`.
+    fn enter(&mut self, id: &'static str) {
+        self.interact(|ui| {
+            ui.click(selector::id(id))
+                .unwrap_or_else(|e| panic!("field {id}: {e}"));
+            ui.tap_key(Key::Named(Named::Enter));
+        });
+    }
+
+    /// Whether some text on screen contains `needle`.
+    fn shows(&self, needle: &str) -> bool {
+        simulator(self.app.view()).find(containing(needle)).is_ok()
+    }
+
+    /// Every text on screen, for failure messages.
+    fn texts(&self) -> Vec<String> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let _ = simulator(self.app.view()).find(move |candidate: Candidate<'_>| {
+            if let Candidate::Text { content, .. } = candidate {
+                sink.lock().unwrap().push(content.to_owned());
+            }
+            None::<()>
+        });
+        seen.lock().unwrap().clone()
+    }
+
+    /// Whether the widget `id` is on screen.
+    fn has(&self, id: &'static str) -> bool {
+        simulator(self.app.view()).find(selector::id(id)).is_ok()
+    }
+
+    /// Runs the app's tasks until `done`.
+    async fn until(&mut self, what: &str, done: impl Fn(&Gui) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.pending.next()).await {
+                Ok(Some(Action::Output(message))) => self.update(message),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!(
+                    "waiting for {what}: nothing left to run on screen {}: {:#?}",
+                    self.app.screen_name(),
+                    self.texts()
+                ),
+                Err(_) => panic!(
+                    "waiting for {what}: timed out on screen {}: {:#?}",
+                    self.app.screen_name(),
+                    self.texts()
+                ),
+            }
+        }
+    }
+
+    async fn until_shows(&mut self, needle: &str) {
+        self.until(needle, |gui| gui.shows(needle)).await;
+    }
+
+    async fn until_screen(&mut self, screen: &str) {
+        self.until(screen, |gui| gui.app.screen_name() == screen)
+            .await;
+    }
+}
+
+/// An identity made by the library (fast test costs), unlocked in the app.
+async fn unlocked(dir: &Path, name: &str) -> Gui {
+    let profile = Profile::open(dir).unwrap();
+    Account::create(
+        &profile,
+        name.parse().unwrap(),
+        PASSPHRASE.to_owned().into(),
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .await
+    .unwrap();
+    let mut gui = Gui::start(dir);
+    assert!(gui.shows("Unlock sotto"));
+    gui.type_into(onboarding_ids::PASSPHRASE, PASSPHRASE);
+    gui.enter(onboarding_ids::PASSPHRASE);
+    gui.until_screen("connect").await;
+    gui
+}
+
+/// Connects the app to `relay` from the connect screen.
+async fn connect(gui: &mut Gui, relay: &RelayAddress, name: &str) {
+    gui.replace(connect_ids::ADDRESS, &relay.to_string());
+    gui.click("Connect");
+    assert_eq!(gui.app.screen_name(), "chat");
+    gui.until_shows(&format!("Connected to {} as {name}", relay.authority()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_an_identity_then_unlock_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("alice");
+    let mut gui = Gui::start(&dir);
+    assert!(gui.shows("Welcome to sotto"));
+
+    // The button does nothing until the form is complete.
+    gui.click("Create identity");
+    assert_eq!(gui.app.screen_name(), "onboarding");
+    gui.type_into(onboarding_ids::NAME, "alice");
+    gui.type_into(onboarding_ids::PASSPHRASE, "short");
+    assert!(gui.shows("Too short"));
+    gui.type_into(onboarding_ids::PASSPHRASE, " but now long");
+    assert!(gui.shows("Weak") || gui.shows("Fair") || gui.shows("Strong"));
+    gui.type_into(onboarding_ids::CONFIRM, "short but");
+    assert!(gui.shows("The two passphrases differ."));
+    gui.click("Create identity");
+    assert_eq!(gui.app.screen_name(), "onboarding");
+    gui.type_into(onboarding_ids::CONFIRM, " now long");
+    assert!(!gui.shows("The two passphrases differ."));
+
+    gui.click("Create identity");
+    // Key generation runs off the UI thread: the click returned at once,
+    // the screen shows progress, and the identity is not written yet.
+    assert!(gui.shows("Generating your keys"));
+    assert!(!dir.join(IDENTITY_FILE).exists());
+    gui.until_screen("connect").await;
+    assert!(dir.join(IDENTITY_FILE).exists());
+    assert!(gui.shows("Signed in as alice"));
+
+    // Next start: unlock. A wrong passphrase is a clear error.
+    drop(gui);
+    let mut gui = Gui::start(&dir);
+    assert!(gui.shows("Unlock sotto"));
+    gui.type_into(onboarding_ids::PASSPHRASE, "not the passphrase");
+    gui.enter(onboarding_ids::PASSPHRASE);
+    gui.until_shows("Wrong passphrase").await;
+    assert_eq!(gui.app.screen_name(), "onboarding");
+    gui.type_into(onboarding_ids::PASSPHRASE, "short but now long");
+    gui.click("Unlock");
+    gui.until_screen("connect").await;
+    assert!(gui.shows("Signed in as alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_shows_the_pinned_certificate_and_the_connection_state() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    assert!(gui.shows("None yet: relays are saved on the first connection."));
+
+    gui.replace(connect_ids::ADDRESS, "sotto://not-an-address");
+    assert!(gui.shows("Not a relay address"));
+    gui.click("Connect");
+    assert_eq!(gui.app.screen_name(), "connect");
+
+    gui.replace(connect_ids::ADDRESS, &relay.to_string());
+    assert!(gui.shows("Certificate fingerprint (SHA-256):"));
+    assert!(gui.shows(&relay.fingerprint_text()));
+    assert!(gui.shows("First connection to this relay"));
+    gui.click("Connect");
+    assert!(gui.shows(&format!("Connecting to {}", relay.authority())));
+    gui.until_shows(&format!("Connected to {} as alice", relay.authority()))
+        .await;
+    gui.until_shows("You joined #lobby").await;
+
+    gui.click("Disconnect");
+    assert_eq!(gui.app.screen_name(), "connect");
+    // The relay is saved, with its certificate.
+    let mut other = relay.clone();
+    other.fingerprint = [7; 32];
+    gui.replace(connect_ids::ADDRESS, &other.to_string());
+    assert!(gui.shows("Refusing to connect."));
+    assert!(gui.shows(&relay.fingerprint_text()));
+    gui.click("Connect");
+    assert_eq!(gui.app.screen_name(), "connect");
+    gui.click(&relay.authority());
+    assert!(gui.shows("You have connected to this relay before"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_with_a_cli_peer_then_verify_them_by_safety_number() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let bob_dir = temp.path().join("bob");
+    init(&bob_dir, "bob").await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
+    gui.until_shows("bob joined #lobby").await;
+    // The member list, live, with trust badges.
+    gui.until_shows("Members · 2").await;
+    assert!(gui.shows("alice (you)"));
+    assert!(gui.shows("unverified"));
+
+    // Enter sends.
+    gui.type_into(chat_ids::COMPOSER, "hello bob, from the app");
+    gui.enter(chat_ids::COMPOSER);
+    let got = bob
+        .expect(|e| e["type"] == "message" && e["text"] == "hello bob, from the app")
+        .await;
+    assert_eq!(got["from"], "alice");
+    assert_eq!(got["room"], "lobby");
+    gui.until_shows("hello bob, from the app").await;
+
+    bob.say(json!({"type": "send", "room": "lobby", "text": "hi alice, from the cli"}))
+        .await;
+    gui.until_shows("hi alice, from the cli").await;
+
+    // The composer understands the CLI's commands.
+    gui.type_into(chat_ids::COMPOSER, "/msg bob just for you");
+    gui.enter(chat_ids::COMPOSER);
+    let direct = bob
+        .expect(|e| e["type"] == "message" && e["text"] == "just for you")
+        .await;
+    assert_eq!(direct["user"], "alice");
+    assert!(gui.shows("@bob"));
+    gui.type_into(chat_ids::COMPOSER, "/frobnicate");
+    gui.enter(chat_ids::COMPOSER);
+    assert!(gui.shows("unknown command"));
+
+    // Verification: the app shows the same number bob's sotto-cli shows.
+    bob.say(json!({"type": "safety_number", "name": "alice"}))
+        .await;
+    let theirs = bob.expect(|e| e["type"] == "safety_number").await;
+    let digits = theirs["safety_number"].as_str().unwrap().to_owned();
+    gui.click("Verify");
+    gui.until_shows("Your safety number").await;
+    let groups: Vec<&str> = (0..12).map(|i| &digits[i * 5..i * 5 + 5]).collect();
+    for line in groups.chunks(4) {
+        assert!(gui.shows(&line.join("  ")), "missing {line:?}");
+    }
+    gui.click("Mark as verified");
+    gui.until_shows("bob is verified.").await;
+    gui.click("Close");
+    gui.until_shows("You verified bob").await;
+    assert!(gui.shows("verified"));
+    assert!(!gui.shows("unverified"));
+
+    // And bob verifies alice with the digits.
+    bob.say(json!({"type": "verify", "name": "alice", "safety_number": digits}))
+        .await;
+    bob.expect(|e| e["type"] == "trust" && e["name"] == "alice" && e["trust"] == "verified")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
+    let temp = tempfile::tempdir().unwrap();
+    let first = relay(&temp.path().join("relay-1")).await;
+    let bob_dir = temp.path().join("bob");
+    init(&bob_dir, "bob").await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &first, "alice").await;
+    let bob = Bot::connect(&bob_dir, "bob", &first).await;
+    gui.until_shows("bob joined #lobby").await;
+    // Verify bob from the composer: /verify opens the screen.
+    gui.type_into(chat_ids::COMPOSER, "/verify bob");
+    gui.enter(chat_ids::COMPOSER);
+    gui.until_shows("Your safety number").await;
+    gui.click("Mark as verified");
+    gui.until_shows("bob is verified.").await;
+    gui.click("Close");
+    drop(bob);
+    gui.click("Disconnect");
+
+    // On another relay, someone else holds the name "bob".
+    let second = relay(&temp.path().join("relay-2")).await;
+    let mallory_dir = temp.path().join("mallory");
+    init(&mallory_dir, "bob").await;
+    let mut mallory = Bot::connect(&mallory_dir, "bob", &second).await;
+    connect(&mut gui, &second, "alice").await;
+    gui.until_shows("bob's key has changed").await;
+    assert!(gui.app.chat().unwrap().is_blocked());
+    assert!(!gui.has(chat_ids::COMPOSER), "the composer is blocked");
+
+    // Accepting needs explicit consent.
+    gui.click("Accept the new key without verifying");
+    assert!(gui.app.chat().unwrap().is_blocked());
+    // "Verify the new key" shows the number with the new key, and back.
+    gui.click("Verify the new key");
+    gui.until_shows("NEW key").await;
+    gui.click("Close");
+    assert!(gui.shows("bob's key has changed"));
+    gui.click("I understand that I have not verified bob's new key");
+    gui.click("Accept the new key without verifying");
+    gui.until("the decision", |gui| !gui.app.chat().unwrap().is_blocked())
+        .await;
+    assert!(gui.has(chat_ids::COMPOSER));
+    gui.until_shows("You accepted bob's new key without verifying it")
+        .await;
+
+    // Now messages reach the new key.
+    gui.type_into(chat_ids::COMPOSER, "/msg bob after consent");
+    gui.enter(chat_ids::COMPOSER);
+    mallory
+        .expect(|e| e["type"] == "message" && e["text"] == "after consent")
+        .await;
+}
