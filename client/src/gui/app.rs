@@ -83,6 +83,8 @@ pub enum Message {
     FocusNext,
     /// Shift-Tab: the previous field.
     FocusPrevious,
+    /// Escape: close the settings or the verification screen.
+    Escape,
 }
 
 impl App {
@@ -180,7 +182,10 @@ impl App {
                         let mut chat = Chat::new(account.clone(), relay.clone(), generation);
                         chat.set_focused(self.focused);
                         self.screen = Screen::Chat(Box::new(chat));
-                        chat::start(account, relay, generation).map(Message::Chat)
+                        Task::batch([
+                            chat::start(account, relay, generation).map(Message::Chat),
+                            iced::widget::operation::focus(chat::ids::COMPOSER),
+                        ])
                     }
                 }
             }
@@ -246,6 +251,14 @@ impl App {
             Message::Exit => iced::exit(),
             Message::FocusNext => iced::widget::operation::focus_next(),
             Message::FocusPrevious => iced::widget::operation::focus_previous(),
+            Message::Escape => {
+                if self.settings_open {
+                    self.settings_open = false;
+                    Task::none()
+                } else {
+                    self.update(Message::Chat(chat::Message::CloseVerify))
+                }
+            }
         }
     }
 
@@ -297,7 +310,8 @@ impl App {
         self.settings.theme.theme()
     }
 
-    /// Window focus and close events; ticks for countdowns and progress.
+    /// Window focus and close events, Tab, Shift-Tab and Escape; ticks for
+    /// countdowns and progress.
     pub fn subscription(&self) -> Subscription<Message> {
         let window = event::listen_with(|event, _status, _window| match event {
             iced::Event::Window(window::Event::Focused) => Some(Message::Focus(true)),
@@ -305,7 +319,7 @@ impl App {
             _ => None,
         });
         let close = window::close_requests().map(|_| Message::CloseRequested);
-        let tab = keyboard::listen().filter_map(|event| match event {
+        let keys = keyboard::listen().filter_map(|event| match event {
             keyboard::Event::KeyPressed {
                 key: keyboard::Key::Named(keyboard::key::Named::Tab),
                 modifiers,
@@ -315,6 +329,10 @@ impl App {
             } else {
                 Message::FocusNext
             }),
+            keyboard::Event::KeyPressed {
+                key: keyboard::Key::Named(keyboard::key::Named::Escape),
+                ..
+            } => Some(Message::Escape),
             _ => None,
         });
         let ticks = match &self.screen {
@@ -326,7 +344,7 @@ impl App {
                 .map(|_| Message::Chat(chat::Message::Tick)),
             _ => Subscription::none(),
         };
-        Subscription::batch([window, close, tab, ticks])
+        Subscription::batch([window, close, keys, ticks])
     }
 
     /// The window's content.

@@ -351,7 +351,10 @@ impl Chat {
                     Err(e) => self.status = Some((Tone::Danger, e.to_string())),
                 }
             }
-            Message::CloseVerify => self.verifying = None,
+            Message::CloseVerify => {
+                self.verifying = None;
+                return Action::Run(iced::widget::operation::focus(ids::COMPOSER));
+            }
             Message::Consent(consent) => self.consent = consent,
             Message::AcceptKey(name) => {
                 if !self.consent {

@@ -107,10 +107,10 @@ pub fn view<'a>(
         )
     } else {
         format!(
-            "Compare these numbers with {} in person or on a call you trust: their sotto shows \
-             the same twelve groups on their verification screen for you. Or let them scan the \
-             code with their device. If everything matches, nobody (not even the relay) stands \
-             between you.",
+            "Compare these numbers with {0} in person or on a call you trust: their sotto shows \
+             the same twelve groups on its verification screen for you. The QR code holds both \
+             keys' fingerprints: text scanned from it can be checked with /verify {0} TEXT. If \
+             everything matches, nobody (not even the relay) stands between you.",
             shown.name
         )
     };

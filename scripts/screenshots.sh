@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Takes the screenshots in docs/screenshots/ from real windows: the sotto app
+# under Xvfb, a real relay on 127.0.0.1 and sotto-cli peers, driven with
+# xdotool the way a person would (typing, Tab, Enter, clicks).
+#
+# Needs (Debian): apt-get install -y xvfb xdotool x11-apps imagemagick fonts-dejavu-core
+# Usage: scripts/screenshots.sh
+#
+# Clicks use positions in the 1100x720 window; if a layout change moves a
+# button, adjust the coordinates next to its comment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=docs/screenshots
+mkdir -p "$out"
+cargo build -p sotto-client --bin sotto --bin sotto-cli
+cargo build -p sotto-relay --bin relay
+bin=${CARGO_TARGET_DIR:-target}/debug
+work=$(mktemp -d /tmp/sotto-screenshots.XXXXXX)
+cleanup() {
+    pkill -f -- "$work" 2>/dev/null || true
+    kill "$(jobs -p)" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+export DISPLAY=:${SCREENSHOT_DISPLAY:-97}
+Xvfb "$DISPLAY" -screen 0 1100x720x24 -nolisten tcp >"$work/xvfb.log" 2>&1 &
+sleep 1
+
+shot() { # NAME [SECONDS TO WAIT FIRST]
+    sleep "${2:-0.8}"
+    xwd -root -silent | convert xwd:- -crop 1100x720+0+0 +repage "$out/$1.png"
+    echo "$out/$1.png"
+}
+
+start_relay() { # NAME PORT
+    "$bin/relay" --listen "127.0.0.1:$2" --host 127.0.0.1 --data-dir "$work/$1" \
+        >"$work/$1.out" 2>"$work/$1.log" &
+    for _ in $(seq 100); do
+        grep -q '^address: ' "$work/$1.out" 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "relay $1 did not start" >&2
+    exit 1
+}
+address() { sed -n 's/^address: //p' "$work/$1.out"; }
+
+start_peer() { # DIR NAME RELAY-ADDRESS: a sotto-cli reading lines from DIR.in
+    SOTTO_PASSPHRASE="passphrase of $1" "$bin/sotto-cli" --data-dir "$work/$1" \
+        init --name "$2" >/dev/null 2>&1
+    mkfifo "$work/$1.in"
+    (tail -f "$work/$1.in" | SOTTO_PASSPHRASE="passphrase of $1" "$bin/sotto-cli" \
+        --data-dir "$work/$1" connect "$3" >"$work/$1.out" 2>&1) &
+    sleep 1
+}
+say() { echo "$2" >"$work/$1.in"; sleep 0.3; }
+click() { xdotool mousemove "$1" "$2" click 1; sleep 0.3; }
+type_line() { xdotool type --delay 5 "$1"; xdotool key Return; sleep 0.4; }
+
+start_relay relay 17501
+start_peer bob bob "$(address relay)"
+start_peer carol carol "$(address relay)"
+
+# Onboarding: name, passphrase twice (Tab between fields).
+"$bin/sotto" --data-dir "$work/alice" >"$work/alice.log" 2>&1 &
+window=$(xdotool search --sync --name '^sotto$' | head -1)
+xdotool windowfocus "$window"
+sleep 1
+xdotool type --delay 5 "alice"
+xdotool key Tab
+xdotool type --delay 5 "correct horse battery staple"
+xdotool key Tab
+xdotool type --delay 5 "correct horse battery staple"
+shot onboarding
+xdotool key Return
+shot onboarding-progress 0.3
+for _ in $(seq 200); do
+    [ -e "$work/alice/identity.sotto-id" ] && break
+    sleep 0.1
+done
+
+# Connect: paste the relay's address.
+sleep 1.5
+xdotool type --delay 2 "$(address relay)"
+shot connect
+xdotool key Return
+sleep 2
+
+# Chat, then verification from the composer.
+say bob "hi alice, welcome to the lobby"
+say carol "hello from carol"
+type_line "thanks both! shall we compare safety numbers?"
+say bob "/msg alice sure, call me when you are ready"
+type_line "/verify bob"
+shot verify
+xdotool key Escape
+type_line "/verify bob yes"
+say bob "done: I verified you too"
+shot chat
+
+# Settings: dark theme.
+click 48 694 # Settings, bottom of the sidebar
+shot settings
+click 278 160 # Dark
+click 798 47  # Done
+shot chat-dark
+
+# A verified contact's key changes: on another relay, mallory holds "bob".
+start_relay relay2 17502
+start_peer mallory bob "$(address relay2)"
+click 137 694 # Disconnect, bottom of the sidebar
+click 550 297 # the address field
+xdotool key ctrl+a
+xdotool type --delay 2 "$(address relay2)"
+xdotool key Return
+shot key-change 3
