@@ -33,6 +33,11 @@ pub enum VaultError {
     /// The database refused an operation.
     #[error("local database: {0}")]
     Database(String),
+    /// Another process (the app or `sotto-cli`) has the database open.
+    #[error(
+        "this data directory is in use by another sotto (the app or sotto-cli): close it first"
+    )]
+    InUse,
     /// A value did not open: damaged, moved, or written under another key.
     #[error("a record in the local database is damaged or was not written by this identity")]
     Corrupt,
@@ -84,7 +89,10 @@ impl Vault {
     /// Opens (or creates) the vault at `path` with `key`.
     pub fn open(path: &Path, key: &SessionKey) -> Result<Self, VaultError> {
         create_private_file(path).map_err(db_err)?;
-        let db = Database::create(path).map_err(db_err)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse,
+            e => db_err(e),
+        })?;
         let cipher = Aes256Gcm::new(key.expose_secret().into());
         Ok(Self { db, cipher })
     }
@@ -242,6 +250,12 @@ mod tests {
         assert_eq!(&all[0].1[..], b"second");
         assert_eq!(vault.get("history", &9u64.to_be_bytes()).unwrap(), None);
         assert!(vault.all("never-written").unwrap().is_empty());
+        // Open twice (the app and sotto-cli on one data directory): refused
+        // with an error that says so.
+        assert!(matches!(
+            Vault::open(&path, &key(1)),
+            Err(VaultError::InUse)
+        ));
     }
 
     #[test]

@@ -417,3 +417,127 @@ async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
         .expect(|e| e["type"] == "message" && e["text"] == "after consent")
         .await;
 }
+
+/// The chat window fed a session's updates directly: what each warning
+/// looks like, and messages in their sender's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
+    use sotto_client::gui::chat::{Chat, Message as ChatMessage, SessionUpdate};
+    use sotto_client::session::{self, Chat as Conversation, Member, TrustLevel, Update};
+    use sotto_crypto::Fingerprint;
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let profile = Profile::open(temp.path()).unwrap();
+    let account = Account::create(
+        &profile,
+        "alice".parse().unwrap(),
+        PASSPHRASE.to_owned().into(),
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .await
+    .unwrap();
+    let relay = RelayAddress {
+        host: "127.0.0.1".into(),
+        port: 7447,
+        fingerprint: [1; 32],
+    };
+    let mut chat = Chat::new(account, relay, 7);
+    let lobby = Conversation::Room(RoomName::lobby());
+    let bob = Fingerprint([2; 32]);
+    let mut feed = |generation: u64, update: Update| {
+        let _ = chat.update(ChatMessage::Session(generation, SessionUpdate::new(update)));
+    };
+    let message = |seq: u64, position: (u64, u32), text: &str| {
+        Update::Message(session::Message {
+            chat: Conversation::Room(RoomName::lobby()),
+            from: "bob".into(),
+            fingerprint: bob,
+            trust: TrustLevel::Unverified,
+            outgoing: false,
+            seq,
+            sent_at_ms: 0,
+            received_at_ms: 0,
+            late: position.1 != 1 << 31,
+            position,
+            text: text.into(),
+        })
+    };
+    feed(
+        7,
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+    );
+    feed(
+        7,
+        Update::Members {
+            room: RoomName::lobby(),
+            members: vec![Member {
+                name: "bob".into(),
+                fingerprint: Some(bob),
+                trust: TrustLevel::Unverified,
+            }],
+        },
+    );
+    feed(7, message(1, (1, 1 << 31), "first"));
+    feed(7, message(3, (2, 1 << 31), "third"));
+    feed(
+        7,
+        Update::Missing {
+            chat: lobby.clone(),
+            from: "bob".into(),
+            count: 1,
+        },
+    );
+    // The missing one arrives late: it goes before "third".
+    feed(7, message(2, (2, (1 << 31) - 1), "second"));
+    feed(
+        7,
+        Update::Rejected {
+            chat: Some(lobby.clone()),
+            from: "bob".into(),
+        },
+    );
+    feed(
+        7,
+        Update::NotForYou {
+            chat: lobby.clone(),
+            from: "carol".into(),
+        },
+    );
+    feed(
+        7,
+        Update::RosterMismatch {
+            room: RoomName::lobby(),
+            from: "bob".into(),
+        },
+    );
+    // An update from an earlier session of the window is ignored.
+    feed(6, message(9, (9, 1 << 31), "from an old session"));
+
+    let texts = {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let _ = simulator(chat.view()).find(move |candidate: Candidate<'_>| {
+            if let Candidate::Text { content, .. } = candidate {
+                sink.lock().unwrap().push(content.to_owned());
+            }
+            None::<()>
+        });
+        seen.lock().unwrap().clone()
+    };
+    let at = |needle: &str| {
+        texts
+            .iter()
+            .position(|t| t.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not shown in {texts:#?}"))
+    };
+    assert!(at("first") < at("second") && at("second") < at("third"));
+    assert!(texts.iter().any(|t| t == "arrived late"));
+    assert!(at("1 message from bob missing") > at("third"));
+    at("A message claiming to be from bob failed its checks");
+    at("carol sent a message you cannot read");
+    at("bob encrypted for another set of members than you see in #lobby");
+    assert!(!texts.iter().any(|t| t.contains("from an old session")));
+}

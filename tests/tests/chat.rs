@@ -284,7 +284,7 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
         &second.address,
     )
     .await;
-    let mut alice = Peer::connect(alice_account, &second.address).await;
+    let mut alice = Peer::connect(alice_account.clone(), &second.address).await;
     let event = alice
         .expect(|u| matches!(u, Update::Key(KeyEvent::ChangedVerified { .. })))
         .await;
@@ -311,6 +311,16 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
     alice.send(lobby(), "room message while blocked");
     alice
         .expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &["bob".to_owned()]))
+        .await;
+    // Undecided, the change is reported again by the next session, so a
+    // new UI blocks on it as well (nothing is decided by restarting).
+    alice.quit().await;
+    let mut alice = Peer::connect(alice_account, &second.address).await;
+    alice
+        .expect(|u| {
+            matches!(u, Update::Key(KeyEvent::ChangedVerified { name, offered, .. })
+                if name == "bob" && *offered == identity("mallory").fingerprint())
+        })
         .await;
     // What the new key sends is held, not shown, until the user decides.
     mallory.send(lobby(), "I am bob, trust me");

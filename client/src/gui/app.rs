@@ -58,9 +58,11 @@ pub struct App {
     closing: bool,
 }
 
-/// Longest wait for the session to deliver what is queued and say goodbye
-/// when the window closes.
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait for the session to end when the window closes. The session
+/// itself gives queued messages up to 10 s to leave, then saves its
+/// counters and reports what was not sent; the app normally exits as soon
+/// as the session's stream ends, well before this.
+const CLOSE_GRACE: Duration = Duration::from_secs(15);
 
 /// Everything the app reacts to.
 #[derive(Clone, Debug)]

@@ -323,7 +323,10 @@ impl Chat {
                 self.thread(&chat);
                 self.current = Some(chat);
                 self.status = None;
-                return Action::Run(iced::widget::operation::focus(ids::COMPOSER));
+                return Action::Run(Task::batch([
+                    to_newest(),
+                    iced::widget::operation::focus(ids::COMPOSER),
+                ]));
             }
             Message::Composer(text) => self.composer = text,
             Message::Submit => return self.submit(),
@@ -381,7 +384,7 @@ impl Chat {
                 if let Some(thread) = self.current.clone().and_then(|c| self.threads.get_mut(&c)) {
                     thread.timeline.follow();
                 }
-                return Action::Run(iced::widget::operation::snap_to_end(ids::TIMELINE));
+                return Action::Run(to_newest());
             }
             Message::Tick => {
                 if self.retry_at.is_some_and(|at| at <= Instant::now()) {
@@ -748,6 +751,10 @@ impl Chat {
                 self.trust
                     .entry(lower(&name))
                     .or_insert((TrustLevel::Unverified, Some(fingerprint)));
+                let text = format!(
+                    "New contact {name}: key {fingerprint}, pinned unverified. Verify them to be sure it is them."
+                );
+                self.notice_everywhere(&name, Tone::Info, text);
             }
             KeyEvent::Changed {
                 name,
@@ -1101,6 +1108,12 @@ impl Chat {
         .style(container::rounded_box)
         .into()
     }
+}
+
+/// Scrolls the timeline to its newest entry. The timeline is anchored at
+/// the bottom, so its offsets count from there: the start is the newest.
+fn to_newest() -> Task<Message> {
+    iced::widget::operation::snap_to(ids::TIMELINE, scrollable::RelativeOffset::START)
 }
 
 fn tone_style(tone: Tone) -> fn(&iced::Theme) -> text::Style {

@@ -7,8 +7,8 @@ use sotto_crypto::KdfParams;
 use sotto_proto::UserName;
 use zeroize::Zeroizing;
 
-use crate::account::Account;
-use crate::profile::{Profile, normalize_passphrase};
+use crate::account::{Account, AccountError};
+use crate::profile::{Profile, ProfileError, normalize_passphrase};
 
 /// Fewest characters accepted for a new passphrase.
 pub const MIN_PASSPHRASE_CHARS: usize = 8;
@@ -205,14 +205,16 @@ impl Onboarding {
                 let passphrase = normalize_passphrase(&self.passphrase);
                 return Action::Run(Task::perform(
                     async move {
-                        Account::unlock(&profile, passphrase).await.map_err(|e| {
-                            let e = e.to_string();
-                            if e == "wrong passphrase" {
-                                "Wrong passphrase. Try again (letter case matters).".to_owned()
-                            } else {
-                                format!("could not unlock: {e}")
-                            }
-                        })
+                        Account::unlock(&profile, passphrase)
+                            .await
+                            .map_err(|e| match e {
+                                AccountError::Profile(ProfileError::Crypto(
+                                    sotto_crypto::Error::WrongPassphrase,
+                                )) => {
+                                    "Wrong passphrase. Try again (letter case matters).".to_owned()
+                                }
+                                e => format!("could not unlock: {e}"),
+                            })
                     },
                     Message::Done,
                 ));

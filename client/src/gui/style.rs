@@ -1,7 +1,11 @@
 //! Small pieces of look shared by the screens: trust badges, fonts, times.
 
+use std::sync::OnceLock;
+
 use iced::widget::{container, text};
 use iced::{Border, Element, Font, Theme, font};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 
 use crate::session::TrustLevel;
 
@@ -61,10 +65,21 @@ pub(crate) fn count<'a, M: 'a>(n: usize) -> Element<'a, M> {
         .into()
 }
 
-/// HH:MM (UTC) of a time in ms since the Unix epoch.
+/// HH:MM in the system's time zone (read once) of a time in ms since the
+/// Unix epoch.
 pub(crate) fn clock(ms: u64) -> String {
-    let minutes = ms / 60_000;
-    format!("{:02}:{:02}", (minutes / 60) % 24, minutes % 60)
+    static ZONE: OnceLock<TimeZone> = OnceLock::new();
+    clock_in(ms, ZONE.get_or_init(TimeZone::system))
+}
+
+fn clock_in(ms: u64, zone: &TimeZone) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .map_or_else(
+            || "--:--".to_owned(),
+            |at| at.to_zoned(zone.clone()).strftime("%H:%M").to_string(),
+        )
 }
 
 #[cfg(test)]
@@ -73,7 +88,11 @@ mod tests {
 
     #[test]
     fn clocks() {
-        assert_eq!(clock(0), "00:00");
-        assert_eq!(clock((13 * 60 + 7) * 60_000 + 59_999), "13:07");
+        let utc = TimeZone::UTC;
+        assert_eq!(clock_in(0, &utc), "00:00");
+        assert_eq!(clock_in((13 * 60 + 7) * 60_000 + 59_999, &utc), "13:07");
+        let tokyo = TimeZone::fixed(jiff::tz::offset(9));
+        assert_eq!(clock_in((13 * 60 + 7) * 60_000, &tokyo), "22:07");
+        assert_eq!(clock_in(u64::MAX, &utc), "--:--");
     }
 }

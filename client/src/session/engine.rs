@@ -20,7 +20,7 @@ use super::{
     Chat, Command, Member, Message, OnlineUser, PresenceChange, TrustLevel, Update, lower,
 };
 use crate::account::Account;
-use crate::contacts::{Blocked, Contacts, Trust};
+use crate::contacts::{Blocked, Contacts, KeyEvent, Trust};
 use crate::store::{
     Inbound, Position, Receiving, RoomSettings, Store, StoreError, StoredEntry, VaultCounter,
 };
@@ -256,10 +256,21 @@ impl Engine {
             let message = engine.message_of(entry, position);
             chats.entry(message.chat.clone()).or_default().push(message);
         }
-        let updates = chats
+        let mut updates: Vec<Update> = chats
             .into_iter()
             .map(|(chat, messages)| Update::History { chat, messages })
             .collect();
+        // A key change the user has not decided on yet is still pending:
+        // say so again, so a new UI blocks on it as the last one did (P6).
+        for contact in engine.contacts.iter() {
+            if let Trust::Changed { offered } = &contact.trust {
+                updates.push(Update::Key(KeyEvent::ChangedVerified {
+                    name: contact.name.clone(),
+                    pinned: contact.identity.fingerprint(),
+                    offered: offered.fingerprint(),
+                }));
+            }
+        }
         Ok((engine, updates))
     }
 

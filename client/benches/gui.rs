@@ -1,0 +1,134 @@
+//! What the chat window costs as its history grows: the same work with 100
+//! and with 100 000 messages in the room, so the ratio shows whether a long
+//! history slows the app down.
+//!
+//! - `layout`: `view` and layout of the whole window (what every update
+//!   costs before drawing), in iced_test's headless simulator;
+//! - `frame`: the same, then drawn to pixels with tiny-skia (what a frame
+//!   costs in the real window, at 1024x768);
+//! - `message`: one incoming message applied by `update`;
+//! - `history`: a stored history handed over by the session at start.
+//!
+//! `cargo bench -p sotto-client --bench gui`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // benchmarks
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use sotto_client::account::Account;
+use sotto_client::gui::chat::{Chat, Message, SessionUpdate};
+use sotto_client::profile::Profile;
+use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
+use sotto_crypto::{Fingerprint, KdfParams};
+use sotto_proto::{RelayAddress, RoomName};
+
+const SIZES: [usize; 2] = [100, 100_000];
+const IN_ORDER: u32 = 1 << 31;
+
+fn room() -> Conversation {
+    Conversation::Room(RoomName::lobby())
+}
+
+fn message(i: u64) -> session::Message {
+    let from = ["bob", "carol", "dave"][(i % 3) as usize];
+    session::Message {
+        chat: room(),
+        from: from.to_owned(),
+        fingerprint: Fingerprint([(i % 3) as u8; 32]),
+        trust: TrustLevel::Unverified,
+        outgoing: false,
+        seq: i,
+        sent_at_ms: 1_800_000_000_000 + i * 1000,
+        received_at_ms: 1_800_000_000_000 + i * 1000,
+        late: false,
+        position: (i, IN_ORDER),
+        text: format!("message number {i}: the quick brown fox jumps over the lazy dog"),
+    }
+}
+
+fn update(chat: &mut Chat, update: Update) {
+    let _ = chat.update(Message::Session(1, SessionUpdate::new(update)));
+}
+
+/// A chat window in the lobby with `n` messages of history.
+fn chat_with(account: &Account, n: usize) -> Chat {
+    let relay = RelayAddress {
+        host: "127.0.0.1".into(),
+        port: 7447,
+        fingerprint: [0; 32],
+    };
+    let mut chat = Chat::new(account.clone(), relay, 1);
+    update(
+        &mut chat,
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+    );
+    update(
+        &mut chat,
+        Update::History {
+            chat: room(),
+            messages: (1..=n as u64).map(message).collect(),
+        },
+    );
+    chat
+}
+
+fn gui(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let account = runtime
+        .block_on(Account::create(
+            &Profile::open(dir.path()).unwrap(),
+            "alice".parse().unwrap(),
+            "bench passphrase".to_owned().into(),
+            KdfParams::INSECURE_FOR_TESTS,
+        ))
+        .unwrap();
+
+    let mut group = c.benchmark_group("gui");
+    group.measurement_time(Duration::from_secs(4));
+    group.sample_size(30);
+    for n in SIZES {
+        let chat = chat_with(&account, n);
+        group.bench_with_input(BenchmarkId::new("layout", n), &chat, |b, chat| {
+            b.iter(|| black_box(iced_test::simulator(chat.view())));
+        });
+        group.bench_with_input(BenchmarkId::new("frame", n), &chat, |b, chat| {
+            b.iter(|| {
+                let mut ui = iced_test::simulator(chat.view());
+                black_box(ui.snapshot(&iced::Theme::Light).unwrap())
+            });
+        });
+        let mut growing = chat_with(&account, n);
+        let mut next = n as u64;
+        group.bench_function(BenchmarkId::new("message", n), |b| {
+            b.iter(|| {
+                next += 1;
+                update(&mut growing, Update::Message(message(next)));
+            });
+        });
+        group.bench_function(BenchmarkId::new("history", n), |b| {
+            b.iter_batched(
+                || (1..=n as u64).map(message).collect::<Vec<_>>(),
+                |messages| {
+                    let mut chat = chat_with(&account, 0);
+                    update(
+                        &mut chat,
+                        Update::History {
+                            chat: room(),
+                            messages,
+                        },
+                    );
+                    black_box(chat)
+                },
+                criterion::BatchSize::LargeInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gui);
+criterion_main!(benches);
