@@ -53,7 +53,8 @@ fn containing(needle: &str) -> impl Selector<Output = String> + Send + use<> {
 }
 
 impl Gui {
-    fn start(dir: &Path) -> Gui {
+    /// The app on `dir`, once it has opened the data directory.
+    async fn start(dir: &Path) -> Gui {
         let (app, task) = App::new(Options {
             data_dir: Some(dir.to_path_buf()),
             kdf: KdfParams::INSECURE_FOR_TESTS,
@@ -62,7 +63,12 @@ impl Gui {
             app,
             pending: SelectAll::new(),
         };
+        assert_eq!(gui.app.screen_name(), "starting");
         gui.run(task);
+        gui.until("the data directory", |gui| {
+            gui.app.screen_name() != "starting"
+        })
+        .await;
         gui
     }
 
@@ -200,7 +206,7 @@ async fn unlocked(dir: &Path, name: &str) -> Gui {
     )
     .await
     .unwrap();
-    let mut gui = Gui::start(dir);
+    let mut gui = Gui::start(dir).await;
     assert!(gui.shows("Unlock sotto"));
     gui.type_into(onboarding_ids::PASSPHRASE, PASSPHRASE);
     gui.enter(onboarding_ids::PASSPHRASE);
@@ -221,7 +227,7 @@ async fn connect(gui: &mut Gui, relay: &RelayAddress, name: &str) {
 async fn create_an_identity_then_unlock_it() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("alice");
-    let mut gui = Gui::start(&dir);
+    let mut gui = Gui::start(&dir).await;
     assert!(gui.shows("Welcome to sotto"));
 
     // The button does nothing until the form is complete.
@@ -250,7 +256,7 @@ async fn create_an_identity_then_unlock_it() {
 
     // Next start: unlock. A wrong passphrase is a clear error.
     drop(gui);
-    let mut gui = Gui::start(&dir);
+    let mut gui = Gui::start(&dir).await;
     assert!(gui.shows("Unlock sotto"));
     gui.type_into(onboarding_ids::PASSPHRASE, "not the passphrase");
     gui.enter(onboarding_ids::PASSPHRASE);
@@ -260,6 +266,16 @@ async fn create_an_identity_then_unlock_it() {
     gui.click("Unlock");
     gui.until_screen("connect").await;
     assert!(gui.shows("Signed in as alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_that_cannot_be_opened_is_explained() {
+    let temp = tempfile::tempdir().unwrap();
+    let not_a_directory = temp.path().join("file");
+    std::fs::write(&not_a_directory, b"").unwrap();
+    let gui = Gui::start(&not_a_directory.join("sotto")).await;
+    assert_eq!(gui.app.screen_name(), "broken");
+    assert!(gui.shows("sotto cannot start"), "{:#?}", gui.texts());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,8 @@ impl Default for Options {
 /// The screen on display.
 #[derive(Debug)]
 enum Screen {
+    /// Opening the data directory (off the UI thread: it may be created).
+    Starting(KdfParams),
     /// The data directory could not be opened.
     Broken(String),
     Onboarding(Onboarding),
@@ -87,42 +89,42 @@ pub enum Message {
     FocusPrevious,
     /// Escape: close the settings or the verification screen.
     Escape,
+    /// The data directory is open (created if needed), with its settings.
+    Opened(Result<(Profile, Settings), String>),
 }
 
 impl App {
-    /// The app as it starts: onboarding (create or unlock).
+    /// The app as it starts: the data directory is opened (and created if
+    /// needed) in the background, then onboarding (create or unlock).
     pub fn new(options: Options) -> (Self, Task<Message>) {
-        let profile = match &options.data_dir {
-            Some(dir) => Profile::open(dir),
-            None => Profile::open_default(),
-        };
-        let (screen, data_dir, settings) = match profile {
-            Ok(profile) => {
-                let dir = profile.dir().to_path_buf();
-                let settings = Settings::load(&dir);
-                (
-                    Screen::Onboarding(Onboarding::new(profile, options.kdf)),
-                    Some(dir),
-                    settings,
-                )
-            }
-            Err(e) => (Screen::Broken(e.to_string()), None, Settings::default()),
-        };
         let app = Self {
-            data_dir,
-            settings,
+            data_dir: None,
+            settings: Settings::default(),
             settings_open: false,
             settings_error: None,
-            screen,
+            screen: Screen::Starting(options.kdf),
             focused: true,
             sessions: 0,
             closing: false,
         };
-        let focus = match &app.screen {
-            Screen::Onboarding(onboarding) => onboarding.first_field(),
-            _ => Task::none(),
-        };
-        (app, focus)
+        let open = Task::perform(
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let profile = match options.data_dir {
+                        Some(dir) => Profile::open(dir),
+                        None => Profile::open_default(),
+                    }
+                    .map_err(|e| e.to_string())?;
+                    let settings = Settings::load(profile.dir());
+                    Ok((profile, settings))
+                })
+                .await
+                .map_err(|e| format!("cannot open the data directory: {e}"))
+                .and_then(|opened| opened)
+            },
+            Message::Opened,
+        );
+        (app, open)
     }
 
     /// The settings in force.
@@ -138,13 +140,14 @@ impl App {
         }
     }
 
-    /// Which screen is up: "onboarding", "connect", "chat", "settings" or
-    /// "broken" (for tests and logs).
+    /// Which screen is up: "starting", "onboarding", "connect", "chat",
+    /// "settings" or "broken" (for tests and logs).
     pub fn screen_name(&self) -> &'static str {
         if self.settings_open {
             return "settings";
         }
         match &self.screen {
+            Screen::Starting(_) => "starting",
             Screen::Broken(_) => "broken",
             Screen::Onboarding(_) => "onboarding",
             Screen::Connect(_) => "connect",
@@ -155,6 +158,25 @@ impl App {
     /// Handles a message.
     pub fn update(&mut self, message: Message) -> Task<Message> {
         match message {
+            Message::Opened(opened) => {
+                let Screen::Starting(kdf) = self.screen else {
+                    return Task::none();
+                };
+                match opened {
+                    Ok((profile, settings)) => {
+                        self.data_dir = Some(profile.dir().to_path_buf());
+                        self.settings = settings;
+                        let onboarding = Onboarding::new(profile, kdf);
+                        let focus = onboarding.first_field();
+                        self.screen = Screen::Onboarding(onboarding);
+                        focus
+                    }
+                    Err(e) => {
+                        self.screen = Screen::Broken(e);
+                        Task::none()
+                    }
+                }
+            }
             Message::Onboarding(message) => {
                 let Screen::Onboarding(onboarding) = &mut self.screen else {
                     return Task::none();
@@ -356,6 +378,9 @@ impl App {
                 .map(Message::Settings);
         }
         match &self.screen {
+            Screen::Starting(_) => container(text("Opening your data directory…"))
+                .center(Fill)
+                .into(),
             Screen::Broken(reason) => container(
                 column![
                     text("sotto cannot start").size(28),
