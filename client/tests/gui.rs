@@ -37,6 +37,21 @@ use iced_test::runtime::task::{Task, into_stream};
 use iced_test::selector::{self, Candidate, Target};
 use iced_test::{Selector, Simulator, simulator};
 
+/// Every text in `view`, in order.
+fn texts_of<'a, M: 'a>(
+    view: iced_test::core::Element<'a, M, iced::Theme, iced::Renderer>,
+) -> Vec<String> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let _ = simulator(view).find(move |candidate: Candidate<'_>| {
+        if let Candidate::Text { content, .. } = candidate {
+            sink.lock().unwrap().push(content.to_owned());
+        }
+        None::<()>
+    });
+    seen.lock().unwrap().clone()
+}
+
 /// The app without a window: its view in a simulator, its tasks here.
 struct Gui {
     app: App,
@@ -147,15 +162,7 @@ impl Gui {
 
     /// Every text on screen, for failure messages.
     fn texts(&self) -> Vec<String> {
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let _ = simulator(self.app.view()).find(move |candidate: Candidate<'_>| {
-            if let Candidate::Text { content, .. } = candidate {
-                sink.lock().unwrap().push(content.to_owned());
-            }
-            None::<()>
-        });
-        seen.lock().unwrap().clone()
+        texts_of(self.app.view())
     }
 
     /// Whether the widget `id` is on screen.
@@ -532,17 +539,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
     // An update from an earlier session of the window is ignored.
     feed(6, message(9, (9, 1 << 31), "from an old session"));
 
-    let texts = {
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let _ = simulator(chat.view()).find(move |candidate: Candidate<'_>| {
-            if let Candidate::Text { content, .. } = candidate {
-                sink.lock().unwrap().push(content.to_owned());
-            }
-            None::<()>
-        });
-        seen.lock().unwrap().clone()
-    };
+    let texts = texts_of(chat.view());
     let at = |needle: &str| {
         texts
             .iter()

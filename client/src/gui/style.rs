@@ -2,6 +2,7 @@
 
 use std::sync::OnceLock;
 
+use iced::theme::palette;
 use iced::widget::{container, text};
 use iced::{Border, Element, Font, Theme, font};
 use jiff::Timestamp;
@@ -30,31 +31,27 @@ pub(crate) fn trust_label(trust: TrustLevel) -> &'static str {
 
 /// A pill with the trust level, coloured by how far it can be relied on.
 pub(crate) fn badge<'a, M: 'a>(trust: TrustLevel) -> Element<'a, M> {
-    container(text(trust_label(trust)).size(11))
-        .padding([1, 6])
-        .style(move |theme: &Theme| {
-            let palette = theme.extended_palette();
-            let pair = match trust {
-                TrustLevel::Verified => palette.success.base,
-                TrustLevel::Changed => palette.danger.base,
-                TrustLevel::Unverified | TrustLevel::Unknown => palette.background.strong,
-            };
-            container::Style {
-                background: Some(pair.color.into()),
-                text_color: Some(pair.text),
-                border: Border::default().rounded(8),
-                ..container::Style::default()
-            }
-        })
-        .into()
+    pill(trust_label(trust), move |palette| match trust {
+        TrustLevel::Verified => palette.success.base,
+        TrustLevel::Changed => palette.danger.base,
+        TrustLevel::Unverified | TrustLevel::Unknown => palette.background.strong,
+    })
 }
 
 /// A small count pill (unread messages).
 pub(crate) fn count<'a, M: 'a>(n: usize) -> Element<'a, M> {
-    container(text(n.to_string()).size(11))
+    pill(n.to_string(), |palette| palette.primary.base)
+}
+
+/// Small text on a rounded background of the palette's `pair`.
+fn pill<'a, M: 'a>(
+    label: impl text::IntoFragment<'a>,
+    pair: impl Fn(&palette::Extended) -> palette::Pair + 'a,
+) -> Element<'a, M> {
+    container(text(label).size(11))
         .padding([1, 6])
-        .style(|theme: &Theme| {
-            let pair = theme.extended_palette().primary.base;
+        .style(move |theme: &Theme| {
+            let pair = pair(theme.extended_palette());
             container::Style {
                 background: Some(pair.color.into()),
                 text_color: Some(pair.text),
