@@ -297,6 +297,21 @@ async fn connect_shows_the_pinned_certificate_and_the_connection_state() {
     gui.click("Connect");
     assert_eq!(gui.app.screen_name(), "connect");
 
+    // A relay presenting another certificate than its address pins: the
+    // session fails, and the connect screen says why, naming both.
+    let mut impostor = relay.clone();
+    impostor.fingerprint = [9; 32];
+    gui.replace(connect_ids::ADDRESS, &impostor.to_string());
+    gui.click("Connect");
+    gui.until_screen("connect").await;
+    assert!(gui.shows("The session ended"), "{:#?}", gui.texts());
+    assert!(gui.shows(&relay.fingerprint_text()), "{:#?}", gui.texts());
+    assert!(
+        gui.shows(&impostor.fingerprint_text()),
+        "{:#?}",
+        gui.texts()
+    );
+
     gui.replace(connect_ids::ADDRESS, &relay.to_string());
     assert!(gui.shows("Certificate fingerprint (SHA-256):"));
     assert!(gui.shows(&relay.fingerprint_text()));
