@@ -456,17 +456,9 @@ async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
         .await;
 }
 
-/// The chat window fed a session's updates directly: what each warning
-/// looks like, and messages in their sender's order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
-    use sotto_client::gui::chat::{Chat, Message as ChatMessage, SessionUpdate};
-    use sotto_client::session::{self, Chat as Conversation, Member, TrustLevel, Update};
-    use sotto_crypto::Fingerprint;
-    use sotto_proto::RoomName;
-
-    let temp = tempfile::tempdir().unwrap();
-    let profile = Profile::open(temp.path()).unwrap();
+/// A chat window on a fake relay address, fed a session's updates by hand.
+async fn offline_chat(dir: &Path) -> sotto_client::gui::chat::Chat {
+    let profile = Profile::open(dir).unwrap();
     let account = Account::create(
         &profile,
         "alice".parse().unwrap(),
@@ -480,7 +472,107 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
         port: 7447,
         fingerprint: [1; 32],
     };
-    let mut chat = Chat::new(account, relay, 7);
+    sotto_client::gui::chat::Chat::new(account, relay, 7)
+}
+
+/// Scrolls the timeline of `view` all the way up; returns the messages.
+fn scroll_to_the_top<M: Clone>(
+    view: iced_test::core::Element<'_, M, iced::Theme, iced::Renderer>,
+) -> Vec<M> {
+    let mut ui = simulator(view);
+    let timeline = ui.find(selector::id(chat_ids::TIMELINE)).unwrap();
+    ui.point_at(timeline.visible_bounds().unwrap().center());
+    ui.simulate([iced_test::core::Event::Mouse(
+        iced_test::core::mouse::Event::WheelScrolled {
+            delta: iced_test::core::mouse::ScrollDelta::Pixels { x: 0.0, y: 1e6 },
+        },
+    )]);
+    ui.into_messages().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_pages_back_and_jumps_to_the_newest() {
+    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
+    use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
+    use sotto_crypto::Fingerprint;
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    let history = (1..=1000u64)
+        .map(|i| session::Message {
+            chat: Conversation::Room(RoomName::lobby()),
+            from: "bob".into(),
+            fingerprint: Fingerprint([2; 32]),
+            trust: TrustLevel::Unverified,
+            outgoing: false,
+            seq: i,
+            sent_at_ms: 0,
+            received_at_ms: 0,
+            late: false,
+            position: (i, 1 << 31),
+            text: format!("history line {i}"),
+        })
+        .collect();
+    for update in [
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+        Update::History {
+            chat: Conversation::Room(RoomName::lobby()),
+            messages: history,
+        },
+    ] {
+        let _ = chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
+    }
+    let shown = |chat: &sotto_client::gui::chat::Chat, line: &str| {
+        texts_of(chat.view()).iter().any(|t| t == line)
+    };
+    // The newest page, not the whole history.
+    assert!(shown(&chat, "history line 1000") && shown(&chat, "history line 901"));
+    assert!(!shown(&chat, "history line 900"));
+    // Scrolling to the top of the window shows older messages, a page at a
+    // time; the window never holds more than 200.
+    for message in scroll_to_the_top(chat.view()) {
+        let _ = chat.update(message);
+    }
+    assert!(shown(&chat, "history line 801") && shown(&chat, "history line 1000"));
+    for message in scroll_to_the_top(chat.view()) {
+        let _ = chat.update(message);
+    }
+    assert!(shown(&chat, "history line 701"));
+    assert!(!shown(&chat, "history line 1000"));
+    assert!(
+        texts_of(chat.view())
+            .iter()
+            .filter(|t| t.starts_with("history line"))
+            .count()
+            <= 200
+    );
+    // Back to the present in one click.
+    let messages = {
+        let mut ui = simulator(chat.view());
+        ui.click("Jump to the newest messages").unwrap();
+        ui.into_messages().collect::<Vec<_>>()
+    };
+    for message in messages {
+        let _ = chat.update(message);
+    }
+    assert!(shown(&chat, "history line 1000"));
+    assert!(!shown(&chat, "Jump to the newest messages"));
+}
+
+/// The chat window fed a session's updates directly: what each warning
+/// looks like, and messages in their sender's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
+    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
+    use sotto_client::session::{self, Chat as Conversation, Member, TrustLevel, Update};
+    use sotto_crypto::Fingerprint;
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
     let lobby = Conversation::Room(RoomName::lobby());
     let bob = Fingerprint([2; 32]);
     let mut feed = |generation: u64, update: Update| {
