@@ -661,3 +661,52 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
     at("bob encrypted for another set of members than you see in #lobby");
     assert!(!texts.iter().any(|t| t.contains("from an old session")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apps_chat_and_verify_each_other_by_number_and_by_qr_payload() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let (alice_dir, bob_dir) = (temp.path().join("alice"), temp.path().join("bob"));
+    let mut alice = unlocked(&alice_dir, "alice").await;
+    let mut bob = unlocked(&bob_dir, "bob").await;
+    connect(&mut alice, &relay, "alice").await;
+    connect(&mut bob, &relay, "bob").await;
+    alice.until_shows("bob joined #lobby").await;
+
+    alice.type_into(chat_ids::COMPOSER, "hello from one app");
+    alice.enter(chat_ids::COMPOSER);
+    bob.until_shows("hello from one app").await;
+
+    // A direct message lands in its own conversation, counted as unread.
+    bob.type_into(chat_ids::COMPOSER, "/msg alice and hello back");
+    bob.enter(chat_ids::COMPOSER);
+    alice
+        .until("an unread direct message", |gui| {
+            gui.app.chat().unwrap().unread() == 1
+        })
+        .await;
+    assert!(!alice.shows("and hello back"));
+    assert!(alice.app.title().starts_with("(1) "));
+    alice.click("bob"); // the sidebar comes first
+    assert!(alice.shows("and hello back"));
+    assert_eq!(alice.app.chat().unwrap().unread(), 0);
+
+    // Alice compares the numbers and marks bob verified...
+    alice.click("Verify");
+    alice.until_shows("Your safety number").await;
+    alice.click("Mark as verified");
+    alice.until_shows("bob is verified.").await;
+    // ...and bob checks the text scanned from her QR code.
+    let identity = |dir: &Path| {
+        let profile = Profile::open(dir).unwrap();
+        async move { profile.unlock(PASSPHRASE.to_owned().into()).await.unwrap() }
+    };
+    let (alice_id, bob_id) = (identity(&alice_dir).await, identity(&bob_dir).await);
+    let scanned = alice_id.public().safety_number(bob_id.public());
+    bob.type_into(
+        chat_ids::COMPOSER,
+        &format!("/verify alice {}", scanned.qr_payload()),
+    );
+    bob.enter(chat_ids::COMPOSER);
+    bob.until_shows("You verified alice").await;
+}
