@@ -346,8 +346,9 @@ async fn chat_with_a_cli_peer_then_verify_them_by_safety_number() {
     connect(&mut gui, &relay, "alice").await;
     let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
     gui.until_shows("bob joined #lobby").await;
-    // The member list, live, with trust badges.
+    // The member list, live, with trust badges; the new contact's key.
     gui.until_shows("Members · 2").await;
+    gui.until_shows("New contact bob: key").await;
     assert!(gui.shows("alice (you)"));
     assert!(gui.shows("unverified"));
 

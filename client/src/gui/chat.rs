@@ -137,6 +137,9 @@ pub struct Chat {
     trust: HashMap<String, (TrustLevel, Option<Fingerprint>)>,
     /// Safety numbers shown, per lower-case name.
     shown: HashMap<String, Shown>,
+    /// Contacts pinned before any conversation with them is known: their
+    /// notice waits for the room (or direct message) they show up in.
+    new_contacts: HashMap<String, String>,
     verifying: Option<String>,
     key_changes: Vec<KeyChange>,
     consent: bool,
@@ -177,6 +180,7 @@ impl Chat {
             verified_only: BTreeSet::new(),
             trust: HashMap::new(),
             shown: HashMap::new(),
+            new_contacts: HashMap::new(),
             verifying: None,
             key_changes: Vec::new(),
             consent: false,
@@ -534,7 +538,12 @@ impl Chat {
     /// Applies one update from the session.
     fn apply(&mut self, update: Update) -> Action {
         match update {
-            Update::Ready(controller) => self.controller = Some(controller),
+            Update::Ready(controller) => {
+                self.controller = Some(controller);
+                // The chat window is on screen by now: put the cursor in
+                // the composer.
+                return Action::Run(iced::widget::operation::focus(ids::COMPOSER));
+            }
             Update::History { chat, messages } => {
                 if let Some(last) = messages.iter().map(|m| m.position).max() {
                     self.last_position = self.last_position.max(last);
@@ -587,10 +596,12 @@ impl Chat {
                 }
             }
             Update::Members { room, members } => {
+                let chat = Conversation::Room(room.clone());
                 for member in &members {
                     if lower(&member.name) != lower(&self.me) {
                         self.trust
                             .insert(lower(&member.name), (member.trust, member.fingerprint));
+                        self.introduce(&member.name, &chat);
                     }
                 }
                 self.members.insert(room, members);
@@ -608,9 +619,10 @@ impl Chat {
                 );
             }
             Update::Message(message) => {
-                self.last_position = self.last_position.max(message.position);
                 let chat = message.chat.clone();
                 let from = message.from.clone();
+                self.introduce(&from, &chat);
+                self.last_position = self.last_position.max(message.position);
                 let outgoing = message.outgoing;
                 let seen = self.focused && self.current.as_ref() == Some(&chat);
                 let thread = self.thread(&chat);
@@ -754,7 +766,13 @@ impl Chat {
                 let text = format!(
                     "New contact {name}: key {fingerprint}, pinned unverified. Verify them to be sure it is them."
                 );
-                self.notice_everywhere(&name, Tone::Info, text);
+                if self.shared_with(&name).is_empty() {
+                    // Usually the key arrives just before the member list
+                    // or the message that names them.
+                    self.new_contacts.insert(lower(&name), text);
+                } else {
+                    self.notice_everywhere(&name, Tone::Info, text);
+                }
             }
             KeyEvent::Changed {
                 name,
@@ -792,8 +810,8 @@ impl Chat {
         }
     }
 
-    /// A notice in the conversations `name` takes part in.
-    fn notice_everywhere(&mut self, name: &str, tone: Tone, text: String) {
+    /// The conversations `name` takes part in.
+    fn shared_with(&self, name: &str) -> Vec<Conversation> {
         let mut chats: Vec<Conversation> = self
             .members
             .iter()
@@ -806,6 +824,19 @@ impl Chat {
             .find(|chat| matches!(chat, Conversation::Direct(user) if user.as_str().eq_ignore_ascii_case(name)))
             .cloned();
         chats.extend(direct);
+        chats
+    }
+
+    /// The waiting new-contact notice of `name`, if any, goes to `chat`.
+    fn introduce(&mut self, name: &str, chat: &Conversation) {
+        if let Some(text) = self.new_contacts.remove(&lower(name)) {
+            self.notice(chat, Tone::Info, text);
+        }
+    }
+
+    /// A notice in the conversations `name` takes part in.
+    fn notice_everywhere(&mut self, name: &str, tone: Tone, text: String) {
+        let chats = self.shared_with(name);
         if chats.is_empty() {
             self.tell(tone, text);
             return;
