@@ -678,6 +678,22 @@ async fn two_apps_chat_and_verify_each_other_by_number_and_by_qr_payload() {
     alice.enter(chat_ids::COMPOSER);
     bob.until_shows("hello from one app").await;
 
+    // Verified members only: bob is not verified, so nothing is sent to
+    // him, and alice is told.
+    alice.click("Verified members only");
+    alice
+        .until_shows("#lobby: your messages go to verified members only")
+        .await;
+    alice.type_into(chat_ids::COMPOSER, "for verified eyes");
+    alice.enter(chat_ids::COMPOSER);
+    alice
+        .until_shows("Not sent to bob: not verified, and this room sends to verified members only")
+        .await;
+    alice.click("Verified members only");
+    alice
+        .until_shows("#lobby: your messages go to every member with a known key")
+        .await;
+
     // A direct message lands in its own conversation, counted as unread.
     bob.type_into(chat_ids::COMPOSER, "/msg alice and hello back");
     bob.enter(chat_ids::COMPOSER);
@@ -710,4 +726,5 @@ async fn two_apps_chat_and_verify_each_other_by_number_and_by_qr_payload() {
     );
     bob.enter(chat_ids::COMPOSER);
     bob.until_shows("You verified alice").await;
+    assert!(!bob.shows("for verified eyes"));
 }

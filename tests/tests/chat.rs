@@ -584,4 +584,14 @@ async fn a_verified_only_room_wraps_no_key_to_unverified_members() {
         )
         .unwrap();
     assert!(received.sessions.is_empty());
+
+    // The setting is kept: the next session says so when it joins.
+    let account = alice.account.clone();
+    alice.quit().await;
+    let mut alice = Peer::connect(account, &relay.address).await;
+    alice
+        .expect(
+            |u| matches!(u, Update::VerifiedOnly { room, on: true } if room.as_str() == "lobby"),
+        )
+        .await;
 }

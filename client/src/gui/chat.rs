@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iced::widget::{Column, button, column, container, row, scrollable, space, text, text_input};
+use iced::widget::{
+    Column, button, checkbox, column, container, row, scrollable, space, text, text_input,
+};
 use iced::{Alignment, Element, Fill, Task};
 use sotto_crypto::Fingerprint;
 use sotto_proto::{RelayAddress, RoomName, UserName};
@@ -67,6 +69,8 @@ pub enum Message {
     Join,
     /// Leave a room.
     Leave(RoomName),
+    /// In a room, encrypt to verified members only (or to all pinned).
+    VerifiedOnly(RoomName, bool),
     /// Open the verification screen for a peer.
     Verify(String),
     /// Mark a peer verified with the safety number shown.
@@ -344,6 +348,7 @@ impl Chat {
                 Err(e) => self.status = Some((Tone::Warning, e)),
             },
             Message::Leave(room) => self.command(Command::Leave(room)),
+            Message::VerifiedOnly(room, on) => self.command(Command::SetVerifiedOnly { room, on }),
             Message::Verify(name) => self.open_verify(&name),
             Message::MarkVerified(name) => {
                 let Some(shown) = self.shown.get(&lower(&name)) else {
@@ -745,7 +750,7 @@ impl Chat {
             Update::VerifiedOnly { room, on } => {
                 let text = if on {
                     self.verified_only.insert(room.clone());
-                    format!("#{room}: your messages now go to verified members only")
+                    format!("#{room}: your messages go to verified members only")
                 } else {
                     self.verified_only.remove(&room);
                     format!("#{room}: your messages go to every member with a known key")
@@ -982,10 +987,14 @@ impl Chat {
                 let mut line = row![text(format!("#{room}")).size(22)]
                     .spacing(10)
                     .align_y(Alignment::Center);
-                if self.verified_only.contains(room) {
-                    line = line.push(text("verified members only").size(12).style(text::success));
-                }
                 line = line.push(space().width(Fill));
+                let room_ = room.clone();
+                line = line.push(
+                    checkbox(self.verified_only.contains(room))
+                        .label("Verified members only")
+                        .text_size(13)
+                        .on_toggle(move |on| Message::VerifiedOnly(room_.clone(), on)),
+                );
                 line = line.push(
                     button(text("Leave").size(13))
                         .style(button::secondary)

@@ -502,6 +502,7 @@ impl Engine {
                 RoomSettings::default()
             }
         };
+        let verified_only = settings.verified_only;
         let mut entry = Room {
             settings,
             ..Room::default()
@@ -525,6 +526,13 @@ impl Engine {
             self.save_wanted(out);
         }
         out.update(Update::Joined { room: room.clone() });
+        if verified_only {
+            // Kept from an earlier run: the UI shows it from the start.
+            out.update(Update::VerifiedOnly {
+                room: room.clone(),
+                on: true,
+            });
+        }
         self.members_update(&room, out);
         for name in names {
             self.retry_key(&name, out);
