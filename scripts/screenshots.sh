@@ -102,7 +102,7 @@ shot chat
 # Settings: dark theme.
 click 48 694 # Settings, bottom of the sidebar
 shot settings
-click 278 160 # Dark
+click 391 137 # Dark
 click 798 47  # Done
 shot chat-dark
 

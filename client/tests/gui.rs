@@ -728,3 +728,33 @@ async fn two_apps_chat_and_verify_each_other_by_number_and_by_qr_payload() {
     bob.until_shows("You verified alice").await;
     assert!(!bob.shows("for verified eyes"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_change_the_theme_and_notifications_and_are_kept() {
+    use sotto_client::gui::settings::{SETTINGS_FILE, ThemeChoice};
+
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("alice");
+    let mut gui = unlocked(&dir, "alice").await;
+    assert_eq!(gui.app.settings().theme, ThemeChoice::Light);
+    assert!(gui.app.settings().notifications, "on by default");
+
+    gui.click("Settings");
+    assert_eq!(gui.app.screen_name(), "settings");
+    gui.click("Dark");
+    assert_eq!(gui.app.theme(), iced::Theme::Dark);
+    gui.click("Notify me of new messages while sotto is in the background");
+    assert!(!gui.app.settings().notifications);
+    gui.until("the settings file", |_| {
+        std::fs::read_to_string(dir.join(SETTINGS_FILE))
+            .is_ok_and(|json| json.contains("Dark") && json.contains("false"))
+    })
+    .await;
+    gui.click("Done");
+    assert_eq!(gui.app.screen_name(), "connect");
+
+    drop(gui);
+    let gui = Gui::start(&dir).await;
+    assert_eq!(gui.app.settings().theme, ThemeChoice::Dark);
+    assert!(!gui.app.settings().notifications);
+}

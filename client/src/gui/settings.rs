@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use iced::widget::{button, column, container, radio, row, space, text, toggler};
+use iced::widget::{button, checkbox, column, container, row, space, text};
 use iced::{Element, Fill, Task, Theme};
 use serde::{Deserialize, Serialize};
 
@@ -98,25 +98,28 @@ pub enum Message {
 
 /// The settings screen.
 pub fn view<'a>(settings: &Settings, error: Option<&'a str>) -> Element<'a, Message> {
+    let choice = |label: &'static str, value: ThemeChoice| {
+        button(text(label))
+            .padding([6, 18])
+            .style(if settings.theme == value {
+                button::primary
+            } else {
+                button::secondary
+            })
+            .on_press(Message::Theme(value))
+    };
     let theme = column![
         text("Theme").size(18),
-        radio(
-            "Light",
-            ThemeChoice::Light,
-            Some(settings.theme),
-            Message::Theme
-        ),
-        radio(
-            "Dark",
-            ThemeChoice::Dark,
-            Some(settings.theme),
-            Message::Theme
-        ),
+        row![
+            choice("Light", ThemeChoice::Light),
+            choice("Dark", ThemeChoice::Dark)
+        ]
+        .spacing(8),
     ]
     .spacing(8);
     let notifications = column![
         text("Notifications").size(18),
-        toggler(settings.notifications)
+        checkbox(settings.notifications)
             .label("Notify me of new messages while sotto is in the background")
             .on_toggle(Message::Notifications),
         text("Notifications say who wrote and where, never what: the text stays in sotto.")
