@@ -1,0 +1,836 @@
+//! The relay as the attacker: real clients, the real relay, and a hostile
+//! man in the middle run with the relay's own certificate (`hostile/`).
+//! Each scenario states one attack as rules or injected frames, then checks
+//! what the user is shown and that nothing readable, forged or keyed
+//! reached the wrong party. docs/security-tests.md maps them to P1-P12.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)] // tests
+
+mod common;
+mod hostile;
+
+use common::{Peer, Relay, dm, identity, lobby, room, user};
+use hostile::{
+    Act, Hostile, Rule, announcement_body, carries_identities, deliver, hide_member, message_from,
+    readdress, rewrite_body, rewrite_slot, substitute_key,
+};
+use std::sync::Arc;
+
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+use sotto_client::account::Account;
+use sotto_client::contacts::KeyEvent;
+use sotto_client::profile::Profile;
+use sotto_client::session::{Command, Connection, TrustLevel, Update};
+use sotto_crypto::{
+    Conversation, Identity, NoPersistence, PeerBody, RSA_LEN, SendingSession, SequenceCounter,
+    SessionId,
+};
+use sotto_proto::{ClientFrame, Destination, PresenceEvent, RelayFrame, RoomName};
+
+/// A relay with a hostile man in the middle; clients connect to the latter.
+struct World {
+    temp: tempfile::TempDir,
+    _relay: Relay,
+    hostile: Hostile,
+}
+
+async fn world() -> World {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&temp.path().join("relay"), 0);
+    let hostile = Hostile::start(&relay.dir, &relay.address).await;
+    World {
+        temp,
+        _relay: relay,
+        hostile,
+    }
+}
+
+impl World {
+    /// `name` (with the fixture identity of the same name) connected
+    /// through the hostile relay, in the lobby.
+    ///
+    /// Each peer loads its own copy of the identity, so that its count of
+    /// RSA decryptions is its own (tests run in parallel).
+    async fn join(&self, name: &str) -> Peer {
+        let dir = self.temp.path().join(name);
+        let identity = Identity::load(
+            &common::testdata().join(format!("identities/{name}.sotto-id")),
+            b"sotto test vectors",
+        )
+        .unwrap();
+        let account = Account::open(
+            Profile::open(&dir).unwrap(),
+            Arc::new(identity),
+            Some(user(name)),
+        )
+        .await
+        .unwrap();
+        Peer::connect(account, &self.hostile.address).await
+    }
+}
+
+fn rng() -> ChaCha20Rng {
+    ChaCha20Rng::from_seed([7; 32])
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Announcements travel alone, addressed to their one recipient.
+fn to_bob() -> Destination {
+    Destination::User(user("bob"))
+}
+
+fn lobby_route() -> Destination {
+    Destination::Room(RoomName::lobby())
+}
+
+fn rsa(peer: &Peer) -> u64 {
+    peer.account.identity().rsa_decryptions()
+}
+
+/// Waits until `peer` has the message `text` from `from` in the lobby
+/// (so everything the relay sent it before has been handled).
+async fn barrier(sender: &Peer, peer: &mut Peer, text: &str) {
+    sender.send(lobby(), text);
+    peer.expect_message(&lobby(), text).await;
+}
+
+/// The number alice and bob compare.
+fn true_number() -> String {
+    identity("alice")
+        .public()
+        .safety_number(identity("bob").public())
+        .digits()
+        .to_owned()
+}
+
+async fn verify_bob(alice: &mut Peer) {
+    alice.command(Command::Verify {
+        name: user("bob"),
+        safety_number: true_number(),
+    });
+    alice
+        .expect(
+            |u| matches!(u, Update::Trust { name, trust: TrustLevel::Verified } if name == "bob"),
+        )
+        .await;
+}
+
+// 1. P6: its own key for a peer at first contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s01_own_key_at_first_contact_fails_the_safety_number_comparison() {
+    let w = world().await;
+    w.hostile.rule(
+        Rule::down("alice")
+            .when(carries_identities())
+            .then(substitute_key("bob", identity("mallory").public())),
+    );
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    let pinned = alice
+        .expect(|u| matches!(u, Update::Key(KeyEvent::Pinned { name, .. }) if name == "bob"))
+        .await;
+    let Update::Key(KeyEvent::Pinned { fingerprint, .. }) = pinned else {
+        unreachable!()
+    };
+    assert_eq!(fingerprint, identity("mallory").fingerprint());
+
+    // The two sides compute different numbers: comparing them shows it.
+    alice.command(Command::SafetyNumber(user("bob")));
+    let Update::SafetyNumber { safety_number, .. } = alice
+        .expect(|u| matches!(u, Update::SafetyNumber { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    bob.command(Command::SafetyNumber(user("alice")));
+    let Update::SafetyNumber {
+        safety_number: theirs,
+        ..
+    } = bob
+        .expect(|u| matches!(u, Update::SafetyNumber { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_ne!(safety_number.digits(), theirs.digits());
+    assert_eq!(theirs.digits(), true_number());
+    // Typing bob's number in does not verify the substituted key.
+    alice.command(Command::Verify {
+        name: user("bob"),
+        safety_number: theirs.digits().to_owned(),
+    });
+    alice.expect(|u| matches!(u, Update::Error(_))).await;
+    alice.command(Command::SafetyNumber(user("bob")));
+    alice
+        .expect(|u| {
+            matches!(
+                u,
+                Update::SafetyNumber {
+                    trust: TrustLevel::Unverified,
+                    ..
+                }
+            )
+        })
+        .await;
+    assert!(!alice.saw("Trust {"), "{:#?}", alice.seen);
+}
+
+// 2. P6: swaps the key of a verified peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s02_swapped_key_of_a_verified_peer_blocks_sending_to_it() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    let mut carol = w.join("carol").await;
+    alice
+        .expect_members("lobby", &["alice", "bob", "carol"])
+        .await;
+    verify_bob(&mut alice).await;
+    // From now on the relay says bob's key is mallory's; bob rejoins.
+    w.hostile.rule(
+        Rule::down("alice")
+            .when(carries_identities())
+            .then(substitute_key("bob", identity("mallory").public())),
+    );
+    bob.command(Command::Leave(room("lobby")));
+    bob.expect(|u| matches!(u, Update::Left { .. })).await;
+    bob.command(Command::Join(room("lobby")));
+    alice
+        .expect(
+            |u| matches!(u, Update::Key(KeyEvent::ChangedVerified { name, .. }) if name == "bob"),
+        )
+        .await;
+
+    alice.send(dm("bob"), "direct while blocked");
+    let refused = alice.expect(|u| matches!(u, Update::Error(_))).await;
+    assert!(
+        format!("{refused:?}").contains("key changed"),
+        "{refused:?}"
+    );
+    alice.send(lobby(), "room while blocked");
+    alice
+        .expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &["bob".to_owned()]))
+        .await;
+    carol.expect_message(&lobby(), "room while blocked").await;
+    // bob got the body without a key for him.
+    bob.expect(|u| matches!(u, Update::NotForYou { from, .. } if from == "alice"))
+        .await;
+    assert!(!bob.saw("while blocked"), "{:#?}", bob.seen);
+    // No key to the substituted identity left alice's client.
+    let slots_to_bob = w.hostile.sent_by("alice").iter().any(|f| {
+        matches!(f, ClientFrame::Send { slots, body, .. }
+            if slots.iter().any(|s| s.to.as_str() == "bob")
+                && matches!(PeerBody::decode(body), Ok(PeerBody::Announcement(a))
+                    if a.context.recipient == identity("mallory").fingerprint()))
+    });
+    assert!(!slots_to_bob);
+}
+
+// 3. P7: adds a member to a room's roster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s03_added_member_is_announced_and_gets_no_key_in_a_verified_only_room() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    verify_bob(&mut alice).await;
+    alice.command(Command::SetVerifiedOnly {
+        room: room("lobby"),
+        on: true,
+    });
+    alice
+        .expect(|u| matches!(u, Update::VerifiedOnly { on: true, .. }))
+        .await;
+    // A member that is not there, with a key of the relay's choosing.
+    let ghost = RelayFrame::Presence {
+        room: RoomName::lobby(),
+        user: user("mallory"),
+        event: PresenceEvent::Joined,
+        identity: Some(identity("mallory").public().to_bytes().into()),
+    };
+    w.hostile.inject("alice", ghost.clone());
+    w.hostile.inject("bob", ghost);
+    for peer in [&mut alice, &mut bob] {
+        peer.expect_all(&[
+            &|u| matches!(u, Update::Presence { name, .. } if name == "mallory"),
+            &|u| matches!(u, Update::Key(KeyEvent::Pinned { name, .. }) if name == "mallory"),
+        ])
+        .await;
+    }
+    alice.send(lobby(), "verified eyes only");
+    alice
+        .expect(
+            |u| matches!(u, Update::NotSentTo { names, .. } if names == &["mallory".to_owned()]),
+        )
+        .await;
+    bob.expect_message(&lobby(), "verified eyes only").await;
+    let wrapped_to_mallory = w.hostile.sent_by("alice").iter().any(|f| {
+        matches!(f, ClientFrame::Send { slots, .. } if slots.iter().any(|s| s.to.as_str() == "mallory"))
+    });
+    assert!(!wrapped_to_mallory, "a key was wrapped to the ghost");
+}
+
+// 4. P2, P3: a message claiming to come from a member, with an
+// announcement of the relay's own making.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04_injected_message_with_its_own_announcement_is_rejected() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "genuine").await;
+    let before = rsa(&bob);
+
+    let mallory = identity("mallory");
+    let (mut session, announcements) = SendingSession::start(
+        &mut rng(),
+        &mallory,
+        Conversation::room("lobby"),
+        u32::MAX - 1,
+        1,
+        now(),
+        &[identity("bob").public()],
+    )
+    .unwrap();
+    // Signed by mallory, delivered as alice's...
+    let own = announcements[0].clone();
+    w.hostile.inject(
+        "bob",
+        deliver("alice", to_bob(), announcement_body(own.clone()), None),
+    );
+    // ...and claiming alice as its sender (the signature cannot match).
+    let mut claimed = own;
+    claimed.context.sender = identity("alice").fingerprint();
+    w.hostile.inject(
+        "bob",
+        deliver("alice", to_bob(), announcement_body(claimed), None),
+    );
+    let sealed = session
+        .seal(
+            &mut rng(),
+            &mut SequenceCounter::resume(1, NoPersistence),
+            0,
+            b"forged by the relay",
+        )
+        .unwrap();
+    w.hostile.inject(
+        "bob",
+        deliver(
+            "alice",
+            lobby_route(),
+            sealed.body,
+            Some(sealed.slots[0].to_bytes().to_vec()),
+        ),
+    );
+    bob.expect(|u| matches!(u, Update::Rejected { from, .. } if from == "alice"))
+        .await;
+    barrier(&alice, &mut bob, "after the forgery").await;
+    assert!(!bob.saw("forged by the relay"), "{:#?}", bob.seen);
+    assert_eq!(rsa(&bob), before, "a forged announcement reached RSA");
+}
+
+// 5. P3, P5: replays a message and an old session announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s05_replays_are_dropped_and_roll_nothing_back() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "one").await;
+    let old: Vec<RelayFrame> = w.hostile.delivered_to("bob");
+    let find = |frames: &[RelayFrame], announcement: bool| {
+        frames
+            .iter()
+            .rev()
+            .find(|f| match f {
+                RelayFrame::Deliver { from, body, .. } if from.as_str() == "alice" => matches!(
+                    (announcement, PeerBody::decode(body)),
+                    (true, Ok(PeerBody::Announcement(_))) | (false, Ok(PeerBody::Message(_)))
+                ),
+                _ => false,
+            })
+            .cloned()
+            .unwrap()
+    };
+    let old_message = find(&old, false);
+    let old_announcement = find(&old, true);
+
+    // A new member makes alice start a new session for the lobby.
+    let mut carol = w.join("carol").await;
+    bob.expect(|u| matches!(u, Update::Presence { name, .. } if name == "carol"))
+        .await;
+    alice
+        .expect_members("lobby", &["alice", "bob", "carol"])
+        .await;
+    barrier(&alice, &mut bob, "two").await;
+    carol.expect_message(&lobby(), "two").await;
+    let before = rsa(&bob);
+
+    w.hostile.inject("bob", old_message);
+    w.hostile.inject("bob", old_announcement);
+    barrier(&alice, &mut bob, "three").await;
+    let ones = bob
+        .seen
+        .iter()
+        .filter(|s| s.contains("text: \"one\""))
+        .count();
+    assert_eq!(
+        ones, 1,
+        "a replayed message was shown again: {:#?}",
+        bob.seen
+    );
+    // The old announcement cost no RSA and did not bring the old session
+    // back: "three" opened under the new one.
+    assert_eq!(rsa(&bob), before);
+}
+
+// 6. P5: reorders messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s06_reordered_messages_are_shown_in_the_senders_order() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    w.hostile.rule(
+        Rule::down("bob")
+            .when(message_from("alice"))
+            .skip(1)
+            .take(1)
+            .then(Act::Hold),
+    );
+    alice.send(lobby(), "first");
+    alice.send(lobby(), "second");
+    alice.send(lobby(), "third");
+    let first = bob.expect_message(&lobby(), "first").await;
+    let third = bob.expect_message(&lobby(), "third").await;
+    assert_eq!(w.hostile.held(), 1);
+    w.hostile.release();
+    let second = bob.expect_message(&lobby(), "second").await;
+    assert!(second.late);
+    assert!(first.position < second.position && second.position < third.position);
+}
+
+// 7. P5: drops messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s07_dropped_messages_are_reported_as_missing() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    w.hostile.rule(
+        Rule::down("bob")
+            .when(message_from("alice"))
+            .skip(1)
+            .take(2)
+            .then(Act::Drop),
+    );
+    for text in ["m1", "m2", "m3", "m4"] {
+        alice.send(lobby(), text);
+    }
+    bob.expect_message(&lobby(), "m1").await;
+    bob.expect(|u| matches!(u, Update::Missing { from, count: 2, .. } if from == "alice"))
+        .await;
+    bob.expect_message(&lobby(), "m4").await;
+}
+
+// 8. P4: moves a message into another room or a direct conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s08_moved_messages_are_rejected() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    for peer in [&mut alice, &mut bob] {
+        peer.command(Command::Join(room("other")));
+        peer.expect(|u| matches!(u, Update::Joined { room } if room.as_str() == "other"))
+            .await;
+    }
+    barrier(&alice, &mut bob, "settled").await;
+    for to in [
+        Destination::Room(room("other")),
+        Destination::User(user("bob")),
+    ] {
+        w.hostile.rule(
+            Rule::down("bob")
+                .when(message_from("alice"))
+                .take(1)
+                .then(readdress(to)),
+        );
+        alice.send(lobby(), "moved elsewhere");
+        bob.expect(|u| matches!(u, Update::Rejected { from, .. } if from == "alice"))
+            .await;
+    }
+    barrier(&alice, &mut bob, "after the moves").await;
+    assert!(!bob.saw("moved elsewhere"), "{:#?}", bob.seen);
+}
+
+// 9. P4: reflects a user's own message back as if from a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s09_reflected_own_message_is_rejected() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "mine").await;
+    let (body, slot) = w
+        .hostile
+        .sent_by("alice")
+        .into_iter()
+        .rev()
+        .find_map(|f| match f {
+            ClientFrame::Send { body, slots, .. }
+                if matches!(PeerBody::decode(&body), Ok(PeerBody::Message(_))) =>
+            {
+                Some((body.to_vec(), slots.first().map(|s| s.data.to_vec())))
+            }
+            _ => None,
+        })
+        .unwrap();
+    w.hostile
+        .inject("alice", deliver("bob", lobby_route(), body, slot));
+    alice
+        .expect(|u| matches!(u, Update::Rejected { from, .. } if from == "bob"))
+        .await;
+    assert!(
+        !alice
+            .seen
+            .iter()
+            .any(|s| s.contains("text: \"mine\"") && s.contains("outgoing: false")),
+        "{:#?}",
+        alice.seen
+    );
+}
+
+// 10. P2, P8, P11: flips bits or truncates anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_tampered_messages_are_rejected_alike() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "untouched").await;
+    let before = rsa(&bob);
+    type Change = fn(Vec<u8>) -> Vec<u8>;
+    let body_changes: [(&str, Change); 6] = [
+        ("flip the body's version", |mut b| {
+            b[0] ^= 1;
+            b
+        }),
+        ("flip a header byte", |mut b| {
+            b[8] ^= 0x40;
+            b
+        }),
+        ("flip a ciphertext byte", |mut b| {
+            let last = b.len() - 1;
+            b[last] ^= 1;
+            b
+        }),
+        ("flip a middle byte", |mut b| {
+            let mid = b.len() / 2;
+            b[mid] ^= 0x80;
+            b
+        }),
+        ("truncate the body", |mut b| {
+            b.pop();
+            b
+        }),
+        ("append to the body", |mut b| {
+            b.push(0);
+            b
+        }),
+    ];
+    let mut n = 0;
+    for (what, change) in body_changes {
+        n += 1;
+        w.hostile.rule(
+            Rule::down("bob")
+                .when(message_from("alice"))
+                .take(1)
+                .then(rewrite_body(change)),
+        );
+        alice.send(lobby(), &format!("tampered {n}"));
+        let rejected = bob
+            .expect(|u| matches!(u, Update::Rejected { .. } | Update::Message(_)))
+            .await;
+        assert!(
+            matches!(rejected, Update::Rejected { .. }),
+            "{what}: {rejected:?}"
+        );
+    }
+    type SlotChange = fn(Option<Vec<u8>>) -> Option<Vec<u8>>;
+    let slot_changes: [(&str, SlotChange); 3] = [
+        ("flip a slot byte", |s| {
+            s.map(|mut s| {
+                let last = s.len() - 1;
+                s[last] ^= 1;
+                s
+            })
+        }),
+        ("truncate the slot", |s| {
+            s.map(|mut s| {
+                s.pop();
+                s
+            })
+        }),
+        ("flip the slot's recipient", |s| {
+            s.map(|mut s| {
+                s[0] ^= 1;
+                s
+            })
+        }),
+    ];
+    for (what, change) in slot_changes {
+        n += 1;
+        w.hostile.rule(
+            Rule::down("bob")
+                .when(message_from("alice"))
+                .take(1)
+                .then(rewrite_slot(change)),
+        );
+        alice.send(lobby(), &format!("tampered {n}"));
+        let outcome = bob
+            .expect(|u| {
+                matches!(
+                    u,
+                    Update::Rejected { .. } | Update::NotForYou { .. } | Update::Message(_)
+                )
+            })
+            .await;
+        assert!(
+            !matches!(outcome, Update::Message(_)),
+            "{what}: {outcome:?}"
+        );
+    }
+    barrier(&alice, &mut bob, "after the tampering").await;
+    assert!(!bob.saw("tampered"), "{:#?}", bob.seen);
+    // Same timing class: no failure reached RSA (only symmetric checks).
+    assert_eq!(rsa(&bob), before);
+}
+
+// 11. P3: crafted, unsigned or wrongly signed key wraps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_crafted_key_wraps_never_reach_rsa_decryption() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "genuine").await;
+    let genuine = w
+        .hostile
+        .delivered_to("bob")
+        .into_iter()
+        .find_map(|f| match f {
+            RelayFrame::Deliver { body, .. } => match PeerBody::decode(&body) {
+                Ok(PeerBody::Announcement(a)) => Some(a),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap();
+    let before = rsa(&bob);
+    let mut crafted = Vec::new();
+    // Unsigned.
+    let mut a = genuine.clone();
+    a.signature = vec![0; RSA_LEN];
+    a.context.epoch += 1;
+    crafted.push(a);
+    // A new epoch under the old signature.
+    let mut a = genuine.clone();
+    a.context.epoch += 2;
+    crafted.push(a);
+    // Another wrapped key under the old signature.
+    let mut a = genuine.clone();
+    a.wrapped_key[10] ^= 1;
+    a.context.epoch += 3;
+    crafted.push(a);
+    // Wrong sizes.
+    let mut a = genuine.clone();
+    a.wrapped_key.truncate(RSA_LEN - 1);
+    a.context.epoch += 4;
+    crafted.push(a);
+    // Signed by someone else (mallory), claiming alice.
+    let (_, signed_by_mallory) = SendingSession::start(
+        &mut rng(),
+        &identity("mallory"),
+        Conversation::room("lobby"),
+        genuine.context.epoch + 5,
+        1,
+        now(),
+        &[identity("bob").public()],
+    )
+    .unwrap();
+    let mut a = signed_by_mallory[0].clone();
+    a.context.sender = identity("alice").fingerprint();
+    crafted.push(a);
+    for (n, mut announcement) in crafted.into_iter().enumerate() {
+        // A session bob has not seen, so that only the signature (or the
+        // sizes) can stop it: a known session id is dropped as a replay.
+        announcement.context.session_id = SessionId([n as u8 + 1; 16]);
+        w.hostile.inject(
+            "bob",
+            deliver("alice", to_bob(), announcement_body(announcement), None),
+        );
+        bob.expect(|u| matches!(u, Update::Rejected { from, .. } if from == "alice"))
+            .await;
+    }
+    barrier(&alice, &mut bob, "after the crafted wraps").await;
+    assert_eq!(rsa(&bob), before, "RSA decryption was attempted");
+}
+
+// 12. P7: keeps routing to a member who left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_a_member_who_left_cannot_open_what_follows() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    let mut carol = w.join("carol").await;
+    alice
+        .expect_members("lobby", &["alice", "bob", "carol"])
+        .await;
+    barrier(&alice, &mut carol, "before carol leaves").await;
+    carol.command(Command::Leave(room("lobby")));
+    alice
+        .expect(|u| matches!(u, Update::Presence { name, .. } if name == "carol"))
+        .await;
+    let sent_before = w.hostile.delivered_to("bob").len();
+    barrier(&alice, &mut bob, "after carol left").await;
+    // The relay hands carol everything bob got since, slots included.
+    for frame in w.hostile.delivered_to("bob").into_iter().skip(sent_before) {
+        if let RelayFrame::Deliver { .. } = frame {
+            w.hostile.inject("carol", frame);
+        }
+    }
+    bob.send(dm("carol"), "barrier");
+    carol.expect_message(&dm("bob"), "barrier").await;
+    assert!(!carol.saw("after carol left"), "{:#?}", carol.seen);
+}
+
+// 13. P4, P11: rewrites the protocol version or strips fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s13_other_versions_and_stripped_fields_are_refused() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "settled").await;
+    // The peer body's version.
+    w.hostile.rule(
+        Rule::down("bob")
+            .when(message_from("alice"))
+            .take(1)
+            .then(rewrite_body(|mut b| {
+                b[0] = 0;
+                b
+            })),
+    );
+    alice.send(lobby(), "old body version");
+    bob.expect(|u| matches!(u, Update::Rejected { from, .. } if from == "alice"))
+        .await;
+    // The key slot stripped.
+    w.hostile.rule(
+        Rule::down("bob")
+            .when(message_from("alice"))
+            .take(1)
+            .then(rewrite_slot(|_| None)),
+    );
+    alice.send(lobby(), "without a slot");
+    bob.expect(|u| matches!(u, Update::NotForYou { from, .. } if from == "alice"))
+        .await;
+    // The frame's protocol version: the client refuses the connection's
+    // frames rather than reading them another way, reconnects, goes on.
+    w.hostile.rule(
+        Rule::down("bob")
+            .when(message_from("alice"))
+            .take(1)
+            .then(Act::Bytes(Box::new(|mut p| {
+                p[0] = sotto_proto::PROTOCOL_VERSION + 1;
+                p
+            }))),
+    );
+    alice.send(lobby(), "another frame version");
+    let lost = bob
+        .expect(|u| matches!(u, Update::Connection(Connection::Reconnecting { .. })))
+        .await;
+    assert!(format!("{lost:?}").contains("version"), "{lost:?}");
+    bob.expect(|u| matches!(u, Update::Connection(Connection::Connected { .. })))
+        .await;
+    bob.expect(|u| matches!(u, Update::Joined { .. })).await;
+    barrier(&alice, &mut bob, "still working").await;
+    for text in [
+        "old body version",
+        "without a slot",
+        "another frame version",
+    ] {
+        assert!(!bob.saw(text), "{text}: {:#?}", bob.seen);
+    }
+}
+
+// 14. P7: shows two members different rosters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s14_different_rosters_are_detected() {
+    let w = world().await;
+    w.hostile.rule(
+        Rule::down("bob")
+            .when(carries_identities())
+            .then(hide_member("carol")),
+    );
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    let _carol = w.join("carol").await;
+    alice
+        .expect_members("lobby", &["alice", "bob", "carol"])
+        .await;
+    alice.send(lobby(), "who is here?");
+    bob.expect_all(&[
+        &|u| matches!(u, Update::Message(m) if m.text == "who is here?"),
+        &|u| matches!(u, Update::RosterMismatch { from, .. } if from == "alice"),
+    ])
+    .await;
+}
+
+// 15. P11: malformed and oversized frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s15_malformed_and_oversized_frames_are_reported_and_survived() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let mut bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "settled").await;
+    let oversized = u32::try_from(sotto_proto::MAX_FRAME_LEN + 1)
+        .unwrap()
+        .to_be_bytes();
+    let attacks: [(&str, Vec<u8>); 3] = [
+        (
+            "garbage",
+            vec![0, 0, 0, 4, sotto_proto::PROTOCOL_VERSION, 0xff, 0xff, 0xff],
+        ),
+        ("empty", vec![0, 0, 0, 0]),
+        ("oversized", oversized.to_vec()),
+    ];
+    for (what, wire) in attacks {
+        w.hostile.inject_wire("bob", &wire);
+        let lost = bob
+            .expect(|u| matches!(u, Update::Connection(Connection::Reconnecting { .. })))
+            .await;
+        let Update::Connection(Connection::Reconnecting { reason, .. }) = lost else {
+            unreachable!()
+        };
+        assert!(!reason.is_empty(), "{what}");
+        bob.expect(|u| matches!(u, Update::Joined { .. })).await;
+        barrier(&alice, &mut bob, &format!("still working after {what}")).await;
+    }
+    // Nobody else was affected.
+    assert!(!alice.saw("Reconnecting"), "{:#?}", alice.seen);
+    alice.send(dm("bob"), "the end");
+    bob.expect_message(&dm("alice"), "the end").await;
+}
