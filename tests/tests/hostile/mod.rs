@@ -67,11 +67,6 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Frames from `user`'s client to the relay.
-    pub fn up(user: &str) -> Rule {
-        Rule::new(Dir::Up, Some(user))
-    }
-
     /// Frames from the relay to `user`'s client.
     pub fn down(user: &str) -> Rule {
         Rule::new(Dir::Down, Some(user))
@@ -142,23 +137,6 @@ pub fn message_from(from: &str) -> impl Fn(&Frame) -> bool + Send + 'static {
     let from = from.to_owned();
     move |frame| {
         matches!(frame, Frame::Relay(RelayFrame::Deliver { from: f, .. }) if f.as_str().eq_ignore_ascii_case(&from))
-            && matches!(peer_body(frame), Some(PeerBody::Message(_)))
-    }
-}
-
-/// A delivery from `from` carrying a session announcement.
-pub fn announcement_from(from: &str) -> impl Fn(&Frame) -> bool + Send + 'static {
-    let from = from.to_owned();
-    move |frame| {
-        matches!(frame, Frame::Relay(RelayFrame::Deliver { from: f, .. }) if f.as_str().eq_ignore_ascii_case(&from))
-            && matches!(peer_body(frame), Some(PeerBody::Announcement(_)))
-    }
-}
-
-/// A message sent by the client (a `Send` whose body is a sealed message).
-pub fn sent_message() -> impl Fn(&Frame) -> bool + Send + 'static {
-    |frame| {
-        matches!(frame, Frame::Client(ClientFrame::Send { .. }))
             && matches!(peer_body(frame), Some(PeerBody::Message(_)))
     }
 }
