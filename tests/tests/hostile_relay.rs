@@ -755,6 +755,11 @@ async fn s12_a_member_who_left_cannot_open_what_follows() {
                 .inject("carol", deliver("alice", route.to, body.to_vec(), slot));
         }
     }
+    // P1: whatever the relay does, what it carries is ciphertext.
+    let marker = "plaintext marker 5b9e: the relay must never see this";
+    barrier(&alice, &mut bob, marker).await;
+    assert!(!w.hostile.saw_bytes(marker.as_bytes()));
+    assert!(w.hostile.saw_bytes(b"lobby"), "the log is empty");
     bob.send(dm("carol"), "barrier");
     carol.expect_message(&dm("bob"), "barrier").await;
     assert!(!carol.saw("after carol left"), "{:#?}", carol.seen);

@@ -450,6 +450,18 @@ impl Hostile {
             .collect()
     }
 
+    /// Whether `needle` appears in any frame that passed, either way
+    /// (before any rule changed it).
+    pub fn saw_bytes(&self, needle: &[u8]) -> bool {
+        self.state.lock().unwrap().log.iter().any(|logged| {
+            logged.frame.as_ref().is_some_and(|frame| {
+                payload(frame)
+                    .windows(needle.len())
+                    .any(|window| window == needle)
+            })
+        })
+    }
+
     /// Frames the relay delivered to `user` (before any rule changed them).
     pub fn delivered_to(&self, user: &str) -> Vec<RelayFrame> {
         let user = user.to_ascii_lowercase();
