@@ -2,6 +2,8 @@
 //! `settings.json` in the data directory (nothing secret is in it).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use iced::widget::{button, checkbox, column, container, row, space, text};
 use iced::{Element, Fill, Task, Theme};
@@ -60,18 +62,31 @@ impl Settings {
             .unwrap_or_default()
     }
 
-    /// Writes the settings to `dir` on the blocking pool.
+    /// Writes the settings to `dir` on the blocking pool. Saves may
+    /// overlap (two quick changes): they are written one at a time, and one
+    /// older than what is already on disk is skipped, so the file always
+    /// ends with the newest settings.
     pub fn save(&self, dir: PathBuf) -> Task<Message> {
+        /// The newest save made so far, and the newest one written.
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        static WRITTEN: Mutex<u64> = Mutex::new(0);
         let settings = self.clone();
+        let this = MADE.fetch_add(1, Ordering::Relaxed) + 1;
         Task::perform(
             async move {
                 tokio::task::spawn_blocking(move || {
+                    let mut written = WRITTEN.lock().unwrap_or_else(PoisonError::into_inner);
+                    if *written > this {
+                        return Ok(());
+                    }
                     std::fs::create_dir_all(&dir)?;
                     let json =
                         serde_json::to_vec_pretty(&settings).map_err(std::io::Error::other)?;
                     let temporary = dir.join(format!("{SETTINGS_FILE}.tmp"));
                     std::fs::write(&temporary, json)?;
-                    std::fs::rename(temporary, dir.join(SETTINGS_FILE))
+                    std::fs::rename(temporary, dir.join(SETTINGS_FILE))?;
+                    *written = this;
+                    Ok(())
                 })
                 .await
                 .map_err(std::io::Error::other)
@@ -161,5 +176,39 @@ mod tests {
         let json = serde_json::to_vec(&chosen).unwrap();
         std::fs::write(dir.path().join(SETTINGS_FILE), json).unwrap();
         assert_eq!(Settings::load(dir.path()), chosen);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_saves_end_with_the_newest_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let settings = Settings {
+                theme: ThemeChoice::Dark,
+                notifications: i % 2 == 0,
+            };
+            tasks.push(settings.save(dir.path().to_path_buf()));
+        }
+        // All at once, as iced's runtime would run them.
+        let all = futures::stream::select_all(
+            tasks
+                .into_iter()
+                .filter_map(iced_test::runtime::task::into_stream),
+        );
+        let outcomes: Vec<Message> = futures::StreamExt::collect::<Vec<_>>(all)
+            .await
+            .into_iter()
+            .filter_map(|action| match action {
+                iced_test::runtime::Action::Output(message) => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(outcomes.len(), 20);
+        assert!(
+            outcomes.iter().all(|m| matches!(m, Message::Saved(Ok(())))),
+            "{outcomes:?}"
+        );
+        // The newest of the twenty (i = 19) has notifications off.
+        assert!(!Settings::load(dir.path()).notifications);
     }
 }
