@@ -49,6 +49,10 @@ M = [
                 entry.members.remove(&lower(&user));""", """            PresenceEvent::Left => {""", "a member who left is no longer a recipient (keys rotate)"),
  ("s13", "proto/src/codec.rs", "    if version != PROTOCOL_VERSION {", "    if false {", "frames of another protocol version are refused"),
  ("s14", "client/src/session/engine.rs", "        if roster == self.view_digest(entry) || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
+ ("s16", "client/src/session/engine.rs", """        let Ok(arrival) = receiving.window.accept(opened.seq) else {
+            // A duplicate (or too old to place): dropped quietly.
+            return Handled::Done;
+        };""", """        let arrival = receiving.window.accept(opened.seq).unwrap_or(Arrival::Late);""", "the replay window drops a message already seen"),
  ("s15", "proto/src/codec.rs", """        check_len(len)?;
         if len > self.max_len {""", """        if false {""", "the frame length is checked before reading or allocating"),
 ]

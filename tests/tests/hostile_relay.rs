@@ -895,3 +895,73 @@ async fn s15_malformed_and_oversized_frames_are_reported_and_survived() {
     alice.send(dm("bob"), "the end");
     bob.expect_message(&dm("alice"), "the end").await;
 }
+
+// 16. P5: replays a stored (offline) delivery after it was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s16_a_stored_delivery_replayed_after_its_ack_is_dropped() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let account = bob.account.clone();
+    bob.quit().await;
+    alice
+        .expect(|u| matches!(u, Update::Presence { name, .. } if name == "bob"))
+        .await;
+    // bob is away: the relay stores the direct message for him (and says
+    // so to alice, `Sent`, before bob comes back).
+    let sent = |w: &World| {
+        w.hostile
+            .delivered_to("alice")
+            .iter()
+            .filter(|f| matches!(f, RelayFrame::Sent { .. }))
+            .count()
+    };
+    let before = sent(&w);
+    alice.send(dm("bob"), "while you were away");
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while sent(&w) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never took it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut bob = Peer::connect(account, &w.hostile.address).await;
+    bob.expect_message(&dm("alice"), "while you were away")
+        .await;
+    let stored = w
+        .hostile
+        .delivered_to("bob")
+        .into_iter()
+        .rev()
+        .find(|f| {
+            matches!(f, RelayFrame::Deliver { delivery, body, .. }
+                if *delivery != 0 && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+        })
+        .expect("a stored delivery");
+    let RelayFrame::Deliver { delivery, .. } = &stored else {
+        unreachable!()
+    };
+    let delivery = *delivery;
+    // Acknowledged once stored...
+    alice.send(dm("bob"), "barrier");
+    bob.expect_message(&dm("alice"), "barrier").await;
+    assert!(
+        w.hostile
+            .sent_by("bob")
+            .iter()
+            .any(|f| matches!(f, ClientFrame::Ack { delivery: d } if *d == delivery)),
+        "bob never acknowledged delivery {delivery}"
+    );
+    // ...and replayed by the relay afterwards: not shown again.
+    w.hostile.inject("bob", stored);
+    alice.send(dm("bob"), "after the replay");
+    bob.expect_message(&dm("alice"), "after the replay").await;
+    let shown = bob
+        .seen
+        .iter()
+        .filter(|s| s.contains("text: \"while you were away\""))
+        .count();
+    assert_eq!(shown, 1, "{:#?}", bob.seen);
+}
