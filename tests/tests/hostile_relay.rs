@@ -50,6 +50,15 @@ async fn world() -> World {
     }
 }
 
+/// A world with alice and bob in the lobby, alice seeing bob there.
+async fn alice_and_bob() -> (World, Peer, Peer) {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let bob = w.join("bob").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    (w, alice, bob)
+}
+
 impl World {
     /// `name` (with the fixture identity of the same name) connected
     /// through the hostile relay, in the lobby.
@@ -222,15 +231,8 @@ async fn s02_swapped_key_of_a_verified_peer_blocks_sending_to_it() {
         .await;
     let changed_at = w.hostile.sent_by("alice").len();
 
-    alice.send(dm("bob"), "direct while blocked");
-    let refused = alice.expect(|u| matches!(u, Update::Error(_))).await;
-    assert!(
-        format!("{refused:?}").contains("key changed"),
-        "{refused:?}"
-    );
-    alice.send(lobby(), "room while blocked");
     alice
-        .expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &["bob".to_owned()]))
+        .expect_sending_blocked("bob", "direct while blocked", "room while blocked")
         .await;
     carol.expect_message(&lobby(), "room while blocked").await;
     // bob got the body without a key for him.
@@ -259,10 +261,7 @@ fn keys_for(frame: &ClientFrame, name: &str) -> bool {
 // 3. P7: adds a member to a room's roster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s03_added_member_is_announced_and_gets_no_key_in_a_verified_only_room() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, mut alice, mut bob) = alice_and_bob().await;
     verify_bob(&mut alice).await;
     alice.command(Command::SetVerifiedOnly {
         room: room("lobby"),
@@ -306,10 +305,7 @@ async fn s03_added_member_is_announced_and_gets_no_key_in_a_verified_only_room()
 // announcement of the relay's own making.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s04_injected_message_with_its_own_announcement_is_rejected() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, alice, mut bob) = alice_and_bob().await;
     barrier(&alice, &mut bob, "genuine").await;
     let before = rsa(&bob);
 
@@ -368,10 +364,7 @@ async fn s04_injected_message_with_its_own_announcement_is_rejected() {
 // 5. P3, P5: replays a message and an old session announcement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s05_replays_are_dropped_and_roll_nothing_back() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, mut alice, mut bob) = alice_and_bob().await;
     barrier(&alice, &mut bob, "one").await;
     let old: Vec<RelayFrame> = w.hostile.delivered_to("bob");
     let find = |frames: &[RelayFrame], announcement: bool| {
@@ -429,10 +422,7 @@ async fn s05_replays_are_dropped_and_roll_nothing_back() {
 // 6. P5: reorders messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s06_reordered_messages_are_shown_in_the_senders_order() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, alice, mut bob) = alice_and_bob().await;
     w.hostile.rule(
         Rule::down("bob")
             .when(message_from("alice"))
@@ -455,10 +445,7 @@ async fn s06_reordered_messages_are_shown_in_the_senders_order() {
 // 7. P5: drops messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s07_dropped_messages_are_reported_as_missing() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, alice, mut bob) = alice_and_bob().await;
     w.hostile.rule(
         Rule::down("bob")
             .when(message_from("alice"))
@@ -508,10 +495,7 @@ async fn s08_moved_messages_are_rejected() {
 // 9. P4: reflects a user's own message back as if from a peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s09_reflected_own_message_is_rejected() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, mut alice, mut bob) = alice_and_bob().await;
     barrier(&alice, &mut bob, "mine").await;
     let (body, slot) = w
         .hostile
@@ -545,10 +529,7 @@ async fn s09_reflected_own_message_is_rejected() {
 // 10. P2, P8, P11: flips bits or truncates anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s10_tampered_messages_are_rejected_alike() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, alice, mut bob) = alice_and_bob().await;
     barrier(&alice, &mut bob, "untouched").await;
     let before = rsa(&bob);
     type Change = fn(Vec<u8>) -> Vec<u8>;
@@ -660,10 +641,7 @@ async fn s10_tampered_messages_are_rejected_alike() {
 // 11. P3: crafted, unsigned or wrongly signed key wraps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s11_crafted_key_wraps_never_reach_rsa_decryption() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, alice, mut bob) = alice_and_bob().await;
     barrier(&alice, &mut bob, "genuine").await;
     let genuine = w
         .hostile
@@ -777,10 +755,7 @@ async fn s12_a_member_who_left_cannot_open_what_follows() {
 // 13. P4, P11: rewrites the protocol version or strips fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s13_other_versions_and_stripped_fields_are_refused() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, mut alice, mut bob) = alice_and_bob().await;
     barrier(&alice, &mut bob, "settled").await;
     // The peer body's version.
     w.hostile.rule(
@@ -861,10 +836,7 @@ async fn s14_different_rosters_are_detected() {
 // 15. P11: malformed and oversized frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s15_malformed_and_oversized_frames_are_reported_and_survived() {
-    let w = world().await;
-    let mut alice = w.join("alice").await;
-    let mut bob = w.join("bob").await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (w, mut alice, mut bob) = alice_and_bob().await;
     barrier(&alice, &mut bob, "settled").await;
     let oversized = u32::try_from(sotto_proto::MAX_FRAME_LEN + 1)
         .unwrap()

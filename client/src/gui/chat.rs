@@ -196,16 +196,6 @@ impl Chat {
         }
     }
 
-    /// The session's generation.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// The connection state.
-    pub fn connection(&self) -> &Connection {
-        &self.connection
-    }
-
     /// Whether a countdown is on screen (the app ticks every second).
     pub fn needs_ticks(&self) -> bool {
         self.retry_at.is_some()

@@ -289,6 +289,23 @@ impl Peer {
         message
     }
 
+    /// Sends `direct` to `name` and `in_room` to the lobby, and checks that
+    /// neither is encrypted to `name`: the direct message is refused with an
+    /// error naming the key change, the room message is `NotSentTo` `name`.
+    pub async fn expect_sending_blocked(&mut self, name: &str, direct: &str, in_room: &str) {
+        self.send(dm(name), direct);
+        let refused = self.expect(|u| matches!(u, Update::Error(_))).await;
+        assert!(
+            format!("{refused:?}").contains("key changed"),
+            "{refused:?}"
+        );
+        self.send(lobby(), in_room);
+        self.expect(
+            |u| matches!(u, Update::NotSentTo { names, .. } if names == &[name.to_owned()]),
+        )
+        .await;
+    }
+
     /// Waits until `room`'s member list is exactly `names`.
     pub async fn expect_members(&mut self, room: &str, names: &[&str]) {
         self.expect(|u| {

@@ -154,11 +154,6 @@ pub fn carries_identities() -> impl Fn(&Frame) -> bool + Send + 'static {
     }
 }
 
-/// Any frame.
-pub fn any() -> impl Fn(&Frame) -> bool + Send + 'static {
-    |_| true
-}
-
 // Rewrites.
 
 /// Replaces `name`'s identity with `identity` wherever the relay names it
@@ -231,64 +226,34 @@ pub fn hide_member(name: &str) -> Act {
     }))
 }
 
+/// Changes routed frames (`Deliver`) in place: where they are addressed,
+/// their body, their key slot. Other frames pass as they are.
+fn edit_delivery(
+    edit: impl Fn(&mut Destination, &mut Bytes, &mut Option<Bytes>) + Send + 'static,
+) -> Act {
+    Act::Rewrite(Box::new(move |mut frame| {
+        if let Frame::Relay(RelayFrame::Deliver { to, body, slot, .. }) = &mut frame {
+            edit(to, body, slot);
+        }
+        vec![frame]
+    }))
+}
+
 /// Delivers a routed frame as addressed to `to` instead.
 pub fn readdress(to: Destination) -> Act {
-    Act::Rewrite(Box::new(move |frame| match frame {
-        Frame::Relay(RelayFrame::Deliver {
-            delivery,
-            from,
-            body,
-            slot,
-            ..
-        }) => vec![Frame::Relay(RelayFrame::Deliver {
-            delivery,
-            from,
-            to: to.clone(),
-            body,
-            slot,
-        })],
-        other => vec![other],
-    }))
+    edit_delivery(move |dest, _, _| *dest = to.clone())
 }
 
 /// Changes the body of a routed frame.
 pub fn rewrite_body(change: impl Fn(Vec<u8>) -> Vec<u8> + Send + 'static) -> Act {
-    Act::Rewrite(Box::new(move |frame| match frame {
-        Frame::Relay(RelayFrame::Deliver {
-            delivery,
-            from,
-            to,
-            body,
-            slot,
-        }) => vec![Frame::Relay(RelayFrame::Deliver {
-            delivery,
-            from,
-            to,
-            body: Bytes::from(change(body.to_vec())),
-            slot,
-        })],
-        other => vec![other],
-    }))
+    edit_delivery(move |_, body, _| *body = Bytes::from(change(body.to_vec())))
 }
 
 /// Changes the key slot of a routed frame.
 pub fn rewrite_slot(change: impl Fn(Option<Vec<u8>>) -> Option<Vec<u8>> + Send + 'static) -> Act {
-    Act::Rewrite(Box::new(move |frame| match frame {
-        Frame::Relay(RelayFrame::Deliver {
-            delivery,
-            from,
-            to,
-            body,
-            slot,
-        }) => vec![Frame::Relay(RelayFrame::Deliver {
-            delivery,
-            from,
-            to,
-            body,
-            slot: change(slot.map(|s| s.to_vec())).map(Bytes::from),
-        })],
-        other => vec![other],
-    }))
+    edit_delivery(move |_, _, slot| {
+        *slot = change(slot.take().map(|s| s.to_vec())).map(Bytes::from);
+    })
 }
 
 /// A routed frame from the relay to one client, as injected.
@@ -526,17 +491,13 @@ impl State {
                 Vec::new()
             }
             Act::Duplicate => vec![payload.clone(), payload],
-            Act::Rewrite(rewrite) => rewrite(frame).iter().map(payload_of).collect(),
+            Act::Rewrite(rewrite) => rewrite(frame).iter().map(self::payload).collect(),
             Act::Bytes(change) => vec![change(payload)],
         };
         for payload in out {
             self.write(dir, user, &payload);
         }
     }
-}
-
-fn payload_of(frame: &Frame) -> Vec<u8> {
-    payload(frame)
 }
 
 /// Reads one payload: length prefix, then that many bytes.
