@@ -67,4 +67,4 @@ pub use frame::{
     ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, Route, Slot,
     UserInfo,
 };
-pub use name::{LOBBY, MAX_NAME_LEN, NameError, RoomName, UserName};
+pub use name::{LOBBY, MAX_NAME_LEN, NameError, RoomName, UserKey, UserName};

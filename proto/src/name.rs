@@ -157,6 +157,100 @@ impl RoomName {
     }
 }
 
+/// A user name folded the way the relay compares names: ASCII letters
+/// lower-cased, so `Alice`, `ALICE` and `alice` are one key.
+///
+/// Every map or set of users (the relay's directory and registry, a
+/// client's contacts, conversations and members) is keyed by this type,
+/// never by a [`UserName`] or a hand-lowered string, so two spellings of
+/// one name can never land in two entries.
+///
+/// ```
+/// use sotto_proto::UserName;
+///
+/// let a: UserName = "Alice".parse()?;
+/// let b: UserName = "aLICE".parse()?;
+/// assert_ne!(a, b);
+/// assert_eq!(a.key(), b.key());
+/// assert_eq!(a.key().as_str(), "alice");
+/// # Ok::<(), sotto_proto::NameError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserKey(String);
+
+impl UserKey {
+    /// The folded name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The folded name as a valid [`UserName`] (folding keeps a name valid).
+    pub fn to_name(&self) -> UserName {
+        UserName(self.0.clone())
+    }
+}
+
+impl fmt::Display for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&UserName> for UserKey {
+    fn from(name: &UserName) -> Self {
+        name.key()
+    }
+}
+
+impl UserName {
+    /// The name's [`UserKey`]: how the relay and every client compare it.
+    pub fn key(&self) -> UserKey {
+        UserKey(self.0.to_ascii_lowercase())
+    }
+
+    /// Whether two names are the same name as the relay compares them.
+    pub fn same_as(&self, other: &UserName) -> bool {
+        self.0.eq_ignore_ascii_case(&other.0)
+    }
+
+    /// The name reduced to how it looks: case folded, and the characters
+    /// that are easily taken for one another in common fonts made one
+    /// (`I`, `l`, `1` and `|`-like glyphs to `l`; `O` and `0` to `o`; `rn`
+    /// to `m`; `vv` to `w`; `5` to `s`; `-`, `_` and `.` dropped). Two
+    /// different names with the same skeleton can be mistaken for each
+    /// other on screen: a client warns when a new contact's skeleton is
+    /// that of a known one.
+    ///
+    /// ```
+    /// use sotto_proto::UserName;
+    ///
+    /// let alice: UserName = "alice".parse()?;
+    /// for lookalike in ["aIice", "al1ce", "ALICE", "a.lice"] {
+    ///     let other: UserName = lookalike.parse()?;
+    ///     assert_eq!(other.skeleton(), alice.skeleton(), "{lookalike}");
+    /// }
+    /// let modern: UserName = "modern".parse()?;
+    /// let rnodern: UserName = "rnodern".parse()?;
+    /// assert_eq!(modern.skeleton(), rnodern.skeleton());
+    /// let bob: UserName = "bob".parse()?;
+    /// assert_ne!(bob.skeleton(), alice.skeleton());
+    /// # Ok::<(), sotto_proto::NameError>(())
+    /// ```
+    pub fn skeleton(&self) -> String {
+        let mut folded = String::with_capacity(self.0.len());
+        for c in self.0.chars() {
+            match c.to_ascii_lowercase() {
+                'i' | 'l' | '1' => folded.push('l'),
+                '0' => folded.push('o'),
+                '5' => folded.push('s'),
+                '-' | '_' | '.' => {}
+                other => folded.push(other),
+            }
+        }
+        folded.replace("rn", "m").replace("vv", "w")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -253,6 +347,37 @@ mod tests {
             UserName::try_from(name),
             Err(NameError::TooLong { len: 33 })
         );
+    }
+
+    #[test]
+    fn keys_fold_ascii_case_only() {
+        let a = UserName::try_from("Bob-2.x").unwrap();
+        let b = UserName::try_from("bOB-2.X").unwrap();
+        assert_eq!(a.key(), b.key());
+        assert_eq!(a.key().as_str(), "bob-2.x");
+        assert_eq!(a.key().to_name().as_str(), "bob-2.x");
+        assert!(a.same_as(&b));
+        assert_ne!(a.key(), UserName::try_from("bob-2x").unwrap().key());
+    }
+
+    #[test]
+    fn lookalike_names_share_a_skeleton() {
+        let skeleton = |name: &str| UserName::try_from(name).unwrap().skeleton();
+        for (a, b) in [
+            ("alice", "aIice"),
+            ("alice", "al1ce"),
+            ("alice", "ALICE"),
+            ("bob", "B0B"),
+            ("m", "rn"),
+            ("walter", "vvalter"),
+            ("sam", "5am"),
+            ("ann_lee", "annlee"),
+        ] {
+            assert_eq!(skeleton(a), skeleton(b), "{a} {b}");
+        }
+        for (a, b) in [("alice", "alicia"), ("bob", "rob"), ("ann", "anne")] {
+            assert_ne!(skeleton(a), skeleton(b), "{a} {b}");
+        }
     }
 
     #[test]
