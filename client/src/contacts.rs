@@ -56,6 +56,10 @@ pub enum KeyEvent {
         name: String,
         /// The pinned key.
         fingerprint: Fingerprint,
+        /// Known contacts whose names look like this one
+        /// ([`sotto_proto::UserName::skeleton`]): `aIice` next to `alice`.
+        /// Front ends warn and show the fingerprint beside the name.
+        lookalikes: Vec<String>,
     },
     /// An unverified contact's key changed; the new key is now pinned.
     Changed {
@@ -153,6 +157,7 @@ impl Contacts {
             return Some(KeyEvent::Pinned {
                 name: name.to_string(),
                 fingerprint: identity.fingerprint(),
+                lookalikes: Vec::new(),
             });
         };
         if contact.identity == *identity {

@@ -754,7 +754,9 @@ impl Chat {
 
     fn key_event(&mut self, event: KeyEvent) {
         match event {
-            KeyEvent::Pinned { name, fingerprint } => {
+            KeyEvent::Pinned {
+                name, fingerprint, ..
+            } => {
                 self.trust
                     .entry(lower(&name))
                     .or_insert((TrustLevel::Unverified, Some(fingerprint)));

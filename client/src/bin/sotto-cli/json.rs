@@ -140,7 +140,9 @@ pub(crate) fn event(update: &Update) -> Value {
             with_type("not_for_you", Value::Object(fields))
         }
         Update::Key(event) => match event {
-            KeyEvent::Pinned { name, fingerprint } => with_type(
+            KeyEvent::Pinned {
+                name, fingerprint, ..
+            } => with_type(
                 "key",
                 json!({ "event": "pinned", "name": name, "fingerprint": fingerprint.to_hex() }),
             ),

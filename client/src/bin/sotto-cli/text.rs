@@ -247,7 +247,9 @@ impl View {
                 "! {chat}: {from} sent a message without a key for you (you are not among its recipients)"
             ),
             Update::Key(event) => match event {
-                KeyEvent::Pinned { name, fingerprint } => {
+                KeyEvent::Pinned {
+                    name, fingerprint, ..
+                } => {
                     println!(
                         "* new contact {name}, key {fingerprint} (unverified: /verify {name})"
                     );
