@@ -141,10 +141,17 @@ pub(crate) fn event(update: &Update) -> Value {
         }
         Update::Key(event) => match event {
             KeyEvent::Pinned {
-                name, fingerprint, ..
+                name,
+                fingerprint,
+                lookalikes,
             } => with_type(
                 "key",
-                json!({ "event": "pinned", "name": name, "fingerprint": fingerprint.to_hex() }),
+                json!({
+                    "event": "pinned",
+                    "name": name,
+                    "fingerprint": fingerprint.to_hex(),
+                    "lookalikes": lookalikes,
+                }),
             ),
             KeyEvent::Changed {
                 name,
