@@ -19,6 +19,7 @@ use futures::StreamExt;
 use sotto_client::account::Account;
 use sotto_client::commands;
 use sotto_client::profile::Profile;
+use sotto_client::safe_text;
 use sotto_client::session::{self, Config, Update};
 use sotto_crypto::KdfParams;
 use sotto_proto::{RelayAddress, RoomName, UserName};
@@ -284,7 +285,8 @@ async fn chat(config: Config, json: bool, fingerprint: String) -> Result<ExitCod
                         if json {
                             println!("{}", json::error(&message));
                         } else {
-                            out.push(format!("! {message}"));
+                            // It may quote what was typed.
+                            out.push(format!("! {}", safe_text::inline(&message)));
                         }
                     }
                 }
