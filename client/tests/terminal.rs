@@ -322,3 +322,113 @@ async fn a_typed_escape_sequence_is_refused_not_sent() {
     bob.type_line("/quit").await;
     assert!(exited(&mut bob.child, "bob").await.success());
 }
+
+/// `sotto-cli connect` under a pseudo-terminal (script(1)): its line
+/// editor is on; what it writes is read as raw bytes.
+struct Pty {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    raw: Vec<u8>,
+}
+
+impl Pty {
+    fn spawn(dir: &Path, relay: &RelayAddress) -> Pty {
+        let command = format!(
+            "{} --data-dir {} connect {relay}",
+            support::CLI,
+            dir.display()
+        );
+        let mut child = tokio::process::Command::new("script")
+            .args(["-q", "-f", "-e", "-c", &command, "/dev/null"])
+            .env("SOTTO_PASSPHRASE", support::PASSPHRASE)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("script(1) from util-linux");
+        Pty {
+            stdin: child.stdin.take().unwrap(),
+            stdout: child.stdout.take().unwrap(),
+            child,
+            raw: Vec::new(),
+        }
+    }
+
+    /// Keys, as a terminal sends them (Enter is CR).
+    async fn keys(&mut self, keys: &str) {
+        self.stdin.write_all(keys.as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Reads until the output since `from` contains `wanted`; returns
+    /// where it ends.
+    async fn until(&mut self, from: usize, wanted: &str) -> usize {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(at) = self.raw[from..]
+                .windows(wanted.len())
+                .position(|w| w == wanted.as_bytes())
+            {
+                return from + at + wanted.len();
+            }
+            let mut buf = [0; 4096];
+            let read = tokio::time::timeout(PATIENCE, self.stdout.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "timed out waiting for {wanted:?}; output:\n{}",
+                        String::from_utf8_lossy(&self.raw)
+                    )
+                })
+                .unwrap();
+            assert!(
+                read > 0,
+                "output ended: {}",
+                String::from_utf8_lossy(&self.raw)
+            );
+            self.raw.extend_from_slice(&buf[..read]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_terminal_up_arrow_recalls_history_and_peer_escapes_stay_visible() {
+    let temp = tempfile::tempdir().unwrap();
+    let (mut alice, relay, bob_dir) = alice_and_interactive_bob(temp.path()).await;
+    let mut bob = Pty::spawn(&bob_dir, &relay);
+    let at = bob.until(0, "* you joined #lobby").await;
+    alice
+        .expect(|e| e["type"] == "presence" && e["name"] == "bob" && e["change"] == "joined")
+        .await;
+    bob.keys("hello from a terminal\r").await;
+    let first = alice
+        .expect(|e| e["type"] == "message" && e["from"] == "bob")
+        .await;
+    assert_eq!(first["text"], "hello from a terminal");
+    // The next prompt names the room; then Up, Enter sends the same line
+    // again, never the arrow's escape sequence.
+    let at = bob.until(at, "#lobby> ").await;
+    bob.keys("\u{1b}[A\r").await;
+    let again = alice
+        .expect(|e| e["type"] == "message" && e["from"] == "bob")
+        .await;
+    assert_eq!(again["text"], "hello from a terminal");
+
+    // The editor draws with escape sequences of its own, but what the
+    // peer sent arrives escaped.
+    alice
+        .say(json!({"type": "send", "room": "lobby", "text": "\u{1b}]0;TITLE\u{7} \u{1b}[2J"}))
+        .await;
+    bob.until(at, r"<alice> \e]0;TITLE\x07 \e[2J").await;
+    let raw = &bob.raw;
+    for bad in ["\u{1b}]0;TITLE", "\u{1b}[2J", "\u{7}"] {
+        assert!(
+            !raw.windows(bad.len()).any(|w| w == bad.as_bytes()),
+            "{bad:?} reached the terminal"
+        );
+    }
+    bob.keys("/quit\r").await;
+    assert!(exited(&mut bob.child, "bob").await.success());
+}
