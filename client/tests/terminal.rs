@@ -402,6 +402,9 @@ async fn at_a_terminal_up_arrow_recalls_history_and_peer_escapes_stay_visible() 
     alice
         .expect(|e| e["type"] == "presence" && e["name"] == "bob" && e["change"] == "joined")
         .await;
+    // Type only once the prompt is drawn: the editor first asks the
+    // terminal where its cursor is and would take a key for the answer.
+    let at = bob.until(at, "> ").await;
     bob.keys("hello from a terminal\r").await;
     let first = alice
         .expect(|e| e["type"] == "message" && e["from"] == "bob")
@@ -421,7 +424,8 @@ async fn at_a_terminal_up_arrow_recalls_history_and_peer_escapes_stay_visible() 
     alice
         .say(json!({"type": "send", "room": "lobby", "text": "\u{1b}]0;TITLE\u{7} \u{1b}[2J"}))
         .await;
-    bob.until(at, r"<alice> \e]0;TITLE\x07 \e[2J").await;
+    let at = bob.until(at, r"<alice> \e]0;TITLE\x07 \e[2J").await;
+    bob.until(at, "#lobby> ").await;
     let raw = &bob.raw;
     for bad in ["\u{1b}]0;TITLE", "\u{1b}[2J", "\u{7}"] {
         assert!(
