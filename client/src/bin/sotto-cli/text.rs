@@ -214,8 +214,14 @@ impl View {
 
     /// A name as listed, with " [looks like NAME, key ...]" for a contact
     /// flagged as a look-alike in this run.
-    fn label(&self, name: &str, trust: TrustLevel, fingerprint: Option<String>) -> String {
-        let mut label = format!("{}{}", safe(&name), self.badge(name, trust));
+    fn label(
+        &self,
+        name: &impl fmt::Display,
+        trust: TrustLevel,
+        fingerprint: Option<String>,
+    ) -> String {
+        let name = name.to_string();
+        let mut label = format!("{}{}", safe(&name), self.badge(&name, trust));
         if let Some(like) = self.lookalikes.get(&name.to_ascii_lowercase()) {
             let like: Vec<String> = like.iter().map(safe).collect();
             label.push_str(&format!(" [looks like {}", like.join(", ")));
@@ -502,8 +508,10 @@ impl View {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    self.lookalikes
-                        .insert(name.to_string().to_ascii_lowercase(), lookalikes.clone());
+                    self.lookalikes.insert(
+                        name.to_string().to_ascii_lowercase(),
+                        lookalikes.iter().map(ToString::to_string).collect(),
+                    );
                 }
                 out.push(format!(
                     "* new contact {shown}, key {fingerprint} (unverified: /verify {shown})"
