@@ -19,6 +19,10 @@ Three kinds of reference are checked:
    if it has four words) must be defined in the repository's Rust code as
    `fn NAME`, or as a field or setting `NAME:` / `NAME =` (a
    configuration key like `max_stored_per_recipient`).
+4. Markdown files named anywhere, in the docs and in the repository's
+   sources and scripts too (`see threat-model.md`, `DESIGN.md`): a bare
+   `NAME.md` must be a Markdown file of the repository, so that the
+   repository stands alone.
 
 URLs are ignored, and so is anything under `target/`. Standard library
 only; prints each dangling reference as FILE:LINE and exits 1 if there is
@@ -230,12 +234,31 @@ def main() -> int:
                 if IDENT.match(name) and name not in fns and name not in keys:
                     report("no `fn` of that name", name)
 
+    # 4. Every `NAME.md` named in docs, sources and scripts is ours.
+    markdown = {Path(f).name for f in files if f.endswith(".md")}
+    md_name = re.compile(r"(?<![\w/.-])([A-Za-z][\w-]*\.md)\b")
+    this = Path(__file__).resolve().relative_to(ROOT).as_posix()
+    texts = [
+        f
+        for f in files
+        if (f.endswith((".md", ".rs", ".py", ".sh", ".toml")) or f == ".ci/run") and f != this
+    ]
+    for path in sorted(texts):
+        try:
+            text = (ROOT / path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            for name in md_name.findall(URL.sub(" ", line)):
+                if name not in markdown:
+                    problems.append(f"{path}:{number}: no Markdown file of that name in the repository: {name}")
+
     for problem in problems:
         print(problem)
     if problems:
-        print(f"\n{len(problems)} dangling reference(s) in README.md and docs/", file=sys.stderr)
+        print(f"\n{len(problems)} dangling reference(s)", file=sys.stderr)
         return 1
-    print(f"doc references: {len(docs)} documents checked, all references exist")
+    print(f"doc references: {len(docs)} documents and {len(texts)} sources checked, all exist")
     return 0
 
 
