@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that what README.md and docs/*.md cite exists in the repository.
 
-Three kinds of reference are checked:
+Four kinds of reference are checked:
 
 1. Markdown links to local files, `[text](docs/gui.md#anchor)`: the file
    must exist (relative to the document), and an anchor into a Markdown
@@ -18,21 +18,25 @@ Three kinds of reference are checked:
    `Identity::unwrap_session_key` is checked as `unwrap_session_key` only
    if it has four words) must be defined in the repository's Rust code as
    `fn NAME`, or as a field or setting `NAME:` / `NAME =` (a
-   configuration key like `max_stored_per_recipient`).
+   configuration key like `max_stored_per_recipient`). A hostile-relay
+   scenario cited by its number alone (`s07`) must be a test `fn s07_...`.
 4. Markdown files named anywhere, in the docs and in the repository's
    sources and scripts too (`see threat-model.md`, `DESIGN.md`): a bare
    `NAME.md` must be a Markdown file of the repository, so that the
    repository stands alone.
 
-URLs are ignored, and so is anything under `target/`. Standard library
-only; prints each dangling reference as FILE:LINE and exits 1 if there is
-any.
+The repository's files are what `git ls-files` lists, tracked or new but
+not ignored (every file under the root, outside `.git/` and `target/`,
+where git is not available). URLs are ignored, and so is anything under
+`target/`. Standard library only; prints each dangling reference as
+FILE:LINE and exits 1 if there is any.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,7 +56,18 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 
 def repo_files() -> list[str]:
-    """Every file under the repository root, as a relative POSIX path."""
+    """The repository's files, as relative POSIX paths."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout.decode("utf-8", errors="replace")
+        # Deleted but not yet committed files are still listed: keep what exists.
+        return [f for f in listed.split("\0") if f and (ROOT / f).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        pass
     files = []
     for dirpath, dirnames, filenames in os.walk(ROOT):
         dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
@@ -69,7 +84,10 @@ def rust_definitions(files: list[str]) -> tuple[set[str], set[str]]:
     fns: set[str] = set()
     keys: set[str] = set()
     fn_def = re.compile(r"\bfn\s+([a-z_][a-z0-9_]*)")
-    key_def = re.compile(r"\b([a-z_][a-z0-9_]*)\s*(?::(?!:)|=(?!=))|\"([a-z_][a-z0-9_]*)\"")
+    key_def = re.compile(
+        r"\b([a-z_][a-z0-9_]*)\s*(?::(?!:)|=(?!=))"  # a field, a setting
+        r"|\"([a-z_][a-z0-9_]*)\""  # a string literal
+    )
     for path in files:
         if not path.endswith((".rs", ".toml")):
             continue
@@ -143,7 +161,10 @@ def main() -> int:
     dirs_alt = "|".join(re.escape(t) for t in top_dirs)
     files_alt = "|".join(re.escape(t) for t in top_files)
     path_re = re.compile(
-        r"(?<![\w./~$-])((?:" + dirs_alt + r")/(?:[\w./*-]|\{[\w.,/-]*\})*|(?:" + files_alt + r")(?![\w.-]))"
+        r"(?<![\w./~$-])("
+        + r"(?:" + dirs_alt + r")/(?:[\w./*-]|\{[\w.,/-]*\})*"
+        + r"|(?:" + files_alt + r")(?![\w.-])"
+        + r")"
     )
 
     ignored = gitignored()
@@ -233,6 +254,9 @@ def main() -> int:
                 name = name[:-2] if name.endswith("()") else name
                 if IDENT.match(name) and name not in fns and name not in keys:
                     report("no `fn` of that name", name)
+                scenario = re.fullmatch(r"s\d{2}", span)
+                if scenario and not any(f.startswith(span + "_") for f in fns):
+                    report("no scenario test of that number", span)
 
     # 4. Every `NAME.md` named in docs, sources and scripts is ours.
     markdown = {Path(f).name for f in files if f.endswith(".md")}
@@ -241,7 +265,7 @@ def main() -> int:
     texts = [
         f
         for f in files
-        if (f.endswith((".md", ".rs", ".py", ".sh", ".toml")) or f == ".ci/run") and f != this
+        if f != this and (f.endswith((".md", ".rs", ".py", ".sh", ".toml")) or f == ".ci/run")
     ]
     for path in sorted(texts):
         try:
@@ -251,7 +275,9 @@ def main() -> int:
         for number, line in enumerate(text.splitlines(), 1):
             for name in md_name.findall(URL.sub(" ", line)):
                 if name not in markdown:
-                    problems.append(f"{path}:{number}: no Markdown file of that name in the repository: {name}")
+                    problems.append(
+                        f"{path}:{number}: no Markdown file of that name in the repository: {name}"
+                    )
 
     for problem in problems:
         print(problem)
