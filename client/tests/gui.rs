@@ -758,3 +758,43 @@ async fn settings_change_the_theme_and_notifications_and_are_kept() {
     assert_eq!(gui.app.settings().theme, ThemeChoice::Dark);
     assert!(!gui.app.settings().notifications);
 }
+
+/// The `sotto` binary: its help and version name the app, and without a
+/// display it says so in one line and fails, without a panic.
+#[test]
+fn the_binary_names_itself_and_explains_a_missing_display() {
+    const SOTTO: &str = env!("CARGO_BIN_EXE_sotto");
+    let run = |args: &[&str]| {
+        std::process::Command::new(SOTTO)
+            .args(args)
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("WAYLAND_SOCKET")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.starts_with("sotto: end-to-end encrypted chat, the desktop app"),
+        "{help}"
+    );
+    assert!(!help.contains("library"), "{help}");
+    let version = run(&["--version"]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8(version.stdout).unwrap(),
+        format!("sotto {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let headless = run(&["--data-dir", dir.to_str().unwrap()]);
+    assert!(!headless.status.success());
+    let stderr = String::from_utf8(headless.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("sotto: no display"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
