@@ -759,6 +759,82 @@ async fn settings_change_the_theme_and_notifications_and_are_kept() {
     assert!(!gui.app.settings().notifications);
 }
 
+/// The verification screen drawn to pixels (tiny-skia, as in the real
+/// window) in both themes: a real QR decoder reads the safety-number
+/// payload back from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_qr_code_is_dark_on_light_and_decodes_in_both_themes() {
+    use sotto_client::gui::verify::{self, Shown};
+    use sotto_client::session::TrustLevel;
+
+    let temp = tempfile::tempdir().unwrap();
+    let alice = Account::create(
+        &Profile::open(temp.path().join("alice")).unwrap(),
+        "alice".parse().unwrap(),
+        PASSPHRASE.to_owned().into(),
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .await
+    .unwrap();
+    let bob = Account::create(
+        &Profile::open(temp.path().join("bob")).unwrap(),
+        "bob".parse().unwrap(),
+        PASSPHRASE.to_owned().into(),
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .await
+    .unwrap();
+    let number = alice
+        .identity()
+        .public()
+        .safety_number(bob.identity().public());
+    let payload = number.qr_payload().to_owned();
+    let shown = Shown::new(
+        "bob".into(),
+        bob.identity().fingerprint(),
+        number,
+        TrustLevel::Unverified,
+    );
+    for (theme, name) in [(iced::Theme::Light, "light"), (iced::Theme::Dark, "dark")] {
+        let mut ui = simulator(verify::view(Some(&shown), "bob", &alice));
+        let snapshot = ui.snapshot(&theme).unwrap();
+        // iced_test writes the frame as a PNG where none is yet.
+        let dir = temp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(snapshot.matches_image(dir.join("verify.png")).unwrap());
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(file).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut rgba).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgba);
+        let (width, height) = (info.width as usize, info.height as usize);
+        let grey: Vec<u8> = rgba
+            .chunks_exact(4)
+            .map(|p| ((u16::from(p[0]) * 3 + u16::from(p[1]) * 6 + u16::from(p[2])) / 10) as u8)
+            .collect();
+        let mut image =
+            rqrr::PreparedImage::prepare_from_greyscale(width, height, |x, y| grey[y * width + x]);
+        let grids = image.detect_grids();
+        assert_eq!(
+            grids.len(),
+            1,
+            "{name} theme: {} QR codes found",
+            grids.len()
+        );
+        let (_, content) = grids[0]
+            .decode()
+            .unwrap_or_else(|e| panic!("{name} theme: {e}"));
+        assert_eq!(content, payload, "{name} theme");
+    }
+}
+
 /// The `sotto` binary: its help and version name the app, and without a
 /// display it says so in one line and fails, without a panic.
 #[test]
