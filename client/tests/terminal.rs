@@ -342,6 +342,8 @@ impl Pty {
         let mut child = tokio::process::Command::new("script")
             .args(["-q", "-f", "-e", "-c", &command, "/dev/null"])
             .env("SOTTO_PASSPHRASE", support::PASSPHRASE)
+            // A terminal the editor supports, whatever the caller's is.
+            .env("TERM", "xterm-256color")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
