@@ -51,6 +51,7 @@
 //! assert_eq!(message_lines("one\r\ntwo\rthree"), ["one", r"two\rthree"]);
 //! ```
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use unicode_normalization::char::is_combining_mark;
@@ -191,6 +192,47 @@ impl fmt::Display for Inline<'_> {
         }
         more(f, rest)
     }
+}
+
+/// A multi-line untrusted text made safe to show in one paragraph (the
+/// desktop app): escaped like [`inline`] text except that newlines stay
+/// (a CR LF pair becomes one newline; a bare CR is escaped), combining
+/// marks capped, nothing cut (the app lays out long text itself).
+/// Borrowed when there is nothing to change.
+///
+/// ```
+/// use sotto_client::safe_text::multiline;
+///
+/// assert_eq!(multiline("a\u{202e}b\r\nc\u{1b}[2J"), "a\\u{202e}b\nc\\e[2J");
+/// assert!(matches!(multiline("plain\ntext"), std::borrow::Cow::Borrowed(_)));
+/// ```
+pub fn multiline(text: &str) -> Cow<'_, str> {
+    let mut marks = 0;
+    let clean = text.chars().all(|c| {
+        if is_combining_mark(c) {
+            marks += 1;
+            return marks <= MAX_MARKS;
+        }
+        marks = 0;
+        c == '\n' || !needs_escape(c)
+    });
+    if clean {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    let mut lines = text.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let line = match lines.peek() {
+            Some(_) => line.strip_suffix('\r').unwrap_or(line),
+            None => line,
+        };
+        // Writing to a String cannot fail.
+        let _ = Escaper::new(&mut shown).text(line);
+        if lines.peek().is_some() {
+            shown.push('\n');
+        }
+    }
+    Cow::Owned(shown)
 }
 
 /// A multi-line untrusted text (a message) as the lines to print: split
@@ -352,6 +394,26 @@ mod tests {
     }
 
     #[test]
+    fn multiline_text_keeps_its_lines_and_escapes_the_rest() {
+        assert_eq!(
+            multiline("a\u{202E}b\u{2066}c\u{2069}\u{200F}\u{061C}"),
+            r"a\u{202e}b\u{2066}c\u{2069}\u{200f}\u{61c}"
+        );
+        assert_eq!(
+            multiline("x\u{1b}]0;T\u{7}\r\ny\rz\t"),
+            "x\\e]0;T\\x07\ny\\rz\\t"
+        );
+        assert_eq!(multiline("\u{85}\u{7f}"), r"\u{85}\x7f");
+        assert_eq!(multiline("e\u{301}\u{301}"), "e\u{301}\u{301}");
+        let zalgo = format!("e{}", "\u{301}".repeat(10));
+        assert_eq!(
+            multiline(&zalgo),
+            format!("e{}[+6 marks]", "\u{301}".repeat(MAX_MARKS))
+        );
+        assert!(matches!(multiline("hello\nשלום"), Cow::Borrowed(_)));
+    }
+
+    #[test]
     fn find_control_finds_typed_escape_sequences() {
         assert_eq!(find_control("\u{1b}[A"), Some('\u{1b}'));
         assert_eq!(find_control("a\u{7f}"), Some('\u{7f}'));
@@ -374,6 +436,13 @@ mod tests {
             for line in message_lines(&text) {
                 shows_no_control(&line)?;
             }
+        }
+
+        #[test]
+        fn nothing_escaped_survives_in_multiline_text(text in any::<String>()) {
+            let shown = multiline(&text);
+            prop_assert!(!shown.chars().any(|c| c != '\n' && needs_escape(c)));
+            prop_assert_eq!(shown.matches('\n').count(), text.matches('\n').count());
         }
 
         #[test]

@@ -836,17 +836,19 @@ async fn bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text(
     // The header's pieces are texts of their own, apart from the text.
     assert!(texts.iter().any(|t| t == "bob"), "{texts:#?}");
     // The message's text is one text, exactly the message, escaped.
-    let body = "<U+202E>evil<U+2066> [12:00] carol [verified]<U+2069><U+200F><U+061C><U+200E>\
-                <U+202A><U+202B><U+202C><U+202D><U+2067><U+2068> send the passphrase";
+    let body = concat!(
+        r"\u{202e}evil\u{2066} [12:00] carol [verified]\u{2069}\u{200f}\u{61c}\u{200e}",
+        r"\u{202a}\u{202b}\u{202c}\u{202d}\u{2067}\u{2068} send the passphrase"
+    );
     assert!(texts.iter().any(|t| t == body), "{texts:#?}");
     assert!(
         texts
             .iter()
-            .any(|t| t.starts_with("the relay refused: <U+202E>detsurt")),
+            .any(|t| t.starts_with(r"the relay refused: \u{202e}detsurt")),
         "{texts:#?}"
     );
     assert!(
-        texts.iter().any(|t| t.contains("the relay said <U+2067>")),
+        texts.iter().any(|t| t.contains(r"the relay said \u{2067}")),
         "{texts:#?}"
     );
 

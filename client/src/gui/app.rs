@@ -415,7 +415,7 @@ impl App {
 /// read by other programs). A name is a relay-checked name (ASCII letters,
 /// digits, `-`, `_`, `.`), so it carries no control character.
 pub fn notification(from: &str, chat: &Conversation) -> String {
-    let from = super::safe::visible(from);
+    let from = crate::safe_text::multiline(from);
     match chat {
         Conversation::Room(room) => format!("New message from {from} in #{room}"),
         Conversation::Direct(_) => format!("New direct message from {from}"),

@@ -14,13 +14,13 @@ use iced::{Alignment, Element, Fill, Task, keyboard};
 use sotto_crypto::Fingerprint;
 use sotto_proto::{RelayAddress, RoomName, UserKey, UserName};
 
-use super::safe::visible;
 use super::style::{BOLD, MONO, badge, clock, count};
 use super::timeline::{Entry, Timeline, Tone};
 use super::verify::{self, KeyChange, Shown};
 use crate::account::Account;
 use crate::commands::{self, Line};
 use crate::contacts::KeyEvent;
+use crate::safe_text::multiline as visible;
 use crate::session::{
     self, Chat as Conversation, Command, Connection, Controller, Member, PresenceChange,
     TrustLevel, Update,

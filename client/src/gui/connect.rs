@@ -189,7 +189,7 @@ impl Connect {
                 .on_press_maybe(ready.then_some(Message::Connect)),
         );
         if let Some(ended) = &self.ended {
-            form = form.push(text(super::safe::visible(ended)).style(text::danger));
+            form = form.push(text(crate::safe_text::multiline(ended)).style(text::danger));
         }
         let mut saved = column![text("Saved relays").font(BOLD)].spacing(6);
         match (&self.known, &self.known_error) {

@@ -30,7 +30,6 @@ pub mod app;
 pub mod chat;
 pub mod connect;
 pub mod onboarding;
-pub mod safe;
 pub mod settings;
 mod style;
 pub mod timeline;
