@@ -17,6 +17,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,12 +27,14 @@ use sotto_proto::{
     RoomName, Slot, UserInfo, UserName, encode_frame,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tls::CertStore;
+use crate::writer::Backlog;
 
 /// The outbound side of one connection.
 #[derive(Clone, Debug)]
@@ -40,25 +43,41 @@ pub(crate) struct Peer {
     pub(crate) tx: mpsc::Sender<Bytes>,
     /// Cancelled to disconnect the connection (slow reader, replaced).
     pub(crate) kill: CancellationToken,
+    /// The bytes queued in `tx`, bounded.
+    pub(crate) backlog: Arc<Backlog>,
 }
 
 impl Peer {
-    /// Queues an encoded frame without waiting. A peer whose queue is full
-    /// reads too slowly: it is disconnected (never allowed to stall the
-    /// sender or to grow memory), and `false` is returned.
+    /// Queues an encoded frame without waiting. A peer whose queue is full,
+    /// in frames or in bytes, reads too slowly: it is disconnected (never
+    /// allowed to stall the sender or to grow memory), and `false` is
+    /// returned.
     pub(crate) fn push(&self, frame: Bytes, metrics: &Metrics) -> bool {
+        let len = frame.len();
+        if !self.backlog.try_take(len) {
+            self.too_slow(metrics);
+            return false;
+        }
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kill.is_cancelled() {
-                    Metrics::inc(&metrics.slow_consumers);
-                    tracing::info!("disconnecting a client that reads too slowly");
-                }
-                self.kill.cancel();
+                self.backlog.release(len);
+                self.too_slow(metrics);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.backlog.release(len);
+                false
+            }
         }
+    }
+
+    fn too_slow(&self, metrics: &Metrics) {
+        if !self.kill.is_cancelled() {
+            Metrics::inc(&metrics.slow_consumers);
+            tracing::info!("disconnecting a client that reads too slowly");
+        }
+        self.kill.cancel();
     }
 }
 
@@ -223,9 +242,37 @@ fn carve(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
 struct Online {
     name: UserName,
     identity: Bytes,
+    fingerprint: [u8; 32],
     conn: u64,
     peer: Peer,
     rooms: BTreeSet<RoomName>,
+}
+
+/// What one identity key holds: its registered connections, and what is
+/// left of its fan-out budget (a token bucket of bytes).
+struct KeyUse {
+    connections: usize,
+    fanout: f64,
+    last: Instant,
+}
+
+impl KeyUse {
+    /// The budget refilled up to `now`.
+    fn refill(&mut self, config: &Config, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.fanout = (self.fanout + elapsed * config.fanout_bytes_per_sec as f64)
+            .min(config.fanout_burst_bytes as f64);
+    }
+}
+
+/// Why a registration was refused by a limit on its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyLimit {
+    /// The key has `max_connections_per_key` connections already.
+    Connections,
+    /// The relay is nearly full and the key has a connection already.
+    Reserve,
 }
 
 #[derive(Default)]
@@ -237,6 +284,9 @@ struct Registry {
     /// its rooms under the same lock), so that a room message reaches each
     /// member without looking it up. Empty rooms are removed.
     rooms: BTreeMap<RoomName, BTreeMap<String, Peer>>,
+    /// Fingerprint -> what the key holds. A key leaves once it has no
+    /// connection and a full budget.
+    keys: HashMap<[u8; 32], KeyUse>,
 }
 
 /// What a direct delivery came to.
@@ -258,6 +308,46 @@ pub(crate) struct Shared {
     /// Changed (under the lock) whenever `registry.users` changes.
     generation: AtomicU64,
     next_conn: AtomicU64,
+    /// Source address -> its connections that have not registered yet
+    /// (guarded apart from the registry: it changes on every accept).
+    sources: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// What a connection's source address is counted as: an IPv4 address, or
+/// the /64 prefix of an IPv6 address (one host usually has a whole /64).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
+}
+
+/// A connection that has not registered, counted against its source
+/// address until it registers or ends.
+pub(crate) struct Unregistered {
+    shared: Arc<Shared>,
+    source: IpAddr,
+}
+
+impl Drop for Unregistered {
+    fn drop(&mut self) {
+        let mut sources = self
+            .shared
+            .sources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = sources.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                sources.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// A connection's memory of its last direct recipient: the registry
@@ -309,7 +399,29 @@ impl Shared {
             registry: Mutex::new(Registry::default()),
             generation: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
+            sources: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts a new connection from `ip` as unregistered, unless its
+    /// source address has `max_unregistered_per_ip` such connections
+    /// already (`None`: the connection is to be closed).
+    pub(crate) fn arrive(self: &Arc<Self>, ip: IpAddr) -> Option<Unregistered> {
+        let source = source(ip);
+        let mut sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = sources.entry(source).or_insert(0);
+        if *count >= self.config.max_unregistered_per_ip {
+            return None;
+        }
+        *count += 1;
+        drop(sources);
+        Some(Unregistered {
+            shared: Arc::clone(self),
+            source,
+        })
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -324,28 +436,91 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes `conn` the connection of `name`. A previous connection of the
-    /// same user is disconnected and leaves its rooms.
-    pub(crate) fn register(&self, conn: u64, name: UserName, identity: Bytes, peer: Peer) {
+    /// Whether the key with `fingerprint` may register `name` on one more
+    /// connection: [`Shared::register`] checks the same, this only spares
+    /// claiming a name for a connection that would be refused.
+    pub(crate) fn may_register(
+        &self,
+        fingerprint: &[u8; 32],
+        name: &UserName,
+    ) -> Result<(), KeyLimit> {
+        let registry = self.registry();
+        self.key_limit(&registry, fingerprint, &key(name))
+    }
+
+    /// The limit that keeps `fingerprint` from one more connection for
+    /// `user` (lower-cased), if any. A new login of a name replaces that
+    /// name's connection, so it does not count as one more.
+    fn key_limit(
+        &self,
+        registry: &Registry,
+        fingerprint: &[u8; 32],
+        user: &str,
+    ) -> Result<(), KeyLimit> {
+        let replaced = registry
+            .users
+            .get(user)
+            .is_some_and(|o| o.fingerprint == *fingerprint);
+        let held = registry
+            .keys
+            .get(fingerprint)
+            .map_or(0, |k| k.connections)
+            .saturating_sub(usize::from(replaced));
+        if held >= self.config.max_connections_per_key {
+            return Err(KeyLimit::Connections);
+        }
+        // Every open connection holds one of `max_connections`.
+        let open = self.metrics.connections.load(Ordering::Relaxed) as usize;
+        let free = self.config.max_connections.saturating_sub(open);
+        if held > 0 && free < self.config.reserve() {
+            return Err(KeyLimit::Reserve);
+        }
+        Ok(())
+    }
+
+    /// Makes `conn` the connection of `name`, of the key with
+    /// `fingerprint`, unless a limit on that key refuses it. A previous
+    /// connection of the same user is disconnected and leaves its rooms.
+    pub(crate) fn register(
+        &self,
+        conn: u64,
+        name: UserName,
+        identity: Bytes,
+        fingerprint: [u8; 32],
+        peer: Peer,
+    ) -> Result<(), KeyLimit> {
         let mut registry = self.registry();
-        self.generation.fetch_add(1, Ordering::AcqRel);
         let user = key(&name);
+        self.key_limit(&registry, &fingerprint, &user)?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(old) = registry.users.remove(&user) {
             old.peer.kill.cancel();
             self.disconnected(&mut registry, &user, old);
         } else {
             Metrics::inc(&self.metrics.users_online);
         }
+        let burst = self.config.fanout_burst_bytes as f64;
+        registry
+            .keys
+            .entry(fingerprint)
+            .or_insert_with(|| KeyUse {
+                connections: 0,
+                fanout: burst,
+                last: Instant::now(),
+            })
+            .connections += 1;
         registry.users.insert(
             user,
             Online {
                 name,
                 identity,
+                fingerprint,
                 conn,
                 peer,
                 rooms: BTreeSet::new(),
             },
         );
+        Ok(())
     }
 
     /// Forgets `conn` if it is still the connection of `name`; its rooms
@@ -365,6 +540,15 @@ impl Shared {
     /// Takes a connection that is gone (`old`, of lower-cased `user`) out
     /// of its rooms, whose members hear that it disconnected.
     fn disconnected(&self, registry: &mut Registry, user: &str, old: Online) {
+        if let Some(held) = registry.keys.get_mut(&old.fingerprint) {
+            held.connections = held.connections.saturating_sub(1);
+            held.refill(&self.config, Instant::now());
+            // Kept while its budget refills, so that logging in again does
+            // not refill it.
+            if held.connections == 0 && held.fanout >= self.config.fanout_burst_bytes as f64 {
+                registry.keys.remove(&old.fingerprint);
+            }
+        }
         for room in old.rooms {
             self.remove_member(
                 registry,
@@ -494,6 +678,11 @@ impl Shared {
     /// Fans a room message out to every other member, each with only its own
     /// slot (members without one get the body alone). The frame without a
     /// slot is assembled once and shared by every member that has none.
+    ///
+    /// The message costs its sender's key its body's size times the other
+    /// members, plus its slots: `TooLarge` if that is more than the whole
+    /// budget (`fanout_burst_bytes`), `RateLimited` if more than is left of
+    /// it; nobody gets the message then.
     pub(crate) fn route_room(
         &self,
         from: &UserName,
@@ -501,11 +690,34 @@ impl Shared {
         body: &Bytes,
         slots: &[Slot],
     ) -> Result<usize, ErrorCode> {
-        let registry = self.registry();
+        let mut registry = self.registry();
+        let Registry {
+            users, rooms, keys, ..
+        } = &mut *registry;
         let sender = lookup_key(from);
-        let members = registry.rooms.get(room).ok_or(ErrorCode::NotMember)?;
+        let members = rooms.get(room).ok_or(ErrorCode::NotMember)?;
         if !members.contains_key(sender.as_ref()) {
             return Err(ErrorCode::NotMember);
+        }
+        let fingerprint = users
+            .get(sender.as_ref())
+            .map(|o| o.fingerprint)
+            .ok_or(ErrorCode::NotRegistered)?;
+        let recipients = members.len().saturating_sub(1) as u64;
+        let cost = (body.len() as u64)
+            .saturating_mul(recipients)
+            .saturating_add(slots.iter().map(|s| s.data.len() as u64).sum::<u64>());
+        if let Some(budget) = keys.get_mut(&fingerprint) {
+            if cost > self.config.fanout_burst_bytes {
+                Metrics::inc(&self.metrics.fanout_refused);
+                return Err(ErrorCode::TooLarge);
+            }
+            budget.refill(&self.config, Instant::now());
+            if cost as f64 > budget.fanout {
+                Metrics::inc(&self.metrics.fanout_refused);
+                return Err(ErrorCode::RateLimited);
+            }
+            budget.fanout -= cost as f64;
         }
         let mut own: HashMap<String, &Bytes> = HashMap::with_capacity(slots.len());
         // The first slot for a recipient counts, as for direct messages.
@@ -711,7 +923,8 @@ mod tests {
     fn peer() -> (Peer, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(8);
         let kill = CancellationToken::new();
-        (Peer { tx, kill }, rx)
+        let backlog = Arc::new(Backlog::new(1 << 20, Arc::new(Metrics::default())));
+        (Peer { tx, kill, backlog }, rx)
     }
 
     /// A cached recipient is used only while it is still the registered
@@ -729,7 +942,9 @@ mod tests {
             Direct::Offline
         ));
         let (first, mut first_rx) = peer();
-        shared.register(1, user("bob"), Bytes::new(), first);
+        shared
+            .register(1, user("bob"), Bytes::new(), [1; 32], first)
+            .unwrap();
         for text in ["one", "two"] {
             assert!(matches!(
                 shared.route_direct(&mut cache, &user("Bob"), frame(text)),
@@ -739,7 +954,9 @@ mod tests {
         }
 
         let (second, mut second_rx) = peer();
-        shared.register(2, user("bob"), Bytes::new(), second);
+        shared
+            .register(2, user("bob"), Bytes::new(), [1; 32], second)
+            .unwrap();
         assert!(matches!(
             shared.route_direct(&mut cache, &user("bob"), frame("three")),
             Direct::Delivered
@@ -760,6 +977,21 @@ mod tests {
             shared.route_direct(&mut cache, &user("bob"), frame("four")),
             Direct::Offline
         ));
+    }
+
+    /// Unregistered connections are counted per IPv4 address and per IPv6
+    /// /64 (an IPv4-mapped address is its IPv4 address).
+    #[test]
+    fn sources_are_addresses_and_ipv6_prefixes() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(source(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            source(ip("2001:db8:1:2:bbbb::9")),
+            source(ip("2001:db8:1:2:aaaa::1"))
+        );
+        assert_ne!(source(ip("2001:db8:1:3::1")), source(ip("2001:db8:1:2::1")));
     }
 
     #[test]

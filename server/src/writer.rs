@@ -1,31 +1,136 @@
 //! The writer half of a connection, shared with the load generator's bare
 //! forwarder so that the baseline batches writes exactly as the relay does.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// How many queued frames the writer takes per TLS write.
 pub const WRITE_BATCH: usize = 512;
+/// Most bytes the writer copies into one write: a batch of large frames
+/// goes out in several writes, each releasing its frames' bytes.
+pub const WRITE_CHUNK: usize = 256 * 1024;
 /// How long a closing connection may take to flush what it was sending.
 pub const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// The bytes queued for one connection, bounded: a frame is counted when
+/// it is queued and released once it has been written (or discarded when
+/// the connection ends). The relay's gauge of queued bytes
+/// ([`Metrics::outbound_bytes`]) follows every connection's count.
+#[derive(Debug)]
+pub struct Backlog {
+    room: Semaphore,
+    limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Backlog {
+    /// A backlog of at most `limit` bytes.
+    pub fn new(limit: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            room: Semaphore::new(limit.min(Semaphore::MAX_PERMITS)),
+            limit: limit.min(Semaphore::MAX_PERMITS),
+            metrics,
+        }
+    }
+
+    /// Counts `len` more bytes if they fit; `false` if they do not.
+    pub fn try_take(&self, len: usize) -> bool {
+        let Ok(n) = u32::try_from(len) else {
+            return false;
+        };
+        match self.room.try_acquire_many(n) {
+            Ok(permit) => {
+                permit.forget();
+                self.counted(len);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Counts `len` more bytes, waiting for the writer to make room;
+    /// `false` if they can never fit.
+    pub async fn take(&self, len: usize) -> bool {
+        let Ok(n) = u32::try_from(len) else {
+            return false;
+        };
+        if len > self.limit {
+            return false;
+        }
+        match self.room.acquire_many(n).await {
+            Ok(permit) => {
+                permit.forget();
+                self.counted(len);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn counted(&self, len: usize) {
+        let total = self
+            .metrics
+            .outbound_bytes
+            .fetch_add(len as u64, Ordering::Relaxed)
+            + len as u64;
+        self.metrics
+            .outbound_bytes_peak
+            .fetch_max(total, Ordering::Relaxed);
+    }
+
+    /// Releases `len` bytes counted before.
+    pub fn release(&self, len: usize) {
+        if len > 0 {
+            self.room.add_permits(len);
+            self.metrics
+                .outbound_bytes
+                .fetch_sub(len as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes counted and not released.
+    pub fn queued(&self) -> usize {
+        self.limit.saturating_sub(self.room.available_permits())
+    }
+}
 
 /// Writes queued frames: everything waiting (up to a batch) goes out as one
 /// TLS write and one flush, so many small frames share TLS records and
 /// system calls.
 pub async fn write_loop<W: AsyncWrite + Unpin>(
+    writer: W,
+    rx: mpsc::Receiver<Bytes>,
+    kill: CancellationToken,
+) {
+    write_counted(writer, rx, kill, None).await;
+}
+
+/// [`write_loop`], releasing each frame's bytes from `backlog` once it is
+/// written, and every frame still queued when the connection ends.
+pub async fn write_counted<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Bytes>,
     kill: CancellationToken,
+    backlog: Option<Arc<Backlog>>,
 ) {
+    let release = |len: usize| {
+        if let Some(backlog) = &backlog {
+            backlog.release(len);
+        }
+    };
     // Both grow with use, so an idle connection holds next to nothing.
     let mut batch = Vec::new();
     let mut buffer = BytesMut::new();
-    loop {
+    'serve: loop {
         let received = tokio::select! {
             biased;
             () = kill.cancelled() => break,
@@ -34,22 +139,51 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
         if received == 0 {
             break;
         }
-        buffer.clear();
-        for frame in batch.drain(..) {
+        let mut frames = batch.drain(..).peekable();
+        while let Some(frame) = frames.next() {
             buffer.extend_from_slice(&frame);
-        }
-        let write = async {
-            writer.write_all(&buffer).await?;
-            writer.flush().await
-        };
-        tokio::select! {
-            biased;
-            () = kill.cancelled() => break,
-            result = write => if result.is_err() {
-                kill.cancel();
-                break;
+            if buffer.len() < WRITE_CHUNK && frames.peek().is_some() {
+                continue;
+            }
+            let written = write_out(&mut writer, &buffer, &kill).await;
+            release(buffer.len());
+            buffer.clear();
+            if !written {
+                // What is left of the batch is discarded with it.
+                release(frames.map(|f| f.len()).sum());
+                break 'serve;
             }
         }
     }
+    // Frames still queued are discarded: release them, and refuse more.
+    rx.close();
+    let mut left = 0;
+    while let Ok(frame) = rx.try_recv() {
+        left += frame.len();
+    }
+    release(left);
     let _ = timeout(CLOSE_FLUSH, writer.shutdown()).await;
+}
+
+/// Writes and flushes `buffer`; `false` if the connection was killed or
+/// broke.
+async fn write_out<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    buffer: &[u8],
+    kill: &CancellationToken,
+) -> bool {
+    let write = async {
+        writer.write_all(buffer).await?;
+        writer.flush().await
+    };
+    tokio::select! {
+        biased;
+        () = kill.cancelled() => false,
+        result = write => if result.is_err() {
+            kill.cancel();
+            false
+        } else {
+            true
+        }
+    }
 }

@@ -185,6 +185,25 @@ pub struct Client {
 }
 
 impl Client {
+    /// A connection that got its challenge, or `None` if the relay closed
+    /// it before (during the TLS handshake or right after it).
+    pub async fn try_connect(address: &RelayAddress) -> Option<Client> {
+        let tls = sotto_client::tls::connect(address).await.ok()?;
+        let mut framed = Framed::new(tls, ClientCodec::new());
+        let first = tokio::time::timeout(PATIENCE, framed.next())
+            .await
+            .expect("the relay answers or closes in time");
+        match first {
+            Some(Ok(RelayFrame::Challenge { nonce })) => Some(Client {
+                framed,
+                challenge: nonce,
+                relay: address.fingerprint,
+            }),
+            Some(Ok(other)) => panic!("expected a challenge, got {other:?}"),
+            Some(Err(_)) | None => None,
+        }
+    }
+
     pub async fn connect(address: &RelayAddress) -> Client {
         let tls = sotto_client::tls::connect(address).await.unwrap();
         let mut framed = Framed::new(tls, ClientCodec::new());
