@@ -53,6 +53,7 @@ pub(crate) async fn serve(
     let conn = shared.next_conn_id();
     let span = tracing::info_span!("conn", id = conn, peer = %addr);
     async move {
+        let _open = shared.opened();
         // Refused before the handshake, so that one address cannot hold
         // many slots (or make the relay do many handshakes) unregistered.
         let Some(unregistered) = shared.arrive(addr.ip()) else {

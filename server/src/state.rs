@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -308,6 +308,9 @@ pub(crate) struct Shared {
     /// Changed (under the lock) whenever `registry.users` changes.
     generation: AtomicU64,
     next_conn: AtomicU64,
+    /// Connections open (each holds one of `max_connections`), counted
+    /// from when they are accepted.
+    open: AtomicUsize,
     /// Source address -> its connections that have not registered yet
     /// (guarded apart from the registry: it changes on every accept).
     sources: Mutex<HashMap<IpAddr, usize>>,
@@ -324,6 +327,17 @@ fn source(ip: IpAddr) -> IpAddr {
                 u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
             )),
         },
+    }
+}
+
+/// An open connection, counted until it is dropped.
+pub(crate) struct Open {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -399,7 +413,16 @@ impl Shared {
             registry: Mutex::new(Registry::default()),
             generation: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
             sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts an accepted connection as open until the result is dropped.
+    pub(crate) fn opened(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Open {
+            shared: Arc::clone(self),
         }
     }
 
@@ -469,8 +492,7 @@ impl Shared {
         if held >= self.config.max_connections_per_key {
             return Err(KeyLimit::Connections);
         }
-        // Every open connection holds one of `max_connections`.
-        let open = self.metrics.connections.load(Ordering::Relaxed) as usize;
+        let open = self.open.load(Ordering::Relaxed);
         let free = self.config.max_connections.saturating_sub(open);
         if held > 0 && free < self.config.reserve() {
             return Err(KeyLimit::Reserve);
@@ -500,6 +522,15 @@ impl Shared {
             Metrics::inc(&self.metrics.users_online);
         }
         let burst = self.config.fanout_burst_bytes as f64;
+        // Keys that left with a spent budget stay until it has refilled:
+        // forget those that have, now and then.
+        if registry.keys.len() > 2 * registry.users.len() + 64 {
+            let now = Instant::now();
+            registry.keys.retain(|_, held| {
+                held.refill(&self.config, now);
+                held.connections > 0 || held.fanout < burst
+            });
+        }
         registry
             .keys
             .entry(fingerprint)

@@ -243,6 +243,15 @@ async fn room_fan_out_is_bounded_per_key() {
         barrier(member).await;
     }
     assert_eq!(relay.metrics.fanout_refused.load(Ordering::Relaxed), 2);
+
+    // Logging in again does not refill the budget: it belongs to the key.
+    alice.send(ClientFrame::Bye).await;
+    assert!(alice.closed().await.is_empty());
+    let mut alice = relay.registered("alice").await;
+    assert!(matches!(alice.join("r").await, RelayFrame::Joined { .. }));
+    alice.send(to_room(5, "r", big)).await;
+    let refused = next_not_presence(&mut alice).await;
+    assert_eq!(code(&refused), (Some(5), ErrorCode::RateLimited));
 }
 
 /// The memory queued for one recipient is bounded in bytes: a reader that
