@@ -26,8 +26,8 @@ pub struct Config {
     /// Where the relay keeps its certificate, key and database.
     pub data_dir: PathBuf,
     /// Most simultaneous connections; further ones wait to be accepted.
-    /// The last tenth of them is kept for identity keys that hold no
-    /// connection yet ([`Config::reserve`]).
+    /// The last tenth of them is kept for identity keys and source
+    /// addresses that hold few ([`Config::reserve`]).
     pub max_connections: usize,
     /// Most connections registered under one identity key at once (each
     /// under a name of its own: a name has one connection).
@@ -127,10 +127,12 @@ impl Config {
         toml::from_str(text)
     }
 
-    /// Connections kept for identity keys that hold none yet: when fewer
-    /// than this many are free, a key that is connected already cannot
-    /// register another connection, so one key (or a few) filling the
-    /// relay leaves room for everyone else to log in.
+    /// Connections kept for identity keys that hold none yet, and for
+    /// source addresses that hold few: when fewer than this many are
+    /// free, a key that is connected already cannot register another
+    /// connection, and an address that holds `max_connections_per_key`
+    /// connections gets no further one, so one key or one host filling
+    /// the relay leaves room for everyone else to log in.
     pub fn reserve(&self) -> usize {
         self.max_connections / 10
     }

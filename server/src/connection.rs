@@ -26,9 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::state::{
-    Direct, KeyLimit, Peer, PeerCache, Shared, To, Unregistered, deliver, encode, sent,
-};
+use crate::state::{Arrival, Direct, KeyLimit, Peer, PeerCache, Shared, To, deliver, encode, sent};
 use crate::store::{Claim, Enqueue, NameRecord, Queued, now_secs};
 use crate::writer::{Backlog, CLOSE_FLUSH, write_counted};
 
@@ -53,16 +51,19 @@ pub(crate) async fn serve(
     let conn = shared.next_conn_id();
     let span = tracing::info_span!("conn", id = conn, peer = %addr);
     async move {
-        let _open = shared.opened();
         // Refused before the handshake, so that one address cannot hold
-        // many slots (or make the relay do many handshakes) unregistered.
-        let Some(unregistered) = shared.arrive(addr.ip()) else {
-            Metrics::inc(&shared.metrics.connections_refused);
-            debug!("too many unregistered connections from this address; closed");
-            return;
+        // many slots (or make the relay do many handshakes) unregistered,
+        // nor the last slots of a nearly full relay.
+        let arrival = match shared.arrive(addr.ip()) {
+            Ok(arrival) => arrival,
+            Err(limit) => {
+                Metrics::inc(&shared.metrics.connections_refused);
+                debug!(?limit, "too many connections from this address; closed");
+                return;
+            }
         };
         Metrics::inc(&shared.metrics.connections);
-        serve_tls(&shared, acceptor, socket, conn, shutdown, unregistered).await;
+        serve_tls(&shared, acceptor, socket, conn, shutdown, arrival).await;
         Metrics::dec(&shared.metrics.connections);
     }
     .instrument(span)
@@ -75,7 +76,7 @@ async fn serve_tls(
     socket: TcpStream,
     conn: u64,
     shutdown: CancellationToken,
-    unregistered: Unregistered,
+    arrival: Arrival,
 ) {
     let handshake = timeout(shared.config.handshake_timeout, acceptor.accept(socket));
     let tls = match handshake.await {
@@ -113,7 +114,7 @@ async fn serve_tls(
         conn,
         peer: Peer { tx, kill, backlog },
         name: None,
-        unregistered: Some(unregistered),
+        arrival,
         relay_fingerprints,
         challenge: rand::random(),
         rate: RateLimit::new(shared.config.rate_per_sec, shared.config.rate_burst),
@@ -215,9 +216,9 @@ struct Connection {
     conn: u64,
     peer: Peer,
     name: Option<UserName>,
-    /// Counts this connection against its source address until it
-    /// registers.
-    unregistered: Option<Unregistered>,
+    /// Counts this connection against the relay's slots and its source
+    /// address (as unregistered until it registers).
+    arrival: Arrival,
     /// The certificate fingerprints this client may have pinned: the current
     /// one and, just after a reload, the previous one.
     relay_fingerprints: ([u8; 32], Option<[u8; 32]>),
@@ -543,7 +544,7 @@ impl Connection {
         ) {
             return self.refuse_key(limit);
         }
-        self.unregistered = None;
+        self.arrival.registered();
         self.name = Some(name.clone());
         info!(user = %name, "registered");
         self.reply(RelayFrame::Registered { name: name.clone() });

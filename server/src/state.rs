@@ -311,9 +311,28 @@ pub(crate) struct Shared {
     /// Connections open (each holds one of `max_connections`), counted
     /// from when they are accepted.
     open: AtomicUsize,
-    /// Source address -> its connections that have not registered yet
-    /// (guarded apart from the registry: it changes on every accept).
-    sources: Mutex<HashMap<IpAddr, usize>>,
+    /// Source address -> its connections (guarded apart from the
+    /// registry: it changes on every accept).
+    sources: Mutex<HashMap<IpAddr, SourceUse>>,
+}
+
+/// The connections of one source address.
+#[derive(Debug, Default)]
+struct SourceUse {
+    /// All of them.
+    open: usize,
+    /// Those that have not registered yet.
+    unregistered: usize,
+}
+
+/// Why a connection was closed before its TLS handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SourceLimit {
+    /// Its address has `max_unregistered_per_ip` unregistered connections.
+    Unregistered,
+    /// The relay is nearly full and its address holds as many connections
+    /// as one key may (`max_connections_per_key`) or more.
+    Reserve,
 }
 
 /// What a connection's source address is counted as: an IPv4 address, or
@@ -330,34 +349,37 @@ fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// An open connection, counted until it is dropped.
-pub(crate) struct Open {
+/// An open connection, counted against the relay's slots and its source
+/// address (as unregistered until [`Arrival::registered`]) until it is
+/// dropped.
+pub(crate) struct Arrival {
     shared: Arc<Shared>,
+    source: IpAddr,
+    registered: bool,
 }
 
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+impl Arrival {
+    /// The connection registered: it no longer counts as unregistered.
+    pub(crate) fn registered(&mut self) {
+        if !self.registered {
+            self.registered = true;
+            if let Some(used) = self.shared.sources().get_mut(&self.source) {
+                used.unregistered = used.unregistered.saturating_sub(1);
+            }
+        }
     }
 }
 
-/// A connection that has not registered, counted against its source
-/// address until it registers or ends.
-pub(crate) struct Unregistered {
-    shared: Arc<Shared>,
-    source: IpAddr,
-}
-
-impl Drop for Unregistered {
+impl Drop for Arrival {
     fn drop(&mut self) {
-        let mut sources = self
-            .shared
-            .sources
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = sources.get_mut(&self.source) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        let mut sources = self.shared.sources();
+        if let Some(used) = sources.get_mut(&self.source) {
+            used.open = used.open.saturating_sub(1);
+            if !self.registered {
+                used.unregistered = used.unregistered.saturating_sub(1);
+            }
+            if used.open == 0 {
                 sources.remove(&self.source);
             }
         }
@@ -418,33 +440,49 @@ impl Shared {
         }
     }
 
-    /// Counts an accepted connection as open until the result is dropped.
-    pub(crate) fn opened(self: &Arc<Self>) -> Open {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        Open {
-            shared: Arc::clone(self),
-        }
+    fn sources(&self) -> MutexGuard<'_, HashMap<IpAddr, SourceUse>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts a new connection from `ip` as unregistered, unless its
-    /// source address has `max_unregistered_per_ip` such connections
-    /// already (`None`: the connection is to be closed).
-    pub(crate) fn arrive(self: &Arc<Self>, ip: IpAddr) -> Option<Unregistered> {
+    /// Counts an accepted connection from `ip`, unless its source address
+    /// has `max_unregistered_per_ip` unregistered connections already, or
+    /// the relay is nearly full and the address holds as many connections
+    /// as one key may: then the connection is to be closed at once.
+    pub(crate) fn arrive(self: &Arc<Self>, ip: IpAddr) -> Result<Arrival, SourceLimit> {
         let source = source(ip);
-        let mut sources = self
-            .sources
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = sources.entry(source).or_insert(0);
-        if *count >= self.config.max_unregistered_per_ip {
-            return None;
+        let mut sources = self.sources();
+        let used = sources.entry(source).or_default();
+        let refused = if used.unregistered >= self.config.max_unregistered_per_ip {
+            Some(SourceLimit::Unregistered)
+        } else if used.open >= self.config.max_connections_per_key && self.nearly_full(1) {
+            Some(SourceLimit::Reserve)
+        } else {
+            None
+        };
+        if let Some(limit) = refused {
+            if used.open == 0 {
+                sources.remove(&source);
+            }
+            return Err(limit);
         }
-        *count += 1;
+        used.open += 1;
+        used.unregistered += 1;
         drop(sources);
-        Some(Unregistered {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Arrival {
             shared: Arc::clone(self),
             source,
+            registered: false,
         })
+    }
+
+    /// Whether fewer than [`Config::reserve`] slots are free, counting
+    /// `coming` connections not yet counted as open.
+    fn nearly_full(&self, coming: usize) -> bool {
+        let open = self.open.load(Ordering::Relaxed) + coming;
+        self.config.max_connections.saturating_sub(open) < self.config.reserve()
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -492,9 +530,7 @@ impl Shared {
         if held >= self.config.max_connections_per_key {
             return Err(KeyLimit::Connections);
         }
-        let open = self.open.load(Ordering::Relaxed);
-        let free = self.config.max_connections.saturating_sub(open);
-        if held > 0 && free < self.config.reserve() {
+        if held > 0 && self.nearly_full(0) {
             return Err(KeyLimit::Reserve);
         }
         Ok(())

@@ -163,6 +163,37 @@ async fn a_key_filling_the_relay_leaves_room_for_a_new_user() {
     assert_eq!(relay.metrics.key_limit_refusals.load(Ordering::Relaxed), 1);
 }
 
+/// Several keys from one address fill the relay; when it is nearly full,
+/// that address gets no further connection (closed before the TLS
+/// handshake), while a newcomer from another address still registers.
+#[tokio::test]
+async fn an_address_filling_the_relay_leaves_room_for_another() {
+    let relay = Relay::start_with(|c| {
+        c.max_connections = 10;
+        c.max_connections_per_key = 3;
+    })
+    .await;
+    let mut held = Vec::new();
+    for (key, count) in [("alice", 3), ("carol", 3), ("dave", 2), ("erin", 1)] {
+        for i in 0..count {
+            let mut client = relay.client().await;
+            let reply = client.register(&format!("{key}{i}"), identity(key)).await;
+            assert!(matches!(reply, RelayFrame::Registered { .. }), "{reply:?}");
+            held.push(client);
+        }
+    }
+    // Nine of ten slots are taken from 127.0.0.1: the tenth is not for it.
+    assert!(Client::try_connect(&relay.address).await.is_none());
+    assert_eq!(relay.metrics.connections_refused.load(Ordering::Relaxed), 1);
+    let mut bob = Client::try_connect_from(&relay.address, "127.0.0.2")
+        .await
+        .expect("another address gets the last slot");
+    assert_eq!(
+        bob.register("bob", identity("bob")).await,
+        RelayFrame::Registered { name: user("bob") }
+    );
+}
+
 #[tokio::test]
 async fn unregistered_connections_from_one_address_are_limited() {
     let relay = Relay::start_with(|c| c.max_unregistered_per_ip = 2).await;
