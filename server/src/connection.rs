@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::metrics::Metrics;
 use crate::state::{Arrival, Direct, KeyLimit, Peer, PeerCache, Shared, To, deliver, encode, sent};
 use crate::store::{Claim, Enqueue, NameRecord, Queued, now_secs};
-use crate::writer::{Backlog, CLOSE_FLUSH, write_counted};
+use crate::writer::{Backlog, CLOSE_FLUSH, Outbound, write_counted};
 
 /// Room the relay leaves for a Deliver frame's own fields when checking a
 /// Send against the maximum frame length.
@@ -593,7 +593,7 @@ impl Connection {
                 if !backlog.take(len).await {
                     return false;
                 }
-                if self.peer.tx.send(bytes).await.is_err() {
+                if self.peer.tx.send(Outbound::Whole(bytes)).await.is_err() {
                     backlog.release(len);
                     return false;
                 }

@@ -34,13 +34,13 @@ use crate::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tls::CertStore;
-use crate::writer::Backlog;
+use crate::writer::{Backlog, Outbound};
 
 /// The outbound side of one connection.
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
     /// Encoded frames for the connection's writer.
-    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) tx: mpsc::Sender<Outbound>,
     /// Cancelled to disconnect the connection (slow reader, replaced).
     pub(crate) kill: CancellationToken,
     /// The bytes queued in `tx`, bounded.
@@ -52,7 +52,8 @@ impl Peer {
     /// in frames or in bytes, reads too slowly: it is disconnected (never
     /// allowed to stall the sender or to grow memory), and `false` is
     /// returned.
-    pub(crate) fn push(&self, frame: Bytes, metrics: &Metrics) -> bool {
+    pub(crate) fn push(&self, frame: impl Into<Outbound>, metrics: &Metrics) -> bool {
+        let frame = frame.into();
         let len = frame.len();
         if !self.backlog.try_take(len) {
             self.too_slow(metrics);
@@ -114,9 +115,9 @@ pub(crate) enum To<'a> {
     User(&'a UserName),
 }
 
-impl To<'_> {
+impl<'a> To<'a> {
     /// The variant index and the name.
-    fn parts(&self) -> (u64, &str) {
+    fn parts(self) -> (u64, &'a str) {
         match self {
             To::Room(room) => (ROOM_VARIANT, room.as_str()),
             To::User(user) => (USER_VARIANT, user.as_str()),
@@ -151,6 +152,93 @@ fn bytes_len(len: usize) -> usize {
     varint_len(len as u64) + len
 }
 
+/// Bodies at least this long are not copied into each recipient's
+/// `Deliver` frame of a room message: the frames share them
+/// ([`deliver_shared`]).
+pub(crate) const SHARED_BODY: usize = 16 * 1024;
+
+/// The fields of a `Deliver` frame around its body.
+struct DeliverFields<'a> {
+    delivery: u64,
+    from: &'a UserName,
+    variant: u64,
+    to_name: &'a str,
+    body_len: usize,
+    slot: Option<&'a [u8]>,
+    /// The length prefix: the payload's length.
+    prefix: u32,
+}
+
+impl<'a> DeliverFields<'a> {
+    /// `None`, logged, if the frame would exceed the maximum frame length,
+    /// as with `encode`.
+    fn new(
+        delivery: u64,
+        from: &'a UserName,
+        to: To<'a>,
+        body_len: usize,
+        slot: Option<&'a [u8]>,
+    ) -> Option<Self> {
+        let (variant, to_name) = to.parts();
+        let payload = 1
+            + varint_len(DELIVER_VARIANT)
+            + varint_len(delivery)
+            + bytes_len(from.as_str().len())
+            + varint_len(variant)
+            + bytes_len(to_name.len())
+            + bytes_len(body_len)
+            + 1
+            + slot.map_or(0, |slot| bytes_len(slot.len()));
+        let Some(prefix) = u32::try_from(payload)
+            .ok()
+            .filter(|_| payload <= MAX_FRAME_LEN)
+        else {
+            tracing::error!(len = payload, "could not encode a relay frame: too large");
+            return None;
+        };
+        Some(Self {
+            delivery,
+            from,
+            variant,
+            to_name,
+            body_len,
+            slot,
+            prefix,
+        })
+    }
+
+    /// Bytes after the body.
+    fn tail_len(&self) -> usize {
+        1 + self.slot.map_or(0, |slot| bytes_len(slot.len()))
+    }
+
+    /// Bytes up to the body, its length included.
+    fn head_len(&self) -> usize {
+        4 + self.prefix as usize - self.body_len - self.tail_len()
+    }
+
+    fn put_head(&self, out: &mut BytesMut) {
+        out.extend_from_slice(&self.prefix.to_be_bytes());
+        out.put_u8(PROTOCOL_VERSION);
+        put_varint(out, DELIVER_VARIANT);
+        put_varint(out, self.delivery);
+        put_bytes(out, self.from.as_str().as_bytes());
+        put_varint(out, self.variant);
+        put_bytes(out, self.to_name.as_bytes());
+        put_varint(out, self.body_len as u64);
+    }
+
+    fn put_tail(&self, out: &mut BytesMut) {
+        match self.slot {
+            None => out.put_u8(0),
+            Some(slot) => {
+                out.put_u8(1);
+                put_bytes(out, slot);
+            }
+        }
+    }
+}
+
 /// The wire form of `RelayFrame::Deliver { delivery, from, to, body, slot }`,
 /// written straight from its parts: the same bytes as `encode` of that
 /// frame (see the tests), without building the frame (cloning names) or
@@ -163,40 +251,32 @@ pub(crate) fn deliver(
     body: &[u8],
     slot: Option<&[u8]>,
 ) -> Option<Bytes> {
-    let (variant, to_name) = to.parts();
-    let payload = 1
-        + varint_len(DELIVER_VARIANT)
-        + varint_len(delivery)
-        + bytes_len(from.as_str().len())
-        + varint_len(variant)
-        + bytes_len(to_name.len())
-        + bytes_len(body.len())
-        + 1
-        + slot.map_or(0, |slot| bytes_len(slot.len()));
-    let Some(prefix) = u32::try_from(payload)
-        .ok()
-        .filter(|_| payload <= MAX_FRAME_LEN)
-    else {
-        tracing::error!(len = payload, "could not encode a relay frame: too large");
-        return None;
-    };
-    Some(carve(4 + payload, |out| {
-        out.extend_from_slice(&prefix.to_be_bytes());
-        out.put_u8(PROTOCOL_VERSION);
-        put_varint(out, DELIVER_VARIANT);
-        put_varint(out, delivery);
-        put_bytes(out, from.as_str().as_bytes());
-        put_varint(out, variant);
-        put_bytes(out, to_name.as_bytes());
-        put_bytes(out, body);
-        match slot {
-            None => out.put_u8(0),
-            Some(slot) => {
-                out.put_u8(1);
-                put_bytes(out, slot);
-            }
-        }
+    let fields = DeliverFields::new(delivery, from, to, body.len(), slot)?;
+    Some(carve(4 + fields.prefix as usize, |out| {
+        fields.put_head(out);
+        out.extend_from_slice(body);
+        fields.put_tail(out);
     }))
+}
+
+/// [`deliver`], for one of many recipients of `body`: a body of at least
+/// [`SHARED_BODY`] bytes is not copied but shared, the frame being the
+/// fields before it, the body, and the fields after it. A 1 MiB message to
+/// a room of 100 then holds 1 MiB of the relay's memory, not 100.
+pub(crate) fn deliver_shared(
+    delivery: u64,
+    from: &UserName,
+    to: To<'_>,
+    body: &Bytes,
+    slot: Option<&[u8]>,
+) -> Option<Outbound> {
+    if body.len() < SHARED_BODY {
+        return deliver(delivery, from, to, body, slot).map(Outbound::Whole);
+    }
+    let fields = DeliverFields::new(delivery, from, to, body.len(), slot)?;
+    let head = carve(fields.head_len(), |out| fields.put_head(out));
+    let tail = carve(fields.tail_len(), |out| fields.put_tail(out));
+    Some(Outbound::Parts(Box::new([head, body.clone(), tail])))
 }
 
 /// The wire form of `RelayFrame::Sent { id }` (the same bytes as `encode`).
@@ -792,13 +872,13 @@ impl Shared {
             own.entry(key(&slot.to)).or_insert(&slot.data);
         }
         let to = To::Room(room);
-        let mut shared: Option<Option<Bytes>> = None;
+        let mut shared: Option<Option<Outbound>> = None;
         let mut delivered = 0;
         for (member, peer) in members.iter().filter(|(m, _)| **m != sender) {
             let frame = match own.get(member) {
-                Some(slot) => deliver(0, from, to, body, Some(slot)),
+                Some(slot) => deliver_shared(0, from, to, body, Some(slot)),
                 None => shared
-                    .get_or_insert_with(|| deliver(0, from, to, body, None))
+                    .get_or_insert_with(|| deliver_shared(0, from, to, body, None))
                     .clone(),
             };
             if let Some(bytes) = frame
@@ -929,9 +1009,38 @@ mod tests {
                             encode_frame(&frame).unwrap(),
                             "{delivery} {len} {slot:?}"
                         );
+                        let shared =
+                            deliver_shared(delivery, &from, borrowed, &body, slot.as_deref())
+                                .unwrap();
+                        assert_eq!(shared.to_bytes(), assembled, "{delivery} {len} {slot:?}");
+                        assert_eq!(
+                            matches!(shared, Outbound::Parts(_)),
+                            len >= SHARED_BODY,
+                            "{len}"
+                        );
                     }
                 }
             }
+        }
+    }
+
+    /// The recipients of a large room message share its body: it is in
+    /// the relay's memory once, not once per member.
+    #[test]
+    fn a_large_body_is_shared_by_every_recipient() {
+        let from = user("alice");
+        let room = RoomName::try_from("lobby").unwrap();
+        let body = Bytes::from(vec![7; 100_000]);
+        let frames: Vec<Outbound> = [Some([1u8; 80].as_slice()), Some(&[2; 80]), None]
+            .into_iter()
+            .map(|slot| deliver_shared(0, &from, To::Room(&room), &body, slot).unwrap())
+            .collect();
+        for frame in &frames {
+            let Outbound::Parts(parts) = frame else {
+                panic!("expected the body to be shared");
+            };
+            assert_eq!(parts[1].as_ptr(), body.as_ptr());
+            assert_eq!(frame.len(), frame.to_bytes().len());
         }
     }
 
@@ -987,7 +1096,7 @@ mod tests {
         )
     }
 
-    fn peer() -> (Peer, mpsc::Receiver<Bytes>) {
+    fn peer() -> (Peer, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(8);
         let kill = CancellationToken::new();
         let backlog = Arc::new(Backlog::new(1 << 20, Arc::new(Metrics::default())));
@@ -1017,7 +1126,7 @@ mod tests {
                 shared.route_direct(&mut cache, &user("Bob"), frame(text)),
                 Direct::Delivered
             ));
-            assert_eq!(first_rx.try_recv().unwrap(), frame(text));
+            assert_eq!(first_rx.try_recv().unwrap().to_bytes(), frame(text));
         }
 
         let (second, mut second_rx) = peer();
@@ -1028,7 +1137,7 @@ mod tests {
             shared.route_direct(&mut cache, &user("bob"), frame("three")),
             Direct::Delivered
         ));
-        assert_eq!(second_rx.try_recv().unwrap(), frame("three"));
+        assert_eq!(second_rx.try_recv().unwrap().to_bytes(), frame("three"));
         assert!(
             first_rx.try_recv().is_err(),
             "the replaced login gets nothing"
@@ -1037,9 +1146,12 @@ mod tests {
         // Once bob is gone and the cache forgotten, nothing holds his
         // queue open: his connection can close.
         shared.unregister(2, &user("bob"));
-        assert_eq!(second_rx.try_recv(), Err(TryRecvError::Empty));
+        assert!(matches!(second_rx.try_recv(), Err(TryRecvError::Empty)));
         cache.forget();
-        assert_eq!(second_rx.try_recv(), Err(TryRecvError::Disconnected));
+        assert!(matches!(
+            second_rx.try_recv(),
+            Err(TryRecvError::Disconnected)
+        ));
         assert!(matches!(
             shared.route_direct(&mut cache, &user("bob"), frame("four")),
             Direct::Offline

@@ -103,6 +103,69 @@ impl Backlog {
     }
 }
 
+/// A frame for a connection's writer: in one piece, or in three when a
+/// large body is shared by every recipient of a room message instead of
+/// copied for each (the fields before the body, the body, the fields
+/// after it).
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// The whole frame.
+    Whole(Bytes),
+    /// The frame's bytes are these, one after the other.
+    Parts(Box<[Bytes; 3]>),
+}
+
+// A queued frame costs no more than the `Bytes` it used to be: the queue
+// of an idle connection stays as small as before.
+const _: () = assert!(std::mem::size_of::<Outbound>() == std::mem::size_of::<Bytes>());
+
+impl Outbound {
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces().iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the frame has no bytes (never, for a real frame).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's bytes joined (tests).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Outbound::Whole(bytes) => bytes.clone(),
+            Outbound::Parts(parts) => Bytes::from(parts.concat()),
+        }
+    }
+}
+
+impl From<Bytes> for Outbound {
+    fn from(bytes: Bytes) -> Self {
+        Outbound::Whole(bytes)
+    }
+}
+
+/// What the writer can write: a frame as one or more pieces of bytes.
+pub trait Pieces {
+    /// The frame's bytes, in order.
+    fn pieces(&self) -> &[Bytes];
+}
+
+impl Pieces for Bytes {
+    fn pieces(&self) -> &[Bytes] {
+        std::slice::from_ref(self)
+    }
+}
+
+impl Pieces for Outbound {
+    fn pieces(&self) -> &[Bytes] {
+        match self {
+            Outbound::Whole(bytes) => std::slice::from_ref(bytes),
+            Outbound::Parts(parts) => parts.as_slice(),
+        }
+    }
+}
+
 /// Writes queued frames: everything waiting (up to a batch) goes out as one
 /// TLS write and one flush, so many small frames share TLS records and
 /// system calls.
@@ -115,18 +178,21 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// [`write_loop`], releasing each frame's bytes from `backlog` once it is
-/// written, and every frame still queued when the connection ends.
-pub async fn write_counted<W: AsyncWrite + Unpin>(
+/// written, and every frame still queued when the connection ends. A
+/// piece of at least [`WRITE_CHUNK`] bytes (a large body) is written as it
+/// is, not copied.
+pub async fn write_counted<W: AsyncWrite + Unpin, T: Pieces>(
     mut writer: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<T>,
     kill: CancellationToken,
     backlog: Option<Arc<Backlog>>,
 ) {
     let release = |len: usize| {
-        if let Some(backlog) = &backlog {
+        if let (Some(backlog), true) = (&backlog, len > 0) {
             backlog.release(len);
         }
     };
+    let size = |frame: &T| frame.pieces().iter().map(Bytes::len).sum::<usize>();
     // Both grow with use, so an idle connection holds next to nothing.
     let mut batch = Vec::new();
     let mut buffer = BytesMut::new();
@@ -139,18 +205,35 @@ pub async fn write_counted<W: AsyncWrite + Unpin>(
         if received == 0 {
             break;
         }
+        // Bytes of frames wholly in `buffer` or written: released once
+        // `buffer` is written.
+        let mut done = 0;
         let mut frames = batch.drain(..).peekable();
         while let Some(frame) = frames.next() {
-            buffer.extend_from_slice(&frame);
+            for piece in frame.pieces() {
+                if piece.len() < WRITE_CHUNK {
+                    buffer.extend_from_slice(piece);
+                    continue;
+                }
+                let written = (buffer.is_empty() || write_out(&mut writer, &buffer, &kill).await)
+                    && write_out(&mut writer, piece, &kill).await;
+                buffer.clear();
+                if !written {
+                    release(done + size(&frame) + frames.map(|f| size(&f)).sum::<usize>());
+                    break 'serve;
+                }
+            }
+            done += size(&frame);
             if buffer.len() < WRITE_CHUNK && frames.peek().is_some() {
                 continue;
             }
-            let written = write_out(&mut writer, &buffer, &kill).await;
-            release(buffer.len());
+            let written = buffer.is_empty() || write_out(&mut writer, &buffer, &kill).await;
             buffer.clear();
+            release(done);
+            done = 0;
             if !written {
                 // What is left of the batch is discarded with it.
-                release(frames.map(|f| f.len()).sum());
+                release(frames.map(|f| size(&f)).sum());
                 break 'serve;
             }
         }
@@ -159,7 +242,7 @@ pub async fn write_counted<W: AsyncWrite + Unpin>(
     rx.close();
     let mut left = 0;
     while let Ok(frame) = rx.try_recv() {
-        left += frame.len();
+        left += size(&frame);
     }
     release(left);
     let _ = timeout(CLOSE_FLUSH, writer.shutdown()).await;

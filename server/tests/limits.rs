@@ -285,6 +285,56 @@ async fn room_fan_out_is_bounded_per_key() {
     assert_eq!(code(&refused), (Some(5), ErrorCode::RateLimited));
 }
 
+/// A large room message (its body shared by the members' frames, and
+/// written without being copied) reaches every member intact, each with
+/// its own slot.
+#[tokio::test]
+async fn a_large_room_message_reaches_every_member_intact() {
+    let relay = Relay::start().await;
+    let mut alice = relay.registered("alice").await;
+    let mut bob = relay.registered("bob").await;
+    let mut carol = relay.registered("carol").await;
+    let mut dave = relay.registered("dave").await;
+    for client in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        assert!(matches!(client.join("r").await, RelayFrame::Joined { .. }));
+    }
+    barrier(&mut alice).await;
+    let body: Bytes = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let slot = |to: &str, byte: u8| sotto_proto::Slot {
+        to: user(to),
+        data: Bytes::from(vec![byte; 80]),
+    };
+    alice
+        .send(ClientFrame::Send {
+            route: Route {
+                id: 9,
+                to: Destination::Room(room("r")),
+            },
+            body: body.clone(),
+            slots: vec![slot("bob", 1), slot("carol", 2)],
+        })
+        .await;
+    assert_eq!(
+        next_not_presence(&mut alice).await,
+        RelayFrame::Sent { id: 9 }
+    );
+    for (member, own) in [
+        (&mut bob, Some(1)),
+        (&mut carol, Some(2)),
+        (&mut dave, None),
+    ] {
+        match next_not_presence(member).await {
+            RelayFrame::Deliver {
+                body: got, slot, ..
+            } => {
+                assert!(got == body, "the body arrived intact");
+                assert_eq!(slot, own.map(|b| Bytes::from(vec![b; 80])));
+            }
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+}
+
 /// The memory queued for one recipient is bounded in bytes: a reader that
 /// lets `outbound_queue_bytes` pile up is disconnected, long before its
 /// queue holds `outbound_queue` frames, and the relay's queued bytes stay
