@@ -422,3 +422,34 @@ async fn an_empty_database_file_stops_the_relay() {
     assert!(relay.dir.join(DATABASE_FILE).metadata().unwrap().len() > 0);
     relay.stop().await;
 }
+
+/// The `relay` binary exits with an error naming the empty database.
+#[tokio::test]
+async fn the_relay_binary_refuses_an_empty_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join(sotto_relay::store::DATABASE_FILE);
+    std::fs::write(&database, b"").unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the relay exits")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&database.display().to_string()),
+        "the error names the file: {stderr}"
+    );
+    assert_eq!(std::fs::metadata(&database).unwrap().len(), 0);
+}
