@@ -19,7 +19,7 @@ use sotto_proto::{
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -587,19 +587,17 @@ impl Connection {
             let Some(bytes) = encode(&frame) else {
                 continue;
             };
+            // Room in bytes, then in frames; bytes taken are given back if
+            // the frame is not queued after all.
             let len = bytes.len();
             let backlog = &self.peer.backlog;
-            let queued = timeout(self.shared.config.idle_timeout, async {
-                if !backlog.take(len).await {
-                    return false;
-                }
-                if self.peer.tx.send(Outbound::Whole(bytes)).await.is_err() {
-                    backlog.release(len);
-                    return false;
-                }
-                true
-            });
-            if !matches!(queued.await, Ok(true)) {
+            let deadline = Instant::now() + self.shared.config.idle_timeout;
+            if !matches!(timeout_at(deadline, backlog.take(len)).await, Ok(true)) {
+                break;
+            }
+            let queued = timeout_at(deadline, self.peer.tx.send(Outbound::Whole(bytes)));
+            if !matches!(queued.await, Ok(Ok(()))) {
+                backlog.release(len);
                 break;
             }
             Metrics::inc(&self.shared.metrics.deliveries);
@@ -636,7 +634,7 @@ impl Connection {
                 Err(code) => {
                     let message = match code {
                         ErrorCode::RateLimited => format!(
-                            "too much sent to {room} in a short time (room messages are limited to {} bytes per second times members, bursts of {}); try again later",
+                            "too much sent to rooms in a short time: room messages may cost {} bytes a second (size times members), in bursts of {}; try again later",
                             self.shared.config.fanout_bytes_per_sec,
                             self.shared.config.fanout_burst_bytes
                         ),
