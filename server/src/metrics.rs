@@ -36,10 +36,12 @@ pub struct Metrics {
     pub bad_frames: AtomicU64,
     /// Registrations refused (bad proof, name taken, a per-key limit).
     pub registrations_refused: AtomicU64,
-    /// Bytes queued for clients and not yet written, over all connections
-    /// (gauge).
+    /// Bytes queued for clients and not yet written, over all connections,
+    /// as each connection's writer last saw it (gauge, updated once per
+    /// write).
     pub outbound_bytes: AtomicU64,
-    /// The most `outbound_bytes` has been since the relay started (gauge).
+    /// The most bytes ever queued for one connection since the relay
+    /// started (gauge; at most `outbound_queue_bytes`).
     pub outbound_bytes_peak: AtomicU64,
     /// Connections closed before the TLS handshake because their source
     /// address had too many unregistered connections.
@@ -149,13 +151,13 @@ impl Metrics {
             (
                 "sotto_relay_outbound_bytes",
                 "gauge",
-                "Bytes queued for clients, not yet written.",
+                "Bytes queued for clients, not yet written, as of each one's last write.",
                 self.outbound_bytes.load(Ordering::Relaxed),
             ),
             (
                 "sotto_relay_outbound_bytes_peak",
                 "gauge",
-                "Most bytes ever queued for clients at once.",
+                "Most bytes ever queued for one client.",
                 self.outbound_bytes_peak.load(Ordering::Relaxed),
             ),
             (

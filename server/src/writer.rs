@@ -2,7 +2,7 @@
 //! forwarder so that the baseline batches writes exactly as the relay does.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -23,13 +23,23 @@ pub const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// The bytes queued for one connection, bounded: a frame is counted when
 /// it is queued and released once it has been written (or discarded when
-/// the connection ends). The relay's gauge of queued bytes
-/// ([`Metrics::outbound_bytes`]) follows every connection's count.
+/// the connection ends).
+///
+/// Queueing touches only this connection's count, never a counter shared
+/// by every connection (that would cost every delivery on every core). The
+/// relay's gauges follow from the writer instead, once per write:
+/// [`Metrics::outbound_bytes`] adds up what each connection had queued
+/// after its last write, and [`Metrics::outbound_bytes_peak`] is the most
+/// one connection ever had queued. Only the writer releases bytes (besides
+/// a frame given back at once), so the count just before a release is the
+/// most it has been since the previous one: the peak is exact.
 #[derive(Debug)]
 pub struct Backlog {
     room: Semaphore,
     limit: usize,
     metrics: Arc<Metrics>,
+    /// What this connection last added to `Metrics::outbound_bytes`.
+    reported: AtomicUsize,
 }
 
 impl Backlog {
@@ -39,6 +49,7 @@ impl Backlog {
             room: Semaphore::new(limit.min(Semaphore::MAX_PERMITS)),
             limit: limit.min(Semaphore::MAX_PERMITS),
             metrics,
+            reported: AtomicUsize::new(0),
         }
     }
 
@@ -50,7 +61,6 @@ impl Backlog {
         match self.room.try_acquire_many(n) {
             Ok(permit) => {
                 permit.forget();
-                self.counted(len);
                 true
             }
             Err(_) => false,
@@ -69,31 +79,46 @@ impl Backlog {
         match self.room.acquire_many(n).await {
             Ok(permit) => {
                 permit.forget();
-                self.counted(len);
                 true
             }
             Err(_) => false,
         }
     }
 
-    fn counted(&self, len: usize) {
-        let total = self
-            .metrics
-            .outbound_bytes
-            .fetch_add(len as u64, Ordering::Relaxed)
-            + len as u64;
-        self.metrics
-            .outbound_bytes_peak
-            .fetch_max(total, Ordering::Relaxed);
-    }
-
-    /// Releases `len` bytes counted before.
+    /// Gives back `len` bytes taken for a frame that was not queued after
+    /// all.
     pub fn release(&self, len: usize) {
         if len > 0 {
             self.room.add_permits(len);
+        }
+    }
+
+    /// The writer wrote (or discarded) `len` bytes: releases them and
+    /// updates the gauges.
+    pub fn written(&self, len: usize) {
+        let before = self.queued();
+        self.metrics
+            .outbound_bytes_peak
+            .fetch_max(before as u64, Ordering::Relaxed);
+        self.release(len);
+        self.report(self.queued());
+    }
+
+    /// The connection is gone: it no longer counts in the gauge.
+    pub fn closed(&self) {
+        self.report(0);
+    }
+
+    fn report(&self, now: usize) {
+        let before = self.reported.swap(now, Ordering::Relaxed);
+        if now > before {
             self.metrics
                 .outbound_bytes
-                .fetch_sub(len as u64, Ordering::Relaxed);
+                .fetch_add((now - before) as u64, Ordering::Relaxed);
+        } else if before > now {
+            self.metrics
+                .outbound_bytes
+                .fetch_sub((before - now) as u64, Ordering::Relaxed);
         }
     }
 
@@ -188,8 +213,8 @@ pub async fn write_counted<W: AsyncWrite + Unpin, T: Pieces>(
     backlog: Option<Arc<Backlog>>,
 ) {
     let release = |len: usize| {
-        if let (Some(backlog), true) = (&backlog, len > 0) {
-            backlog.release(len);
+        if let Some(backlog) = &backlog {
+            backlog.written(len);
         }
     };
     let size = |frame: &T| frame.pieces().iter().map(Bytes::len).sum::<usize>();
@@ -245,6 +270,9 @@ pub async fn write_counted<W: AsyncWrite + Unpin, T: Pieces>(
         left += size(&frame);
     }
     release(left);
+    if let Some(backlog) = &backlog {
+        backlog.closed();
+    }
     let _ = timeout(CLOSE_FLUSH, writer.shutdown()).await;
 }
 

@@ -371,9 +371,11 @@ async fn a_slow_reader_is_disconnected_by_the_bytes_queued_for_it() {
     assert_eq!(relay.metrics.slow_consumers.load(Ordering::Relaxed), 1);
     let seen = sloth.closed().await;
     assert!(seen.len() < 400, "bob was cut off: {}", seen.len());
+    // The most queued for one connection (bob's, when he was cut off) is
+    // within the bound, and within a frame of it.
     let peak = relay.metrics.outbound_bytes_peak.load(Ordering::Relaxed);
     assert!(
-        peak <= (LIMIT + 16 * 1024) as u64,
+        (LIMIT as u64 - 64 * 1024..=LIMIT as u64).contains(&peak),
         "queued bytes stayed within the bound: {peak}"
     );
 }
