@@ -262,7 +262,7 @@ impl Store {
                 (None, false) => Trust::Unverified,
             };
             contacts.push(Contact {
-                name: contact.name,
+                name: contact.name.parse().map_err(|_| StoreError::Format)?,
                 identity: parse(&contact.identity)?,
                 trust,
             });
@@ -275,7 +275,7 @@ impl Store {
         let stored: Vec<StoredContact> = contacts
             .iter()
             .map(|c| StoredContact {
-                name: c.name.clone(),
+                name: c.name.to_string(),
                 identity: c.identity.to_bytes(),
                 verified: !matches!(c.trust, Trust::Unverified),
                 offered: match &c.trust {

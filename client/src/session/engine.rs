@@ -13,12 +13,10 @@ use sotto_crypto::{
     PublicIdentity, ReplayWindow, SendingSession, SequenceCounter, SessionId, roster_digest,
 };
 use sotto_proto::{
-    ClientFrame, Destination, PresenceEvent, RelayFrame, RoomName, Route, Slot, UserName,
+    ClientFrame, Destination, PresenceEvent, RelayFrame, RoomName, Route, Slot, UserKey, UserName,
 };
 
-use super::{
-    Chat, Command, Member, Message, OnlineUser, PresenceChange, TrustLevel, Update, lower,
-};
+use super::{Chat, Command, Member, Message, OnlineUser, PresenceChange, TrustLevel, Update};
 use crate::account::Account;
 use crate::contacts::{Blocked, Contacts, KeyEvent, Trust};
 use crate::store::{
@@ -118,7 +116,7 @@ struct RosterEntry {
 
 #[derive(Debug, Default)]
 struct Room {
-    members: BTreeMap<UserName, RosterEntry>,
+    members: BTreeMap<UserKey, RosterEntry>,
     settings: RoomSettings,
     /// Digests of recent member sets, with when they stopped being current.
     views: VecDeque<([u8; 32], Instant)>,
@@ -177,8 +175,8 @@ pub(crate) struct Engine {
     wanted: BTreeSet<RoomName>,
     outbound: HashMap<Conversation, Outbound>,
     inbound: HashMap<(Fingerprint, Conversation), Inbound>,
-    awaiting_key: BTreeMap<UserName, Awaiting>,
-    awaiting_trust: BTreeMap<UserName, Vec<Delivery>>,
+    awaiting_key: BTreeMap<UserKey, Awaiting>,
+    awaiting_trust: BTreeMap<UserKey, Vec<Delivery>>,
     held: VecDeque<Held>,
     buckets: HashMap<Fingerprint, Bucket>,
     arrival: u64,
@@ -265,7 +263,7 @@ impl Engine {
         for contact in engine.contacts.iter() {
             if let Trust::Changed { offered } = &contact.trust {
                 updates.push(Update::Key(KeyEvent::ChangedVerified {
-                    name: contact.name.clone(),
+                    name: contact.name.to_string(),
                     pinned: contact.identity.fingerprint(),
                     offered: offered.fingerprint(),
                 }));
@@ -280,7 +278,8 @@ impl Engine {
         } else {
             // The trust of the key it came from: a message from a key that
             // is no longer pinned is not shown with the new key's trust.
-            match self.contacts.get(&entry.from) {
+            let from = entry.from.parse::<UserName>().ok();
+            match from.and_then(|from| self.contacts.get(&from)) {
                 Some(c) if c.identity.fingerprint() == entry.fingerprint => trust_level(&c.trust),
                 Some(_) | None => TrustLevel::Unverified,
             }
@@ -300,14 +299,14 @@ impl Engine {
         }
     }
 
-    fn trust_of(&self, name: &str) -> TrustLevel {
+    fn trust_of(&self, name: &UserName) -> TrustLevel {
         self.contacts
             .get(name)
             .map_or(TrustLevel::Unknown, |c| trust_level(&c.trust))
     }
 
     fn is_me(&self, name: &UserName) -> bool {
-        name.as_str().eq_ignore_ascii_case(self.name.as_str())
+        name.same_as(&self.name)
     }
 
     fn route_id(&mut self) -> u64 {
@@ -418,7 +417,7 @@ impl Engine {
                         trust: if self.is_me(&u.name) {
                             TrustLevel::Verified
                         } else {
-                            self.trust_of(u.name.as_str())
+                            self.trust_of(&u.name)
                         },
                         name: u.name.to_string(),
                         rooms: u.rooms.into_iter().map(String::from).collect(),
@@ -474,7 +473,7 @@ impl Engine {
             out.error(format!("the relay sent an invalid key for {name}"));
             return false;
         };
-        if let Some(event) = self.contacts.observe(name.as_str(), &identity) {
+        if let Some(event) = self.contacts.observe(name, &identity) {
             self.save_contacts(out);
             out.update(Update::Key(event));
         }
@@ -514,7 +513,7 @@ impl Engine {
             }
             entry
                 .members
-                .insert(lower(&member.name), RosterEntry { name: member.name });
+                .insert(member.name.key(), RosterEntry { name: member.name });
         }
         self.retire_view(&room, Instant::now());
         if let Some(previous) = self.rooms.insert(room.clone(), entry)
@@ -563,15 +562,15 @@ impl Engine {
             PresenceEvent::Joined => {
                 entry
                     .members
-                    .insert(lower(&user), RosterEntry { name: user.clone() });
+                    .insert(user.key(), RosterEntry { name: user.clone() });
                 PresenceChange::Joined
             }
             PresenceEvent::Left => {
-                entry.members.remove(&lower(&user));
+                entry.members.remove(&user.key());
                 PresenceChange::Left
             }
             PresenceEvent::Disconnected => {
-                entry.members.remove(&lower(&user));
+                entry.members.remove(&user.key());
                 PresenceChange::Disconnected
             }
         };
@@ -612,7 +611,7 @@ impl Engine {
             .members
             .values()
             .filter(|m| !self.is_me(&m.name))
-            .filter_map(|m| self.contacts.get(m.name.as_str()))
+            .filter_map(|m| self.contacts.get(&m.name))
             .map(|c| c.identity.fingerprint());
         roster_digest(others.chain([self.me]))
     }
@@ -632,7 +631,7 @@ impl Engine {
                         trust: TrustLevel::Verified,
                     }
                 } else {
-                    let contact = self.contacts.get(m.name.as_str());
+                    let contact = self.contacts.get(&m.name);
                     Member {
                         name: m.name.to_string(),
                         fingerprint: contact.map(|c| c.identity.fingerprint()),
@@ -654,7 +653,7 @@ impl Engine {
                 self.retry_key(&name, out);
             }
             None => {
-                if let Some(awaiting) = self.awaiting_key.remove(&lower(&name)) {
+                if let Some(awaiting) = self.awaiting_key.remove(&name.key()) {
                     if !awaiting.texts.is_empty() || awaiting.show_safety_number {
                         out.error(format!("there is no user called {name} on this relay"));
                     }
@@ -672,11 +671,11 @@ impl Engine {
 
     /// A key for `name` is now pinned: run what waited for it.
     fn retry_key(&mut self, name: &UserName, out: &mut Out) {
-        let Some(awaiting) = self.awaiting_key.remove(&lower(name)) else {
+        let Some(awaiting) = self.awaiting_key.remove(&name.key()) else {
             return;
         };
-        if self.contacts.get(name.as_str()).is_none() {
-            self.awaiting_key.insert(lower(name), awaiting);
+        if self.contacts.get(name).is_none() {
+            self.awaiting_key.insert(name.key(), awaiting);
             return;
         }
         if awaiting.show_safety_number {
@@ -692,7 +691,7 @@ impl Engine {
 
     /// Asks the relay for `name`'s key unless a lookup is already out.
     fn await_key(&mut self, name: &UserName, out: &mut Out) -> &mut Awaiting {
-        let key = lower(name);
+        let key = name.key();
         if !self.awaiting_key.contains_key(&key) {
             out.frames
                 .push(ClientFrame::LookupKey { name: name.clone() });
@@ -715,9 +714,8 @@ impl Engine {
     /// The name as first pinned (the relay may show another letter case).
     fn display_name(&self, name: &UserName) -> UserName {
         self.contacts
-            .get(name.as_str())
-            .and_then(|c| c.name.parse().ok())
-            .unwrap_or_else(|| name.clone())
+            .get(name)
+            .map_or_else(|| name.clone(), |c| c.name.clone())
     }
 
     fn reject(&self, delivery: &Delivery, out: &mut Out) -> Handled {
@@ -760,7 +758,7 @@ impl Engine {
         claimed: Fingerprint,
         out: &mut Out,
     ) -> Result<PublicIdentity, Handled> {
-        let Some(contact) = self.contacts.get(delivery.from.as_str()) else {
+        let Some(contact) = self.contacts.get(&delivery.from) else {
             let awaiting = self.await_key(&delivery.from, out);
             if awaiting.deliveries.len() >= 64 {
                 return Err(self.reject(delivery, out));
@@ -774,10 +772,7 @@ impl Engine {
         if let Trust::Changed { offered } = &contact.trust
             && offered.fingerprint() == claimed
         {
-            let parked = self
-                .awaiting_trust
-                .entry(lower(&delivery.from))
-                .or_default();
+            let parked = self.awaiting_trust.entry(delivery.from.key()).or_default();
             if parked.len() < 256 {
                 parked.push(delivery.clone());
                 return Err(Handled::Kept);
@@ -793,7 +788,7 @@ impl Engine {
                 .parse::<RoomName>()
                 .ok()
                 .and_then(|room| self.rooms.get(&room))
-                .is_some_and(|room| room.members.contains_key(&lower(from))),
+                .is_some_and(|room| room.members.contains_key(&from.key())),
             Conversation::Direct(..) => *conversation == Conversation::direct(sender, self.me),
         }
     }
@@ -1053,7 +1048,7 @@ impl Engine {
     /// message is placed just before its sender's next message (17.4).
     fn place(&mut self, chat: &Chat, sender: Fingerprint, seq: u64, late: bool) -> Position {
         if late
-            && let Some(placed) = self.placed.get(&(chat.canonical(), sender))
+            && let Some(placed) = self.placed.get(&(chat.clone(), sender))
             && let Some((next_seq, anchor)) = placed.range(seq + 1..).next()
         {
             let distance = u32::try_from(next_seq - seq)
@@ -1072,7 +1067,7 @@ impl Engine {
     }
 
     fn remember_place(&mut self, chat: &Chat, sender: Fingerprint, seq: u64, anchor: u64) {
-        let placed = self.placed.entry((chat.canonical(), sender)).or_default();
+        let placed = self.placed.entry((chat.clone(), sender)).or_default();
         placed.insert(seq, anchor);
         while placed.len() > 2 * sotto_crypto::REPLAY_WINDOW as usize {
             placed.pop_first();
@@ -1135,7 +1130,7 @@ impl Engine {
             Command::SafetyNumber(name) => {
                 if self.is_me(&name) {
                     out.error("that is you: compare safety numbers with someone else");
-                } else if self.contacts.get(name.as_str()).is_some() {
+                } else if self.contacts.get(&name).is_some() {
                     self.show_safety_number(&name, out);
                 } else if self.connected {
                     self.await_key(&name, out).show_safety_number = true;
@@ -1147,17 +1142,15 @@ impl Engine {
                 name,
                 safety_number,
             } => {
-                let result = self.contacts.mark_verified(
-                    self.identity.public(),
-                    name.as_str(),
-                    &safety_number,
-                );
+                let result =
+                    self.contacts
+                        .mark_verified(self.identity.public(), &name, &safety_number);
                 match result {
                     Ok(()) => self.trust_changed(&name, out),
                     Err(e) => out.error(e.to_string()),
                 }
             }
-            Command::AcceptKey(name) => match self.contacts.accept_new_key(name.as_str()) {
+            Command::AcceptKey(name) => match self.contacts.accept_new_key(&name) {
                 Ok(_) => self.trust_changed(&name, out),
                 Err(e) => out.error(e.to_string()),
             },
@@ -1228,7 +1221,7 @@ impl Engine {
     }
 
     fn show_safety_number(&self, name: &UserName, out: &mut Out) {
-        let Some(contact) = self.contacts.get(name.as_str()) else {
+        let Some(contact) = self.contacts.get(name) else {
             return;
         };
         let theirs = match &contact.trust {
@@ -1236,7 +1229,7 @@ impl Engine {
             Trust::Unverified | Trust::Verified => &contact.identity,
         };
         out.update(Update::SafetyNumber {
-            name: contact.name.clone(),
+            name: contact.name.to_string(),
             fingerprint: theirs.fingerprint(),
             safety_number: self.identity.public().safety_number(theirs),
             trust: trust_level(&contact.trust),
@@ -1245,24 +1238,24 @@ impl Engine {
 
     fn trust_changed(&mut self, name: &UserName, out: &mut Out) {
         self.save_contacts(out);
-        let trust = self.trust_of(name.as_str());
+        let trust = self.trust_of(name);
         out.update(Update::Trust {
             name: self
                 .contacts
-                .get(name.as_str())
-                .map_or_else(|| name.to_string(), |c| c.name.clone()),
+                .get(name)
+                .map_or_else(|| name.to_string(), |c| c.name.to_string()),
             trust,
         });
         let rooms: Vec<RoomName> = self
             .rooms
             .iter()
-            .filter(|(_, r)| r.members.contains_key(&lower(name)))
+            .filter(|(_, r)| r.members.contains_key(&name.key()))
             .map(|(room, _)| room.clone())
             .collect();
         for room in rooms {
             self.members_update(&room, out);
         }
-        for delivery in self.awaiting_trust.remove(&lower(name)).unwrap_or_default() {
+        for delivery in self.awaiting_trust.remove(&name.key()).unwrap_or_default() {
             self.deliver(delivery, out);
         }
     }
@@ -1311,8 +1304,8 @@ impl Engine {
             if self.is_me(&member.name) {
                 continue;
             }
-            let contact = self.contacts.get(member.name.as_str());
-            match self.contacts.sendable(member.name.as_str()) {
+            let contact = self.contacts.get(&member.name);
+            match self.contacts.sendable(&member.name) {
                 Ok(identity)
                     if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>
                 {
@@ -1355,7 +1348,7 @@ impl Engine {
             out.error("you cannot send a direct message to yourself");
             return;
         }
-        let peer = match self.contacts.sendable(user.as_str()) {
+        let peer = match self.contacts.sendable(&user) {
             Ok(identity) => identity.clone(),
             Err(Blocked::Unknown(_)) => {
                 let awaiting = self.await_key(&user, out);
@@ -1601,13 +1594,31 @@ mod tests {
 
     impl Bob {
         fn start(identity: Arc<Identity>, alice: &PublicIdentity, epoch: u32, first: u64) -> Bob {
-            let (session, mut announcements) = SendingSession::start(
-                &mut rand::rng(),
-                &identity,
+            Bob::start_in(
                 Conversation::room("lobby"),
+                identity,
+                alice,
                 epoch,
                 first,
                 now_secs(),
+            )
+        }
+
+        fn start_in(
+            conversation: Conversation,
+            identity: Arc<Identity>,
+            alice: &PublicIdentity,
+            epoch: u32,
+            first: u64,
+            created_at: u64,
+        ) -> Bob {
+            let (session, mut announcements) = SendingSession::start(
+                &mut rand::rng(),
+                &identity,
+                conversation,
+                epoch,
+                first,
+                created_at,
                 &[alice],
             )
             .unwrap();
@@ -1777,5 +1788,51 @@ mod tests {
         // the replay window.
         let updates = feed(&mut engine, deliver(&sealed, lobby()));
         assert_eq!(messages(&updates)[0].text, "lobby only");
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_to_bob_in_capitals_and_one_from_bob_share_one_chat() {
+        let alice = fixture("alice");
+        let bob_identity = fixture("bob");
+        let direct = Conversation::direct(alice.fingerprint(), bob_identity.fingerprint());
+        let mut bob = Bob::start_in(direct, bob_identity, alice.public(), 1, 0, now_secs());
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        // The user typed `/msg BOB hi`: the app opened `@BOB`.
+        let typed = Chat::Direct(name("BOB"));
+        let mut out = Out::default();
+        engine.handle_command(
+            Command::Send {
+                chat: typed.clone(),
+                text: "hi".into(),
+            },
+            &mut out,
+        );
+        let sent = messages(&out.updates)[0].clone();
+        // bob answers in the direct conversation.
+        feed(
+            &mut engine,
+            RelayFrame::Deliver {
+                delivery: 0,
+                from: name("bob"),
+                to: Destination::User(name("alice")),
+                body: PeerBody::Announcement(bob.announcement.clone())
+                    .encode()
+                    .into(),
+                slot: None,
+            },
+        );
+        let sealed = bob.seal("hello");
+        let updates = feed(
+            &mut engine,
+            deliver(&sealed, Destination::User(name("alice"))),
+        );
+        let received = messages(&updates)[0].clone();
+        assert_eq!(received.text, "hello");
+        assert_eq!(sent.chat, typed);
+        assert_eq!(received.chat, typed);
+        let threads: HashSet<Chat> = [typed.clone(), sent.chat, received.chat].into();
+        assert_eq!(threads.len(), 1);
+        let ordered: BTreeSet<Chat> = [typed, Chat::Direct(name("bob"))].into();
+        assert_eq!(ordered.len(), 1);
     }
 }
