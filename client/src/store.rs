@@ -117,6 +117,17 @@ impl Position {
     }
 }
 
+/// The stored history ([`Store::history`]).
+#[derive(Debug, Default)]
+pub struct History {
+    /// Every readable entry, in display order per conversation.
+    pub entries: Vec<(Position, StoredEntry)>,
+    /// The highest arrival number used so far.
+    pub last: u64,
+    /// Records that could not be read (damaged) and were skipped.
+    pub skipped: usize,
+}
+
 /// A receiving session at rest: its context, key, replay window and the
 /// sequence numbers still missing in it.
 #[derive(Serialize, Deserialize)]
@@ -419,21 +430,50 @@ impl Store {
         Ok(self.vault.put(HISTORY, &key, &encode(entry)?)?)
     }
 
-    /// The whole history in display order per conversation, with the
-    /// highest arrival number used so far.
-    pub fn history(&self) -> Result<(Vec<(Position, StoredEntry)>, u64), StoreError> {
-        let mut entries = Vec::new();
-        let mut last = 0;
-        for (key, value) in self.vault.all(HISTORY)? {
-            let position = key
-                .get(16..)
-                .and_then(Position::from_bytes)
-                .ok_or(StoreError::Format)?;
-            last = last.max(position.anchor);
-            entries.push((position, decode(&value)?));
+    /// The whole history in display order per conversation.
+    ///
+    /// A record that does not open or decode (damaged on disk) is skipped
+    /// and counted in [`History::skipped`]; the others are all returned.
+    /// Only a failure of the database itself is an error.
+    pub fn history(&self) -> Result<History, StoreError> {
+        let mut history = History::default();
+        for (key, value) in self.vault.each(HISTORY)? {
+            let position = key.get(16..).and_then(Position::from_bytes);
+            if let Some(position) = position {
+                // Even a damaged record used its arrival number.
+                history.last = history.last.max(position.anchor);
+            }
+            let entry = value
+                .ok()
+                .and_then(|value| decode::<StoredEntry>(&value).ok());
+            match (position, entry) {
+                (Some(position), Some(entry)) => history.entries.push((position, entry)),
+                _ => history.skipped += 1,
+            }
         }
-        Ok((entries, last))
+        Ok(history)
     }
+
+    /// Test hook: the vault underneath.
+    #[cfg(test)]
+    pub(crate) fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// Test hook: the record id of what was received from `sender` in
+    /// `conversation`, in the table of that name.
+    #[cfg(test)]
+    pub(crate) fn inbound_record(
+        &self,
+        sender: Fingerprint,
+        conversation: &Conversation,
+    ) -> (&'static str, [u8; 16]) {
+        (INBOUND, self.inbound_id(sender, conversation))
+    }
+
+    /// Test hook: the name of the history table.
+    #[cfg(test)]
+    pub(crate) const HISTORY_TABLE: &'static str = HISTORY;
 }
 
 /// A [`CounterStore`] in the vault: every reservation is one durable

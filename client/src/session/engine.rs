@@ -42,6 +42,13 @@ pub struct SessionLimits {
     pub roster_grace: Duration,
     /// Messages queued while disconnected.
     pub outbox: usize,
+    /// Signature checks of announcements, all senders together, in a burst
+    /// (each costs one RSA public-key operation, about 0.15 ms). This, not
+    /// the per-sender allowance, bounds what forgeries cost: a sender's
+    /// allowance is charged only for announcements its key signed.
+    pub verification_burst: u32,
+    /// ...refilled at this many per second.
+    pub verifications_per_second: u32,
 }
 
 impl Default for SessionLimits {
@@ -54,6 +61,8 @@ impl Default for SessionLimits {
             kept_sessions: 4,
             roster_grace: Duration::from_secs(10),
             outbox: 256,
+            verification_burst: 2000,
+            verifications_per_second: 500,
         }
     }
 }
@@ -128,11 +137,25 @@ struct Outbound {
     session: Option<SendingSession>,
 }
 
-/// A token bucket per announcing sender.
+/// A token bucket.
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+impl Bucket {
+    /// Refills at `rate` tokens per second up to `burst`, then takes one.
+    fn take(&mut self, now: Instant, burst: f64, rate: f64) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Whether a delivery was dealt with (stored or dropped: acknowledge it) or
@@ -152,6 +175,26 @@ fn now_ms() -> u64 {
 
 fn now_secs() -> u64 {
     now_ms() / 1000
+}
+
+/// What the user is told when stored messages could not be read.
+pub(crate) fn skipped_history(count: usize) -> String {
+    match count {
+        1 => "1 stored message is damaged and could not be read: skipped, the rest of the history is shown".to_owned(),
+        n => format!("{n} stored messages are damaged and could not be read: skipped, the rest of the history is shown"),
+    }
+}
+
+/// What the user is told about forged announcements: the relay's doing
+/// (only the relay, or whoever it lets in, can deliver them), never the
+/// named sender's.
+pub(crate) fn forged_announcements(count: u64, claimed: &str) -> String {
+    match count {
+        1 => format!("the relay delivered 1 forged key announcement claiming to be from {claimed}"),
+        n => format!(
+            "the relay delivered {n} forged key announcements claiming to be from {claimed}"
+        ),
+    }
 }
 
 fn trust_level(trust: &Trust) -> TrustLevel {
@@ -179,6 +222,12 @@ pub(crate) struct Engine {
     awaiting_trust: BTreeMap<UserKey, Vec<Delivery>>,
     held: VecDeque<Held>,
     buckets: HashMap<Fingerprint, Bucket>,
+    /// Signature checks of announcements, all senders together.
+    verifications: Option<Bucket>,
+    /// Forged announcements not yet reported, by the name they claimed.
+    forged: BTreeMap<UserKey, (UserName, u64)>,
+    /// Announcements dropped unchecked (the verification budget was spent).
+    unchecked: u64,
     arrival: u64,
     /// Per chat and sender: sequence number -> arrival number, to place
     /// late messages (bounded to the replay window).
@@ -235,6 +284,9 @@ impl Engine {
             awaiting_trust: BTreeMap::new(),
             held: VecDeque::new(),
             buckets: HashMap::new(),
+            verifications: None,
+            forged: BTreeMap::new(),
+            unchecked: 0,
             arrival: 0,
             placed: HashMap::new(),
             warned: HashSet::new(),
@@ -243,10 +295,10 @@ impl Engine {
             next_route: 1,
             quitting: None,
         };
-        let (entries, last) = engine.store.history()?;
-        engine.arrival = last;
+        let history = engine.store.history()?;
+        engine.arrival = history.last;
         let mut chats: BTreeMap<Chat, Vec<Message>> = BTreeMap::new();
-        for (position, entry) in entries {
+        for (position, entry) in history.entries {
             let late = position.rank != Position::IN_ORDER;
             if !late {
                 engine.remember_place(&entry.chat, entry.fingerprint, entry.seq, position.anchor);
@@ -258,6 +310,9 @@ impl Engine {
             .into_iter()
             .map(|(chat, messages)| Update::History { chat, messages })
             .collect();
+        if history.skipped > 0 {
+            updates.push(Update::Error(skipped_history(history.skipped)));
+        }
         // A key change the user has not decided on yet is still pending:
         // say so again, so a new UI blocks on it as the last one did (P6).
         for contact in engine.contacts.iter() {
@@ -371,6 +426,16 @@ impl Engine {
                 });
                 Self::ack(&held.delivery, out);
             }
+        }
+        // Forgeries are reported at most once per tick and claimed sender.
+        for (_, (claimed, count)) in std::mem::take(&mut self.forged) {
+            out.error(forged_announcements(count, claimed.as_str()));
+        }
+        if self.unchecked > 0 {
+            out.error(format!(
+                "the relay delivered key announcements faster than they can be checked: {} dropped unchecked",
+                std::mem::take(&mut self.unchecked)
+            ));
         }
         let grace = self.limits.roster_grace;
         for room in self.rooms.values_mut() {
@@ -793,6 +858,8 @@ impl Engine {
         }
     }
 
+    /// Charges `sender`'s allowance of announcements: only for one its key
+    /// signed.
     fn take_token(&mut self, sender: Fingerprint) -> bool {
         let now = Instant::now();
         let burst = f64::from(self.limits.announcement_burst);
@@ -801,32 +868,46 @@ impl Engine {
             tokens: burst,
             at: now,
         });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() / refill).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        bucket.take(now, burst, 1.0 / refill)
     }
 
+    /// Charges the budget of signature checks shared by every sender.
+    fn take_verification(&mut self) -> bool {
+        let now = Instant::now();
+        let burst = f64::from(self.limits.verification_burst);
+        let rate = f64::from(self.limits.verifications_per_second);
+        self.verifications
+            .get_or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            })
+            .take(now, burst, rate)
+    }
+
+    /// What was received from `sender` in `conversation`, read from the
+    /// store the first time. A store error is returned, never replaced by
+    /// an empty state (which the next accepted announcement would then
+    /// persist over the real one, losing its kept sessions and its epoch
+    /// floor): the caller leaves the delivery unacknowledged, so it comes
+    /// again.
     fn inbound_mut(
         &mut self,
         sender: Fingerprint,
         conversation: &Conversation,
-        out: &mut Out,
-    ) -> &mut Inbound {
-        let store = &self.store;
-        self.inbound
-            .entry((sender, conversation.clone()))
-            .or_insert_with(|| {
-                store.inbound(sender, conversation).unwrap_or_else(|e| {
-                    out.error(format!("could not read stored sessions: {e}"));
-                    Inbound::default()
-                })
-            })
+    ) -> Result<&mut Inbound, StoreError> {
+        Ok(match self.inbound.entry((sender, conversation.clone())) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(self.store.inbound(sender, conversation)?),
+        })
+    }
+
+    /// Reports that the stored sessions could not be read; the delivery
+    /// stays unacknowledged.
+    fn unreadable_sessions(e: &StoreError, out: &mut Out) -> Handled {
+        out.error(format!(
+            "could not read stored session keys (the message will be retried): {e}"
+        ));
+        Handled::Kept
     }
 
     fn on_announcement(
@@ -852,7 +933,10 @@ impl Engine {
         // No rollback, checked before any RSA work: a replayed or older
         // announcement is dropped without a word.
         let (epoch, session_id) = (context.epoch, context.session_id);
-        let inbound = self.inbound_mut(sender.fingerprint(), &conversation, out);
+        let inbound = match self.inbound_mut(sender.fingerprint(), &conversation) {
+            Ok(inbound) => inbound,
+            Err(e) => return Self::unreadable_sessions(&e, out),
+        };
         if epoch <= inbound.max_epoch
             || inbound
                 .sessions
@@ -860,6 +944,27 @@ impl Engine {
                 .any(|r| r.session.context().session_id == session_id)
         {
             return Handled::Done;
+        }
+        // The signature first (cheap, shared budget): a forgery is counted
+        // against the relay, and never against the sender it names.
+        if !self.take_verification() {
+            self.unchecked += 1;
+            return Handled::Done;
+        }
+        let Ok(verified) = self.identity.verify_announcement(&announcement, &sender) else {
+            let claimed = self.display_name(&delivery.from);
+            let (_, count) = self
+                .forged
+                .entry(delivery.from.key())
+                .or_insert_with(|| (claimed, 0));
+            *count += 1;
+            return self.reject(delivery, out);
+        };
+        // Signed by the sender: its age, then its sender's allowance, then
+        // the RSA decryption.
+        let now = now_secs();
+        if !verified.context().is_current(now) {
+            return self.reject(delivery, out);
         }
         if !self.take_token(sender.fingerprint()) {
             out.error(format!(
@@ -870,14 +975,17 @@ impl Engine {
         }
         let Ok(session) = self
             .identity
-            .accept(&mut rand::rng(), &announcement, &sender)
+            .accept_verified(&mut rand::rng(), &verified, now)
         else {
             return self.reject(delivery, out);
         };
         let first_seq = session.context().first_seq;
         let kept = self.limits.kept_sessions.max(1);
         let store = self.store.clone();
-        let inbound = self.inbound_mut(sender.fingerprint(), &conversation, out);
+        let inbound = match self.inbound_mut(sender.fingerprint(), &conversation) {
+            Ok(inbound) => inbound,
+            Err(e) => return Self::unreadable_sessions(&e, out),
+        };
         let previous_epoch = std::mem::replace(&mut inbound.max_epoch, epoch);
         inbound.sessions.push(Receiving {
             session,
@@ -950,7 +1058,10 @@ impl Engine {
             return Handled::Done;
         };
         let held_limit = self.limits.held_messages;
-        let inbound = self.inbound_mut(sender, &conversation, out);
+        let inbound = match self.inbound_mut(sender, &conversation) {
+            Ok(inbound) => inbound,
+            Err(e) => return Self::unreadable_sessions(&e, out),
+        };
         let Some(index) = inbound
             .sessions
             .iter()
@@ -971,6 +1082,11 @@ impl Engine {
         let Some(receiving) = inbound.sessions.get_mut(index) else {
             return self.reject(delivery, out);
         };
+        // A session past its age (or made in the future) opens nothing
+        // (18; the same opaque rejection as any other failure, P11).
+        if !receiving.session.is_current(now_secs()) {
+            return self.reject(delivery, out);
+        }
         let Ok(opened) = receiving.session.open(&conversation, body, &slot) else {
             return self.reject(delivery, out);
         };
@@ -1550,19 +1666,39 @@ mod tests {
         name.parse().unwrap()
     }
 
-    /// Alice's engine, registered, in the lobby with bob.
-    async fn alice_with_bob(bob: &Identity) -> (Engine, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let alice = fixture("alice");
-        let account = Account::open(
-            Profile::open(dir.path()).unwrap(),
-            alice.clone(),
+    /// Alice's account in `dir`.
+    async fn alice_account(dir: &Path) -> Account {
+        Account::open(
+            Profile::open(dir).unwrap(),
+            fixture("alice"),
             Some(name("alice")),
         )
         .await
-        .unwrap();
-        let (mut engine, _) =
-            Engine::new(&account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        .unwrap()
+    }
+
+    /// Alice's engine, registered, in the lobby with bob.
+    async fn alice_with_bob(bob: &Identity) -> (Engine, tempfile::TempDir) {
+        alice_with_bob_limits(bob, SessionLimits::default()).await
+    }
+
+    async fn alice_with_bob_limits(
+        bob: &Identity,
+        limits: SessionLimits,
+    ) -> (Engine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let account = alice_account(dir.path()).await;
+        let (engine, _) = alice_in_lobby_with(&account, bob, limits);
+        (engine, dir)
+    }
+
+    fn alice_in_lobby_with(
+        account: &Account,
+        bob: &Identity,
+        limits: SessionLimits,
+    ) -> (Engine, Vec<Update>) {
+        let alice = fixture("alice");
+        let (mut engine, history) = Engine::new(account, &[RoomName::lobby()], limits).unwrap();
         let mut out = Out::default();
         engine.on_registered(name("alice"), &mut out);
         engine.handle_frame(
@@ -1581,7 +1717,7 @@ mod tests {
             },
             &mut out,
         );
-        (engine, dir)
+        (engine, history)
     }
 
     /// Bob's side: a session to alice in the lobby and its counter.
@@ -1834,5 +1970,264 @@ mod tests {
         assert_eq!(threads.len(), 1);
         let ordered: BTreeSet<Chat> = [typed, Chat::Direct(name("bob"))].into();
         assert_eq!(ordered.len(), 1);
+    }
+
+    fn feed_out(engine: &mut Engine, frame: RelayFrame) -> Out {
+        let mut out = Out::default();
+        engine.handle_frame(frame, &mut out);
+        out
+    }
+
+    fn acked(out: &Out, delivery: u64) -> bool {
+        out.frames
+            .iter()
+            .any(|f| matches!(f, ClientFrame::Ack { delivery: d } if *d == delivery))
+    }
+
+    fn errors(updates: &[Update]) -> Vec<&str> {
+        updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Error(e) => Some(e.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `announcement` from bob as the stored delivery number `delivery`.
+    fn announce_stored(announcement: &Announcement, delivery: u64) -> RelayFrame {
+        let RelayFrame::Deliver {
+            from,
+            to,
+            body,
+            slot,
+            ..
+        } = announce(announcement)
+        else {
+            unreachable!()
+        };
+        RelayFrame::Deliver {
+            delivery,
+            from,
+            to,
+            body,
+            slot,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_read_failure_is_retried_and_never_overwrites_the_stored_sessions() {
+        let alice = fixture("alice");
+        let mut first = Bob::start(fixture("bob"), alice.public(), 1, 0);
+        let second = Bob::start(fixture("bob"), alice.public(), 2, 10);
+        let (mut engine, _dir) = alice_with_bob(&first.identity).await;
+        assert!(feed(&mut engine, announce(&first.announcement)).is_empty());
+        let (table, id) = engine
+            .store
+            .inbound_record(first.identity.fingerprint(), &Conversation::room("lobby"));
+        let sealed = engine.store.vault().get_raw(table, &id).unwrap();
+        // The record is damaged on disk, and the engine reads it afresh (as
+        // after a restart).
+        engine
+            .store
+            .vault()
+            .put_raw(table, &id, b"damaged")
+            .unwrap();
+        engine.inbound.clear();
+        let out = feed_out(&mut engine, announce_stored(&second.announcement, 7));
+        assert!(!acked(&out, 7), "{out:?}");
+        assert_eq!(errors(&out.updates).len(), 1, "{:?}", out.updates);
+        // Nothing was written over the stored state.
+        assert_eq!(
+            engine.store.vault().get_raw(table, &id).unwrap(),
+            b"damaged".to_vec()
+        );
+        // Once the record reads again, the redelivery is accepted and the
+        // first session is still kept beside the new one.
+        engine.store.vault().put_raw(table, &id, &sealed).unwrap();
+        let out = feed_out(&mut engine, announce_stored(&second.announcement, 7));
+        assert!(acked(&out, 7), "{out:?}");
+        let updates = feed(&mut engine, deliver(&first.seal("epoch 1"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "epoch 1");
+        // And the epoch floor held: epoch 1 again is a replay.
+        let before = engine.identity.rsa_decryptions();
+        assert!(feed(&mut engine, announce(&first.announcement)).is_empty());
+        assert_eq!(engine.identity.rsa_decryptions(), before);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_history_record_is_skipped_and_reported_and_the_rest_kept() {
+        let bob = fixture("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let account = alice_account(dir.path()).await;
+        {
+            let (mut engine, _) = alice_in_lobby_with(&account, &bob, SessionLimits::default());
+            for text in ["one", "two"] {
+                let mut out = Out::default();
+                engine.handle_command(
+                    Command::Send {
+                        chat: Chat::Room(RoomName::lobby()),
+                        text: text.into(),
+                    },
+                    &mut out,
+                );
+            }
+            let vault = engine.store.vault();
+            vault
+                .put_raw(Store::HISTORY_TABLE, &[0; 28], b"not a sealed record")
+                .unwrap();
+        }
+        let (_, history) = alice_in_lobby_with(&account, &bob, SessionLimits::default());
+        let shown: Vec<&str> = history
+            .iter()
+            .filter_map(|u| match u {
+                Update::History { messages, .. } => Some(messages),
+                _ => None,
+            })
+            .flatten()
+            .map(|m| m.text.as_str())
+            .collect();
+        assert_eq!(shown, ["one", "two"]);
+        assert_eq!(errors(&history), [skipped_history(1)]);
+    }
+
+    #[tokio::test]
+    async fn sessions_made_long_ago_or_in_the_future_are_refused_on_receipt() {
+        let alice = fixture("alice");
+        let bob_identity = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob_identity).await;
+        let lobby_conversation = Conversation::room("lobby");
+        for created_at in [0, 1 << 40] {
+            let bob = Bob::start_in(
+                lobby_conversation.clone(),
+                bob_identity.clone(),
+                alice.public(),
+                7,
+                0,
+                created_at,
+            );
+            let before = engine.identity.rsa_decryptions();
+            let updates = feed(&mut engine, announce(&bob.announcement));
+            assert!(
+                matches!(updates[..], [Update::Rejected { .. }]),
+                "{created_at}: {updates:?}"
+            );
+            assert_eq!(engine.identity.rsa_decryptions(), before);
+        }
+        // A session accepted long ago (kept from an earlier run) no longer
+        // opens anything.
+        let created_at = now_secs()
+            - sotto_crypto::MAX_SESSION_AGE.as_secs()
+            - sotto_crypto::MAX_DELIVERY_DELAY.as_secs()
+            - sotto_crypto::MAX_CLOCK_SKEW.as_secs()
+            - 60;
+        let mut old = Bob::start_in(
+            lobby_conversation.clone(),
+            bob_identity.clone(),
+            alice.public(),
+            8,
+            0,
+            created_at,
+        );
+        let session = alice
+            .accept(&mut rand::rng(), &old.announcement, bob_identity.public())
+            .unwrap();
+        engine.inbound.insert(
+            (bob_identity.fingerprint(), lobby_conversation),
+            Inbound {
+                max_epoch: 8,
+                sessions: vec![Receiving {
+                    session,
+                    window: ReplayWindow::starting_at(0),
+                    missing: BTreeSet::new(),
+                }],
+            },
+        );
+        let updates = feed(&mut engine, deliver(&old.seal("too old"), lobby()));
+        assert!(
+            matches!(updates[..], [Update::Rejected { .. }]),
+            "{updates:?}"
+        );
+        // A current session still works.
+        let mut fresh = Bob::start(bob_identity.clone(), alice.public(), 9, 1);
+        feed(&mut engine, announce(&fresh.announcement));
+        let updates = feed(&mut engine, deliver(&fresh.seal("fresh"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "fresh");
+    }
+
+    /// `count` announcements claiming bob, each a new session, none signed.
+    fn forgeries(genuine: &Announcement, count: u8) -> Vec<Announcement> {
+        (0..count)
+            .map(|n| {
+                let mut forged = genuine.clone();
+                forged.context.session_id = SessionId([n.wrapping_add(100); 16]);
+                forged.context.epoch += u32::from(n) + 1;
+                forged.signature[0] ^= 1;
+                forged
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn forged_announcements_are_blamed_on_the_relay_and_spend_none_of_the_senders_allowance()
+    {
+        let alice = fixture("alice");
+        let mut bob = Bob::start(fixture("bob"), alice.public(), 1_000, 0);
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        let limits = SessionLimits::default();
+        let count = u8::try_from(limits.announcement_burst + 5).unwrap();
+        let before = engine.identity.rsa_decryptions();
+        for forged in forgeries(&bob.announcement, count) {
+            let updates = feed(&mut engine, announce(&forged));
+            assert!(
+                matches!(updates[..], [Update::Rejected { .. }]),
+                "{updates:?}"
+            );
+        }
+        assert_eq!(engine.identity.rsa_decryptions(), before);
+        // bob's real announcement still opens his messages.
+        assert!(feed(&mut engine, announce(&bob.announcement)).is_empty());
+        let updates = feed(&mut engine, deliver(&bob.seal("real"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "real");
+        // The relay is named, once, with the count.
+        let mut out = Out::default();
+        engine.tick(Instant::now(), &mut out);
+        assert_eq!(
+            errors(&out.updates),
+            [forged_announcements(u64::from(count), "bob")]
+        );
+        let mut out = Out::default();
+        engine.tick(Instant::now(), &mut out);
+        assert!(errors(&out.updates).is_empty());
+    }
+
+    #[tokio::test]
+    async fn checking_forgeries_is_bounded_by_a_budget_shared_by_all_senders() {
+        let alice = fixture("alice");
+        let bob = Bob::start(fixture("bob"), alice.public(), 1_000, 0);
+        let limits = SessionLimits {
+            verification_burst: 3,
+            verifications_per_second: 0,
+            ..SessionLimits::default()
+        };
+        let (mut engine, _dir) = alice_with_bob_limits(&bob.identity, limits).await;
+        let mut rejected = 0;
+        for forged in forgeries(&bob.announcement, 5) {
+            let updates = feed(&mut engine, announce(&forged));
+            rejected += updates
+                .iter()
+                .filter(|u| matches!(u, Update::Rejected { .. }))
+                .count();
+        }
+        assert_eq!(rejected, 3);
+        let mut out = Out::default();
+        engine.tick(Instant::now(), &mut out);
+        assert_eq!(
+            errors(&out.updates),
+            [
+                forged_announcements(3, "bob"),
+                "the relay delivered key announcements faster than they can be checked: 2 dropped unchecked".to_owned()
+            ]
+        );
     }
 }
