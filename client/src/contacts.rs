@@ -16,7 +16,8 @@
 //! Nothing is ever encrypted to a key that is not pinned here, so nothing
 //! is encrypted to a key the user has not at least seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use sotto_crypto::{Fingerprint, PublicIdentity, SafetyNumber};
 use sotto_proto::{UserKey, UserName};
@@ -32,7 +33,7 @@ pub enum Trust {
     /// the user verifies or accepts `offered`.
     Changed {
         /// The key the contact presented, not yet trusted.
-        offered: PublicIdentity,
+        offered: Arc<PublicIdentity>,
     },
 }
 
@@ -41,8 +42,9 @@ pub enum Trust {
 pub struct Contact {
     /// The name as the relay showed it first.
     pub name: UserName,
-    /// The pinned key: the only one messages are encrypted to.
-    pub identity: PublicIdentity,
+    /// The pinned key: the only one messages are encrypted to (shared: a
+    /// relay may show one key under many names).
+    pub identity: Arc<PublicIdentity>,
     /// Its trust.
     pub trust: Trust,
 }
@@ -119,6 +121,9 @@ pub enum TrustError {
 #[derive(Clone, Debug, Default)]
 pub struct Contacts {
     by_name: BTreeMap<UserKey, Contact>,
+    /// Names by [`UserName::skeleton`], to find look-alikes without
+    /// looking at every contact.
+    by_skeleton: HashMap<String, BTreeSet<UserKey>>,
 }
 
 impl Contacts {
@@ -129,12 +134,20 @@ impl Contacts {
 
     /// Contacts restored from storage.
     pub fn from_contacts(contacts: impl IntoIterator<Item = Contact>) -> Self {
-        Self {
-            by_name: contacts
-                .into_iter()
-                .map(|contact| (contact.name.key(), contact))
-                .collect(),
+        let mut all = Self::default();
+        for contact in contacts {
+            all.insert(contact);
         }
+        all
+    }
+
+    fn insert(&mut self, contact: Contact) {
+        let key = contact.name.key();
+        self.by_skeleton
+            .entry(contact.name.skeleton())
+            .or_default()
+            .insert(key.clone());
+        self.by_name.insert(key, contact);
     }
 
     /// Records that `identity` was presented for `name` (by the relay's
@@ -145,30 +158,28 @@ impl Contacts {
     /// ([`UserName::skeleton`]: `aIice` or `al1ce` next to `alice`) is
     /// pinned like any other, and the event names the look-alikes so the
     /// front end can warn.
-    pub fn observe(&mut self, name: &UserName, identity: &PublicIdentity) -> Option<KeyEvent> {
+    pub fn observe(&mut self, name: &UserName, identity: &Arc<PublicIdentity>) -> Option<KeyEvent> {
         let Some(contact) = self.by_name.get_mut(&name.key()) else {
-            let skeleton = name.skeleton();
             let lookalikes = self
-                .by_name
-                .values()
-                .filter(|c| c.name.skeleton() == skeleton)
+                .by_skeleton
+                .get(&name.skeleton())
+                .into_iter()
+                .flatten()
+                .filter_map(|key| self.by_name.get(key))
                 .map(|c| c.name.to_string())
                 .collect();
-            self.by_name.insert(
-                name.key(),
-                Contact {
-                    name: name.clone(),
-                    identity: identity.clone(),
-                    trust: Trust::Unverified,
-                },
-            );
+            self.insert(Contact {
+                name: name.clone(),
+                identity: identity.clone(),
+                trust: Trust::Unverified,
+            });
             return Some(KeyEvent::Pinned {
                 name: name.to_string(),
                 fingerprint: identity.fingerprint(),
                 lookalikes,
             });
         };
-        if contact.identity == *identity {
+        if *contact.identity == **identity {
             return None;
         }
         match &contact.trust {
@@ -181,7 +192,7 @@ impl Contacts {
                     current: identity.fingerprint(),
                 })
             }
-            Trust::Changed { offered } if offered == identity => None,
+            Trust::Changed { offered } if **offered == **identity => None,
             Trust::Verified | Trust::Changed { .. } => {
                 contact.trust = Trust::Changed {
                     offered: identity.clone(),
@@ -305,6 +316,10 @@ mod tests {
         fixture(name).public()
     }
 
+    fn shared(name: &str) -> Arc<PublicIdentity> {
+        Arc::new(public(name).clone())
+    }
+
     fn n(name: &str) -> UserName {
         name.parse().unwrap()
     }
@@ -312,9 +327,9 @@ mod tests {
     #[test]
     fn first_sight_pins_and_the_same_key_changes_nothing() {
         let mut contacts = Contacts::new();
-        let event = contacts.observe(&n("bob"), public("bob"));
+        let event = contacts.observe(&n("bob"), &shared("bob"));
         assert!(matches!(event, Some(KeyEvent::Pinned { .. })));
-        assert_eq!(contacts.observe(&n("BOB"), public("bob")), None);
+        assert_eq!(contacts.observe(&n("BOB"), &shared("bob")), None);
         assert_eq!(contacts.sendable(&n("Bob")).unwrap(), public("bob"));
         assert_eq!(contacts.get(&n("bob")).unwrap().trust, Trust::Unverified);
     }
@@ -322,8 +337,8 @@ mod tests {
     #[test]
     fn an_unverified_contacts_new_key_is_reported_never_silent() {
         let mut contacts = Contacts::new();
-        contacts.observe(&n("bob"), public("bob"));
-        let event = contacts.observe(&n("bob"), public("mallory")).unwrap();
+        contacts.observe(&n("bob"), &shared("bob"));
+        let event = contacts.observe(&n("bob"), &shared("mallory")).unwrap();
         assert_eq!(
             event,
             KeyEvent::Changed {
@@ -338,22 +353,22 @@ mod tests {
     fn a_verified_contacts_new_key_blocks_sending_until_decided() {
         let mine = public("alice");
         let mut contacts = Contacts::new();
-        contacts.observe(&n("bob"), public("bob"));
+        contacts.observe(&n("bob"), &shared("bob"));
         let number = mine.safety_number(public("bob"));
         contacts
             .mark_verified(mine, &n("bob"), &number.to_string())
             .unwrap();
 
-        let event = contacts.observe(&n("bob"), public("mallory")).unwrap();
+        let event = contacts.observe(&n("bob"), &shared("mallory")).unwrap();
         assert!(matches!(event, KeyEvent::ChangedVerified { .. }));
         // The verified key stays pinned and nothing is sent to either.
-        assert_eq!(contacts.get(&n("bob")).unwrap().identity, *public("bob"));
+        assert_eq!(*contacts.get(&n("bob")).unwrap().identity, *public("bob"));
         assert!(matches!(
             contacts.sendable(&n("bob")),
             Err(Blocked::KeyChanged { .. })
         ));
         // Seeing the offered key again is not a new event; the old key is.
-        assert_eq!(contacts.observe(&n("bob"), public("mallory")), None);
+        assert_eq!(contacts.observe(&n("bob"), &shared("mallory")), None);
 
         // Accepting is explicit, and leaves the contact unverified.
         assert_eq!(
@@ -372,7 +387,7 @@ mod tests {
     fn verifying_a_changed_key_needs_its_own_safety_number() {
         let mine = public("alice");
         let mut contacts = Contacts::new();
-        contacts.observe(&n("bob"), public("bob"));
+        contacts.observe(&n("bob"), &shared("bob"));
         contacts
             .mark_verified(
                 mine,
@@ -380,7 +395,7 @@ mod tests {
                 mine.safety_number(public("bob")).qr_payload(),
             )
             .unwrap();
-        contacts.observe(&n("bob"), public("mallory"));
+        contacts.observe(&n("bob"), &shared("mallory"));
         // The old number no longer verifies anything.
         let old = mine.safety_number(public("bob"));
         assert!(matches!(
@@ -399,25 +414,25 @@ mod tests {
     #[test]
     fn a_new_name_that_looks_like_a_known_one_names_it() {
         let mut contacts = Contacts::new();
-        contacts.observe(&n("alice"), public("alice"));
-        contacts.observe(&n("bob"), public("bob"));
+        contacts.observe(&n("alice"), &shared("alice"));
+        contacts.observe(&n("bob"), &shared("bob"));
         let lookalikes = |event: Option<KeyEvent>| match event {
             Some(KeyEvent::Pinned { lookalikes, .. }) => lookalikes,
             other => panic!("not a new pin: {other:?}"),
         };
         assert_eq!(
-            lookalikes(contacts.observe(&n("aIice"), public("mallory"))),
+            lookalikes(contacts.observe(&n("aIice"), &shared("mallory"))),
             ["alice"]
         );
         // Now both earlier spellings are known look-alikes of the next one.
         assert_eq!(
-            lookalikes(contacts.observe(&n("al1ce"), public("mallory"))),
+            lookalikes(contacts.observe(&n("al1ce"), &shared("mallory"))),
             ["aIice", "alice"]
         );
         // A name that looks like nothing known, and the same name in
         // another letter case (the same contact, not a new one).
-        assert!(lookalikes(contacts.observe(&n("carol"), public("mallory"))).is_empty());
-        assert_eq!(contacts.observe(&n("ALICE"), public("alice")), None);
+        assert!(lookalikes(contacts.observe(&n("carol"), &shared("mallory"))).is_empty());
+        assert_eq!(contacts.observe(&n("ALICE"), &shared("alice")), None);
     }
 
     #[test]

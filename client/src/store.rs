@@ -255,47 +255,91 @@ impl Store {
         Ok(self.vault.put(ROOMS, &id, &encode(settings)?)?)
     }
 
-    /// The pinned contacts.
+    /// The pinned contacts: one record per contact (and, from versions
+    /// that kept them all in one record, that record first).
     pub fn contacts(&self) -> Result<Contacts, StoreError> {
-        let Some(bytes) = self.vault.get(CONTACTS, CONTACTS_KEY)? else {
-            return Ok(Contacts::new());
-        };
-        let stored: Vec<StoredContact> = decode(&bytes)?;
+        let mut stored: Vec<StoredContact> = Vec::new();
+        let mut each = Vec::new();
+        for (key, value) in self.vault.all(CONTACTS)? {
+            if key == CONTACTS_KEY {
+                stored.splice(0..0, decode::<Vec<StoredContact>>(&value)?);
+            } else {
+                each.push(decode::<StoredContact>(&value)?);
+            }
+        }
+        stored.extend(each);
         let parse =
             |bytes: &[u8]| PublicIdentity::from_bytes(bytes).map_err(|_| StoreError::Format);
         let mut contacts = Vec::with_capacity(stored.len());
         for contact in stored {
             let trust = match (&contact.offered, contact.verified) {
                 (Some(offered), _) => Trust::Changed {
-                    offered: parse(offered)?,
+                    offered: parse(offered)?.into(),
                 },
                 (None, true) => Trust::Verified,
                 (None, false) => Trust::Unverified,
             };
             contacts.push(Contact {
                 name: contact.name.parse().map_err(|_| StoreError::Format)?,
-                identity: parse(&contact.identity)?,
+                identity: parse(&contact.identity)?.into(),
                 trust,
             });
         }
         Ok(Contacts::from_contacts(contacts))
     }
 
+    fn contact_record(&self, c: &Contact) -> Result<([u8; 16], Zeroizing<Vec<u8>>), StoreError> {
+        let stored = StoredContact {
+            name: c.name.to_string(),
+            identity: c.identity.to_bytes(),
+            verified: !matches!(c.trust, Trust::Unverified),
+            offered: match &c.trust {
+                Trust::Changed { offered } => Some(offered.to_bytes()),
+                Trust::Unverified | Trust::Verified => None,
+            },
+        };
+        let id = self.record_id(&("contact", c.name.key().as_str()));
+        Ok((id, encode(&stored)?))
+    }
+
     /// Records every contact.
     pub fn set_contacts(&self, contacts: &Contacts) -> Result<(), StoreError> {
-        let stored: Vec<StoredContact> = contacts
+        self.save_contacts(contacts.iter())
+    }
+
+    /// Records these contacts (one record each, in one transaction), so
+    /// pinning one more costs one record, not a rewrite of all of them.
+    pub fn save_contacts<'a>(
+        &self,
+        contacts: impl IntoIterator<Item = &'a Contact>,
+    ) -> Result<(), StoreError> {
+        let mut records = Vec::new();
+        for c in contacts {
+            records.push(self.contact_record(c)?);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(&str, &[u8], &[u8])> = records
             .iter()
-            .map(|c| StoredContact {
-                name: c.name.to_string(),
-                identity: c.identity.to_bytes(),
-                verified: !matches!(c.trust, Trust::Unverified),
-                offered: match &c.trust {
-                    Trust::Changed { offered } => Some(offered.to_bytes()),
-                    Trust::Unverified | Trust::Verified => None,
-                },
-            })
+            .map(|(id, value)| (CONTACTS, id.as_slice(), value.as_slice()))
             .collect();
-        Ok(self.vault.put(CONTACTS, CONTACTS_KEY, &encode(&stored)?)?)
+        self.vault.put_all(&batch)?;
+        // The one-record form of earlier versions is superseded.
+        if self.vault.get(CONTACTS, CONTACTS_KEY)?.is_some() {
+            let all = self.contacts()?;
+            let mut records = Vec::new();
+            for c in all.iter() {
+                records.push(self.contact_record(c)?);
+            }
+            let batch: Vec<(&str, &[u8], &[u8])> = records
+                .iter()
+                .map(|(id, value)| (CONTACTS, id.as_slice(), value.as_slice()))
+                .collect();
+            self.vault.put_all(&batch)?;
+            self.vault.remove(CONTACTS, CONTACTS_KEY)?;
+        }
+        Ok(())
     }
 
     /// The last epoch this client used to send in `conversation` (0: none).

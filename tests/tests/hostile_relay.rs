@@ -937,3 +937,83 @@ async fn s16_a_stored_delivery_replayed_after_its_ack_is_dropped() {
         .count();
     assert_eq!(shown, 1, "{:#?}", bob.seen);
 }
+
+/// Peak resident memory of this process so far, in KiB (Linux).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Not a test (it asserts no timing): a measurement for docs/benchmarks.md.
+/// The hostile relay floods bob with `SOTTO_FLOOD` presence events (joins
+/// of distinct names, each with a key, as a relay that lets one key
+/// register many names can), then alice sends one message; bob's "front
+/// end" drains updates as a UI would. Prints how long the message took to
+/// get through and the process's peak memory.
+///
+/// SOTTO_FLOOD=200000 cargo test -p sotto-tests --test hostile_relay \
+///     measure_presence_flood -- --ignored --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn measure_presence_flood() {
+    use futures::StreamExt;
+    let flood: usize = std::env::var("SOTTO_FLOOD")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000);
+    let give_up = std::time::Duration::from_secs(
+        std::env::var("SOTTO_FLOOD_WAIT")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(120),
+    );
+    let (w, alice, mut bob) = alice_and_bob().await;
+    barrier(&alice, &mut bob, "before the flood").await;
+    let rss_before = peak_rss_kib();
+    let key = bytes::Bytes::from(identity("mallory").public().to_bytes());
+    let start = std::time::Instant::now();
+    for i in 0..flood {
+        w.hostile.inject(
+            "bob",
+            RelayFrame::Presence {
+                room: RoomName::lobby(),
+                user: format!("flood{i}").parse().unwrap(),
+                event: PresenceEvent::Joined,
+                identity: Some(key.clone()),
+            },
+        );
+    }
+    alice.send(lobby(), "after the flood");
+    let (mut updates, mut members_lists, mut largest) = (0u64, 0u64, 0usize);
+    let through = loop {
+        let left = give_up.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, bob.updates.next()).await {
+            Ok(Some(Update::Message(m))) if m.text == "after the flood" => {
+                break Some(start.elapsed());
+            }
+            Ok(Some(Update::Members { members, .. })) => {
+                members_lists += 1;
+                largest = largest.max(members.len());
+                updates += 1;
+            }
+            Ok(Some(_)) => updates += 1,
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    println!(
+        "presence flood {flood}: message through after {}; {updates} updates ({members_lists} member lists, largest {largest}); peak RSS {} MiB before the flood, {} MiB after",
+        through.map_or_else(
+            || format!("NOT through after {} s", give_up.as_secs()),
+            |t| format!("{:.2} s", t.as_secs_f64())
+        ),
+        rss_before / 1024,
+        peak_rss_kib() / 1024
+    );
+}

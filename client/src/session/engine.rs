@@ -42,6 +42,12 @@ pub struct SessionLimits {
     pub roster_grace: Duration,
     /// Messages queued while disconnected.
     pub outbox: usize,
+    /// Updates waiting for the front end (the session's channel to it).
+    /// When it is full the session stops reading from the relay until the
+    /// front end catches up (so a flood waits in the relay's bounded queue
+    /// for this client, not in this client's memory), except that presence
+    /// notices are dropped instead: the member lists carry the same facts.
+    pub updates: usize,
     /// Signature checks of announcements, all senders together, in a burst
     /// (each costs one RSA public-key operation, about 0.15 ms). This, not
     /// the per-sender allowance, bounds what forgeries cost: a sender's
@@ -63,6 +69,7 @@ impl Default for SessionLimits {
             outbox: 256,
             verification_burst: 2000,
             verifications_per_second: 500,
+            updates: 1024,
         }
     }
 }
@@ -129,7 +136,26 @@ struct Room {
     settings: RoomSettings,
     /// Digests of recent member sets, with when they stopped being current.
     views: VecDeque<([u8; 32], Instant)>,
+    /// The digest of the current member set, once computed.
+    digest: Option<[u8; 32]>,
+    /// When a member set was last retired with its digest computed.
+    retired: Option<Instant>,
+    /// When the whole member list was last sent to the front end.
+    listed: Option<Instant>,
+    /// The member list changed since it was last sent.
+    unlisted: bool,
 }
+
+/// The whole member list of a room goes to the front end at most this
+/// often while presence keeps changing it (each change is also its own small
+/// [`Update::Presence`]).
+const MEMBER_LIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// During a burst of presence changes, the digest of a member set that was
+/// current for less than this is not computed (a message sealed to exactly
+/// that set may then be reported as a roster mismatch): computing it costs
+/// the size of the room, for every event.
+const VIEW_INTERVAL: Duration = Duration::from_millis(100);
 
 struct Outbound {
     epoch: u32,
@@ -222,6 +248,12 @@ pub(crate) struct Engine {
     awaiting_trust: BTreeMap<UserKey, Vec<Delivery>>,
     held: VecDeque<Held>,
     buckets: HashMap<Fingerprint, Bucket>,
+    /// The identity bytes the relay last showed for each name.
+    last_keys: HashMap<UserKey, Bytes>,
+    /// Contacts pinned or changed and not yet saved.
+    unsaved_contacts: BTreeSet<UserKey>,
+    /// The identity parsed last, with its bytes.
+    last_parsed: Option<(Bytes, Arc<PublicIdentity>)>,
     /// Signature checks of announcements, all senders together.
     verifications: Option<Bucket>,
     /// Forged announcements not yet reported, by the name they claimed.
@@ -284,6 +316,9 @@ impl Engine {
             awaiting_trust: BTreeMap::new(),
             held: VecDeque::new(),
             buckets: HashMap::new(),
+            last_keys: HashMap::new(),
+            unsaved_contacts: BTreeSet::new(),
+            last_parsed: None,
             verifications: None,
             forged: BTreeMap::new(),
             unchecked: 0,
@@ -410,6 +445,7 @@ impl Engine {
         for outbound in self.outbound.values_mut() {
             let _ = outbound.counter.checkpoint();
         }
+        self.save_contacts(&mut Out::default());
     }
 
     /// Periodic housekeeping: gives up messages whose announcement never came.
@@ -441,6 +477,16 @@ impl Engine {
         for room in self.rooms.values_mut() {
             room.views
                 .retain(|(_, since)| now.duration_since(*since) < grace);
+        }
+        self.save_contacts(out);
+        let unlisted: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.unlisted)
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in unlisted {
+            self.members_update(&room, now, out);
         }
     }
 
@@ -530,24 +576,64 @@ impl Engine {
 
     /// Pins `identity` (bytes from the relay, a hint) for `name` on first
     /// sight; reports any change.
+    ///
+    /// The same bytes as last time for the same name change nothing and
+    /// cost no parsing: presence floods repeat them.
     fn observe(&mut self, name: &UserName, identity: &[u8], out: &mut Out) -> bool {
         if self.is_me(name) {
             return false;
         }
-        let Ok(identity) = PublicIdentity::from_bytes(identity) else {
-            out.error(format!("the relay sent an invalid key for {name}"));
-            return false;
+        let key = name.key();
+        if self
+            .last_keys
+            .get(&key)
+            .is_some_and(|seen| seen.as_ref() == identity)
+        {
+            return true;
+        }
+        // One relay key shown under many names is parsed once.
+        let parsed = match &self.last_parsed {
+            Some((bytes, parsed)) if bytes.as_ref() == identity => parsed.clone(),
+            _ => {
+                let Ok(parsed) = PublicIdentity::from_bytes(identity) else {
+                    out.error(format!("the relay sent an invalid key for {name}"));
+                    return false;
+                };
+                let parsed = Arc::new(parsed);
+                self.last_parsed = Some((Bytes::copy_from_slice(identity), parsed.clone()));
+                parsed
+            }
         };
-        if let Some(event) = self.contacts.observe(name, &identity) {
-            self.save_contacts(out);
+        if let Some(event) = self.contacts.observe(name, &parsed) {
+            self.unsaved_contacts.insert(key.clone());
+            if !matches!(event, KeyEvent::Pinned { .. }) {
+                // A key change is saved at once; a first pin at the next
+                // tick (a crash before it only means pinning it again).
+                self.save_contacts(out);
+            }
+            // Rosters digest the pinned keys: recompute them.
+            for room in self.rooms.values_mut() {
+                room.digest = None;
+            }
             out.update(Update::Key(event));
         }
+        self.last_keys.insert(key, Bytes::copy_from_slice(identity));
         true
     }
 
-    fn save_contacts(&self, out: &mut Out) {
-        if let Err(e) = self.store.set_contacts(&self.contacts) {
+    /// Saves the contacts changed since the last save.
+    fn save_contacts(&mut self, out: &mut Out) {
+        if self.unsaved_contacts.is_empty() {
+            return;
+        }
+        let unsaved = std::mem::take(&mut self.unsaved_contacts);
+        let contacts: Vec<&crate::contacts::Contact> = unsaved
+            .iter()
+            .filter_map(|key| self.contacts.get(&key.to_name()))
+            .collect();
+        if let Err(e) = self.store.save_contacts(contacts) {
             out.error(format!("could not save contacts: {e}"));
+            self.unsaved_contacts = unsaved;
         }
     }
 
@@ -597,7 +683,7 @@ impl Engine {
                 on: true,
             });
         }
-        self.members_update(&room, out);
+        self.members_update(&room, Instant::now(), out);
         for name in names {
             self.retry_key(&name, out);
         }
@@ -648,7 +734,7 @@ impl Engine {
             name: user.to_string(),
             change,
         });
-        self.members_update(&room, out);
+        self.members_changed(&room, out);
         if pinned {
             self.retry_key(&user, out);
         }
@@ -657,15 +743,43 @@ impl Engine {
     /// Remembers the member set that was current until `now`, so messages
     /// sealed just before a change still match (`roster_grace`).
     fn retire_view(&mut self, room: &RoomName, now: Instant) {
-        let Some(digest) = self.rooms.get(room).map(|r| self.view_digest(r)) else {
+        let Some(entry) = self.rooms.get(room) else {
             return;
         };
-        if let Some(room) = self.rooms.get_mut(room) {
-            room.views.push_back((digest, now));
-            while room.views.len() > 16 {
-                room.views.pop_front();
+        let digest = match entry.digest {
+            Some(digest) => Some(digest),
+            // In a burst of changes, not every fleeting member set.
+            None if entry
+                .retired
+                .is_some_and(|at| now.duration_since(at) < VIEW_INTERVAL) =>
+            {
+                None
+            }
+            None => Some(self.view_digest(entry)),
+        };
+        if let Some(entry) = self.rooms.get_mut(room) {
+            entry.digest = None;
+            if let Some(digest) = digest {
+                entry.retired = Some(now);
+                entry.views.push_back((digest, now));
+                while entry.views.len() > 16 {
+                    entry.views.pop_front();
+                }
             }
         }
+    }
+
+    /// The digest of `room`'s current member set, computed once per set.
+    fn current_digest(&mut self, room: &RoomName) -> Option<[u8; 32]> {
+        let entry = self.rooms.get(room)?;
+        if let Some(digest) = entry.digest {
+            return Some(digest);
+        }
+        let digest = self.view_digest(entry);
+        if let Some(entry) = self.rooms.get_mut(room) {
+            entry.digest = Some(digest);
+        }
+        Some(digest)
     }
 
     /// The roster digest (15.1) of the members this client sees in `room`
@@ -681,7 +795,31 @@ impl Engine {
         roster_digest(others.chain([self.me]))
     }
 
-    fn members_update(&self, room: &RoomName, out: &mut Out) {
+    /// `room`'s members changed: send the whole list now, or at the next
+    /// tick if one was sent less than [`MEMBER_LIST_INTERVAL`] ago, so a
+    /// presence flood costs one list per room per interval, not one per
+    /// event.
+    fn members_changed(&mut self, room: &RoomName, out: &mut Out) {
+        let now = Instant::now();
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if entry
+            .listed
+            .is_some_and(|at| now.duration_since(at) < MEMBER_LIST_INTERVAL)
+        {
+            entry.unlisted = true;
+        } else {
+            self.members_update(room, now, out);
+        }
+    }
+
+    fn members_update(&mut self, room: &RoomName, now: Instant, out: &mut Out) {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return;
+        };
+        entry.listed = Some(now);
+        entry.unlisted = false;
         let Some(entry) = self.rooms.get(room) else {
             return;
         };
@@ -832,7 +970,7 @@ impl Engine {
             return Err(Handled::Kept);
         };
         if contact.identity.fingerprint() == claimed {
-            return Ok(contact.identity.clone());
+            return Ok((*contact.identity).clone());
         }
         if let Trust::Changed { offered } = &contact.trust
             && offered.fingerprint() == claimed
@@ -1204,10 +1342,13 @@ impl Engine {
         if self.warned.contains(&(sender, session)) {
             return;
         }
+        let Some(current) = self.current_digest(room) else {
+            return;
+        };
         let Some(entry) = self.rooms.get(room) else {
             return;
         };
-        if roster == self.view_digest(entry) || entry.views.iter().any(|(d, _)| *d == roster) {
+        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {
             return;
         }
         self.warned.insert((sender, session));
@@ -1353,7 +1494,11 @@ impl Engine {
     }
 
     fn trust_changed(&mut self, name: &UserName, out: &mut Out) {
+        self.unsaved_contacts.insert(name.key());
         self.save_contacts(out);
+        for room in self.rooms.values_mut() {
+            room.digest = None;
+        }
         let trust = self.trust_of(name);
         out.update(Update::Trust {
             name: self
@@ -1368,8 +1513,9 @@ impl Engine {
             .filter(|(_, r)| r.members.contains_key(&name.key()))
             .map(|(room, _)| room.clone())
             .collect();
+        let now = Instant::now();
         for room in rooms {
-            self.members_update(&room, out);
+            self.members_update(&room, now, out);
         }
         for delivery in self.awaiting_trust.remove(&name.key()).unwrap_or_default() {
             self.deliver(delivery, out);

@@ -459,12 +459,13 @@ impl Config {
 
 /// Starts a session; see the [module documentation](self).
 pub fn run(config: Config) -> impl Stream<Item = Update> + Send + 'static {
-    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+    let (updates_tx, updates_rx) = mpsc::channel(config.limits.updates.max(1));
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let controller = Controller {
         commands: commands_tx,
     };
-    let _ = updates_tx.send(Update::Ready(controller));
+    // The channel is new and holds at least one update.
+    let _ = updates_tx.try_send(Update::Ready(controller));
     connection::spawn(config, commands_rx, updates_tx);
     futures::stream::unfold(updates_rx, |mut rx| async move {
         rx.recv().await.map(|update| (update, rx))
