@@ -938,6 +938,61 @@ async fn s16_a_stored_delivery_replayed_after_its_ack_is_dropped() {
     assert_eq!(shown, 1, "{:#?}", bob.seen);
 }
 
+// 17. P2, P11 (denial of service): forged announcements in alice's name,
+// injected just before her real rotation, must not use up her allowance
+// (bob still reads her) nor be blamed on her (bob is told the relay did it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s17_forged_announcements_do_not_spend_the_senders_allowance() {
+    let (w, mut alice, mut bob) = alice_and_bob().await;
+    barrier(&alice, &mut bob, "genuine").await;
+    let genuine = w
+        .hostile
+        .delivered_to("bob")
+        .into_iter()
+        .find_map(|f| match f {
+            RelayFrame::Deliver { body, .. } => match PeerBody::decode(&body) {
+                Ok(PeerBody::Announcement(a)) => Some(a),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap();
+    // More forgeries than a sender's burst of announcements (20), each a
+    // new session of a newer epoch, none signed by alice.
+    let forged = 25u8;
+    for n in 0..forged {
+        let mut a = genuine.clone();
+        a.context.session_id = SessionId([n.wrapping_add(1); 16]);
+        a.context.epoch += u32::from(n) + 1;
+        a.signature[n as usize] ^= 1;
+        w.hostile.inject(
+            "bob",
+            deliver("alice", to_bob(), announcement_body(a), None),
+        );
+    }
+    // alice rotates for real: carol joins, so her next message starts a
+    // new session, announced to bob right behind the forgeries.
+    let carol = w.join("carol").await;
+    alice
+        .expect_members("lobby", &["alice", "bob", "carol"])
+        .await;
+    alice.send(lobby(), "after the rotation");
+    bob.expect_message(&lobby(), "after the rotation").await;
+    bob.expect(|u| {
+        matches!(u, Update::Error(e)
+            if e.starts_with("the relay delivered ")
+                && e.ends_with(" claiming to be from alice"))
+    })
+    .await;
+    barrier(&alice, &mut bob, "and later").await;
+    assert!(
+        !bob.saw("too many in a short time"),
+        "alice was blamed: {:#?}",
+        bob.seen
+    );
+    drop(carol);
+}
+
 /// Peak resident memory of this process so far, in KiB (Linux).
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -962,6 +1017,7 @@ fn peak_rss_kib() -> u64 {
 ///     measure_presence_flood -- --ignored --nocapture
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test"]
+#[allow(clippy::print_stdout)] // it reports what it measured
 async fn measure_presence_flood() {
     use futures::StreamExt;
     let flood: usize = std::env::var("SOTTO_FLOOD")

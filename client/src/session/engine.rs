@@ -148,14 +148,27 @@ struct Room {
 
 /// The whole member list of a room goes to the front end at most this
 /// often while presence keeps changing it (each change is also its own small
-/// [`Update::Presence`]).
+/// [`Update::Presence`]), and in a large room at most once per this many
+/// members times [`MEMBER_LIST_PER_MEMBER`]: building it costs the size of
+/// the room.
 const MEMBER_LIST_INTERVAL: Duration = Duration::from_secs(1);
+const MEMBER_LIST_PER_MEMBER: Duration = Duration::from_micros(50);
 
 /// During a burst of presence changes, the digest of a member set that was
-/// current for less than this is not computed (a message sealed to exactly
-/// that set may then be reported as a roster mismatch): computing it costs
-/// the size of the room, for every event.
+/// current for less than this (or, in a large room, for less than
+/// [`VIEW_PER_MEMBER`] per member) is not computed, and a message sealed to
+/// exactly that set may then be reported as a roster mismatch: computing a
+/// digest costs the size of the room, so it is not done for every event.
 const VIEW_INTERVAL: Duration = Duration::from_millis(100);
+const VIEW_PER_MEMBER: Duration = Duration::from_micros(100);
+
+/// How many recently parsed identities are kept, by their bytes.
+const PARSED_KEYS: usize = 16;
+
+/// `base`, or `per_member` times the room's size if that is longer.
+fn scaled(base: Duration, per_member: Duration, members: usize) -> Duration {
+    base.max(per_member.saturating_mul(u32::try_from(members).unwrap_or(u32::MAX)))
+}
 
 struct Outbound {
     epoch: u32,
@@ -248,12 +261,10 @@ pub(crate) struct Engine {
     awaiting_trust: BTreeMap<UserKey, Vec<Delivery>>,
     held: VecDeque<Held>,
     buckets: HashMap<Fingerprint, Bucket>,
-    /// The identity bytes the relay last showed for each name.
-    last_keys: HashMap<UserKey, Bytes>,
     /// Contacts pinned or changed and not yet saved.
     unsaved_contacts: BTreeSet<UserKey>,
-    /// The identity parsed last, with its bytes.
-    last_parsed: Option<(Bytes, Arc<PublicIdentity>)>,
+    /// The identities parsed last, with their bytes, newest first.
+    parsed: VecDeque<(Bytes, Arc<PublicIdentity>)>,
     /// Signature checks of announcements, all senders together.
     verifications: Option<Bucket>,
     /// Forged announcements not yet reported, by the name they claimed.
@@ -316,9 +327,8 @@ impl Engine {
             awaiting_trust: BTreeMap::new(),
             held: VecDeque::new(),
             buckets: HashMap::new(),
-            last_keys: HashMap::new(),
             unsaved_contacts: BTreeSet::new(),
-            last_parsed: None,
+            parsed: VecDeque::new(),
             verifications: None,
             forged: BTreeMap::new(),
             unchecked: 0,
@@ -343,7 +353,12 @@ impl Engine {
         }
         let mut updates: Vec<Update> = chats
             .into_iter()
-            .map(|(chat, messages)| Update::History { chat, messages })
+            .map(|(chat, mut messages)| {
+                // One chat may span records filed under two spellings of
+                // a name (`@BOB`, `@bob`): one display order.
+                messages.sort_by_key(|m| m.position);
+                Update::History { chat, messages }
+            })
             .collect();
         if history.skipped > 0 {
             updates.push(Update::Error(skipped_history(history.skipped)));
@@ -482,7 +497,17 @@ impl Engine {
         let unlisted: Vec<RoomName> = self
             .rooms
             .iter()
-            .filter(|(_, r)| r.unlisted)
+            .filter(|(_, r)| {
+                r.unlisted
+                    && r.listed.is_none_or(|at| {
+                        now.duration_since(at)
+                            >= scaled(
+                                MEMBER_LIST_INTERVAL,
+                                MEMBER_LIST_PER_MEMBER,
+                                r.members.len(),
+                            )
+                    })
+            })
             .map(|(room, _)| room.clone())
             .collect();
         for room in unlisted {
@@ -584,23 +609,26 @@ impl Engine {
             return false;
         }
         let key = name.key();
-        if self
-            .last_keys
-            .get(&key)
-            .is_some_and(|seen| seen.as_ref() == identity)
-        {
-            return true;
-        }
-        // One relay key shown under many names is parsed once.
-        let parsed = match &self.last_parsed {
-            Some((bytes, parsed)) if bytes.as_ref() == identity => parsed.clone(),
-            _ => {
+        // The keys seen last are parsed once: presence floods repeat them,
+        // and a relay may show one key under many names.
+        let cached = self
+            .parsed
+            .iter()
+            .position(|(bytes, _)| bytes.as_ref() == identity);
+        let parsed = match cached.and_then(|i| self.parsed.remove(i)) {
+            Some((bytes, parsed)) => {
+                self.parsed.push_front((bytes, parsed.clone()));
+                parsed
+            }
+            None => {
                 let Ok(parsed) = PublicIdentity::from_bytes(identity) else {
                     out.error(format!("the relay sent an invalid key for {name}"));
                     return false;
                 };
                 let parsed = Arc::new(parsed);
-                self.last_parsed = Some((Bytes::copy_from_slice(identity), parsed.clone()));
+                self.parsed
+                    .push_front((Bytes::copy_from_slice(identity), parsed.clone()));
+                self.parsed.truncate(PARSED_KEYS);
                 parsed
             }
         };
@@ -617,7 +645,6 @@ impl Engine {
             }
             out.update(Update::Key(event));
         }
-        self.last_keys.insert(key, Bytes::copy_from_slice(identity));
         true
     }
 
@@ -749,9 +776,9 @@ impl Engine {
         let digest = match entry.digest {
             Some(digest) => Some(digest),
             // In a burst of changes, not every fleeting member set.
-            None if entry
-                .retired
-                .is_some_and(|at| now.duration_since(at) < VIEW_INTERVAL) =>
+            None if entry.retired.is_some_and(|at| {
+                now.duration_since(at) < scaled(VIEW_INTERVAL, VIEW_PER_MEMBER, entry.members.len())
+            }) =>
             {
                 None
             }
@@ -804,9 +831,14 @@ impl Engine {
         let Some(entry) = self.rooms.get_mut(room) else {
             return;
         };
+        let interval = scaled(
+            MEMBER_LIST_INTERVAL,
+            MEMBER_LIST_PER_MEMBER,
+            entry.members.len(),
+        );
         if entry
             .listed
-            .is_some_and(|at| now.duration_since(at) < MEMBER_LIST_INTERVAL)
+            .is_some_and(|at| now.duration_since(at) < interval)
         {
             entry.unlisted = true;
         } else {
@@ -2375,5 +2407,55 @@ mod tests {
                 "the relay delivered key announcements faster than they can be checked: 2 dropped unchecked".to_owned()
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_presence_flood_sends_each_change_once_and_the_member_list_once_per_interval() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let key = Bytes::from(fixture("mallory").public().to_bytes());
+        let mut updates = Vec::new();
+        for i in 0..50 {
+            updates.extend(feed(
+                &mut engine,
+                RelayFrame::Presence {
+                    room: RoomName::lobby(),
+                    user: name(&format!("flood{i}")),
+                    event: PresenceEvent::Joined,
+                    identity: Some(key.clone()),
+                },
+            ));
+        }
+        let count =
+            |updates: &[Update], f: fn(&Update) -> bool| updates.iter().filter(|u| f(u)).count();
+        assert_eq!(
+            count(&updates, |u| matches!(u, Update::Presence { .. })),
+            50
+        );
+        assert_eq!(
+            count(&updates, |u| matches!(
+                u,
+                Update::Key(KeyEvent::Pinned { .. })
+            )),
+            50
+        );
+        // The whole list went out with the first change only (the list was
+        // sent on joining the room, so not even then)...
+        assert!(count(&updates, |u| matches!(u, Update::Members { .. })) <= 1);
+        // ...and goes out, complete, at the first tick after the interval.
+        let mut out = Out::default();
+        engine.tick(Instant::now() + Duration::from_secs(2), &mut out);
+        let lists: Vec<usize> = out
+            .updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Members { members, .. } => Some(members.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lists, [52]);
+        // The new contacts were saved at that tick, one record each.
+        let stored = engine.store.contacts().unwrap();
+        assert!(stored.get(&name("flood49")).is_some());
     }
 }
