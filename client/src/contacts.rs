@@ -16,7 +16,7 @@
 //! Nothing is ever encrypted to a key that is not pinned here, so nothing
 //! is encrypted to a key the user has not at least seen.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use sotto_crypto::{Fingerprint, PublicIdentity, SafetyNumber};
@@ -121,9 +121,9 @@ pub enum TrustError {
 #[derive(Clone, Debug, Default)]
 pub struct Contacts {
     by_name: BTreeMap<UserKey, Contact>,
-    /// Names by [`UserName::skeleton`], to find look-alikes without
-    /// looking at every contact.
-    by_skeleton: HashMap<String, BTreeSet<UserKey>>,
+    /// Every name's [`UserName::skeleton`] beside it, to find look-alikes
+    /// without looking at every contact.
+    by_skeleton: BTreeSet<(String, String)>,
 }
 
 impl Contacts {
@@ -144,9 +144,7 @@ impl Contacts {
     fn insert(&mut self, contact: Contact) {
         let key = contact.name.key();
         self.by_skeleton
-            .entry(contact.name.skeleton())
-            .or_default()
-            .insert(key.clone());
+            .insert((contact.name.skeleton(), key.as_str().to_owned()));
         self.by_name.insert(key, contact);
     }
 
@@ -160,12 +158,13 @@ impl Contacts {
     /// front end can warn.
     pub fn observe(&mut self, name: &UserName, identity: &Arc<PublicIdentity>) -> Option<KeyEvent> {
         let Some(contact) = self.by_name.get_mut(&name.key()) else {
+            let skeleton = name.skeleton();
             let lookalikes = self
                 .by_skeleton
-                .get(&name.skeleton())
-                .into_iter()
-                .flatten()
-                .filter_map(|key| self.by_name.get(key))
+                .range((skeleton.clone(), String::new())..)
+                .take_while(|(s, _)| *s == skeleton)
+                .filter_map(|(_, key)| UserName::try_from(key.as_str()).ok())
+                .filter_map(|key| self.by_name.get(&key.key()))
                 .map(|c| c.name.to_string())
                 .collect();
             self.insert(Contact {

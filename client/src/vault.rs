@@ -23,6 +23,10 @@ use zeroize::Zeroizing;
 /// File name of the database in the data directory.
 pub const VAULT_FILE: &str = "client.redb";
 
+/// Memory redb may use to cache pages (its default is 1 GiB, which a
+/// client that pins many contacts would otherwise fill).
+const CACHE_SIZE: usize = 32 * 1024 * 1024;
+
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
@@ -89,10 +93,13 @@ impl Vault {
     /// Opens (or creates) the vault at `path` with `key`.
     pub fn open(path: &Path, key: &SessionKey) -> Result<Self, VaultError> {
         create_private_file(path).map_err(db_err)?;
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse,
-            e => db_err(e),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_SIZE)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse,
+                e => db_err(e),
+            })?;
         let cipher = Aes256Gcm::new(key.expose_secret().into());
         Ok(Self { db, cipher })
     }
