@@ -148,10 +148,11 @@ struct Room {
 
 /// The whole member list of a room goes to the front end at most this
 /// often while presence keeps changing it (each change is also its own small
-/// [`Update::Presence`]), and in a large room at most once per this many
-/// members times [`MEMBER_LIST_PER_MEMBER`]: building it costs the size of
-/// the room.
+/// [`Update::Presence`]); in a room of more than 20,000 members, at most
+/// once per [`MEMBER_LIST_PER_MEMBER`] times its size, since building the
+/// list costs the size of the room.
 const MEMBER_LIST_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`MEMBER_LIST_INTERVAL`].
 const MEMBER_LIST_PER_MEMBER: Duration = Duration::from_micros(50);
 
 /// During a burst of presence changes, the digest of a member set that was
@@ -160,6 +161,7 @@ const MEMBER_LIST_PER_MEMBER: Duration = Duration::from_micros(50);
 /// exactly that set may then be reported as a roster mismatch: computing a
 /// digest costs the size of the room, so it is not done for every event.
 const VIEW_INTERVAL: Duration = Duration::from_millis(100);
+/// See [`VIEW_INTERVAL`].
 const VIEW_PER_MEMBER: Duration = Duration::from_micros(100);
 
 /// How many recently parsed identities are kept, by their bytes.
