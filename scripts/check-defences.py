@@ -54,6 +54,7 @@ M = [
             // A duplicate (or too old to place): dropped quietly.
             return Handled::Done;
         };""", """        let arrival = receiving.window.accept(opened.seq).unwrap_or(Arrival::Late);""", "the replay window drops a message already seen"),
+ ("s18", "client/src/session/connection.rs", """                    Err(mpsc::error::TrySendError::Full(_)) => continue,""", """                    Err(mpsc::error::TrySendError::Full(presence)) => presence,""", "presence notices are dropped, not waited for, when the front end is behind"),
  ("s17", "client/src/session/engine.rs", """        if !self.take_verification() {""", """        if !self.take_token(sender.fingerprint()) {
             return Handled::Done;
         }

@@ -996,6 +996,81 @@ async fn s17_forged_announcements_do_not_spend_the_senders_allowance() {
     drop(carol);
 }
 
+// 18. Availability: a presence flood towards a front end that does not keep
+// up waits at the relay (the session stops reading) instead of filling the
+// client's memory, and only presence notices are dropped for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_a_presence_flood_is_bounded_by_the_front_ends_pace() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let identity = Identity::load(
+        &common::testdata().join("identities/bob.sotto-id"),
+        b"sotto test vectors",
+    )
+    .unwrap();
+    let account = Account::open(
+        Profile::open(w.temp.path().join("bob")).unwrap(),
+        Arc::new(identity),
+        Some(user("bob")),
+    )
+    .await
+    .unwrap();
+    let capacity = 16;
+    let mut bob = Peer::connect_with(account, &w.hostile.address, |config| {
+        config.limits.updates = capacity;
+    })
+    .await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "before the flood").await;
+    // bob's front end reads nothing while the relay floods it...
+    let flood = 2000;
+    for i in 0..flood {
+        w.hostile.inject(
+            "bob",
+            RelayFrame::Presence {
+                room: RoomName::lobby(),
+                user: user(&format!("flood{i}")),
+                event: PresenceEvent::Joined,
+                identity: None,
+            },
+        );
+    }
+    // ...and the Pong to a Ping behind the flood shows that bob's session
+    // has read all of it.
+    let nonce = 0x5eed_f100d;
+    w.hostile.inject("bob", RelayFrame::Ping { nonce });
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while !w
+        .hostile
+        .sent_by("bob")
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Pong { nonce: n } if *n == nonce))
+    {
+        assert!(std::time::Instant::now() < deadline, "bob stopped reading");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    alice.send(lobby(), "after the flood");
+    let presence = std::cell::Cell::new(0);
+    bob.expect(|u| {
+        if matches!(u, Update::Presence { name, .. } if name.starts_with("flood")) {
+            presence.set(presence.get() + 1);
+        }
+        matches!(u, Update::Message(m) if m.text == "after the flood")
+    })
+    .await;
+    let notices = presence.get();
+    assert!(
+        notices <= capacity,
+        "{notices} presence notices were kept for a front end that read none"
+    );
+    // The member list is complete all the same.
+    bob.expect(|u| {
+        matches!(u, Update::Members { room, members }
+            if *room == RoomName::lobby() && members.len() == flood + 2)
+    })
+    .await;
+}
+
 /// Peak resident memory of this process so far, in KiB (Linux).
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
