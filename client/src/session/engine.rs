@@ -1120,8 +1120,10 @@ impl Engine {
         // The signature first (cheap, shared budget): a forgery is counted
         // against the relay, and never against the sender it names.
         if !self.take_verification() {
+            // Not acknowledged: if the relay stored it, it comes again on
+            // the next connection, checked then.
             self.unchecked += 1;
-            return Handled::Done;
+            return Handled::Kept;
         }
         let Ok(verified) = self.identity.verify_announcement(&announcement, &sender) else {
             let claimed = self.display_name(&delivery.from);
