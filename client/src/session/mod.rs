@@ -24,6 +24,13 @@
 //!   fails.
 //! - Everything the engine learns is stored (encrypted, [`crate::store`])
 //!   before the relay is told it may forget it (`Ack`).
+//! - The stream of updates is bounded ([`SessionLimits::updates`]): when
+//!   the front end falls behind, the session stops reading from the relay
+//!   until it catches up (so a flood waits in the relay's bounded queue,
+//!   not in this process), and drops presence notices rather than wait for
+//!   them ([`Update::Members`] follows with the same facts, at most once a
+//!   second per room while presence keeps changing). Commands travel
+//!   unbounded: only the local user sends them.
 //!
 //! # Example
 //!
