@@ -16,10 +16,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # s04 and s11 rely on the same defence.
-SIGNATURE_FIRST = ("crypto/src/session.rs", """        sender.verify(
-            &announcement_transcript(context, &announcement.wrapped_key),
-            &announcement.signature,
-        )?;""", """        let _ = sender.verify(
+SIGNATURE_FIRST = ("crypto/src/session.rs", """        sender
+            .verify(
+                &announcement_transcript(context, &announcement.wrapped_key),
+                &announcement.signature,
+            )
+            .map_err(|_| Error::DecryptionFailed)?;""", """        let _ = sender.verify(
             &announcement_transcript(context, &announcement.wrapped_key),
             &announcement.signature,
         );""", "accept verifies the signature before RSA decryption")
@@ -27,7 +29,7 @@ SIGNATURE_FIRST = ("crypto/src/session.rs", """        sender.verify(
 M = [
  ("s01", "client/src/contacts.rs", "if digits != expected.digits() && !expected.matches_qr(compared) {", "if false {", "mark_verified compares the safety number"),
  ("s02", "client/src/contacts.rs", """            Trust::Changed { .. } => Err(Blocked::KeyChanged {
-                name: contact.name.clone(),
+                name: contact.name.to_string(),
             }),""", """            Trust::Changed { .. } => Ok(&contact.identity),""", "sendable refuses a changed verified key"),
  ("s03", "client/src/session/engine.rs", "if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>", "if true =>", "verified-only rooms wrap only to verified members"),
  ("s04",) + SIGNATURE_FIRST,
@@ -43,15 +45,20 @@ M = [
  ("s10", "crypto/src/message.rs", "        let digest = message_digest(body.header, body.ciphertext);", "        let digest = message_digest(body.header, &[]);", "the key slot authenticates the digest of header and ciphertext"),
  ("s11",) + SIGNATURE_FIRST,
  ("s12", "client/src/session/engine.rs", """            PresenceEvent::Left => {
-                entry.members.remove(&lower(&user));""", """            PresenceEvent::Left => {""", "a member who left is no longer a recipient (keys rotate)"),
+                entry.members.remove(&user.key());""", """            PresenceEvent::Left => {""", "a member who left is no longer a recipient (keys rotate)"),
  ("s13", "proto/src/codec.rs", "    if version != PROTOCOL_VERSION {", "    if false {", "frames of another protocol version are refused"),
- ("s14", "client/src/session/engine.rs", "        if roster == self.view_digest(entry) || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
+ ("s14", "client/src/session/engine.rs", "        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
  ("s15", "proto/src/codec.rs", """        check_len(len)?;
         if len > self.max_len {""", """        if false {""", "the frame length is checked before reading or allocating"),
  ("s16", "client/src/session/engine.rs", """        let Ok(arrival) = receiving.window.accept(opened.seq) else {
             // A duplicate (or too old to place): dropped quietly.
             return Handled::Done;
         };""", """        let arrival = receiving.window.accept(opened.seq).unwrap_or(Arrival::Late);""", "the replay window drops a message already seen"),
+ ("s18", "client/src/session/connection.rs", """                    Err(mpsc::error::TrySendError::Full(_)) => continue,""", """                    Err(mpsc::error::TrySendError::Full(presence)) => presence,""", "presence notices are dropped, not waited for, when the front end is behind"),
+ ("s17", "client/src/session/engine.rs", """        if !self.take_verification() {""", """        if !self.take_token(sender.fingerprint()) {
+            return Handled::Done;
+        }
+        if !self.take_verification() {""", "a sender's announcement allowance is charged only once its signature verified"),
 ]
 only = sys.argv[1:] 
 results = []

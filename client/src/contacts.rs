@@ -16,9 +16,11 @@
 //! Nothing is ever encrypted to a key that is not pinned here, so nothing
 //! is encrypted to a key the user has not at least seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use sotto_crypto::{Fingerprint, PublicIdentity, SafetyNumber};
+use sotto_proto::{UserKey, UserName};
 
 /// How far a contact's pinned key is trusted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +33,7 @@ pub enum Trust {
     /// the user verifies or accepts `offered`.
     Changed {
         /// The key the contact presented, not yet trusted.
-        offered: PublicIdentity,
+        offered: Arc<PublicIdentity>,
     },
 }
 
@@ -39,9 +41,10 @@ pub enum Trust {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contact {
     /// The name as the relay showed it first.
-    pub name: String,
-    /// The pinned key: the only one messages are encrypted to.
-    pub identity: PublicIdentity,
+    pub name: UserName,
+    /// The pinned key: the only one messages are encrypted to (shared: a
+    /// relay may show one key under many names).
+    pub identity: Arc<PublicIdentity>,
     /// Its trust.
     pub trust: Trust,
 }
@@ -114,15 +117,13 @@ pub enum TrustError {
     NothingToAccept(String),
 }
 
-/// All contacts, by name compared without regard to ASCII letter case (as
-/// the relay compares names).
+/// All contacts, by [`UserKey`]: names compared as the relay compares them.
 #[derive(Clone, Debug, Default)]
 pub struct Contacts {
-    by_name: BTreeMap<String, Contact>,
-}
-
-fn key(name: &str) -> String {
-    name.to_ascii_lowercase()
+    by_name: BTreeMap<UserKey, Contact>,
+    /// Every name's [`UserName::skeleton`] beside it, to find look-alikes
+    /// without looking at every contact.
+    by_skeleton: BTreeSet<(String, String)>,
 }
 
 impl Contacts {
@@ -133,34 +134,51 @@ impl Contacts {
 
     /// Contacts restored from storage.
     pub fn from_contacts(contacts: impl IntoIterator<Item = Contact>) -> Self {
-        Self {
-            by_name: contacts
-                .into_iter()
-                .map(|contact| (key(&contact.name), contact))
-                .collect(),
+        let mut all = Self::default();
+        for contact in contacts {
+            all.insert(contact);
         }
+        all
+    }
+
+    fn insert(&mut self, contact: Contact) {
+        let key = contact.name.key();
+        self.by_skeleton
+            .insert((contact.name.skeleton(), key.as_str().to_owned()));
+        self.by_name.insert(key, contact);
     }
 
     /// Records that `identity` was presented for `name` (by the relay's
     /// directory, a roster, or a signed announcement), pinning it on first
     /// sight; returns the event to show, if anything changed.
-    pub fn observe(&mut self, name: &str, identity: &PublicIdentity) -> Option<KeyEvent> {
-        let Some(contact) = self.by_name.get_mut(&key(name)) else {
-            self.by_name.insert(
-                key(name),
-                Contact {
-                    name: name.to_string(),
-                    identity: identity.clone(),
-                    trust: Trust::Unverified,
-                },
-            );
+    ///
+    /// A new contact whose name looks like a known one's
+    /// ([`UserName::skeleton`]: `aIice` or `al1ce` next to `alice`) is
+    /// pinned like any other, and the event names the look-alikes so the
+    /// front end can warn.
+    pub fn observe(&mut self, name: &UserName, identity: &Arc<PublicIdentity>) -> Option<KeyEvent> {
+        let Some(contact) = self.by_name.get_mut(&name.key()) else {
+            let skeleton = name.skeleton();
+            let lookalikes = self
+                .by_skeleton
+                .range((skeleton.clone(), String::new())..)
+                .take_while(|(s, _)| *s == skeleton)
+                .filter_map(|(_, key)| UserName::try_from(key.as_str()).ok())
+                .filter_map(|key| self.by_name.get(&key.key()))
+                .map(|c| c.name.to_string())
+                .collect();
+            self.insert(Contact {
+                name: name.clone(),
+                identity: identity.clone(),
+                trust: Trust::Unverified,
+            });
             return Some(KeyEvent::Pinned {
                 name: name.to_string(),
                 fingerprint: identity.fingerprint(),
-                lookalikes: Vec::new(),
+                lookalikes,
             });
         };
-        if contact.identity == *identity {
+        if *contact.identity == **identity {
             return None;
         }
         match &contact.trust {
@@ -168,18 +186,18 @@ impl Contacts {
                 let previous = contact.identity.fingerprint();
                 contact.identity = identity.clone();
                 Some(KeyEvent::Changed {
-                    name: contact.name.clone(),
+                    name: contact.name.to_string(),
                     previous,
                     current: identity.fingerprint(),
                 })
             }
-            Trust::Changed { offered } if offered == identity => None,
+            Trust::Changed { offered } if **offered == **identity => None,
             Trust::Verified | Trust::Changed { .. } => {
                 contact.trust = Trust::Changed {
                     offered: identity.clone(),
                 };
                 Some(KeyEvent::ChangedVerified {
-                    name: contact.name.clone(),
+                    name: contact.name.to_string(),
                     pinned: contact.identity.fingerprint(),
                     offered: identity.fingerprint(),
                 })
@@ -188,8 +206,8 @@ impl Contacts {
     }
 
     /// The contact called `name`.
-    pub fn get(&self, name: &str) -> Option<&Contact> {
-        self.by_name.get(&key(name))
+    pub fn get(&self, name: &UserName) -> Option<&Contact> {
+        self.by_name.get(&name.key())
     }
 
     /// Every contact, by name.
@@ -198,13 +216,13 @@ impl Contacts {
     }
 
     /// The key to encrypt to for `name`, or why not to send.
-    pub fn sendable(&self, name: &str) -> Result<&PublicIdentity, Blocked> {
+    pub fn sendable(&self, name: &UserName) -> Result<&PublicIdentity, Blocked> {
         let contact = self
             .get(name)
             .ok_or_else(|| Blocked::Unknown(name.to_string()))?;
         match contact.trust {
             Trust::Changed { .. } => Err(Blocked::KeyChanged {
-                name: contact.name.clone(),
+                name: contact.name.to_string(),
             }),
             Trust::Unverified | Trust::Verified => Ok(&contact.identity),
         }
@@ -212,7 +230,7 @@ impl Contacts {
 
     /// The safety number to compare with `name`: for a changed contact, the
     /// one of the key it now offers.
-    pub fn safety_number(&self, mine: &PublicIdentity, name: &str) -> Option<SafetyNumber> {
+    pub fn safety_number(&self, mine: &PublicIdentity, name: &UserName) -> Option<SafetyNumber> {
         let contact = self.get(name)?;
         let theirs = match &contact.trust {
             Trust::Changed { offered } => offered,
@@ -228,7 +246,7 @@ impl Contacts {
     pub fn mark_verified(
         &mut self,
         mine: &PublicIdentity,
-        name: &str,
+        name: &UserName,
         compared: &str,
     ) -> Result<(), TrustError> {
         let expected = self
@@ -240,7 +258,7 @@ impl Contacts {
         }
         let contact = self
             .by_name
-            .get_mut(&key(name))
+            .get_mut(&name.key())
             .ok_or_else(|| TrustError::Unknown(name.to_string()))?;
         if let Trust::Changed { offered } = &contact.trust {
             contact.identity = offered.clone();
@@ -252,13 +270,13 @@ impl Contacts {
     /// Accepts the key a verified contact now offers, without comparing
     /// safety numbers: the explicit consent that unblocks sending. The
     /// contact becomes unverified.
-    pub fn accept_new_key(&mut self, name: &str) -> Result<Fingerprint, TrustError> {
+    pub fn accept_new_key(&mut self, name: &UserName) -> Result<Fingerprint, TrustError> {
         let contact = self
             .by_name
-            .get_mut(&key(name))
+            .get_mut(&name.key())
             .ok_or_else(|| TrustError::Unknown(name.to_string()))?;
         let Trust::Changed { offered } = &contact.trust else {
-            return Err(TrustError::NothingToAccept(contact.name.clone()));
+            return Err(TrustError::NothingToAccept(contact.name.to_string()));
         };
         contact.identity = offered.clone();
         contact.trust = Trust::Unverified;
@@ -297,21 +315,29 @@ mod tests {
         fixture(name).public()
     }
 
+    fn shared(name: &str) -> Arc<PublicIdentity> {
+        Arc::new(public(name).clone())
+    }
+
+    fn n(name: &str) -> UserName {
+        name.parse().unwrap()
+    }
+
     #[test]
     fn first_sight_pins_and_the_same_key_changes_nothing() {
         let mut contacts = Contacts::new();
-        let event = contacts.observe("bob", public("bob"));
+        let event = contacts.observe(&n("bob"), &shared("bob"));
         assert!(matches!(event, Some(KeyEvent::Pinned { .. })));
-        assert_eq!(contacts.observe("BOB", public("bob")), None);
-        assert_eq!(contacts.sendable("Bob").unwrap(), public("bob"));
-        assert_eq!(contacts.get("bob").unwrap().trust, Trust::Unverified);
+        assert_eq!(contacts.observe(&n("BOB"), &shared("bob")), None);
+        assert_eq!(contacts.sendable(&n("Bob")).unwrap(), public("bob"));
+        assert_eq!(contacts.get(&n("bob")).unwrap().trust, Trust::Unverified);
     }
 
     #[test]
     fn an_unverified_contacts_new_key_is_reported_never_silent() {
         let mut contacts = Contacts::new();
-        contacts.observe("bob", public("bob"));
-        let event = contacts.observe("bob", public("mallory")).unwrap();
+        contacts.observe(&n("bob"), &shared("bob"));
+        let event = contacts.observe(&n("bob"), &shared("mallory")).unwrap();
         assert_eq!(
             event,
             KeyEvent::Changed {
@@ -326,32 +352,32 @@ mod tests {
     fn a_verified_contacts_new_key_blocks_sending_until_decided() {
         let mine = public("alice");
         let mut contacts = Contacts::new();
-        contacts.observe("bob", public("bob"));
+        contacts.observe(&n("bob"), &shared("bob"));
         let number = mine.safety_number(public("bob"));
         contacts
-            .mark_verified(mine, "bob", &number.to_string())
+            .mark_verified(mine, &n("bob"), &number.to_string())
             .unwrap();
 
-        let event = contacts.observe("bob", public("mallory")).unwrap();
+        let event = contacts.observe(&n("bob"), &shared("mallory")).unwrap();
         assert!(matches!(event, KeyEvent::ChangedVerified { .. }));
         // The verified key stays pinned and nothing is sent to either.
-        assert_eq!(contacts.get("bob").unwrap().identity, *public("bob"));
+        assert_eq!(*contacts.get(&n("bob")).unwrap().identity, *public("bob"));
         assert!(matches!(
-            contacts.sendable("bob"),
+            contacts.sendable(&n("bob")),
             Err(Blocked::KeyChanged { .. })
         ));
         // Seeing the offered key again is not a new event; the old key is.
-        assert_eq!(contacts.observe("bob", public("mallory")), None);
+        assert_eq!(contacts.observe(&n("bob"), &shared("mallory")), None);
 
         // Accepting is explicit, and leaves the contact unverified.
         assert_eq!(
-            contacts.accept_new_key("bob").unwrap(),
+            contacts.accept_new_key(&n("bob")).unwrap(),
             public("mallory").fingerprint()
         );
-        assert_eq!(contacts.sendable("bob").unwrap(), public("mallory"));
-        assert_eq!(contacts.get("bob").unwrap().trust, Trust::Unverified);
+        assert_eq!(contacts.sendable(&n("bob")).unwrap(), public("mallory"));
+        assert_eq!(contacts.get(&n("bob")).unwrap().trust, Trust::Unverified);
         assert!(matches!(
-            contacts.accept_new_key("bob"),
+            contacts.accept_new_key(&n("bob")),
             Err(TrustError::NothingToAccept(_))
         ));
     }
@@ -360,35 +386,63 @@ mod tests {
     fn verifying_a_changed_key_needs_its_own_safety_number() {
         let mine = public("alice");
         let mut contacts = Contacts::new();
-        contacts.observe("bob", public("bob"));
+        contacts.observe(&n("bob"), &shared("bob"));
         contacts
-            .mark_verified(mine, "bob", mine.safety_number(public("bob")).qr_payload())
+            .mark_verified(
+                mine,
+                &n("bob"),
+                mine.safety_number(public("bob")).qr_payload(),
+            )
             .unwrap();
-        contacts.observe("bob", public("mallory"));
+        contacts.observe(&n("bob"), &shared("mallory"));
         // The old number no longer verifies anything.
         let old = mine.safety_number(public("bob"));
         assert!(matches!(
-            contacts.mark_verified(mine, "bob", old.digits()),
+            contacts.mark_verified(mine, &n("bob"), old.digits()),
             Err(TrustError::Mismatch(_))
         ));
-        assert!(contacts.sendable("bob").is_err());
+        assert!(contacts.sendable(&n("bob")).is_err());
         let new = mine.safety_number(public("mallory"));
         contacts
-            .mark_verified(mine, "bob", &new.to_string())
+            .mark_verified(mine, &n("bob"), &new.to_string())
             .unwrap();
-        assert_eq!(contacts.get("bob").unwrap().trust, Trust::Verified);
-        assert_eq!(contacts.sendable("bob").unwrap(), public("mallory"));
+        assert_eq!(contacts.get(&n("bob")).unwrap().trust, Trust::Verified);
+        assert_eq!(contacts.sendable(&n("bob")).unwrap(), public("mallory"));
+    }
+
+    #[test]
+    fn a_new_name_that_looks_like_a_known_one_names_it() {
+        let mut contacts = Contacts::new();
+        contacts.observe(&n("alice"), &shared("alice"));
+        contacts.observe(&n("bob"), &shared("bob"));
+        let lookalikes = |event: Option<KeyEvent>| match event {
+            Some(KeyEvent::Pinned { lookalikes, .. }) => lookalikes,
+            other => panic!("not a new pin: {other:?}"),
+        };
+        assert_eq!(
+            lookalikes(contacts.observe(&n("aIice"), &shared("mallory"))),
+            ["alice"]
+        );
+        // Now both earlier spellings are known look-alikes of the next one.
+        assert_eq!(
+            lookalikes(contacts.observe(&n("al1ce"), &shared("mallory"))),
+            ["aIice", "alice"]
+        );
+        // A name that looks like nothing known, and the same name in
+        // another letter case (the same contact, not a new one).
+        assert!(lookalikes(contacts.observe(&n("carol"), &shared("mallory"))).is_empty());
+        assert_eq!(contacts.observe(&n("ALICE"), &shared("alice")), None);
     }
 
     #[test]
     fn unknown_names_cannot_be_sent_to_or_verified() {
         let mut contacts = Contacts::new();
         assert!(matches!(
-            contacts.sendable("nobody"),
+            contacts.sendable(&n("nobody")),
             Err(Blocked::Unknown(_))
         ));
         assert!(matches!(
-            contacts.mark_verified(public("alice"), "nobody", "123"),
+            contacts.mark_verified(public("alice"), &n("nobody"), "123"),
             Err(TrustError::Unknown(_))
         ));
     }

@@ -117,6 +117,17 @@ impl Position {
     }
 }
 
+/// The stored history ([`Store::history`]).
+#[derive(Debug, Default)]
+pub struct History {
+    /// Every readable entry, in display order per conversation.
+    pub entries: Vec<(Position, StoredEntry)>,
+    /// The highest arrival number used so far.
+    pub last: u64,
+    /// Records that could not be read (damaged) and were skipped.
+    pub skipped: usize,
+}
+
 /// A receiving session at rest: its context, key, replay window and the
 /// sequence numbers still missing in it.
 #[derive(Serialize, Deserialize)]
@@ -244,47 +255,91 @@ impl Store {
         Ok(self.vault.put(ROOMS, &id, &encode(settings)?)?)
     }
 
-    /// The pinned contacts.
+    /// The pinned contacts: one record per contact (and, from versions
+    /// that kept them all in one record, that record first).
     pub fn contacts(&self) -> Result<Contacts, StoreError> {
-        let Some(bytes) = self.vault.get(CONTACTS, CONTACTS_KEY)? else {
-            return Ok(Contacts::new());
-        };
-        let stored: Vec<StoredContact> = decode(&bytes)?;
+        let mut stored: Vec<StoredContact> = Vec::new();
+        let mut each = Vec::new();
+        for (key, value) in self.vault.all(CONTACTS)? {
+            if key == CONTACTS_KEY {
+                stored.splice(0..0, decode::<Vec<StoredContact>>(&value)?);
+            } else {
+                each.push(decode::<StoredContact>(&value)?);
+            }
+        }
+        stored.extend(each);
         let parse =
             |bytes: &[u8]| PublicIdentity::from_bytes(bytes).map_err(|_| StoreError::Format);
         let mut contacts = Vec::with_capacity(stored.len());
         for contact in stored {
             let trust = match (&contact.offered, contact.verified) {
                 (Some(offered), _) => Trust::Changed {
-                    offered: parse(offered)?,
+                    offered: parse(offered)?.into(),
                 },
                 (None, true) => Trust::Verified,
                 (None, false) => Trust::Unverified,
             };
             contacts.push(Contact {
-                name: contact.name,
-                identity: parse(&contact.identity)?,
+                name: contact.name.parse().map_err(|_| StoreError::Format)?,
+                identity: parse(&contact.identity)?.into(),
                 trust,
             });
         }
         Ok(Contacts::from_contacts(contacts))
     }
 
+    fn contact_record(&self, c: &Contact) -> Result<([u8; 16], Zeroizing<Vec<u8>>), StoreError> {
+        let stored = StoredContact {
+            name: c.name.to_string(),
+            identity: c.identity.to_bytes(),
+            verified: !matches!(c.trust, Trust::Unverified),
+            offered: match &c.trust {
+                Trust::Changed { offered } => Some(offered.to_bytes()),
+                Trust::Unverified | Trust::Verified => None,
+            },
+        };
+        let id = self.record_id(&("contact", c.name.key().as_str()));
+        Ok((id, encode(&stored)?))
+    }
+
     /// Records every contact.
     pub fn set_contacts(&self, contacts: &Contacts) -> Result<(), StoreError> {
-        let stored: Vec<StoredContact> = contacts
+        self.save_contacts(contacts.iter())
+    }
+
+    /// Records these contacts (one record each, in one transaction), so
+    /// pinning one more costs one record, not a rewrite of all of them.
+    pub fn save_contacts<'a>(
+        &self,
+        contacts: impl IntoIterator<Item = &'a Contact>,
+    ) -> Result<(), StoreError> {
+        let mut records = Vec::new();
+        for c in contacts {
+            records.push(self.contact_record(c)?);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(&str, &[u8], &[u8])> = records
             .iter()
-            .map(|c| StoredContact {
-                name: c.name.clone(),
-                identity: c.identity.to_bytes(),
-                verified: !matches!(c.trust, Trust::Unverified),
-                offered: match &c.trust {
-                    Trust::Changed { offered } => Some(offered.to_bytes()),
-                    Trust::Unverified | Trust::Verified => None,
-                },
-            })
+            .map(|(id, value)| (CONTACTS, id.as_slice(), value.as_slice()))
             .collect();
-        Ok(self.vault.put(CONTACTS, CONTACTS_KEY, &encode(&stored)?)?)
+        self.vault.put_all(&batch)?;
+        // The one-record form of earlier versions is superseded.
+        if self.vault.get(CONTACTS, CONTACTS_KEY)?.is_some() {
+            let all = self.contacts()?;
+            let mut records = Vec::new();
+            for c in all.iter() {
+                records.push(self.contact_record(c)?);
+            }
+            let batch: Vec<(&str, &[u8], &[u8])> = records
+                .iter()
+                .map(|(id, value)| (CONTACTS, id.as_slice(), value.as_slice()))
+                .collect();
+            self.vault.put_all(&batch)?;
+            self.vault.remove(CONTACTS, CONTACTS_KEY)?;
+        }
+        Ok(())
     }
 
     /// The last epoch this client used to send in `conversation` (0: none).
@@ -419,21 +474,50 @@ impl Store {
         Ok(self.vault.put(HISTORY, &key, &encode(entry)?)?)
     }
 
-    /// The whole history in display order per conversation, with the
-    /// highest arrival number used so far.
-    pub fn history(&self) -> Result<(Vec<(Position, StoredEntry)>, u64), StoreError> {
-        let mut entries = Vec::new();
-        let mut last = 0;
-        for (key, value) in self.vault.all(HISTORY)? {
-            let position = key
-                .get(16..)
-                .and_then(Position::from_bytes)
-                .ok_or(StoreError::Format)?;
-            last = last.max(position.anchor);
-            entries.push((position, decode(&value)?));
+    /// The whole history in display order per conversation.
+    ///
+    /// A record that does not open or decode (damaged on disk) is skipped
+    /// and counted in [`History::skipped`]; the others are all returned.
+    /// Only a failure of the database itself is an error.
+    pub fn history(&self) -> Result<History, StoreError> {
+        let mut history = History::default();
+        for (key, value) in self.vault.each(HISTORY)? {
+            let position = key.get(16..).and_then(Position::from_bytes);
+            if let Some(position) = position {
+                // Even a damaged record used its arrival number.
+                history.last = history.last.max(position.anchor);
+            }
+            let entry = value
+                .ok()
+                .and_then(|value| decode::<StoredEntry>(&value).ok());
+            match (position, entry) {
+                (Some(position), Some(entry)) => history.entries.push((position, entry)),
+                _ => history.skipped += 1,
+            }
         }
-        Ok((entries, last))
+        Ok(history)
     }
+
+    /// Test hook: the vault underneath.
+    #[cfg(test)]
+    pub(crate) fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// Test hook: the record id of what was received from `sender` in
+    /// `conversation`, in the table of that name.
+    #[cfg(test)]
+    pub(crate) fn inbound_record(
+        &self,
+        sender: Fingerprint,
+        conversation: &Conversation,
+    ) -> (&'static str, [u8; 16]) {
+        (INBOUND, self.inbound_id(sender, conversation))
+    }
+
+    /// Test hook: the name of the history table.
+    #[cfg(test)]
+    pub(crate) const HISTORY_TABLE: &'static str = HISTORY;
 }
 
 /// A [`CounterStore`] in the vault: every reservation is one durable

@@ -23,6 +23,10 @@ use zeroize::Zeroizing;
 /// File name of the database in the data directory.
 pub const VAULT_FILE: &str = "client.redb";
 
+/// Memory redb may use to cache pages (its default is 1 GiB, which a
+/// client that pins many contacts would otherwise fill).
+const CACHE_SIZE: usize = 32 * 1024 * 1024;
+
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
@@ -89,10 +93,13 @@ impl Vault {
     /// Opens (or creates) the vault at `path` with `key`.
     pub fn open(path: &Path, key: &SessionKey) -> Result<Self, VaultError> {
         create_private_file(path).map_err(db_err)?;
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse,
-            e => db_err(e),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_SIZE)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse,
+                e => db_err(e),
+            })?;
         let cipher = Aes256Gcm::new(key.expose_secret().into());
         Ok(Self { db, cipher })
     }
@@ -192,6 +199,19 @@ impl Vault {
 
     /// Every record of `table` in key order (byte-wise), opened.
     pub fn all(&self, table: &str) -> Result<Vec<Record>, VaultError> {
+        self.each(table)?
+            .into_iter()
+            .map(|(key, value)| Ok((key, value?)))
+            .collect()
+    }
+
+    /// Every record of `table` in key order, each opened on its own: one
+    /// damaged value does not hide the others.
+    #[allow(clippy::type_complexity)] // a record and its own outcome
+    pub fn each(
+        &self,
+        table: &str,
+    ) -> Result<Vec<(Vec<u8>, Result<Zeroizing<Vec<u8>>, VaultError>)>, VaultError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = match txn.open_table(Table::new(table)) {
             Ok(t) => t,
@@ -202,10 +222,31 @@ impl Vault {
         for entry in t.iter().map_err(db_err)? {
             let (key, sealed) = entry.map_err(db_err)?;
             let key = key.value().to_vec();
-            let value = self.open_value(table, &key, sealed.value())?;
+            let value = self.open_value(table, &key, sealed.value());
             records.push((key, value));
         }
         Ok(records)
+    }
+
+    /// Test hook: stores `raw` as the value under `key`, unsealed, as
+    /// damage on disk would leave it.
+    #[cfg(test)]
+    pub(crate) fn put_raw(&self, table: &str, key: &[u8], raw: &[u8]) -> Result<(), VaultError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
+            t.insert(key, raw).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Test hook: the value under `key` as stored (sealed).
+    #[cfg(test)]
+    pub(crate) fn get_raw(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
+        let txn = self.db.begin_read().ok()?;
+        let t = txn.open_table(Table::new(table)).ok()?;
+        let found = t.get(key).ok()??;
+        Some(found.value().to_vec())
     }
 }
 

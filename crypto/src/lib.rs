@@ -83,7 +83,7 @@ pub use message::{
 pub use replay::{Arrival, REPLAY_WINDOW, ReplayWindow};
 pub use secret::{KEY_LEN, SessionKey};
 pub use session::{
-    Announcement, Conversation, CounterStore, FileCounterStore, MAX_MESSAGES_PER_SESSION,
-    MAX_SESSION_AGE, NoPersistence, ReceivingSession, SendingSession, SendingState,
-    SequenceCounter, SessionContext, SessionId,
+    Announcement, Conversation, CounterStore, FileCounterStore, MAX_CLOCK_SKEW, MAX_DELIVERY_DELAY,
+    MAX_MESSAGES_PER_SESSION, MAX_SESSION_AGE, NoPersistence, ReceivingSession, SendingSession,
+    SendingState, SequenceCounter, SessionContext, SessionId, VerifiedAnnouncement,
 };

@@ -23,6 +23,14 @@ const WRAP_LABEL: &[u8] = b"sotto/v1/session-key\0";
 pub const MAX_MESSAGES_PER_SESSION: u64 = 1 << 20;
 /// A sending session is rotated once it is this old.
 pub const MAX_SESSION_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// How long a message may take to arrive after it was sealed: the relay's
+/// default bound on stored deliveries (`offline_max_age`, 7 days). A
+/// receiver keeps a session usable for [`MAX_SESSION_AGE`] plus this, so a
+/// message sealed just before rotation and stored by the relay still opens.
+pub const MAX_DELIVERY_DELAY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// How far the sender's clock may be ahead of (or behind) the receiver's: a
+/// session made up to this far in the receiver's future is accepted.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60 * 60);
 
 /// Where a message belongs: a named room, or the direct conversation of two
 /// identities.
@@ -107,6 +115,19 @@ pub struct SessionContext {
 }
 
 impl SessionContext {
+    /// Whether a session made at `created_at` may still be used by its
+    /// receiver at `now` (seconds since the Unix epoch): made at most
+    /// [`MAX_CLOCK_SKEW`] in the future, and at most [`MAX_SESSION_AGE`] +
+    /// [`MAX_DELIVERY_DELAY`] + [`MAX_CLOCK_SKEW`] ago. Checked on receipt
+    /// of the announcement and of every message under the session, so a
+    /// `created_at` of 0 or 2^40 is refused and an old session stops
+    /// opening anything.
+    pub fn is_current(&self, now: u64) -> bool {
+        let skew = MAX_CLOCK_SKEW.as_secs();
+        let oldest = MAX_SESSION_AGE.as_secs() + MAX_DELIVERY_DELAY.as_secs() + skew;
+        self.created_at <= now.saturating_add(skew) && now.saturating_sub(self.created_at) <= oldest
+    }
+
     fn label(&self) -> Vec<u8> {
         let mut label = WRAP_LABEL.to_vec();
         label.extend_from_slice(&wire::encode(self));
@@ -387,6 +408,26 @@ impl ReceivingSession {
     pub fn context(&self) -> &SessionContext {
         &self.context
     }
+
+    /// Whether the session may still open messages at `now`
+    /// ([`SessionContext::is_current`]).
+    pub fn is_current(&self, now: u64) -> bool {
+        self.context.is_current(now)
+    }
+}
+
+/// An announcement whose signature verified ([`Identity::verify_announcement`]):
+/// its context is the sender's own word. Its key is not unwrapped yet.
+#[derive(Debug)]
+pub struct VerifiedAnnouncement<'a> {
+    announcement: &'a Announcement,
+}
+
+impl VerifiedAnnouncement<'_> {
+    /// The context the sender signed.
+    pub fn context(&self) -> &SessionContext {
+        &self.announcement.context
+    }
 }
 
 impl fmt::Debug for ReceivingSession {
@@ -435,12 +476,34 @@ impl Identity {
     /// The caller still decides whether the session is welcome: that
     /// `sender` belongs in `context.conversation` and that `context.epoch`
     /// is newer than the sender's current one (no rollback).
+    ///
+    /// [`Identity::accept`] does not look at the clock; a receiver uses
+    /// [`Identity::verify_announcement`] and
+    /// [`Identity::accept_verified`], which also enforce the session's age.
     pub fn accept<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         announcement: &Announcement,
         sender: &PublicIdentity,
     ) -> Result<ReceivingSession> {
+        let verified = self.verify_announcement(announcement, sender)?;
+        self.unwrap_verified(rng, &verified)
+    }
+
+    /// The first, cheap half of [`Identity::accept`]: the context names
+    /// `sender` and this identity, the sizes are those of RSA-3072, and the
+    /// sender's PSS signature verifies (one RSA public-key operation, about
+    /// 0.15 ms). No private-key operation. Every failure is
+    /// [`Error::DecryptionFailed`] (P11).
+    ///
+    /// A caller that rations announcements per sender charges the sender
+    /// only once this succeeded: a forgery is the relay's doing, not the
+    /// named sender's.
+    pub fn verify_announcement<'a>(
+        &self,
+        announcement: &'a Announcement,
+        sender: &PublicIdentity,
+    ) -> Result<VerifiedAnnouncement<'a>> {
         let context = &announcement.context;
         let well_formed = context.sender == sender.fingerprint()
             && context.recipient == self.fingerprint()
@@ -452,10 +515,38 @@ impl Identity {
         if !well_formed {
             return Err(Error::DecryptionFailed);
         }
-        sender.verify(
-            &announcement_transcript(context, &announcement.wrapped_key),
-            &announcement.signature,
-        )?;
+        sender
+            .verify(
+                &announcement_transcript(context, &announcement.wrapped_key),
+                &announcement.signature,
+            )
+            .map_err(|_| Error::DecryptionFailed)?;
+        Ok(VerifiedAnnouncement { announcement })
+    }
+
+    /// The second half: refuses a session that is not current at `now`
+    /// (seconds since the Unix epoch, [`SessionContext::is_current`]), then
+    /// unwraps the key (one RSA-OAEP decryption, with blinding). Every
+    /// failure is [`Error::DecryptionFailed`] (P11).
+    pub fn accept_verified<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        verified: &VerifiedAnnouncement<'_>,
+        now: u64,
+    ) -> Result<ReceivingSession> {
+        if !verified.context().is_current(now) {
+            return Err(Error::DecryptionFailed);
+        }
+        self.unwrap_verified(rng, verified)
+    }
+
+    fn unwrap_verified<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        verified: &VerifiedAnnouncement<'_>,
+    ) -> Result<ReceivingSession> {
+        let announcement = verified.announcement;
+        let context = &announcement.context;
         let key = self.unwrap_session_key(rng, context.label(), &announcement.wrapped_key)?;
         Ok(ReceivingSession::restore(context.clone(), key))
     }
@@ -579,5 +670,92 @@ impl<S: CounterStore> SequenceCounter<S> {
         let seq = self.next;
         self.next += 1;
         Ok(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn announcement_made_at(created_at: u64) -> (Identity, Identity, Announcement) {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let alice = Identity::generate_from_rng(&mut rng).unwrap();
+        let bob = Identity::generate_from_rng(&mut rng).unwrap();
+        let (_, mut announcements) = SendingSession::start(
+            &mut rng,
+            &alice,
+            Conversation::room("lobby"),
+            1,
+            0,
+            created_at,
+            &[bob.public()],
+        )
+        .unwrap();
+        let announcement = announcements.remove(0);
+        (alice, bob, announcement)
+    }
+
+    #[test]
+    fn sessions_are_current_within_their_age_and_the_clock_skew() {
+        let at = |created_at: u64| SessionContext {
+            conversation: Conversation::room("lobby"),
+            sender: Fingerprint([1; 32]),
+            recipient: Fingerprint([2; 32]),
+            session_id: SessionId([0; 16]),
+            epoch: 1,
+            first_seq: 0,
+            created_at,
+        };
+        let skew = MAX_CLOCK_SKEW.as_secs();
+        let oldest = MAX_SESSION_AGE.as_secs() + MAX_DELIVERY_DELAY.as_secs() + skew;
+        assert!(at(NOW).is_current(NOW));
+        assert!(at(NOW + skew).is_current(NOW));
+        assert!(!at(NOW + skew + 1).is_current(NOW));
+        assert!(at(NOW - oldest).is_current(NOW));
+        assert!(!at(NOW - oldest - 1).is_current(NOW));
+        assert!(!at(0).is_current(NOW));
+        assert!(!at(1 << 40).is_current(NOW));
+        assert!(!at(u64::MAX).is_current(NOW));
+    }
+
+    #[test]
+    fn an_announcement_too_old_or_from_the_future_is_refused_opaquely_before_rsa() {
+        for created_at in [0, 1 << 40] {
+            let (alice, bob, announcement) = announcement_made_at(created_at);
+            let verified = bob
+                .verify_announcement(&announcement, alice.public())
+                .unwrap();
+            let before = bob.rsa_decryptions();
+            let result = bob.accept_verified(&mut rand::rng(), &verified, NOW);
+            assert!(matches!(result, Err(Error::DecryptionFailed)), "{result:?}");
+            assert_eq!(bob.rsa_decryptions(), before);
+        }
+        let (alice, bob, announcement) = announcement_made_at(NOW - 60);
+        let verified = bob
+            .verify_announcement(&announcement, alice.public())
+            .unwrap();
+        let session = bob
+            .accept_verified(&mut rand::rng(), &verified, NOW)
+            .unwrap();
+        assert!(session.is_current(NOW));
+        let later = NOW + MAX_SESSION_AGE.as_secs() + MAX_DELIVERY_DELAY.as_secs() + 3600;
+        assert!(!session.is_current(later));
+    }
+
+    #[test]
+    fn a_forged_signature_fails_verification_before_any_decryption() {
+        let (alice, bob, mut announcement) = announcement_made_at(NOW);
+        if let Some(byte) = announcement.signature.first_mut() {
+            *byte ^= 1;
+        }
+        let before = bob.rsa_decryptions();
+        let result = bob.verify_announcement(&announcement, alice.public());
+        assert!(matches!(result, Err(Error::DecryptionFailed)), "{result:?}");
+        assert_eq!(bob.rsa_decryptions(), before);
     }
 }

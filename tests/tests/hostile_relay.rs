@@ -937,3 +937,219 @@ async fn s16_a_stored_delivery_replayed_after_its_ack_is_dropped() {
         .count();
     assert_eq!(shown, 1, "{:#?}", bob.seen);
 }
+
+// 17. P2, P11 (denial of service): forged announcements in alice's name,
+// injected just before her real rotation, must not use up her allowance
+// (bob still reads her) nor be blamed on her (bob is told the relay did it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s17_forged_announcements_do_not_spend_the_senders_allowance() {
+    let (w, mut alice, mut bob) = alice_and_bob().await;
+    barrier(&alice, &mut bob, "genuine").await;
+    let genuine = w
+        .hostile
+        .delivered_to("bob")
+        .into_iter()
+        .find_map(|f| match f {
+            RelayFrame::Deliver { body, .. } => match PeerBody::decode(&body) {
+                Ok(PeerBody::Announcement(a)) => Some(a),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap();
+    // More forgeries than a sender's burst of announcements (20), each a
+    // new session of a newer epoch, none signed by alice.
+    let forged = 25u8;
+    for n in 0..forged {
+        let mut a = genuine.clone();
+        a.context.session_id = SessionId([n.wrapping_add(1); 16]);
+        a.context.epoch += u32::from(n) + 1;
+        a.signature[n as usize] ^= 1;
+        w.hostile.inject(
+            "bob",
+            deliver("alice", to_bob(), announcement_body(a), None),
+        );
+    }
+    // alice rotates for real: carol joins, so her next message starts a
+    // new session, announced to bob right behind the forgeries.
+    let carol = w.join("carol").await;
+    alice
+        .expect_members("lobby", &["alice", "bob", "carol"])
+        .await;
+    alice.send(lobby(), "after the rotation");
+    // In either order: the forgeries are reported at bob's next tick.
+    bob.expect_all(&[
+        &|u| matches!(u, Update::Message(m) if m.text == "after the rotation"),
+        &|u| {
+            matches!(u, Update::Error(e)
+                if e.starts_with("the relay delivered ")
+                    && e.ends_with(" claiming to be from alice"))
+        },
+    ])
+    .await;
+    barrier(&alice, &mut bob, "and later").await;
+    assert!(
+        !bob.saw("too many in a short time"),
+        "alice was blamed: {:#?}",
+        bob.seen
+    );
+    drop(carol);
+}
+
+// 18. Availability: a presence flood towards a front end that does not keep
+// up waits at the relay (the session stops reading) instead of filling the
+// client's memory, and only presence notices are dropped for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_a_presence_flood_is_bounded_by_the_front_ends_pace() {
+    let w = world().await;
+    let mut alice = w.join("alice").await;
+    let identity = Identity::load(
+        &common::testdata().join("identities/bob.sotto-id"),
+        b"sotto test vectors",
+    )
+    .unwrap();
+    let account = Account::open(
+        Profile::open(w.temp.path().join("bob")).unwrap(),
+        Arc::new(identity),
+        Some(user("bob")),
+    )
+    .await
+    .unwrap();
+    let capacity = 16;
+    let mut bob = Peer::connect_with(account, &w.hostile.address, |config| {
+        config.limits.updates = capacity;
+    })
+    .await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    barrier(&alice, &mut bob, "before the flood").await;
+    // bob's front end reads nothing while the relay floods it...
+    let flood = 2000;
+    for i in 0..flood {
+        w.hostile.inject(
+            "bob",
+            RelayFrame::Presence {
+                room: RoomName::lobby(),
+                user: user(&format!("flood{i}")),
+                event: PresenceEvent::Joined,
+                identity: None,
+            },
+        );
+    }
+    // ...and the Pong to a Ping behind the flood shows that bob's session
+    // has read all of it.
+    let nonce = 0x5eed_f100d;
+    w.hostile.inject("bob", RelayFrame::Ping { nonce });
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while !w
+        .hostile
+        .sent_by("bob")
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Pong { nonce: n } if *n == nonce))
+    {
+        assert!(std::time::Instant::now() < deadline, "bob stopped reading");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    alice.send(lobby(), "after the flood");
+    let presence = std::cell::Cell::new(0);
+    bob.expect(|u| {
+        if matches!(u, Update::Presence { name, .. } if name.starts_with("flood")) {
+            presence.set(presence.get() + 1);
+        }
+        matches!(u, Update::Message(m) if m.text == "after the flood")
+    })
+    .await;
+    let notices = presence.get();
+    assert!(
+        notices <= capacity,
+        "{notices} presence notices were kept for a front end that read none"
+    );
+    // The member list is complete all the same.
+    bob.expect(|u| {
+        matches!(u, Update::Members { room, members }
+            if *room == RoomName::lobby() && members.len() == flood + 2)
+    })
+    .await;
+}
+
+/// Peak resident memory of this process so far, in KiB (Linux).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Not a test (it asserts no timing): a measurement for docs/benchmarks.md.
+/// The hostile relay floods bob with `SOTTO_FLOOD` presence events (joins
+/// of distinct names, each with a key, as a relay that lets one key
+/// register many names can), then alice sends one message; bob's "front
+/// end" drains updates as a UI would. Prints how long the message took to
+/// get through and the process's peak memory.
+///
+/// SOTTO_FLOOD=200000 cargo test -p sotto-tests --test hostile_relay \
+///     measure_presence_flood -- --ignored --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+#[allow(clippy::print_stdout)] // it reports what it measured
+async fn measure_presence_flood() {
+    use futures::StreamExt;
+    let flood: usize = std::env::var("SOTTO_FLOOD")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000);
+    let give_up = std::time::Duration::from_secs(
+        std::env::var("SOTTO_FLOOD_WAIT")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(120),
+    );
+    let (w, alice, mut bob) = alice_and_bob().await;
+    barrier(&alice, &mut bob, "before the flood").await;
+    let rss_before = peak_rss_kib();
+    // SOTTO_FLOOD_KEYS=0: joins without keys (no new contacts).
+    let key = (std::env::var("SOTTO_FLOOD_KEYS").as_deref() != Ok("0"))
+        .then(|| bytes::Bytes::from(identity("mallory").public().to_bytes()));
+    let start = std::time::Instant::now();
+    for i in 0..flood {
+        w.hostile.inject(
+            "bob",
+            RelayFrame::Presence {
+                room: RoomName::lobby(),
+                user: format!("flood{i}").parse().unwrap(),
+                event: PresenceEvent::Joined,
+                identity: key.clone(),
+            },
+        );
+    }
+    alice.send(lobby(), "after the flood");
+    let (mut updates, mut members_lists, mut largest) = (0u64, 0u64, 0usize);
+    let through = loop {
+        let left = give_up.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, bob.updates.next()).await {
+            Ok(Some(Update::Message(m))) if m.text == "after the flood" => {
+                break Some(start.elapsed());
+            }
+            Ok(Some(Update::Members { members, .. })) => {
+                members_lists += 1;
+                largest = largest.max(members.len());
+                updates += 1;
+            }
+            Ok(Some(_)) => updates += 1,
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    println!(
+        "presence flood {flood}: message through after {}; {updates} updates ({members_lists} member lists, largest {largest}); peak RSS {} MiB before the flood, {} MiB after",
+        through.map_or_else(
+            || format!("NOT through after {} s", give_up.as_secs()),
+            |t| format!("{:.2} s", t.as_secs_f64())
+        ),
+        rss_before / 1024,
+        peak_rss_kib() / 1024
+    );
+}

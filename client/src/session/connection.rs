@@ -42,7 +42,7 @@ enum End {
 pub(super) fn spawn(
     config: Config,
     commands: mpsc::UnboundedReceiver<Command>,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: mpsc::Sender<Update>,
 ) {
     let spawned = std::thread::Builder::new()
         .name("sotto-session".to_owned())
@@ -53,7 +53,7 @@ pub(super) fn spawn(
             match runtime {
                 Ok(runtime) => runtime.block_on(drive(config, commands, updates)),
                 Err(e) => {
-                    let _ = updates.send(Update::Connection(Connection::Failed {
+                    let _ = updates.try_send(Update::Connection(Connection::Failed {
                         reason: format!("cannot start the session: {e}"),
                     }));
                 }
@@ -68,39 +68,58 @@ struct Session {
     config: Config,
     engine: Engine,
     commands: mpsc::UnboundedReceiver<Command>,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: mpsc::Sender<Update>,
 }
 
 impl Session {
-    /// Sends updates to the UI; false once nobody listens.
-    fn emit(&self, out: &mut Out) -> bool {
-        out.updates
-            .drain(..)
-            .all(|update| self.updates.send(update).is_ok())
+    /// Sends updates to the UI, waiting while its channel is full (so the
+    /// read loop, which calls this before reading the next frame, makes
+    /// the relay wait too); false once nobody listens.
+    ///
+    /// Presence notices are the exception: when the channel is full they
+    /// are dropped, since the member lists that follow them carry the same
+    /// facts.
+    async fn emit(&self, out: &mut Out) -> bool {
+        for update in out.updates.drain(..) {
+            let update = match update {
+                presence @ Update::Presence { .. } => match self.updates.try_send(presence) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(_)) => continue,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                },
+                other => other,
+            };
+            if self.updates.send(update).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
-    fn state(&self, state: Connection) -> bool {
-        self.updates.send(Update::Connection(state)).is_ok()
+    async fn state(&self, state: Connection) -> bool {
+        self.updates.send(Update::Connection(state)).await.is_ok()
     }
 }
 
 async fn drive(
     config: Config,
     commands: mpsc::UnboundedReceiver<Command>,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: mpsc::Sender<Update>,
 ) {
     let started = Engine::new(&config.account, &config.rooms, config.limits.clone());
     let (engine, history) = match started {
         Ok(started) => started,
         Err(e) => {
-            let _ = updates.send(Update::Connection(Connection::Failed {
-                reason: format!("cannot read the local database: {e}"),
-            }));
+            let _ = updates
+                .send(Update::Connection(Connection::Failed {
+                    reason: format!("cannot read the local database: {e}"),
+                }))
+                .await;
             return;
         }
     };
     for update in history {
-        if updates.send(update).is_err() {
+        if updates.send(update).await.is_err() {
             return;
         }
     }
@@ -112,7 +131,7 @@ async fn drive(
     };
     let mut backoff = Backoff::default();
     loop {
-        if !session.state(Connection::Connecting) {
+        if !session.state(Connection::Connecting).await {
             break;
         }
         let attempt = Instant::now();
@@ -121,13 +140,13 @@ async fn drive(
                 End::Quit => break,
                 End::Lost(reason) => reason,
                 End::Fatal(reason) => {
-                    session.state(Connection::Failed { reason });
+                    session.state(Connection::Failed { reason }).await;
                     break;
                 }
             },
             Err(End::Lost(reason)) => reason,
             Err(End::Fatal(reason)) => {
-                session.state(Connection::Failed { reason });
+                session.state(Connection::Failed { reason }).await;
                 break;
             }
             Err(End::Quit) => break,
@@ -137,7 +156,10 @@ async fn drive(
             break;
         }
         let after = backoff.next_delay(attempt.elapsed(), &mut rand::rng());
-        if !session.state(Connection::Reconnecting { after, reason }) {
+        if !session
+            .state(Connection::Reconnecting { after, reason })
+            .await
+        {
             break;
         }
         if wait(&mut session, after).await == Flow::Quit {
@@ -159,7 +181,7 @@ async fn wait(session: &mut Session, delay: Duration) -> Flow {
                 let Some(command) = command else { return Flow::Quit };
                 let mut out = Out::default();
                 let flow = session.engine.handle_command(command, &mut out);
-                if !session.emit(&mut out) || flow == Flow::Quit {
+                if !session.emit(&mut out).await || flow == Flow::Quit {
                     return Flow::Quit;
                 }
             }
@@ -233,9 +255,12 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
             SinkExt::<ClientFrame>::flush(&mut framed)
                 .await
                 .map_err(|e| End::Lost(e.to_string()))?;
-            if !session.state(Connection::Connected {
-                name: name.to_string(),
-            }) || !session.emit(&mut out)
+            if !session
+                .state(Connection::Connected {
+                    name: name.to_string(),
+                })
+                .await
+                || !session.emit(&mut out).await
             {
                 return Err(End::Quit);
             }
@@ -336,7 +361,7 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
         if let Err(e) = SinkExt::<ClientFrame>::flush(&mut framed).await {
             return End::Lost(e.to_string());
         }
-        if !session.emit(&mut out) || flow == Flow::Quit {
+        if !session.emit(&mut out).await || flow == Flow::Quit {
             return End::Quit;
         }
     }

@@ -13,12 +13,10 @@ use sotto_crypto::{
     PublicIdentity, ReplayWindow, SendingSession, SequenceCounter, SessionId, roster_digest,
 };
 use sotto_proto::{
-    ClientFrame, Destination, PresenceEvent, RelayFrame, RoomName, Route, Slot, UserName,
+    ClientFrame, Destination, PresenceEvent, RelayFrame, RoomName, Route, Slot, UserKey, UserName,
 };
 
-use super::{
-    Chat, Command, Member, Message, OnlineUser, PresenceChange, TrustLevel, Update, lower,
-};
+use super::{Chat, Command, Member, Message, OnlineUser, PresenceChange, TrustLevel, Update};
 use crate::account::Account;
 use crate::contacts::{Blocked, Contacts, KeyEvent, Trust};
 use crate::store::{
@@ -44,6 +42,19 @@ pub struct SessionLimits {
     pub roster_grace: Duration,
     /// Messages queued while disconnected.
     pub outbox: usize,
+    /// Updates waiting for the front end (the session's channel to it).
+    /// When it is full the session stops reading from the relay until the
+    /// front end catches up (so a flood waits in the relay's bounded queue
+    /// for this client, not in this client's memory), except that presence
+    /// notices are dropped instead: the member lists carry the same facts.
+    pub updates: usize,
+    /// Signature checks of announcements, all senders together, in a burst
+    /// (each costs one RSA public-key operation, about 0.15 ms). This, not
+    /// the per-sender allowance, bounds what forgeries cost: a sender's
+    /// allowance is charged only for announcements its key signed.
+    pub verification_burst: u32,
+    /// ...refilled at this many per second.
+    pub verifications_per_second: u32,
 }
 
 impl Default for SessionLimits {
@@ -56,6 +67,9 @@ impl Default for SessionLimits {
             kept_sessions: 4,
             roster_grace: Duration::from_secs(10),
             outbox: 256,
+            verification_burst: 2000,
+            verifications_per_second: 500,
+            updates: 1024,
         }
     }
 }
@@ -118,10 +132,44 @@ struct RosterEntry {
 
 #[derive(Debug, Default)]
 struct Room {
-    members: BTreeMap<UserName, RosterEntry>,
+    members: BTreeMap<UserKey, RosterEntry>,
     settings: RoomSettings,
     /// Digests of recent member sets, with when they stopped being current.
     views: VecDeque<([u8; 32], Instant)>,
+    /// The digest of the current member set, once computed.
+    digest: Option<[u8; 32]>,
+    /// When a member set was last retired with its digest computed.
+    retired: Option<Instant>,
+    /// When the whole member list was last sent to the front end.
+    listed: Option<Instant>,
+    /// The member list changed since it was last sent.
+    unlisted: bool,
+}
+
+/// The whole member list of a room goes to the front end at most this
+/// often while presence keeps changing it (each change is also its own small
+/// [`Update::Presence`]); in a room of more than 20,000 members, at most
+/// once per [`MEMBER_LIST_PER_MEMBER`] times its size, since building the
+/// list costs the size of the room.
+const MEMBER_LIST_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`MEMBER_LIST_INTERVAL`].
+const MEMBER_LIST_PER_MEMBER: Duration = Duration::from_micros(50);
+
+/// During a burst of presence changes, the digest of a member set that was
+/// current for less than this (or, in a large room, for less than
+/// [`VIEW_PER_MEMBER`] per member) is not computed, and a message sealed to
+/// exactly that set may then be reported as a roster mismatch: computing a
+/// digest costs the size of the room, so it is not done for every event.
+const VIEW_INTERVAL: Duration = Duration::from_millis(100);
+/// See [`VIEW_INTERVAL`].
+const VIEW_PER_MEMBER: Duration = Duration::from_micros(100);
+
+/// How many recently parsed identities are kept, by their bytes.
+const PARSED_KEYS: usize = 16;
+
+/// `base`, or `per_member` times the room's size if that is longer.
+fn scaled(base: Duration, per_member: Duration, members: usize) -> Duration {
+    base.max(per_member.saturating_mul(u32::try_from(members).unwrap_or(u32::MAX)))
 }
 
 struct Outbound {
@@ -130,11 +178,25 @@ struct Outbound {
     session: Option<SendingSession>,
 }
 
-/// A token bucket per announcing sender.
+/// A token bucket.
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+impl Bucket {
+    /// Refills at `rate` tokens per second up to `burst`, then takes one.
+    fn take(&mut self, now: Instant, burst: f64, rate: f64) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Whether a delivery was dealt with (stored or dropped: acknowledge it) or
@@ -154,6 +216,26 @@ fn now_ms() -> u64 {
 
 fn now_secs() -> u64 {
     now_ms() / 1000
+}
+
+/// What the user is told when stored messages could not be read.
+pub(crate) fn skipped_history(count: usize) -> String {
+    match count {
+        1 => "1 stored message is damaged and could not be read: skipped, the rest of the history is shown".to_owned(),
+        n => format!("{n} stored messages are damaged and could not be read: skipped, the rest of the history is shown"),
+    }
+}
+
+/// What the user is told about forged announcements: the relay's doing
+/// (only the relay, or whoever it lets in, can deliver them), never the
+/// named sender's.
+pub(crate) fn forged_announcements(count: u64, claimed: &str) -> String {
+    match count {
+        1 => format!("the relay delivered 1 forged key announcement claiming to be from {claimed}"),
+        n => format!(
+            "the relay delivered {n} forged key announcements claiming to be from {claimed}"
+        ),
+    }
 }
 
 fn trust_level(trust: &Trust) -> TrustLevel {
@@ -177,10 +259,20 @@ pub(crate) struct Engine {
     wanted: BTreeSet<RoomName>,
     outbound: HashMap<Conversation, Outbound>,
     inbound: HashMap<(Fingerprint, Conversation), Inbound>,
-    awaiting_key: BTreeMap<UserName, Awaiting>,
-    awaiting_trust: BTreeMap<UserName, Vec<Delivery>>,
+    awaiting_key: BTreeMap<UserKey, Awaiting>,
+    awaiting_trust: BTreeMap<UserKey, Vec<Delivery>>,
     held: VecDeque<Held>,
     buckets: HashMap<Fingerprint, Bucket>,
+    /// Contacts pinned or changed and not yet saved.
+    unsaved_contacts: BTreeSet<UserKey>,
+    /// The identities parsed last, with their bytes, newest first.
+    parsed: VecDeque<(Bytes, Arc<PublicIdentity>)>,
+    /// Signature checks of announcements, all senders together.
+    verifications: Option<Bucket>,
+    /// Forged announcements not yet reported, by the name they claimed.
+    forged: BTreeMap<UserKey, (UserName, u64)>,
+    /// Announcements dropped unchecked (the verification budget was spent).
+    unchecked: u64,
     arrival: u64,
     /// Per chat and sender: sequence number -> arrival number, to place
     /// late messages (bounded to the replay window).
@@ -237,6 +329,11 @@ impl Engine {
             awaiting_trust: BTreeMap::new(),
             held: VecDeque::new(),
             buckets: HashMap::new(),
+            unsaved_contacts: BTreeSet::new(),
+            parsed: VecDeque::new(),
+            verifications: None,
+            forged: BTreeMap::new(),
+            unchecked: 0,
             arrival: 0,
             placed: HashMap::new(),
             warned: HashSet::new(),
@@ -245,10 +342,10 @@ impl Engine {
             next_route: 1,
             quitting: None,
         };
-        let (entries, last) = engine.store.history()?;
-        engine.arrival = last;
+        let history = engine.store.history()?;
+        engine.arrival = history.last;
         let mut chats: BTreeMap<Chat, Vec<Message>> = BTreeMap::new();
-        for (position, entry) in entries {
+        for (position, entry) in history.entries {
             let late = position.rank != Position::IN_ORDER;
             if !late {
                 engine.remember_place(&entry.chat, entry.fingerprint, entry.seq, position.anchor);
@@ -258,14 +355,22 @@ impl Engine {
         }
         let mut updates: Vec<Update> = chats
             .into_iter()
-            .map(|(chat, messages)| Update::History { chat, messages })
+            .map(|(chat, mut messages)| {
+                // One chat may span records filed under two spellings of
+                // a name (`@BOB`, `@bob`): one display order.
+                messages.sort_by_key(|m| m.position);
+                Update::History { chat, messages }
+            })
             .collect();
+        if history.skipped > 0 {
+            updates.push(Update::Error(skipped_history(history.skipped)));
+        }
         // A key change the user has not decided on yet is still pending:
         // say so again, so a new UI blocks on it as the last one did (P6).
         for contact in engine.contacts.iter() {
             if let Trust::Changed { offered } = &contact.trust {
                 updates.push(Update::Key(KeyEvent::ChangedVerified {
-                    name: contact.name.clone(),
+                    name: contact.name.to_string(),
                     pinned: contact.identity.fingerprint(),
                     offered: offered.fingerprint(),
                 }));
@@ -280,7 +385,8 @@ impl Engine {
         } else {
             // The trust of the key it came from: a message from a key that
             // is no longer pinned is not shown with the new key's trust.
-            match self.contacts.get(&entry.from) {
+            let from = entry.from.parse::<UserName>().ok();
+            match from.and_then(|from| self.contacts.get(&from)) {
                 Some(c) if c.identity.fingerprint() == entry.fingerprint => trust_level(&c.trust),
                 Some(_) | None => TrustLevel::Unverified,
             }
@@ -300,14 +406,14 @@ impl Engine {
         }
     }
 
-    fn trust_of(&self, name: &str) -> TrustLevel {
+    fn trust_of(&self, name: &UserName) -> TrustLevel {
         self.contacts
             .get(name)
             .map_or(TrustLevel::Unknown, |c| trust_level(&c.trust))
     }
 
     fn is_me(&self, name: &UserName) -> bool {
-        name.as_str().eq_ignore_ascii_case(self.name.as_str())
+        name.same_as(&self.name)
     }
 
     fn route_id(&mut self) -> u64 {
@@ -356,6 +462,7 @@ impl Engine {
         for outbound in self.outbound.values_mut() {
             let _ = outbound.counter.checkpoint();
         }
+        self.save_contacts(&mut Out::default());
     }
 
     /// Periodic housekeeping: gives up messages whose announcement never came.
@@ -373,10 +480,40 @@ impl Engine {
                 Self::ack(&held.delivery, out);
             }
         }
+        // Forgeries are reported at most once per tick and claimed sender.
+        for (_, (claimed, count)) in std::mem::take(&mut self.forged) {
+            out.error(forged_announcements(count, claimed.as_str()));
+        }
+        if self.unchecked > 0 {
+            out.error(format!(
+                "the relay delivered key announcements faster than they can be checked: {} dropped unchecked",
+                std::mem::take(&mut self.unchecked)
+            ));
+        }
         let grace = self.limits.roster_grace;
         for room in self.rooms.values_mut() {
             room.views
                 .retain(|(_, since)| now.duration_since(*since) < grace);
+        }
+        self.save_contacts(out);
+        let unlisted: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| {
+                r.unlisted
+                    && r.listed.is_none_or(|at| {
+                        now.duration_since(at)
+                            >= scaled(
+                                MEMBER_LIST_INTERVAL,
+                                MEMBER_LIST_PER_MEMBER,
+                                r.members.len(),
+                            )
+                    })
+            })
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in unlisted {
+            self.members_update(&room, now, out);
         }
     }
 
@@ -418,7 +555,7 @@ impl Engine {
                         trust: if self.is_me(&u.name) {
                             TrustLevel::Verified
                         } else {
-                            self.trust_of(u.name.as_str())
+                            self.trust_of(&u.name)
                         },
                         name: u.name.to_string(),
                         rooms: u.rooms.into_iter().map(String::from).collect(),
@@ -466,24 +603,66 @@ impl Engine {
 
     /// Pins `identity` (bytes from the relay, a hint) for `name` on first
     /// sight; reports any change.
+    ///
+    /// The same bytes as last time for the same name change nothing and
+    /// cost no parsing: presence floods repeat them.
     fn observe(&mut self, name: &UserName, identity: &[u8], out: &mut Out) -> bool {
         if self.is_me(name) {
             return false;
         }
-        let Ok(identity) = PublicIdentity::from_bytes(identity) else {
-            out.error(format!("the relay sent an invalid key for {name}"));
-            return false;
+        let key = name.key();
+        // The keys seen last are parsed once: presence floods repeat them,
+        // and a relay may show one key under many names.
+        let cached = self
+            .parsed
+            .iter()
+            .position(|(bytes, _)| bytes.as_ref() == identity);
+        let parsed = match cached.and_then(|i| self.parsed.remove(i)) {
+            Some((bytes, parsed)) => {
+                self.parsed.push_front((bytes, parsed.clone()));
+                parsed
+            }
+            None => {
+                let Ok(parsed) = PublicIdentity::from_bytes(identity) else {
+                    out.error(format!("the relay sent an invalid key for {name}"));
+                    return false;
+                };
+                let parsed = Arc::new(parsed);
+                self.parsed
+                    .push_front((Bytes::copy_from_slice(identity), parsed.clone()));
+                self.parsed.truncate(PARSED_KEYS);
+                parsed
+            }
         };
-        if let Some(event) = self.contacts.observe(name.as_str(), &identity) {
-            self.save_contacts(out);
+        if let Some(event) = self.contacts.observe(name, &parsed) {
+            self.unsaved_contacts.insert(key.clone());
+            if !matches!(event, KeyEvent::Pinned { .. }) {
+                // A key change is saved at once; a first pin at the next
+                // tick (a crash before it only means pinning it again).
+                self.save_contacts(out);
+            }
+            // Rosters digest the pinned keys: recompute them.
+            for room in self.rooms.values_mut() {
+                room.digest = None;
+            }
             out.update(Update::Key(event));
         }
         true
     }
 
-    fn save_contacts(&self, out: &mut Out) {
-        if let Err(e) = self.store.set_contacts(&self.contacts) {
+    /// Saves the contacts changed since the last save.
+    fn save_contacts(&mut self, out: &mut Out) {
+        if self.unsaved_contacts.is_empty() {
+            return;
+        }
+        let unsaved = std::mem::take(&mut self.unsaved_contacts);
+        let contacts: Vec<&crate::contacts::Contact> = unsaved
+            .iter()
+            .filter_map(|key| self.contacts.get(&key.to_name()))
+            .collect();
+        if let Err(e) = self.store.save_contacts(contacts) {
             out.error(format!("could not save contacts: {e}"));
+            self.unsaved_contacts = unsaved;
         }
     }
 
@@ -514,7 +693,7 @@ impl Engine {
             }
             entry
                 .members
-                .insert(lower(&member.name), RosterEntry { name: member.name });
+                .insert(member.name.key(), RosterEntry { name: member.name });
         }
         self.retire_view(&room, Instant::now());
         if let Some(previous) = self.rooms.insert(room.clone(), entry)
@@ -533,7 +712,7 @@ impl Engine {
                 on: true,
             });
         }
-        self.members_update(&room, out);
+        self.members_update(&room, Instant::now(), out);
         for name in names {
             self.retry_key(&name, out);
         }
@@ -563,15 +742,15 @@ impl Engine {
             PresenceEvent::Joined => {
                 entry
                     .members
-                    .insert(lower(&user), RosterEntry { name: user.clone() });
+                    .insert(user.key(), RosterEntry { name: user.clone() });
                 PresenceChange::Joined
             }
             PresenceEvent::Left => {
-                entry.members.remove(&lower(&user));
+                entry.members.remove(&user.key());
                 PresenceChange::Left
             }
             PresenceEvent::Disconnected => {
-                entry.members.remove(&lower(&user));
+                entry.members.remove(&user.key());
                 PresenceChange::Disconnected
             }
         };
@@ -584,7 +763,7 @@ impl Engine {
             name: user.to_string(),
             change,
         });
-        self.members_update(&room, out);
+        self.members_changed(&room, out);
         if pinned {
             self.retry_key(&user, out);
         }
@@ -593,15 +772,43 @@ impl Engine {
     /// Remembers the member set that was current until `now`, so messages
     /// sealed just before a change still match (`roster_grace`).
     fn retire_view(&mut self, room: &RoomName, now: Instant) {
-        let Some(digest) = self.rooms.get(room).map(|r| self.view_digest(r)) else {
+        let Some(entry) = self.rooms.get(room) else {
             return;
         };
-        if let Some(room) = self.rooms.get_mut(room) {
-            room.views.push_back((digest, now));
-            while room.views.len() > 16 {
-                room.views.pop_front();
+        let digest = match entry.digest {
+            Some(digest) => Some(digest),
+            // In a burst of changes, not every fleeting member set.
+            None if entry.retired.is_some_and(|at| {
+                now.duration_since(at) < scaled(VIEW_INTERVAL, VIEW_PER_MEMBER, entry.members.len())
+            }) =>
+            {
+                None
+            }
+            None => Some(self.view_digest(entry)),
+        };
+        if let Some(entry) = self.rooms.get_mut(room) {
+            entry.digest = None;
+            if let Some(digest) = digest {
+                entry.retired = Some(now);
+                entry.views.push_back((digest, now));
+                while entry.views.len() > 16 {
+                    entry.views.pop_front();
+                }
             }
         }
+    }
+
+    /// The digest of `room`'s current member set, computed once per set.
+    fn current_digest(&mut self, room: &RoomName) -> Option<[u8; 32]> {
+        let entry = self.rooms.get(room)?;
+        if let Some(digest) = entry.digest {
+            return Some(digest);
+        }
+        let digest = self.view_digest(entry);
+        if let Some(entry) = self.rooms.get_mut(room) {
+            entry.digest = Some(digest);
+        }
+        Some(digest)
     }
 
     /// The roster digest (15.1) of the members this client sees in `room`
@@ -612,12 +819,41 @@ impl Engine {
             .members
             .values()
             .filter(|m| !self.is_me(&m.name))
-            .filter_map(|m| self.contacts.get(m.name.as_str()))
+            .filter_map(|m| self.contacts.get(&m.name))
             .map(|c| c.identity.fingerprint());
         roster_digest(others.chain([self.me]))
     }
 
-    fn members_update(&self, room: &RoomName, out: &mut Out) {
+    /// `room`'s members changed: send the whole list now, or at the next
+    /// tick if one was sent less than [`MEMBER_LIST_INTERVAL`] ago, so a
+    /// presence flood costs one list per room per interval, not one per
+    /// event.
+    fn members_changed(&mut self, room: &RoomName, out: &mut Out) {
+        let now = Instant::now();
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let interval = scaled(
+            MEMBER_LIST_INTERVAL,
+            MEMBER_LIST_PER_MEMBER,
+            entry.members.len(),
+        );
+        if entry
+            .listed
+            .is_some_and(|at| now.duration_since(at) < interval)
+        {
+            entry.unlisted = true;
+        } else {
+            self.members_update(room, now, out);
+        }
+    }
+
+    fn members_update(&mut self, room: &RoomName, now: Instant, out: &mut Out) {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return;
+        };
+        entry.listed = Some(now);
+        entry.unlisted = false;
         let Some(entry) = self.rooms.get(room) else {
             return;
         };
@@ -632,7 +868,7 @@ impl Engine {
                         trust: TrustLevel::Verified,
                     }
                 } else {
-                    let contact = self.contacts.get(m.name.as_str());
+                    let contact = self.contacts.get(&m.name);
                     Member {
                         name: m.name.to_string(),
                         fingerprint: contact.map(|c| c.identity.fingerprint()),
@@ -654,7 +890,7 @@ impl Engine {
                 self.retry_key(&name, out);
             }
             None => {
-                if let Some(awaiting) = self.awaiting_key.remove(&lower(&name)) {
+                if let Some(awaiting) = self.awaiting_key.remove(&name.key()) {
                     if !awaiting.texts.is_empty() || awaiting.show_safety_number {
                         out.error(format!("there is no user called {name} on this relay"));
                     }
@@ -672,11 +908,11 @@ impl Engine {
 
     /// A key for `name` is now pinned: run what waited for it.
     fn retry_key(&mut self, name: &UserName, out: &mut Out) {
-        let Some(awaiting) = self.awaiting_key.remove(&lower(name)) else {
+        let Some(awaiting) = self.awaiting_key.remove(&name.key()) else {
             return;
         };
-        if self.contacts.get(name.as_str()).is_none() {
-            self.awaiting_key.insert(lower(name), awaiting);
+        if self.contacts.get(name).is_none() {
+            self.awaiting_key.insert(name.key(), awaiting);
             return;
         }
         if awaiting.show_safety_number {
@@ -692,7 +928,7 @@ impl Engine {
 
     /// Asks the relay for `name`'s key unless a lookup is already out.
     fn await_key(&mut self, name: &UserName, out: &mut Out) -> &mut Awaiting {
-        let key = lower(name);
+        let key = name.key();
         if !self.awaiting_key.contains_key(&key) {
             out.frames
                 .push(ClientFrame::LookupKey { name: name.clone() });
@@ -715,9 +951,8 @@ impl Engine {
     /// The name as first pinned (the relay may show another letter case).
     fn display_name(&self, name: &UserName) -> UserName {
         self.contacts
-            .get(name.as_str())
-            .and_then(|c| c.name.parse().ok())
-            .unwrap_or_else(|| name.clone())
+            .get(name)
+            .map_or_else(|| name.clone(), |c| c.name.clone())
     }
 
     fn reject(&self, delivery: &Delivery, out: &mut Out) -> Handled {
@@ -760,7 +995,7 @@ impl Engine {
         claimed: Fingerprint,
         out: &mut Out,
     ) -> Result<PublicIdentity, Handled> {
-        let Some(contact) = self.contacts.get(delivery.from.as_str()) else {
+        let Some(contact) = self.contacts.get(&delivery.from) else {
             let awaiting = self.await_key(&delivery.from, out);
             if awaiting.deliveries.len() >= 64 {
                 return Err(self.reject(delivery, out));
@@ -769,15 +1004,12 @@ impl Engine {
             return Err(Handled::Kept);
         };
         if contact.identity.fingerprint() == claimed {
-            return Ok(contact.identity.clone());
+            return Ok((*contact.identity).clone());
         }
         if let Trust::Changed { offered } = &contact.trust
             && offered.fingerprint() == claimed
         {
-            let parked = self
-                .awaiting_trust
-                .entry(lower(&delivery.from))
-                .or_default();
+            let parked = self.awaiting_trust.entry(delivery.from.key()).or_default();
             if parked.len() < 256 {
                 parked.push(delivery.clone());
                 return Err(Handled::Kept);
@@ -793,11 +1025,13 @@ impl Engine {
                 .parse::<RoomName>()
                 .ok()
                 .and_then(|room| self.rooms.get(&room))
-                .is_some_and(|room| room.members.contains_key(&lower(from))),
+                .is_some_and(|room| room.members.contains_key(&from.key())),
             Conversation::Direct(..) => *conversation == Conversation::direct(sender, self.me),
         }
     }
 
+    /// Charges `sender`'s allowance of announcements: only for one its key
+    /// signed.
     fn take_token(&mut self, sender: Fingerprint) -> bool {
         let now = Instant::now();
         let burst = f64::from(self.limits.announcement_burst);
@@ -806,32 +1040,46 @@ impl Engine {
             tokens: burst,
             at: now,
         });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() / refill).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        bucket.take(now, burst, 1.0 / refill)
     }
 
+    /// Charges the budget of signature checks shared by every sender.
+    fn take_verification(&mut self) -> bool {
+        let now = Instant::now();
+        let burst = f64::from(self.limits.verification_burst);
+        let rate = f64::from(self.limits.verifications_per_second);
+        self.verifications
+            .get_or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            })
+            .take(now, burst, rate)
+    }
+
+    /// What was received from `sender` in `conversation`, read from the
+    /// store the first time. A store error is returned, never replaced by
+    /// an empty state (which the next accepted announcement would then
+    /// persist over the real one, losing its kept sessions and its epoch
+    /// floor): the caller leaves the delivery unacknowledged, so it comes
+    /// again.
     fn inbound_mut(
         &mut self,
         sender: Fingerprint,
         conversation: &Conversation,
-        out: &mut Out,
-    ) -> &mut Inbound {
-        let store = &self.store;
-        self.inbound
-            .entry((sender, conversation.clone()))
-            .or_insert_with(|| {
-                store.inbound(sender, conversation).unwrap_or_else(|e| {
-                    out.error(format!("could not read stored sessions: {e}"));
-                    Inbound::default()
-                })
-            })
+    ) -> Result<&mut Inbound, StoreError> {
+        Ok(match self.inbound.entry((sender, conversation.clone())) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(self.store.inbound(sender, conversation)?),
+        })
+    }
+
+    /// Reports that the stored sessions could not be read; the delivery
+    /// stays unacknowledged.
+    fn unreadable_sessions(e: &StoreError, out: &mut Out) -> Handled {
+        out.error(format!(
+            "could not read stored session keys (the message will be retried): {e}"
+        ));
+        Handled::Kept
     }
 
     fn on_announcement(
@@ -857,7 +1105,10 @@ impl Engine {
         // No rollback, checked before any RSA work: a replayed or older
         // announcement is dropped without a word.
         let (epoch, session_id) = (context.epoch, context.session_id);
-        let inbound = self.inbound_mut(sender.fingerprint(), &conversation, out);
+        let inbound = match self.inbound_mut(sender.fingerprint(), &conversation) {
+            Ok(inbound) => inbound,
+            Err(e) => return Self::unreadable_sessions(&e, out),
+        };
         if epoch <= inbound.max_epoch
             || inbound
                 .sessions
@@ -865,6 +1116,29 @@ impl Engine {
                 .any(|r| r.session.context().session_id == session_id)
         {
             return Handled::Done;
+        }
+        // The signature first (cheap, shared budget): a forgery is counted
+        // against the relay, and never against the sender it names.
+        if !self.take_verification() {
+            // Not acknowledged: if the relay stored it, it comes again on
+            // the next connection, checked then.
+            self.unchecked += 1;
+            return Handled::Kept;
+        }
+        let Ok(verified) = self.identity.verify_announcement(&announcement, &sender) else {
+            let claimed = self.display_name(&delivery.from);
+            let (_, count) = self
+                .forged
+                .entry(delivery.from.key())
+                .or_insert_with(|| (claimed, 0));
+            *count += 1;
+            return self.reject(delivery, out);
+        };
+        // Signed by the sender: its age, then its sender's allowance, then
+        // the RSA decryption.
+        let now = now_secs();
+        if !verified.context().is_current(now) {
+            return self.reject(delivery, out);
         }
         if !self.take_token(sender.fingerprint()) {
             out.error(format!(
@@ -875,14 +1149,17 @@ impl Engine {
         }
         let Ok(session) = self
             .identity
-            .accept(&mut rand::rng(), &announcement, &sender)
+            .accept_verified(&mut rand::rng(), &verified, now)
         else {
             return self.reject(delivery, out);
         };
         let first_seq = session.context().first_seq;
         let kept = self.limits.kept_sessions.max(1);
         let store = self.store.clone();
-        let inbound = self.inbound_mut(sender.fingerprint(), &conversation, out);
+        let inbound = match self.inbound_mut(sender.fingerprint(), &conversation) {
+            Ok(inbound) => inbound,
+            Err(e) => return Self::unreadable_sessions(&e, out),
+        };
         let previous_epoch = std::mem::replace(&mut inbound.max_epoch, epoch);
         inbound.sessions.push(Receiving {
             session,
@@ -955,7 +1232,10 @@ impl Engine {
             return Handled::Done;
         };
         let held_limit = self.limits.held_messages;
-        let inbound = self.inbound_mut(sender, &conversation, out);
+        let inbound = match self.inbound_mut(sender, &conversation) {
+            Ok(inbound) => inbound,
+            Err(e) => return Self::unreadable_sessions(&e, out),
+        };
         let Some(index) = inbound
             .sessions
             .iter()
@@ -976,6 +1256,11 @@ impl Engine {
         let Some(receiving) = inbound.sessions.get_mut(index) else {
             return self.reject(delivery, out);
         };
+        // A session past its age (or made in the future) opens nothing
+        // (18; the same opaque rejection as any other failure, P11).
+        if !receiving.session.is_current(now_secs()) {
+            return self.reject(delivery, out);
+        }
         let Ok(opened) = receiving.session.open(&conversation, body, &slot) else {
             return self.reject(delivery, out);
         };
@@ -1053,7 +1338,7 @@ impl Engine {
     /// message is placed just before its sender's next message (17.4).
     fn place(&mut self, chat: &Chat, sender: Fingerprint, seq: u64, late: bool) -> Position {
         if late
-            && let Some(placed) = self.placed.get(&(chat.canonical(), sender))
+            && let Some(placed) = self.placed.get(&(chat.clone(), sender))
             && let Some((next_seq, anchor)) = placed.range(seq + 1..).next()
         {
             let distance = u32::try_from(next_seq - seq)
@@ -1072,7 +1357,7 @@ impl Engine {
     }
 
     fn remember_place(&mut self, chat: &Chat, sender: Fingerprint, seq: u64, anchor: u64) {
-        let placed = self.placed.entry((chat.canonical(), sender)).or_default();
+        let placed = self.placed.entry((chat.clone(), sender)).or_default();
         placed.insert(seq, anchor);
         while placed.len() > 2 * sotto_crypto::REPLAY_WINDOW as usize {
             placed.pop_first();
@@ -1093,10 +1378,13 @@ impl Engine {
         if self.warned.contains(&(sender, session)) {
             return;
         }
+        let Some(current) = self.current_digest(room) else {
+            return;
+        };
         let Some(entry) = self.rooms.get(room) else {
             return;
         };
-        if roster == self.view_digest(entry) || entry.views.iter().any(|(d, _)| *d == roster) {
+        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {
             return;
         }
         self.warned.insert((sender, session));
@@ -1135,7 +1423,7 @@ impl Engine {
             Command::SafetyNumber(name) => {
                 if self.is_me(&name) {
                     out.error("that is you: compare safety numbers with someone else");
-                } else if self.contacts.get(name.as_str()).is_some() {
+                } else if self.contacts.get(&name).is_some() {
                     self.show_safety_number(&name, out);
                 } else if self.connected {
                     self.await_key(&name, out).show_safety_number = true;
@@ -1147,17 +1435,15 @@ impl Engine {
                 name,
                 safety_number,
             } => {
-                let result = self.contacts.mark_verified(
-                    self.identity.public(),
-                    name.as_str(),
-                    &safety_number,
-                );
+                let result =
+                    self.contacts
+                        .mark_verified(self.identity.public(), &name, &safety_number);
                 match result {
                     Ok(()) => self.trust_changed(&name, out),
                     Err(e) => out.error(e.to_string()),
                 }
             }
-            Command::AcceptKey(name) => match self.contacts.accept_new_key(name.as_str()) {
+            Command::AcceptKey(name) => match self.contacts.accept_new_key(&name) {
                 Ok(_) => self.trust_changed(&name, out),
                 Err(e) => out.error(e.to_string()),
             },
@@ -1228,7 +1514,7 @@ impl Engine {
     }
 
     fn show_safety_number(&self, name: &UserName, out: &mut Out) {
-        let Some(contact) = self.contacts.get(name.as_str()) else {
+        let Some(contact) = self.contacts.get(name) else {
             return;
         };
         let theirs = match &contact.trust {
@@ -1236,7 +1522,7 @@ impl Engine {
             Trust::Unverified | Trust::Verified => &contact.identity,
         };
         out.update(Update::SafetyNumber {
-            name: contact.name.clone(),
+            name: contact.name.to_string(),
             fingerprint: theirs.fingerprint(),
             safety_number: self.identity.public().safety_number(theirs),
             trust: trust_level(&contact.trust),
@@ -1244,25 +1530,30 @@ impl Engine {
     }
 
     fn trust_changed(&mut self, name: &UserName, out: &mut Out) {
+        self.unsaved_contacts.insert(name.key());
         self.save_contacts(out);
-        let trust = self.trust_of(name.as_str());
+        for room in self.rooms.values_mut() {
+            room.digest = None;
+        }
+        let trust = self.trust_of(name);
         out.update(Update::Trust {
             name: self
                 .contacts
-                .get(name.as_str())
-                .map_or_else(|| name.to_string(), |c| c.name.clone()),
+                .get(name)
+                .map_or_else(|| name.to_string(), |c| c.name.to_string()),
             trust,
         });
         let rooms: Vec<RoomName> = self
             .rooms
             .iter()
-            .filter(|(_, r)| r.members.contains_key(&lower(name)))
+            .filter(|(_, r)| r.members.contains_key(&name.key()))
             .map(|(room, _)| room.clone())
             .collect();
+        let now = Instant::now();
         for room in rooms {
-            self.members_update(&room, out);
+            self.members_update(&room, now, out);
         }
-        for delivery in self.awaiting_trust.remove(&lower(name)).unwrap_or_default() {
+        for delivery in self.awaiting_trust.remove(&name.key()).unwrap_or_default() {
             self.deliver(delivery, out);
         }
     }
@@ -1311,8 +1602,8 @@ impl Engine {
             if self.is_me(&member.name) {
                 continue;
             }
-            let contact = self.contacts.get(member.name.as_str());
-            match self.contacts.sendable(member.name.as_str()) {
+            let contact = self.contacts.get(&member.name);
+            match self.contacts.sendable(&member.name) {
                 Ok(identity)
                     if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>
                 {
@@ -1355,7 +1646,7 @@ impl Engine {
             out.error("you cannot send a direct message to yourself");
             return;
         }
-        let peer = match self.contacts.sendable(user.as_str()) {
+        let peer = match self.contacts.sendable(&user) {
             Ok(identity) => identity.clone(),
             Err(Blocked::Unknown(_)) => {
                 let awaiting = self.await_key(&user, out);
@@ -1557,19 +1848,39 @@ mod tests {
         name.parse().unwrap()
     }
 
-    /// Alice's engine, registered, in the lobby with bob.
-    async fn alice_with_bob(bob: &Identity) -> (Engine, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let alice = fixture("alice");
-        let account = Account::open(
-            Profile::open(dir.path()).unwrap(),
-            alice.clone(),
+    /// Alice's account in `dir`.
+    async fn alice_account(dir: &Path) -> Account {
+        Account::open(
+            Profile::open(dir).unwrap(),
+            fixture("alice"),
             Some(name("alice")),
         )
         .await
-        .unwrap();
-        let (mut engine, _) =
-            Engine::new(&account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        .unwrap()
+    }
+
+    /// Alice's engine, registered, in the lobby with bob.
+    async fn alice_with_bob(bob: &Identity) -> (Engine, tempfile::TempDir) {
+        alice_with_bob_limits(bob, SessionLimits::default()).await
+    }
+
+    async fn alice_with_bob_limits(
+        bob: &Identity,
+        limits: SessionLimits,
+    ) -> (Engine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let account = alice_account(dir.path()).await;
+        let (engine, _) = alice_in_lobby_with(&account, bob, limits);
+        (engine, dir)
+    }
+
+    fn alice_in_lobby_with(
+        account: &Account,
+        bob: &Identity,
+        limits: SessionLimits,
+    ) -> (Engine, Vec<Update>) {
+        let alice = fixture("alice");
+        let (mut engine, history) = Engine::new(account, &[RoomName::lobby()], limits).unwrap();
         let mut out = Out::default();
         engine.on_registered(name("alice"), &mut out);
         engine.handle_frame(
@@ -1588,7 +1899,7 @@ mod tests {
             },
             &mut out,
         );
-        (engine, dir)
+        (engine, history)
     }
 
     /// Bob's side: a session to alice in the lobby and its counter.
@@ -1601,13 +1912,31 @@ mod tests {
 
     impl Bob {
         fn start(identity: Arc<Identity>, alice: &PublicIdentity, epoch: u32, first: u64) -> Bob {
-            let (session, mut announcements) = SendingSession::start(
-                &mut rand::rng(),
-                &identity,
+            Bob::start_in(
                 Conversation::room("lobby"),
+                identity,
+                alice,
                 epoch,
                 first,
                 now_secs(),
+            )
+        }
+
+        fn start_in(
+            conversation: Conversation,
+            identity: Arc<Identity>,
+            alice: &PublicIdentity,
+            epoch: u32,
+            first: u64,
+            created_at: u64,
+        ) -> Bob {
+            let (session, mut announcements) = SendingSession::start(
+                &mut rand::rng(),
+                &identity,
+                conversation,
+                epoch,
+                first,
+                created_at,
                 &[alice],
             )
             .unwrap();
@@ -1777,5 +2106,360 @@ mod tests {
         // the replay window.
         let updates = feed(&mut engine, deliver(&sealed, lobby()));
         assert_eq!(messages(&updates)[0].text, "lobby only");
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_to_bob_in_capitals_and_one_from_bob_share_one_chat() {
+        let alice = fixture("alice");
+        let bob_identity = fixture("bob");
+        let direct = Conversation::direct(alice.fingerprint(), bob_identity.fingerprint());
+        let mut bob = Bob::start_in(direct, bob_identity, alice.public(), 1, 0, now_secs());
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        // The user typed `/msg BOB hi`: the app opened `@BOB`.
+        let typed = Chat::Direct(name("BOB"));
+        let mut out = Out::default();
+        engine.handle_command(
+            Command::Send {
+                chat: typed.clone(),
+                text: "hi".into(),
+            },
+            &mut out,
+        );
+        let sent = messages(&out.updates)[0].clone();
+        // bob answers in the direct conversation.
+        feed(
+            &mut engine,
+            RelayFrame::Deliver {
+                delivery: 0,
+                from: name("bob"),
+                to: Destination::User(name("alice")),
+                body: PeerBody::Announcement(bob.announcement.clone())
+                    .encode()
+                    .into(),
+                slot: None,
+            },
+        );
+        let sealed = bob.seal("hello");
+        let updates = feed(
+            &mut engine,
+            deliver(&sealed, Destination::User(name("alice"))),
+        );
+        let received = messages(&updates)[0].clone();
+        assert_eq!(received.text, "hello");
+        assert_eq!(sent.chat, typed);
+        assert_eq!(received.chat, typed);
+        let threads: HashSet<Chat> = [typed.clone(), sent.chat, received.chat].into();
+        assert_eq!(threads.len(), 1);
+        let ordered: BTreeSet<Chat> = [typed, Chat::Direct(name("bob"))].into();
+        assert_eq!(ordered.len(), 1);
+    }
+
+    fn feed_out(engine: &mut Engine, frame: RelayFrame) -> Out {
+        let mut out = Out::default();
+        engine.handle_frame(frame, &mut out);
+        out
+    }
+
+    fn acked(out: &Out, delivery: u64) -> bool {
+        out.frames
+            .iter()
+            .any(|f| matches!(f, ClientFrame::Ack { delivery: d } if *d == delivery))
+    }
+
+    fn errors(updates: &[Update]) -> Vec<&str> {
+        updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Error(e) => Some(e.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `announcement` from bob as the stored delivery number `delivery`.
+    fn announce_stored(announcement: &Announcement, delivery: u64) -> RelayFrame {
+        let RelayFrame::Deliver {
+            from,
+            to,
+            body,
+            slot,
+            ..
+        } = announce(announcement)
+        else {
+            unreachable!()
+        };
+        RelayFrame::Deliver {
+            delivery,
+            from,
+            to,
+            body,
+            slot,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_read_failure_is_retried_and_never_overwrites_the_stored_sessions() {
+        let alice = fixture("alice");
+        let mut first = Bob::start(fixture("bob"), alice.public(), 1, 0);
+        let second = Bob::start(fixture("bob"), alice.public(), 2, 10);
+        let (mut engine, _dir) = alice_with_bob(&first.identity).await;
+        assert!(feed(&mut engine, announce(&first.announcement)).is_empty());
+        let (table, id) = engine
+            .store
+            .inbound_record(first.identity.fingerprint(), &Conversation::room("lobby"));
+        let sealed = engine.store.vault().get_raw(table, &id).unwrap();
+        // The record is damaged on disk, and the engine reads it afresh (as
+        // after a restart).
+        engine
+            .store
+            .vault()
+            .put_raw(table, &id, b"damaged")
+            .unwrap();
+        engine.inbound.clear();
+        let out = feed_out(&mut engine, announce_stored(&second.announcement, 7));
+        assert!(!acked(&out, 7), "{out:?}");
+        assert_eq!(errors(&out.updates).len(), 1, "{:?}", out.updates);
+        // Nothing was written over the stored state.
+        assert_eq!(
+            engine.store.vault().get_raw(table, &id).unwrap(),
+            b"damaged".to_vec()
+        );
+        // Once the record reads again, the redelivery is accepted and the
+        // first session is still kept beside the new one.
+        engine.store.vault().put_raw(table, &id, &sealed).unwrap();
+        let out = feed_out(&mut engine, announce_stored(&second.announcement, 7));
+        assert!(acked(&out, 7), "{out:?}");
+        let updates = feed(&mut engine, deliver(&first.seal("epoch 1"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "epoch 1");
+        // And the epoch floor held: epoch 1 again is a replay.
+        let before = engine.identity.rsa_decryptions();
+        assert!(feed(&mut engine, announce(&first.announcement)).is_empty());
+        assert_eq!(engine.identity.rsa_decryptions(), before);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_history_record_is_skipped_and_reported_and_the_rest_kept() {
+        let bob = fixture("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let account = alice_account(dir.path()).await;
+        {
+            let (mut engine, _) = alice_in_lobby_with(&account, &bob, SessionLimits::default());
+            for text in ["one", "two"] {
+                let mut out = Out::default();
+                engine.handle_command(
+                    Command::Send {
+                        chat: Chat::Room(RoomName::lobby()),
+                        text: text.into(),
+                    },
+                    &mut out,
+                );
+            }
+            let vault = engine.store.vault();
+            vault
+                .put_raw(Store::HISTORY_TABLE, &[0; 28], b"not a sealed record")
+                .unwrap();
+        }
+        let (_, history) = alice_in_lobby_with(&account, &bob, SessionLimits::default());
+        let shown: Vec<&str> = history
+            .iter()
+            .filter_map(|u| match u {
+                Update::History { messages, .. } => Some(messages),
+                _ => None,
+            })
+            .flatten()
+            .map(|m| m.text.as_str())
+            .collect();
+        assert_eq!(shown, ["one", "two"]);
+        assert_eq!(errors(&history), [skipped_history(1)]);
+    }
+
+    #[tokio::test]
+    async fn sessions_made_long_ago_or_in_the_future_are_refused_on_receipt() {
+        let alice = fixture("alice");
+        let bob_identity = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob_identity).await;
+        let lobby_conversation = Conversation::room("lobby");
+        for created_at in [0, 1 << 40] {
+            let bob = Bob::start_in(
+                lobby_conversation.clone(),
+                bob_identity.clone(),
+                alice.public(),
+                7,
+                0,
+                created_at,
+            );
+            let before = engine.identity.rsa_decryptions();
+            let updates = feed(&mut engine, announce(&bob.announcement));
+            assert!(
+                matches!(updates[..], [Update::Rejected { .. }]),
+                "{created_at}: {updates:?}"
+            );
+            assert_eq!(engine.identity.rsa_decryptions(), before);
+        }
+        // A session accepted long ago (kept from an earlier run) no longer
+        // opens anything.
+        let created_at = now_secs()
+            - sotto_crypto::MAX_SESSION_AGE.as_secs()
+            - sotto_crypto::MAX_DELIVERY_DELAY.as_secs()
+            - sotto_crypto::MAX_CLOCK_SKEW.as_secs()
+            - 60;
+        let mut old = Bob::start_in(
+            lobby_conversation.clone(),
+            bob_identity.clone(),
+            alice.public(),
+            8,
+            0,
+            created_at,
+        );
+        let session = alice
+            .accept(&mut rand::rng(), &old.announcement, bob_identity.public())
+            .unwrap();
+        engine.inbound.insert(
+            (bob_identity.fingerprint(), lobby_conversation),
+            Inbound {
+                max_epoch: 8,
+                sessions: vec![Receiving {
+                    session,
+                    window: ReplayWindow::starting_at(0),
+                    missing: BTreeSet::new(),
+                }],
+            },
+        );
+        let updates = feed(&mut engine, deliver(&old.seal("too old"), lobby()));
+        assert!(
+            matches!(updates[..], [Update::Rejected { .. }]),
+            "{updates:?}"
+        );
+        // A current session still works.
+        let mut fresh = Bob::start(bob_identity.clone(), alice.public(), 9, 1);
+        feed(&mut engine, announce(&fresh.announcement));
+        let updates = feed(&mut engine, deliver(&fresh.seal("fresh"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "fresh");
+    }
+
+    /// `count` announcements claiming bob, each a new session, none signed.
+    fn forgeries(genuine: &Announcement, count: u8) -> Vec<Announcement> {
+        (0..count)
+            .map(|n| {
+                let mut forged = genuine.clone();
+                forged.context.session_id = SessionId([n.wrapping_add(100); 16]);
+                forged.context.epoch += u32::from(n) + 1;
+                forged.signature[0] ^= 1;
+                forged
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn forged_announcements_are_blamed_on_the_relay_and_spend_none_of_the_senders_allowance()
+    {
+        let alice = fixture("alice");
+        let mut bob = Bob::start(fixture("bob"), alice.public(), 1_000, 0);
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        let limits = SessionLimits::default();
+        let count = u8::try_from(limits.announcement_burst + 5).unwrap();
+        let before = engine.identity.rsa_decryptions();
+        for forged in forgeries(&bob.announcement, count) {
+            let updates = feed(&mut engine, announce(&forged));
+            assert!(
+                matches!(updates[..], [Update::Rejected { .. }]),
+                "{updates:?}"
+            );
+        }
+        assert_eq!(engine.identity.rsa_decryptions(), before);
+        // bob's real announcement still opens his messages.
+        assert!(feed(&mut engine, announce(&bob.announcement)).is_empty());
+        let updates = feed(&mut engine, deliver(&bob.seal("real"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "real");
+        // The relay is named, once, with the count.
+        let mut out = Out::default();
+        engine.tick(Instant::now(), &mut out);
+        assert_eq!(
+            errors(&out.updates),
+            [forged_announcements(u64::from(count), "bob")]
+        );
+        let mut out = Out::default();
+        engine.tick(Instant::now(), &mut out);
+        assert!(errors(&out.updates).is_empty());
+    }
+
+    #[tokio::test]
+    async fn checking_forgeries_is_bounded_by_a_budget_shared_by_all_senders() {
+        let alice = fixture("alice");
+        let bob = Bob::start(fixture("bob"), alice.public(), 1_000, 0);
+        let limits = SessionLimits {
+            verification_burst: 3,
+            verifications_per_second: 0,
+            ..SessionLimits::default()
+        };
+        let (mut engine, _dir) = alice_with_bob_limits(&bob.identity, limits).await;
+        let mut rejected = 0;
+        for forged in forgeries(&bob.announcement, 5) {
+            let updates = feed(&mut engine, announce(&forged));
+            rejected += updates
+                .iter()
+                .filter(|u| matches!(u, Update::Rejected { .. }))
+                .count();
+        }
+        assert_eq!(rejected, 3);
+        let mut out = Out::default();
+        engine.tick(Instant::now(), &mut out);
+        assert_eq!(
+            errors(&out.updates),
+            [
+                forged_announcements(3, "bob"),
+                "the relay delivered key announcements faster than they can be checked: 2 dropped unchecked".to_owned()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_presence_flood_sends_each_change_once_and_the_member_list_once_per_interval() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let key = Bytes::from(fixture("mallory").public().to_bytes());
+        let mut updates = Vec::new();
+        for i in 0..50 {
+            updates.extend(feed(
+                &mut engine,
+                RelayFrame::Presence {
+                    room: RoomName::lobby(),
+                    user: name(&format!("flood{i}")),
+                    event: PresenceEvent::Joined,
+                    identity: Some(key.clone()),
+                },
+            ));
+        }
+        let count =
+            |updates: &[Update], f: fn(&Update) -> bool| updates.iter().filter(|u| f(u)).count();
+        assert_eq!(
+            count(&updates, |u| matches!(u, Update::Presence { .. })),
+            50
+        );
+        assert_eq!(
+            count(&updates, |u| matches!(
+                u,
+                Update::Key(KeyEvent::Pinned { .. })
+            )),
+            50
+        );
+        // The whole list went out with the first change only (the list was
+        // sent on joining the room, so not even then)...
+        assert!(count(&updates, |u| matches!(u, Update::Members { .. })) <= 1);
+        // ...and goes out, complete, at the first tick after the interval.
+        let mut out = Out::default();
+        engine.tick(Instant::now() + Duration::from_secs(2), &mut out);
+        let lists: Vec<usize> = out
+            .updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Members { members, .. } => Some(members.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lists, [52]);
+        // The new contacts were saved at that tick, one record each.
+        let stored = engine.store.contacts().unwrap();
+        assert!(stored.get(&name("flood49")).is_some());
     }
 }

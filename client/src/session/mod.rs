@@ -24,6 +24,13 @@
 //!   fails.
 //! - Everything the engine learns is stored (encrypted, [`crate::store`])
 //!   before the relay is told it may forget it (`Ack`).
+//! - The stream of updates is bounded ([`SessionLimits::updates`]): when
+//!   the front end falls behind, the session stops reading from the relay
+//!   until it catches up (so a flood waits in the relay's bounded queue,
+//!   not in this process), and drops presence notices rather than wait for
+//!   them ([`Update::Members`] follows with the same facts, at most once a
+//!   second per room while presence keeps changing). Commands travel
+//!   unbounded: only the local user sends them.
 //!
 //! # Example
 //!
@@ -56,7 +63,7 @@ use std::time::Duration;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use sotto_crypto::{Fingerprint, SafetyNumber};
-use sotto_proto::{RelayAddress, RoomName, UserName};
+use sotto_proto::{RelayAddress, RoomName, UserKey, UserName};
 use tokio::sync::mpsc;
 
 use crate::account::Account;
@@ -66,7 +73,10 @@ pub use engine::SessionLimits;
 
 /// A conversation as a user sees it: a room, or the direct conversation
 /// with one peer.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Chats compare, order and hash as the relay compares names: `@BOB` and
+/// `@bob` are one chat (by [`UserKey`]), shown in the spelling it carries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Chat {
     /// A room.
     Room(RoomName),
@@ -74,19 +84,50 @@ pub enum Chat {
     Direct(UserName),
 }
 
+/// What a [`Chat`] is compared by.
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum ChatKey<'a> {
+    Room(&'a RoomName),
+    Direct(UserKey),
+}
+
 impl Chat {
-    /// The same chat with names compared as the relay compares them
-    /// (ignoring ASCII letter case for users).
-    pub(crate) fn canonical(&self) -> Chat {
+    fn key(&self) -> ChatKey<'_> {
         match self {
-            Chat::Room(room) => Chat::Room(room.clone()),
-            Chat::Direct(user) => Chat::Direct(lower(user)),
+            Chat::Room(room) => ChatKey::Room(room),
+            Chat::Direct(user) => ChatKey::Direct(user.key()),
         }
     }
 }
 
-pub(crate) fn lower(name: &UserName) -> UserName {
-    UserName::try_from(name.as_str().to_ascii_lowercase()).unwrap_or_else(|_| name.clone())
+impl PartialEq for Chat {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Chat::Room(a), Chat::Room(b)) => a == b,
+            (Chat::Direct(a), Chat::Direct(b)) => a.same_as(b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Chat {}
+
+impl PartialOrd for Chat {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Chat {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl std::hash::Hash for Chat {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
 }
 
 impl fmt::Display for Chat {
@@ -425,12 +466,13 @@ impl Config {
 
 /// Starts a session; see the [module documentation](self).
 pub fn run(config: Config) -> impl Stream<Item = Update> + Send + 'static {
-    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+    let (updates_tx, updates_rx) = mpsc::channel(config.limits.updates.max(1));
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let controller = Controller {
         commands: commands_tx,
     };
-    let _ = updates_tx.send(Update::Ready(controller));
+    // The channel is new and holds at least one update.
+    let _ = updates_tx.try_send(Update::Ready(controller));
     connection::spawn(config, commands_rx, updates_tx);
     futures::stream::unfold(updates_rx, |mut rx| async move {
         rx.recv().await.map(|update| (update, rx))
