@@ -44,6 +44,9 @@ pub struct SessionLimits {
     pub roster_grace: Duration,
     /// Messages queued while disconnected.
     pub outbox: usize,
+    /// Time limits on every network step (connect, TLS handshake, the
+    /// relay's answers, writes) and the dead-connection bound.
+    pub network: crate::tls::Timeouts,
 }
 
 impl Default for SessionLimits {
@@ -56,6 +59,7 @@ impl Default for SessionLimits {
             kept_sessions: 4,
             roster_grace: Duration::from_secs(10),
             outbox: 256,
+            network: crate::tls::Timeouts::default(),
         }
     }
 }
@@ -460,6 +464,7 @@ impl Engine {
             RelayFrame::Pong { .. }
             | RelayFrame::Challenge { .. }
             | RelayFrame::Registered { .. }
+            | RelayFrame::KeyHandover { .. }
             | RelayFrame::ShuttingDown => {}
         }
     }
