@@ -325,10 +325,11 @@ async fn serve(args: &Args) -> Result<(), String> {
         "relay starting"
     );
     log_handover(&certs);
+    let shutdown = terminated();
+    tokio::spawn(reload_on_hangup(Arc::clone(&certs), host.clone(), port));
     print_address(&host, port, certs.fingerprint());
 
-    tokio::spawn(reload_on_hangup(Arc::clone(&certs), host.clone(), port));
-    run(listener, certs, config, terminated())
+    run(listener, certs, config, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("relay stopped");
@@ -347,49 +348,55 @@ fn log_handover(certs: &CertStore) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn terminated() {
+/// A future completing on SIGINT or SIGTERM. The handlers are installed
+/// at once (before the address is printed), so a signal sent as soon as
+/// the address appears is never lost to the default action.
+fn terminated() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
 
-/// Reloads the certificate on every SIGHUP (after a renewal), keeping
-/// connected clients.
-async fn reload_on_hangup(certs: Arc<CertStore>, host: String, port: u16) {
+/// Reloads the certificate (and the key hand-over) on every SIGHUP, after
+/// a renewal or a rotation, keeping connected clients. The handler is
+/// installed when this is called; the returned future serves it.
+fn reload_on_hangup(
+    certs: Arc<CertStore>,
+    host: String,
+    port: u16,
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            match certs.reload() {
-                Ok(fingerprint) => {
-                    tracing::info!(key = %fingerprint_text(&fingerprint), "certificate reloaded");
-                    log_handover(&certs);
-                    print_address(&host, port, fingerprint);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "certificate reload failed; keeping the old one")
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let Some(mut hangup) = hangup else {
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                match certs.reload() {
+                    Ok(fingerprint) => {
+                        tracing::info!(key = %fingerprint_text(&fingerprint), "certificate reloaded");
+                        log_handover(&certs);
+                        print_address(&host, port, fingerprint);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "certificate reload failed; keeping the old one")
+                    }
                 }
             }
         }
+        #[cfg(not(unix))]
+        let _ = (certs, host, port);
     }
 }
