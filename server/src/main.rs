@@ -299,7 +299,7 @@ fn maintain(args: &Args, command: &Cmd) -> Result<(), String> {
                 );
             } else {
                 println!(
-                    "get a certificate for the next key {} (certbot: --key-path or a CSR), \
+                    "get a certificate for the next key {} (with certbot: a CSR made with that key, certbot certonly --csr), \
                      point --cert/--key at it and SIGHUP the relay",
                     rotation.next_key.display()
                 );
