@@ -155,17 +155,21 @@ async fn a_signed_key_rotation_is_followed_without_a_prompt_and_recorded() {
         "{log}"
     );
 
-    // Later runs with the old address go straight to the new key, once the
-    // hand-over is gone too; the new address works as well.
-    std::fs::remove_file(relay.dir.join(HANDOVER_FILE)).unwrap();
-    relay.certs.reload().unwrap();
-    let (state, seen) = outcome(Config::new(alice.clone(), old.clone())).await;
-    assert!(matches!(state, Connection::Connected { .. }), "{state:?}");
-    assert!(notices_of(&seen).is_empty());
+    // A client on the new key ignores the hand-over still being sent.
     let mut new_address = old.clone();
     new_address.fingerprint = new;
-    let (state, _) = outcome(Config::new(alice, new_address)).await;
+    let (state, seen) = outcome(Config::new(alice.clone(), new_address)).await;
     assert!(matches!(state, Connection::Connected { .. }), "{state:?}");
+    assert!(notices_of(&seen).is_empty(), "{seen:?}");
+
+    // Later runs with the old address go straight to the new key, also
+    // once the hand-over is gone.
+    std::fs::remove_file(relay.dir.join(HANDOVER_FILE)).unwrap();
+    relay.certs.reload().unwrap();
+    assert!(relay.certs.current_handover().is_none());
+    let (state, seen) = outcome(Config::new(alice, old.clone())).await;
+    assert!(matches!(state, Connection::Connected { .. }), "{state:?}");
+    assert!(notices_of(&seen).is_empty(), "{seen:?}");
 }
 
 fn notices_of(seen: &[Update]) -> Vec<String> {
