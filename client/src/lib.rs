@@ -18,7 +18,8 @@
 //! The cryptography the client drives is [`sotto_crypto`] and the frames it
 //! exchanges with the relay are [`sotto_proto`]. The `sotto-cli` binary and
 //! the desktop app (`gui`, feature `gui`, binary `sotto`) both sit on
-//! [`session`]; [`commands`] is the `/` command language they share.
+//! [`session`]; [`commands`] is the `/` command language they share, and
+//! [`safe_text`] makes what peers and the relay wrote safe for a terminal.
 //!
 //! # Example
 //!
@@ -35,6 +36,7 @@ pub mod contacts;
 #[cfg(feature = "gui")]
 pub mod gui;
 pub mod profile;
+pub mod safe_text;
 pub mod servers;
 pub mod session;
 pub mod store;

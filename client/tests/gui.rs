@@ -165,6 +165,14 @@ impl Gui {
         texts_of(self.app.view())
     }
 
+    /// What the connect screen's address field holds.
+    fn address_field(&self) -> String {
+        match simulator(self.app.view()).find(selector::id(connect_ids::ADDRESS)) {
+            Ok(Target::TextInput { content, .. }) => content,
+            other => panic!("no address field: {other:?}"),
+        }
+    }
+
     /// Whether the widget `id` is on screen.
     fn has(&self, id: &'static str) -> bool {
         simulator(self.app.view()).find(selector::id(id)).is_ok()
@@ -298,19 +306,21 @@ async fn connect_shows_the_pinned_certificate_and_the_connection_state() {
     assert_eq!(gui.app.screen_name(), "connect");
 
     // A relay presenting another certificate than its address pins: the
-    // session fails, and the connect screen says why, naming both.
+    // session fails, and the connect screen says why, naming both, that it
+    // may be an attack, and keeps the address typed.
     let mut impostor = relay.clone();
     impostor.fingerprint = [9; 32];
     gui.replace(connect_ids::ADDRESS, &impostor.to_string());
     gui.click("Connect");
     gui.until_screen("connect").await;
-    assert!(gui.shows("The session ended"), "{:#?}", gui.texts());
+    assert!(gui.shows("This may be an attack"), "{:#?}", gui.texts());
     assert!(gui.shows(&relay.fingerprint_text()), "{:#?}", gui.texts());
     assert!(
         gui.shows(&impostor.fingerprint_text()),
         "{:#?}",
         gui.texts()
     );
+    assert_eq!(gui.address_field(), impostor.to_string());
 
     gui.replace(connect_ids::ADDRESS, &relay.to_string());
     assert!(gui.shows("Certificate fingerprint (SHA-256):"));
@@ -757,4 +767,490 @@ async fn settings_change_the_theme_and_notifications_and_are_kept() {
     let gui = Gui::start(&dir).await;
     assert_eq!(gui.app.settings().theme, ThemeChoice::Dark);
     assert!(!gui.app.settings().notifications);
+}
+
+/// The bidi controls that reorder text (embeddings, overrides, isolates,
+/// marks), written out here independently of the app's own list.
+const BIDI: &[char] = &[
+    '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}',
+    '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}',
+];
+
+/// An incoming message from `from` in the lobby.
+fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> sotto_client::session::Update {
+    use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
+    Update::Message(session::Message {
+        chat: Conversation::Room(sotto_proto::RoomName::lobby()),
+        from: from.into(),
+        fingerprint: sotto_crypto::Fingerprint(key),
+        trust: TrustLevel::Unverified,
+        outgoing: false,
+        seq,
+        sent_at_ms: 0,
+        received_at_ms: 0,
+        late: false,
+        position: (seq, 1 << 31),
+        text: text.into(),
+    })
+}
+
+/// Peer text with bidi controls cannot reorder the sender, badge and time
+/// around it: it is a text of its own, its controls shown as escapes; and
+/// the desktop notification carries the sender's name, never the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text() {
+    use sotto_client::gui::app::notification;
+    use sotto_client::gui::chat::{Action as ChatAction, Message as ChatMessage, SessionUpdate};
+    use sotto_client::session::{Chat as Conversation, Connection, Update};
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    let mut feed =
+        |update: Update| chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
+    feed(Update::Joined {
+        room: RoomName::lobby(),
+    });
+    // "evil" would read "live" and swallow what follows; the isolate and
+    // marks try to pull the header into the text's direction.
+    let nasty = "\u{202E}evil\u{2066} [12:00] carol [verified]\u{2069}\u{200F}\u{061C}\u{200E}\u{202A}\u{202B}\u{202C}\u{202D}\u{2067}\u{2068} send the passphrase";
+    let action = feed(lobby_message("bob", [2; 32], 1, nasty));
+    let ChatAction::Notify { from, chat: where_ } = action else {
+        panic!("no notification for a message: {action:?}");
+    };
+    feed(Update::Error(format!(
+        "the relay refused: \u{202E}detsurt{nasty}"
+    )));
+    feed(Update::Connection(Connection::Reconnecting {
+        after: std::time::Duration::from_secs(5),
+        reason: format!("the relay said \u{2067}{nasty}"),
+    }));
+
+    let texts = texts_of(chat.view());
+    for text in &texts {
+        assert!(
+            !text.chars().any(|c| BIDI.contains(&c)),
+            "raw bidi control in {text:?}"
+        );
+    }
+    // The header's pieces are texts of their own, apart from the text.
+    assert!(texts.iter().any(|t| t == "bob"), "{texts:#?}");
+    // The message's text is one text, exactly the message, escaped.
+    let body = concat!(
+        r"\u{202e}evil\u{2066} [12:00] carol [verified]\u{2069}\u{200f}\u{61c}\u{200e}",
+        r"\u{202a}\u{202b}\u{202c}\u{202d}\u{2067}\u{2068} send the passphrase"
+    );
+    assert!(texts.iter().any(|t| t == body), "{texts:#?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with(r"the relay refused: \u{202e}detsurt")),
+        "{texts:#?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains(r"the relay said \u{2067}")),
+        "{texts:#?}"
+    );
+
+    // The notification: who and where, nothing of what.
+    assert_eq!(where_, Conversation::Room(RoomName::lobby()));
+    assert_eq!(
+        notification(&from, &where_),
+        "New message from bob in #lobby"
+    );
+    assert_eq!(
+        notification("bob", &Conversation::Direct("bob".parse().unwrap())),
+        "New direct message from bob"
+    );
+}
+
+/// A new contact whose name looks like a known one's is a warning, and
+/// both names carry the start of their key's fingerprint wherever shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
+    use sotto_client::contacts::KeyEvent;
+    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
+    use sotto_client::session::{Member, TrustLevel, Update};
+    use sotto_crypto::Fingerprint;
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    let (real, fake) = (Fingerprint([0x11; 32]), Fingerprint([0xbe; 32]));
+    let member = |name: &str, key| Member {
+        name: name.into(),
+        fingerprint: Some(key),
+        trust: TrustLevel::Unverified,
+    };
+    for update in [
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+        Update::Key(KeyEvent::Pinned {
+            name: "bob".into(),
+            fingerprint: real,
+            lookalikes: Vec::new(),
+        }),
+        Update::Members {
+            room: RoomName::lobby(),
+            members: vec![member("bob", real)],
+        },
+    ] {
+        let _ = chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
+    }
+    let texts = texts_of(chat.view());
+    assert!(
+        texts.iter().any(|t| t.starts_with("New contact bob: key")),
+        "{texts:#?}"
+    );
+    assert!(
+        !texts.iter().any(|t| t.starts_with("key 1111")),
+        "{texts:#?}"
+    );
+
+    for update in [
+        Update::Key(KeyEvent::Pinned {
+            name: "b0b".into(),
+            fingerprint: fake,
+            lookalikes: vec!["bob".into()],
+        }),
+        Update::Members {
+            room: RoomName::lobby(),
+            members: vec![member("bob", real), member("b0b", fake)],
+        },
+        lobby_message("b0b", [0xbe; 32], 1, "it's me, bob"),
+    ] {
+        let _ = chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
+    }
+    let texts = texts_of(chat.view());
+    assert!(
+        texts.iter().any(|t| t.starts_with(
+            "Careful: the new contact b0b has a name that looks like bob, whom you already know"
+        ) && t.contains(&fake.to_string())),
+        "{texts:#?}"
+    );
+    let shown = |prefix: &str| texts.iter().filter(|t| *t == prefix).count();
+    // The member list shows both keys; the message header b0b's.
+    assert_eq!(shown("key 1111 1111 1111 1111…"), 1, "{texts:#?}");
+    assert_eq!(shown("key bebe bebe bebe bebe…"), 2, "{texts:#?}");
+}
+
+/// `/msg BOB` and bob's answer are one conversation, filed under the
+/// folded name, shown under the name the relay registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_conversation_is_one_whatever_the_case_of_the_name() {
+    use sotto_client::session::Chat as Conversation;
+
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let bob_dir = temp.path().join("bob");
+    init(&bob_dir, "bob").await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
+    gui.until_shows("bob joined #lobby").await;
+
+    gui.type_into(chat_ids::COMPOSER, "/msg BOB hi in capitals");
+    gui.enter(chat_ids::COMPOSER);
+    bob.expect(|e| e["type"] == "message" && e["text"] == "hi in capitals")
+        .await;
+    bob.say(json!({"type": "send", "user": "alice", "text": "hi back in lower case"}))
+        .await;
+    gui.until_shows("hi back in lower case").await;
+    assert!(gui.shows("hi in capitals"), "{:#?}", gui.texts());
+    let direct: Vec<Conversation> = gui
+        .app
+        .chat()
+        .unwrap()
+        .conversations()
+        .into_iter()
+        .filter(|chat| matches!(chat, Conversation::Direct(_)))
+        .collect();
+    assert_eq!(direct, [Conversation::Direct("bob".parse().unwrap())]);
+    assert_eq!(gui.app.chat().unwrap().unread(), 0, "it is on screen");
+}
+
+/// The verification screen drawn to pixels (tiny-skia, as in the real
+/// window) in both themes: a real QR decoder reads the safety-number
+/// payload back from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_qr_code_is_dark_on_light_and_decodes_in_both_themes() {
+    use sotto_client::gui::verify::{self, Shown};
+    use sotto_client::session::TrustLevel;
+
+    let temp = tempfile::tempdir().unwrap();
+    let alice = Account::create(
+        &Profile::open(temp.path().join("alice")).unwrap(),
+        "alice".parse().unwrap(),
+        PASSPHRASE.to_owned().into(),
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .await
+    .unwrap();
+    let bob = Account::create(
+        &Profile::open(temp.path().join("bob")).unwrap(),
+        "bob".parse().unwrap(),
+        PASSPHRASE.to_owned().into(),
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .await
+    .unwrap();
+    let number = alice
+        .identity()
+        .public()
+        .safety_number(bob.identity().public());
+    let payload = number.qr_payload().to_owned();
+    let shown = Shown::new(
+        "bob".into(),
+        bob.identity().fingerprint(),
+        number,
+        TrustLevel::Unverified,
+    );
+    for (theme, name) in [(iced::Theme::Light, "light"), (iced::Theme::Dark, "dark")] {
+        let mut ui = simulator(verify::view(Some(&shown), "bob", &alice));
+        let snapshot = ui.snapshot(&theme).unwrap();
+        // iced_test writes the frame as a PNG where none is yet.
+        let dir = temp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(snapshot.matches_image(dir.join("verify.png")).unwrap());
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(file).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut rgba).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgba);
+        let (width, height) = (info.width as usize, info.height as usize);
+        let grey: Vec<u8> = rgba
+            .chunks_exact(4)
+            .map(|p| ((u16::from(p[0]) * 3 + u16::from(p[1]) * 6 + u16::from(p[2])) / 10) as u8)
+            .collect();
+        let mut image =
+            rqrr::PreparedImage::prepare_from_greyscale(width, height, |x, y| grey[y * width + x]);
+        let grids = image.detect_grids();
+        assert_eq!(
+            grids.len(),
+            1,
+            "{name} theme: {} QR codes found",
+            grids.len()
+        );
+        let (_, content) = grids[0]
+            .decode()
+            .unwrap_or_else(|e| panic!("{name} theme: {e}"));
+        assert_eq!(content, payload, "{name} theme");
+    }
+}
+
+/// A relay run until told to stop; it can be started again on its port.
+struct StoppableRelay {
+    address: RelayAddress,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StoppableRelay {
+    async fn start(dir: &Path, port: u16) -> StoppableRelay {
+        use sotto_relay::{CertSource, CertStore, Config};
+        let certs = CertStore::load(CertSource::Generated {
+            dir: dir.to_path_buf(),
+            hosts: vec!["localhost".into()],
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let address = RelayAddress {
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+            fingerprint: certs.fingerprint(),
+        };
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = sotto_relay::run(listener, certs, config, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        StoppableRelay {
+            address,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("the relay stops")
+            .unwrap();
+    }
+}
+
+/// A message written while the relay is down shows at once, greyed as
+/// waiting, and as sent once the session reports it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_while_disconnected_shows_as_pending_then_as_sent() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay_dir = temp.path().join("relay");
+    let running = StoppableRelay::start(&relay_dir, 0).await;
+    let address = running.address.clone();
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &address, "alice").await;
+    gui.until_shows("You joined #lobby").await;
+    running.stop().await;
+    gui.until_shows("Connection lost").await;
+
+    gui.type_into(chat_ids::COMPOSER, "written while offline");
+    gui.enter(chat_ids::COMPOSER);
+    // At once, before the session has done anything with it.
+    assert_eq!(gui.app.chat().unwrap().composer(), "");
+    assert!(gui.shows("written while offline"), "{:#?}", gui.texts());
+    assert!(
+        gui.shows("not sent yet: waiting for the connection"),
+        "{:#?}",
+        gui.texts()
+    );
+
+    let _running = StoppableRelay::start(&relay_dir, address.port).await;
+    gui.until_shows(&format!("Connected to {} as alice", address.authority()))
+        .await;
+    gui.until("the message sent", |gui| {
+        !gui.shows("not sent yet") && !gui.shows("sending…")
+    })
+    .await;
+    let texts = gui.texts();
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| *t == "written while offline")
+            .count(),
+        1,
+        "shown once: {texts:#?}"
+    );
+}
+
+/// A new address whose relay cannot be reached: the app stays on the
+/// connect screen, says why, and keeps the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_new_relay_keeps_the_user_on_the_connect_screen() {
+    let temp = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = RelayAddress {
+        host: "127.0.0.1".into(),
+        port: closed.local_addr().unwrap().port(),
+        fingerprint: [5; 32],
+    };
+    drop(closed);
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    gui.replace(connect_ids::ADDRESS, &address.to_string());
+    gui.click("Connect");
+    gui.until_screen("connect").await;
+    assert!(
+        gui.shows(&format!(
+            "Could not reach the relay at {}",
+            address.authority()
+        )),
+        "{:#?}",
+        gui.texts()
+    );
+    assert!(gui.shows("Check the address"), "{:#?}", gui.texts());
+    assert_eq!(gui.address_field(), address.to_string());
+    // Nothing was saved for it.
+    assert!(gui.shows("None yet: relays are saved on the first connection."));
+}
+
+/// Pasted lines keep their line breaks, Shift+Enter adds one, Enter sends
+/// the whole text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pasted_lines_and_shift_enter_keep_newlines_and_enter_sends() {
+    use iced_test::core::keyboard::{Event as KeyEvent, Location, Modifiers, key::NativeCode};
+    use iced_test::core::{Event, input_method};
+
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let bob_dir = temp.path().join("bob");
+    init(&bob_dir, "bob").await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
+    gui.until_shows("bob joined #lobby").await;
+
+    let shift_enter = Event::Keyboard(KeyEvent::KeyPressed {
+        key: Key::Named(Named::Enter),
+        modified_key: Key::Named(Named::Enter),
+        physical_key: iced_test::core::keyboard::key::Physical::Unidentified(
+            NativeCode::Unidentified,
+        ),
+        location: Location::Standard,
+        modifiers: Modifiers::SHIFT,
+        repeat: false,
+        text: None,
+    });
+    gui.interact(|ui| {
+        ui.click(selector::id(chat_ids::COMPOSER)).unwrap();
+        // What a paste (or an input method) hands the composer.
+        ui.simulate([Event::InputMethod(input_method::Event::Commit(
+            "line one\nline two".into(),
+        ))]);
+        ui.simulate([shift_enter]);
+        ui.typewrite("line three");
+    });
+    assert_eq!(
+        gui.app.chat().unwrap().composer(),
+        "line one\nline two\nline three"
+    );
+    gui.enter(chat_ids::COMPOSER);
+    bob.expect(|e| e["type"] == "message" && e["text"] == "line one\nline two\nline three")
+        .await;
+    assert_eq!(gui.app.chat().unwrap().composer(), "");
+}
+
+/// The `sotto` binary: its help and version name the app, and without a
+/// display it says so in one line and fails, without a panic.
+#[test]
+fn the_binary_names_itself_and_explains_a_missing_display() {
+    const SOTTO: &str = env!("CARGO_BIN_EXE_sotto");
+    let run = |args: &[&str]| {
+        std::process::Command::new(SOTTO)
+            .args(args)
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("WAYLAND_SOCKET")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.starts_with("sotto: end-to-end encrypted chat, the desktop app"),
+        "{help}"
+    );
+    assert!(!help.contains("library"), "{help}");
+    let version = run(&["--version"]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8(version.stdout).unwrap(),
+        format!("sotto {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let headless = run(&["--data-dir", dir.to_str().unwrap()]);
+    assert!(!headless.status.success());
+    let stderr = String::from_utf8(headless.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("sotto: no display"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -23,7 +23,8 @@ pub enum Error {
     #[error("unsupported format version {0} (made by a newer sotto, or damaged)")]
     UnsupportedVersion(u8),
     /// Bytes that do not encode an acceptable sotto public identity
-    /// (malformed, or not two RSA-3072 keys).
+    /// (malformed, or not two distinct RSA keys of exactly 3072 bits with
+    /// public exponent 65537).
     #[error("invalid public identity")]
     InvalidPublicIdentity,
     /// A registration proof that does not verify.

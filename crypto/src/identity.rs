@@ -23,6 +23,12 @@ pub const RSA_BITS: usize = 3072;
 pub const RSA_LEN: usize = RSA_BITS / 8;
 /// Version byte that opens an encoded [`PublicIdentity`].
 pub const PUBLIC_IDENTITY_VERSION: u8 = 1;
+/// The public exponent of both identity keys; no other is accepted.
+pub const RSA_PUBLIC_EXPONENT: u32 = 65537;
+/// Length of the RSA-PSS salt, in bytes (SHA-256's output): signatures
+/// are made with it, and a signature with any other salt length does not
+/// verify.
+pub const PSS_SALT_LEN: usize = 32;
 
 const FINGERPRINT_LABEL: &[u8] = b"sotto/v1/fingerprint\0";
 const SAFETY_NUMBER_LABEL: &[u8] = b"sotto/v1/safety-number\0";
@@ -109,7 +115,12 @@ struct PublicIdentityWire<'a> {
 }
 
 impl PublicIdentity {
+    /// Builds the identity from its two keys, refusing any pair that is
+    /// not what sotto generates ([`acceptable_keys`]).
     fn from_keys(enc: PublicKey, sig: PublicKey) -> Result<Self> {
+        if !acceptable_keys(&enc, &sig) {
+            return Err(Error::InvalidPublicIdentity);
+        }
         let enc_der = enc
             .to_public_key_der()
             .map_err(|_| Error::InvalidPublicIdentity)?
@@ -138,8 +149,9 @@ impl PublicIdentity {
         wire::encode_versioned(PUBLIC_IDENTITY_VERSION, &wire)
     }
 
-    /// Decodes an exported identity, refusing anything but two well-formed
-    /// RSA-3072 public keys with nothing trailing.
+    /// Decodes an exported identity, refusing anything but two distinct,
+    /// well-formed RSA public keys of exactly 3072 bits (top bit set) with
+    /// public exponent 65537, in canonical DER, with nothing trailing.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let (&version, rest) = bytes.split_first().ok_or(Error::InvalidPublicIdentity)?;
         if version != PUBLIC_IDENTITY_VERSION {
@@ -182,14 +194,20 @@ impl PublicIdentity {
             .map_err(|_| Error::InvalidSignature)
     }
 
-    /// Verifies a PSS-SHA256 signature (salt length 32) over `message`.
+    /// Verifies a PSS-SHA256 signature over `message`: exactly
+    /// [`RSA_LEN`] bytes, MGF1-SHA256, salt of exactly [`PSS_SALT_LEN`]
+    /// bytes.
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> Result<()> {
         if signature.len() != RSA_LEN {
             return Err(Error::DecryptionFailed);
         }
         let digest = Sha256::digest(message);
         self.sig
-            .verify(Pss::<Sha256>::new(), &digest, signature)
+            .verify(
+                Pss::<Sha256>::new_with_salt(PSS_SALT_LEN),
+                &digest,
+                signature,
+            )
             .map_err(|_| Error::DecryptionFailed)
     }
 
@@ -252,6 +270,8 @@ impl Identity {
     }
 
     fn from_keys(enc: PrivateKey, sig: PrivateKey) -> Result<Self> {
+        // The same rules as for a public identity: a private identity that
+        // could not be exported and imported is never used.
         let public = PublicIdentity::from_keys(enc.to_public_key(), sig.to_public_key())?;
         Ok(Self {
             enc,
@@ -271,14 +291,13 @@ impl Identity {
         ])
     }
 
-    /// Rebuilds an identity from both private keys' PKCS#8 DER.
+    /// Rebuilds an identity from both private keys' PKCS#8 DER, under the
+    /// rules of [`PublicIdentity::from_bytes`] (3072 bits, exponent 65537,
+    /// two distinct keys); anything else is [`Error::CorruptIdentityFile`].
     pub(crate) fn from_pkcs8(enc: &[u8], sig: &[u8]) -> Result<Self> {
         let enc = PrivateKey::from_pkcs8_der(enc).map_err(|_| Error::CorruptIdentityFile)?;
         let sig = PrivateKey::from_pkcs8_der(sig).map_err(|_| Error::CorruptIdentityFile)?;
-        if enc.size() != RSA_LEN || sig.size() != RSA_LEN {
-            return Err(Error::CorruptIdentityFile);
-        }
-        Self::from_keys(enc, sig)
+        Self::from_keys(enc, sig).map_err(|_| Error::CorruptIdentityFile)
     }
 
     /// The public half.
@@ -337,7 +356,7 @@ impl Identity {
     ) -> Result<Vec<u8>> {
         let digest = Sha256::digest(message);
         self.sig
-            .sign_with_rng(rng, Pss::<Sha256>::new(), &digest)
+            .sign_with_rng(rng, Pss::<Sha256>::new_with_salt(PSS_SALT_LEN), &digest)
             .map_err(|_| Error::Rsa)
     }
 
@@ -474,11 +493,18 @@ fn registration_transcript(
 }
 
 fn parse_public_key(der: &[u8]) -> Result<PublicKey> {
-    let key = PublicKey::from_public_key_der(der).map_err(|_| Error::InvalidPublicIdentity)?;
-    if key.size() != RSA_LEN {
-        return Err(Error::InvalidPublicIdentity);
-    }
-    Ok(key)
+    PublicKey::from_public_key_der(der).map_err(|_| Error::InvalidPublicIdentity)
+}
+
+/// The only keys sotto uses, whether they come from another user or from
+/// the identity file: moduli of exactly [`RSA_BITS`] bits (the top bit
+/// set, not merely [`RSA_LEN`] bytes), public exponent
+/// [`RSA_PUBLIC_EXPONENT`], and two distinct keys, so that the wrapping
+/// key is never also the signing key.
+fn acceptable_keys(enc: &PublicKey, sig: &PublicKey) -> bool {
+    let exponent = rsa::BoxedUint::from(RSA_PUBLIC_EXPONENT);
+    let good = |key: &PublicKey| key.n().bit_width() as usize == RSA_BITS && *key.e() == exponent;
+    good(enc) && good(sig) && enc.n() != sig.n()
 }
 
 /// Lengths in sotto's hashes are u32; nothing hashed comes near 4 GiB.
@@ -500,5 +526,34 @@ fn hex_value(digit: u8) -> Option<u8> {
         b'a'..=b'f' => Some(digit - b'a' + 10),
         b'A'..=b'F' => Some(digit - b'A' + 10),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+
+    #[test]
+    fn signatures_with_another_pss_salt_length_do_not_verify() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let identity = Identity::generate_from_rng(&mut rng).unwrap();
+        let message = b"sotto/v1/test";
+        let signature = identity.sign(&mut rng, message).unwrap();
+        identity.public().verify(message, &signature).unwrap();
+
+        let digest = Sha256::digest(message);
+        for salt in [0, 20, PSS_SALT_LEN - 1, PSS_SALT_LEN + 1, 64] {
+            let other = identity
+                .sig
+                .sign_with_rng(&mut rng, Pss::<Sha256>::new_with_salt(salt), &digest)
+                .unwrap();
+            assert!(matches!(
+                identity.public().verify(message, &other),
+                Err(Error::DecryptionFailed)
+            ));
+        }
     }
 }

@@ -72,7 +72,8 @@ mod wire;
 
 pub use error::{Error, Result};
 pub use identity::{
-    Fingerprint, Identity, PUBLIC_IDENTITY_VERSION, PublicIdentity, RSA_BITS, RSA_LEN, SafetyNumber,
+    Fingerprint, Identity, PSS_SALT_LEN, PUBLIC_IDENTITY_VERSION, PublicIdentity, RSA_BITS,
+    RSA_LEN, RSA_PUBLIC_EXPONENT, SafetyNumber,
 };
 pub use keystore::{IDENTITY_FILE_VERSION, KdfParams, create_private_dir, write_private_file};
 pub use message::{

@@ -132,6 +132,54 @@ fn hostile_kdf_costs_are_refused_without_running_them() {
     ));
 }
 
+/// The file at `path` with its costs replaced (and its checksum fixed).
+fn with_costs(path: &std::path::Path, memory_kib: u32, passes: u32, lanes: u32) -> Vec<u8> {
+    use sha2::Digest;
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[9..13].copy_from_slice(&memory_kib.to_le_bytes());
+    bytes[13..17].copy_from_slice(&passes.to_le_bytes());
+    bytes[17..21].copy_from_slice(&lanes.to_le_bytes());
+    let body = bytes.len() - 32;
+    let check = sha2::Sha256::digest(&bytes[..body]);
+    bytes[body..].copy_from_slice(&check);
+    bytes
+}
+
+#[test]
+fn kdf_costs_are_bounded_exactly_as_documented() {
+    // protocol.md 20: memory from 8 * lanes KiB to 4 GiB, 1 to 64 passes,
+    // 1 to 16 lanes. Costs inside the bounds run the KDF, which then gives
+    // another key than the file was sealed under: `WrongPassphrase`.
+    // Costs outside are refused before it runs: `CorruptIdentityFile`.
+    let (_dir, path) = saved_alice();
+    for (memory, passes, lanes) in [(8, 1, 1), (8, 64, 1), (128, 1, 16), (16, 1, 2)] {
+        assert!(
+            matches!(
+                Identity::decrypt_from_bytes(&with_costs(&path, memory, passes, lanes), PASS),
+                Err(Error::WrongPassphrase)
+            ),
+            "{memory} KiB, {passes} passes, {lanes} lanes refused"
+        );
+    }
+    for (memory, passes, lanes) in [
+        (7, 1, 1),
+        (15, 1, 2),
+        (4 * 1024 * 1024 + 1, 1, 1),
+        (8, 0, 1),
+        (8, 65, 1),
+        (8, 1, 0),
+        (17 * 8, 1, 17),
+    ] {
+        assert!(
+            matches!(
+                Identity::decrypt_from_bytes(&with_costs(&path, memory, passes, lanes), PASS),
+                Err(Error::CorruptIdentityFile)
+            ),
+            "{memory} KiB, {passes} passes, {lanes} lanes accepted"
+        );
+    }
+}
+
 #[test]
 fn passphrase_change_replaces_the_old_one() {
     let (_dir, path) = saved_alice();

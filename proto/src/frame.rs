@@ -300,4 +300,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The relay failed internally.
     Internal,
+    /// A limit the relay sets on one identity key or one source address is
+    /// reached: names per key, connections per key, or connections kept
+    /// for keys not yet connected when the relay is nearly full.
+    LimitReached,
 }

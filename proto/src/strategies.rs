@@ -59,6 +59,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         QueueFull,
         ShuttingDown,
         Internal,
+        LimitReached,
     ])
 }
 

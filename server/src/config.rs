@@ -26,7 +26,20 @@ pub struct Config {
     /// Where the relay keeps its certificate, key and database.
     pub data_dir: PathBuf,
     /// Most simultaneous connections; further ones wait to be accepted.
+    /// The last tenth of them is kept for identity keys and source
+    /// addresses that hold few ([`Config::reserve`]).
     pub max_connections: usize,
+    /// Most connections registered under one identity key at once (each
+    /// under a name of its own: a name has one connection).
+    pub max_connections_per_key: usize,
+    /// Most connections from one source address (an IPv4 address, or an
+    /// IPv6 /64) that have not registered yet; further ones are closed at
+    /// once, before the TLS handshake.
+    pub max_unregistered_per_ip: usize,
+    /// Most names one identity key may own in the name directory. Names
+    /// are never released, so this is also how often a user can change
+    /// names.
+    pub max_names_per_key: u64,
     /// Time allowed for the TLS handshake and for registering.
     #[serde(with = "humantime_secs")]
     pub handshake_timeout: Duration,
@@ -48,6 +61,16 @@ pub struct Config {
     /// Frames waiting to be written to one client; a client that lets this
     /// many pile up is disconnected as too slow.
     pub outbound_queue: usize,
+    /// Bytes waiting to be written to one client; a client that lets this
+    /// much pile up is disconnected as too slow, as for `outbound_queue`.
+    pub outbound_queue_bytes: usize,
+    /// Room fan-out one identity key may cause, in bytes per second,
+    /// sustained: a room message costs its size (body and slots) times its
+    /// recipients.
+    pub fanout_bytes_per_sec: u64,
+    /// Room fan-out one identity key may cause in a burst, in bytes; also
+    /// the largest single room message (size times recipients).
+    pub fanout_burst_bytes: u64,
     /// Most rooms one user may be in at once.
     pub max_rooms_per_user: usize,
     /// Offline queue: most messages held for one user.
@@ -73,6 +96,9 @@ impl Default for Config {
             key: None,
             data_dir: PathBuf::from("sotto-relay-data"),
             max_connections: 10_000,
+            max_connections_per_key: 8,
+            max_unregistered_per_ip: 32,
+            max_names_per_key: 8,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             keepalive_interval: Duration::from_secs(30),
@@ -81,6 +107,9 @@ impl Default for Config {
             rate_per_sec: 500,
             rate_burst: 1000,
             outbound_queue: 4096,
+            outbound_queue_bytes: 8 * 1024 * 1024,
+            fanout_bytes_per_sec: 16 * 1024 * 1024,
+            fanout_burst_bytes: 128 * 1024 * 1024,
             max_rooms_per_user: 64,
             offline_max_messages: 1000,
             offline_max_bytes: 16 * 1024 * 1024,
@@ -98,6 +127,16 @@ impl Config {
         toml::from_str(text)
     }
 
+    /// Connections kept for identity keys that hold none yet, and for
+    /// source addresses that hold few: when fewer than this many are
+    /// free, a key that is connected already cannot register another
+    /// connection, and an address that holds `max_connections_per_key`
+    /// connections gets no further one, so one key or one host filling
+    /// the relay leaves room for everyone else to log in.
+    pub fn reserve(&self) -> usize {
+        self.max_connections / 10
+    }
+
     /// Checks the values make sense together.
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
@@ -112,6 +151,30 @@ impl Config {
             (self.rate_per_sec > 0, "rate_per_sec must be at least 1"),
             (self.rate_burst > 0, "rate_burst must be at least 1"),
             (self.outbound_queue > 0, "outbound_queue must be at least 1"),
+            (
+                self.outbound_queue_bytes >= self.max_frame_len + 1024,
+                "outbound_queue_bytes must be at least max_frame_len + 1024",
+            ),
+            (
+                self.max_connections_per_key > 0,
+                "max_connections_per_key must be at least 1",
+            ),
+            (
+                self.max_unregistered_per_ip > 0,
+                "max_unregistered_per_ip must be at least 1",
+            ),
+            (
+                self.max_names_per_key > 0,
+                "max_names_per_key must be at least 1",
+            ),
+            (
+                self.fanout_bytes_per_sec > 0,
+                "fanout_bytes_per_sec must be at least 1",
+            ),
+            (
+                self.fanout_burst_bytes >= self.max_frame_len as u64,
+                "fanout_burst_bytes must be at least max_frame_len",
+            ),
             (
                 self.keepalive_interval < self.idle_timeout,
                 "keepalive_interval must be shorter than idle_timeout",
@@ -176,5 +239,33 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
+        let config = Config {
+            outbound_queue_bytes: 1024,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        let config = Config {
+            max_names_per_key: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn the_abuse_limits_are_read_from_toml() {
+        let config = Config::from_toml(
+            "max_names_per_key = 2\nmax_connections_per_key = 3\nmax_unregistered_per_ip = 4\n\
+             fanout_bytes_per_sec = 5000000\nfanout_burst_bytes = 6000000\n\
+             outbound_queue_bytes = 7000000\n",
+        )
+        .unwrap();
+        assert_eq!(config.max_names_per_key, 2);
+        assert_eq!(config.max_connections_per_key, 3);
+        assert_eq!(config.max_unregistered_per_ip, 4);
+        assert_eq!(config.fanout_bytes_per_sec, 5_000_000);
+        assert_eq!(config.fanout_burst_bytes, 6_000_000);
+        assert_eq!(config.outbound_queue_bytes, 7_000_000);
+        config.validate().unwrap();
+        assert_eq!(Config::default().reserve(), 1000);
     }
 }

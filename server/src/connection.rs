@@ -19,16 +19,16 @@ use sotto_proto::{
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::state::{Direct, Peer, PeerCache, Shared, To, deliver, encode, sent};
+use crate::state::{Arrival, Direct, KeyLimit, Peer, PeerCache, Shared, To, deliver, encode, sent};
 use crate::store::{Claim, Enqueue, NameRecord, Queued, now_secs};
-use crate::writer::{CLOSE_FLUSH, write_loop};
+use crate::writer::{Backlog, CLOSE_FLUSH, Outbound, write_counted};
 
 /// Room the relay leaves for a Deliver frame's own fields when checking a
 /// Send against the maximum frame length.
@@ -51,8 +51,19 @@ pub(crate) async fn serve(
     let conn = shared.next_conn_id();
     let span = tracing::info_span!("conn", id = conn, peer = %addr);
     async move {
+        // Refused before the handshake, so that one address cannot hold
+        // many slots (or make the relay do many handshakes) unregistered,
+        // nor the last slots of a nearly full relay.
+        let arrival = match shared.arrive(addr.ip()) {
+            Ok(arrival) => arrival,
+            Err(limit) => {
+                Metrics::inc(&shared.metrics.connections_refused);
+                debug!(?limit, "too many connections from this address; closed");
+                return;
+            }
+        };
         Metrics::inc(&shared.metrics.connections);
-        serve_tls(&shared, acceptor, socket, conn, shutdown).await;
+        serve_tls(&shared, acceptor, socket, conn, shutdown, arrival).await;
         Metrics::dec(&shared.metrics.connections);
     }
     .instrument(span)
@@ -65,6 +76,7 @@ async fn serve_tls(
     socket: TcpStream,
     conn: u64,
     shutdown: CancellationToken,
+    arrival: Arrival,
 ) {
     let handshake = timeout(shared.config.handshake_timeout, acceptor.accept(socket));
     let tls = match handshake.await {
@@ -86,13 +98,23 @@ async fn serve_tls(
     let (reader, writer) = tokio::io::split(tls);
     let (tx, rx) = mpsc::channel(shared.config.outbound_queue);
     let kill = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(writer, rx, kill.clone()));
+    let backlog = Arc::new(Backlog::new(
+        shared.config.outbound_queue_bytes,
+        Arc::clone(&shared.metrics),
+    ));
+    let writer = tokio::spawn(write_counted(
+        writer,
+        rx,
+        kill.clone(),
+        Some(Arc::clone(&backlog)),
+    ));
 
     let mut connection = Connection {
         shared: Arc::clone(shared),
         conn,
-        peer: Peer { tx, kill },
+        peer: Peer { tx, kill, backlog },
         name: None,
+        arrival,
         relay_fingerprints,
         challenge: rand::random(),
         rate: RateLimit::new(shared.config.rate_per_sec, shared.config.rate_burst),
@@ -125,6 +147,7 @@ enum End {
     Idle,
     RegistrationTimeout,
     BadFrame,
+    KeyLimit,
 }
 
 /// Token bucket that makes a client wait (TCP backpressure) rather than
@@ -193,6 +216,9 @@ struct Connection {
     conn: u64,
     peer: Peer,
     name: Option<UserName>,
+    /// Counts this connection against the relay's slots and its source
+    /// address (as unregistered until it registers).
+    arrival: Arrival,
     /// The certificate fingerprints this client may have pinned: the current
     /// one and, just after a reload, the previous one.
     relay_fingerprints: ([u8; 32], Option<[u8; 32]>),
@@ -473,13 +499,18 @@ impl Connection {
                 return None;
             }
         };
+        // A key at its connection limit gets no further name either.
+        if let Err(limit) = self.shared.may_register(&fingerprint, &name) {
+            return self.refuse_key(limit);
+        }
         let record = NameRecord {
             name: name.clone(),
             fingerprint,
             identity: identity.clone(),
         };
         let store = Arc::clone(&self.shared.store);
-        let claim = blocking(move || store.claim(&record)).await;
+        let max_names = self.shared.config.max_names_per_key;
+        let claim = blocking(move || store.claim(&record, max_names)).await;
         // The name as first registered is how everyone sees it.
         let name = match claim {
             Some(Ok(Claim::New)) => name,
@@ -492,18 +523,57 @@ impl Connection {
                 );
                 return None;
             }
+            Some(Ok(Claim::KeyFull)) => {
+                Metrics::inc(&self.shared.metrics.key_limit_refusals);
+                refuse(
+                    self,
+                    ErrorCode::LimitReached,
+                    &format!(
+                        "this key owns {} names already, the most this relay allows; register one of them",
+                        self.shared.config.max_names_per_key
+                    ),
+                );
+                return None;
+            }
             _ => {
                 self.error(None, ErrorCode::Internal, "directory unavailable");
                 return None;
             }
         };
-        self.shared
-            .register(self.conn, name.clone(), identity, self.peer.clone());
+        if let Err(limit) = self.shared.register(
+            self.conn,
+            name.clone(),
+            identity,
+            fingerprint,
+            self.peer.clone(),
+        ) {
+            return self.refuse_key(limit);
+        }
+        self.arrival.registered();
         self.name = Some(name.clone());
         info!(user = %name, "registered");
         self.reply(RelayFrame::Registered { name: name.clone() });
         self.deliver_pending(&name).await;
         None
+    }
+
+    /// Refuses a registration that a limit on its key does not allow; the
+    /// connection is closed, so that it does not hold a slot.
+    fn refuse_key(&self, limit: KeyLimit) -> Option<End> {
+        Metrics::inc(&self.shared.metrics.registrations_refused);
+        Metrics::inc(&self.shared.metrics.key_limit_refusals);
+        let message = match limit {
+            KeyLimit::Connections => format!(
+                "this key has {} connections already, the most this relay allows",
+                self.shared.config.max_connections_per_key
+            ),
+            KeyLimit::Reserve => "the relay is nearly full and this key is connected already; \
+                                  the last connections are kept for others"
+                .to_string(),
+        };
+        info!(?limit, "registration refused by a per-key limit");
+        self.error(None, ErrorCode::LimitReached, message);
+        Some(End::KeyLimit)
     }
 
     /// Sends what waited in the offline queue, oldest first, waiting for
@@ -522,8 +592,17 @@ impl Connection {
             let Some(bytes) = encode(&frame) else {
                 continue;
             };
-            let queued = timeout(self.shared.config.idle_timeout, self.peer.tx.send(bytes));
+            // Room in bytes, then in frames; bytes taken are given back if
+            // the frame is not queued after all.
+            let len = bytes.len();
+            let backlog = &self.peer.backlog;
+            let deadline = Instant::now() + self.shared.config.idle_timeout;
+            if !matches!(timeout_at(deadline, backlog.take(len)).await, Ok(true)) {
+                break;
+            }
+            let queued = timeout_at(deadline, self.peer.tx.send(Outbound::Whole(bytes)));
             if !matches!(queued.await, Ok(Ok(()))) {
+                backlog.release(len);
                 break;
             }
             Metrics::inc(&self.shared.metrics.deliveries);
@@ -557,7 +636,21 @@ impl Connection {
                     routing.delivered += delivered as u64;
                     self.push(sent(id));
                 }
-                Err(code) => self.error(Some(id), code, format!("not a member of {room}")),
+                Err(code) => {
+                    let message = match code {
+                        ErrorCode::RateLimited => format!(
+                            "too much sent to rooms in a short time: room messages may cost {} bytes a second (size times members), in bursts of {}; try again later",
+                            self.shared.config.fanout_bytes_per_sec,
+                            self.shared.config.fanout_burst_bytes
+                        ),
+                        ErrorCode::TooLarge => format!(
+                            "too large for the members of {room}: size times members exceeds {} bytes",
+                            self.shared.config.fanout_burst_bytes
+                        ),
+                        _ => format!("not a member of {room}"),
+                    };
+                    self.error(Some(id), code, message);
+                }
             },
             Destination::User(to) => {
                 let slot = slots

@@ -34,8 +34,25 @@ pub struct Metrics {
     /// Connections closed for sending malformed, oversized or
     /// wrong-version frames.
     pub bad_frames: AtomicU64,
-    /// Registrations refused (bad proof, name taken).
+    /// Registrations refused (bad proof, name taken, a per-key limit).
     pub registrations_refused: AtomicU64,
+    /// Bytes queued for clients and not yet written, over all connections,
+    /// as each connection's writer last saw it (gauge, updated once per
+    /// write).
+    pub outbound_bytes: AtomicU64,
+    /// The most bytes ever queued for one connection since the relay
+    /// started (gauge; at most `outbound_queue_bytes`).
+    pub outbound_bytes_peak: AtomicU64,
+    /// Connections closed before the TLS handshake because their source
+    /// address had too many unregistered connections.
+    pub connections_refused: AtomicU64,
+    /// Registrations refused by a limit on one key: names per key,
+    /// connections per key, or the reserve of a nearly full relay (also
+    /// counted in `registrations_refused`).
+    pub key_limit_refusals: AtomicU64,
+    /// Room messages refused because their sender's key had used up its
+    /// fan-out budget.
+    pub fanout_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -52,7 +69,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter, plus the offline
     /// queue depth given by the caller.
     pub fn render(&self, offline_queue_depth: u64) -> String {
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 18] = [
             (
                 "sotto_relay_connections",
                 "gauge",
@@ -130,6 +147,36 @@ impl Metrics {
                 "counter",
                 "Registrations refused.",
                 self.registrations_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_outbound_bytes",
+                "gauge",
+                "Bytes queued for clients, not yet written, as of each one's last write.",
+                self.outbound_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_outbound_bytes_peak",
+                "gauge",
+                "Most bytes ever queued for one client.",
+                self.outbound_bytes_peak.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_connections_refused_total",
+                "counter",
+                "Connections closed at once: too many unregistered from one address.",
+                self.connections_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_key_limit_refusals_total",
+                "counter",
+                "Registrations refused by a per-key limit.",
+                self.key_limit_refusals.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_fanout_refused_total",
+                "counter",
+                "Room messages refused: the sender's fan-out budget was used up.",
+                self.fanout_refused.load(Ordering::Relaxed),
             ),
         ];
         let mut out = String::new();

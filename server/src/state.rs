@@ -17,7 +17,8 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -26,39 +27,58 @@ use sotto_proto::{
     RoomName, Slot, UserInfo, UserName, encode_frame,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tls::CertStore;
+use crate::writer::{Backlog, Outbound};
 
 /// The outbound side of one connection.
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
     /// Encoded frames for the connection's writer.
-    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) tx: mpsc::Sender<Outbound>,
     /// Cancelled to disconnect the connection (slow reader, replaced).
     pub(crate) kill: CancellationToken,
+    /// The bytes queued in `tx`, bounded.
+    pub(crate) backlog: Arc<Backlog>,
 }
 
 impl Peer {
-    /// Queues an encoded frame without waiting. A peer whose queue is full
-    /// reads too slowly: it is disconnected (never allowed to stall the
-    /// sender or to grow memory), and `false` is returned.
-    pub(crate) fn push(&self, frame: Bytes, metrics: &Metrics) -> bool {
+    /// Queues an encoded frame without waiting. A peer whose queue is full,
+    /// in frames or in bytes, reads too slowly: it is disconnected (never
+    /// allowed to stall the sender or to grow memory), and `false` is
+    /// returned.
+    pub(crate) fn push(&self, frame: impl Into<Outbound>, metrics: &Metrics) -> bool {
+        let frame = frame.into();
+        let len = frame.len();
+        if !self.backlog.try_take(len) {
+            self.too_slow(metrics);
+            return false;
+        }
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kill.is_cancelled() {
-                    Metrics::inc(&metrics.slow_consumers);
-                    tracing::info!("disconnecting a client that reads too slowly");
-                }
-                self.kill.cancel();
+                self.backlog.release(len);
+                self.too_slow(metrics);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.backlog.release(len);
+                false
+            }
         }
+    }
+
+    fn too_slow(&self, metrics: &Metrics) {
+        if !self.kill.is_cancelled() {
+            Metrics::inc(&metrics.slow_consumers);
+            tracing::info!("disconnecting a client that reads too slowly");
+        }
+        self.kill.cancel();
     }
 }
 
@@ -95,9 +115,9 @@ pub(crate) enum To<'a> {
     User(&'a UserName),
 }
 
-impl To<'_> {
+impl<'a> To<'a> {
     /// The variant index and the name.
-    fn parts(&self) -> (u64, &str) {
+    fn parts(self) -> (u64, &'a str) {
         match self {
             To::Room(room) => (ROOM_VARIANT, room.as_str()),
             To::User(user) => (USER_VARIANT, user.as_str()),
@@ -132,6 +152,93 @@ fn bytes_len(len: usize) -> usize {
     varint_len(len as u64) + len
 }
 
+/// Bodies at least this long are not copied into each recipient's
+/// `Deliver` frame of a room message: the frames share them
+/// ([`deliver_shared`]).
+pub(crate) const SHARED_BODY: usize = 16 * 1024;
+
+/// The fields of a `Deliver` frame around its body.
+struct DeliverFields<'a> {
+    delivery: u64,
+    from: &'a UserName,
+    variant: u64,
+    to_name: &'a str,
+    body_len: usize,
+    slot: Option<&'a [u8]>,
+    /// The length prefix: the payload's length.
+    prefix: u32,
+}
+
+impl<'a> DeliverFields<'a> {
+    /// `None`, logged, if the frame would exceed the maximum frame length,
+    /// as with `encode`.
+    fn new(
+        delivery: u64,
+        from: &'a UserName,
+        to: To<'a>,
+        body_len: usize,
+        slot: Option<&'a [u8]>,
+    ) -> Option<Self> {
+        let (variant, to_name) = to.parts();
+        let payload = 1
+            + varint_len(DELIVER_VARIANT)
+            + varint_len(delivery)
+            + bytes_len(from.as_str().len())
+            + varint_len(variant)
+            + bytes_len(to_name.len())
+            + bytes_len(body_len)
+            + 1
+            + slot.map_or(0, |slot| bytes_len(slot.len()));
+        let Some(prefix) = u32::try_from(payload)
+            .ok()
+            .filter(|_| payload <= MAX_FRAME_LEN)
+        else {
+            tracing::error!(len = payload, "could not encode a relay frame: too large");
+            return None;
+        };
+        Some(Self {
+            delivery,
+            from,
+            variant,
+            to_name,
+            body_len,
+            slot,
+            prefix,
+        })
+    }
+
+    /// Bytes after the body.
+    fn tail_len(&self) -> usize {
+        1 + self.slot.map_or(0, |slot| bytes_len(slot.len()))
+    }
+
+    /// Bytes up to the body, its length included.
+    fn head_len(&self) -> usize {
+        4 + self.prefix as usize - self.body_len - self.tail_len()
+    }
+
+    fn put_head(&self, out: &mut BytesMut) {
+        out.extend_from_slice(&self.prefix.to_be_bytes());
+        out.put_u8(PROTOCOL_VERSION);
+        put_varint(out, DELIVER_VARIANT);
+        put_varint(out, self.delivery);
+        put_bytes(out, self.from.as_str().as_bytes());
+        put_varint(out, self.variant);
+        put_bytes(out, self.to_name.as_bytes());
+        put_varint(out, self.body_len as u64);
+    }
+
+    fn put_tail(&self, out: &mut BytesMut) {
+        match self.slot {
+            None => out.put_u8(0),
+            Some(slot) => {
+                out.put_u8(1);
+                put_bytes(out, slot);
+            }
+        }
+    }
+}
+
 /// The wire form of `RelayFrame::Deliver { delivery, from, to, body, slot }`,
 /// written straight from its parts: the same bytes as `encode` of that
 /// frame (see the tests), without building the frame (cloning names) or
@@ -144,40 +251,32 @@ pub(crate) fn deliver(
     body: &[u8],
     slot: Option<&[u8]>,
 ) -> Option<Bytes> {
-    let (variant, to_name) = to.parts();
-    let payload = 1
-        + varint_len(DELIVER_VARIANT)
-        + varint_len(delivery)
-        + bytes_len(from.as_str().len())
-        + varint_len(variant)
-        + bytes_len(to_name.len())
-        + bytes_len(body.len())
-        + 1
-        + slot.map_or(0, |slot| bytes_len(slot.len()));
-    let Some(prefix) = u32::try_from(payload)
-        .ok()
-        .filter(|_| payload <= MAX_FRAME_LEN)
-    else {
-        tracing::error!(len = payload, "could not encode a relay frame: too large");
-        return None;
-    };
-    Some(carve(4 + payload, |out| {
-        out.extend_from_slice(&prefix.to_be_bytes());
-        out.put_u8(PROTOCOL_VERSION);
-        put_varint(out, DELIVER_VARIANT);
-        put_varint(out, delivery);
-        put_bytes(out, from.as_str().as_bytes());
-        put_varint(out, variant);
-        put_bytes(out, to_name.as_bytes());
-        put_bytes(out, body);
-        match slot {
-            None => out.put_u8(0),
-            Some(slot) => {
-                out.put_u8(1);
-                put_bytes(out, slot);
-            }
-        }
+    let fields = DeliverFields::new(delivery, from, to, body.len(), slot)?;
+    Some(carve(4 + fields.prefix as usize, |out| {
+        fields.put_head(out);
+        out.extend_from_slice(body);
+        fields.put_tail(out);
     }))
+}
+
+/// [`deliver`], for one of many recipients of `body`: a body of at least
+/// [`SHARED_BODY`] bytes is not copied but shared, the frame being the
+/// fields before it, the body, and the fields after it. A 1 MiB message to
+/// a room of 100 then holds 1 MiB of the relay's memory, not 100.
+pub(crate) fn deliver_shared(
+    delivery: u64,
+    from: &UserName,
+    to: To<'_>,
+    body: &Bytes,
+    slot: Option<&[u8]>,
+) -> Option<Outbound> {
+    if body.len() < SHARED_BODY {
+        return deliver(delivery, from, to, body, slot).map(Outbound::Whole);
+    }
+    let fields = DeliverFields::new(delivery, from, to, body.len(), slot)?;
+    let head = carve(fields.head_len(), |out| fields.put_head(out));
+    let tail = carve(fields.tail_len(), |out| fields.put_tail(out));
+    Some(Outbound::Parts(Box::new([head, body.clone(), tail])))
 }
 
 /// The wire form of `RelayFrame::Sent { id }` (the same bytes as `encode`).
@@ -223,9 +322,37 @@ fn carve(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
 struct Online {
     name: UserName,
     identity: Bytes,
+    fingerprint: [u8; 32],
     conn: u64,
     peer: Peer,
     rooms: BTreeSet<RoomName>,
+}
+
+/// What one identity key holds: its registered connections, and what is
+/// left of its fan-out budget (a token bucket of bytes).
+struct KeyUse {
+    connections: usize,
+    fanout: f64,
+    last: Instant,
+}
+
+impl KeyUse {
+    /// The budget refilled up to `now`.
+    fn refill(&mut self, config: &Config, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.fanout = (self.fanout + elapsed * config.fanout_bytes_per_sec as f64)
+            .min(config.fanout_burst_bytes as f64);
+    }
+}
+
+/// Why a registration was refused by a limit on its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyLimit {
+    /// The key has `max_connections_per_key` connections already.
+    Connections,
+    /// The relay is nearly full and the key has a connection already.
+    Reserve,
 }
 
 #[derive(Default)]
@@ -237,6 +364,9 @@ struct Registry {
     /// its rooms under the same lock), so that a room message reaches each
     /// member without looking it up. Empty rooms are removed.
     rooms: BTreeMap<RoomName, BTreeMap<String, Peer>>,
+    /// Fingerprint -> what the key holds. A key leaves once it has no
+    /// connection and a full budget.
+    keys: HashMap<[u8; 32], KeyUse>,
 }
 
 /// What a direct delivery came to.
@@ -258,6 +388,82 @@ pub(crate) struct Shared {
     /// Changed (under the lock) whenever `registry.users` changes.
     generation: AtomicU64,
     next_conn: AtomicU64,
+    /// Connections open (each holds one of `max_connections`), counted
+    /// from when they are accepted.
+    open: AtomicUsize,
+    /// Source address -> its connections (guarded apart from the
+    /// registry: it changes on every accept).
+    sources: Mutex<HashMap<IpAddr, SourceUse>>,
+}
+
+/// The connections of one source address.
+#[derive(Debug, Default)]
+struct SourceUse {
+    /// All of them.
+    open: usize,
+    /// Those that have not registered yet.
+    unregistered: usize,
+}
+
+/// Why a connection was closed before its TLS handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SourceLimit {
+    /// Its address has `max_unregistered_per_ip` unregistered connections.
+    Unregistered,
+    /// The relay is nearly full and its address holds as many connections
+    /// as one key may (`max_connections_per_key`) or more.
+    Reserve,
+}
+
+/// What a connection's source address is counted as: an IPv4 address, or
+/// the /64 prefix of an IPv6 address (one host usually has a whole /64).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
+}
+
+/// An open connection, counted against the relay's slots and its source
+/// address (as unregistered until [`Arrival::registered`]) until it is
+/// dropped.
+pub(crate) struct Arrival {
+    shared: Arc<Shared>,
+    source: IpAddr,
+    registered: bool,
+}
+
+impl Arrival {
+    /// The connection registered: it no longer counts as unregistered.
+    pub(crate) fn registered(&mut self) {
+        if !self.registered {
+            self.registered = true;
+            if let Some(used) = self.shared.sources().get_mut(&self.source) {
+                used.unregistered = used.unregistered.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        let mut sources = self.shared.sources();
+        if let Some(used) = sources.get_mut(&self.source) {
+            used.open = used.open.saturating_sub(1);
+            if !self.registered {
+                used.unregistered = used.unregistered.saturating_sub(1);
+            }
+            if used.open == 0 {
+                sources.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// A connection's memory of its last direct recipient: the registry
@@ -309,7 +515,54 @@ impl Shared {
             registry: Mutex::new(Registry::default()),
             generation: AtomicU64::new(0),
             next_conn: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            sources: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn sources(&self) -> MutexGuard<'_, HashMap<IpAddr, SourceUse>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts an accepted connection from `ip`, unless its source address
+    /// has `max_unregistered_per_ip` unregistered connections already, or
+    /// the relay is nearly full and the address holds as many connections
+    /// as one key may: then the connection is to be closed at once.
+    pub(crate) fn arrive(self: &Arc<Self>, ip: IpAddr) -> Result<Arrival, SourceLimit> {
+        let source = source(ip);
+        let mut sources = self.sources();
+        let used = sources.entry(source).or_default();
+        let refused = if used.unregistered >= self.config.max_unregistered_per_ip {
+            Some(SourceLimit::Unregistered)
+        } else if used.open >= self.config.max_connections_per_key && self.nearly_full(1) {
+            Some(SourceLimit::Reserve)
+        } else {
+            None
+        };
+        if let Some(limit) = refused {
+            if used.open == 0 {
+                sources.remove(&source);
+            }
+            return Err(limit);
+        }
+        used.open += 1;
+        used.unregistered += 1;
+        drop(sources);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Arrival {
+            shared: Arc::clone(self),
+            source,
+            registered: false,
+        })
+    }
+
+    /// Whether fewer than [`Config::reserve`] slots are free, counting
+    /// `coming` connections not yet counted as open.
+    fn nearly_full(&self, coming: usize) -> bool {
+        let open = self.open.load(Ordering::Relaxed) + coming;
+        self.config.max_connections.saturating_sub(open) < self.config.reserve()
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -324,28 +577,97 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes `conn` the connection of `name`. A previous connection of the
-    /// same user is disconnected and leaves its rooms.
-    pub(crate) fn register(&self, conn: u64, name: UserName, identity: Bytes, peer: Peer) {
+    /// Whether the key with `fingerprint` may register `name` on one more
+    /// connection: [`Shared::register`] checks the same, this only spares
+    /// claiming a name for a connection that would be refused.
+    pub(crate) fn may_register(
+        &self,
+        fingerprint: &[u8; 32],
+        name: &UserName,
+    ) -> Result<(), KeyLimit> {
+        let registry = self.registry();
+        self.key_limit(&registry, fingerprint, &key(name))
+    }
+
+    /// The limit that keeps `fingerprint` from one more connection for
+    /// `user` (lower-cased), if any. A new login of a name replaces that
+    /// name's connection, so it does not count as one more.
+    fn key_limit(
+        &self,
+        registry: &Registry,
+        fingerprint: &[u8; 32],
+        user: &str,
+    ) -> Result<(), KeyLimit> {
+        let replaced = registry
+            .users
+            .get(user)
+            .is_some_and(|o| o.fingerprint == *fingerprint);
+        let held = registry
+            .keys
+            .get(fingerprint)
+            .map_or(0, |k| k.connections)
+            .saturating_sub(usize::from(replaced));
+        if held >= self.config.max_connections_per_key {
+            return Err(KeyLimit::Connections);
+        }
+        if held > 0 && self.nearly_full(0) {
+            return Err(KeyLimit::Reserve);
+        }
+        Ok(())
+    }
+
+    /// Makes `conn` the connection of `name`, of the key with
+    /// `fingerprint`, unless a limit on that key refuses it. A previous
+    /// connection of the same user is disconnected and leaves its rooms.
+    pub(crate) fn register(
+        &self,
+        conn: u64,
+        name: UserName,
+        identity: Bytes,
+        fingerprint: [u8; 32],
+        peer: Peer,
+    ) -> Result<(), KeyLimit> {
         let mut registry = self.registry();
-        self.generation.fetch_add(1, Ordering::AcqRel);
         let user = key(&name);
+        self.key_limit(&registry, &fingerprint, &user)?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(old) = registry.users.remove(&user) {
             old.peer.kill.cancel();
             self.disconnected(&mut registry, &user, old);
         } else {
             Metrics::inc(&self.metrics.users_online);
         }
+        let burst = self.config.fanout_burst_bytes as f64;
+        // Keys that left with a spent budget stay until it has refilled:
+        // forget those that have, now and then.
+        if registry.keys.len() > 2 * registry.users.len() + 64 {
+            let now = Instant::now();
+            registry.keys.retain(|_, held| {
+                held.refill(&self.config, now);
+                held.connections > 0 || held.fanout < burst
+            });
+        }
+        registry
+            .keys
+            .entry(fingerprint)
+            .or_insert_with(|| KeyUse {
+                connections: 0,
+                fanout: burst,
+                last: Instant::now(),
+            })
+            .connections += 1;
         registry.users.insert(
             user,
             Online {
                 name,
                 identity,
+                fingerprint,
                 conn,
                 peer,
                 rooms: BTreeSet::new(),
             },
         );
+        Ok(())
     }
 
     /// Forgets `conn` if it is still the connection of `name`; its rooms
@@ -365,6 +687,15 @@ impl Shared {
     /// Takes a connection that is gone (`old`, of lower-cased `user`) out
     /// of its rooms, whose members hear that it disconnected.
     fn disconnected(&self, registry: &mut Registry, user: &str, old: Online) {
+        if let Some(held) = registry.keys.get_mut(&old.fingerprint) {
+            held.connections = held.connections.saturating_sub(1);
+            held.refill(&self.config, Instant::now());
+            // Kept while its budget refills, so that logging in again does
+            // not refill it.
+            if held.connections == 0 && held.fanout >= self.config.fanout_burst_bytes as f64 {
+                registry.keys.remove(&old.fingerprint);
+            }
+        }
         for room in old.rooms {
             self.remove_member(
                 registry,
@@ -494,6 +825,11 @@ impl Shared {
     /// Fans a room message out to every other member, each with only its own
     /// slot (members without one get the body alone). The frame without a
     /// slot is assembled once and shared by every member that has none.
+    ///
+    /// The message costs its sender's key its body's size times the other
+    /// members, plus its slots: `TooLarge` if that is more than the whole
+    /// budget (`fanout_burst_bytes`), `RateLimited` if more than is left of
+    /// it; nobody gets the message then.
     pub(crate) fn route_room(
         &self,
         from: &UserName,
@@ -501,11 +837,34 @@ impl Shared {
         body: &Bytes,
         slots: &[Slot],
     ) -> Result<usize, ErrorCode> {
-        let registry = self.registry();
+        let mut registry = self.registry();
+        let Registry {
+            users, rooms, keys, ..
+        } = &mut *registry;
         let sender = lookup_key(from);
-        let members = registry.rooms.get(room).ok_or(ErrorCode::NotMember)?;
+        let members = rooms.get(room).ok_or(ErrorCode::NotMember)?;
         if !members.contains_key(sender.as_ref()) {
             return Err(ErrorCode::NotMember);
+        }
+        let fingerprint = users
+            .get(sender.as_ref())
+            .map(|o| o.fingerprint)
+            .ok_or(ErrorCode::NotRegistered)?;
+        let recipients = members.len().saturating_sub(1) as u64;
+        let cost = (body.len() as u64)
+            .saturating_mul(recipients)
+            .saturating_add(slots.iter().map(|s| s.data.len() as u64).sum::<u64>());
+        if let Some(budget) = keys.get_mut(&fingerprint) {
+            if cost > self.config.fanout_burst_bytes {
+                Metrics::inc(&self.metrics.fanout_refused);
+                return Err(ErrorCode::TooLarge);
+            }
+            budget.refill(&self.config, Instant::now());
+            if cost as f64 > budget.fanout {
+                Metrics::inc(&self.metrics.fanout_refused);
+                return Err(ErrorCode::RateLimited);
+            }
+            budget.fanout -= cost as f64;
         }
         let mut own: HashMap<String, &Bytes> = HashMap::with_capacity(slots.len());
         // The first slot for a recipient counts, as for direct messages.
@@ -513,13 +872,13 @@ impl Shared {
             own.entry(key(&slot.to)).or_insert(&slot.data);
         }
         let to = To::Room(room);
-        let mut shared: Option<Option<Bytes>> = None;
+        let mut shared: Option<Option<Outbound>> = None;
         let mut delivered = 0;
         for (member, peer) in members.iter().filter(|(m, _)| **m != sender) {
             let frame = match own.get(member) {
-                Some(slot) => deliver(0, from, to, body, Some(slot)),
+                Some(slot) => deliver_shared(0, from, to, body, Some(slot)),
                 None => shared
-                    .get_or_insert_with(|| deliver(0, from, to, body, None))
+                    .get_or_insert_with(|| deliver_shared(0, from, to, body, None))
                     .clone(),
             };
             if let Some(bytes) = frame
@@ -650,9 +1009,38 @@ mod tests {
                             encode_frame(&frame).unwrap(),
                             "{delivery} {len} {slot:?}"
                         );
+                        let shared =
+                            deliver_shared(delivery, &from, borrowed, &body, slot.as_deref())
+                                .unwrap();
+                        assert_eq!(shared.to_bytes(), assembled, "{delivery} {len} {slot:?}");
+                        assert_eq!(
+                            matches!(shared, Outbound::Parts(_)),
+                            len >= SHARED_BODY,
+                            "{len}"
+                        );
                     }
                 }
             }
+        }
+    }
+
+    /// The recipients of a large room message share its body: it is in
+    /// the relay's memory once, not once per member.
+    #[test]
+    fn a_large_body_is_shared_by_every_recipient() {
+        let from = user("alice");
+        let room = RoomName::try_from("lobby").unwrap();
+        let body = Bytes::from(vec![7; 100_000]);
+        let frames: Vec<Outbound> = [Some([1u8; 80].as_slice()), Some(&[2; 80]), None]
+            .into_iter()
+            .map(|slot| deliver_shared(0, &from, To::Room(&room), &body, slot).unwrap())
+            .collect();
+        for frame in &frames {
+            let Outbound::Parts(parts) = frame else {
+                panic!("expected the body to be shared");
+            };
+            assert_eq!(parts[1].as_ptr(), body.as_ptr());
+            assert_eq!(frame.len(), frame.to_bytes().len());
         }
     }
 
@@ -708,10 +1096,11 @@ mod tests {
         )
     }
 
-    fn peer() -> (Peer, mpsc::Receiver<Bytes>) {
+    fn peer() -> (Peer, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(8);
         let kill = CancellationToken::new();
-        (Peer { tx, kill }, rx)
+        let backlog = Arc::new(Backlog::new(1 << 20, Arc::new(Metrics::default())));
+        (Peer { tx, kill, backlog }, rx)
     }
 
     /// A cached recipient is used only while it is still the registered
@@ -729,22 +1118,26 @@ mod tests {
             Direct::Offline
         ));
         let (first, mut first_rx) = peer();
-        shared.register(1, user("bob"), Bytes::new(), first);
+        shared
+            .register(1, user("bob"), Bytes::new(), [1; 32], first)
+            .unwrap();
         for text in ["one", "two"] {
             assert!(matches!(
                 shared.route_direct(&mut cache, &user("Bob"), frame(text)),
                 Direct::Delivered
             ));
-            assert_eq!(first_rx.try_recv().unwrap(), frame(text));
+            assert_eq!(first_rx.try_recv().unwrap().to_bytes(), frame(text));
         }
 
         let (second, mut second_rx) = peer();
-        shared.register(2, user("bob"), Bytes::new(), second);
+        shared
+            .register(2, user("bob"), Bytes::new(), [1; 32], second)
+            .unwrap();
         assert!(matches!(
             shared.route_direct(&mut cache, &user("bob"), frame("three")),
             Direct::Delivered
         ));
-        assert_eq!(second_rx.try_recv().unwrap(), frame("three"));
+        assert_eq!(second_rx.try_recv().unwrap().to_bytes(), frame("three"));
         assert!(
             first_rx.try_recv().is_err(),
             "the replaced login gets nothing"
@@ -753,13 +1146,31 @@ mod tests {
         // Once bob is gone and the cache forgotten, nothing holds his
         // queue open: his connection can close.
         shared.unregister(2, &user("bob"));
-        assert_eq!(second_rx.try_recv(), Err(TryRecvError::Empty));
+        assert!(matches!(second_rx.try_recv(), Err(TryRecvError::Empty)));
         cache.forget();
-        assert_eq!(second_rx.try_recv(), Err(TryRecvError::Disconnected));
+        assert!(matches!(
+            second_rx.try_recv(),
+            Err(TryRecvError::Disconnected)
+        ));
         assert!(matches!(
             shared.route_direct(&mut cache, &user("bob"), frame("four")),
             Direct::Offline
         ));
+    }
+
+    /// Unregistered connections are counted per IPv4 address and per IPv6
+    /// /64 (an IPv4-mapped address is its IPv4 address).
+    #[test]
+    fn sources_are_addresses_and_ipv6_prefixes() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(source(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            source(ip("2001:db8:1:2:bbbb::9")),
+            source(ip("2001:db8:1:2:aaaa::1"))
+        );
+        assert_ne!(source(ip("2001:db8:1:3::1")), source(ip("2001:db8:1:2::1")));
     }
 
     #[test]

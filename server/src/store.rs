@@ -6,7 +6,7 @@
 //! session keys, no logs of who talked to whom beyond the queued frames
 //! themselves, which are deleted once acknowledged or expired.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -23,8 +23,11 @@ const NAMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("names");
 const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
 /// Lower-cased recipient -> (messages, bytes) queued.
 const QUEUE_STATS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("queue_stats");
-/// Counters: `next_id`.
+/// Counters: `next_id`, and `names_per_key`, set once [`NAMES_PER_KEY`]
+/// has been filled from [`NAMES`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Fingerprint -> how many names in [`NAMES`] it owns.
+const NAMES_PER_KEY: TableDefinition<'_, &[u8], u64> = TableDefinition::new("names_per_key");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,20 @@ pub enum StoreError {
     /// A stored record did not decode (the file is damaged).
     #[error("damaged record in the database")]
     Corrupt,
+    /// The database file exists but cannot be used: empty, damaged, not a
+    /// database, or unreadable. The relay refuses to start rather than
+    /// replace it, which would silently forget every name and stored
+    /// delivery.
+    #[error(
+        "{}: {reason}; refusing to start rather than replace it (restore it from a backup, or move it away to start with an empty directory)",
+        path.display()
+    )]
+    Unusable {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn db_err<E: std::fmt::Display>(error: E) -> StoreError {
@@ -62,6 +79,9 @@ pub enum Claim {
     Existing(UserName),
     /// Another identity owns the name (in any letter case).
     Taken,
+    /// The name is free, but the identity owns the most names one key may
+    /// register already.
+    KeyFull,
 }
 
 /// One queued delivery.
@@ -118,40 +138,83 @@ pub(crate) fn now_secs() -> u64 {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens the database in `dir`, creating it only if there is no file:
+    /// an existing file that is empty, damaged or unreadable is an error
+    /// naming it ([`StoreError::Unusable`]), never replaced.
     pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
         sotto_crypto::create_private_dir(dir).map_err(db_err)?;
-        let db = Database::create(dir.join(DATABASE_FILE)).map_err(db_err)?;
-        let txn = db.begin_write().map_err(db_err)?;
+        let path = dir.join(DATABASE_FILE);
+        let unusable = |reason: String| StoreError::Unusable {
+            path: path.clone(),
+            reason,
+        };
+        let db = match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_file() => return Err(unusable("not a regular file".into())),
+            Ok(meta) if meta.len() == 0 => {
+                return Err(unusable("the file is empty (0 bytes)".into()));
+            }
+            Ok(_) => Database::open(&path).map_err(|e| unusable(e.to_string()))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Database::create(&path).map_err(|e| unusable(e.to_string()))?
+            }
+            Err(error) => return Err(unusable(error.to_string())),
+        };
+        let txn = db.begin_write().map_err(|e| unusable(e.to_string()))?;
         {
-            txn.open_table(NAMES).map_err(db_err)?;
+            let names = txn.open_table(NAMES).map_err(|e| unusable(e.to_string()))?;
             txn.open_table(QUEUE).map_err(db_err)?;
             txn.open_table(QUEUE_STATS).map_err(db_err)?;
-            txn.open_table(META).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut per_key = txn.open_table(NAMES_PER_KEY).map_err(db_err)?;
+            // A database from before the per-key count: count once.
+            if meta.get("names_per_key").map_err(db_err)?.is_none() {
+                let mut counts: std::collections::HashMap<[u8; 32], u64> = Default::default();
+                for entry in names.iter().map_err(db_err)? {
+                    let (_, value) = entry.map_err(db_err)?;
+                    let record: NameRecord = decode(value.value())?;
+                    *counts.entry(record.fingerprint).or_default() += 1;
+                }
+                for (fingerprint, count) in counts {
+                    per_key
+                        .insert(fingerprint.as_slice(), count)
+                        .map_err(db_err)?;
+                }
+                meta.insert("names_per_key", 1).map_err(db_err)?;
+            }
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db, limits })
     }
 
     /// Binds `name` to the identity with `fingerprint`, unless another
-    /// identity holds it already. Names compare without regard to case, so
-    /// `Alice` cannot be taken by someone else once `alice` is.
-    pub fn claim(&self, record: &NameRecord) -> Result<Claim, StoreError> {
+    /// identity holds it already, or the identity owns `max_names` names
+    /// already. Names compare without regard to case, so `Alice` cannot be
+    /// taken by someone else once `alice` is.
+    pub fn claim(&self, record: &NameRecord, max_names: u64) -> Result<Claim, StoreError> {
         let key = key(&record.name);
         let txn = self.db.begin_write().map_err(db_err)?;
         let claim = {
             let mut names = txn.open_table(NAMES).map_err(db_err)?;
+            let mut per_key = txn.open_table(NAMES_PER_KEY).map_err(db_err)?;
             let existing = match names.get(key.as_str()).map_err(db_err)? {
                 Some(value) => Some(decode::<NameRecord>(value.value())?),
                 None => None,
             };
+            let owned = per_key
+                .get(record.fingerprint.as_slice())
+                .map_err(db_err)?
+                .map_or(0, |v| v.value());
             match existing {
                 Some(owner) if owner.fingerprint != record.fingerprint => Claim::Taken,
                 Some(owner) => Claim::Existing(owner.name),
+                None if owned >= max_names => Claim::KeyFull,
                 None => {
                     let value = postcard::to_stdvec(record).map_err(db_err)?;
                     names
                         .insert(key.as_str(), value.as_slice())
+                        .map_err(db_err)?;
+                    per_key
+                        .insert(record.fingerprint.as_slice(), owned + 1)
                         .map_err(db_err)?;
                     Claim::New
                 }
@@ -163,6 +226,14 @@ impl Store {
             txn.abort().map_err(db_err)?;
         }
         Ok(claim)
+    }
+
+    /// How many names the identity with `fingerprint` owns.
+    pub fn names_of(&self, fingerprint: &[u8; 32]) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let per_key = txn.open_table(NAMES_PER_KEY).map_err(db_err)?;
+        let count = per_key.get(fingerprint.as_slice()).map_err(db_err)?;
+        Ok(count.map_or(0, |v| v.value()))
     }
 
     /// The owner of `name`, if registered.
@@ -388,18 +459,13 @@ mod tests {
     fn a_name_stays_bound_to_its_first_key_in_any_case() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), LIMITS);
-        let record = |name: &str, fp: u8| NameRecord {
-            name: user(name),
-            fingerprint: [fp; 32],
-            identity: Bytes::from_static(b"id"),
-        };
-        assert_eq!(s.claim(&record("alice", 1)).unwrap(), Claim::New);
+        assert_eq!(s.claim(&record("alice", 1), 8).unwrap(), Claim::New);
         assert_eq!(
-            s.claim(&record("ALICE", 1)).unwrap(),
+            s.claim(&record("ALICE", 1), 8).unwrap(),
             Claim::Existing(user("alice"))
         );
-        assert_eq!(s.claim(&record("alice", 2)).unwrap(), Claim::Taken);
-        assert_eq!(s.claim(&record("ALICE", 2)).unwrap(), Claim::Taken);
+        assert_eq!(s.claim(&record("alice", 2), 8).unwrap(), Claim::Taken);
+        assert_eq!(s.claim(&record("ALICE", 2), 8).unwrap(), Claim::Taken);
         assert_eq!(
             s.lookup(&user("Alice")).unwrap().unwrap().name,
             user("alice")
@@ -475,5 +541,94 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].1.body.as_ref(), b"new");
         assert_eq!(s.queue_depth(&user("bob")).unwrap(), (1, 3));
+    }
+
+    fn record(name: &str, fp: u8) -> NameRecord {
+        NameRecord {
+            name: user(name),
+            fingerprint: [fp; 32],
+            identity: Bytes::from_static(b"id"),
+        }
+    }
+
+    /// One key registers at most its limit of names; the names it has
+    /// keep working, other keys are unaffected, and the count survives
+    /// reopening.
+    #[test]
+    fn one_key_owns_at_most_its_limit_of_names() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path(), LIMITS);
+            assert_eq!(s.claim(&record("a1", 1), 2).unwrap(), Claim::New);
+            assert_eq!(s.claim(&record("a2", 1), 2).unwrap(), Claim::New);
+            assert_eq!(s.claim(&record("a3", 1), 2).unwrap(), Claim::KeyFull);
+            assert_eq!(
+                s.claim(&record("A1", 1), 2).unwrap(),
+                Claim::Existing(user("a1"))
+            );
+            // Someone else's name is taken whatever the count.
+            assert_eq!(s.claim(&record("b1", 2), 2).unwrap(), Claim::New);
+            assert_eq!(s.claim(&record("b1", 1), 2).unwrap(), Claim::Taken);
+            assert!(s.lookup(&user("a3")).unwrap().is_none());
+        }
+        let s = store(dir.path(), LIMITS);
+        assert_eq!(s.names_of(&[1; 32]).unwrap(), 2);
+        assert_eq!(s.names_of(&[2; 32]).unwrap(), 1);
+        assert_eq!(s.claim(&record("a3", 1), 2).unwrap(), Claim::KeyFull);
+        assert_eq!(s.claim(&record("a3", 1), 3).unwrap(), Claim::New);
+    }
+
+    /// A database written before names were counted per key is counted
+    /// once, when it is opened.
+    #[test]
+    fn names_registered_before_the_count_are_counted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path(), LIMITS);
+            for name in ["a1", "a2", "a3"] {
+                s.claim(&record(name, 1), 8).unwrap();
+            }
+            // Forget the count, as a database from before it had none.
+            let txn = s.db.begin_write().unwrap();
+            txn.delete_table(NAMES_PER_KEY).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .remove("names_per_key")
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let s = store(dir.path(), LIMITS);
+        assert_eq!(s.names_of(&[1; 32]).unwrap(), 3);
+        assert_eq!(s.claim(&record("a4", 1), 3).unwrap(), Claim::KeyFull);
+    }
+
+    /// An empty (truncated) database file is refused with an error naming
+    /// it, and left as it was; a missing one is created.
+    #[test]
+    fn an_empty_database_file_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DATABASE_FILE);
+        std::fs::write(&path, b"").unwrap();
+        let error = Store::open(dir.path(), LIMITS).unwrap_err();
+        let StoreError::Unusable { path: named, .. } = &error else {
+            panic!("expected Unusable, got {error:?}");
+        };
+        assert_eq!(named, &path);
+        assert!(error.to_string().contains(&path.display().to_string()));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+        // Garbage is refused the same way.
+        std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), LIMITS),
+            Err(StoreError::Unusable { .. })
+        ));
+
+        let fresh = tempfile::tempdir().unwrap();
+        let s = store(fresh.path(), LIMITS);
+        assert_eq!(s.claim(&record("a1", 1), 8).unwrap(), Claim::New);
+        drop(s);
+        let s = store(fresh.path(), LIMITS);
+        assert!(s.lookup(&user("a1")).unwrap().is_some());
     }
 }

@@ -185,7 +185,7 @@ impl App {
                     onboarding::Action::None => Task::none(),
                     onboarding::Action::Run(task) => task.map(Message::Onboarding),
                     onboarding::Action::Unlocked(account) => {
-                        self.screen = Screen::Connect(Connect::new(account, None));
+                        self.screen = Screen::Connect(Connect::new(account, None, None));
                         iced::widget::operation::focus(connect::ids::ADDRESS)
                     }
                 }
@@ -200,10 +200,15 @@ impl App {
                         self.settings_open = true;
                         Task::none()
                     }
-                    connect::Action::Connect(account, relay) => {
+                    connect::Action::Connect {
+                        account,
+                        relay,
+                        known,
+                    } => {
                         self.sessions += 1;
                         let generation = self.sessions;
-                        let mut chat = Chat::new(account.clone(), relay.clone(), generation);
+                        let mut chat =
+                            Chat::connecting(account.clone(), relay.clone(), generation, known);
                         chat.set_focused(self.focused);
                         self.screen = Screen::Chat(Box::new(chat));
                         Task::batch([
@@ -225,12 +230,22 @@ impl App {
                         Task::none()
                     }
                     chat::Action::Notify { from, chat } => self.notify(&from, &chat),
-                    chat::Action::Disconnected(account, reason) => {
+                    chat::Action::Disconnected {
+                        account,
+                        address,
+                        reason,
+                    } => {
                         if self.closing {
                             return iced::exit();
                         }
-                        self.screen = Screen::Connect(Connect::new(account, reason));
-                        Task::none()
+                        // The address stays in the field: to try again, or
+                        // to correct it.
+                        self.screen = Screen::Connect(Connect::new(
+                            account,
+                            reason,
+                            Some(address.to_string()),
+                        ));
+                        iced::widget::operation::focus(connect::ids::ADDRESS)
                     }
                     chat::Action::Quit => {
                         self.closing = true;
@@ -294,16 +309,13 @@ impl App {
     }
 
     /// A desktop notification for a message from `from` in `chat`, when the
-    /// window is in the background and notifications are on. It names the
-    /// sender and the conversation, never the text.
+    /// window is in the background and notifications are on
+    /// ([`notification`] is all it says).
     fn notify(&self, from: &str, chat: &Conversation) -> Task<Message> {
         if self.focused || !self.settings.notifications {
             return Task::none();
         }
-        let body = match chat {
-            Conversation::Room(room) => format!("New message from {from} in #{room}"),
-            Conversation::Direct(_) => format!("New direct message from {from}"),
-        };
+        let body = notification(from, chat);
         Task::future(async move {
             // D-Bus calls block: keep them off the UI thread.
             let _ = tokio::task::spawn_blocking(move || {
@@ -394,5 +406,18 @@ impl App {
             Screen::Connect(connect) => connect.view().map(Message::Connect),
             Screen::Chat(chat) => chat.view().map(Message::Chat),
         }
+    }
+}
+
+/// The text of the desktop notification for a message from `from` in
+/// `chat`: the sender's name and the conversation, never the message's
+/// text (a notification is shown outside the app, on the lock screen, and
+/// read by other programs). A name is a relay-checked name (ASCII letters,
+/// digits, `-`, `_`, `.`), so it carries no control character.
+pub fn notification(from: &str, chat: &Conversation) -> String {
+    let from = crate::safe_text::multiline(from);
+    match chat {
+        Conversation::Room(room) => format!("New message from {from} in #{room}"),
+        Conversation::Direct(_) => format!("New direct message from {from}"),
     }
 }

@@ -2,16 +2,17 @@
 //! timeline, the current room's members, the composer; the verification
 //! and key-change screens on top.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iced::widget::{
-    Column, button, checkbox, column, container, row, scrollable, space, text, text_input,
+    Column, button, checkbox, column, container, row, scrollable, space, text, text_editor,
+    text_input,
 };
-use iced::{Alignment, Element, Fill, Task};
+use iced::{Alignment, Element, Fill, Task, keyboard};
 use sotto_crypto::Fingerprint;
-use sotto_proto::{RelayAddress, RoomName, UserName};
+use sotto_proto::{RelayAddress, RoomName, UserKey, UserName};
 
 use super::style::{BOLD, MONO, badge, clock, count};
 use super::timeline::{Entry, Timeline, Tone};
@@ -19,6 +20,7 @@ use super::verify::{self, KeyChange, Shown};
 use crate::account::Account;
 use crate::commands::{self, Line};
 use crate::contacts::KeyEvent;
+use crate::safe_text::multiline as visible;
 use crate::session::{
     self, Chat as Conversation, Command, Connection, Controller, Member, PresenceChange,
     TrustLevel, Update,
@@ -59,8 +61,9 @@ pub enum Message {
     Ended(u64),
     /// Open a conversation.
     Select(Conversation),
-    /// The composer changed.
-    Composer(String),
+    /// The composer was edited (typing, pasting, Shift+Enter for a new
+    /// line).
+    Composer(text_editor::Action),
     /// Send what the composer holds.
     Submit,
     /// The "join a room" field changed.
@@ -107,19 +110,69 @@ pub enum Action {
         /// Where.
         chat: Conversation,
     },
-    /// The session is over: back to the connect screen.
-    Disconnected(Account, Option<String>),
+    /// The session is over: back to the connect screen, with the address
+    /// of this relay in the field and why it ended (if it did not end by
+    /// the user's choice).
+    Disconnected {
+        /// Who is signed in.
+        account: Account,
+        /// The relay's address, kept in the field.
+        address: RelayAddress,
+        /// Why the session ended.
+        reason: Option<String>,
+    },
     /// Open the settings.
     Settings,
     /// Quit the app.
     Quit,
 }
 
+/// A conversation as the window files it: a direct conversation under
+/// its peer's folded name ([`UserKey`]), so `@BOB` (as typed) and `@bob`
+/// (as the session files what was sent) are one conversation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChatKey {
+    /// A room.
+    Room(RoomName),
+    /// The direct conversation with this user.
+    Direct(UserKey),
+}
+
+impl From<&Conversation> for ChatKey {
+    fn from(chat: &Conversation) -> Self {
+        match chat {
+            Conversation::Room(room) => ChatKey::Room(room.clone()),
+            Conversation::Direct(user) => ChatKey::Direct(user.key()),
+        }
+    }
+}
+
+/// The folded form of a name the session reported (always a valid name:
+/// it came through [`UserName`]'s checks).
+fn user_key(name: &str) -> Option<UserKey> {
+    name.parse::<UserName>().ok().map(|name| name.key())
+}
+
+/// A message handed to the session that it has not reported sent yet.
+#[derive(Debug)]
+struct Pending {
+    /// What was sent, exactly (matched against what the session reports).
+    text: String,
+    /// Why the session did not send it, if it said so.
+    failed: Option<String>,
+}
+
 /// A conversation's state in the window.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Thread {
+    /// The conversation as last named by the session (the pinned case of
+    /// a peer's name), or as the user typed it before that.
+    chat: Conversation,
     timeline: Timeline,
     unread: usize,
+    /// Messages written here that the session has not reported sent, in
+    /// the order written; shown after the timeline.
+    pending: Vec<Pending>,
 }
 
 /// The chat window.
@@ -132,22 +185,31 @@ pub struct Chat {
     connection: Connection,
     retry_at: Option<Instant>,
     me: String,
-    threads: BTreeMap<Conversation, Thread>,
+    threads: BTreeMap<ChatKey, Thread>,
     rooms: BTreeSet<RoomName>,
-    current: Option<Conversation>,
+    current: Option<ChatKey>,
     members: BTreeMap<RoomName, Vec<Member>>,
     verified_only: BTreeSet<RoomName>,
-    /// Trust and pinned key per lower-case name, as last heard.
-    trust: HashMap<String, (TrustLevel, Option<Fingerprint>)>,
-    /// Safety numbers shown, per lower-case name.
-    shown: HashMap<String, Shown>,
+    /// Trust and pinned key per user, as last heard.
+    trust: HashMap<UserKey, (TrustLevel, Option<Fingerprint>)>,
+    /// Safety numbers shown, per user.
+    shown: HashMap<UserKey, Shown>,
     /// Contacts pinned before any conversation with them is known: their
     /// notice waits for the room (or direct message) they show up in.
-    new_contacts: HashMap<String, String>,
-    verifying: Option<String>,
+    new_contacts: HashMap<UserKey, (Tone, String)>,
+    /// Users whose names look like another contact's: their key's
+    /// fingerprint is shown beside their name.
+    lookalikes: HashSet<UserKey>,
+    verifying: Option<UserName>,
     key_changes: Vec<KeyChange>,
     consent: bool,
-    composer: String,
+    composer: text_editor::Content,
+    /// Whether this relay was connected to before this session (saved in
+    /// the known relays): only then does a failed first attempt retry in
+    /// the window rather than go back to the connect screen.
+    known_relay: bool,
+    /// Whether this session has been connected at least once.
+    connected_once: bool,
     join_field: String,
     status: Option<(Tone, String)>,
     /// The newest position seen: notices go after it.
@@ -155,8 +217,10 @@ pub struct Chat {
     focused: bool,
 }
 
-fn lower(name: &str) -> String {
-    name.to_ascii_lowercase()
+/// Whether two names the session reported are one name (compared as
+/// [`UserKey`]s are).
+fn same_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
 }
 
 fn now_ms() -> u64 {
@@ -167,8 +231,21 @@ fn now_ms() -> u64 {
 
 impl Chat {
     /// A chat window for a session with `relay` (session number
-    /// `generation`: updates of other sessions are ignored).
+    /// `generation`: updates of other sessions are ignored), a relay
+    /// connected to before.
     pub fn new(account: Account, relay: RelayAddress, generation: u64) -> Self {
+        Self::connecting(account, relay, generation, true)
+    }
+
+    /// [`Chat::new`]; `known_relay` says whether the relay was connected
+    /// to before. For a new relay, a first attempt that fails ends the
+    /// session and goes back to the connect screen, with the reason.
+    pub fn connecting(
+        account: Account,
+        relay: RelayAddress,
+        generation: u64,
+        known_relay: bool,
+    ) -> Self {
         Self {
             me: account.name().to_string(),
             account,
@@ -185,10 +262,13 @@ impl Chat {
             trust: HashMap::new(),
             shown: HashMap::new(),
             new_contacts: HashMap::new(),
+            lookalikes: HashSet::new(),
             verifying: None,
             key_changes: Vec::new(),
             consent: false,
-            composer: String::new(),
+            composer: text_editor::Content::new(),
+            known_relay,
+            connected_once: false,
             join_field: String::new(),
             status: None,
             last_position: (0, 0),
@@ -204,6 +284,25 @@ impl Chat {
     /// Unread messages in all conversations.
     pub fn unread(&self) -> usize {
         self.threads.values().map(|t| t.unread).sum()
+    }
+
+    /// The conversations in the sidebar's order (rooms, then direct
+    /// conversations), each once whatever the case of a peer's name.
+    pub fn conversations(&self) -> Vec<Conversation> {
+        self.threads.values().map(|t| t.chat.clone()).collect()
+    }
+
+    /// The conversation on screen.
+    pub fn current(&self) -> Option<&Conversation> {
+        self.current
+            .as_ref()
+            .and_then(|key| self.threads.get(key))
+            .map(|thread| &thread.chat)
+    }
+
+    /// What the composer holds.
+    pub fn composer(&self) -> String {
+        self.composer.text()
     }
 
     /// Whether a key change waits for the user's decision (the composer is
@@ -230,21 +329,54 @@ impl Chat {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    /// Hands `command` to the session; false (and said so) if the session
+    /// is gone.
+    fn command(&mut self, command: Command) -> bool {
         let sent = self
             .controller
             .as_ref()
             .map(|controller| controller.command(command));
-        if !matches!(sent, Some(Ok(()))) {
-            self.status = Some((Tone::Danger, "the session has ended".to_owned()));
+        if matches!(sent, Some(Ok(()))) {
+            return true;
+        }
+        self.status = Some((Tone::Danger, "the session has ended".to_owned()));
+        false
+    }
+
+    /// Sends `text` to `chat`; it shows as pending at once, until the
+    /// session reports it sent.
+    fn send(&mut self, chat: Conversation, text: String) {
+        let pending = Pending {
+            text: text.clone(),
+            failed: None,
+        };
+        if self.command(Command::Send {
+            chat: chat.clone(),
+            text,
+        }) {
+            self.thread(&chat).pending.push(pending);
         }
     }
 
     fn thread(&mut self, chat: &Conversation) -> &mut Thread {
-        self.threads.entry(chat.clone()).or_insert_with(|| Thread {
-            timeline: Timeline::new(),
-            unread: 0,
-        })
+        self.threads
+            .entry(ChatKey::from(chat))
+            .or_insert_with(|| Thread {
+                chat: chat.clone(),
+                timeline: Timeline::new(),
+                unread: 0,
+                pending: Vec::new(),
+            })
+    }
+
+    /// Opens `chat` (creating it if needed).
+    fn open(&mut self, chat: &Conversation) {
+        self.thread(chat);
+        self.current = Some(ChatKey::from(chat));
+    }
+
+    fn is_current(&self, chat: &Conversation) -> bool {
+        self.current.as_ref() == Some(&ChatKey::from(chat))
     }
 
     fn notice(&mut self, chat: &Conversation, tone: Tone, text: String) {
@@ -256,33 +388,32 @@ impl Chat {
 
     /// A notice in the current conversation, or the status line.
     fn tell(&mut self, tone: Tone, text: String) {
-        match self.current.clone() {
+        match self.current().cloned() {
             Some(chat) => self.notice(&chat, tone, text),
             None => self.status = Some((tone, text)),
         }
     }
 
     fn trust_of(&self, name: &str) -> TrustLevel {
-        if lower(name) == lower(&self.me) {
+        if same_name(name, &self.me) {
             return TrustLevel::Verified;
         }
-        self.trust
-            .get(&lower(name))
+        user_key(name)
+            .and_then(|key| self.trust.get(&key))
             .map_or(TrustLevel::Unknown, |(trust, _)| *trust)
     }
 
     fn set_trust(&mut self, name: &str, trust: TrustLevel, fingerprint: Option<Fingerprint>) {
-        let entry = self
-            .trust
-            .entry(lower(name))
-            .or_insert((TrustLevel::Unknown, None));
-        entry.0 = trust;
-        if fingerprint.is_some() {
-            entry.1 = fingerprint;
+        if let Some(key) = user_key(name) {
+            let entry = self.trust.entry(key).or_insert((TrustLevel::Unknown, None));
+            entry.0 = trust;
+            if fingerprint.is_some() {
+                entry.1 = fingerprint;
+            }
         }
         for members in self.members.values_mut() {
             for member in members.iter_mut() {
-                if member.name.eq_ignore_ascii_case(name) {
+                if same_name(&member.name, name) {
                     member.trust = trust;
                     if fingerprint.is_some() {
                         member.fingerprint = fingerprint;
@@ -290,6 +421,18 @@ impl Chat {
                 }
             }
         }
+    }
+
+    /// The start of `fingerprint` beside a name that looks like another
+    /// contact's, so the two can be told apart; `None` for other names.
+    fn lookalike_key(&self, name: &str, fingerprint: Option<Fingerprint>) -> Option<String> {
+        let key = user_key(name)?;
+        if !self.lookalikes.contains(&key) {
+            return None;
+        }
+        let fingerprint = fingerprint.or_else(|| self.trust.get(&key).and_then(|(_, f)| *f))?;
+        let text = fingerprint.to_string();
+        Some(format!("key {}…", text.get(..19).unwrap_or(&text)))
     }
 
     /// Handles a message.
@@ -309,47 +452,52 @@ impl Chat {
                 }
                 self.controller = None;
                 let reason = match &self.connection {
-                    Connection::Failed { reason } => Some(format!("The session ended: {reason}")),
+                    Connection::Failed { reason } => Some(self.failure(reason)),
                     _ => None,
                 };
-                return Action::Disconnected(self.account.clone(), reason);
+                return self.disconnected(reason);
             }
             Message::Select(chat) => {
-                if let Some(thread) = self.threads.get_mut(&chat) {
+                if let Some(thread) = self.threads.get_mut(&ChatKey::from(&chat)) {
                     thread.unread = 0;
                 }
-                self.thread(&chat);
-                self.current = Some(chat);
+                self.open(&chat);
                 self.status = None;
                 return Action::Run(Task::batch([
                     to_newest(),
                     iced::widget::operation::focus(ids::COMPOSER),
                 ]));
             }
-            Message::Composer(text) => self.composer = text,
+            Message::Composer(action) => self.composer.perform(action),
             Message::Submit => return self.submit(),
             Message::JoinField(text) => self.join_field = text,
             Message::Join => match commands::room(self.join_field.trim()) {
                 Ok(room) => {
                     self.join_field.clear();
                     self.command(Command::Join(room.clone()));
-                    self.current = Some(Conversation::Room(room));
+                    self.current = Some(ChatKey::Room(room));
                 }
                 Err(e) => self.status = Some((Tone::Warning, e)),
             },
-            Message::Leave(room) => self.command(Command::Leave(room)),
-            Message::VerifiedOnly(room, on) => self.command(Command::SetVerifiedOnly { room, on }),
+            Message::Leave(room) => {
+                self.command(Command::Leave(room));
+            }
+            Message::VerifiedOnly(room, on) => {
+                self.command(Command::SetVerifiedOnly { room, on });
+            }
             Message::Verify(name) => self.open_verify(&name),
             Message::MarkVerified(name) => {
-                let Some(shown) = self.shown.get(&lower(&name)) else {
+                let Some(shown) = user_key(&name).and_then(|key| self.shown.get(&key)) else {
                     return Action::None;
                 };
                 let safety_number = shown.safety_number.digits().to_owned();
                 match name.parse::<UserName>() {
-                    Ok(user) => self.command(Command::Verify {
-                        name: user,
-                        safety_number,
-                    }),
+                    Ok(user) => {
+                        self.command(Command::Verify {
+                            name: user,
+                            safety_number,
+                        });
+                    }
                     Err(e) => self.status = Some((Tone::Danger, e.to_string())),
                 }
             }
@@ -392,63 +540,97 @@ impl Chat {
             }
             Message::Disconnect => {
                 self.quit();
-                return Action::Disconnected(self.account.clone(), None);
+                return self.disconnected(None);
             }
             Message::Settings => return Action::Settings,
         }
         Action::None
     }
 
+    fn disconnected(&self, reason: Option<String>) -> Action {
+        Action::Disconnected {
+            account: self.account.clone(),
+            address: self.relay.clone(),
+            reason,
+        }
+    }
+
+    /// What the connect screen says about a failure retrying cannot fix.
+    fn failure(&self, reason: &str) -> String {
+        let reason = visible(reason);
+        let pinned = self.relay.fingerprint_text();
+        if reason.contains(&pinned) {
+            // The relay presented another key than the address pins (the
+            // session's reason names both).
+            format!(
+                "Refused to connect to {}: the relay did not present the key this address pins. \
+                 This may be an attack: someone between you and the relay may be impersonating \
+                 it. Or the address is wrong or out of date: ask the relay's operator, over a \
+                 channel you trust, for its address. The address pins {pinned}. ({reason})",
+                self.relay.authority()
+            )
+        } else {
+            format!("The session ended: {reason}")
+        }
+    }
+
     fn open_verify(&mut self, name: &str) {
         match commands::user(name) {
             Ok(user) => {
-                self.verifying = Some(lower(name));
+                self.verifying = Some(user.clone());
                 self.command(Command::SafetyNumber(user));
             }
             Err(e) => self.status = Some((Tone::Warning, e)),
         }
     }
 
-    /// What the composer sends or does.
+    /// What the composer sends or does. The composer is emptied once its
+    /// line was understood; a line that was not stays for correcting.
     fn submit(&mut self) -> Action {
         if self.is_blocked() {
             return Action::None;
         }
-        let line = std::mem::take(&mut self.composer);
+        let line = self.composer.text().replace("\r\n", "\n");
         let parsed = match commands::parse(&line) {
             Ok(parsed) => parsed,
             Err(e) => {
-                self.composer = line;
                 self.status = Some((Tone::Warning, e));
                 return Action::None;
             }
         };
+        if let Line::Say(_) = parsed
+            && self.current.is_none()
+        {
+            self.status = Some((
+                Tone::Warning,
+                "pick a conversation first (or /join ROOM)".to_owned(),
+            ));
+            return Action::None;
+        }
+        self.composer = text_editor::Content::new();
         self.status = None;
         match parsed {
             Line::Empty => {}
-            Line::Say(text) => match self.current.clone() {
-                Some(chat) => self.command(Command::Send { chat, text }),
-                None => {
-                    self.composer = line;
-                    self.status = Some((
-                        Tone::Warning,
-                        "pick a conversation first (or /join ROOM)".to_owned(),
-                    ));
+            Line::Say(text) => {
+                if let Some(chat) = self.current().cloned() {
+                    self.send(chat, text);
                 }
-            },
+            }
             Line::Msg { to, text } => {
                 let chat = Conversation::Direct(to);
-                self.thread(&chat);
-                self.current = Some(chat.clone());
-                self.command(Command::Send { chat, text });
+                self.open(&chat);
+                // The conversation keeps the name as the session knows it
+                // (`@bob` for `/msg BOB`), once it has been named.
+                let chat = self.current().cloned().unwrap_or(chat);
+                self.send(chat, text);
             }
             Line::Join(room) => {
                 self.command(Command::Join(room.clone()));
-                self.current = Some(Conversation::Room(room));
+                self.current = Some(ChatKey::Room(room));
             }
             Line::Room(room) => {
                 if self.rooms.contains(&room) {
-                    self.current = Some(Conversation::Room(room));
+                    self.current = Some(ChatKey::Room(room));
                 } else {
                     self.status = Some((
                         Tone::Warning,
@@ -457,17 +639,23 @@ impl Chat {
                 }
             }
             Line::Leave(room) => match room.or_else(|| match &self.current {
-                Some(Conversation::Room(room)) => Some(room.clone()),
+                Some(ChatKey::Room(room)) => Some(room.clone()),
                 _ => None,
             }) {
-                Some(room) => self.command(Command::Leave(room)),
+                Some(room) => {
+                    self.command(Command::Leave(room));
+                }
                 None => self.status = Some((Tone::Warning, "you are in no room".to_owned())),
             },
-            Line::Users => self.command(Command::ListUsers),
-            Line::Rooms => self.command(Command::ListRooms),
+            Line::Users => {
+                self.command(Command::ListUsers);
+            }
+            Line::Rooms => {
+                self.command(Command::ListRooms);
+            }
             Line::Members => {
                 let text = match &self.current {
-                    Some(Conversation::Room(room)) => {
+                    Some(ChatKey::Room(room)) => {
                         let members = self
                             .members
                             .get(room)
@@ -498,7 +686,7 @@ impl Chat {
             }
             Line::SafetyNumber(name) => self.open_verify(name.as_str()),
             Line::Confirm(name) => {
-                if self.shown.contains_key(&lower(name.as_str())) {
+                if self.shown.contains_key(&name.key()) {
                     return self.update(Message::MarkVerified(name.to_string()));
                 }
                 self.status = Some((
@@ -509,13 +697,17 @@ impl Chat {
             Line::Verify {
                 name,
                 safety_number,
-            } => self.command(Command::Verify {
-                name,
-                safety_number,
-            }),
-            Line::Trust(name) => self.command(Command::AcceptKey(name)),
+            } => {
+                self.command(Command::Verify {
+                    name,
+                    safety_number,
+                });
+            }
+            Line::Trust(name) => {
+                self.command(Command::AcceptKey(name));
+            }
             Line::VerifiedOnly(on) => match &self.current {
-                Some(Conversation::Room(room)) => {
+                Some(ChatKey::Room(room)) => {
                     let room = room.clone();
                     self.command(Command::SetVerifiedOnly { room, on });
                 }
@@ -544,15 +736,17 @@ impl Chat {
                     self.last_position = self.last_position.max(last);
                 }
                 for message in &messages {
-                    if !message.outgoing {
+                    if !message.outgoing
+                        && let Some(key) = user_key(&message.from)
+                    {
                         self.trust
-                            .entry(lower(&message.from))
+                            .entry(key)
                             .or_insert((message.trust, Some(message.fingerprint)));
                     }
                 }
                 self.thread(&chat).timeline.extend_messages(messages);
                 if self.current.is_none() {
-                    self.current = Some(chat);
+                    self.current = Some(ChatKey::from(&chat));
                 }
             }
             Update::Connection(connection) => {
@@ -560,21 +754,44 @@ impl Chat {
                     Connection::Reconnecting { after, .. } => Some(Instant::now() + *after),
                     _ => None,
                 };
-                if let Connection::Connected { name } = &connection {
-                    self.me = name.clone();
+                match &connection {
+                    Connection::Connected { name } => {
+                        self.me = name.clone();
+                        self.connected_once = true;
+                    }
+                    Connection::Failed { reason } => {
+                        // The session has stopped: back to the connect
+                        // screen with the address and the reason.
+                        self.controller = None;
+                        return self.disconnected(Some(self.failure(reason)));
+                    }
+                    Connection::Reconnecting { reason, .. }
+                        if !self.known_relay && !self.connected_once =>
+                    {
+                        // A relay never reached before, and not reached
+                        // now: most likely a wrong address. Say so on the
+                        // connect screen rather than retry in an empty
+                        // window.
+                        self.quit();
+                        self.controller = None;
+                        let text = format!(
+                            "Could not reach the relay at {}: {}. Check the address and that the \
+                             relay is running, then connect again.",
+                            self.relay.authority(),
+                            visible(reason)
+                        );
+                        return self.disconnected(Some(text));
+                    }
+                    _ => {}
                 }
-                let failed = matches!(connection, Connection::Failed { .. });
                 self.connection = connection;
-                if failed {
-                    self.controller = None;
-                }
             }
             Update::Joined { room } => {
                 self.rooms.insert(room.clone());
                 let chat = Conversation::Room(room.clone());
                 self.notice(&chat, Tone::Info, format!("You joined #{room}"));
                 if self.current.is_none() {
-                    self.current = Some(chat);
+                    self.current = Some(ChatKey::from(&chat));
                 }
             }
             Update::Left { room } => {
@@ -582,20 +799,21 @@ impl Chat {
                 self.members.remove(&room);
                 let chat = Conversation::Room(room.clone());
                 self.notice(&chat, Tone::Info, format!("You left #{room}"));
-                if self.current.as_ref() == Some(&chat) {
+                if self.is_current(&chat) {
                     self.current = self
                         .rooms
                         .iter()
                         .next()
-                        .map(|room| Conversation::Room(room.clone()));
+                        .map(|room| ChatKey::Room(room.clone()));
                 }
             }
             Update::Members { room, members } => {
                 let chat = Conversation::Room(room.clone());
                 for member in &members {
-                    if lower(&member.name) != lower(&self.me) {
-                        self.trust
-                            .insert(lower(&member.name), (member.trust, member.fingerprint));
+                    if !same_name(&member.name, &self.me) {
+                        if let Some(key) = user_key(&member.name) {
+                            self.trust.insert(key, (member.trust, member.fingerprint));
+                        }
                         self.introduce(&member.name, &chat);
                     }
                 }
@@ -619,15 +837,24 @@ impl Chat {
                 self.introduce(&from, &chat);
                 self.last_position = self.last_position.max(message.position);
                 let outgoing = message.outgoing;
-                let seen = self.focused && self.current.as_ref() == Some(&chat);
+                let seen = self.focused && self.is_current(&chat);
                 let thread = self.thread(&chat);
+                // The session names a conversation as it pinned the peer.
+                thread.chat = chat.clone();
+                if outgoing {
+                    // Sent: no longer pending. Matched by text, in order
+                    // (the session reports its messages in the order given).
+                    if let Some(at) = thread.pending.iter().position(|p| p.text == message.text) {
+                        thread.pending.remove(at);
+                    }
+                }
                 let added = thread.timeline.push_message(message);
                 if added && !outgoing {
                     if !seen {
                         thread.unread += 1;
                     }
                     if self.current.is_none() {
-                        self.current = Some(chat.clone());
+                        self.current = Some(ChatKey::from(&chat));
                     }
                     return Action::Notify { from, chat };
                 }
@@ -656,14 +883,19 @@ impl Chat {
             ),
             Update::Key(event) => self.key_event(event),
             Update::Trust { name, trust } => {
+                let key = user_key(&name);
                 let fingerprint = self
                     .key_changes
                     .iter()
-                    .find(|change| change.name.eq_ignore_ascii_case(&name))
+                    .find(|change| same_name(&change.name, &name))
                     .map(|change| change.offered)
-                    .or_else(|| self.trust.get(&lower(&name)).and_then(|(_, f)| *f));
+                    .or_else(|| {
+                        key.as_ref()
+                            .and_then(|key| self.trust.get(key))
+                            .and_then(|(_, f)| *f)
+                    });
                 self.key_changes
-                    .retain(|change| !change.name.eq_ignore_ascii_case(&name));
+                    .retain(|change| !same_name(&change.name, &name));
                 self.consent = false;
                 self.set_trust(&name, trust, fingerprint);
                 if let Some(fingerprint) = fingerprint {
@@ -671,7 +903,7 @@ impl Chat {
                         thread.timeline.retrust(fingerprint, trust);
                     }
                 }
-                if let Some(shown) = self.shown.get_mut(&lower(&name)) {
+                if let Some(shown) = key.and_then(|key| self.shown.get_mut(&key)) {
                     shown.trust = trust;
                 }
                 let text = match trust {
@@ -689,8 +921,10 @@ impl Chat {
                 safety_number,
                 trust,
             } => {
-                let shown = Shown::new(name.clone(), fingerprint, safety_number, trust);
-                self.shown.insert(lower(&name), shown);
+                if let Some(key) = user_key(&name) {
+                    let shown = Shown::new(name.clone(), fingerprint, safety_number, trust);
+                    self.shown.insert(key, shown);
+                }
             }
             Update::NotSentTo {
                 chat,
@@ -747,7 +981,10 @@ impl Chat {
                 };
                 self.notice(&Conversation::Room(room), Tone::Info, text);
             }
-            Update::Error(error) => self.status = Some((Tone::Danger, error)),
+            Update::Error(error) => {
+                self.not_sent(&error);
+                self.status = Some((Tone::Danger, error));
+            }
         }
         Action::None
     }
@@ -755,20 +992,43 @@ impl Chat {
     fn key_event(&mut self, event: KeyEvent) {
         match event {
             KeyEvent::Pinned {
-                name, fingerprint, ..
+                name,
+                fingerprint,
+                lookalikes,
+                ..
             } => {
+                let Some(key) = user_key(&name) else {
+                    return;
+                };
                 self.trust
-                    .entry(lower(&name))
+                    .entry(key.clone())
                     .or_insert((TrustLevel::Unverified, Some(fingerprint)));
-                let text = format!(
-                    "New contact {name}: key {fingerprint}, pinned unverified. Verify them to be sure it is them."
-                );
+                let (tone, text) = if lookalikes.is_empty() {
+                    (
+                        Tone::Info,
+                        format!(
+                            "New contact {name}: key {fingerprint}, pinned unverified. Verify them to be sure it is them."
+                        ),
+                    )
+                } else {
+                    // Both names carry their key beside them from now on.
+                    self.lookalikes.insert(key.clone());
+                    self.lookalikes
+                        .extend(lookalikes.iter().filter_map(|other| user_key(other)));
+                    (
+                        Tone::Warning,
+                        format!(
+                            "Careful: the new contact {name} has a name that looks like {}, whom you already know. It may be someone else passing for them. {name}'s key is {fingerprint} (pinned unverified); the keys are shown beside these names. Verify {name} before you trust it.",
+                            lookalikes.join(", ")
+                        ),
+                    )
+                };
                 if self.shared_with(&name).is_empty() {
                     // Usually the key arrives just before the member list
                     // or the message that names them.
-                    self.new_contacts.insert(lower(&name), text);
+                    self.new_contacts.insert(key, (tone, text));
                 } else {
-                    self.notice_everywhere(&name, Tone::Info, text);
+                    self.notice_everywhere(&name, tone, text);
                 }
             }
             KeyEvent::Changed {
@@ -795,7 +1055,7 @@ impl Chat {
                 if !self
                     .key_changes
                     .iter()
-                    .any(|change| change.name.eq_ignore_ascii_case(&name))
+                    .any(|change| same_name(&change.name, &name))
                 {
                     self.key_changes.push(KeyChange {
                         name,
@@ -812,22 +1072,20 @@ impl Chat {
         let mut chats: Vec<Conversation> = self
             .members
             .iter()
-            .filter(|(_, members)| members.iter().any(|m| m.name.eq_ignore_ascii_case(name)))
+            .filter(|(_, members)| members.iter().any(|m| same_name(&m.name, name)))
             .map(|(room, _)| Conversation::Room(room.clone()))
             .collect();
-        let direct = self
-            .threads
-            .keys()
-            .find(|chat| matches!(chat, Conversation::Direct(user) if user.as_str().eq_ignore_ascii_case(name)))
-            .cloned();
+        let direct = user_key(name)
+            .and_then(|key| self.threads.get(&ChatKey::Direct(key)))
+            .map(|thread| thread.chat.clone());
         chats.extend(direct);
         chats
     }
 
     /// The waiting new-contact notice of `name`, if any, goes to `chat`.
     fn introduce(&mut self, name: &str, chat: &Conversation) {
-        if let Some(text) = self.new_contacts.remove(&lower(name)) {
-            self.notice(chat, Tone::Info, text);
+        if let Some((tone, text)) = user_key(name).and_then(|key| self.new_contacts.remove(&key)) {
+            self.notice(chat, tone, text);
         }
     }
 
@@ -843,9 +1101,36 @@ impl Chat {
         }
     }
 
+    /// Marks as not sent the newest message still waiting in the
+    /// conversation an error of the session names (its errors about a
+    /// message start with the conversation: `#room: ` or `@name: `).
+    fn not_sent(&mut self, error: &str) {
+        let Some((head, reason)) = error.split_once(": ") else {
+            return;
+        };
+        let key = if let Some(room) = head.strip_prefix('#') {
+            room.parse::<RoomName>().ok().map(ChatKey::Room)
+        } else if let Some(user) = head.strip_prefix('@') {
+            user_key(user).map(ChatKey::Direct)
+        } else {
+            None
+        };
+        let Some(thread) = key.and_then(|key| self.threads.get_mut(&key)) else {
+            return;
+        };
+        if let Some(pending) = thread
+            .pending
+            .iter_mut()
+            .rev()
+            .find(|pending| pending.failed.is_none())
+        {
+            pending.failed = Some(reason.to_owned());
+        }
+    }
+
     /// The window's title.
     pub fn title(&self) -> String {
-        match &self.current {
+        match self.current() {
             Some(chat) => format!("{chat} · sotto"),
             None => "sotto".to_owned(),
         }
@@ -855,19 +1140,19 @@ impl Chat {
     pub fn view(&self) -> Element<'_, Message> {
         if let Some(change) = self.key_changes.first() {
             if let Some(name) = &self.verifying
-                && lower(&change.name) == *name
+                && same_name(&change.name, name.as_str())
             {
-                return verify::view(self.shown.get(name), name, &self.account);
+                return verify::view(self.shown.get(&name.key()), name.as_str(), &self.account);
             }
             return verify::key_change(change, self.consent);
         }
         let main = match &self.verifying {
-            Some(name) => verify::view(self.shown.get(name), name, &self.account),
+            Some(name) => verify::view(self.shown.get(&name.key()), name.as_str(), &self.account),
             None => self.conversation(),
         };
         let mut layout = row![self.sidebar(), main];
         if self.verifying.is_none()
-            && let Some(Conversation::Room(room)) = &self.current
+            && let Some(ChatKey::Room(room)) = &self.current
         {
             layout = layout.push(self.member_list(room));
         }
@@ -894,9 +1179,14 @@ impl Chat {
                 } else {
                     format!("reconnecting in {} s", left.as_secs() + 1)
                 };
-                (format!("Connection lost ({reason}): {when}"), text::warning)
+                (
+                    format!("Connection lost ({}): {when}", visible(reason)),
+                    text::warning,
+                )
             }
-            Connection::Failed { reason } => (format!("Not connected: {reason}"), text::danger),
+            Connection::Failed { reason } => {
+                (format!("Not connected: {}", visible(reason)), text::danger)
+            }
         };
         text(label).size(13).style(style).into()
     }
@@ -904,8 +1194,9 @@ impl Chat {
     fn sidebar(&self) -> Element<'_, Message> {
         let mut rooms = Column::new().spacing(2);
         let mut direct = Column::new().spacing(2);
-        for (chat, thread) in &self.threads {
-            let selected = self.current.as_ref() == Some(chat);
+        for (key, thread) in &self.threads {
+            let chat = &thread.chat;
+            let selected = self.current.as_ref() == Some(key);
             let mut label = row![].spacing(6).align_y(Alignment::Center);
             match chat {
                 Conversation::Room(room) => {
@@ -917,6 +1208,9 @@ impl Chat {
                 Conversation::Direct(user) => {
                     label = label.push(text(user.to_string()));
                     label = label.push(badge(self.trust_of(user.as_str())));
+                    if let Some(key) = self.lookalike_key(user.as_str(), None) {
+                        label = label.push(text(key).font(MONO).size(10).style(text::warning));
+                    }
                 }
             }
             label = label.push(space().width(Fill));
@@ -974,7 +1268,7 @@ impl Chat {
     }
 
     fn conversation(&self) -> Element<'_, Message> {
-        let title: Element<'_, Message> = match &self.current {
+        let title: Element<'_, Message> = match self.current() {
             Some(Conversation::Room(room)) => {
                 let mut line = row![text(format!("#{room}")).size(22)]
                     .spacing(10)
@@ -994,17 +1288,24 @@ impl Chat {
                 );
                 line.into()
             }
-            Some(Conversation::Direct(user)) => row![
-                text(format!("@{user}")).size(22),
-                badge(self.trust_of(user.as_str())),
-                space().width(Fill),
-                button(text("Verify").size(13))
-                    .style(button::secondary)
-                    .on_press(Message::Verify(user.to_string())),
-            ]
-            .spacing(10)
-            .align_y(Alignment::Center)
-            .into(),
+            Some(Conversation::Direct(user)) => {
+                let mut line = row![
+                    text(format!("@{user}")).size(22),
+                    badge(self.trust_of(user.as_str()))
+                ]
+                .spacing(10)
+                .align_y(Alignment::Center);
+                if let Some(key) = self.lookalike_key(user.as_str(), None) {
+                    line = line.push(text(key).font(MONO).size(12).style(text::warning));
+                }
+                line.push(space().width(Fill))
+                    .push(
+                        button(text("Verify").size(13))
+                            .style(button::secondary)
+                            .on_press(Message::Verify(user.to_string())),
+                    )
+                    .into()
+            }
             None => text("No conversation").size(22).into(),
         };
         let header = column![title, self.connection_line()].spacing(4);
@@ -1025,6 +1326,13 @@ impl Chat {
             for entry in thread.timeline.visible() {
                 lines = lines.push(self.entry(entry));
             }
+            // What was written here and not reported sent yet comes after
+            // everything the session has reported.
+            if thread.timeline.is_following() {
+                for pending in &thread.pending {
+                    lines = lines.push(self.pending(pending));
+                }
+            }
         }
         let timeline = scrollable(lines)
             .id(ids::TIMELINE)
@@ -1041,22 +1349,26 @@ impl Chat {
             );
         }
         if let Some((tone, status)) = &self.status {
-            body = body.push(text(status).size(13).style(tone_style(*tone)));
+            body = body.push(text(visible(status)).size(13).style(tone_style(*tone)));
         }
         let can_send = self.current.is_some() && self.controller.is_some();
         body = body.push(
             row![
-                text_input("Write a message, or /help", &self.composer)
+                text_editor(&self.composer)
                     .id(ids::COMPOSER)
-                    .on_input(Message::Composer)
-                    .on_submit(Message::Submit)
+                    .placeholder("Write a message, or /help (Shift+Enter: new line)")
+                    .on_action(Message::Composer)
+                    .key_binding(composer_keys)
+                    .height(iced::Shrink)
+                    .max_height(160)
                     .padding(10),
                 button(text("Send"))
                     .padding([10, 16])
                     .style(button::primary)
                     .on_press_maybe(can_send.then_some(Message::Submit)),
             ]
-            .spacing(8),
+            .spacing(8)
+            .align_y(Alignment::End),
         );
         container(body).padding(12).width(Fill).height(Fill).into()
     }
@@ -1064,11 +1376,18 @@ impl Chat {
     fn entry<'a>(&'a self, entry: &'a Entry) -> Element<'a, Message> {
         match entry {
             Entry::Message(message) => {
+                // The sender, badge and time are widgets of their own, and
+                // the text a paragraph of its own with its bidi controls
+                // escaped: nothing in it can move them (see `safe`).
                 let mut head = row![text(message.from.as_str()).font(BOLD)]
                     .spacing(8)
                     .align_y(Alignment::Center);
                 if !message.outgoing {
                     head = head.push(badge(message.trust));
+                    if let Some(key) = self.lookalike_key(&message.from, Some(message.fingerprint))
+                    {
+                        head = head.push(text(key).font(MONO).size(11).style(text::warning));
+                    }
                 }
                 head = head.push(
                     text(clock(message.sent_at_ms))
@@ -1078,17 +1397,40 @@ impl Chat {
                 if message.late {
                     head = head.push(text("arrived late").size(11).style(text::secondary));
                 }
-                column![head, text(message.text.as_str())].spacing(2).into()
+                column![head, text(visible(&message.text))]
+                    .spacing(2)
+                    .into()
             }
             Entry::Notice(notice) => row![
                 text(clock(notice.at_ms)).size(11).style(text::secondary),
-                text(notice.text.as_str())
+                text(visible(&notice.text))
                     .size(13)
                     .style(tone_style(notice.tone)),
             ]
             .spacing(8)
             .into(),
         }
+    }
+
+    /// A message written here that the session has not reported sent:
+    /// greyed, with what is known of it.
+    fn pending<'a>(&'a self, pending: &'a Pending) -> Element<'a, Message> {
+        let state = match (&pending.failed, &self.connection) {
+            (Some(reason), _) => text(format!("not sent: {}", visible(reason))).style(text::danger),
+            (None, Connection::Connected { .. }) => text("sending…").style(text::secondary),
+            (None, _) => text("not sent yet: waiting for the connection").style(text::secondary),
+        };
+        column![
+            row![
+                text(self.me.as_str()).font(BOLD).style(text::secondary),
+                state.size(11)
+            ]
+            .spacing(8)
+            .align_y(Alignment::Center),
+            text(visible(&pending.text)).style(text::secondary),
+        ]
+        .spacing(2)
+        .into()
     }
 
     fn member_list(&self, room: &RoomName) -> Element<'_, Message> {
@@ -1099,7 +1441,7 @@ impl Chat {
             .unwrap_or_default();
         let mut list = Column::new().spacing(4);
         for member in members {
-            let me = lower(&member.name) == lower(&self.me);
+            let me = same_name(&member.name, &self.me);
             let name = if me {
                 format!("{} (you)", member.name)
             } else {
@@ -1110,6 +1452,9 @@ impl Chat {
                 line = line.push(badge(member.trust));
             }
             let mut entry = column![line].spacing(2);
+            if !me && let Some(key) = self.lookalike_key(&member.name, member.fingerprint) {
+                entry = entry.push(text(key).font(MONO).size(10).style(text::warning));
+            }
             if !me && let Ok(user) = member.name.parse::<UserName>() {
                 entry = entry.push(
                     row![
@@ -1140,6 +1485,23 @@ impl Chat {
         .style(container::rounded_box)
         .into()
     }
+}
+
+/// The composer's keys: Enter sends, Shift+Enter breaks the line, the
+/// rest as in any text editor (pasted text keeps its lines).
+fn composer_keys(press: text_editor::KeyPress) -> Option<text_editor::Binding<Message>> {
+    let enter = matches!(
+        press.key.as_ref(),
+        keyboard::Key::Named(keyboard::key::Named::Enter)
+    );
+    if enter && matches!(press.status, text_editor::Status::Focused { .. }) {
+        return Some(if press.modifiers.shift() {
+            text_editor::Binding::Enter
+        } else {
+            text_editor::Binding::Custom(Message::Submit)
+        });
+    }
+    text_editor::Binding::from_key_press(press)
 }
 
 /// Scrolls the timeline to its newest entry. The timeline is anchored at

@@ -46,7 +46,14 @@ pub enum Action {
     /// Nothing more.
     None,
     /// Start a session with this relay.
-    Connect(Account, RelayAddress),
+    Connect {
+        /// Who.
+        account: Account,
+        /// The relay.
+        relay: RelayAddress,
+        /// Whether it was connected to before (it is in the saved relays).
+        known: bool,
+    },
     /// Open the settings.
     Settings,
 }
@@ -60,18 +67,23 @@ enum Parsed {
 }
 
 impl Connect {
-    /// The screen for `account`; `ended` says why the last session ended.
-    pub fn new(account: Account, ended: Option<String>) -> Self {
+    /// The screen for `account`; `ended` says why the last session ended,
+    /// `address` is the address to show in the field (by default the first
+    /// saved relay's).
+    pub fn new(account: Account, ended: Option<String>, address: Option<String>) -> Self {
         // A small read; the file is written only by the session's thread.
         let (known, known_error) =
             match KnownServers::load(account.profile().dir().join(SERVERS_FILE)) {
                 Ok(known) => (Some(known), None),
                 Err(e) => (None, Some(format!("cannot read the saved relays: {e}"))),
             };
-        let address = known
-            .as_ref()
-            .and_then(|known| known.iter().next())
-            .map(ToString::to_string)
+        let address = address
+            .or_else(|| {
+                known
+                    .as_ref()
+                    .and_then(|known| known.iter().next())
+                    .map(ToString::to_string)
+            })
             .unwrap_or_default();
         Self {
             account,
@@ -113,7 +125,11 @@ impl Connect {
             }
             Message::Settings => Action::Settings,
             Message::Connect => match self.parsed() {
-                Parsed::Valid { address, .. } => Action::Connect(self.account.clone(), address),
+                Parsed::Valid { address, saved } => Action::Connect {
+                    account: self.account.clone(),
+                    relay: address,
+                    known: saved,
+                },
                 _ => Action::None,
             },
         }
@@ -173,7 +189,7 @@ impl Connect {
                 .on_press_maybe(ready.then_some(Message::Connect)),
         );
         if let Some(ended) = &self.ended {
-            form = form.push(text(ended).style(text::danger));
+            form = form.push(text(crate::safe_text::multiline(ended)).style(text::danger));
         }
         let mut saved = column![text("Saved relays").font(BOLD)].spacing(6);
         match (&self.known, &self.known_error) {

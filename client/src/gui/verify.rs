@@ -2,7 +2,7 @@
 //! verified peer's changed key.
 
 use iced::widget::{Column, button, checkbox, column, container, qr_code, row, space, text};
-use iced::{Alignment, Element, Fill};
+use iced::{Alignment, Color, Element, Fill};
 use sotto_crypto::{Fingerprint, SafetyNumber};
 
 use super::chat::Message;
@@ -45,6 +45,30 @@ impl Shown {
     }
 }
 
+/// The side of a QR code's cell, in logical pixels.
+const QR_CELL: f32 = 5.0;
+
+/// The QR code, black on white in every theme (scanners look for dark
+/// modules on a light ground; light on dark is not read by zbar, for
+/// one) and with the four-cell quiet zone the standard asks for (iced
+/// draws two: the container adds two more, white).
+fn qr<'a>(data: &'a qr_code::Data) -> Element<'a, Message> {
+    container(
+        qr_code(data)
+            .cell_size(QR_CELL)
+            .style(|_theme| qr_code::Style {
+                cell: Color::BLACK,
+                background: Color::WHITE,
+            }),
+    )
+    .padding(2.0 * QR_CELL)
+    .style(|_theme| container::Style {
+        background: Some(Color::WHITE.into()),
+        ..container::Style::default()
+    })
+    .into()
+}
+
 /// A verified peer's key changed: sending to them is blocked until the
 /// user verifies the new key or accepts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +109,7 @@ pub fn view<'a>(
         groups = groups.push(text(line.join("  ")).font(MONO).size(26));
     }
     let qr: Element<'a, Message> = match &shown.qr {
-        Some(data) => qr_code(data).cell_size(5).into(),
+        Some(data) => qr(data),
         None => text("(no QR code)").into(),
     };
     let verified = shown.trust == TrustLevel::Verified;

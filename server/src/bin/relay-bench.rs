@@ -1,4 +1,4 @@
-//! `relay-bench`: the relay's load generator (docs/benchmarks.md, DESIGN §6).
+//! `relay-bench`: the relay's load generator (docs/benchmarks.md, with its targets).
 //!
 //! Each scenario starts the `relay` binary as a child process and, in the
 //! same run, a bare tokio-rustls forwarder (`relay-bench forwarder`, also a

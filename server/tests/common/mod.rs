@@ -185,6 +185,52 @@ pub struct Client {
 }
 
 impl Client {
+    /// A connection that got its challenge, or `None` if the relay closed
+    /// it before (during the TLS handshake or right after it).
+    pub async fn try_connect(address: &RelayAddress) -> Option<Client> {
+        let tls = sotto_client::tls::connect(address).await.ok()?;
+        let mut framed = Framed::new(tls, ClientCodec::new());
+        let first = tokio::time::timeout(PATIENCE, framed.next())
+            .await
+            .expect("the relay answers or closes in time");
+        match first {
+            Some(Ok(RelayFrame::Challenge { nonce })) => Some(Client {
+                framed,
+                challenge: nonce,
+                relay: address.fingerprint,
+            }),
+            Some(Ok(other)) => panic!("expected a challenge, got {other:?}"),
+            Some(Err(_)) | None => None,
+        }
+    }
+
+    /// [`Client::try_connect`] from the local address `from` (any of
+    /// 127.0.0.0/8 on Linux), so that the relay sees another source.
+    pub async fn try_connect_from(address: &RelayAddress, from: &str) -> Option<Client> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let server: std::net::SocketAddr = format!("{}:{}", address.host, address.port)
+            .parse()
+            .unwrap();
+        let tcp = socket.connect(server).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(address.host.clone()).unwrap();
+        let tls = sotto_client::tls::connector(address)
+            .unwrap()
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        let mut framed = Framed::new(tls, ClientCodec::new());
+        match tokio::time::timeout(PATIENCE, framed.next()).await.unwrap() {
+            Some(Ok(RelayFrame::Challenge { nonce })) => Some(Client {
+                framed,
+                challenge: nonce,
+                relay: address.fingerprint,
+            }),
+            Some(Ok(other)) => panic!("expected a challenge, got {other:?}"),
+            Some(Err(_)) | None => None,
+        }
+    }
+
     pub async fn connect(address: &RelayAddress) -> Client {
         let tls = sotto_client::tls::connect(address).await.unwrap();
         let mut framed = Framed::new(tls, ClientCodec::new());

@@ -141,10 +141,17 @@ pub(crate) fn event(update: &Update) -> Value {
         }
         Update::Key(event) => match event {
             KeyEvent::Pinned {
-                name, fingerprint, ..
+                name,
+                fingerprint,
+                lookalikes,
             } => with_type(
                 "key",
-                json!({ "event": "pinned", "name": name, "fingerprint": fingerprint.to_hex() }),
+                json!({
+                    "event": "pinned",
+                    "name": name,
+                    "fingerprint": fingerprint.to_hex(),
+                    "lookalikes": lookalikes,
+                }),
             ),
             KeyEvent::Changed {
                 name,
@@ -283,4 +290,38 @@ pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
         other => return Err(format!("unknown command type {other:?}")),
     };
     Ok(Some(command))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_crypto::Fingerprint;
+
+    #[test]
+    fn a_pinned_key_event_names_the_look_alikes() {
+        let event = event(&Update::Key(KeyEvent::Pinned {
+            name: "aIice".to_owned(),
+            fingerprint: Fingerprint([0xab; 32]),
+            lookalikes: vec!["alice".to_owned()],
+        }));
+        assert_eq!(
+            event,
+            json!({
+                "type": "key",
+                "event": "pinned",
+                "name": "aIice",
+                "fingerprint": "ab".repeat(32),
+                "lookalikes": ["alice"],
+            })
+        );
+    }
+
+    #[test]
+    fn text_stays_exact_and_json_escaped() {
+        let text = "\u{1b}]0;TITLE\u{7} \u{1b}[2J\n[06:59:59] #lobby <bob [verified]> x\u{202e}";
+        let line = event(&Update::Error(text.to_owned())).to_string();
+        assert!(!line.contains('\u{1b}') && !line.contains('\n'), "{line}");
+        let back: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["message"], text);
+    }
 }

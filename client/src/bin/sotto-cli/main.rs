@@ -8,6 +8,7 @@
 // A command-line program talks on stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod input;
 mod json;
 mod text;
 
@@ -19,6 +20,7 @@ use futures::StreamExt;
 use sotto_client::account::Account;
 use sotto_client::commands;
 use sotto_client::profile::Profile;
+use sotto_client::safe_text;
 use sotto_client::servers::{KnownServers, SERVERS_FILE};
 use sotto_client::session::{self, Config, Update};
 use sotto_crypto::KdfParams;
@@ -286,27 +288,31 @@ async fn chat(config: Config, json: bool, fingerprint: String) -> Result<ExitCod
     if json {
         println!("{}", json::event(&Update::Ready(controller.clone())));
     }
-    let mut lines = stdin_lines();
+    // A line editor when a person types at a terminal; plain lines from a
+    // pipe or a file (and always in JSON mode), exactly as read.
+    let mut input = if json {
+        input::Input::plain()
+    } else {
+        input::Input::start()
+    };
     let mut stdin_open = true;
+    let mut out = Vec::new();
     if !json {
-        println!("type /help for commands");
+        input.print(vec!["type /help for commands".to_owned()]);
+        input.prompt(view.prompt());
     }
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
-    loop {
-        tokio::select! {
+    let code = loop {
+        let typed = tokio::select! {
             // Ctrl-C: say goodbye properly (the counters are checkpointed);
             // a second Ctrl-C stops at once.
             _ = &mut interrupted => {
-                if !stdin_open {
-                    return Ok(ExitCode::from(130));
-                }
-                stdin_open = false;
-                let _ = controller.quit();
                 interrupted.set(tokio::signal::ctrl_c());
+                input::Typed::Interrupt
             }
             update = updates.next() => {
-                let Some(update) = update else { break };
+                let Some(update) = update else { break ExitCode::SUCCESS };
                 let failed = matches!(
                     &update,
                     Update::Connection(session::Connection::Failed { .. })
@@ -314,59 +320,66 @@ async fn chat(config: Config, json: bool, fingerprint: String) -> Result<ExitCod
                 if json {
                     println!("{}", json::event(&update));
                 } else {
-                    view.show(&update);
+                    for command in view.show(&update, &mut out) {
+                        let _ = controller.command(command);
+                    }
+                    input.print(std::mem::take(&mut out));
                 }
                 if failed {
-                    return Ok(ExitCode::FAILURE);
+                    break ExitCode::FAILURE;
                 }
+                continue;
             }
-            line = lines.recv(), if stdin_open => match line {
-                Some(line) => {
-                    let parsed = if json {
-                        json::command(&line)
-                    } else {
-                        view.command(&line)
-                    };
-                    match parsed {
-                        Ok(Some(command)) => {
-                            if controller.command(command).is_err() {
-                                break;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(message) => {
-                            if json {
-                                println!("{}", json::error(&message));
-                            } else {
-                                println!("! {message}");
-                            }
-                        }
-                    }
-                }
+            line = input.recv(), if stdin_open => match line {
+                Some(typed) => typed,
                 // End of input: quit, after what is queued is sent.
                 None => {
                     stdin_open = false;
                     let _ = controller.quit();
+                    continue;
                 }
             },
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Lines of standard input, read on a thread of their own: a read blocked
-/// on a terminal or pipe must not keep the runtime from shutting down.
-fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = std::thread::Builder::new()
-        .name("stdin".to_owned())
-        .spawn(move || {
-            for line in std::io::stdin().lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
+        };
+        match typed {
+            input::Typed::Interrupt => {
+                if !stdin_open {
+                    return Ok(ExitCode::from(130));
+                }
+                stdin_open = false;
+                let _ = controller.quit();
+            }
+            input::Typed::Line(line) => {
+                let parsed = if json {
+                    json::command(&line)
+                } else {
+                    view.command(&line, &mut out)
+                };
+                match parsed {
+                    Ok(Some(command)) => {
+                        if controller.command(command).is_err() {
+                            break ExitCode::SUCCESS;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(message) => {
+                        if json {
+                            println!("{}", json::error(&message));
+                        } else {
+                            // It may quote what was typed.
+                            out.push(format!("! {}", safe_text::inline(&message)));
+                        }
+                    }
+                }
+                if !json {
+                    input.print(std::mem::take(&mut out));
+                    input.prompt(view.prompt());
                 }
             }
-        });
-    rx
+        }
+    };
+    if !json {
+        view.abandon(&mut out);
+        input.print(out);
+    }
+    Ok(code)
 }

@@ -1,13 +1,30 @@
 //! Interactive mode: `/` commands in, readable lines out.
+//!
+//! Every text that came from a peer or the relay (message text, names,
+//! room names in listings, reasons) goes through
+//! [`sotto_client::safe_text`] before it is printed, and a message of
+//! several lines prints its lines after the first under [`CONTINUATION`],
+//! which no header starts with: nothing a peer writes can pose as another
+//! line of this program (docs/cli.md section 7.1).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use sotto_client::commands::{self, Line};
 use sotto_client::contacts::KeyEvent;
+use sotto_client::safe_text;
 use sotto_client::session::{
     Chat, Command, Connection, Member, Message, PresenceChange, TrustLevel, Update,
 };
 use sotto_proto::RoomName;
+
+/// What starts every line of a message after its first: no header
+/// (`[`, `*`, `!`) starts with a space.
+pub(crate) const CONTINUATION: &str = "           | ";
+
+/// Lines typed before the session knows its rooms that are held for the
+/// first room joined; more are refused.
+pub(crate) const MAX_PENDING: usize = 16;
 
 /// What interactive mode remembers: the current room, the members of each
 /// room, and the safety numbers it showed (so `/verify NAME yes` marks
@@ -20,6 +37,19 @@ pub(crate) struct View {
     me: Option<String>,
     /// This user's key fingerprint, for `/fingerprint`.
     pub(crate) fingerprint: Option<String>,
+    /// Whether the session reported a room yet (a `Joined`): until then a
+    /// plain line is held in `pending`, not refused.
+    rooms_known: bool,
+    /// Lines typed before any room was joined, for the first room joined.
+    pending: Vec<String>,
+    /// New contacts whose names look like known ones (folded name to the
+    /// look-alikes), flagged in member lists.
+    lookalikes: BTreeMap<String, Vec<String>>,
+}
+
+/// Untrusted text (a name, a reason) ready to print on one line.
+fn safe(text: &impl fmt::Display) -> String {
+    safe_text::inline(&text.to_string()).to_string()
 }
 
 fn trust_badge(trust: TrustLevel) -> &'static str {
@@ -42,14 +72,38 @@ fn clock(ms: u64) -> String {
     )
 }
 
+/// `s` for a count other than one.
+fn plural(count: usize) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
 impl View {
-    /// Parses one line typed by the user.
-    pub(crate) fn command(&mut self, line: &str) -> Result<Option<Command>, String> {
+    /// The prompt of the line editor: the current conversation.
+    pub(crate) fn prompt(&self) -> String {
+        match &self.current {
+            Some(room) => format!("#{room}> "),
+            None => "> ".to_owned(),
+        }
+    }
+
+    /// Parses one line typed by the user; what it prints at once goes to
+    /// `out`.
+    pub(crate) fn command(
+        &mut self,
+        line: &str,
+        out: &mut Vec<String>,
+    ) -> Result<Option<Command>, String> {
+        if let Some(c) = safe_text::find_control(line) {
+            return Err(format!(
+                "not sent: the line contains the control character {} (an arrow or function key typed without a line editor?)",
+                safe_text::inline(c.encode_utf8(&mut [0; 4]))
+            ));
+        }
         let command = match commands::parse(line)? {
             Line::Empty => return Ok(None),
             Line::Say(text) => {
                 let Some(room) = self.current.clone() else {
-                    return Err("you are in no room: /join ROOM first".to_owned());
+                    return self.hold(text, out);
                 };
                 Command::Send {
                     chat: Chat::Room(room),
@@ -57,14 +111,14 @@ impl View {
                 }
             }
             Line::Help => {
-                println!("{}", commands::HELP);
+                out.extend(commands::HELP.lines().map(str::to_owned));
                 return Ok(None);
             }
             Line::Quit => Command::Quit,
             Line::Users => Command::ListUsers,
             Line::Rooms => Command::ListRooms,
             Line::Members => {
-                self.print_members();
+                self.print_members(out);
                 return Ok(None);
             }
             Line::Join(room) => {
@@ -75,7 +129,7 @@ impl View {
                 if !self.members.contains_key(&room) {
                     return Err(format!("you are not in #{room}: /join {room}"));
                 }
-                println!("* current room: #{room}");
+                out.push(format!("* current room: #{room}"));
                 self.current = Some(room);
                 return Ok(None);
             }
@@ -90,8 +144,8 @@ impl View {
             },
             Line::Fingerprint => {
                 match &self.fingerprint {
-                    Some(fingerprint) => println!("* your fingerprint: {fingerprint}"),
-                    None => println!("* use `sotto-cli fingerprint`"),
+                    Some(fingerprint) => out.push(format!("* your fingerprint: {fingerprint}")),
+                    None => out.push("* use `sotto-cli fingerprint`".to_owned()),
                 }
                 return Ok(None);
             }
@@ -124,9 +178,64 @@ impl View {
         Ok(Some(command))
     }
 
-    fn print_members(&self) {
+    /// A plain line typed while there is no current room: held for the
+    /// first room joined while the session has not reported one yet
+    /// (it is still connecting), refused otherwise.
+    fn hold(&mut self, text: String, out: &mut Vec<String>) -> Result<Option<Command>, String> {
+        if self.rooms_known {
+            return Err("you are in no room: /join ROOM first".to_owned());
+        }
+        if self.pending.len() >= MAX_PENDING {
+            return Err(format!(
+                "not sent: {MAX_PENDING} lines are already waiting for the first room to be joined"
+            ));
+        }
+        self.pending.push(text);
+        let count = self.pending.len();
+        out.push(format!(
+            "* not in a room yet: {count} line{} held, sent to the first room joined",
+            plural(count)
+        ));
+        Ok(None)
+    }
+
+    /// Says that the lines still held were not sent (the session ended).
+    pub(crate) fn abandon(&mut self, out: &mut Vec<String>) {
+        let count = self.pending.len();
+        if count > 0 {
+            out.push(format!(
+                "! {count} line{} typed before a room was joined {} not sent",
+                plural(count),
+                if count == 1 { "was" } else { "were" }
+            ));
+            self.pending.clear();
+        }
+    }
+
+    /// A name as listed, with " [looks like NAME, key ...]" for a contact
+    /// flagged as a look-alike in this run.
+    fn label(
+        &self,
+        name: &impl fmt::Display,
+        trust: TrustLevel,
+        fingerprint: Option<String>,
+    ) -> String {
+        let name = name.to_string();
+        let mut label = format!("{}{}", safe(&name), self.badge(&name, trust));
+        if let Some(like) = self.lookalikes.get(&name.to_ascii_lowercase()) {
+            let like: Vec<String> = like.iter().map(safe).collect();
+            label.push_str(&format!(" [looks like {}", like.join(", ")));
+            if let Some(fingerprint) = fingerprint {
+                label.push_str(&format!(", key {fingerprint}"));
+            }
+            label.push(']');
+        }
+        label
+    }
+
+    fn print_members(&self, out: &mut Vec<String>) {
         let Some(room) = &self.current else {
-            println!("! you are in no room");
+            out.push("! you are in no room".to_owned());
             return;
         };
         let members = self
@@ -134,13 +243,16 @@ impl View {
             .get(room)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        println!("* #{room}: {} members", members.len());
+        out.push(format!("* #{room}: {} members", members.len()));
         for member in members {
-            println!(
-                "*   {}{}",
-                member.name,
-                self.badge(&member.name, member.trust)
-            );
+            out.push(format!(
+                "*   {}",
+                self.label(
+                    &member.name,
+                    member.trust,
+                    member.fingerprint.map(|f| f.to_string())
+                )
+            ));
         }
     }
 
@@ -153,8 +265,7 @@ impl View {
         }
     }
 
-    fn message(&self, message: &Message) {
-        let late = if message.late { " (arrived late)" } else { "" };
+    fn message(&self, message: &Message, out: &mut Vec<String>) {
         let badge = if message.outgoing {
             ""
         } else {
@@ -165,51 +276,75 @@ impl View {
             Chat::Direct(peer) if message.outgoing => format!("-> @{peer}"),
             Chat::Direct(_) => "(direct)".to_owned(),
         };
-        println!(
-            "[{}] {place} <{}{badge}> {}{late}",
+        let mut lines = safe_text::message_lines(&message.text);
+        if message.late
+            && let Some(last) = lines.last_mut()
+        {
+            last.push_str(" (arrived late)");
+        }
+        let mut lines = lines.into_iter();
+        out.push(format!(
+            "[{}] {place} <{}{badge}> {}",
             clock(message.sent_at_ms),
-            message.from,
-            message.text
-        );
+            safe(&message.from),
+            lines.next().unwrap_or_default()
+        ));
+        out.extend(lines.map(|line| format!("{CONTINUATION}{line}")));
     }
 
-    /// Prints one update.
-    pub(crate) fn show(&mut self, update: &Update) {
+    /// Prints one update into `out`; returns the commands it releases
+    /// (lines held until a room was joined).
+    pub(crate) fn show(&mut self, update: &Update, out: &mut Vec<String>) -> Vec<Command> {
         match update {
             Update::Ready(_) => {}
             Update::History { chat, messages } => {
                 let recent = messages.len().saturating_sub(20);
                 if recent > 0 {
-                    println!("* {chat}: {recent} older messages in history");
+                    out.push(format!("* {chat}: {recent} older messages in history"));
                 }
                 for message in messages.iter().skip(recent) {
-                    self.message(message);
+                    self.message(message, out);
                 }
             }
             Update::Connection(state) => match state {
-                Connection::Connecting => println!("* connecting..."),
+                Connection::Connecting => out.push("* connecting...".to_owned()),
                 Connection::Connected { name } => {
-                    self.me = Some(name.clone());
-                    println!("* connected as {name}");
+                    self.me = Some(name.to_string());
+                    out.push(format!("* connected as {}", safe(name)));
                 }
-                Connection::Reconnecting { after, reason } => println!(
-                    "! connection lost ({reason}); reconnecting in {:.1} s",
+                Connection::Reconnecting { after, reason } => out.push(format!(
+                    "! connection lost ({}); reconnecting in {:.1} s",
+                    safe(reason),
                     after.as_secs_f64()
-                ),
-                Connection::Failed { reason } => println!("! {reason}"),
+                )),
+                Connection::Failed { reason } => {
+                    out.push(format!("! {}", safe(reason)));
+                    self.abandon(out);
+                }
             },
             Update::Joined { room } => {
                 if self.current.is_none() {
                     self.current = Some(room.clone());
                 }
-                println!("* you joined #{room}");
+                out.push(format!("* you joined #{}", safe(room)));
+                if !self.rooms_known {
+                    self.rooms_known = true;
+                    return self
+                        .pending
+                        .drain(..)
+                        .map(|text| Command::Send {
+                            chat: Chat::Room(room.clone()),
+                            text,
+                        })
+                        .collect();
+                }
             }
             Update::Left { room } => {
                 self.members.remove(room);
                 if self.current.as_ref() == Some(room) {
                     self.current = self.members.keys().next().cloned();
                 }
-                println!("* you left #{room}");
+                out.push(format!("* you left #{}", safe(room)));
             }
             Update::Members { room, members } => {
                 let first = !self.members.contains_key(room);
@@ -217,9 +352,9 @@ impl View {
                 if first {
                     let names: Vec<String> = members
                         .iter()
-                        .map(|m| format!("{}{}", m.name, self.badge(&m.name, m.trust)))
+                        .map(|m| self.label(&m.name, m.trust, m.fingerprint.map(|f| f.to_string())))
                         .collect();
-                    println!("* in #{room}: {}", names.join(", "));
+                    out.push(format!("* in #{}: {}", safe(room), names.join(", ")));
                 }
             }
             Update::Presence { room, name, change } => {
@@ -228,73 +363,63 @@ impl View {
                     PresenceChange::Left => "left",
                     PresenceChange::Disconnected => "disconnected from",
                 };
-                println!("* {name} {what} #{room}");
+                out.push(format!("* {} {what} #{}", safe(name), safe(room)));
             }
-            Update::Message(message) => self.message(message),
+            Update::Message(message) => self.message(message, out),
             Update::Missing { chat, from, count } => {
                 let s = if *count == 1 { "" } else { "s" };
-                println!("! {chat}: {count} message{s} from {from} missing");
+                out.push(format!(
+                    "! {}: {count} message{s} from {} missing",
+                    safe(chat),
+                    safe(from)
+                ));
             }
             Update::Rejected { chat, from } => match chat {
-                Some(chat) => println!(
-                    "! {chat}: a message claiming to be from {from} could not be opened and was dropped"
-                ),
-                None => println!(
-                    "! a message claiming to be from {from} could not be opened and was dropped"
-                ),
+                Some(chat) => out.push(format!(
+                    "! {}: a message claiming to be from {} could not be opened and was dropped",
+                    safe(chat),
+                    safe(from)
+                )),
+                None => out.push(format!(
+                    "! a message claiming to be from {} could not be opened and was dropped",
+                    safe(from)
+                )),
             },
-            Update::NotForYou { chat, from } => println!(
-                "! {chat}: {from} sent a message without a key for you (you are not among its recipients)"
-            ),
-            Update::Key(event) => match event {
-                KeyEvent::Pinned {
-                    name, fingerprint, ..
-                } => {
-                    println!(
-                        "* new contact {name}, key {fingerprint} (unverified: /verify {name})"
-                    );
+            Update::NotForYou { chat, from } => out.push(format!(
+                "! {}: {} sent a message without a key for you (you are not among its recipients)",
+                safe(chat),
+                safe(from)
+            )),
+            Update::Key(event) => self.key(event, out),
+            Update::Trust { name, trust } => {
+                let name = safe(name);
+                match trust {
+                    TrustLevel::Verified => out.push(format!("* {name} is now verified")),
+                    TrustLevel::Unverified => {
+                        out.push(format!("* {name}'s new key is accepted (unverified)"));
+                    }
+                    other => out.push(format!("* {name}: {other:?}")),
                 }
-                KeyEvent::Changed {
-                    name,
-                    previous,
-                    current,
-                } => println!(
-                    "! {name}'s key changed from {previous} to {current} (they were not verified; /verify {name})"
-                ),
-                KeyEvent::ChangedVerified {
-                    name,
-                    pinned,
-                    offered,
-                } => {
-                    println!("!! WARNING: {name}'s key changed since you verified it.");
-                    println!("!!   verified key: {pinned}");
-                    println!("!!   new key:      {offered}");
-                    println!(
-                        "!! Nothing is sent to {name} until you compare the new safety number (/verify {name}) or accept the new key (/trust {name})."
-                    );
-                }
-            },
-            Update::Trust { name, trust } => match trust {
-                TrustLevel::Verified => println!("* {name} is now verified"),
-                TrustLevel::Unverified => println!("* {name}'s new key is accepted (unverified)"),
-                other => println!("* {name}: {other:?}"),
-            },
+            }
             Update::SafetyNumber {
                 name,
                 fingerprint,
                 safety_number,
                 trust,
             } => {
-                self.shown
-                    .insert(name.to_ascii_lowercase(), safety_number.digits().to_owned());
-                println!("* {name}{}: key {fingerprint}", trust_badge(*trust));
-                println!(
-                    "* safety number with {name} (compare it with theirs, in person or by a call):"
+                self.shown.insert(
+                    name.to_string().to_ascii_lowercase(),
+                    safety_number.digits().to_owned(),
                 );
+                let name = safe(name);
+                out.push(format!("* {name}{}: key {fingerprint}", trust_badge(*trust)));
+                out.push(format!(
+                    "* safety number with {name} (compare it with theirs, in person or by a call):"
+                ));
                 for line in safety_number.groups().chunks(4) {
-                    println!("*     {}", line.join(" "));
+                    out.push(format!("*     {}", line.join(" ")));
                 }
-                println!("* if it matches: /verify {name} yes");
+                out.push(format!("* if it matches: /verify {name} yes"));
             }
             Update::NotSentTo {
                 chat,
@@ -302,48 +427,289 @@ impl View {
                 reason,
             } => {
                 if names.is_empty() {
-                    println!("! {chat}: {reason}");
+                    out.push(format!("! {}: {}", safe(chat), safe(reason)));
                 } else {
-                    println!("! {chat}: not sent to {}: {reason}", names.join(", "));
+                    let names: Vec<String> = names.iter().map(safe).collect();
+                    out.push(format!(
+                        "! {}: not sent to {}: {}",
+                        safe(chat),
+                        names.join(", "),
+                        safe(reason)
+                    ));
                 }
             }
-            Update::RosterMismatch { room, from } => println!(
-                "! #{room}: {from} encrypted for another set of members than you see: the relay may be showing members different rosters"
-            ),
+            Update::RosterMismatch { room, from } => out.push(format!(
+                "! #{}: {} encrypted for another set of members than you see: the relay may be showing members different rosters",
+                safe(room),
+                safe(from)
+            )),
             Update::Users(users) => {
-                println!("* {} users connected:", users.len());
+                out.push(format!("* {} users connected:", users.len()));
                 for user in users {
-                    println!(
-                        "*   {}{} in {}",
-                        user.name,
-                        self.badge(&user.name, user.trust),
-                        if user.rooms.is_empty() {
-                            "no room".to_owned()
-                        } else {
-                            user.rooms
-                                .iter()
-                                .map(|r| format!("#{r}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        }
-                    );
+                    let rooms = if user.rooms.is_empty() {
+                        "no room".to_owned()
+                    } else {
+                        user.rooms
+                            .iter()
+                            .map(|r| format!("#{}", safe(r)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    out.push(format!(
+                        "*   {}{} in {rooms}",
+                        safe(&user.name),
+                        self.badge(&user.name.to_string(), user.trust),
+                    ));
                 }
             }
             Update::Rooms(rooms) => {
-                println!("* {} rooms:", rooms.len());
+                out.push(format!("* {} rooms:", rooms.len()));
                 for (room, count) in rooms {
-                    println!("*   #{room} ({count} members)");
+                    out.push(format!("*   #{} ({count} members)", safe(room)));
                 }
             }
             Update::VerifiedOnly { room, on } => {
+                let room = safe(room);
                 if *on {
-                    println!("* #{room}: messages now go to verified members only");
+                    out.push(format!(
+                        "* #{room}: messages now go to verified members only"
+                    ));
                 } else {
-                    println!("* #{room}: messages go to every member with a known key");
+                    out.push(format!(
+                        "* #{room}: messages go to every member with a known key"
+                    ));
                 }
             }
-            Update::Error(message) => println!("! {message}"),
-            other => println!("* {other:?}"),
+            Update::Error(message) => out.push(format!("! {}", safe(message))),
+            other => out.push(format!("* {}", safe(&format!("{other:?}")))),
         }
+        Vec::new()
+    }
+
+    fn key(&mut self, event: &KeyEvent, out: &mut Vec<String>) {
+        match event {
+            KeyEvent::Pinned {
+                name,
+                fingerprint,
+                lookalikes,
+            } => {
+                let shown = safe(name);
+                if !lookalikes.is_empty() {
+                    let like: Vec<String> = lookalikes.iter().map(safe).collect();
+                    out.push(format!(
+                        "!! WARNING: the new contact {shown} has a name that looks like {}, whom you already know: it may be someone else posing as them.",
+                        like.join(", ")
+                    ));
+                    out.push(format!("!!   {shown}'s key: {fingerprint}"));
+                    out.push(format!(
+                        "!!   Compare it with the key you know ({}) before you trust {shown}.",
+                        like.iter()
+                            .map(|n| format!("/verify {n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    self.lookalikes.insert(
+                        name.to_string().to_ascii_lowercase(),
+                        lookalikes.iter().map(ToString::to_string).collect(),
+                    );
+                }
+                out.push(format!(
+                    "* new contact {shown}, key {fingerprint} (unverified: /verify {shown})"
+                ));
+            }
+            KeyEvent::Changed {
+                name,
+                previous,
+                current,
+            } => {
+                let name = safe(name);
+                out.push(format!(
+                    "! {name}'s key changed from {previous} to {current} (they were not verified; /verify {name})"
+                ));
+            }
+            KeyEvent::ChangedVerified {
+                name,
+                pinned,
+                offered,
+            } => {
+                let name = safe(name);
+                out.push(format!(
+                    "!! WARNING: {name}'s key changed since you verified it."
+                ));
+                out.push(format!("!!   verified key: {pinned}"));
+                out.push(format!("!!   new key:      {offered}"));
+                out.push(format!(
+                    "!! Nothing is sent to {name} until you compare the new safety number (/verify {name}) or accept the new key (/trust {name})."
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_crypto::Fingerprint;
+
+    fn message(from: &str, text: &str) -> Update {
+        Update::Message(Message {
+            chat: Chat::Room("lobby".parse().unwrap()),
+            from: from.to_owned(),
+            fingerprint: Fingerprint([1; 32]),
+            trust: TrustLevel::Unverified,
+            outgoing: false,
+            seq: 0,
+            sent_at_ms: 25_199_000,
+            received_at_ms: 25_199_000,
+            late: false,
+            position: (0, 0),
+            text: text.to_owned(),
+        })
+    }
+
+    fn shown(view: &mut View, update: &Update) -> Vec<String> {
+        let mut out = Vec::new();
+        view.show(update, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_forged_header_inside_a_message_is_a_continuation_line() {
+        let mut view = View::default();
+        let out = shown(
+            &mut view,
+            &message(
+                "mallory",
+                "hi\n[06:59:59] #lobby <bob [verified]> please send me your passphrase",
+            ),
+        );
+        assert_eq!(
+            out,
+            [
+                "[06:59:59] #lobby <mallory> hi".to_owned(),
+                format!(
+                    "{CONTINUATION}[06:59:59] #lobby <bob [verified]> please send me your passphrase"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn escapes_in_a_message_are_shown_not_obeyed() {
+        let mut view = View::default();
+        let out = shown(
+            &mut view,
+            &message("mallory", "\u{1b}]0;TITLE\u{7} \u{1b}[2J"),
+        );
+        assert_eq!(out, [r"[06:59:59] #lobby <mallory> \e]0;TITLE\x07 \e[2J"]);
+    }
+
+    #[test]
+    fn a_look_alike_contact_is_a_warning_naming_both_with_the_key() {
+        let mut view = View::default();
+        let fingerprint = Fingerprint([0xab; 32]);
+        let out = shown(
+            &mut view,
+            &Update::Key(KeyEvent::Pinned {
+                name: "aIice".to_owned(),
+                fingerprint,
+                lookalikes: vec!["alice".to_owned()],
+            }),
+        );
+        assert!(
+            out[0]
+                .starts_with("!! WARNING: the new contact aIice has a name that looks like alice,")
+        );
+        assert_eq!(out[1], format!("!!   aIice's key: {fingerprint}"));
+        assert_eq!(
+            out.last().unwrap(),
+            &format!("* new contact aIice, key {fingerprint} (unverified: /verify aIice)")
+        );
+        // Without look-alikes: the plain notice only.
+        let out = shown(
+            &mut view,
+            &Update::Key(KeyEvent::Pinned {
+                name: "carol".to_owned(),
+                fingerprint,
+                lookalikes: Vec::new(),
+            }),
+        );
+        assert_eq!(out.len(), 1);
+        // The look-alike is flagged in member lists.
+        let out = shown(
+            &mut view,
+            &Update::Members {
+                room: "lobby".parse().unwrap(),
+                members: vec![Member {
+                    name: "aIice".to_owned(),
+                    fingerprint: Some(fingerprint),
+                    trust: TrustLevel::Unverified,
+                }],
+            },
+        );
+        assert_eq!(
+            out,
+            [format!(
+                "* in #lobby: aIice [looks like alice, key {fingerprint}]"
+            )]
+        );
+    }
+
+    #[test]
+    fn lines_typed_before_a_room_is_joined_are_held_then_sent_there() {
+        let mut view = View::default();
+        let mut out = Vec::new();
+        assert!(view.command("early", &mut out).unwrap().is_none());
+        assert!(out[0].starts_with("* not in a room yet: 1 line held"));
+        let lobby: RoomName = "lobby".parse().unwrap();
+        let released = view.show(
+            &Update::Joined {
+                room: lobby.clone(),
+            },
+            &mut out,
+        );
+        assert!(matches!(
+            released.as_slice(),
+            [Command::Send { chat: Chat::Room(room), text }] if *room == lobby && text == "early"
+        ));
+        // Once rooms are known, no room means a refusal, as before.
+        view.show(&Update::Left { room: lobby }, &mut out);
+        assert_eq!(
+            view.command("late", &mut out).unwrap_err(),
+            "you are in no room: /join ROOM first"
+        );
+    }
+
+    #[test]
+    fn held_lines_are_bounded_and_reported_when_the_session_fails() {
+        let mut view = View::default();
+        let mut out = Vec::new();
+        for _ in 0..MAX_PENDING {
+            view.command("x", &mut out).unwrap();
+        }
+        assert!(view.command("x", &mut out).is_err());
+        out.clear();
+        view.show(
+            &Update::Connection(Connection::Failed {
+                reason: "no".to_owned(),
+            }),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [
+                "! no".to_owned(),
+                format!("! {MAX_PENDING} lines typed before a room was joined were not sent")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_typed_escape_sequence_is_refused() {
+        let mut view = View::default();
+        let mut out = Vec::new();
+        let error = view.command("\u{1b}[A", &mut out).unwrap_err();
+        assert!(error.starts_with(r"not sent: the line contains the control character \e"));
+        assert!(view.pending.is_empty());
     }
 }

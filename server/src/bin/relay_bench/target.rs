@@ -54,6 +54,18 @@ const RELAY_LIMITS: &[&str] = &[
     "1800",
 ];
 
+/// The benchmark limits that have no flag, given to the relay in a
+/// configuration file: every client of the load registers with one key
+/// and connects from one address.
+const RELAY_LIMITS_FILE: &str = "\
+max_connections_per_key = 20000
+max_names_per_key = 1000000
+max_unregistered_per_ip = 20000
+outbound_queue_bytes = 1073741824
+fanout_bytes_per_sec = 1125899906842624
+fanout_burst_bytes = 1125899906842624
+";
+
 impl Launch {
     /// The relay command line, for the report.
     pub(crate) fn relay_command(&self) -> String {
@@ -61,10 +73,17 @@ impl Launch {
             self.relay_bin.display().to_string(),
             "--listen 127.0.0.1:0 --host 127.0.0.1 --data-dir".to_string(),
             self.data_dir.display().to_string(),
+            "--config".to_string(),
+            self.limits_file().display().to_string(),
         ];
         words.extend(RELAY_LIMITS.iter().map(|s| (*s).to_string()));
         words.extend(self.relay_args.iter().cloned());
         words.join(" ")
+    }
+
+    /// Where [`RELAY_LIMITS_FILE`] is written: beside the data directory.
+    fn limits_file(&self) -> PathBuf {
+        self.data_dir.with_file_name("relay-limits.toml")
     }
 }
 
@@ -97,8 +116,13 @@ impl Target {
     pub(crate) async fn start(launch: &Launch, proto: Proto, log: &Path) -> Result<Self, BoxError> {
         let mut command = match proto {
             Proto::Relay => {
+                let limits = launch.limits_file();
+                std::fs::write(&limits, RELAY_LIMITS_FILE)
+                    .map_err(|e| format!("cannot write {}: {e}", limits.display()))?;
                 let mut command = Command::new(&launch.relay_bin);
                 command
+                    .arg("--config")
+                    .arg(&limits)
                     .args([
                         "--listen",
                         "127.0.0.1:0",
