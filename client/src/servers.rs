@@ -10,7 +10,7 @@
 //!
 //! Two moves happen without the user, because they prove themselves:
 //! following the old key's signed hand-over to a new key
-//! ([`KnownServers::follow`]), and converting an old-style certificate pin
+//! (`KnownServers::follow`, used by the session only), and converting an old-style certificate pin
 //! to the key of that very certificate. Both keep the old fingerprint as a
 //! superseded pin, so the old address still connects (to the new key), and
 //! every move is recorded in [`PIN_LOG_FILE`].
@@ -65,7 +65,7 @@ pub struct Replaced {
 
 /// How a pin moved, for the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Move {
+pub(crate) enum Move {
     /// The old key's signed hand-over to the new key was verified.
     Handover,
     /// An old-style certificate pin was converted to that certificate's
@@ -216,9 +216,9 @@ impl KnownServers {
     /// connect, to `to`), and records it. Only for a move that proved
     /// itself: a verified hand-over from the pinned key
     /// ([`crate::tls::verify_handover`]) or the conversion of a certificate
-    /// pin to the key of that very certificate. The session calls it; a
-    /// front end never needs to.
-    pub fn follow(
+    /// pin to the key of that very certificate. Only the session calls it
+    /// (crate-private on purpose: no front end can move a pin silently).
+    pub(crate) fn follow(
         &mut self,
         address: &RelayAddress,
         to: [u8; 32],
