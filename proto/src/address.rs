@@ -1,12 +1,19 @@
-//! Relay addresses: where a relay is and which certificate it must present.
+//! Relay addresses: where a relay is and which key it must present.
 //!
 //! An address is `sotto://FINGERPRINT@HOST:PORT`, where `FINGERPRINT` is the
-//! SHA-256 of the relay's TLS certificate (DER), in unpadded base64url (43
-//! characters), `HOST` a DNS name, an IPv4 address or a bracketed IPv6
-//! address, and `:PORT` optional ([`DEFAULT_PORT`]). A client that connects
-//! with an address accepts exactly that certificate and no other, so an
-//! address is all a user needs to share: no certificate authority, and no
-//! "accept any certificate" step.
+//! SHA-256 of the SubjectPublicKeyInfo (DER) of the relay's TLS certificate
+//! (its public key, as HPKP pins), in unpadded base64url (43 characters),
+//! `HOST` a DNS name, an IPv4 address or a bracketed IPv6 address, and
+//! `:PORT` optional ([`DEFAULT_PORT`]). A client that connects with an
+//! address accepts exactly that key and no other, so an address is all a
+//! user needs to share: no certificate authority, and no "accept any
+//! certificate" step. A renewed certificate with the same key keeps every
+//! address valid; a new key is followed only through the old key's signed
+//! hand-over ([`key_handover_transcript`]).
+//!
+//! Addresses made before version 0.1's key pins carry the SHA-256 of the
+//! whole certificate instead; clients still accept a certificate whose
+//! hash equals such a pin and convert the pin to the key's.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,7 +33,9 @@ pub struct RelayAddress {
     pub host: String,
     /// TCP port.
     pub port: u16,
-    /// SHA-256 of the relay certificate's DER encoding.
+    /// SHA-256 of the relay's public key (the certificate's
+    /// SubjectPublicKeyInfo, DER); in old addresses, of the whole
+    /// certificate's DER.
     pub fingerprint: [u8; 32],
 }
 
@@ -38,7 +47,7 @@ pub enum AddressError {
     #[error("a relay address starts with {SCHEME}")]
     Scheme,
     /// The fingerprint part is missing or is not 32 bytes of base64url.
-    #[error("the certificate fingerprint (before '@') must be 43 base64url characters")]
+    #[error("the key fingerprint (before '@') must be 43 base64url characters")]
     Fingerprint,
     /// The host is missing or malformed.
     #[error("the host (after '@') is missing or malformed")]
@@ -48,9 +57,26 @@ pub enum AddressError {
     Port,
 }
 
-/// A certificate fingerprint as addresses write it: unpadded base64url.
+/// A key fingerprint as addresses, the relay's log and every front end
+/// write it: unpadded base64url.
 pub fn fingerprint_text(fingerprint: &[u8; 32]) -> String {
     URL_SAFE_NO_PAD.encode(fingerprint)
+}
+
+/// The domain-separation label of a relay key hand-over's transcript.
+pub const KEY_HANDOVER_LABEL: &[u8] = b"sotto/v1/relay-key-handover\0";
+
+/// The bytes the old key signs to hand over to the new one
+/// (protocol.md §9.2.1): [`KEY_HANDOVER_LABEL`] || SHA-256 of the old
+/// SubjectPublicKeyInfo || SHA-256 of the new one || `not_after` as
+/// 8 bytes big-endian (Unix seconds).
+pub fn key_handover_transcript(old: &[u8; 32], new: &[u8; 32], not_after: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(KEY_HANDOVER_LABEL.len() + 72);
+    out.extend_from_slice(KEY_HANDOVER_LABEL);
+    out.extend_from_slice(old);
+    out.extend_from_slice(new);
+    out.extend_from_slice(&not_after.to_be_bytes());
+    out
 }
 
 impl RelayAddress {

@@ -209,6 +209,25 @@ pub enum RelayFrame {
     },
     /// The relay is shutting down; reconnect later.
     ShuttingDown,
+    /// The relay moved to a new TLS key: the previous key's signed
+    /// statement that the key presented in this handshake succeeds it.
+    /// Sent, while the hand-over is valid, as the first frame of every
+    /// connection (before [`RelayFrame::Challenge`]). A client pinned to
+    /// the old key follows it only if every check of protocol.md §9.2.1
+    /// passes; a client pinned to the new key ignores it.
+    KeyHandover {
+        /// The previous key: its SubjectPublicKeyInfo, DER.
+        old_key: Bytes,
+        /// SHA-256 of the new key's SubjectPublicKeyInfo DER (the key of
+        /// the certificate presented).
+        new_key: [u8; 32],
+        /// The hand-over is void after this time (Unix seconds).
+        not_after: u64,
+        /// The TLS 1.3 `SignatureScheme` code of `signature`.
+        scheme: u16,
+        /// The old key's signature over the hand-over transcript.
+        signature: Bytes,
+    },
 }
 
 /// A member of a room, in [`RelayFrame::Joined`].

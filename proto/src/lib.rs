@@ -57,7 +57,10 @@ pub mod name;
 #[cfg(test)]
 mod strategies;
 
-pub use address::{AddressError, DEFAULT_PORT, RelayAddress, fingerprint_text};
+pub use address::{
+    AddressError, DEFAULT_PORT, KEY_HANDOVER_LABEL, RelayAddress, fingerprint_text,
+    key_handover_transcript,
+};
 pub use codec::{
     ClientCodec, FrameCodec, MAX_FRAME_LEN, PROTOCOL_VERSION, RelayCodec, decode_payload,
     encode_frame,

@@ -140,6 +140,22 @@ pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
         any::<u64>().prop_map(|nonce| RelayFrame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| RelayFrame::Pong { nonce }),
         Just(RelayFrame::ShuttingDown),
+        (
+            bytes(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<u16>(),
+            bytes()
+        )
+            .prop_map(|(old_key, new_key, not_after, scheme, signature)| {
+                RelayFrame::KeyHandover {
+                    old_key,
+                    new_key,
+                    not_after,
+                    scheme,
+                    signature,
+                }
+            }),
     ]
 }
 
@@ -166,7 +182,7 @@ pub(crate) fn client_variant(frame: &ClientFrame) -> usize {
 }
 
 /// The number of [`RelayFrame`] variants.
-pub(crate) const RELAY_VARIANTS: usize = 14;
+pub(crate) const RELAY_VARIANTS: usize = 15;
 
 /// The wire index of `frame`'s variant; see [`client_variant`].
 pub(crate) fn relay_variant(frame: &RelayFrame) -> usize {
@@ -185,5 +201,6 @@ pub(crate) fn relay_variant(frame: &RelayFrame) -> usize {
         RelayFrame::Ping { .. } => 11,
         RelayFrame::Pong { .. } => 12,
         RelayFrame::ShuttingDown => 13,
+        RelayFrame::KeyHandover { .. } => 14,
     }
 }

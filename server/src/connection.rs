@@ -232,6 +232,11 @@ impl Connection {
         mut frames: FramedRead<R, RelayCodec>,
         shutdown: CancellationToken,
     ) -> End {
+        // While the key is being rotated: the old key's signed hand-over to
+        // the one this handshake presented, first (protocol.md §9.2.1).
+        if let Some(handover) = self.shared.certs.handover(now_secs()) {
+            self.reply(handover.frame());
+        }
         self.reply(RelayFrame::Challenge {
             nonce: self.challenge,
         });

@@ -1,6 +1,9 @@
 //! The `relay` binary: parse the configuration, set up logging, load or
 //! generate the certificate, bind, print the address to share, and run
-//! until SIGINT or SIGTERM. SIGHUP reloads the certificate.
+//! until SIGINT or SIGTERM. SIGHUP reloads the certificate (and the key
+//! hand-over). Subcommands print the key fingerprint, renew the generated
+//! certificate with the same key, and rotate the key with a signed
+//! hand-over.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use sotto_proto::RelayAddress;
+use clap::{Parser, Subcommand};
+use sotto_proto::{RelayAddress, fingerprint_text};
+use sotto_relay::tls::{self, HANDOVER_FILE, HANDOVER_PERIOD};
 use sotto_relay::{CertSource, CertStore, Config, run};
 use tracing_subscriber::EnvFilter;
 
@@ -18,8 +22,10 @@ use tracing_subscriber::EnvFilter;
 /// With no arguments it listens on 0.0.0.0:7447, keeps its data in
 /// ./sotto-relay-data, generates a self-signed certificate there on first
 /// start, and prints a line `address: sotto://...` to share with users:
-/// the address carries the certificate's fingerprint, so clients pin it
-/// with no other step. Every option can also be set in a TOML file
+/// the address carries the fingerprint of the certificate's key, so
+/// clients pin it with no other step; renewing the certificate with the
+/// same key changes nothing, and `relay rotate-key` hands over to a new
+/// key. Every option can also be set in a TOML file
 /// (`--config`); options on the command line win. Logs go to stderr
 /// (RUST_LOG=debug for more) and never contain message content.
 #[derive(Debug, Parser)]
@@ -93,11 +99,44 @@ struct Args {
     /// Seconds clients get to hear about a shutdown [default: 5].
     #[arg(long, value_name = "SECS")]
     shutdown_grace: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+/// Key and certificate maintenance; without one the relay runs.
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the key fingerprint clients pin (the one in the address) of
+    /// a certificate file [default: the relay's certificate].
+    Fingerprint {
+        /// A PEM certificate (the first one in the file counts).
+        #[arg(long, value_name = "PEM")]
+        cert: Option<PathBuf>,
+    },
+    /// Issue a new self-signed certificate for the relay's generated key
+    /// (relay-key.pem is kept, so every address stays valid), then SIGHUP
+    /// the running relay.
+    RenewCert,
+    /// Move to a new key with a hand-over signed by the current key, which
+    /// pinned clients follow without a prompt while it is valid.
+    ///
+    /// With a generated certificate the new key and certificate are
+    /// installed at once (the old key is kept as relay-key-previous.pem):
+    /// restart or SIGHUP the relay. With --cert/--key, get a certificate
+    /// for the next key, point --cert/--key at it and SIGHUP.
+    RotateKey {
+        /// The next key (PEM) [default: a new ECDSA P-256 key].
+        #[arg(long, value_name = "PEM")]
+        next_key: Option<PathBuf>,
+        /// Days the hand-over stays valid [default: 90].
+        #[arg(long, value_name = "DAYS")]
+        valid_days: Option<u64>,
+    },
 }
 
 impl Args {
     /// Defaults, then the file, then the flags.
-    fn config(self) -> Result<Config, String> {
+    fn config(&self) -> Result<Config, String> {
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -109,7 +148,7 @@ impl Args {
         let secs = Duration::from_secs;
         macro_rules! set {
             ($($field:ident $(=> $map:expr)?),* $(,)?) => {$(
-                if let Some(value) = self.$field {
+                if let Some(value) = self.$field.clone() {
                     config.$field = set!(@map value $(, $map)?);
                 }
             )*};
@@ -124,11 +163,11 @@ impl Args {
             offline_max_age => secs, shutdown_grace => secs,
         );
         if self.public_host.is_some() {
-            config.public_host = self.public_host;
+            config.public_host.clone_from(&self.public_host);
         }
         if self.cert.is_some() {
-            config.cert = self.cert;
-            config.key = self.key;
+            config.cert.clone_from(&self.cert);
+            config.key.clone_from(&self.key);
         }
         if self.metrics.is_some() {
             config.metrics = self.metrics;
@@ -168,7 +207,12 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match serve(Args::parse()).await {
+    let args = Args::parse();
+    let result = match &args.command {
+        None => serve(&args).await,
+        Some(command) => maintain(&args, command),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
@@ -177,8 +221,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: Args) -> Result<(), String> {
-    let config = args.config()?;
+/// The host printed in the address, and where the certificate comes from.
+fn host_and_source(config: &Config) -> (String, CertSource) {
     let host = config.public_host.clone().unwrap_or_else(|| {
         if config.listen.ip().is_unspecified() {
             machine_host_name()
@@ -196,7 +240,80 @@ async fn serve(args: Args) -> Result<(), String> {
             hosts: vec![host.clone(), "localhost".to_string()],
         },
     };
-    let certs = CertStore::load(source).map_err(|e| e.to_string())?;
+    (host, source)
+}
+
+/// The subcommands: print, renew, rotate; the relay is not started.
+fn maintain(args: &Args, command: &Cmd) -> Result<(), String> {
+    let config = args.config()?;
+    let (_, source) = host_and_source(&config);
+    #[allow(clippy::print_stdout)] // the subcommands' output
+    match command {
+        Cmd::Fingerprint { cert } => {
+            let cert = match (cert, &source) {
+                (Some(cert), _) => cert.clone(),
+                (None, CertSource::Files { cert, .. }) => cert.clone(),
+                (None, CertSource::Generated { dir, .. }) => dir.join(tls::GENERATED_CERT),
+            };
+            let fingerprint =
+                tls::certificate_file_fingerprint(&cert).map_err(|e| e.to_string())?;
+            println!("{}", fingerprint_text(&fingerprint));
+        }
+        Cmd::RenewCert => {
+            let CertSource::Generated { dir, hosts } = &source else {
+                return Err(
+                    "renew-cert renews the generated certificate; renew a CA certificate with \
+                     your CA keeping the key (certbot --reuse-key), then SIGHUP the relay"
+                        .to_owned(),
+                );
+            };
+            let fingerprint = tls::renew_certificate(dir, hosts).map_err(|e| e.to_string())?;
+            println!(
+                "renewed {} with the same key {}: SIGHUP the running relay; addresses stay valid",
+                dir.join(tls::GENERATED_CERT).display(),
+                fingerprint_text(&fingerprint)
+            );
+        }
+        Cmd::RotateKey {
+            next_key,
+            valid_days,
+        } => {
+            let period = valid_days.map_or(HANDOVER_PERIOD, |days| {
+                Duration::from_secs(days.saturating_mul(24 * 3600))
+            });
+            let rotation = tls::rotate_key(&source, &config.data_dir, next_key.as_deref(), period)
+                .map_err(|e| e.to_string())?;
+            let handover = &rotation.handover;
+            println!(
+                "hand-over from key {} to key {} until {} (Unix time), in {}",
+                fingerprint_text(&handover.old_fingerprint()),
+                fingerprint_text(&handover.new_key),
+                handover.not_after,
+                config.data_dir.join(HANDOVER_FILE).display()
+            );
+            if rotation.installed {
+                println!(
+                    "the new key and certificate are installed: restart or SIGHUP the relay; \
+                     share the new address it prints (old addresses keep working for clients \
+                     that connect before the hand-over expires)"
+                );
+            } else {
+                println!(
+                    "get a certificate for the next key {} (with certbot: a CSR made with that key, certbot certonly --csr), \
+                     point --cert/--key at it and SIGHUP the relay",
+                    rotation.next_key.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: &Args) -> Result<(), String> {
+    let config = args.config()?;
+    let (host, source) = host_and_source(&config);
+    let certs = CertStore::load_with_handover(source, Some(config.data_dir.join(HANDOVER_FILE)))
+        .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -204,61 +321,82 @@ async fn serve(args: Args) -> Result<(), String> {
     tracing::info!(
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
-        certificate = %sotto_relay::tls::hex(&certs.fingerprint()),
+        key = %fingerprint_text(&certs.fingerprint()),
         "relay starting"
     );
+    log_handover(&certs);
+    let shutdown = terminated();
+    tokio::spawn(reload_on_hangup(Arc::clone(&certs), host.clone(), port));
     print_address(&host, port, certs.fingerprint());
 
-    tokio::spawn(reload_on_hangup(Arc::clone(&certs), host.clone(), port));
-    run(listener, certs, config, terminated())
+    run(listener, certs, config, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("relay stopped");
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+/// Says whether a key hand-over is being sent to clients.
+fn log_handover(certs: &CertStore) {
+    if let Some(handover) = certs.current_handover() {
+        tracing::info!(
+            from = %fingerprint_text(&handover.old_fingerprint()),
+            to = %fingerprint_text(&handover.new_key),
+            not_after = handover.not_after,
+            "sending the key hand-over to every client"
+        );
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// A future completing on SIGINT or SIGTERM. The handlers are installed
+/// at once (before the address is printed), so a signal sent as soon as
+/// the address appears is never lost to the default action.
+fn terminated() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
 
-/// Reloads the certificate on every SIGHUP (after a renewal), keeping
-/// connected clients.
-async fn reload_on_hangup(certs: Arc<CertStore>, host: String, port: u16) {
+/// Reloads the certificate (and the key hand-over) on every SIGHUP, after
+/// a renewal or a rotation, keeping connected clients. The handler is
+/// installed when this is called; the returned future serves it.
+fn reload_on_hangup(
+    certs: Arc<CertStore>,
+    host: String,
+    port: u16,
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            match certs.reload() {
-                Ok(fingerprint) => {
-                    tracing::info!(certificate = %sotto_relay::tls::hex(&fingerprint), "certificate reloaded");
-                    print_address(&host, port, fingerprint);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "certificate reload failed; keeping the old one")
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let Some(mut hangup) = hangup else {
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                match certs.reload() {
+                    Ok(fingerprint) => {
+                        tracing::info!(key = %fingerprint_text(&fingerprint), "certificate reloaded");
+                        log_handover(&certs);
+                        print_address(&host, port, fingerprint);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "certificate reload failed; keeping the old one")
+                    }
                 }
             }
         }
+        #[cfg(not(unix))]
+        let _ = (certs, host, port);
     }
 }

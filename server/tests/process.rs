@@ -1,6 +1,8 @@
 //! The `relay` binary as a process: the printed address, a crash (SIGKILL)
-//! and restart with the offline queue intact, SIGHUP certificate reload,
-//! SIGTERM shutdown, and logs that never hold what clients send (P12).
+//! and restart with the offline queue intact, SIGHUP certificate reload
+//! (a renewal with the same key keeps every address), the key subcommands
+//! (`fingerprint`, `renew-cert`, `rotate-key`), SIGTERM shutdown, and logs
+//! that never hold what clients send (P12).
 
 #![cfg(unix)]
 #![allow(
@@ -198,6 +200,231 @@ async fn sighup_reloads_a_renewed_certificate() {
     assert_eq!(connected.recv().await, RelayFrame::Pong { nonce: 1 });
     signal(&relay.child, "TERM");
     assert!(wait(&mut relay.child).success());
+}
+
+/// What the relay at `address` presents now (its pin not checked).
+async fn presented(address: &RelayAddress) -> sotto_client::tls::Presented {
+    sotto_client::tls::open(
+        address,
+        sotto_client::tls::Unpinned::AwaitHandover,
+        &sotto_client::tls::Timeouts::default(),
+    )
+    .await
+    .unwrap()
+    .presented
+}
+
+/// Waits until the relay serves a certificate other than `before` (SHA-256
+/// of its DER) after a SIGHUP.
+async fn served_other_than(
+    address: &RelayAddress,
+    before: [u8; 32],
+) -> sotto_client::tls::Presented {
+    for _ in 0..200 {
+        let now = presented(address).await;
+        if now.certificate != before {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the new certificate was not served");
+}
+
+fn relay_command(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_sighup_renewal_with_the_same_key_keeps_every_old_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let kept = rcgen::KeyPair::generate().unwrap();
+    let issue = |host: &str| {
+        let renewed = rcgen::CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .self_signed(&kept)
+            .unwrap();
+        std::fs::write(&cert, renewed.pem()).unwrap();
+    };
+    issue("one.example");
+    std::fs::write(&key, kept.serialize_pem()).unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let mut relay = start(&data, &args);
+    let old = relay.address.clone();
+    let before = presented(&old).await;
+    let mut connected = registered(&old, "alice").await;
+
+    // A CA renewal keeping the key (certbot --reuse-key), then SIGHUP.
+    issue("two.example");
+    signal(&relay.child, "HUP");
+    let after = served_other_than(&old, before.certificate).await;
+    assert_eq!(after.key, before.key);
+    // The old address still connects and registers (its proof bound to
+    // the same key), and the open connection carries on.
+    drop(registered(&old, "bob").await);
+    connected.send(ClientFrame::Ping { nonce: 1 }).await;
+    assert_eq!(connected.recv().await, RelayFrame::Pong { nonce: 1 });
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+}
+
+#[tokio::test]
+async fn renew_cert_keeps_the_generated_key_and_every_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = start(dir.path(), &[]);
+    let old = relay.address.clone();
+    let before = presented(&old).await;
+    let key_before = std::fs::read(dir.path().join(sotto_relay::tls::GENERATED_KEY)).unwrap();
+
+    let (ok, stdout, stderr) = relay_command(dir.path(), &["renew-cert"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&old.fingerprint_text()), "{stdout}");
+    assert_eq!(
+        std::fs::read(dir.path().join(sotto_relay::tls::GENERATED_KEY)).unwrap(),
+        key_before
+    );
+    signal(&relay.child, "HUP");
+    let after = served_other_than(&old, before.certificate).await;
+    assert_eq!(after.key, old.fingerprint);
+    drop(registered(&old, "alice").await);
+
+    // A restart that finds the certificate gone issues one for the same key.
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+    std::fs::remove_file(dir.path().join(sotto_relay::tls::GENERATED_CERT)).unwrap();
+    let mut again = start(dir.path(), &[]);
+    assert_eq!(again.address.fingerprint, old.fingerprint);
+    signal(&again.child, "TERM");
+    assert!(wait(&mut again.child).success());
+}
+
+#[tokio::test]
+async fn the_fingerprint_command_and_openssl_print_the_address_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = start(dir.path(), &[]);
+    let expected = relay.address.fingerprint_text();
+    let log = {
+        signal(&relay.child, "TERM");
+        assert!(wait(&mut relay.child).success());
+        relay.log.recv().unwrap()
+    };
+    // The log names the key in the same form.
+    assert!(log.contains(&expected), "{log}");
+
+    let (ok, stdout, stderr) = relay_command(dir.path(), &["fingerprint"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), expected);
+    let cert = dir.path().join(sotto_relay::tls::GENERATED_CERT);
+    let (ok, stdout, _) = relay_command(
+        dir.path(),
+        &["fingerprint", "--cert", cert.to_str().unwrap()],
+    );
+    assert!(ok);
+    assert_eq!(stdout.trim(), expected);
+
+    // The documented pipeline (docs/self-hosting.md), where OpenSSL exists.
+    let pipeline = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | basenc --base64url | tr -d '='",
+        cert.display()
+    );
+    let openssl = Command::new("sh").args(["-c", &pipeline]).output().unwrap();
+    if Command::new("openssl").arg("version").output().is_ok() && openssl.status.success() {
+        assert_eq!(String::from_utf8(openssl.stdout).unwrap().trim(), expected);
+    } else {
+        eprintln!(
+            "openssl or basenc missing: pipeline not checked here (see tls.rs's fixed vector)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotate_key_serves_the_old_keys_signed_handover_before_the_challenge() {
+    use futures::StreamExt;
+    use sotto_client::tls::{self, Handover, PinMatch, Unpinned};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = start(dir.path(), &[]);
+    let old = relay.address.clone();
+
+    let before = presented(&old).await;
+
+    let (ok, stdout, stderr) = relay_command(dir.path(), &["rotate-key", "--valid-days", "30"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&old.fingerprint_text()), "{stdout}");
+    assert!(dir.path().join(sotto_relay::tls::PREVIOUS_KEY).exists());
+    signal(&relay.child, "HUP");
+    let _ = served_other_than(&old, before.certificate).await;
+
+    // Pinned to the old key: the handshake completes only provisionally...
+    assert!(matches!(
+        tls::connect(&old).await,
+        Err(tls::ConnectError::CertificateMismatch { expected, .. }) if expected == old.fingerprint
+    ));
+    let opened = tls::open(&old, Unpinned::AwaitHandover, &tls::Timeouts::default())
+        .await
+        .unwrap();
+    assert_eq!(opened.presented.matched, PinMatch::Neither);
+    let new_key = opened.presented.key;
+    let mut framed = tokio_util::codec::Framed::new(opened.stream, sotto_proto::ClientCodec::new());
+    // ...and the first frame is the old key's signed hand-over to the new.
+    let Some(Ok(RelayFrame::KeyHandover {
+        old_key,
+        new_key: to,
+        not_after,
+        scheme,
+        signature,
+    })) = framed.next().await
+    else {
+        panic!("no hand-over first")
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let handover = Handover {
+        old_key: &old_key,
+        new_key: to,
+        not_after,
+        scheme,
+        signature: &signature,
+    };
+    assert_eq!(
+        tls::verify_handover(&handover, &old.fingerprint, &new_key, now),
+        Ok(())
+    );
+    assert!(not_after > now + 29 * 86_400 && not_after <= now + 30 * 86_400 + 60);
+    assert!(matches!(
+        framed.next().await,
+        Some(Ok(RelayFrame::Challenge { .. }))
+    ));
+    // The new address (printed after the reload) registers directly.
+    let mut new_address = old.clone();
+    new_address.fingerprint = new_key;
+    let opened = tls::open(&new_address, Unpinned::Refuse, &tls::Timeouts::default())
+        .await
+        .unwrap();
+    assert_eq!(opened.presented.matched, PinMatch::Key);
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+    let log = relay.log.recv().unwrap();
+    assert!(log.contains("sending the key hand-over"), "{log}");
 }
 
 #[test]

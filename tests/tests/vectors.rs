@@ -237,6 +237,16 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
         ("relay_ping", RelayFrame::Ping { nonce: 1 }),
         ("relay_pong", RelayFrame::Pong { nonce: 1 }),
         ("relay_shutting_down", RelayFrame::ShuttingDown),
+        (
+            "relay_key_handover",
+            RelayFrame::KeyHandover {
+                old_key: Bytes::from_static(b"<old spki>"),
+                new_key: [0x11; 32],
+                not_after: 1_700_000_000,
+                scheme: 0x0403,
+                signature: Bytes::from_static(b"<signature>"),
+            },
+        ),
     ];
     let mut out = Vec::new();
     for (name, frame) in client {

@@ -14,15 +14,12 @@ use tokio_util::codec::Framed;
 use super::engine::{Engine, Flow, Out};
 use super::{Command, Config, Connection, Update};
 use crate::backoff::Backoff;
-use crate::servers::KnownServers;
-use crate::tls::{self, ConnectError};
+use crate::servers::{KnownServers, Move};
+use crate::tls::{self, ConnectError, Handover, PinMatch, Timeouts, Unpinned};
 
-/// How long to wait for the challenge and for the answer to `Register`.
-const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(15);
-/// Send a `Ping` after this long without hearing from the relay...
-const KEEPALIVE: Duration = Duration::from_secs(30);
-/// ...and give the connection up after this long.
-const DEAD_AFTER: Duration = Duration::from_secs(90);
+// The time limits on the network (connect, handshake, answers, writes,
+// keepalive, the dead-connection bound) are `crate::tls::Timeouts`, in
+// `SessionLimits::network`.
 /// How often housekeeping runs.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -189,9 +186,10 @@ async fn wait(session: &mut Session, delay: Duration) -> Flow {
     }
 }
 
-/// Connects, checks the relay against the known servers, and registers.
+/// Connects, checks the relay against the known servers, follows a signed
+/// key hand-over if the relay presents a new key, and registers.
 async fn connect(session: &mut Session) -> Result<Framed_, End> {
-    let relay = session.config.relay.clone();
+    let timeouts = session.config.limits.network;
     let servers_path = session
         .config
         .account
@@ -200,18 +198,43 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
         .join(crate::servers::SERVERS_FILE);
     let mut servers = KnownServers::load(&servers_path)
         .map_err(|e| End::Fatal(format!("{}: {e}", servers_path.display())))?;
-    servers
-        .check(&relay)
+    // The pin to check: the address's, or the key it was moved to.
+    let relay = servers
+        .resolve(&session.config.relay)
         .map_err(|e| End::Fatal(e.to_string()))?;
 
-    let tls = tls::connect(&relay).await.map_err(|e| match e {
-        ConnectError::CertificateMismatch { .. } | ConnectError::InvalidHost(_) => {
-            End::Fatal(e.to_string())
+    let opened = tls::open(&relay, Unpinned::AwaitHandover, &timeouts)
+        .await
+        .map_err(|e| match e {
+            ConnectError::CertificateMismatch { .. } | ConnectError::InvalidHost(_) => {
+                End::Fatal(e.to_string())
+            }
+            _ => End::Lost(e.to_string()),
+        })?;
+    let presented = opened.presented;
+    let mut framed = Framed::new(opened.stream, ClientCodec::new());
+    let (moved, first) = match presented.matched {
+        PinMatch::Key => (None, next_frame(&mut framed, &timeouts).await?),
+        PinMatch::Certificate => (
+            Some(Move::Converted),
+            next_frame(&mut framed, &timeouts).await?,
+        ),
+        // Not the pinned key: nothing is sent until the first frame proves
+        // that the pinned key handed over to this one.
+        PinMatch::Neither => {
+            follow_handover(&mut framed, &relay, &presented, &timeouts).await?;
+            (
+                Some(Move::Handover),
+                next_frame(&mut framed, &timeouts).await?,
+            )
         }
-        _ => End::Lost(e.to_string()),
-    })?;
-    let mut framed = Framed::new(tls, ClientCodec::new());
-    let challenge = match next_frame(&mut framed).await? {
+    };
+    // A client on the new key ignores the hand-over.
+    let first = match first {
+        RelayFrame::KeyHandover { .. } => next_frame(&mut framed, &timeouts).await?,
+        other => other,
+    };
+    let challenge = match first {
         RelayFrame::Challenge { nonce } => nonce,
         other => {
             return Err(End::Lost(format!(
@@ -221,40 +244,55 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
         }
     };
     let account = &session.config.account;
+    // Bound to the key this handshake presented and this client verified.
     let proof = account
         .identity()
         .sign_registration(
             &mut rand::rng(),
-            &relay.fingerprint,
+            &presented.key,
             &challenge,
             account.name().as_str(),
         )
         .map_err(|e| End::Fatal(format!("cannot sign the registration: {e}")))?;
-    framed
-        .send(ClientFrame::Register {
-            name: account.name().clone(),
-            identity: Bytes::from(account.identity().public().to_bytes()),
-            proof: Bytes::from(proof),
-        })
-        .await
-        .map_err(|e| End::Lost(e.to_string()))?;
-    match next_frame(&mut framed).await? {
+    let register = ClientFrame::Register {
+        name: account.name().clone(),
+        identity: Bytes::from(account.identity().public().to_bytes()),
+        proof: Bytes::from(proof),
+    };
+    write(
+        &mut framed,
+        [register],
+        write_deadline(Instant::now(), &timeouts),
+    )
+    .await?;
+    match next_frame(&mut framed, &timeouts).await? {
         RelayFrame::Registered { name } => {
-            // The certificate is now known to be this relay's: pin it.
-            servers
-                .remember(&relay)
-                .map_err(|e| End::Fatal(e.to_string()))?;
             let mut out = Out::default();
-            session.engine.on_registered(name.clone(), &mut out);
-            for frame in out.frames.drain(..) {
-                framed
-                    .feed(frame)
-                    .await
-                    .map_err(|e| End::Lost(e.to_string()))?;
+            // The key is now known to be this relay's: pin it.
+            match moved {
+                None => servers
+                    .remember(&relay)
+                    .map_err(|e| End::Fatal(e.to_string()))?,
+                Some(how) => {
+                    servers
+                        .follow(&relay, presented.key, how)
+                        .map_err(|e| End::Fatal(format!("cannot save the known relays: {e}")))?;
+                    out.updates.push(Update::Error(moved_notice(
+                        &relay,
+                        &presented.key,
+                        how,
+                        &servers,
+                    )));
+                }
             }
-            SinkExt::<ClientFrame>::flush(&mut framed)
-                .await
-                .map_err(|e| End::Lost(e.to_string()))?;
+            session.engine.on_registered(name.clone(), &mut out);
+            let frames: Vec<ClientFrame> = out.frames.drain(..).collect();
+            write(
+                &mut framed,
+                frames,
+                write_deadline(Instant::now(), &timeouts),
+            )
+            .await?;
             if !session
                 .state(Connection::Connected {
                     name: name.to_string(),
@@ -279,8 +317,108 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
     }
 }
 
-async fn next_frame(framed: &mut Framed_) -> Result<RelayFrame, End> {
-    match tokio::time::timeout(REGISTRATION_TIMEOUT, framed.next()).await {
+/// Reads the first frame of a connection whose key is not the pinned one
+/// and accepts the key only if that frame is a valid hand-over from the
+/// pinned key (tls::verify_handover). Anything else, a silence or a closed
+/// connection included, is the refusal of a different key: fatal, naming
+/// both fingerprints, with nothing sent.
+async fn follow_handover(
+    framed: &mut Framed_,
+    relay: &sotto_proto::RelayAddress,
+    presented: &tls::Presented,
+    timeouts: &Timeouts,
+) -> Result<(), End> {
+    let refused = |why: &str| {
+        End::Fatal(format!(
+            "{} ({why})",
+            ConnectError::CertificateMismatch {
+                expected: relay.fingerprint,
+                presented: presented.key,
+            }
+        ))
+    };
+    let first = next_frame(framed, timeouts)
+        .await
+        .map_err(|_| refused("no key hand-over from the pinned key"))?;
+    let RelayFrame::KeyHandover {
+        old_key,
+        new_key,
+        not_after,
+        scheme,
+        signature,
+    } = first
+    else {
+        return Err(refused("no key hand-over from the pinned key"));
+    };
+    let handover = Handover {
+        old_key: &old_key,
+        new_key,
+        not_after,
+        scheme,
+        signature: &signature,
+    };
+    tls::verify_handover(&handover, &relay.fingerprint, &presented.key, unix_now())
+        .map_err(|why| refused(&why.to_string()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the user is told when the pin moved without them.
+fn moved_notice(
+    relay: &sotto_proto::RelayAddress,
+    to: &[u8; 32],
+    how: Move,
+    servers: &KnownServers,
+) -> String {
+    let why = match how {
+        Move::Handover => "the relay moved to a new key, signed over by its previous key",
+        Move::Converted | Move::Replaced => {
+            "the address pins the relay's certificate, an older form of pin; it now pins the certificate's key"
+        }
+    };
+    format!(
+        "{}: {why}: now pinned to key {} instead of {} (recorded in {})",
+        relay.authority(),
+        sotto_proto::fingerprint_text(to),
+        relay.fingerprint_text(),
+        servers.log_path().display()
+    )
+}
+
+/// The latest time a write may finish: within the write limit, and never
+/// later than the dead-connection bound after `heard` (a relay that stops
+/// reading is given up as one that stops answering).
+fn write_deadline(heard: Instant, timeouts: &Timeouts) -> Instant {
+    (Instant::now() + timeouts.write).min(heard + timeouts.dead_after)
+}
+
+/// Writes `frames` and flushes them by `deadline`.
+async fn write(
+    framed: &mut Framed_,
+    frames: impl IntoIterator<Item = ClientFrame>,
+    deadline: Instant,
+) -> Result<(), End> {
+    let sending = async {
+        for frame in frames {
+            framed.feed(frame).await?;
+        }
+        SinkExt::<ClientFrame>::flush(framed).await
+    };
+    match tokio::time::timeout_at(deadline.into(), sending).await {
+        Err(_) => Err(End::Lost(
+            "the relay stopped reading what this client sends".to_owned(),
+        )),
+        Ok(Err(e)) => Err(End::Lost(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+async fn next_frame(framed: &mut Framed_, timeouts: &Timeouts) -> Result<RelayFrame, End> {
+    match tokio::time::timeout(timeouts.answer, framed.next()).await {
         Err(_) => Err(End::Lost("the relay did not answer in time".to_owned())),
         Ok(None) => Err(End::Lost("the relay closed the connection".to_owned())),
         Ok(Some(Err(e))) => Err(End::Lost(format!("bad frame from the relay: {e}"))),
@@ -305,11 +443,13 @@ fn kind(frame: &RelayFrame) -> &'static str {
         RelayFrame::Ping { .. } => "Ping",
         RelayFrame::Pong { .. } => "Pong",
         RelayFrame::ShuttingDown => "ShuttingDown",
+        RelayFrame::KeyHandover { .. } => "KeyHandover",
     }
 }
 
 /// Serves one registered connection until it ends.
 async fn serve(session: &mut Session, mut framed: Framed_) -> End {
+    let timeouts = session.config.limits.network;
     let mut ticker = tokio::time::interval(TICK);
     let mut heard = Instant::now();
     let mut pinged = false;
@@ -337,10 +477,10 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
                 let now = Instant::now();
                 session.engine.tick(now, &mut out);
                 let quiet = now.duration_since(heard);
-                if quiet >= DEAD_AFTER {
+                if quiet >= timeouts.dead_after {
                     return End::Lost("the relay stopped answering".to_owned());
                 }
-                if quiet >= KEEPALIVE && !pinged {
+                if quiet >= timeouts.keepalive && !pinged {
                     pinged = true;
                     out.frames.push(ClientFrame::Ping { nonce: rand::random() });
                 }
@@ -353,13 +493,11 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
         if flow == Flow::Quit {
             out.frames.push(ClientFrame::Bye);
         }
-        for frame in out.frames.drain(..) {
-            if let Err(e) = framed.feed(frame).await {
-                return End::Lost(e.to_string());
-            }
-        }
-        if let Err(e) = SinkExt::<ClientFrame>::flush(&mut framed).await {
-            return End::Lost(e.to_string());
+        let frames: Vec<ClientFrame> = out.frames.drain(..).collect();
+        if let Err(End::Lost(reason) | End::Fatal(reason)) =
+            write(&mut framed, frames, write_deadline(heard, &timeouts)).await
+        {
+            return End::Lost(reason);
         }
         if !session.emit(&mut out).await || flow == Flow::Quit {
             return End::Quit;

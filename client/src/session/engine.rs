@@ -55,6 +55,9 @@ pub struct SessionLimits {
     pub verification_burst: u32,
     /// ...refilled at this many per second.
     pub verifications_per_second: u32,
+    /// Time limits on every network step (connect, TLS handshake, the
+    /// relay's answers, writes) and the dead-connection bound.
+    pub network: crate::tls::Timeouts,
 }
 
 impl Default for SessionLimits {
@@ -70,6 +73,7 @@ impl Default for SessionLimits {
             verification_burst: 2000,
             verifications_per_second: 500,
             updates: 1024,
+            network: crate::tls::Timeouts::default(),
         }
     }
 }
@@ -597,6 +601,7 @@ impl Engine {
             RelayFrame::Pong { .. }
             | RelayFrame::Challenge { .. }
             | RelayFrame::Registered { .. }
+            | RelayFrame::KeyHandover { .. }
             | RelayFrame::ShuttingDown => {}
         }
     }

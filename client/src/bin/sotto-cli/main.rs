@@ -2,7 +2,8 @@
 //!
 //! `init` creates an identity, `fingerprint` prints it, `connect` chats
 //! through a relay, interactively or (with `--json`) as JSON lines for bots
-//! and tests. docs/cli.md documents every command and the JSON schema.
+//! and tests, `relay replace-pin` replaces a relay's pinned key on purpose.
+//! docs/cli.md documents every command and the JSON schema.
 #![forbid(unsafe_code)]
 // A command-line program talks on stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -20,9 +21,10 @@ use sotto_client::account::Account;
 use sotto_client::commands;
 use sotto_client::profile::Profile;
 use sotto_client::safe_text;
+use sotto_client::servers::{KnownServers, SERVERS_FILE};
 use sotto_client::session::{self, Config, Update};
 use sotto_crypto::KdfParams;
-use sotto_proto::{RelayAddress, RoomName, UserName};
+use sotto_proto::{RelayAddress, RoomName, UserName, fingerprint_text};
 use zeroize::Zeroizing;
 
 /// The headless sotto client: end-to-end encrypted chat through a sotto relay.
@@ -56,7 +58,7 @@ enum Cmd {
     /// Connect to a relay and chat.
     Connect {
         /// The relay's address, as its operator gave it:
-        /// sotto://<certificate fingerprint>@host:port
+        /// sotto://<key fingerprint>@host:port
         address: RelayAddress,
         /// Speak JSON lines on stdin and stdout (see docs/cli.md).
         #[arg(long)]
@@ -65,6 +67,25 @@ enum Cmd {
         /// were in). Default: lobby.
         #[arg(long = "room", value_name = "ROOM", value_parser = commands::room)]
         rooms: Vec<RoomName>,
+    },
+    /// The relays you know and the keys pinned for them.
+    #[command(subcommand)]
+    Relay(RelayCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum RelayCmd {
+    /// Replace the key pinned for a relay with the one ADDRESS carries, on
+    /// purpose: only when its operator told you, through a channel you
+    /// trust, that the relay's key changed (a rotation signed by the old
+    /// key is followed without this). Shows both fingerprints and asks you
+    /// to type "yes"; the replacement is recorded in relay-pins.log.
+    ReplacePin {
+        /// The relay's new address: sotto://<key fingerprint>@host:port
+        address: RelayAddress,
+        /// Replace without asking (for scripts; there is no undo).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -135,7 +156,66 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             }
             chat(config, json, fingerprint).await
         }
+        Cmd::Relay(RelayCmd::ReplacePin { address, yes }) => replace_pin(&profile, &address, yes),
     }
+}
+
+/// `relay replace-pin`: shows the pinned and the new key, asks for "yes"
+/// (or takes `--yes`), replaces the pin and says where it is recorded.
+fn replace_pin(profile: &Profile, address: &RelayAddress, yes: bool) -> Result<ExitCode, String> {
+    let path = profile.dir().join(SERVERS_FILE);
+    let mut known = KnownServers::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let authority = address.authority();
+    let new = address.fingerprint_text();
+    match known.get(address).map(|pinned| pinned.fingerprint) {
+        Some(pinned) if pinned == address.fingerprint => {
+            println!("{authority} is already pinned to key {new}; nothing to replace");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(pinned) => {
+            println!(
+                "{authority} is pinned to key   {}",
+                fingerprint_text(&pinned)
+            );
+            println!("this address pins the new key {new}");
+        }
+        None => println!("{authority} is not known yet; this address pins key {new}"),
+    }
+    println!(
+        "Replace the pin only if the relay's operator told you, through a channel you trust, \
+         that its key changed to {new}. Otherwise someone may be impersonating the relay: \
+         do not replace it."
+    );
+    if !yes {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(
+                "not replaced: no terminal to confirm on; run `sotto-cli relay replace-pin ADDRESS --yes` to confirm"
+                    .to_owned(),
+            );
+        }
+        print!("type yes to replace the pin: ");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(|e| e.to_string())?;
+        if answer.trim() != "yes" {
+            println!("not replaced");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let replaced = known
+        .replace(address)
+        .map_err(|e| format!("cannot save the known relays: {e}"))?;
+    println!(
+        "replaced: {authority} {} -> {} (recorded in {})",
+        replaced
+            .old
+            .map_or_else(|| "(none)".to_owned(), |old| fingerprint_text(&old)),
+        fingerprint_text(&replaced.new),
+        known.log_path().display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn unlock(profile: &Profile, file: Option<&std::path::Path>) -> Result<Account, String> {

@@ -19,7 +19,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 use sotto_proto::{MAX_FRAME_LEN, RelayAddress};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -68,7 +67,8 @@ pub(crate) async fn serve(args: ForwarderArgs) -> Result<(), BoxError> {
     let generated =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
     let cert: CertificateDer<'static> = generated.cert.der().clone();
-    let fingerprint: [u8; 32] = Sha256::digest(cert.as_ref()).into();
+    // The key fingerprint, as the relay prints it (protocol.md 9.1).
+    let fingerprint = sotto_relay::tls::key_fingerprint(&cert).ok_or("unparseable certificate")?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         generated.signing_key.serialize_der(),
     ));
