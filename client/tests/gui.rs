@@ -323,7 +323,7 @@ async fn connect_shows_the_pinned_certificate_and_the_connection_state() {
     assert_eq!(gui.address_field(), impostor.to_string());
 
     gui.replace(connect_ids::ADDRESS, &relay.to_string());
-    assert!(gui.shows("Certificate fingerprint (SHA-256):"));
+    assert!(gui.shows("Key fingerprint (SHA-256 of the relay's public key):"));
     assert!(gui.shows(&relay.fingerprint_text()));
     assert!(gui.shows("First connection to this relay"));
     gui.click("Connect");
@@ -338,12 +338,73 @@ async fn connect_shows_the_pinned_certificate_and_the_connection_state() {
     let mut other = relay.clone();
     other.fingerprint = [7; 32];
     gui.replace(connect_ids::ADDRESS, &other.to_string());
-    assert!(gui.shows("Refusing to connect."));
+    assert!(gui.shows("Refusing to connect"));
     assert!(gui.shows(&relay.fingerprint_text()));
     gui.click("Connect");
     assert_eq!(gui.app.screen_name(), "connect");
     gui.click(&relay.authority());
     assert!(gui.shows("You have connected to this relay before"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_relay_key_is_refused_and_replaced_only_on_purpose() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let alice_dir = temp.path().join("alice");
+    let mut gui = unlocked(&alice_dir, "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    gui.click("Disconnect");
+    assert_eq!(gui.app.screen_name(), "connect");
+    let servers = || std::fs::read_to_string(alice_dir.join("servers.txt")).unwrap();
+    let log = alice_dir.join("relay-pins.log");
+    assert!(servers().contains(&relay.to_string()));
+
+    // An address for the same relay with another key, and no hand-over:
+    // refused, naming both keys; Connect does nothing.
+    let mut other = relay.clone();
+    other.fingerprint = [7; 32];
+    gui.replace(connect_ids::ADDRESS, &other.to_string());
+    assert!(gui.shows("Refusing to connect"), "{:#?}", gui.texts());
+    assert!(gui.shows(&relay.fingerprint_text()));
+    assert!(gui.shows(&other.fingerprint_text()));
+    gui.click("Connect");
+    assert_eq!(gui.app.screen_name(), "connect");
+
+    // Replacing asks again; keeping the saved key changes nothing.
+    gui.click("Replace the saved key…");
+    assert!(gui.shows("Do this only if the operator confirmed this key"));
+    gui.click("Keep the saved key");
+    assert!(!gui.shows("Do this only if the operator confirmed this key"));
+    assert!(servers().contains(&relay.to_string()));
+    assert!(!log.exists());
+
+    // Confirmed: the saved key is replaced and the change recorded.
+    gui.click("Replace the saved key…");
+    gui.click("Yes, replace the saved key");
+    assert!(gui.shows("The saved key of"), "{:#?}", gui.texts());
+    let saved = servers();
+    assert!(saved.contains(&other.to_string()), "{saved}");
+    assert!(!saved.contains(&relay.to_string()), "{saved}");
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(recorded.lines().count(), 1, "{recorded}");
+    assert!(recorded.contains("replaced-by-user"), "{recorded}");
+    assert!(recorded.contains(&relay.fingerprint_text()), "{recorded}");
+    assert!(recorded.contains(&other.fingerprint_text()), "{recorded}");
+
+    // The real relay does not hold the new key: refused when connecting,
+    // the address kept.
+    gui.click("Connect");
+    gui.until_screen("connect").await;
+    assert!(gui.shows("This may be an attack"), "{:#?}", gui.texts());
+    assert_eq!(gui.address_field(), other.to_string());
+
+    // Back to the real key, on purpose again: it connects.
+    gui.replace(connect_ids::ADDRESS, &relay.to_string());
+    assert!(gui.shows("Refusing to connect"));
+    gui.click("Replace the saved key…");
+    gui.click("Yes, replace the saved key");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
+    connect(&mut gui, &relay, "alice").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1253,4 +1314,48 @@ fn the_binary_names_itself_and_explains_a_missing_display() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("sotto: no display"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A flood of presence changes is one notice per run of one kind, counting
+/// the names, not a notice each; a message between two runs splits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_flood_is_one_notice_that_counts() {
+    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
+    use sotto_client::session::{PresenceChange, Update};
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    let mut feed =
+        |update: Update| chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
+    feed(Update::Joined {
+        room: RoomName::lobby(),
+    });
+    let presence = |name: String, change| Update::Presence {
+        room: RoomName::lobby(),
+        name,
+        change,
+    };
+    for n in 0..5_000 {
+        feed(presence(format!("user{n}"), PresenceChange::Joined));
+    }
+    feed(presence("user7".to_owned(), PresenceChange::Left));
+    feed(presence("user8".to_owned(), PresenceChange::Left));
+    feed(lobby_message("bob", [2; 32], 1, "hello"));
+    feed(presence("user9".to_owned(), PresenceChange::Left));
+
+    let texts = texts_of(chat.view());
+    let presence_lines: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.starts_with("user") && (t.contains(" joined #") || t.contains(" left #")))
+        .collect();
+    assert_eq!(
+        presence_lines,
+        [
+            "user0, user1, 4997 others and user4999 joined #lobby",
+            "user7 and user8 left #lobby",
+            "user9 left #lobby",
+        ],
+        "{texts:#?}"
+    );
 }

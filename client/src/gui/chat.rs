@@ -215,6 +215,75 @@ pub struct Chat {
     /// The newest position seen: notices go after it.
     last_position: (u64, u32),
     focused: bool,
+    /// Per room, the presence changes of one kind shown as one notice
+    /// while nothing else comes between them.
+    presence: HashMap<RoomName, PresenceRun>,
+}
+
+/// Presence changes of one kind in one room, shown as one notice: a flood
+/// of joins is one line that counts, not a line each.
+#[derive(Debug)]
+struct PresenceRun {
+    change: PresenceChange,
+    /// The first two names (shown).
+    first: Vec<String>,
+    /// The newest name, when there are more than two (shown).
+    newest: Option<String>,
+    /// How many changes in all.
+    count: u64,
+    /// When the newest was, ms since the Unix epoch.
+    at_ms: u64,
+    /// The notice as shown: the run goes on only while it is the newest
+    /// entry of the room.
+    shown: String,
+}
+
+/// A run grows only while its changes come this close together.
+const PRESENCE_RUN_GAP_MS: u64 = 30_000;
+
+impl PresenceRun {
+    fn new(change: PresenceChange, name: String, at_ms: u64) -> Self {
+        Self {
+            change,
+            first: vec![name],
+            newest: None,
+            count: 1,
+            at_ms,
+            shown: String::new(),
+        }
+    }
+
+    fn add(&mut self, name: String, at_ms: u64) {
+        self.count += 1;
+        self.at_ms = at_ms;
+        if self.first.len() < 2 {
+            self.first.push(name);
+        } else {
+            self.newest = Some(name);
+        }
+    }
+
+    /// `bob joined #lobby`, `bob and carol joined #lobby`, `bob, carol,
+    /// 12 others and dave joined #lobby`: the newest name always last.
+    fn text(&self, room: &RoomName) -> String {
+        let what = match self.change {
+            PresenceChange::Joined => "joined",
+            PresenceChange::Left => "left",
+            PresenceChange::Disconnected => "disconnected from",
+        };
+        let names = match (self.first.as_slice(), &self.newest) {
+            ([one], None) => one.clone(),
+            ([a, b], None) => format!("{a} and {b}"),
+            ([a, b], Some(newest)) if self.count == 3 => format!("{a}, {b} and {newest}"),
+            ([a, b], Some(newest)) => {
+                let others = self.count - 3;
+                let plural = if others == 1 { "other" } else { "others" };
+                format!("{a}, {b}, {others} {plural} and {newest}")
+            }
+            _ => self.first.join(", "),
+        };
+        format!("{names} {what} #{room}")
+    }
 }
 
 /// Whether two names the session reported are one name (compared as
@@ -273,6 +342,7 @@ impl Chat {
             status: None,
             last_position: (0, 0),
             focused: true,
+            presence: HashMap::new(),
         }
     }
 
@@ -384,6 +454,29 @@ impl Chat {
         self.thread(chat)
             .timeline
             .push_notice(position, tone, text, now_ms());
+    }
+
+    /// A presence change as a notice in its room, added to the run of
+    /// changes of the same kind shown just before it, if any.
+    fn presence_notice(&mut self, room: RoomName, name: String, change: PresenceChange) {
+        let now = now_ms();
+        let chat = Conversation::Room(room.clone());
+        let last = self.thread(&chat).timeline.last_notice().map(str::to_owned);
+        if let Some(run) = self.presence.get_mut(&room)
+            && run.change == change
+            && now.saturating_sub(run.at_ms) < PRESENCE_RUN_GAP_MS
+            && last.as_deref() == Some(run.shown.as_str())
+        {
+            run.add(name, now);
+            run.shown = run.text(&room);
+            let text = run.shown.clone();
+            self.thread(&chat).timeline.rewrite_last_notice(text, now);
+            return;
+        }
+        let mut run = PresenceRun::new(change, name, now);
+        run.shown = run.text(&room);
+        self.notice(&chat, Tone::Info, run.shown.clone());
+        self.presence.insert(room, run);
     }
 
     /// A notice in the current conversation, or the status line.
@@ -820,16 +913,7 @@ impl Chat {
                 self.members.insert(room, members);
             }
             Update::Presence { room, name, change } => {
-                let what = match change {
-                    PresenceChange::Joined => "joined",
-                    PresenceChange::Left => "left",
-                    PresenceChange::Disconnected => "disconnected from",
-                };
-                self.notice(
-                    &Conversation::Room(room.clone()),
-                    Tone::Info,
-                    format!("{name} {what} #{room}"),
-                );
+                self.presence_notice(room, name.to_string(), change);
             }
             Update::Message(message) => {
                 let chat = message.chat.clone();

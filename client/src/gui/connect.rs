@@ -1,5 +1,6 @@
-//! Connect: paste a relay address, see the certificate it pins, pick a
-//! saved relay.
+//! Connect: paste a relay address, see the key it pins, pick a saved
+//! relay, and (only on purpose, after a clear warning) replace a saved
+//! relay's key.
 
 use iced::widget::{button, column, container, row, scrollable, text, text_input};
 use iced::{Element, Fill};
@@ -7,7 +8,7 @@ use sotto_proto::{RelayAddress, fingerprint_text};
 
 use super::style::{BOLD, MONO};
 use crate::account::Account;
-use crate::servers::{KnownServers, SERVERS_FILE, ServerChanged};
+use crate::servers::{KnownServers, PIN_LOG_FILE, SERVERS_FILE, ServerChanged};
 
 /// The widget ids, for tests and focus.
 pub mod ids {
@@ -25,6 +26,11 @@ pub struct Connect {
     address: String,
     /// Why the last session ended, shown above the form.
     ended: Option<String>,
+    /// The user asked to replace a saved relay's key with the one the
+    /// address pins, and has not confirmed yet.
+    confirming: bool,
+    /// What the last replacement did (or why it failed).
+    replaced: Option<Result<String, String>>,
 }
 
 /// What the connect screen does.
@@ -38,6 +44,12 @@ pub enum Message {
     Connect,
     /// Open the settings.
     Settings,
+    /// Start replacing the saved key of the address's relay (asks again).
+    ReplacePin,
+    /// Replace it: the user confirmed.
+    ConfirmReplacePin,
+    /// Keep the saved key.
+    CancelReplacePin,
 }
 
 /// What the app should do next.
@@ -63,7 +75,13 @@ enum Parsed {
     Empty,
     Invalid(String),
     Changed(ServerChanged),
-    Valid { address: RelayAddress, saved: bool },
+    Valid {
+        address: RelayAddress,
+        saved: bool,
+        /// The key this relay moved to by a signed hand-over, when the
+        /// address still names the key it moved from.
+        moved_to: Option<[u8; 32]>,
+    },
 }
 
 impl Connect {
@@ -91,6 +109,8 @@ impl Connect {
             known_error,
             address,
             ended,
+            confirming: false,
+            replaced: None,
         }
     }
 
@@ -107,13 +127,42 @@ impl Connect {
             return Parsed::Valid {
                 address,
                 saved: false,
+                moved_to: None,
             };
         };
-        if let Err(changed) = known.check(&address) {
-            return Parsed::Changed(changed);
+        match known.resolve(&address) {
+            Err(changed) => Parsed::Changed(changed),
+            Ok(resolved) => Parsed::Valid {
+                saved: known.get(&address).is_some(),
+                moved_to: (resolved.fingerprint != address.fingerprint)
+                    .then_some(resolved.fingerprint),
+                address,
+            },
         }
-        let saved = known.iter().any(|k| *k == address);
-        Parsed::Valid { address, saved }
+    }
+
+    /// Replaces the saved key of the address's relay with the one the
+    /// address pins: only after [`Message::ReplacePin`] and
+    /// [`Message::ConfirmReplacePin`]. A small write, like the read in
+    /// [`Connect::new`]: no session runs while this screen is shown.
+    fn replace_pin(&mut self) {
+        self.confirming = false;
+        let Parsed::Changed(changed) = self.parsed() else {
+            return;
+        };
+        let (Some(known), Ok(address)) = (&mut self.known, self.address.trim().parse()) else {
+            return;
+        };
+        self.replaced = Some(match known.replace(&address) {
+            Ok(replaced) => Ok(format!(
+                "The saved key of {} is now {} (it was {}). The change is recorded in {}.",
+                replaced.authority,
+                fingerprint_text(&replaced.new),
+                fingerprint_text(&changed.pinned),
+                known.log_path().display()
+            )),
+            Err(e) => Err(format!("Could not replace the saved key: {e}")),
+        });
     }
 
     /// Handles a message.
@@ -121,11 +170,27 @@ impl Connect {
         match message {
             Message::Address(address) | Message::Pick(address) => {
                 self.address = address;
+                self.confirming = false;
+                self.replaced = None;
                 Action::None
             }
             Message::Settings => Action::Settings,
+            Message::ReplacePin => {
+                self.confirming = matches!(self.parsed(), Parsed::Changed(_));
+                Action::None
+            }
+            Message::CancelReplacePin => {
+                self.confirming = false;
+                Action::None
+            }
+            Message::ConfirmReplacePin => {
+                if self.confirming {
+                    self.replace_pin();
+                }
+                Action::None
+            }
             Message::Connect => match self.parsed() {
-                Parsed::Valid { address, saved } => Action::Connect {
+                Parsed::Valid { address, saved, .. } => Action::Connect {
                     account: self.account.clone(),
                     relay: address,
                     known: saved,
@@ -173,15 +238,18 @@ impl Connect {
             Parsed::Invalid(e) => text(format!("Not a relay address: {e}"))
                 .style(text::danger)
                 .into(),
-            Parsed::Changed(changed) => text(format!(
-                "Refusing to connect. {changed}. Someone may be impersonating the relay; ask its \
-                 operator. To accept the new certificate, remove the old line from {}.",
-                self.account.profile().dir().join(SERVERS_FILE).display()
-            ))
-            .style(text::danger)
-            .into(),
-            Parsed::Valid { address, saved } => pin_card(&address, saved),
+            Parsed::Changed(changed) => changed_card(&changed, self.confirming),
+            Parsed::Valid {
+                address,
+                saved,
+                moved_to,
+            } => pin_card(&address, saved, moved_to),
         });
+        match &self.replaced {
+            Some(Ok(done)) => form = form.push(text(done.clone()).style(text::success)),
+            Some(Err(e)) => form = form.push(text(e.clone()).style(text::danger)),
+            None => {}
+        }
         form = form.push(
             button(text("Connect"))
                 .padding([8, 16])
@@ -228,26 +296,92 @@ impl Connect {
     }
 }
 
-/// What the address pins, and what pinning means.
-fn pin_card<'a>(address: &RelayAddress, saved: bool) -> Element<'a, Message> {
-    let status = if saved {
-        "You have connected to this relay before with this certificate."
+/// The refusal of an address whose key differs from the saved one, and
+/// the explicit, twice-asked way to replace the saved key.
+fn changed_card<'a>(changed: &ServerChanged, confirming: bool) -> Element<'a, Message> {
+    let mut card = column![
+        text("Refusing to connect: this is not the key sotto knows for this relay.")
+            .font(BOLD)
+            .style(text::danger),
+        text(format!("Saved key for {}:", changed.authority)).size(13),
+        text(fingerprint_text(&changed.pinned)).font(MONO).size(13),
+        text("Key this address pins:").size(13),
+        text(fingerprint_text(&changed.offered)).font(MONO).size(13),
+        text(
+            "Someone may be impersonating the relay. A relay that changes its key \
+             properly hands over to the new key with a signature of the old one, and \
+             sotto follows that by itself; this address comes with no such hand-over. \
+             Ask the relay's operator, over another channel, which key is right."
+        )
+        .size(13),
+    ]
+    .spacing(6);
+    card = if confirming {
+        card.push(
+            text(format!(
+                "Replace the saved key with {}? Do this only if the operator confirmed this \
+                 key to you. The change is recorded in {PIN_LOG_FILE}.",
+                fingerprint_text(&changed.offered)
+            ))
+            .size(13)
+            .font(BOLD),
+        )
+        .push(
+            row![
+                button(text("Yes, replace the saved key"))
+                    .style(button::danger)
+                    .on_press(Message::ConfirmReplacePin),
+                button(text("Keep the saved key"))
+                    .style(button::secondary)
+                    .on_press(Message::CancelReplacePin),
+            ]
+            .spacing(8),
+        )
     } else {
-        "First connection to this relay: sotto will remember this certificate for it."
+        card.push(
+            button(text("Replace the saved key…"))
+                .style(button::secondary)
+                .on_press(Message::ReplacePin),
+        )
+    };
+    container(card)
+        .padding(14)
+        .width(Fill)
+        .style(container::bordered_box)
+        .into()
+}
+
+/// What the address pins, and what pinning means.
+fn pin_card<'a>(
+    address: &RelayAddress,
+    saved: bool,
+    moved_to: Option<[u8; 32]>,
+) -> Element<'a, Message> {
+    let status = match (saved, moved_to) {
+        (_, Some(key)) => format!(
+            "This relay moved from this key to {} with a hand-over signed by this key; \
+             sotto connects to the new key.",
+            fingerprint_text(&key)
+        ),
+        (true, None) => "You have connected to this relay before with this key.".to_owned(),
+        (false, None) => {
+            "First connection to this relay: sotto will remember this key for it.".to_owned()
+        }
     };
     container(
         column![
             text(format!("Relay {}", address.authority())).font(BOLD),
-            text("Certificate fingerprint (SHA-256):").size(13),
+            text("Key fingerprint (SHA-256 of the relay's public key):").size(13),
             text(fingerprint_text(&address.fingerprint))
                 .font(MONO)
                 .size(13),
             text(status).size(13),
             text(
-                "sotto only talks to a relay presenting exactly this certificate. If the \
-                 relay's certificate ever differs, sotto refuses to connect rather than \
-                 trust it. The relay only forwards encrypted messages: it cannot read them, \
-                 and your contacts' keys are checked separately, by safety number."
+                "sotto only talks to a relay holding exactly this key (or a key this one \
+                 handed over to by signature). If the relay ever presents another, sotto \
+                 refuses to connect rather than trust it. The relay only forwards encrypted \
+                 messages: it cannot read them, and your contacts' keys are checked \
+                 separately, by safety number."
             )
             .size(13)
             .style(text::secondary),

@@ -7,7 +7,7 @@
 //!
 //! - [`onboarding`]: create an identity (key generation on the blocking
 //!   pool, with a progress indication) or unlock the existing one;
-//! - [`connect`]: paste a relay address, see the certificate fingerprint it
+//! - [`connect`]: paste a relay address, see the key fingerprint it
 //!   pins and what pinning means, pick a saved relay;
 //! - [`chat`]: the chat window, fed by the session's stream
 //!   ([`crate::session::run`]) and talking to it through its

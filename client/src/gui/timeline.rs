@@ -117,6 +117,23 @@ impl Timeline {
             .dedup_by(|(a, x), (b, y)| a == b && same_message(x, y));
     }
 
+    /// The text of the newest entry, if it is a notice.
+    pub fn last_notice(&self) -> Option<&str> {
+        match self.entries.last() {
+            Some((_, Entry::Notice(notice))) => Some(&notice.text),
+            _ => None,
+        }
+    }
+
+    /// Rewrites the newest entry, if it is a notice (a run of presence
+    /// notices shown as one).
+    pub fn rewrite_last_notice(&mut self, text: String, at_ms: u64) {
+        if let Some((_, Entry::Notice(notice))) = self.entries.last_mut() {
+            notice.text = text;
+            notice.at_ms = at_ms;
+        }
+    }
+
     /// Adds a notice after the message at `anchor` (the newest position the
     /// app has seen).
     pub fn push_notice(&mut self, anchor: (u64, u32), tone: Tone, text: String, at_ms: u64) {
