@@ -63,9 +63,10 @@ pub struct Replaced {
     pub new: [u8; 32],
 }
 
-/// How a pin moved, for the record.
+/// How a pin moved, for the record. (Only the session moves a pin by a
+/// hand-over or a conversion, and only the user by [`KnownServers::replace`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Move {
+pub enum Move {
     /// The old key's signed hand-over to the new key was verified.
     Handover,
     /// An old-style certificate pin was converted to that certificate's
@@ -76,7 +77,9 @@ pub(crate) enum Move {
 }
 
 impl Move {
-    fn word(self) -> &'static str {
+    /// The word [`PIN_LOG_FILE`] records it with (`followed-handover`,
+    /// `converted-certificate-pin`, `replaced-by-user`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Move::Handover => "followed-handover",
             Move::Converted => "converted-certificate-pin",
@@ -294,7 +297,7 @@ impl KnownServers {
         let line = format!(
             "{} {authority} {} {old} -> {}\n",
             utc_now(),
-            how.word(),
+            how.as_str(),
             fingerprint_text(&new)
         );
         let path = self.log_path();

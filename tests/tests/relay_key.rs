@@ -103,7 +103,7 @@ async fn outcome(config: Config) -> (Connection, Vec<Update>) {
 fn notices(seen: &[Update]) -> Vec<String> {
     seen.iter()
         .filter_map(|update| match update {
-            Update::Error(text) => Some(text.clone()),
+            Update::RelayKeyMoved(moved) => Some(moved.to_string()),
             _ => None,
         })
         .collect()

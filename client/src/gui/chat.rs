@@ -1069,6 +1069,7 @@ impl Chat {
                 self.not_sent(&error);
                 self.status = Some((Tone::Danger, error));
             }
+            Update::RelayKeyMoved(moved) => self.tell(Tone::Info, moved.to_string()),
         }
         Action::None
     }

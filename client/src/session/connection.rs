@@ -12,7 +12,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 
 use super::engine::{Engine, Flow, Out};
-use super::{Command, Config, Connection, Update};
+use super::{Command, Config, Connection, RelayKeyMoved, Update};
 use crate::backoff::Backoff;
 use crate::servers::{KnownServers, Move};
 use crate::tls::{self, ConnectError, Handover, PinMatch, Timeouts, Unpinned};
@@ -277,12 +277,13 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
                     servers
                         .follow(&relay, presented.key, how)
                         .map_err(|e| End::Fatal(format!("cannot save the known relays: {e}")))?;
-                    out.updates.push(Update::Error(moved_notice(
-                        &relay,
-                        &presented.key,
+                    out.updates.push(Update::RelayKeyMoved(RelayKeyMoved {
+                        authority: relay.authority(),
+                        from: relay.fingerprint,
+                        to: presented.key,
                         how,
-                        &servers,
-                    )));
+                        log: servers.log_path(),
+                    }));
                 }
             }
             session.engine.on_registered(name.clone(), &mut out);
@@ -365,28 +366,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// What the user is told when the pin moved without them.
-fn moved_notice(
-    relay: &sotto_proto::RelayAddress,
-    to: &[u8; 32],
-    how: Move,
-    servers: &KnownServers,
-) -> String {
-    let why = match how {
-        Move::Handover => "the relay moved to a new key, signed over by its previous key",
-        Move::Converted | Move::Replaced => {
-            "the address pins the relay's certificate, an older form of pin; it now pins the certificate's key"
-        }
-    };
-    format!(
-        "{}: {why}: now pinned to key {} instead of {} (recorded in {})",
-        relay.authority(),
-        sotto_proto::fingerprint_text(to),
-        relay.fingerprint_text(),
-        servers.log_path().display()
-    )
 }
 
 /// The latest time a write may finish: within the write limit, and never

@@ -68,6 +68,7 @@ use tokio::sync::mpsc;
 
 use crate::account::Account;
 use crate::contacts::KeyEvent;
+use crate::servers::Move;
 
 pub use engine::SessionLimits;
 
@@ -363,6 +364,49 @@ pub enum Update {
     },
     /// A command failed, or the relay refused something.
     Error(String),
+    /// The relay's pinned key moved without the user, because the move
+    /// proved itself (see [`RelayKeyMoved`]); recorded in
+    /// [`crate::servers::PIN_LOG_FILE`].
+    RelayKeyMoved(RelayKeyMoved),
+}
+
+/// A relay's pinned key moved with no decision of the user's: the key
+/// pinned for `host:port` signed a hand-over to the key the relay now
+/// presents ([`Move::Handover`]), or an older pin of the relay's whole
+/// certificate was converted to the key of that very certificate
+/// ([`Move::Converted`]). Any other change of key is refused, never
+/// reported as this.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayKeyMoved {
+    /// `host:port`.
+    pub authority: String,
+    /// The fingerprint pinned before.
+    pub from: [u8; 32],
+    /// The fingerprint pinned now.
+    pub to: [u8; 32],
+    /// How the pin moved.
+    pub how: Move,
+    /// Where the move is recorded.
+    pub log: std::path::PathBuf,
+}
+
+impl fmt::Display for RelayKeyMoved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.how {
+            Move::Handover => "the relay moved to a new key, signed over by its previous key",
+            Move::Converted | Move::Replaced => {
+                "the address pins the relay's certificate, an older form of pin; it now pins the certificate's key"
+            }
+        };
+        write!(
+            f,
+            "{}: {why}: now pinned to key {} instead of {} (recorded in {})",
+            self.authority,
+            sotto_proto::fingerprint_text(&self.to),
+            sotto_proto::fingerprint_text(&self.from),
+            self.log.display()
+        )
+    }
 }
 
 /// What the UI asks of the session.

@@ -6,6 +6,7 @@ use sotto_client::contacts::KeyEvent;
 use sotto_client::session::{
     Chat, Command, Connection, Member, Message, PresenceChange, TrustLevel, Update,
 };
+use sotto_proto::fingerprint_text;
 
 use sotto_client::commands::{room, user};
 
@@ -238,6 +239,16 @@ pub(crate) fn event(update: &Update) -> Value {
             with_type("verified_only", json!({ "room": room.as_str(), "on": on }))
         }
         Update::Error(message) => error(message),
+        Update::RelayKeyMoved(moved) => with_type(
+            "relay_key",
+            json!({
+                "authority": moved.authority,
+                "from": fingerprint_text(&moved.from),
+                "to": fingerprint_text(&moved.to),
+                "how": moved.how.as_str(),
+                "log": moved.log.display().to_string(),
+            }),
+        ),
         other => error(&format!("unhandled update: {other:?}")),
     }
 }
@@ -295,6 +306,7 @@ pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sotto_client::session::RelayKeyMoved;
     use sotto_crypto::Fingerprint;
 
     #[test]
@@ -312,6 +324,28 @@ mod tests {
                 "name": "aIice",
                 "fingerprint": "ab".repeat(32),
                 "lookalikes": ["alice"],
+            })
+        );
+    }
+
+    #[test]
+    fn a_relay_key_move_is_its_own_event_not_an_error() {
+        let event = event(&Update::RelayKeyMoved(RelayKeyMoved {
+            authority: "relay.example:7447".to_owned(),
+            from: [1; 32],
+            to: [2; 32],
+            how: sotto_client::servers::Move::Handover,
+            log: "/data/relay-pins.log".into(),
+        }));
+        assert_eq!(
+            event,
+            json!({
+                "type": "relay_key",
+                "authority": "relay.example:7447",
+                "from": fingerprint_text(&[1; 32]),
+                "to": fingerprint_text(&[2; 32]),
+                "how": "followed-handover",
+                "log": "/data/relay-pins.log",
             })
         );
     }
