@@ -472,20 +472,25 @@ pub fn verify_handover(
         return Err(HandoverError::BadSignature);
     }
     let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-    let Some(algorithm) = algorithms
-        .mapping
-        .iter()
-        .find(|(s, _)| *s == scheme)
-        .and_then(|(_, algs)| algs.first())
-    else {
+    let Some((_, candidates)) = algorithms.mapping.iter().find(|(s, _)| *s == scheme) else {
         return Err(HandoverError::BadSignature);
     };
     let spki = SubjectPublicKeyInfoDer::from(handover.old_key);
     let key =
         webpki::RawPublicKeyEntity::try_from(&spki).map_err(|_| HandoverError::BadSignature)?;
     let transcript = key_handover_transcript(&old, &handover.new_key, handover.not_after);
-    key.verify_signature(*algorithm, &transcript, handover.signature)
-        .map_err(|_| HandoverError::BadSignature)
+    // A scheme may stand for more than one algorithm (ECDSA with SHA-256
+    // on P-256 or P-384, as rustls maps it): the one matching the old
+    // key's type is the one that can verify.
+    let verified = candidates.iter().any(|algorithm| {
+        key.verify_signature(*algorithm, &transcript, handover.signature)
+            .is_ok()
+    });
+    if verified {
+        Ok(())
+    } else {
+        Err(HandoverError::BadSignature)
+    }
 }
 
 #[cfg(test)]
