@@ -75,7 +75,7 @@ impl Profile {
     /// The profile in `dir`, created (mode 0700) if missing.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, ProfileError> {
         let dir = dir.into();
-        sotto_crypto::create_private_dir(&dir).map_err(|source| ProfileError::Io {
+        sotto_fsutil::create_private_dir(&dir).map_err(|source| ProfileError::Io {
             path: dir.clone(),
             source,
         })?;

@@ -323,7 +323,7 @@ impl KnownServers {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        sotto_crypto::write_private_file(&self.path, text.as_bytes())
+        sotto_fsutil::write_private(&self.path, text.as_bytes())
     }
 }
 

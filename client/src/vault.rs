@@ -76,23 +76,10 @@ fn aad(table: &str, key: &[u8]) -> Vec<u8> {
     aad
 }
 
-/// Creates `path` readable by its owner only, if it does not exist yet.
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 impl Vault {
     /// Opens (or creates) the vault at `path` with `key`.
     pub fn open(path: &Path, key: &SessionKey) -> Result<Self, VaultError> {
-        create_private_file(path).map_err(db_err)?;
+        sotto_fsutil::create_private_file(path).map_err(db_err)?;
         let db = Database::builder()
             .set_cache_size(CACHE_SIZE)
             .create(path)

@@ -20,7 +20,6 @@
 //! it); it only lets a damaged file be told apart from a wrong passphrase.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use aes_gcm::aead::AeadInOut;
@@ -235,7 +234,7 @@ impl Identity {
         params: KdfParams,
     ) -> Result<()> {
         let bytes = self.encrypt_to_bytes(rng, passphrase, params)?;
-        Ok(write_private_file(path, &bytes)?)
+        Ok(sotto_fsutil::write_private(path, &bytes)?)
     }
 
     /// Reads and decrypts the identity file at `path`.
@@ -257,53 +256,6 @@ impl Identity {
         identity.save(rng, path, new, params)?;
         Ok(identity)
     }
-}
-
-/// Atomically replaces `path` with `bytes`, readable only by the owner
-/// (mode 0600): written under a temporary name in the same directory,
-/// synced, renamed over `path`, and the directory synced, so a crash leaves
-/// the old file or the new one. Used for every file sotto keeps secrets or
-/// pins in.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    // A leftover from a crash of an earlier process with our pid.
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Creates `dir` (and parents) if missing; a directory this creates is
-/// readable by the owner only.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 #[cfg(test)]

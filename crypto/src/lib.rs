@@ -75,7 +75,7 @@ pub use identity::{
     Fingerprint, Identity, PSS_SALT_LEN, PUBLIC_IDENTITY_VERSION, PublicIdentity, RSA_BITS,
     RSA_LEN, RSA_PUBLIC_EXPONENT, SafetyNumber,
 };
-pub use keystore::{IDENTITY_FILE_VERSION, KdfParams, create_private_dir, write_private_file};
+pub use keystore::{IDENTITY_FILE_VERSION, KdfParams};
 pub use message::{
     KeySlot, MAX_PLAINTEXT_LEN, MessageBody, MessageHeader, Opened, PAD_BLOCK, PEER_VERSION,
     PeerBody, SLOT_LEN, SealedMessage, roster_digest,

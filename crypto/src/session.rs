@@ -600,7 +600,7 @@ impl FileCounterStore {
 
 impl CounterStore for FileCounterStore {
     fn persist(&mut self, limit: u64) -> std::io::Result<()> {
-        crate::keystore::write_private_file(&self.path, &limit.to_le_bytes())
+        sotto_fsutil::write_private(&self.path, &limit.to_le_bytes())
     }
 }
 

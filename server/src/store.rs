@@ -142,7 +142,7 @@ impl Store {
     /// an existing file that is empty, damaged or unreadable is an error
     /// naming it ([`StoreError::Unusable`]), never replaced.
     pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
-        sotto_crypto::create_private_dir(dir).map_err(db_err)?;
+        sotto_fsutil::create_private_dir(dir).map_err(db_err)?;
         let path = dir.join(DATABASE_FILE);
         let unusable = |reason: String| StoreError::Unusable {
             path: path.clone(),

@@ -11,7 +11,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -510,7 +509,7 @@ pub fn rotate_key(
     if handover.old_fingerprint() == handover.new_key {
         return Err(TlsError::Setup("the next key is the current key".into()));
     }
-    sotto_crypto::create_private_dir(data_dir).map_err(io_error(data_dir))?;
+    sotto_fsutil::create_private_dir(data_dir).map_err(io_error(data_dir))?;
     write_file(
         &data_dir.join(HANDOVER_FILE),
         handover.to_text().as_bytes(),
@@ -552,7 +551,7 @@ fn generate(
     key_path: &Path,
     hosts: &[String],
 ) -> Result<(), TlsError> {
-    sotto_crypto::create_private_dir(dir).map_err(io_error(dir))?;
+    sotto_fsutil::create_private_dir(dir).map_err(io_error(dir))?;
     let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Setup(e.to_string()))?;
     let cert = self_signed(&key, hosts)?;
     write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
@@ -560,19 +559,38 @@ fn generate(
     Ok(())
 }
 
+/// Replaces `path` with `bytes` atomically, as a file created with `mode`
+/// before its first byte (a key is never readable by others, and a crash
+/// never leaves half of one).
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path).map_err(io_error(path))?;
-    file.write_all(bytes).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
+    sotto_fsutil::write_atomic(path, bytes, mode).map_err(io_error(path))
 }
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key file is replaced whole, never edited in place: one that was
+    /// readable by others before (copied in by hand, say) is private once
+    /// sotto rewrites it, and no temporary file is left beside it.
+    #[cfg(unix)]
+    #[test]
+    fn key_files_are_replaced_whole_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join(PREVIOUS_KEY);
+        fs::write(&key, b"an older, longer key that must not survive in part").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        write_file(&key, b"new key", 0o600).unwrap();
+        assert_eq!(fs::read(&key).unwrap(), b"new key");
+        let mode = fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
 }

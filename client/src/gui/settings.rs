@@ -82,9 +82,9 @@ impl Settings {
                     std::fs::create_dir_all(&dir)?;
                     let json =
                         serde_json::to_vec_pretty(&settings).map_err(std::io::Error::other)?;
-                    let temporary = dir.join(format!("{SETTINGS_FILE}.tmp"));
-                    std::fs::write(&temporary, json)?;
-                    std::fs::rename(temporary, dir.join(SETTINGS_FILE))?;
+                    // Not secret, but replaced atomically: a crash leaves the
+                    // old settings or the new ones, never half a file.
+                    sotto_fsutil::write_atomic(&dir.join(SETTINGS_FILE), &json, 0o644)?;
                     *written = this;
                     Ok(())
                 })
