@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sotto_crypto::{
     Conversation, CounterStore, Fingerprint, Identity, PublicIdentity, ReceivingSession,
-    ReplayWindow, SessionContext, SessionKey,
+    ReplayWindow, SessionContext, SessionKey, at_rest::StorageKey,
 };
 use zeroize::Zeroizing;
 
@@ -190,7 +190,7 @@ pub struct RoomSettings {
 #[derive(Clone, Debug)]
 pub struct Store {
     vault: Arc<Vault>,
-    ids: Arc<SessionKey>,
+    ids: Arc<StorageKey>,
 }
 
 impl Store {

@@ -1,7 +1,9 @@
 //! The client's local store, encrypted at rest: one redb database in the
-//! data directory whose every value is sealed with AES-256-GCM under a key
-//! derived from the user's identity
-//! ([`sotto_crypto::Identity::local_storage_key`]).
+//! data directory whose every value is sealed by
+//! [`sotto_crypto::at_rest::RecordCipher`] under a key derived from the
+//! user's identity ([`sotto_crypto::Identity::local_storage_key`]). This
+//! module is only the database; the format of a sealed value is the
+//! crypto crate's.
 //!
 //! Keys (table names and record keys) are stored in the clear, so callers
 //! use opaque keys (numbers, hashes), never message content. Each value is
@@ -13,11 +15,8 @@
 
 use std::path::Path;
 
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
-use rand::Rng;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use sotto_crypto::SessionKey;
+use sotto_crypto::at_rest::{RecordCipher, StorageKey};
 use zeroize::Zeroizing;
 
 /// File name of the database in the data directory.
@@ -26,9 +25,6 @@ pub const VAULT_FILE: &str = "client.redb";
 /// Memory redb may use to cache pages (its default is 1 GiB, which a
 /// client that pins many contacts would otherwise fill).
 const CACHE_SIZE: usize = 32 * 1024 * 1024;
-
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
 
 /// Why the vault failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +50,7 @@ fn db_err<E: std::fmt::Display>(error: E) -> VaultError {
 /// The encrypted store.
 pub struct Vault {
     db: Database,
-    cipher: Aes256Gcm,
+    cipher: RecordCipher,
 }
 
 impl std::fmt::Debug for Vault {
@@ -68,17 +64,9 @@ type Table<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 /// A record's key and its opened value (wiped when dropped).
 pub type Record = (Vec<u8>, Zeroizing<Vec<u8>>);
 
-fn aad(table: &str, key: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(4 + table.len() + key.len());
-    aad.extend_from_slice(&u32::try_from(table.len()).unwrap_or(u32::MAX).to_be_bytes());
-    aad.extend_from_slice(table.as_bytes());
-    aad.extend_from_slice(key);
-    aad
-}
-
 impl Vault {
     /// Opens (or creates) the vault at `path` with `key`.
-    pub fn open(path: &Path, key: &SessionKey) -> Result<Self, VaultError> {
+    pub fn open(path: &Path, key: &StorageKey) -> Result<Self, VaultError> {
         sotto_fsutil::create_private_file(path).map_err(db_err)?;
         let db = Database::builder()
             .set_cache_size(CACHE_SIZE)
@@ -87,26 +75,16 @@ impl Vault {
                 redb::DatabaseError::DatabaseAlreadyOpen => VaultError::InUse,
                 e => db_err(e),
             })?;
-        let cipher = Aes256Gcm::new(key.expose_secret().into());
-        Ok(Self { db, cipher })
+        Ok(Self {
+            db,
+            cipher: RecordCipher::new(key),
+        })
     }
 
     fn seal(&self, table: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, VaultError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(NONCE_LEN + value.len() + TAG_LEN);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(value);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(
-                &Nonce::from(nonce),
-                &aad(table, key),
-                out.get_mut(NONCE_LEN..).unwrap_or_default().into(),
-            )
-            .map_err(|_| VaultError::Corrupt)?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        self.cipher
+            .seal(&mut rand::rng(), table, key, value)
+            .map_err(|_| VaultError::Corrupt)
     }
 
     fn open_value(
@@ -115,23 +93,9 @@ impl Vault {
         key: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-        if sealed.len() < NONCE_LEN + TAG_LEN {
-            return Err(VaultError::Corrupt);
-        }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| VaultError::Corrupt)?;
-        let tag = Tag::try_from(tag).map_err(|_| VaultError::Corrupt)?;
-        let mut plain = Zeroizing::new(ciphertext.to_vec());
         self.cipher
-            .decrypt_inout_detached(
-                &Nonce::from(nonce),
-                &aad(table, key),
-                plain.as_mut_slice().into(),
-                &tag,
-            )
-            .map_err(|_| VaultError::Corrupt)?;
-        Ok(plain)
+            .open(table, key, sealed)
+            .map_err(|_| VaultError::Corrupt)
     }
 
     /// Stores `value` under `key` in `table`, durably.
@@ -241,11 +205,11 @@ impl Vault {
 mod tests {
     use super::*;
 
-    fn key_from(bytes: [u8; 32]) -> SessionKey {
-        SessionKey::from_bytes(bytes)
+    fn key_from(bytes: [u8; 32]) -> StorageKey {
+        StorageKey::from_bytes(bytes)
     }
 
-    fn key(byte: u8) -> SessionKey {
+    fn key(byte: u8) -> StorageKey {
         key_from([byte; 32])
     }
 

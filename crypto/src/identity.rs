@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::at_rest::StorageKey;
 use crate::error::{Error, Result};
 use crate::secret::{KEY_LEN, SessionKey};
 use crate::wire;
@@ -311,12 +312,12 @@ impl Identity {
     }
 
     /// A 256-bit key for encrypting this user's local data at rest (history,
-    /// session state), derived from the private keys: BLAKE3 in derive-key
+    /// session state; see [`crate::at_rest`]), derived from the private keys: BLAKE3 in derive-key
     /// mode, context `"sotto/v1/local-storage " || purpose`, over both
     /// PKCS#8 encodings (OAEP key first, each prefixed with its u32 BE
     /// length). Whoever can open the identity file can derive it; nobody
     /// else can, and no extra secret needs storing.
-    pub fn local_storage_key(&self, purpose: &str) -> Result<SessionKey> {
+    pub fn local_storage_key(&self, purpose: &str) -> Result<StorageKey> {
         let [enc, sig] = self.to_pkcs8()?;
         let mut hasher =
             blake3::Hasher::new_derive_key(&format!("sotto/v1/local-storage {purpose}"));
@@ -324,7 +325,7 @@ impl Identity {
             hasher.update(&len_u32(der.len()).to_be_bytes());
             hasher.update(der);
         }
-        Ok(SessionKey::from_bytes(*hasher.finalize().as_bytes()))
+        Ok(StorageKey::from_bytes(*hasher.finalize().as_bytes()))
     }
 
     /// How many RSA decryptions this identity has performed. Tests use it to

@@ -23,6 +23,10 @@
 //!   slot's associated data: the slot authenticates the body, the sender and
 //!   the context at once. Slot nonces are the sender's [`SequenceCounter`],
 //!   persisted ahead of use.
+//! - The client's local store seals each record with [`at_rest::RecordCipher`]
+//!   (AES-256-GCM, random nonce, the record's table and key as associated
+//!   data) under an [`at_rest::StorageKey`] derived from the identity: its
+//!   own key type, never a [`SessionKey`].
 //! - Every failed check is the one opaque [`Error::DecryptionFailed`].
 //!
 //! docs/protocol.md in the repository gives every byte.
@@ -61,6 +65,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod at_rest;
 mod error;
 mod identity;
 mod keystore;
