@@ -28,6 +28,11 @@
 //!   data) under an [`at_rest::StorageKey`] derived from the identity: its
 //!   own key type, never a [`SessionKey`].
 //! - Every failed check is the one opaque [`Error::DecryptionFailed`].
+//! - Carrying a sending session or its counter across restarts
+//!   (`SendingSession::export`/`restore`, `SendingState`,
+//!   `FileCounterStore`) risks nonce reuse after a rollback, so it exists
+//!   only with the `hazmat` feature, which only this crate's tests and
+//!   benches enable.
 //!
 //! docs/protocol.md in the repository gives every byte.
 //!
@@ -88,7 +93,12 @@ pub use message::{
 pub use replay::{Arrival, REPLAY_WINDOW, ReplayWindow};
 pub use secret::{KEY_LEN, SessionKey};
 pub use session::{
-    Announcement, Conversation, CounterStore, FileCounterStore, MAX_CLOCK_SKEW, MAX_DELIVERY_DELAY,
+    Announcement, Conversation, CounterStore, MAX_CLOCK_SKEW, MAX_DELIVERY_DELAY,
     MAX_MESSAGES_PER_SESSION, MAX_SESSION_AGE, NoPersistence, ReceivingSession, SendingSession,
-    SendingState, SequenceCounter, SessionContext, SessionId, VerifiedAnnouncement,
+    SequenceCounter, SessionContext, SessionId, VerifiedAnnouncement,
 };
+/// Carrying a sending session or its counter across restarts: the rollback
+/// and nonce-reuse hazard of docs/threat-model.md section 9. Only with the
+/// `hazmat` feature, which only this crate's tests and benches enable.
+#[cfg(feature = "hazmat")]
+pub use session::{FileCounterStore, SendingState};

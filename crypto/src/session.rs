@@ -2,7 +2,9 @@
 //! and the sequence counter whose persistence keeps nonces unique (P9).
 
 use std::fmt;
+#[cfg(feature = "hazmat")]
 use std::fs;
+#[cfg(feature = "hazmat")]
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -156,6 +158,9 @@ fn announcement_transcript(context: &SessionContext, wrapped_key: &[u8]) -> Vec<
 /// One recipient of a sending session.
 pub(crate) struct SlotKey {
     pub(crate) fingerprint: Fingerprint,
+    /// Kept only for [`SendingSession::export`]; the cipher is all sealing
+    /// needs, so without `hazmat` the key is wiped once the cipher exists.
+    #[cfg(feature = "hazmat")]
     pub(crate) key: SessionKey,
     pub(crate) cipher: Aes256Gcm,
 }
@@ -165,16 +170,24 @@ impl SlotKey {
         let cipher = cipher_for(&key);
         Self {
             fingerprint,
+            #[cfg(feature = "hazmat")]
             key,
             cipher,
         }
     }
 }
 
-/// Everything needed to carry a [`SendingSession`] across a restart: the
-/// client stores it encrypted at rest. It holds key material: zeroized on
-/// drop, and its `Debug` shows no keys.
+/// Everything needed to carry a [`SendingSession`] across a restart. It
+/// holds key material: zeroized on drop, and its `Debug` shows no keys.
+///
+/// **Hazardous** (only with the `hazmat` feature, which only this crate's
+/// tests and benches enable): restoring a sending session from a copy of
+/// its state that is older than the session's last use reuses key slot
+/// nonces (docs/threat-model.md section 9, "Rollback of the data directory
+/// reuses nonces"). The sotto client never stores sending sessions.
 #[derive(Debug)]
+// Without `hazmat` it is only how `start` builds a session, not exported.
+#[cfg_attr(not(feature = "hazmat"), allow(unreachable_pub))]
 pub struct SendingState {
     /// The conversation.
     pub conversation: Conversation,
@@ -267,7 +280,7 @@ impl SendingSession {
             announcements.push(sender.announce(rng, recipient, context, &key)?);
             keys.push((recipient.fingerprint(), key));
         }
-        let session = Self::restore(SendingState {
+        let session = Self::from_state(SendingState {
             conversation,
             sender: sender.fingerprint(),
             session_id,
@@ -282,7 +295,14 @@ impl SendingSession {
     }
 
     /// Rebuilds a session from state saved with [`SendingSession::export`].
+    ///
+    /// **Hazardous** (only with the `hazmat` feature): see [`SendingState`].
+    #[cfg(feature = "hazmat")]
     pub fn restore(state: SendingState) -> Result<Self> {
+        Self::from_state(state)
+    }
+
+    fn from_state(state: SendingState) -> Result<Self> {
         let SendingState {
             conversation,
             sender,
@@ -317,6 +337,9 @@ impl SendingSession {
     }
 
     /// The session's state, keys included, for storage at rest.
+    ///
+    /// **Hazardous** (only with the `hazmat` feature): see [`SendingState`].
+    #[cfg(feature = "hazmat")]
     pub fn export(&self) -> SendingState {
         SendingState {
             conversation: self.conversation.clone(),
@@ -571,11 +594,20 @@ impl CounterStore for NoPersistence {
 
 /// A [`CounterStore`] in a small file (8 bytes, little-endian), replaced
 /// atomically and synced on every reservation.
+///
+/// **Hazardous** (only with the `hazmat` feature, which only this crate's
+/// tests and benches enable): a counter file restored from a backup brings
+/// back numbers already used, and nothing ties it to the session keys it
+/// numbers (docs/threat-model.md section 9). The sotto client keeps its
+/// counters in its encrypted store and never continues a sending session
+/// across runs.
+#[cfg(feature = "hazmat")]
 #[derive(Debug)]
 pub struct FileCounterStore {
     path: PathBuf,
 }
 
+#[cfg(feature = "hazmat")]
 impl FileCounterStore {
     /// Uses the file at `path` (it need not exist yet).
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -598,6 +630,7 @@ impl FileCounterStore {
     }
 }
 
+#[cfg(feature = "hazmat")]
 impl CounterStore for FileCounterStore {
     fn persist(&mut self, limit: u64) -> std::io::Result<()> {
         sotto_fsutil::write_private(&self.path, &limit.to_le_bytes())
