@@ -301,9 +301,10 @@ mod tests {
         ));
     }
 
-    /// Records written before the cipher moved to `sotto_crypto::at_rest`
-    /// (computed with this file's own sealing, a fixed nonce): they must
-    /// keep opening, byte for byte the same format (docs/protocol.md 20.2).
+    /// Records in the format of this file's own sealing before it moved to
+    /// `sotto_crypto::at_rest` (its associated data and AES-256-GCM, a
+    /// fixed nonce; opened by that code): they must keep opening, byte for
+    /// byte the same format (docs/protocol.md 20.1).
     const KNOWN_RECORDS: [(&str, &[u8], &[u8], &str); 2] = [
         (
             "history",

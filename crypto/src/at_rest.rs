@@ -181,8 +181,9 @@ mod tests {
 
     use super::*;
 
-    /// Known answers: written by the client's vault before its cipher moved
-    /// here (client/src/vault.rs keeps the same vectors), key bytes
+    /// Known answers, made with the client vault's associated data and
+    /// AES-256-GCM and opened by the vault's own code before its cipher
+    /// moved here (client/src/vault.rs keeps the same vectors); key bytes
     /// 0, 1, .., 31, nonce bytes a0, a1, .., ab.
     pub(crate) const KNOWN: [(&str, &[u8], &[u8], &str); 2] = [
         (

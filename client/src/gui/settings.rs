@@ -84,7 +84,7 @@ impl Settings {
                         serde_json::to_vec_pretty(&settings).map_err(std::io::Error::other)?;
                     // Not secret, but replaced atomically: a crash leaves the
                     // old settings or the new ones, never half a file.
-                    sotto_fsutil::write_atomic(&dir.join(SETTINGS_FILE), &json, 0o644)?;
+                    sotto_fsutil::write_atomic(&dir.join(SETTINGS_FILE), &json, 0o666)?;
                     *written = this;
                     Ok(())
                 })
