@@ -106,6 +106,39 @@ impl Engine {
         Handled::Done
     }
 
+    /// Gives up the held messages whose announcement did not come within
+    /// `held_for`.
+    pub(super) fn give_up_held(&mut self, now: Instant, out: &mut Out) {
+        while let Some(held) = self.held.front() {
+            if now.duration_since(held.since) < self.limits.held_for {
+                break;
+            }
+            if let Some(held) = self.held.pop_front() {
+                let chat = self.chat_of(&held.delivery);
+                out.update(Update::Rejected {
+                    chat,
+                    from: held.delivery.from.to_string(),
+                });
+                Self::ack(&held.delivery, out);
+            }
+        }
+    }
+
+    /// Reports the forged and unchecked announcements seen since the last
+    /// tick.
+    pub(super) fn report_forgeries(&mut self, out: &mut Out) {
+        // Forgeries are reported at most once per tick and claimed sender.
+        for (_, (claimed, count)) in std::mem::take(&mut self.forged) {
+            out.error(forged_announcements(count, claimed.as_str()));
+        }
+        if self.unchecked > 0 {
+            out.error(format!(
+                "the relay delivered key announcements faster than they can be checked: {} dropped unchecked",
+                std::mem::take(&mut self.unchecked)
+            ));
+        }
+    }
+
     /// Handles a delivery (again, for one that waited) and acknowledges it
     /// once it is dealt with: stored, or dropped for good.
     pub(super) fn deliver(&mut self, delivery: Delivery, out: &mut Out) {
@@ -139,8 +172,9 @@ impl Engine {
         out: &mut Out,
     ) -> Result<PublicIdentity, Handled> {
         let Some(contact) = self.contacts.get(&delivery.from) else {
+            let limit = self.limits.deliveries_awaiting_key;
             let awaiting = self.await_key(&delivery.from, out);
-            if awaiting.deliveries.len() >= 64 {
+            if awaiting.deliveries.len() >= limit {
                 return Err(self.reject(delivery, out));
             }
             awaiting.deliveries.push(delivery.clone());
@@ -153,7 +187,7 @@ impl Engine {
             && offered.fingerprint() == claimed
         {
             let parked = self.awaiting_trust.entry(delivery.from.key()).or_default();
-            if parked.len() < 256 {
+            if parked.len() < self.limits.deliveries_awaiting_trust {
                 parked.push(delivery.clone());
                 return Err(Handled::Kept);
             }

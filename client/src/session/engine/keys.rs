@@ -14,9 +14,6 @@ use super::{Engine, Out};
 use crate::contacts::{KeyEvent, Trust};
 use crate::session::{Chat, TrustLevel, Update};
 
-/// How many recently parsed identities are kept, by their bytes.
-pub(super) const PARSED_KEYS: usize = 16;
-
 /// Work waiting for a peer's key (a `LookupKey` is in flight).
 #[derive(Debug, Default)]
 pub(super) struct Awaiting {
@@ -63,7 +60,7 @@ impl Engine {
                 let parsed = Arc::new(parsed);
                 self.parsed
                     .push_front((Bytes::copy_from_slice(identity), parsed.clone()));
-                self.parsed.truncate(PARSED_KEYS);
+                self.parsed.truncate(self.limits.parsed_keys);
                 parsed
             }
         };

@@ -48,9 +48,8 @@ mod testing;
 use inbound::{Bucket, Delivery, Held};
 use keys::{Awaiting, trust_level};
 use outbound::Outbound;
-use rooms::{MEMBER_LIST_INTERVAL, MEMBER_LIST_PER_MEMBER, Room, scaled};
+use rooms::Room;
 
-pub(crate) use inbound::forged_announcements;
 pub use limits::SessionLimits;
 
 /// What the engine wants done: frames for the relay, updates for the UI.
@@ -315,56 +314,15 @@ impl Engine {
         self.save_contacts(&mut Out::default());
     }
 
-    /// Periodic housekeeping: gives up messages whose announcement never came.
+    /// Periodic housekeeping: gives up messages whose announcement never
+    /// came, reports forgeries, forgets old roster views, saves new pins and
+    /// sends the member lists that were held back.
     pub(crate) fn tick(&mut self, now: Instant, out: &mut Out) {
-        while let Some(held) = self.held.front() {
-            if now.duration_since(held.since) < self.limits.held_for {
-                break;
-            }
-            if let Some(held) = self.held.pop_front() {
-                let chat = self.chat_of(&held.delivery);
-                out.update(Update::Rejected {
-                    chat,
-                    from: held.delivery.from.to_string(),
-                });
-                Self::ack(&held.delivery, out);
-            }
-        }
-        // Forgeries are reported at most once per tick and claimed sender.
-        for (_, (claimed, count)) in std::mem::take(&mut self.forged) {
-            out.error(forged_announcements(count, claimed.as_str()));
-        }
-        if self.unchecked > 0 {
-            out.error(format!(
-                "the relay delivered key announcements faster than they can be checked: {} dropped unchecked",
-                std::mem::take(&mut self.unchecked)
-            ));
-        }
-        let grace = self.limits.roster_grace;
-        for room in self.rooms.values_mut() {
-            room.views
-                .retain(|(_, since)| now.duration_since(*since) < grace);
-        }
+        self.give_up_held(now, out);
+        self.report_forgeries(out);
+        self.forget_old_views(now);
         self.save_contacts(out);
-        let unlisted: Vec<RoomName> = self
-            .rooms
-            .iter()
-            .filter(|(_, r)| {
-                r.unlisted
-                    && r.listed.is_none_or(|at| {
-                        now.duration_since(at)
-                            >= scaled(
-                                MEMBER_LIST_INTERVAL,
-                                MEMBER_LIST_PER_MEMBER,
-                                r.members.len(),
-                            )
-                    })
-            })
-            .map(|(room, _)| room.clone())
-            .collect();
-        for room in unlisted {
-            self.members_update(&room, now, out);
-        }
+        self.send_due_member_lists(now, out);
     }
 
     fn ack(delivery: &Delivery, out: &mut Out) {

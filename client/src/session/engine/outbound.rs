@@ -4,7 +4,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use sotto_crypto::{
@@ -49,7 +49,7 @@ impl Engine {
     /// (all sent, or waited long enough).
     pub(crate) fn should_quit(&self, now: Instant) -> bool {
         self.quitting.is_some_and(|since| {
-            !self.has_unsent() || now.duration_since(since) >= Duration::from_secs(10)
+            !self.has_unsent() || now.duration_since(since) >= self.limits.quit_wait
         })
     }
 
@@ -147,8 +147,9 @@ impl Engine {
         let peer = match self.contacts.sendable(&user) {
             Ok(identity) => identity.clone(),
             Err(Blocked::Unknown(_)) => {
+                let limit = self.limits.texts_awaiting_key;
                 let awaiting = self.await_key(&user, out);
-                if awaiting.texts.len() < 64 {
+                if awaiting.texts.len() < limit {
                     awaiting.texts.push(text);
                 } else {
                     out.error(format!("@{user}: too many messages waiting for a key"));
@@ -297,7 +298,7 @@ impl Engine {
         for (to, body, slots) in frames {
             let id = self.route_id();
             self.sends.insert(id, chat.clone());
-            while self.sends.len() > 4096 {
+            while self.sends.len() > self.limits.tracked_sends {
                 self.sends.pop_first();
             }
             out.frames.push(ClientFrame::Send {

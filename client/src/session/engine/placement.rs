@@ -43,9 +43,10 @@ impl Engine {
         seq: u64,
         anchor: u64,
     ) {
+        let limit = self.limits.placed_per_sender;
         let placed = self.placed.entry((chat.clone(), sender)).or_default();
         placed.insert(seq, anchor);
-        while placed.len() > 2 * sotto_crypto::REPLAY_WINDOW as usize {
+        while placed.len() > limit {
             placed.pop_first();
         }
     }

@@ -5,7 +5,7 @@
 //! with (P7, protocol.md 15.1).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use sotto_crypto::{Fingerprint, SessionId, roster_digest};
@@ -35,29 +35,6 @@ pub(super) struct Room {
     pub(super) listed: Option<Instant>,
     /// The member list changed since it was last sent.
     pub(super) unlisted: bool,
-}
-
-/// The whole member list of a room goes to the front end at most this
-/// often while presence keeps changing it (each change is also its own small
-/// [`Update::Presence`]); in a room of more than 20,000 members, at most
-/// once per [`MEMBER_LIST_PER_MEMBER`] times its size, since building the
-/// list costs the size of the room.
-pub(super) const MEMBER_LIST_INTERVAL: Duration = Duration::from_secs(1);
-/// See [`MEMBER_LIST_INTERVAL`].
-pub(super) const MEMBER_LIST_PER_MEMBER: Duration = Duration::from_micros(50);
-
-/// During a burst of presence changes, the digest of a member set that was
-/// current for less than this (or, in a large room, for less than
-/// [`VIEW_PER_MEMBER`] per member) is not computed, and a message sealed to
-/// exactly that set may then be reported as a roster mismatch: computing a
-/// digest costs the size of the room, so it is not done for every event.
-pub(super) const VIEW_INTERVAL: Duration = Duration::from_millis(100);
-/// See [`VIEW_INTERVAL`].
-pub(super) const VIEW_PER_MEMBER: Duration = Duration::from_micros(100);
-
-/// `base`, or `per_member` times the room's size if that is longer.
-pub(super) fn scaled(base: Duration, per_member: Duration, members: usize) -> Duration {
-    base.max(per_member.saturating_mul(u32::try_from(members).unwrap_or(u32::MAX)))
 }
 
 impl Engine {
@@ -169,6 +146,34 @@ impl Engine {
         }
     }
 
+    /// Forgets the roster views older than `roster_grace`.
+    pub(super) fn forget_old_views(&mut self, now: Instant) {
+        let grace = self.limits.roster_grace;
+        for room in self.rooms.values_mut() {
+            room.views
+                .retain(|(_, since)| now.duration_since(*since) < grace);
+        }
+    }
+
+    /// Sends the member lists held back by `member_list_interval` once it
+    /// has passed.
+    pub(super) fn send_due_member_lists(&mut self, now: Instant, out: &mut Out) {
+        let unlisted: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| {
+                r.unlisted
+                    && r.listed.is_none_or(|at| {
+                        now.duration_since(at) >= self.limits.member_list_every(r.members.len())
+                    })
+            })
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in unlisted {
+            self.members_update(&room, now, out);
+        }
+    }
+
     /// Remembers the member set that was current until `now`, so messages
     /// sealed just before a change still match (`roster_grace`).
     pub(super) fn retire_view(&mut self, room: &RoomName, now: Instant) {
@@ -179,7 +184,7 @@ impl Engine {
             Some(digest) => Some(digest),
             // In a burst of changes, not every fleeting member set.
             None if entry.retired.is_some_and(|at| {
-                now.duration_since(at) < scaled(VIEW_INTERVAL, VIEW_PER_MEMBER, entry.members.len())
+                now.duration_since(at) < self.limits.view_every(entry.members.len())
             }) =>
             {
                 None
@@ -191,7 +196,7 @@ impl Engine {
             if let Some(digest) = digest {
                 entry.retired = Some(now);
                 entry.views.push_back((digest, now));
-                while entry.views.len() > 16 {
+                while entry.views.len() > self.limits.roster_views {
                     entry.views.pop_front();
                 }
             }
@@ -225,7 +230,7 @@ impl Engine {
     }
 
     /// `room`'s members changed: send the whole list now, or at the next
-    /// tick if one was sent less than [`MEMBER_LIST_INTERVAL`] ago, so a
+    /// tick if one was sent less than `member_list_interval` ago, so a
     /// presence flood costs one list per room per interval, not one per
     /// event.
     pub(super) fn members_changed(&mut self, room: &RoomName, out: &mut Out) {
@@ -233,11 +238,7 @@ impl Engine {
         let Some(entry) = self.rooms.get_mut(room) else {
             return;
         };
-        let interval = scaled(
-            MEMBER_LIST_INTERVAL,
-            MEMBER_LIST_PER_MEMBER,
-            entry.members.len(),
-        );
+        let interval = self.limits.member_list_every(entry.members.len());
         if entry
             .listed
             .is_some_and(|at| now.duration_since(at) < interval)
@@ -316,6 +317,8 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::super::testing::*;
     use super::*;
 
