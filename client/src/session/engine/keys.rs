@@ -194,3 +194,135 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sotto_crypto::Identity;
+
+    use super::super::testing::*;
+    use super::*;
+    use crate::contacts::Blocked;
+
+    /// Alice verifies bob's key, then the relay shows another key for bob.
+    async fn bob_verified_then_changed(
+        bob: &Identity,
+        new: &Identity,
+    ) -> (Engine, tempfile::TempDir) {
+        let alice = fixture("alice");
+        let (mut engine, dir) = alice_with_bob(bob).await;
+        let safety = alice.public().safety_number(bob.public());
+        let out = command(
+            &mut engine,
+            Command::Verify {
+                name: name("bob"),
+                safety_number: safety.digits().to_owned(),
+            },
+        );
+        assert!(
+            out.updates.iter().any(|u| matches!(
+                u,
+                Update::Trust { name, trust: TrustLevel::Verified } if name == "bob"
+            )),
+            "{:?}",
+            out.updates
+        );
+        let updates = feed(
+            &mut engine,
+            presence("bob", PresenceEvent::Joined, Some(new.public())),
+        );
+        assert!(
+            updates
+                .iter()
+                .any(|u| matches!(u, Update::Key(KeyEvent::ChangedVerified { .. }))),
+            "{updates:?}"
+        );
+        (engine, dir)
+    }
+
+    #[tokio::test]
+    async fn a_changed_verified_key_blocks_sending_until_it_is_accepted() {
+        let (bob, new) = (fixture("bob"), fixture("mallory"));
+        let (mut engine, _dir) = bob_verified_then_changed(&bob, &new).await;
+        // Direct: refused with the reason.
+        let out = command(&mut engine, send(Chat::Direct(name("bob")), "hi"));
+        assert!(sent_to(&out).is_empty(), "{:?}", out.frames);
+        let blocked = Blocked::KeyChanged { name: "bob".into() };
+        assert_eq!(errors(&out.updates), [format!("@bob: not sent: {blocked}")]);
+        // In the room: bob is left out, and told why.
+        let out = command(&mut engine, send(lobby_chat(), "hi all"));
+        assert!(sent_to(&out).is_empty(), "{:?}", out.frames);
+        assert!(
+            out.updates.iter().any(|u| matches!(
+                u,
+                Update::NotSentTo { names, reason, .. }
+                    if names == &["bob"] && reason == "their key changed: verify or accept it first"
+            )),
+            "{:?}",
+            out.updates
+        );
+        // Accepted: sent to the new key.
+        let out = command(&mut engine, Command::AcceptKey(name("bob")));
+        assert!(errors(&out.updates).is_empty(), "{:?}", out.updates);
+        let out = command(&mut engine, send(Chat::Direct(name("bob")), "hi"));
+        assert!(errors(&out.updates).is_empty(), "{:?}", out.updates);
+        assert!(!sent_to(&out).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_delivery_under_an_offered_key_waits_for_the_users_decision() {
+        let alice = fixture("alice");
+        let (bob, new) = (fixture("bob"), fixture("mallory"));
+        let (mut engine, _dir) = bob_verified_then_changed(&bob, &new).await;
+        let mut from_new = Bob::start(new.clone(), alice.public(), 1, 0);
+        let out = feed_out(&mut engine, stored(announce(&from_new.announcement), 9));
+        assert!(out.updates.is_empty(), "{:?}", out.updates);
+        assert!(!acked(&out, 9), "{out:?}");
+        // The user accepts the new key: the announcement is taken then.
+        let out = command(&mut engine, Command::AcceptKey(name("bob")));
+        assert!(acked(&out, 9), "{out:?}");
+        let updates = feed(&mut engine, deliver(&from_new.seal("new key"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "new key");
+    }
+
+    #[tokio::test]
+    async fn asking_for_the_safety_number_of_an_unknown_user_looks_up_the_key() {
+        let bob = fixture("bob");
+        let carol = fixture("carol");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let out = command(&mut engine, Command::SafetyNumber(name("carol")));
+        assert!(
+            matches!(&out.frames[..], [ClientFrame::LookupKey { name: n }] if *n == name("carol")),
+            "{:?}",
+            out.frames
+        );
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Key {
+                name: name("carol"),
+                identity: Some(carol.public().to_bytes().into()),
+            },
+        );
+        let expected = fixture("alice").public().safety_number(carol.public());
+        assert!(
+            updates.iter().any(|u| matches!(
+                u,
+                Update::SafetyNumber { name, safety_number, trust: TrustLevel::Unverified, .. }
+                    if name == "carol" && safety_number.digits() == expected.digits()
+            )),
+            "{updates:?}"
+        );
+        // Nobody of that name: said so.
+        command(&mut engine, Command::SafetyNumber(name("nobody")));
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Key {
+                name: name("nobody"),
+                identity: None,
+            },
+        );
+        assert_eq!(
+            errors(&updates),
+            ["there is no user called nobody on this relay"]
+        );
+    }
+}

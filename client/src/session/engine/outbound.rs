@@ -332,10 +332,12 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
     use std::collections::HashSet;
+    use std::time::Duration;
 
+    use super::super::testing::*;
     use super::*;
+    use crate::session::engine::Flow;
 
     #[tokio::test]
     async fn a_message_sent_to_bob_in_capitals_and_one_from_bob_share_one_chat() {
@@ -381,5 +383,118 @@ mod tests {
         assert_eq!(threads.len(), 1);
         let ordered: BTreeSet<Chat> = [typed, Chat::Direct(name("bob"))].into();
         assert_eq!(ordered.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_bound_refuses_the_257th_queued_message_with_an_error() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        engine.on_disconnected();
+        let bound = SessionLimits::default().outbox;
+        assert_eq!(bound, 256);
+        for i in 0..bound {
+            let out = command(&mut engine, send(lobby_chat(), &format!("queued {i}")));
+            assert!(out.updates.is_empty() && out.frames.is_empty(), "{out:?}");
+        }
+        let out = command(&mut engine, send(lobby_chat(), "one too many"));
+        assert_eq!(
+            errors(&out.updates),
+            ["#lobby: not connected and too many messages queued; not sent"]
+        );
+        assert!(out.frames.is_empty());
+        // Reconnected and back in the room: the 256 kept go out, one session.
+        let mut out = Out::default();
+        engine.on_registered(name("alice"), &mut out);
+        let alice = fixture("alice");
+        engine.handle_frame(
+            RelayFrame::Joined {
+                room: RoomName::lobby(),
+                members: vec![
+                    sotto_proto::Member {
+                        name: name("alice"),
+                        identity: alice.public().to_bytes().into(),
+                    },
+                    sotto_proto::Member {
+                        name: name("bob"),
+                        identity: bob.public().to_bytes().into(),
+                    },
+                ],
+            },
+            &mut out,
+        );
+        let to = sent_to(&out);
+        assert_eq!(to.iter().filter(|d| **d == &lobby()).count(), bound);
+        assert_eq!(to.len(), bound + 1, "one announcement to bob");
+    }
+
+    #[tokio::test]
+    async fn quit_waits_for_queued_messages_at_most_quit_wait() {
+        let bob = fixture("bob");
+        let limits = SessionLimits {
+            quit_wait: Duration::from_secs(30),
+            ..SessionLimits::default()
+        };
+        let (mut engine, _dir) = alice_with_bob_limits(&bob, limits).await;
+        // Nothing queued: quits at once.
+        let mut out = Out::default();
+        assert_eq!(
+            engine.handle_command(Command::Quit, &mut Out::default()),
+            Flow::Quit
+        );
+        // A message to carol waits for her key.
+        let queued = command(&mut engine, send(Chat::Direct(name("carol")), "hi"));
+        assert!(
+            matches!(&queued.frames[..], [ClientFrame::LookupKey { .. }]),
+            "{queued:?}"
+        );
+        let start = Instant::now();
+        assert_eq!(
+            engine.handle_command(Command::Quit, &mut out),
+            Flow::Continue
+        );
+        assert!(engine.quitting());
+        let now = Instant::now();
+        assert!(!engine.should_quit(now));
+        assert!(!engine.should_quit(start + Duration::from_secs(11)));
+        assert!(engine.should_quit(now + Duration::from_secs(30)));
+        engine.report_unsent(&mut out);
+        assert_eq!(
+            errors(&out.updates),
+            ["1 queued message(s) were not sent: the relay could not be reached"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_is_kept_for_the_same_recipients_and_rotated_for_new_ones() {
+        let bob = fixture("bob");
+        let carol = fixture("carol");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let announcements = |out: &Out| {
+            sent_to(out)
+                .into_iter()
+                .filter(|d| matches!(d, Destination::User(_)))
+                .count()
+        };
+        let first = command(&mut engine, send(lobby_chat(), "one"));
+        assert_eq!(announcements(&first), 1, "{:?}", first.frames);
+        let second = command(&mut engine, send(lobby_chat(), "two"));
+        assert_eq!(announcements(&second), 0, "{:?}", second.frames);
+        // carol joins: a new session, announced to both.
+        feed(
+            &mut engine,
+            RelayFrame::Presence {
+                room: RoomName::lobby(),
+                user: name("carol"),
+                event: sotto_proto::PresenceEvent::Joined,
+                identity: Some(carol.public().to_bytes().into()),
+            },
+        );
+        let third = command(&mut engine, send(lobby_chat(), "three"));
+        assert_eq!(announcements(&third), 2, "{:?}", third.frames);
+        let seqs: Vec<u64> = [&first, &second, &third]
+            .iter()
+            .map(|out| messages(&out.updates)[0].seq)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     }
 }

@@ -371,4 +371,110 @@ mod tests {
         let stored = engine.store.contacts().unwrap();
         assert!(stored.get(&name("flood49")).is_some());
     }
+
+    #[tokio::test]
+    async fn a_member_who_leaves_drops_out_of_the_member_list_and_the_recipients() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let updates = feed(&mut engine, presence("bob", PresenceEvent::Left, None));
+        assert!(
+            matches!(
+                &updates[..],
+                [Update::Presence { name, change: PresenceChange::Left, .. }] if name == "bob"
+            ),
+            "{updates:?}"
+        );
+        // The list held back by the interval goes out at the next tick after
+        // it, without bob.
+        let mut out = Out::default();
+        engine.tick(Instant::now() + Duration::from_secs(2), &mut out);
+        assert_eq!(member_lists(&out.updates), [vec!["alice"]]);
+        // A message to the room is sealed to nobody: bob is no recipient.
+        let out = command(&mut engine, send(lobby_chat(), "after bob left"));
+        assert!(sent_to(&out).is_empty(), "{:?}", out.frames);
+        assert!(
+            out.updates.iter().any(|u| matches!(
+                u,
+                Update::NotSentTo { names, .. } if names.is_empty()
+            )),
+            "{:?}",
+            out.updates
+        );
+    }
+
+    #[tokio::test]
+    async fn a_room_the_relay_says_we_left_is_forgotten_and_not_joined_again() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Left {
+                room: RoomName::lobby(),
+            },
+        );
+        assert!(
+            matches!(&updates[..], [Update::Left { room }] if *room == RoomName::lobby()),
+            "{updates:?}"
+        );
+        let out = command(&mut engine, send(lobby_chat(), "hello?"));
+        assert!(sent_to(&out).is_empty());
+        assert_eq!(
+            errors(&out.updates),
+            ["you are not in #lobby: /join lobby first"]
+        );
+        assert_eq!(engine.store.joined_rooms().unwrap(), Some(Vec::new()));
+        // The next connection does not join it again.
+        engine.on_disconnected();
+        let mut out = Out::default();
+        engine.on_registered(name("alice"), &mut out);
+        assert!(
+            !out.frames
+                .iter()
+                .any(|f| matches!(f, ClientFrame::Join { .. })),
+            "{:?}",
+            out.frames
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_sealed_to_another_member_set_is_reported_once_per_session() {
+        let alice = fixture("alice");
+        let carol = fixture("carol");
+        let mut bob = Bob::start(fixture("bob"), alice.public(), 1, 0);
+        let limits = SessionLimits {
+            roster_grace: Duration::ZERO,
+            ..SessionLimits::default()
+        };
+        let (mut engine, _dir) = alice_with_bob_limits(&bob.identity, limits).await;
+        feed(&mut engine, announce(&bob.announcement));
+        let mismatches = |updates: &[Update]| {
+            updates
+                .iter()
+                .filter(|u| matches!(u, Update::RosterMismatch { .. }))
+                .count()
+        };
+        // Sealed to {alice, bob}, alice's view: no warning.
+        let updates = feed(&mut engine, deliver(&bob.seal("one"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "one");
+        assert_eq!(mismatches(&updates), 0, "{updates:?}");
+        // carol joins, and the old view is past its grace.
+        feed(
+            &mut engine,
+            presence("carol", PresenceEvent::Joined, Some(carol.public())),
+        );
+        engine.tick(Instant::now() + Duration::from_secs(1), &mut Out::default());
+        let updates = feed(&mut engine, deliver(&bob.seal("two"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "two");
+        assert!(
+            matches!(
+                updates.iter().find(|u| matches!(u, Update::RosterMismatch { .. })),
+                Some(Update::RosterMismatch { room, from }) if *room == RoomName::lobby() && from == "bob"
+            ),
+            "{updates:?}"
+        );
+        // Once per session.
+        let updates = feed(&mut engine, deliver(&bob.seal("three"), lobby()));
+        assert_eq!(messages(&updates)[0].text, "three");
+        assert_eq!(mismatches(&updates), 0, "{updates:?}");
+    }
 }

@@ -7,13 +7,14 @@ use sotto_crypto::{
     Announcement, Conversation, Identity, NoPersistence, PeerBody, PublicIdentity, SendingSession,
     SequenceCounter, SessionId,
 };
-use sotto_proto::{ClientFrame, Destination, Member as RosterMember, RoomName, UserName};
+use sotto_proto::Member as RosterMember;
+pub(super) use sotto_proto::{ClientFrame, Destination, PresenceEvent, RoomName, UserName};
 
 pub(super) use super::{Engine, Out, SessionLimits, now_ms, now_secs};
 use crate::account::Account;
 pub(super) use crate::contacts::KeyEvent;
 use crate::profile::Profile;
-pub(super) use crate::session::{Command, Message, Update};
+pub(super) use crate::session::{Chat, Command, Message, Update};
 pub(super) use sotto_crypto::SealedMessage;
 pub(super) use sotto_proto::RelayFrame;
 
@@ -236,6 +237,85 @@ pub(super) fn forgeries(genuine: &Announcement, count: u8) -> Vec<Announcement> 
             forged.context.epoch += u32::from(n) + 1;
             forged.signature[0] ^= 1;
             forged
+        })
+        .collect()
+}
+
+/// `frame` (a `Deliver`) as the stored delivery number `delivery`.
+pub(super) fn stored(frame: RelayFrame, delivery: u64) -> RelayFrame {
+    let RelayFrame::Deliver {
+        from,
+        to,
+        body,
+        slot,
+        ..
+    } = frame
+    else {
+        unreachable!()
+    };
+    RelayFrame::Deliver {
+        delivery,
+        from,
+        to,
+        body,
+        slot,
+    }
+}
+
+/// `user` joined (with `identity`) or left the lobby.
+pub(super) fn presence(
+    user: &str,
+    event: PresenceEvent,
+    identity: Option<&PublicIdentity>,
+) -> RelayFrame {
+    RelayFrame::Presence {
+        room: RoomName::lobby(),
+        user: name(user),
+        event,
+        identity: identity.map(|id| id.to_bytes().into()),
+    }
+}
+
+/// What the engine does for `command`.
+pub(super) fn command(engine: &mut Engine, command: Command) -> Out {
+    let mut out = Out::default();
+    engine.handle_command(command, &mut out);
+    out
+}
+
+/// A `Send` of `text` to `chat`.
+pub(super) fn send(chat: Chat, text: &str) -> Command {
+    Command::Send {
+        chat,
+        text: text.into(),
+    }
+}
+
+/// The lobby's chat.
+pub(super) fn lobby_chat() -> Chat {
+    Chat::Room(RoomName::lobby())
+}
+
+/// Where the `Send` frames in `out` go, in order.
+pub(super) fn sent_to(out: &Out) -> Vec<&Destination> {
+    out.frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Send { route, .. } => Some(&route.to),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The names in each member list among `updates`.
+pub(super) fn member_lists(updates: &[Update]) -> Vec<Vec<&str>> {
+    updates
+        .iter()
+        .filter_map(|u| match u {
+            Update::Members { members, .. } => {
+                Some(members.iter().map(|m| m.name.as_str()).collect())
+            }
+            _ => None,
         })
         .collect()
 }

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::super::testing::*;
 use super::*;
 
@@ -240,4 +242,69 @@ async fn checking_forgeries_is_bounded_by_a_budget_shared_by_all_senders() {
             "the relay delivered key announcements faster than they can be checked: 2 dropped unchecked".to_owned()
         ]
     );
+}
+
+#[tokio::test]
+async fn a_duplicate_announcement_is_ignored_acknowledged_and_costs_no_rsa() {
+    let alice = fixture("alice");
+    let mut bob = Bob::start(fixture("bob"), alice.public(), 1, 0);
+    let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+    let out = feed_out(&mut engine, stored(announce(&bob.announcement), 5));
+    assert!(acked(&out, 5) && out.updates.is_empty(), "{out:?}");
+    let before = engine.identity.rsa_decryptions();
+    // The relay delivers it again (as stored delivery 6): acknowledged so it
+    // is not stored forever, and nothing else.
+    let out = feed_out(&mut engine, stored(announce(&bob.announcement), 6));
+    assert!(acked(&out, 6), "{out:?}");
+    assert!(out.updates.is_empty(), "{:?}", out.updates);
+    assert_eq!(engine.identity.rsa_decryptions(), before);
+    let updates = feed(&mut engine, deliver(&bob.seal("still open"), lobby()));
+    assert_eq!(messages(&updates)[0].text, "still open");
+}
+
+#[tokio::test]
+async fn a_held_message_whose_announcement_never_comes_is_given_up_after_held_for() {
+    let alice = fixture("alice");
+    let mut bob = Bob::start(fixture("bob"), alice.public(), 1, 0);
+    let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+    let held_for = SessionLimits::default().held_for;
+    let out = feed_out(&mut engine, stored(deliver(&bob.seal("early"), lobby()), 3));
+    assert!(!acked(&out, 3) && out.updates.is_empty(), "{out:?}");
+    let start = Instant::now();
+    let mut out = Out::default();
+    engine.tick(start + held_for - Duration::from_secs(5), &mut out);
+    assert!(out.updates.is_empty() && !acked(&out, 3), "{out:?}");
+    let mut out = Out::default();
+    engine.tick(start + held_for + Duration::from_secs(1), &mut out);
+    assert!(
+        matches!(
+            &out.updates[..],
+            [Update::Rejected { chat: Some(chat), from }] if *chat == Chat::Room(RoomName::lobby()) && from == "bob"
+        ),
+        "{:?}",
+        out.updates
+    );
+    assert!(acked(&out, 3), "{out:?}");
+    // Given up for good: its announcement now opens nothing that waited.
+    assert!(feed(&mut engine, announce(&bob.announcement)).is_empty());
+}
+
+#[tokio::test]
+async fn messages_beyond_the_held_bound_are_rejected_at_once() {
+    let alice = fixture("alice");
+    let mut bob = Bob::start(fixture("bob"), alice.public(), 1, 0);
+    let limits = SessionLimits {
+        held_messages: 1,
+        ..SessionLimits::default()
+    };
+    let (mut engine, _dir) = alice_with_bob_limits(&bob.identity, limits).await;
+    assert!(feed(&mut engine, deliver(&bob.seal("kept"), lobby())).is_empty());
+    let updates = feed(&mut engine, deliver(&bob.seal("one too many"), lobby()));
+    assert!(
+        matches!(updates[..], [Update::Rejected { .. }]),
+        "{updates:?}"
+    );
+    let updates = feed(&mut engine, announce(&bob.announcement));
+    let texts: Vec<&str> = messages(&updates).iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["kept"]);
 }
