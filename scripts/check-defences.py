@@ -31,31 +31,31 @@ M = [
  ("s02", "client/src/contacts.rs", """            Trust::Changed { .. } => Err(Blocked::KeyChanged {
                 name: contact.name.to_string(),
             }),""", """            Trust::Changed { .. } => Ok(&contact.identity),""", "sendable refuses a changed verified key"),
- ("s03", "client/src/session/engine.rs", "if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>", "if true =>", "verified-only rooms wrap only to verified members"),
+ ("s03", "client/src/session/engine/outbound.rs", "if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>", "if true =>", "verified-only rooms wrap only to verified members"),
  ("s04",) + SIGNATURE_FIRST,
- ("s05", "client/src/session/engine.rs", """        if epoch <= inbound.max_epoch
+ ("s05", "client/src/session/engine/inbound.rs", """        if epoch <= inbound.max_epoch
             || inbound""", """        if false
             && inbound""", "no rollback: older or known announcements are dropped before RSA"),
- ("s06", "client/src/session/engine.rs", """        if late
+ ("s06", "client/src/session/engine/placement.rs", """        if late
             && let Some(placed)""", """        if false
             && let Some(placed)""", "late messages are placed before their sender's next one"),
- ("s07", "client/src/session/engine.rs", "        if missing > 0 {", "        if false {", "gaps are reported as Missing"),
- ("s08", "client/src/session/engine.rs", "        if header.conversation != conversation\n            || !self.admits(", "        if !self.admits(", "a message's header must name the conversation it came in"),
- ("s09", "client/src/session/engine.rs", "        if contact.identity.fingerprint() == claimed {", "        if true {", "the sender's key must be the one pinned for the name the relay gives"),
+ ("s07", "client/src/session/engine/inbound.rs", "        if missing > 0 {", "        if false {", "gaps are reported as Missing"),
+ ("s08", "client/src/session/engine/inbound.rs", "        if header.conversation != conversation\n            || !self.admits(", "        if !self.admits(", "a message's header must name the conversation it came in"),
+ ("s09", "client/src/session/engine/inbound.rs", "        if contact.identity.fingerprint() == claimed {", "        if true {", "the sender's key must be the one pinned for the name the relay gives"),
  ("s10", "crypto/src/message.rs", "        let digest = message_digest(body.header, body.ciphertext);", "        let digest = message_digest(body.header, &[]);", "the key slot authenticates the digest of header and ciphertext"),
  ("s11",) + SIGNATURE_FIRST,
- ("s12", "client/src/session/engine.rs", """            PresenceEvent::Left => {
+ ("s12", "client/src/session/engine/rooms.rs", """            PresenceEvent::Left => {
                 entry.members.remove(&user.key());""", """            PresenceEvent::Left => {""", "a member who left is no longer a recipient (keys rotate)"),
  ("s13", "proto/src/codec.rs", "    if version != PROTOCOL_VERSION {", "    if false {", "frames of another protocol version are refused"),
- ("s14", "client/src/session/engine.rs", "        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
+ ("s14", "client/src/session/engine/rooms.rs", "        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
  ("s15", "proto/src/codec.rs", """        check_len(len)?;
         if len > self.max_len {""", """        if false {""", "the frame length is checked before reading or allocating"),
- ("s16", "client/src/session/engine.rs", """        let Ok(arrival) = receiving.window.accept(opened.seq) else {
+ ("s16", "client/src/session/engine/inbound.rs", """        let Ok(arrival) = receiving.window.accept(opened.seq) else {
             // A duplicate (or too old to place): dropped quietly.
             return Handled::Done;
         };""", """        let arrival = receiving.window.accept(opened.seq).unwrap_or(Arrival::Late);""", "the replay window drops a message already seen"),
  ("s18", "client/src/session/connection.rs", """                    Err(mpsc::error::TrySendError::Full(_)) => continue,""", """                    Err(mpsc::error::TrySendError::Full(presence)) => presence,""", "presence notices are dropped, not waited for, when the front end is behind"),
- ("s17", "client/src/session/engine.rs", """        if !self.take_verification() {""", """        if !self.take_token(sender.fingerprint()) {
+ ("s17", "client/src/session/engine/inbound.rs", """        if !self.take_verification() {""", """        if !self.take_token(sender.fingerprint()) {
             return Handled::Done;
         }
         if !self.take_verification() {""", "a sender's announcement allowance is charged only once its signature verified"),

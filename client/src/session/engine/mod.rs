@@ -1,0 +1,539 @@
+//! The session state machine: everything between relay frames and what the
+//! user sees, with no I/O but the encrypted store. The rules it applies are
+//! those of docs/protocol.md, sections 14.3 and 17-19.
+//!
+//! # Layout
+//!
+//! One [`Engine`] struct owns the state; its methods are grouped by concern,
+//! one module each, and each can be read alone:
+//!
+//! - this module: the struct, loading the account's state and history, the
+//!   connection lifecycle and housekeeping (`tick`), and the two entry
+//!   points, [`Engine::handle_frame`] and [`Engine::handle_command`], which
+//!   only dispatch;
+//! - [`limits`]: [`SessionLimits`], every bound the engine applies;
+//! - [`rooms`]: rooms, their members and the roster views messages are
+//!   compared with (P7);
+//! - [`keys`]: pinning peers' keys, key lookups, trust decisions and safety
+//!   numbers (P6);
+//! - [`inbound`]: deliveries: announcements (no rollback, the signature
+//!   budget, the per-sender allowance), messages held for their
+//!   announcement, and opening, windowing and recording a message;
+//! - [`outbound`]: sending: session rotation, sealing, the outbox of
+//!   messages typed while disconnected, and the drain before quitting;
+//! - [`placement`]: where a message goes in its chat (17.4).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sotto_crypto::{Conversation, Fingerprint, Identity, PublicIdentity, SessionId};
+use sotto_proto::{ClientFrame, RelayFrame, RoomName, UserKey, UserName};
+
+use super::{Chat, Command, Message, OnlineUser, TrustLevel, Update};
+use crate::account::Account;
+use crate::contacts::{Contacts, KeyEvent, Trust};
+use crate::store::{Inbound, Position, RoomSettings, Store, StoreError, StoredEntry};
+
+mod inbound;
+mod keys;
+mod limits;
+mod outbound;
+mod placement;
+mod rooms;
+#[cfg(test)]
+mod testing;
+
+use inbound::{Bucket, Delivery, Held};
+use keys::{Awaiting, trust_level};
+use outbound::Outbound;
+use rooms::Room;
+
+pub use limits::SessionLimits;
+
+/// What the engine wants done: frames for the relay, updates for the UI.
+#[derive(Debug, Default)]
+pub(crate) struct Out {
+    pub(crate) frames: Vec<ClientFrame>,
+    pub(crate) updates: Vec<Update>,
+}
+
+impl Out {
+    fn update(&mut self, update: Update) {
+        self.updates.push(update);
+    }
+
+    fn error(&mut self, message: impl Into<String>) {
+        self.updates.push(Update::Error(message.into()));
+    }
+}
+
+/// Whether to keep going after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Quit,
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(super) fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// What the user is told when stored messages could not be read.
+pub(crate) fn skipped_history(count: usize) -> String {
+    match count {
+        1 => "1 stored message is damaged and could not be read: skipped, the rest of the history is shown".to_owned(),
+        n => format!("{n} stored messages are damaged and could not be read: skipped, the rest of the history is shown"),
+    }
+}
+
+/// The state machine.
+pub(crate) struct Engine {
+    identity: Arc<Identity>,
+    me: Fingerprint,
+    name: UserName,
+    store: Store,
+    contacts: Contacts,
+    limits: SessionLimits,
+    connected: bool,
+    rooms: BTreeMap<RoomName, Room>,
+    wanted: BTreeSet<RoomName>,
+    outbound: HashMap<Conversation, Outbound>,
+    inbound: HashMap<(Fingerprint, Conversation), Inbound>,
+    awaiting_key: BTreeMap<UserKey, Awaiting>,
+    awaiting_trust: BTreeMap<UserKey, Vec<Delivery>>,
+    held: VecDeque<Held>,
+    buckets: HashMap<Fingerprint, Bucket>,
+    /// Contacts pinned or changed and not yet saved.
+    unsaved_contacts: BTreeSet<UserKey>,
+    /// The identities parsed last, with their bytes, newest first.
+    parsed: VecDeque<(Bytes, Arc<PublicIdentity>)>,
+    /// Signature checks of announcements, all senders together.
+    verifications: Option<Bucket>,
+    /// Forged announcements not yet reported, by the name they claimed.
+    forged: BTreeMap<UserKey, (UserName, u64)>,
+    /// Announcements dropped unchecked (the verification budget was spent).
+    unchecked: u64,
+    arrival: u64,
+    /// Per chat and sender: sequence number -> arrival number, to place
+    /// late messages (bounded to the replay window).
+    placed: HashMap<(Chat, Fingerprint), BTreeMap<u64, u64>>,
+    warned: HashSet<(Fingerprint, SessionId)>,
+    outbox: VecDeque<(Chat, String)>,
+    sends: BTreeMap<u64, Chat>,
+    next_route: u64,
+    /// Set by `Quit` while messages still wait to be sent.
+    quitting: Option<Instant>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.name)
+            .field("rooms", &self.rooms.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads the account's state; returns the engine and the stored
+    /// history, one update per chat.
+    pub(crate) fn new(
+        account: &Account,
+        first_rooms: &[RoomName],
+        limits: SessionLimits,
+    ) -> Result<(Self, Vec<Update>), StoreError> {
+        let store = account.store().clone();
+        let contacts = store.contacts()?;
+        let wanted = match store.joined_rooms()? {
+            Some(rooms) => rooms.iter().filter_map(|r| r.parse().ok()).collect(),
+            None => {
+                // First run: these rooms are the user's rooms from now on.
+                let rooms: Vec<String> = first_rooms.iter().map(|r| r.to_string()).collect();
+                store.set_joined_rooms(&rooms)?;
+                first_rooms.iter().cloned().collect()
+            }
+        };
+        let mut engine = Self {
+            identity: account.identity().clone(),
+            me: account.identity().fingerprint(),
+            name: account.name().clone(),
+            store,
+            contacts,
+            limits,
+            connected: false,
+            rooms: BTreeMap::new(),
+            wanted,
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            awaiting_key: BTreeMap::new(),
+            awaiting_trust: BTreeMap::new(),
+            held: VecDeque::new(),
+            buckets: HashMap::new(),
+            unsaved_contacts: BTreeSet::new(),
+            parsed: VecDeque::new(),
+            verifications: None,
+            forged: BTreeMap::new(),
+            unchecked: 0,
+            arrival: 0,
+            placed: HashMap::new(),
+            warned: HashSet::new(),
+            outbox: VecDeque::new(),
+            sends: BTreeMap::new(),
+            next_route: 1,
+            quitting: None,
+        };
+        let history = engine.store.history()?;
+        engine.arrival = history.last;
+        let mut chats: BTreeMap<Chat, Vec<Message>> = BTreeMap::new();
+        for (position, entry) in history.entries {
+            let late = position.rank != Position::IN_ORDER;
+            if !late {
+                engine.remember_place(&entry.chat, entry.fingerprint, entry.seq, position.anchor);
+            }
+            let message = engine.message_of(entry, position);
+            chats.entry(message.chat.clone()).or_default().push(message);
+        }
+        let mut updates: Vec<Update> = chats
+            .into_iter()
+            .map(|(chat, mut messages)| {
+                // One chat may span records filed under two spellings of
+                // a name (`@BOB`, `@bob`): one display order.
+                messages.sort_by_key(|m| m.position);
+                Update::History { chat, messages }
+            })
+            .collect();
+        if history.skipped > 0 {
+            updates.push(Update::Error(skipped_history(history.skipped)));
+        }
+        // A key change the user has not decided on yet is still pending:
+        // say so again, so a new UI blocks on it as the last one did (P6).
+        for contact in engine.contacts.iter() {
+            if let Trust::Changed { offered } = &contact.trust {
+                updates.push(Update::Key(KeyEvent::ChangedVerified {
+                    name: contact.name.to_string(),
+                    pinned: contact.identity.fingerprint(),
+                    offered: offered.fingerprint(),
+                }));
+            }
+        }
+        Ok((engine, updates))
+    }
+
+    fn message_of(&self, entry: StoredEntry, position: Position) -> Message {
+        let trust = if entry.outgoing {
+            TrustLevel::Verified
+        } else {
+            // The trust of the key it came from: a message from a key that
+            // is no longer pinned is not shown with the new key's trust.
+            let from = entry.from.parse::<UserName>().ok();
+            match from.and_then(|from| self.contacts.get(&from)) {
+                Some(c) if c.identity.fingerprint() == entry.fingerprint => trust_level(&c.trust),
+                Some(_) | None => TrustLevel::Unverified,
+            }
+        };
+        Message {
+            chat: entry.chat,
+            from: entry.from,
+            fingerprint: entry.fingerprint,
+            trust,
+            outgoing: entry.outgoing,
+            seq: entry.seq,
+            sent_at_ms: entry.sent_at_ms,
+            received_at_ms: entry.received_at_ms,
+            late: position.rank != Position::IN_ORDER,
+            position: (position.anchor, position.rank),
+            text: entry.text,
+        }
+    }
+
+    fn trust_of(&self, name: &UserName) -> TrustLevel {
+        self.contacts
+            .get(name)
+            .map_or(TrustLevel::Unknown, |c| trust_level(&c.trust))
+    }
+
+    fn is_me(&self, name: &UserName) -> bool {
+        name.same_as(&self.name)
+    }
+
+    fn route_id(&mut self) -> u64 {
+        let id = self.next_route;
+        self.next_route = self.next_route.wrapping_add(1).max(1);
+        id
+    }
+
+    // ----- connection lifecycle -------------------------------------------
+
+    /// The relay registered us: join the rooms we want to be in and send
+    /// what waited for the connection.
+    pub(crate) fn on_registered(&mut self, name: UserName, out: &mut Out) {
+        self.connected = true;
+        self.name = name;
+        for room in &self.wanted {
+            out.frames.push(ClientFrame::Join { room: room.clone() });
+        }
+        let waiting: Vec<(Chat, String)> = self.outbox.drain(..).collect();
+        for (chat, text) in waiting {
+            match &chat {
+                // Rooms are flushed when `Joined` confirms membership.
+                Chat::Room(_) => self.outbox.push_back((chat, text)),
+                Chat::Direct(_) => self.send_text(chat, text, out),
+            }
+        }
+    }
+
+    /// The connection ended: membership ends with it (the relay forgets it
+    /// too), and stored deliveries not yet acknowledged will come again.
+    pub(crate) fn on_disconnected(&mut self) {
+        self.connected = false;
+        self.rooms.clear();
+        self.held.retain(|h| h.delivery.delivery == 0);
+        for awaiting in self.awaiting_key.values_mut() {
+            awaiting.deliveries.retain(|d| d.delivery == 0);
+        }
+        for parked in self.awaiting_trust.values_mut() {
+            parked.retain(|d| d.delivery == 0);
+        }
+        self.sends.clear();
+    }
+
+    /// Persists exactly where each counter stands (clean shutdown).
+    pub(crate) fn shutdown(&mut self) {
+        for outbound in self.outbound.values_mut() {
+            let _ = outbound.counter.checkpoint();
+        }
+        self.save_contacts(&mut Out::default());
+    }
+
+    /// Periodic housekeeping: gives up messages whose announcement never
+    /// came, reports forgeries, forgets old roster views, saves new pins and
+    /// sends the member lists that were held back.
+    pub(crate) fn tick(&mut self, now: Instant, out: &mut Out) {
+        self.give_up_held(now, out);
+        self.report_forgeries(out);
+        self.forget_old_views(now);
+        self.save_contacts(out);
+        self.send_due_member_lists(now, out);
+    }
+
+    fn ack(delivery: &Delivery, out: &mut Out) {
+        if delivery.delivery != 0 {
+            out.frames.push(ClientFrame::Ack {
+                delivery: delivery.delivery,
+            });
+        }
+    }
+
+    // ----- frames from the relay ------------------------------------------
+
+    pub(crate) fn handle_frame(&mut self, frame: RelayFrame, out: &mut Out) {
+        match frame {
+            RelayFrame::Joined { room, members } => self.on_joined(room, members, out),
+            RelayFrame::Left { room } => {
+                self.rooms.remove(&room);
+                self.wanted.remove(&room);
+                self.save_wanted(out);
+                out.update(Update::Left { room });
+            }
+            RelayFrame::Presence {
+                room,
+                user,
+                event,
+                identity,
+            } => self.on_presence(room, user, event, identity, out),
+            RelayFrame::Rooms { rooms } => out.update(Update::Rooms(
+                rooms
+                    .into_iter()
+                    .map(|r| (r.name.to_string(), r.members))
+                    .collect(),
+            )),
+            RelayFrame::Users { users } => {
+                let users = users
+                    .into_iter()
+                    .map(|u| OnlineUser {
+                        trust: if self.is_me(&u.name) {
+                            TrustLevel::Verified
+                        } else {
+                            self.trust_of(&u.name)
+                        },
+                        name: u.name.to_string(),
+                        rooms: u.rooms.into_iter().map(String::from).collect(),
+                    })
+                    .collect();
+                out.update(Update::Users(users));
+            }
+            RelayFrame::Key { name, identity } => self.on_key(name, identity, out),
+            RelayFrame::Deliver {
+                delivery,
+                from,
+                to,
+                body,
+                slot,
+            } => {
+                self.deliver(
+                    Delivery {
+                        delivery,
+                        from,
+                        to,
+                        body,
+                        slot,
+                    },
+                    out,
+                );
+            }
+            RelayFrame::Sent { id } => {
+                self.sends.remove(&id);
+            }
+            RelayFrame::Error { id, code, message } => {
+                let chat = id.and_then(|id| self.sends.remove(&id));
+                match chat {
+                    Some(chat) => out.error(format!("{chat}: not delivered: {message} ({code:?})")),
+                    None => out.error(format!("relay: {message} ({code:?})")),
+                }
+            }
+            RelayFrame::Ping { nonce } => out.frames.push(ClientFrame::Pong { nonce }),
+            // Registration and shutdown are the connection's business.
+            RelayFrame::Pong { .. }
+            | RelayFrame::Challenge { .. }
+            | RelayFrame::Registered { .. }
+            | RelayFrame::KeyHandover { .. }
+            | RelayFrame::ShuttingDown => {}
+        }
+    }
+
+    // ----- commands -------------------------------------------------------
+
+    pub(crate) fn handle_command(&mut self, command: Command, out: &mut Out) -> Flow {
+        match command {
+            Command::Send { chat, text } => self.send_text(chat, text, out),
+            Command::Join(room) => {
+                if self.connected {
+                    out.frames.push(ClientFrame::Join { room });
+                } else if self.wanted.insert(room) {
+                    self.save_wanted(out);
+                }
+            }
+            Command::Leave(room) => {
+                if !self.connected {
+                    if self.wanted.remove(&room) {
+                        self.save_wanted(out);
+                        out.update(Update::Left { room });
+                    }
+                } else if self.rooms.contains_key(&room) {
+                    out.frames.push(ClientFrame::Leave { room });
+                } else {
+                    out.error(format!("you are not in #{room}"));
+                }
+            }
+            Command::ListUsers => self.when_connected(ClientFrame::ListUsers, out),
+            Command::ListRooms => self.when_connected(ClientFrame::ListRooms, out),
+            Command::SafetyNumber(name) => {
+                if self.is_me(&name) {
+                    out.error("that is you: compare safety numbers with someone else");
+                } else if self.contacts.get(&name).is_some() {
+                    self.show_safety_number(&name, out);
+                } else if self.connected {
+                    self.await_key(&name, out).show_safety_number = true;
+                } else {
+                    out.error(format!("no key is known for {name} yet"));
+                }
+            }
+            Command::Verify {
+                name,
+                safety_number,
+            } => {
+                let result =
+                    self.contacts
+                        .mark_verified(self.identity.public(), &name, &safety_number);
+                match result {
+                    Ok(()) => self.trust_changed(&name, out),
+                    Err(e) => out.error(e.to_string()),
+                }
+            }
+            Command::AcceptKey(name) => match self.contacts.accept_new_key(&name) {
+                Ok(_) => self.trust_changed(&name, out),
+                Err(e) => out.error(e.to_string()),
+            },
+            Command::SetVerifiedOnly { room, on } => {
+                let settings = RoomSettings { verified_only: on };
+                if let Err(e) = self.store.set_room_settings(room.as_str(), &settings) {
+                    out.error(format!("could not save the setting: {e}"));
+                    return Flow::Continue;
+                }
+                if let Some(entry) = self.rooms.get_mut(&room) {
+                    entry.settings = settings;
+                }
+                out.update(Update::VerifiedOnly { room, on });
+            }
+            Command::Quit => {
+                if self.connected && self.has_unsent() {
+                    // Send what is queued first (bounded by `should_quit`).
+                    self.quitting = Some(Instant::now());
+                } else {
+                    self.report_unsent(out);
+                    return Flow::Quit;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    pub(super) fn when_connected(&mut self, frame: ClientFrame, out: &mut Out) {
+        if self.connected {
+            out.frames.push(frame);
+        } else {
+            out.error("not connected to the relay");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_damaged_history_record_is_skipped_and_reported_and_the_rest_kept() {
+        let bob = fixture("bob");
+        let dir = tempfile::tempdir().unwrap();
+        let account = alice_account(dir.path()).await;
+        {
+            let (mut engine, _) = alice_in_lobby_with(&account, &bob, SessionLimits::default());
+            for text in ["one", "two"] {
+                let mut out = Out::default();
+                engine.handle_command(
+                    Command::Send {
+                        chat: Chat::Room(RoomName::lobby()),
+                        text: text.into(),
+                    },
+                    &mut out,
+                );
+            }
+            let vault = engine.store.vault();
+            vault
+                .put_raw(Store::HISTORY_TABLE, &[0; 28], b"not a sealed record")
+                .unwrap();
+        }
+        let (_, history) = alice_in_lobby_with(&account, &bob, SessionLimits::default());
+        let shown: Vec<&str> = history
+            .iter()
+            .filter_map(|u| match u {
+                Update::History { messages, .. } => Some(messages),
+                _ => None,
+            })
+            .flatten()
+            .map(|m| m.text.as_str())
+            .collect();
+        assert_eq!(shown, ["one", "two"]);
+        assert_eq!(errors(&history), [skipped_history(1)]);
+    }
+}

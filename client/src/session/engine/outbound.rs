@@ -1,0 +1,500 @@
+//! Sending: choosing a room's recipients, session rotation (a new session for
+//! a new recipient set or an old session), sealing, the outbox of messages
+//! typed while disconnected, and the drain before quitting (protocol.md 18).
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sotto_crypto::{
+    Conversation, Fingerprint, PeerBody, PublicIdentity, SendingSession, SequenceCounter,
+};
+use sotto_proto::{ClientFrame, Destination, RoomName, Route, Slot, UserName};
+
+use super::{Engine, Out, now_ms, now_secs};
+use crate::contacts::{Blocked, Trust};
+use crate::session::{Chat, Update};
+use crate::store::{Position, StoreError, StoredEntry, VaultCounter};
+
+pub(super) struct Outbound {
+    pub(super) epoch: u32,
+    pub(super) counter: SequenceCounter<VaultCounter>,
+    pub(super) session: Option<SendingSession>,
+}
+
+impl Engine {
+    /// Messages typed but not yet sealed: waiting for the connection, a
+    /// room's `Joined` or a peer's key.
+    pub(super) fn has_unsent(&self) -> bool {
+        !self.outbox.is_empty() || self.awaiting_key.values().any(|a| !a.texts.is_empty())
+    }
+
+    /// Says which typed messages were never sent.
+    pub(crate) fn report_unsent(&mut self, out: &mut Out) {
+        let queued = self.outbox.len()
+            + self
+                .awaiting_key
+                .values()
+                .map(|a| a.texts.len())
+                .sum::<usize>();
+        if queued > 0 {
+            out.error(format!(
+                "{queued} queued message(s) were not sent: the relay could not be reached"
+            ));
+        }
+    }
+
+    /// After a `Quit` that waited for queued messages: whether to stop now
+    /// (all sent, or waited long enough).
+    pub(crate) fn should_quit(&self, now: Instant) -> bool {
+        self.quitting.is_some_and(|since| {
+            !self.has_unsent() || now.duration_since(since) >= self.limits.quit_wait
+        })
+    }
+
+    /// Whether a `Quit` came in.
+    pub(crate) fn quitting(&self) -> bool {
+        self.quitting.is_some()
+    }
+
+    pub(super) fn send_text(&mut self, chat: Chat, text: String, out: &mut Out) {
+        if text.len() > sotto_crypto::MAX_PLAINTEXT_LEN {
+            out.error(format!(
+                "{chat}: the message is too long ({} bytes; at most {})",
+                text.len(),
+                sotto_crypto::MAX_PLAINTEXT_LEN
+            ));
+            return;
+        }
+        if !self.connected {
+            if self.outbox.len() >= self.limits.outbox {
+                out.error(format!(
+                    "{chat}: not connected and too many messages queued; not sent"
+                ));
+            } else {
+                self.outbox.push_back((chat, text));
+            }
+            return;
+        }
+        match chat {
+            Chat::Room(room) => self.send_to_room(room, text, out),
+            Chat::Direct(user) => self.send_direct(user, text, out),
+        }
+    }
+
+    pub(super) fn send_to_room(&mut self, room: RoomName, text: String, out: &mut Out) {
+        let Some(entry) = self.rooms.get(&room) else {
+            if self.wanted.contains(&room) {
+                // Joining is under way: send once `Joined` arrives.
+                self.outbox.push_back((Chat::Room(room), text));
+            } else {
+                out.error(format!("you are not in #{room}: /join {room} first"));
+            }
+            return;
+        };
+        let verified_only = entry.settings.verified_only;
+        let mut recipients = Vec::new();
+        let mut left_out: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        for member in entry.members.values() {
+            if self.is_me(&member.name) {
+                continue;
+            }
+            let contact = self.contacts.get(&member.name);
+            match self.contacts.sendable(&member.name) {
+                Ok(identity)
+                    if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>
+                {
+                    recipients.push((member.name.clone(), identity.clone()));
+                }
+                Ok(_) => left_out
+                    .entry("not verified, and this room sends to verified members only")
+                    .or_default()
+                    .push(member.name.to_string()),
+                Err(Blocked::KeyChanged { .. }) => left_out
+                    .entry("their key changed: verify or accept it first")
+                    .or_default()
+                    .push(member.name.to_string()),
+                Err(_) => left_out
+                    .entry("no key is known for them")
+                    .or_default()
+                    .push(member.name.to_string()),
+            }
+        }
+        let chat = Chat::Room(room.clone());
+        for (reason, names) in left_out {
+            out.update(Update::NotSentTo {
+                chat: chat.clone(),
+                names,
+                reason: reason.to_owned(),
+            });
+        }
+        self.seal_and_send(
+            chat,
+            Conversation::room(room.as_str()),
+            Destination::Room(room),
+            recipients,
+            text,
+            out,
+        );
+    }
+
+    pub(super) fn send_direct(&mut self, user: UserName, text: String, out: &mut Out) {
+        if self.is_me(&user) {
+            out.error("you cannot send a direct message to yourself");
+            return;
+        }
+        let peer = match self.contacts.sendable(&user) {
+            Ok(identity) => identity.clone(),
+            Err(Blocked::Unknown(_)) => {
+                let limit = self.limits.texts_awaiting_key;
+                let awaiting = self.await_key(&user, out);
+                if awaiting.texts.len() < limit {
+                    awaiting.texts.push(text);
+                } else {
+                    out.error(format!("@{user}: too many messages waiting for a key"));
+                }
+                return;
+            }
+            Err(blocked) => {
+                out.error(format!("@{user}: not sent: {blocked}"));
+                return;
+            }
+        };
+        let name = self.display_name(&user);
+        let conversation = Conversation::direct(self.me, peer.fingerprint());
+        self.seal_and_send(
+            Chat::Direct(name.clone()),
+            conversation,
+            Destination::User(name.clone()),
+            vec![(name, peer)],
+            text,
+            out,
+        );
+    }
+
+    pub(super) fn outbound(
+        &mut self,
+        conversation: &Conversation,
+    ) -> Result<&mut Outbound, StoreError> {
+        Ok(match self.outbound.entry(conversation.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let epoch = self.store.epoch(conversation)?;
+                let (limit, store) = self.store.counter(conversation)?;
+                entry.insert(Outbound {
+                    epoch,
+                    counter: SequenceCounter::resume(limit, store),
+                    session: None,
+                })
+            }
+        })
+    }
+
+    pub(super) fn seal_and_send(
+        &mut self,
+        chat: Chat,
+        conversation: Conversation,
+        to: Destination,
+        recipients: Vec<(UserName, PublicIdentity)>,
+        text: String,
+        out: &mut Out,
+    ) {
+        let identity = self.identity.clone();
+        let store = self.store.clone();
+        let fail = |out: &mut Out, what: &dyn std::fmt::Display| {
+            out.error(format!("{chat}: not sent: {what}"));
+        };
+        let outbound = match self.outbound(&conversation) {
+            Ok(outbound) => outbound,
+            Err(e) => return fail(out, &e),
+        };
+        let wanted: BTreeSet<Fingerprint> =
+            recipients.iter().map(|(_, id)| id.fingerprint()).collect();
+        let now = now_secs();
+        let current = outbound.session.as_ref().is_some_and(|s| {
+            s.recipients().collect::<BTreeSet<_>>() == wanted && !s.needs_rotation(now)
+        });
+        let mut frames = Vec::new();
+        if !current && !recipients.is_empty() {
+            // A new session: new keys for exactly these recipients. The epoch
+            // also follows the clock, so that a data directory restored from
+            // a backup still announces epochs newer than any it used.
+            let clock = u32::try_from(now).unwrap_or(u32::MAX);
+            let epoch = outbound.epoch.saturating_add(1).max(clock);
+            if let Err(e) = store.set_epoch(&conversation, epoch) {
+                return fail(out, &e);
+            }
+            outbound.epoch = epoch;
+            let keys: Vec<&PublicIdentity> = recipients.iter().map(|(_, id)| id).collect();
+            let started = SendingSession::start(
+                &mut rand::rng(),
+                &identity,
+                conversation.clone(),
+                epoch,
+                outbound.counter.peek(),
+                now,
+                &keys,
+            );
+            let (session, announcements) = match started {
+                Ok(started) => started,
+                Err(e) => return fail(out, &e),
+            };
+            outbound.session = Some(session);
+            for announcement in announcements {
+                let Some((name, _)) = recipients
+                    .iter()
+                    .find(|(_, id)| id.fingerprint() == announcement.context.recipient)
+                else {
+                    continue;
+                };
+                frames.push((
+                    Destination::User(name.clone()),
+                    Bytes::from(PeerBody::Announcement(announcement).encode()),
+                    Vec::new(),
+                ));
+            }
+        }
+        let sealed = match (&mut outbound.session, recipients.is_empty()) {
+            (Some(session), false) => {
+                match session.seal(
+                    &mut rand::rng(),
+                    &mut outbound.counter,
+                    now_ms(),
+                    text.as_bytes(),
+                ) {
+                    Ok(sealed) => Some(sealed),
+                    Err(e) => return fail(out, &e),
+                }
+            }
+            _ => None,
+        };
+        let seq = match &sealed {
+            Some(sealed) => sealed.seq,
+            None => outbound.counter.peek(),
+        };
+        if let Some(sealed) = sealed {
+            let slots = sealed
+                .slots
+                .iter()
+                .filter_map(|slot| {
+                    let (name, _) = recipients
+                        .iter()
+                        .find(|(_, id)| id.fingerprint() == slot.recipient)?;
+                    Some(Slot {
+                        to: name.clone(),
+                        data: Bytes::copy_from_slice(&slot.to_bytes()),
+                    })
+                })
+                .collect();
+            frames.push((to, Bytes::from(sealed.body), slots));
+        } else {
+            out.update(Update::NotSentTo {
+                chat: chat.clone(),
+                names: Vec::new(),
+                reason: "nobody else can read it here".to_owned(),
+            });
+        }
+        for (to, body, slots) in frames {
+            let id = self.route_id();
+            self.sends.insert(id, chat.clone());
+            while self.sends.len() > self.limits.tracked_sends {
+                self.sends.pop_first();
+            }
+            out.frames.push(ClientFrame::Send {
+                route: Route { id, to },
+                body,
+                slots,
+            });
+        }
+        let entry = StoredEntry {
+            chat,
+            from: self.name.to_string(),
+            fingerprint: self.me,
+            outgoing: true,
+            seq,
+            sent_at_ms: now_ms(),
+            received_at_ms: now_ms(),
+            text,
+        };
+        self.arrival += 1;
+        let position = Position {
+            anchor: self.arrival,
+            rank: Position::IN_ORDER,
+        };
+        if let Err(e) = self.store.record_sent(&entry, position) {
+            out.error(format!("could not store the message you sent: {e}"));
+        }
+        let message = self.message_of(entry, position);
+        out.update(Update::Message(message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use super::super::testing::*;
+    use super::*;
+    use crate::session::engine::Flow;
+
+    #[tokio::test]
+    async fn a_message_sent_to_bob_in_capitals_and_one_from_bob_share_one_chat() {
+        let alice = fixture("alice");
+        let bob_identity = fixture("bob");
+        let direct = Conversation::direct(alice.fingerprint(), bob_identity.fingerprint());
+        let mut bob = Bob::start_in(direct, bob_identity, alice.public(), 1, 0, now_secs());
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        // The user typed `/msg BOB hi`: the app opened `@BOB`.
+        let typed = Chat::Direct(name("BOB"));
+        let mut out = Out::default();
+        engine.handle_command(
+            Command::Send {
+                chat: typed.clone(),
+                text: "hi".into(),
+            },
+            &mut out,
+        );
+        let sent = messages(&out.updates)[0].clone();
+        // bob answers in the direct conversation.
+        feed(
+            &mut engine,
+            RelayFrame::Deliver {
+                delivery: 0,
+                from: name("bob"),
+                to: Destination::User(name("alice")),
+                body: PeerBody::Announcement(bob.announcement.clone())
+                    .encode()
+                    .into(),
+                slot: None,
+            },
+        );
+        let sealed = bob.seal("hello");
+        let updates = feed(
+            &mut engine,
+            deliver(&sealed, Destination::User(name("alice"))),
+        );
+        let received = messages(&updates)[0].clone();
+        assert_eq!(received.text, "hello");
+        assert_eq!(sent.chat, typed);
+        assert_eq!(received.chat, typed);
+        let threads: HashSet<Chat> = [typed.clone(), sent.chat, received.chat].into();
+        assert_eq!(threads.len(), 1);
+        let ordered: BTreeSet<Chat> = [typed, Chat::Direct(name("bob"))].into();
+        assert_eq!(ordered.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_bound_refuses_the_257th_queued_message_with_an_error() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        engine.on_disconnected();
+        let bound = SessionLimits::default().outbox;
+        assert_eq!(bound, 256);
+        for i in 0..bound {
+            let out = command(&mut engine, send(lobby_chat(), &format!("queued {i}")));
+            assert!(out.updates.is_empty() && out.frames.is_empty(), "{out:?}");
+        }
+        let out = command(&mut engine, send(lobby_chat(), "one too many"));
+        assert_eq!(
+            errors(&out.updates),
+            ["#lobby: not connected and too many messages queued; not sent"]
+        );
+        assert!(out.frames.is_empty());
+        // Reconnected and back in the room: the 256 kept go out, one session.
+        let mut out = Out::default();
+        engine.on_registered(name("alice"), &mut out);
+        let alice = fixture("alice");
+        engine.handle_frame(
+            RelayFrame::Joined {
+                room: RoomName::lobby(),
+                members: vec![
+                    sotto_proto::Member {
+                        name: name("alice"),
+                        identity: alice.public().to_bytes().into(),
+                    },
+                    sotto_proto::Member {
+                        name: name("bob"),
+                        identity: bob.public().to_bytes().into(),
+                    },
+                ],
+            },
+            &mut out,
+        );
+        let to = sent_to(&out);
+        assert_eq!(to.iter().filter(|d| **d == &lobby()).count(), bound);
+        assert_eq!(to.len(), bound + 1, "one announcement to bob");
+    }
+
+    #[tokio::test]
+    async fn quit_waits_for_queued_messages_at_most_quit_wait() {
+        let bob = fixture("bob");
+        let limits = SessionLimits {
+            quit_wait: Duration::from_secs(30),
+            ..SessionLimits::default()
+        };
+        let (mut engine, _dir) = alice_with_bob_limits(&bob, limits).await;
+        // Nothing queued: quits at once.
+        let mut out = Out::default();
+        assert_eq!(
+            engine.handle_command(Command::Quit, &mut Out::default()),
+            Flow::Quit
+        );
+        // A message to carol waits for her key.
+        let queued = command(&mut engine, send(Chat::Direct(name("carol")), "hi"));
+        assert!(
+            matches!(&queued.frames[..], [ClientFrame::LookupKey { .. }]),
+            "{queued:?}"
+        );
+        let start = Instant::now();
+        assert_eq!(
+            engine.handle_command(Command::Quit, &mut out),
+            Flow::Continue
+        );
+        assert!(engine.quitting());
+        let now = Instant::now();
+        assert!(!engine.should_quit(now));
+        assert!(!engine.should_quit(start + Duration::from_secs(11)));
+        assert!(engine.should_quit(now + Duration::from_secs(30)));
+        engine.report_unsent(&mut out);
+        assert_eq!(
+            errors(&out.updates),
+            ["1 queued message(s) were not sent: the relay could not be reached"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_is_kept_for_the_same_recipients_and_rotated_for_new_ones() {
+        let bob = fixture("bob");
+        let carol = fixture("carol");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let announcements = |out: &Out| {
+            sent_to(out)
+                .into_iter()
+                .filter(|d| matches!(d, Destination::User(_)))
+                .count()
+        };
+        let first = command(&mut engine, send(lobby_chat(), "one"));
+        assert_eq!(announcements(&first), 1, "{:?}", first.frames);
+        let second = command(&mut engine, send(lobby_chat(), "two"));
+        assert_eq!(announcements(&second), 0, "{:?}", second.frames);
+        // carol joins: a new session, announced to both.
+        feed(
+            &mut engine,
+            RelayFrame::Presence {
+                room: RoomName::lobby(),
+                user: name("carol"),
+                event: sotto_proto::PresenceEvent::Joined,
+                identity: Some(carol.public().to_bytes().into()),
+            },
+        );
+        let third = command(&mut engine, send(lobby_chat(), "three"));
+        assert_eq!(announcements(&third), 2, "{:?}", third.frames);
+        let seqs: Vec<u64> = [&first, &second, &third]
+            .iter()
+            .map(|out| messages(&out.updates)[0].seq)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    }
+}
