@@ -2294,11 +2294,16 @@ mod tests {
                 created_at,
             );
             let before = engine.identity.rsa_decryptions();
-            let updates = feed(&mut engine, announce(&bob.announcement));
-            assert!(
-                matches!(updates[..], [Update::Rejected { .. }]),
-                "{created_at}: {updates:?}"
-            );
+            // As often as bob's whole allowance: signed but out of date,
+            // they must not spend it (the current session below still
+            // gets through).
+            for _ in 0..SessionLimits::default().announcement_burst {
+                let updates = feed(&mut engine, announce(&bob.announcement));
+                assert!(
+                    matches!(updates[..], [Update::Rejected { .. }]),
+                    "{created_at}: {updates:?}"
+                );
+            }
             assert_eq!(engine.identity.rsa_decryptions(), before);
         }
         // A session accepted long ago (kept from an earlier run) no longer
