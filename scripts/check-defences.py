@@ -13,7 +13,7 @@ tests/tests/hostile_relay.rs: its test is named by the scenario) or by
 or `--bin NAME`, its name filter, and any extra cargo arguments or
 environment it needs).
 
-Usage: scripts/check-defences.py [NAME ...]   (from anywhere; ~40 min for all)
+Usage: scripts/check-defences.py [NAME ...]   (from anywhere; ~12 min for all)
 NAME is an entry's name (s01, pin-verifier, ...); none runs every entry.
 Never run it while editing the patched files: it rewrites them briefly.
 """
