@@ -1,20 +1,49 @@
 #!/usr/bin/env python3
-"""Checks that each hostile-relay scenario would catch the loss of its defence.
+"""Checks that each defence against a hostile relay would be caught if lost.
 
-For each scenario of tests/tests/hostile_relay.rs, takes its defence out of
-the code (one small source patch), runs that scenario's test, and puts the
-file back. Every test must FAIL with its defence removed. A patch that no
-longer applies (the code moved) is reported as PATCH-NOT-FOUND: update it.
+For each entry, takes its defence out of the code (one small source patch),
+runs the test that covers it, and puts the file back. Every test must FAIL
+with its defence removed. A patch that no longer applies (the code moved) is
+reported as PATCH-NOT-FOUND, one that does not compile as COMPILE-ERROR, a
+test filter that runs no test as NO-TEST-RAN: update the entry.
 
-Usage: scripts/check-defences.py [s01 s02 ...]    (from anywhere; ~10 min)
+An entry is a dict made by `hostile()` (a scenario `sNN` of
+tests/tests/hostile_relay.rs: its test is named by the scenario) or by
+`entry()` (any test: its package, its test target, `--test NAME`, `--lib`
+or `--bin NAME`, its name filter, and any extra cargo arguments or
+environment it needs).
+
+Usage: scripts/check-defences.py [NAME ...]   (from anywhere; ~12 min for all)
+NAME is an entry's name (s01, pin-verifier, ...); none runs every entry.
 Never run it while editing the patched files: it rewrites them briefly.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLIENT = ["--no-default-features"]  # sotto-client without the gui (iced)
+
+
+def entry(name, path, old, new, what, package, target, test,
+          cargo=(), env=None, also=()):
+    """Removing `old` (-> `new`) from `path` must make `test` fail.
+
+    `also`: more (old, new) replacements in the same file, applied with the
+    first (so that the honest side still works without the defence)."""
+    return {"name": name, "path": path, "patches": [(old, new), *also],
+            "what": what, "package": package, "target": list(target),
+            "test": test, "cargo": list(cargo), "env": env or {}}
+
+
+def hostile(name, path, old, new, what, also=()):
+    """A scenario of tests/tests/hostile_relay.rs, whose test is `name`."""
+    return entry(name, path, old, new, what, "sotto-tests",
+                 ["--test", "hostile_relay"], name, also=also)
+
+
 # s04 and s11 rely on the same defence.
 SIGNATURE_FIRST = ("crypto/src/session.rs", """        sender
             .verify(
@@ -26,69 +55,175 @@ SIGNATURE_FIRST = ("crypto/src/session.rs", """        sender
             &announcement.signature,
         );""", "accept verifies the signature before RSA decryption")
 
-M = [
- ("s01", "client/src/contacts.rs", "if digits != expected.digits() && !expected.matches_qr(compared) {", "if false {", "mark_verified compares the safety number"),
- ("s02", "client/src/contacts.rs", """            Trust::Changed { .. } => Err(Blocked::KeyChanged {
+ENTRIES = [
+ # The hostile-relay scenarios (tests/tests/hostile_relay.rs).
+ hostile("s01", "client/src/contacts.rs", "if digits != expected.digits() && !expected.matches_qr(compared) {", "if false {", "mark_verified compares the safety number"),
+ hostile("s02", "client/src/contacts.rs", """            Trust::Changed { .. } => Err(Blocked::KeyChanged {
                 name: contact.name.to_string(),
             }),""", """            Trust::Changed { .. } => Ok(&contact.identity),""", "sendable refuses a changed verified key"),
- ("s03", "client/src/session/engine/outbound.rs", "if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>", "if true =>", "verified-only rooms wrap only to verified members"),
- ("s04",) + SIGNATURE_FIRST,
- ("s05", "client/src/session/engine/inbound.rs", """        if epoch <= inbound.max_epoch
+ hostile("s03", "client/src/session/engine/outbound.rs", "if !verified_only || contact.is_some_and(|c| c.trust == Trust::Verified) =>", "if true =>", "verified-only rooms wrap only to verified members"),
+ hostile("s04", *SIGNATURE_FIRST),
+ hostile("s05", "client/src/session/engine/inbound.rs", """        if epoch <= inbound.max_epoch
             || inbound""", """        if false
             && inbound""", "no rollback: older or known announcements are dropped before RSA"),
- ("s06", "client/src/session/engine/placement.rs", """        if late
+ hostile("s06", "client/src/session/engine/placement.rs", """        if late
             && let Some(placed)""", """        if false
             && let Some(placed)""", "late messages are placed before their sender's next one"),
- ("s07", "client/src/session/engine/inbound.rs", "        if missing > 0 {", "        if false {", "gaps are reported as Missing"),
- ("s08", "client/src/session/engine/inbound.rs", "        if header.conversation != conversation\n            || !self.admits(", "        if !self.admits(", "a message's header must name the conversation it came in"),
- ("s09", "client/src/session/engine/inbound.rs", "        if contact.identity.fingerprint() == claimed {", "        if true {", "the sender's key must be the one pinned for the name the relay gives"),
- ("s10", "crypto/src/message.rs", "        let digest = message_digest(body.header, body.ciphertext);", "        let digest = message_digest(body.header, &[]);", "the key slot authenticates the digest of header and ciphertext"),
- ("s11",) + SIGNATURE_FIRST,
- ("s12", "client/src/session/engine/rooms.rs", """            PresenceEvent::Left => {
+ hostile("s07", "client/src/session/engine/inbound.rs", "        if missing > 0 {", "        if false {", "gaps are reported as Missing"),
+ hostile("s08", "client/src/session/engine/inbound.rs", "        if header.conversation != conversation\n            || !self.admits(", "        if !self.admits(", "a message's header must name the conversation it came in"),
+ hostile("s09", "client/src/session/engine/inbound.rs", "        if contact.identity.fingerprint() == claimed {", "        if true {", "the sender's key must be the one pinned for the name the relay gives"),
+ hostile("s10", "crypto/src/message.rs", "        let digest = message_digest(body.header, body.ciphertext);", "        let digest = message_digest(body.header, &[]);", "the key slot authenticates the digest of header and ciphertext",
+         # seal too, so that the honest path still works without the defence
+         also=[("let digest = message_digest(&header, body.get(start..).unwrap_or_default());", "let digest = message_digest(&header, &[]);")]),
+ hostile("s11", *SIGNATURE_FIRST),
+ hostile("s12", "client/src/session/engine/rooms.rs", """            PresenceEvent::Left => {
                 entry.members.remove(&user.key());""", """            PresenceEvent::Left => {""", "a member who left is no longer a recipient (keys rotate)"),
- ("s13", "proto/src/codec.rs", "    if version != PROTOCOL_VERSION {", "    if false {", "frames of another protocol version are refused"),
- ("s14", "client/src/session/engine/rooms.rs", "        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
- ("s15", "proto/src/codec.rs", """        check_len(len)?;
+ hostile("s13", "proto/src/codec.rs", "    if version != PROTOCOL_VERSION {", "    if false {", "frames of another protocol version are refused"),
+ hostile("s14", "client/src/session/engine/rooms.rs", "        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
+ hostile("s15", "proto/src/codec.rs", """        check_len(len)?;
         if len > self.max_len {""", """        if false {""", "the frame length is checked before reading or allocating"),
- ("s16", "client/src/session/engine/inbound.rs", """        let Ok(arrival) = receiving.window.accept(opened.seq) else {
+ hostile("s16", "client/src/session/engine/inbound.rs", """        let Ok(arrival) = receiving.window.accept(opened.seq) else {
             // A duplicate (or too old to place): dropped quietly.
             return Handled::Done;
         };""", """        let arrival = receiving.window.accept(opened.seq).unwrap_or(Arrival::Late);""", "the replay window drops a message already seen"),
- ("s18", "client/src/session/connection.rs", """                    Err(mpsc::error::TrySendError::Full(_)) => continue,""", """                    Err(mpsc::error::TrySendError::Full(presence)) => presence,""", "presence notices are dropped, not waited for, when the front end is behind"),
- ("s17", "client/src/session/engine/inbound.rs", """        if !self.take_verification() {""", """        if !self.take_token(sender.fingerprint()) {
+ hostile("s18", "client/src/session/connection.rs", """                    Err(mpsc::error::TrySendError::Full(_)) => continue,""", """                    Err(mpsc::error::TrySendError::Full(presence)) => presence,""", "presence notices are dropped, not waited for, when the front end is behind"),
+ hostile("s17", "client/src/session/engine/inbound.rs", """        if !self.take_verification() {""", """        if !self.take_token(sender.fingerprint()) {
             return Handled::Done;
         }
         if !self.take_verification() {""", "a sender's announcement allowance is charged only once its signature verified"),
 ]
-only = sys.argv[1:] 
-results = []
-for test, path, old, new, what in M:
-    if only and test not in only: continue
-    full = f"{ROOT}/{path}"
+
+# Defences against the relay whose tests are outside the hostile suite.
+TLS = "client/src/tls.rs"
+HANDOVER_UNIT = dict(package="sotto-client", target=["--lib"], cargo=CLIENT,
+                     test="a_handover_verifies_only_for_its_keys_its_time_and_its_signature")
+RELAY_KEY = dict(package="sotto-tests", target=["--test", "relay_key"])
+ENGINE_UNIT = dict(package="sotto-client", target=["--lib"], cargo=CLIENT)
+ENTRIES += [
+ entry("pin-verifier", TLS,
+       "let pinned = key == self.expected || certificate_fingerprint(end_entity) == self.expected;",
+       "let pinned = true;",
+       "the TLS verifier accepts only the pinned key (or old certificate pin)",
+       "sotto-relay", ["--test", "relay"], "certificate_reload_keeps_connections_and_changes_the_pin"),
+ entry("pin-session", TLS, """    } else {
+        PinMatch::Neither
+    };""", """    } else {
+        PinMatch::Key
+    };""", "a session takes a key other than the pinned one only with a hand-over",
+       test="an_unsigned_key_change_is_refused_naming_both_keys_with_nothing_sent", **RELAY_KEY),
+ entry("handover-signature", TLS, """    if verified {
+        Ok(())""", """    if verified || !verified {
+        Ok(())""", "a hand-over's signature by the pinned key is verified", **HANDOVER_UNIT),
+ entry("handover-expiry", TLS, "    if now > handover.not_after {", "    if false {",
+       "an expired hand-over is refused", **HANDOVER_UNIT),
+ entry("handover-from-pin", TLS, "    if old != *pin {", "    if false {",
+       "a hand-over must be from the pinned key", **HANDOVER_UNIT),
+ entry("handover-to-presented", TLS, "    if handover.new_key != *presented {", "    if false {",
+       "a hand-over must be to the key the relay presented", **HANDOVER_UNIT),
+ entry("handshake-timeout", TLS, "    let stream = tokio::time::timeout(timeouts.handshake, handshake)",
+       "    let stream = tokio::time::timeout(std::time::Duration::MAX, handshake)",
+       "the TLS handshake is time-limited",
+       test="a_relay_that_accepts_and_never_answers_times_out_and_is_retried", **RELAY_KEY),
+ entry("write-deadline", "client/src/session/connection.rs",
+       "    match tokio::time::timeout_at(deadline.into(), sending).await {",
+       "    match tokio::time::timeout(std::time::Duration::MAX, sending).await {",
+       "writes to the relay finish within the write and dead-connection limits",
+       test="a_relay_that_stops_reading_is_given_up_within_the_dead_connection_bound", **RELAY_KEY),
+ entry("session-age", "crypto/src/session.rs",
+       "        self.created_at <= now.saturating_add(skew) && now.saturating_sub(self.created_at) <= oldest",
+       "        true || self.created_at <= now.saturating_add(skew) && now.saturating_sub(self.created_at) <= oldest",
+       "a session's age is enforced on receipt (announcement and messages)",
+       test="sessions_made_long_ago_or_in_the_future_are_refused_on_receipt", **ENGINE_UNIT),
+ entry("session-age-accept", "crypto/src/session.rs", """        if !verified.context().is_current(now) {
+            return Err(Error::DecryptionFailed);
+        }""", "", "accepting an announcement refuses a session too old or from the future, before RSA",
+       "sotto-crypto", ["--lib"], "an_announcement_too_old_or_from_the_future_is_refused_opaquely_before_rsa"),
+ entry("session-age-allowance", "client/src/session/engine/inbound.rs", """        if !verified.context().is_current(now) {
+            return self.reject(delivery, out);
+        }""", "", "a signed but out-of-date announcement is refused before it spends its sender's allowance",
+       test="sessions_made_long_ago_or_in_the_future_are_refused_on_receipt", **ENGINE_UNIT),
+ entry("session-age-message", "client/src/session/engine/inbound.rs",
+       "        if !receiving.session.is_current(now_secs()) {", "        if false {",
+       "a kept session past its age opens no message",
+       test="sessions_made_long_ago_or_in_the_future_are_refused_on_receipt", **ENGINE_UNIT),
+ entry("store-read-error", "client/src/session/engine/inbound.rs",
+       "            Entry::Vacant(entry) => entry.insert(self.store.inbound(sender, conversation)?),",
+       "            Entry::Vacant(entry) => entry.insert(self.store.inbound(sender, conversation).unwrap_or_default()),",
+       "a store read error is retried, never cached (and later saved) as empty sessions",
+       test="a_store_read_failure_is_retried_and_never_overwrites_the_stored_sessions", **ENGINE_UNIT),
+ entry("terminal-escape", "client/src/safe_text.rs", "pub fn needs_escape(c: char) -> bool {\n    matches!(c,",
+       "pub fn needs_escape(c: char) -> bool {\n    false && matches!(c,",
+       "peer and relay text reaches a terminal with its control and bidi characters escaped",
+       "sotto-client", ["--test", "terminal"], "hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replayed", CLIENT),
+ entry("terminal-continuation", "client/src/bin/sotto-cli/text.rs",
+       '        out.extend(lines.map(|line| format!("{CONTINUATION}{line}")));',
+       "        out.extend(lines);",
+       "a message's later lines are indented so that none looks like a message header",
+       "sotto-client", ["--test", "terminal"], "hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replayed", CLIENT),
+ entry("gui-escape", "client/src/gui/chat.rs", "                column![head, text(visible(&message.text))]",
+       "                column![head, text(message.text.as_str())]",
+       "the app shows a message's text with its bidi and control characters escaped",
+       "sotto-client", ["--test", "gui"], "bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text",
+       ["--features", "gui"], {"ICED_TEST_BACKEND": "tiny-skia"}),
+ entry("lookalike-names", "client/src/contacts.rs", "                .take_while(|(s, _)| *s == skeleton)",
+       "                .take_while(|_| false)",
+       "a new contact whose name looks like a known one names the look-alikes",
+       "sotto-client", ["--lib"], "a_new_name_that_looks_like_a_known_one_names_it", CLIENT),
+]
+
+
+def run(e):
+    """Applies `e`'s patch, runs its test, restores the file; the outcome."""
+    full = f"{ROOT}/{e['path']}"
     src = open(full).read()
-    if src.count(old) != 1:
-        results.append((test, what, "PATCH-NOT-FOUND")); print(test, "patch not found", flush=True); continue
-    if test == "s10":
-        # seal too, so that the honest path still works without the defence
-        src2 = src.replace(old, new).replace("let digest = message_digest(&header, body.get(start..).unwrap_or_default());", "let digest = message_digest(&header, &[]);")
-    else:
-        src2 = src.replace(old, new)
-    open(full, 'w').write(src2)
+    patched = src
+    for old, new in e["patches"]:
+        if patched.count(old) != 1:
+            return "PATCH-NOT-FOUND", ""
+        patched = patched.replace(old, new)
+    open(full, "w").write(patched)
     try:
-        r = subprocess.run(["timeout", "400", "cargo", "test", "-q", "-p", "sotto-tests", "--test", "hostile_relay", test], cwd=ROOT, capture_output=True, text=True)
-        out = r.stdout + r.stderr
-        if "error[" in out or "could not compile" in out:
-            status = "COMPILE-ERROR"
-        elif "test result: FAILED" in out:
-            status = "FAILED (as it must)"
-        elif "test result: ok" in out:
-            status = "PASSED (defence not covered!)"
-        else:
-            status = f"rc={r.returncode}"
+        command = (["timeout", "900", "cargo", "test", "-q", "-p", e["package"]]
+                   + e["cargo"] + e["target"] + ["--", e["test"]])
+        r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, **e["env"]})
+    finally:
+        open(full, "w").write(src)
+    out = r.stdout + r.stderr
+    if "error[" in out or "could not compile" in out:
+        return "COMPILE-ERROR", out
+    if "test result: FAILED" in out:
+        return "FAILED (as it must)", out
+    if re.search(r"test result: ok\. [1-9]", out):
+        return "PASSED (defence not covered!)", out
+    if "test result: ok" in out:
+        return "NO-TEST-RAN", out
+    return f"rc={r.returncode}", out
+
+
+def main():
+    only = sys.argv[1:]
+    names = [e["name"] for e in ENTRIES]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        sys.exit(f"unknown entries: {' '.join(unknown)} (known: {' '.join(names)})")
+    results = []
+    for e in ENTRIES:
+        if only and e["name"] not in only:
+            continue
+        status, out = run(e)
         if status != "FAILED (as it must)":
             print(out[-4000:], flush=True)
-    finally:
-        open(full, 'w').write(src)
-    results.append((test, what, status)); print(test, status, flush=True)
-print(json.dumps(results, indent=1))
-sys.exit(0 if all(r[2] == "FAILED (as it must)" for r in results) else 1)
+        else:  # how it failed: the first panic and what it said
+            lines = out.splitlines()
+            at = next((i for i, l in enumerate(lines) if "panicked at" in l), None)
+            if at is not None:
+                print("\n".join(lines[at:at + 4])[:1000], flush=True)
+        results.append((e["name"], e["what"], status))
+        print(e["name"], status, flush=True)
+    print(json.dumps(results, indent=1))
+    sys.exit(0 if all(r[2] == "FAILED (as it must)" for r in results) else 1)
+
+
+if __name__ == "__main__":
+    main()
