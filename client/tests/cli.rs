@@ -69,10 +69,12 @@ async fn two_cli_users_chat_and_verify_each_other_over_json_lines() {
     assert_eq!(users["users"].as_array().unwrap().len(), 2);
 
     // Bad input gets an error event and changes nothing.
+    let refused =
+        |e: &Value| e["type"] == "error" && e["message"].as_str().is_some_and(|m| !m.is_empty());
     alice.say(json!({"type": "fly"})).await;
-    alice.expect(|e| e["type"] == "error").await;
+    alice.expect(refused).await;
     alice.stdin.write_all(b"not json at all\n").await.unwrap();
-    alice.expect(|e| e["type"] == "error").await;
+    alice.expect(refused).await;
     alice
         .say(json!({"type": "send", "room": "lobby", "text": "still working"}))
         .await;
@@ -80,6 +82,14 @@ async fn two_cli_users_chat_and_verify_each_other_over_json_lines() {
         .expect(|e| e["type"] == "message" && e["text"] == "still working")
         .await;
     assert_eq!(still["trust"], "unverified"); // bob has not verified alice
+    // "still working" went after the bad lines: they sent bob nothing.
+    let from_alice: Vec<&Value> = bob
+        .seen
+        .iter()
+        .filter(|e| e["type"] == "message" && e["from"] == "alice")
+        .map(|e| &e["text"])
+        .collect();
+    assert_eq!(from_alice, ["hello over json", "still working"]);
 
     // Quitting ends the process cleanly, and the other side is told.
     alice.say(json!({"type": "quit"})).await;

@@ -266,13 +266,15 @@ async fn hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replaye
     assert!(exited(&mut bob.child, "bob").await.success());
     let mut bob = Interactive::spawn(&dirs[1], &relay);
     bob.until(|l| l == "* you joined #lobby").await;
-    assert_safe(&bob.raw, &senders);
+    // The barrier: the last text is in, so the whole history was replayed
+    // before the checks below.
     let replayed = bob.text();
+    assert!(replayed.contains(END), "{replayed}");
+    assert_safe(&bob.raw, &senders);
     assert!(
         replayed.contains(r"<alice> \e]0;TITLE\x07 \e[2J"),
         "{replayed}"
     );
-    assert!(replayed.contains(END), "{replayed}");
 }
 
 /// alice in JSON mode and bob interactive, on a fresh relay.

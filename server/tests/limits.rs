@@ -46,16 +46,14 @@ async fn next_not_presence(client: &mut Client) -> RelayFrame {
     }
 }
 
-/// A barrier: a ping answered means every frame the relay sent this
-/// client before has been read.
+/// A barrier ([`Client::barrier`]) before which only presence (joins of
+/// others) may come.
 async fn barrier(client: &mut Client) {
-    client.send(ClientFrame::Ping { nonce: 77 }).await;
-    loop {
-        match client.recv().await {
-            RelayFrame::Pong { nonce: 77 } => return,
-            RelayFrame::Presence { .. } => {}
-            other => panic!("unexpected {other:?} before the barrier"),
-        }
+    for frame in client.barrier().await {
+        assert!(
+            matches!(frame, RelayFrame::Presence { .. }),
+            "unexpected {frame:?} before the barrier"
+        );
     }
 }
 

@@ -15,18 +15,8 @@ use sotto_client::session::{Command, Connection, PresenceChange, TrustLevel, Upd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_users_chat_in_a_room() {
-    let temp = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&temp.path().join("relay"), 0);
-    let mut alice = Peer::join(temp.path(), "alice", &relay.address).await;
-    let mut bob = Peer::join(temp.path(), "bob", &relay.address).await;
-    let mut carol = Peer::join(temp.path(), "carol", &relay.address).await;
     // Everyone sees everyone in the lobby before talking.
-    for peer in [&mut alice, &mut bob] {
-        peer.expect(|u| {
-            matches!(u, Update::Presence { name, change: PresenceChange::Joined, .. } if name == "carol")
-        })
-        .await;
-    }
+    let (_bed, mut alice, mut bob, mut carol) = alice_bob_carol().await;
 
     alice.send(lobby(), "hello from alice");
     bob.send(lobby(), "hello from bob");
@@ -46,23 +36,47 @@ async fn three_users_chat_in_a_room() {
             assert_eq!(message.trust, TrustLevel::Unverified);
         }
     }
-    // Nothing failed to open along the way.
+    // Nothing failed to open along the way: once each has a later message
+    // of each other sender, nothing of theirs is still to come.
+    barrier(
+        &mut bob,
+        Via::message(&alice, lobby(), "alice's last, for bob"),
+    )
+    .await;
+    barrier(
+        &mut carol,
+        Via::message(&alice, lobby(), "alice's last, for carol"),
+    )
+    .await;
+    barrier(
+        &mut alice,
+        Via::message(&bob, lobby(), "bob's last, for alice"),
+    )
+    .await;
+    barrier(
+        &mut carol,
+        Via::message(&bob, lobby(), "bob's last, for carol"),
+    )
+    .await;
+    barrier(
+        &mut alice,
+        Via::message(&carol, lobby(), "carol's last, for alice"),
+    )
+    .await;
+    barrier(
+        &mut bob,
+        Via::message(&carol, lobby(), "carol's last, for bob"),
+    )
+    .await;
     for peer in [&alice, &bob, &carol] {
-        assert!(!peer.saw("Rejected"), "{}: {:#?}", peer.name, peer.seen);
-        assert!(!peer.saw("Missing"), "{}: {:#?}", peer.name, peer.seen);
+        assert!(!peer.saw(rejected), "{}: {:#?}", peer.name, peer.seen);
+        assert!(!peer.saw(missing), "{}: {:#?}", peer.name, peer.seen);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_message_reaches_only_its_recipient() {
-    let temp = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&temp.path().join("relay"), 0);
-    let mut alice = Peer::join(temp.path(), "alice", &relay.address).await;
-    let mut bob = Peer::join(temp.path(), "bob", &relay.address).await;
-    let mut carol = Peer::join(temp.path(), "carol", &relay.address).await;
-    alice
-        .expect(|u| matches!(u, Update::Presence { name, .. } if name == "carol"))
-        .await;
+    let (_bed, mut alice, mut bob, mut carol) = alice_bob_carol().await;
 
     alice.send(dm("bob"), "for bob only");
     let received = bob.expect_message(&dm("alice"), "for bob only").await;
@@ -71,10 +85,14 @@ async fn a_direct_message_reaches_only_its_recipient() {
     // A later room message from alice reaches carol after anything alice
     // sent before it (the relay keeps each sender's order), so once carol
     // has it, she would have had the direct message too.
-    alice.send(lobby(), "sync");
-    carol.expect_message(&lobby(), "sync").await;
-    assert!(!carol.saw("for bob only"), "{:#?}", carol.seen);
-    assert!(!carol.saw("Rejected"), "{:#?}", carol.seen);
+    barrier(&mut carol, Via::message(&alice, lobby(), "sync")).await;
+    assert!(!carol.saw(shown("for bob only")), "{:#?}", carol.seen);
+    assert!(!carol.saw(rejected), "{:#?}", carol.seen);
+    assert!(
+        !carol.saw(|u| matches!(u, Update::NotForYou { .. })),
+        "{:#?}",
+        carol.seen
+    );
 
     // And bob answers in the same conversation.
     bob.send(dm("alice"), "got it");
@@ -171,7 +189,13 @@ async fn offline_direct_messages_arrive_once_on_reconnect_and_stay_in_history() 
             .expect(|u| matches!(u, Update::Message(m) if m.outgoing && m.text == text))
             .await;
     }
-    assert!(!alice.saw("Error"), "{:#?}", alice.seen);
+    // Any refusal of the relay's comes before its answer to a later frame.
+    barrier(&mut alice, Via::Relay).await;
+    assert!(
+        !alice.saw(|u| matches!(u, Update::Error(_))),
+        "{:#?}",
+        alice.seen
+    );
 
     let mut bob = Peer::connect(account(&bob_dir, "bob", "bob").await, &relay.address).await;
     let first = bob
@@ -186,35 +210,35 @@ async fn offline_direct_messages_arrive_once_on_reconnect_and_stay_in_history() 
     // Acknowledged after being stored: the next run shows them from the
     // history and the relay does not deliver them again.
     let mut bob = Peer::connect(account(&bob_dir, "bob", "bob").await, &relay.address).await;
-    assert!(bob.saw("History"), "{:#?}", bob.seen);
-    assert!(bob.saw("while you were away 2"), "{:#?}", bob.seen);
-    alice.send(dm("bob"), "now live");
-    bob.expect_message(&dm("alice"), "now live").await;
-    let redelivered = bob
-        .seen
-        .iter()
-        .filter(|s| s.starts_with("Message(") && s.contains("while you were away"))
-        .count();
+    assert!(
+        bob.saw(|u| matches!(u, Update::History { chat, messages }
+            if *chat == dm("alice")
+                && messages.iter().map(|m| m.text.as_str())
+                    .eq(["while you were away 1", "while you were away 2"]))),
+        "{:#?}",
+        bob.seen
+    );
+    // What the relay still had for bob comes before anything live.
+    barrier(&mut bob, Via::message(&alice, dm("bob"), "now live")).await;
+    let redelivered =
+        bob.count(|u| matches!(u, Update::Message(m) if m.text.starts_with("while you were away")));
     assert_eq!(redelivered, 0, "{:#?}", bob.seen);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_reconnect_after_the_relay_is_killed_and_restarted() {
-    let temp = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(&temp.path().join("relay"), 0);
-    let mut alice = Peer::join(temp.path(), "alice", &relay.address).await;
-    let mut bob = Peer::join(temp.path(), "bob", &relay.address).await;
+    let (mut bed, mut alice, mut bob) = alice_and_bob().await;
     alice.send(lobby(), "before");
     bob.expect_message(&lobby(), "before").await;
 
-    relay.kill().await;
+    bed.relay.kill().await;
     for peer in [&mut alice, &mut bob] {
         peer.expect(|u| matches!(u, Update::Connection(Connection::Reconnecting { .. })))
             .await;
     }
     // Typed while the relay is down: queued, sent once connected again.
     alice.send(dm("bob"), "typed while offline");
-    relay.restart();
+    bed.relay.restart();
     for peer in [&mut alice, &mut bob] {
         peer.expect_connected().await;
     }
@@ -244,10 +268,10 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
         .expect(|u| matches!(u, Update::Presence { name, .. } if name == "bob"))
         .await;
     alice.command(Command::SafetyNumber(user("bob")));
-    let shown = alice
+    let number = alice
         .expect(|u| matches!(u, Update::SafetyNumber { .. }))
         .await;
-    let Update::SafetyNumber { safety_number, .. } = shown else {
+    let Update::SafetyNumber { safety_number, .. } = number else {
         unreachable!()
     };
     // Both sides compute the same number.
@@ -335,18 +359,28 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
     // ...and only then is the held message opened.
     let held = alice.expect_message(&lobby(), "I am bob, trust me").await;
     assert_eq!(held.fingerprint, identity("mallory").fingerprint());
+    let accepted = alice
+        .seen_at(
+            |u| matches!(u, Update::Trust { name, trust: TrustLevel::Unverified } if name == "bob"),
+        )
+        .expect("the acceptance");
     assert!(
-        alice.seen_at("I am bob, trust me") > alice.seen_at("Trust {"),
+        alice.seen_at(shown("I am bob, trust me")) > Some(accepted),
         "shown before the user accepted the key: {:#?}",
         alice.seen
     );
-    alice.send(dm("bob"), "after accepting");
-    mallory
-        .expect_message(&dm("alice"), "after accepting")
-        .await;
-    assert!(!mallory.saw("must not reach"), "{:#?}", mallory.seen);
+    barrier(
+        &mut mallory,
+        Via::message(&alice, dm("bob"), "after accepting"),
+    )
+    .await;
     assert!(
-        !mallory.saw("room message while blocked"),
+        !mallory.saw(shown("must not reach the new key")),
+        "{:#?}",
+        mallory.seen
+    );
+    assert!(
+        !mallory.saw(shown("room message while blocked")),
         "{:#?}",
         mallory.seen
     );
@@ -366,7 +400,10 @@ async fn history_and_sequence_numbers_survive_a_restart() {
 
     let alice = Peer::connect(account(&alice_dir, "alice", "alice").await, &relay.address).await;
     assert!(
-        alice.saw("\"one\"") && alice.saw("\"two\""),
+        alice.saw(|u| matches!(u, Update::History { chat, messages }
+            if *chat == lobby()
+                && messages.iter().map(|m| (m.text.as_str(), m.outgoing))
+                    .eq([("one", true), ("two", true)]))),
         "{:#?}",
         alice.seen
     );
@@ -375,7 +412,8 @@ async fn history_and_sequence_numbers_survive_a_restart() {
     // P9: numbers never go back, across runs (the counter is persisted
     // before use), and the new run's new session shows no false gap.
     assert!(three.seq > two.seq, "{} <= {}", three.seq, two.seq);
-    assert!(!bob.saw("Missing"), "{:#?}", bob.seen);
+    barrier(&mut bob, Via::message(&alice, lobby(), "four")).await;
+    assert!(!bob.saw(missing), "{:#?}", bob.seen);
     alice.quit().await;
 }
 
@@ -530,20 +568,20 @@ async fn a_member_who_left_cannot_open_what_is_sent_after() {
                 .is_err()
         );
     }
-    // And the relay gave her nothing of it.
-    assert!(!carol.saw("after carol left"), "{:#?}", carol.seen);
+    // And the relay gave her nothing of it (alice's next message, to her
+    // directly, comes after it if it came at all).
+    barrier(&mut carol, Via::message(&alice, dm("carol"), "barrier")).await;
+    assert!(!carol.saw(shown("after carol left")), "{:#?}", carol.seen);
+    assert!(
+        !carol.saw(|u| matches!(u, Update::NotForYou { .. } | Update::Rejected { .. })),
+        "{:#?}",
+        carol.seen
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_only_room_wraps_no_key_to_unverified_members() {
-    let temp = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&temp.path().join("relay"), 0);
-    let mut alice = Peer::join(temp.path(), "alice", &relay.address).await;
-    let mut bob = Peer::join(temp.path(), "bob", &relay.address).await;
-    let mut carol = Peer::join(temp.path(), "carol", &relay.address).await;
-    alice
-        .expect_members("lobby", &["alice", "bob", "carol"])
-        .await;
+    let (bed, mut alice, mut bob, mut carol) = alice_bob_carol().await;
     let number = identity("alice")
         .public()
         .safety_number(identity("bob").public());
@@ -569,8 +607,10 @@ async fn a_verified_only_room_wraps_no_key_to_unverified_members() {
     carol
         .expect(|u| matches!(u, Update::NotForYou { from, .. } if from == "alice"))
         .await;
-    assert!(!carol.saw("Rejected"), "{:#?}", carol.seen);
-    assert!(!carol.saw("verified eyes only"), "{:#?}", carol.seen);
+    // (Directly: in the lobby, carol gets no key from alice now.)
+    barrier(&mut carol, Via::message(&alice, dm("carol"), "the end")).await;
+    assert!(!carol.saw(rejected), "{:#?}", carol.seen);
+    assert!(!carol.saw(shown("verified eyes only")), "{:#?}", carol.seen);
     // Her key was never announced to her in this room.
     let received = carol
         .account
@@ -585,7 +625,7 @@ async fn a_verified_only_room_wraps_no_key_to_unverified_members() {
     // The setting is kept: the next session says so when it joins.
     let account = alice.account.clone();
     alice.quit().await;
-    let mut alice = Peer::connect(account, &relay.address).await;
+    let mut alice = Peer::connect(account, &bed.relay.address).await;
     alice
         .expect(
             |u| matches!(u, Update::VerifiedOnly { room, on: true } if room.as_str() == "lobby"),

@@ -63,13 +63,9 @@ async fn marker_plaintext_never_reaches_relay_logs_or_anything_written() {
         .with_writer(move || writer.clone())
         .init();
 
-    let temp = tempfile::tempdir().unwrap();
-    let relay_dir = temp.path().join("relay");
-    let mut relay = Relay::start(&relay_dir, 0);
-    let bob_dir = temp.path().join("bob");
-    let mut alice = Peer::join(temp.path(), "alice", &relay.address).await;
-    let mut bob = Peer::connect(account(&bob_dir, "bob", "bob").await, &relay.address).await;
-    alice.expect_members("lobby", &["alice", "bob"]).await;
+    let (mut bed, mut alice, mut bob) = alice_and_bob().await;
+    let relay_dir = bed.relay.dir.clone();
+    let bob_dir = bed.temp.path().join("bob");
 
     let room_text = format!("{MARKER} in the lobby");
     let live_text = format!("{MARKER} direct, live");
@@ -84,11 +80,13 @@ async fn marker_plaintext_never_reaches_relay_logs_or_anything_written() {
         .expect(|u| matches!(u, Update::Message(m) if m.outgoing && m.text == stored_text))
         .await;
     // Stored by the relay: wait until it is in bob's queue by delivering it.
-    let mut bob = Peer::connect(account(&bob_dir, "bob", "bob").await, &relay.address).await;
+    let mut bob = Peer::connect(account(&bob_dir, "bob", "bob").await, &bed.relay.address).await;
     bob.expect_message(&dm("alice"), &stored_text).await;
+    // The barrier for what follows: both sessions ended (Peer::quit waits
+    // for it) and the relay is gone, so nothing more is to be written.
     bob.quit().await;
     alice.quit().await;
-    relay.kill().await;
+    bed.relay.kill().await;
 
     let log = capture.0.lock().unwrap().clone();
     // The capture really holds the relay's trace output (or this test could
@@ -112,7 +110,7 @@ async fn marker_plaintext_never_reaches_relay_logs_or_anything_written() {
         );
     }
     // Keys at rest: the clients' own history is encrypted too.
-    for dir in [temp.path().join("alice"), bob_dir] {
+    for dir in [bed.temp.path().join("alice"), bob_dir] {
         for file in files(&dir) {
             let bytes = std::fs::read(&file).unwrap();
             assert!(

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use common::{PATIENCE, Peer, account, lobby};
 use futures::StreamExt;
-use sotto_client::servers::{KnownServers, PIN_LOG_FILE, SERVERS_FILE};
-use sotto_client::session::{self, Config, Connection, Update};
+use sotto_client::servers::{KnownServers, Move, PIN_LOG_FILE, SERVERS_FILE};
+use sotto_client::session::{self, Config, Connection, RelayKeyMoved, Update};
 use sotto_client::tls::{self, Timeouts};
 use sotto_proto::{RelayAddress, RelayFrame, encode_frame, fingerprint_text};
 use sotto_relay::tls::{GENERATED_CERT, GENERATED_KEY, HANDOVER_FILE};
@@ -72,8 +72,9 @@ fn servers_txt(profile: &Path) -> String {
     std::fs::read_to_string(profile.join(SERVERS_FILE)).unwrap_or_default()
 }
 
-/// Runs a session until it is connected or has failed; returns what
-/// happened and every update seen.
+/// Runs a session until it is connected or has failed, then quits it and
+/// waits for its end (the barrier for "seen nothing": the session has
+/// nothing more to say); returns what happened and every update seen.
 async fn outcome(config: Config) -> (Connection, Vec<Update>) {
     let mut updates = Box::pin(session::run(config));
     let mut seen = Vec::new();
@@ -90,20 +91,24 @@ async fn outcome(config: Config) -> (Connection, Vec<Update>) {
                     let _ = controller.quit();
                 }
                 // Let the session finish (and write its files).
-                while let Ok(Some(update)) = tokio::time::timeout(PATIENCE, updates.next()).await {
-                    seen.push(update);
+                loop {
+                    match tokio::time::timeout(PATIENCE, updates.next()).await {
+                        Ok(Some(update)) => seen.push(update),
+                        Ok(None) => return (state, seen),
+                        Err(_) => panic!("the session did not end; seen: {seen:#?}"),
+                    }
                 }
-                return (state, seen);
             }
             other => seen.push(other),
         }
     }
 }
 
-fn notices(seen: &[Update]) -> Vec<String> {
+/// The relay key moves the session reported.
+fn moves(seen: &[Update]) -> Vec<&RelayKeyMoved> {
     seen.iter()
         .filter_map(|update| match update {
-            Update::RelayKeyMoved(moved) => Some(moved.to_string()),
+            Update::RelayKeyMoved(moved) => Some(moved),
             _ => None,
         })
         .collect()
@@ -130,12 +135,21 @@ async fn a_signed_key_rotation_is_followed_without_a_prompt_and_recorded() {
     // Alice, with the address she always had: followed, told, recorded.
     let (state, seen) = outcome(Config::new(alice.clone(), old.clone())).await;
     assert!(matches!(state, Connection::Connected { .. }), "{state:?}");
-    let notices = notices(&seen);
+    let moved = moves(&seen);
     assert!(
-        notices.iter().any(|n| n.contains(&fingerprint_text(&new))
-            && n.contains(&old.fingerprint_text())
-            && n.contains("signed over by its previous key")),
-        "{notices:?}"
+        matches!(moved[..], [m] if m.how == Move::Handover
+            && m.from == old.fingerprint
+            && m.to == new
+            && m.authority == format!("127.0.0.1:{}", old.port)),
+        "{moved:?}"
+    );
+    // What the user reads names both keys.
+    let notice = moved[0].to_string();
+    assert!(
+        notice.contains(&fingerprint_text(&new))
+            && notice.contains(&old.fingerprint_text())
+            && notice.contains("signed over by its previous key"),
+        "{notice}"
     );
     let known = KnownServers::load(profile.join(SERVERS_FILE)).unwrap();
     assert_eq!(known.get(&old).unwrap().fingerprint, new);
@@ -160,7 +174,7 @@ async fn a_signed_key_rotation_is_followed_without_a_prompt_and_recorded() {
     new_address.fingerprint = new;
     let (state, seen) = outcome(Config::new(alice.clone(), new_address)).await;
     assert!(matches!(state, Connection::Connected { .. }), "{state:?}");
-    assert!(notices_of(&seen).is_empty(), "{seen:?}");
+    assert!(moves(&seen).is_empty(), "{seen:?}");
 
     // Later runs with the old address go straight to the new key, also
     // once the hand-over is gone.
@@ -169,14 +183,7 @@ async fn a_signed_key_rotation_is_followed_without_a_prompt_and_recorded() {
     assert!(relay.certs.current_handover().is_none());
     let (state, seen) = outcome(Config::new(alice, old.clone())).await;
     assert!(matches!(state, Connection::Connected { .. }), "{state:?}");
-    assert!(notices_of(&seen).is_empty(), "{seen:?}");
-}
-
-fn notices_of(seen: &[Update]) -> Vec<String> {
-    notices(seen)
-        .into_iter()
-        .filter(|n| n.contains("pinned to key"))
-        .collect()
+    assert!(moves(&seen).is_empty(), "{seen:?}");
 }
 
 #[tokio::test]
@@ -198,7 +205,13 @@ async fn an_old_certificate_pin_still_connects_and_is_converted_once_with_a_noti
     std::fs::write(profile.join(SERVERS_FILE), format!("{legacy}\n")).unwrap();
     let (state, seen) = outcome(Config::new(alice.clone(), legacy.clone())).await;
     assert!(matches!(state, Connection::Connected { .. }), "{state:?}");
-    assert_eq!(notices_of(&seen).len(), 1, "{seen:?}");
+    let moved = moves(&seen);
+    assert!(
+        matches!(moved[..], [m] if m.how == Move::Converted
+            && m.from == legacy.fingerprint
+            && m.to == relay.address.fingerprint),
+        "{seen:?}"
+    );
     let known = KnownServers::load(profile.join(SERVERS_FILE)).unwrap();
     assert_eq!(
         known.get(&legacy).unwrap().fingerprint,
@@ -207,7 +220,7 @@ async fn an_old_certificate_pin_still_connects_and_is_converted_once_with_a_noti
     // Converted once: the next run says nothing.
     let (state, seen) = outcome(Config::new(alice, legacy)).await;
     assert!(matches!(state, Connection::Connected { .. }), "{state:?}");
-    assert!(notices_of(&seen).is_empty(), "{seen:?}");
+    assert!(moves(&seen).is_empty(), "{seen:?}");
 }
 
 /// A TLS server presenting `cert`/`key` that sends `frames` first, then

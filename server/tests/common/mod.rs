@@ -287,6 +287,24 @@ impl Client {
         }
     }
 
+    /// The barrier before "the relay sent this client nothing (more)": a
+    /// ping answered. The relay handles a connection's frames in order and
+    /// queues deliveries before it answers their sender (`Sent`), so once
+    /// the pong is in, everything it had queued for this client before is
+    /// too. Returns the frames that came before the pong (keepalive pings
+    /// answered and left out).
+    pub async fn barrier(&mut self) -> Vec<RelayFrame> {
+        const NONCE: u64 = 0xba_5217e5;
+        self.send(ClientFrame::Ping { nonce: NONCE }).await;
+        let mut before = Vec::new();
+        loop {
+            match self.recv().await {
+                RelayFrame::Pong { nonce: NONCE } => return before,
+                frame => before.push(frame),
+            }
+        }
+    }
+
     /// Waits until the relay closes the connection; panics on any frame
     /// other than `allowed` ones before that.
     pub async fn closed(&mut self) -> Vec<RelayFrame> {
