@@ -86,7 +86,14 @@ ENTRIES = [
             // A duplicate (or too old to place): dropped quietly.
             return Handled::Done;
         };""", """        let arrival = receiving.window.accept(opened.seq).unwrap_or(Arrival::Late);""", "the replay window drops a message already seen"),
- hostile("s18", "client/src/session/connection.rs", """                    Err(mpsc::error::TrySendError::Full(_)) => continue,""", """                    Err(mpsc::error::TrySendError::Full(presence)) => presence,""", "presence notices are dropped, not waited for, when the front end is behind"),
+ hostile("s18", "client/src/session/connection.rs", """                presence @ Update::Presence { .. } => match self.updates.try_send(presence) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                },""", """                presence @ Update::Presence { .. } => {
+                    if self.updates.send(presence).await.is_err() {
+                        return false;
+                    }
+                }""", "presence notices are dropped, not waited for, when the front end is behind"),
  hostile("s17", "client/src/session/engine/inbound.rs", """        if !self.take_verification() {""", """        if !self.take_token(sender.fingerprint()) {
             return Handled::Done;
         }

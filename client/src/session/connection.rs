@@ -1,11 +1,12 @@
 //! The connection loop: connect with the certificate pinned, register,
 //! move frames between the relay and the engine, reconnect with backoff.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use sotto_proto::{ClientCodec, ClientFrame, ErrorCode, RelayFrame};
+use sotto_proto::{ClientCodec, ClientFrame, ErrorCode, RelayFrame, RoomName};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
@@ -66,6 +67,10 @@ struct Session {
     engine: Engine,
     commands: mpsc::UnboundedReceiver<Command>,
     updates: mpsc::Sender<Update>,
+    /// Member lists the front end had no room for, newest per room: each
+    /// is a whole list that replaces the one before, so only the newest
+    /// is kept, and sent as soon as there is room.
+    deferred: BTreeMap<RoomName, Update>,
 }
 
 impl Session {
@@ -73,28 +78,68 @@ impl Session {
     /// read loop, which calls this before reading the next frame, makes
     /// the relay wait too); false once nobody listens.
     ///
-    /// Presence notices are the exception: when the channel is full they
-    /// are dropped, since the member lists that follow them carry the same
-    /// facts.
-    async fn emit(&self, out: &mut Out) -> bool {
+    /// Presence notices and member lists are the exception, so a flood of
+    /// them cannot stop the session reading: when the channel is full, a
+    /// presence notice is dropped (the member lists carry the same facts)
+    /// and a member list waits in `deferred`, replaced by any newer list of
+    /// its room, until there is room. Every other update first waits for
+    /// the deferred lists to go out, so none is overtaken by one of them.
+    async fn emit(&mut self, out: &mut Out) -> bool {
         for update in out.updates.drain(..) {
-            let update = match update {
+            match update {
                 presence @ Update::Presence { .. } => match self.updates.try_send(presence) {
-                    Ok(()) => continue,
-                    Err(mpsc::error::TrySendError::Full(_)) => continue,
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 },
-                other => other,
-            };
-            if self.updates.send(update).await.is_err() {
+                Update::Members { room, members } => {
+                    let list = Update::Members {
+                        room: room.clone(),
+                        members,
+                    };
+                    self.deferred.insert(room, list);
+                    if !self.try_flush() {
+                        return false;
+                    }
+                }
+                other => {
+                    if !self.flush().await || self.updates.send(other).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.try_flush()
+    }
+
+    /// Sends the deferred member lists the channel has room for; false once
+    /// nobody listens.
+    fn try_flush(&mut self) -> bool {
+        while let Some((room, list)) = self.deferred.pop_first() {
+            match self.updates.try_send(list) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(list)) => {
+                    self.deferred.insert(room, list);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    /// Sends every deferred member list, waiting for room; false once
+    /// nobody listens.
+    async fn flush(&mut self) -> bool {
+        while let Some((_, list)) = self.deferred.pop_first() {
+            if self.updates.send(list).await.is_err() {
                 return false;
             }
         }
         true
     }
 
-    async fn state(&self, state: Connection) -> bool {
-        self.updates.send(Update::Connection(state)).await.is_ok()
+    async fn state(&mut self, state: Connection) -> bool {
+        self.flush().await && self.updates.send(Update::Connection(state)).await.is_ok()
     }
 }
 
@@ -125,6 +170,7 @@ async fn drive(
         engine,
         commands,
         updates,
+        deferred: BTreeMap::new(),
     };
     let mut backoff = Backoff::default();
     loop {

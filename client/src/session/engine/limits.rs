@@ -82,7 +82,9 @@ pub struct SessionLimits {
     /// When it is full the session stops reading from the relay until the
     /// front end catches up (so a flood waits in the relay's bounded queue
     /// for this client, not in this client's memory), except that presence
-    /// notices are dropped instead: the member lists carry the same facts.
+    /// notices are dropped instead (the member lists carry the same facts)
+    /// and a member list that finds it full waits beside it, newest per
+    /// room only.
     /// Default: 1,024.
     pub updates: usize,
     /// Signature checks of announcements, all senders together, in a burst
