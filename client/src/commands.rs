@@ -2,7 +2,7 @@
 //! desktop app so that both understand exactly the same lines.
 //!
 //! [`parse`] only reads the line: what a command means in context (the
-//! current room, the safety number last shown) is the caller's business.
+//! current room, the safety number last shown) is [`crate::ui::resolve`]'s.
 //!
 //! ```
 //! use sotto_client::commands::{Line, parse};

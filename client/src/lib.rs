@@ -18,8 +18,10 @@
 //! The cryptography the client drives is [`sotto_crypto`] and the frames it
 //! exchanges with the relay are [`sotto_proto`]. The `sotto-cli` binary and
 //! the desktop app (`gui`, feature `gui`, binary `sotto`) both sit on
-//! [`session`]; [`commands`] is the `/` command language they share, and
-//! [`safe_text`] makes what peers and the relay wrote safe for a terminal.
+//! [`session`]; [`commands`] is the `/` command language they share,
+//! [`ui`] what a typed line means in context (a command for the session,
+//! an action on screen, or a refusal), and [`safe_text`] makes what peers
+//! and the relay wrote safe for a terminal.
 //!
 //! # Example
 //!
@@ -41,6 +43,7 @@ pub mod servers;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod ui;
 pub mod vault;
 
 /// The relay protocol version this client speaks.

@@ -18,13 +18,14 @@ use super::style::{BOLD, MONO, badge, clock, count};
 use super::timeline::{Entry, Timeline, Tone};
 use super::verify::{self, KeyChange, Shown};
 use crate::account::Account;
-use crate::commands::{self, Line};
+use crate::commands;
 use crate::contacts::KeyEvent;
 use crate::safe_text::multiline as visible;
 use crate::session::{
     self, Chat as Conversation, Command, Connection, Controller, Member, PresenceChange,
     TrustLevel, Update,
 };
+use crate::ui::{self, Local, Resolved};
 
 /// The widget ids, for tests and focus.
 pub mod ids {
@@ -567,8 +568,7 @@ impl Chat {
             Message::Join => match commands::room(self.join_field.trim()) {
                 Ok(room) => {
                     self.join_field.clear();
-                    self.command(Command::Join(room.clone()));
-                    self.current = Some(ChatKey::Room(room));
+                    self.join(room);
                 }
                 Err(e) => self.status = Some((Tone::Warning, e)),
             },
@@ -669,11 +669,51 @@ impl Chat {
 
     fn open_verify(&mut self, name: &str) {
         match commands::user(name) {
-            Ok(user) => {
-                self.verifying = Some(user.clone());
-                self.command(Command::SafetyNumber(user));
-            }
+            Ok(user) => self.verify_screen(user),
             Err(e) => self.status = Some((Tone::Warning, e)),
+        }
+    }
+
+    /// Opens the verification screen for `user` and asks the session for
+    /// the safety number it shows.
+    fn verify_screen(&mut self, user: UserName) {
+        self.verifying = Some(user.clone());
+        self.command(Command::SafetyNumber(user));
+    }
+
+    /// Joins `room`, current at once (before the session reports it
+    /// joined).
+    fn join(&mut self, room: RoomName) {
+        self.command(Command::Join(room.clone()));
+        self.current = Some(ChatKey::Room(room));
+    }
+
+    /// The current conversation, as [`ui::resolve`] needs it: the
+    /// conversation as the session named it, or as it was opened (a room
+    /// asked to join has no thread until it is joined).
+    fn current_chat(&self) -> Option<Conversation> {
+        let key = self.current.as_ref()?;
+        Some(match (self.threads.get(key), key) {
+            (Some(thread), _) => thread.chat.clone(),
+            (None, ChatKey::Room(room)) => Conversation::Room(room.clone()),
+            (None, ChatKey::Direct(user)) => Conversation::Direct(user.to_name()),
+        })
+    }
+
+    /// What a typed line's meaning depends on here.
+    fn context(&self) -> ui::Context {
+        ui::Context {
+            current: self.current_chat(),
+            rooms: self.rooms.clone(),
+            shown: self
+                .shown
+                .iter()
+                .map(|(key, shown)| (key.clone(), shown.safety_number.clone()))
+                .collect(),
+            fingerprint: Some(self.account.identity().fingerprint()),
+            // A line with no conversation is refused: there is nowhere to
+            // show it waiting.
+            hold: false,
         }
     }
 
@@ -684,135 +724,89 @@ impl Chat {
             return Action::None;
         }
         let line = self.composer.text().replace("\r\n", "\n");
-        let parsed = match commands::parse(&line) {
-            Ok(parsed) => parsed,
+        let resolved = match ui::resolve(&line, &self.context()) {
+            Ok(Resolved::Local(Local::Hold(_))) => {
+                Err("you are in no room: /join ROOM first".to_owned())
+            }
+            resolved => resolved,
+        };
+        let resolved = match resolved {
+            Ok(resolved) => resolved,
             Err(e) => {
                 self.status = Some((Tone::Warning, e));
                 return Action::None;
             }
         };
-        if let Line::Say(_) = parsed
-            && self.current.is_none()
-        {
-            self.status = Some((
-                Tone::Warning,
-                "pick a conversation first (or /join ROOM)".to_owned(),
-            ));
-            return Action::None;
-        }
         self.composer = text_editor::Content::new();
         self.status = None;
-        match parsed {
-            Line::Empty => {}
-            Line::Say(text) => {
-                if let Some(chat) = self.current().cloned() {
-                    self.send(chat, text);
-                }
-            }
-            Line::Msg { to, text } => {
-                let chat = Conversation::Direct(to);
-                self.open(&chat);
-                // The conversation keeps the name as the session knows it
-                // (`@bob` for `/msg BOB`), once it has been named.
-                let chat = self.current().cloned().unwrap_or(chat);
+        match resolved {
+            Resolved::Nothing => {}
+            Resolved::Command(command) => return self.perform(command),
+            Resolved::Local(local) => self.local(local),
+        }
+        Action::None
+    }
+
+    /// Hands a typed command to the session, showing at once what it
+    /// opens.
+    fn perform(&mut self, command: Command) -> Action {
+        match command {
+            Command::Send { chat, text } => {
+                let chat = match &chat {
+                    Conversation::Direct(_) => {
+                        self.open(&chat);
+                        // The conversation keeps the name as the session
+                        // knows it (`@bob` for `/msg BOB`), once it has
+                        // been named.
+                        self.current().cloned().unwrap_or(chat)
+                    }
+                    Conversation::Room(_) => chat,
+                };
                 self.send(chat, text);
             }
-            Line::Join(room) => {
-                self.command(Command::Join(room.clone()));
-                self.current = Some(ChatKey::Room(room));
-            }
-            Line::Room(room) => {
-                if self.rooms.contains(&room) {
-                    self.current = Some(ChatKey::Room(room));
-                } else {
-                    self.status = Some((
-                        Tone::Warning,
-                        format!("you are not in #{room}: /join {room}"),
-                    ));
-                }
-            }
-            Line::Leave(room) => match room.or_else(|| match &self.current {
-                Some(ChatKey::Room(room)) => Some(room.clone()),
-                _ => None,
-            }) {
-                Some(room) => {
-                    self.command(Command::Leave(room));
-                }
-                None => self.status = Some((Tone::Warning, "you are in no room".to_owned())),
-            },
-            Line::Users => {
-                self.command(Command::ListUsers);
-            }
-            Line::Rooms => {
-                self.command(Command::ListRooms);
-            }
-            Line::Members => {
-                let text = match &self.current {
-                    Some(ChatKey::Room(room)) => {
-                        let members = self
-                            .members
-                            .get(room)
-                            .map(Vec::as_slice)
-                            .unwrap_or_default();
-                        let names: Vec<String> = members
-                            .iter()
-                            .map(|m| {
-                                format!(
-                                    "{} ({})",
-                                    m.name,
-                                    super::style::trust_label(self.trust_of(&m.name))
-                                )
-                            })
-                            .collect();
-                        format!("#{room}: {} members: {}", members.len(), names.join(", "))
-                    }
-                    _ => "this is not a room".to_owned(),
-                };
-                self.tell(Tone::Info, text);
-            }
-            Line::Fingerprint => {
-                let text = format!(
-                    "your key fingerprint: {}",
-                    self.account.identity().fingerprint()
-                );
-                self.tell(Tone::Info, text);
-            }
-            Line::SafetyNumber(name) => self.open_verify(name.as_str()),
-            Line::Confirm(name) => {
-                if self.shown.contains_key(&name.key()) {
-                    return self.update(Message::MarkVerified(name.to_string()));
-                }
-                self.status = Some((
-                    Tone::Warning,
-                    format!("first /verify {name} and compare the number"),
-                ));
-            }
-            Line::Verify {
-                name,
-                safety_number,
-            } => {
-                self.command(Command::Verify {
-                    name,
-                    safety_number,
-                });
-            }
-            Line::Trust(name) => {
-                self.command(Command::AcceptKey(name));
-            }
-            Line::VerifiedOnly(on) => match &self.current {
-                Some(ChatKey::Room(room)) => {
-                    let room = room.clone();
-                    self.command(Command::SetVerifiedOnly { room, on });
-                }
-                _ => self.status = Some((Tone::Warning, "this is not a room".to_owned())),
-            },
-            Line::Help => self.tell(Tone::Info, commands::HELP.to_owned()),
-            Line::Quit => {
+            Command::Join(room) => self.join(room),
+            Command::SafetyNumber(user) => self.verify_screen(user),
+            Command::Quit => {
                 self.quit();
                 return Action::Quit;
             }
+            other => {
+                self.command(other);
+            }
         }
         Action::None
+    }
+
+    /// Does what a typed line asks of the window alone.
+    fn local(&mut self, local: Local) {
+        match local {
+            Local::Help => self.tell(Tone::Info, commands::HELP.to_owned()),
+            Local::Members(room) => {
+                let members = self
+                    .members
+                    .get(&room)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let names: Vec<String> = members
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} ({})",
+                            m.name,
+                            super::style::trust_label(self.trust_of(&m.name))
+                        )
+                    })
+                    .collect();
+                let text = format!("#{room}: {} members: {}", members.len(), names.join(", "));
+                self.tell(Tone::Info, text);
+            }
+            Local::Switch(room) => self.current = Some(ChatKey::Room(room)),
+            Local::Fingerprint(fingerprint) => {
+                self.tell(Tone::Info, format!("your key fingerprint: {fingerprint}"));
+            }
+            // Not asked for (the context does not hold): refused above.
+            Local::Hold(_) => {}
+        }
     }
 
     /// Applies one update from the session.

@@ -410,7 +410,7 @@ impl fmt::Display for RelayKeyMoved {
 }
 
 /// What the UI asks of the session.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Command {
     /// Send `text` to `chat`.

@@ -149,7 +149,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             rooms,
         } => {
             let account = unlock(&profile, args.passphrase_file.as_deref()).await?;
-            let fingerprint = account.identity().fingerprint().to_string();
+            let fingerprint = account.identity().fingerprint();
             let mut config = Config::new(account, address);
             if !rooms.is_empty() {
                 config.rooms = rooms;
@@ -278,7 +278,11 @@ fn ask_new() -> Result<Zeroizing<String>, String> {
 }
 
 /// Runs a session, reading commands from stdin and printing updates.
-async fn chat(config: Config, json: bool, fingerprint: String) -> Result<ExitCode, String> {
+async fn chat(
+    config: Config,
+    json: bool,
+    fingerprint: sotto_crypto::Fingerprint,
+) -> Result<ExitCode, String> {
     let mut updates = Box::pin(session::run(config));
     let Some(Update::Ready(controller)) = updates.next().await else {
         return Err("the session did not start".to_owned());

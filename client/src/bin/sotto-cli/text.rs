@@ -7,16 +7,18 @@
 //! which no header starts with: nothing a peer writes can pose as another
 //! line of this program (docs/cli.md section 7.1).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use sotto_client::commands::{self, Line};
+use sotto_client::commands;
 use sotto_client::contacts::KeyEvent;
 use sotto_client::safe_text;
 use sotto_client::session::{
     Chat, Command, Connection, Member, Message, PresenceChange, TrustLevel, Update,
 };
-use sotto_proto::RoomName;
+use sotto_client::ui::{self, Local, Resolved};
+use sotto_crypto::{Fingerprint, SafetyNumber};
+use sotto_proto::{RoomName, UserKey};
 
 /// What starts every line of a message after its first: no header
 /// (`[`, `*`, `!`) starts with a space.
@@ -26,17 +28,19 @@ pub(crate) const CONTINUATION: &str = "           | ";
 /// first room joined; more are refused.
 pub(crate) const MAX_PENDING: usize = 16;
 
-/// What interactive mode remembers: the current room, the members of each
-/// room, and the safety numbers it showed (so `/verify NAME yes` marks
-/// exactly the number the user compared).
+/// What interactive mode remembers: the current room, the rooms joined,
+/// the members of each room, and the safety numbers it showed (so
+/// `/verify NAME yes` marks exactly the number the user compared). What a
+/// typed line means in this is [`ui::resolve`]'s.
 #[derive(Debug, Default)]
 pub(crate) struct View {
     current: Option<RoomName>,
+    rooms: BTreeSet<RoomName>,
     members: BTreeMap<RoomName, Vec<Member>>,
-    shown: BTreeMap<String, String>,
+    shown: BTreeMap<UserKey, SafetyNumber>,
     me: Option<String>,
     /// This user's key fingerprint, for `/fingerprint`.
-    pub(crate) fingerprint: Option<String>,
+    pub(crate) fingerprint: Option<Fingerprint>,
     /// Whether the session reported a room yet (a `Joined`): until then a
     /// plain line is held in `pending`, not refused.
     rooms_known: bool,
@@ -99,92 +103,40 @@ impl View {
                 safe_text::inline(c.encode_utf8(&mut [0; 4]))
             ));
         }
-        let command = match commands::parse(line)? {
-            Line::Empty => return Ok(None),
-            Line::Say(text) => {
-                let Some(room) = self.current.clone() else {
-                    return self.hold(text, out);
-                };
-                Command::Send {
-                    chat: Chat::Room(room),
-                    text,
+        let context = ui::Context {
+            current: self.current.clone().map(Chat::Room),
+            rooms: self.rooms.clone(),
+            shown: self.shown.clone(),
+            fingerprint: self.fingerprint,
+            hold: !self.rooms_known,
+        };
+        match ui::resolve(line, &context)? {
+            Resolved::Nothing => {}
+            Resolved::Command(command) => {
+                // `/join` makes the room current at once.
+                if let Command::Join(room) = &command {
+                    self.current = Some(room.clone());
                 }
+                return Ok(Some(command));
             }
-            Line::Help => {
-                out.extend(commands::HELP.lines().map(str::to_owned));
-                return Ok(None);
-            }
-            Line::Quit => Command::Quit,
-            Line::Users => Command::ListUsers,
-            Line::Rooms => Command::ListRooms,
-            Line::Members => {
-                self.print_members(out);
-                return Ok(None);
-            }
-            Line::Join(room) => {
-                self.current = Some(room.clone());
-                Command::Join(room)
-            }
-            Line::Room(room) => {
-                if !self.members.contains_key(&room) {
-                    return Err(format!("you are not in #{room}: /join {room}"));
-                }
+            Resolved::Local(Local::Help) => out.extend(commands::HELP.lines().map(str::to_owned)),
+            Resolved::Local(Local::Members(room)) => self.print_members(&room, out),
+            Resolved::Local(Local::Switch(room)) => {
                 out.push(format!("* current room: #{room}"));
                 self.current = Some(room);
-                return Ok(None);
             }
-            Line::Leave(Some(room)) => Command::Leave(room),
-            Line::Leave(None) => match &self.current {
-                Some(room) => Command::Leave(room.clone()),
-                None => return Err("you are in no room".to_owned()),
-            },
-            Line::Msg { to, text } => Command::Send {
-                chat: Chat::Direct(to),
-                text,
-            },
-            Line::Fingerprint => {
-                match &self.fingerprint {
-                    Some(fingerprint) => out.push(format!("* your fingerprint: {fingerprint}")),
-                    None => out.push("* use `sotto-cli fingerprint`".to_owned()),
-                }
-                return Ok(None);
+            Resolved::Local(Local::Fingerprint(fingerprint)) => {
+                out.push(format!("* your fingerprint: {fingerprint}"));
             }
-            Line::SafetyNumber(name) => Command::SafetyNumber(name),
-            Line::Confirm(name) => {
-                let Some(number) = self.shown.get(&name.as_str().to_ascii_lowercase()) else {
-                    return Err(format!("first /verify {name} and compare the number"));
-                };
-                Command::Verify {
-                    safety_number: number.clone(),
-                    name,
-                }
-            }
-            Line::Verify {
-                name,
-                safety_number,
-            } => Command::Verify {
-                name,
-                safety_number,
-            },
-            Line::Trust(name) => Command::AcceptKey(name),
-            Line::VerifiedOnly(on) => match &self.current {
-                Some(room) => Command::SetVerifiedOnly {
-                    room: room.clone(),
-                    on,
-                },
-                None => return Err("you are in no room".to_owned()),
-            },
-        };
-        Ok(Some(command))
+            Resolved::Local(Local::Hold(text)) => return self.hold(text, out),
+        }
+        Ok(None)
     }
 
-    /// A plain line typed while there is no current room: held for the
-    /// first room joined while the session has not reported one yet
-    /// (it is still connecting), refused otherwise.
+    /// A plain line typed while there is no current room and the session
+    /// has not reported one yet (it is still connecting): held for the
+    /// first room joined, up to [`MAX_PENDING`] lines.
     fn hold(&mut self, text: String, out: &mut Vec<String>) -> Result<Option<Command>, String> {
-        if self.rooms_known {
-            return Err("you are in no room: /join ROOM first".to_owned());
-        }
         if self.pending.len() >= MAX_PENDING {
             return Err(format!(
                 "not sent: {MAX_PENDING} lines are already waiting for the first room to be joined"
@@ -233,11 +185,7 @@ impl View {
         label
     }
 
-    fn print_members(&self, out: &mut Vec<String>) {
-        let Some(room) = &self.current else {
-            out.push("! you are in no room".to_owned());
-            return;
-        };
+    fn print_members(&self, room: &RoomName, out: &mut Vec<String>) {
         let members = self
             .members
             .get(room)
@@ -323,6 +271,7 @@ impl View {
                 }
             },
             Update::Joined { room } => {
+                self.rooms.insert(room.clone());
                 if self.current.is_none() {
                     self.current = Some(room.clone());
                 }
@@ -340,9 +289,10 @@ impl View {
                 }
             }
             Update::Left { room } => {
+                self.rooms.remove(room);
                 self.members.remove(room);
                 if self.current.as_ref() == Some(room) {
-                    self.current = self.members.keys().next().cloned();
+                    self.current = self.rooms.first().cloned();
                 }
                 out.push(format!("* you left #{}", safe(room)));
             }
@@ -407,10 +357,9 @@ impl View {
                 safety_number,
                 trust,
             } => {
-                self.shown.insert(
-                    name.to_string().to_ascii_lowercase(),
-                    safety_number.digits().to_owned(),
-                );
+                if let Ok(user) = commands::user(name) {
+                    self.shown.insert(user.key(), safety_number.clone());
+                }
                 let name = safe(name);
                 out.push(format!("* {name}{}: key {fingerprint}", trust_badge(*trust)));
                 out.push(format!(
