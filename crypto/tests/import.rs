@@ -30,10 +30,10 @@ fn two_byte_strings(a: &[u8], b: &[u8]) -> Vec<u8> {
     for bytes in [a, b] {
         let mut len = bytes.len();
         while len >= 0x80 {
-            out.push((len as u8 & 0x7f) | 0x80);
+            out.push(u8::try_from(len & 0x7f).unwrap() | 0x80);
             len >>= 7;
         }
-        out.push(len as u8);
+        out.push(u8::try_from(len).unwrap());
         out.extend_from_slice(bytes);
     }
     out
