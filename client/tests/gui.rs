@@ -4,6 +4,7 @@
 //! the tasks `update` returns (key generation, unlocking, the session with
 //! a real relay on 127.0.0.1) run here, in place of iced's runtime. Peers
 //! are `sotto-cli` processes.
+#![forbid(unsafe_code)]
 #![cfg(feature = "gui")]
 #![allow(
     clippy::unwrap_used,

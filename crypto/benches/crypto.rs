@@ -3,6 +3,7 @@
 //!
 //! `cargo bench -p sotto-crypto --bench crypto`; figures in docs/benchmarks.md.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -3,6 +3,7 @@
 //! makes: two distinct RSA keys of exactly 3072 bits with public exponent
 //! 65537 (protocol.md 12.1 and 20).
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -5,6 +5,8 @@
 //! certificate with the same key, and rotate the key with a signed
 //! hand-over.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,6 +3,7 @@
 //! Each scenario states one attack as rules or injected frames, then checks
 //! what the user is shown and that nothing readable, forged or keyed
 //! reached the wrong party. docs/security-tests.md maps them to P1-P12.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -5,6 +5,7 @@
 //! nothing sent, and a relay that accepts but never answers, or stops
 //! reading, is given up within the session's time limits.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
