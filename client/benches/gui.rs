@@ -10,6 +10,7 @@
 //! - `history`: a stored history handed over by the session at start.
 //!
 //! `cargo bench -p sotto-client --bench gui`
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // benchmarks
 
 use std::hint::black_box;

@@ -332,7 +332,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vault = Vault::open(
             &dir.path().join(VAULT_FILE),
-            &key_from(std::array::from_fn(|i| i as u8)),
+            &key_from(std::array::from_fn(|i| u8::try_from(i).unwrap())),
         )
         .unwrap();
         for (table, record, plain, hex) in KNOWN_RECORDS {

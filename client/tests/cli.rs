@@ -1,5 +1,6 @@
 //! `sotto-cli` as a user (or a bot) runs it: real processes, real data
 //! directories, a real relay on 127.0.0.1, JSON lines in and out.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

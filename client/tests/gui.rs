@@ -4,6 +4,7 @@
 //! the tasks `update` returns (key generation, unlocking, the session with
 //! a real relay on 127.0.0.1) run here, in place of iced's runtime. Peers
 //! are `sotto-cli` processes.
+#![forbid(unsafe_code)]
 #![cfg(feature = "gui")]
 #![allow(
     clippy::unwrap_used,
@@ -1089,7 +1090,10 @@ async fn the_qr_code_is_dark_on_light_and_decodes_in_both_themes() {
         let (width, height) = (info.width as usize, info.height as usize);
         let grey: Vec<u8> = rgba
             .chunks_exact(4)
-            .map(|p| ((u16::from(p[0]) * 3 + u16::from(p[1]) * 6 + u16::from(p[2])) / 10) as u8)
+            .map(|p| {
+                u8::try_from((u16::from(p[0]) * 3 + u16::from(p[1]) * 6 + u16::from(p[2])) / 10)
+                    .unwrap()
+            })
             .collect();
         let mut image =
             rqrr::PreparedImage::prepare_from_greyscale(width, height, |x, y| grey[y * width + x]);

@@ -4,6 +4,7 @@
 //! confirmation, replaces with one, records it, and the new address then
 //! connects.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -3,6 +3,7 @@
 //! in interactive mode, and replayed from its history at the next
 //! `connect`. The assertions read the process's standard output, the
 //! bytes its one printing function writes.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -3,7 +3,13 @@
 //!
 //! `cargo bench -p sotto-crypto --bench crypto`; figures in docs/benchmarks.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // benchmarks
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::unreachable
+)] // benchmarks
 
 use std::hint::black_box;
 

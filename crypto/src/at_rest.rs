@@ -205,13 +205,15 @@ mod tests {
     }
 
     fn known_cipher() -> RecordCipher {
-        RecordCipher::new(&StorageKey::from_bytes(std::array::from_fn(|i| i as u8)))
+        RecordCipher::new(&StorageKey::from_bytes(std::array::from_fn(|i| {
+            u8::try_from(i).unwrap()
+        })))
     }
 
     #[test]
     fn sealing_gives_the_known_bytes() {
         let cipher = known_cipher();
-        let nonce = std::array::from_fn(|i| 0xa0 + i as u8);
+        let nonce = std::array::from_fn(|i| 0xa0 + u8::try_from(i).unwrap());
         for (table, record, value, expected) in KNOWN {
             let sealed = cipher.seal_with_nonce(nonce, table, record, value).unwrap();
             assert_eq!(hex(&sealed), expected);

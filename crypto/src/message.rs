@@ -272,6 +272,10 @@ fn varint_len(value: usize) -> usize {
 /// Appends postcard's unsigned LEB128 varint of `value`.
 fn push_varint(out: &mut Vec<u8>, mut value: usize) {
     loop {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "masked to 7 bits, so the value fits in a byte"
+        )]
         let byte = (value & 0x7f) as u8;
         value >>= 7;
         if value == 0 {

@@ -1,5 +1,6 @@
 //! Records of the local store at rest ([`sotto_crypto::at_rest`]).
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -3,6 +3,7 @@
 //! makes: two distinct RSA keys of exactly 3072 bits with public exponent
 //! 65537 (protocol.md 12.1 and 20).
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -30,10 +31,10 @@ fn two_byte_strings(a: &[u8], b: &[u8]) -> Vec<u8> {
     for bytes in [a, b] {
         let mut len = bytes.len();
         while len >= 0x80 {
-            out.push((len as u8 & 0x7f) | 0x80);
+            out.push(u8::try_from(len & 0x7f).unwrap() | 0x80);
             len >>= 7;
         }
-        out.push(len as u8);
+        out.push(u8::try_from(len).unwrap());
         out.extend_from_slice(bytes);
     }
     out

@@ -1,5 +1,6 @@
 //! The identity file (P10).
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

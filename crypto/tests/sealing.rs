@@ -1,5 +1,6 @@
 //! Sessions, sealing and opening, with the checks that defend P2-P5, P8, P11.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

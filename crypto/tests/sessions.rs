@@ -1,5 +1,6 @@
 //! Announcements (P3), identities, safety numbers, the sequence counter (P9).
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes to both directions' frame decoders. Anything that
 //! decodes must encode and decode again to the same frame.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;

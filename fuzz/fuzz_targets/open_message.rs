@@ -2,6 +2,7 @@
 //! message from Alice to Bob. Nothing may panic, and nothing but the
 //! unmodified message may open.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use std::sync::LazyLock;
 

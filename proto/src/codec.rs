@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn length_prefix_over_max_is_refused_before_allocating() {
-        for len in [u32::MAX, MAX_FRAME_LEN as u32 + 1] {
+        for len in [u32::MAX, u32::try_from(MAX_FRAME_LEN).unwrap() + 1] {
             let mut buf = BytesMut::with_capacity(PREFIX_LEN);
             buf.extend_from_slice(&len.to_be_bytes());
             let err = RelayCodec::new().decode(&mut buf).unwrap_err();
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn length_prefix_at_max_reserves_only_that_frame() {
         let mut buf = BytesMut::new();
-        buf.extend_from_slice(&(MAX_FRAME_LEN as u32).to_be_bytes());
+        buf.extend_from_slice(&u32::try_from(MAX_FRAME_LEN).unwrap().to_be_bytes());
         assert!(RelayCodec::new().decode(&mut buf).unwrap().is_none());
         assert!(buf.capacity() >= PREFIX_LEN + MAX_FRAME_LEN);
         assert!(
@@ -537,7 +537,7 @@ mod tests {
             decode_payload::<ClientFrame>(&payload),
             Err(ProtoError::Malformed)
         ));
-        let mut framed = (payload.len() as u32).to_be_bytes().to_vec();
+        let mut framed = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
         framed.extend_from_slice(&payload);
         assert!(matches!(
             decode_all::<ClientFrame>(&framed),

@@ -5,6 +5,8 @@
 //! certificate with the same key, and rotate the key with a signed
 //! hand-over.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -351,7 +353,7 @@ fn log_handover(certs: &CertStore) {
 /// A future completing on SIGINT or SIGTERM. The handlers are installed
 /// at once (before the address is printed), so a signal sent as soon as
 /// the address appears is never lost to the default action.
-fn terminated() -> impl std::future::Future<Output = ()> {
+fn terminated() -> impl Future<Output = ()> {
     #[cfg(unix)]
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     async move {
@@ -370,11 +372,7 @@ fn terminated() -> impl std::future::Future<Output = ()> {
 /// Reloads the certificate (and the key hand-over) on every SIGHUP, after
 /// a renewal or a rotation, keeping connected clients. The handler is
 /// installed when this is called; the returned future serves it.
-fn reload_on_hangup(
-    certs: Arc<CertStore>,
-    host: String,
-    port: u16,
-) -> impl std::future::Future<Output = ()> {
+fn reload_on_hangup(certs: Arc<CertStore>, host: String, port: u16) -> impl Future<Output = ()> {
     #[cfg(unix)]
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     async move {

@@ -135,6 +135,10 @@ fn varint_len(mut value: u64) -> usize {
     len
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "each byte keeps the low 7 bits of `value` on purpose; the last is below 0x80"
+)]
 fn put_varint(out: &mut BytesMut, mut value: u64) {
     while value >= 0x80 {
         out.put_u8((value as u8) | 0x80);
@@ -283,7 +287,12 @@ pub(crate) fn deliver_shared(
 pub(crate) fn sent(id: u64) -> Bytes {
     let payload = 1 + varint_len(SENT_VARIANT) + varint_len(id);
     carve(4 + payload, |out| {
-        out.extend_from_slice(&(payload as u32).to_be_bytes());
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a version byte and two varints of at most 10 bytes each"
+        )]
+        let payload = payload as u32;
+        out.extend_from_slice(&payload.to_be_bytes());
         out.put_u8(PROTOCOL_VERSION);
         put_varint(out, SENT_VARIANT);
         put_varint(out, id);

@@ -142,7 +142,7 @@ pub enum Outbound {
 
 // A queued frame costs no more than the `Bytes` it used to be: the queue
 // of an idle connection stays as small as before.
-const _: () = assert!(std::mem::size_of::<Outbound>() == std::mem::size_of::<Bytes>());
+const _: () = assert!(size_of::<Outbound>() == size_of::<Bytes>());
 
 impl Outbound {
     /// The frame's length in bytes.

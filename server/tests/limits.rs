@@ -2,6 +2,7 @@
 //! in the directory, connections, room fan-out and queued bytes (issue 11,
 //! item 4: "one key fills the relay"). Real relay, real TLS clients.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -4,6 +4,7 @@
 //! (`fingerprint`, `renew-cert`, `rotate-key`), SIGTERM shutdown, and logs
 //! that never hold what clients send (P12).
 
+#![forbid(unsafe_code)]
 #![cfg(unix)]
 #![allow(
     clippy::unwrap_used,

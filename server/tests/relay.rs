@@ -1,5 +1,6 @@
 //! The relay end to end: real TLS on 127.0.0.1:0, real clients.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,9 +1,11 @@
 //! End-to-end chat through a real relay with real clients: the seed's
 //! features and the properties the client enforces (P5-P7 and P9 of docs/threat-model.md).
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
+    clippy::unreachable,
     clippy::indexing_slicing
 )] // tests
 

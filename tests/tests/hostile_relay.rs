@@ -3,10 +3,12 @@
 //! Each scenario states one attack as rules or injected frames, then checks
 //! what the user is shown and that nothing readable, forged or keyed
 //! reached the wrong party. docs/security-tests.md maps them to P1-P12.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
+    clippy::unreachable,
     clippy::indexing_slicing
 )] // tests
 
@@ -706,7 +708,7 @@ async fn s11_crafted_key_wraps_never_reach_rsa_decryption() {
     for (n, mut announcement) in crafted.into_iter().enumerate() {
         // A session bob has not seen, so that only the signature (or the
         // sizes) can stop it: a known session id is dropped as a replay.
-        announcement.context.session_id = SessionId([n as u8 + 1; 16]);
+        announcement.context.session_id = SessionId([u8::try_from(n + 1).unwrap(); 16]);
         w.hostile.inject(
             "bob",
             deliver("alice", to_bob(), announcement_body(announcement), None),

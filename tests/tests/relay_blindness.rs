@@ -3,10 +3,12 @@
 //! appears in the relay's logs at trace level, in any file the relay wrote,
 //! or in the clients' data directories. (One test per file: the log capture
 //! is the process's global tracing subscriber.)
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
+    clippy::unreachable,
     clippy::indexing_slicing
 )] // tests
 

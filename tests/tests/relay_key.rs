@@ -5,10 +5,12 @@
 //! nothing sent, and a relay that accepts but never answers, or stops
 //! reading, is given up within the session's time limits.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
+    clippy::unreachable,
     clippy::indexing_slicing
 )] // tests
 

@@ -10,6 +10,7 @@
 //!
 //! and review the diff: it is the format change.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -35,6 +35,11 @@
     clippy::print_stdout,
     reason = "a benchmark's report is its output, on stdout"
 )]
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "schedules and figures are computed in f64 and rounded down to whole \
+              nanoseconds or counts on purpose (an f64 to u64 cast saturates)"
+)]
 
 #[path = "relay_bench/forwarder.rs"]
 mod forwarder;

@@ -338,7 +338,7 @@ impl Peer {
         self.controller.send(chat, text).unwrap();
     }
 
-    pub fn command(&self, command: session::Command) {
+    pub fn command(&self, command: Command) {
         self.controller.command(command).unwrap();
     }
 

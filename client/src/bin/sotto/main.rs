@@ -4,6 +4,8 @@
 //! sotto [--data-dir DIR]
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

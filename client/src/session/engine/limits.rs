@@ -121,6 +121,10 @@ impl Default for SessionLimits {
             deliveries_awaiting_trust: 256,
             tracked_sends: 4096,
             parsed_keys: 16,
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "REPLAY_WINDOW is 128: it fits in any usize"
+            )]
             placed_per_sender: 2 * sotto_crypto::REPLAY_WINDOW as usize,
             quit_wait: Duration::from_secs(10),
             verification_burst: 2000,

@@ -485,7 +485,7 @@ mod tests {
             RelayFrame::Presence {
                 room: RoomName::lobby(),
                 user: name("carol"),
-                event: sotto_proto::PresenceEvent::Joined,
+                event: PresenceEvent::Joined,
                 identity: Some(carol.public().to_bytes().into()),
             },
         );

@@ -1,5 +1,9 @@
 //! Fixtures shared by the engine's unit tests.
 
+// Tests may abort (clippy.toml lets them unwrap and panic; clippy has no
+// such setting for `unreachable!`).
+#![allow(clippy::unreachable)]
+
 use std::path::Path;
 use std::sync::Arc;
 
