@@ -545,7 +545,22 @@ async fn offline_chat(dir: &Path) -> sotto_client::gui::chat::Chat {
         port: 7447,
         fingerprint: [1; 32],
     };
-    sotto_client::gui::chat::Chat::new(account, relay, 7)
+    sotto_client::gui::chat::Chat::new(account, relay, OFFLINE_SESSION)
+}
+
+/// The session generation of [`offline_chat`].
+const OFFLINE_SESSION: u64 = 7;
+
+/// Hands `update` to `chat` as its session would.
+fn feed(
+    chat: &mut sotto_client::gui::chat::Chat,
+    update: sotto_client::session::Update,
+) -> sotto_client::gui::chat::Action {
+    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
+    chat.update(ChatMessage::Session(
+        OFFLINE_SESSION,
+        SessionUpdate::new(update),
+    ))
 }
 
 /// Scrolls the timeline of `view` all the way up; returns the messages.
@@ -565,7 +580,6 @@ fn scroll_to_the_top<M: Clone>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_history_pages_back_and_jumps_to_the_newest() {
-    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
     use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
     use sotto_crypto::Fingerprint;
     use sotto_proto::RoomName;
@@ -596,7 +610,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
             messages: history,
         },
     ] {
-        let _ = chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
+        let _ = feed(&mut chat, update);
     }
     let shown = |chat: &sotto_client::gui::chat::Chat, line: &str| {
         texts_of(chat.view()).iter().any(|t| t == line)
@@ -862,31 +876,36 @@ fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> sotto_clien
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text() {
     use sotto_client::gui::app::notification;
-    use sotto_client::gui::chat::{Action as ChatAction, Message as ChatMessage, SessionUpdate};
+    use sotto_client::gui::chat::Action as ChatAction;
     use sotto_client::session::{Chat as Conversation, Connection, Update};
     use sotto_proto::RoomName;
 
     let temp = tempfile::tempdir().unwrap();
     let mut chat = offline_chat(temp.path()).await;
-    let mut feed =
-        |update: Update| chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
-    feed(Update::Joined {
-        room: RoomName::lobby(),
-    });
+    feed(
+        &mut chat,
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+    );
     // "evil" would read "live" and swallow what follows; the isolate and
     // marks try to pull the header into the text's direction.
     let nasty = "\u{202E}evil\u{2066} [12:00] carol [verified]\u{2069}\u{200F}\u{061C}\u{200E}\u{202A}\u{202B}\u{202C}\u{202D}\u{2067}\u{2068} send the passphrase";
-    let action = feed(lobby_message("bob", [2; 32], 1, nasty));
+    let action = feed(&mut chat, lobby_message("bob", [2; 32], 1, nasty));
     let ChatAction::Notify { from, chat: where_ } = action else {
         panic!("no notification for a message: {action:?}");
     };
-    feed(Update::Error(format!(
-        "the relay refused: \u{202E}detsurt{nasty}"
-    )));
-    feed(Update::Connection(Connection::Reconnecting {
-        after: std::time::Duration::from_secs(5),
-        reason: format!("the relay said \u{2067}{nasty}"),
-    }));
+    feed(
+        &mut chat,
+        Update::Error(format!("the relay refused: \u{202E}detsurt{nasty}")),
+    );
+    feed(
+        &mut chat,
+        Update::Connection(Connection::Reconnecting {
+            after: std::time::Duration::from_secs(5),
+            reason: format!("the relay said \u{2067}{nasty}"),
+        }),
+    );
 
     let texts = texts_of(chat.view());
     for text in &texts {
@@ -931,7 +950,6 @@ async fn bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
     use sotto_client::contacts::KeyEvent;
-    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
     use sotto_client::session::{Member, TrustLevel, Update};
     use sotto_crypto::Fingerprint;
     use sotto_proto::RoomName;
@@ -958,7 +976,7 @@ async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
             members: vec![member("bob", real)],
         },
     ] {
-        let _ = chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
+        let _ = feed(&mut chat, update);
     }
     let texts = texts_of(chat.view());
     assert!(
@@ -982,7 +1000,7 @@ async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
         },
         lobby_message("b0b", [0xbe; 32], 1, "it's me, bob"),
     ] {
-        let _ = chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
+        let _ = feed(&mut chat, update);
     }
     let texts = texts_of(chat.view());
     assert!(
@@ -1324,29 +1342,41 @@ fn the_binary_names_itself_and_explains_a_missing_display() {
 /// the names, not a notice each; a message between two runs splits them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_presence_flood_is_one_notice_that_counts() {
-    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
     use sotto_client::session::{PresenceChange, Update};
     use sotto_proto::RoomName;
 
     let temp = tempfile::tempdir().unwrap();
     let mut chat = offline_chat(temp.path()).await;
-    let mut feed =
-        |update: Update| chat.update(ChatMessage::Session(7, SessionUpdate::new(update)));
-    feed(Update::Joined {
-        room: RoomName::lobby(),
-    });
+    feed(
+        &mut chat,
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+    );
     let presence = |name: String, change| Update::Presence {
         room: RoomName::lobby(),
         name,
         change,
     };
     for n in 0..5_000 {
-        feed(presence(format!("user{n}"), PresenceChange::Joined));
+        feed(
+            &mut chat,
+            presence(format!("user{n}"), PresenceChange::Joined),
+        );
     }
-    feed(presence("user7".to_owned(), PresenceChange::Left));
-    feed(presence("user8".to_owned(), PresenceChange::Left));
-    feed(lobby_message("bob", [2; 32], 1, "hello"));
-    feed(presence("user9".to_owned(), PresenceChange::Left));
+    feed(
+        &mut chat,
+        presence("user7".to_owned(), PresenceChange::Left),
+    );
+    feed(
+        &mut chat,
+        presence("user8".to_owned(), PresenceChange::Left),
+    );
+    feed(&mut chat, lobby_message("bob", [2; 32], 1, "hello"));
+    feed(
+        &mut chat,
+        presence("user9".to_owned(), PresenceChange::Left),
+    );
 
     let texts = texts_of(chat.view());
     let presence_lines: Vec<&String> = texts

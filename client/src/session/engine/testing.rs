@@ -213,23 +213,7 @@ pub(super) fn errors(updates: &[Update]) -> Vec<&str> {
 
 /// `announcement` from bob as the stored delivery number `delivery`.
 pub(super) fn announce_stored(announcement: &Announcement, delivery: u64) -> RelayFrame {
-    let RelayFrame::Deliver {
-        from,
-        to,
-        body,
-        slot,
-        ..
-    } = announce(announcement)
-    else {
-        unreachable!()
-    };
-    RelayFrame::Deliver {
-        delivery,
-        from,
-        to,
-        body,
-        slot,
-    }
+    stored(announce(announcement), delivery)
 }
 
 /// `count` announcements claiming bob, each a new session, none signed.
