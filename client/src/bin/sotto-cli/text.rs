@@ -18,7 +18,7 @@ use sotto_client::session::{
 };
 use sotto_client::ui::{self, Local, Resolved};
 use sotto_crypto::{Fingerprint, SafetyNumber};
-use sotto_proto::{RoomName, UserKey};
+use sotto_proto::{RoomName, UserKey, UserName};
 
 /// What starts every line of a message after its first: no header
 /// (`[`, `*`, `!`) starts with a space.
@@ -48,10 +48,15 @@ pub(crate) struct View {
     pending: Vec<String>,
     /// New contacts whose names look like known ones (folded name to the
     /// look-alikes), flagged in member lists.
-    lookalikes: BTreeMap<String, Vec<String>>,
+    lookalikes: BTreeMap<UserKey, Vec<String>>,
 }
 
 /// Untrusted text (a name, a reason) ready to print on one line.
+/// The folded key of a name the session reported (always a valid name).
+fn key_of(name: &str) -> Option<UserKey> {
+    name.parse::<UserName>().ok().map(|name| name.key())
+}
+
 fn safe(text: &impl fmt::Display) -> String {
     safe_text::inline(&text.to_string()).to_string()
 }
@@ -174,7 +179,7 @@ impl View {
     ) -> String {
         let name = name.to_string();
         let mut label = format!("{}{}", safe(&name), self.badge(&name, trust));
-        if let Some(like) = self.lookalikes.get(&name.to_ascii_lowercase()) {
+        if let Some(like) = key_of(&name).and_then(|key| self.lookalikes.get(&key)) {
             let like: Vec<String> = like.iter().map(safe).collect();
             label.push_str(&format!(" [looks like {}", like.join(", ")));
             if let Some(fingerprint) = fingerprint {
@@ -458,10 +463,10 @@ impl View {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    self.lookalikes.insert(
-                        name.to_string().to_ascii_lowercase(),
-                        lookalikes.iter().map(ToString::to_string).collect(),
-                    );
+                    if let Some(key) = key_of(&name.to_string()) {
+                        self.lookalikes
+                            .insert(key, lookalikes.iter().map(ToString::to_string).collect());
+                    }
                 }
                 out.push(format!(
                     "* new contact {shown}, key {fingerprint} (unverified: /verify {shown})"
