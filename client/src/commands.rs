@@ -30,6 +30,7 @@ commands:
   /verify NAME yes          mark NAME verified after the numbers matched
   /trust NAME               accept NAME's changed key without verifying it
   /verified-only [on|off]   in the current room, send only to verified members
+  /reconnect                while the connection is lost, try again now
   /help                     this list
   /quit                     leave";
 
@@ -77,6 +78,8 @@ pub enum Line {
     Trust(UserName),
     /// `/verified-only on|off`.
     VerifiedOnly(bool),
+    /// `/reconnect`.
+    Reconnect,
     /// `/help`.
     Help,
     /// `/quit` or `/exit`.
@@ -101,6 +104,7 @@ pub fn parse(line: &str) -> Result<Line, String> {
         ("users", []) => Line::Users,
         ("rooms", []) => Line::Rooms,
         ("members", []) => Line::Members,
+        ("reconnect", []) => Line::Reconnect,
         ("join", [name]) => Line::Join(room(name)?),
         ("room", [name]) => Line::Room(room(name)?),
         ("leave", []) => Line::Leave(None),

@@ -146,6 +146,7 @@ pub fn resolve(line: &str, context: &Context) -> Result<Resolved, String> {
             on,
         },
         Line::Help => return Ok(Resolved::Local(Local::Help)),
+        Line::Reconnect => Command::Reconnect,
         Line::Quit => Command::Quit,
     };
     Ok(Resolved::Command(command))
@@ -381,6 +382,7 @@ mod tests {
             // Line::Help
             ("/help", nowhere(), local(Local::Help)),
             // Line::Quit
+            ("/reconnect", nowhere(), command(Command::Reconnect)),
             ("/quit", in_lobby(), command(Command::Quit)),
             ("/exit", nowhere(), command(Command::Quit)),
             // Not a line at all.

@@ -11,7 +11,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use sotto_client::backoff::Backoff;
 use sotto_client::contacts::KeyEvent;
 use sotto_client::session::{Command, Connection, PresenceChange, TrustLevel, Update};
 
@@ -256,6 +259,38 @@ async fn clients_reconnect_after_the_relay_is_killed_and_restarted() {
     .await;
     bob.send(lobby(), "after");
     alice.expect_message(&lobby(), "after").await;
+}
+
+/// `Command::Reconnect` ends the wait between attempts: with a delay of an
+/// hour, the client is back as soon as it is told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_tries_again_at_once_instead_of_waiting_out_the_delay() {
+    let mut bed = Testbed::start();
+    let hour = Duration::from_secs(3600);
+    let account = account(&bed.temp.path().join("alice"), "alice", "alice").await;
+    let mut alice = Peer::connect_with(account, &bed.relay.address, |config| {
+        config.limits.reconnect = Backoff::new(hour, hour, hour);
+    })
+    .await;
+    let mut bob = bed.join("bob").await;
+    alice.expect(presence("bob", PresenceChange::Joined)).await;
+    // Nothing to retry while connected.
+    alice.command(Command::Reconnect);
+
+    bed.relay.kill().await;
+    let waiting = alice
+        .expect(|u| matches!(u, Update::Connection(Connection::Reconnecting { .. })))
+        .await;
+    let Update::Connection(Connection::Reconnecting { after, .. }) = waiting else {
+        unreachable!()
+    };
+    assert!(after >= hour / 2, "{after:?}");
+    alice.send(dm("bob"), "typed while offline");
+    bed.relay.restart();
+    alice.command(Command::Reconnect);
+    alice.expect_connected().await;
+    bob.expect_message(&dm("alice"), "typed while offline")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,8 @@ pub enum Message {
     Newest,
     /// A second passed (countdowns).
     Tick,
+    /// While waiting to reconnect, try the relay again now.
+    RetryNow,
     /// Leave this relay.
     Disconnect,
     /// Open the settings.
@@ -630,6 +632,9 @@ impl Chat {
                 if self.retry_at.is_some_and(|at| at <= Instant::now()) {
                     self.retry_at = None;
                 }
+            }
+            Message::RetryNow => {
+                self.command(Command::Reconnect);
             }
             Message::Disconnect => {
                 self.quit();
@@ -1267,7 +1272,21 @@ impl Chat {
                 (format!("Not connected: {}", visible(reason)), text::danger)
             }
         };
-        text(label).size(13).style(style).into()
+        let label = text(label).size(13).style(style);
+        if matches!(self.connection, Connection::Reconnecting { .. }) {
+            row![
+                label,
+                button(text("Retry now").size(13))
+                    .style(button::secondary)
+                    .padding([2, 8])
+                    .on_press(Message::RetryNow)
+            ]
+            .spacing(8)
+            .align_y(Alignment::Center)
+            .into()
+        } else {
+            label.into()
+        }
     }
 
     fn sidebar(&self) -> Element<'_, Message> {

@@ -14,7 +14,6 @@ use tokio_util::codec::Framed;
 
 use super::engine::{Engine, Flow, Out};
 use super::{Command, Config, Connection, RelayKeyMoved, Update};
-use crate::backoff::Backoff;
 use crate::servers::{KnownServers, Move};
 use crate::tls::{self, ConnectError, Handover, PinMatch, Timeouts, Unpinned};
 
@@ -172,7 +171,7 @@ async fn drive(
         updates,
         deferred: BTreeMap::new(),
     };
-    let mut backoff = Backoff::default();
+    let mut backoff = session.config.limits.reconnect.clone();
     loop {
         if !session.state(Connection::Connecting).await {
             break;
@@ -222,6 +221,9 @@ async fn wait(session: &mut Session, delay: Duration) -> Flow {
             () = &mut sleep => return Flow::Continue,
             command = session.commands.recv() => {
                 let Some(command) = command else { return Flow::Quit };
+                if matches!(command, Command::Reconnect) {
+                    return Flow::Continue;
+                }
                 let mut out = Out::default();
                 let flow = session.engine.handle_command(command, &mut out);
                 if !session.emit(&mut out).await || flow == Flow::Quit {

@@ -447,6 +447,10 @@ pub enum Command {
         /// On or off.
         on: bool,
     },
+    /// While waiting to reconnect, try the relay again now instead of
+    /// waiting out the backoff (sent during an attempt: try again as soon as
+    /// that attempt fails). Nothing while connected.
+    Reconnect,
     /// Say goodbye to the relay and stop.
     Quit,
 }

@@ -297,6 +297,7 @@ pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
                 .and_then(Value::as_bool)
                 .ok_or("missing boolean field \"on\"")?,
         },
+        "reconnect" => Command::Reconnect,
         "quit" => Command::Quit,
         other => return Err(format!("unknown command type {other:?}")),
     };
@@ -348,6 +349,18 @@ mod tests {
                 "log": "/data/relay-pins.log",
             })
         );
+    }
+
+    #[test]
+    fn commands_without_fields() {
+        for (line, expected) in [
+            (r#"{"type":"users"}"#, Command::ListUsers),
+            (r#"{"type":"rooms"}"#, Command::ListRooms),
+            (r#"{"type":"reconnect"}"#, Command::Reconnect),
+            (r#"{"type":"quit"}"#, Command::Quit),
+        ] {
+            assert_eq!(command(line), Ok(Some(expected)), "{line}");
+        }
     }
 
     #[test]

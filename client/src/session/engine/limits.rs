@@ -99,6 +99,10 @@ pub struct SessionLimits {
     /// relay's answers, writes) and the dead-connection bound. Default:
     /// `Timeouts::default()` (see docs/protocol.md, section 23).
     pub network: crate::tls::Timeouts,
+    /// How long to wait before reconnecting after a lost connection or a
+    /// failed attempt. Default: `Backoff::default()` (0.5 s doubling up to
+    /// 60 s, with jitter; see docs/protocol.md, section 23).
+    pub reconnect: crate::backoff::Backoff,
 }
 
 impl Default for SessionLimits {
@@ -131,6 +135,7 @@ impl Default for SessionLimits {
             verifications_per_second: 500,
             updates: 1024,
             network: crate::tls::Timeouts::default(),
+            reconnect: crate::backoff::Backoff::default(),
         }
     }
 }

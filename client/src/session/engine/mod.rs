@@ -474,6 +474,9 @@ impl Engine {
                 }
                 out.update(Update::VerifiedOnly { room, on });
             }
+            // Only meaningful while waiting to reconnect (the connection
+            // loop takes it there); connected, there is nothing to retry.
+            Command::Reconnect => {}
             Command::Quit => {
                 if self.connected && self.has_unsent() {
                     // Send what is queued first (bounded by `should_quit`).
