@@ -436,17 +436,6 @@ pub enum HandoverError {
     BadSignature,
 }
 
-/// The signature schemes a hand-over may use: TLS 1.3's (ECDSA with the
-/// curve's own hash, Ed25519, RSA-PSS), as the relay's handshake does.
-pub const HANDOVER_SCHEMES: [SignatureScheme; 6] = [
-    SignatureScheme::ECDSA_NISTP256_SHA256,
-    SignatureScheme::ECDSA_NISTP384_SHA384,
-    SignatureScheme::ED25519,
-    SignatureScheme::RSA_PSS_SHA256,
-    SignatureScheme::RSA_PSS_SHA384,
-    SignatureScheme::RSA_PSS_SHA512,
-];
-
 /// Checks that `handover` moves the key `pin` to the key `presented`, at
 /// `now` (Unix seconds): the old key hashes to `pin`, the new fingerprint
 /// is `presented`, `now` is not after `not_after`, and the old key's
@@ -467,10 +456,10 @@ pub fn verify_handover(
     if now > handover.not_after {
         return Err(HandoverError::Expired);
     }
-    let scheme = SignatureScheme::from(handover.scheme);
-    if !HANDOVER_SCHEMES.contains(&scheme) {
+    if !sotto_proto::KEY_HANDOVER_SCHEMES.contains(&handover.scheme) {
         return Err(HandoverError::BadSignature);
     }
+    let scheme = SignatureScheme::from(handover.scheme);
     let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
     let Some((_, candidates)) = algorithms.mapping.iter().find(|(s, _)| *s == scheme) else {
         return Err(HandoverError::BadSignature);
@@ -504,6 +493,21 @@ mod tests {
     /// `FINGERPRINT` (computed once with OpenSSL 3).
     const CERT: &str = include_str!("../../testdata/relay-cert.pem");
     const FINGERPRINT: &str = include_str!("../../testdata/relay-cert.fingerprint");
+
+    #[test]
+    fn the_hand_over_schemes_are_tls_1_3_s() {
+        assert_eq!(
+            sotto_proto::KEY_HANDOVER_SCHEMES.map(SignatureScheme::from),
+            [
+                SignatureScheme::ECDSA_NISTP256_SHA256,
+                SignatureScheme::ECDSA_NISTP384_SHA384,
+                SignatureScheme::ED25519,
+                SignatureScheme::RSA_PSS_SHA256,
+                SignatureScheme::RSA_PSS_SHA384,
+                SignatureScheme::RSA_PSS_SHA512,
+            ]
+        );
+    }
 
     #[test]
     fn the_key_fingerprint_is_what_openssl_prints() {

@@ -66,6 +66,12 @@ pub fn fingerprint_text(fingerprint: &[u8; 32]) -> String {
 /// The domain-separation label of a relay key hand-over's transcript.
 pub const KEY_HANDOVER_LABEL: &[u8] = b"sotto/v1/relay-key-handover\0";
 
+/// The signature schemes a hand-over may use, as TLS code points
+/// (RFC 8446 section 4.2.3): TLS 1.3's, as the relay's handshake does.
+/// ECDSA P-256/SHA-256, ECDSA P-384/SHA-384, Ed25519, RSA-PSS with
+/// SHA-256, SHA-384, SHA-512.
+pub const KEY_HANDOVER_SCHEMES: [u16; 6] = [0x0403, 0x0503, 0x0807, 0x0804, 0x0805, 0x0806];
+
 /// The bytes the old key signs to hand over to the new one
 /// (protocol.md §9.2.1): [`KEY_HANDOVER_LABEL`] || SHA-256 of the old
 /// SubjectPublicKeyInfo || SHA-256 of the new one || `not_after` as

@@ -58,8 +58,8 @@ pub mod name;
 mod strategies;
 
 pub use address::{
-    AddressError, DEFAULT_PORT, KEY_HANDOVER_LABEL, RelayAddress, fingerprint_text,
-    key_handover_transcript,
+    AddressError, DEFAULT_PORT, KEY_HANDOVER_LABEL, KEY_HANDOVER_SCHEMES, RelayAddress,
+    fingerprint_text, key_handover_transcript,
 };
 pub use codec::{
     ClientCodec, FrameCodec, MAX_FRAME_LEN, PROTOCOL_VERSION, RelayCodec, decode_payload,

@@ -436,7 +436,7 @@ pub fn sign_handover(
         .as_ref()
         .to_vec();
     let signer = signing
-        .choose_scheme(&sotto_client::tls::HANDOVER_SCHEMES)
+        .choose_scheme(&sotto_proto::KEY_HANDOVER_SCHEMES.map(rustls::SignatureScheme::from))
         .ok_or_else(|| TlsError::Setup("the current key cannot sign for TLS 1.3".into()))?;
     let old: [u8; 32] = Sha256::digest(&old_key).into();
     let new_key: [u8; 32] = Sha256::digest(next_spki).into();

@@ -20,7 +20,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Client, identity, send_to_user, user};
+use common::{
+    Client, Presented, handover_verifies, identity, presented, send_to_user, tls_connect, user,
+};
 use sotto_proto::{ClientFrame, RelayAddress, RelayFrame};
 
 /// A marker no log line may ever contain.
@@ -187,10 +189,9 @@ async fn sighup_reloads_a_renewed_certificate() {
     let mut reloaded = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Err(sotto_client::tls::ConnectError::CertificateMismatch { presented, .. }) =
-            sotto_client::tls::connect(&relay.address).await
-        {
-            renewed.fingerprint = presented;
+        let now = presented(&relay.address).await;
+        if now.key != relay.address.fingerprint {
+            renewed.fingerprint = now.key;
             reloaded = true;
             break;
         }
@@ -203,24 +204,9 @@ async fn sighup_reloads_a_renewed_certificate() {
     assert!(wait(&mut relay.child).success());
 }
 
-/// What the relay at `address` presents now (its pin not checked).
-async fn presented(address: &RelayAddress) -> sotto_client::tls::Presented {
-    sotto_client::tls::open(
-        address,
-        sotto_client::tls::Unpinned::AwaitHandover,
-        &sotto_client::tls::Timeouts::default(),
-    )
-    .await
-    .unwrap()
-    .presented
-}
-
 /// Waits until the relay serves a certificate other than `before` (SHA-256
 /// of its DER) after a SIGHUP.
-async fn served_other_than(
-    address: &RelayAddress,
-    before: [u8; 32],
-) -> sotto_client::tls::Presented {
+async fn served_other_than(address: &RelayAddress, before: [u8; 32]) -> Presented {
     for _ in 0..200 {
         let now = presented(address).await;
         if now.certificate != before {
@@ -358,7 +344,6 @@ async fn the_fingerprint_command_and_openssl_print_the_address_fingerprint() {
 #[tokio::test]
 async fn rotate_key_serves_the_old_keys_signed_handover_before_the_challenge() {
     use futures::StreamExt;
-    use sotto_client::tls::{self, Handover, PinMatch, Unpinned};
 
     let dir = tempfile::tempdir().unwrap();
     let mut relay = start(dir.path(), &[]);
@@ -371,20 +356,17 @@ async fn rotate_key_serves_the_old_keys_signed_handover_before_the_challenge() {
     assert!(stdout.contains(&old.fingerprint_text()), "{stdout}");
     assert!(dir.path().join(sotto_relay::tls::PREVIOUS_KEY).exists());
     signal(&relay.child, "HUP");
-    let _ = served_other_than(&old, before.certificate).await;
+    let new_key = served_other_than(&old, before.certificate).await.key;
+    assert_ne!(new_key, old.fingerprint);
 
-    // Pinned to the old key: the handshake completes only provisionally...
-    assert!(matches!(
-        tls::connect(&old).await,
-        Err(tls::ConnectError::CertificateMismatch { expected, .. }) if expected == old.fingerprint
-    ));
-    let opened = tls::open(&old, Unpinned::AwaitHandover, &tls::Timeouts::default())
-        .await
-        .unwrap();
-    assert_eq!(opened.presented.matched, PinMatch::Neither);
-    let new_key = opened.presented.key;
-    let mut framed = tokio_util::codec::Framed::new(opened.stream, sotto_proto::ClientCodec::new());
-    // ...and the first frame is the old key's signed hand-over to the new.
+    // The old pin no longer completes a handshake...
+    assert!(Client::try_connect(&old).await.is_none());
+    let mut new_address = old.clone();
+    new_address.fingerprint = new_key;
+    let stream = tls_connect(&new_address).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(stream, sotto_proto::ClientCodec::new());
+    // ...and the first frame on the new key is the old key's signed
+    // hand-over to it (what lets a client pinned to the old key follow).
     let Some(Ok(RelayFrame::KeyHandover {
         old_key,
         new_key: to,
@@ -399,29 +381,25 @@ async fn rotate_key_serves_the_old_keys_signed_handover_before_the_challenge() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let handover = Handover {
-        old_key: &old_key,
-        new_key: to,
-        not_after,
-        scheme,
-        signature: &signature,
-    };
-    assert_eq!(
-        tls::verify_handover(&handover, &old.fingerprint, &new_key, now),
-        Ok(())
-    );
+    use sha2::Digest;
+    let from: [u8; 32] = sha2::Sha256::digest(&old_key).into();
+    assert_eq!((from, to), (old.fingerprint, new_key));
+    assert!(handover_verifies(
+        &old_key, &to, not_after, scheme, &signature
+    ));
+    // A flipped bit in the signature does not verify.
+    let mut forged = signature.to_vec();
+    forged[0] ^= 1;
+    assert!(!handover_verifies(
+        &old_key, &to, not_after, scheme, &forged
+    ));
     assert!(not_after > now + 29 * 86_400 && not_after <= now + 30 * 86_400 + 60);
     assert!(matches!(
         framed.next().await,
         Some(Ok(RelayFrame::Challenge { .. }))
     ));
-    // The new address (printed after the reload) registers directly.
-    let mut new_address = old.clone();
-    new_address.fingerprint = new_key;
-    let opened = tls::open(&new_address, Unpinned::Refuse, &tls::Timeouts::default())
-        .await
-        .unwrap();
-    assert_eq!(opened.presented.matched, PinMatch::Key);
+    // The new address (printed after the reload) connects directly.
+    assert!(tls_connect(&new_address).await.is_ok());
     signal(&relay.child, "TERM");
     assert!(wait(&mut relay.child).success());
     let log = relay.log.recv().unwrap();

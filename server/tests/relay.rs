@@ -649,21 +649,9 @@ async fn certificate_reload_keeps_connections_and_changes_the_pin() {
     // The open connection carries on.
     before.send(ClientFrame::Ping { nonce: 5 }).await;
     assert_eq!(before.recv().await, RelayFrame::Pong { nonce: 5 });
-    // A client pinned to the old certificate is refused, naming both.
-    let error = sotto_client::tls::connect(&relay.address)
-        .await
-        .unwrap_err();
-    let sotto_client::tls::ConnectError::CertificateMismatch {
-        expected,
-        presented,
-    } = error
-    else {
-        panic!("{error}")
-    };
-    assert_eq!(
-        (expected, presented),
-        (relay.address.fingerprint, new_fingerprint)
-    );
+    // A client pinned to the old key is refused (that sotto's client then
+    // names both keys is the client's test, in sotto-tests' relay_key.rs).
+    assert!(Client::try_connect(&relay.address).await.is_none());
     // The new address works.
     let mut renewed = relay.address.clone();
     renewed.fingerprint = new_fingerprint;

@@ -177,6 +177,161 @@ impl Relay {
     }
 }
 
+/// The relay's tests connect with a verifier of their own, so that the
+/// relay's crate needs no client code: it accepts exactly the certificate
+/// whose key has the address's fingerprint (as the relay computes it) and
+/// checks the handshake's TLS 1.3 signature with it.
+/// It also records what it was presented, accepted or not.
+#[derive(Debug)]
+struct Pinned {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: Arc<std::sync::Mutex<Option<Presented>>>,
+}
+
+/// What a relay presented in a handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Presented {
+    /// SHA-256 of the certificate's DER.
+    pub certificate: [u8; 32],
+    /// The key's fingerprint (SHA-256 of its SubjectPublicKeyInfo).
+    pub key: [u8; 32],
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let key = sotto_relay::tls::key_fingerprint(end_entity);
+        if let Some(key) = key {
+            *self.seen.lock().unwrap() = Some(Presented {
+                certificate: sha2::Sha256::digest(end_entity).into(),
+                key,
+            });
+        }
+        match key {
+            Some(key) if key == self.pin => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            _ => Err(rustls::Error::General("not the pinned key".into())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS 1.3 connector that accepts only the key `address` pins.
+pub fn connector(address: &RelayAddress) -> tokio_rustls::TlsConnector {
+    recording(address, Arc::default())
+}
+
+/// [`connector`], recording what the relay presents in `seen`.
+fn recording(
+    address: &RelayAddress,
+    seen: Arc<std::sync::Mutex<Option<Presented>>>,
+) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            pin: address.fingerprint,
+            provider,
+            seen,
+        }))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Connects to `address` over TLS, pinned to its key.
+pub async fn tls_connect(address: &RelayAddress) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect((address.host.as_str(), address.port)).await?;
+    let name = rustls::pki_types::ServerName::try_from(address.host.clone())
+        .map_err(std::io::Error::other)?;
+    connector(address).connect(name, tcp).await
+}
+
+/// What the relay at `address` presents now, whether or not it is the key
+/// `address` pins.
+pub async fn presented(address: &RelayAddress) -> Presented {
+    let seen = Arc::default();
+    let tcp = TcpStream::connect((address.host.as_str(), address.port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(address.host.clone()).unwrap();
+    let _ = recording(address, Arc::clone(&seen))
+        .connect(name, tcp)
+        .await;
+    let presented = *seen.lock().unwrap();
+    presented.expect("the relay presented a certificate")
+}
+
+/// Whether the old key signed `handover` over to `new_key`, checked here
+/// independently of sotto's client (protocol.md §9.2.1).
+pub fn handover_verifies(
+    old_key: &[u8],
+    new_key: &[u8; 32],
+    not_after: u64,
+    scheme: u16,
+    signature: &[u8],
+) -> bool {
+    use sha2::Digest;
+    if !sotto_proto::KEY_HANDOVER_SCHEMES.contains(&scheme) {
+        return false;
+    }
+    let old: [u8; 32] = sha2::Sha256::digest(old_key).into();
+    let transcript = sotto_proto::key_handover_transcript(&old, new_key, not_after);
+    let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    let scheme = rustls::SignatureScheme::from(scheme);
+    let Some((_, candidates)) = algorithms.mapping.iter().find(|(s, _)| *s == scheme) else {
+        return false;
+    };
+    let spki = rustls::pki_types::SubjectPublicKeyInfoDer::from(old_key);
+    let Ok(key) = webpki::RawPublicKeyEntity::try_from(&spki) else {
+        return false;
+    };
+    candidates.iter().any(|algorithm| {
+        key.verify_signature(*algorithm, &transcript, signature)
+            .is_ok()
+    })
+}
+
 /// A TLS client speaking frames.
 pub struct Client {
     pub framed: Framed<TlsStream<TcpStream>, ClientCodec>,
@@ -188,7 +343,7 @@ impl Client {
     /// A connection that got its challenge, or `None` if the relay closed
     /// it before (during the TLS handshake or right after it).
     pub async fn try_connect(address: &RelayAddress) -> Option<Client> {
-        let tls = sotto_client::tls::connect(address).await.ok()?;
+        let tls = tls_connect(address).await.ok()?;
         let mut framed = Framed::new(tls, ClientCodec::new());
         let first = tokio::time::timeout(PATIENCE, framed.next())
             .await
@@ -214,11 +369,7 @@ impl Client {
             .unwrap();
         let tcp = socket.connect(server).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from(address.host.clone()).unwrap();
-        let tls = sotto_client::tls::connector(address)
-            .unwrap()
-            .connect(name, tcp)
-            .await
-            .ok()?;
+        let tls = connector(address).connect(name, tcp).await.ok()?;
         let mut framed = Framed::new(tls, ClientCodec::new());
         match tokio::time::timeout(PATIENCE, framed.next()).await.unwrap() {
             Some(Ok(RelayFrame::Challenge { nonce })) => Some(Client {
@@ -232,7 +383,7 @@ impl Client {
     }
 
     pub async fn connect(address: &RelayAddress) -> Client {
-        let tls = sotto_client::tls::connect(address).await.unwrap();
+        let tls = tls_connect(address).await.unwrap();
         let mut framed = Framed::new(tls, ClientCodec::new());
         let first = tokio::time::timeout(PATIENCE, framed.next())
             .await

@@ -41,15 +41,10 @@
               nanoseconds or counts on purpose (an f64 to u64 cast saturates)"
 )]
 
-#[path = "relay_bench/forwarder.rs"]
 mod forwarder;
-#[path = "relay_bench/load.rs"]
 mod load;
-#[path = "relay_bench/report.rs"]
 mod report;
-#[path = "relay_bench/target.rs"]
 mod target;
-#[path = "relay_bench/wire.rs"]
 mod wire;
 
 use std::path::{Path, PathBuf};
@@ -316,7 +311,7 @@ impl Env {
             .unwrap_or_else(|| self_bin.with_file_name("relay"));
         if !relay_bin.exists() {
             return Err(format!(
-                "no relay binary at {} (build it: cargo build --release -p sotto-relay --bins, or pass --relay-bin)",
+                "no relay binary at {} (build it: cargo build --release -p sotto-relay -p sotto-bench, or pass --relay-bin)",
                 relay_bin.display()
             )
             .into());
