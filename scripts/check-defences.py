@@ -24,7 +24,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIENT = ["--no-default-features"]  # sotto-client without the gui (iced)
 
 
 def entry(name, path, old, new, what, package, target, test,
@@ -102,10 +101,10 @@ ENTRIES = [
 
 # Defences against the relay whose tests are outside the hostile suite.
 TLS = "client/src/tls.rs"
-HANDOVER_UNIT = dict(package="sotto-client", target=["--lib"], cargo=CLIENT,
+HANDOVER_UNIT = dict(package="sotto-client", target=["--lib"],
                      test="a_handover_verifies_only_for_its_keys_its_time_and_its_signature")
 RELAY_KEY = dict(package="sotto-tests", target=["--test", "relay_key"])
-ENGINE_UNIT = dict(package="sotto-client", target=["--lib"], cargo=CLIENT)
+ENGINE_UNIT = dict(package="sotto-client", target=["--lib"])
 ENTRIES += [
  entry("pin-verifier", TLS,
        "let pinned = key == self.expected || certificate_fingerprint(end_entity) == self.expected;",
@@ -161,21 +160,21 @@ ENTRIES += [
  entry("terminal-escape", "client/src/safe_text.rs", "pub fn needs_escape(c: char) -> bool {\n    matches!(c,",
        "pub fn needs_escape(c: char) -> bool {\n    false && matches!(c,",
        "peer and relay text reaches a terminal with its control and bidi characters escaped",
-       "sotto-client", ["--test", "terminal"], "hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replayed", CLIENT),
- entry("terminal-continuation", "client/src/bin/sotto-cli/text.rs",
+       "sotto-cli", ["--test", "terminal"], "hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replayed"),
+ entry("terminal-continuation", "cli/src/text.rs",
        '        out.extend(lines.map(|line| format!("{CONTINUATION}{line}")));',
        "        out.extend(lines);",
        "a message's later lines are indented so that none looks like a message header",
-       "sotto-client", ["--test", "terminal"], "hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replayed", CLIENT),
- entry("gui-escape", "client/src/gui/chat.rs", "                column![head, text(visible(&message.text))]",
+       "sotto-cli", ["--test", "terminal"], "hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replayed"),
+ entry("gui-escape", "app/src/chat.rs", "                column![head, text(visible(&message.text))]",
        "                column![head, text(message.text.as_str())]",
        "the app shows a message's text with its bidi and control characters escaped",
-       "sotto-client", ["--test", "gui"], "bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text",
-       ["--features", "gui"], {"ICED_TEST_BACKEND": "tiny-skia"}),
+       "sotto-app", ["--test", "gui"], "bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text",
+       (), {"ICED_TEST_BACKEND": "tiny-skia"}),
  entry("lookalike-names", "client/src/contacts.rs", "                .take_while(|(s, _)| *s == skeleton)",
        "                .take_while(|_| false)",
        "a new contact whose name looks like a known one names the look-alikes",
-       "sotto-client", ["--lib"], "a_new_name_that_looks_like_a_known_one_names_it", CLIENT),
+       "sotto-client", ["--lib"], "a_new_name_that_looks_like_a_known_one_names_it"),
 ]
 
 

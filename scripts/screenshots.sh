@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 out=docs/screenshots
 mkdir -p "$out"
-cargo build -p sotto-client --bin sotto --bin sotto-cli
+cargo build -p sotto-app -p sotto-cli
 cargo build -p sotto-relay --bin relay
 bin=${CARGO_TARGET_DIR:-target}/debug
 work=$(mktemp -d /tmp/sotto-screenshots.XXXXXX)

@@ -1,6 +1,6 @@
 //! sotto's client library: identities, contacts, sessions and the
-//! connection to a relay; the desktop app sits behind the `gui` feature
-//! (on by default; `--no-default-features` builds a headless library).
+//! connection to a relay, with no user interface: `sotto-cli` (crate
+//! `cli/`) and the desktop app `sotto` (crate `app/`) sit on it.
 //!
 //! # Layout
 //!
@@ -16,8 +16,7 @@
 //!   reconnect.
 //!
 //! The cryptography the client drives is [`sotto_crypto`] and the frames it
-//! exchanges with the relay are [`sotto_proto`]. The `sotto-cli` binary and
-//! the desktop app (`gui`, feature `gui`, binary `sotto`) both sit on
+//! exchanges with the relay are [`sotto_proto`]. Both front ends sit on
 //! [`session`]; [`commands`] is the `/` command language they share,
 //! [`ui`] what a typed line means in context (a command for the session,
 //! an action on screen, or a refusal), and [`safe_text`] makes what peers
@@ -35,8 +34,6 @@ pub mod account;
 pub mod backoff;
 pub mod commands;
 pub mod contacts;
-#[cfg(feature = "gui")]
-pub mod gui;
 pub mod profile;
 pub mod safe_text;
 pub mod servers;

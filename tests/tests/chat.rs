@@ -9,14 +9,12 @@
     clippy::indexing_slicing
 )] // tests
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use sotto_client::backoff::Backoff;
 use sotto_client::contacts::KeyEvent;
 use sotto_client::session::{Command, Connection, PresenceChange, TrustLevel, Update};
+use sotto_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_users_chat_in_a_room() {

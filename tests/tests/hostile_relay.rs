@@ -12,13 +12,14 @@
     clippy::indexing_slicing
 )] // tests
 
-mod common;
 mod hostile;
 
-use common::{Peer, Relay, Via, barrier, dm, identity, lobby, room, shown, shown_where, user};
 use hostile::{
     Act, Hostile, Rule, announcement_body, carries_identities, deliver, hide_member, message_from,
     readdress, rewrite_body, rewrite_slot, substitute_key,
+};
+use sotto_testkit::{
+    Peer, Relay, Via, barrier, dm, identity, lobby, room, shown, shown_where, user,
 };
 use std::sync::Arc;
 
@@ -83,7 +84,7 @@ impl World {
     async fn join(&self, name: &str) -> Peer {
         let dir = self.temp.path().join(name);
         let identity = Identity::load(
-            &common::testdata().join(format!("identities/{name}.sotto-id")),
+            &sotto_testkit::testdata().join(format!("identities/{name}.sotto-id")),
             b"sotto test vectors",
         )
         .unwrap();
@@ -928,7 +929,7 @@ async fn s16_a_stored_delivery_replayed_after_its_ack_is_dropped() {
     };
     let before = sent(&w);
     alice.send(dm("bob"), "while you were away");
-    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let deadline = std::time::Instant::now() + sotto_testkit::PATIENCE;
     while sent(&w) == before {
         assert!(
             std::time::Instant::now() < deadline,
@@ -1041,7 +1042,7 @@ async fn s18_a_presence_flood_is_bounded_by_the_front_ends_pace() {
     let w = world().await;
     let mut alice = w.join("alice").await;
     let identity = Identity::load(
-        &common::testdata().join("identities/bob.sotto-id"),
+        &sotto_testkit::testdata().join("identities/bob.sotto-id"),
         b"sotto test vectors",
     )
     .unwrap();
@@ -1076,7 +1077,7 @@ async fn s18_a_presence_flood_is_bounded_by_the_front_ends_pace() {
     // has read all of it.
     let nonce = 0x5eed_f100d;
     w.hostile.inject("bob", RelayFrame::Ping { nonce });
-    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let deadline = std::time::Instant::now() + sotto_testkit::PATIENCE;
     while !w
         .hostile
         .sent_by("bob")

@@ -12,14 +12,12 @@
     clippy::indexing_slicing
 )] // tests
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::*;
 use sotto_client::session::Update;
+use sotto_testkit::*;
 
 const MARKER: &str = "MARKER-7c1e9a-never-in-the-clear";
 

@@ -14,14 +14,11 @@
     clippy::indexing_slicing
 )] // tests
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{PATIENCE, Peer, account, lobby};
 use futures::StreamExt;
 use sotto_client::servers::{KnownServers, Move, PIN_LOG_FILE, SERVERS_FILE};
 use sotto_client::session::{self, Config, Connection, RelayKeyMoved, Update};
@@ -29,6 +26,7 @@ use sotto_client::tls::{self, Timeouts};
 use sotto_proto::{RelayAddress, RelayFrame, encode_frame, fingerprint_text};
 use sotto_relay::tls::{GENERATED_CERT, GENERATED_KEY, HANDOVER_FILE};
 use sotto_relay::{CertSource, CertStore};
+use sotto_testkit::{PATIENCE, Peer, account, lobby};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -8,12 +8,12 @@ use iced::widget::{column, container, text};
 use iced::{Element, Fill, Subscription, Task, Theme, event, keyboard, window};
 use sotto_crypto::KdfParams;
 
-use super::chat::{self, Chat};
-use super::connect::{self, Connect};
-use super::onboarding::{self, Onboarding};
-use super::settings::{self, Settings};
-use crate::profile::Profile;
-use crate::session::Chat as Conversation;
+use crate::chat::{self, Chat};
+use crate::connect::{self, Connect};
+use crate::onboarding::{self, Onboarding};
+use crate::settings::{self, Settings};
+use sotto_client::profile::Profile;
+use sotto_client::session::Chat as Conversation;
 
 /// How the app starts.
 #[derive(Clone, Debug)]
@@ -415,7 +415,7 @@ impl App {
 /// read by other programs). A name is a relay-checked name (ASCII letters,
 /// digits, `-`, `_`, `.`), so it carries no control character.
 pub fn notification(from: &str, chat: &Conversation) -> String {
-    let from = crate::safe_text::multiline(from);
+    let from = sotto_client::safe_text::multiline(from);
     match chat {
         Conversation::Room(room) => format!("New message from {from} in #{room}"),
         Conversation::Direct(_) => format!("New direct message from {from}"),

@@ -436,7 +436,6 @@ impl View {
             }
             Update::Error(message) => out.push(format!("! {}", safe(message))),
             Update::RelayKeyMoved(moved) => out.push(format!("* {}", safe(&moved.to_string()))),
-            other => out.push(format!("* {}", safe(&format!("{other:?}")))),
         }
         Vec::new()
     }

@@ -5,10 +5,10 @@ use iced::widget::{Column, button, checkbox, column, container, qr_code, row, sp
 use iced::{Alignment, Color, Element, Fill};
 use sotto_crypto::{Fingerprint, SafetyNumber};
 
-use super::chat::Message;
-use super::style::{BOLD, MONO, badge};
-use crate::account::Account;
-use crate::session::TrustLevel;
+use crate::chat::Message;
+use crate::style::{BOLD, MONO, badge};
+use sotto_client::account::Account;
+use sotto_client::session::TrustLevel;
 
 /// A safety number the session computed, ready to show.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sotto_client::gui::{self, Options};
+use sotto_app::Options;
 
 /// The command line (the package's description is the library's, so the
 /// app says what it is itself).
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         data_dir: args.data_dir,
         ..Options::default()
     };
-    match std::panic::catch_unwind(move || gui::run(options)) {
+    match std::panic::catch_unwind(move || sotto_app::run(options)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("sotto: {e}");

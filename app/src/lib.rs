@@ -10,8 +10,8 @@
 //! - [`connect`]: paste a relay address, see the key fingerprint it
 //!   pins and what pinning means, pick a saved relay;
 //! - [`chat`]: the chat window, fed by the session's stream
-//!   ([`crate::session::run`]) and talking to it through its
-//!   [`Controller`](crate::session::Controller); the [`verify`] screens
+//!   ([`sotto_client::session::run`]) and talking to it through its
+//!   [`Controller`](sotto_client::session::Controller); the [`verify`] screens
 //!   (safety number, QR code, key change) sit on top of it.
 //!
 //! A screen's `update` returns an `Action` for what only the app can do
@@ -25,6 +25,9 @@
 //! The timeline renders a bounded window of a conversation
 //! ([`timeline::Timeline`]), so a room with 100 000 messages costs what a
 //! room with a few hundred costs.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod app;
 pub mod chat;

@@ -17,8 +17,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use sotto_app::chat::{Chat, Message, SessionUpdate};
 use sotto_client::account::Account;
-use sotto_client::gui::chat::{Chat, Message, SessionUpdate};
 use sotto_client::profile::Profile;
 use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
 use sotto_crypto::{Fingerprint, KdfParams};

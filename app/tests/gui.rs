@@ -3,33 +3,36 @@
 //! tiny-skia, no GPU), its messages go through the app's real `update`, and
 //! the tasks `update` returns (key generation, unlocking, the session with
 //! a real relay on 127.0.0.1) run here, in place of iced's runtime. Peers
-//! are `sotto-cli` processes.
+//! are real clients of the library (`sotto_testkit::Peer`, fixture
+//! identities), as `sotto-cli` is.
+//!
+//! One file (about 1,400 lines) on purpose: each test binary links iced,
+//! which costs this 2-core machine tens of seconds and hundreds of
+//! megabytes per binary.
 #![forbid(unsafe_code)]
-#![cfg(feature = "gui")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::unreachable
 )] // tests
 
-mod support;
-
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
-use serde_json::json;
+use sotto_app::chat::ids as chat_ids;
+use sotto_app::connect::ids as connect_ids;
+use sotto_app::onboarding::ids as onboarding_ids;
+use sotto_app::{App, Message, Options};
 use sotto_client::account::Account;
-use sotto_client::gui::chat::ids as chat_ids;
-use sotto_client::gui::connect::ids as connect_ids;
-use sotto_client::gui::onboarding::ids as onboarding_ids;
-use sotto_client::gui::{App, Message, Options};
 use sotto_client::profile::{IDENTITY_FILE, Profile};
+use sotto_client::session::{Command, TrustLevel, Update};
 use sotto_crypto::KdfParams;
 use sotto_proto::RelayAddress;
-use support::{Bot, PASSPHRASE, PATIENCE, init, relay};
+use sotto_testkit::{Peer, account, dm, lobby, user};
 
 use iced_test::core::keyboard::Key;
 use iced_test::core::keyboard::key::Named;
@@ -37,6 +40,23 @@ use iced_test::runtime::Action;
 use iced_test::runtime::task::{Task, into_stream};
 use iced_test::selector::{self, Candidate, Target};
 use iced_test::{Selector, Simulator, simulator};
+
+/// How long any expected change may take.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The passphrase of every identity the tests create.
+const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A relay on 127.0.0.1:0 (data and certificate in `dir`) that runs until
+/// the test ends.
+async fn relay(dir: &Path) -> RelayAddress {
+    let running = StoppableRelay::start(dir, 0).await;
+    let address = running.address.clone();
+    tokio::spawn(async move {
+        let _running = running;
+        std::future::pending::<()>().await
+    });
+    address
+}
 
 /// Every text in `view`, in order.
 fn texts_of<'a, M: 'a>(
@@ -412,11 +432,9 @@ async fn a_changed_relay_key_is_refused_and_replaced_only_on_purpose() {
 async fn chat_with_a_cli_peer_then_verify_them_by_safety_number() {
     let temp = tempfile::tempdir().unwrap();
     let relay = relay(&temp.path().join("relay")).await;
-    let bob_dir = temp.path().join("bob");
-    init(&bob_dir, "bob").await;
     let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
     connect(&mut gui, &relay, "alice").await;
-    let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
+    let mut bob = Peer::join(temp.path(), "bob", &relay).await;
     gui.until_shows("bob joined #lobby").await;
     // The member list, live, with trust badges; the new contact's key.
     gui.until_shows("Members · 2").await;
@@ -428,33 +446,33 @@ async fn chat_with_a_cli_peer_then_verify_them_by_safety_number() {
     gui.type_into(chat_ids::COMPOSER, "hello bob, from the app");
     gui.enter(chat_ids::COMPOSER);
     let got = bob
-        .expect(|e| e["type"] == "message" && e["text"] == "hello bob, from the app")
+        .expect_message(&lobby(), "hello bob, from the app")
         .await;
-    assert_eq!(got["from"], "alice");
-    assert_eq!(got["room"], "lobby");
+    assert_eq!(got.from, "alice");
     gui.until_shows("hello bob, from the app").await;
 
-    bob.say(json!({"type": "send", "room": "lobby", "text": "hi alice, from the cli"}))
-        .await;
-    gui.until_shows("hi alice, from the cli").await;
+    bob.send(lobby(), "hi alice, from a peer");
+    gui.until_shows("hi alice, from a peer").await;
 
     // The composer understands the CLI's commands.
     gui.type_into(chat_ids::COMPOSER, "/msg bob just for you");
     gui.enter(chat_ids::COMPOSER);
-    let direct = bob
-        .expect(|e| e["type"] == "message" && e["text"] == "just for you")
-        .await;
-    assert_eq!(direct["user"], "alice");
+    let direct = bob.expect_message(&dm("alice"), "just for you").await;
+    assert_eq!(direct.from, "alice");
     assert!(gui.shows("@bob"));
     gui.type_into(chat_ids::COMPOSER, "/frobnicate");
     gui.enter(chat_ids::COMPOSER);
     assert!(gui.shows("unknown command"));
 
-    // Verification: the app shows the same number bob's sotto-cli shows.
-    bob.say(json!({"type": "safety_number", "name": "alice"}))
-        .await;
-    let theirs = bob.expect(|e| e["type"] == "safety_number").await;
-    let digits = theirs["safety_number"].as_str().unwrap().to_owned();
+    // Verification: the app shows the same number bob's client shows.
+    bob.command(Command::SafetyNumber(user("alice")));
+    let Update::SafetyNumber { safety_number, .. } = bob
+        .expect(|u| matches!(u, Update::SafetyNumber { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    let digits = safety_number.digits().to_owned();
     gui.click("Verify");
     gui.until_shows("Your safety number").await;
     let groups: Vec<&str> = (0..12).map(|i| &digits[i * 5..i * 5 + 5]).collect();
@@ -469,21 +487,23 @@ async fn chat_with_a_cli_peer_then_verify_them_by_safety_number() {
     assert!(!gui.shows("unverified"));
 
     // And bob verifies alice with the digits.
-    bob.say(json!({"type": "verify", "name": "alice", "safety_number": digits}))
-        .await;
-    bob.expect(|e| e["type"] == "trust" && e["name"] == "alice" && e["trust"] == "verified")
-        .await;
+    bob.command(Command::Verify {
+        name: user("alice"),
+        safety_number: digits,
+    });
+    bob.expect(
+        |u| matches!(u, Update::Trust { name, trust: TrustLevel::Verified } if name == "alice"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
     let temp = tempfile::tempdir().unwrap();
     let first = relay(&temp.path().join("relay-1")).await;
-    let bob_dir = temp.path().join("bob");
-    init(&bob_dir, "bob").await;
     let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
     connect(&mut gui, &first, "alice").await;
-    let bob = Bot::connect(&bob_dir, "bob", &first).await;
+    let bob = Peer::join(temp.path(), "bob", &first).await;
     gui.until_shows("bob joined #lobby").await;
     // Verify bob from the composer: /verify opens the screen.
     gui.type_into(chat_ids::COMPOSER, "/verify bob");
@@ -498,8 +518,7 @@ async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
     // On another relay, someone else holds the name "bob".
     let second = relay(&temp.path().join("relay-2")).await;
     let mallory_dir = temp.path().join("mallory");
-    init(&mallory_dir, "bob").await;
-    let mut mallory = Bot::connect(&mallory_dir, "bob", &second).await;
+    let mut mallory = Peer::connect(account(&mallory_dir, "bob", "mallory").await, &second).await;
     connect(&mut gui, &second, "alice").await;
     gui.until_shows("bob's key has changed").await;
     assert!(gui.app.chat().unwrap().is_blocked());
@@ -524,13 +543,11 @@ async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
     // Now messages reach the new key.
     gui.type_into(chat_ids::COMPOSER, "/msg bob after consent");
     gui.enter(chat_ids::COMPOSER);
-    mallory
-        .expect(|e| e["type"] == "message" && e["text"] == "after consent")
-        .await;
+    mallory.expect_message(&dm("alice"), "after consent").await;
 }
 
 /// A chat window on a fake relay address, fed a session's updates by hand.
-async fn offline_chat(dir: &Path) -> sotto_client::gui::chat::Chat {
+async fn offline_chat(dir: &Path) -> sotto_app::chat::Chat {
     let profile = Profile::open(dir).unwrap();
     let account = Account::create(
         &profile,
@@ -545,18 +562,15 @@ async fn offline_chat(dir: &Path) -> sotto_client::gui::chat::Chat {
         port: 7447,
         fingerprint: [1; 32],
     };
-    sotto_client::gui::chat::Chat::new(account, relay, OFFLINE_SESSION)
+    sotto_app::chat::Chat::new(account, relay, OFFLINE_SESSION)
 }
 
 /// The session generation of [`offline_chat`].
 const OFFLINE_SESSION: u64 = 7;
 
 /// Hands `update` to `chat` as its session would.
-fn feed(
-    chat: &mut sotto_client::gui::chat::Chat,
-    update: sotto_client::session::Update,
-) -> sotto_client::gui::chat::Action {
-    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
+fn feed(chat: &mut sotto_app::chat::Chat, update: Update) -> sotto_app::chat::Action {
+    use sotto_app::chat::{Message as ChatMessage, SessionUpdate};
     chat.update(ChatMessage::Session(
         OFFLINE_SESSION,
         SessionUpdate::new(update),
@@ -612,9 +626,8 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
     ] {
         let _ = feed(&mut chat, update);
     }
-    let shown = |chat: &sotto_client::gui::chat::Chat, line: &str| {
-        texts_of(chat.view()).iter().any(|t| t == line)
-    };
+    let shown =
+        |chat: &sotto_app::chat::Chat, line: &str| texts_of(chat.view()).iter().any(|t| t == line);
     // The newest page, not the whole history.
     assert!(shown(&chat, "history line 1000") && shown(&chat, "history line 901"));
     assert!(!shown(&chat, "history line 900"));
@@ -653,7 +666,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
 /// looks like, and messages in their sender's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
-    use sotto_client::gui::chat::{Message as ChatMessage, SessionUpdate};
+    use sotto_app::chat::{Message as ChatMessage, SessionUpdate};
     use sotto_client::session::{self, Chat as Conversation, Member, TrustLevel, Update};
     use sotto_crypto::Fingerprint;
     use sotto_proto::RoomName;
@@ -817,7 +830,7 @@ async fn two_apps_chat_and_verify_each_other_by_number_and_by_qr_payload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_change_the_theme_and_notifications_and_are_kept() {
-    use sotto_client::gui::settings::{SETTINGS_FILE, ThemeChoice};
+    use sotto_app::settings::{SETTINGS_FILE, ThemeChoice};
 
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("alice");
@@ -853,7 +866,7 @@ const BIDI: &[char] = &[
 ];
 
 /// An incoming message from `from` in the lobby.
-fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> sotto_client::session::Update {
+fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> Update {
     use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
     Update::Message(session::Message {
         chat: Conversation::Room(sotto_proto::RoomName::lobby()),
@@ -875,8 +888,8 @@ fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> sotto_clien
 /// the desktop notification carries the sender's name, never the text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text() {
-    use sotto_client::gui::app::notification;
-    use sotto_client::gui::chat::Action as ChatAction;
+    use sotto_app::app::notification;
+    use sotto_app::chat::Action as ChatAction;
     use sotto_client::session::{Chat as Conversation, Connection, Update};
     use sotto_proto::RoomName;
 
@@ -902,7 +915,7 @@ async fn bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text(
     feed(
         &mut chat,
         Update::Connection(Connection::Reconnecting {
-            after: std::time::Duration::from_secs(5),
+            after: Duration::from_secs(5),
             reason: format!("the relay said \u{2067}{nasty}"),
         }),
     );
@@ -1023,19 +1036,15 @@ async fn a_direct_conversation_is_one_whatever_the_case_of_the_name() {
 
     let temp = tempfile::tempdir().unwrap();
     let relay = relay(&temp.path().join("relay")).await;
-    let bob_dir = temp.path().join("bob");
-    init(&bob_dir, "bob").await;
     let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
     connect(&mut gui, &relay, "alice").await;
-    let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
+    let mut bob = Peer::join(temp.path(), "bob", &relay).await;
     gui.until_shows("bob joined #lobby").await;
 
     gui.type_into(chat_ids::COMPOSER, "/msg BOB hi in capitals");
     gui.enter(chat_ids::COMPOSER);
-    bob.expect(|e| e["type"] == "message" && e["text"] == "hi in capitals")
-        .await;
-    bob.say(json!({"type": "send", "user": "alice", "text": "hi back in lower case"}))
-        .await;
+    bob.expect_message(&dm("alice"), "hi in capitals").await;
+    bob.send(dm("alice"), "hi back in lower case");
     gui.until_shows("hi back in lower case").await;
     assert!(gui.shows("hi in capitals"), "{:#?}", gui.texts());
     let direct: Vec<Conversation> = gui
@@ -1055,7 +1064,7 @@ async fn a_direct_conversation_is_one_whatever_the_case_of_the_name() {
 /// payload back from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_qr_code_is_dark_on_light_and_decodes_in_both_themes() {
-    use sotto_client::gui::verify::{self, Shown};
+    use sotto_app::verify::{self, Shown};
     use sotto_client::session::TrustLevel;
 
     let temp = tempfile::tempdir().unwrap();
@@ -1266,11 +1275,9 @@ async fn pasted_lines_and_shift_enter_keep_newlines_and_enter_sends() {
 
     let temp = tempfile::tempdir().unwrap();
     let relay = relay(&temp.path().join("relay")).await;
-    let bob_dir = temp.path().join("bob");
-    init(&bob_dir, "bob").await;
     let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
     connect(&mut gui, &relay, "alice").await;
-    let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
+    let mut bob = Peer::join(temp.path(), "bob", &relay).await;
     gui.until_shows("bob joined #lobby").await;
 
     let shift_enter = Event::Keyboard(KeyEvent::KeyPressed {
@@ -1298,7 +1305,7 @@ async fn pasted_lines_and_shift_enter_keep_newlines_and_enter_sends() {
         "line one\nline two\nline three"
     );
     gui.enter(chat_ids::COMPOSER);
-    bob.expect(|e| e["type"] == "message" && e["text"] == "line one\nline two\nline three")
+    bob.expect_message(&lobby(), "line one\nline two\nline three")
         .await;
     assert_eq!(gui.app.chat().unwrap().composer(), "");
 }

@@ -14,18 +14,18 @@ use iced::{Alignment, Element, Fill, Task, keyboard};
 use sotto_crypto::Fingerprint;
 use sotto_proto::{RelayAddress, RoomName, UserKey, UserName};
 
-use super::style::{BOLD, MONO, badge, clock, count};
-use super::timeline::{Entry, Timeline, Tone};
-use super::verify::{self, KeyChange, Shown};
-use crate::account::Account;
-use crate::commands;
-use crate::contacts::KeyEvent;
-use crate::safe_text::multiline as visible;
-use crate::session::{
+use crate::style::{BOLD, MONO, badge, clock, count};
+use crate::timeline::{Entry, Timeline, Tone};
+use crate::verify::{self, KeyChange, Shown};
+use sotto_client::account::Account;
+use sotto_client::commands;
+use sotto_client::contacts::KeyEvent;
+use sotto_client::safe_text::multiline as visible;
+use sotto_client::session::{
     self, Chat as Conversation, Command, Connection, Controller, Member, PresenceChange,
     TrustLevel, Update,
 };
-use crate::ui::{self, Local, Resolved};
+use sotto_client::ui::{self, Local, Resolved};
 
 /// The widget ids, for tests and focus.
 pub mod ids {
@@ -798,7 +798,7 @@ impl Chat {
                         format!(
                             "{} ({})",
                             m.name,
-                            super::style::trust_label(self.trust_of(&m.name))
+                            crate::style::trust_label(self.trust_of(&m.name))
                         )
                     })
                     .collect();
@@ -1037,7 +1037,7 @@ impl Chat {
                         format!(
                             "{} ({}) in {}",
                             user.name,
-                            super::style::trust_label(user.trust),
+                            crate::style::trust_label(user.trust),
                             if rooms.is_empty() { "no room".to_owned() } else { rooms.join(", ") }
                         )
                     })

@@ -249,7 +249,6 @@ pub(crate) fn event(update: &Update) -> Value {
                 "log": moved.log.display().to_string(),
             }),
         ),
-        other => error(&format!("unhandled update: {other:?}")),
     }
 }
 

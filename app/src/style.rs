@@ -8,7 +8,7 @@ use iced::{Border, Element, Font, Theme, font};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use crate::session::TrustLevel;
+use sotto_client::session::TrustLevel;
 
 /// The bold variant of the default font.
 pub(crate) const BOLD: Font = Font {

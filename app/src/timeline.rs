@@ -2,7 +2,7 @@
 //! notices between them, and the window of it that is on screen.
 //!
 //! Entries are kept sorted by a key: a message's display position (see
-//! [`crate::session::Message::position`]); a notice sorts after the last
+//! [`sotto_client::session::Message::position`]); a notice sorts after the last
 //! message known when it was added. Appending is the common case and costs
 //! O(1); a late message is inserted at its place.
 //!
@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use sotto_crypto::Fingerprint;
 
-use crate::session::{Message, TrustLevel};
+use sotto_client::session::{Message, TrustLevel};
 
 /// Most entries on screen at once.
 pub const WINDOW: usize = 200;
@@ -226,7 +226,7 @@ impl Timeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Chat;
+    use sotto_client::session::Chat;
 
     fn message(anchor: u64, rank: u32, seq: u64) -> Message {
         Message {

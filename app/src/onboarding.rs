@@ -7,8 +7,8 @@ use sotto_crypto::KdfParams;
 use sotto_proto::UserName;
 use zeroize::Zeroizing;
 
-use crate::account::{Account, AccountError};
-use crate::profile::{Profile, ProfileError, normalize_passphrase};
+use sotto_client::account::{Account, AccountError};
+use sotto_client::profile::{Profile, ProfileError, normalize_passphrase};
 
 /// Fewest characters accepted for a new passphrase.
 pub const MIN_PASSPHRASE_CHARS: usize = 8;

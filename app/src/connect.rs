@@ -6,9 +6,9 @@ use iced::widget::{button, column, container, row, scrollable, text, text_input}
 use iced::{Element, Fill};
 use sotto_proto::{RelayAddress, fingerprint_text};
 
-use super::style::{BOLD, MONO};
-use crate::account::Account;
-use crate::servers::{KnownServers, PIN_LOG_FILE, SERVERS_FILE, ServerChanged};
+use crate::style::{BOLD, MONO};
+use sotto_client::account::Account;
+use sotto_client::servers::{KnownServers, PIN_LOG_FILE, SERVERS_FILE, ServerChanged};
 
 /// The widget ids, for tests and focus.
 pub mod ids {
@@ -257,7 +257,7 @@ impl Connect {
                 .on_press_maybe(ready.then_some(Message::Connect)),
         );
         if let Some(ended) = &self.ended {
-            form = form.push(text(crate::safe_text::multiline(ended)).style(text::danger));
+            form = form.push(text(sotto_client::safe_text::multiline(ended)).style(text::danger));
         }
         let mut saved = column![text("Saved relays").font(BOLD)].spacing(6);
         match (&self.known, &self.known_error) {
