@@ -321,3 +321,246 @@ impl View {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sotto_crypto::SafetyNumber;
+
+    use super::*;
+    use crate::session::{Connection, PresenceChange};
+    use crate::ui::{Local, Place, Resolved, resolve};
+
+    fn room(name: &str) -> RoomName {
+        name.parse().unwrap()
+    }
+
+    fn member(name: &str, trust: TrustLevel, key: u8) -> Member {
+        Member {
+            name: name.parse().unwrap(),
+            fingerprint: Some(Fingerprint([key; 32])),
+            trust,
+        }
+    }
+
+    fn connected(view: &mut View, name: &str) {
+        view.apply(&Update::Connection(Connection::Connected {
+            name: name.parse().unwrap(),
+        }));
+    }
+
+    fn texts(said: &[Said]) -> Vec<&str> {
+        said.iter().map(|s| s.text.as_str()).collect()
+    }
+
+    #[test]
+    fn rooms_joined_and_left_move_the_current_room_and_end_holding() {
+        let mut view = View::new("relay.example:7447", None, true);
+        assert!(view.context.hold);
+        let said = view.apply(&Update::Joined {
+            room: room("lobby"),
+        });
+        assert_eq!(texts(&said), ["You joined #lobby"]);
+        assert_eq!(said[0].place, Place::Chat(Chat::Room(room("lobby"))));
+        assert!(said[0].names_place);
+        assert!(!view.context.hold, "held lines go to the first room");
+        assert_eq!(view.context.current, Some(Chat::Room(room("lobby"))));
+        view.apply(&Update::Joined { room: room("dev") });
+        assert_eq!(view.context.current, Some(Chat::Room(room("lobby"))));
+        view.apply(&Update::Left {
+            room: room("lobby"),
+        });
+        assert_eq!(view.context.current, Some(Chat::Room(room("dev"))));
+        view.apply(&Update::Left { room: room("dev") });
+        assert_eq!(view.context.current, None);
+        assert!(
+            !view.context.hold,
+            "once rooms are known, no room is a refusal"
+        );
+    }
+
+    #[test]
+    fn members_are_listed_once_and_their_trust_kept() {
+        let mut view = View::new("relay.example:7447", None, false);
+        connected(&mut view, "Alice");
+        let members = vec![
+            member("alice", TrustLevel::Unverified, 1),
+            member("bob", TrustLevel::Verified, 2),
+        ];
+        let said = view.apply(&Update::Members {
+            room: room("lobby"),
+            members: members.clone(),
+        });
+        assert_eq!(texts(&said), ["In #lobby: alice (you), bob [verified]"]);
+        assert_eq!(
+            view.trust_of(&"BOB"),
+            (TrustLevel::Verified, Some(Fingerprint([2; 32])))
+        );
+        assert!(view.is_me(&"alice"));
+        assert_eq!(view.rooms_with(&"Bob"), [room("lobby")]);
+        // Later lists replace the members silently.
+        let said = view.apply(&Update::Members {
+            room: room("lobby"),
+            members: members[..1].to_vec(),
+        });
+        assert!(said.is_empty());
+        assert_eq!(view.members(&room("lobby")).len(), 1);
+        assert!(view.rooms_with(&"bob").is_empty());
+    }
+
+    #[test]
+    fn a_safety_number_shown_is_the_one_yes_verifies() {
+        let mut view = View::new("relay.example:7447", None, false);
+        let number = SafetyNumber::new(&Fingerprint([1; 32]), &Fingerprint([2; 32]));
+        let said = view.apply(&Update::SafetyNumber {
+            name: "bob".parse().unwrap(),
+            fingerprint: Fingerprint([2; 32]),
+            safety_number: number.clone(),
+            trust: TrustLevel::Unverified,
+        });
+        let text = &said[0].text;
+        assert!(text.starts_with("bob [unverified]: key "), "{text}");
+        assert!(text.ends_with("if it matches: /verify bob yes"), "{text}");
+        assert_eq!(
+            resolve("/verify BOB yes", &view.context),
+            Ok(Resolved::Command(crate::session::Command::Verify {
+                name: "BOB".parse().unwrap(),
+                safety_number: number.digits().to_owned(),
+            }))
+        );
+        assert!(matches!(
+            resolve("/fingerprint", &view.context),
+            Err(refusal) if refusal.contains("not known")
+        ));
+        let mut with_key = View::new("relay.example:7447", Some(Fingerprint([9; 32])), false);
+        assert_eq!(
+            resolve("/fingerprint", &with_key.context),
+            Ok(Resolved::Local(Local::Fingerprint(Fingerprint([9; 32]))))
+        );
+        with_key.apply(&Update::Error("x".to_owned()));
+    }
+
+    #[test]
+    fn key_events_set_trust_and_flag_look_alikes_both_ways() {
+        let mut view = View::new("relay.example:7447", None, false);
+        let said = view.apply(&Update::Key(KeyEvent::Pinned {
+            name: "b0b".parse().unwrap(),
+            fingerprint: Fingerprint([3; 32]),
+            lookalikes: vec!["bob".parse().unwrap()],
+        }));
+        assert_eq!(said[0].tone, Tone::Danger);
+        assert_eq!(said[0].place, Place::With("b0b".to_owned()));
+        assert!(said[0].text.starts_with("Careful: the new contact b0b"));
+        assert!(view.is_lookalike(&"b0b") && view.is_lookalike(&"BOB"));
+        assert!(!view.is_lookalike(&"carol"));
+        assert!(view.label(&"b0b").contains("[looks like bob, key "));
+        assert_eq!(view.trust_of(&"b0b").0, TrustLevel::Unverified);
+
+        // A verified contact's key changes, then the user accepts it: the
+        // new key is the one trusted.
+        view.apply(&Update::Key(KeyEvent::ChangedVerified {
+            name: "carol".parse().unwrap(),
+            pinned: Fingerprint([4; 32]),
+            offered: Fingerprint([5; 32]),
+        }));
+        assert_eq!(view.trust_of(&"carol").0, TrustLevel::Changed);
+        let said = view.apply(&Update::Trust {
+            name: "carol".parse().unwrap(),
+            trust: TrustLevel::Unverified,
+        });
+        assert_eq!(
+            texts(&said),
+            ["You accepted carol's new key without verifying it"]
+        );
+        assert_eq!(
+            view.trust_of(&"carol"),
+            (TrustLevel::Unverified, Some(Fingerprint([5; 32])))
+        );
+    }
+
+    #[test]
+    fn what_the_relay_or_a_peer_wrote_is_escaped_in_every_notice() {
+        let mut view = View::new("relay.example:7447", None, false);
+        let hostile = "\u{1b}]0;TITLE\u{7}\u{202e}\r\nsecond line";
+        for update in [
+            Update::Error(hostile.to_owned()),
+            Update::Connection(Connection::Failed {
+                reason: hostile.to_owned(),
+            }),
+            Update::Connection(Connection::Reconnecting {
+                after: Duration::from_millis(500),
+                reason: hostile.to_owned(),
+            }),
+            Update::NotSentTo {
+                chat: Chat::Room(room("lobby")),
+                names: Vec::new(),
+                reason: hostile.to_owned(),
+            },
+        ] {
+            for said in view.apply(&update) {
+                assert!(
+                    !said.text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                    "{:?}",
+                    said.text
+                );
+                assert!(said.text.contains(r"\e]0;TITLE\x07"), "{:?}", said.text);
+            }
+        }
+    }
+
+    #[test]
+    fn notices_that_do_not_name_their_conversation_are_qualified_in_one_stream() {
+        let mut view = View::new("relay.example:7447", None, false);
+        let said = view.apply(&Update::Missing {
+            chat: Chat::Room(room("lobby")),
+            from: "bob".parse().unwrap(),
+            count: 2,
+        });
+        assert_eq!(
+            said[0].qualified(),
+            "#lobby: 2 messages from bob missing: lost, or withheld by the relay"
+        );
+        let said = view.apply(&Update::Presence {
+            room: room("lobby"),
+            name: "bob".parse().unwrap(),
+            change: PresenceChange::Disconnected,
+        });
+        assert_eq!(said[0].qualified(), "bob disconnected from #lobby");
+        let (tone, text) = view.connection(
+            &Connection::Reconnecting {
+                after: Duration::from_secs(16),
+                reason: "gone".to_owned(),
+            },
+            Duration::from_millis(15_200),
+        );
+        assert_eq!(
+            (tone, text.as_str()),
+            (
+                Tone::Warning,
+                "Connection lost (gone): reconnecting in 16 s"
+            )
+        );
+    }
+
+    #[test]
+    fn presence_runs_name_the_first_two_and_the_newest() {
+        let names = ["bob".to_owned(), "carol".to_owned()];
+        let lobby = room("lobby");
+        let joined = PresenceChange::Joined;
+        assert_eq!(
+            words::presence(&names[..1], None, 1, joined, &lobby),
+            "bob joined #lobby"
+        );
+        assert_eq!(
+            words::presence(&names, None, 2, joined, &lobby),
+            "bob and carol joined #lobby"
+        );
+        assert_eq!(
+            words::presence(&names, Some("dave"), 3, joined, &lobby),
+            "bob, carol and dave joined #lobby"
+        );
+        assert_eq!(
+            words::presence(&names, Some("zoe"), 15, PresenceChange::Left, &lobby),
+            "bob, carol, 12 others and zoe left #lobby"
+        );
+    }
+}
