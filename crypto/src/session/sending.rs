@@ -162,6 +162,8 @@ impl SendingSession {
     }
 
     fn from_state(state: SendingState) -> Result<Self> {
+        // Taken apart field by field, not by `state.field`: a field added to
+        // `SendingState` then fails to compile here instead of being dropped.
         let SendingState {
             conversation,
             sender,
