@@ -405,8 +405,11 @@ pub(super) fn verified_only(room: &impl fmt::Display, chat: Chat, on: bool) -> S
     Said::new(Tone::Info, Place::Chat(chat), text).naming_place()
 }
 
+/// A command or a frame that failed (the session's words): a warning, as
+/// most are refusals (a message not sent, a request the relay refused); a
+/// front end may show them louder.
 pub(super) fn error(message: &str) -> Said {
-    Said::new(Tone::Danger, Place::General, safe(&message))
+    Said::new(Tone::Warning, Place::General, safe(&message))
 }
 
 pub(super) fn info(text: &impl fmt::Display) -> Said {
