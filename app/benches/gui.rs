@@ -35,7 +35,7 @@ fn message(i: u64) -> session::Message {
     let from = ["bob", "carol", "dave"][(i % 3) as usize];
     session::Message {
         chat: room(),
-        from: from.to_owned(),
+        from: from.parse().unwrap(),
         fingerprint: Fingerprint([(i % 3) as u8; 32]),
         trust: TrustLevel::Unverified,
         outgoing: false,

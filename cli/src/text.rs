@@ -38,7 +38,7 @@ pub(crate) struct View {
     rooms: BTreeSet<RoomName>,
     members: BTreeMap<RoomName, Vec<Member>>,
     shown: BTreeMap<UserKey, SafetyNumber>,
-    me: Option<String>,
+    me: Option<UserName>,
     /// This user's key fingerprint, for `/fingerprint`.
     pub(crate) fingerprint: Option<Fingerprint>,
     /// Whether the session reported a room yet (a `Joined`): until then a
@@ -48,15 +48,10 @@ pub(crate) struct View {
     pending: Vec<String>,
     /// New contacts whose names look like known ones (folded name to the
     /// look-alikes), flagged in member lists.
-    lookalikes: BTreeMap<UserKey, Vec<String>>,
+    lookalikes: BTreeMap<UserKey, Vec<UserName>>,
 }
 
 /// Untrusted text (a name, a reason) ready to print on one line.
-/// The folded key of a name the session reported (always a valid name).
-fn key_of(name: &str) -> Option<UserKey> {
-    name.parse::<UserName>().ok().map(|name| name.key())
-}
-
 fn safe(text: &impl fmt::Display) -> String {
     safe_text::inline(&text.to_string()).to_string()
 }
@@ -171,15 +166,9 @@ impl View {
 
     /// A name as listed, with " [looks like NAME, key ...]" for a contact
     /// flagged as a look-alike in this run.
-    fn label(
-        &self,
-        name: &impl fmt::Display,
-        trust: TrustLevel,
-        fingerprint: Option<String>,
-    ) -> String {
-        let name = name.to_string();
-        let mut label = format!("{}{}", safe(&name), self.badge(&name, trust));
-        if let Some(like) = key_of(&name).and_then(|key| self.lookalikes.get(&key)) {
+    fn label(&self, name: &UserName, trust: TrustLevel, fingerprint: Option<String>) -> String {
+        let mut label = format!("{}{}", safe(name), self.badge(name, trust));
+        if let Some(like) = self.lookalikes.get(&name.key()) {
             let like: Vec<String> = like.iter().map(safe).collect();
             label.push_str(&format!(" [looks like {}", like.join(", ")));
             if let Some(fingerprint) = fingerprint {
@@ -210,8 +199,8 @@ impl View {
     }
 
     /// The trust badge after a name; "(you)" for this user.
-    fn badge(&self, name: &str, trust: TrustLevel) -> &'static str {
-        if self.me.as_deref() == Some(name) {
+    fn badge(&self, name: &UserName, trust: TrustLevel) -> &'static str {
+        if self.me.as_ref() == Some(name) {
             " (you)"
         } else {
             trust_badge(trust)
@@ -262,7 +251,7 @@ impl View {
             Update::Connection(state) => match state {
                 Connection::Connecting => out.push("* connecting...".to_owned()),
                 Connection::Connected { name } => {
-                    self.me = Some(name.to_string());
+                    self.me = Some(name.clone());
                     out.push(format!("* connected as {}", safe(name)));
                 }
                 Connection::Reconnecting { after, reason } => out.push(format!(
@@ -362,9 +351,7 @@ impl View {
                 safety_number,
                 trust,
             } => {
-                if let Ok(user) = commands::user(name) {
-                    self.shown.insert(user.key(), safety_number.clone());
-                }
+                self.shown.insert(name.key(), safety_number.clone());
                 let name = safe(name);
                 out.push(format!("* {name}{}: key {fingerprint}", trust_badge(*trust)));
                 out.push(format!(
@@ -412,7 +399,7 @@ impl View {
                     out.push(format!(
                         "*   {}{} in {rooms}",
                         safe(&user.name),
-                        self.badge(&user.name.to_string(), user.trust),
+                        self.badge(&user.name, user.trust),
                     ));
                 }
             }
@@ -462,10 +449,7 @@ impl View {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
-                    if let Some(key) = key_of(&name.to_string()) {
-                        self.lookalikes
-                            .insert(key, lookalikes.iter().map(ToString::to_string).collect());
-                    }
+                    self.lookalikes.insert(name.key(), lookalikes.clone());
                 }
                 out.push(format!(
                     "* new contact {shown}, key {fingerprint} (unverified: /verify {shown})"
@@ -508,7 +492,7 @@ mod tests {
     fn message(from: &str, text: &str) -> Update {
         Update::Message(Message {
             chat: Chat::Room("lobby".parse().unwrap()),
-            from: from.to_owned(),
+            from: from.parse().unwrap(),
             fingerprint: Fingerprint([1; 32]),
             trust: TrustLevel::Unverified,
             outgoing: false,
@@ -565,9 +549,9 @@ mod tests {
         let out = shown(
             &mut view,
             &Update::Key(KeyEvent::Pinned {
-                name: "aIice".to_owned(),
+                name: "aIice".parse().unwrap(),
                 fingerprint,
-                lookalikes: vec!["alice".to_owned()],
+                lookalikes: vec!["alice".parse().unwrap()],
             }),
         );
         assert!(
@@ -583,7 +567,7 @@ mod tests {
         let out = shown(
             &mut view,
             &Update::Key(KeyEvent::Pinned {
-                name: "carol".to_owned(),
+                name: "carol".parse().unwrap(),
                 fingerprint,
                 lookalikes: Vec::new(),
             }),
@@ -595,7 +579,7 @@ mod tests {
             &Update::Members {
                 room: "lobby".parse().unwrap(),
                 members: vec![Member {
-                    name: "aIice".to_owned(),
+                    name: "aIice".parse().unwrap(),
                     fingerprint: Some(fingerprint),
                     trust: TrustLevel::Unverified,
                 }],

@@ -331,10 +331,8 @@ impl Peer {
             "{refused:?}"
         );
         self.send(lobby(), in_room);
-        self.expect(
-            |u| matches!(u, Update::NotSentTo { names, .. } if names == &[name.to_owned()]),
-        )
-        .await;
+        self.expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &[name]))
+            .await;
     }
 
     /// Waits until `room`'s member list is exactly `names`.
@@ -490,7 +488,7 @@ pub fn missing(update: &Update) -> bool {
 /// The relay sent `update` about `name` joining or leaving `room`.
 pub fn presence(name: &str, change: PresenceChange) -> impl Fn(&Update) -> bool + use<> {
     let name = name.to_owned();
-    move |update| matches!(update, Update::Presence { name: n, change: c, .. } if *n == name && *c == change)
+    move |update| matches!(update, Update::Presence { name: n, change: c, .. } if *n == *name && *c == change)
 }
 
 /// What a [`barrier`] goes through.
