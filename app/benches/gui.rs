@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sotto_app::chat::{Chat, Message, SessionUpdate};
+use sotto_app::chat::{Chat, Message};
 use sotto_client::account::Account;
 use sotto_client::profile::Profile;
 use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
@@ -49,7 +49,7 @@ fn message(i: u64) -> session::Message {
 }
 
 fn update(chat: &mut Chat, update: Update) {
-    let _ = chat.update(Message::Session(1, SessionUpdate::new(update)));
+    let _ = chat.update(Message::Session(1, update));
 }
 
 /// A chat window in the lobby with `n` messages of history.

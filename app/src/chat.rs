@@ -3,7 +3,6 @@
 //! and key-change screens on top.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iced::widget::{
@@ -37,27 +36,11 @@ pub mod ids {
     pub const JOIN: &str = "chat-join";
 }
 
-/// An [`Update`] from the session, shareable as a message. The update is
-/// taken out once, by the chat it belongs to.
-#[derive(Clone, Debug)]
-pub struct SessionUpdate(Arc<Mutex<Option<Update>>>);
-
-impl SessionUpdate {
-    /// Wraps an update.
-    pub fn new(update: Update) -> Self {
-        Self(Arc::new(Mutex::new(Some(update))))
-    }
-
-    fn take(&self) -> Option<Update> {
-        self.0.lock().ok().and_then(|mut slot| slot.take())
-    }
-}
-
 /// What the chat window does.
 #[derive(Clone, Debug)]
 pub enum Message {
     /// Something from session number `.0`.
-    Session(u64, SessionUpdate),
+    Session(u64, Update),
     /// Session number `.0` has ended (its stream is over).
     Ended(u64),
     /// Open a conversation.
@@ -536,9 +519,7 @@ impl Chat {
                 if generation != self.generation {
                     return Action::None;
                 }
-                if let Some(update) = update.take() {
-                    return self.apply(update);
-                }
+                return self.apply(update);
             }
             Message::Ended(generation) => {
                 if generation != self.generation {
@@ -1596,7 +1577,7 @@ fn tone_style(tone: Tone) -> fn(&iced::Theme) -> text::Style {
 pub fn start(account: Account, relay: RelayAddress, generation: u64) -> Task<Message> {
     let config = session::Config::new(account, relay);
     Task::run(session::run(config), move |update| {
-        Message::Session(generation, SessionUpdate::new(update))
+        Message::Session(generation, update)
     })
     .chain(Task::done(Message::Ended(generation)))
 }

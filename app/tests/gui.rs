@@ -570,11 +570,8 @@ const OFFLINE_SESSION: u64 = 7;
 
 /// Hands `update` to `chat` as its session would.
 fn feed(chat: &mut sotto_app::chat::Chat, update: Update) -> sotto_app::chat::Action {
-    use sotto_app::chat::{Message as ChatMessage, SessionUpdate};
-    chat.update(ChatMessage::Session(
-        OFFLINE_SESSION,
-        SessionUpdate::new(update),
-    ))
+    use sotto_app::chat::Message as ChatMessage;
+    chat.update(ChatMessage::Session(OFFLINE_SESSION, update))
 }
 
 /// Scrolls the timeline of `view` all the way up; returns the messages.
@@ -666,7 +663,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
 /// looks like, and messages in their sender's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
-    use sotto_app::chat::{Message as ChatMessage, SessionUpdate};
+    use sotto_app::chat::Message as ChatMessage;
     use sotto_client::session::{self, Chat as Conversation, Member, TrustLevel, Update};
     use sotto_crypto::Fingerprint;
     use sotto_proto::RoomName;
@@ -676,7 +673,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
     let lobby = Conversation::Room(RoomName::lobby());
     let bob = Fingerprint([2; 32]);
     let mut feed = |generation: u64, update: Update| {
-        let _ = chat.update(ChatMessage::Session(generation, SessionUpdate::new(update)));
+        let _ = chat.update(ChatMessage::Session(generation, update));
     };
     let message = |seq: u64, position: (u64, u32), text: &str| {
         Update::Message(session::Message {

@@ -244,7 +244,10 @@ pub struct OnlineUser {
 ///
 /// Not `#[non_exhaustive]`: both front ends match every update, so a new
 /// one fails their build until each says what it shows.
-#[derive(Debug)]
+///
+/// `Clone`, so a front end can pass an update around as a value (the app's
+/// messages are `Clone`); cloning one is cheap next to showing it.
+#[derive(Clone, Debug)]
 pub enum Update {
     /// The session started: commands go through this controller.
     Ready(Controller),
