@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sotto_app::chat::{Chat, Message, SessionUpdate};
+use sotto_app::chat::{Chat, Message};
 use sotto_client::account::Account;
 use sotto_client::profile::Profile;
 use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
@@ -35,7 +35,7 @@ fn message(i: u64) -> session::Message {
     let from = ["bob", "carol", "dave"][(i % 3) as usize];
     session::Message {
         chat: room(),
-        from: from.to_owned(),
+        from: from.parse().unwrap(),
         fingerprint: Fingerprint([(i % 3) as u8; 32]),
         trust: TrustLevel::Unverified,
         outgoing: false,
@@ -49,7 +49,7 @@ fn message(i: u64) -> session::Message {
 }
 
 fn update(chat: &mut Chat, update: Update) {
-    let _ = chat.update(Message::Session(1, SessionUpdate::new(update)));
+    let _ = chat.update(Message::Session(1, update));
 }
 
 /// A chat window in the lobby with `n` messages of history.

@@ -229,7 +229,7 @@ impl App {
                         self.settings_open = true;
                         Task::none()
                     }
-                    chat::Action::Notify { from, chat } => self.notify(&from, &chat),
+                    chat::Action::Notify { from, chat } => self.notify(from.as_str(), &chat),
                     chat::Action::Disconnected {
                         account,
                         address,
@@ -414,8 +414,8 @@ impl App {
 /// text (a notification is shown outside the app, on the lock screen, and
 /// read by other programs). A name is a relay-checked name (ASCII letters,
 /// digits, `-`, `_`, `.`), so it carries no control character.
-pub fn notification(from: &str, chat: &Conversation) -> String {
-    let from = sotto_client::safe_text::multiline(from);
+pub fn notification(from: impl AsRef<str>, chat: &Conversation) -> String {
+    let from = sotto_client::safe_text::multiline(from.as_ref());
     match chat {
         Conversation::Room(room) => format!("New message from {from} in #{room}"),
         Conversation::Direct(_) => format!("New direct message from {from}"),

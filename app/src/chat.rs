@@ -3,7 +3,6 @@
 //! and key-change screens on top.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iced::widget::{
@@ -37,27 +36,11 @@ pub mod ids {
     pub const JOIN: &str = "chat-join";
 }
 
-/// An [`Update`] from the session, shareable as a message. The update is
-/// taken out once, by the chat it belongs to.
-#[derive(Clone, Debug)]
-pub struct SessionUpdate(Arc<Mutex<Option<Update>>>);
-
-impl SessionUpdate {
-    /// Wraps an update.
-    pub fn new(update: Update) -> Self {
-        Self(Arc::new(Mutex::new(Some(update))))
-    }
-
-    fn take(&self) -> Option<Update> {
-        self.0.lock().ok().and_then(|mut slot| slot.take())
-    }
-}
-
 /// What the chat window does.
 #[derive(Clone, Debug)]
 pub enum Message {
     /// Something from session number `.0`.
-    Session(u64, SessionUpdate),
+    Session(u64, Update),
     /// Session number `.0` has ended (its stream is over).
     Ended(u64),
     /// Open a conversation.
@@ -76,15 +59,15 @@ pub enum Message {
     /// In a room, encrypt to verified members only (or to all pinned).
     VerifiedOnly(RoomName, bool),
     /// Open the verification screen for a peer.
-    Verify(String),
+    Verify(UserName),
     /// Mark a peer verified with the safety number shown.
-    MarkVerified(String),
+    MarkVerified(UserName),
     /// Close the verification screen.
     CloseVerify,
     /// The key-change consent box.
     Consent(bool),
     /// Accept a changed key (with consent).
-    AcceptKey(String),
+    AcceptKey(UserName),
     /// The timeline was scrolled.
     Scrolled(scrollable::Viewport),
     /// Show the newest messages.
@@ -109,7 +92,7 @@ pub enum Action {
     /// Tell the desktop about a message (the app decides whether to).
     Notify {
         /// Who wrote.
-        from: String,
+        from: UserName,
         /// Where.
         chat: Conversation,
     },
@@ -150,12 +133,6 @@ impl From<&Conversation> for ChatKey {
     }
 }
 
-/// The folded form of a name the session reported (always a valid name:
-/// it came through [`UserName`]'s checks).
-fn user_key(name: &str) -> Option<UserKey> {
-    name.parse::<UserName>().ok().map(|name| name.key())
-}
-
 /// A message handed to the session that it has not reported sent yet.
 #[derive(Debug)]
 struct Pending {
@@ -187,7 +164,7 @@ pub struct Chat {
     controller: Option<Controller>,
     connection: Connection,
     retry_at: Option<Instant>,
-    me: String,
+    me: UserName,
     threads: BTreeMap<ChatKey, Thread>,
     rooms: BTreeSet<RoomName>,
     current: Option<ChatKey>,
@@ -289,10 +266,13 @@ impl PresenceRun {
     }
 }
 
-/// Whether two names the session reported are one name (compared as
-/// [`UserKey`]s are).
-fn same_name(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
+/// `a, b, c`.
+fn join(names: &[UserName]) -> String {
+    names
+        .iter()
+        .map(UserName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn now_ms() -> u64 {
@@ -319,7 +299,7 @@ impl Chat {
         known_relay: bool,
     ) -> Self {
         Self {
-            me: account.name().to_string(),
+            me: account.name().clone(),
             account,
             relay,
             generation,
@@ -490,26 +470,27 @@ impl Chat {
         }
     }
 
-    fn trust_of(&self, name: &str) -> TrustLevel {
-        if same_name(name, &self.me) {
+    fn trust_of(&self, name: &UserName) -> TrustLevel {
+        if name.same_as(&self.me) {
             return TrustLevel::Verified;
         }
-        user_key(name)
-            .and_then(|key| self.trust.get(&key))
+        self.trust
+            .get(&name.key())
             .map_or(TrustLevel::Unknown, |(trust, _)| *trust)
     }
 
-    fn set_trust(&mut self, name: &str, trust: TrustLevel, fingerprint: Option<Fingerprint>) {
-        if let Some(key) = user_key(name) {
-            let entry = self.trust.entry(key).or_insert((TrustLevel::Unknown, None));
-            entry.0 = trust;
-            if fingerprint.is_some() {
-                entry.1 = fingerprint;
-            }
+    fn set_trust(&mut self, name: &UserName, trust: TrustLevel, fingerprint: Option<Fingerprint>) {
+        let entry = self
+            .trust
+            .entry(name.key())
+            .or_insert((TrustLevel::Unknown, None));
+        entry.0 = trust;
+        if fingerprint.is_some() {
+            entry.1 = fingerprint;
         }
         for members in self.members.values_mut() {
             for member in members.iter_mut() {
-                if same_name(&member.name, name) {
+                if member.name.same_as(name) {
                     member.trust = trust;
                     if fingerprint.is_some() {
                         member.fingerprint = fingerprint;
@@ -521,8 +502,8 @@ impl Chat {
 
     /// The start of `fingerprint` beside a name that looks like another
     /// contact's, so the two can be told apart; `None` for other names.
-    fn lookalike_key(&self, name: &str, fingerprint: Option<Fingerprint>) -> Option<String> {
-        let key = user_key(name)?;
+    fn lookalike_key(&self, name: &UserName, fingerprint: Option<Fingerprint>) -> Option<String> {
+        let key = name.key();
         if !self.lookalikes.contains(&key) {
             return None;
         }
@@ -538,9 +519,7 @@ impl Chat {
                 if generation != self.generation {
                     return Action::None;
                 }
-                if let Some(update) = update.take() {
-                    return self.apply(update);
-                }
+                return self.apply(update);
             }
             Message::Ended(generation) => {
                 if generation != self.generation {
@@ -580,21 +559,16 @@ impl Chat {
             Message::VerifiedOnly(room, on) => {
                 self.command(Command::SetVerifiedOnly { room, on });
             }
-            Message::Verify(name) => self.open_verify(&name),
+            Message::Verify(name) => self.verify_screen(name),
             Message::MarkVerified(name) => {
-                let Some(shown) = user_key(&name).and_then(|key| self.shown.get(&key)) else {
+                let Some(shown) = self.shown.get(&name.key()) else {
                     return Action::None;
                 };
                 let safety_number = shown.safety_number.digits().to_owned();
-                match name.parse::<UserName>() {
-                    Ok(user) => {
-                        self.command(Command::Verify {
-                            name: user,
-                            safety_number,
-                        });
-                    }
-                    Err(e) => self.status = Some((Tone::Danger, e.to_string())),
-                }
+                self.command(Command::Verify {
+                    name,
+                    safety_number,
+                });
             }
             Message::CloseVerify => {
                 self.verifying = None;
@@ -605,9 +579,7 @@ impl Chat {
                 if !self.consent {
                     return Action::None;
                 }
-                if let Ok(user) = name.parse::<UserName>() {
-                    self.command(Command::AcceptKey(user));
-                }
+                self.command(Command::AcceptKey(name));
             }
             Message::Scrolled(viewport) => {
                 let y = viewport.relative_offset().y;
@@ -669,13 +641,6 @@ impl Chat {
             )
         } else {
             format!("The session ended: {reason}")
-        }
-    }
-
-    fn open_verify(&mut self, name: &str) {
-        match commands::user(name) {
-            Ok(user) => self.verify_screen(user),
-            Err(e) => self.status = Some((Tone::Warning, e)),
         }
     }
 
@@ -828,11 +793,9 @@ impl Chat {
                     self.last_position = self.last_position.max(last);
                 }
                 for message in &messages {
-                    if !message.outgoing
-                        && let Some(key) = user_key(&message.from)
-                    {
+                    if !message.outgoing {
                         self.trust
-                            .entry(key)
+                            .entry(message.from.key())
                             .or_insert((message.trust, Some(message.fingerprint)));
                     }
                 }
@@ -902,10 +865,9 @@ impl Chat {
             Update::Members { room, members } => {
                 let chat = Conversation::Room(room.clone());
                 for member in &members {
-                    if !same_name(&member.name, &self.me) {
-                        if let Some(key) = user_key(&member.name) {
-                            self.trust.insert(key, (member.trust, member.fingerprint));
-                        }
+                    if !member.name.same_as(&self.me) {
+                        self.trust
+                            .insert(member.name.key(), (member.trust, member.fingerprint));
                         self.introduce(&member.name, &chat);
                     }
                 }
@@ -966,19 +928,14 @@ impl Chat {
             ),
             Update::Key(event) => self.key_event(event),
             Update::Trust { name, trust } => {
-                let key = user_key(&name);
+                let key = name.key();
                 let fingerprint = self
                     .key_changes
                     .iter()
-                    .find(|change| same_name(&change.name, &name))
+                    .find(|change| change.name.same_as(&name))
                     .map(|change| change.offered)
-                    .or_else(|| {
-                        key.as_ref()
-                            .and_then(|key| self.trust.get(key))
-                            .and_then(|(_, f)| *f)
-                    });
-                self.key_changes
-                    .retain(|change| !same_name(&change.name, &name));
+                    .or_else(|| self.trust.get(&key).and_then(|(_, f)| *f));
+                self.key_changes.retain(|change| !change.name.same_as(&name));
                 self.consent = false;
                 self.set_trust(&name, trust, fingerprint);
                 if let Some(fingerprint) = fingerprint {
@@ -986,7 +943,7 @@ impl Chat {
                         thread.timeline.retrust(fingerprint, trust);
                     }
                 }
-                if let Some(shown) = key.and_then(|key| self.shown.get_mut(&key)) {
+                if let Some(shown) = self.shown.get_mut(&key) {
                     shown.trust = trust;
                 }
                 let text = match trust {
@@ -1004,10 +961,9 @@ impl Chat {
                 safety_number,
                 trust,
             } => {
-                if let Some(key) = user_key(&name) {
-                    let shown = Shown::new(name.clone(), fingerprint, safety_number, trust);
-                    self.shown.insert(key, shown);
-                }
+                let key = name.key();
+                let shown = Shown::new(name, fingerprint, safety_number, trust);
+                self.shown.insert(key, shown);
             }
             Update::NotSentTo {
                 chat,
@@ -1017,7 +973,7 @@ impl Chat {
                 let text = if names.is_empty() {
                     reason
                 } else {
-                    format!("Not sent to {}: {reason}", names.join(", "))
+                    format!("Not sent to {}: {reason}", join(&names))
                 };
                 self.notice(&chat, Tone::Warning, text);
             }
@@ -1081,9 +1037,7 @@ impl Chat {
                 lookalikes,
                 ..
             } => {
-                let Some(key) = user_key(&name) else {
-                    return;
-                };
+                let key = name.key();
                 self.trust
                     .entry(key.clone())
                     .or_insert((TrustLevel::Unverified, Some(fingerprint)));
@@ -1097,13 +1051,12 @@ impl Chat {
                 } else {
                     // Both names carry their key beside them from now on.
                     self.lookalikes.insert(key.clone());
-                    self.lookalikes
-                        .extend(lookalikes.iter().filter_map(|other| user_key(other)));
+                    self.lookalikes.extend(lookalikes.iter().map(UserName::key));
                     (
                         Tone::Warning,
                         format!(
                             "Careful: the new contact {name} has a name that looks like {}, whom you already know. It may be someone else passing for them. {name}'s key is {fingerprint} (pinned unverified); the keys are shown beside these names. Verify {name} before you trust it.",
-                            lookalikes.join(", ")
+                            join(&lookalikes)
                         ),
                     )
                 };
@@ -1139,7 +1092,7 @@ impl Chat {
                 if !self
                     .key_changes
                     .iter()
-                    .any(|change| same_name(&change.name, &name))
+                    .any(|change| change.name.same_as(&name))
                 {
                     self.key_changes.push(KeyChange {
                         name,
@@ -1152,29 +1105,30 @@ impl Chat {
     }
 
     /// The conversations `name` takes part in.
-    fn shared_with(&self, name: &str) -> Vec<Conversation> {
+    fn shared_with(&self, name: &UserName) -> Vec<Conversation> {
         let mut chats: Vec<Conversation> = self
             .members
             .iter()
-            .filter(|(_, members)| members.iter().any(|m| same_name(&m.name, name)))
+            .filter(|(_, members)| members.iter().any(|m| m.name.same_as(name)))
             .map(|(room, _)| Conversation::Room(room.clone()))
             .collect();
-        let direct = user_key(name)
-            .and_then(|key| self.threads.get(&ChatKey::Direct(key)))
+        let direct = self
+            .threads
+            .get(&ChatKey::Direct(name.key()))
             .map(|thread| thread.chat.clone());
         chats.extend(direct);
         chats
     }
 
     /// The waiting new-contact notice of `name`, if any, goes to `chat`.
-    fn introduce(&mut self, name: &str, chat: &Conversation) {
-        if let Some((tone, text)) = user_key(name).and_then(|key| self.new_contacts.remove(&key)) {
+    fn introduce(&mut self, name: &UserName, chat: &Conversation) {
+        if let Some((tone, text)) = self.new_contacts.remove(&name.key()) {
             self.notice(chat, tone, text);
         }
     }
 
     /// A notice in the conversations `name` takes part in.
-    fn notice_everywhere(&mut self, name: &str, tone: Tone, text: String) {
+    fn notice_everywhere(&mut self, name: &UserName, tone: Tone, text: String) {
         let chats = self.shared_with(name);
         if chats.is_empty() {
             self.tell(tone, text);
@@ -1195,7 +1149,9 @@ impl Chat {
         let key = if let Some(room) = head.strip_prefix('#') {
             room.parse::<RoomName>().ok().map(ChatKey::Room)
         } else if let Some(user) = head.strip_prefix('@') {
-            user_key(user).map(ChatKey::Direct)
+            user.parse::<UserName>()
+                .ok()
+                .map(|user| ChatKey::Direct(user.key()))
         } else {
             None
         };
@@ -1224,14 +1180,14 @@ impl Chat {
     pub fn view(&self) -> Element<'_, Message> {
         if let Some(change) = self.key_changes.first() {
             if let Some(name) = &self.verifying
-                && same_name(&change.name, name.as_str())
+                && change.name.same_as(name)
             {
-                return verify::view(self.shown.get(&name.key()), name.as_str(), &self.account);
+                return verify::view(self.shown.get(&name.key()), name, &self.account);
             }
             return verify::key_change(change, self.consent);
         }
         let main = match &self.verifying {
-            Some(name) => verify::view(self.shown.get(&name.key()), name.as_str(), &self.account),
+            Some(name) => verify::view(self.shown.get(&name.key()), name, &self.account),
             None => self.conversation(),
         };
         let mut layout = row![self.sidebar(), main];
@@ -1305,8 +1261,8 @@ impl Chat {
                 }
                 Conversation::Direct(user) => {
                     label = label.push(text(user.to_string()));
-                    label = label.push(badge(self.trust_of(user.as_str())));
-                    if let Some(key) = self.lookalike_key(user.as_str(), None) {
+                    label = label.push(badge(self.trust_of(user)));
+                    if let Some(key) = self.lookalike_key(user, None) {
                         label = label.push(text(key).font(MONO).size(10).style(text::warning));
                     }
                 }
@@ -1335,7 +1291,7 @@ impl Chat {
             .padding(6)
             .size(13);
         let content = column![
-            text(self.me.clone()).font(BOLD).size(18),
+            text(self.me.as_str()).font(BOLD).size(18),
             text(self.account.identity().fingerprint().to_string())
                 .font(MONO)
                 .size(10)
@@ -1389,18 +1345,18 @@ impl Chat {
             Some(Conversation::Direct(user)) => {
                 let mut line = row![
                     text(format!("@{user}")).size(22),
-                    badge(self.trust_of(user.as_str()))
+                    badge(self.trust_of(user))
                 ]
                 .spacing(10)
                 .align_y(Alignment::Center);
-                if let Some(key) = self.lookalike_key(user.as_str(), None) {
+                if let Some(key) = self.lookalike_key(user, None) {
                     line = line.push(text(key).font(MONO).size(12).style(text::warning));
                 }
                 line.push(space().width(Fill))
                     .push(
                         button(text("Verify").size(13))
                             .style(button::secondary)
-                            .on_press(Message::Verify(user.to_string())),
+                            .on_press(Message::Verify(user.clone())),
                     )
                     .into()
             }
@@ -1539,11 +1495,11 @@ impl Chat {
             .unwrap_or_default();
         let mut list = Column::new().spacing(4);
         for member in members {
-            let me = same_name(&member.name, &self.me);
+            let me = member.name.same_as(&self.me);
             let name = if me {
                 format!("{} (you)", member.name)
             } else {
-                member.name.clone()
+                member.name.to_string()
             };
             let mut line = row![text(name)].spacing(6).align_y(Alignment::Center);
             if !me {
@@ -1553,13 +1509,13 @@ impl Chat {
             if !me && let Some(key) = self.lookalike_key(&member.name, member.fingerprint) {
                 entry = entry.push(text(key).font(MONO).size(10).style(text::warning));
             }
-            if !me && let Ok(user) = member.name.parse::<UserName>() {
+            if !me {
                 entry = entry.push(
                     row![
                         button(text("Message").size(11))
                             .padding([2, 6])
                             .style(button::secondary)
-                            .on_press(Message::Select(Conversation::Direct(user))),
+                            .on_press(Message::Select(Conversation::Direct(member.name.clone()))),
                         button(text("Verify").size(11))
                             .padding([2, 6])
                             .style(button::secondary)
@@ -1621,7 +1577,7 @@ fn tone_style(tone: Tone) -> fn(&iced::Theme) -> text::Style {
 pub fn start(account: Account, relay: RelayAddress, generation: u64) -> Task<Message> {
     let config = session::Config::new(account, relay);
     Task::run(session::run(config), move |update| {
-        Message::Session(generation, SessionUpdate::new(update))
+        Message::Session(generation, update)
     })
     .chain(Task::done(Message::Ended(generation)))
 }

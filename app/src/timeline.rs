@@ -231,7 +231,7 @@ mod tests {
     fn message(anchor: u64, rank: u32, seq: u64) -> Message {
         Message {
             chat: Chat::Room("lobby".parse().unwrap()),
-            from: "bob".into(),
+            from: "bob".parse().unwrap(),
             fingerprint: Fingerprint([1; 32]),
             trust: TrustLevel::Unverified,
             outgoing: false,

@@ -4,6 +4,7 @@
 use iced::widget::{Column, button, checkbox, column, container, qr_code, row, space, text};
 use iced::{Alignment, Color, Element, Fill};
 use sotto_crypto::{Fingerprint, SafetyNumber};
+use sotto_proto::UserName;
 
 use crate::chat::Message;
 use crate::style::{BOLD, MONO, badge};
@@ -14,7 +15,7 @@ use sotto_client::session::TrustLevel;
 #[derive(Debug)]
 pub struct Shown {
     /// The peer.
-    pub name: String,
+    pub name: UserName,
     /// The peer's key (for a changed key: the key offered).
     pub fingerprint: Fingerprint,
     /// What to compare.
@@ -29,7 +30,7 @@ impl Shown {
     /// Prepares the screen's data (the QR code is encoded here, not in
     /// `view`).
     pub fn new(
-        name: String,
+        name: UserName,
         fingerprint: Fingerprint,
         safety_number: SafetyNumber,
         trust: TrustLevel,
@@ -74,7 +75,7 @@ fn qr<'a>(data: &'a qr_code::Data) -> Element<'a, Message> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyChange {
     /// Who.
-    pub name: String,
+    pub name: UserName,
     /// The key that was verified.
     pub pinned: Fingerprint,
     /// The key presented now.
@@ -85,7 +86,7 @@ pub struct KeyChange {
 /// session answers.
 pub fn view<'a>(
     shown: Option<&'a Shown>,
-    name: &'a str,
+    name: &'a UserName,
     account: &'a Account,
 ) -> Element<'a, Message> {
     let close = button("Close")

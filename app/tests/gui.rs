@@ -570,11 +570,8 @@ const OFFLINE_SESSION: u64 = 7;
 
 /// Hands `update` to `chat` as its session would.
 fn feed(chat: &mut sotto_app::chat::Chat, update: Update) -> sotto_app::chat::Action {
-    use sotto_app::chat::{Message as ChatMessage, SessionUpdate};
-    chat.update(ChatMessage::Session(
-        OFFLINE_SESSION,
-        SessionUpdate::new(update),
-    ))
+    use sotto_app::chat::Message as ChatMessage;
+    chat.update(ChatMessage::Session(OFFLINE_SESSION, update))
 }
 
 /// Scrolls the timeline of `view` all the way up; returns the messages.
@@ -603,7 +600,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
     let history = (1..=1000u64)
         .map(|i| session::Message {
             chat: Conversation::Room(RoomName::lobby()),
-            from: "bob".into(),
+            from: "bob".parse().unwrap(),
             fingerprint: Fingerprint([2; 32]),
             trust: TrustLevel::Unverified,
             outgoing: false,
@@ -666,7 +663,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
 /// looks like, and messages in their sender's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
-    use sotto_app::chat::{Message as ChatMessage, SessionUpdate};
+    use sotto_app::chat::Message as ChatMessage;
     use sotto_client::session::{self, Chat as Conversation, Member, TrustLevel, Update};
     use sotto_crypto::Fingerprint;
     use sotto_proto::RoomName;
@@ -676,12 +673,12 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
     let lobby = Conversation::Room(RoomName::lobby());
     let bob = Fingerprint([2; 32]);
     let mut feed = |generation: u64, update: Update| {
-        let _ = chat.update(ChatMessage::Session(generation, SessionUpdate::new(update)));
+        let _ = chat.update(ChatMessage::Session(generation, update));
     };
     let message = |seq: u64, position: (u64, u32), text: &str| {
         Update::Message(session::Message {
             chat: Conversation::Room(RoomName::lobby()),
-            from: "bob".into(),
+            from: "bob".parse().unwrap(),
             fingerprint: bob,
             trust: TrustLevel::Unverified,
             outgoing: false,
@@ -704,7 +701,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
         Update::Members {
             room: RoomName::lobby(),
             members: vec![Member {
-                name: "bob".into(),
+                name: "bob".parse().unwrap(),
                 fingerprint: Some(bob),
                 trust: TrustLevel::Unverified,
             }],
@@ -716,7 +713,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
         7,
         Update::Missing {
             chat: lobby.clone(),
-            from: "bob".into(),
+            from: "bob".parse().unwrap(),
             count: 1,
         },
     );
@@ -726,21 +723,21 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
         7,
         Update::Rejected {
             chat: Some(lobby.clone()),
-            from: "bob".into(),
+            from: "bob".parse().unwrap(),
         },
     );
     feed(
         7,
         Update::NotForYou {
             chat: lobby.clone(),
-            from: "carol".into(),
+            from: "carol".parse().unwrap(),
         },
     );
     feed(
         7,
         Update::RosterMismatch {
             room: RoomName::lobby(),
-            from: "bob".into(),
+            from: "bob".parse().unwrap(),
         },
     );
     // An update from an earlier session of the window is ignored.
@@ -870,7 +867,7 @@ fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> Update {
     use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
     Update::Message(session::Message {
         chat: Conversation::Room(sotto_proto::RoomName::lobby()),
-        from: from.into(),
+        from: from.parse().unwrap(),
         fingerprint: sotto_crypto::Fingerprint(key),
         trust: TrustLevel::Unverified,
         outgoing: false,
@@ -971,7 +968,7 @@ async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
     let mut chat = offline_chat(temp.path()).await;
     let (real, fake) = (Fingerprint([0x11; 32]), Fingerprint([0xbe; 32]));
     let member = |name: &str, key| Member {
-        name: name.into(),
+        name: name.parse().unwrap(),
         fingerprint: Some(key),
         trust: TrustLevel::Unverified,
     };
@@ -980,7 +977,7 @@ async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
             room: RoomName::lobby(),
         },
         Update::Key(KeyEvent::Pinned {
-            name: "bob".into(),
+            name: "bob".parse().unwrap(),
             fingerprint: real,
             lookalikes: Vec::new(),
         }),
@@ -1003,9 +1000,9 @@ async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
 
     for update in [
         Update::Key(KeyEvent::Pinned {
-            name: "b0b".into(),
+            name: "b0b".parse().unwrap(),
             fingerprint: fake,
-            lookalikes: vec!["bob".into()],
+            lookalikes: vec!["bob".parse().unwrap()],
         }),
         Update::Members {
             room: RoomName::lobby(),
@@ -1090,13 +1087,14 @@ async fn the_qr_code_is_dark_on_light_and_decodes_in_both_themes() {
         .safety_number(bob.identity().public());
     let payload = number.qr_payload().to_owned();
     let shown = Shown::new(
-        "bob".into(),
+        "bob".parse().unwrap(),
         bob.identity().fingerprint(),
         number,
         TrustLevel::Unverified,
     );
     for (theme, name) in [(iced::Theme::Light, "light"), (iced::Theme::Dark, "dark")] {
-        let mut ui = simulator(verify::view(Some(&shown), "bob", &alice));
+        let bob_name = "bob".parse().unwrap();
+        let mut ui = simulator(verify::view(Some(&shown), &bob_name, &alice));
         let snapshot = ui.snapshot(&theme).unwrap();
         // iced_test writes the frame as a PNG where none is yet.
         let dir = temp.path().join(name);
@@ -1367,7 +1365,7 @@ async fn a_presence_flood_is_one_notice_that_counts() {
     );
     let presence = |name: String, change| Update::Presence {
         room: RoomName::lobby(),
-        name,
+        name: name.parse().unwrap(),
         change,
     };
     for n in 0..5_000 {

@@ -312,9 +312,9 @@ mod tests {
     #[test]
     fn a_pinned_key_event_names_the_look_alikes() {
         let event = event(&Update::Key(KeyEvent::Pinned {
-            name: "aIice".to_owned(),
+            name: "aIice".parse().unwrap(),
             fingerprint: Fingerprint([0xab; 32]),
-            lookalikes: vec!["alice".to_owned()],
+            lookalikes: vec!["alice".parse().unwrap()],
         }));
         assert_eq!(
             event,

@@ -253,7 +253,7 @@ mod tests {
     fn message(from: &str, text: &str) -> Update {
         Update::Message(Message {
             chat: Chat::Room("lobby".parse().unwrap()),
-            from: from.to_owned(),
+            from: from.parse().unwrap(),
             fingerprint: Fingerprint([1; 32]),
             trust: TrustLevel::Unverified,
             outgoing: false,
@@ -310,9 +310,9 @@ mod tests {
         let out = shown(
             &mut view,
             &Update::Key(KeyEvent::Pinned {
-                name: "aIice".to_owned(),
+                name: "aIice".parse().unwrap(),
                 fingerprint,
-                lookalikes: vec!["alice".to_owned()],
+                lookalikes: vec!["alice".parse().unwrap()],
             }),
         );
         assert_eq!(out.len(), 1, "{out:?}");
@@ -327,7 +327,7 @@ mod tests {
         let out = shown(
             &mut view,
             &Update::Key(KeyEvent::Pinned {
-                name: "carol".to_owned(),
+                name: "carol".parse().unwrap(),
                 fingerprint,
                 lookalikes: Vec::new(),
             }),
@@ -344,7 +344,7 @@ mod tests {
             &Update::Members {
                 room: "lobby".parse().unwrap(),
                 members: vec![Member {
-                    name: "aIice".to_owned(),
+                    name: "aIice".parse().unwrap(),
                     fingerprint: Some(fingerprint),
                     trust: TrustLevel::Unverified,
                 }],

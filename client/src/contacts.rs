@@ -56,18 +56,18 @@ pub enum KeyEvent {
     /// A new contact, pinned unverified.
     Pinned {
         /// Who.
-        name: String,
+        name: UserName,
         /// The pinned key.
         fingerprint: Fingerprint,
         /// Known contacts whose names look like this one
         /// ([`sotto_proto::UserName::skeleton`]): `aIice` next to `alice`.
         /// Front ends warn and show the fingerprint beside the name.
-        lookalikes: Vec<String>,
+        lookalikes: Vec<UserName>,
     },
     /// An unverified contact's key changed; the new key is now pinned.
     Changed {
         /// Who.
-        name: String,
+        name: UserName,
         /// The key that was pinned.
         previous: Fingerprint,
         /// The key pinned now.
@@ -77,7 +77,7 @@ pub enum KeyEvent {
     /// until the user decides.
     ChangedVerified {
         /// Who.
-        name: String,
+        name: UserName,
         /// The verified key, still pinned.
         pinned: Fingerprint,
         /// The key offered instead.
@@ -165,7 +165,7 @@ impl Contacts {
                 .take_while(|(s, _)| *s == skeleton)
                 .filter_map(|(_, key)| UserName::try_from(key.as_str()).ok())
                 .filter_map(|key| self.by_name.get(&key.key()))
-                .map(|c| c.name.to_string())
+                .map(|c| c.name.clone())
                 .collect();
             self.insert(Contact {
                 name: name.clone(),
@@ -173,7 +173,7 @@ impl Contacts {
                 trust: Trust::Unverified,
             });
             return Some(KeyEvent::Pinned {
-                name: name.to_string(),
+                name: name.clone(),
                 fingerprint: identity.fingerprint(),
                 lookalikes,
             });
@@ -186,7 +186,7 @@ impl Contacts {
                 let previous = contact.identity.fingerprint();
                 contact.identity = identity.clone();
                 Some(KeyEvent::Changed {
-                    name: contact.name.to_string(),
+                    name: contact.name.clone(),
                     previous,
                     current: identity.fingerprint(),
                 })
@@ -197,7 +197,7 @@ impl Contacts {
                     offered: identity.clone(),
                 };
                 Some(KeyEvent::ChangedVerified {
-                    name: contact.name.to_string(),
+                    name: contact.name.clone(),
                     pinned: contact.identity.fingerprint(),
                     offered: identity.fingerprint(),
                 })
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(
             event,
             KeyEvent::Changed {
-                name: "bob".into(),
+                name: n("bob"),
                 previous: public("bob").fingerprint(),
                 current: public("mallory").fingerprint(),
             }

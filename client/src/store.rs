@@ -22,6 +22,7 @@ use sotto_crypto::{
     Conversation, CounterStore, Fingerprint, Identity, PublicIdentity, ReceivingSession,
     ReplayWindow, SessionContext, SessionKey, at_rest::StorageKey,
 };
+use sotto_proto::UserName;
 use zeroize::Zeroizing;
 
 use crate::contacts::{Contact, Contacts, Trust};
@@ -70,8 +71,9 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
 pub struct StoredEntry {
     /// The conversation, as the UI names it (see [`crate::session::Chat`]).
     pub chat: crate::session::Chat,
-    /// The sender's name as pinned.
-    pub from: String,
+    /// The sender's name as pinned (serialized as the string it is, so
+    /// the stored bytes are those of a `String`).
+    pub from: UserName,
     /// The sender's fingerprint.
     pub fingerprint: Fingerprint,
     /// Whether this client sent it.

@@ -115,6 +115,23 @@ macro_rules! name_type {
             }
         }
 
+        /// Compares with a plain string exactly, byte for byte and
+        /// case-sensitive like `==` between two names (`name == "bob"` in
+        /// a test). Names the relay takes for one (`Bob`, `bob`) compare
+        /// equal only by [`UserName::key`].
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        /// As `PartialEq<str>`: exact and case-sensitive.
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

@@ -152,7 +152,7 @@ pub struct Peer {
     pub account: Account,
     pub controller: Controller,
     pub updates: Updates,
-    /// Every update seen so far (copies, see [`record`]), for assertions
+    /// Every update seen so far (copies), for assertions
     /// after the fact: [`Peer::saw`], [`Peer::seen_at`], [`Peer::count`].
     pub seen: Vec<Update>,
     /// Updates that arrived while connecting, not yet expected.
@@ -220,7 +220,7 @@ impl Peer {
             Ok(None) => panic!("{}: session ended; seen: {:#?}", self.name, self.seen),
             Err(_) => panic!("{}: timed out; seen: {:#?}", self.name, self.seen),
         };
-        self.seen.push(record(&update));
+        self.seen.push(update.clone());
         update
     }
 
@@ -331,10 +331,8 @@ impl Peer {
             "{refused:?}"
         );
         self.send(lobby(), in_room);
-        self.expect(
-            |u| matches!(u, Update::NotSentTo { names, .. } if names == &[name.to_owned()]),
-        )
-        .await;
+        self.expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &[name]))
+            .await;
     }
 
     /// Waits until `room`'s member list is exactly `names`.
@@ -368,7 +366,7 @@ impl Peer {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match tokio::time::timeout_at(deadline, self.updates.next()).await {
-                Ok(Some(update)) => self.seen.push(record(&update)),
+                Ok(Some(update)) => self.seen.push(update),
                 Ok(None) => return,
                 Err(_) => panic!(
                     "{}: did not end after quitting; seen: {:#?}",
@@ -376,82 +374,6 @@ impl Peer {
                 ),
             }
         }
-    }
-}
-
-/// A copy of `update` for [`Peer::seen`] (`Update` is not `Clone`). The
-/// match names every kind, so a new kind of update does not compile here
-/// until it is copied too.
-pub fn record(update: &Update) -> Update {
-    match update {
-        Update::Ready(controller) => Update::Ready(controller.clone()),
-        Update::History { chat, messages } => Update::History {
-            chat: chat.clone(),
-            messages: messages.clone(),
-        },
-        Update::Connection(connection) => Update::Connection(connection.clone()),
-        Update::Joined { room } => Update::Joined { room: room.clone() },
-        Update::Left { room } => Update::Left { room: room.clone() },
-        Update::Members { room, members } => Update::Members {
-            room: room.clone(),
-            members: members.clone(),
-        },
-        Update::Presence { room, name, change } => Update::Presence {
-            room: room.clone(),
-            name: name.clone(),
-            change: *change,
-        },
-        Update::Message(message) => Update::Message(message.clone()),
-        Update::Missing { chat, from, count } => Update::Missing {
-            chat: chat.clone(),
-            from: from.clone(),
-            count: *count,
-        },
-        Update::Rejected { chat, from } => Update::Rejected {
-            chat: chat.clone(),
-            from: from.clone(),
-        },
-        Update::NotForYou { chat, from } => Update::NotForYou {
-            chat: chat.clone(),
-            from: from.clone(),
-        },
-        Update::Key(event) => Update::Key(event.clone()),
-        Update::Trust { name, trust } => Update::Trust {
-            name: name.clone(),
-            trust: *trust,
-        },
-        Update::SafetyNumber {
-            name,
-            fingerprint,
-            safety_number,
-            trust,
-        } => Update::SafetyNumber {
-            name: name.clone(),
-            fingerprint: *fingerprint,
-            safety_number: safety_number.clone(),
-            trust: *trust,
-        },
-        Update::NotSentTo {
-            chat,
-            names,
-            reason,
-        } => Update::NotSentTo {
-            chat: chat.clone(),
-            names: names.clone(),
-            reason: reason.clone(),
-        },
-        Update::RosterMismatch { room, from } => Update::RosterMismatch {
-            room: room.clone(),
-            from: from.clone(),
-        },
-        Update::Users(users) => Update::Users(users.clone()),
-        Update::Rooms(rooms) => Update::Rooms(rooms.clone()),
-        Update::VerifiedOnly { room, on } => Update::VerifiedOnly {
-            room: room.clone(),
-            on: *on,
-        },
-        Update::Error(error) => Update::Error(error.clone()),
-        Update::RelayKeyMoved(moved) => Update::RelayKeyMoved(moved.clone()),
     }
 }
 
@@ -490,7 +412,7 @@ pub fn missing(update: &Update) -> bool {
 /// The relay sent `update` about `name` joining or leaving `room`.
 pub fn presence(name: &str, change: PresenceChange) -> impl Fn(&Update) -> bool + use<> {
     let name = name.to_owned();
-    move |update| matches!(update, Update::Presence { name: n, change: c, .. } if *n == name && *c == change)
+    move |update| matches!(update, Update::Presence { name: n, change: c, .. } if *n == *name && *c == change)
 }
 
 /// What a [`barrier`] goes through.

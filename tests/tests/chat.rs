@@ -136,7 +136,7 @@ async fn user_list_and_join_leave_notices_follow_the_seed_chat() {
         .map(|u| {
             (
                 u.name.as_str(),
-                u.rooms.iter().map(String::as_str).collect(),
+                u.rooms.iter().map(sotto_proto::RoomName::as_str).collect(),
             )
         })
         .collect();
@@ -149,7 +149,8 @@ async fn user_list_and_join_leave_notices_follow_the_seed_chat() {
     let Update::Rooms(rooms) = rooms else {
         unreachable!()
     };
-    assert_eq!(rooms, [("lobby".to_owned(), 2), ("side".to_owned(), 1)]);
+    let rooms: Vec<(&str, u32)> = rooms.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+    assert_eq!(rooms, [("lobby", 2), ("side", 1)]);
 
     // Leaving a room and leaving altogether are both announced.
     bob.command(Command::Leave(room("lobby")));
@@ -634,7 +635,7 @@ async fn a_verified_only_room_wraps_no_key_to_unverified_members() {
 
     alice.send(lobby(), "verified eyes only");
     alice
-        .expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &["carol".to_owned()]))
+        .expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &["carol"]))
         .await;
     bob.expect_message(&lobby(), "verified eyes only").await;
     // Carol gets the body without a key slot: nothing she can open, and

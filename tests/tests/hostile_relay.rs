@@ -302,9 +302,7 @@ async fn s03_added_member_is_announced_and_gets_no_key_in_a_verified_only_room()
     }
     alice.send(lobby(), "verified eyes only");
     alice
-        .expect(
-            |u| matches!(u, Update::NotSentTo { names, .. } if names == &["mallory".to_owned()]),
-        )
+        .expect(|u| matches!(u, Update::NotSentTo { names, .. } if names == &["mallory"]))
         .await;
     bob.expect_message(&lobby(), "verified eyes only").await;
     for frame in w.hostile.sent_by("alice") {
@@ -1099,8 +1097,9 @@ async fn s18_a_presence_flood_is_bounded_by_the_front_ends_pace() {
         },
     ])
     .await;
-    let notices =
-        bob.count(|u| matches!(u, Update::Presence { name, .. } if name.starts_with("flood")));
+    let notices = bob.count(
+        |u| matches!(u, Update::Presence { name, .. } if name.as_str().starts_with("flood")),
+    );
     assert!(
         notices <= capacity,
         "{notices} presence notices were kept for a front end that read none"

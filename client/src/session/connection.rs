@@ -343,9 +343,7 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
             )
             .await?;
             if !session
-                .state(Connection::Connected {
-                    name: name.to_string(),
-                })
+                .state(Connection::Connected { name: name.clone() })
                 .await
                 || !session.emit(&mut out).await
             {

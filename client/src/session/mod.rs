@@ -158,7 +158,7 @@ pub enum TrustLevel {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// The name.
-    pub name: String,
+    pub name: UserName,
     /// The pinned key's fingerprint, if any.
     pub fingerprint: Option<Fingerprint>,
     /// Its trust.
@@ -171,7 +171,7 @@ pub struct Message {
     /// Where it belongs.
     pub chat: Chat,
     /// Who sent it (as pinned).
-    pub from: String,
+    pub from: UserName,
     /// The sender's key.
     pub fingerprint: Fingerprint,
     /// The sender's trust when it arrived.
@@ -201,7 +201,7 @@ pub enum Connection {
     /// Registered under `name`.
     Connected {
         /// The name the relay registered.
-        name: String,
+        name: UserName,
     },
     /// The connection failed or closed; the next attempt is in `after`.
     Reconnecting {
@@ -233,9 +233,9 @@ pub enum PresenceChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OnlineUser {
     /// The name.
-    pub name: String,
+    pub name: UserName,
     /// The rooms the user is in.
-    pub rooms: Vec<String>,
+    pub rooms: Vec<RoomName>,
     /// Its trust here.
     pub trust: TrustLevel,
 }
@@ -244,7 +244,10 @@ pub struct OnlineUser {
 ///
 /// Not `#[non_exhaustive]`: both front ends match every update, so a new
 /// one fails their build until each says what it shows.
-#[derive(Debug)]
+///
+/// `Clone`, so a front end can pass an update around as a value (the app's
+/// messages are `Clone`); cloning one is cheap next to showing it.
+#[derive(Clone, Debug)]
 pub enum Update {
     /// The session started: commands go through this controller.
     Ready(Controller),
@@ -280,7 +283,7 @@ pub enum Update {
         /// The room.
         room: RoomName,
         /// Who.
-        name: String,
+        name: UserName,
         /// What happened.
         change: PresenceChange,
     },
@@ -292,7 +295,7 @@ pub enum Update {
         /// The chat.
         chat: Chat,
         /// The sender.
-        from: String,
+        from: UserName,
         /// How many are missing.
         count: u64,
     },
@@ -302,7 +305,7 @@ pub enum Update {
         /// The chat it claimed, when known.
         chat: Option<Chat>,
         /// The sender the relay named.
-        from: String,
+        from: UserName,
     },
     /// `from` sent a message in `chat` without a key for this client: it
     /// does not count this client among the recipients (not verified in a
@@ -312,21 +315,21 @@ pub enum Update {
         /// The chat.
         chat: Chat,
         /// The sender.
-        from: String,
+        from: UserName,
     },
     /// A peer's key was pinned or changed.
     Key(KeyEvent),
     /// A peer's trust changed (verified, accepted a new key).
     Trust {
         /// Who.
-        name: String,
+        name: UserName,
         /// The trust now.
         trust: TrustLevel,
     },
     /// The safety number with `name`, as asked for.
     SafetyNumber {
         /// Who.
-        name: String,
+        name: UserName,
         /// Their pinned key (or, for a changed key, the key offered).
         fingerprint: Fingerprint,
         /// What to compare.
@@ -340,7 +343,7 @@ pub enum Update {
         /// The chat.
         chat: Chat,
         /// Who was left out.
-        names: Vec<String>,
+        names: Vec<UserName>,
         /// Why.
         reason: String,
     },
@@ -351,12 +354,12 @@ pub enum Update {
         /// The room.
         room: RoomName,
         /// Whose view differs.
-        from: String,
+        from: UserName,
     },
     /// The connected users.
     Users(Vec<OnlineUser>),
     /// The rooms, with member counts.
-    Rooms(Vec<(String, u32)>),
+    Rooms(Vec<(RoomName, u32)>),
     /// A room setting changed.
     VerifiedOnly {
         /// The room.

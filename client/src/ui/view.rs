@@ -6,24 +6,15 @@
 //! and returns the [`Said`]s a user reads for it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::time::Duration;
 
 use sotto_crypto::Fingerprint;
 use sotto_proto::{RoomName, UserKey, UserName};
 
 use super::Context;
-use super::words::{self, Said, Tone};
+use super::words::{self, Place, Said, Tone};
 use crate::contacts::KeyEvent;
-use crate::session::{Chat, Member, TrustLevel, Update};
-
-/// The folded key of a name the session reported (always a valid name).
-fn key_of(name: &impl fmt::Display) -> Option<UserKey> {
-    name.to_string()
-        .parse::<UserName>()
-        .ok()
-        .map(|name| name.key())
-}
+use crate::session::{Chat, Connection, Member, TrustLevel, Update};
 
 /// A front end's knowledge of its session.
 #[derive(Clone, Debug)]
@@ -37,9 +28,10 @@ pub struct View {
     relay: String,
     members: BTreeMap<RoomName, Vec<Member>>,
     trust: HashMap<UserKey, (TrustLevel, Option<Fingerprint>)>,
-    me: Option<UserKey>,
+    /// This user, as the relay registered them.
+    me: Option<UserName>,
     /// New contacts whose names look like known ones: the look-alikes.
-    lookalikes: HashMap<UserKey, Vec<String>>,
+    lookalikes: HashMap<UserKey, Vec<UserName>>,
     /// The new key of a verified contact whose key changed, until the
     /// user decides.
     offered: HashMap<UserKey, Fingerprint>,
@@ -76,57 +68,51 @@ impl View {
     }
 
     /// The rooms whose members include `name`.
-    pub fn rooms_with(&self, name: &impl fmt::Display) -> Vec<RoomName> {
-        let Some(key) = key_of(name) else {
-            return Vec::new();
-        };
+    pub fn rooms_with(&self, name: &UserName) -> Vec<RoomName> {
         self.members
             .iter()
-            .filter(|(_, members)| {
-                members
-                    .iter()
-                    .any(|m| key_of(&m.name).as_ref() == Some(&key))
-            })
+            .filter(|(_, members)| members.iter().any(|m| m.name.same_as(name)))
             .map(|(room, _)| room.clone())
             .collect()
     }
 
     /// `name`'s trust and pinned key as last reported (`Unknown` and no
     /// key for a name never heard of).
-    pub fn trust_of(&self, name: &impl fmt::Display) -> (TrustLevel, Option<Fingerprint>) {
-        key_of(name)
-            .and_then(|key| self.trust.get(&key).copied())
+    pub fn trust_of(&self, name: &UserName) -> (TrustLevel, Option<Fingerprint>) {
+        self.trust
+            .get(&name.key())
+            .copied()
             .unwrap_or((TrustLevel::Unknown, None))
     }
 
-    /// Whether `name` is this user (as the relay registered them).
-    pub fn is_me(&self, name: &impl fmt::Display) -> bool {
-        self.me.is_some() && key_of(name) == self.me
+    /// This user, once connected (as the relay registered them).
+    pub fn me(&self) -> Option<&UserName> {
+        self.me.as_ref()
+    }
+
+    /// Whether `name` is this user.
+    pub fn is_me(&self, name: &UserName) -> bool {
+        self.me.as_ref().is_some_and(|me| me.same_as(name))
     }
 
     /// The known names `name` looks like, if it was pinned as a look-alike.
-    pub fn lookalikes_of(&self, name: &impl fmt::Display) -> Option<&[String]> {
-        key_of(name)
-            .and_then(|key| self.lookalikes.get(&key))
-            .map(Vec::as_slice)
+    pub fn lookalikes_of(&self, name: &UserName) -> Option<&[UserName]> {
+        self.lookalikes.get(&name.key()).map(Vec::as_slice)
     }
 
     /// Whether `name` looks like another contact, or another contact
     /// looks like it.
-    pub fn is_lookalike(&self, name: &impl fmt::Display) -> bool {
-        let Some(key) = key_of(name) else {
-            return false;
-        };
-        self.lookalikes.contains_key(&key)
+    pub fn is_lookalike(&self, name: &UserName) -> bool {
+        self.lookalikes.contains_key(&name.key())
             || self
                 .lookalikes
                 .values()
                 .flatten()
-                .any(|other| key_of(other).as_ref() == Some(&key))
+                .any(|other| other.same_as(name))
     }
 
     /// `name` as listed: `(you)` or its trust, and what it looks like.
-    pub fn label(&self, name: &impl fmt::Display) -> String {
+    pub fn label(&self, name: &UserName) -> String {
         let (trust, fingerprint) = self.trust_of(name);
         words::label(
             name,
@@ -137,18 +123,17 @@ impl View {
         )
     }
 
-    /// The words for the connection's state (see [`words::connection`]).
-    pub fn connection(&self, state: &crate::session::Connection, left: Duration) -> (Tone, String) {
+    /// The words for the connection's state (see [`words::connection`]),
+    /// `left` being what remains of the wait before reconnecting.
+    pub fn connection(&self, state: &Connection, left: Duration) -> (Tone, String) {
         words::connection(state, &self.relay, left)
     }
 
-    fn set_trust(&mut self, name: &impl fmt::Display, trust: TrustLevel, key: Option<Fingerprint>) {
-        if let Some(user) = key_of(name) {
-            let entry = self.trust.entry(user).or_insert((trust, key));
-            entry.0 = trust;
-            if key.is_some() {
-                entry.1 = key;
-            }
+    fn set_trust(&mut self, name: &UserName, trust: TrustLevel, key: Option<Fingerprint>) {
+        let entry = self.trust.entry(name.key()).or_insert((trust, key));
+        entry.0 = trust;
+        if key.is_some() {
+            entry.1 = key;
         }
     }
 
@@ -161,26 +146,25 @@ impl View {
             Update::Ready(_) | Update::Message(_) => return Vec::new(),
             Update::History { messages, .. } => {
                 for message in messages.iter().filter(|m| !m.outgoing) {
-                    if let Some(key) = key_of(&message.from) {
-                        self.trust
-                            .entry(key)
-                            .or_insert((message.trust, Some(message.fingerprint)));
-                    }
+                    self.trust
+                        .entry(message.from.key())
+                        .or_insert((message.trust, Some(message.fingerprint)));
                 }
                 return Vec::new();
             }
             Update::Connection(state) => {
-                if let crate::session::Connection::Connected { name } = state {
-                    self.me = key_of(name);
-                }
                 let after = match state {
-                    crate::session::Connection::Reconnecting { after, .. } => *after,
-                    _ => Duration::ZERO,
+                    Connection::Connected { name } => {
+                        self.me = Some(name.clone());
+                        Duration::ZERO
+                    }
+                    Connection::Reconnecting { after, .. } => *after,
+                    Connection::Connecting | Connection::Failed { .. } => Duration::ZERO,
                 };
                 let (tone, text) = self.connection(state, after);
                 Said {
                     tone,
-                    place: words::Place::General,
+                    place: Place::General,
                     text,
                     names_place: false,
                 }
@@ -213,12 +197,12 @@ impl View {
                     return Vec::new();
                 }
                 let labels: Vec<String> = members.iter().map(|m| self.label(&m.name)).collect();
-                words::members(room, Chat::Room(room.clone()), &labels)
+                words::members(room, &labels)
             }
             Update::Presence { room, name, change } => Said {
                 tone: Tone::Info,
-                place: words::Place::Chat(Chat::Room(room.clone())),
-                text: words::presence(&[name.to_string()], None, 1, *change, room),
+                place: Place::Chat(Chat::Room(room.clone())),
+                text: words::presence(std::slice::from_ref(name), None, 1, *change, room),
                 names_place: true,
             },
             Update::Missing { chat, from, count } => words::missing(chat, from, *count),
@@ -231,7 +215,7 @@ impl View {
             Update::Trust { name, trust } => {
                 // A decision on a changed key: the new key is the one now
                 // trusted.
-                let offered = key_of(name).and_then(|key| self.offered.remove(&key));
+                let offered = self.offered.remove(&name.key());
                 self.set_trust(name, *trust, offered);
                 words::trust(name, *trust)
             }
@@ -241,9 +225,7 @@ impl View {
                 safety_number,
                 trust,
             } => {
-                if let Some(key) = key_of(name) {
-                    self.context.shown.insert(key, safety_number.clone());
-                }
+                self.context.shown.insert(name.key(), safety_number.clone());
                 self.set_trust(name, *trust, Some(*fingerprint));
                 words::safety_number(name, fingerprint, safety_number, *trust)
             }
@@ -251,20 +233,14 @@ impl View {
                 chat,
                 names,
                 reason,
-            } => {
-                let names: Vec<String> = names.iter().map(ToString::to_string).collect();
-                words::not_sent_to(chat, &names, reason)
-            }
+            } => words::not_sent_to(chat, names, reason),
             Update::RosterMismatch { room, from } => words::roster_mismatch(room, from),
             Update::Users(users) => {
                 let lines: Vec<String> = users
                     .iter()
                     .map(|user| {
-                        let rooms: Vec<String> = user
-                            .rooms
-                            .iter()
-                            .map(|room| format!("#{}", words::safe(room)))
-                            .collect();
+                        let rooms: Vec<String> =
+                            user.rooms.iter().map(|room| format!("#{room}")).collect();
                         let label = words::label(
                             &user.name,
                             self.is_me(&user.name),
@@ -283,9 +259,7 @@ impl View {
                 words::users(&lines)
             }
             Update::Rooms(rooms) => words::rooms(rooms),
-            Update::VerifiedOnly { room, on } => {
-                words::verified_only(room, Chat::Room(room.clone()), *on)
-            }
+            Update::VerifiedOnly { room, on } => words::verified_only(room, *on),
             Update::Error(message) => words::error(message),
             Update::RelayKeyMoved(moved) => words::info(moved),
         };
@@ -299,14 +273,11 @@ impl View {
                 fingerprint,
                 lookalikes,
             } => {
-                if let Some(key) = key_of(name) {
-                    self.trust
-                        .entry(key.clone())
-                        .or_insert((TrustLevel::Unverified, Some(*fingerprint)));
-                    if !lookalikes.is_empty() {
-                        self.lookalikes
-                            .insert(key, lookalikes.iter().map(ToString::to_string).collect());
-                    }
+                self.trust
+                    .entry(name.key())
+                    .or_insert((TrustLevel::Unverified, Some(*fingerprint)));
+                if !lookalikes.is_empty() {
+                    self.lookalikes.insert(name.key(), lookalikes.clone());
                 }
             }
             KeyEvent::Changed { name, current, .. } => {
@@ -314,9 +285,7 @@ impl View {
             }
             KeyEvent::ChangedVerified { name, offered, .. } => {
                 self.set_trust(name, TrustLevel::Changed, None);
-                if let Some(key) = key_of(name) {
-                    self.offered.insert(key, *offered);
-                }
+                self.offered.insert(name.key(), *offered);
             }
         }
     }
@@ -331,6 +300,10 @@ mod tests {
     use crate::ui::{Local, Place, Resolved, resolve};
 
     fn room(name: &str) -> RoomName {
+        name.parse().unwrap()
+    }
+
+    fn user(name: &str) -> UserName {
         name.parse().unwrap()
     }
 
@@ -392,11 +365,11 @@ mod tests {
         });
         assert_eq!(texts(&said), ["In #lobby: alice (you), bob [verified]"]);
         assert_eq!(
-            view.trust_of(&"BOB"),
+            view.trust_of(&user("BOB")),
             (TrustLevel::Verified, Some(Fingerprint([2; 32])))
         );
-        assert!(view.is_me(&"alice"));
-        assert_eq!(view.rooms_with(&"Bob"), [room("lobby")]);
+        assert!(view.is_me(&user("alice")));
+        assert_eq!(view.rooms_with(&user("Bob")), [room("lobby")]);
         // Later lists replace the members silently.
         let said = view.apply(&Update::Members {
             room: room("lobby"),
@@ -404,7 +377,7 @@ mod tests {
         });
         assert!(said.is_empty());
         assert_eq!(view.members(&room("lobby")).len(), 1);
-        assert!(view.rooms_with(&"bob").is_empty());
+        assert!(view.rooms_with(&user("bob")).is_empty());
     }
 
     #[test]
@@ -448,12 +421,12 @@ mod tests {
             lookalikes: vec!["bob".parse().unwrap()],
         }));
         assert_eq!(said[0].tone, Tone::Danger);
-        assert_eq!(said[0].place, Place::With("b0b".to_owned()));
+        assert_eq!(said[0].place, Place::With(user("b0b")));
         assert!(said[0].text.starts_with("Careful: the new contact b0b"));
-        assert!(view.is_lookalike(&"b0b") && view.is_lookalike(&"BOB"));
-        assert!(!view.is_lookalike(&"carol"));
-        assert!(view.label(&"b0b").contains("[looks like bob, key "));
-        assert_eq!(view.trust_of(&"b0b").0, TrustLevel::Unverified);
+        assert!(view.is_lookalike(&user("b0b")) && view.is_lookalike(&user("BOB")));
+        assert!(!view.is_lookalike(&user("carol")));
+        assert!(view.label(&user("b0b")).contains("[looks like bob, key "));
+        assert_eq!(view.trust_of(&user("b0b")).0, TrustLevel::Unverified);
 
         // A verified contact's key changes, then the user accepts it: the
         // new key is the one trusted.
@@ -462,7 +435,7 @@ mod tests {
             pinned: Fingerprint([4; 32]),
             offered: Fingerprint([5; 32]),
         }));
-        assert_eq!(view.trust_of(&"carol").0, TrustLevel::Changed);
+        assert_eq!(view.trust_of(&user("carol")).0, TrustLevel::Changed);
         let said = view.apply(&Update::Trust {
             name: "carol".parse().unwrap(),
             trust: TrustLevel::Unverified,
@@ -472,7 +445,7 @@ mod tests {
             ["You accepted carol's new key without verifying it"]
         );
         assert_eq!(
-            view.trust_of(&"carol"),
+            view.trust_of(&user("carol")),
             (TrustLevel::Unverified, Some(Fingerprint([5; 32])))
         );
     }
@@ -543,7 +516,7 @@ mod tests {
 
     #[test]
     fn presence_runs_name_the_first_two_and_the_newest() {
-        let names = ["bob".to_owned(), "carol".to_owned()];
+        let names = [user("bob"), user("carol")];
         let lobby = room("lobby");
         let joined = PresenceChange::Joined;
         assert_eq!(
@@ -555,11 +528,11 @@ mod tests {
             "bob and carol joined #lobby"
         );
         assert_eq!(
-            words::presence(&names, Some("dave"), 3, joined, &lobby),
+            words::presence(&names, Some(&user("dave")), 3, joined, &lobby),
             "bob, carol and dave joined #lobby"
         );
         assert_eq!(
-            words::presence(&names, Some("zoe"), 15, PresenceChange::Left, &lobby),
+            words::presence(&names, Some(&user("zoe")), 15, PresenceChange::Left, &lobby),
             "bob, carol, 12 others and zoe left #lobby"
         );
     }

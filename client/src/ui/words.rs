@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use sotto_crypto::{Fingerprint, SafetyNumber};
+use sotto_proto::{RoomName, UserName};
 
 use crate::contacts::KeyEvent;
 use crate::safe_text;
@@ -32,9 +33,8 @@ pub enum Tone {
 pub enum Place {
     /// In this conversation.
     Chat(Chat),
-    /// In every conversation shared with this user (by name as the
-    /// session reported it): key events.
-    With(String),
+    /// In every conversation shared with this user: key events.
+    With(UserName),
     /// Nowhere in particular: the connection, listings, errors.
     General,
 }
@@ -110,7 +110,7 @@ pub(super) fn label(
     name: &impl fmt::Display,
     me: bool,
     trust: TrustLevel,
-    lookalikes: Option<&[String]>,
+    lookalikes: Option<&[UserName]>,
     fingerprint: Option<Fingerprint>,
 ) -> String {
     let mut label = safe(name);
@@ -144,14 +144,14 @@ fn presence_verb(change: PresenceChange) -> &'static str {
 /// dave ...`: `first` are the first (at most two) names, `newest` the
 /// newest when there are more, `count` all of them.
 pub fn presence(
-    first: &[String],
-    newest: Option<&str>,
+    first: &[UserName],
+    newest: Option<&UserName>,
     count: u64,
     change: PresenceChange,
     room: &impl fmt::Display,
 ) -> String {
     let first: Vec<String> = first.iter().map(safe).collect();
-    let newest = newest.map(|name| safe(&name));
+    let newest = newest.map(safe);
     let names = match (first.as_slice(), newest) {
         ([one], None) => one.clone(),
         ([a, b], None) => format!("{a} and {b}"),
@@ -194,19 +194,18 @@ pub fn connection(state: &Connection, relay: &str, left: Duration) -> (Tone, Str
 }
 
 /// What the app and the terminal say on joining or leaving a room.
-pub(super) fn membership(room: &impl fmt::Display, joined: bool) -> Said {
-    let chat_room = room.to_string().parse().ok().map(Chat::Room);
-    let place = chat_room.map_or(Place::General, Place::Chat);
+pub(super) fn membership(room: &RoomName, joined: bool) -> Said {
+    let place = Place::Chat(Chat::Room(room.clone()));
     let verb = if joined { "joined" } else { "left" };
     Said::new(Tone::Info, place, format!("You {verb} #{}", safe(room))).naming_place()
 }
 
 /// A room's members as first listed: `In #lobby: alice (you), bob
 /// [verified]`.
-pub(super) fn members(room: &impl fmt::Display, chat: Chat, labels: &[String]) -> Said {
+pub(super) fn members(room: &RoomName, labels: &[String]) -> Said {
     Said::new(
         Tone::Info,
-        Place::Chat(chat),
+        Place::Chat(Chat::Room(room.clone())),
         format!("In #{}: {}", safe(room), labels.join(", ")),
     )
     .naming_place()
@@ -255,7 +254,7 @@ pub(super) fn key_event(event: &KeyEvent) -> Said {
             lookalikes,
         } => {
             let shown = safe(name);
-            let place = Place::With(name.to_string());
+            let place = Place::With(name.clone());
             if lookalikes.is_empty() {
                 return Said::new(
                     Tone::Info,
@@ -285,7 +284,7 @@ pub(super) fn key_event(event: &KeyEvent) -> Said {
             let shown = safe(name);
             Said::new(
                 Tone::Warning,
-                Place::With(name.to_string()),
+                Place::With(name.clone()),
                 format!(
                     "{shown}'s key changed (they were not verified): {previous} → {current} (/verify {shown} to be sure it is them)"
                 ),
@@ -299,7 +298,7 @@ pub(super) fn key_event(event: &KeyEvent) -> Said {
             let shown = safe(name);
             Said::new(
                 Tone::Danger,
-                Place::With(name.to_string()),
+                Place::With(name.clone()),
                 format!(
                     "{shown}'s key changed since you verified it: verified key {pinned}, new key {offered}. Nothing is sent to {shown} until you compare the new safety number (/verify {shown}) or accept the new key (/trust {shown})."
                 ),
@@ -336,7 +335,7 @@ pub(super) fn safety_number(
     Said::new(Tone::Info, Place::General, text)
 }
 
-pub(super) fn not_sent_to(chat: &Chat, names: &[String], reason: &str) -> Said {
+pub(super) fn not_sent_to(chat: &Chat, names: &[UserName], reason: &str) -> Said {
     let reason = safe(&reason);
     let text = if names.is_empty() {
         reason
@@ -347,15 +346,10 @@ pub(super) fn not_sent_to(chat: &Chat, names: &[String], reason: &str) -> Said {
     Said::new(Tone::Warning, Place::Chat(chat.clone()), text)
 }
 
-pub(super) fn roster_mismatch(room: &impl fmt::Display, from: &impl fmt::Display) -> Said {
-    let place = room
-        .to_string()
-        .parse()
-        .ok()
-        .map_or(Place::General, |room| Place::Chat(Chat::Room(room)));
+pub(super) fn roster_mismatch(room: &RoomName, from: &UserName) -> Said {
     Said::new(
         Tone::Danger,
-        place,
+        Place::Chat(Chat::Room(room.clone())),
         format!(
             "{} encrypted for another set of members than you see in #{}: someone may just have joined or left, or the relay may be showing members different rosters",
             safe(from),
@@ -379,7 +373,7 @@ pub(super) fn users(lines: &[String]) -> Said {
 }
 
 /// `N rooms:` and a line per room with its count of members.
-pub(super) fn rooms<R: fmt::Display>(rooms: &[(R, u32)]) -> Said {
+pub(super) fn rooms(rooms: &[(RoomName, u32)]) -> Said {
     let mut text = format!(
         "{} room{}:",
         rooms.len(),
@@ -395,7 +389,8 @@ pub(super) fn rooms<R: fmt::Display>(rooms: &[(R, u32)]) -> Said {
     Said::new(Tone::Info, Place::General, text)
 }
 
-pub(super) fn verified_only(room: &impl fmt::Display, chat: Chat, on: bool) -> Said {
+pub(super) fn verified_only(room: &RoomName, on: bool) -> Said {
+    let chat = Chat::Room(room.clone());
     let room = safe(room);
     let text = if on {
         format!("#{room}: your messages go to verified members only")

@@ -101,7 +101,7 @@ impl Engine {
     pub(super) fn reject(&self, delivery: &Delivery, out: &mut Out) -> Handled {
         out.update(Update::Rejected {
             chat: self.chat_of(delivery),
-            from: delivery.from.to_string(),
+            from: delivery.from.clone(),
         });
         Handled::Done
     }
@@ -117,7 +117,7 @@ impl Engine {
                 let chat = self.chat_of(&held.delivery);
                 out.update(Update::Rejected {
                     chat,
-                    from: held.delivery.from.to_string(),
+                    from: held.delivery.from.clone(),
                 });
                 Self::ack(&held.delivery, out);
             }
@@ -409,7 +409,7 @@ impl Engine {
             // relay stripped its slot).
             out.update(Update::NotForYou {
                 chat,
-                from: self.display_name(&delivery.from).to_string(),
+                from: self.display_name(&delivery.from),
             });
             return Handled::Done;
         };
@@ -469,7 +469,7 @@ impl Engine {
         let roster = opened.roster;
         let entry = StoredEntry {
             chat: chat.clone(),
-            from: self.display_name(&delivery.from).to_string(),
+            from: self.display_name(&delivery.from),
             fingerprint: sender,
             outgoing: false,
             seq: opened.seq,

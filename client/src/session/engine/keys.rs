@@ -110,7 +110,7 @@ impl Engine {
                     for delivery in awaiting.deliveries {
                         out.update(Update::Rejected {
                             chat: None,
-                            from: delivery.from.to_string(),
+                            from: delivery.from.clone(),
                         });
                         Self::ack(&delivery, out);
                     }
@@ -158,7 +158,7 @@ impl Engine {
             Trust::Unverified | Trust::Verified => &contact.identity,
         };
         out.update(Update::SafetyNumber {
-            name: contact.name.to_string(),
+            name: contact.name.clone(),
             fingerprint: theirs.fingerprint(),
             safety_number: self.identity.public().safety_number(theirs),
             trust: trust_level(&contact.trust),
@@ -176,7 +176,7 @@ impl Engine {
             name: self
                 .contacts
                 .get(name)
-                .map_or_else(|| name.to_string(), |c| c.name.to_string()),
+                .map_or_else(|| name.clone(), |c| c.name.clone()),
             trust,
         });
         let rooms: Vec<RoomName> = self

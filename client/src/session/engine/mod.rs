@@ -219,7 +219,7 @@ impl Engine {
         for contact in engine.contacts.iter() {
             if let Trust::Changed { offered } = &contact.trust {
                 updates.push(Update::Key(KeyEvent::ChangedVerified {
-                    name: contact.name.to_string(),
+                    name: contact.name.clone(),
                     pinned: contact.identity.fingerprint(),
                     offered: offered.fingerprint(),
                 }));
@@ -234,8 +234,7 @@ impl Engine {
         } else {
             // The trust of the key it came from: a message from a key that
             // is no longer pinned is not shown with the new key's trust.
-            let from = entry.from.parse::<UserName>().ok();
-            match from.and_then(|from| self.contacts.get(&from)) {
+            match self.contacts.get(&entry.from) {
                 Some(c) if c.identity.fingerprint() == entry.fingerprint => trust_level(&c.trust),
                 Some(_) | None => TrustLevel::Unverified,
             }
@@ -351,10 +350,7 @@ impl Engine {
                 identity,
             } => self.on_presence(room, user, event, identity, out),
             RelayFrame::Rooms { rooms } => out.update(Update::Rooms(
-                rooms
-                    .into_iter()
-                    .map(|r| (r.name.to_string(), r.members))
-                    .collect(),
+                rooms.into_iter().map(|r| (r.name, r.members)).collect(),
             )),
             RelayFrame::Users { users } => {
                 let users = users
@@ -365,8 +361,8 @@ impl Engine {
                         } else {
                             self.trust_of(&u.name)
                         },
-                        name: u.name.to_string(),
-                        rooms: u.rooms.into_iter().map(String::from).collect(),
+                        name: u.name,
+                        rooms: u.rooms,
                     })
                     .collect();
                 out.update(Update::Users(users));

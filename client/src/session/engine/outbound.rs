@@ -95,7 +95,7 @@ impl Engine {
         };
         let verified_only = entry.settings.verified_only;
         let mut recipients = Vec::new();
-        let mut left_out: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        let mut left_out: BTreeMap<&'static str, Vec<UserName>> = BTreeMap::new();
         for member in entry.members.values() {
             if self.is_me(&member.name) {
                 continue;
@@ -110,15 +110,15 @@ impl Engine {
                 Ok(_) => left_out
                     .entry("not verified, and this room sends to verified members only")
                     .or_default()
-                    .push(member.name.to_string()),
+                    .push(member.name.clone()),
                 Err(Blocked::KeyChanged { .. }) => left_out
                     .entry("their key changed: verify or accept it first")
                     .or_default()
-                    .push(member.name.to_string()),
+                    .push(member.name.clone()),
                 Err(_) => left_out
                     .entry("no key is known for them")
                     .or_default()
-                    .push(member.name.to_string()),
+                    .push(member.name.clone()),
             }
         }
         let chat = Chat::Room(room.clone());
@@ -309,7 +309,7 @@ impl Engine {
         }
         let entry = StoredEntry {
             chat,
-            from: self.name.to_string(),
+            from: self.name.clone(),
             fingerprint: self.me,
             outgoing: true,
             seq,

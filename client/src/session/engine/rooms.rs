@@ -137,7 +137,7 @@ impl Engine {
         };
         out.update(Update::Presence {
             room: room.clone(),
-            name: user.to_string(),
+            name: user.clone(),
             change,
         });
         self.members_changed(&room, out);
@@ -264,14 +264,14 @@ impl Engine {
             .map(|m| {
                 if self.is_me(&m.name) {
                     Member {
-                        name: m.name.to_string(),
+                        name: m.name.clone(),
                         fingerprint: Some(self.me),
                         trust: TrustLevel::Verified,
                     }
                 } else {
                     let contact = self.contacts.get(&m.name);
                     Member {
-                        name: m.name.to_string(),
+                        name: m.name.clone(),
                         fingerprint: contact.map(|c| c.identity.fingerprint()),
                         trust: contact.map_or(TrustLevel::Unknown, |c| trust_level(&c.trust)),
                     }
@@ -310,7 +310,7 @@ impl Engine {
         self.warned.insert((sender, session));
         out.update(Update::RosterMismatch {
             room: room.clone(),
-            from: self.display_name(from).to_string(),
+            from: self.display_name(from),
         });
     }
 }
