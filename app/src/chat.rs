@@ -2,7 +2,7 @@
 //! timeline, the current room's members, the composer; the verification
 //! and key-change screens on top.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use iced::widget::{
@@ -21,10 +21,9 @@ use sotto_client::commands;
 use sotto_client::contacts::KeyEvent;
 use sotto_client::safe_text::multiline as visible;
 use sotto_client::session::{
-    self, Chat as Conversation, Command, Connection, Controller, Member, PresenceChange,
-    TrustLevel, Update,
+    self, Chat as Conversation, Command, Connection, Controller, PresenceChange, TrustLevel, Update,
 };
-use sotto_client::ui::{self, Local, Resolved};
+use sotto_client::ui::{self, Local, Place, Resolved, Said, words};
 
 /// The widget ids, for tests and focus.
 pub mod ids {
@@ -164,22 +163,17 @@ pub struct Chat {
     controller: Option<Controller>,
     connection: Connection,
     retry_at: Option<Instant>,
-    me: UserName,
+    /// What this window knows of its session (rooms, members, trust,
+    /// look-alikes, the safety numbers shown, the current conversation),
+    /// shared with sotto-cli's way of keeping it.
+    view: ui::View,
     threads: BTreeMap<ChatKey, Thread>,
-    rooms: BTreeSet<RoomName>,
-    current: Option<ChatKey>,
-    members: BTreeMap<RoomName, Vec<Member>>,
-    verified_only: BTreeSet<RoomName>,
-    /// Trust and pinned key per user, as last heard.
-    trust: HashMap<UserKey, (TrustLevel, Option<Fingerprint>)>,
-    /// Safety numbers shown, per user.
+    /// The safety numbers shown, per user, ready to draw (with their QR
+    /// codes, built once).
     shown: HashMap<UserKey, Shown>,
     /// Contacts pinned before any conversation with them is known: their
     /// notice waits for the room (or direct message) they show up in.
     new_contacts: HashMap<UserKey, (Tone, String)>,
-    /// Users whose names look like another contact's: their key's
-    /// fingerprint is shown beside their name.
-    lookalikes: HashSet<UserKey>,
     verifying: Option<UserName>,
     key_changes: Vec<KeyChange>,
     consent: bool,
@@ -206,9 +200,9 @@ pub struct Chat {
 struct PresenceRun {
     change: PresenceChange,
     /// The first two names (shown).
-    first: Vec<String>,
+    first: Vec<UserName>,
     /// The newest name, when there are more than two (shown).
-    newest: Option<String>,
+    newest: Option<UserName>,
     /// How many changes in all.
     count: u64,
     /// When the newest was, ms since the Unix epoch.
@@ -222,7 +216,7 @@ struct PresenceRun {
 const PRESENCE_RUN_GAP_MS: u64 = 30_000;
 
 impl PresenceRun {
-    fn new(change: PresenceChange, name: String, at_ms: u64) -> Self {
+    fn new(change: PresenceChange, name: UserName, at_ms: u64) -> Self {
         Self {
             change,
             first: vec![name],
@@ -233,7 +227,7 @@ impl PresenceRun {
         }
     }
 
-    fn add(&mut self, name: String, at_ms: u64) {
+    fn add(&mut self, name: UserName, at_ms: u64) {
         self.count += 1;
         self.at_ms = at_ms;
         if self.first.len() < 2 {
@@ -243,36 +237,18 @@ impl PresenceRun {
         }
     }
 
-    /// `bob joined #lobby`, `bob and carol joined #lobby`, `bob, carol,
-    /// 12 others and dave joined #lobby`: the newest name always last.
+    /// The run in words (`ui::words::presence`): `bob joined #lobby`,
+    /// `bob and carol joined #lobby`, `bob, carol, 12 others and dave
+    /// joined #lobby`, the newest name always last.
     fn text(&self, room: &RoomName) -> String {
-        let what = match self.change {
-            PresenceChange::Joined => "joined",
-            PresenceChange::Left => "left",
-            PresenceChange::Disconnected => "disconnected from",
-        };
-        let names = match (self.first.as_slice(), &self.newest) {
-            ([one], None) => one.clone(),
-            ([a, b], None) => format!("{a} and {b}"),
-            ([a, b], Some(newest)) if self.count == 3 => format!("{a}, {b} and {newest}"),
-            ([a, b], Some(newest)) => {
-                let others = self.count - 3;
-                let plural = if others == 1 { "other" } else { "others" };
-                format!("{a}, {b}, {others} {plural} and {newest}")
-            }
-            _ => self.first.join(", "),
-        };
-        format!("{names} {what} #{room}")
+        words::presence(
+            &self.first,
+            self.newest.as_ref(),
+            self.count,
+            self.change,
+            room,
+        )
     }
-}
-
-/// `a, b, c`.
-fn join(names: &[UserName]) -> String {
-    names
-        .iter()
-        .map(UserName::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn now_ms() -> u64 {
@@ -298,8 +274,15 @@ impl Chat {
         generation: u64,
         known_relay: bool,
     ) -> Self {
+        // A line with no conversation is refused: there is nowhere to show
+        // it waiting.
+        let view = ui::View::new(
+            relay.authority(),
+            Some(account.identity().fingerprint()),
+            false,
+        );
         Self {
-            me: account.name().clone(),
+            view,
             account,
             relay,
             generation,
@@ -307,14 +290,8 @@ impl Chat {
             connection: Connection::Connecting,
             retry_at: None,
             threads: BTreeMap::new(),
-            rooms: BTreeSet::new(),
-            current: None,
-            members: BTreeMap::new(),
-            verified_only: BTreeSet::new(),
-            trust: HashMap::new(),
             shown: HashMap::new(),
             new_contacts: HashMap::new(),
-            lookalikes: HashSet::new(),
             verifying: None,
             key_changes: Vec::new(),
             consent: false,
@@ -347,10 +324,19 @@ impl Chat {
 
     /// The conversation on screen.
     pub fn current(&self) -> Option<&Conversation> {
-        self.current
-            .as_ref()
-            .and_then(|key| self.threads.get(key))
+        self.current_key()
+            .and_then(|key| self.threads.get(&key))
             .map(|thread| &thread.chat)
+    }
+
+    /// The key of the conversation on screen.
+    fn current_key(&self) -> Option<ChatKey> {
+        self.view.context.current.as_ref().map(ChatKey::from)
+    }
+
+    /// This user's name, as the relay registered it once connected.
+    fn me(&self) -> &UserName {
+        self.view.me().unwrap_or(self.account.name())
     }
 
     /// What the composer holds.
@@ -368,8 +354,8 @@ impl Chat {
     pub fn set_focused(&mut self, focused: bool) {
         self.focused = focused;
         if focused
-            && let Some(current) = &self.current
-            && let Some(thread) = self.threads.get_mut(current)
+            && let Some(current) = self.current_key()
+            && let Some(thread) = self.threads.get_mut(&current)
         {
             thread.unread = 0;
         }
@@ -425,11 +411,18 @@ impl Chat {
     /// Opens `chat` (creating it if needed).
     fn open(&mut self, chat: &Conversation) {
         self.thread(chat);
-        self.current = Some(ChatKey::from(chat));
+        self.view.context.current = Some(chat.clone());
+    }
+
+    /// Opens `chat` if no conversation is on screen.
+    fn open_if_none(&mut self, chat: &Conversation) {
+        if self.view.context.current.is_none() {
+            self.view.context.current = Some(chat.clone());
+        }
     }
 
     fn is_current(&self, chat: &Conversation) -> bool {
-        self.current.as_ref() == Some(&ChatKey::from(chat))
+        self.view.context.current.as_ref() == Some(chat)
     }
 
     fn notice(&mut self, chat: &Conversation, tone: Tone, text: String) {
@@ -441,7 +434,7 @@ impl Chat {
 
     /// A presence change as a notice in its room, added to the run of
     /// changes of the same kind shown just before it, if any.
-    fn presence_notice(&mut self, room: RoomName, name: String, change: PresenceChange) {
+    fn presence_notice(&mut self, room: RoomName, name: UserName, change: PresenceChange) {
         let now = now_ms();
         let chat = Conversation::Room(room.clone());
         let last = self.thread(&chat).timeline.last_notice().map(str::to_owned);
@@ -470,44 +463,21 @@ impl Chat {
         }
     }
 
+    /// The badge beside `name`: this user's own name counts as verified.
     fn trust_of(&self, name: &UserName) -> TrustLevel {
-        if name.same_as(&self.me) {
+        if self.view.is_me(name) || name.same_as(self.account.name()) {
             return TrustLevel::Verified;
         }
-        self.trust
-            .get(&name.key())
-            .map_or(TrustLevel::Unknown, |(trust, _)| *trust)
-    }
-
-    fn set_trust(&mut self, name: &UserName, trust: TrustLevel, fingerprint: Option<Fingerprint>) {
-        let entry = self
-            .trust
-            .entry(name.key())
-            .or_insert((TrustLevel::Unknown, None));
-        entry.0 = trust;
-        if fingerprint.is_some() {
-            entry.1 = fingerprint;
-        }
-        for members in self.members.values_mut() {
-            for member in members.iter_mut() {
-                if member.name.same_as(name) {
-                    member.trust = trust;
-                    if fingerprint.is_some() {
-                        member.fingerprint = fingerprint;
-                    }
-                }
-            }
-        }
+        self.view.trust_of(name).0
     }
 
     /// The start of `fingerprint` beside a name that looks like another
     /// contact's, so the two can be told apart; `None` for other names.
     fn lookalike_key(&self, name: &UserName, fingerprint: Option<Fingerprint>) -> Option<String> {
-        let key = name.key();
-        if !self.lookalikes.contains(&key) {
+        if !self.view.is_lookalike(name) {
             return None;
         }
-        let fingerprint = fingerprint.or_else(|| self.trust.get(&key).and_then(|(_, f)| *f))?;
+        let fingerprint = fingerprint.or_else(|| self.view.trust_of(name).1)?;
         let text = fingerprint.to_string();
         Some(format!("key {}…", text.get(..19).unwrap_or(&text)))
     }
@@ -583,8 +553,7 @@ impl Chat {
             }
             Message::Scrolled(viewport) => {
                 let y = viewport.relative_offset().y;
-                let Some(thread) = self.current.clone().and_then(|c| self.threads.get_mut(&c))
-                else {
+                let Some(thread) = self.current_key().and_then(|c| self.threads.get_mut(&c)) else {
                     return Action::None;
                 };
                 // The timeline is anchored at the bottom: 1.0 is the top.
@@ -595,7 +564,7 @@ impl Chat {
                 }
             }
             Message::Newest => {
-                if let Some(thread) = self.current.clone().and_then(|c| self.threads.get_mut(&c)) {
+                if let Some(thread) = self.current_key().and_then(|c| self.threads.get_mut(&c)) {
                     thread.timeline.follow();
                 }
                 return Action::Run(to_newest());
@@ -655,36 +624,7 @@ impl Chat {
     /// joined).
     fn join(&mut self, room: RoomName) {
         self.command(Command::Join(room.clone()));
-        self.current = Some(ChatKey::Room(room));
-    }
-
-    /// The current conversation, as [`ui::resolve`] needs it: the
-    /// conversation as the session named it, or as it was opened (a room
-    /// asked to join has no thread until it is joined).
-    fn current_chat(&self) -> Option<Conversation> {
-        let key = self.current.as_ref()?;
-        Some(match (self.threads.get(key), key) {
-            (Some(thread), _) => thread.chat.clone(),
-            (None, ChatKey::Room(room)) => Conversation::Room(room.clone()),
-            (None, ChatKey::Direct(user)) => Conversation::Direct(user.to_name()),
-        })
-    }
-
-    /// What a typed line's meaning depends on here.
-    fn context(&self) -> ui::Context {
-        ui::Context {
-            current: self.current_chat(),
-            rooms: self.rooms.clone(),
-            shown: self
-                .shown
-                .iter()
-                .map(|(key, shown)| (key.clone(), shown.safety_number.clone()))
-                .collect(),
-            fingerprint: Some(self.account.identity().fingerprint()),
-            // A line with no conversation is refused: there is nowhere to
-            // show it waiting.
-            hold: false,
-        }
+        self.view.context.current = Some(Conversation::Room(room));
     }
 
     /// What the composer sends or does. The composer is emptied once its
@@ -694,7 +634,7 @@ impl Chat {
             return Action::None;
         }
         let line = self.composer.text().replace("\r\n", "\n");
-        let resolved = match ui::resolve(&line, &self.context()) {
+        let resolved = match ui::resolve(&line, &self.view.context) {
             Ok(Resolved::Local(Local::Hold(_))) => {
                 Err("you are in no room: /join ROOM first".to_owned())
             }
@@ -752,25 +692,12 @@ impl Chat {
         match local {
             Local::Help => self.tell(Tone::Info, commands::HELP.to_owned()),
             Local::Members(room) => {
-                let members = self
-                    .members
-                    .get(&room)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                let names: Vec<String> = members
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "{} ({})",
-                            m.name,
-                            crate::style::trust_label(self.trust_of(&m.name))
-                        )
-                    })
-                    .collect();
+                let members = self.view.members(&room);
+                let names: Vec<String> = members.iter().map(|m| self.view.label(&m.name)).collect();
                 let text = format!("#{room}: {} members: {}", members.len(), names.join(", "));
                 self.tell(Tone::Info, text);
             }
-            Local::Switch(room) => self.current = Some(ChatKey::Room(room)),
+            Local::Switch(room) => self.open(&Conversation::Room(room)),
             Local::Fingerprint(fingerprint) => {
                 self.tell(Tone::Info, format!("your key fingerprint: {fingerprint}"));
             }
@@ -779,8 +706,11 @@ impl Chat {
         }
     }
 
-    /// Applies one update from the session.
+    /// Applies one update from the session: what it says is kept by the
+    /// shared [`ui::View`], which also gives the words for it; this puts
+    /// them where they belong and keeps only what is the window's own.
     fn apply(&mut self, update: Update) -> Action {
+        let said = self.view.apply(&update);
         match update {
             Update::Ready(controller) => {
                 self.controller = Some(controller);
@@ -792,17 +722,8 @@ impl Chat {
                 if let Some(last) = messages.iter().map(|m| m.position).max() {
                     self.last_position = self.last_position.max(last);
                 }
-                for message in &messages {
-                    if !message.outgoing {
-                        self.trust
-                            .entry(message.from.key())
-                            .or_insert((message.trust, Some(message.fingerprint)));
-                    }
-                }
                 self.thread(&chat).timeline.extend_messages(messages);
-                if self.current.is_none() {
-                    self.current = Some(ChatKey::from(&chat));
-                }
+                self.open_if_none(&chat);
             }
             Update::Connection(connection) => {
                 self.retry_at = match &connection {
@@ -810,10 +731,7 @@ impl Chat {
                     _ => None,
                 };
                 match &connection {
-                    Connection::Connected { name } => {
-                        self.me = name.clone();
-                        self.connected_once = true;
-                    }
+                    Connection::Connected { .. } => self.connected_once = true,
                     Connection::Failed { reason } => {
                         // The session has stopped: back to the connect
                         // screen with the address and the reason.
@@ -839,43 +757,24 @@ impl Chat {
                     }
                     _ => {}
                 }
+                // Shown in the header, not as a notice.
                 self.connection = connection;
             }
             Update::Joined { room } => {
-                self.rooms.insert(room.clone());
-                let chat = Conversation::Room(room.clone());
-                self.notice(&chat, Tone::Info, format!("You joined #{room}"));
-                if self.current.is_none() {
-                    self.current = Some(ChatKey::from(&chat));
-                }
-            }
-            Update::Left { room } => {
-                self.rooms.remove(&room);
-                self.members.remove(&room);
-                let chat = Conversation::Room(room.clone());
-                self.notice(&chat, Tone::Info, format!("You left #{room}"));
-                if self.is_current(&chat) {
-                    self.current = self
-                        .rooms
-                        .iter()
-                        .next()
-                        .map(|room| ChatKey::Room(room.clone()));
-                }
+                self.thread(&Conversation::Room(room));
+                self.show(said);
             }
             Update::Members { room, members } => {
-                let chat = Conversation::Room(room.clone());
+                // Shown in the member list, not as a notice; a new
+                // contact's notice waits for the first room they show up in.
+                let chat = Conversation::Room(room);
                 for member in &members {
-                    if !member.name.same_as(&self.me) {
-                        self.trust
-                            .insert(member.name.key(), (member.trust, member.fingerprint));
+                    if !self.view.is_me(&member.name) {
                         self.introduce(&member.name, &chat);
                     }
                 }
-                self.members.insert(room, members);
             }
-            Update::Presence { room, name, change } => {
-                self.presence_notice(room, name.to_string(), change);
-            }
+            Update::Presence { room, name, change } => self.presence_notice(room, name, change),
             Update::Message(message) => {
                 let chat = message.chat.clone();
                 let from = message.from.clone();
@@ -898,62 +797,25 @@ impl Chat {
                     if !seen {
                         thread.unread += 1;
                     }
-                    if self.current.is_none() {
-                        self.current = Some(ChatKey::from(&chat));
-                    }
+                    self.open_if_none(&chat);
                     return Action::Notify { from, chat };
                 }
             }
-            Update::Missing { chat, from, count } => {
-                let s = if count == 1 { "" } else { "s" };
-                self.notice(
-                    &chat,
-                    Tone::Warning,
-                    format!("{count} message{s} from {from} missing: lost, or withheld by the relay"),
-                );
-            }
-            Update::Rejected { chat, from } => {
-                let text = format!(
-                    "A message claiming to be from {from} failed its checks and was dropped (forged, altered or replayed)"
-                );
-                match chat {
-                    Some(chat) => self.notice(&chat, Tone::Danger, text),
-                    None => self.tell(Tone::Danger, text),
-                }
-            }
-            Update::NotForYou { chat, from } => self.notice(
-                &chat,
-                Tone::Warning,
-                format!("{from} sent a message you cannot read: it was not encrypted for you"),
-            ),
-            Update::Key(event) => self.key_event(event),
+            Update::Key(event) => self.key_event(event, said),
             Update::Trust { name, trust } => {
-                let key = name.key();
-                let fingerprint = self
-                    .key_changes
-                    .iter()
-                    .find(|change| change.name.same_as(&name))
-                    .map(|change| change.offered)
-                    .or_else(|| self.trust.get(&key).and_then(|(_, f)| *f));
-                self.key_changes.retain(|change| !change.name.same_as(&name));
+                self.key_changes
+                    .retain(|change| !change.name.same_as(&name));
                 self.consent = false;
-                self.set_trust(&name, trust, fingerprint);
-                if let Some(fingerprint) = fingerprint {
+                // The key now trusted (the new one, after a key change).
+                if let (_, Some(fingerprint)) = self.view.trust_of(&name) {
                     for thread in self.threads.values_mut() {
                         thread.timeline.retrust(fingerprint, trust);
                     }
                 }
-                if let Some(shown) = self.shown.get_mut(&key) {
+                if let Some(shown) = self.shown.get_mut(&name.key()) {
                     shown.trust = trust;
                 }
-                let text = match trust {
-                    TrustLevel::Verified => format!("You verified {name}"),
-                    TrustLevel::Unverified => {
-                        format!("You accepted {name}'s new key without verifying it")
-                    }
-                    _ => format!("{name}'s trust changed"),
-                };
-                self.tell(Tone::Info, text);
+                self.show(said);
             }
             Update::SafetyNumber {
                 name,
@@ -961,134 +823,64 @@ impl Chat {
                 safety_number,
                 trust,
             } => {
+                // Shown on the verification screen, with its QR code.
                 let key = name.key();
                 let shown = Shown::new(name, fingerprint, safety_number, trust);
                 self.shown.insert(key, shown);
             }
-            Update::NotSentTo {
-                chat,
-                names,
-                reason,
-            } => {
-                let text = if names.is_empty() {
-                    reason
-                } else {
-                    format!("Not sent to {}: {reason}", join(&names))
-                };
-                self.notice(&chat, Tone::Warning, text);
-            }
-            Update::RosterMismatch { room, from } => self.notice(
-                &Conversation::Room(room.clone()),
-                Tone::Danger,
-                format!(
-                    "{from} encrypted for another set of members than you see in #{room}: someone may just have joined or left, or the relay may be showing members different rosters"
-                ),
-            ),
-            Update::Users(users) => {
-                let list: Vec<String> = users
-                    .iter()
-                    .map(|user| {
-                        let rooms: Vec<String> =
-                            user.rooms.iter().map(|room| format!("#{room}")).collect();
-                        format!(
-                            "{} ({}) in {}",
-                            user.name,
-                            crate::style::trust_label(user.trust),
-                            if rooms.is_empty() { "no room".to_owned() } else { rooms.join(", ") }
-                        )
-                    })
-                    .collect();
-                self.tell(
-                    Tone::Info,
-                    format!("{} users connected: {}", users.len(), list.join("; ")),
-                );
-            }
-            Update::Rooms(rooms) => {
-                let list: Vec<String> = rooms
-                    .iter()
-                    .map(|(room, n)| format!("#{room} ({n})"))
-                    .collect();
-                self.tell(Tone::Info, format!("{} rooms: {}", rooms.len(), list.join(", ")));
-            }
-            Update::VerifiedOnly { room, on } => {
-                let text = if on {
-                    self.verified_only.insert(room.clone());
-                    format!("#{room}: your messages go to verified members only")
-                } else {
-                    self.verified_only.remove(&room);
-                    format!("#{room}: your messages go to every member with a known key")
-                };
-                self.notice(&Conversation::Room(room), Tone::Info, text);
-            }
             Update::Error(error) => {
                 self.not_sent(&error);
-                self.status = Some((Tone::Danger, error));
+                // In the status line, louder than the notices.
+                for said in said {
+                    self.status = Some((Tone::Danger, said.text));
+                }
             }
-            Update::RelayKeyMoved(moved) => self.tell(Tone::Info, moved.to_string()),
+            Update::Left { .. }
+            | Update::Missing { .. }
+            | Update::Rejected { .. }
+            | Update::NotForYou { .. }
+            | Update::NotSentTo { .. }
+            | Update::RosterMismatch { .. }
+            | Update::Users(_)
+            | Update::Rooms(_)
+            | Update::VerifiedOnly { .. }
+            | Update::RelayKeyMoved(_) => self.show(said),
         }
         Action::None
     }
 
-    fn key_event(&mut self, event: KeyEvent) {
+    /// Puts each notice where it belongs.
+    fn show(&mut self, said: Vec<Said>) {
+        for said in said {
+            match said.place {
+                Place::Chat(chat) => self.notice(&chat, said.tone, said.text),
+                Place::With(name) => self.notice_everywhere(&name, said.tone, said.text),
+                Place::General => self.tell(said.tone, said.text),
+            }
+        }
+    }
+
+    fn key_event(&mut self, event: KeyEvent, said: Vec<Said>) {
         match event {
-            KeyEvent::Pinned {
-                name,
-                fingerprint,
-                lookalikes,
-                ..
-            } => {
-                let key = name.key();
-                self.trust
-                    .entry(key.clone())
-                    .or_insert((TrustLevel::Unverified, Some(fingerprint)));
-                let (tone, text) = if lookalikes.is_empty() {
-                    (
-                        Tone::Info,
-                        format!(
-                            "New contact {name}: key {fingerprint}, pinned unverified. Verify them to be sure it is them."
-                        ),
-                    )
-                } else {
-                    // Both names carry their key beside them from now on.
-                    self.lookalikes.insert(key.clone());
-                    self.lookalikes.extend(lookalikes.iter().map(UserName::key));
-                    (
-                        Tone::Warning,
-                        format!(
-                            "Careful: the new contact {name} has a name that looks like {}, whom you already know. It may be someone else passing for them. {name}'s key is {fingerprint} (pinned unverified); the keys are shown beside these names. Verify {name} before you trust it.",
-                            join(&lookalikes)
-                        ),
-                    )
-                };
+            KeyEvent::Pinned { name, .. } => {
                 if self.shared_with(&name).is_empty() {
                     // Usually the key arrives just before the member list
-                    // or the message that names them.
-                    self.new_contacts.insert(key, (tone, text));
+                    // or the message that names them: the notice waits
+                    // for it.
+                    for said in said {
+                        self.new_contacts.insert(name.key(), (said.tone, said.text));
+                    }
                 } else {
-                    self.notice_everywhere(&name, tone, text);
+                    self.show(said);
                 }
             }
-            KeyEvent::Changed {
-                name,
-                previous,
-                current,
-            } => {
-                self.set_trust(&name, TrustLevel::Unverified, Some(current));
-                let text = format!(
-                    "{name}'s key changed (they were not verified): {previous} → {current}. Verify them to be sure it is them."
-                );
-                self.notice_everywhere(&name, Tone::Warning, text);
-            }
+            KeyEvent::Changed { .. } => self.show(said),
             KeyEvent::ChangedVerified {
                 name,
                 pinned,
                 offered,
             } => {
-                self.set_trust(&name, TrustLevel::Changed, None);
-                let text = format!(
-                    "{name}'s key changed since you verified it. Nothing is sent to {name} until you decide."
-                );
-                self.notice_everywhere(&name, Tone::Danger, text);
+                self.show(said);
                 if !self
                     .key_changes
                     .iter()
@@ -1107,10 +899,10 @@ impl Chat {
     /// The conversations `name` takes part in.
     fn shared_with(&self, name: &UserName) -> Vec<Conversation> {
         let mut chats: Vec<Conversation> = self
-            .members
-            .iter()
-            .filter(|(_, members)| members.iter().any(|m| m.name.same_as(name)))
-            .map(|(room, _)| Conversation::Room(room.clone()))
+            .view
+            .rooms_with(name)
+            .into_iter()
+            .map(Conversation::Room)
             .collect();
         let direct = self
             .threads
@@ -1192,7 +984,7 @@ impl Chat {
         };
         let mut layout = row![self.sidebar(), main];
         if self.verifying.is_none()
-            && let Some(ChatKey::Room(room)) = &self.current
+            && let Some(ChatKey::Room(room)) = &self.current_key()
         {
             layout = layout.push(self.member_list(room));
         }
@@ -1250,11 +1042,11 @@ impl Chat {
         let mut direct = Column::new().spacing(2);
         for (key, thread) in &self.threads {
             let chat = &thread.chat;
-            let selected = self.current.as_ref() == Some(key);
+            let selected = self.current_key().as_ref() == Some(key);
             let mut label = row![].spacing(6).align_y(Alignment::Center);
             match chat {
                 Conversation::Room(room) => {
-                    if !self.rooms.contains(room) {
+                    if !self.view.context.rooms.contains(room) {
                         continue;
                     }
                     label = label.push(text(format!("# {room}")));
@@ -1291,7 +1083,7 @@ impl Chat {
             .padding(6)
             .size(13);
         let content = column![
-            text(self.me.as_str()).font(BOLD).size(18),
+            text(self.me().as_str()).font(BOLD).size(18),
             text(self.account.identity().fingerprint().to_string())
                 .font(MONO)
                 .size(10)
@@ -1330,7 +1122,7 @@ impl Chat {
                 line = line.push(space().width(Fill));
                 let room_ = room.clone();
                 line = line.push(
-                    checkbox(self.verified_only.contains(room))
+                    checkbox(self.view.is_verified_only(room))
                         .label("Verified members only")
                         .text_size(13)
                         .on_toggle(move |on| Message::VerifiedOnly(room_.clone(), on)),
@@ -1364,10 +1156,7 @@ impl Chat {
         };
         let header = column![title, self.connection_line()].spacing(4);
 
-        let thread = self
-            .current
-            .as_ref()
-            .and_then(|chat| self.threads.get(chat));
+        let thread = self.current_key().and_then(|chat| self.threads.get(&chat));
         let mut lines = Column::new().spacing(6).padding([8, 12]);
         if let Some(thread) = thread {
             if thread.timeline.has_older() {
@@ -1405,7 +1194,7 @@ impl Chat {
         if let Some((tone, status)) = &self.status {
             body = body.push(text(visible(status)).size(13).style(tone_style(*tone)));
         }
-        let can_send = self.current.is_some() && self.controller.is_some();
+        let can_send = self.view.context.current.is_some() && self.controller.is_some();
         body = body.push(
             row![
                 text_editor(&self.composer)
@@ -1476,7 +1265,7 @@ impl Chat {
         };
         column![
             row![
-                text(self.me.as_str()).font(BOLD).style(text::secondary),
+                text(self.me().as_str()).font(BOLD).style(text::secondary),
                 state.size(11)
             ]
             .spacing(8)
@@ -1488,14 +1277,10 @@ impl Chat {
     }
 
     fn member_list(&self, room: &RoomName) -> Element<'_, Message> {
-        let members = self
-            .members
-            .get(room)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let members = self.view.members(room);
         let mut list = Column::new().spacing(4);
         for member in members {
-            let me = member.name.same_as(&self.me);
+            let me = self.view.is_me(&member.name) || member.name.same_as(self.account.name());
             let name = if me {
                 format!("{} (you)", member.name)
             } else {

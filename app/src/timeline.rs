@@ -22,16 +22,8 @@ pub const WINDOW: usize = 200;
 /// How far the window moves at a time.
 pub const PAGE: usize = 100;
 
-/// How a notice should look.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tone {
-    /// Joins, leaves, settings.
-    Info,
-    /// Something to notice: missing messages, unreadable ones.
-    Warning,
-    /// Something to act on: a changed key, a possible attack.
-    Danger,
-}
+/// How a notice is shown: the client library's tone of what it says.
+pub use sotto_client::ui::Tone;
 
 /// A line from sotto itself, not from a person.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! look like others. [`View::apply`] takes an update, keeps what it says
 //! and returns the [`Said`]s a user reads for it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use sotto_crypto::Fingerprint;
@@ -35,6 +35,8 @@ pub struct View {
     /// The new key of a verified contact whose key changed, until the
     /// user decides.
     offered: HashMap<UserKey, Fingerprint>,
+    /// The rooms whose messages go to verified members only.
+    verified_only: BTreeSet<RoomName>,
 }
 
 impl View {
@@ -55,6 +57,7 @@ impl View {
             me: None,
             lookalikes: HashMap::new(),
             offered: HashMap::new(),
+            verified_only: BTreeSet::new(),
         }
     }
 
@@ -129,11 +132,27 @@ impl View {
         words::connection(state, &self.relay, left)
     }
 
+    /// Whether `room`'s messages go to verified members only (as this
+    /// session last set or reported it).
+    pub fn is_verified_only(&self, room: &RoomName) -> bool {
+        self.verified_only.contains(room)
+    }
+
+    /// Records `name`'s trust (and key, if known), in the member lists
+    /// too.
     fn set_trust(&mut self, name: &UserName, trust: TrustLevel, key: Option<Fingerprint>) {
         let entry = self.trust.entry(name.key()).or_insert((trust, key));
         entry.0 = trust;
         if key.is_some() {
             entry.1 = key;
+        }
+        for member in self.members.values_mut().flatten() {
+            if member.name.same_as(name) {
+                member.trust = trust;
+                if key.is_some() {
+                    member.fingerprint = key;
+                }
+            }
         }
     }
 
@@ -259,7 +278,14 @@ impl View {
                 words::users(&lines)
             }
             Update::Rooms(rooms) => words::rooms(rooms),
-            Update::VerifiedOnly { room, on } => words::verified_only(room, *on),
+            Update::VerifiedOnly { room, on } => {
+                if *on {
+                    self.verified_only.insert(room.clone());
+                } else {
+                    self.verified_only.remove(room);
+                }
+                words::verified_only(room, *on)
+            }
             Update::Error(message) => words::error(message),
             Update::RelayKeyMoved(moved) => words::info(moved),
         };
