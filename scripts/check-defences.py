@@ -166,7 +166,7 @@ ENTRIES += [
        "        out.extend(lines);",
        "a message's later lines are indented so that none looks like a message header",
        "sotto-cli", ["--test", "terminal"], "hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replayed"),
- entry("gui-escape", "app/src/chat.rs", "                column![head, text(visible(&message.text))]",
+ entry("gui-escape", "app/src/chat/view.rs", "                column![head, text(visible(&message.text))]",
        "                column![head, text(message.text.as_str())]",
        "the app shows a message's text with its bidi and control characters escaped",
        "sotto-app", ["--test", "gui"], "bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text",

@@ -1,0 +1,110 @@
+//! The composer: what a typed line does (resolved by [`sotto_client::ui::resolve`]),
+//! and its keys.
+
+use iced::keyboard;
+use iced::widget::text_editor;
+
+use crate::timeline::Tone;
+use sotto_client::commands;
+use sotto_client::session::{Chat as Conversation, Command};
+use sotto_client::ui::{self, Local, Resolved};
+
+use super::{Action, Chat, Message};
+
+impl Chat {
+    /// What the composer sends or does. The composer is emptied once its
+    /// line was understood; a line that was not stays for correcting.
+    pub(super) fn submit(&mut self) -> Action {
+        if self.is_blocked() {
+            return Action::None;
+        }
+        let line = self.composer.text().replace("\r\n", "\n");
+        let resolved = match ui::resolve(&line, &self.view.context) {
+            Ok(Resolved::Local(Local::Hold(_))) => {
+                Err("you are in no room: /join ROOM first".to_owned())
+            }
+            resolved => resolved,
+        };
+        let resolved = match resolved {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                self.status = Some((Tone::Warning, e));
+                return Action::None;
+            }
+        };
+        self.composer = text_editor::Content::new();
+        self.status = None;
+        match resolved {
+            Resolved::Nothing => {}
+            Resolved::Command(command) => return self.perform(command),
+            Resolved::Local(local) => self.local(local),
+        }
+        Action::None
+    }
+
+    /// Hands a typed command to the session, showing at once what it
+    /// opens.
+    fn perform(&mut self, command: Command) -> Action {
+        match command {
+            Command::Send { chat, text } => {
+                let chat = match &chat {
+                    Conversation::Direct(_) => {
+                        self.open(&chat);
+                        // The conversation keeps the name as the session
+                        // knows it (`@bob` for `/msg BOB`), once it has
+                        // been named.
+                        self.current().cloned().unwrap_or(chat)
+                    }
+                    Conversation::Room(_) => chat,
+                };
+                self.send(chat, text);
+            }
+            Command::Join(room) => self.join(room),
+            Command::SafetyNumber(user) => self.verify_screen(user),
+            Command::Quit => {
+                self.quit();
+                return Action::Quit;
+            }
+            other => {
+                self.command(other);
+            }
+        }
+        Action::None
+    }
+
+    /// Does what a typed line asks of the window alone.
+    fn local(&mut self, local: Local) {
+        match local {
+            Local::Help => self.tell(Tone::Info, commands::HELP.to_owned()),
+            Local::Members(room) => {
+                let members = self.view.members(&room);
+                let names: Vec<String> = members.iter().map(|m| self.view.label(&m.name)).collect();
+                let text = format!("#{room}: {} members: {}", members.len(), names.join(", "));
+                self.tell(Tone::Info, text);
+            }
+            Local::Switch(room) => self.open(&Conversation::Room(room)),
+            Local::Fingerprint(fingerprint) => {
+                self.tell(Tone::Info, format!("your key fingerprint: {fingerprint}"));
+            }
+            // Not asked for (the context does not hold): refused above.
+            Local::Hold(_) => {}
+        }
+    }
+}
+
+/// The composer's keys: Enter sends, Shift+Enter breaks the line, the
+/// rest as in any text editor (pasted text keeps its lines).
+pub(super) fn composer_keys(press: text_editor::KeyPress) -> Option<text_editor::Binding<Message>> {
+    let enter = matches!(
+        press.key.as_ref(),
+        keyboard::Key::Named(keyboard::key::Named::Enter)
+    );
+    if enter && matches!(press.status, text_editor::Status::Focused { .. }) {
+        return Some(if press.modifiers.shift() {
+            text_editor::Binding::Enter
+        } else {
+            text_editor::Binding::Custom(Message::Submit)
+        });
+    }
+    text_editor::Binding::from_key_press(press)
+}

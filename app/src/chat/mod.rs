@@ -1,0 +1,561 @@
+//! The chat window: conversations in a sidebar with unread counts, the
+//! timeline, the current room's members, the composer; the verification
+//! and key-change screens on top.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use iced::Task;
+use iced::widget::{scrollable, text_editor};
+use sotto_crypto::Fingerprint;
+use sotto_proto::{RelayAddress, RoomName, UserKey, UserName};
+
+use crate::timeline::{Timeline, Tone};
+use crate::verify::{KeyChange, Shown};
+use sotto_client::account::Account;
+use sotto_client::commands;
+use sotto_client::safe_text::multiline as visible;
+use sotto_client::session::{
+    self, Chat as Conversation, Command, Connection, Controller, TrustLevel, Update,
+};
+use sotto_client::ui::{self};
+
+mod composer;
+mod updates;
+mod view;
+
+use updates::PresenceRun;
+use view::to_newest;
+
+/// The widget ids, for tests and focus.
+pub mod ids {
+    /// The composer.
+    pub const COMPOSER: &str = "chat-composer";
+    /// The timeline's scrollable.
+    pub const TIMELINE: &str = "chat-timeline";
+    /// The "join a room" field.
+    pub const JOIN: &str = "chat-join";
+}
+
+/// What the chat window does.
+#[derive(Clone, Debug)]
+pub enum Message {
+    /// Something from session number `.0`.
+    Session(u64, Update),
+    /// Session number `.0` has ended (its stream is over).
+    Ended(u64),
+    /// Open a conversation.
+    Select(Conversation),
+    /// The composer was edited (typing, pasting, Shift+Enter for a new
+    /// line).
+    Composer(text_editor::Action),
+    /// Send what the composer holds.
+    Submit,
+    /// The "join a room" field changed.
+    JoinField(String),
+    /// Join the room in the field.
+    Join,
+    /// Leave a room.
+    Leave(RoomName),
+    /// In a room, encrypt to verified members only (or to all pinned).
+    VerifiedOnly(RoomName, bool),
+    /// Open the verification screen for a peer.
+    Verify(UserName),
+    /// Mark a peer verified with the safety number shown.
+    MarkVerified(UserName),
+    /// Close the verification screen.
+    CloseVerify,
+    /// The key-change consent box.
+    Consent(bool),
+    /// Accept a changed key (with consent).
+    AcceptKey(UserName),
+    /// The timeline was scrolled.
+    Scrolled(scrollable::Viewport),
+    /// Show the newest messages.
+    Newest,
+    /// A second passed (countdowns).
+    Tick,
+    /// While waiting to reconnect, try the relay again now.
+    RetryNow,
+    /// Leave this relay.
+    Disconnect,
+    /// Open the settings.
+    Settings,
+}
+
+/// What the app should do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Nothing more.
+    None,
+    /// Run this.
+    Run(Task<Message>),
+    /// Tell the desktop about a message (the app decides whether to).
+    Notify {
+        /// Who wrote.
+        from: UserName,
+        /// Where.
+        chat: Conversation,
+    },
+    /// The session is over: back to the connect screen, with the address
+    /// of this relay in the field and why it ended (if it did not end by
+    /// the user's choice).
+    Disconnected {
+        /// Who is signed in.
+        account: Account,
+        /// The relay's address, kept in the field.
+        address: RelayAddress,
+        /// Why the session ended.
+        reason: Option<String>,
+    },
+    /// Open the settings.
+    Settings,
+    /// Quit the app.
+    Quit,
+}
+
+/// A conversation as the window files it: a direct conversation under
+/// its peer's folded name ([`UserKey`]), so `@BOB` (as typed) and `@bob`
+/// (as the session files what was sent) are one conversation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChatKey {
+    /// A room.
+    Room(RoomName),
+    /// The direct conversation with this user.
+    Direct(UserKey),
+}
+
+impl From<&Conversation> for ChatKey {
+    fn from(chat: &Conversation) -> Self {
+        match chat {
+            Conversation::Room(room) => ChatKey::Room(room.clone()),
+            Conversation::Direct(user) => ChatKey::Direct(user.key()),
+        }
+    }
+}
+
+/// A message handed to the session that it has not reported sent yet.
+#[derive(Debug)]
+struct Pending {
+    /// What was sent, exactly (matched against what the session reports).
+    text: String,
+    /// Why the session did not send it, if it said so.
+    failed: Option<String>,
+}
+
+/// A conversation's state in the window.
+#[derive(Debug)]
+struct Thread {
+    /// The conversation as last named by the session (the pinned case of
+    /// a peer's name), or as the user typed it before that.
+    chat: Conversation,
+    timeline: Timeline,
+    unread: usize,
+    /// Messages written here that the session has not reported sent, in
+    /// the order written; shown after the timeline.
+    pending: Vec<Pending>,
+}
+
+/// The chat window.
+#[derive(Debug)]
+pub struct Chat {
+    account: Account,
+    relay: RelayAddress,
+    generation: u64,
+    controller: Option<Controller>,
+    connection: Connection,
+    retry_at: Option<Instant>,
+    /// What this window knows of its session (rooms, members, trust,
+    /// look-alikes, the safety numbers shown, the current conversation),
+    /// shared with sotto-cli's way of keeping it.
+    view: ui::View,
+    threads: BTreeMap<ChatKey, Thread>,
+    /// The safety numbers shown, per user, ready to draw (with their QR
+    /// codes, built once).
+    shown: HashMap<UserKey, Shown>,
+    /// Contacts pinned before any conversation with them is known: their
+    /// notice waits for the room (or direct message) they show up in.
+    new_contacts: HashMap<UserKey, (Tone, String)>,
+    verifying: Option<UserName>,
+    key_changes: Vec<KeyChange>,
+    consent: bool,
+    composer: text_editor::Content,
+    /// Whether this relay was connected to before this session (saved in
+    /// the known relays): only then does a failed first attempt retry in
+    /// the window rather than go back to the connect screen.
+    known_relay: bool,
+    /// Whether this session has been connected at least once.
+    connected_once: bool,
+    join_field: String,
+    status: Option<(Tone, String)>,
+    /// The newest position seen: notices go after it.
+    last_position: (u64, u32),
+    focused: bool,
+    /// Per room, the presence changes of one kind shown as one notice
+    /// while nothing else comes between them.
+    presence: HashMap<RoomName, PresenceRun>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Chat {
+    /// A chat window for a session with `relay` (session number
+    /// `generation`: updates of other sessions are ignored), a relay
+    /// connected to before.
+    pub fn new(account: Account, relay: RelayAddress, generation: u64) -> Self {
+        Self::connecting(account, relay, generation, true)
+    }
+
+    /// [`Chat::new`]; `known_relay` says whether the relay was connected
+    /// to before. For a new relay, a first attempt that fails ends the
+    /// session and goes back to the connect screen, with the reason.
+    pub fn connecting(
+        account: Account,
+        relay: RelayAddress,
+        generation: u64,
+        known_relay: bool,
+    ) -> Self {
+        // A line with no conversation is refused: there is nowhere to show
+        // it waiting.
+        let view = ui::View::new(
+            relay.authority(),
+            Some(account.identity().fingerprint()),
+            false,
+        );
+        Self {
+            view,
+            account,
+            relay,
+            generation,
+            controller: None,
+            connection: Connection::Connecting,
+            retry_at: None,
+            threads: BTreeMap::new(),
+            shown: HashMap::new(),
+            new_contacts: HashMap::new(),
+            verifying: None,
+            key_changes: Vec::new(),
+            consent: false,
+            composer: text_editor::Content::new(),
+            known_relay,
+            connected_once: false,
+            join_field: String::new(),
+            status: None,
+            last_position: (0, 0),
+            focused: true,
+            presence: HashMap::new(),
+        }
+    }
+
+    /// Whether a countdown is on screen (the app ticks every second).
+    pub fn needs_ticks(&self) -> bool {
+        self.retry_at.is_some()
+    }
+
+    /// Unread messages in all conversations.
+    pub fn unread(&self) -> usize {
+        self.threads.values().map(|t| t.unread).sum()
+    }
+
+    /// The conversations in the sidebar's order (rooms, then direct
+    /// conversations), each once whatever the case of a peer's name.
+    pub fn conversations(&self) -> Vec<Conversation> {
+        self.threads.values().map(|t| t.chat.clone()).collect()
+    }
+
+    /// The conversation on screen.
+    pub fn current(&self) -> Option<&Conversation> {
+        self.current_key()
+            .and_then(|key| self.threads.get(&key))
+            .map(|thread| &thread.chat)
+    }
+
+    /// The key of the conversation on screen.
+    fn current_key(&self) -> Option<ChatKey> {
+        self.view.context.current.as_ref().map(ChatKey::from)
+    }
+
+    /// This user's name, as the relay registered it once connected.
+    fn me(&self) -> &UserName {
+        self.view.me().unwrap_or(self.account.name())
+    }
+
+    /// What the composer holds.
+    pub fn composer(&self) -> String {
+        self.composer.text()
+    }
+
+    /// Whether a key change waits for the user's decision (the composer is
+    /// hidden until then).
+    pub fn is_blocked(&self) -> bool {
+        !self.key_changes.is_empty()
+    }
+
+    /// The window gained or lost focus.
+    pub fn set_focused(&mut self, focused: bool) {
+        self.focused = focused;
+        if focused
+            && let Some(current) = self.current_key()
+            && let Some(thread) = self.threads.get_mut(&current)
+        {
+            thread.unread = 0;
+        }
+    }
+
+    /// Asks the session to stop (the app is closing).
+    pub fn quit(&self) {
+        if let Some(controller) = &self.controller {
+            let _ = controller.quit();
+        }
+    }
+
+    /// Hands `command` to the session; false (and said so) if the session
+    /// is gone.
+    fn command(&mut self, command: Command) -> bool {
+        let sent = self
+            .controller
+            .as_ref()
+            .map(|controller| controller.command(command));
+        if matches!(sent, Some(Ok(()))) {
+            return true;
+        }
+        self.status = Some((Tone::Danger, "the session has ended".to_owned()));
+        false
+    }
+
+    /// Sends `text` to `chat`; it shows as pending at once, until the
+    /// session reports it sent.
+    fn send(&mut self, chat: Conversation, text: String) {
+        let pending = Pending {
+            text: text.clone(),
+            failed: None,
+        };
+        if self.command(Command::Send {
+            chat: chat.clone(),
+            text,
+        }) {
+            self.thread(&chat).pending.push(pending);
+        }
+    }
+
+    fn thread(&mut self, chat: &Conversation) -> &mut Thread {
+        self.threads
+            .entry(ChatKey::from(chat))
+            .or_insert_with(|| Thread {
+                chat: chat.clone(),
+                timeline: Timeline::new(),
+                unread: 0,
+                pending: Vec::new(),
+            })
+    }
+
+    /// Opens `chat` (creating it if needed).
+    fn open(&mut self, chat: &Conversation) {
+        self.thread(chat);
+        self.view.context.current = Some(chat.clone());
+    }
+
+    /// Opens `chat` if no conversation is on screen.
+    fn open_if_none(&mut self, chat: &Conversation) {
+        if self.view.context.current.is_none() {
+            self.view.context.current = Some(chat.clone());
+        }
+    }
+
+    fn is_current(&self, chat: &Conversation) -> bool {
+        self.view.context.current.as_ref() == Some(chat)
+    }
+
+    fn notice(&mut self, chat: &Conversation, tone: Tone, text: String) {
+        let position = self.last_position;
+        self.thread(chat)
+            .timeline
+            .push_notice(position, tone, text, now_ms());
+    }
+
+    /// A notice in the current conversation, or the status line.
+    fn tell(&mut self, tone: Tone, text: String) {
+        match self.current().cloned() {
+            Some(chat) => self.notice(&chat, tone, text),
+            None => self.status = Some((tone, text)),
+        }
+    }
+
+    /// The badge beside `name`: this user's own name counts as verified.
+    fn trust_of(&self, name: &UserName) -> TrustLevel {
+        if self.view.is_me(name) || name.same_as(self.account.name()) {
+            return TrustLevel::Verified;
+        }
+        self.view.trust_of(name).0
+    }
+
+    /// The start of `fingerprint` beside a name that looks like another
+    /// contact's, so the two can be told apart; `None` for other names.
+    fn lookalike_key(&self, name: &UserName, fingerprint: Option<Fingerprint>) -> Option<String> {
+        if !self.view.is_lookalike(name) {
+            return None;
+        }
+        let fingerprint = fingerprint.or_else(|| self.view.trust_of(name).1)?;
+        let text = fingerprint.to_string();
+        Some(format!("key {}…", text.get(..19).unwrap_or(&text)))
+    }
+
+    /// Handles a message.
+    pub fn update(&mut self, message: Message) -> Action {
+        match message {
+            Message::Session(generation, update) => {
+                if generation != self.generation {
+                    return Action::None;
+                }
+                return self.apply(update);
+            }
+            Message::Ended(generation) => {
+                if generation != self.generation {
+                    return Action::None;
+                }
+                self.controller = None;
+                let reason = match &self.connection {
+                    Connection::Failed { reason } => Some(self.failure(reason)),
+                    _ => None,
+                };
+                return self.disconnected(reason);
+            }
+            Message::Select(chat) => {
+                if let Some(thread) = self.threads.get_mut(&ChatKey::from(&chat)) {
+                    thread.unread = 0;
+                }
+                self.open(&chat);
+                self.status = None;
+                return Action::Run(Task::batch([
+                    to_newest(),
+                    iced::widget::operation::focus(ids::COMPOSER),
+                ]));
+            }
+            Message::Composer(action) => self.composer.perform(action),
+            Message::Submit => return self.submit(),
+            Message::JoinField(text) => self.join_field = text,
+            Message::Join => match commands::room(self.join_field.trim()) {
+                Ok(room) => {
+                    self.join_field.clear();
+                    self.join(room);
+                }
+                Err(e) => self.status = Some((Tone::Warning, e)),
+            },
+            Message::Leave(room) => {
+                self.command(Command::Leave(room));
+            }
+            Message::VerifiedOnly(room, on) => {
+                self.command(Command::SetVerifiedOnly { room, on });
+            }
+            Message::Verify(name) => self.verify_screen(name),
+            Message::MarkVerified(name) => {
+                let Some(shown) = self.shown.get(&name.key()) else {
+                    return Action::None;
+                };
+                let safety_number = shown.safety_number.digits().to_owned();
+                self.command(Command::Verify {
+                    name,
+                    safety_number,
+                });
+            }
+            Message::CloseVerify => {
+                self.verifying = None;
+                return Action::Run(iced::widget::operation::focus(ids::COMPOSER));
+            }
+            Message::Consent(consent) => self.consent = consent,
+            Message::AcceptKey(name) => {
+                if !self.consent {
+                    return Action::None;
+                }
+                self.command(Command::AcceptKey(name));
+            }
+            Message::Scrolled(viewport) => {
+                let y = viewport.relative_offset().y;
+                let Some(thread) = self.current_key().and_then(|c| self.threads.get_mut(&c)) else {
+                    return Action::None;
+                };
+                // The timeline is anchored at the bottom: 1.0 is the top.
+                if y >= 0.999 && thread.timeline.has_older() {
+                    thread.timeline.older();
+                } else if y <= 0.001 && !thread.timeline.is_following() {
+                    thread.timeline.newer();
+                }
+            }
+            Message::Newest => {
+                if let Some(thread) = self.current_key().and_then(|c| self.threads.get_mut(&c)) {
+                    thread.timeline.follow();
+                }
+                return Action::Run(to_newest());
+            }
+            Message::Tick => {
+                if self.retry_at.is_some_and(|at| at <= Instant::now()) {
+                    self.retry_at = None;
+                }
+            }
+            Message::RetryNow => {
+                self.command(Command::Reconnect);
+            }
+            Message::Disconnect => {
+                self.quit();
+                return self.disconnected(None);
+            }
+            Message::Settings => return Action::Settings,
+        }
+        Action::None
+    }
+
+    fn disconnected(&self, reason: Option<String>) -> Action {
+        Action::Disconnected {
+            account: self.account.clone(),
+            address: self.relay.clone(),
+            reason,
+        }
+    }
+
+    /// What the connect screen says about a failure retrying cannot fix.
+    fn failure(&self, reason: &str) -> String {
+        let reason = visible(reason);
+        let pinned = self.relay.fingerprint_text();
+        if reason.contains(&pinned) {
+            // The relay presented another key than the address pins (the
+            // session's reason names both).
+            format!(
+                "Refused to connect to {}: the relay did not present the key this address pins. \
+                 This may be an attack: someone between you and the relay may be impersonating \
+                 it. Or the address is wrong or out of date: ask the relay's operator, over a \
+                 channel you trust, for its address. The address pins {pinned}. ({reason})",
+                self.relay.authority()
+            )
+        } else {
+            format!("The session ended: {reason}")
+        }
+    }
+
+    /// Opens the verification screen for `user` and asks the session for
+    /// the safety number it shows.
+    fn verify_screen(&mut self, user: UserName) {
+        self.verifying = Some(user.clone());
+        self.command(Command::SafetyNumber(user));
+    }
+
+    /// Joins `room`, current at once (before the session reports it
+    /// joined).
+    fn join(&mut self, room: RoomName) {
+        self.command(Command::Join(room.clone()));
+        self.view.context.current = Some(Conversation::Room(room));
+    }
+}
+
+/// Starts session number `generation` for `account` at `relay`; its updates
+/// arrive as [`Message::Session`].
+pub fn start(account: Account, relay: RelayAddress, generation: u64) -> Task<Message> {
+    let config = session::Config::new(account, relay);
+    Task::run(session::run(config), move |update| {
+        Message::Session(generation, update)
+    })
+    .chain(Task::done(Message::Ended(generation)))
+}

@@ -1,0 +1,401 @@
+//! Drawing the chat window: the sidebar, the header with the connection,
+//! the timeline, pending messages, the member list.
+
+use std::time::{Duration, Instant};
+
+use iced::widget::{
+    Column, button, checkbox, column, container, row, scrollable, space, text, text_editor,
+    text_input,
+};
+use iced::{Alignment, Element, Fill, Task};
+use sotto_proto::RoomName;
+
+use crate::style::{BOLD, MONO, badge, clock, count};
+use crate::timeline::{Entry, Tone};
+use crate::verify::{self};
+use sotto_client::safe_text::multiline as visible;
+use sotto_client::session::{Chat as Conversation, Connection};
+
+use super::composer::composer_keys;
+use super::{Chat, ChatKey, Message, Pending, ids};
+
+impl Chat {
+    /// The window's title.
+    pub fn title(&self) -> String {
+        match self.current() {
+            Some(chat) => format!("{chat} · sotto"),
+            None => "sotto".to_owned(),
+        }
+    }
+
+    /// The window.
+    pub fn view(&self) -> Element<'_, Message> {
+        if let Some(change) = self.key_changes.first() {
+            if let Some(name) = &self.verifying
+                && change.name.same_as(name)
+            {
+                return verify::view(self.shown.get(&name.key()), name, &self.account);
+            }
+            return verify::key_change(change, self.consent);
+        }
+        let main = match &self.verifying {
+            Some(name) => verify::view(self.shown.get(&name.key()), name, &self.account),
+            None => self.conversation(),
+        };
+        let mut layout = row![self.sidebar(), main];
+        if self.verifying.is_none()
+            && let Some(ChatKey::Room(room)) = &self.current_key()
+        {
+            layout = layout.push(self.member_list(room));
+        }
+        layout.height(Fill).into()
+    }
+
+    fn connection_line(&self) -> Element<'_, Message> {
+        let (label, style): (String, fn(&iced::Theme) -> text::Style) = match &self.connection {
+            Connection::Connecting => (
+                format!("Connecting to {}…", self.relay.authority()),
+                text::secondary,
+            ),
+            Connection::Connected { name } => (
+                format!("Connected to {} as {name}", self.relay.authority()),
+                text::success,
+            ),
+            Connection::Reconnecting { reason, .. } => {
+                let left = self
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(Duration::ZERO);
+                let when = if left.is_zero() {
+                    "reconnecting now".to_owned()
+                } else {
+                    format!("reconnecting in {} s", left.as_secs() + 1)
+                };
+                (
+                    format!("Connection lost ({}): {when}", visible(reason)),
+                    text::warning,
+                )
+            }
+            Connection::Failed { reason } => {
+                (format!("Not connected: {}", visible(reason)), text::danger)
+            }
+        };
+        let label = text(label).size(13).style(style);
+        if matches!(self.connection, Connection::Reconnecting { .. }) {
+            row![
+                label,
+                button(text("Retry now").size(13))
+                    .style(button::secondary)
+                    .padding([2, 8])
+                    .on_press(Message::RetryNow)
+            ]
+            .spacing(8)
+            .align_y(Alignment::Center)
+            .into()
+        } else {
+            label.into()
+        }
+    }
+
+    fn sidebar(&self) -> Element<'_, Message> {
+        let mut rooms = Column::new().spacing(2);
+        let mut direct = Column::new().spacing(2);
+        for (key, thread) in &self.threads {
+            let chat = &thread.chat;
+            let selected = self.current_key().as_ref() == Some(key);
+            let mut label = row![].spacing(6).align_y(Alignment::Center);
+            match chat {
+                Conversation::Room(room) => {
+                    if !self.view.context.rooms.contains(room) {
+                        continue;
+                    }
+                    label = label.push(text(format!("# {room}")));
+                }
+                Conversation::Direct(user) => {
+                    label = label.push(text(user.to_string()));
+                    label = label.push(badge(self.trust_of(user)));
+                    if let Some(key) = self.lookalike_key(user, None) {
+                        label = label.push(text(key).font(MONO).size(10).style(text::warning));
+                    }
+                }
+            }
+            label = label.push(space().width(Fill));
+            if thread.unread > 0 {
+                label = label.push(count(thread.unread));
+            }
+            let entry = button(label)
+                .width(Fill)
+                .style(if selected {
+                    button::primary
+                } else {
+                    button::text
+                })
+                .on_press(Message::Select(chat.clone()));
+            match chat {
+                Conversation::Room(_) => rooms = rooms.push(entry),
+                Conversation::Direct(_) => direct = direct.push(entry),
+            }
+        }
+        let join = text_input("Join a room…", &self.join_field)
+            .id(ids::JOIN)
+            .on_input(Message::JoinField)
+            .on_submit(Message::Join)
+            .padding(6)
+            .size(13);
+        let content = column![
+            text(self.me().as_str()).font(BOLD).size(18),
+            text(self.account.identity().fingerprint().to_string())
+                .font(MONO)
+                .size(10)
+                .style(text::secondary),
+            text("Rooms").size(13).style(text::secondary),
+            rooms,
+            join,
+            text("Direct messages").size(13).style(text::secondary),
+            direct,
+            space().height(Fill),
+            row![
+                button(text("Settings").size(13))
+                    .style(button::secondary)
+                    .on_press(Message::Settings),
+                button(text("Disconnect").size(13))
+                    .style(button::secondary)
+                    .on_press(Message::Disconnect),
+            ]
+            .spacing(6),
+        ]
+        .spacing(8);
+        container(content)
+            .padding(12)
+            .width(230)
+            .height(Fill)
+            .style(container::rounded_box)
+            .into()
+    }
+
+    fn conversation(&self) -> Element<'_, Message> {
+        let title: Element<'_, Message> = match self.current() {
+            Some(Conversation::Room(room)) => {
+                let mut line = row![text(format!("#{room}")).size(22)]
+                    .spacing(10)
+                    .align_y(Alignment::Center);
+                line = line.push(space().width(Fill));
+                let room_ = room.clone();
+                line = line.push(
+                    checkbox(self.view.is_verified_only(room))
+                        .label("Verified members only")
+                        .text_size(13)
+                        .on_toggle(move |on| Message::VerifiedOnly(room_.clone(), on)),
+                );
+                line = line.push(
+                    button(text("Leave").size(13))
+                        .style(button::secondary)
+                        .on_press(Message::Leave(room.clone())),
+                );
+                line.into()
+            }
+            Some(Conversation::Direct(user)) => {
+                let mut line = row![
+                    text(format!("@{user}")).size(22),
+                    badge(self.trust_of(user))
+                ]
+                .spacing(10)
+                .align_y(Alignment::Center);
+                if let Some(key) = self.lookalike_key(user, None) {
+                    line = line.push(text(key).font(MONO).size(12).style(text::warning));
+                }
+                line.push(space().width(Fill))
+                    .push(
+                        button(text("Verify").size(13))
+                            .style(button::secondary)
+                            .on_press(Message::Verify(user.clone())),
+                    )
+                    .into()
+            }
+            None => text("No conversation").size(22).into(),
+        };
+        let header = column![title, self.connection_line()].spacing(4);
+
+        let thread = self.current_key().and_then(|chat| self.threads.get(&chat));
+        let mut lines = Column::new().spacing(6).padding([8, 12]);
+        if let Some(thread) = thread {
+            if thread.timeline.has_older() {
+                lines = lines.push(
+                    text("Scroll up for older messages")
+                        .size(12)
+                        .style(text::secondary),
+                );
+            }
+            for entry in thread.timeline.visible() {
+                lines = lines.push(self.entry(entry));
+            }
+            // What was written here and not reported sent yet comes after
+            // everything the session has reported.
+            if thread.timeline.is_following() {
+                for pending in &thread.pending {
+                    lines = lines.push(self.pending(pending));
+                }
+            }
+        }
+        let timeline = scrollable(lines)
+            .id(ids::TIMELINE)
+            .anchor_bottom()
+            .on_scroll(Message::Scrolled)
+            .height(Fill)
+            .width(Fill);
+        let mut body = column![header, timeline].spacing(8);
+        if thread.is_some_and(|thread| !thread.timeline.is_following()) {
+            body = body.push(
+                button(text("Jump to the newest messages").size(13))
+                    .style(button::secondary)
+                    .on_press(Message::Newest),
+            );
+        }
+        if let Some((tone, status)) = &self.status {
+            body = body.push(text(visible(status)).size(13).style(tone_style(*tone)));
+        }
+        let can_send = self.view.context.current.is_some() && self.controller.is_some();
+        body = body.push(
+            row![
+                text_editor(&self.composer)
+                    .id(ids::COMPOSER)
+                    .placeholder("Write a message, or /help (Shift+Enter: new line)")
+                    .on_action(Message::Composer)
+                    .key_binding(composer_keys)
+                    .height(iced::Shrink)
+                    .max_height(160)
+                    .padding(10),
+                button(text("Send"))
+                    .padding([10, 16])
+                    .style(button::primary)
+                    .on_press_maybe(can_send.then_some(Message::Submit)),
+            ]
+            .spacing(8)
+            .align_y(Alignment::End),
+        );
+        container(body).padding(12).width(Fill).height(Fill).into()
+    }
+
+    fn entry<'a>(&'a self, entry: &'a Entry) -> Element<'a, Message> {
+        match entry {
+            Entry::Message(message) => {
+                // The sender, badge and time are widgets of their own, and
+                // the text a paragraph of its own with its bidi controls
+                // escaped: nothing in it can move them (see `safe`).
+                let mut head = row![text(message.from.as_str()).font(BOLD)]
+                    .spacing(8)
+                    .align_y(Alignment::Center);
+                if !message.outgoing {
+                    head = head.push(badge(message.trust));
+                    if let Some(key) = self.lookalike_key(&message.from, Some(message.fingerprint))
+                    {
+                        head = head.push(text(key).font(MONO).size(11).style(text::warning));
+                    }
+                }
+                head = head.push(
+                    text(clock(message.sent_at_ms))
+                        .size(11)
+                        .style(text::secondary),
+                );
+                if message.late {
+                    head = head.push(text("arrived late").size(11).style(text::secondary));
+                }
+                column![head, text(visible(&message.text))]
+                    .spacing(2)
+                    .into()
+            }
+            Entry::Notice(notice) => row![
+                text(clock(notice.at_ms)).size(11).style(text::secondary),
+                text(visible(&notice.text))
+                    .size(13)
+                    .style(tone_style(notice.tone)),
+            ]
+            .spacing(8)
+            .into(),
+        }
+    }
+
+    /// A message written here that the session has not reported sent:
+    /// greyed, with what is known of it.
+    fn pending<'a>(&'a self, pending: &'a Pending) -> Element<'a, Message> {
+        let state = match (&pending.failed, &self.connection) {
+            (Some(reason), _) => text(format!("not sent: {}", visible(reason))).style(text::danger),
+            (None, Connection::Connected { .. }) => text("sending…").style(text::secondary),
+            (None, _) => text("not sent yet: waiting for the connection").style(text::secondary),
+        };
+        column![
+            row![
+                text(self.me().as_str()).font(BOLD).style(text::secondary),
+                state.size(11)
+            ]
+            .spacing(8)
+            .align_y(Alignment::Center),
+            text(visible(&pending.text)).style(text::secondary),
+        ]
+        .spacing(2)
+        .into()
+    }
+
+    fn member_list(&self, room: &RoomName) -> Element<'_, Message> {
+        let members = self.view.members(room);
+        let mut list = Column::new().spacing(4);
+        for member in members {
+            let me = self.view.is_me(&member.name) || member.name.same_as(self.account.name());
+            let name = if me {
+                format!("{} (you)", member.name)
+            } else {
+                member.name.to_string()
+            };
+            let mut line = row![text(name)].spacing(6).align_y(Alignment::Center);
+            if !me {
+                line = line.push(badge(member.trust));
+            }
+            let mut entry = column![line].spacing(2);
+            if !me && let Some(key) = self.lookalike_key(&member.name, member.fingerprint) {
+                entry = entry.push(text(key).font(MONO).size(10).style(text::warning));
+            }
+            if !me {
+                entry = entry.push(
+                    row![
+                        button(text("Message").size(11))
+                            .padding([2, 6])
+                            .style(button::secondary)
+                            .on_press(Message::Select(Conversation::Direct(member.name.clone()))),
+                        button(text("Verify").size(11))
+                            .padding([2, 6])
+                            .style(button::secondary)
+                            .on_press(Message::Verify(member.name.clone())),
+                    ]
+                    .spacing(4),
+                );
+            }
+            list = list.push(entry);
+        }
+        container(
+            column![
+                text(format!("Members · {}", members.len())).font(BOLD),
+                scrollable(list).height(Fill),
+            ]
+            .spacing(8),
+        )
+        .padding(12)
+        .width(210)
+        .height(Fill)
+        .style(container::rounded_box)
+        .into()
+    }
+}
+
+/// Scrolls the timeline to its newest entry. The timeline is anchored at
+/// the bottom, so its offsets count from there: the start is the newest.
+pub(super) fn to_newest() -> Task<Message> {
+    iced::widget::operation::snap_to(ids::TIMELINE, scrollable::RelativeOffset::START)
+}
+
+fn tone_style(tone: Tone) -> fn(&iced::Theme) -> text::Style {
+    match tone {
+        Tone::Info => text::secondary,
+        Tone::Warning => text::warning,
+        Tone::Danger => text::danger,
+    }
+}
