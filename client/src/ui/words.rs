@@ -229,7 +229,7 @@ pub(super) fn rejected(chat: Option<&Chat>, from: &impl fmt::Display) -> Said {
         Tone::Danger,
         place,
         format!(
-            "A message claiming to be from {} failed its checks and was dropped (forged, altered or replayed)",
+            "A message claiming to be from {} was dropped: it failed its checks (forged, altered or replayed) or the key to open it never came",
             safe(from)
         ),
     )
@@ -312,7 +312,10 @@ pub(super) fn trust(name: &impl fmt::Display, trust: TrustLevel) -> Said {
     let text = match trust {
         TrustLevel::Verified => format!("You verified {name}"),
         TrustLevel::Unverified => format!("You accepted {name}'s new key without verifying it"),
-        other => format!("{name} is now {}", trust_label(other)),
+        TrustLevel::Changed => {
+            format!("{name}'s key changed: nothing is sent to {name} until you decide")
+        }
+        TrustLevel::Unknown => format!("No key is known for {name} any more"),
     };
     Said::new(Tone::Info, Place::General, text)
 }
