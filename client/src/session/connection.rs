@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use sotto_proto::{ClientCodec, ClientFrame, ErrorCode, RelayFrame, RoomName};
+use sotto_proto::{ClientCodec, ClientFrame, ErrorCode, ProtoError, RelayFrame, RoomName};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
@@ -446,8 +446,20 @@ async fn next_frame(framed: &mut Framed_, timeouts: &Timeouts) -> Result<RelayFr
     match tokio::time::timeout(timeouts.answer, framed.next()).await {
         Err(_) => Err(End::Lost("the relay did not answer in time".to_owned())),
         Ok(None) => Err(End::Lost("the relay closed the connection".to_owned())),
-        Ok(Some(Err(e))) => Err(End::Lost(format!("bad frame from the relay: {e}"))),
+        Ok(Some(Err(e))) => Err(End::Lost(read_failed(&e))),
         Ok(Some(Ok(frame))) => Ok(frame),
+    }
+}
+
+/// Why reading from the relay failed, in words: a connection that broke is
+/// not a bad frame.
+fn read_failed(error: &ProtoError) -> String {
+    match error {
+        ProtoError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the relay closed the connection without ending it cleanly".to_owned()
+        }
+        ProtoError::Io(e) => format!("the connection to the relay failed: {}", e.kind()),
+        other => format!("bad frame from the relay: {other}"),
     }
 }
 
@@ -491,7 +503,7 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
                     pinged = false;
                     session.engine.handle_frame(frame, &mut out);
                 }
-                Some(Err(e)) => return End::Lost(format!("bad frame from the relay: {e}")),
+                Some(Err(e)) => return End::Lost(read_failed(&e)),
                 None => return End::Lost("the relay closed the connection".to_owned()),
             },
             command = session.commands.recv() => match command {
@@ -527,5 +539,33 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
         if !session.emit(&mut out).await || flow == Flow::Quit {
             return End::Quit;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_not_called_a_bad_frame() {
+        let eof = ProtoError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/",
+        ));
+        assert_eq!(
+            read_failed(&eof),
+            "the relay closed the connection without ending it cleanly"
+        );
+        let reset = ProtoError::Io(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            read_failed(&reset),
+            "the connection to the relay failed: connection reset"
+        );
+        assert_eq!(
+            read_failed(&ProtoError::UnsupportedVersion(2)),
+            "bad frame from the relay: unsupported protocol version 2 (this build speaks version 1)"
+        );
     }
 }
