@@ -39,8 +39,13 @@ impl Engine {
                 .map(|a| a.texts.len())
                 .sum::<usize>();
         if queued > 0 {
+            let (noun, verb) = if queued == 1 {
+                ("message", "was")
+            } else {
+                ("messages", "were")
+            };
             out.error(format!(
-                "{queued} queued message(s) were not sent: the relay could not be reached"
+                "{queued} queued {noun} {verb} not sent: the relay could not be reached"
             ));
         }
     }
@@ -460,7 +465,7 @@ mod tests {
         engine.report_unsent(&mut out);
         assert_eq!(
             errors(&out.updates),
-            ["1 queued message(s) were not sent: the relay could not be reached"]
+            ["1 queued message was not sent: the relay could not be reached"]
         );
     }
 
