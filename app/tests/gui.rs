@@ -429,7 +429,7 @@ async fn a_changed_relay_key_is_refused_and_replaced_only_on_purpose() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_with_a_cli_peer_then_verify_them_by_safety_number() {
+async fn chat_with_a_peer_then_verify_them_by_safety_number() {
     let temp = tempfile::tempdir().unwrap();
     let relay = relay(&temp.path().join("relay")).await;
     let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
