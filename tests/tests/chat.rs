@@ -1,5 +1,10 @@
 //! End-to-end chat through a real relay with real clients: the seed's
 //! features and the properties the client enforces (P5-P7 and P9 of docs/threat-model.md).
+//!
+//! One file (about 680 lines) on purpose: each scenario is one test over the
+//! shared harness (`sotto_testkit`'s relay and peers), and another test
+//! binary would link the relay and the client library again, which costs
+//! link time and disk on this 2-core machine.
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,

@@ -3,6 +3,12 @@
 //! Each scenario states one attack as rules or injected frames, then checks
 //! what the user is shown and that nothing readable, forged or keyed
 //! reached the wrong party. docs/security-tests.md maps them to P1-P12.
+//!
+//! One file (about 1,200 lines) on purpose: each scenario is one test over
+//! the shared harness in `hostile/`, read in the order docs/security-tests.md
+//! lists them, and another test binary would link the relay, the client
+//! library and the harness again, which costs link time and disk on this
+//! 2-core machine.
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,

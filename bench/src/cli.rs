@@ -1,0 +1,166 @@
+//! The command line: the scenarios and their options.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::forwarder;
+
+/// Load generator for sotto's relay, compared with a bare TLS forwarder.
+#[derive(Debug, Parser)]
+#[command(about, long_about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Direct messages between pairs of clients.
+    Dm(DmArgs),
+    /// Fan-out: one room, some members sending, all receiving.
+    Room(RoomArgs),
+    /// Resident memory per registered idle client.
+    Idle(IdleArgs),
+    /// Full TLS 1.3 handshakes per second.
+    Handshakes(HandshakeArgs),
+    /// The bare forwarder baseline (started by the other commands).
+    #[command(hide = true)]
+    Forwarder(forwarder::ForwarderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Common {
+    /// Rounds; each round runs the relay, then the forwarder.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
+    /// Which targets to run.
+    #[arg(long, value_enum, default_value_t = Targets::Both)]
+    pub(crate) targets: Targets,
+    /// The relay binary [default: `relay` next to this executable].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) relay_bin: Option<PathBuf>,
+    /// Directory for the relay's data and both targets' logs [default: a
+    /// fresh directory under the system's temporary directory, removed at
+    /// the end].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Extra argument for the relay (repeat for several).
+    #[arg(long = "relay-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub(crate) relay_args: Vec<String>,
+    /// RUST_LOG for the relay.
+    #[arg(long, default_value = "warn")]
+    pub(crate) relay_log: String,
+    /// Identity every client registers with (one key may own many names).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) identity: Option<PathBuf>,
+    /// Passphrase of --identity.
+    #[arg(long, default_value = "sotto test vectors")]
+    pub(crate) passphrase: String,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) threads: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Targets {
+    Both,
+    Relay,
+    Forwarder,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ModeArg {
+    Closed,
+    Open,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrafficArgs {
+    /// Closed loop (a window of messages in flight) or open loop (a fixed rate).
+    #[arg(long, value_enum, default_value_t = ModeArg::Closed)]
+    pub(crate) mode: ModeArg,
+    /// Closed loop: messages in flight per sender.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) window: u64,
+    /// Open loop: messages per second, all senders together.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Open loop without --rate: this fraction of the relay's closed-loop
+    /// maximum, measured first in a calibration round.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) rate_fraction: f64,
+    /// Open loop: pacer tick, microseconds.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) tick_us: u64,
+    /// Most frames per write.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch: u64,
+    /// Body length, bytes (at least 12: timestamp and sender).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) body: usize,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) duration: f64,
+    /// Most seconds to wait for frames in flight at the end.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) drain: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DmArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(flatten)]
+    pub(crate) traffic: TrafficArgs,
+    /// Pairs of clients; each client sends to its partner.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) pairs: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RoomArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(flatten)]
+    pub(crate) traffic: TrafficArgs,
+    /// Members of the room, all receiving.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) members: u32,
+    /// Members that send.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) senders: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct IdleArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Idle clients to hold.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) clients: u32,
+    /// Clients connecting (and registering) at once.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) concurrency: usize,
+    /// Seconds to wait after the last client before reading memory.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) settle: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct HandshakeArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Connections handshaking at once.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) concurrency: usize,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) duration: f64,
+}

@@ -1,0 +1,256 @@
+//! Running the scenarios: their rounds, each target a fresh process, and
+//! the figures of every round.
+
+use std::time::{Duration, Instant};
+
+use crate::BoxError;
+use crate::cli::{HandshakeArgs, IdleArgs, ModeArg, TrafficArgs};
+use crate::env::Env;
+use crate::load::{self, Mode, Sender, Traffic};
+use crate::report::{Figures, Report};
+use crate::target::{self, Usage};
+use crate::wire::{self, Proto, Template, fwd};
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Shape {
+    Dm { pairs: u32 },
+    Room { members: u32, senders: u32 },
+}
+
+fn secs(value: f64) -> Duration {
+    Duration::from_secs_f64(value.max(0.0))
+}
+
+fn cpu(usage: (Usage, Usage)) -> f64 {
+    usage.1.cpu_secs - usage.0.cpu_secs
+}
+
+/// Cores busy with anything but the target and the bench during a window.
+fn other_cores(target: (Usage, Usage), bench: (Usage, Usage), secs: f64) -> f64 {
+    let machine = target.1.machine_secs - target.0.machine_secs;
+    ((machine - cpu(target) - cpu(bench)) / secs).max(0.0)
+}
+
+pub(crate) async fn traffic(env: &Env, args: &TrafficArgs, shape: Shape) -> Result<(), BoxError> {
+    let mode = match (args.mode, args.rate) {
+        (ModeArg::Closed, _) => Mode::Closed {
+            window: args.window,
+        },
+        (ModeArg::Open, Some(rate)) => Mode::Open {
+            rate,
+            tick: Duration::from_micros(args.tick_us),
+        },
+        (ModeArg::Open, None) => {
+            let figures = traffic_round(
+                env,
+                args,
+                shape,
+                Mode::Closed {
+                    window: args.window,
+                },
+                0,
+                Proto::Relay,
+            )
+            .await?;
+            let max = figures
+                .iter()
+                .find(|(n, _)| *n == "msgs/s")
+                .map_or(0.0, |(_, v)| *v);
+            let rate = (max * args.rate_fraction).max(1.0);
+            println!(
+                "calibration: relay closed-loop maximum {max:.0} msgs/s; open loop at {:.2} of it: {rate:.0} msgs/s",
+                args.rate_fraction
+            );
+            Mode::Open {
+                rate,
+                tick: Duration::from_micros(args.tick_us),
+            }
+        }
+    };
+    let mut report = Report::default();
+    for round in 1..=env.rounds {
+        for &proto in &env.targets {
+            let figures = traffic_round(env, args, shape, mode, round, proto).await?;
+            report.add(round, proto, figures);
+        }
+    }
+    report.summary();
+    Ok(())
+}
+
+async fn traffic_round(
+    env: &Env,
+    args: &TrafficArgs,
+    shape: Shape,
+    mode: Mode,
+    round: usize,
+    proto: Proto,
+) -> Result<Figures, BoxError> {
+    let target = env.start(round, proto).await?;
+    let body = args.body.max(wire::BODY_HEADER);
+    let (clients, join, fanout) = match shape {
+        Shape::Dm { pairs } => (pairs * 2, false, 1),
+        Shape::Room { members, .. } => (members, true, u64::from(members - 1)),
+    };
+    let mut senders = Vec::new();
+    match shape {
+        Shape::Dm { pairs } => {
+            for i in 0..pairs * 2 {
+                let peer = i ^ 1;
+                let template = match proto {
+                    Proto::Relay => Template::relay(load::to_user(peer)?, i, body)?,
+                    Proto::Forwarder => Template::forwarder(fwd::DIRECT, peer, i, body)?,
+                };
+                senders.push(Sender {
+                    conn: usize::try_from(i)?,
+                    template,
+                });
+            }
+        }
+        Shape::Room { senders: count, .. } => {
+            for i in 0..count {
+                let template = match proto {
+                    Proto::Relay => Template::relay(load::to_room()?, i, body)?,
+                    Proto::Forwarder => Template::forwarder(fwd::GROUP, 0, i, body)?,
+                };
+                senders.push(Sender {
+                    conn: usize::try_from(i)?,
+                    template,
+                });
+            }
+        }
+    }
+    let conns = load::connect_all(&env.bench, &target, clients, join, 32).await?;
+    let plan = Traffic {
+        senders,
+        fanout,
+        mode,
+        batch: args.batch,
+        warmup: secs(args.warmup),
+        duration: secs(args.duration),
+        drain: secs(args.drain),
+    };
+    let outcome = load::run_traffic(conns, &plan, &target, env.bench.clock).await?;
+    target.stop().await;
+    let q = |quantile: f64| outcome.latency.value_at_quantile(quantile) as f64 / 1000.0;
+    let relay_cpu = cpu(outcome.target);
+    let mut figures: Figures = Vec::new();
+    if let Mode::Open { .. } = mode {
+        figures.push(("offered/s", outcome.scheduled as f64 / outcome.secs));
+    }
+    figures.extend([
+        ("msgs/s", outcome.sent as f64 / outcome.secs),
+        ("deliveries/s", outcome.delivered as f64 / outcome.secs),
+        ("p50 us", q(0.5)),
+        ("p99 us", q(0.99)),
+        ("p99.9 us", q(0.999)),
+        ("max us", outcome.latency.max() as f64 / 1000.0),
+        ("cpu s", relay_cpu),
+        ("cpu cores", relay_cpu / outcome.secs),
+        (
+            "cpu us/delivery",
+            relay_cpu * 1e6 / (outcome.delivered.max(1) as f64),
+        ),
+        ("rss MiB", outcome.target.1.rss_kib as f64 / 1024.0),
+        ("bench cores", cpu(outcome.bench) / outcome.secs),
+        (
+            "other cores",
+            other_cores(outcome.target, outcome.bench, outcome.secs),
+        ),
+        ("missing", outcome.missing as f64),
+    ]);
+    if outcome.lost > 0 {
+        println!(
+            "warning: {} connection(s) closed during the round; see {}",
+            outcome.lost,
+            env.log(round, proto).display()
+        );
+    }
+    Ok(figures)
+}
+
+pub(crate) async fn idle(args: &IdleArgs) -> Result<(), BoxError> {
+    let env = Env::new(&args.common, "idle")?;
+    if let Some(limit) = target::open_file_limit()
+        && limit < u64::from(args.clients) + 64
+    {
+        return Err(format!(
+            "{} clients need {} open files but the limit is {limit}: raise it (ulimit -n) or pass fewer --clients",
+            args.clients,
+            u64::from(args.clients) + 64
+        )
+        .into());
+    }
+    let mut report = Report::default();
+    for round in 1..=env.rounds {
+        for &proto in &env.targets {
+            let target = env.start(round, proto).await?;
+            let before = target.usage()?;
+            let started = Instant::now();
+            let conns =
+                load::connect_all(&env.bench, &target, args.clients, false, args.concurrency)
+                    .await?;
+            let setup = started.elapsed().as_secs_f64();
+            tokio::time::sleep(secs(args.settle)).await;
+            let after = target.usage()?;
+            drop(conns);
+            target.stop().await;
+            let clients = f64::from(args.clients.max(1));
+            let grown = after.rss_kib.saturating_sub(before.rss_kib) as f64;
+            report.add(
+                round,
+                proto,
+                vec![
+                    ("clients", clients),
+                    ("rss before MiB", before.rss_kib as f64 / 1024.0),
+                    ("rss after MiB", after.rss_kib as f64 / 1024.0),
+                    ("KiB/client", grown / clients),
+                    ("setup s", setup),
+                    ("connects/s", clients / setup.max(1e-9)),
+                ],
+            );
+        }
+    }
+    report.summary();
+    Ok(())
+}
+
+pub(crate) async fn handshakes(args: &HandshakeArgs) -> Result<(), BoxError> {
+    let env = Env::new(&args.common, "handshakes")?;
+    let mut report = Report::default();
+    for round in 1..=env.rounds {
+        for &proto in &env.targets {
+            let target = env.start(round, proto).await?;
+            let outcome = load::handshakes(
+                &target,
+                args.concurrency,
+                secs(args.warmup),
+                secs(args.duration),
+                env.bench.clock,
+            )
+            .await?;
+            target.stop().await;
+            let target_cpu = cpu(outcome.target);
+            report.add(
+                round,
+                proto,
+                vec![
+                    ("handshakes/s", outcome.completed as f64 / outcome.secs),
+                    ("cpu cores", target_cpu / outcome.secs),
+                    (
+                        "cpu us/handshake",
+                        target_cpu * 1e6 / outcome.completed.max(1) as f64,
+                    ),
+                    ("bench cores", cpu(outcome.bench) / outcome.secs),
+                    (
+                        "other cores",
+                        other_cores(outcome.target, outcome.bench, outcome.secs),
+                    ),
+                    ("failed", outcome.failed as f64),
+                ],
+            );
+        }
+    }
+    report.summary();
+    Ok(())
+}
