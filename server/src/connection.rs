@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::state::{Arrival, Direct, KeyLimit, Peer, PeerCache, Shared, To, deliver, encode, sent};
+use crate::state::{
+    Arrival, Direct, KeyLimit, Peer, PeerCache, Registered, Shared, To, deliver, encode, sent,
+};
 use crate::store::{Claim, Enqueue, NameRecord, Queued, now_secs};
 use crate::writer::{Backlog, CLOSE_FLUSH, Outbound, write_counted};
 
@@ -113,7 +115,7 @@ async fn serve_tls(
         shared: Arc::clone(shared),
         conn,
         peer: Peer { tx, kill, backlog },
-        name: None,
+        me: None,
         arrival,
         relay_fingerprints,
         challenge: rand::random(),
@@ -126,8 +128,8 @@ async fn serve_tls(
     );
     let end = connection.run(frames, shutdown).await;
     debug!(?end, "connection ends");
-    if let Some(name) = connection.name.take() {
-        shared.unregister(conn, &name);
+    if let Some(me) = connection.me.take() {
+        shared.unregister(conn, &me.name);
     }
     // Let the writer send what is queued (a goodbye, an error), then close.
     let kill = connection.peer.kill.clone();
@@ -215,7 +217,8 @@ struct Connection {
     shared: Arc<Shared>,
     conn: u64,
     peer: Peer,
-    name: Option<UserName>,
+    /// Who registered on this connection, once someone has.
+    me: Option<Registered>,
     /// Counts this connection against the relay's slots and its source
     /// address (as unregistered until it registers).
     arrival: Arrival,
@@ -257,7 +260,7 @@ impl Connection {
                     self.reply(RelayFrame::ShuttingDown);
                     return End::Shutdown;
                 }
-                () = &mut registration_deadline, if self.name.is_none() => {
+                () = &mut registration_deadline, if self.me.is_none() => {
                     return End::RegistrationTimeout;
                 }
                 _ = keepalive.tick() => {
@@ -384,17 +387,18 @@ impl Connection {
                 proof,
             } => return Box::pin(self.register(name, identity, proof)).await,
             other => {
-                let Some(name) = &self.name else {
+                let Some(me) = &self.me else {
                     self.error(None, ErrorCode::NotRegistered, "register first");
                     return None;
                 };
-                self.handle_registered(name, other, routing).await;
+                self.handle_registered(me, other, routing).await;
             }
         }
         None
     }
 
-    async fn handle_registered(&self, name: &UserName, frame: ClientFrame, routing: &mut Routing) {
+    async fn handle_registered(&self, me: &Registered, frame: ClientFrame, routing: &mut Routing) {
+        let name = &me.name;
         match frame {
             ClientFrame::Join { room } => match self.shared.join(name, &room) {
                 Ok(members) => self.reply(RelayFrame::Joined { room, members }),
@@ -412,7 +416,7 @@ impl Connection {
             }),
             ClientFrame::LookupKey { name: wanted } => Box::pin(self.lookup_key(wanted)).await,
             ClientFrame::Send { route, body, slots } => {
-                self.send(name, route, body, slots, routing).await;
+                self.send(me, route, body, slots, routing).await;
             }
             ClientFrame::Ack { delivery } => {
                 if delivery != 0 {
@@ -459,7 +463,7 @@ impl Connection {
     /// Checks the proof, claims the name, and serves what waited offline.
     /// `Some` ends the connection.
     async fn register(&mut self, name: UserName, identity: Bytes, proof: Bytes) -> Option<End> {
-        if self.name.is_some() {
+        if self.me.is_some() {
             // A protocol violation, answered like any other bad frame.
             self.error(None, ErrorCode::BadFrame, "already registered");
             return Some(End::BadFrame);
@@ -550,7 +554,7 @@ impl Connection {
             return self.refuse_key(limit);
         }
         self.arrival.registered();
-        self.name = Some(name.clone());
+        self.me = Some(Registered::new(name.clone()));
         info!(user = %name, "registered");
         self.reply(RelayFrame::Registered { name: name.clone() });
         self.deliver_pending(&name).await;
@@ -611,7 +615,7 @@ impl Connection {
 
     async fn send(
         &self,
-        from: &UserName,
+        from: &Registered,
         route: Route,
         body: Bytes,
         slots: Vec<Slot>,
@@ -655,9 +659,10 @@ impl Connection {
             Destination::User(to) => {
                 let slot = slots
                     .into_iter()
-                    .find(|s| s.to.as_str().eq_ignore_ascii_case(to.as_str()))
+                    .find(|s| s.to.same_as(&to))
                     .map(|s| s.data);
-                self.send_direct(id, from, to, body, slot, routing).await;
+                self.send_direct(id, &from.name, to, body, slot, routing)
+                    .await;
             }
         }
     }

@@ -14,7 +14,6 @@
 //! room keeps at hand; and a batch of direct messages to one user takes
 //! the registry's lock once ([`PeerCache`]).
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
@@ -29,6 +28,8 @@ use sotto_proto::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use sotto_proto::UserKey;
 
 use crate::Config;
 use crate::metrics::Metrics;
@@ -329,7 +330,9 @@ fn carve(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
 }
 
 struct Online {
-    name: UserName,
+    /// The name as registered, shared with the peer caches that hold
+    /// this connection (a cache compares it with a recipient's name).
+    name: Arc<UserName>,
     identity: Bytes,
     fingerprint: [u8; 32],
     conn: u64,
@@ -366,13 +369,13 @@ pub(crate) enum KeyLimit {
 
 #[derive(Default)]
 struct Registry {
-    /// Lower-cased name -> the connection registered under it.
-    users: HashMap<String, Online>,
-    /// Room -> lower-cased names of its members, with their connections
+    /// Name's key -> the connection registered under it.
+    users: HashMap<UserKey, Online>,
+    /// Room -> the keys of its members, with their connections
     /// (the same as in `users`: a member that logs out or in again leaves
     /// its rooms under the same lock), so that a room message reaches each
     /// member without looking it up. Empty rooms are removed.
-    rooms: BTreeMap<RoomName, BTreeMap<String, Peer>>,
+    rooms: BTreeMap<RoomName, BTreeMap<UserKey, Peer>>,
     /// Fingerprint -> what the key holds. A key leaves once it has no
     /// connection and a full budget.
     keys: HashMap<[u8; 32], KeyUse>,
@@ -476,7 +479,8 @@ impl Drop for Arrival {
 }
 
 /// A connection's memory of its last direct recipient: the registry
-/// generation it was looked up in, the recipient's key and connection.
+/// generation it was looked up in, the recipient's name as registered and
+/// its connection.
 ///
 /// It holds the recipient's queue open, which must not outlive the batch
 /// of frames it serves: a connection that ends closes once everyone has
@@ -484,7 +488,7 @@ impl Drop for Arrival {
 /// before anything that waits.
 #[derive(Debug, Default)]
 pub(crate) struct PeerCache {
-    last: Option<(u64, String, Peer)>,
+    last: Option<(u64, Arc<UserName>, Peer)>,
 }
 
 impl PeerCache {
@@ -494,18 +498,20 @@ impl PeerCache {
     }
 }
 
-pub(crate) fn key(name: &UserName) -> String {
-    name.as_str().to_ascii_lowercase()
+/// A registered user as its connection knows it: the name as registered
+/// (how everyone sees it) and its key (how the registry finds it). The key
+/// is folded once, at registration, so that routing a message never folds
+/// its sender's name again.
+#[derive(Clone, Debug)]
+pub(crate) struct Registered {
+    pub(crate) name: UserName,
+    pub(crate) key: UserKey,
 }
 
-/// [`key`] for a lookup: borrowed, not allocated, when the name is
-/// lower-case already (the usual case on the routing path).
-fn lookup_key(name: &UserName) -> Cow<'_, str> {
-    let name = name.as_str();
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
+impl Registered {
+    pub(crate) fn new(name: UserName) -> Self {
+        let key = name.key();
+        Self { name, key }
     }
 }
 
@@ -595,17 +601,17 @@ impl Shared {
         name: &UserName,
     ) -> Result<(), KeyLimit> {
         let registry = self.registry();
-        self.key_limit(&registry, fingerprint, &key(name))
+        self.key_limit(&registry, fingerprint, &name.key())
     }
 
     /// The limit that keeps `fingerprint` from one more connection for
-    /// `user` (lower-cased), if any. A new login of a name replaces that
+    /// `user`, if any. A new login of a name replaces that
     /// name's connection, so it does not count as one more.
     fn key_limit(
         &self,
         registry: &Registry,
         fingerprint: &[u8; 32],
-        user: &str,
+        user: &UserKey,
     ) -> Result<(), KeyLimit> {
         let replaced = registry
             .users
@@ -637,7 +643,7 @@ impl Shared {
         peer: Peer,
     ) -> Result<(), KeyLimit> {
         let mut registry = self.registry();
-        let user = key(&name);
+        let user = name.key();
         self.key_limit(&registry, &fingerprint, &user)?;
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(old) = registry.users.remove(&user) {
@@ -668,7 +674,7 @@ impl Shared {
         registry.users.insert(
             user,
             Online {
-                name,
+                name: Arc::new(name),
                 identity,
                 fingerprint,
                 conn,
@@ -683,7 +689,7 @@ impl Shared {
     /// hear that it disconnected.
     pub(crate) fn unregister(&self, conn: u64, name: &UserName) {
         let mut registry = self.registry();
-        let user = key(name);
+        let user = name.key();
         if registry.users.get(&user).is_some_and(|o| o.conn == conn)
             && let Some(old) = registry.users.remove(&user)
         {
@@ -693,9 +699,9 @@ impl Shared {
         }
     }
 
-    /// Takes a connection that is gone (`old`, of lower-cased `user`) out
-    /// of its rooms, whose members hear that it disconnected.
-    fn disconnected(&self, registry: &mut Registry, user: &str, old: Online) {
+    /// Takes a connection that is gone (`old`, of `user`) out of its
+    /// rooms, whose members hear that it disconnected.
+    fn disconnected(&self, registry: &mut Registry, user: &UserKey, old: Online) {
         if let Some(held) = registry.keys.get_mut(&old.fingerprint) {
             held.connections = held.connections.saturating_sub(1);
             held.refill(&self.config, Instant::now());
@@ -716,13 +722,13 @@ impl Shared {
         }
     }
 
-    /// Takes `user` (lower-cased key, shown as `name`) out of `room` and
-    /// tells the remaining members.
+    /// Takes `user` (shown as `name`) out of `room` and tells the
+    /// remaining members.
     fn remove_member(
         &self,
         registry: &mut Registry,
         room: &RoomName,
-        user: &str,
+        user: &UserKey,
         name: &UserName,
         event: PresenceEvent,
     ) {
@@ -750,14 +756,14 @@ impl Shared {
         &self,
         registry: &Registry,
         room: &RoomName,
-        except: Option<&str>,
+        except: Option<&UserKey>,
         frame: &RelayFrame,
     ) {
         let Some(members) = registry.rooms.get(room) else {
             return;
         };
         let Some(bytes) = encode(frame) else { return };
-        for (_, peer) in members.iter().filter(|(m, _)| Some(m.as_str()) != except) {
+        for (_, peer) in members.iter().filter(|(m, _)| Some(*m) != except) {
             peer.push(bytes.clone(), &self.metrics);
         }
     }
@@ -766,7 +772,7 @@ impl Shared {
     /// identities, as hints); the others are told.
     pub(crate) fn join(&self, name: &UserName, room: &RoomName) -> Result<Vec<Member>, ErrorCode> {
         let mut registry = self.registry();
-        let user = key(name);
+        let user = name.key();
         let (identity, display, peer) = {
             let online = registry
                 .users
@@ -779,7 +785,7 @@ impl Shared {
             let fresh = online.rooms.insert(room.clone());
             (
                 fresh.then(|| online.identity.clone()),
-                online.name.clone(),
+                UserName::clone(&online.name),
                 online.peer.clone(),
             )
         };
@@ -808,7 +814,7 @@ impl Shared {
             .flatten()
             .filter_map(|(m, _)| registry.users.get(m))
             .map(|o| Member {
-                name: o.name.clone(),
+                name: UserName::clone(&o.name),
                 identity: o.identity.clone(),
             })
             .collect();
@@ -818,7 +824,7 @@ impl Shared {
     /// Takes `name` out of `room`; the others are told.
     pub(crate) fn leave(&self, name: &UserName, room: &RoomName) -> Result<(), ErrorCode> {
         let mut registry = self.registry();
-        let user = key(name);
+        let user = name.key();
         let online = registry
             .users
             .get_mut(&user)
@@ -826,7 +832,7 @@ impl Shared {
         if !online.rooms.remove(room) {
             return Err(ErrorCode::NotMember);
         }
-        let display = online.name.clone();
+        let display = UserName::clone(&online.name);
         self.remove_member(&mut registry, room, &user, &display, PresenceEvent::Left);
         Ok(())
     }
@@ -841,7 +847,7 @@ impl Shared {
     /// it; nobody gets the message then.
     pub(crate) fn route_room(
         &self,
-        from: &UserName,
+        from: &Registered,
         room: &RoomName,
         body: &Bytes,
         slots: &[Slot],
@@ -850,13 +856,13 @@ impl Shared {
         let Registry {
             users, rooms, keys, ..
         } = &mut *registry;
-        let sender = lookup_key(from);
+        let sender = &from.key;
         let members = rooms.get(room).ok_or(ErrorCode::NotMember)?;
-        if !members.contains_key(sender.as_ref()) {
+        if !members.contains_key(sender) {
             return Err(ErrorCode::NotMember);
         }
         let fingerprint = users
-            .get(sender.as_ref())
+            .get(sender)
             .map(|o| o.fingerprint)
             .ok_or(ErrorCode::NotRegistered)?;
         let recipients = members.len().saturating_sub(1) as u64;
@@ -875,15 +881,15 @@ impl Shared {
             }
             budget.fanout -= cost as f64;
         }
-        let mut own: HashMap<String, &Bytes> = HashMap::with_capacity(slots.len());
+        let mut own: HashMap<UserKey, &Bytes> = HashMap::with_capacity(slots.len());
         // The first slot for a recipient counts, as for direct messages.
         for slot in slots {
-            own.entry(key(&slot.to)).or_insert(&slot.data);
+            own.entry(slot.to.key()).or_insert(&slot.data);
         }
-        let to = To::Room(room);
+        let (from, to) = (&from.name, To::Room(room));
         let mut shared: Option<Option<Outbound>> = None;
         let mut delivered = 0;
-        for (member, peer) in members.iter().filter(|(m, _)| **m != sender) {
+        for (member, peer) in members.iter().filter(|(m, _)| *m != sender) {
             let frame = match own.get(member) {
                 Some(slot) => deliver_shared(0, from, to, body, Some(slot)),
                 None => shared
@@ -911,12 +917,11 @@ impl Shared {
         to: &UserName,
         frame: Bytes,
     ) -> Direct {
-        let user = lookup_key(to);
         let generation = self.generation.load(Ordering::Acquire);
         let cached = cache
             .last
             .as_ref()
-            .filter(|(g, key, _)| *g == generation && *key == user)
+            .filter(|(g, name, _)| *g == generation && to.same_as(name))
             .map(|(_, _, peer)| peer);
         let delivered = match cached {
             Some(peer) => peer.push(frame, &self.metrics),
@@ -925,8 +930,8 @@ impl Shared {
                 let generation = self.generation.load(Ordering::Acquire);
                 cache.last = registry
                     .users
-                    .get(user.as_ref())
-                    .map(|online| (generation, user.into_owned(), online.peer.clone()));
+                    .get(&to.key())
+                    .map(|online| (generation, Arc::clone(&online.name), online.peer.clone()));
                 match &cache.last {
                     Some((_, _, peer)) => peer.push(frame, &self.metrics),
                     None => false,
@@ -944,7 +949,7 @@ impl Shared {
     pub(crate) fn peer(&self, name: &UserName) -> Option<Peer> {
         self.registry()
             .users
-            .get(lookup_key(name).as_ref())
+            .get(&name.key())
             .map(|o| o.peer.clone())
     }
 
@@ -955,7 +960,7 @@ impl Shared {
             .users
             .values()
             .map(|o| UserInfo {
-                name: o.name.clone(),
+                name: UserName::clone(&o.name),
                 rooms: o.rooms.iter().cloned().collect(),
             })
             .collect();
@@ -1182,10 +1187,73 @@ mod tests {
         assert_ne!(source(ip("2001:db8:1:3::1")), source(ip("2001:db8:1:2::1")));
     }
 
+    /// The registry knows a user by its name's key: every spelling of the
+    /// name finds the one connection, in rooms, slots and lookups, and
+    /// everyone sees the name as registered.
     #[test]
-    fn lookup_keys_are_lower_case_and_borrowed_when_possible() {
-        assert!(matches!(lookup_key(&user("bob")), Cow::Borrowed("bob")));
-        assert_eq!(lookup_key(&user("BoB")), "bob");
-        assert_eq!(lookup_key(&user("BoB")), key(&user("BoB")));
+    fn every_spelling_of_a_name_is_one_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let room = RoomName::try_from("lobby").unwrap();
+        let (bob, mut bob_rx) = peer();
+        shared
+            .register(1, user("Bob"), Bytes::new(), [1; 32], bob)
+            .unwrap();
+        let (alice, mut alice_rx) = peer();
+        shared
+            .register(2, user("alice"), Bytes::from_static(b"a"), [2; 32], alice)
+            .unwrap();
+        assert!(shared.join(&user("BOB"), &room).unwrap().len() == 1);
+        let members = shared.join(&user("ALICE"), &room).unwrap();
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["alice", "Bob"]);
+        let joined = encode_frame(&RelayFrame::Presence {
+            room: room.clone(),
+            user: user("alice"),
+            event: PresenceEvent::Joined,
+            identity: Some(Bytes::from_static(b"a")),
+        })
+        .unwrap();
+        assert_eq!(bob_rx.try_recv().unwrap().to_bytes(), joined);
+
+        let body = Bytes::from_static(b"hi");
+        let slot = Slot {
+            to: user("bOB"),
+            data: Bytes::from_static(b"slot"),
+        };
+        let sender = Registered::new(user("aLiCe"));
+        assert_eq!(
+            shared
+                .route_room(&sender, &room, &body, std::slice::from_ref(&slot))
+                .unwrap(),
+            1
+        );
+        let delivered = encode_frame(&RelayFrame::Deliver {
+            delivery: 0,
+            from: user("aLiCe"),
+            to: Destination::Room(room.clone()),
+            body,
+            slot: Some(slot.data),
+        })
+        .unwrap();
+        assert_eq!(bob_rx.try_recv().unwrap().to_bytes(), delivered);
+        assert!(
+            matches!(alice_rx.try_recv(), Err(TryRecvError::Empty)),
+            "the sender gets no copy"
+        );
+
+        assert!(shared.peer(&user("bOb")).is_some());
+        assert!(
+            shared.may_register(&[3; 32], &user("BOB")).is_ok(),
+            "another key's login would replace no connection of its own"
+        );
+        shared.unregister(1, &user("bob"));
+        assert!(shared.peer(&user("Bob")).is_none());
+        let names: Vec<String> = shared
+            .users()
+            .into_iter()
+            .map(|u| u.name.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["alice"]);
     }
 }

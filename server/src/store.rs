@@ -17,11 +17,16 @@ use sotto_proto::{Destination, UserName};
 /// File name of the database in the data directory.
 pub const DATABASE_FILE: &str = "relay.redb";
 
-/// Lower-cased name -> [`NameRecord`].
+// The tables are keyed by a user's name as its `UserKey`'s string form
+// (`UserName::key().as_str()`): the lower-cased name, byte for byte what
+// relays wrote before the key had a type, so existing databases open
+// unchanged. The key's string is the database format: it must not change.
+
+/// A user's key -> [`NameRecord`].
 const NAMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("names");
-/// (lower-cased recipient, id) -> [`Queued`].
+/// (recipient's key, id) -> [`Queued`].
 const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
-/// Lower-cased recipient -> (messages, bytes) queued.
+/// Recipient's key -> (messages, bytes) queued.
 const QUEUE_STATS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("queue_stats");
 /// Counters: `next_id`, and `names_per_key`, set once [`NAMES_PER_KEY`]
 /// has been filled from [`NAMES`].
@@ -126,10 +131,6 @@ pub struct Store {
     limits: QueueLimits,
 }
 
-fn key(name: &UserName) -> String {
-    name.as_str().to_ascii_lowercase()
-}
-
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
@@ -191,7 +192,7 @@ impl Store {
     /// already. Names compare without regard to case, so `Alice` cannot be
     /// taken by someone else once `alice` is.
     pub fn claim(&self, record: &NameRecord, max_names: u64) -> Result<Claim, StoreError> {
-        let key = key(&record.name);
+        let key = record.name.key();
         let txn = self.db.begin_write().map_err(db_err)?;
         let claim = {
             let mut names = txn.open_table(NAMES).map_err(db_err)?;
@@ -240,23 +241,24 @@ impl Store {
     pub fn lookup(&self, name: &UserName) -> Result<Option<NameRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let names = txn.open_table(NAMES).map_err(db_err)?;
-        let found = names.get(key(name).as_str()).map_err(db_err)?;
+        let found = names.get(name.key().as_str()).map_err(db_err)?;
         found.map(|value| decode(value.value())).transpose()
     }
 
     /// Queues a delivery for `recipient`, within its limits; expired
     /// entries are dropped first.
     pub fn enqueue(&self, recipient: &UserName, message: &Queued) -> Result<Enqueue, StoreError> {
-        let user = key(recipient);
+        let key = recipient.key();
+        let user = key.as_str();
         let size = message.body.len() as u64 + message.slot.as_ref().map_or(0, |s| s.len() as u64);
         let txn = self.db.begin_write().map_err(db_err)?;
         let outcome = {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
-            expire(&mut queue, &mut stats, &user, self.cutoff())?;
+            expire(&mut queue, &mut stats, user, self.cutoff())?;
             let (count, bytes) = stats
-                .get(user.as_str())
+                .get(user)
                 .map_err(db_err)?
                 .map_or((0, 0), |v| v.value());
             if count + 1 > self.limits.max_messages || bytes + size > self.limits.max_bytes {
@@ -268,11 +270,9 @@ impl Store {
                     .map_or(1, |v| v.value());
                 meta.insert("next_id", id + 1).map_err(db_err)?;
                 let value = postcard::to_stdvec(message).map_err(db_err)?;
-                queue
-                    .insert((user.as_str(), id), value.as_slice())
-                    .map_err(db_err)?;
+                queue.insert((user, id), value.as_slice()).map_err(db_err)?;
                 stats
-                    .insert(user.as_str(), (count + 1, bytes + size))
+                    .insert(user, (count + 1, bytes + size))
                     .map_err(db_err)?;
                 Enqueue::Stored(id)
             }
@@ -284,17 +284,15 @@ impl Store {
     /// Everything queued for `recipient`, oldest first, expired entries
     /// dropped.
     pub fn pending(&self, recipient: &UserName) -> Result<Vec<(u64, Queued)>, StoreError> {
-        let user = key(recipient);
+        let key = recipient.key();
+        let user = key.as_str();
         let txn = self.db.begin_write().map_err(db_err)?;
         let pending = {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-            expire(&mut queue, &mut stats, &user, self.cutoff())?;
+            expire(&mut queue, &mut stats, user, self.cutoff())?;
             let mut pending = Vec::new();
-            for entry in queue
-                .range((user.as_str(), 0)..=(user.as_str(), u64::MAX))
-                .map_err(db_err)?
-            {
+            for entry in queue.range((user, 0)..=(user, u64::MAX)).map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 pending.push((k.value().1, decode(v.value())?));
             }
@@ -307,17 +305,18 @@ impl Store {
     /// Forgets delivery `id` of `recipient` (acknowledged). Unknown ids are
     /// ignored.
     pub fn acknowledge(&self, recipient: &UserName, id: u64) -> Result<bool, StoreError> {
-        let user = key(recipient);
+        let key = recipient.key();
+        let user = key.as_str();
         let txn = self.db.begin_write().map_err(db_err)?;
         let removed = {
             let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-            let removed = match queue.remove((user.as_str(), id)).map_err(db_err)? {
+            let removed = match queue.remove((user, id)).map_err(db_err)? {
                 Some(value) => Some(decode::<Queued>(value.value())?),
                 None => None,
             };
             if let Some(message) = &removed {
-                subtract(&mut stats, &user, 1, stored_size(message))?;
+                subtract(&mut stats, user, 1, stored_size(message))?;
             }
             removed.is_some()
         };
@@ -357,7 +356,7 @@ impl Store {
     pub fn queue_depth(&self, recipient: &UserName) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-        let depth = stats.get(key(recipient).as_str()).map_err(db_err)?;
+        let depth = stats.get(recipient.key().as_str()).map_err(db_err)?;
         Ok(depth.map_or((0, 0), |v| v.value()))
     }
 
@@ -600,6 +599,45 @@ mod tests {
         let s = store(dir.path(), LIMITS);
         assert_eq!(s.names_of(&[1; 32]).unwrap(), 3);
         assert_eq!(s.claim(&record("a4", 1), 3).unwrap(), Claim::KeyFull);
+    }
+
+    /// The tables' keys are the lower-cased name, as relays wrote them
+    /// before names had a key type: a database written that way (here by
+    /// hand) is read the same, in any letter case.
+    #[test]
+    fn keys_on_disk_are_the_lower_cased_name() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path(), LIMITS);
+            let txn = s.db.begin_write().unwrap();
+            {
+                let value = postcard::to_stdvec(&record("Alice", 1)).unwrap();
+                let mut names = txn.open_table(NAMES).unwrap();
+                names.insert("alice", value.as_slice()).unwrap();
+                let value = postcard::to_stdvec(&message(b"stored")).unwrap();
+                let mut queue = txn.open_table(QUEUE).unwrap();
+                queue.insert(("bob", 7), value.as_slice()).unwrap();
+                let mut stats = txn.open_table(QUEUE_STATS).unwrap();
+                stats.insert("bob", (1, 6)).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = store(dir.path(), LIMITS);
+        assert_eq!(
+            s.lookup(&user("ALICE")).unwrap().unwrap().name,
+            user("Alice")
+        );
+        assert_eq!(s.queue_depth(&user("Bob")).unwrap(), (1, 6));
+        let pending = s.pending(&user("BOB")).unwrap();
+        assert_eq!(pending, vec![(7, message(b"stored"))]);
+        assert!(s.acknowledge(&user("bOb"), 7).unwrap());
+        assert_eq!(s.queue_depth(&user("bob")).unwrap(), (0, 0));
+
+        // And what the store writes is keyed the same way.
+        s.enqueue(&user("Carol"), &message(b"new")).unwrap();
+        let txn = s.db.begin_read().unwrap();
+        let stats = txn.open_table(QUEUE_STATS).unwrap();
+        assert_eq!(stats.get("carol").unwrap().unwrap().value(), (1, 3));
     }
 
     /// An empty (truncated) database file is refused with an error naming
