@@ -44,7 +44,7 @@ def hostile(name, path, old, new, what, also=()):
 
 
 # s04 and s11 rely on the same defence.
-SIGNATURE_FIRST = ("crypto/src/session.rs", """        sender
+SIGNATURE_FIRST = ("crypto/src/session/announce.rs", """        sender
             .verify(
                 &announcement_transcript(context, &announcement.wrapped_key),
                 &announcement.signature,
@@ -140,7 +140,7 @@ ENTRIES += [
        "        true || self.created_at <= now.saturating_add(skew) && now.saturating_sub(self.created_at) <= oldest",
        "a session's age is enforced on receipt (announcement and messages)",
        test="sessions_made_long_ago_or_in_the_future_are_refused_on_receipt", **ENGINE_UNIT),
- entry("session-age-accept", "crypto/src/session.rs", """        if !verified.context().is_current(now) {
+ entry("session-age-accept", "crypto/src/session/announce.rs", """        if !verified.context().is_current(now) {
             return Err(Error::DecryptionFailed);
         }""", "", "accepting an announcement refuses a session too old or from the future, before RSA",
        "sotto-crypto", ["--lib"], "an_announcement_too_old_or_from_the_future_is_refused_opaquely_before_rsa"),

@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sotto_proto::codec::PREFIX_LEN;
 use sotto_proto::{MAX_FRAME_LEN, RelayAddress};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -123,14 +124,14 @@ impl Decoder for RawFrames {
     type Error = std::io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, std::io::Error> {
-        let Some(prefix) = src.first_chunk::<4>() else {
+        let Some(prefix) = src.first_chunk::<PREFIX_LEN>() else {
             return Ok(None);
         };
         let len = usize::try_from(u32::from_be_bytes(*prefix)).unwrap_or(usize::MAX);
         if !(fwd::HEADER..=MAX_FRAME_LEN).contains(&len) {
             return Err(std::io::Error::other("bad frame length"));
         }
-        let total = 4 + len;
+        let total = PREFIX_LEN + len;
         if src.len() < total {
             src.reserve(total - src.len());
             return Ok(None);
@@ -153,10 +154,12 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, socket: TcpStrea
     let mut me = None;
     let mut frames = FramedRead::new(reader, RawFrames);
     while let Some(Ok(frame)) = frames.next().await {
-        let header = frame.get(4..4 + fwd::HEADER).and_then(|h| {
-            let target = u32::from_be_bytes(*h.get(2..)?.first_chunk::<4>()?);
-            Some((*h.get(1)?, target))
-        });
+        let header = frame
+            .get(PREFIX_LEN..PREFIX_LEN + fwd::HEADER)
+            .and_then(|h| {
+                let target = u32::from_be_bytes(*h.get(2..)?.first_chunk::<4>()?);
+                Some((*h.get(1)?, target))
+            });
         let Some((op, target)) = header else { break };
         match op {
             fwd::DIRECT => {

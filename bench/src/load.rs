@@ -28,6 +28,8 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rustls::pki_types::ServerName;
 use sotto_crypto::Identity;
+use sotto_proto::codec::PREFIX_LEN;
+use sotto_proto::codec::fast::split_frame;
 use sotto_proto::{
     ClientFrame, Destination, RelayAddress, RelayFrame, RoomName, UserName, decode_payload,
     encode_frame,
@@ -40,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BoxError;
 use crate::target::{Target, Usage, usage_of};
-use crate::wire::{Incoming, Proto, Template, body_header, fwd, fwd_frame, parse, split_frame};
+use crate::wire::{Incoming, Proto, Template, body_header, fwd, fwd_frame, parse};
 
 /// The room (relay) or group id (forwarder) of the fan-out scenario.
 pub(crate) const ROOM: &str = "bench";
@@ -98,8 +100,8 @@ impl Conn {
         loop {
             if let Some((payload, _)) = split_frame(&self.buf)? {
                 let len = payload.len();
-                let frame = self.buf.split_to(4 + len).freeze();
-                return Ok(frame.slice(4..));
+                let frame = self.buf.split_to(PREFIX_LEN + len).freeze();
+                return Ok(frame.slice(PREFIX_LEN..));
             }
             self.buf.reserve(4096);
             if self.stream.read_buf(&mut self.buf).await? == 0 {

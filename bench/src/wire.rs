@@ -7,7 +7,8 @@
 //!   [`encode_frame`] into a [`Template`] whose timestamp is then patched in
 //!   place for every frame sent (no re-encoding per frame), and answers with
 //!   [`RelayFrame::Deliver`] and [`RelayFrame::Sent`], which [`parse`] reads
-//!   without allocating (unit-tested against `encode_frame`).
+//!   without allocating with `sotto_proto::codec::fast` (which is tested
+//!   against the codec; so are the uses here).
 //! - The bare forwarder gets a minimal routing header of our own after the
 //!   version byte: an op byte and a `u32` target ([`fwd`]), then the same
 //!   body, and forwards the frame's bytes unchanged.
@@ -16,14 +17,14 @@
 //! clock, little-endian `u64`) and the sender's index (`u32`), then zeroes.
 
 use bytes::Bytes;
-use sotto_proto::{ClientFrame, Destination, MAX_FRAME_LEN, PROTOCOL_VERSION, Route, encode_frame};
+use sotto_proto::codec::PREFIX_LEN as PREFIX;
+use sotto_proto::codec::fast::{RelayView, peek_relay};
+use sotto_proto::{ClientFrame, Destination, PROTOCOL_VERSION, Route, encode_frame};
 
 use crate::BoxError;
 
 /// Bytes of the body taken by the timestamp and the sender's index.
 pub(crate) const BODY_HEADER: usize = 12;
-/// Length prefix of every frame.
-const PREFIX: usize = 4;
 /// Written where the timestamp goes, to find it in the encoded template.
 const SENTINEL: u64 = 0xA55A_C33C_0FF0_9669;
 
@@ -155,23 +156,6 @@ pub(crate) fn body_header(body: &[u8]) -> Option<(u64, u32)> {
     Some((ts, who))
 }
 
-/// A frame's payload and the bytes after the frame.
-pub(crate) type Split<'a> = (&'a [u8], &'a [u8]);
-
-/// Splits off the first whole frame of `buf`: `Ok(Some((payload, rest)))`,
-/// `Ok(None)` if it is not all there yet, an error for an impossible length.
-pub(crate) fn split_frame(buf: &[u8]) -> Result<Option<Split<'_>>, BoxError> {
-    let Some(prefix) = buf.first_chunk::<PREFIX>() else {
-        return Ok(None);
-    };
-    let len = usize::try_from(u32::from_be_bytes(*prefix)).unwrap_or(usize::MAX);
-    if len == 0 || len > MAX_FRAME_LEN {
-        return Err(format!("bad frame length {len}").into());
-    }
-    let rest = buf.get(PREFIX..).unwrap_or_default();
-    Ok(rest.split_at_checked(len))
-}
-
 /// Classifies one payload (version byte first) of protocol `proto`.
 pub(crate) fn parse(proto: Proto, payload: &[u8]) -> Incoming<'_> {
     let parsed = match proto {
@@ -181,28 +165,12 @@ pub(crate) fn parse(proto: Proto, payload: &[u8]) -> Incoming<'_> {
     parsed.unwrap_or(Incoming::Other)
 }
 
-/// Variant indices of `RelayFrame` (postcard encodes variants by position;
-/// the unit tests check these against `encode_frame`).
-const RELAY_DELIVER: u64 = 7;
-const RELAY_SENT: u64 = 9;
-
 fn parse_relay(payload: &[u8]) -> Option<Incoming<'_>> {
-    let mut r = Reader(payload);
-    if r.byte()? != PROTOCOL_VERSION {
-        return None;
-    }
-    match r.varint()? {
-        RELAY_DELIVER => {
-            r.varint()?; // delivery
-            r.bytes()?; // from
-            r.varint()?; // to: Room or User...
-            r.bytes()?; // ...and its name
-            let body = r.bytes()?;
-            Some(Incoming::Deliver(body))
-        }
-        RELAY_SENT => Some(Incoming::Ack),
-        _ => None,
-    }
+    Some(match peek_relay(payload)? {
+        RelayView::Deliver(deliver) => Incoming::Deliver(deliver.body),
+        RelayView::Sent { .. } => Incoming::Ack,
+        RelayView::Other { .. } => Incoming::Other,
+    })
 }
 
 fn parse_forwarder(payload: &[u8]) -> Option<Incoming<'_>> {
@@ -217,40 +185,9 @@ fn parse_forwarder(payload: &[u8]) -> Option<Incoming<'_>> {
     }
 }
 
-/// Reads postcard's primitives from a slice.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(first)
-    }
-
-    /// An unsigned LEB128 varint, as postcard writes integers and lengths.
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    /// A length-prefixed byte string.
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        let (taken, rest) = self.0.split_at_checked(len)?;
-        self.0 = rest;
-        Some(taken)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use sotto_proto::codec::fast::split_frame;
     use sotto_proto::{RelayFrame, RoomName, UserName, decode_payload};
 
     use super::*;

@@ -283,12 +283,12 @@ async fn chat(
     json: bool,
     fingerprint: sotto_crypto::Fingerprint,
 ) -> Result<ExitCode, String> {
+    let config_relay = config.relay.authority();
     let mut updates = Box::pin(session::run(config));
     let Some(Update::Ready(controller)) = updates.next().await else {
         return Err("the session did not start".to_owned());
     };
-    let mut view = text::View::default();
-    view.fingerprint = Some(fingerprint);
+    let mut view = text::View::new(&config_relay, Some(fingerprint));
     if json {
         println!("{}", json::event(&Update::Ready(controller.clone())));
     }

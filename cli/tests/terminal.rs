@@ -128,7 +128,7 @@ fn the_header_parser_reads_genuine_headers() {
     assert_eq!(header("[06:59:59] (direct) <bob> hi"), Some("bob"));
     assert_eq!(header("   [06:59:59] #lobby <bob> hi"), Some("bob"));
     assert_eq!(header("           | [06:59:59] #lobby <bob> hi"), None);
-    assert_eq!(header("* connected as bob"), None);
+    assert_eq!(header("* Connected to 127.0.0.1:7447 as bob"), None);
 }
 
 /// Characters that must never reach the terminal raw.
@@ -221,7 +221,7 @@ async fn hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replaye
     // carol reads the same texts in JSON mode: exact, only JSON-escaped.
     let mut carol = Bot::connect(&dirs[2], "carol", &relay).await;
     let mut bob = Interactive::spawn(&dirs[1], &relay);
-    bob.until(|l| l == "* you joined #lobby").await;
+    bob.until(|l| l == "* You joined #lobby").await;
     for name in ["carol", "bob"] {
         alice
             .expect(|e| e["type"] == "presence" && e["name"] == name && e["change"] == "joined")
@@ -266,7 +266,7 @@ async fn hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replaye
     bob.type_line("/quit").await;
     assert!(exited(&mut bob.child, "bob").await.success());
     let mut bob = Interactive::spawn(&dirs[1], &relay);
-    bob.until(|l| l == "* you joined #lobby").await;
+    bob.until(|l| l == "* You joined #lobby").await;
     // The barrier: the last text is in, so the whole history was replayed
     // before the checks below.
     let replayed = bob.text();
@@ -308,7 +308,7 @@ async fn a_typed_escape_sequence_is_refused_not_sent() {
     let temp = tempfile::tempdir().unwrap();
     let (mut alice, relay, bob_dir) = alice_and_interactive_bob(temp.path()).await;
     let mut bob = Interactive::spawn(&bob_dir, &relay);
-    bob.until(|l| l == "* you joined #lobby").await;
+    bob.until(|l| l == "* You joined #lobby").await;
     alice
         .expect(|e| e["type"] == "presence" && e["name"] == "bob" && e["change"] == "joined")
         .await;
@@ -403,7 +403,7 @@ async fn at_a_terminal_up_arrow_recalls_history_and_peer_escapes_stay_visible() 
     let temp = tempfile::tempdir().unwrap();
     let (mut alice, relay, bob_dir) = alice_and_interactive_bob(temp.path()).await;
     let mut bob = Pty::spawn(&bob_dir, &relay);
-    let at = bob.until(0, "* you joined #lobby").await;
+    let at = bob.until(0, "* You joined #lobby").await;
     alice
         .expect(|e| e["type"] == "presence" && e["name"] == "bob" && e["change"] == "joined")
         .await;

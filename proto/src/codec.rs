@@ -22,6 +22,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::error::ProtoError;
 use crate::frame::{ClientFrame, RelayFrame};
 
+pub mod fast;
+
 /// The protocol version, the first byte of every frame's payload.
 pub const PROTOCOL_VERSION: u8 = 1;
 
@@ -34,11 +36,11 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// produce a larger frame.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 
-/// Size of the big-endian `u32` length prefix.
-const PREFIX_LEN: usize = 4;
+/// Size of the big-endian `u32` length prefix before every payload.
+pub const PREFIX_LEN: usize = 4;
 
 /// Checks a payload length against the protocol's bounds.
-fn check_len(len: usize) -> Result<(), ProtoError> {
+pub(crate) fn check_len(len: usize) -> Result<(), ProtoError> {
     if len == 0 {
         Err(ProtoError::Malformed)
     } else if len > MAX_FRAME_LEN {

@@ -305,3 +305,136 @@ pub enum ErrorCode {
     /// for keys not yet connected when the relay is nearly full.
     LimitReached,
 }
+
+/// The wire index of every variant of [`ClientFrame`], [`RelayFrame`] and
+/// [`Destination`]: postcard writes an enum value as `varint(index)` then
+/// the variant's fields, the index being the variant's position in the
+/// declaration. The one place these numbers are written down, for the
+/// hand-assembled frames of [`codec::fast`](crate::codec::fast); the
+/// crate's tests encode every variant and compare its first byte with
+/// these constants, so reordering an enum fails them. Every index is below
+/// 128: one varint byte.
+pub mod index {
+    /// Indices of [`ClientFrame`](super::ClientFrame)'s variants.
+    pub mod client {
+        /// `Register`.
+        pub const REGISTER: u32 = 0;
+        /// `Join`.
+        pub const JOIN: u32 = 1;
+        /// `Leave`.
+        pub const LEAVE: u32 = 2;
+        /// `ListRooms`.
+        pub const LIST_ROOMS: u32 = 3;
+        /// `ListUsers`.
+        pub const LIST_USERS: u32 = 4;
+        /// `LookupKey`.
+        pub const LOOKUP_KEY: u32 = 5;
+        /// `Send`.
+        pub const SEND: u32 = 6;
+        /// `Ack`.
+        pub const ACK: u32 = 7;
+        /// `Ping`.
+        pub const PING: u32 = 8;
+        /// `Pong`.
+        pub const PONG: u32 = 9;
+        /// `Bye`.
+        pub const BYE: u32 = 10;
+    }
+
+    /// Indices of [`RelayFrame`](super::RelayFrame)'s variants.
+    pub mod relay {
+        /// `Challenge`.
+        pub const CHALLENGE: u32 = 0;
+        /// `Registered`.
+        pub const REGISTERED: u32 = 1;
+        /// `Joined`.
+        pub const JOINED: u32 = 2;
+        /// `Left`.
+        pub const LEFT: u32 = 3;
+        /// `Rooms`.
+        pub const ROOMS: u32 = 4;
+        /// `Users`.
+        pub const USERS: u32 = 5;
+        /// `Key`.
+        pub const KEY: u32 = 6;
+        /// `Deliver`.
+        pub const DELIVER: u32 = 7;
+        /// `Presence`.
+        pub const PRESENCE: u32 = 8;
+        /// `Sent`.
+        pub const SENT: u32 = 9;
+        /// `Error`.
+        pub const ERROR: u32 = 10;
+        /// `Ping`.
+        pub const PING: u32 = 11;
+        /// `Pong`.
+        pub const PONG: u32 = 12;
+        /// `ShuttingDown`.
+        pub const SHUTTING_DOWN: u32 = 13;
+        /// `KeyHandover`.
+        pub const KEY_HANDOVER: u32 = 14;
+    }
+
+    /// Indices of [`Destination`](super::Destination)'s variants.
+    pub mod destination {
+        /// `Room`.
+        pub const ROOM: u32 = 0;
+        /// `User`.
+        pub const USER: u32 = 1;
+    }
+}
+
+impl ClientFrame {
+    /// The wire index of this frame's variant ([`index::client`]).
+    pub const fn index(&self) -> u32 {
+        use index::client::*;
+        match self {
+            Self::Register { .. } => REGISTER,
+            Self::Join { .. } => JOIN,
+            Self::Leave { .. } => LEAVE,
+            Self::ListRooms => LIST_ROOMS,
+            Self::ListUsers => LIST_USERS,
+            Self::LookupKey { .. } => LOOKUP_KEY,
+            Self::Send { .. } => SEND,
+            Self::Ack { .. } => ACK,
+            Self::Ping { .. } => PING,
+            Self::Pong { .. } => PONG,
+            Self::Bye => BYE,
+        }
+    }
+}
+
+impl RelayFrame {
+    /// The wire index of this frame's variant ([`index::relay`]).
+    pub const fn index(&self) -> u32 {
+        use index::relay::*;
+        match self {
+            Self::Challenge { .. } => CHALLENGE,
+            Self::Registered { .. } => REGISTERED,
+            Self::Joined { .. } => JOINED,
+            Self::Left { .. } => LEFT,
+            Self::Rooms { .. } => ROOMS,
+            Self::Users { .. } => USERS,
+            Self::Key { .. } => KEY,
+            Self::Deliver { .. } => DELIVER,
+            Self::Presence { .. } => PRESENCE,
+            Self::Sent { .. } => SENT,
+            Self::Error { .. } => ERROR,
+            Self::Ping { .. } => PING,
+            Self::Pong { .. } => PONG,
+            Self::ShuttingDown => SHUTTING_DOWN,
+            Self::KeyHandover { .. } => KEY_HANDOVER,
+        }
+    }
+}
+
+impl Destination {
+    /// The wire index of this destination's variant
+    /// ([`index::destination`]).
+    pub const fn index(&self) -> u32 {
+        match self {
+            Self::Room(_) => index::destination::ROOM,
+            Self::User(_) => index::destination::USER,
+        }
+    }
+}

@@ -16,6 +16,12 @@
 //!   allocation. [`FrameCodec`] plugs into `tokio_util::codec::Framed`;
 //!   [`encode_frame`] and [`decode_payload`] expose the same logic for
 //!   fuzzing and test vectors.
+//! - [`codec::fast`]: the same bytes written and read by hand where
+//!   building a frame costs too much: the relay's `Deliver` and `Sent`
+//!   frames written from borrowed parts, and a relay frame read without
+//!   allocating (the benchmark's reader), with postcard's varints. The
+//!   variant indices they use are [`frame::index`], next to the enums and
+//!   checked against the encoder.
 //!
 //! # Design
 //!

@@ -8,7 +8,8 @@
 //! The routing path is built to cost little per message, because a relay
 //! is judged by how close it comes to a bare forwarder (docs/benchmarks.md):
 //! `Deliver` and `Sent` frames are assembled from their parts ([`deliver`],
-//! [`sent`]; the same bytes as the codec, see the tests) into blocks shared
+//! [`sent`], by `sotto_proto::codec::fast`: the same bytes as the codec,
+//! see the tests there and here) into blocks shared
 //! by many frames instead of one allocation each; a room message without
 //! slots is assembled once for all its members, whose connections the
 //! room keeps at hand; and a batch of direct messages to one user takes
@@ -20,10 +21,11 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use sotto_proto::codec::fast;
 use sotto_proto::{
-    ErrorCode, MAX_FRAME_LEN, Member, PROTOCOL_VERSION, PresenceEvent, RelayFrame, RoomInfo,
-    RoomName, Slot, UserInfo, UserName, encode_frame,
+    ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, RoomName, Slot, UserInfo, UserName,
+    encode_frame,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -96,159 +98,36 @@ pub(crate) fn encode(frame: &RelayFrame) -> Option<Bytes> {
     }
 }
 
-/// Index of `RelayFrame::Deliver` among the variants: postcard encodes a
-/// variant by its position in the declaration (the tests check these
-/// constants against `encode_frame`).
-const DELIVER_VARIANT: u64 = 7;
-/// Index of `RelayFrame::Sent`.
-const SENT_VARIANT: u64 = 9;
-/// Index of `Destination::Room` and `Destination::User`.
-const ROOM_VARIANT: u64 = 0;
-const USER_VARIANT: u64 = 1;
-
-/// Where a delivery was addressed, borrowed: assembling a `Deliver` frame
-/// needs only the name's bytes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum To<'a> {
-    /// A room.
-    Room(&'a RoomName),
-    /// A user.
-    User(&'a UserName),
-}
-
-impl<'a> To<'a> {
-    /// The variant index and the name.
-    fn parts(self) -> (u64, &'a str) {
-        match self {
-            To::Room(room) => (ROOM_VARIANT, room.as_str()),
-            To::User(user) => (USER_VARIANT, user.as_str()),
-        }
-    }
-}
-
-/// Bytes of `value` as a postcard varint (LEB128).
-fn varint_len(mut value: u64) -> usize {
-    let mut len = 1;
-    while value >= 0x80 {
-        value >>= 7;
-        len += 1;
-    }
-    len
-}
-
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "each byte keeps the low 7 bits of `value` on purpose; the last is below 0x80"
-)]
-fn put_varint(out: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        out.put_u8((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.put_u8(value as u8);
-}
-
-fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn bytes_len(len: usize) -> usize {
-    varint_len(len as u64) + len
-}
+pub(crate) use sotto_proto::codec::fast::To;
 
 /// Bodies at least this long are not copied into each recipient's
 /// `Deliver` frame of a room message: the frames share them
 /// ([`deliver_shared`]).
 pub(crate) const SHARED_BODY: usize = 16 * 1024;
 
-/// The fields of a `Deliver` frame around its body.
-struct DeliverFields<'a> {
+/// The `Deliver` frame's parts, measured; `None`, logged, if the frame
+/// would exceed the maximum frame length, as with `encode`.
+fn measure<'a>(
     delivery: u64,
     from: &'a UserName,
-    variant: u64,
-    to_name: &'a str,
-    body_len: usize,
+    to: To<'a>,
+    body: &'a [u8],
     slot: Option<&'a [u8]>,
-    /// The length prefix: the payload's length.
-    prefix: u32,
-}
-
-impl<'a> DeliverFields<'a> {
-    /// `None`, logged, if the frame would exceed the maximum frame length,
-    /// as with `encode`.
-    fn new(
-        delivery: u64,
-        from: &'a UserName,
-        to: To<'a>,
-        body_len: usize,
-        slot: Option<&'a [u8]>,
-    ) -> Option<Self> {
-        let (variant, to_name) = to.parts();
-        let payload = 1
-            + varint_len(DELIVER_VARIANT)
-            + varint_len(delivery)
-            + bytes_len(from.as_str().len())
-            + varint_len(variant)
-            + bytes_len(to_name.len())
-            + bytes_len(body_len)
-            + 1
-            + slot.map_or(0, |slot| bytes_len(slot.len()));
-        let Some(prefix) = u32::try_from(payload)
-            .ok()
-            .filter(|_| payload <= MAX_FRAME_LEN)
-        else {
-            tracing::error!(len = payload, "could not encode a relay frame: too large");
-            return None;
-        };
-        Some(Self {
-            delivery,
-            from,
-            variant,
-            to_name,
-            body_len,
-            slot,
-            prefix,
-        })
-    }
-
-    /// Bytes after the body.
-    fn tail_len(&self) -> usize {
-        1 + self.slot.map_or(0, |slot| bytes_len(slot.len()))
-    }
-
-    /// Bytes up to the body, its length included.
-    fn head_len(&self) -> usize {
-        4 + self.prefix as usize - self.body_len - self.tail_len()
-    }
-
-    fn put_head(&self, out: &mut BytesMut) {
-        out.extend_from_slice(&self.prefix.to_be_bytes());
-        out.put_u8(PROTOCOL_VERSION);
-        put_varint(out, DELIVER_VARIANT);
-        put_varint(out, self.delivery);
-        put_bytes(out, self.from.as_str().as_bytes());
-        put_varint(out, self.variant);
-        put_bytes(out, self.to_name.as_bytes());
-        put_varint(out, self.body_len as u64);
-    }
-
-    fn put_tail(&self, out: &mut BytesMut) {
-        match self.slot {
-            None => out.put_u8(0),
-            Some(slot) => {
-                out.put_u8(1);
-                put_bytes(out, slot);
-            }
+) -> Option<fast::Deliver<'a>> {
+    match fast::Deliver::new(delivery, from, to, body, slot) {
+        Ok(frame) => Some(frame),
+        Err(error) => {
+            tracing::error!(%error, "could not encode a relay frame");
+            None
         }
     }
 }
 
 /// The wire form of `RelayFrame::Deliver { delivery, from, to, body, slot }`,
-/// written straight from its parts: the same bytes as `encode` of that
-/// frame (see the tests), without building the frame (cloning names) or
-/// growing a buffer while serializing. `None`, logged, if it would exceed
-/// the maximum frame length, as with `encode`.
+/// written straight from its parts by `sotto_proto::codec::fast`: the same
+/// bytes as `encode` of that frame (see the tests), without building the
+/// frame (cloning names) or growing a buffer while serializing. `None`,
+/// logged, if it would exceed the maximum frame length, as with `encode`.
 pub(crate) fn deliver(
     delivery: u64,
     from: &UserName,
@@ -256,12 +135,8 @@ pub(crate) fn deliver(
     body: &[u8],
     slot: Option<&[u8]>,
 ) -> Option<Bytes> {
-    let fields = DeliverFields::new(delivery, from, to, body.len(), slot)?;
-    Some(carve(4 + fields.prefix as usize, |out| {
-        fields.put_head(out);
-        out.extend_from_slice(body);
-        fields.put_tail(out);
-    }))
+    let frame = measure(delivery, from, to, body, slot)?;
+    Some(carve(frame.frame_len(), |out| frame.put(out)))
 }
 
 /// [`deliver`], for one of many recipients of `body`: a body of at least
@@ -278,26 +153,15 @@ pub(crate) fn deliver_shared(
     if body.len() < SHARED_BODY {
         return deliver(delivery, from, to, body, slot).map(Outbound::Whole);
     }
-    let fields = DeliverFields::new(delivery, from, to, body.len(), slot)?;
-    let head = carve(fields.head_len(), |out| fields.put_head(out));
-    let tail = carve(fields.tail_len(), |out| fields.put_tail(out));
+    let frame = measure(delivery, from, to, body, slot)?;
+    let head = carve(frame.head_len(), |out| frame.put_head(out));
+    let tail = carve(frame.tail_len(), |out| frame.put_tail(out));
     Some(Outbound::Parts(Box::new([head, body.clone(), tail])))
 }
 
 /// The wire form of `RelayFrame::Sent { id }` (the same bytes as `encode`).
 pub(crate) fn sent(id: u64) -> Bytes {
-    let payload = 1 + varint_len(SENT_VARIANT) + varint_len(id);
-    carve(4 + payload, |out| {
-        #[allow(
-            clippy::cast_possible_truncation,
-            reason = "a version byte and two varints of at most 10 bytes each"
-        )]
-        let payload = payload as u32;
-        out.extend_from_slice(&payload.to_be_bytes());
-        out.put_u8(PROTOCOL_VERSION);
-        put_varint(out, SENT_VARIANT);
-        put_varint(out, id);
-    })
+    carve(fast::sent_len(id), |out| fast::put_sent(out, id))
 }
 
 /// Size of the blocks relay-built frames are carved from.
@@ -983,7 +847,7 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use sotto_proto::Destination;
+    use sotto_proto::{Destination, MAX_FRAME_LEN};
     use tokio::sync::mpsc::error::TryRecvError;
 
     use super::*;

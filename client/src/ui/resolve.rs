@@ -1,30 +1,10 @@
-//! What a line typed in a composer means here and now: the part of a front
-//! end that is not drawing, shared by `sotto-cli` and the desktop app so
-//! that a line does the same in both.
+//! What a line typed in a composer means here and now.
 //!
 //! [`commands::parse`] reads a line; [`resolve`] gives it its meaning in
 //! a [`Context`] (the current conversation, the rooms the user is in, the
 //! safety numbers last shown, this user's fingerprint): a [`Command`] for
 //! the session, a [`Local`] action the front end performs on screen, or a
-//! refusal with the words to show. The front ends only render.
-//!
-//! ```
-//! use sotto_client::session::{Chat, Command};
-//! use sotto_client::ui::{Context, Local, Resolved, resolve};
-//!
-//! let lobby: sotto_proto::RoomName = "lobby".parse()?;
-//! let mut context = Context::default();
-//! // No current conversation: a plain line is refused, with the reason.
-//! assert_eq!(resolve("hi", &context).unwrap_err(), "you are in no room: /join ROOM first");
-//! context.current = Some(Chat::Room(lobby.clone()));
-//! context.rooms.insert(lobby.clone());
-//! assert_eq!(
-//!     resolve("hi", &context),
-//!     Ok(Resolved::Command(Command::Send { chat: Chat::Room(lobby.clone()), text: "hi".into() }))
-//! );
-//! assert_eq!(resolve("/room #lobby", &context), Ok(Resolved::Local(Local::Switch(lobby))));
-//! # Ok::<(), sotto_proto::NameError>(())
-//! ```
+//! refusal with the words to show.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,0 +1,566 @@
+//! What a front end knows of its session, kept from the session's updates
+//! in one place for both front ends: the rooms joined and the current
+//! conversation, each room's members, every user's trust and key as last
+//! reported, the safety numbers shown, this user's name and the names that
+//! look like others. [`View::apply`] takes an update, keeps what it says
+//! and returns the [`Said`]s a user reads for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use sotto_crypto::Fingerprint;
+use sotto_proto::{RoomName, UserKey, UserName};
+
+use super::Context;
+use super::words::{self, Said, Tone};
+use crate::contacts::KeyEvent;
+use crate::session::{Chat, Member, TrustLevel, Update};
+
+/// The folded key of a name the session reported (always a valid name).
+fn key_of(name: &impl fmt::Display) -> Option<UserKey> {
+    name.to_string()
+        .parse::<UserName>()
+        .ok()
+        .map(|name| name.key())
+}
+
+/// A front end's knowledge of its session.
+#[derive(Clone, Debug)]
+pub struct View {
+    /// What typed lines are resolved in: the current conversation, the
+    /// rooms joined, the safety numbers shown, this user's fingerprint,
+    /// whether a line is held for the first room. The front end moves
+    /// `current` as the user switches conversations.
+    pub context: Context,
+    /// `host:port` of the relay, for the connection's words.
+    relay: String,
+    members: BTreeMap<RoomName, Vec<Member>>,
+    trust: HashMap<UserKey, (TrustLevel, Option<Fingerprint>)>,
+    me: Option<UserKey>,
+    /// New contacts whose names look like known ones: the look-alikes.
+    lookalikes: HashMap<UserKey, Vec<String>>,
+    /// The new key of a verified contact whose key changed, until the
+    /// user decides.
+    offered: HashMap<UserKey, Fingerprint>,
+}
+
+impl View {
+    /// Nothing known yet of a session with the relay at `relay`
+    /// (`host:port`) for the user whose key has `fingerprint`. With
+    /// `holds`, a plain line typed before any room is joined is held for
+    /// the first room ([`super::Local::Hold`]); without, it is refused.
+    pub fn new(relay: impl Into<String>, fingerprint: Option<Fingerprint>, holds: bool) -> Self {
+        Self {
+            context: Context {
+                fingerprint,
+                hold: holds,
+                ..Context::default()
+            },
+            relay: relay.into(),
+            members: BTreeMap::new(),
+            trust: HashMap::new(),
+            me: None,
+            lookalikes: HashMap::new(),
+            offered: HashMap::new(),
+        }
+    }
+
+    /// The members of `room` as last reported (none for a room not
+    /// joined).
+    pub fn members(&self, room: &RoomName) -> &[Member] {
+        self.members
+            .get(room)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The rooms whose members include `name`.
+    pub fn rooms_with(&self, name: &impl fmt::Display) -> Vec<RoomName> {
+        let Some(key) = key_of(name) else {
+            return Vec::new();
+        };
+        self.members
+            .iter()
+            .filter(|(_, members)| {
+                members
+                    .iter()
+                    .any(|m| key_of(&m.name).as_ref() == Some(&key))
+            })
+            .map(|(room, _)| room.clone())
+            .collect()
+    }
+
+    /// `name`'s trust and pinned key as last reported (`Unknown` and no
+    /// key for a name never heard of).
+    pub fn trust_of(&self, name: &impl fmt::Display) -> (TrustLevel, Option<Fingerprint>) {
+        key_of(name)
+            .and_then(|key| self.trust.get(&key).copied())
+            .unwrap_or((TrustLevel::Unknown, None))
+    }
+
+    /// Whether `name` is this user (as the relay registered them).
+    pub fn is_me(&self, name: &impl fmt::Display) -> bool {
+        self.me.is_some() && key_of(name) == self.me
+    }
+
+    /// The known names `name` looks like, if it was pinned as a look-alike.
+    pub fn lookalikes_of(&self, name: &impl fmt::Display) -> Option<&[String]> {
+        key_of(name)
+            .and_then(|key| self.lookalikes.get(&key))
+            .map(Vec::as_slice)
+    }
+
+    /// Whether `name` looks like another contact, or another contact
+    /// looks like it.
+    pub fn is_lookalike(&self, name: &impl fmt::Display) -> bool {
+        let Some(key) = key_of(name) else {
+            return false;
+        };
+        self.lookalikes.contains_key(&key)
+            || self
+                .lookalikes
+                .values()
+                .flatten()
+                .any(|other| key_of(other).as_ref() == Some(&key))
+    }
+
+    /// `name` as listed: `(you)` or its trust, and what it looks like.
+    pub fn label(&self, name: &impl fmt::Display) -> String {
+        let (trust, fingerprint) = self.trust_of(name);
+        words::label(
+            name,
+            self.is_me(name),
+            trust,
+            self.lookalikes_of(name),
+            fingerprint,
+        )
+    }
+
+    /// The words for the connection's state (see [`words::connection`]).
+    pub fn connection(&self, state: &crate::session::Connection, left: Duration) -> (Tone, String) {
+        words::connection(state, &self.relay, left)
+    }
+
+    fn set_trust(&mut self, name: &impl fmt::Display, trust: TrustLevel, key: Option<Fingerprint>) {
+        if let Some(user) = key_of(name) {
+            let entry = self.trust.entry(user).or_insert((trust, key));
+            entry.0 = trust;
+            if key.is_some() {
+                entry.1 = key;
+            }
+        }
+    }
+
+    /// Keeps what `update` says and returns what the user reads for it
+    /// (nothing for a message: each front end draws messages its own
+    /// way). A front end shows the `Said`s of the updates it has no
+    /// better way to show.
+    pub fn apply(&mut self, update: &Update) -> Vec<Said> {
+        let said = match update {
+            Update::Ready(_) | Update::Message(_) => return Vec::new(),
+            Update::History { messages, .. } => {
+                for message in messages.iter().filter(|m| !m.outgoing) {
+                    if let Some(key) = key_of(&message.from) {
+                        self.trust
+                            .entry(key)
+                            .or_insert((message.trust, Some(message.fingerprint)));
+                    }
+                }
+                return Vec::new();
+            }
+            Update::Connection(state) => {
+                if let crate::session::Connection::Connected { name } = state {
+                    self.me = key_of(name);
+                }
+                let after = match state {
+                    crate::session::Connection::Reconnecting { after, .. } => *after,
+                    _ => Duration::ZERO,
+                };
+                let (tone, text) = self.connection(state, after);
+                Said {
+                    tone,
+                    place: words::Place::General,
+                    text,
+                    names_place: false,
+                }
+            }
+            Update::Joined { room } => {
+                self.context.rooms.insert(room.clone());
+                self.context.hold = false;
+                if self.context.current.is_none() {
+                    self.context.current = Some(Chat::Room(room.clone()));
+                }
+                words::membership(room, true)
+            }
+            Update::Left { room } => {
+                self.context.rooms.remove(room);
+                self.members.remove(room);
+                if self.context.current.as_ref() == Some(&Chat::Room(room.clone())) {
+                    self.context.current = self.context.rooms.first().cloned().map(Chat::Room);
+                }
+                words::membership(room, false)
+            }
+            Update::Members { room, members } => {
+                for member in members {
+                    if !self.is_me(&member.name) {
+                        self.set_trust(&member.name, member.trust, member.fingerprint);
+                    }
+                }
+                let first = !self.members.contains_key(room);
+                self.members.insert(room.clone(), members.clone());
+                if !first {
+                    return Vec::new();
+                }
+                let labels: Vec<String> = members.iter().map(|m| self.label(&m.name)).collect();
+                words::members(room, Chat::Room(room.clone()), &labels)
+            }
+            Update::Presence { room, name, change } => Said {
+                tone: Tone::Info,
+                place: words::Place::Chat(Chat::Room(room.clone())),
+                text: words::presence(&[name.to_string()], None, 1, *change, room),
+                names_place: true,
+            },
+            Update::Missing { chat, from, count } => words::missing(chat, from, *count),
+            Update::Rejected { chat, from } => words::rejected(chat.as_ref(), from),
+            Update::NotForYou { chat, from } => words::not_for_you(chat, from),
+            Update::Key(event) => {
+                self.key_event(event);
+                words::key_event(event)
+            }
+            Update::Trust { name, trust } => {
+                // A decision on a changed key: the new key is the one now
+                // trusted.
+                let offered = key_of(name).and_then(|key| self.offered.remove(&key));
+                self.set_trust(name, *trust, offered);
+                words::trust(name, *trust)
+            }
+            Update::SafetyNumber {
+                name,
+                fingerprint,
+                safety_number,
+                trust,
+            } => {
+                if let Some(key) = key_of(name) {
+                    self.context.shown.insert(key, safety_number.clone());
+                }
+                self.set_trust(name, *trust, Some(*fingerprint));
+                words::safety_number(name, fingerprint, safety_number, *trust)
+            }
+            Update::NotSentTo {
+                chat,
+                names,
+                reason,
+            } => {
+                let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+                words::not_sent_to(chat, &names, reason)
+            }
+            Update::RosterMismatch { room, from } => words::roster_mismatch(room, from),
+            Update::Users(users) => {
+                let lines: Vec<String> = users
+                    .iter()
+                    .map(|user| {
+                        let rooms: Vec<String> = user
+                            .rooms
+                            .iter()
+                            .map(|room| format!("#{}", words::safe(room)))
+                            .collect();
+                        let label = words::label(
+                            &user.name,
+                            self.is_me(&user.name),
+                            user.trust,
+                            self.lookalikes_of(&user.name),
+                            None,
+                        );
+                        let rooms = if rooms.is_empty() {
+                            "no room".to_owned()
+                        } else {
+                            rooms.join(", ")
+                        };
+                        format!("{label} in {rooms}")
+                    })
+                    .collect();
+                words::users(&lines)
+            }
+            Update::Rooms(rooms) => words::rooms(rooms),
+            Update::VerifiedOnly { room, on } => {
+                words::verified_only(room, Chat::Room(room.clone()), *on)
+            }
+            Update::Error(message) => words::error(message),
+            Update::RelayKeyMoved(moved) => words::info(moved),
+        };
+        vec![said]
+    }
+
+    fn key_event(&mut self, event: &KeyEvent) {
+        match event {
+            KeyEvent::Pinned {
+                name,
+                fingerprint,
+                lookalikes,
+            } => {
+                if let Some(key) = key_of(name) {
+                    self.trust
+                        .entry(key.clone())
+                        .or_insert((TrustLevel::Unverified, Some(*fingerprint)));
+                    if !lookalikes.is_empty() {
+                        self.lookalikes
+                            .insert(key, lookalikes.iter().map(ToString::to_string).collect());
+                    }
+                }
+            }
+            KeyEvent::Changed { name, current, .. } => {
+                self.set_trust(name, TrustLevel::Unverified, Some(*current));
+            }
+            KeyEvent::ChangedVerified { name, offered, .. } => {
+                self.set_trust(name, TrustLevel::Changed, None);
+                if let Some(key) = key_of(name) {
+                    self.offered.insert(key, *offered);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sotto_crypto::SafetyNumber;
+
+    use super::*;
+    use crate::session::{Connection, PresenceChange};
+    use crate::ui::{Local, Place, Resolved, resolve};
+
+    fn room(name: &str) -> RoomName {
+        name.parse().unwrap()
+    }
+
+    fn member(name: &str, trust: TrustLevel, key: u8) -> Member {
+        Member {
+            name: name.parse().unwrap(),
+            fingerprint: Some(Fingerprint([key; 32])),
+            trust,
+        }
+    }
+
+    fn connected(view: &mut View, name: &str) {
+        view.apply(&Update::Connection(Connection::Connected {
+            name: name.parse().unwrap(),
+        }));
+    }
+
+    fn texts(said: &[Said]) -> Vec<&str> {
+        said.iter().map(|s| s.text.as_str()).collect()
+    }
+
+    #[test]
+    fn rooms_joined_and_left_move_the_current_room_and_end_holding() {
+        let mut view = View::new("relay.example:7447", None, true);
+        assert!(view.context.hold);
+        let said = view.apply(&Update::Joined {
+            room: room("lobby"),
+        });
+        assert_eq!(texts(&said), ["You joined #lobby"]);
+        assert_eq!(said[0].place, Place::Chat(Chat::Room(room("lobby"))));
+        assert!(said[0].names_place);
+        assert!(!view.context.hold, "held lines go to the first room");
+        assert_eq!(view.context.current, Some(Chat::Room(room("lobby"))));
+        view.apply(&Update::Joined { room: room("dev") });
+        assert_eq!(view.context.current, Some(Chat::Room(room("lobby"))));
+        view.apply(&Update::Left {
+            room: room("lobby"),
+        });
+        assert_eq!(view.context.current, Some(Chat::Room(room("dev"))));
+        view.apply(&Update::Left { room: room("dev") });
+        assert_eq!(view.context.current, None);
+        assert!(
+            !view.context.hold,
+            "once rooms are known, no room is a refusal"
+        );
+    }
+
+    #[test]
+    fn members_are_listed_once_and_their_trust_kept() {
+        let mut view = View::new("relay.example:7447", None, false);
+        connected(&mut view, "Alice");
+        let members = vec![
+            member("alice", TrustLevel::Unverified, 1),
+            member("bob", TrustLevel::Verified, 2),
+        ];
+        let said = view.apply(&Update::Members {
+            room: room("lobby"),
+            members: members.clone(),
+        });
+        assert_eq!(texts(&said), ["In #lobby: alice (you), bob [verified]"]);
+        assert_eq!(
+            view.trust_of(&"BOB"),
+            (TrustLevel::Verified, Some(Fingerprint([2; 32])))
+        );
+        assert!(view.is_me(&"alice"));
+        assert_eq!(view.rooms_with(&"Bob"), [room("lobby")]);
+        // Later lists replace the members silently.
+        let said = view.apply(&Update::Members {
+            room: room("lobby"),
+            members: members[..1].to_vec(),
+        });
+        assert!(said.is_empty());
+        assert_eq!(view.members(&room("lobby")).len(), 1);
+        assert!(view.rooms_with(&"bob").is_empty());
+    }
+
+    #[test]
+    fn a_safety_number_shown_is_the_one_yes_verifies() {
+        let mut view = View::new("relay.example:7447", None, false);
+        let number = SafetyNumber::new(&Fingerprint([1; 32]), &Fingerprint([2; 32]));
+        let said = view.apply(&Update::SafetyNumber {
+            name: "bob".parse().unwrap(),
+            fingerprint: Fingerprint([2; 32]),
+            safety_number: number.clone(),
+            trust: TrustLevel::Unverified,
+        });
+        let text = &said[0].text;
+        assert!(text.starts_with("bob [unverified]: key "), "{text}");
+        assert!(text.ends_with("if it matches: /verify bob yes"), "{text}");
+        assert_eq!(
+            resolve("/verify BOB yes", &view.context),
+            Ok(Resolved::Command(crate::session::Command::Verify {
+                name: "BOB".parse().unwrap(),
+                safety_number: number.digits().to_owned(),
+            }))
+        );
+        assert!(matches!(
+            resolve("/fingerprint", &view.context),
+            Err(refusal) if refusal.contains("not known")
+        ));
+        let mut with_key = View::new("relay.example:7447", Some(Fingerprint([9; 32])), false);
+        assert_eq!(
+            resolve("/fingerprint", &with_key.context),
+            Ok(Resolved::Local(Local::Fingerprint(Fingerprint([9; 32]))))
+        );
+        with_key.apply(&Update::Error("x".to_owned()));
+    }
+
+    #[test]
+    fn key_events_set_trust_and_flag_look_alikes_both_ways() {
+        let mut view = View::new("relay.example:7447", None, false);
+        let said = view.apply(&Update::Key(KeyEvent::Pinned {
+            name: "b0b".parse().unwrap(),
+            fingerprint: Fingerprint([3; 32]),
+            lookalikes: vec!["bob".parse().unwrap()],
+        }));
+        assert_eq!(said[0].tone, Tone::Danger);
+        assert_eq!(said[0].place, Place::With("b0b".to_owned()));
+        assert!(said[0].text.starts_with("Careful: the new contact b0b"));
+        assert!(view.is_lookalike(&"b0b") && view.is_lookalike(&"BOB"));
+        assert!(!view.is_lookalike(&"carol"));
+        assert!(view.label(&"b0b").contains("[looks like bob, key "));
+        assert_eq!(view.trust_of(&"b0b").0, TrustLevel::Unverified);
+
+        // A verified contact's key changes, then the user accepts it: the
+        // new key is the one trusted.
+        view.apply(&Update::Key(KeyEvent::ChangedVerified {
+            name: "carol".parse().unwrap(),
+            pinned: Fingerprint([4; 32]),
+            offered: Fingerprint([5; 32]),
+        }));
+        assert_eq!(view.trust_of(&"carol").0, TrustLevel::Changed);
+        let said = view.apply(&Update::Trust {
+            name: "carol".parse().unwrap(),
+            trust: TrustLevel::Unverified,
+        });
+        assert_eq!(
+            texts(&said),
+            ["You accepted carol's new key without verifying it"]
+        );
+        assert_eq!(
+            view.trust_of(&"carol"),
+            (TrustLevel::Unverified, Some(Fingerprint([5; 32])))
+        );
+    }
+
+    #[test]
+    fn what_the_relay_or_a_peer_wrote_is_escaped_in_every_notice() {
+        let mut view = View::new("relay.example:7447", None, false);
+        let hostile = "\u{1b}]0;TITLE\u{7}\u{202e}\r\nsecond line";
+        for update in [
+            Update::Error(hostile.to_owned()),
+            Update::Connection(Connection::Failed {
+                reason: hostile.to_owned(),
+            }),
+            Update::Connection(Connection::Reconnecting {
+                after: Duration::from_millis(500),
+                reason: hostile.to_owned(),
+            }),
+            Update::NotSentTo {
+                chat: Chat::Room(room("lobby")),
+                names: Vec::new(),
+                reason: hostile.to_owned(),
+            },
+        ] {
+            for said in view.apply(&update) {
+                assert!(
+                    !said.text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                    "{:?}",
+                    said.text
+                );
+                assert!(said.text.contains(r"\e]0;TITLE\x07"), "{:?}", said.text);
+            }
+        }
+    }
+
+    #[test]
+    fn notices_that_do_not_name_their_conversation_are_qualified_in_one_stream() {
+        let mut view = View::new("relay.example:7447", None, false);
+        let said = view.apply(&Update::Missing {
+            chat: Chat::Room(room("lobby")),
+            from: "bob".parse().unwrap(),
+            count: 2,
+        });
+        assert_eq!(
+            said[0].qualified(),
+            "#lobby: 2 messages from bob missing: lost, or withheld by the relay"
+        );
+        let said = view.apply(&Update::Presence {
+            room: room("lobby"),
+            name: "bob".parse().unwrap(),
+            change: PresenceChange::Disconnected,
+        });
+        assert_eq!(said[0].qualified(), "bob disconnected from #lobby");
+        let (tone, text) = view.connection(
+            &Connection::Reconnecting {
+                after: Duration::from_secs(16),
+                reason: "gone".to_owned(),
+            },
+            Duration::from_millis(15_200),
+        );
+        assert_eq!(
+            (tone, text.as_str()),
+            (
+                Tone::Warning,
+                "Connection lost (gone): reconnecting in 16 s"
+            )
+        );
+    }
+
+    #[test]
+    fn presence_runs_name_the_first_two_and_the_newest() {
+        let names = ["bob".to_owned(), "carol".to_owned()];
+        let lobby = room("lobby");
+        let joined = PresenceChange::Joined;
+        assert_eq!(
+            words::presence(&names[..1], None, 1, joined, &lobby),
+            "bob joined #lobby"
+        );
+        assert_eq!(
+            words::presence(&names, None, 2, joined, &lobby),
+            "bob and carol joined #lobby"
+        );
+        assert_eq!(
+            words::presence(&names, Some("dave"), 3, joined, &lobby),
+            "bob, carol and dave joined #lobby"
+        );
+        assert_eq!(
+            words::presence(&names, Some("zoe"), 15, PresenceChange::Left, &lobby),
+            "bob, carol, 12 others and zoe left #lobby"
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! The words a user reads for what the session reports, written once for
+//! both front ends.
+//!
+//! Every text from a peer or the relay in them (names, room names,
+//! reasons, error messages) has gone through [`safe_text::inline`]: a
+//! [`Said`] is safe to print to a terminal or to draw as it is.
+
+use std::fmt;
+use std::time::Duration;
+
+use sotto_crypto::{Fingerprint, SafetyNumber};
+
+use crate::contacts::KeyEvent;
+use crate::safe_text;
+use crate::session::{Chat, Connection, PresenceChange, TrustLevel};
+
+/// How much a notice matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tone {
+    /// Something that happened.
+    Info,
+    /// Something the user should know: a loss, a refusal, a key that
+    /// changed.
+    Warning,
+    /// A possible attack or a failure: a forged message, a verified key
+    /// that changed, an error.
+    Danger,
+}
+
+/// Where a notice belongs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// In this conversation.
+    Chat(Chat),
+    /// In every conversation shared with this user (by name as the
+    /// session reported it): key events.
+    With(String),
+    /// Nowhere in particular: the connection, listings, errors.
+    General,
+}
+
+/// One notice: what to tell the user, how loudly and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Said {
+    /// How much it matters.
+    pub tone: Tone,
+    /// Where it belongs.
+    pub place: Place,
+    /// The words, safe to show; several lines for a listing or a safety
+    /// number (later lines indented by two spaces).
+    pub text: String,
+    /// Whether the words name their conversation themselves. When they do
+    /// not, a front end that shows every conversation in one stream (a
+    /// terminal) puts the conversation before them.
+    pub names_place: bool,
+}
+
+impl Said {
+    fn new(tone: Tone, place: Place, text: String) -> Self {
+        Self {
+            tone,
+            place,
+            text,
+            names_place: false,
+        }
+    }
+
+    fn naming_place(mut self) -> Self {
+        self.names_place = true;
+        self
+    }
+
+    /// The words with the conversation before them when they do not name
+    /// it (`#lobby: 2 messages from bob missing: ...`), for a front end
+    /// that shows every conversation in one stream.
+    pub fn qualified(&self) -> String {
+        match &self.place {
+            Place::Chat(chat) if !self.names_place => format!("{}: {}", safe(chat), self.text),
+            _ => self.text.clone(),
+        }
+    }
+}
+
+/// Untrusted text (a name, a room, a reason) made safe to show on one
+/// line.
+pub(super) fn safe(text: &impl fmt::Display) -> String {
+    safe_text::inline(&text.to_string()).to_string()
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+/// How a trust level is written beside a name: `verified`, `unverified`,
+/// `KEY CHANGED`, `no key`.
+pub fn trust_label(trust: TrustLevel) -> &'static str {
+    match trust {
+        TrustLevel::Verified => "verified",
+        TrustLevel::Unverified => "unverified",
+        TrustLevel::Changed => "KEY CHANGED",
+        TrustLevel::Unknown => "no key",
+    }
+}
+
+/// A name as listed: the name, then `(you)` or its trust in brackets
+/// (`bob [verified]`), then, for a contact whose name looks like another
+/// one's, what it looks like and its key (`b0b [unverified] [looks like
+/// bob, key ...]`).
+pub(super) fn label(
+    name: &impl fmt::Display,
+    me: bool,
+    trust: TrustLevel,
+    lookalikes: Option<&[String]>,
+    fingerprint: Option<Fingerprint>,
+) -> String {
+    let mut label = safe(name);
+    if me {
+        label.push_str(" (you)");
+    } else {
+        label.push_str(&format!(" [{}]", trust_label(trust)));
+    }
+    if let Some(like) = lookalikes.filter(|like| !like.is_empty()) {
+        let like: Vec<String> = like.iter().map(safe).collect();
+        label.push_str(&format!(" [looks like {}", like.join(", ")));
+        if let Some(fingerprint) = fingerprint {
+            label.push_str(&format!(", key {fingerprint}"));
+        }
+        label.push(']');
+    }
+    label
+}
+
+/// `joined`, `left`, `disconnected from`.
+fn presence_verb(change: PresenceChange) -> &'static str {
+    match change {
+        PresenceChange::Joined => "joined",
+        PresenceChange::Left => "left",
+        PresenceChange::Disconnected => "disconnected from",
+    }
+}
+
+/// `bob joined #lobby`; for a run of changes of one kind, `bob and carol
+/// joined #lobby`, `bob, carol and dave ...`, `bob, carol, 12 others and
+/// dave ...`: `first` are the first (at most two) names, `newest` the
+/// newest when there are more, `count` all of them.
+pub fn presence(
+    first: &[String],
+    newest: Option<&str>,
+    count: u64,
+    change: PresenceChange,
+    room: &impl fmt::Display,
+) -> String {
+    let first: Vec<String> = first.iter().map(safe).collect();
+    let newest = newest.map(|name| safe(&name));
+    let names = match (first.as_slice(), newest) {
+        ([one], None) => one.clone(),
+        ([a, b], None) => format!("{a} and {b}"),
+        ([a, b], Some(newest)) if count == 3 => format!("{a}, {b} and {newest}"),
+        ([a, b], Some(newest)) => {
+            let others = count.saturating_sub(3);
+            let word = if others == 1 { "other" } else { "others" };
+            format!("{a}, {b}, {others} {word} and {newest}")
+        }
+        _ => first.join(", "),
+    };
+    format!("{names} {} #{}", presence_verb(change), safe(room))
+}
+
+/// The connection's state in words, with `left` until the next attempt
+/// when reconnecting (the delay the session announced, or what remains of
+/// it).
+pub fn connection(state: &Connection, relay: &str, left: Duration) -> (Tone, String) {
+    match state {
+        Connection::Connecting => (Tone::Info, format!("Connecting to {relay}…")),
+        Connection::Connected { name } => (
+            Tone::Info,
+            format!("Connected to {relay} as {}", safe(name)),
+        ),
+        Connection::Reconnecting { reason, .. } => {
+            let when = if left.is_zero() {
+                "reconnecting now".to_owned()
+            } else if left < Duration::from_secs(10) {
+                format!("reconnecting in {:.1} s", left.as_secs_f64())
+            } else {
+                format!("reconnecting in {} s", left.as_secs_f64().ceil())
+            };
+            (
+                Tone::Warning,
+                format!("Connection lost ({}): {when}", safe(reason)),
+            )
+        }
+        Connection::Failed { reason } => (Tone::Danger, format!("Not connected: {}", safe(reason))),
+    }
+}
+
+/// What the app and the terminal say on joining or leaving a room.
+pub(super) fn membership(room: &impl fmt::Display, joined: bool) -> Said {
+    let chat_room = room.to_string().parse().ok().map(Chat::Room);
+    let place = chat_room.map_or(Place::General, Place::Chat);
+    let verb = if joined { "joined" } else { "left" };
+    Said::new(Tone::Info, place, format!("You {verb} #{}", safe(room))).naming_place()
+}
+
+/// A room's members as first listed: `In #lobby: alice (you), bob
+/// [verified]`.
+pub(super) fn members(room: &impl fmt::Display, chat: Chat, labels: &[String]) -> Said {
+    Said::new(
+        Tone::Info,
+        Place::Chat(chat),
+        format!("In #{}: {}", safe(room), labels.join(", ")),
+    )
+    .naming_place()
+}
+
+pub(super) fn missing(chat: &Chat, from: &impl fmt::Display, count: u64) -> Said {
+    Said::new(
+        Tone::Warning,
+        Place::Chat(chat.clone()),
+        format!(
+            "{count} message{} from {} missing: lost, or withheld by the relay",
+            plural(count),
+            safe(from)
+        ),
+    )
+}
+
+pub(super) fn rejected(chat: Option<&Chat>, from: &impl fmt::Display) -> Said {
+    let place = chat.cloned().map_or(Place::General, Place::Chat);
+    Said::new(
+        Tone::Danger,
+        place,
+        format!(
+            "A message claiming to be from {} failed its checks and was dropped (forged, altered or replayed)",
+            safe(from)
+        ),
+    )
+}
+
+pub(super) fn not_for_you(chat: &Chat, from: &impl fmt::Display) -> Said {
+    Said::new(
+        Tone::Warning,
+        Place::Chat(chat.clone()),
+        format!(
+            "{} sent a message you cannot read: it was not encrypted for you (you are not among its recipients)",
+            safe(from)
+        ),
+    )
+}
+
+pub(super) fn key_event(event: &KeyEvent) -> Said {
+    match event {
+        KeyEvent::Pinned {
+            name,
+            fingerprint,
+            lookalikes,
+        } => {
+            let shown = safe(name);
+            let place = Place::With(name.to_string());
+            if lookalikes.is_empty() {
+                return Said::new(
+                    Tone::Info,
+                    place,
+                    format!(
+                        "New contact {shown}: key {fingerprint}, pinned unverified (/verify {shown} to be sure it is them)"
+                    ),
+                );
+            }
+            let like: Vec<String> = lookalikes.iter().map(safe).collect();
+            let compare: Vec<String> = like.iter().map(|n| format!("/verify {n}")).collect();
+            Said::new(
+                Tone::Danger,
+                place,
+                format!(
+                    "Careful: the new contact {shown} has a name that looks like {}, whom you already know: it may be someone else passing for them. {shown}'s key is {fingerprint} (pinned unverified): compare it with the key you know ({}) before you trust {shown}.",
+                    like.join(", "),
+                    compare.join(", ")
+                ),
+            )
+        }
+        KeyEvent::Changed {
+            name,
+            previous,
+            current,
+        } => {
+            let shown = safe(name);
+            Said::new(
+                Tone::Warning,
+                Place::With(name.to_string()),
+                format!(
+                    "{shown}'s key changed (they were not verified): {previous} → {current} (/verify {shown} to be sure it is them)"
+                ),
+            )
+        }
+        KeyEvent::ChangedVerified {
+            name,
+            pinned,
+            offered,
+        } => {
+            let shown = safe(name);
+            Said::new(
+                Tone::Danger,
+                Place::With(name.to_string()),
+                format!(
+                    "{shown}'s key changed since you verified it: verified key {pinned}, new key {offered}. Nothing is sent to {shown} until you compare the new safety number (/verify {shown}) or accept the new key (/trust {shown})."
+                ),
+            )
+        }
+    }
+}
+
+pub(super) fn trust(name: &impl fmt::Display, trust: TrustLevel) -> Said {
+    let name = safe(name);
+    let text = match trust {
+        TrustLevel::Verified => format!("You verified {name}"),
+        TrustLevel::Unverified => format!("You accepted {name}'s new key without verifying it"),
+        other => format!("{name} is now {}", trust_label(other)),
+    };
+    Said::new(Tone::Info, Place::General, text)
+}
+
+pub(super) fn safety_number(
+    name: &impl fmt::Display,
+    fingerprint: &Fingerprint,
+    number: &SafetyNumber,
+    trust: TrustLevel,
+) -> Said {
+    let name = safe(name);
+    let mut text = format!("{name} [{}]: key {fingerprint}", trust_label(trust));
+    text.push_str(&format!(
+        "\n  safety number with {name} (compare it with theirs, in person or by a call):"
+    ));
+    for line in number.groups().chunks(4) {
+        text.push_str(&format!("\n    {}", line.join(" ")));
+    }
+    text.push_str(&format!("\n  if it matches: /verify {name} yes"));
+    Said::new(Tone::Info, Place::General, text)
+}
+
+pub(super) fn not_sent_to(chat: &Chat, names: &[String], reason: &str) -> Said {
+    let reason = safe(&reason);
+    let text = if names.is_empty() {
+        reason
+    } else {
+        let names: Vec<String> = names.iter().map(safe).collect();
+        format!("Not sent to {}: {reason}", names.join(", "))
+    };
+    Said::new(Tone::Warning, Place::Chat(chat.clone()), text)
+}
+
+pub(super) fn roster_mismatch(room: &impl fmt::Display, from: &impl fmt::Display) -> Said {
+    let place = room
+        .to_string()
+        .parse()
+        .ok()
+        .map_or(Place::General, |room| Place::Chat(Chat::Room(room)));
+    Said::new(
+        Tone::Danger,
+        place,
+        format!(
+            "{} encrypted for another set of members than you see in #{}: someone may just have joined or left, or the relay may be showing members different rosters",
+            safe(from),
+            safe(room)
+        ),
+    )
+    .naming_place()
+}
+
+/// `N users connected:` and a line per user.
+pub(super) fn users(lines: &[String]) -> Said {
+    let mut text = format!(
+        "{} user{} connected:",
+        lines.len(),
+        plural(u64::try_from(lines.len()).unwrap_or(u64::MAX))
+    );
+    for line in lines {
+        text.push_str(&format!("\n  {line}"));
+    }
+    Said::new(Tone::Info, Place::General, text)
+}
+
+/// `N rooms:` and a line per room with its count of members.
+pub(super) fn rooms<R: fmt::Display>(rooms: &[(R, u32)]) -> Said {
+    let mut text = format!(
+        "{} room{}:",
+        rooms.len(),
+        plural(u64::try_from(rooms.len()).unwrap_or(u64::MAX))
+    );
+    for (room, count) in rooms {
+        text.push_str(&format!(
+            "\n  #{} ({count} member{})",
+            safe(room),
+            plural(u64::from(*count))
+        ));
+    }
+    Said::new(Tone::Info, Place::General, text)
+}
+
+pub(super) fn verified_only(room: &impl fmt::Display, chat: Chat, on: bool) -> Said {
+    let room = safe(room);
+    let text = if on {
+        format!("#{room}: your messages go to verified members only")
+    } else {
+        format!("#{room}: your messages go to every member with a known key")
+    };
+    Said::new(Tone::Info, Place::Chat(chat), text).naming_place()
+}
+
+/// A command or a frame that failed (the session's words): a warning, as
+/// most are refusals (a message not sent, a request the relay refused); a
+/// front end may show them louder.
+pub(super) fn error(message: &str) -> Said {
+    Said::new(Tone::Warning, Place::General, safe(&message))
+}
+
+pub(super) fn info(text: &impl fmt::Display) -> Said {
+    Said::new(Tone::Info, Place::General, safe(text))
+}
