@@ -57,8 +57,8 @@ impl Shared {
     /// Adds `name` to `room` and returns the members (with their
     /// identities, as hints); the others are told.
     pub(crate) fn join(&self, name: &UserName, room: &RoomName) -> Result<Vec<Member>, ErrorCode> {
-        let mut registry = self.registry();
         let user = name.key();
+        let mut registry = self.registry();
         let (identity, display, peer) = {
             let online = registry
                 .users
@@ -109,8 +109,8 @@ impl Shared {
 
     /// Takes `name` out of `room`; the others are told.
     pub(crate) fn leave(&self, name: &UserName, room: &RoomName) -> Result<(), ErrorCode> {
-        let mut registry = self.registry();
         let user = name.key();
+        let mut registry = self.registry();
         let online = registry
             .users
             .get_mut(&user)

@@ -133,11 +133,14 @@ impl Shared {
         let delivered = match cached {
             Some(peer) => peer.push(frame, &self.metrics),
             None => {
+                // Folded before the lock is taken, so as not to hold it
+                // for an allocation.
+                let user = to.key();
                 let registry = self.registry();
                 let generation = self.generation.load(Ordering::Acquire);
                 cache.last = registry
                     .users
-                    .get(&to.key())
+                    .get(&user)
                     .map(|online| (generation, Arc::clone(&online.name), online.peer.clone()));
                 match &cache.last {
                     Some((_, _, peer)) => peer.push(frame, &self.metrics),

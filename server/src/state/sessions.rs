@@ -30,8 +30,9 @@ impl Shared {
         fingerprint: &[u8; 32],
         name: &UserName,
     ) -> Result<(), KeyLimit> {
+        let user = name.key();
         let registry = self.registry();
-        self.key_limit(&registry, fingerprint, &name.key())
+        self.key_limit(&registry, fingerprint, &user)
     }
 
     /// The limit that keeps `fingerprint` from one more connection for
@@ -72,8 +73,8 @@ impl Shared {
         fingerprint: [u8; 32],
         peer: Peer,
     ) -> Result<(), KeyLimit> {
-        let mut registry = self.registry();
         let user = name.key();
+        let mut registry = self.registry();
         self.key_limit(&registry, &fingerprint, &user)?;
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(old) = registry.users.remove(&user) {
@@ -118,8 +119,8 @@ impl Shared {
     /// Forgets `conn` if it is still the connection of `name`; its rooms
     /// hear that it disconnected.
     pub(crate) fn unregister(&self, conn: u64, name: &UserName) {
-        let mut registry = self.registry();
         let user = name.key();
+        let mut registry = self.registry();
         if registry.users.get(&user).is_some_and(|o| o.conn == conn)
             && let Some(old) = registry.users.remove(&user)
         {
@@ -154,10 +155,8 @@ impl Shared {
 
     /// The peer of `name`, if connected.
     pub(crate) fn peer(&self, name: &UserName) -> Option<Peer> {
-        self.registry()
-            .users
-            .get(&name.key())
-            .map(|o| o.peer.clone())
+        let user = name.key();
+        self.registry().users.get(&user).map(|o| o.peer.clone())
     }
 
     /// Connected users and their rooms, by name.
