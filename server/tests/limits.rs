@@ -1,6 +1,8 @@
 //! What one identity key or one source address can take of a relay: names
 //! in the directory, connections, room fan-out and queued bytes (issue 11,
-//! item 4: "one key fills the relay"). Real relay, real TLS clients.
+//! item 4: "one key fills the relay"); and what one connection can: a slow
+//! reader is disconnected, a flood slowed down, a silent or unregistered
+//! connection closed. Real relay, real TLS clients.
 
 #![forbid(unsafe_code)]
 #![allow(
@@ -13,10 +15,11 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Client, Relay, identity, room, user};
-use sotto_proto::{ClientFrame, Destination, ErrorCode, RelayFrame, Route};
+use sotto_proto::{ClientFrame, Destination, ErrorCode, PresenceEvent, RelayFrame, Route};
 
 fn to_room(id: u64, name: &str, body: Bytes) -> ClientFrame {
     ClientFrame::Send {
@@ -442,7 +445,7 @@ async fn the_relay_binary_refuses_an_empty_database() {
         .env("NO_COLOR", "1")
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the relay exits")
         .unwrap();
@@ -453,4 +456,125 @@ async fn the_relay_binary_refuses_an_empty_database() {
         "the error names the file: {stderr}"
     );
     assert_eq!(std::fs::metadata(&database).unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_disconnected_without_stalling_others() {
+    // Alice is held to 200 frames/s, which Bob reads easily; Carol reads
+    // nothing, and her queue of 64 frames fills within a second.
+    let relay = Relay::start_with(|c| {
+        c.outbound_queue = 64;
+        c.rate_per_sec = 200;
+        c.rate_burst = 50;
+    })
+    .await;
+    let mut alice = relay.registered("alice").await;
+    let mut bob = relay.registered("bob").await;
+    let mut sloth = relay.registered("carol").await;
+    alice.join("lobby").await;
+    bob.join("lobby").await;
+    sloth.join("lobby").await;
+    alice.recv().await;
+    alice.recv().await;
+    bob.recv().await;
+
+    // Carol stops reading. Alice sends far more than her queue holds, in
+    // big frames so that socket buffers fill too.
+    static BIG: [u8; 60_000] = [0x42; 60_000];
+    let sender = tokio::spawn(async move {
+        for id in 0..400 {
+            alice
+                .send(to_room(id, "lobby", Bytes::from_static(&BIG)))
+                .await;
+        }
+        alice
+    });
+    let mut received = 0;
+    while received < 400 {
+        match bob.recv().await {
+            RelayFrame::Deliver { .. } => received += 1,
+            RelayFrame::Presence {
+                event: PresenceEvent::Disconnected,
+                ..
+            } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _alice = sender.await.unwrap();
+    assert_eq!(received, 400, "bob got everything");
+    assert!(relay.metrics.slow_consumers.load(Ordering::Relaxed) >= 1);
+    // Carol's connection was closed by the relay.
+    let seen = sloth.closed().await;
+    assert!(
+        seen.len() < 400,
+        "carol was cut off, not served: {}",
+        seen.len()
+    );
+}
+
+#[tokio::test]
+async fn a_flooding_client_is_slowed_down_not_dropped() {
+    let relay = Relay::start_with(|c| {
+        c.rate_per_sec = 50;
+        c.rate_burst = 10;
+    })
+    .await;
+    let mut alice = relay.registered("alice").await;
+    let started = std::time::Instant::now();
+    for nonce in 0..60 {
+        alice.send(ClientFrame::Ping { nonce }).await;
+    }
+    for nonce in 0..60 {
+        assert_eq!(alice.recv().await, RelayFrame::Pong { nonce });
+    }
+    // 60 frames at 50/s after a burst of 10 (plus the registration) cannot
+    // take less than about one second: a lower bound, not a timing target.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_unregistered_connection_is_closed_after_the_timeout() {
+    let relay = Relay::start_with(|c| c.handshake_timeout = Duration::from_millis(500)).await;
+    let mut idle = relay.client().await;
+    assert!(idle.closed().await.is_empty());
+    // A TCP connection that never starts TLS is dropped as well.
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", relay.address.port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut socket, &mut buf),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_pinged_then_dropped() {
+    let relay = Relay::start_with(|c| {
+        c.keepalive_interval = Duration::from_millis(200);
+        c.idle_timeout = Duration::from_millis(700);
+    })
+    .await;
+    let mut silent = relay.registered("alice").await;
+    let mut lively = relay.registered("bob").await;
+    // The silent one sees pings and is closed, while the lively one, which
+    // keeps talking, stays.
+    let keep_talking = async {
+        for _ in 0..8 {
+            lively.send(ClientFrame::ListRooms).await;
+            assert_eq!(lively.recv().await, RelayFrame::Rooms { rooms: vec![] });
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    };
+    let (seen, ()) = tokio::join!(silent.closed(), keep_talking);
+    assert!(
+        seen.iter().any(|f| matches!(f, RelayFrame::Ping { .. })),
+        "{seen:?}"
+    );
 }

@@ -4,35 +4,33 @@
 //! slow reader or replaced login). A separate writer task drains the
 //! outbound queue, writing everything queued as one TLS write and one
 //! flush.
+//!
+//! Registration is in `register`, routing what a client sends in `send`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use sotto_crypto::PublicIdentity;
-use sotto_proto::{
-    ClientFrame, Destination, ErrorCode, ProtoError, RelayCodec, RelayFrame, Route, Slot, UserName,
-};
+use sotto_proto::{ClientFrame, ErrorCode, ProtoError, RelayCodec, RelayFrame, UserName};
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
+use self::send::Routing;
 use crate::metrics::Metrics;
-use crate::state::{Arrival, Direct, KeyLimit, Peer, PeerCache, Shared, To, deliver, encode, sent};
-use crate::store::{Claim, Enqueue, NameRecord, Queued, now_secs};
-use crate::writer::{Backlog, CLOSE_FLUSH, Outbound, write_counted};
+use crate::state::{Arrival, Peer, Registered, Shared, encode};
+use crate::store::{Queued, now_secs};
+use crate::writer::{Backlog, CLOSE_FLUSH, write_counted};
 
-/// Room the relay leaves for a Deliver frame's own fields when checking a
-/// Send against the maximum frame length.
-const DELIVER_OVERHEAD: usize = 256;
+mod register;
+mod send;
+
 /// Initial size of a connection's read buffer (it grows for larger
 /// frames). Enough for a registration; an idle connection holds no more.
 const READ_BUFFER: usize = 2 * 1024;
@@ -113,7 +111,7 @@ async fn serve_tls(
         shared: Arc::clone(shared),
         conn,
         peer: Peer { tx, kill, backlog },
-        name: None,
+        me: None,
         arrival,
         relay_fingerprints,
         challenge: rand::random(),
@@ -126,8 +124,8 @@ async fn serve_tls(
     );
     let end = connection.run(frames, shutdown).await;
     debug!(?end, "connection ends");
-    if let Some(name) = connection.name.take() {
-        shared.unregister(conn, &name);
+    if let Some(me) = connection.me.take() {
+        shared.unregister(conn, &me.name);
     }
     // Let the writer send what is queued (a goodbye, an error), then close.
     let kill = connection.peer.kill.clone();
@@ -179,43 +177,12 @@ impl RateLimit {
     }
 }
 
-/// What a connection keeps between frames to route cheaply.
-#[derive(Default)]
-struct Routing {
-    /// Where its direct messages went last, within this batch.
-    peers: PeerCache,
-    /// Sends routed and deliveries made since the last flush: the shared
-    /// counters are updated once per batch of frames, not once per frame
-    /// (every connection on every core writes them).
-    routed: u64,
-    delivered: u64,
-}
-
-impl Routing {
-    /// Ends a batch: adds the counts to the shared counters and forgets
-    /// the cached recipient.
-    fn flush(&mut self, metrics: &Metrics) {
-        self.peers.forget();
-        if self.routed > 0 {
-            metrics
-                .frames_routed
-                .fetch_add(self.routed, Ordering::Relaxed);
-            self.routed = 0;
-        }
-        if self.delivered > 0 {
-            metrics
-                .deliveries
-                .fetch_add(self.delivered, Ordering::Relaxed);
-            self.delivered = 0;
-        }
-    }
-}
-
 struct Connection {
     shared: Arc<Shared>,
     conn: u64,
     peer: Peer,
-    name: Option<UserName>,
+    /// Who registered on this connection, once someone has.
+    me: Option<Registered>,
     /// Counts this connection against the relay's slots and its source
     /// address (as unregistered until it registers).
     arrival: Arrival,
@@ -257,7 +224,7 @@ impl Connection {
                     self.reply(RelayFrame::ShuttingDown);
                     return End::Shutdown;
                 }
-                () = &mut registration_deadline, if self.name.is_none() => {
+                () = &mut registration_deadline, if self.me.is_none() => {
                     return End::RegistrationTimeout;
                 }
                 _ = keepalive.tick() => {
@@ -384,17 +351,18 @@ impl Connection {
                 proof,
             } => return Box::pin(self.register(name, identity, proof)).await,
             other => {
-                let Some(name) = &self.name else {
+                let Some(me) = &self.me else {
                     self.error(None, ErrorCode::NotRegistered, "register first");
                     return None;
                 };
-                self.handle_registered(name, other, routing).await;
+                self.handle_registered(me, other, routing).await;
             }
         }
         None
     }
 
-    async fn handle_registered(&self, name: &UserName, frame: ClientFrame, routing: &mut Routing) {
+    async fn handle_registered(&self, me: &Registered, frame: ClientFrame, routing: &mut Routing) {
+        let name = &me.name;
         match frame {
             ClientFrame::Join { room } => match self.shared.join(name, &room) {
                 Ok(members) => self.reply(RelayFrame::Joined { room, members }),
@@ -412,7 +380,7 @@ impl Connection {
             }),
             ClientFrame::LookupKey { name: wanted } => Box::pin(self.lookup_key(wanted)).await,
             ClientFrame::Send { route, body, slots } => {
-                self.send(name, route, body, slots, routing).await;
+                self.send(me, route, body, slots, routing).await;
             }
             ClientFrame::Ack { delivery } => {
                 if delivery != 0 {
@@ -427,7 +395,8 @@ impl Connection {
         }
     }
 
-    // The store operations below wait for the blocking pool; they are rare
+    // The store operations below (and registration's, and the offline
+    // queue's in `send`) wait for the blocking pool; they are rare
     // and their state is large, so they are called boxed: the state of
     // every connection's future (all its awaits overlaid) stays small, and
     // so does an idle connection.
@@ -455,293 +424,9 @@ impl Connection {
             warn!("could not record an acknowledgement");
         }
     }
-
-    /// Checks the proof, claims the name, and serves what waited offline.
-    /// `Some` ends the connection.
-    async fn register(&mut self, name: UserName, identity: Bytes, proof: Bytes) -> Option<End> {
-        if self.name.is_some() {
-            // A protocol violation, answered like any other bad frame.
-            self.error(None, ErrorCode::BadFrame, "already registered");
-            return Some(End::BadFrame);
-        }
-        let refuse = |this: &Self, code, message: &str| {
-            Metrics::inc(&this.shared.metrics.registrations_refused);
-            this.error(None, code, message);
-        };
-        // Parsing the keys and verifying the RSA signature take a fraction
-        // of a millisecond each: on the blocking pool, not the runtime.
-        let (current, previous) = self.relay_fingerprints;
-        let challenge = self.challenge;
-        let (claimed, bytes) = (name.clone(), identity.clone());
-        let check = blocking(move || {
-            let public =
-                PublicIdentity::from_bytes(&bytes).map_err(|_| "not a sotto public identity")?;
-            let verifies = |relay: &[u8; 32]| {
-                public
-                    .verify_registration(relay, &challenge, claimed.as_str(), &proof)
-                    .is_ok()
-            };
-            if verifies(&current) || previous.is_some_and(|p| verifies(&p)) {
-                Ok(*public.fingerprint().as_bytes())
-            } else {
-                Err("the proof does not verify for this relay's challenge")
-            }
-        })
-        .await;
-        let fingerprint = match check {
-            Some(Ok(fingerprint)) => fingerprint,
-            Some(Err(why)) => {
-                refuse(self, ErrorCode::BadProof, why);
-                return None;
-            }
-            None => {
-                self.error(None, ErrorCode::Internal, "registration failed");
-                return None;
-            }
-        };
-        // A key at its connection limit gets no further name either.
-        if let Err(limit) = self.shared.may_register(&fingerprint, &name) {
-            return self.refuse_key(limit);
-        }
-        let record = NameRecord {
-            name: name.clone(),
-            fingerprint,
-            identity: identity.clone(),
-        };
-        let store = Arc::clone(&self.shared.store);
-        let max_names = self.shared.config.max_names_per_key;
-        let claim = blocking(move || store.claim(&record, max_names)).await;
-        // The name as first registered is how everyone sees it.
-        let name = match claim {
-            Some(Ok(Claim::New)) => name,
-            Some(Ok(Claim::Existing(registered))) => registered,
-            Some(Ok(Claim::Taken)) => {
-                refuse(
-                    self,
-                    ErrorCode::NameTaken,
-                    "that name belongs to another key",
-                );
-                return None;
-            }
-            Some(Ok(Claim::KeyFull)) => {
-                Metrics::inc(&self.shared.metrics.key_limit_refusals);
-                refuse(
-                    self,
-                    ErrorCode::LimitReached,
-                    &format!(
-                        "this key owns {} names already, the most this relay allows; register one of them",
-                        self.shared.config.max_names_per_key
-                    ),
-                );
-                return None;
-            }
-            _ => {
-                self.error(None, ErrorCode::Internal, "directory unavailable");
-                return None;
-            }
-        };
-        if let Err(limit) = self.shared.register(
-            self.conn,
-            name.clone(),
-            identity,
-            fingerprint,
-            self.peer.clone(),
-        ) {
-            return self.refuse_key(limit);
-        }
-        self.arrival.registered();
-        self.name = Some(name.clone());
-        info!(user = %name, "registered");
-        self.reply(RelayFrame::Registered { name: name.clone() });
-        self.deliver_pending(&name).await;
-        None
-    }
-
-    /// Refuses a registration that a limit on its key does not allow; the
-    /// connection is closed, so that it does not hold a slot.
-    fn refuse_key(&self, limit: KeyLimit) -> Option<End> {
-        Metrics::inc(&self.shared.metrics.registrations_refused);
-        Metrics::inc(&self.shared.metrics.key_limit_refusals);
-        let message = match limit {
-            KeyLimit::Connections => format!(
-                "this key has {} connections already, the most this relay allows",
-                self.shared.config.max_connections_per_key
-            ),
-            KeyLimit::Reserve => "the relay is nearly full and this key is connected already; \
-                                  the last connections are kept for others"
-                .to_string(),
-        };
-        info!(?limit, "registration refused by a per-key limit");
-        self.error(None, ErrorCode::LimitReached, message);
-        Some(End::KeyLimit)
-    }
-
-    /// Sends what waited in the offline queue, oldest first, waiting for
-    /// room in the outbound queue (a backlog larger than the queue is not a
-    /// slow reader). What is not sent within the idle timeout stays stored
-    /// for the next connection.
-    async fn deliver_pending(&self, name: &UserName) {
-        let store = Arc::clone(&self.shared.store);
-        let user = name.clone();
-        let Some(Ok(pending)) = blocking(move || store.pending(&user)).await else {
-            warn!("could not read the offline queue");
-            return;
-        };
-        for (id, queued) in pending {
-            let frame = deliver_frame(id, queued);
-            let Some(bytes) = encode(&frame) else {
-                continue;
-            };
-            // Room in bytes, then in frames; bytes taken are given back if
-            // the frame is not queued after all.
-            let len = bytes.len();
-            let backlog = &self.peer.backlog;
-            let deadline = Instant::now() + self.shared.config.idle_timeout;
-            if !matches!(timeout_at(deadline, backlog.take(len)).await, Ok(true)) {
-                break;
-            }
-            let queued = timeout_at(deadline, self.peer.tx.send(Outbound::Whole(bytes)));
-            if !matches!(queued.await, Ok(Ok(()))) {
-                backlog.release(len);
-                break;
-            }
-            Metrics::inc(&self.shared.metrics.deliveries);
-        }
-    }
-
-    async fn send(
-        &self,
-        from: &UserName,
-        route: Route,
-        body: Bytes,
-        slots: Vec<Slot>,
-        routing: &mut Routing,
-    ) {
-        let id = route.id;
-        let largest_slot = slots.iter().map(|s| s.data.len()).max().unwrap_or(0);
-        if slots.len() > self.shared.config.max_slots
-            || body.len() + largest_slot + DELIVER_OVERHEAD > sotto_proto::MAX_FRAME_LEN
-        {
-            self.error(
-                Some(id),
-                ErrorCode::TooLarge,
-                "too many slots or too large to deliver",
-            );
-            return;
-        }
-        routing.routed += 1;
-        match route.to {
-            Destination::Room(room) => match self.shared.route_room(from, &room, &body, &slots) {
-                Ok(delivered) => {
-                    routing.delivered += delivered as u64;
-                    self.push(sent(id));
-                }
-                Err(code) => {
-                    let message = match code {
-                        ErrorCode::RateLimited => format!(
-                            "too much sent to rooms in a short time: room messages may cost {} bytes a second (size times members), in bursts of {}; try again later",
-                            self.shared.config.fanout_bytes_per_sec,
-                            self.shared.config.fanout_burst_bytes
-                        ),
-                        ErrorCode::TooLarge => format!(
-                            "too large for the members of {room}: size times members exceeds {} bytes",
-                            self.shared.config.fanout_burst_bytes
-                        ),
-                        _ => format!("not a member of {room}"),
-                    };
-                    self.error(Some(id), code, message);
-                }
-            },
-            Destination::User(to) => {
-                let slot = slots
-                    .into_iter()
-                    .find(|s| s.to.as_str().eq_ignore_ascii_case(to.as_str()))
-                    .map(|s| s.data);
-                self.send_direct(id, from, to, body, slot, routing).await;
-            }
-        }
-    }
-
-    /// Queues an encoded frame for this client.
-    fn push(&self, bytes: Bytes) {
-        self.peer.push(bytes, &self.shared.metrics);
-    }
-
-    async fn send_direct(
-        &self,
-        id: u64,
-        from: &UserName,
-        to: UserName,
-        body: Bytes,
-        slot: Option<Bytes>,
-        routing: &mut Routing,
-    ) {
-        if let Some(bytes) = deliver(0, from, To::User(&to), &body, slot.as_deref())
-            && let Direct::Delivered = self.shared.route_direct(&mut routing.peers, &to, bytes)
-        {
-            routing.delivered += 1;
-            self.push(sent(id));
-            return;
-        }
-        // Not connected (or too slow to take it): queue it, if `to` exists.
-        routing.peers.forget();
-        Box::pin(self.store_offline(id, from, to, body, slot)).await;
-    }
-
-    async fn store_offline(
-        &self,
-        id: u64,
-        from: &UserName,
-        to: UserName,
-        body: Bytes,
-        slot: Option<Bytes>,
-    ) {
-        let queued = Queued {
-            queued_at: now_secs(),
-            from: from.clone(),
-            to: Destination::User(to.clone()),
-            body,
-            slot,
-        };
-        let store = Arc::clone(&self.shared.store);
-        let recipient = to.clone();
-        let message = queued.clone();
-        let stored = blocking(
-            move || -> Result<Option<Enqueue>, crate::store::StoreError> {
-                if store.lookup(&recipient)?.is_none() {
-                    return Ok(None);
-                }
-                store.enqueue(&recipient, &message).map(Some)
-            },
-        )
-        .await;
-        match stored {
-            Some(Ok(Some(Enqueue::Stored(delivery)))) => {
-                Metrics::inc(&self.shared.metrics.queued);
-                self.reply(RelayFrame::Sent { id });
-                // The recipient may have connected while this was stored,
-                // after reading its queue: hand it over now (a duplicate
-                // at worst, which clients drop).
-                if let Some(peer) = self.shared.peer(&to)
-                    && let Some(bytes) = encode(&deliver_frame(delivery, queued))
-                {
-                    peer.push(bytes, &self.shared.metrics);
-                }
-            }
-            Some(Ok(Some(Enqueue::Full))) => {
-                Metrics::inc(&self.shared.metrics.queue_full);
-                self.error(
-                    Some(id),
-                    ErrorCode::QueueFull,
-                    format!("{to}'s offline queue is full"),
-                );
-            }
-            Some(Ok(None)) => self.error(Some(id), ErrorCode::NoSuchUser, format!("no user {to}")),
-            _ => self.error(Some(id), ErrorCode::Internal, "offline queue unavailable"),
-        }
-    }
 }
 
+/// The `Deliver` frame of a delivery from the offline queue.
 fn deliver_frame(delivery: u64, queued: Queued) -> RelayFrame {
     RelayFrame::Deliver {
         delivery,

@@ -1,0 +1,176 @@
+//! Registration: the proof of the challenge, the name claimed in the
+//! directory, the registry's per-key limits, and what waited offline.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sotto_crypto::PublicIdentity;
+use sotto_proto::{ErrorCode, RelayFrame, UserName};
+use tokio::time::{Instant, timeout_at};
+use tracing::{info, warn};
+
+use super::{Connection, End, blocking, deliver_frame};
+use crate::metrics::Metrics;
+use crate::state::{KeyLimit, Registered, encode};
+use crate::store::{Claim, NameRecord};
+use crate::writer::Outbound;
+
+impl Connection {
+    /// Checks the proof, claims the name, and serves what waited offline.
+    /// `Some` ends the connection.
+    pub(super) async fn register(
+        &mut self,
+        name: UserName,
+        identity: Bytes,
+        proof: Bytes,
+    ) -> Option<End> {
+        if self.me.is_some() {
+            // A protocol violation, answered like any other bad frame.
+            self.error(None, ErrorCode::BadFrame, "already registered");
+            return Some(End::BadFrame);
+        }
+        let refuse = |this: &Self, code, message: &str| {
+            Metrics::inc(&this.shared.metrics.registrations_refused);
+            this.error(None, code, message);
+        };
+        // Parsing the keys and verifying the RSA signature take a fraction
+        // of a millisecond each: on the blocking pool, not the runtime.
+        let (current, previous) = self.relay_fingerprints;
+        let challenge = self.challenge;
+        let (claimed, bytes) = (name.clone(), identity.clone());
+        let check = blocking(move || {
+            let public =
+                PublicIdentity::from_bytes(&bytes).map_err(|_| "not a sotto public identity")?;
+            let verifies = |relay: &[u8; 32]| {
+                public
+                    .verify_registration(relay, &challenge, claimed.as_str(), &proof)
+                    .is_ok()
+            };
+            if verifies(&current) || previous.is_some_and(|p| verifies(&p)) {
+                Ok(*public.fingerprint().as_bytes())
+            } else {
+                Err("the proof does not verify for this relay's challenge")
+            }
+        })
+        .await;
+        let fingerprint = match check {
+            Some(Ok(fingerprint)) => fingerprint,
+            Some(Err(why)) => {
+                refuse(self, ErrorCode::BadProof, why);
+                return None;
+            }
+            None => {
+                self.error(None, ErrorCode::Internal, "registration failed");
+                return None;
+            }
+        };
+        // A key at its connection limit gets no further name either.
+        if let Err(limit) = self.shared.may_register(&fingerprint, &name) {
+            return self.refuse_key(limit);
+        }
+        let record = NameRecord {
+            name: name.clone(),
+            fingerprint,
+            identity: identity.clone(),
+        };
+        let store = Arc::clone(&self.shared.store);
+        let max_names = self.shared.config.max_names_per_key;
+        let claim = blocking(move || store.claim(&record, max_names)).await;
+        // The name as first registered is how everyone sees it.
+        let name = match claim {
+            Some(Ok(Claim::New)) => name,
+            Some(Ok(Claim::Existing(registered))) => registered,
+            Some(Ok(Claim::Taken)) => {
+                refuse(
+                    self,
+                    ErrorCode::NameTaken,
+                    "that name belongs to another key",
+                );
+                return None;
+            }
+            Some(Ok(Claim::KeyFull)) => {
+                Metrics::inc(&self.shared.metrics.key_limit_refusals);
+                refuse(
+                    self,
+                    ErrorCode::LimitReached,
+                    &format!(
+                        "this key owns {} names already, the most this relay allows; register one of them",
+                        self.shared.config.max_names_per_key
+                    ),
+                );
+                return None;
+            }
+            _ => {
+                self.error(None, ErrorCode::Internal, "directory unavailable");
+                return None;
+            }
+        };
+        if let Err(limit) = self.shared.register(
+            self.conn,
+            name.clone(),
+            identity,
+            fingerprint,
+            self.peer.clone(),
+        ) {
+            return self.refuse_key(limit);
+        }
+        self.arrival.registered();
+        self.me = Some(Registered::new(name.clone()));
+        info!(user = %name, "registered");
+        self.reply(RelayFrame::Registered { name: name.clone() });
+        self.deliver_pending(&name).await;
+        None
+    }
+
+    /// Refuses a registration that a limit on its key does not allow; the
+    /// connection is closed, so that it does not hold a slot.
+    pub(super) fn refuse_key(&self, limit: KeyLimit) -> Option<End> {
+        Metrics::inc(&self.shared.metrics.registrations_refused);
+        Metrics::inc(&self.shared.metrics.key_limit_refusals);
+        let message = match limit {
+            KeyLimit::Connections => format!(
+                "this key has {} connections already, the most this relay allows",
+                self.shared.config.max_connections_per_key
+            ),
+            KeyLimit::Reserve => "the relay is nearly full and this key is connected already; \
+                                  the last connections are kept for others"
+                .to_string(),
+        };
+        info!(?limit, "registration refused by a per-key limit");
+        self.error(None, ErrorCode::LimitReached, message);
+        Some(End::KeyLimit)
+    }
+
+    /// Sends what waited in the offline queue, oldest first, waiting for
+    /// room in the outbound queue (a backlog larger than the queue is not a
+    /// slow reader). What is not sent within the idle timeout stays stored
+    /// for the next connection.
+    pub(super) async fn deliver_pending(&self, name: &UserName) {
+        let store = Arc::clone(&self.shared.store);
+        let user = name.clone();
+        let Some(Ok(pending)) = blocking(move || store.pending(&user)).await else {
+            warn!("could not read the offline queue");
+            return;
+        };
+        for (id, queued) in pending {
+            let frame = deliver_frame(id, queued);
+            let Some(bytes) = encode(&frame) else {
+                continue;
+            };
+            // Room in bytes, then in frames; bytes taken are given back if
+            // the frame is not queued after all.
+            let len = bytes.len();
+            let backlog = &self.peer.backlog;
+            let deadline = Instant::now() + self.shared.config.idle_timeout;
+            if !matches!(timeout_at(deadline, backlog.take(len)).await, Ok(true)) {
+                break;
+            }
+            let queued = timeout_at(deadline, self.peer.tx.send(Outbound::Whole(bytes)));
+            if !matches!(queued.await, Ok(Ok(()))) {
+                backlog.release(len);
+                break;
+            }
+            Metrics::inc(&self.shared.metrics.deliveries);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+use redb::ReadableDatabase;
+
+use super::*;
+
+fn store(dir: &Path, limits: QueueLimits) -> Store {
+    Store::open(dir, limits).unwrap()
+}
+
+const LIMITS: QueueLimits = QueueLimits {
+    max_messages: 3,
+    max_bytes: 1000,
+    max_age: Duration::from_secs(3600),
+};
+
+fn user(name: &str) -> UserName {
+    UserName::try_from(name).unwrap()
+}
+
+fn message(body: &'static [u8]) -> Queued {
+    Queued {
+        queued_at: now_secs(),
+        from: user("alice"),
+        to: Destination::User(user("bob")),
+        body: Bytes::from_static(body),
+        slot: None,
+    }
+}
+
+#[test]
+fn a_name_stays_bound_to_its_first_key_in_any_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), LIMITS);
+    assert_eq!(s.claim(&record("alice", 1), 8).unwrap(), Claim::New);
+    assert_eq!(
+        s.claim(&record("ALICE", 1), 8).unwrap(),
+        Claim::Existing(user("alice"))
+    );
+    assert_eq!(s.claim(&record("alice", 2), 8).unwrap(), Claim::Taken);
+    assert_eq!(s.claim(&record("ALICE", 2), 8).unwrap(), Claim::Taken);
+    assert_eq!(
+        s.lookup(&user("Alice")).unwrap().unwrap().name,
+        user("alice")
+    );
+    assert!(s.lookup(&user("bob")).unwrap().is_none());
+}
+
+#[test]
+fn queue_keeps_order_limits_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = store(dir.path(), LIMITS);
+        for body in [b"one".as_slice(), b"two", b"three"] {
+            let body: &'static [u8] = Box::leak(body.to_vec().into_boxed_slice());
+            assert!(matches!(
+                s.enqueue(&user("bob"), &message(body)).unwrap(),
+                Enqueue::Stored(_)
+            ));
+        }
+        assert_eq!(
+            s.enqueue(&user("bob"), &message(b"four")).unwrap(),
+            Enqueue::Full
+        );
+    }
+    let s = store(dir.path(), LIMITS);
+    let pending = s.pending(&user("Bob")).unwrap();
+    let bodies: Vec<&[u8]> = pending.iter().map(|(_, q)| q.body.as_ref()).collect();
+    assert_eq!(bodies, vec![b"one".as_slice(), b"two", b"three"]);
+    assert!(s.acknowledge(&user("bob"), pending[0].0).unwrap());
+    assert!(!s.acknowledge(&user("bob"), pending[0].0).unwrap());
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (2, 8));
+    assert!(matches!(
+        s.enqueue(&user("bob"), &message(b"four")).unwrap(),
+        Enqueue::Stored(_)
+    ));
+}
+
+#[test]
+fn queue_is_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(
+        dir.path(),
+        QueueLimits {
+            max_bytes: 5,
+            ..LIMITS
+        },
+    );
+    assert!(matches!(
+        s.enqueue(&user("bob"), &message(b"1234")).unwrap(),
+        Enqueue::Stored(_)
+    ));
+    assert_eq!(
+        s.enqueue(&user("bob"), &message(b"56")).unwrap(),
+        Enqueue::Full
+    );
+}
+
+#[test]
+fn expired_messages_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), LIMITS);
+    let mut old = message(b"old");
+    old.queued_at = now_secs() - 7200;
+    s.enqueue(&user("bob"), &old).unwrap();
+    s.enqueue(&user("carol"), &old).unwrap();
+    s.enqueue(&user("bob"), &message(b"new")).unwrap();
+    // Bob's old entry went when his queue was written to; Carol never
+    // comes back, and the periodic sweep removes hers.
+    assert_eq!(s.expire_all().unwrap(), 1);
+    assert_eq!(s.queue_depth(&user("carol")).unwrap(), (0, 0));
+    assert_eq!(s.total_queued().unwrap(), 1);
+    let pending = s.pending(&user("bob")).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.body.as_ref(), b"new");
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (1, 3));
+}
+
+fn record(name: &str, fp: u8) -> NameRecord {
+    NameRecord {
+        name: user(name),
+        fingerprint: [fp; 32],
+        identity: Bytes::from_static(b"id"),
+    }
+}
+
+/// One key registers at most its limit of names; the names it has
+/// keep working, other keys are unaffected, and the count survives
+/// reopening.
+#[test]
+fn one_key_owns_at_most_its_limit_of_names() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = store(dir.path(), LIMITS);
+        assert_eq!(s.claim(&record("a1", 1), 2).unwrap(), Claim::New);
+        assert_eq!(s.claim(&record("a2", 1), 2).unwrap(), Claim::New);
+        assert_eq!(s.claim(&record("a3", 1), 2).unwrap(), Claim::KeyFull);
+        assert_eq!(
+            s.claim(&record("A1", 1), 2).unwrap(),
+            Claim::Existing(user("a1"))
+        );
+        // Someone else's name is taken whatever the count.
+        assert_eq!(s.claim(&record("b1", 2), 2).unwrap(), Claim::New);
+        assert_eq!(s.claim(&record("b1", 1), 2).unwrap(), Claim::Taken);
+        assert!(s.lookup(&user("a3")).unwrap().is_none());
+    }
+    let s = store(dir.path(), LIMITS);
+    assert_eq!(s.names_of(&[1; 32]).unwrap(), 2);
+    assert_eq!(s.names_of(&[2; 32]).unwrap(), 1);
+    assert_eq!(s.claim(&record("a3", 1), 2).unwrap(), Claim::KeyFull);
+    assert_eq!(s.claim(&record("a3", 1), 3).unwrap(), Claim::New);
+}
+
+/// A database written before names were counted per key is counted
+/// once, when it is opened.
+#[test]
+fn names_registered_before_the_count_are_counted_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = store(dir.path(), LIMITS);
+        for name in ["a1", "a2", "a3"] {
+            s.claim(&record(name, 1), 8).unwrap();
+        }
+        // Forget the count, as a database from before it had none.
+        let txn = s.db.begin_write().unwrap();
+        txn.delete_table(NAMES_PER_KEY).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .remove("names_per_key")
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let s = store(dir.path(), LIMITS);
+    assert_eq!(s.names_of(&[1; 32]).unwrap(), 3);
+    assert_eq!(s.claim(&record("a4", 1), 3).unwrap(), Claim::KeyFull);
+}
+
+/// The tables' keys are the lower-cased name, as relays wrote them
+/// before names had a key type: a database written that way (here by
+/// hand) is read the same, in any letter case.
+#[test]
+fn keys_on_disk_are_the_lower_cased_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = store(dir.path(), LIMITS);
+        let txn = s.db.begin_write().unwrap();
+        {
+            let value = postcard::to_stdvec(&record("Alice", 1)).unwrap();
+            let mut names = txn.open_table(NAMES).unwrap();
+            names.insert("alice", value.as_slice()).unwrap();
+            let value = postcard::to_stdvec(&message(b"stored")).unwrap();
+            let mut queue = txn.open_table(QUEUE).unwrap();
+            queue.insert(("bob", 7), value.as_slice()).unwrap();
+            let mut stats = txn.open_table(QUEUE_STATS).unwrap();
+            stats.insert("bob", (1, 6)).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = store(dir.path(), LIMITS);
+    assert_eq!(
+        s.lookup(&user("ALICE")).unwrap().unwrap().name,
+        user("Alice")
+    );
+    assert_eq!(s.queue_depth(&user("Bob")).unwrap(), (1, 6));
+    let pending = s.pending(&user("BOB")).unwrap();
+    assert_eq!(pending, vec![(7, message(b"stored"))]);
+    assert!(s.acknowledge(&user("bOb"), 7).unwrap());
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (0, 0));
+
+    // And what the store writes is keyed the same way.
+    s.enqueue(&user("Carol"), &message(b"new")).unwrap();
+    let txn = s.db.begin_read().unwrap();
+    let stats = txn.open_table(QUEUE_STATS).unwrap();
+    assert_eq!(stats.get("carol").unwrap().unwrap().value(), (1, 3));
+}
+
+/// An empty (truncated) database file is refused with an error naming
+/// it, and left as it was; a missing one is created.
+#[test]
+fn an_empty_database_file_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DATABASE_FILE);
+    std::fs::write(&path, b"").unwrap();
+    let error = Store::open(dir.path(), LIMITS).unwrap_err();
+    let StoreError::Unusable { path: named, .. } = &error else {
+        panic!("expected Unusable, got {error:?}");
+    };
+    assert_eq!(named, &path);
+    assert!(error.to_string().contains(&path.display().to_string()));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+    // Garbage is refused the same way.
+    std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+    assert!(matches!(
+        Store::open(dir.path(), LIMITS),
+        Err(StoreError::Unusable { .. })
+    ));
+
+    let fresh = tempfile::tempdir().unwrap();
+    let s = store(fresh.path(), LIMITS);
+    assert_eq!(s.claim(&record("a1", 1), 8).unwrap(), Claim::New);
+    drop(s);
+    let s = store(fresh.path(), LIMITS);
+    assert!(s.lookup(&user("a1")).unwrap().is_some());
+}
