@@ -229,9 +229,9 @@ pub(crate) fn event(update: &Update) -> Value {
         Update::Rooms(rooms) => with_type(
             "rooms",
             json!({
-                "rooms": rooms.iter().map(|(name, members)| json!({
-                    "name": name,
-                    "members": members,
+                "rooms": rooms.iter().map(|room| json!({
+                    "name": room.name,
+                    "members": room.members,
                 })).collect::<Vec<_>>(),
             }),
         ),

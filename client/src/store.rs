@@ -66,7 +66,15 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|_| StoreError::Format)
 }
 
-/// One message in the history, incoming or outgoing.
+/// One message in the history, incoming or outgoing: the record as it is
+/// on disk (postcard, these fields in this order: do not reorder, add or
+/// retype them, or stored histories stop opening).
+///
+/// Not [`crate::session::Message`], which the engine makes of it at load
+/// (and of each new entry, `Engine::message_of`) and which carries what is
+/// not stored: the sender's trust (looked up in the contacts when shown,
+/// so that it follows later verification) and the display position (the
+/// record's key, not its value) with whether it came late.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEntry {
     /// The conversation, as the UI names it (see [`crate::session::Chat`]).
@@ -536,5 +544,52 @@ impl CounterStore for VaultCounter {
         self.vault
             .put(COUNTERS, &self.id, &value)
             .map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Chat;
+
+    /// `StoredEntry` as it was when its sender was a `String`: the bytes on
+    /// disk must not have changed with the typed name.
+    #[derive(Serialize)]
+    struct EntryWithStringName {
+        chat: Chat,
+        from: String,
+        fingerprint: Fingerprint,
+        outgoing: bool,
+        seq: u64,
+        sent_at_ms: u64,
+        received_at_ms: u64,
+        text: String,
+    }
+
+    #[test]
+    fn a_history_entry_has_the_bytes_it_had_before_names_were_typed() {
+        let entry = StoredEntry {
+            chat: Chat::Direct("Bob".parse().unwrap()),
+            from: "Bob".parse().unwrap(),
+            fingerprint: Fingerprint([7; 32]),
+            outgoing: false,
+            seq: 300,
+            sent_at_ms: 1_700_000_000_000,
+            received_at_ms: 1_700_000_000_123,
+            text: "hello".to_owned(),
+        };
+        let before = EntryWithStringName {
+            chat: entry.chat.clone(),
+            from: "Bob".to_owned(),
+            fingerprint: entry.fingerprint,
+            outgoing: entry.outgoing,
+            seq: entry.seq,
+            sent_at_ms: entry.sent_at_ms,
+            received_at_ms: entry.received_at_ms,
+            text: entry.text.clone(),
+        };
+        let bytes = encode(&entry).unwrap();
+        assert_eq!(*bytes, *encode(&before).unwrap());
+        assert_eq!(decode::<StoredEntry>(&bytes).unwrap(), entry);
     }
 }

@@ -115,10 +115,10 @@ macro_rules! name_type {
             }
         }
 
-        /// Compares with a plain string exactly, byte for byte and
-        /// case-sensitive like `==` between two names (`name == "bob"` in
-        /// a test). Names the relay takes for one (`Bob`, `bob`) compare
-        /// equal only by [`UserName::key`].
+        /// Compares with a plain string exactly: byte for byte, so
+        /// case-sensitive like `==` between two names (`name == "bob"`).
+        /// Two spellings the relay takes for one user (`Bob`, `bob`) are
+        /// equal only as [`UserKey`]s ([`UserName::key`]).
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
                 self.0 == other
@@ -421,5 +421,15 @@ mod tests {
             postcard::to_allocvec(&name).unwrap(),
             postcard::to_allocvec("alice").unwrap()
         );
+    }
+
+    #[test]
+    fn a_name_equals_exactly_its_own_string() {
+        let bob = UserName::try_from("Bob").unwrap();
+        assert!(bob == "Bob" && bob == *"Bob");
+        assert!(bob != "bob" && bob != *"BOB");
+        assert_eq!(bob.key(), UserName::try_from("bob").unwrap().key());
+        let side = RoomName::try_from("Side").unwrap();
+        assert!(side == "Side" && side != "side");
     }
 }

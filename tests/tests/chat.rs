@@ -154,7 +154,7 @@ async fn user_list_and_join_leave_notices_follow_the_seed_chat() {
     let Update::Rooms(rooms) = rooms else {
         unreachable!()
     };
-    let rooms: Vec<(&str, u32)> = rooms.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+    let rooms: Vec<(&str, u32)> = rooms.iter().map(|r| (r.name.as_str(), r.members)).collect();
     assert_eq!(rooms, [("lobby", 2), ("side", 1)]);
 
     // Leaving a room and leaving altogether are both announced.

@@ -64,6 +64,8 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use sotto_crypto::{Fingerprint, SafetyNumber};
 use sotto_proto::{RelayAddress, RoomName, UserKey, UserName};
+
+pub use sotto_proto::RoomInfo;
 use tokio::sync::mpsc;
 
 use crate::account::Account;
@@ -166,6 +168,10 @@ pub struct Member {
 }
 
 /// A message, sent or received.
+///
+/// The stored [`crate::store::StoredEntry`] with what the history does not
+/// store: the sender's `trust` as of now, the display `position` (the
+/// record's key) and `late`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// Where it belongs.
@@ -229,7 +235,9 @@ pub enum PresenceChange {
     Disconnected,
 }
 
-/// A connected user, in [`Update::Users`].
+/// A connected user, in [`Update::Users`]: the relay's
+/// [`sotto_proto::UserInfo`] with this client's trust in the user beside
+/// it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OnlineUser {
     /// The name.
@@ -358,8 +366,8 @@ pub enum Update {
     },
     /// The connected users.
     Users(Vec<OnlineUser>),
-    /// The rooms, with member counts.
-    Rooms(Vec<(RoomName, u32)>),
+    /// The rooms, with member counts, as the relay listed them.
+    Rooms(Vec<RoomInfo>),
     /// A room setting changed.
     VerifiedOnly {
         /// The room.

@@ -13,7 +13,7 @@ use sotto_proto::{RoomName, UserName};
 
 use crate::contacts::KeyEvent;
 use crate::safe_text;
-use crate::session::{Chat, Connection, PresenceChange, TrustLevel};
+use crate::session::{Chat, Connection, PresenceChange, RoomInfo, TrustLevel};
 
 /// How much a notice matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -376,17 +376,18 @@ pub(super) fn users(lines: &[String]) -> Said {
 }
 
 /// `N rooms:` and a line per room with its count of members.
-pub(super) fn rooms(rooms: &[(RoomName, u32)]) -> Said {
+pub(super) fn rooms(rooms: &[RoomInfo]) -> Said {
     let mut text = format!(
         "{} room{}:",
         rooms.len(),
         plural(u64::try_from(rooms.len()).unwrap_or(u64::MAX))
     );
-    for (room, count) in rooms {
+    for room in rooms {
+        let count = room.members;
         text.push_str(&format!(
             "\n  #{} ({count} member{})",
-            safe(room),
-            plural(u64::from(*count))
+            safe(&room.name),
+            plural(u64::from(count))
         ));
     }
     Said::new(Tone::Info, Place::General, text)

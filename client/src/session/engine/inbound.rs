@@ -22,6 +22,12 @@ use crate::store::{Inbound, Receiving, StoreError, StoredEntry};
 
 /// A delivery kept for later: waiting for a key lookup, a trust decision or
 /// the announcement of its session.
+///
+/// The fields of [`sotto_proto::RelayFrame::Deliver`], as they came. A
+/// distinct type only because an enum variant is not one the engine can
+/// hold in its queues (`Held`, `Awaiting`); it carries nothing more. Were
+/// the frame's variant a struct of its own (`Deliver(Delivery)` in
+/// sotto-proto), this would be that struct.
 #[derive(Clone, Debug)]
 pub(super) struct Delivery {
     pub(super) delivery: u64,

@@ -349,9 +349,7 @@ impl Engine {
                 event,
                 identity,
             } => self.on_presence(room, user, event, identity, out),
-            RelayFrame::Rooms { rooms } => out.update(Update::Rooms(
-                rooms.into_iter().map(|r| (r.name, r.members)).collect(),
-            )),
+            RelayFrame::Rooms { rooms } => out.update(Update::Rooms(rooms)),
             RelayFrame::Users { users } => {
                 let users = users
                     .into_iter()
