@@ -753,7 +753,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
     assert!(at("first") < at("second") && at("second") < at("third"));
     assert!(texts.iter().any(|t| t == "arrived late"));
     assert!(at("1 message from bob missing") > at("third"));
-    at("A message claiming to be from bob failed its checks");
+    at("A message claiming to be from bob was dropped: it failed its checks");
     at("carol sent a message you cannot read");
     at("bob encrypted for another set of members than you see in #lobby");
     assert!(!texts.iter().any(|t| t.contains("from an old session")));
@@ -1165,10 +1165,13 @@ impl StoppableRelay {
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = sotto_relay::run(listener, certs, config, async move {
+            // A relay that cannot start (its database still open, say)
+            // fails the test here, not as a silent refusal to connect.
+            sotto_relay::run(listener, certs, config, async move {
                 let _ = stopped.await;
             })
-            .await;
+            .await
+            .expect("the relay runs");
         });
         StoppableRelay {
             address,

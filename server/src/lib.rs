@@ -131,6 +131,9 @@ pub async fn run_with_metrics(
         },
     )?);
     let acceptor = TlsAcceptor::from(certs.server_config()?);
+    // Every task that holds the store is tracked, so that when `run`
+    // returns the database is closed and the data directory can be opened
+    // again (a restart in the same process, as the tests do).
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
 
@@ -140,7 +143,7 @@ pub async fn run_with_metrics(
         let depth = Arc::new(move || store.total_queued().unwrap_or(0));
         let serve = metrics::serve(endpoint, Arc::clone(&metrics), depth);
         let stop = stop.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             tokio::select! {
                 () = serve => {}
                 () = stop.cancelled() => {}
@@ -152,7 +155,7 @@ pub async fn run_with_metrics(
     {
         let store = Arc::clone(&store);
         let stop = stop.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let mut hourly = tokio::time::interval(EXPIRY_SWEEP);
             loop {
                 tokio::select! {

@@ -10,6 +10,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use common::{Client, Relay, identity, room, send_to_user, user};
 use sotto_proto::{
@@ -439,7 +441,7 @@ async fn certificate_reload_keeps_connections_and_changes_the_pin() {
         data_dir: dir.path().join("data"),
         ..Default::default()
     };
-    let relay = Relay::start_with_certs(dir.path(), config, std::sync::Arc::clone(&certs)).await;
+    let relay = Relay::start_with_certs(dir.path(), config, Arc::clone(&certs)).await;
     let mut before = relay.registered("alice").await;
     // Connected (old certificate) but not yet registered when the reload happens.
     let mut straddling = relay.client().await;
@@ -591,4 +593,31 @@ async fn a_second_registration_on_one_connection_closes_it() {
         "{reply:?}"
     );
     assert!(alice.closed().await.is_empty());
+}
+
+/// When `run` returns, every task it started is done and its database is
+/// closed: the same data directory opens again at once (a restart in the
+/// same process, as the app's tests and the end-to-end harness do). The
+/// first run shuts down before it ever yields, so a task left holding the
+/// store would still hold it when the second opens it.
+#[tokio::test]
+async fn when_run_returns_its_database_is_closed() {
+    let temp = tempfile::tempdir().unwrap();
+    let certs = sotto_relay::CertStore::load(sotto_relay::CertSource::Generated {
+        dir: temp.path().to_path_buf(),
+        hosts: vec!["localhost".into()],
+    })
+    .unwrap();
+    for _ in 0..2 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let config = sotto_relay::Config {
+            data_dir: temp.path().to_path_buf(),
+            ..sotto_relay::Config::default()
+        };
+        sotto_relay::run(listener, Arc::clone(&certs), config, std::future::ready(()))
+            .await
+            .unwrap();
+    }
 }

@@ -107,7 +107,11 @@ impl Relay {
                 .unwrap();
             runtime.spawn(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                sotto_relay::run(listener, certs, config, std::future::pending::<()>()).await
+                // A relay that cannot start says why (on standard error,
+                // as a panic of its task), not only by refusing to connect.
+                sotto_relay::run(listener, certs, config, std::future::pending::<()>())
+                    .await
+                    .expect("the relay runs");
             });
             // Runs until told to stop (or the test ends), then drops every
             // task at once: the relay dies as if killed.
