@@ -521,16 +521,7 @@ mod tests {
                 .unwrap();
         }
         let (_, history) = alice_in_lobby_with(&account, &bob, SessionLimits::default());
-        let shown: Vec<&str> = history
-            .iter()
-            .filter_map(|u| match u {
-                Update::History { messages, .. } => Some(messages),
-                _ => None,
-            })
-            .flatten()
-            .map(|m| m.text.as_str())
-            .collect();
-        assert_eq!(shown, ["one", "two"]);
+        assert_eq!(history_texts(&history), ["one", "two"]);
         assert_eq!(errors(&history), [skipped_history(1)]);
     }
 }

@@ -126,16 +126,7 @@ mod tests {
         }
         // The stored history keeps that order.
         let (_, history) = alice_in_lobby_with(&account, &bob_identity, SessionLimits::default());
-        let order: Vec<&str> = history
-            .iter()
-            .filter_map(|u| match u {
-                Update::History { messages, .. } => Some(messages),
-                _ => None,
-            })
-            .flatten()
-            .map(|m| m.text.as_str())
-            .collect();
-        assert_eq!(order, ["b0", "b1", "b2", "mine"]);
+        assert_eq!(history_texts(&history), ["b0", "b1", "b2", "mine"]);
     }
 
     #[tokio::test]

@@ -189,6 +189,19 @@ pub(super) fn messages(updates: &[Update]) -> Vec<&Message> {
         .collect()
 }
 
+/// The texts of every stored message handed over at start, in order.
+pub(super) fn history_texts(updates: &[Update]) -> Vec<&str> {
+    updates
+        .iter()
+        .filter_map(|u| match u {
+            Update::History { messages, .. } => Some(messages),
+            _ => None,
+        })
+        .flatten()
+        .map(|m| m.text.as_str())
+        .collect()
+}
+
 pub(super) fn feed_out(engine: &mut Engine, frame: RelayFrame) -> Out {
     let mut out = Out::default();
     engine.handle_frame(frame, &mut out);
