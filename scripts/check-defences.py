@@ -110,7 +110,7 @@ ENTRIES += [
        "let pinned = key == self.expected || certificate_fingerprint(end_entity) == self.expected;",
        "let pinned = true;",
        "the TLS verifier accepts only the pinned key (or old certificate pin)",
-       "sotto-relay", ["--test", "relay"], "certificate_reload_keeps_connections_and_changes_the_pin"),
+       "sotto-tests", ["--test", "relay_key"], "the_pinned_connector_accepts_only_the_pinned_key_or_certificate"),
  entry("pin-session", TLS, """    } else {
         PinMatch::Neither
     };""", """    } else {

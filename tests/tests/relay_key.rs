@@ -523,3 +523,36 @@ async fn a_relay_that_stops_reading_is_given_up_within_the_dead_connection_bound
     // ...and comes back (the proxy reads new connections normally).
     alice.expect_connected().await;
 }
+
+/// `tls::connect` completes a handshake only with the key the address
+/// pins, or with the exact certificate an address made before key pins
+/// names; any other key is refused, naming both.
+#[tokio::test]
+async fn the_pinned_connector_accepts_only_the_pinned_key_or_certificate() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(temp.path()).await;
+    assert!(tls::connect(&relay.address).await.is_ok());
+
+    let presented = tls::open(&relay.address, tls::Unpinned::Refuse, &Timeouts::default())
+        .await
+        .unwrap()
+        .presented;
+    assert_eq!(presented.key, relay.address.fingerprint);
+    let mut old_pin = relay.address.clone();
+    old_pin.fingerprint = presented.certificate;
+    assert!(
+        tls::connect(&old_pin).await.is_ok(),
+        "an address pinning the certificate itself"
+    );
+
+    let mut other = relay.address.clone();
+    other.fingerprint = [7; 32];
+    match tls::connect(&other).await {
+        Err(tls::ConnectError::CertificateMismatch {
+            expected,
+            presented,
+        }) => assert_eq!((expected, presented), ([7; 32], relay.address.fingerprint)),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a key other than the pinned one was accepted"),
+    }
+}
