@@ -197,7 +197,8 @@ async fn serve(
                 match tokio::task::spawn_blocking(move || store.expire_all()).await {
                     Ok(Ok(0)) => {}
                     Ok(Ok(dropped)) => tracing::info!(dropped, "expired offline messages removed"),
-                    _ => tracing::warn!("could not sweep the offline queue"),
+                    Ok(Err(error)) => tracing::warn!(%error, "could not sweep the offline queue"),
+                    Err(_) => tracing::warn!("could not sweep the offline queue: the task failed"),
                 }
             }
         });
