@@ -221,3 +221,46 @@ async fn a_disk_that_stays_full_is_not_reopened_at_every_message() {
         .collect();
     assert_eq!(announced, ["3600000"]);
 }
+
+/// A user who connects while the relay's disk is full still gets what
+/// was stored for them. Their acknowledgement cannot be recorded then, so
+/// the delivery stays stored and comes again once space is back (a
+/// duplicate, which clients drop); acknowledged then, it is gone.
+#[tokio::test]
+async fn what_was_stored_is_delivered_while_the_disk_is_full_and_kept_until_acknowledged() {
+    let disk = Disk::new();
+    let relay = Relay::start_on_disk(&disk, AT_ONCE).await;
+    drop(relay.registered("bob").await);
+    let mut alice = relay.registered("alice").await;
+    alice.send(send_to_user(1, "bob", b"stored", None)).await;
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
+
+    disk.fill();
+    let mut bob = relay.registered("bob").await;
+    let RelayFrame::Deliver { delivery, body, .. } = bob.recv().await else {
+        panic!("expected the stored delivery")
+    };
+    assert_eq!(body.as_ref(), b"stored");
+    bob.send(ClientFrame::Ack { delivery }).await;
+    assert_eq!(bob.barrier().await, []);
+    bob.send(ClientFrame::Bye).await;
+    assert!(bob.closed().await.is_empty());
+
+    disk.free();
+    let mut bob = relay.registered("bob").await;
+    let RelayFrame::Deliver {
+        delivery: again,
+        body,
+        ..
+    } = bob.recv().await
+    else {
+        panic!("expected the delivery again")
+    };
+    assert_eq!((again, body.as_ref()), (delivery, &b"stored"[..]));
+    bob.send(ClientFrame::Ack { delivery }).await;
+    assert_eq!(bob.barrier().await, []);
+    bob.send(ClientFrame::Bye).await;
+    assert!(bob.closed().await.is_empty());
+    let mut bob = relay.registered("bob").await;
+    assert_eq!(bob.barrier().await, []);
+}

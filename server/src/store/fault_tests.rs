@@ -97,6 +97,23 @@ fn a_full_disk_refuses_writes_and_the_store_recovers_when_space_is_back() {
     assert_eq!(s.names_of(&[2; 32]).unwrap(), 1);
 }
 
+/// What was stored is still read while the disk is full: reading the
+/// queue writes nothing.
+#[test]
+fn what_was_stored_is_read_while_the_disk_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::new();
+    let s = Store::open_on(dir.path(), LIMITS, &disk, AT_ONCE).unwrap();
+    for body in ["one", "two"] {
+        s.enqueue(&user("bob"), &message(body)).unwrap();
+    }
+    disk.fill();
+    assert_eq!(bodies(&s, "bob"), ["one", "two"]);
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (2, 6));
+    assert!(s.lookup(&user("bob")).unwrap().is_none());
+    assert_eq!(disk.refused(), 0, "nothing was written");
+}
+
 /// The disk fills at every point of a commit in turn (after 0 writes,
 /// after 1, ...) until one commit has room to finish. Each refused
 /// delivery and name is either wholly there or wholly absent once the

@@ -49,26 +49,43 @@ impl Store {
     }
 
     /// Everything queued for `recipient`, oldest first, expired entries
-    /// dropped.
+    /// left out (and dropped). Reading writes nothing, so what is stored
+    /// is still delivered while the disk is full; expired entries, if
+    /// any, are dropped afterwards in a write of their own, or failing
+    /// that at the next write to the queue or the next sweep.
     pub fn pending(&self, recipient: &UserName) -> Result<Vec<(u64, Queued)>, StoreError> {
         let key = recipient.key();
         let user = key.as_str();
-        self.write("pending", |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            let pending = {
-                let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-                let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-                expire(&mut queue, &mut stats, user, self.cutoff())?;
-                let mut pending = Vec::new();
-                for entry in queue.range((user, 0)..=(user, u64::MAX)).map_err(db_err)? {
-                    let (k, v) = entry.map_err(db_err)?;
-                    pending.push((k.value().1, decode(v.value())?));
+        let cutoff = self.cutoff();
+        let (pending, expired) = self.read("pending", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let queue = txn.open_table(QUEUE).map_err(db_err)?;
+            let mut pending = Vec::new();
+            let mut expired = false;
+            for entry in queue.range((user, 0)..=(user, u64::MAX)).map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let message: Queued = decode(v.value())?;
+                if message.queued_at < cutoff {
+                    expired = true;
+                } else {
+                    pending.push((k.value().1, message));
                 }
-                pending
-            };
-            txn.commit().map_err(db_err)?;
-            Ok(pending)
-        })
+            }
+            Ok((pending, expired))
+        })?;
+        if expired {
+            // A failure is logged, and changes nothing of what is served.
+            let _ = self.write("expire", |db| {
+                let txn = db.begin_write().map_err(db_err)?;
+                {
+                    let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+                    let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+                    expire(&mut queue, &mut stats, user, cutoff)?;
+                }
+                txn.commit().map_err(db_err)
+            });
+        }
+        Ok(pending)
     }
 
     /// Forgets delivery `id` of `recipient` (acknowledged). Unknown ids are

@@ -246,3 +246,17 @@ fn an_empty_database_file_is_refused_not_replaced() {
     let s = store(fresh.path(), LIMITS);
     assert!(s.lookup(&user("a1")).unwrap().is_some());
 }
+
+/// Reading the queue leaves expired entries out and drops them.
+#[test]
+fn reading_the_queue_drops_expired_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), LIMITS);
+    let mut old = message(b"old");
+    old.queued_at = now_secs() - 7200;
+    s.enqueue(&user("bob"), &old).unwrap();
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (1, 3));
+    assert!(s.pending(&user("bob")).unwrap().is_empty());
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (0, 0));
+    assert_eq!(s.total_queued().unwrap(), 0);
+}
