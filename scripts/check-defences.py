@@ -175,6 +175,16 @@ ENTRIES += [
        "                .take_while(|_| false)",
        "a new contact whose name looks like a known one names the look-alikes",
        "sotto-client", ["--lib"], "a_new_name_that_looks_like_a_known_one_names_it"),
+ entry("relay-storage-recovery", "server/src/store/mod.rs",
+       "        if self.broken.load(Ordering::Acquire) {\n            self.recover(operation)?;",
+       "        if false && self.broken.load(Ordering::Acquire) {\n            self.recover(operation)?;",
+       "the relay reopens its database after a storage failure (a full disk, then space back) without a restart",
+       "sotto-relay", ["--test", "storage"],
+       "a_full_disk_refuses_what_it_cannot_keep_and_the_relay_recovers_without_a_restart"),
+ entry("relay-storage-backoff", "server/src/store/mod.rs",
+       "        if health.retry_at.is_some_and(|at| now < at) {", "        if false {",
+       "a disk that stays full is reopened after a backoff, not at every operation",
+       "sotto-relay", ["--test", "storage"], "a_disk_that_stays_full_is_not_reopened_at_every_message"),
 ]
 
 

@@ -122,14 +122,45 @@ pub async fn run_with_metrics(
     shutdown: impl Future,
 ) -> Result<(), RelayError> {
     config.validate().map_err(RelayError::Config)?;
-    let store = Arc::new(Store::open(
-        &config.data_dir,
-        QueueLimits {
-            max_messages: config.offline_max_messages,
-            max_bytes: config.offline_max_bytes,
-            max_age: config.offline_max_age,
-        },
-    )?);
+    let store = Store::open(&config.data_dir, queue_limits(&config))?;
+    serve(listener, certs, config, metrics, store, shutdown).await
+}
+
+/// [`run_with_metrics`] with the database on a [`store::fault::Disk`] that
+/// the caller can fill and free, recovering from storage failures as
+/// `recovery` says. For tests only (feature `fault-injection`).
+#[cfg(feature = "fault-injection")]
+pub async fn run_on_disk(
+    listener: TcpListener,
+    certs: Arc<CertStore>,
+    config: Config,
+    metrics: Arc<Metrics>,
+    disk: store::fault::Disk,
+    recovery: store::Recovery,
+    shutdown: impl Future,
+) -> Result<(), RelayError> {
+    config.validate().map_err(RelayError::Config)?;
+    let store = Store::open_on(&config.data_dir, queue_limits(&config), &disk, recovery)?;
+    serve(listener, certs, config, metrics, store, shutdown).await
+}
+
+fn queue_limits(config: &Config) -> QueueLimits {
+    QueueLimits {
+        max_messages: config.offline_max_messages,
+        max_bytes: config.offline_max_bytes,
+        max_age: config.offline_max_age,
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    certs: Arc<CertStore>,
+    config: Config,
+    metrics: Arc<Metrics>,
+    store: Store,
+    shutdown: impl Future,
+) -> Result<(), RelayError> {
+    let store = Arc::new(store.with_metrics(Arc::clone(&metrics)));
     let acceptor = TlsAcceptor::from(certs.server_config()?);
     // Every task that holds the store is tracked, so that when `run`
     // returns the database is closed and the data directory can be opened
@@ -166,7 +197,8 @@ pub async fn run_with_metrics(
                 match tokio::task::spawn_blocking(move || store.expire_all()).await {
                     Ok(Ok(0)) => {}
                     Ok(Ok(dropped)) => tracing::info!(dropped, "expired offline messages removed"),
-                    _ => tracing::warn!("could not sweep the offline queue"),
+                    Ok(Err(error)) => tracing::warn!(%error, "could not sweep the offline queue"),
+                    Err(_) => tracing::warn!("could not sweep the offline queue: the task failed"),
                 }
             }
         });

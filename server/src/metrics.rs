@@ -53,6 +53,14 @@ pub struct Metrics {
     /// Room messages refused because their sender's key had used up its
     /// fan-out budget.
     pub fanout_refused: AtomicU64,
+    /// Storage failures of the database (a full disk, an I/O error),
+    /// failed reopens included: each refused the operation it hit.
+    pub storage_failures: AtomicU64,
+    /// Times the database was reopened after a storage failure.
+    pub storage_reopened: AtomicU64,
+    /// 1 while a storage failure has left the database waiting to be
+    /// reopened (operations that need it are refused), else 0 (gauge).
+    pub storage_unavailable: AtomicU64,
 }
 
 impl Metrics {
@@ -69,7 +77,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter, plus the offline
     /// queue depth given by the caller.
     pub fn render(&self, offline_queue_depth: u64) -> String {
-        let rows: [(&str, &str, &str, u64); 18] = [
+        let rows: [(&str, &str, &str, u64); 21] = [
             (
                 "sotto_relay_connections",
                 "gauge",
@@ -177,6 +185,24 @@ impl Metrics {
                 "counter",
                 "Room messages refused: the sender's fan-out budget was used up.",
                 self.fanout_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_storage_failures_total",
+                "counter",
+                "Storage failures of the database (full disk, I/O error), failed reopens included.",
+                self.storage_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_storage_reopened_total",
+                "counter",
+                "Times the database was reopened after a storage failure.",
+                self.storage_reopened.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_storage_unavailable",
+                "gauge",
+                "1 while the database waits to be reopened after a storage failure.",
+                self.storage_unavailable.load(Ordering::Relaxed),
             ),
         ];
         let mut out = String::new();

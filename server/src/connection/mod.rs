@@ -410,18 +410,23 @@ impl Connection {
                 name: record.as_ref().map_or(wanted, |r| r.name.clone()),
                 identity: record.map(|r| r.identity),
             }),
-            _ => self.error(None, ErrorCode::Internal, "directory unavailable"),
+            Some(Err(error)) => {
+                warn!(%error, "a key lookup failed: the directory is unavailable");
+                self.error(None, ErrorCode::Internal, "directory unavailable");
+            }
+            None => self.error(None, ErrorCode::Internal, "directory unavailable"),
         }
     }
 
     async fn acknowledge(&self, name: &UserName, delivery: u64) {
         let store = Arc::clone(&self.shared.store);
         let name = name.clone();
-        if blocking(move || store.acknowledge(&name, delivery))
-            .await
-            .is_none()
-        {
-            warn!("could not record an acknowledgement");
+        match blocking(move || store.acknowledge(&name, delivery)).await {
+            Some(Ok(_)) => {}
+            // The delivery stays stored and comes again (a duplicate,
+            // which clients drop).
+            Some(Err(error)) => warn!(%error, "could not record an acknowledgement"),
+            None => warn!("could not record an acknowledgement: the store task failed"),
         }
     }
 }

@@ -100,7 +100,14 @@ impl Connection {
                 );
                 return None;
             }
-            _ => {
+            Some(Err(error)) => {
+                // Not registered: nothing was kept.
+                warn!(%error, "a registration was refused: the directory is unavailable");
+                self.error(None, ErrorCode::Internal, "directory unavailable");
+                return None;
+            }
+            None => {
+                warn!("a registration was refused: the store task failed");
                 self.error(None, ErrorCode::Internal, "directory unavailable");
                 return None;
             }
@@ -148,9 +155,17 @@ impl Connection {
     pub(super) async fn deliver_pending(&self, name: &UserName) {
         let store = Arc::clone(&self.shared.store);
         let user = name.clone();
-        let Some(Ok(pending)) = blocking(move || store.pending(&user)).await else {
-            warn!("could not read the offline queue");
-            return;
+        let pending = match blocking(move || store.pending(&user)).await {
+            Some(Ok(pending)) => pending,
+            Some(Err(error)) => {
+                // Kept for the next connection.
+                warn!(%error, "could not read the offline queue");
+                return;
+            }
+            None => {
+                warn!("could not read the offline queue: the store task failed");
+                return;
+            }
         };
         for (id, queued) in pending {
             let frame = deliver_frame(id, queued);

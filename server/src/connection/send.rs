@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use sotto_proto::{Destination, ErrorCode, RelayFrame, Route, Slot, UserName};
+use tracing::warn;
 
 use super::{Connection, blocking, deliver_frame};
 use crate::metrics::Metrics;
@@ -178,7 +179,15 @@ impl Connection {
                 );
             }
             Some(Ok(None)) => self.error(Some(id), ErrorCode::NoSuchUser, format!("no user {to}")),
-            _ => self.error(Some(id), ErrorCode::Internal, "offline queue unavailable"),
+            Some(Err(error)) => {
+                // Not stored, so not `Sent`: the sender is told.
+                warn!(%error, "a delivery for an offline user was refused: the offline queue is unavailable");
+                self.error(Some(id), ErrorCode::Internal, "offline queue unavailable");
+            }
+            None => {
+                warn!("a delivery for an offline user was refused: the store task failed");
+                self.error(Some(id), ErrorCode::Internal, "offline queue unavailable");
+            }
         }
     }
 }

@@ -10,13 +10,20 @@
 //! name directory is in `names`, the offline queue in `queue`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Builder, Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sotto_proto::{Destination, UserName};
+use tracing::{debug, error, warn};
 
+use crate::metrics::Metrics;
+
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod fault;
 mod names;
 mod queue;
 
@@ -47,6 +54,15 @@ pub enum StoreError {
     /// The database refused an operation.
     #[error("database: {0}")]
     Database(String),
+    /// The database's storage failed (a full disk, an I/O error): the
+    /// operation did not happen, and the database is reopened on a later
+    /// one.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// A storage failure broke the database and it is not open again yet
+    /// (it is reopened on a later operation, after a backoff).
+    #[error("the database is unavailable after a storage failure")]
+    Unavailable,
     /// A stored record did not decode (the file is damaged).
     #[error("damaged record in the database")]
     Corrupt,
@@ -66,7 +82,21 @@ pub enum StoreError {
     },
 }
 
-fn db_err<E: std::fmt::Display>(error: E) -> StoreError {
+/// A redb error as a [`StoreError`]: a failure of the storage (which
+/// poisons the database until it is reopened) is [`StoreError::Storage`].
+fn db_err<E: Into<redb::Error>>(error: E) -> StoreError {
+    match error.into() {
+        error @ (redb::Error::Io(_)
+        | redb::Error::PreviousIo
+        | redb::Error::DatabaseClosed
+        | redb::Error::Backend(_)
+        | redb::Error::LockPoisoned(_)) => StoreError::Storage(error.to_string()),
+        error => StoreError::Database(error.to_string()),
+    }
+}
+
+/// A record that does not encode.
+fn encode_err(error: postcard::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
 
@@ -131,10 +161,115 @@ pub struct QueueLimits {
 }
 
 /// The relay's database.
+///
+/// A storage failure (a full disk, an I/O error) poisons a redb
+/// [`Database`]: every later operation on it fails with
+/// `StorageError::PreviousIo` until it is closed and opened again. The
+/// store logs each failure, refuses the operation, and reopens the file
+/// (redb repairs it on open if the failure left it needing a repair) on a
+/// later operation, no sooner than a backoff that doubles with each
+/// failure in a row ([`Recovery`]), so that a disk that stays full is not
+/// reopened in a loop. Until then operations fail with
+/// [`StoreError::Unavailable`]. On the healthy path an operation costs one
+/// atomic load and one uncontended shared lock (an atomic increment, no
+/// system call) beyond redb's own transaction.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// `None` while the database could not be reopened.
+    db: RwLock<Option<Database>>,
+    /// Set by a storage failure: the next operation reopens first.
+    broken: AtomicBool,
+    /// Reopens so far: an operation that fails on a database replaced
+    /// meanwhile does not mark the new one broken.
+    generation: AtomicU64,
+    /// Storage failures in a row since the last write that succeeded.
+    failures: AtomicU32,
+    /// When the next reopen may be tried; only touched after a failure.
+    health: Mutex<Health>,
+    path: PathBuf,
+    opener: Opener,
     limits: QueueLimits,
+    recovery: Recovery,
+    metrics: Arc<Metrics>,
+}
+
+/// How soon the store tries to reopen its database after a storage
+/// failure: `first_retry` after the first failure in a row, doubling with
+/// each further one up to `max_retry`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// The wait after the first failure.
+    pub first_retry: Duration,
+    /// The longest wait.
+    pub max_retry: Duration,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Self {
+            first_retry: Duration::from_millis(100),
+            max_retry: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Recovery {
+    /// The wait after `failures` storage failures in a row (at least one).
+    fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(30);
+        self.first_retry
+            .saturating_mul(1 << doublings)
+            .min(self.max_retry)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// No reopen before this.
+    retry_at: Option<Instant>,
+    /// Operations refused since the last attempt, for its log line.
+    refused: u64,
+}
+
+/// How the database file is opened: as redb opens a file, or (tests only)
+/// through a [`fault::Disk`] that can be filled.
+#[derive(Clone, Debug)]
+enum Opener {
+    File,
+    #[cfg(any(test, feature = "fault-injection"))]
+    Disk(fault::Disk),
+}
+
+impl Opener {
+    /// Opens the database at `path`, creating it if `create`; a database
+    /// that needs a repair (after a crash or a failed commit) is repaired.
+    fn open(&self, path: &Path, create: bool) -> Result<Database, redb::DatabaseError> {
+        let mut builder = Builder::new();
+        let database = path.display().to_string();
+        let told = AtomicBool::new(false);
+        builder.set_repair_callback(move |_| {
+            if !told.swap(true, Ordering::Relaxed) {
+                warn!(
+                    database,
+                    "repairing the database (it was not closed cleanly)"
+                );
+            }
+        });
+        match self {
+            Self::File if create => builder.create(path),
+            Self::File => builder.open(path),
+            #[cfg(any(test, feature = "fault-injection"))]
+            Self::Disk(disk) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(create)
+                    .truncate(false)
+                    .open(path)?;
+                builder.create_with_backend(disk.backend(file)?)
+            }
+        }
+    }
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -149,6 +284,34 @@ impl Store {
     /// an existing file that is empty, damaged or unreadable is an error
     /// naming it ([`StoreError::Unusable`]), never replaced.
     pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
+        Self::open_with(dir, limits, Opener::File, Recovery::default())
+    }
+
+    /// [`Store::open`] on a [`fault::Disk`] that the caller can fill and
+    /// free, recovering as `recovery` says. For tests only.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn open_on(
+        dir: &Path,
+        limits: QueueLimits,
+        disk: &fault::Disk,
+        recovery: Recovery,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(dir, limits, Opener::Disk(disk.clone()), recovery)
+    }
+
+    /// Counts storage failures and reopens in `metrics` (the relay's).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn open_with(
+        dir: &Path,
+        limits: QueueLimits,
+        opener: Opener,
+        recovery: Recovery,
+    ) -> Result<Self, StoreError> {
         sotto_fsutil::create_private_dir(dir).map_err(db_err)?;
         let path = dir.join(DATABASE_FILE);
         let unusable = |reason: String| StoreError::Unusable {
@@ -160,10 +323,12 @@ impl Store {
             Ok(meta) if meta.len() == 0 => {
                 return Err(unusable("the file is empty (0 bytes)".into()));
             }
-            Ok(_) => Database::open(&path).map_err(|e| unusable(e.to_string()))?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Database::create(&path).map_err(|e| unusable(e.to_string()))?
-            }
+            Ok(_) => opener
+                .open(&path, false)
+                .map_err(|e| unusable(e.to_string()))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => opener
+                .open(&path, true)
+                .map_err(|e| unusable(e.to_string()))?,
             Err(error) => return Err(unusable(error.to_string())),
         };
         let txn = db.begin_write().map_err(|e| unusable(e.to_string()))?;
@@ -190,7 +355,161 @@ impl Store {
             }
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db, limits })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            broken: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            health: Mutex::default(),
+            path,
+            opener,
+            limits,
+            recovery,
+            metrics: Arc::default(),
+        })
+    }
+
+    /// Runs a read-only operation on the database (see [`Store::write`]).
+    fn read<T>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(operation, false, work)
+    }
+
+    /// Runs an operation that writes: reopens the database first if a
+    /// storage failure broke it, and on a storage failure logs it, counts
+    /// it and marks the database for reopening.
+    fn write<T>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(operation, true, work)
+    }
+
+    fn run<T>(
+        &self,
+        operation: &'static str,
+        writes: bool,
+        work: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.recover(operation)?;
+        }
+        let slot = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = slot.as_ref() else {
+            // Reopening failed between the check above and here.
+            return Err(StoreError::Unavailable);
+        };
+        match work(db) {
+            Ok(done) => {
+                if writes && self.failures.load(Ordering::Relaxed) != 0 {
+                    self.failures.store(0, Ordering::Relaxed);
+                }
+                Ok(done)
+            }
+            Err(error @ StoreError::Storage(_)) => {
+                let generation = self.generation.load(Ordering::Relaxed);
+                drop(slot);
+                self.failed(operation, &error, generation);
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Records a storage failure of `operation` on the database of
+    /// `generation`.
+    fn failed(&self, operation: &'static str, error: &StoreError, generation: u64) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        Metrics::inc(&self.metrics.storage_failures);
+        if self.generation.load(Ordering::Relaxed) != generation {
+            // The database was reopened meanwhile: the new one is not broken.
+            error!(
+                database = %self.path.display(),
+                operation,
+                %error,
+                "storage failed; the operation was refused (the database was reopened since)"
+            );
+            return;
+        }
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let delay = self.recovery.delay(failures);
+        health.retry_at = Some(Instant::now() + delay);
+        self.broken.store(true, Ordering::Release);
+        self.metrics.storage_unavailable.store(1, Ordering::Relaxed);
+        error!(
+            database = %self.path.display(),
+            operation,
+            %error,
+            failures,
+            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "storage failed; the operation was refused and the database will be reopened"
+        );
+    }
+
+    /// Reopens the database after a storage failure, if its backoff has
+    /// passed; otherwise refuses `operation`.
+    fn recover(&self, operation: &'static str) -> Result<(), StoreError> {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(()); // reopened by another operation meanwhile
+        }
+        let now = Instant::now();
+        if health.retry_at.is_some_and(|at| now < at) {
+            health.refused += 1;
+            return Err(StoreError::Unavailable);
+        }
+        let refused = std::mem::take(&mut health.refused);
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // Closing the broken handle releases the file's lock; its error is
+        // the failure already logged.
+        if let Some(broken) = slot.take()
+            && let Err(error) = broken.close()
+        {
+            debug!(database = %self.path.display(), %error, "closed the broken database");
+        }
+        match self.opener.open(&self.path, false) {
+            Ok(db) => {
+                *slot = Some(db);
+                self.generation.fetch_add(1, Ordering::Relaxed);
+                health.retry_at = None;
+                self.broken.store(false, Ordering::Release);
+                self.metrics.storage_unavailable.store(0, Ordering::Relaxed);
+                Metrics::inc(&self.metrics.storage_reopened);
+                warn!(
+                    database = %self.path.display(),
+                    operation,
+                    refused,
+                    "database reopened after a storage failure"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                let failures = self
+                    .failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1);
+                let delay = self.recovery.delay(failures);
+                health.retry_at = Some(now + delay);
+                Metrics::inc(&self.metrics.storage_failures);
+                error!(
+                    database = %self.path.display(),
+                    operation,
+                    %error,
+                    failures,
+                    refused,
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "could not reopen the database after a storage failure; operations are refused until it opens"
+                );
+                Err(StoreError::Unavailable)
+            }
+        }
     }
 }
 
@@ -198,5 +517,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt)
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,8 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use sotto_proto::UserName;
 
 use super::{
-    Enqueue, META, QUEUE, QUEUE_STATS, Queued, Store, StoreError, db_err, decode, now_secs,
+    Enqueue, META, QUEUE, QUEUE_STATS, Queued, Store, StoreError, db_err, decode, encode_err,
+    now_secs,
 };
 
 impl Store {
@@ -15,54 +16,75 @@ impl Store {
         let key = recipient.key();
         let user = key.as_str();
         let size = message.body.len() as u64 + message.slot.as_ref().map_or(0, |s| s.len() as u64);
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let outcome = {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            expire(&mut queue, &mut stats, user, self.cutoff())?;
-            let (count, bytes) = stats
-                .get(user)
-                .map_err(db_err)?
-                .map_or((0, 0), |v| v.value());
-            if count + 1 > self.limits.max_messages || bytes + size > self.limits.max_bytes {
-                Enqueue::Full
-            } else {
-                let id = meta
-                    .get("next_id")
+        self.write("enqueue", |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let outcome = {
+                let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+                let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                expire(&mut queue, &mut stats, user, self.cutoff())?;
+                let (count, bytes) = stats
+                    .get(user)
                     .map_err(db_err)?
-                    .map_or(1, |v| v.value());
-                meta.insert("next_id", id + 1).map_err(db_err)?;
-                let value = postcard::to_stdvec(message).map_err(db_err)?;
-                queue.insert((user, id), value.as_slice()).map_err(db_err)?;
-                stats
-                    .insert(user, (count + 1, bytes + size))
-                    .map_err(db_err)?;
-                Enqueue::Stored(id)
-            }
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(outcome)
+                    .map_or((0, 0), |v| v.value());
+                if count + 1 > self.limits.max_messages || bytes + size > self.limits.max_bytes {
+                    Enqueue::Full
+                } else {
+                    let id = meta
+                        .get("next_id")
+                        .map_err(db_err)?
+                        .map_or(1, |v| v.value());
+                    meta.insert("next_id", id + 1).map_err(db_err)?;
+                    let value = postcard::to_stdvec(message).map_err(encode_err)?;
+                    queue.insert((user, id), value.as_slice()).map_err(db_err)?;
+                    stats
+                        .insert(user, (count + 1, bytes + size))
+                        .map_err(db_err)?;
+                    Enqueue::Stored(id)
+                }
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(outcome)
+        })
     }
 
     /// Everything queued for `recipient`, oldest first, expired entries
-    /// dropped.
+    /// left out (and dropped). Reading writes nothing, so what is stored
+    /// is still delivered while the disk is full; expired entries, if
+    /// any, are dropped afterwards in a write of their own, or failing
+    /// that at the next write to the queue or the next sweep.
     pub fn pending(&self, recipient: &UserName) -> Result<Vec<(u64, Queued)>, StoreError> {
         let key = recipient.key();
         let user = key.as_str();
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let pending = {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-            expire(&mut queue, &mut stats, user, self.cutoff())?;
+        let cutoff = self.cutoff();
+        let (pending, expired) = self.read("pending", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let queue = txn.open_table(QUEUE).map_err(db_err)?;
             let mut pending = Vec::new();
+            let mut expired = false;
             for entry in queue.range((user, 0)..=(user, u64::MAX)).map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
-                pending.push((k.value().1, decode(v.value())?));
+                let message: Queued = decode(v.value())?;
+                if message.queued_at < cutoff {
+                    expired = true;
+                } else {
+                    pending.push((k.value().1, message));
+                }
             }
-            pending
-        };
-        txn.commit().map_err(db_err)?;
+            Ok((pending, expired))
+        })?;
+        if expired {
+            // A failure is logged, and changes nothing of what is served.
+            let _ = self.write("expire", |db| {
+                let txn = db.begin_write().map_err(db_err)?;
+                {
+                    let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+                    let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+                    expire(&mut queue, &mut stats, user, cutoff)?;
+                }
+                txn.commit().map_err(db_err)
+            });
+        }
         Ok(pending)
     }
 
@@ -71,64 +93,72 @@ impl Store {
     pub fn acknowledge(&self, recipient: &UserName, id: u64) -> Result<bool, StoreError> {
         let key = recipient.key();
         let user = key.as_str();
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let removed = {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-            let removed = match queue.remove((user, id)).map_err(db_err)? {
-                Some(value) => Some(decode::<Queued>(value.value())?),
-                None => None,
+        self.write("acknowledge", |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let removed = {
+                let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+                let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+                let removed = match queue.remove((user, id)).map_err(db_err)? {
+                    Some(value) => Some(decode::<Queued>(value.value())?),
+                    None => None,
+                };
+                if let Some(message) = &removed {
+                    subtract(&mut stats, user, 1, stored_size(message))?;
+                }
+                removed.is_some()
             };
-            if let Some(message) = &removed {
-                subtract(&mut stats, user, 1, stored_size(message))?;
-            }
-            removed.is_some()
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(removed)
+            txn.commit().map_err(db_err)?;
+            Ok(removed)
+        })
     }
 
     /// Drops every user's expired entries, so that ciphertext for users who
     /// never come back does not stay on disk past its age. Returns how many
     /// entries were dropped.
     pub fn expire_all(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let dropped = {
-            let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
-            let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-            let mut users = Vec::new();
-            for entry in stats.iter().map_err(db_err)? {
-                let (user, depth) = entry.map_err(db_err)?;
-                users.push((user.value().to_string(), depth.value().0));
-            }
-            let mut dropped = 0;
-            for (user, before) in users {
-                expire(&mut queue, &mut stats, &user, self.cutoff())?;
-                let after = stats
-                    .get(user.as_str())
-                    .map_err(db_err)?
-                    .map_or(0, |v| v.value().0);
-                dropped += before.saturating_sub(after);
-            }
-            dropped
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(dropped)
+        self.write("expire_all", |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let dropped = {
+                let mut queue = txn.open_table(QUEUE).map_err(db_err)?;
+                let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+                let mut users = Vec::new();
+                for entry in stats.iter().map_err(db_err)? {
+                    let (user, depth) = entry.map_err(db_err)?;
+                    users.push((user.value().to_string(), depth.value().0));
+                }
+                let mut dropped = 0;
+                for (user, before) in users {
+                    expire(&mut queue, &mut stats, &user, self.cutoff())?;
+                    let after = stats
+                        .get(user.as_str())
+                        .map_err(db_err)?
+                        .map_or(0, |v| v.value().0);
+                    dropped += before.saturating_sub(after);
+                }
+                dropped
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(dropped)
+        })
     }
 
     /// Messages and bytes queued for `recipient`.
     pub fn queue_depth(&self, recipient: &UserName) -> Result<(u64, u64), StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
-        let depth = stats.get(recipient.key().as_str()).map_err(db_err)?;
-        Ok(depth.map_or((0, 0), |v| v.value()))
+        self.read("queue_depth", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+            let depth = stats.get(recipient.key().as_str()).map_err(db_err)?;
+            Ok(depth.map_or((0, 0), |v| v.value()))
+        })
     }
 
     /// Messages queued for everyone.
     pub fn total_queued(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let queue = txn.open_table(QUEUE).map_err(db_err)?;
-        queue.len().map_err(db_err)
+        self.read("total_queued", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let queue = txn.open_table(QUEUE).map_err(db_err)?;
+            queue.len().map_err(db_err)
+        })
     }
 
     fn cutoff(&self) -> u64 {

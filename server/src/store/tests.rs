@@ -2,6 +2,11 @@ use redb::ReadableDatabase;
 
 use super::*;
 
+/// The store's redb handle, for tests that write records by hand.
+fn raw(s: &Store) -> std::sync::RwLockReadGuard<'_, Option<Database>> {
+    s.db.read().unwrap()
+}
+
 fn store(dir: &Path, limits: QueueLimits) -> Store {
     Store::open(dir, limits).unwrap()
 }
@@ -160,7 +165,7 @@ fn names_registered_before_the_count_are_counted_on_open() {
             s.claim(&record(name, 1), 8).unwrap();
         }
         // Forget the count, as a database from before it had none.
-        let txn = s.db.begin_write().unwrap();
+        let txn = raw(&s).as_ref().unwrap().begin_write().unwrap();
         txn.delete_table(NAMES_PER_KEY).unwrap();
         txn.open_table(META)
             .unwrap()
@@ -181,7 +186,7 @@ fn keys_on_disk_are_the_lower_cased_name() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = store(dir.path(), LIMITS);
-        let txn = s.db.begin_write().unwrap();
+        let txn = raw(&s).as_ref().unwrap().begin_write().unwrap();
         {
             let value = postcard::to_stdvec(&record("Alice", 1)).unwrap();
             let mut names = txn.open_table(NAMES).unwrap();
@@ -207,7 +212,7 @@ fn keys_on_disk_are_the_lower_cased_name() {
 
     // And what the store writes is keyed the same way.
     s.enqueue(&user("Carol"), &message(b"new")).unwrap();
-    let txn = s.db.begin_read().unwrap();
+    let txn = raw(&s).as_ref().unwrap().begin_read().unwrap();
     let stats = txn.open_table(QUEUE_STATS).unwrap();
     assert_eq!(stats.get("carol").unwrap().unwrap().value(), (1, 3));
 }
@@ -240,4 +245,18 @@ fn an_empty_database_file_is_refused_not_replaced() {
     drop(s);
     let s = store(fresh.path(), LIMITS);
     assert!(s.lookup(&user("a1")).unwrap().is_some());
+}
+
+/// Reading the queue leaves expired entries out and drops them.
+#[test]
+fn reading_the_queue_drops_expired_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), LIMITS);
+    let mut old = message(b"old");
+    old.queued_at = now_secs() - 7200;
+    s.enqueue(&user("bob"), &old).unwrap();
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (1, 3));
+    assert!(s.pending(&user("bob")).unwrap().is_empty());
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (0, 0));
+    assert_eq!(s.total_queued().unwrap(), 0);
 }

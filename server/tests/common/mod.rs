@@ -120,6 +120,42 @@ impl Relay {
     }
 
     pub async fn start_with_certs(dir: &Path, config: Config, certs: Arc<CertStore>) -> Relay {
+        Self::start_with_store(dir, config, certs, None).await
+    }
+
+    /// A relay whose database is on `disk`, which the test can fill and
+    /// free (see `sotto_relay::store::fault`), recovering as `recovery`
+    /// says.
+    pub async fn start_on_disk(
+        disk: &sotto_relay::store::fault::Disk,
+        recovery: sotto_relay::store::Recovery,
+    ) -> Relay {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
+        let config = Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        let certs = CertStore::load(CertSource::Generated {
+            dir: dir.clone(),
+            hosts: vec!["localhost".into()],
+        })
+        .unwrap();
+        let mut relay =
+            Self::start_with_store(&dir, config, certs, Some((disk.clone(), recovery))).await;
+        relay._temp = Some(temp);
+        relay
+    }
+
+    async fn start_with_store(
+        dir: &Path,
+        config: Config,
+        certs: Arc<CertStore>,
+        disk: Option<(
+            sotto_relay::store::fault::Disk,
+            sotto_relay::store::Recovery,
+        )>,
+    ) -> Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let address = RelayAddress {
@@ -129,15 +165,27 @@ impl Relay {
         };
         let metrics = Arc::new(Metrics::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sotto_relay::run_with_metrics(
-            listener,
-            Arc::clone(&certs),
-            config,
-            Arc::clone(&metrics),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = match disk {
+            None => tokio::spawn(sotto_relay::run_with_metrics(
+                listener,
+                Arc::clone(&certs),
+                config,
+                Arc::clone(&metrics),
+                shutdown,
+            )),
+            Some((disk, recovery)) => tokio::spawn(sotto_relay::run_on_disk(
+                listener,
+                Arc::clone(&certs),
+                config,
+                Arc::clone(&metrics),
+                disk,
+                recovery,
+                shutdown,
+            )),
+        };
         Relay {
             address,
             metrics,
