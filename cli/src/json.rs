@@ -67,6 +67,30 @@ pub(crate) fn error(message: &str) -> Value {
     with_type("error", json!({ "message": message }))
 }
 
+/// The event to print for `update`, with a stored history cut to its
+/// `newest` messages (all of them with `None`; none, and no event, with
+/// `Some(0)`): a `history` event then says how many it left out.
+pub(crate) fn shown(update: &Update, newest: Option<usize>) -> Option<Value> {
+    let (Update::History { chat, messages }, Some(newest)) = (update, newest) else {
+        return Some(event(update));
+    };
+    if newest == 0 {
+        return None;
+    }
+    let omitted = messages.len().saturating_sub(newest);
+    let kept = Update::History {
+        chat: chat.clone(),
+        messages: messages.iter().skip(omitted).cloned().collect(),
+    };
+    let mut event = event(&kept);
+    if omitted > 0
+        && let Value::Object(fields) = &mut event
+    {
+        fields.insert("omitted".to_owned(), json!(omitted));
+    }
+    Some(event)
+}
+
 /// The event for one update.
 pub(crate) fn event(update: &Update) -> Value {
     match update {
@@ -308,6 +332,54 @@ mod tests {
     use super::*;
     use sotto_client::session::RelayKeyMoved;
     use sotto_crypto::Fingerprint;
+
+    fn history(count: u64) -> Update {
+        let messages = (0..count)
+            .map(|seq| Message {
+                chat: Chat::Room("lobby".parse().unwrap()),
+                from: "bob".parse().unwrap(),
+                fingerprint: Fingerprint([1; 32]),
+                trust: TrustLevel::Unverified,
+                outgoing: false,
+                seq,
+                sent_at_ms: seq,
+                received_at_ms: seq,
+                late: false,
+                position: (seq, 0),
+                text: format!("message {seq}"),
+            })
+            .collect();
+        Update::History {
+            chat: Chat::Room("lobby".parse().unwrap()),
+            messages,
+        }
+    }
+
+    #[test]
+    fn a_history_is_cut_to_its_newest_messages_and_says_how_many_it_left_out() {
+        let texts = |event: &Value| -> Vec<String> {
+            event["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["text"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let all = shown(&history(3), None).unwrap();
+        assert_eq!(texts(&all), ["message 0", "message 1", "message 2"]);
+        assert!(all.get("omitted").is_none());
+        let newest = shown(&history(3), Some(2)).unwrap();
+        assert_eq!(texts(&newest), ["message 1", "message 2"]);
+        assert_eq!(newest["omitted"], 1);
+        assert_eq!(newest["type"], "history");
+        let enough = shown(&history(3), Some(5)).unwrap();
+        assert_eq!(texts(&enough).len(), 3);
+        assert!(enough.get("omitted").is_none());
+        assert_eq!(shown(&history(3), Some(0)), None);
+        // Only the history is cut.
+        let error = Update::Error("x".to_owned());
+        assert_eq!(shown(&error, Some(0)), Some(event(&error)));
+    }
 
     #[test]
     fn a_pinned_key_event_names_the_look_alikes() {

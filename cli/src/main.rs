@@ -67,6 +67,13 @@ enum Cmd {
         /// were in). Default: lobby.
         #[arg(long = "room", value_name = "ROOM", value_parser = commands::room)]
         rooms: Vec<RoomName>,
+        /// At start, show at most the N newest stored messages of each
+        /// conversation (default: all in JSON mode, 20 interactively).
+        #[arg(long, value_name = "N", conflicts_with = "no_history")]
+        history: Option<usize>,
+        /// At start, show no stored messages.
+        #[arg(long)]
+        no_history: bool,
     },
     /// The relays you know and the keys pinned for them.
     #[command(subcommand)]
@@ -147,6 +154,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             address,
             json,
             rooms,
+            history,
+            no_history,
         } => {
             let account = unlock(&profile, args.passphrase_file.as_deref()).await?;
             let fingerprint = account.identity().fingerprint();
@@ -154,7 +163,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             if !rooms.is_empty() {
                 config.rooms = rooms;
             }
-            chat(config, json, fingerprint).await
+            let history = if no_history { Some(0) } else { history };
+            chat(config, json, fingerprint, history).await
         }
         Cmd::Relay(RelayCmd::ReplacePin { address, yes }) => replace_pin(&profile, &address, yes),
     }
@@ -282,13 +292,18 @@ async fn chat(
     config: Config,
     json: bool,
     fingerprint: sotto_crypto::Fingerprint,
+    history: Option<usize>,
 ) -> Result<ExitCode, String> {
     let config_relay = config.relay.authority();
     let mut updates = Box::pin(session::run(config));
     let Some(Update::Ready(controller)) = updates.next().await else {
         return Err("the session did not start".to_owned());
     };
-    let mut view = text::View::new(&config_relay, Some(fingerprint));
+    let mut view = text::View::new(
+        &config_relay,
+        Some(fingerprint),
+        history.unwrap_or(text::HISTORY_SHOWN),
+    );
     if json {
         println!("{}", json::event(&Update::Ready(controller.clone())));
     }
@@ -322,7 +337,9 @@ async fn chat(
                     Update::Connection(session::Connection::Failed { .. })
                 );
                 if json {
-                    println!("{}", json::event(&update));
+                    if let Some(event) = json::shown(&update, history) {
+                        println!("{event}");
+                    }
                 } else {
                     for command in view.show(&update, &mut out) {
                         let _ = controller.command(command);

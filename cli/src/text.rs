@@ -20,6 +20,10 @@ use sotto_proto::RoomName;
 /// (`[`, `*`, `!`) starts with a space.
 pub(crate) const CONTINUATION: &str = "           | ";
 
+/// Stored messages shown per conversation at start unless `--history N`
+/// says otherwise (older ones are counted, not shown).
+pub(crate) const HISTORY_SHOWN: usize = 20;
+
 /// Lines typed before the session knows its rooms that are held for the
 /// first room joined; more are refused.
 pub(crate) const MAX_PENDING: usize = 16;
@@ -33,6 +37,8 @@ pub(crate) struct View {
     view: ui::View,
     /// Lines typed before any room was joined, for the first room joined.
     pending: Vec<String>,
+    /// Stored messages shown per conversation at start.
+    history: usize,
 }
 
 fn safe(text: &impl fmt::Display) -> String {
@@ -84,10 +90,13 @@ fn said_lines(said: &Said, out: &mut Vec<String>) {
 impl View {
     /// Nothing known yet of a session with the relay at `relay`
     /// (`host:port`) for the user whose key has `fingerprint`.
-    pub(crate) fn new(relay: &str, fingerprint: Option<Fingerprint>) -> Self {
+    /// At start, at most `history` stored messages of each conversation
+    /// are printed.
+    pub(crate) fn new(relay: &str, fingerprint: Option<Fingerprint>, history: usize) -> Self {
         Self {
             view: ui::View::new(relay, fingerprint, true),
             pending: Vec::new(),
+            history,
         }
     }
 
@@ -217,11 +226,14 @@ impl View {
         }
         match update {
             Update::History { chat, messages } => {
-                let recent = messages.len().saturating_sub(20);
-                if recent > 0 {
-                    out.push(format!("* {chat}: {recent} older messages in history"));
+                let older = messages.len().saturating_sub(self.history);
+                if older > 0 {
+                    out.push(format!(
+                        "* {chat}: {older} older message{} in history",
+                        plural(older)
+                    ));
                 }
-                for message in messages.iter().skip(recent) {
+                for message in messages.iter().skip(older) {
                     Self::message(message, out);
                 }
             }
@@ -274,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_forged_header_inside_a_message_is_a_continuation_line() {
-        let mut view = View::new("relay.example:7447", None);
+        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
         let out = shown(
             &mut view,
             &message(
@@ -295,7 +307,7 @@ mod tests {
 
     #[test]
     fn escapes_in_a_message_are_shown_not_obeyed() {
-        let mut view = View::new("relay.example:7447", None);
+        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
         let out = shown(
             &mut view,
             &message("mallory", "\u{1b}]0;TITLE\u{7} \u{1b}[2J"),
@@ -305,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_look_alike_contact_is_a_warning_naming_both_with_the_key() {
-        let mut view = View::new("relay.example:7447", None);
+        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
         let fingerprint = Fingerprint([0xab; 32]);
         let out = shown(
             &mut view,
@@ -360,7 +372,7 @@ mod tests {
 
     #[test]
     fn lines_typed_before_a_room_is_joined_are_held_then_sent_there() {
-        let mut view = View::new("relay.example:7447", None);
+        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
         let mut out = Vec::new();
         assert!(view.command("early", &mut out).unwrap().is_none());
         assert!(out[0].starts_with("* not in a room yet: 1 line held"));
@@ -385,7 +397,7 @@ mod tests {
 
     #[test]
     fn held_lines_are_bounded_and_reported_when_the_session_fails() {
-        let mut view = View::new("relay.example:7447", None);
+        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
         let mut out = Vec::new();
         for _ in 0..MAX_PENDING {
             view.command("x", &mut out).unwrap();
@@ -408,8 +420,38 @@ mod tests {
     }
 
     #[test]
+    fn at_start_only_the_newest_stored_messages_are_printed() {
+        let history = |view: &mut View, count: u64| {
+            let messages = (0..count)
+                .map(|seq| match message("bob", &format!("m{seq}")) {
+                    Update::Message(message) => message,
+                    other => panic!("not a message: {other:?}"),
+                })
+                .collect();
+            let update = Update::History {
+                chat: Chat::Room("lobby".parse().unwrap()),
+                messages,
+            };
+            shown(view, &update)
+        };
+        let mut view = View::new("relay.example:7447", None, 2);
+        let out = history(&mut view, 3);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0], "* #lobby: 1 older message in history");
+        assert!(
+            out[1].ends_with("> m1") && out[2].ends_with("> m2"),
+            "{out:?}"
+        );
+        let mut none = View::new("relay.example:7447", None, 0);
+        assert_eq!(
+            history(&mut none, 3),
+            ["* #lobby: 3 older messages in history"]
+        );
+    }
+
+    #[test]
     fn a_typed_escape_sequence_is_refused() {
-        let mut view = View::new("relay.example:7447", None);
+        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
         let mut out = Vec::new();
         let error = view.command("\u{1b}[A", &mut out).unwrap_err();
         assert!(error.starts_with(r"not sent: the line contains the control character \e"));
