@@ -23,13 +23,19 @@ impl Engine {
     ///
     /// If the commit fails, nothing of the batch is on disk: its
     /// acknowledgements and the updates about its deliveries (messages,
-    /// gaps, rejections, deliveries not for this client) are discarded and one error is reported instead,
-    /// the engine forgets what it holds in memory of the store (receiving
-    /// sessions are read again; contacts are saved again at the next tick),
-    /// and the relay delivers what it stored again, unacknowledged. The
-    /// batch's other frames (answers to pings, key lookups, messages it
-    /// released for sending) and updates (member lists, presence, key
-    /// events, errors) report nothing about storage and still go out.
+    /// gaps, rejections, deliveries not for this client) are discarded and
+    /// one error is reported instead, the engine forgets what it holds in
+    /// memory of the store (receiving sessions are read again; contacts
+    /// are saved again at the next tick), and the relay delivers what it
+    /// stored again, unacknowledged. Messages the batch released for
+    /// sending (texts that waited for a key, the outbox after a rejoin) are
+    /// not sent either: neither their record in this user's history nor a
+    /// sequence counter reservation they may have used is durable (the
+    /// write-ahead rule: nothing is sent under a number that was not
+    /// reserved durably); each is reported not sent, with its
+    /// conversation. The batch's other frames (answers to pings, key
+    /// lookups) and updates (member lists, presence, key events, errors)
+    /// report nothing about storage and still go out.
     pub(crate) fn handle_frames(
         &mut self,
         frames: impl IntoIterator<Item = RelayFrame>,
@@ -55,16 +61,28 @@ impl Engine {
             }
             Err(e) => {
                 self.inbound.clear();
+                // Sending state is read again too: a session started in
+                // this batch was never announced (its announcements are not
+                // sent), and its epoch and counter reservation are not on
+                // disk; the next message starts a new session from what is.
+                self.outbound.clear();
                 self.unsaved_contacts
                     .extend(self.contacts.iter().map(|c| c.name.key()));
                 out.frames.extend(
-                    produced
-                        .frames
-                        .into_iter()
-                        .filter(|f| !matches!(f, ClientFrame::Ack { .. })),
+                    produced.frames.into_iter().filter(|f| {
+                        !matches!(f, ClientFrame::Ack { .. } | ClientFrame::Send { .. })
+                    }),
                 );
-                out.updates
-                    .extend(produced.updates.into_iter().filter(|u| !about_delivery(u)));
+                for update in produced.updates {
+                    match update {
+                        Update::Message(message) if message.outgoing => out.error(format!(
+                            "{}: not sent: could not store it: {e}",
+                            message.chat
+                        )),
+                        update if about_delivery(&update) => {}
+                        update => out.updates.push(update),
+                    }
+                }
                 out.error(batch_not_stored(&e));
             }
         }
@@ -171,5 +189,56 @@ mod tests {
                 ClientFrame::Pong { nonce: 8 }
             ]
         ));
+    }
+
+    #[tokio::test]
+    async fn messages_a_failed_batch_released_are_not_sent_and_the_next_starts_a_new_session() {
+        let bob = fixture("bob");
+        let carol = fixture("carol");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let carol_key = RelayFrame::Key {
+            name: name("carol"),
+            identity: Some(carol.public().to_bytes().into()),
+        };
+        // A direct message to carol waits for her key...
+        let out = command(&mut engine, send(Chat::Direct(name("carol")), "first"));
+        assert!(
+            matches!(&out.frames[..], [ClientFrame::LookupKey { .. }]),
+            "{:?}",
+            out.frames
+        );
+        // ...which comes in a batch whose commit fails: nothing is sent
+        // (neither the announcement nor the message), and it says so.
+        engine.store.vault().fail_commits(true);
+        let mut out = Out::default();
+        engine.handle_frames([carol_key.clone()], &mut out);
+        assert!(
+            !out.frames
+                .iter()
+                .any(|f| matches!(f, ClientFrame::Send { .. })),
+            "{:?}",
+            out.frames
+        );
+        assert!(
+            errors(&out.updates)
+                .iter()
+                .any(|e| e.starts_with("@carol: not sent: could not store it")),
+            "{:?}",
+            out.updates
+        );
+        assert!(!out.updates.iter().any(|u| matches!(u, Update::Message(_))));
+        // The next message goes under a new session, announced first.
+        engine.store.vault().fail_commits(false);
+        let out = command(&mut engine, send(Chat::Direct(name("carol")), "second"));
+        let sends = out
+            .frames
+            .iter()
+            .filter(|f| matches!(f, ClientFrame::Send { .. }))
+            .count();
+        assert_eq!(
+            sends, 2,
+            "an announcement, then the message: {:?}",
+            out.frames
+        );
     }
 }
