@@ -203,7 +203,48 @@ pub struct Store {
     ids: Arc<StorageKey>,
 }
 
+/// A store batch ([`Store::batch`]): while it is open every write to the
+/// store (by anyone holding it) goes into one write transaction, which
+/// reads see, and nothing of it is durable until [`StoreBatch::commit`]
+/// succeeds. Dropped without committing, it keeps nothing.
+///
+/// What a write inside the batch reports (acknowledgements, messages
+/// shown) must therefore wait for `commit`: it is the caller's one point
+/// where the batch's writes become durable.
+#[must_use = "a batch keeps nothing unless it is committed"]
+#[derive(Debug)]
+pub struct StoreBatch {
+    vault: Arc<Vault>,
+    open: bool,
+}
+
+impl StoreBatch {
+    /// Commits every write of the batch durably in one transaction: all
+    /// of them, or (an error) none.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.open = false;
+        Ok(self.vault.commit_batch()?)
+    }
+}
+
+impl Drop for StoreBatch {
+    fn drop(&mut self) {
+        if self.open {
+            self.vault.abort_batch();
+        }
+    }
+}
+
 impl Store {
+    /// Opens a batch (see [`StoreBatch`]); only one is open at a time.
+    pub fn batch(&self) -> Result<StoreBatch, StoreError> {
+        self.vault.begin_batch()?;
+        Ok(StoreBatch {
+            vault: self.vault.clone(),
+            open: true,
+        })
+    }
+
     /// The store of `identity` in `vault`.
     pub fn new(vault: Arc<Vault>, identity: &Identity) -> Result<Self, StoreError> {
         let ids = Arc::new(identity.local_storage_key("record-ids")?);
@@ -531,7 +572,7 @@ impl Store {
 }
 
 /// A [`CounterStore`] in the vault: every reservation is one durable
-/// transaction.
+/// transaction (or part of the open [`StoreBatch`], durable with it).
 #[derive(Debug)]
 pub struct VaultCounter {
     vault: Arc<Vault>,
@@ -548,48 +589,4 @@ impl CounterStore for VaultCounter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::session::Chat;
-
-    /// `StoredEntry` as it was when its sender was a `String`: the bytes on
-    /// disk must not have changed with the typed name.
-    #[derive(Serialize)]
-    struct EntryWithStringName {
-        chat: Chat,
-        from: String,
-        fingerprint: Fingerprint,
-        outgoing: bool,
-        seq: u64,
-        sent_at_ms: u64,
-        received_at_ms: u64,
-        text: String,
-    }
-
-    #[test]
-    fn a_history_entry_has_the_bytes_it_had_before_names_were_typed() {
-        let entry = StoredEntry {
-            chat: Chat::Direct("Bob".parse().unwrap()),
-            from: "Bob".parse().unwrap(),
-            fingerprint: Fingerprint([7; 32]),
-            outgoing: false,
-            seq: 300,
-            sent_at_ms: 1_700_000_000_000,
-            received_at_ms: 1_700_000_000_123,
-            text: "hello".to_owned(),
-        };
-        let before = EntryWithStringName {
-            chat: entry.chat.clone(),
-            from: "Bob".to_owned(),
-            fingerprint: entry.fingerprint,
-            outgoing: entry.outgoing,
-            seq: entry.seq,
-            sent_at_ms: entry.sent_at_ms,
-            received_at_ms: entry.received_at_ms,
-            text: entry.text.clone(),
-        };
-        let bytes = encode(&entry).unwrap();
-        assert_eq!(*bytes, *encode(&before).unwrap());
-        assert_eq!(decode::<StoredEntry>(&bytes).unwrap(), entry);
-    }
-}
+mod tests;

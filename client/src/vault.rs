@@ -14,8 +14,9 @@
 //! are and their sizes, not what they say.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use sotto_crypto::at_rest::{RecordCipher, StorageKey};
 use zeroize::Zeroizing;
 
@@ -48,9 +49,38 @@ fn db_err<E: std::fmt::Display>(error: E) -> VaultError {
 }
 
 /// The encrypted store.
+///
+/// Every write is durable when it returns, except inside a batch
+/// ([`Vault::begin_batch`]): then every write of every caller goes into the
+/// batch's one write transaction, every read sees those writes, and
+/// nothing of it is on disk until [`Vault::commit_batch`] commits it all,
+/// durably, at once.
 pub struct Vault {
     db: Database,
     cipher: RecordCipher,
+    batch: Mutex<Batch>,
+    /// Test hook: commits (batched or not) fail while set.
+    #[cfg(test)]
+    fail_commits: std::sync::atomic::AtomicBool,
+    /// Test hook: durable commits made so far.
+    #[cfg(test)]
+    commits: std::sync::atomic::AtomicU64,
+}
+
+/// The state of the vault's batch.
+#[derive(Default)]
+enum Batch {
+    /// No batch: each write commits on its own.
+    #[default]
+    Closed,
+    /// A batch is open: `txn` is begun at its first write (a batch that
+    /// writes nothing commits nothing), and `failed` is set once a write
+    /// in it failed, so that the batch is never committed with part of an
+    /// operation in it.
+    Open {
+        txn: Option<Box<WriteTransaction>>,
+        failed: bool,
+    },
 }
 
 impl std::fmt::Debug for Vault {
@@ -78,7 +108,157 @@ impl Vault {
         Ok(Self {
             db,
             cipher: RecordCipher::new(key),
+            batch: Mutex::new(Batch::Closed),
+            #[cfg(test)]
+            fail_commits: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            commits: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn batch(&self) -> Result<MutexGuard<'_, Batch>, VaultError> {
+        self.batch
+            .lock()
+            .map_err(|_| VaultError::Database("the batch lock is poisoned".to_owned()))
+    }
+
+    /// Commits `txn` durably.
+    fn commit(&self, txn: WriteTransaction) -> Result<(), VaultError> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            if self.fail_commits.load(Ordering::SeqCst) {
+                txn.abort().map_err(db_err)?;
+                return Err(VaultError::Database("commit failed (test hook)".to_owned()));
+            }
+            self.commits.fetch_add(1, Ordering::SeqCst);
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Runs `write` in the open batch's transaction, or in a transaction
+    /// of its own committed durably before this returns. A failed write
+    /// fails its batch.
+    fn write<R>(
+        &self,
+        write: impl FnOnce(&WriteTransaction) -> Result<R, VaultError>,
+    ) -> Result<R, VaultError> {
+        let mut batch = self.batch()?;
+        match &mut *batch {
+            Batch::Open { txn, failed } => {
+                if *failed {
+                    return Err(VaultError::Database(
+                        "an earlier write of this batch failed".to_owned(),
+                    ));
+                }
+                let result = match txn {
+                    Some(txn) => write(txn),
+                    None => match self.db.begin_write() {
+                        Ok(begun) => write(txn.insert(Box::new(begun))),
+                        Err(e) => Err(db_err(e)),
+                    },
+                };
+                *failed = result.is_err();
+                result
+            }
+            Batch::Closed => {
+                drop(batch);
+                let txn = self.db.begin_write().map_err(db_err)?;
+                let result = write(&txn)?;
+                self.commit(txn)?;
+                Ok(result)
+            }
+        }
+    }
+
+    /// Runs `read` on `table` as the open batch has it (its own writes
+    /// included), or as committed; `None` if the table does not exist.
+    fn read<R>(
+        &self,
+        table: &str,
+        read: impl FnOnce(Option<&dyn Lookup>) -> Result<R, VaultError>,
+    ) -> Result<R, VaultError> {
+        let batch = self.batch()?;
+        if let Batch::Open { txn: Some(txn), .. } = &*batch {
+            let t = txn.open_table(Table::new(table)).map_err(db_err)?;
+            return read(Some(&t));
+        }
+        drop(batch);
+        let txn = self.db.begin_read().map_err(db_err)?;
+        match txn.open_table(Table::new(table)) {
+            Ok(t) => read(Some(&t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => read(None),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Opens a batch: until [`Vault::commit_batch`] or
+    /// [`Vault::abort_batch`], every write (from any caller) goes into one
+    /// write transaction, and reads see it. Only one batch is open at a
+    /// time.
+    pub(crate) fn begin_batch(&self) -> Result<(), VaultError> {
+        let mut batch = self.batch()?;
+        if matches!(*batch, Batch::Open { .. }) {
+            return Err(VaultError::Database("a batch is already open".to_owned()));
+        }
+        *batch = Batch::Open {
+            txn: None,
+            failed: false,
+        };
+        Ok(())
+    }
+
+    /// Commits the open batch durably, all of it or nothing: an error if a
+    /// write in it failed (then nothing of it is kept) or the commit did.
+    pub(crate) fn commit_batch(&self) -> Result<(), VaultError> {
+        let mut batch = self.batch()?;
+        match std::mem::take(&mut *batch) {
+            Batch::Closed => Err(VaultError::Database("no batch is open".to_owned())),
+            Batch::Open { txn: None, failed } => {
+                if failed {
+                    Err(VaultError::Database(
+                        "a write of this batch failed".to_owned(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Batch::Open {
+                txn: Some(txn),
+                failed,
+            } => {
+                drop(batch);
+                if failed {
+                    txn.abort().map_err(db_err)?;
+                    return Err(VaultError::Database(
+                        "a write of this batch failed".to_owned(),
+                    ));
+                }
+                self.commit(*txn)
+            }
+        }
+    }
+
+    /// Drops the open batch (if any) and everything written in it.
+    pub(crate) fn abort_batch(&self) {
+        let Ok(mut batch) = self.batch() else { return };
+        if let Batch::Open { txn: Some(txn), .. } = std::mem::take(&mut *batch) {
+            drop(batch);
+            let _ = txn.abort();
+        }
+    }
+
+    /// Test hook: makes every commit fail (`true`) or succeed again.
+    #[cfg(test)]
+    pub(crate) fn fail_commits(&self, fail: bool) {
+        self.fail_commits
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Test hook: the durable commits made so far.
+    #[cfg(test)]
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn seal(&self, table: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, VaultError> {
@@ -101,12 +281,11 @@ impl Vault {
     /// Stores `value` under `key` in `table`, durably.
     pub fn put(&self, table: &str, key: &[u8], value: &[u8]) -> Result<(), VaultError> {
         let sealed = self.seal(table, key, value)?;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
+        self.write(|txn| {
             let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
             t.insert(key, sealed.as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+            Ok(())
+        })
     }
 
     /// Stores several `(table, key, value)` records in one durable
@@ -116,36 +295,33 @@ impl Vault {
             .iter()
             .map(|(table, key, value)| self.seal(table, key, value))
             .collect::<Result<Vec<_>, _>>()?;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        for ((table, key, _), sealed) in records.iter().zip(&sealed) {
-            let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
-            t.insert(*key, sealed.as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+        self.write(|txn| {
+            for ((table, key, _), sealed) in records.iter().zip(&sealed) {
+                let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
+                t.insert(*key, sealed.as_slice()).map_err(db_err)?;
+            }
+            Ok(())
+        })
     }
 
     /// The value under `key` in `table`, if any.
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let t = match txn.open_table(Table::new(table)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(db_err(e)),
-        };
-        let found = t.get(key).map_err(db_err)?;
-        found
-            .map(|sealed| self.open_value(table, key, sealed.value()))
+        let sealed = self.read(table, |t| match t {
+            Some(t) => t.sealed(key),
+            None => Ok(None),
+        })?;
+        sealed
+            .map(|sealed| self.open_value(table, key, &sealed))
             .transpose()
     }
 
     /// Removes `key` from `table`.
     pub fn remove(&self, table: &str, key: &[u8]) -> Result<(), VaultError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
+        self.write(|txn| {
             let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
             t.remove(key).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+            Ok(())
+        })
     }
 
     /// Every record of `table` in key order (byte-wise), opened.
@@ -163,41 +339,65 @@ impl Vault {
         &self,
         table: &str,
     ) -> Result<Vec<(Vec<u8>, Result<Zeroizing<Vec<u8>>, VaultError>)>, VaultError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let t = match txn.open_table(Table::new(table)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(db_err(e)),
-        };
-        let mut records = Vec::new();
-        for entry in t.iter().map_err(db_err)? {
-            let (key, sealed) = entry.map_err(db_err)?;
-            let key = key.value().to_vec();
-            let value = self.open_value(table, &key, sealed.value());
-            records.push((key, value));
-        }
-        Ok(records)
+        let sealed = self.read(table, |t| match t {
+            Some(t) => t.every(),
+            None => Ok(Vec::new()),
+        })?;
+        Ok(sealed
+            .into_iter()
+            .map(|(key, sealed)| {
+                let value = self.open_value(table, &key, &sealed);
+                (key, value)
+            })
+            .collect())
     }
 
     /// Test hook: stores `raw` as the value under `key`, unsealed, as
     /// damage on disk would leave it.
     #[cfg(test)]
     pub(crate) fn put_raw(&self, table: &str, key: &[u8], raw: &[u8]) -> Result<(), VaultError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
+        self.write(|txn| {
             let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
             t.insert(key, raw).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+            Ok(())
+        })
     }
 
     /// Test hook: the value under `key` as stored (sealed).
     #[cfg(test)]
     pub(crate) fn get_raw(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
-        let txn = self.db.begin_read().ok()?;
-        let t = txn.open_table(Table::new(table)).ok()?;
-        let found = t.get(key).ok()??;
-        Some(found.value().to_vec())
+        self.read(table, |t| match t {
+            Some(t) => t.sealed(key),
+            None => Ok(None),
+        })
+        .ok()?
+    }
+}
+
+/// A record's key and its value as stored (sealed).
+type SealedRecord = (Vec<u8>, Vec<u8>);
+
+/// Reading a table, whether it is read in a write transaction (a batch's)
+/// or a read transaction.
+trait Lookup {
+    /// The sealed value under `key`.
+    fn sealed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, VaultError>;
+    /// Every record, sealed, in key order.
+    fn every(&self) -> Result<Vec<SealedRecord>, VaultError>;
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> Lookup for T {
+    fn sealed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, VaultError> {
+        Ok(self.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn every(&self) -> Result<Vec<SealedRecord>, VaultError> {
+        let mut records = Vec::new();
+        for entry in self.iter().map_err(db_err)? {
+            let (key, sealed) = entry.map_err(db_err)?;
+            records.push((key.value().to_vec(), sealed.value().to_vec()));
+        }
+        Ok(records)
     }
 }
 

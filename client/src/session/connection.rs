@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use sotto_proto::{ClientCodec, ClientFrame, ErrorCode, ProtoError, RelayFrame, RoomName};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -484,15 +484,48 @@ fn kind(frame: &RelayFrame) -> &'static str {
     }
 }
 
+/// `first` and the frames already received after it, taken without
+/// waiting, up to `limit` in all (a read batch); and how the connection
+/// ended, if it did behind them.
+fn read_batch(
+    framed: &mut Framed_,
+    first: RelayFrame,
+    limit: usize,
+) -> (Vec<RelayFrame>, Option<End>) {
+    let mut frames = vec![first];
+    while frames.len() < limit {
+        // Polled once: a frame already buffered, or one the socket has
+        // ready; never a wait.
+        let end = match framed.next().now_or_never() {
+            None => break,
+            Some(Some(Ok(RelayFrame::ShuttingDown))) => "the relay is shutting down".to_owned(),
+            Some(Some(Ok(frame))) => {
+                frames.push(frame);
+                continue;
+            }
+            Some(Some(Err(e))) => read_failed(&e),
+            Some(None) => "the relay closed the connection".to_owned(),
+        };
+        return (frames, Some(End::Lost(end)));
+    }
+    (frames, None)
+}
+
 /// Serves one registered connection until it ends.
+///
+/// The frames of one read are one store batch ([`Engine::handle_frames`]):
+/// what they produce is written (acknowledgements) and shown (messages)
+/// only after the batch is durably committed.
 async fn serve(session: &mut Session, mut framed: Framed_) -> End {
     let timeouts = session.config.limits.network;
+    let batch_limit = session.config.limits.read_batch.max(1);
     let mut ticker = tokio::time::interval(TICK);
     let mut heard = Instant::now();
     let mut pinged = false;
     loop {
         let mut out = Out::default();
         let mut flow = Flow::Continue;
+        let mut ended = None;
         tokio::select! {
             frame = framed.next() => match frame {
                 Some(Ok(RelayFrame::ShuttingDown)) => {
@@ -501,7 +534,9 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
                 Some(Ok(frame)) => {
                     heard = Instant::now();
                     pinged = false;
-                    session.engine.handle_frame(frame, &mut out);
+                    let (frames, end) = read_batch(&mut framed, frame, batch_limit);
+                    session.engine.handle_frames(frames, &mut out);
+                    ended = end;
                 }
                 Some(Err(e)) => return End::Lost(read_failed(&e)),
                 None => return End::Lost("the relay closed the connection".to_owned()),
@@ -538,6 +573,9 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
         }
         if !session.emit(&mut out).await || flow == Flow::Quit {
             return End::Quit;
+        }
+        if let Some(end) = ended {
+            return end;
         }
     }
 }

@@ -54,6 +54,8 @@
 //! # }
 //! ```
 
+#[doc(hidden)]
+pub mod bench;
 mod connection;
 mod engine;
 

@@ -87,6 +87,14 @@ pub struct SessionLimits {
     /// room only.
     /// Default: 1,024.
     pub updates: usize,
+    /// Frames from the relay handled as one store batch: after a frame
+    /// arrives, the session also takes those already received (without
+    /// waiting for more), up to this many in all, stores everything they
+    /// carry in one durable commit, and only then acknowledges them and
+    /// shows their messages. Higher costs fewer disk flushes per message;
+    /// a batch that cannot be stored is reported once and comes again.
+    /// Default: 256 (at least 1 is always taken).
+    pub read_batch: usize,
     /// Signature checks of announcements, all senders together, in a burst
     /// (each costs one RSA public-key operation, about 0.15 ms). This, not
     /// the per-sender allowance, bounds what forgeries cost: a sender's
@@ -134,6 +142,7 @@ impl Default for SessionLimits {
             verification_burst: 2000,
             verifications_per_second: 500,
             updates: 1024,
+            read_batch: 256,
             network: crate::tls::Timeouts::default(),
             reconnect: crate::backoff::Backoff::default(),
         }

@@ -8,9 +8,12 @@
 //! one module each, and each can be read alone:
 //!
 //! - this module: the struct, loading the account's state and history, the
-//!   connection lifecycle and housekeeping (`tick`), and the two entry
-//!   points, [`Engine::handle_frame`] and [`Engine::handle_command`], which
-//!   only dispatch;
+//!   connection lifecycle and housekeeping (`tick`), and the entry points,
+//!   [`Engine::handle_frame`] and [`Engine::handle_command`], which only
+//!   dispatch;
+//! - [`batch`]: [`Engine::handle_frames`], the frames of one read handled
+//!   as one store batch, committed once before anything they produced
+//!   leaves;
 //! - [`limits`]: [`SessionLimits`], every bound the engine applies;
 //! - [`rooms`]: rooms, their members and the roster views messages are
 //!   compared with (P7);
@@ -36,6 +39,7 @@ use crate::account::Account;
 use crate::contacts::{Contacts, KeyEvent, Trust};
 use crate::store::{Inbound, Position, RoomSettings, Store, StoreError, StoredEntry};
 
+mod batch;
 mod inbound;
 mod keys;
 mod limits;
@@ -334,7 +338,15 @@ impl Engine {
 
     // ----- frames from the relay ------------------------------------------
 
+    /// Handles one frame as a store batch of its own (see
+    /// [`Engine::handle_frames`], which the connection loop calls with
+    /// every frame already read).
     pub(crate) fn handle_frame(&mut self, frame: RelayFrame, out: &mut Out) {
+        self.handle_frames([frame], out);
+    }
+
+    /// Dispatches one frame; what it stores goes into the open batch.
+    fn on_frame(&mut self, frame: RelayFrame, out: &mut Out) {
         match frame {
             RelayFrame::Joined { room, members } => self.on_joined(room, members, out),
             RelayFrame::Left { room } => {
