@@ -220,7 +220,9 @@ impl View {
     /// Prints one update into `out`; returns the commands it releases
     /// (lines held until a room was joined).
     pub(crate) fn show(&mut self, update: &Update, out: &mut Vec<String>) -> Vec<Command> {
-        let first_room = !self.view.context.hold;
+        // Whether a room was joined before this update (lines are held
+        // until the first one is).
+        let rooms_known = !self.view.context.hold;
         for said in self.view.apply(update) {
             said_lines(&said, out);
         }
@@ -239,7 +241,7 @@ impl View {
             }
             Update::Message(message) => Self::message(message, out),
             Update::Connection(Connection::Failed { .. }) => self.abandon(out),
-            Update::Joined { room } if !first_room => {
+            Update::Joined { room } if !rooms_known => {
                 return self
                     .pending
                     .drain(..)
