@@ -33,6 +33,9 @@ use sotto_crypto::Identity;
 use sotto_proto::{RelayAddress, RoomName, UserName};
 use sotto_relay::{CertSource, CertStore};
 
+pub mod proxy;
+pub use proxy::{Proxy, Stats};
+
 /// How long any expected event may take.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
