@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use sotto_client::session::TrustLevel;
+use sotto_client::ui::words;
 
 /// The bold variant of the default font.
 pub(crate) const BOLD: Font = Font {
@@ -19,19 +20,9 @@ pub(crate) const BOLD: Font = Font {
 /// A monospaced font, for fingerprints and safety numbers.
 pub(crate) const MONO: Font = Font::MONOSPACE;
 
-/// The word shown in a trust badge.
-pub(crate) fn trust_label(trust: TrustLevel) -> &'static str {
-    match trust {
-        TrustLevel::Verified => "verified",
-        TrustLevel::Unverified => "unverified",
-        TrustLevel::Changed => "KEY CHANGED",
-        TrustLevel::Unknown => "no key",
-    }
-}
-
 /// A pill with the trust level, coloured by how far it can be relied on.
 pub(crate) fn badge<'a, M: 'a>(trust: TrustLevel) -> Element<'a, M> {
-    pill(trust_label(trust), move |palette| match trust {
+    pill(words::trust_label(trust), move |palette| match trust {
         TrustLevel::Verified => palette.success.base,
         TrustLevel::Changed => palette.danger.base,
         TrustLevel::Unverified | TrustLevel::Unknown => palette.background.strong,

@@ -114,26 +114,6 @@ pub enum Action {
     Quit,
 }
 
-/// A conversation as the window files it: a direct conversation under
-/// its peer's folded name ([`UserKey`]), so `@BOB` (as typed) and `@bob`
-/// (as the session files what was sent) are one conversation.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ChatKey {
-    /// A room.
-    Room(RoomName),
-    /// The direct conversation with this user.
-    Direct(UserKey),
-}
-
-impl From<&Conversation> for ChatKey {
-    fn from(chat: &Conversation) -> Self {
-        match chat {
-            Conversation::Room(room) => ChatKey::Room(room.clone()),
-            Conversation::Direct(user) => ChatKey::Direct(user.key()),
-        }
-    }
-}
-
 /// A message handed to the session that it has not reported sent yet.
 #[derive(Debug)]
 struct Pending {
@@ -169,7 +149,9 @@ pub struct Chat {
     /// look-alikes, the safety numbers shown, the current conversation),
     /// shared with sotto-cli's way of keeping it.
     view: ui::View,
-    threads: BTreeMap<ChatKey, Thread>,
+    /// The conversations, each once whatever the case of a peer's name
+    /// (a [`Conversation`] compares by the folded name).
+    threads: BTreeMap<Conversation, Thread>,
     /// The safety numbers shown, per user, ready to draw (with their QR
     /// codes, built once).
     shown: HashMap<UserKey, Shown>,
@@ -269,14 +251,15 @@ impl Chat {
 
     /// The conversation on screen.
     pub fn current(&self) -> Option<&Conversation> {
-        self.current_key()
+        self.selected()
             .and_then(|key| self.threads.get(&key))
             .map(|thread| &thread.chat)
     }
 
-    /// The key of the conversation on screen.
-    fn current_key(&self) -> Option<ChatKey> {
-        self.view.context.current.as_ref().map(ChatKey::from)
+    /// The conversation on screen, as selected (the spelling may differ
+    /// from its thread's; they compare alike).
+    fn selected(&self) -> Option<Conversation> {
+        self.view.context.current.clone()
     }
 
     /// This user's name, as the relay registered it once connected.
@@ -299,7 +282,7 @@ impl Chat {
     pub fn set_focused(&mut self, focused: bool) {
         self.focused = focused;
         if focused
-            && let Some(current) = self.current_key()
+            && let Some(current) = self.selected()
             && let Some(thread) = self.threads.get_mut(&current)
         {
             thread.unread = 0;
@@ -343,14 +326,12 @@ impl Chat {
     }
 
     fn thread(&mut self, chat: &Conversation) -> &mut Thread {
-        self.threads
-            .entry(ChatKey::from(chat))
-            .or_insert_with(|| Thread {
-                chat: chat.clone(),
-                timeline: Timeline::new(),
-                unread: 0,
-                pending: Vec::new(),
-            })
+        self.threads.entry(chat.clone()).or_insert_with(|| Thread {
+            chat: chat.clone(),
+            timeline: Timeline::new(),
+            unread: 0,
+            pending: Vec::new(),
+        })
     }
 
     /// Opens `chat` (creating it if needed).
@@ -387,7 +368,7 @@ impl Chat {
 
     /// The badge beside `name`: this user's own name counts as verified.
     fn trust_of(&self, name: &UserName) -> TrustLevel {
-        if self.view.is_me(name) || name.same_as(self.account.name()) {
+        if name.same_as(self.me()) {
             return TrustLevel::Verified;
         }
         self.view.trust_of(name).0
@@ -425,7 +406,7 @@ impl Chat {
                 return self.disconnected(reason);
             }
             Message::Select(chat) => {
-                if let Some(thread) = self.threads.get_mut(&ChatKey::from(&chat)) {
+                if let Some(thread) = self.threads.get_mut(&chat) {
                     thread.unread = 0;
                 }
                 self.open(&chat);
@@ -475,7 +456,7 @@ impl Chat {
             }
             Message::Scrolled(viewport) => {
                 let y = viewport.relative_offset().y;
-                let Some(thread) = self.current_key().and_then(|c| self.threads.get_mut(&c)) else {
+                let Some(thread) = self.selected().and_then(|c| self.threads.get_mut(&c)) else {
                     return Action::None;
                 };
                 // The timeline is anchored at the bottom: 1.0 is the top.
@@ -486,7 +467,7 @@ impl Chat {
                 }
             }
             Message::Newest => {
-                if let Some(thread) = self.current_key().and_then(|c| self.threads.get_mut(&c)) {
+                if let Some(thread) = self.selected().and_then(|c| self.threads.get_mut(&c)) {
                     thread.timeline.follow();
                 }
                 return Action::Run(to_newest());

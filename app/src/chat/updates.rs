@@ -15,7 +15,7 @@ use sotto_client::safe_text::multiline as visible;
 use sotto_client::session::{Chat as Conversation, Connection, PresenceChange, Update};
 use sotto_client::ui::{Place, Said, words};
 
-use super::{Action, Chat, ChatKey, ids, now_ms};
+use super::{Action, Chat, ids, now_ms};
 
 /// Presence changes of one kind in one room, shown as one notice: a flood
 /// of joins is one line that counts, not a line each.
@@ -298,7 +298,7 @@ impl Chat {
             .collect();
         let direct = self
             .threads
-            .get(&ChatKey::Direct(name.key()))
+            .get(&Conversation::Direct(name.clone()))
             .map(|thread| thread.chat.clone());
         chats.extend(direct);
         chats
@@ -330,16 +330,14 @@ impl Chat {
         let Some((head, reason)) = error.split_once(": ") else {
             return;
         };
-        let key = if let Some(room) = head.strip_prefix('#') {
-            room.parse::<RoomName>().ok().map(ChatKey::Room)
+        let chat = if let Some(room) = head.strip_prefix('#') {
+            room.parse::<RoomName>().ok().map(Conversation::Room)
         } else if let Some(user) = head.strip_prefix('@') {
-            user.parse::<UserName>()
-                .ok()
-                .map(|user| ChatKey::Direct(user.key()))
+            user.parse::<UserName>().ok().map(Conversation::Direct)
         } else {
             None
         };
-        let Some(thread) = key.and_then(|key| self.threads.get_mut(&key)) else {
+        let Some(thread) = chat.and_then(|chat| self.threads.get_mut(&chat)) else {
             return;
         };
         if let Some(pending) = thread

@@ -17,7 +17,7 @@ use sotto_client::safe_text::multiline as visible;
 use sotto_client::session::{Chat as Conversation, Connection};
 
 use super::composer::composer_keys;
-use super::{Chat, ChatKey, Message, Pending, ids};
+use super::{Chat, Message, Pending, ids};
 
 impl Chat {
     /// The window's title.
@@ -44,7 +44,7 @@ impl Chat {
         };
         let mut layout = row![self.sidebar(), main];
         if self.verifying.is_none()
-            && let Some(ChatKey::Room(room)) = &self.current_key()
+            && let Some(Conversation::Room(room)) = &self.selected()
         {
             layout = layout.push(self.member_list(room));
         }
@@ -52,34 +52,18 @@ impl Chat {
     }
 
     fn connection_line(&self) -> Element<'_, Message> {
-        let (label, style): (String, fn(&iced::Theme) -> text::Style) = match &self.connection {
-            Connection::Connecting => (
-                format!("Connecting to {}…", self.relay.authority()),
-                text::secondary,
-            ),
-            Connection::Connected { name } => (
-                format!("Connected to {} as {name}", self.relay.authority()),
-                text::success,
-            ),
-            Connection::Reconnecting { reason, .. } => {
-                let left = self
-                    .retry_at
-                    .map(|at| at.saturating_duration_since(Instant::now()))
-                    .unwrap_or(Duration::ZERO);
-                let when = if left.is_zero() {
-                    "reconnecting now".to_owned()
-                } else {
-                    format!("reconnecting in {} s", left.as_secs() + 1)
-                };
-                (
-                    format!("Connection lost ({}): {when}", visible(reason)),
-                    text::warning,
-                )
-            }
-            Connection::Failed { reason } => {
-                (format!("Not connected: {}", visible(reason)), text::danger)
-            }
+        // The words are the client library's (`ui::words::connection`,
+        // as sotto-cli prints them); the colour is the window's.
+        let style: fn(&iced::Theme) -> text::Style = match &self.connection {
+            Connection::Connecting => text::secondary,
+            Connection::Connected { .. } => text::success,
+            Connection::Reconnecting { .. } => text::warning,
+            Connection::Failed { .. } => text::danger,
         };
+        let left = self.retry_at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        let (_, label) = self.view.connection(&self.connection, left);
         let label = text(label).size(13).style(style);
         if matches!(self.connection, Connection::Reconnecting { .. }) {
             row![
@@ -102,7 +86,7 @@ impl Chat {
         let mut direct = Column::new().spacing(2);
         for (key, thread) in &self.threads {
             let chat = &thread.chat;
-            let selected = self.current_key().as_ref() == Some(key);
+            let selected = self.selected().as_ref() == Some(key);
             let mut label = row![].spacing(6).align_y(Alignment::Center);
             match chat {
                 Conversation::Room(room) => {
@@ -216,7 +200,7 @@ impl Chat {
         };
         let header = column![title, self.connection_line()].spacing(4);
 
-        let thread = self.current_key().and_then(|chat| self.threads.get(&chat));
+        let thread = self.selected().and_then(|chat| self.threads.get(&chat));
         let mut lines = Column::new().spacing(6).padding([8, 12]);
         if let Some(thread) = thread {
             if thread.timeline.has_older() {
@@ -340,7 +324,7 @@ impl Chat {
         let members = self.view.members(room);
         let mut list = Column::new().spacing(4);
         for member in members {
-            let me = self.view.is_me(&member.name) || member.name.same_as(self.account.name());
+            let me = member.name.same_as(self.me());
             let name = if me {
                 format!("{} (you)", member.name)
             } else {
