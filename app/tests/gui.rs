@@ -32,7 +32,7 @@ use sotto_client::profile::{IDENTITY_FILE, Profile};
 use sotto_client::session::{Command, TrustLevel, Update};
 use sotto_crypto::KdfParams;
 use sotto_proto::RelayAddress;
-use sotto_testkit::{Peer, account, dm, lobby, user};
+use sotto_testkit::{LocalRelay, Peer, account, dm, lobby, user};
 
 use iced_test::core::keyboard::Key;
 use iced_test::core::keyboard::key::Named;
@@ -49,13 +49,7 @@ const PASSPHRASE: &str = "correct horse battery staple";
 /// A relay on 127.0.0.1:0 (data and certificate in `dir`) that runs until
 /// the test ends.
 async fn relay(dir: &Path) -> RelayAddress {
-    let running = StoppableRelay::start(dir, 0).await;
-    let address = running.address.clone();
-    tokio::spawn(async move {
-        let _running = running;
-        std::future::pending::<()>().await
-    });
-    address
+    LocalRelay::start(dir, 0).detach()
 }
 
 /// Every text in `view`, in order.
@@ -1136,66 +1130,13 @@ async fn the_qr_code_is_dark_on_light_and_decodes_in_both_themes() {
     }
 }
 
-/// A relay run until told to stop; it can be started again on its port.
-struct StoppableRelay {
-    address: RelayAddress,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl StoppableRelay {
-    async fn start(dir: &Path, port: u16) -> StoppableRelay {
-        use sotto_relay::{CertSource, CertStore, Config};
-        let certs = CertStore::load(CertSource::Generated {
-            dir: dir.to_path_buf(),
-            hosts: vec!["localhost".into()],
-        })
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let address = RelayAddress {
-            host: "127.0.0.1".into(),
-            port: listener.local_addr().unwrap().port(),
-            fingerprint: certs.fingerprint(),
-        };
-        let config = Config {
-            data_dir: dir.to_path_buf(),
-            ..Config::default()
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            // A relay that cannot start (its database still open, say)
-            // fails the test here, not as a silent refusal to connect.
-            sotto_relay::run(listener, certs, config, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the relay runs");
-        });
-        StoppableRelay {
-            address,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(PATIENCE, self.task)
-            .await
-            .expect("the relay stops")
-            .unwrap();
-    }
-}
-
 /// A message written while the relay is down shows at once, greyed as
 /// waiting, and as sent once the session reports it sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_written_while_disconnected_shows_as_pending_then_as_sent() {
     let temp = tempfile::tempdir().unwrap();
     let relay_dir = temp.path().join("relay");
-    let running = StoppableRelay::start(&relay_dir, 0).await;
+    let running = LocalRelay::start(&relay_dir, 0);
     let address = running.address.clone();
     let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
     connect(&mut gui, &address, "alice").await;
@@ -1214,7 +1155,7 @@ async fn a_message_written_while_disconnected_shows_as_pending_then_as_sent() {
         gui.texts()
     );
 
-    let _running = StoppableRelay::start(&relay_dir, address.port).await;
+    let _running = LocalRelay::start(&relay_dir, address.port);
     // However long the relay was away (on a loaded machine the delay may
     // have grown past the patience of this test), Retry now tries at once.
     assert!(gui.shows("Connection lost"), "{:#?}", gui.texts());

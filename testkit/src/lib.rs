@@ -33,7 +33,9 @@ use sotto_crypto::Identity;
 use sotto_proto::{RelayAddress, RoomName, UserName};
 use sotto_relay::{CertSource, CertStore};
 
+mod local;
 pub mod proxy;
+pub use local::LocalRelay;
 pub use proxy::{Proxy, Stats};
 
 /// How long any expected event may take.
@@ -73,18 +75,19 @@ pub fn dm(name: &str) -> Chat {
     Chat::Direct(user(name))
 }
 
-/// A relay running on a thread (and runtime) of its own.
-pub struct Relay {
-    pub address: RelayAddress,
-    pub dir: PathBuf,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// What starting a relay takes: a listener on 127.0.0.1 (`port`, 0 for any;
+/// non-blocking, for tokio), the certificate generated in `dir` (or the one
+/// already there), a configuration keeping its data in `dir`, and the
+/// address that pins its key.
+pub(crate) struct Setup {
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) certs: Arc<CertStore>,
+    pub(crate) config: sotto_relay::Config,
+    pub(crate) address: RelayAddress,
 }
 
-impl Relay {
-    /// Starts a relay keeping its certificate and database in `dir`, on
-    /// `port` (0: any free port).
-    pub fn start(dir: &Path, port: u16) -> Relay {
+impl Setup {
+    pub(crate) fn new(dir: &Path, port: u16) -> Setup {
         let certs = CertStore::load(CertSource::Generated {
             dir: dir.to_path_buf(),
             hosts: vec!["localhost".into()],
@@ -101,6 +104,33 @@ impl Relay {
             port: listener.local_addr().unwrap().port(),
             fingerprint: certs.fingerprint(),
         };
+        Setup {
+            listener,
+            certs,
+            config,
+            address,
+        }
+    }
+}
+
+/// A relay running on a thread (and runtime) of its own.
+pub struct Relay {
+    pub address: RelayAddress,
+    pub dir: PathBuf,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Starts a relay keeping its certificate and database in `dir`, on
+    /// `port` (0: any free port).
+    pub fn start(dir: &Path, port: u16) -> Relay {
+        let Setup {
+            listener,
+            certs,
+            config,
+            address,
+        } = Setup::new(dir, port);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()

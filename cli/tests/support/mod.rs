@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sotto_proto::RelayAddress;
-use sotto_relay::{CertSource, CertStore, Config};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -16,29 +15,10 @@ pub(crate) const CLI: &str = env!("CARGO_BIN_EXE_sotto-cli");
 pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 pub(crate) const PASSPHRASE: &str = "correct horse battery staple";
 
+/// A relay on 127.0.0.1:0 (data and certificate in `dir`) that runs until
+/// the test ends.
 pub(crate) async fn relay(dir: &Path) -> RelayAddress {
-    let certs = CertStore::load(CertSource::Generated {
-        dir: dir.to_path_buf(),
-        hosts: vec!["localhost".into()],
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = RelayAddress {
-        host: "127.0.0.1".into(),
-        port: listener.local_addr().unwrap().port(),
-        fingerprint: certs.fingerprint(),
-    };
-    let config = Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
-    tokio::spawn(sotto_relay::run(
-        listener,
-        certs,
-        config,
-        std::future::pending::<()>(),
-    ));
-    address
+    sotto_testkit::LocalRelay::start(dir, 0).detach()
 }
 
 pub(crate) fn cli(dir: &Path) -> Command {
