@@ -98,6 +98,7 @@ fn alice_and_bob(dir: &Path) -> (Receiver, Bob) {
         .map(|(n, id)| Member {
             name: name(n),
             identity: id.public().to_bytes().into(),
+            online: true,
         })
         .to_vec();
     let mut receiver = Receiver::new(&account, name("alice"), RoomName::lobby(), members).unwrap();

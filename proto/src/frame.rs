@@ -157,8 +157,8 @@ pub enum RelayFrame {
         /// The identity the relay has for `name`, if any (opaque here).
         identity: Option<Bytes>,
     },
-    /// Routed ciphertext. `delivery` is the relay's id for
-    /// [`ClientFrame::Ack`] (offline queue).
+    /// Routed ciphertext, stored by the relay until the client
+    /// acknowledges `delivery` with [`ClientFrame::Ack`].
     Deliver {
         /// The relay's id for this delivery.
         delivery: u64,
@@ -182,10 +182,11 @@ pub enum RelayFrame {
         /// The member's identity (opaque here), sent when it joins.
         identity: Option<Bytes>,
     },
-    /// The [`ClientFrame::Send`] with this request id was accepted for
-    /// routing.
+    /// Cumulative: every [`ClientFrame::Send`] of this connection with a
+    /// route id up to `id` that was not answered with [`RelayFrame::Error`]
+    /// before this frame is durably stored for its recipients.
     Sent {
-        /// The [`Route::id`] of the accepted send.
+        /// The highest [`Route::id`] covered.
         id: u64,
     },
     /// A request failed, or the connection is about to be closed.
@@ -228,6 +229,17 @@ pub enum RelayFrame {
         /// The old key's signature over the hand-over transcript.
         signature: Bytes,
     },
+    /// The room message of the [`ClientFrame::Send`] with route id `id`
+    /// was stored for every other member except `users`, who will not get
+    /// it because of `code`. A [`RelayFrame::Sent`] covering `id` follows.
+    Undelivered {
+        /// The [`Route::id`] of the send.
+        id: u64,
+        /// Why these members will not get it.
+        code: ErrorCode,
+        /// The members who will not get it.
+        users: Vec<UserName>,
+    },
 }
 
 /// A member of a room, in [`RelayFrame::Joined`].
@@ -237,6 +249,8 @@ pub struct Member {
     pub name: UserName,
     /// The member's encoded public identity (opaque here).
     pub identity: Bytes,
+    /// Whether the member has a registered connection now.
+    pub online: bool,
 }
 
 /// A room, in [`RelayFrame::Rooms`].
@@ -264,8 +278,10 @@ pub enum PresenceEvent {
     Joined,
     /// The user left the room.
     Left,
-    /// The user's connection closed.
+    /// The member's connection closed; it stays a member.
     Disconnected,
+    /// The member connected again.
+    Connected,
 }
 
 /// Why a request failed, in [`RelayFrame::Error`].
@@ -373,6 +389,8 @@ pub mod index {
         pub const SHUTTING_DOWN: u32 = 13;
         /// `KeyHandover`.
         pub const KEY_HANDOVER: u32 = 14;
+        /// `Undelivered`.
+        pub const UNDELIVERED: u32 = 15;
     }
 
     /// Indices of [`Destination`](super::Destination)'s variants.
@@ -424,6 +442,7 @@ impl RelayFrame {
             Self::Pong { .. } => PONG,
             Self::ShuttingDown => SHUTTING_DOWN,
             Self::KeyHandover { .. } => KEY_HANDOVER,
+            Self::Undelivered { .. } => UNDELIVERED,
         }
     }
 }

@@ -40,6 +40,7 @@ fn presence_event() -> impl Strategy<Value = PresenceEvent> {
         Just(PresenceEvent::Joined),
         Just(PresenceEvent::Left),
         Just(PresenceEvent::Disconnected),
+        Just(PresenceEvent::Connected),
     ]
 }
 
@@ -93,7 +94,12 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
 }
 
 pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
-    let member = (user_name(), bytes()).prop_map(|(name, identity)| Member { name, identity });
+    let member =
+        (user_name(), bytes(), any::<bool>()).prop_map(|(name, identity, online)| Member {
+            name,
+            identity,
+            online,
+        });
     let room_info =
         (room_name(), any::<u32>()).prop_map(|(name, members)| RoomInfo { name, members });
     let user_info =
@@ -156,6 +162,8 @@ pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
                     signature,
                 }
             }),
+        (any::<u64>(), error_code(), vec(user_name(), 0..4))
+            .prop_map(|(id, code, users)| RelayFrame::Undelivered { id, code, users }),
     ]
 }
 
@@ -182,7 +190,7 @@ pub(crate) fn client_variant(frame: &ClientFrame) -> usize {
 }
 
 /// The number of [`RelayFrame`] variants.
-pub(crate) const RELAY_VARIANTS: usize = 15;
+pub(crate) const RELAY_VARIANTS: usize = 16;
 
 /// The wire index of `frame`'s variant; see [`client_variant`].
 pub(crate) fn relay_variant(frame: &RelayFrame) -> usize {
@@ -202,5 +210,6 @@ pub(crate) fn relay_variant(frame: &RelayFrame) -> usize {
         RelayFrame::Pong { .. } => 12,
         RelayFrame::ShuttingDown => 13,
         RelayFrame::KeyHandover { .. } => 14,
+        RelayFrame::Undelivered { .. } => 15,
     }
 }

@@ -166,6 +166,7 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 members: vec![Member {
                     name: user("bob"),
                     identity: identity.clone(),
+                    online: true,
                 }],
             },
         ),
@@ -226,6 +227,15 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 identity: None,
             },
         ),
+        (
+            "relay_presence_connected",
+            RelayFrame::Presence {
+                room: room("lobby"),
+                user: user("carol"),
+                event: PresenceEvent::Connected,
+                identity: None,
+            },
+        ),
         ("relay_sent", RelayFrame::Sent { id: 7 }),
         (
             "relay_error",
@@ -246,6 +256,14 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 not_after: 1_700_000_000,
                 scheme: 0x0403,
                 signature: Bytes::from_static(b"<signature>"),
+            },
+        ),
+        (
+            "relay_undelivered",
+            RelayFrame::Undelivered {
+                id: 7,
+                code: ErrorCode::QueueFull,
+                users: vec![user("carol")],
             },
         ),
     ];

@@ -481,6 +481,7 @@ fn kind(frame: &RelayFrame) -> &'static str {
         RelayFrame::Pong { .. } => "Pong",
         RelayFrame::ShuttingDown => "ShuttingDown",
         RelayFrame::KeyHandover { .. } => "KeyHandover",
+        RelayFrame::Undelivered { .. } => "Undelivered",
     }
 }
 

@@ -102,6 +102,7 @@ impl Shared {
             .map(|o| Member {
                 name: UserName::clone(&o.name),
                 identity: o.identity.clone(),
+                online: true,
             })
             .collect();
         Ok(members)

@@ -406,6 +406,15 @@ impl Engine {
                     None => out.error(format!("relay: {message} ({code:?})")),
                 }
             }
+            RelayFrame::Undelivered { id, code, users } => {
+                if let Some(chat) = self.sends.get(&id) {
+                    let users: Vec<String> = users.iter().map(ToString::to_string).collect();
+                    out.error(format!(
+                        "{chat}: not delivered to {} ({code:?})",
+                        users.join(", ")
+                    ));
+                }
+            }
             RelayFrame::Ping { nonce } => out.frames.push(ClientFrame::Pong { nonce }),
             // Registration and shutdown are the connection's business.
             RelayFrame::Pong { .. }

@@ -418,10 +418,12 @@ mod tests {
                     sotto_proto::Member {
                         name: name("alice"),
                         identity: alice.public().to_bytes().into(),
+                        online: true,
                     },
                     sotto_proto::Member {
                         name: name("bob"),
                         identity: bob.public().to_bytes().into(),
+                        online: true,
                     },
                 ],
             },

@@ -130,6 +130,8 @@ impl Engine {
                 entry.members.remove(&user.key());
                 PresenceChange::Disconnected
             }
+            // Not sent by this relay yet: membership is the connection's.
+            PresenceEvent::Connected => return,
         };
         let pinned = match (&event, identity) {
             (PresenceEvent::Joined, Some(identity)) => self.observe(&user, &identity, out),

@@ -74,10 +74,12 @@ pub(super) fn alice_in_lobby_with(
                 RosterMember {
                     name: name("alice"),
                     identity: alice.public().to_bytes().into(),
+                    online: true,
                 },
                 RosterMember {
                     name: name("bob"),
                     identity: bob.public().to_bytes().into(),
+                    online: true,
                 },
             ],
         },
