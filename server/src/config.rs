@@ -73,13 +73,22 @@ pub struct Config {
     pub fanout_burst_bytes: u64,
     /// Most rooms one user may be in at once.
     pub max_rooms_per_user: usize,
-    /// Offline queue: most messages held for one user.
+    /// Stored deliveries: most held for one user (until it acknowledges
+    /// them), online or not.
     pub offline_max_messages: u64,
-    /// Offline queue: most bytes held for one user.
+    /// Stored deliveries: most bytes held for one user (bodies and slots).
     pub offline_max_bytes: u64,
-    /// Offline queue: messages older than this are dropped.
+    /// Stored deliveries older than this are dropped.
     #[serde(with = "humantime_secs")]
     pub offline_max_age: Duration,
+    /// Most message bodies stored for one room at once.
+    pub room_max_messages: u64,
+    /// Most bytes of message bodies stored for one room at once.
+    pub room_max_bytes: u64,
+    /// A member offline for longer than this stops being a member of its
+    /// rooms (zero: never).
+    #[serde(with = "humantime_secs")]
+    pub member_absence: Duration,
     /// Time connected clients get to hear the shutdown before the relay exits.
     #[serde(with = "humantime_secs")]
     pub shutdown_grace: Duration,
@@ -111,9 +120,12 @@ impl Default for Config {
             fanout_bytes_per_sec: 16 * 1024 * 1024,
             fanout_burst_bytes: 128 * 1024 * 1024,
             max_rooms_per_user: 64,
-            offline_max_messages: 1000,
-            offline_max_bytes: 16 * 1024 * 1024,
+            offline_max_messages: 10_000,
+            offline_max_bytes: 64 * 1024 * 1024,
             offline_max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            room_max_messages: 10_000,
+            room_max_bytes: 64 * 1024 * 1024,
+            member_absence: Duration::from_secs(30 * 24 * 60 * 60),
             shutdown_grace: Duration::from_secs(5),
             metrics: None,
         }

@@ -11,15 +11,18 @@
 //!   registration challenge, then one `select!` over inbound frames,
 //!   keepalive and shutdown. A writer task per connection drains a bounded
 //!   outbound queue in batches: one TLS write and one flush for everything
-//!   queued. A client that lets its queue fill is disconnected, never
-//!   waited for.
+//!   queued. A client that lets its queue fill with frames other than its
+//!   stored deliveries is disconnected, never waited for.
 //! - The relay decodes each frame, but of a `Send` it reads only the
 //!   routing header (destination and slot recipients); bodies and slots are
 //!   forwarded as the opaque bytes they came as, each recipient getting
 //!   only its own slot.
-//! - Who is online and in which room lives in one mutex-guarded registry
-//!   (never held across an `.await`). Name ownership and the offline queue
-//!   live in a redb database in the data directory ([`store`]).
+//! - Who is online and who is a member of which room lives in one
+//!   mutex-guarded registry (never held across an `.await`). Name
+//!   ownership, memberships and every delivery until it is acknowledged
+//!   live in a redb database in the data directory ([`store`]), written by
+//!   one committer thread in batches (group commit); each connection's
+//!   delivery pump streams its user's stored deliveries from there.
 //!
 //! # Example
 //!
@@ -43,6 +46,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod commit;
 mod config;
 mod connection;
 pub mod metrics;
@@ -65,10 +69,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::state::Shared;
-use crate::store::{QueueLimits, Store, StoreError};
+use crate::commit::Committer;
+use crate::state::{Registry, Shared};
+use crate::store::{QueueLimits, Store, StoreError, Write, now_secs};
 
-/// How often expired offline messages are swept from the database.
+/// How often expired deliveries and absent members are swept.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(60 * 60);
 
 /// The room every client can join without asking: the seed chat's general room.
@@ -149,6 +154,8 @@ fn queue_limits(config: &Config) -> QueueLimits {
         max_messages: config.offline_max_messages,
         max_bytes: config.offline_max_bytes,
         max_age: config.offline_max_age,
+        room_max_messages: config.room_max_messages,
+        room_max_bytes: config.room_max_bytes,
     }
 }
 
@@ -182,9 +189,34 @@ async fn serve(
         });
     }
 
-    // Expired offline messages of users who never return are swept hourly.
+    // The rooms' members, with their identities, as the store kept them.
+    let mut members = Vec::new();
+    for membership in store.memberships()? {
+        let identity = store
+            .lookup(&membership.member.name)?
+            .map(|record| record.identity)
+            .unwrap_or_default();
+        members.push((membership, identity));
+    }
+    let (commit, jobs) = Committer::new();
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let shared = Arc::new(Shared::new(
+        config,
+        Arc::clone(&store),
+        certs,
+        Arc::clone(&metrics),
+        commit,
+        Registry::with_members(members),
+    ));
     {
-        let store = Arc::clone(&store);
+        let (store, wakers, metrics) = (Arc::clone(&store), shared.wakers(), Arc::clone(&metrics));
+        let runtime = tokio::runtime::Handle::current();
+        tracker.spawn_blocking(move || commit::run(jobs, store, wakers, metrics, runtime));
+    }
+    // Expired deliveries (of users who never return) and members away too
+    // long are swept at start and then hourly.
+    {
+        let shared = Arc::clone(&shared);
         let stop = stop.clone();
         tracker.spawn(async move {
             let mut hourly = tokio::time::interval(EXPIRY_SWEEP);
@@ -193,19 +225,10 @@ async fn serve(
                     _ = hourly.tick() => {}
                     () = stop.cancelled() => return,
                 }
-                let store = Arc::clone(&store);
-                match tokio::task::spawn_blocking(move || store.expire_all()).await {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(dropped)) => tracing::info!(dropped, "expired offline messages removed"),
-                    Ok(Err(error)) => tracing::warn!(%error, "could not sweep the offline queue"),
-                    Err(_) => tracing::warn!("could not sweep the offline queue: the task failed"),
-                }
+                sweep(&shared).await;
             }
         });
     }
-
-    let limit = Arc::new(Semaphore::new(config.max_connections));
-    let shared = Arc::new(Shared::new(config, store, certs, metrics));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -244,11 +267,35 @@ async fn serve(
     tracing::info!("shutting down");
     stop.cancel();
     tracker.close();
-    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())
+    // The committer stops once every connection has let go of it, after
+    // committing what they gave it.
+    let grace = shared.config.shutdown_grace;
+    drop(shared);
+    if tokio::time::timeout(grace, tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!("some connections did not close within the grace period");
     }
     Ok(())
+}
+
+/// Deletes expired deliveries and ends the memberships of members away
+/// longer than the absence limit.
+async fn sweep(shared: &Arc<Shared>) {
+    let store = Arc::clone(&shared.store);
+    match tokio::task::spawn_blocking(move || store.expire_all()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(dropped)) => tracing::info!(dropped, "expired stored deliveries removed"),
+        Ok(Err(error)) => tracing::warn!(%error, "could not sweep the stored deliveries"),
+        Err(_) => tracing::warn!("could not sweep the stored deliveries: the task failed"),
+    }
+    let gone = shared.expire_absent(now_secs(), shared.config.member_absence);
+    if !gone.is_empty() {
+        tracing::info!(memberships = gone.len(), "members away too long left their rooms");
+    }
+    for (room, user) in gone {
+        let write = Write::Leave { room, user };
+        let _ = shared.commit.submit(commit::Job::Write(write)).await;
+    }
 }

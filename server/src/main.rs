@@ -89,15 +89,26 @@ struct Args {
     /// Most rooms one user may be in [default: 64].
     #[arg(long, value_name = "N")]
     max_rooms_per_user: Option<usize>,
-    /// Offline queue: most messages kept per user [default: 1000].
+    /// Most messages stored for one user until it acknowledges them, online
+    /// or not [default: 10000].
     #[arg(long, value_name = "N")]
     offline_max_messages: Option<u64>,
-    /// Offline queue: most bytes kept per user [default: 16777216].
+    /// Most bytes stored for one user [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     offline_max_bytes: Option<u64>,
-    /// Offline queue: drop messages older than this many seconds [default: 604800].
+    /// Drop stored messages older than this many seconds [default: 604800].
     #[arg(long, value_name = "SECS")]
     offline_max_age: Option<u64>,
+    /// Most message bodies stored for one room [default: 10000].
+    #[arg(long, value_name = "N")]
+    room_max_messages: Option<u64>,
+    /// Most bytes of message bodies stored for one room [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    room_max_bytes: Option<u64>,
+    /// Seconds offline after which a member leaves its rooms; 0 = never
+    /// [default: 2592000, 30 days].
+    #[arg(long, value_name = "SECS")]
+    member_absence: Option<u64>,
     /// Seconds clients get to hear about a shutdown [default: 5].
     #[arg(long, value_name = "SECS")]
     shutdown_grace: Option<u64>,
@@ -160,9 +171,9 @@ impl Args {
         set!(
             listen, data_dir, max_connections, max_frame_len, max_slots, rate_per_sec,
             rate_burst, outbound_queue, max_rooms_per_user, offline_max_messages,
-            offline_max_bytes,
+            offline_max_bytes, room_max_messages, room_max_bytes,
             handshake_timeout => secs, idle_timeout => secs, keepalive_interval => secs,
-            offline_max_age => secs, shutdown_grace => secs,
+            offline_max_age => secs, shutdown_grace => secs, member_absence => secs,
         );
         if self.public_host.is_some() {
             config.public_host.clone_from(&self.public_host);

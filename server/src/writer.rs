@@ -53,6 +53,11 @@ impl Backlog {
         }
     }
 
+    /// The most bytes it holds.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Counts `len` more bytes if they fit; `false` if they do not.
     pub fn try_take(&self, len: usize) -> bool {
         let Ok(n) = u32::try_from(len) else {

@@ -66,16 +66,30 @@ async fn offline_queue_is_bounded() {
     for id in 0..3 {
         alice.send(send_to_user(id, "bob", b"x", None)).await;
     }
-    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 0 });
-    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
-    assert!(matches!(
-        alice.recv().await,
-        RelayFrame::Error {
-            id: Some(2),
-            code: ErrorCode::QueueFull,
-            ..
-        }
-    ));
+    // One refusal, for the third; `Sent` (cumulative) covers the others
+    // and never the third.
+    let answers = alice.barrier().await;
+    let refused: Vec<(Option<u64>, ErrorCode)> = answers
+        .iter()
+        .filter_map(|frame| match frame {
+            RelayFrame::Error { id, code, .. } => Some((*id, *code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, [(Some(2), ErrorCode::QueueFull)]);
+    let sent: Vec<u64> = answers
+        .iter()
+        .filter_map(|frame| match frame {
+            RelayFrame::Sent { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.last(), Some(&1), "{answers:?}");
+    let error_at = answers.iter().position(|f| matches!(f, RelayFrame::Error { .. }));
+    assert!(
+        error_at < answers.iter().rposition(|f| matches!(f, RelayFrame::Sent { .. })),
+        "the refusal comes before the Sent that would cover it: {answers:?}"
+    );
 }
 
 #[tokio::test]
@@ -83,7 +97,7 @@ async fn an_offline_backlog_larger_than_the_outbound_queue_is_delivered() {
     let relay = Relay::start_with(|c| c.outbound_queue = 4).await;
     drop(relay.registered("bob").await);
     let mut alice = relay.registered("alice").await;
-    for id in 0..12 {
+    for id in 1..=12 {
         alice.send(send_to_user(id, "bob", b"waiting", None)).await;
         assert_eq!(alice.recv().await, RelayFrame::Sent { id });
     }

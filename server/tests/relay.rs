@@ -255,15 +255,25 @@ async fn room_message_fans_out_each_member_getting_only_its_slot() {
         .await;
     assert_eq!(alice.recv().await, RelayFrame::Sent { id: 7 });
     for (client, slot) in [(&mut bob, &b"bob-slot"[..]), (&mut carol, b"carol-slot")] {
+        let RelayFrame::Deliver {
+            delivery,
+            from,
+            to,
+            body,
+            slot: got,
+        } = client.recv().await
+        else {
+            panic!("expected a delivery");
+        };
+        assert_ne!(delivery, 0, "stored until acknowledged");
         assert_eq!(
-            client.recv().await,
-            RelayFrame::Deliver {
-                delivery: 0,
-                from: user("alice"),
-                to: Destination::Room(room("lobby")),
-                body: Bytes::from_static(b"ciphertext"),
-                slot: Some(Bytes::copy_from_slice(slot)),
-            }
+            (from, to, body, got),
+            (
+                user("alice"),
+                Destination::Room(room("lobby")),
+                Bytes::from_static(b"ciphertext"),
+                Some(Bytes::copy_from_slice(slot)),
+            )
         );
     }
     // Dave is not in the room: nothing for him, whatever the slots say
@@ -383,7 +393,7 @@ async fn bad_input_closes_only_the_offending_connection() {
             ErrorCode::BadFrame,
         ),
     ];
-    for (what, bytes, code) in cases {
+    for (id, (what, bytes, code)) in (1..).zip(cases) {
         let mut bad = raw(&relay, &bytes).await;
         if what.starts_with("truncated") {
             bad.framed.get_mut().shutdown().await.unwrap();
@@ -395,9 +405,9 @@ async fn bad_input_closes_only_the_offending_connection() {
         );
         // Everyone else keeps chatting.
         alice
-            .send(send_to_room(1, "lobby", b"still here", &[]))
+            .send(send_to_room(id, "lobby", b"still here", &[]))
             .await;
-        assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 }, "{what}");
+        assert_eq!(alice.recv().await, RelayFrame::Sent { id }, "{what}");
         assert!(
             matches!(bob.recv().await, RelayFrame::Deliver { .. }),
             "{what}"

@@ -5,7 +5,8 @@
 //! outbound queue, writing everything queued as one TLS write and one
 //! flush.
 //!
-//! Registration is in `register`, routing what a client sends in `send`.
+//! Registration is in `register`, routing what a client sends in `send`,
+//! the stream of its stored deliveries in `pump`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,9 +26,10 @@ use tracing::{Instrument, debug, info, warn};
 use self::send::Routing;
 use crate::metrics::Metrics;
 use crate::state::{Arrival, Peer, Registered, Shared, encode};
-use crate::store::{Queued, now_secs};
+use crate::store::{Write, now_secs};
 use crate::writer::{Backlog, CLOSE_FLUSH, write_counted};
 
+mod pump;
 mod register;
 mod send;
 
@@ -116,6 +118,7 @@ async fn serve_tls(
         relay_fingerprints,
         challenge: rand::random(),
         rate: RateLimit::new(shared.config.rate_per_sec, shared.config.rate_burst),
+        pump: None,
     };
     let frames = FramedRead::with_capacity(
         reader,
@@ -124,8 +127,21 @@ async fn serve_tls(
     );
     let end = connection.run(frames, shutdown).await;
     debug!(?end, "connection ends");
-    if let Some(me) = connection.me.take() {
-        shared.unregister(conn, &me.name);
+    if let Some((done, pump)) = connection.pump.take() {
+        done.cancel();
+        let _ = pump.await;
+    }
+    if let Some(me) = connection.me.take()
+        && let Some(rooms) = shared.unregister(conn, &me.name)
+        && !rooms.is_empty()
+    {
+        connection
+            .record(Write::Seen {
+                user: me.key,
+                rooms,
+                at: now_secs(),
+            })
+            .await;
     }
     // Let the writer send what is queued (a goodbye, an error), then close.
     let kill = connection.peer.kill.clone();
@@ -191,6 +207,9 @@ struct Connection {
     relay_fingerprints: ([u8; 32], Option<[u8; 32]>),
     challenge: [u8; 32],
     rate: RateLimit,
+    /// The delivery pump, once registered: cancelled and awaited when the
+    /// connection ends.
+    pump: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Connection {
@@ -239,7 +258,7 @@ impl Connection {
                 next = frames.next() => {
                     last_heard = Instant::now();
                     let end = self.drain(next, &mut frames, &mut routing, last_heard).await;
-                    routing.flush(&self.shared.metrics);
+                    self.flush(&mut routing).await;
                     if let Some(end) = end {
                         return end;
                     }
@@ -272,13 +291,10 @@ impl Connection {
             };
             Metrics::inc(&self.shared.metrics.frames_in);
             if let Some(wait) = self.rate.take(now) {
-                routing.peers.forget();
+                // What is routed so far is not held while waiting.
+                self.flush(routing).await;
                 tokio::time::sleep(wait).await;
                 now = Instant::now();
-            }
-            if !matches!(frame, ClientFrame::Send { .. }) {
-                // Other frames may wait for the store.
-                routing.peers.forget();
             }
             if let Some(end) = self.handle(frame, routing).await {
                 return Some(end);
@@ -342,6 +358,8 @@ impl Connection {
     /// Handles one frame; `Some` ends the connection.
     async fn handle(&mut self, frame: ClientFrame, routing: &mut Routing) -> Option<End> {
         match frame {
+            // Once registered, after the answers to the sends before it.
+            ClientFrame::Ping { nonce } if self.me.is_some() => self.pong(nonce, routing),
             ClientFrame::Ping { nonce } => self.reply(RelayFrame::Pong { nonce }),
             ClientFrame::Pong { .. } => {}
             ClientFrame::Bye => return Some(End::Bye),
@@ -365,11 +383,24 @@ impl Connection {
         let name = &me.name;
         match frame {
             ClientFrame::Join { room } => match self.shared.join(name, &room) {
-                Ok(members) => self.reply(RelayFrame::Joined { room, members }),
+                Ok((members, fresh)) => {
+                    self.reply(RelayFrame::Joined {
+                        room: room.clone(),
+                        members,
+                    });
+                    if fresh {
+                        let name = name.clone();
+                        self.record(Write::Join { room, name }).await;
+                    }
+                }
                 Err(code) => self.error(None, code, format!("cannot join {room}")),
             },
             ClientFrame::Leave { room } => match self.shared.leave(name, &room) {
-                Ok(()) => self.reply(RelayFrame::Left { room }),
+                Ok(()) => {
+                    self.reply(RelayFrame::Left { room: room.clone() });
+                    let user = me.key.clone();
+                    self.record(Write::Leave { room, user }).await;
+                }
                 Err(code) => self.error(None, code, format!("not in {room}")),
             },
             ClientFrame::ListRooms => self.reply(RelayFrame::Rooms {
@@ -380,13 +411,9 @@ impl Connection {
             }),
             ClientFrame::LookupKey { name: wanted } => Box::pin(self.lookup_key(wanted)).await,
             ClientFrame::Send { route, body, slots } => {
-                self.send(me, route, body, slots, routing).await;
+                self.send(me, route, body, slots, routing);
             }
-            ClientFrame::Ack { delivery } => {
-                if delivery != 0 {
-                    Box::pin(self.acknowledge(name, delivery)).await;
-                }
-            }
+            ClientFrame::Ack { delivery } => self.acknowledge(delivery, routing),
             // Answered before registration is checked.
             ClientFrame::Register { .. }
             | ClientFrame::Ping { .. }
@@ -395,9 +422,9 @@ impl Connection {
         }
     }
 
-    // The store operations below (and registration's, and the offline
-    // queue's in `send`) wait for the blocking pool; they are rare
-    // and their state is large, so they are called boxed: the state of
+    // The store operations below (and registration's) wait for the
+    // blocking pool; they are rare and their state is large, so they are
+    // called boxed: the state of
     // every connection's future (all its awaits overlaid) stays small, and
     // so does an idle connection.
 
@@ -416,29 +443,6 @@ impl Connection {
             }
             None => self.error(None, ErrorCode::Internal, "directory unavailable"),
         }
-    }
-
-    async fn acknowledge(&self, name: &UserName, delivery: u64) {
-        let store = Arc::clone(&self.shared.store);
-        let name = name.clone();
-        match blocking(move || store.acknowledge(&name, delivery)).await {
-            Some(Ok(_)) => {}
-            // The delivery stays stored and comes again (a duplicate,
-            // which clients drop).
-            Some(Err(error)) => warn!(%error, "could not record an acknowledgement"),
-            None => warn!("could not record an acknowledgement: the store task failed"),
-        }
-    }
-}
-
-/// The `Deliver` frame of a delivery from the offline queue.
-fn deliver_frame(delivery: u64, queued: Queued) -> RelayFrame {
-    RelayFrame::Deliver {
-        delivery,
-        from: queued.from,
-        to: queued.to,
-        body: queued.body,
-        slot: queued.slot,
     }
 }
 

@@ -1,19 +1,20 @@
 //! Registration: the proof of the challenge, the name claimed in the
-//! directory, the registry's per-key limits, and what waited offline.
+//! directory, the registry's per-key limits, then the user's rooms and its
+//! stored deliveries.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use sotto_crypto::PublicIdentity;
 use sotto_proto::{ErrorCode, RelayFrame, UserName};
-use tokio::time::{Instant, timeout_at};
 use tracing::{info, warn};
 
-use super::{Connection, End, blocking, deliver_frame};
+use tokio_util::sync::CancellationToken;
+
+use super::{Connection, End, blocking, pump};
 use crate::metrics::Metrics;
-use crate::state::{KeyLimit, Registered, encode};
-use crate::store::{Claim, NameRecord};
-use crate::writer::Outbound;
+use crate::state::{KeyLimit, Registered};
+use crate::store::{Claim, NameRecord, Write, now_secs};
 
 impl Connection {
     /// Checks the proof, claims the name, and serves what waited offline.
@@ -112,20 +113,44 @@ impl Connection {
                 return None;
             }
         };
-        if let Err(limit) = self.shared.register(
+        let welcome = match self.shared.register(
             self.conn,
             name.clone(),
             identity,
             fingerprint,
             self.peer.clone(),
         ) {
-            return self.refuse_key(limit);
-        }
+            Ok(welcome) => welcome,
+            Err(limit) => return self.refuse_key(limit),
+        };
         self.arrival.registered();
-        self.me = Some(Registered::new(name.clone()));
+        let me = Registered::new(name.clone());
         info!(user = %name, "registered");
         self.reply(RelayFrame::Registered { name: name.clone() });
-        self.deliver_pending(&name).await;
+        // The rooms it is a member of, then what is stored for it.
+        let rooms: Vec<_> = welcome.rooms.iter().map(|(room, _)| room.clone()).collect();
+        for (room, members) in welcome.rooms {
+            self.reply(RelayFrame::Joined { room, members });
+        }
+        let done = CancellationToken::new();
+        let pump = tokio::spawn(pump::pump(
+            Arc::clone(&self.shared),
+            me.key.clone(),
+            self.peer.clone(),
+            welcome.wake,
+            done.clone(),
+        ));
+        self.pump = Some((done, pump));
+        if !rooms.is_empty() {
+            let user = me.key.clone();
+            self.record(Write::Seen {
+                user,
+                rooms,
+                at: now_secs(),
+            })
+            .await;
+        }
+        self.me = Some(me);
         None
     }
 
@@ -146,46 +171,5 @@ impl Connection {
         info!(?limit, "registration refused by a per-key limit");
         self.error(None, ErrorCode::LimitReached, message);
         Some(End::KeyLimit)
-    }
-
-    /// Sends what waited in the offline queue, oldest first, waiting for
-    /// room in the outbound queue (a backlog larger than the queue is not a
-    /// slow reader). What is not sent within the idle timeout stays stored
-    /// for the next connection.
-    pub(super) async fn deliver_pending(&self, name: &UserName) {
-        let store = Arc::clone(&self.shared.store);
-        let user = name.clone();
-        let pending = match blocking(move || store.pending(&user)).await {
-            Some(Ok(pending)) => pending,
-            Some(Err(error)) => {
-                // Kept for the next connection.
-                warn!(%error, "could not read the offline queue");
-                return;
-            }
-            None => {
-                warn!("could not read the offline queue: the store task failed");
-                return;
-            }
-        };
-        for (id, queued) in pending {
-            let frame = deliver_frame(id, queued);
-            let Some(bytes) = encode(&frame) else {
-                continue;
-            };
-            // Room in bytes, then in frames; bytes taken are given back if
-            // the frame is not queued after all.
-            let len = bytes.len();
-            let backlog = &self.peer.backlog;
-            let deadline = Instant::now() + self.shared.config.idle_timeout;
-            if !matches!(timeout_at(deadline, backlog.take(len)).await, Ok(true)) {
-                break;
-            }
-            let queued = timeout_at(deadline, self.peer.tx.send(Outbound::Whole(bytes)));
-            if !matches!(queued.await, Ok(Ok(()))) {
-                backlog.release(len);
-                break;
-            }
-            Metrics::inc(&self.shared.metrics.deliveries);
-        }
     }
 }

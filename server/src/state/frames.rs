@@ -75,11 +75,6 @@ pub(crate) fn encode(frame: &RelayFrame) -> Option<Bytes> {
 
 pub(crate) use sotto_proto::codec::fast::To;
 
-/// Bodies at least this long are not copied into each recipient's
-/// `Deliver` frame of a room message: the frames share them
-/// ([`deliver_shared`]).
-pub(crate) const SHARED_BODY: usize = 16 * 1024;
-
 /// The `Deliver` frame's parts, measured; `None`, logged, if the frame
 /// would exceed the maximum frame length, as with `encode`.
 fn measure<'a>(
@@ -112,26 +107,6 @@ pub(crate) fn deliver(
 ) -> Option<Bytes> {
     let frame = measure(delivery, from, to, body, slot)?;
     Some(carve(frame.frame_len(), |out| frame.put(out)))
-}
-
-/// [`deliver`], for one of many recipients of `body`: a body of at least
-/// [`SHARED_BODY`] bytes is not copied but shared, the frame being the
-/// fields before it, the body, and the fields after it. A 1 MiB message to
-/// a room of 100 then holds 1 MiB of the relay's memory, not 100.
-pub(crate) fn deliver_shared(
-    delivery: u64,
-    from: &UserName,
-    to: To<'_>,
-    body: &Bytes,
-    slot: Option<&[u8]>,
-) -> Option<Outbound> {
-    if body.len() < SHARED_BODY {
-        return deliver(delivery, from, to, body, slot).map(Outbound::Whole);
-    }
-    let frame = measure(delivery, from, to, body, slot)?;
-    let head = carve(frame.head_len(), |out| frame.put_head(out));
-    let tail = carve(frame.tail_len(), |out| frame.put_tail(out));
-    Some(Outbound::Parts(Box::new([head, body.clone(), tail])))
 }
 
 /// The wire form of `RelayFrame::Sent { id }` (the same bytes as `encode`).
@@ -209,38 +184,9 @@ mod tests {
                             encode_frame(&frame).unwrap(),
                             "{delivery} {len} {slot:?}"
                         );
-                        let shared =
-                            deliver_shared(delivery, &from, borrowed, &body, slot.as_deref())
-                                .unwrap();
-                        assert_eq!(shared.to_bytes(), assembled, "{delivery} {len} {slot:?}");
-                        assert_eq!(
-                            matches!(shared, Outbound::Parts(_)),
-                            len >= SHARED_BODY,
-                            "{len}"
-                        );
                     }
                 }
             }
-        }
-    }
-
-    /// The recipients of a large room message share its body: it is in
-    /// the relay's memory once, not once per member.
-    #[test]
-    fn a_large_body_is_shared_by_every_recipient() {
-        let from = user("alice");
-        let room = RoomName::try_from("lobby").unwrap();
-        let body = Bytes::from(vec![7; 100_000]);
-        let frames: Vec<Outbound> = [Some([1u8; 80].as_slice()), Some(&[2; 80]), None]
-            .into_iter()
-            .map(|slot| deliver_shared(0, &from, To::Room(&room), &body, slot).unwrap())
-            .collect();
-        for frame in &frames {
-            let Outbound::Parts(parts) = frame else {
-                panic!("expected the body to be shared");
-            };
-            assert_eq!(parts[1].as_ptr(), body.as_ptr());
-            assert_eq!(frame.len(), frame.to_bytes().len());
         }
     }
 

@@ -28,11 +28,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use sotto_proto::{RoomName, UserKey, UserName};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::Config;
+use crate::commit::Committer;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Membership, Store};
 use crate::tls::CertStore;
 
 mod frames;
@@ -43,21 +45,57 @@ mod sources;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use frames::{Peer, To, deliver, deliver_shared, encode, sent};
-pub(crate) use routing::{Direct, PeerCache};
+pub(crate) use frames::{Peer, To, deliver, encode, sent};
 pub(crate) use sessions::KeyLimit;
 pub(crate) use sources::Arrival;
 use sources::SourceUse;
 
 struct Online {
-    /// The name as registered, shared with the peer caches that hold
-    /// this connection (a cache compares it with a recipient's name).
-    name: Arc<UserName>,
+    name: UserName,
     identity: Bytes,
     fingerprint: [u8; 32],
     conn: u64,
     peer: Peer,
-    rooms: BTreeSet<RoomName>,
+    /// The connection's delivery pump's door: woken when something is
+    /// stored for it.
+    wake: Arc<PumpDoor>,
+}
+
+/// How the committer reaches a connection's delivery pump: a wake-up when
+/// something was stored for its user, and frames to send once everything
+/// stored so far is sent (a `Pong`, which so answers after every delivery
+/// stored before its `Ping`).
+#[derive(Default)]
+pub(crate) struct PumpDoor {
+    pub(crate) wake: Notify,
+    after: Mutex<Vec<Bytes>>,
+}
+
+impl PumpDoor {
+    /// Takes the frames left for after the deliveries.
+    pub(crate) fn take_after(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.after.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn leave(&self, frames: Vec<Bytes>) {
+        self.after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(frames);
+        self.wake.notify_one();
+    }
+}
+
+/// A member of a room, online or not.
+struct RoomMember {
+    /// The name as registered.
+    name: UserName,
+    /// The identity it registered with (the name's owner's).
+    identity: Bytes,
+    /// Its connection, while it has one.
+    peer: Option<Peer>,
+    /// When it was last connected (or joined), seconds since the epoch.
+    last_seen: u64,
 }
 
 /// What one identity key holds: its registered connections, and what is
@@ -79,14 +117,16 @@ impl KeyUse {
 }
 
 #[derive(Default)]
-struct Registry {
+pub(crate) struct Registry {
     /// Name's key -> the connection registered under it.
     users: HashMap<UserKey, Online>,
-    /// Room -> the keys of its members, with their connections
-    /// (the same as in `users`: a member that logs out or in again leaves
-    /// its rooms under the same lock), so that a room message reaches each
-    /// member without looking it up. Empty rooms are removed.
-    rooms: BTreeMap<RoomName, BTreeMap<UserKey, Peer>>,
+    /// Room -> its members, online or not, with the connections of those
+    /// online (the same as in `users`: a member that logs out or in again
+    /// changes both under the same lock). Rooms without members are
+    /// removed.
+    rooms: BTreeMap<RoomName, BTreeMap<UserKey, RoomMember>>,
+    /// Member's key -> its rooms (the same memberships as `rooms`).
+    memberships: HashMap<UserKey, BTreeSet<RoomName>>,
     /// Fingerprint -> what the key holds. A key leaves once it has no
     /// connection and a full budget.
     keys: HashMap<[u8; 32], KeyUse>,
@@ -98,9 +138,9 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
     pub(crate) certs: Arc<CertStore>,
     pub(crate) metrics: Arc<Metrics>,
-    registry: Mutex<Registry>,
-    /// Changed (under the lock) whenever `registry.users` changes.
-    generation: AtomicU64,
+    /// Where every write to the store goes, in batches.
+    pub(crate) commit: Committer,
+    registry: Arc<Mutex<Registry>>,
     next_conn: AtomicU64,
     /// Connections open (each holds one of `max_connections`), counted
     /// from when they are accepted.
@@ -127,24 +167,73 @@ impl Registered {
     }
 }
 
+/// Wakes the delivery pumps of the users something was stored for: the
+/// committer's view of the registry (it holds nothing else of it).
+#[derive(Clone)]
+pub(crate) struct Wakers(Arc<Mutex<Registry>>);
+
+impl Wakers {
+    /// Wakes the pump of each of `users` that is connected.
+    pub(crate) fn wake<'a>(&self, users: impl IntoIterator<Item = &'a UserKey>) {
+        let registry = lock(&self.0);
+        for user in users {
+            if let Some(online) = registry.users.get(user) {
+                online.wake.wake.notify_one();
+            }
+        }
+    }
+
+    /// Leaves `frames` with the pump of connection `conn` of `user`, to
+    /// send after every delivery stored so far; `frames` back if that
+    /// connection is gone (they are pushed straight to it then).
+    pub(crate) fn after(&self, user: &UserKey, conn: u64, frames: Vec<Bytes>) -> Option<Vec<Bytes>> {
+        let registry = lock(&self.0);
+        match registry.users.get(user) {
+            Some(online) if online.conn == conn => {
+                online.wake.leave(frames);
+                None
+            }
+            _ => Some(frames),
+        }
+    }
+}
+
+fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
+    // A panic while holding the lock cannot leave the maps half-updated
+    // in a way that matters more than losing the relay: carry on.
+    registry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Shared {
+    /// The relay's state, with the room memberships the store kept (each
+    /// with its member's identity); the committer is started by the caller
+    /// with [`Shared::wakers`].
     pub(crate) fn new(
         config: Config,
         store: Arc<Store>,
         certs: Arc<CertStore>,
         metrics: Arc<Metrics>,
+        commit: Committer,
+        registry: Registry,
     ) -> Self {
         Self {
             config,
             store,
             certs,
             metrics,
-            registry: Mutex::new(Registry::default()),
-            generation: AtomicU64::new(0),
+            commit,
+            registry: Arc::new(Mutex::new(registry)),
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             sources: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What the committer needs of the registry.
+    pub(crate) fn wakers(&self) -> Wakers {
+        Wakers(Arc::clone(&self.registry))
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -152,10 +241,32 @@ impl Shared {
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
-        // A panic while holding the lock cannot leave the maps half-updated
-        // in a way that matters more than losing the relay: carry on.
-        self.registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.registry)
+    }
+}
+
+impl Registry {
+    /// The registry of a relay that starts with `memberships`, each with
+    /// its member's identity.
+    pub(crate) fn with_members(memberships: Vec<(Membership, Bytes)>) -> Self {
+        let mut registry = Self::default();
+        for (Membership { room, member }, identity) in memberships {
+            let key = member.name.key();
+            registry
+                .memberships
+                .entry(key.clone())
+                .or_default()
+                .insert(room.clone());
+            registry.rooms.entry(room).or_default().insert(
+                key,
+                RoomMember {
+                    name: member.name,
+                    identity,
+                    peer: None,
+                    last_seen: member.last_seen,
+                },
+            );
+        }
+        registry
     }
 }

@@ -1,44 +1,19 @@
-//! Rooms: joining and leaving, the presence events the other members
-//! hear, and the listing of rooms.
+//! Rooms: membership that outlives a connection (joining, leaving, the
+//! absence limit), the presence events the other members hear, and the
+//! listing of rooms.
+
+use std::time::Duration;
 
 use sotto_proto::{
     ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, RoomName, UserKey, UserName,
 };
 
-use super::{Registry, Shared, encode};
+use super::{Registry, RoomMember, Shared, encode};
+use crate::store::now_secs;
 
 impl Shared {
-    /// Takes `user` (shown as `name`) out of `room` and tells the
-    /// remaining members.
-    pub(super) fn remove_member(
-        &self,
-        registry: &mut Registry,
-        room: &RoomName,
-        user: &UserKey,
-        name: &UserName,
-        event: PresenceEvent,
-    ) {
-        if let Some(members) = registry.rooms.get_mut(room) {
-            members.remove(user);
-            if members.is_empty() {
-                registry.rooms.remove(room);
-            }
-        }
-        self.broadcast(
-            registry,
-            room,
-            None,
-            &RelayFrame::Presence {
-                room: room.clone(),
-                user: name.clone(),
-                event,
-                identity: None,
-            },
-        );
-    }
-
-    /// Sends `frame` to every member of `room` except `except`.
-    fn broadcast(
+    /// Sends `frame` to every connected member of `room` except `except`.
+    pub(super) fn broadcast(
         &self,
         registry: &Registry,
         room: &RoomName,
@@ -49,38 +24,70 @@ impl Shared {
             return;
         };
         let Some(bytes) = encode(frame) else { return };
-        for (_, peer) in members.iter().filter(|(m, _)| Some(*m) != except) {
-            peer.push(bytes.clone(), &self.metrics);
+        for (_, member) in members.iter().filter(|(m, _)| Some(*m) != except) {
+            if let Some(peer) = &member.peer {
+                peer.push(bytes.clone(), &self.metrics);
+            }
         }
     }
 
-    /// Adds `name` to `room` and returns the members (with their
-    /// identities, as hints); the others are told.
-    pub(crate) fn join(&self, name: &UserName, room: &RoomName) -> Result<Vec<Member>, ErrorCode> {
+    /// Tells the other connected members of `room` that `name` did `event`.
+    pub(super) fn presence(
+        &self,
+        registry: &Registry,
+        room: &RoomName,
+        user: &UserKey,
+        name: &UserName,
+        event: PresenceEvent,
+    ) {
+        self.broadcast(
+            registry,
+            room,
+            Some(user),
+            &RelayFrame::Presence {
+                room: room.clone(),
+                user: name.clone(),
+                event,
+                identity: None,
+            },
+        );
+    }
+
+    /// Makes `name` a member of `room` (until it leaves) and returns the
+    /// members, online or not, with their identities (as hints), and
+    /// whether it is a new member (then the others are told, and the
+    /// caller stores the membership).
+    pub(crate) fn join(
+        &self,
+        name: &UserName,
+        room: &RoomName,
+    ) -> Result<(Vec<Member>, bool), ErrorCode> {
         let user = name.key();
         let mut registry = self.registry();
-        let (identity, display, peer) = {
-            let online = registry
-                .users
-                .get_mut(&user)
-                .ok_or(ErrorCode::NotRegistered)?;
-            if !online.rooms.contains(room) && online.rooms.len() >= self.config.max_rooms_per_user
-            {
-                return Err(ErrorCode::TooLarge);
-            }
-            let fresh = online.rooms.insert(room.clone());
-            (
-                fresh.then(|| online.identity.clone()),
-                UserName::clone(&online.name),
-                online.peer.clone(),
-            )
-        };
-        registry
-            .rooms
-            .entry(room.clone())
-            .or_default()
-            .insert(user.clone(), peer);
-        if let Some(identity) = identity {
+        let Registry {
+            users,
+            rooms,
+            memberships,
+            ..
+        } = &mut *registry;
+        let online = users.get(&user).ok_or(ErrorCode::NotRegistered)?;
+        let mine = memberships.entry(user.clone()).or_default();
+        if !mine.contains(room) && mine.len() >= self.config.max_rooms_per_user {
+            return Err(ErrorCode::TooLarge);
+        }
+        let fresh = mine.insert(room.clone());
+        if fresh {
+            rooms.entry(room.clone()).or_default().insert(
+                user.clone(),
+                RoomMember {
+                    name: online.name.clone(),
+                    identity: online.identity.clone(),
+                    peer: Some(online.peer.clone()),
+                    last_seen: now_secs(),
+                },
+            );
+            let identity = online.identity.clone();
+            let display = online.name.clone();
             self.broadcast(
                 &registry,
                 room,
@@ -93,38 +100,59 @@ impl Shared {
                 },
             );
         }
-        let members = registry
-            .rooms
-            .get(room)
-            .into_iter()
-            .flatten()
-            .filter_map(|(m, _)| registry.users.get(m))
-            .map(|o| Member {
-                name: UserName::clone(&o.name),
-                identity: o.identity.clone(),
-                online: true,
-            })
-            .collect();
-        Ok(members)
+        Ok((members_of(&registry, room), fresh))
     }
 
-    /// Takes `name` out of `room`; the others are told.
+    /// Ends `name`'s membership of `room`; the others are told.
     pub(crate) fn leave(&self, name: &UserName, room: &RoomName) -> Result<(), ErrorCode> {
         let user = name.key();
         let mut registry = self.registry();
-        let online = registry
-            .users
+        let left = registry
+            .memberships
             .get_mut(&user)
-            .ok_or(ErrorCode::NotRegistered)?;
-        if !online.rooms.remove(room) {
+            .is_some_and(|rooms| rooms.remove(room));
+        if !left {
             return Err(ErrorCode::NotMember);
         }
-        let display = UserName::clone(&online.name);
-        self.remove_member(&mut registry, room, &user, &display, PresenceEvent::Left);
+        let display = remove_member(&mut registry, room, &user).unwrap_or_else(|| name.clone());
+        self.presence(&registry, room, &user, &display, PresenceEvent::Left);
         Ok(())
     }
 
-    /// Rooms with their member counts, by name.
+    /// Ends the memberships of members offline for longer than `absence`
+    /// (as of `now`, seconds since the epoch); the members online are told.
+    /// Returns them, for the store.
+    pub(crate) fn expire_absent(&self, now: u64, absence: Duration) -> Vec<(RoomName, UserKey)> {
+        if absence.is_zero() {
+            return Vec::new();
+        }
+        let cutoff = now.saturating_sub(absence.as_secs());
+        let mut registry = self.registry();
+        let gone: Vec<(RoomName, UserKey)> = registry
+            .rooms
+            .iter()
+            .flat_map(|(room, members)| {
+                members
+                    .iter()
+                    .filter(|(_, m)| m.peer.is_none() && m.last_seen < cutoff)
+                    .map(|(user, _)| (room.clone(), user.clone()))
+            })
+            .collect();
+        for (room, user) in &gone {
+            if let Some(rooms) = registry.memberships.get_mut(user) {
+                rooms.remove(room);
+                if rooms.is_empty() {
+                    registry.memberships.remove(user);
+                }
+            }
+            if let Some(name) = remove_member(&mut registry, room, user) {
+                self.presence(&registry, room, user, &name, PresenceEvent::Left);
+            }
+        }
+        gone
+    }
+
+    /// Rooms with their member counts (online or not), by name.
     pub(crate) fn rooms(&self) -> Vec<RoomInfo> {
         self.registry()
             .rooms
@@ -135,4 +163,31 @@ impl Shared {
             })
             .collect()
     }
+}
+
+/// Takes `user` out of `room`'s members (the room goes with its last);
+/// returns the name it had.
+fn remove_member(registry: &mut Registry, room: &RoomName, user: &UserKey) -> Option<UserName> {
+    let members = registry.rooms.get_mut(room)?;
+    let removed = members.remove(user).map(|m| m.name);
+    if members.is_empty() {
+        registry.rooms.remove(room);
+    }
+    removed
+}
+
+/// `room`'s members, online or not, in ascending order of their keys (the
+/// names with ASCII letters lowered).
+pub(super) fn members_of(registry: &Registry, room: &RoomName) -> Vec<Member> {
+    registry
+        .rooms
+        .get(room)
+        .into_iter()
+        .flatten()
+        .map(|(_, m)| Member {
+            name: m.name.clone(),
+            identity: m.identity.clone(),
+            online: m.peer.is_some(),
+        })
+        .collect()
 }

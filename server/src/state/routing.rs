@@ -1,64 +1,32 @@
-//! Routing: a room message fanned out to the members (within its
-//! sender's fan-out budget), a direct message handed to its recipient's
-//! connection, through a connection's [`PeerCache`].
+//! Routing: who a room message is for (every other member, online or not,
+//! each with its own slot), within its sender's fan-out budget. What is
+//! routed is then stored by the committer, and delivered from the store.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use sotto_proto::{ErrorCode, RoomName, Slot, UserKey, UserName};
+use sotto_proto::{ErrorCode, RoomName, Slot, UserKey};
 use tokio::time::Instant;
 
-use super::{Peer, Registered, Registry, Shared, To, deliver_shared};
+use super::{Registered, Registry, Shared};
 use crate::metrics::Metrics;
-use crate::writer::Outbound;
-
-/// What a direct delivery came to.
-pub(crate) enum Direct {
-    /// Handed to the recipient's connection.
-    Delivered,
-    /// The recipient is not connected (or was just disconnected as too
-    /// slow): the message should go to the offline queue.
-    Offline,
-}
-
-/// A connection's memory of its last direct recipient: the registry
-/// generation it was looked up in, the recipient's name as registered and
-/// its connection.
-///
-/// It holds the recipient's queue open, which must not outlive the batch
-/// of frames it serves: a connection that ends closes once everyone has
-/// let go of its queue. So it is forgotten at the end of every batch and
-/// before anything that waits.
-#[derive(Debug, Default)]
-pub(crate) struct PeerCache {
-    last: Option<(u64, Arc<UserName>, Peer)>,
-}
-
-impl PeerCache {
-    /// Lets go of the cached connection.
-    pub(crate) fn forget(&mut self) {
-        self.last = None;
-    }
-}
+use crate::store::Recipient;
 
 impl Shared {
-    /// Fans a room message out to every other member, each with only its own
-    /// slot (members without one get the body alone). The frame without a
-    /// slot is assembled once and shared by every member that has none.
+    /// The recipients of a room message: every other member, online or
+    /// not, each with only its own slot (the first one naming it) or none.
     ///
     /// The message costs its sender's key its body's size times the other
     /// members, plus its slots: `TooLarge` if that is more than the whole
     /// budget (`fanout_burst_bytes`), `RateLimited` if more than is left of
     /// it; nobody gets the message then.
-    pub(crate) fn route_room(
+    pub(crate) fn room_recipients(
         &self,
         from: &Registered,
         room: &RoomName,
         body: &Bytes,
         slots: &[Slot],
-    ) -> Result<usize, ErrorCode> {
+    ) -> Result<Vec<Recipient>, ErrorCode> {
         let mut registry = self.registry();
         let Registry {
             users, rooms, keys, ..
@@ -93,65 +61,13 @@ impl Shared {
         for slot in slots {
             own.entry(slot.to.key()).or_insert(&slot.data);
         }
-        let (from, to) = (&from.name, To::Room(room));
-        let mut shared: Option<Option<Outbound>> = None;
-        let mut delivered = 0;
-        for (member, peer) in members.iter().filter(|(m, _)| *m != sender) {
-            let frame = match own.get(member) {
-                Some(slot) => deliver_shared(0, from, to, body, Some(slot)),
-                None => shared
-                    .get_or_insert_with(|| deliver_shared(0, from, to, body, None))
-                    .clone(),
-            };
-            if let Some(bytes) = frame
-                && peer.push(bytes, &self.metrics)
-            {
-                delivered += 1;
-            }
-        }
-        Ok(delivered)
-    }
-
-    /// Hands an encoded delivery to `to` if connected. `cache` remembers
-    /// the last recipient's connection, so that a batch of messages to the
-    /// same user takes the registry's lock once, not once per message: it
-    /// is used only while no one has logged in or out since it was filled
-    /// (the registry's generation is unchanged), which makes it exactly
-    /// what the lookup would find.
-    pub(crate) fn route_direct(
-        &self,
-        cache: &mut PeerCache,
-        to: &UserName,
-        frame: Bytes,
-    ) -> Direct {
-        let generation = self.generation.load(Ordering::Acquire);
-        let cached = cache
-            .last
-            .as_ref()
-            .filter(|(g, name, _)| *g == generation && to.same_as(name))
-            .map(|(_, _, peer)| peer);
-        let delivered = match cached {
-            Some(peer) => peer.push(frame, &self.metrics),
-            None => {
-                // Folded before the lock is taken, so as not to hold it
-                // for an allocation.
-                let user = to.key();
-                let registry = self.registry();
-                let generation = self.generation.load(Ordering::Acquire);
-                cache.last = registry
-                    .users
-                    .get(&user)
-                    .map(|online| (generation, Arc::clone(&online.name), online.peer.clone()));
-                match &cache.last {
-                    Some((_, _, peer)) => peer.push(frame, &self.metrics),
-                    None => false,
-                }
-            }
-        };
-        if delivered {
-            Direct::Delivered
-        } else {
-            Direct::Offline
-        }
+        Ok(members
+            .iter()
+            .filter(|(m, _)| *m != sender)
+            .map(|(member, m)| Recipient {
+                name: m.name.clone(),
+                slot: own.get(member).map(|slot| Bytes::clone(slot)),
+            })
+            .collect())
     }
 }

@@ -1,16 +1,24 @@
 //! Who is online: registering a name's connection (replacing an older
 //! one), the limits on one identity key, and the listing of users.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use sotto_proto::{PresenceEvent, UserInfo, UserKey, UserName};
+use sotto_proto::{Member, PresenceEvent, RoomName, UserInfo, UserKey, UserName};
 use tokio::time::Instant;
 
-use super::{KeyUse, Online, Peer, Registry, Shared};
+use super::rooms::members_of;
+use super::{KeyUse, Online, Peer, PumpDoor, Registry, Shared};
 use crate::metrics::Metrics;
+use crate::store::now_secs;
+
+/// What a registration brings: the rooms the user is a member of, each
+/// with its members (for the `Joined` frames that follow `Registered`),
+/// and what wakes the connection's delivery pump.
+pub(crate) struct Welcome {
+    pub(crate) rooms: Vec<(RoomName, Vec<Member>)>,
+    pub(crate) wake: Arc<PumpDoor>,
+}
 
 /// Why a registration was refused by a limit on its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +72,8 @@ impl Shared {
 
     /// Makes `conn` the connection of `name`, of the key with
     /// `fingerprint`, unless a limit on that key refuses it. A previous
-    /// connection of the same user is disconnected and leaves its rooms.
+    /// connection of the same user is disconnected. The user's rooms hear
+    /// that it is back.
     pub(crate) fn register(
         &self,
         conn: u64,
@@ -72,14 +81,13 @@ impl Shared {
         identity: Bytes,
         fingerprint: [u8; 32],
         peer: Peer,
-    ) -> Result<(), KeyLimit> {
+    ) -> Result<Welcome, KeyLimit> {
         let user = name.key();
         let mut registry = self.registry();
         self.key_limit(&registry, &fingerprint, &user)?;
-        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(old) = registry.users.remove(&user) {
             old.peer.kill.cancel();
-            self.disconnected(&mut registry, &user, old);
+            self.disconnected(&mut registry, &user, &old);
         } else {
             Metrics::inc(&self.metrics.users_online);
         }
@@ -102,37 +110,64 @@ impl Shared {
                 last: Instant::now(),
             })
             .connections += 1;
+        let wake = Arc::new(PumpDoor::default());
         registry.users.insert(
-            user,
+            user.clone(),
             Online {
-                name: Arc::new(name),
-                identity,
+                name: name.clone(),
+                identity: identity.clone(),
                 fingerprint,
                 conn,
-                peer,
-                rooms: BTreeSet::new(),
+                peer: peer.clone(),
+                wake: Arc::clone(&wake),
             },
         );
-        Ok(())
+        let rooms: Vec<RoomName> = registry
+            .memberships
+            .get(&user)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default();
+        for room in &rooms {
+            if let Some(member) = registry
+                .rooms
+                .get_mut(room)
+                .and_then(|members| members.get_mut(&user))
+            {
+                member.peer = Some(peer.clone());
+                member.name = name.clone();
+                member.identity = identity.clone();
+                member.last_seen = now_secs();
+            }
+            self.presence(&registry, room, &user, &name, PresenceEvent::Connected);
+        }
+        let rooms = rooms
+            .into_iter()
+            .map(|room| {
+                let members = members_of(&registry, &room);
+                (room, members)
+            })
+            .collect();
+        Ok(Welcome { rooms, wake })
     }
 
     /// Forgets `conn` if it is still the connection of `name`; its rooms
-    /// hear that it disconnected.
-    pub(crate) fn unregister(&self, conn: u64, name: &UserName) {
+    /// hear that it went offline. Returns its rooms, whose absence now
+    /// counts (for the store), if it was.
+    pub(crate) fn unregister(&self, conn: u64, name: &UserName) -> Option<Vec<RoomName>> {
         let user = name.key();
         let mut registry = self.registry();
         if registry.users.get(&user).is_some_and(|o| o.conn == conn)
             && let Some(old) = registry.users.remove(&user)
         {
-            self.generation.fetch_add(1, Ordering::AcqRel);
             Metrics::dec(&self.metrics.users_online);
-            self.disconnected(&mut registry, &user, old);
+            return Some(self.disconnected(&mut registry, &user, &old));
         }
+        None
     }
 
-    /// Takes a connection that is gone (`old`, of `user`) out of its
-    /// rooms, whose members hear that it disconnected.
-    fn disconnected(&self, registry: &mut Registry, user: &UserKey, old: Online) {
+    /// A connection that is gone (`old`, of `user`): its rooms hear that it
+    /// went offline (it stays a member). Returns those rooms.
+    fn disconnected(&self, registry: &mut Registry, user: &UserKey, old: &Online) -> Vec<RoomName> {
         if let Some(held) = registry.keys.get_mut(&old.fingerprint) {
             held.connections = held.connections.saturating_sub(1);
             held.refill(&self.config, Instant::now());
@@ -142,21 +177,24 @@ impl Shared {
                 registry.keys.remove(&old.fingerprint);
             }
         }
-        for room in old.rooms {
-            self.remove_member(
-                registry,
-                &room,
-                user,
-                &old.name,
-                PresenceEvent::Disconnected,
-            );
+        let rooms: Vec<RoomName> = registry
+            .memberships
+            .get(user)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default();
+        let now = now_secs();
+        for room in &rooms {
+            if let Some(member) = registry
+                .rooms
+                .get_mut(room)
+                .and_then(|members| members.get_mut(user))
+            {
+                member.peer = None;
+                member.last_seen = now;
+            }
+            self.presence(registry, room, user, &old.name, PresenceEvent::Disconnected);
         }
-    }
-
-    /// The peer of `name`, if connected.
-    pub(crate) fn peer(&self, name: &UserName) -> Option<Peer> {
-        let user = name.key();
-        self.registry().users.get(&user).map(|o| o.peer.clone())
+        rooms
     }
 
     /// Connected users and their rooms, by name.
@@ -164,10 +202,14 @@ impl Shared {
         let registry = self.registry();
         let mut users: Vec<UserInfo> = registry
             .users
-            .values()
-            .map(|o| UserInfo {
-                name: UserName::clone(&o.name),
-                rooms: o.rooms.iter().cloned().collect(),
+            .iter()
+            .map(|(key, o)| UserInfo {
+                name: o.name.clone(),
+                rooms: registry
+                    .memberships
+                    .get(key)
+                    .map(|rooms| rooms.iter().cloned().collect())
+                    .unwrap_or_default(),
             })
             .collect();
         users.sort_by(|a, b| a.name.cmp(&b.name));

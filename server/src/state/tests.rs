@@ -1,9 +1,11 @@
-use sotto_proto::{Destination, PresenceEvent, RelayFrame, RoomName, Slot, encode_frame};
+use sotto_proto::{PresenceEvent, RelayFrame, RoomName, Slot, encode_frame};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::store::Recipient;
+use sotto_proto::ErrorCode;
 use crate::writer::{Backlog, Outbound};
 
 fn user(name: &str) -> UserName {
@@ -17,6 +19,8 @@ fn shared(dir: &std::path::Path) -> Shared {
             max_messages: 10,
             max_bytes: 1 << 20,
             max_age: std::time::Duration::from_secs(60),
+            room_max_messages: 10,
+            room_max_bytes: 1 << 20,
         },
     )
     .unwrap();
@@ -25,11 +29,15 @@ fn shared(dir: &std::path::Path) -> Shared {
         hosts: vec!["localhost".into()],
     })
     .unwrap();
+    // No committer runs: these tests are of the registry alone.
+    let (commit, _) = Committer::new();
     Shared::new(
         Config::default(),
         Arc::new(store),
         certs,
         Arc::new(Metrics::default()),
+        commit,
+        Registry::default(),
     )
 }
 
@@ -40,59 +48,123 @@ fn peer() -> (Peer, mpsc::Receiver<Outbound>) {
     (Peer { tx, kill, backlog }, rx)
 }
 
-/// A cached recipient is used only while it is still the registered
-/// one: a new login or a logout sends the next message where a lookup
-/// would.
+/// Membership belongs to the user, not its connection: a member that
+/// goes offline stays one (the others hear it went and came back, and
+/// messages are still for it), until it leaves.
 #[test]
-fn the_peer_cache_follows_logins_and_logouts() {
+fn a_member_stays_a_member_while_offline_until_it_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared(dir.path());
-    let mut cache = PeerCache::default();
-    let frame = |text: &'static str| Bytes::from_static(text.as_bytes());
-
-    assert!(matches!(
-        shared.route_direct(&mut cache, &user("bob"), frame("nobody")),
-        Direct::Offline
-    ));
-    let (first, mut first_rx) = peer();
+    let room = RoomName::try_from("lobby").unwrap();
+    let (alice, mut alice_rx) = peer();
     shared
-        .register(1, user("bob"), Bytes::new(), [1; 32], first)
+        .register(1, user("alice"), Bytes::from_static(b"a"), [1; 32], alice)
         .unwrap();
-    for text in ["one", "two"] {
-        assert!(matches!(
-            shared.route_direct(&mut cache, &user("Bob"), frame(text)),
-            Direct::Delivered
-        ));
-        assert_eq!(first_rx.try_recv().unwrap().to_bytes(), frame(text));
-    }
-
-    let (second, mut second_rx) = peer();
+    let (bob, _bob_rx) = peer();
     shared
-        .register(2, user("bob"), Bytes::new(), [1; 32], second)
+        .register(2, user("bob"), Bytes::from_static(b"b"), [2; 32], bob)
         .unwrap();
-    assert!(matches!(
-        shared.route_direct(&mut cache, &user("bob"), frame("three")),
-        Direct::Delivered
-    ));
-    assert_eq!(second_rx.try_recv().unwrap().to_bytes(), frame("three"));
-    assert!(
-        first_rx.try_recv().is_err(),
-        "the replaced login gets nothing"
+    shared.join(&user("alice"), &room).unwrap();
+    shared.join(&user("bob"), &room).unwrap();
+    let presence = |event| {
+        encode_frame(&RelayFrame::Presence {
+            room: room.clone(),
+            user: user("bob"),
+            event,
+            identity: None,
+        })
+        .unwrap()
+    };
+    alice_rx.try_recv().unwrap(); // bob joined
+
+    assert_eq!(shared.unregister(2, &user("bob")), Some(vec![room.clone()]));
+    assert_eq!(
+        alice_rx.try_recv().unwrap().to_bytes(),
+        presence(PresenceEvent::Disconnected)
+    );
+    let sender = Registered::new(user("alice"));
+    let body = Bytes::from_static(b"hi");
+    let recipients = shared.room_recipients(&sender, &room, &body, &[]).unwrap();
+    assert_eq!(
+        recipients,
+        [Recipient {
+            name: user("bob"),
+            slot: None
+        }]
+    );
+    assert_eq!(shared.rooms()[0].members, 2, "an offline member counts");
+    let (members, fresh) = shared.join(&user("alice"), &room).unwrap();
+    assert!(!fresh);
+    let online: Vec<(&str, bool)> = members.iter().map(|m| (m.name.as_str(), m.online)).collect();
+    assert_eq!(online, [("alice", true), ("bob", false)]);
+
+    let (bob, _bob_rx) = peer();
+    let welcome = shared
+        .register(3, user("bob"), Bytes::from_static(b"b"), [2; 32], bob)
+        .unwrap();
+    assert_eq!(welcome.rooms.len(), 1);
+    assert_eq!(welcome.rooms[0].0, room);
+    assert!(welcome.rooms[0].1.iter().all(|m| m.online));
+    assert_eq!(
+        alice_rx.try_recv().unwrap().to_bytes(),
+        presence(PresenceEvent::Connected)
     );
 
-    // Once bob is gone and the cache forgotten, nothing holds his
-    // queue open: his connection can close.
-    shared.unregister(2, &user("bob"));
-    assert!(matches!(second_rx.try_recv(), Err(TryRecvError::Empty)));
-    cache.forget();
-    assert!(matches!(
-        second_rx.try_recv(),
-        Err(TryRecvError::Disconnected)
-    ));
-    assert!(matches!(
-        shared.route_direct(&mut cache, &user("bob"), frame("four")),
-        Direct::Offline
-    ));
+    shared.leave(&user("bob"), &room).unwrap();
+    assert_eq!(
+        alice_rx.try_recv().unwrap().to_bytes(),
+        presence(PresenceEvent::Left)
+    );
+    assert!(
+        shared
+            .room_recipients(&sender, &room, &body, &[])
+            .unwrap()
+            .is_empty(),
+        "a member who left gets nothing that follows"
+    );
+    assert_eq!(shared.leave(&user("bob"), &room), Err(ErrorCode::NotMember));
+}
+
+/// A member away longer than the absence limit leaves its rooms (the
+/// members online hear `Left`); one online, or away less long, stays.
+#[test]
+fn members_away_too_long_leave_their_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let room = RoomName::try_from("lobby").unwrap();
+    let (alice, mut alice_rx) = peer();
+    shared
+        .register(1, user("alice"), Bytes::new(), [1; 32], alice)
+        .unwrap();
+    let (bob, _bob_rx) = peer();
+    shared
+        .register(2, user("bob"), Bytes::new(), [2; 32], bob)
+        .unwrap();
+    shared.join(&user("alice"), &room).unwrap();
+    shared.join(&user("bob"), &room).unwrap();
+    shared.unregister(2, &user("bob")).unwrap();
+    while alice_rx.try_recv().is_ok() {}
+
+    let day = std::time::Duration::from_secs(86_400);
+    let now = crate::store::now_secs();
+    assert!(shared.expire_absent(now + 86_000, day).is_empty());
+    assert!(shared.expire_absent(now + 10 * 86_400, std::time::Duration::ZERO).is_empty());
+    assert_eq!(
+        shared.expire_absent(now + 2 * 86_400, day),
+        [(room.clone(), user("bob").key())],
+        "bob, offline; never alice, online"
+    );
+    assert_eq!(
+        alice_rx.try_recv().unwrap().to_bytes(),
+        encode_frame(&RelayFrame::Presence {
+            room: room.clone(),
+            user: user("bob"),
+            event: PresenceEvent::Left,
+            identity: None,
+        })
+        .unwrap()
+    );
+    assert_eq!(shared.rooms()[0].members, 1);
 }
 
 /// The registry knows a user by its name's key: every spelling of the
@@ -111,8 +183,9 @@ fn every_spelling_of_a_name_is_one_user() {
     shared
         .register(2, user("alice"), Bytes::from_static(b"a"), [2; 32], alice)
         .unwrap();
-    assert!(shared.join(&user("BOB"), &room).unwrap().len() == 1);
-    let members = shared.join(&user("ALICE"), &room).unwrap();
+    assert!(shared.join(&user("BOB"), &room).unwrap().0.len() == 1);
+    let (members, fresh) = shared.join(&user("ALICE"), &room).unwrap();
+    assert!(fresh);
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["alice", "Bob"]);
     let joined = encode_frame(&RelayFrame::Presence {
@@ -130,33 +203,24 @@ fn every_spelling_of_a_name_is_one_user() {
         data: Bytes::from_static(b"slot"),
     };
     let sender = Registered::new(user("aLiCe"));
+    let recipients = shared
+        .room_recipients(&sender, &room, &body, std::slice::from_ref(&slot))
+        .unwrap();
     assert_eq!(
-        shared
-            .route_room(&sender, &room, &body, std::slice::from_ref(&slot))
-            .unwrap(),
-        1
+        recipients,
+        [Recipient {
+            name: user("Bob"),
+            slot: Some(slot.data)
+        }],
+        "the other member, with its own slot; the sender gets no copy"
     );
-    let delivered = encode_frame(&RelayFrame::Deliver {
-        delivery: 0,
-        from: user("aLiCe"),
-        to: Destination::Room(room.clone()),
-        body,
-        slot: Some(slot.data),
-    })
-    .unwrap();
-    assert_eq!(bob_rx.try_recv().unwrap().to_bytes(), delivered);
-    assert!(
-        matches!(alice_rx.try_recv(), Err(TryRecvError::Empty)),
-        "the sender gets no copy"
-    );
+    assert!(matches!(alice_rx.try_recv(), Err(TryRecvError::Empty)));
 
-    assert!(shared.peer(&user("bOb")).is_some());
     assert!(
         shared.may_register(&[3; 32], &user("BOB")).is_ok(),
         "another key's login would replace no connection of its own"
     );
-    shared.unregister(1, &user("bob"));
-    assert!(shared.peer(&user("Bob")).is_none());
+    assert_eq!(shared.unregister(1, &user("bob")), Some(vec![room.clone()]));
     let names: Vec<String> = shared
         .users()
         .into_iter()

@@ -4,11 +4,14 @@
 
 use super::fault::Disk;
 use super::*;
+use sotto_proto::Destination;
 
 const LIMITS: QueueLimits = QueueLimits {
     max_messages: 1000,
     max_bytes: 1 << 20,
     max_age: Duration::from_secs(3600),
+    room_max_messages: 1000,
+    room_max_bytes: 1 << 20,
 };
 
 /// Reopens at the first operation after a failure (no backoff).
@@ -29,6 +32,12 @@ fn message(body: &str) -> Queued {
         body: Bytes::from(body.to_string()),
         slot: None,
     }
+}
+
+/// `bob`, the recipient of every test message, registered: a direct
+/// message is stored only for a registered name.
+fn claim_bob(s: &Store) {
+    s.claim(&record("bob", 0xbb), 8).unwrap();
 }
 
 fn record(name: &str, fp: u8) -> NameRecord {
@@ -93,6 +102,7 @@ fn a_full_disk_refuses_writes_and_the_store_recovers_when_space_is_back() {
     // And it is all on disk: a fresh open (a restart) finds the same.
     drop(s);
     let s = Store::open(dir.path(), LIMITS).unwrap();
+    claim_bob(&s);
     assert_eq!(bodies(&s, "bob"), ["one", "two", "three"]);
     assert_eq!(s.names_of(&[2; 32]).unwrap(), 1);
 }
@@ -104,13 +114,14 @@ fn what_was_stored_is_read_while_the_disk_is_full() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Disk::new();
     let s = Store::open_on(dir.path(), LIMITS, &disk, AT_ONCE).unwrap();
+    claim_bob(&s);
     for body in ["one", "two"] {
         s.enqueue(&user("bob"), &message(body)).unwrap();
     }
     disk.fill();
     assert_eq!(bodies(&s, "bob"), ["one", "two"]);
     assert_eq!(s.queue_depth(&user("bob")).unwrap(), (2, 6));
-    assert!(s.lookup(&user("bob")).unwrap().is_none());
+    assert!(s.lookup(&user("bob")).unwrap().is_some());
     assert_eq!(disk.refused(), 0, "nothing was written");
 }
 
@@ -124,6 +135,7 @@ fn a_fault_anywhere_in_a_commit_leaves_nothing_half_stored() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Disk::new();
     let s = Store::open_on(dir.path(), LIMITS, &disk, AT_ONCE).unwrap();
+    claim_bob(&s);
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
     let mut n = 0;
@@ -134,7 +146,7 @@ fn a_fault_anywhere_in_a_commit_leaves_nothing_half_stored() {
         disk.free();
         match result {
             Ok(Enqueue::Stored(_)) => accepted.push(body),
-            Ok(Enqueue::Full) => panic!("queue full"),
+            Ok(Enqueue::Full | Enqueue::NoSuchUser) => panic!("not stored"),
             Err(StoreError::Storage(_) | StoreError::Unavailable) => refused.push(body),
             Err(other) => panic!("{other:?}"),
         }
@@ -197,6 +209,7 @@ fn a_disk_that_stays_full_is_not_reopened_in_a_loop() {
         max_retry: hour,
     };
     let s = Store::open_on(dir.path(), LIMITS, &disk, recovery).unwrap();
+    claim_bob(&s);
     assert_eq!(disk.opens(), 1);
     disk.fill();
     assert!(matches!(

@@ -1,13 +1,14 @@
 //! What the relay keeps on disk, in one redb database in the data
-//! directory: which identity owns which name, and the offline queue of
-//! ciphertext for registered users who are not connected.
+//! directory: which identity owns which name, who is a member of which
+//! room, and every delivery until its recipient acknowledges it.
 //!
 //! Nothing else is stored: no plaintext (the relay never has any), no
-//! session keys, no logs of who talked to whom beyond the queued frames
-//! themselves, which are deleted once acknowledged or expired.
+//! session keys, no logs of who talked to whom beyond the stored
+//! deliveries themselves, which are deleted once acknowledged or expired.
 //!
 //! This module opens the database and defines its tables and records; the
-//! name directory is in `names`, the offline queue in `queue`.
+//! name directory is in `names`, the stored deliveries in `inbox`, the
+//! memberships in `members`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -17,15 +18,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use redb::{Builder, Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use sotto_proto::{Destination, UserName};
+use sotto_proto::UserName;
 use tracing::{debug, error, warn};
 
 use crate::metrics::Metrics;
 
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
+mod inbox;
+mod members;
 mod names;
-mod queue;
+
+pub use inbox::{Enqueue, NewDelivery, Outcome, Queued, Recipient, Stored, Write};
+pub use members::Membership;
 
 /// File name of the database in the data directory.
 pub const DATABASE_FILE: &str = "relay.redb";
@@ -37,10 +42,21 @@ pub const DATABASE_FILE: &str = "relay.redb";
 
 /// A user's key -> [`NameRecord`].
 const NAMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("names");
-/// (recipient's key, id) -> [`Queued`].
+/// Before every delivery was stored: (recipient's key, id) -> a
+/// [`Queued`]; moved into [`INBOX`] and [`BODIES`] at open.
 const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
-/// Recipient's key -> (messages, bytes) queued.
+/// Body id -> the body shared by the recipients of one `Send`.
+const BODIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("bodies");
+/// Body id -> (recipients still holding it, body length).
+const BODY_REFS: TableDefinition<'_, u64, (u64, u64)> = TableDefinition::new("body_refs");
+/// (recipient's key, delivery id) -> the recipient's entry (body id, slot).
+const INBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("inbox");
+/// Recipient's key -> (deliveries, bytes) stored.
 const QUEUE_STATS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("queue_stats");
+/// Room -> (bodies, bytes) stored.
+const ROOM_STATS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("room_stats");
+/// (room, member's key) -> [`MemberRecord`].
+const MEMBERS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("members");
 /// Counters: `next_id`, and `names_per_key`, set once [`NAMES_PER_KEY`]
 /// has been filled from [`NAMES`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -125,39 +141,30 @@ pub enum Claim {
     KeyFull,
 }
 
-/// One queued delivery.
+/// A member of a room, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Queued {
-    /// When it was queued, seconds since the Unix epoch.
-    pub queued_at: u64,
-    /// The sender.
-    pub from: UserName,
-    /// Where it was sent.
-    pub to: Destination,
-    /// The opaque body.
-    pub body: Bytes,
-    /// The recipient's opaque slot, if any.
-    pub slot: Option<Bytes>,
+pub struct MemberRecord {
+    /// The member's name as registered.
+    pub name: UserName,
+    /// When it joined, seconds since the Unix epoch.
+    pub joined_at: u64,
+    /// When it was last connected (or joined), seconds since the epoch.
+    pub last_seen: u64,
 }
 
-/// Outcome of queueing a delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Enqueue {
-    /// Stored under this id.
-    Stored(u64),
-    /// The recipient's queue is full (count or bytes).
-    Full,
-}
-
-/// Bounds of each user's offline queue.
+/// Bounds of what is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueLimits {
-    /// Most messages.
+    /// Most deliveries stored for one user.
     pub max_messages: u64,
-    /// Most bytes (bodies and slots).
+    /// Most bytes stored for one user (bodies and slots).
     pub max_bytes: u64,
-    /// Oldest message kept.
+    /// Oldest delivery kept.
     pub max_age: Duration,
+    /// Most bodies stored for one room.
+    pub room_max_messages: u64,
+    /// Most bytes of bodies stored for one room.
+    pub room_max_bytes: u64,
 }
 
 /// The relay's database.
@@ -334,8 +341,10 @@ impl Store {
         let txn = db.begin_write().map_err(|e| unusable(e.to_string()))?;
         {
             let names = txn.open_table(NAMES).map_err(|e| unusable(e.to_string()))?;
-            txn.open_table(QUEUE).map_err(db_err)?;
             txn.open_table(QUEUE_STATS).map_err(db_err)?;
+            txn.open_table(ROOM_STATS).map_err(db_err)?;
+            txn.open_table(MEMBERS).map_err(db_err)?;
+            txn.open_table(BODY_REFS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let mut per_key = txn.open_table(NAMES_PER_KEY).map_err(db_err)?;
             // A database from before the per-key count: count once.
@@ -354,6 +363,7 @@ impl Store {
                 meta.insert("names_per_key", 1).map_err(db_err)?;
             }
         }
+        migrate_queue(&txn)?;
         txn.commit().map_err(db_err)?;
         Ok(Self {
             db: RwLock::new(Some(db)),
@@ -511,6 +521,53 @@ impl Store {
             }
         }
     }
+}
+
+/// Moves the deliveries of a database from before every delivery was
+/// stored (the `queue` table) into the inbox, each keeping its id, and
+/// deletes the old table. Their bounds' counts are unchanged.
+fn migrate_queue(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use redb::TableHandle;
+    let exists = txn
+        .list_tables()
+        .map_err(db_err)?
+        .any(|t| t.name() == QUEUE.name());
+    if !exists {
+        txn.open_table(BODIES).map_err(db_err)?;
+        txn.open_table(INBOX).map_err(db_err)?;
+        return Ok(());
+    }
+    {
+        let queue = txn.open_table(QUEUE).map_err(db_err)?;
+        let mut bodies = txn.open_table(BODIES).map_err(db_err)?;
+        let mut refs = txn.open_table(BODY_REFS).map_err(db_err)?;
+        let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
+        for entry in queue.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let (user, id) = key.value();
+            let old: Queued = decode(value.value())?;
+            let body_len = old.body.len() as u64;
+            let size = body_len + old.slot.as_ref().map_or(0, |s| s.len() as u64);
+            let body = inbox::BodyRecord {
+                from: old.from,
+                to: old.to,
+                body: old.body,
+            };
+            let record = inbox::InboxRecord {
+                body: id,
+                queued_at: old.queued_at,
+                size,
+                slot: old.slot,
+            };
+            let body = postcard::to_stdvec(&body).map_err(encode_err)?;
+            let record = postcard::to_stdvec(&record).map_err(encode_err)?;
+            bodies.insert(id, body.as_slice()).map_err(db_err)?;
+            refs.insert(id, (1, body_len)).map_err(db_err)?;
+            inbox.insert((user, id), record.as_slice()).map_err(db_err)?;
+        }
+    }
+    txn.delete_table(QUEUE).map_err(db_err)?;
+    Ok(())
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {

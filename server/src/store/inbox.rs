@@ -1,0 +1,635 @@
+//! Stored deliveries: every message routed, kept for each recipient until
+//! that recipient acknowledges it (or it expires), written in batches.
+//!
+//! A `Send` is stored once, as a body ([`BODIES`]) that its recipients
+//! share; each recipient has an entry in its inbox ([`INBOX`]) with its own
+//! slot, under a delivery id from one relay-wide counter. The body is
+//! deleted with the last entry that refers to it ([`BODY_REFS`]). Bounds
+//! are kept per recipient ([`QUEUE_STATS`]: entries and bytes, a body's
+//! size counting once for every recipient) and per room ([`ROOM_STATS`]:
+//! bodies and their bytes).
+//!
+//! Writes come in batches ([`Store::apply`]): one transaction and one
+//! commit for everything the committer took from its queue, made durable
+//! (fsync) when the batch stores anything.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use sotto_proto::{Destination, RoomName, UserKey, UserName};
+
+use super::{
+    BODIES, BODY_REFS, INBOX, MEMBERS, META, MemberRecord, NAMES, QUEUE_STATS, ROOM_STATS, Store,
+    StoreError, db_err, decode, encode_err, now_secs,
+};
+
+/// A body shared by the recipients of one `Send`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct BodyRecord {
+    /// The sender as registered.
+    pub(super) from: UserName,
+    /// Where it was sent.
+    pub(super) to: Destination,
+    /// The opaque body.
+    pub(super) body: Bytes,
+}
+
+/// One recipient's entry: which body, when, how much it counts against
+/// the recipient's bounds, and the recipient's own slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct InboxRecord {
+    pub(super) body: u64,
+    pub(super) queued_at: u64,
+    pub(super) size: u64,
+    pub(super) slot: Option<Bytes>,
+}
+
+/// A stored delivery as read back. (Also the record of the `queue` table
+/// of relays from before every delivery was stored, moved at open.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// When it was stored, seconds since the Unix epoch.
+    pub queued_at: u64,
+    /// The sender.
+    pub from: UserName,
+    /// Where it was sent.
+    pub to: Destination,
+    /// The opaque body.
+    pub body: Bytes,
+    /// The recipient's opaque slot, if any.
+    pub slot: Option<Bytes>,
+}
+
+/// What became of [`Store::enqueue`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueue {
+    /// Stored under this id.
+    Stored(u64),
+    /// The recipient's bounds are reached.
+    Full,
+    /// A direct message to a name no identity owns.
+    NoSuchUser,
+}
+
+/// One recipient of a [`NewDelivery`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recipient {
+    /// The recipient's name (its key is the inbox's).
+    pub name: UserName,
+    /// Its slot, if the sender included one.
+    pub slot: Option<Bytes>,
+}
+
+/// A `Send` to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// When it was sent, seconds since the Unix epoch (its age counts
+    /// from then).
+    pub queued_at: u64,
+    /// The sender as registered.
+    pub from: UserName,
+    /// The destination as the sender wrote it.
+    pub to: Destination,
+    /// The opaque body.
+    pub body: Bytes,
+    /// Who gets it. For a direct message, the one recipient must be a name
+    /// some identity owns.
+    pub recipients: Vec<Recipient>,
+}
+
+/// One write of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Store a delivery for its recipients.
+    Deliver(NewDelivery),
+    /// `user` acknowledged these deliveries: forget them.
+    Ack {
+        /// Whose inbox.
+        user: UserKey,
+        /// The delivery ids.
+        ids: Vec<u64>,
+    },
+    /// `name` is a member of `room` (from now, or still).
+    Join {
+        /// The room.
+        room: RoomName,
+        /// The member.
+        name: UserName,
+    },
+    /// `user` is no longer a member of `room`.
+    Leave {
+        /// The room.
+        room: RoomName,
+        /// The member.
+        user: UserKey,
+    },
+    /// `user` was last connected at `at` (seconds since the epoch): its
+    /// memberships' absence counts from then.
+    Seen {
+        /// The member.
+        user: UserKey,
+        /// Its rooms.
+        rooms: Vec<RoomName>,
+        /// When.
+        at: u64,
+    },
+}
+
+/// What became of a [`Write`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A [`Write::Deliver`]'s.
+    Deliver(Stored),
+    /// A [`Write::Ack`]'s: how many of its ids were stored (and are now
+    /// forgotten).
+    Acked(u64),
+    /// Done (the other writes).
+    Done,
+}
+
+/// What became of a [`Write::Deliver`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored for every recipient but `refused`, whose bounds are reached
+    /// (`delivered` lists the others with their delivery ids).
+    Stored {
+        /// Recipient -> its delivery id.
+        delivered: Vec<(UserKey, u64)>,
+        /// Recipients that will not get it: their deliveries are at a bound.
+        refused: Vec<UserName>,
+    },
+    /// The direct recipient is a name no identity owns.
+    NoSuchUser,
+    /// The room holds as many undelivered bodies (or bytes) as it may.
+    RoomFull,
+}
+
+/// One recipient's entries and bytes, and one room's bodies and bytes,
+/// as the batch changes them (read once, written back at the end).
+#[derive(Default)]
+struct Tally {
+    users: HashMap<String, (u64, u64)>,
+    rooms: HashMap<String, (u64, u64)>,
+}
+
+impl Store {
+    /// Runs `writes` in one transaction with one commit, durable (fsync)
+    /// unless the batch only acknowledges, and returns what became of each.
+    /// On an error nothing of the batch happened.
+    pub fn apply(&self, writes: &[Write]) -> Result<Vec<Outcome>, StoreError> {
+        let durable = writes.iter().any(|w| !matches!(w, Write::Ack { .. }));
+        self.write("apply", |db| {
+            let mut txn = db.begin_write().map_err(db_err)?;
+            if !durable {
+                // An acknowledgement that a crash forgets only means the
+                // delivery comes again (clients drop duplicates): made
+                // durable by the next batch that stores something.
+                txn.set_durability(Durability::None).map_err(db_err)?;
+            }
+            let outcomes = self.apply_in(&txn, writes)?;
+            txn.commit().map_err(db_err)?;
+            Ok(outcomes)
+        })
+    }
+
+    fn apply_in(
+        &self,
+        txn: &WriteTransaction,
+        writes: &[Write],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut bodies = txn.open_table(BODIES).map_err(db_err)?;
+        let mut refs = txn.open_table(BODY_REFS).map_err(db_err)?;
+        let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
+        let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+        let mut room_stats = txn.open_table(ROOM_STATS).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let mut members = txn.open_table(MEMBERS).map_err(db_err)?;
+        let names = txn.open_table(NAMES).map_err(db_err)?;
+        let mut next_id = meta
+            .get("next_id")
+            .map_err(db_err)?
+            .map_or(1, |v| v.value());
+        let first_id = next_id;
+        let mut tally = Tally::default();
+        let now = now_secs();
+        let limits = self.limits;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let outcome = match write {
+                Write::Deliver(delivery) => {
+                    if let Destination::User(to) = &delivery.to
+                        && names.get(to.key().as_str()).map_err(db_err)?.is_none()
+                    {
+                        outcomes.push(Outcome::Deliver(Stored::NoSuchUser));
+                        continue;
+                    }
+                    let room = match &delivery.to {
+                        Destination::Room(room) => Some(room.as_str()),
+                        Destination::User(_) => None,
+                    };
+                    let body_len = delivery.body.len() as u64;
+                    if let Some(room) = room {
+                        let (count, bytes) = tally.room(&room_stats, room)?;
+                        if !delivery.recipients.is_empty()
+                            && (count + 1 > limits.room_max_messages
+                                || bytes + body_len > limits.room_max_bytes)
+                        {
+                            outcomes.push(Outcome::Deliver(Stored::RoomFull));
+                            continue;
+                        }
+                    }
+                    let mut delivered = Vec::with_capacity(delivery.recipients.len());
+                    let mut refused = Vec::new();
+                    let body_id = take(&mut next_id);
+                    for recipient in &delivery.recipients {
+                        let key = recipient.name.key();
+                        let size = body_len + recipient.slot.as_ref().map_or(0, |s| s.len() as u64);
+                        let (count, bytes) = tally.user(&stats, key.as_str())?;
+                        if count + 1 > limits.max_messages || bytes + size > limits.max_bytes {
+                            refused.push(recipient.name.clone());
+                            continue;
+                        }
+                        let id = take(&mut next_id);
+                        let record = InboxRecord {
+                            body: body_id,
+                            queued_at: delivery.queued_at,
+                            size,
+                            slot: recipient.slot.clone(),
+                        };
+                        let value = postcard::to_stdvec(&record).map_err(encode_err)?;
+                        inbox
+                            .insert((key.as_str(), id), value.as_slice())
+                            .map_err(db_err)?;
+                        tally.add_user(key.as_str(), 1, signed(size));
+                        delivered.push((key, id));
+                    }
+                    // Nobody to keep it for: no body either.
+                    if !delivered.is_empty() {
+                        let record = BodyRecord {
+                            from: delivery.from.clone(),
+                            to: delivery.to.clone(),
+                            body: delivery.body.clone(),
+                        };
+                        let value = postcard::to_stdvec(&record).map_err(encode_err)?;
+                        bodies.insert(body_id, value.as_slice()).map_err(db_err)?;
+                        refs.insert(body_id, (delivered.len() as u64, body_len))
+                            .map_err(db_err)?;
+                        if let Some(room) = room {
+                            tally.add_room(room, 1, signed(body_len));
+                        }
+                    }
+                    Outcome::Deliver(Stored::Stored { delivered, refused })
+                }
+                Write::Ack { user, ids } => {
+                    let mut acked = 0;
+                    for id in ids {
+                        let removed = match inbox.remove((user.as_str(), *id)).map_err(db_err)? {
+                            Some(value) => Some(decode::<InboxRecord>(value.value())?),
+                            None => None,
+                        };
+                        if let Some(record) = removed {
+                            tally.user(&stats, user.as_str())?;
+                            tally.add_user(user.as_str(), -1, -signed(record.size));
+                            release(&mut bodies, &mut refs, &room_stats, &mut tally, record.body)?;
+                            acked += 1;
+                        }
+                    }
+                    Outcome::Acked(acked)
+                }
+                Write::Join { room, name } => {
+                    let key = name.key();
+                    let existing = match members
+                        .get((room.as_str(), key.as_str()))
+                        .map_err(db_err)?
+                    {
+                        Some(value) => Some(decode::<MemberRecord>(value.value())?),
+                        None => None,
+                    };
+                    let record = MemberRecord {
+                        name: name.clone(),
+                        joined_at: existing.as_ref().map_or(now, |m| m.joined_at),
+                        last_seen: now,
+                    };
+                    let value = postcard::to_stdvec(&record).map_err(encode_err)?;
+                    members
+                        .insert((room.as_str(), key.as_str()), value.as_slice())
+                        .map_err(db_err)?;
+                    Outcome::Done
+                }
+                Write::Leave { room, user } => {
+                    members
+                        .remove((room.as_str(), user.as_str()))
+                        .map_err(db_err)?;
+                    Outcome::Done
+                }
+                Write::Seen { user, rooms, at } => {
+                    for room in rooms {
+                        let key = (room.as_str(), user.as_str());
+                        let record = match members.get(key).map_err(db_err)? {
+                            Some(value) => Some(decode::<MemberRecord>(value.value())?),
+                            None => None,
+                        };
+                        if let Some(mut record) = record {
+                            record.last_seen = *at;
+                            let value = postcard::to_stdvec(&record).map_err(encode_err)?;
+                            members.insert(key, value.as_slice()).map_err(db_err)?;
+                        }
+                    }
+                    Outcome::Done
+                }
+            };
+            outcomes.push(outcome);
+        }
+        if next_id != first_id {
+            meta.insert("next_id", next_id).map_err(db_err)?;
+        }
+        tally.write_back(&mut stats, &mut room_stats)?;
+        Ok(outcomes)
+    }
+
+    /// Makes every commit before it durable (an empty commit with an
+    /// fsync): acknowledgements are committed without one.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.write("sync", |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
+    }
+
+    /// Up to `limit` deliveries stored for `user` with ids above `after`,
+    /// oldest first; expired ones are left out (the sweep deletes them).
+    pub fn pending_after(
+        &self,
+        user: &UserKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Queued)>, StoreError> {
+        let cutoff = self.cutoff();
+        self.read("pending", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let inbox = txn.open_table(INBOX).map_err(db_err)?;
+            let bodies = txn.open_table(BODIES).map_err(db_err)?;
+            let mut pending = Vec::new();
+            let start = after.saturating_add(1);
+            let range = (user.as_str(), start)..=(user.as_str(), u64::MAX);
+            let mut last_body: Option<(u64, BodyRecord)> = None;
+            for entry in inbox.range(range).map_err(db_err)? {
+                if pending.len() >= limit {
+                    break;
+                }
+                let (key, value) = entry.map_err(db_err)?;
+                let record: InboxRecord = decode(value.value())?;
+                if record.queued_at < cutoff {
+                    continue;
+                }
+                let body = match &last_body {
+                    Some((id, body)) if *id == record.body => body.clone(),
+                    _ => {
+                        let Some(value) = bodies.get(record.body).map_err(db_err)? else {
+                            return Err(StoreError::Corrupt);
+                        };
+                        let body: BodyRecord = decode(value.value())?;
+                        last_body = Some((record.body, body.clone()));
+                        body
+                    }
+                };
+                pending.push((
+                    key.value().1,
+                    Queued {
+                        queued_at: record.queued_at,
+                        from: body.from,
+                        to: body.to,
+                        body: body.body,
+                        slot: record.slot,
+                    },
+                ));
+            }
+            Ok(pending)
+        })
+    }
+
+    /// Everything stored for `recipient`, oldest first.
+    pub fn pending(&self, recipient: &UserName) -> Result<Vec<(u64, Queued)>, StoreError> {
+        self.pending_after(&recipient.key(), 0, usize::MAX)
+    }
+
+    /// Stores one delivery for `recipient` alone (a convenience over
+    /// [`Store::apply`]).
+    pub fn enqueue(&self, recipient: &UserName, message: &Queued) -> Result<Enqueue, StoreError> {
+        let write = Write::Deliver(NewDelivery {
+            queued_at: message.queued_at,
+            from: message.from.clone(),
+            to: message.to.clone(),
+            body: message.body.clone(),
+            recipients: vec![Recipient {
+                name: recipient.clone(),
+                slot: message.slot.clone(),
+            }],
+        });
+        match self.apply(&[write])?.pop() {
+            Some(Outcome::Deliver(Stored::Stored { delivered, .. })) => Ok(delivered
+                .first()
+                .map_or(Enqueue::Full, |(_, id)| Enqueue::Stored(*id))),
+            Some(Outcome::Deliver(Stored::NoSuchUser)) => Ok(Enqueue::NoSuchUser),
+            _ => Ok(Enqueue::Full),
+        }
+    }
+
+    /// Forgets delivery `id` of `recipient` (acknowledged); `false` if it
+    /// was not stored (unknown ids are ignored).
+    pub fn acknowledge(&self, recipient: &UserName, id: u64) -> Result<bool, StoreError> {
+        let outcome = self.apply(&[Write::Ack {
+            user: recipient.key(),
+            ids: vec![id],
+        }])?;
+        Ok(matches!(outcome.first(), Some(Outcome::Acked(1))))
+    }
+
+    /// Deletes every delivery stored longer than the age bound, so that
+    /// ciphertext for users who never come back does not stay on disk past
+    /// its age. Returns how many were deleted.
+    pub fn expire_all(&self) -> Result<u64, StoreError> {
+        let cutoff = self.cutoff();
+        self.write("expire_all", |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let dropped = {
+                let mut bodies = txn.open_table(BODIES).map_err(db_err)?;
+                let mut refs = txn.open_table(BODY_REFS).map_err(db_err)?;
+                let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
+                let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+                let mut room_stats = txn.open_table(ROOM_STATS).map_err(db_err)?;
+                let mut expired = Vec::new();
+                for entry in inbox.iter().map_err(db_err)? {
+                    let (key, value) = entry.map_err(db_err)?;
+                    let record: InboxRecord = decode(value.value())?;
+                    if record.queued_at < cutoff {
+                        let (user, id) = key.value();
+                        expired.push((user.to_string(), id, record));
+                    }
+                }
+                let mut tally = Tally::default();
+                for (user, id, record) in &expired {
+                    inbox.remove((user.as_str(), *id)).map_err(db_err)?;
+                    tally.user(&stats, user)?;
+                    tally.add_user(user, -1, -signed(record.size));
+                    release(&mut bodies, &mut refs, &room_stats, &mut tally, record.body)?;
+                }
+                tally.write_back(&mut stats, &mut room_stats)?;
+                expired.len() as u64
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(dropped)
+        })
+    }
+
+    /// Deliveries and bytes stored for `recipient`.
+    pub fn queue_depth(&self, recipient: &UserName) -> Result<(u64, u64), StoreError> {
+        self.read("queue_depth", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
+            let depth = stats.get(recipient.key().as_str()).map_err(db_err)?;
+            Ok(depth.map_or((0, 0), |v| v.value()))
+        })
+    }
+
+    /// Bodies and bytes stored for `room`.
+    pub fn room_depth(&self, room: &RoomName) -> Result<(u64, u64), StoreError> {
+        self.read("room_depth", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let stats = txn.open_table(ROOM_STATS).map_err(db_err)?;
+            let depth = stats.get(room.as_str()).map_err(db_err)?;
+            Ok(depth.map_or((0, 0), |v| v.value()))
+        })
+    }
+
+    /// Deliveries stored for everyone.
+    pub fn total_queued(&self) -> Result<u64, StoreError> {
+        self.read("total_queued", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let inbox = txn.open_table(INBOX).map_err(db_err)?;
+            inbox.len().map_err(db_err)
+        })
+    }
+
+    /// Bodies stored (one per `Send` that someone has not acknowledged).
+    pub fn total_bodies(&self) -> Result<u64, StoreError> {
+        self.read("total_bodies", |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let bodies = txn.open_table(BODIES).map_err(db_err)?;
+            bodies.len().map_err(db_err)
+        })
+    }
+
+    fn cutoff(&self) -> u64 {
+        now_secs().saturating_sub(self.limits.max_age.as_secs())
+    }
+}
+
+/// The next id of the relay-wide counter.
+fn take(next_id: &mut u64) -> u64 {
+    let id = *next_id;
+    *next_id += 1;
+    id
+}
+
+/// A size as a signed change (sizes are bounded far below `i64::MAX`).
+fn signed(size: u64) -> i64 {
+    i64::try_from(size).unwrap_or(i64::MAX)
+}
+
+/// Drops one recipient's hold on body `id`: the body goes with the last.
+fn release(
+    bodies: &mut redb::Table<'_, u64, &[u8]>,
+    refs: &mut redb::Table<'_, u64, (u64, u64)>,
+    room_stats: &redb::Table<'_, &str, (u64, u64)>,
+    tally: &mut Tally,
+    id: u64,
+) -> Result<(), StoreError> {
+    let Some((held, len)) = refs.get(id).map_err(db_err)?.map(|v| v.value()) else {
+        return Ok(());
+    };
+    if held > 1 {
+        refs.insert(id, (held - 1, len)).map_err(db_err)?;
+        return Ok(());
+    }
+    refs.remove(id).map_err(db_err)?;
+    if let Some(value) = bodies.remove(id).map_err(db_err)? {
+        let record: BodyRecord = decode(value.value())?;
+        if let Destination::Room(room) = &record.to {
+            tally.room(room_stats, room.as_str())?;
+            tally.add_room(room.as_str(), -1, -signed(len));
+        }
+    }
+    Ok(())
+}
+
+impl Tally {
+    fn user(
+        &mut self,
+        stats: &redb::Table<'_, &str, (u64, u64)>,
+        user: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        Self::read(&mut self.users, stats, user)
+    }
+
+    fn room(
+        &mut self,
+        stats: &redb::Table<'_, &str, (u64, u64)>,
+        room: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        Self::read(&mut self.rooms, stats, room)
+    }
+
+    fn read(
+        cache: &mut HashMap<String, (u64, u64)>,
+        stats: &redb::Table<'_, &str, (u64, u64)>,
+        key: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        if let Some(have) = cache.get(key) {
+            return Ok(*have);
+        }
+        let have = stats.get(key).map_err(db_err)?.map_or((0, 0), |v| v.value());
+        cache.insert(key.to_string(), have);
+        Ok(have)
+    }
+
+    /// Adds to a user's tally, which must have been read.
+    fn add_user(&mut self, user: &str, count: i64, bytes: i64) {
+        Self::add(&mut self.users, user, count, bytes);
+    }
+
+    fn add_room(&mut self, room: &str, count: i64, bytes: i64) {
+        Self::add(&mut self.rooms, room, count, bytes);
+    }
+
+    fn add(cache: &mut HashMap<String, (u64, u64)>, key: &str, count: i64, bytes: i64) {
+        let entry = cache.entry(key.to_string()).or_default();
+        entry.0 = entry.0.saturating_add_signed(count);
+        entry.1 = entry.1.saturating_add_signed(bytes);
+    }
+
+    fn write_back(
+        self,
+        stats: &mut redb::Table<'_, &str, (u64, u64)>,
+        room_stats: &mut redb::Table<'_, &str, (u64, u64)>,
+    ) -> Result<(), StoreError> {
+        Self::store(self.users, stats)?;
+        Self::store(self.rooms, room_stats)
+    }
+
+    fn store(
+        cache: HashMap<String, (u64, u64)>,
+        table: &mut redb::Table<'_, &str, (u64, u64)>,
+    ) -> Result<(), StoreError> {
+        for (key, value) in cache {
+            if value.0 == 0 {
+                table.remove(key.as_str()).map_err(db_err)?;
+            } else {
+                table.insert(key.as_str(), value).map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+}
