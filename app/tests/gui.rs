@@ -698,6 +698,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
                 name: "bob".parse().unwrap(),
                 fingerprint: Some(bob),
                 trust: TrustLevel::Unverified,
+                online: true,
             }],
         },
     );
@@ -965,6 +966,7 @@ async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
         name: name.parse().unwrap(),
         fingerprint: Some(key),
         trust: TrustLevel::Unverified,
+        online: true,
     };
     for update in [
         Update::Joined {

@@ -59,6 +59,7 @@ fn member(member: &Member) -> Value {
         "name": member.name,
         "fingerprint": member.fingerprint.map(|f| f.to_hex()),
         "trust": trust(member.trust),
+        "online": member.online,
     })
 }
 
@@ -139,6 +140,7 @@ pub(crate) fn event(update: &Update) -> Value {
                     PresenceChange::Joined => "joined",
                     PresenceChange::Left => "left",
                     PresenceChange::Disconnected => "disconnected",
+                    PresenceChange::Connected => "connected",
                 },
             }),
         ),

@@ -186,7 +186,7 @@ impl View {
         let members = self.view.members(room);
         out.push(format!("* #{room}: {} members", members.len()));
         for member in members {
-            out.push(format!("*   {}", self.view.label(&member.name)));
+            out.push(format!("*   {}", self.view.member_label(member)));
         }
     }
 
@@ -361,6 +361,7 @@ mod tests {
                     name: "aIice".parse().unwrap(),
                     fingerprint: Some(fingerprint),
                     trust: TrustLevel::Unverified,
+                    online: true,
                 }],
             },
         );
