@@ -444,4 +444,29 @@ mod tests {
         let back: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["message"], text);
     }
+
+    #[test]
+    fn members_say_whether_they_are_online_and_presence_names_coming_back() {
+        let event = event(&Update::Members {
+            room: "lobby".parse().unwrap(),
+            members: vec![Member {
+                name: "bob".parse().unwrap(),
+                fingerprint: None,
+                trust: TrustLevel::Unknown,
+                online: false,
+            }],
+        });
+        assert_eq!(event["members"][0]["online"], false);
+        for (change, word) in [
+            (PresenceChange::Disconnected, "disconnected"),
+            (PresenceChange::Connected, "connected"),
+        ] {
+            let event = super::event(&Update::Presence {
+                room: "lobby".parse().unwrap(),
+                name: "bob".parse().unwrap(),
+                change,
+            });
+            assert_eq!(event["change"], word);
+        }
+    }
 }
