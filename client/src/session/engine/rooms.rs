@@ -113,21 +113,22 @@ impl Engine {
         }
     }
 
-    /// The relay's `Left`: the user is no longer a member. For a room left
-    /// while disconnected, the user was told then.
+    /// The relay's `Left`: the user is no longer a member. Said only for a
+    /// room the user was in or joining: one left while disconnected was
+    /// said then.
     pub(super) fn on_left(&mut self, room: RoomName, out: &mut Out) {
         self.leave_sent.remove(&room);
         if self.leaving.remove(&room) {
             self.save_leaving(out);
-            if !self.rooms.contains_key(&room) && !self.wanted.contains(&room) {
-                return;
-            }
         }
-        self.rooms.remove(&room);
-        if self.wanted.remove(&room) {
+        let was_in = self.rooms.remove(&room).is_some();
+        let wanted = self.wanted.remove(&room);
+        if wanted {
             self.save_wanted(out);
         }
-        out.update(Update::Left { room });
+        if was_in || wanted {
+            out.update(Update::Left { room });
+        }
     }
 
     /// Whether the relay's error answers a `Leave` of a room left while

@@ -481,3 +481,44 @@ async fn the_relays_report_and_the_answer_to_join_are_one_joined_for_the_user() 
         1
     );
 }
+
+#[tokio::test]
+async fn a_room_left_while_disconnected_and_joined_again_once_back_ends_joined() {
+    let bob = fixture("bob");
+    let (mut engine, _dir) = alice_with_bob(&bob).await;
+    engine.on_disconnected();
+    command(&mut engine, Command::Leave(RoomName::lobby()));
+    let mut out = Out::default();
+    engine.on_registered(name("alice"), &mut out);
+    // Joined again before the relay answered the `Leave`.
+    let out = command(&mut engine, Command::Join(RoomName::lobby()));
+    assert!(
+        matches!(
+            &joins_and_leaves(&out)[..],
+            [ClientFrame::Join { room }] if *room == RoomName::lobby()
+        ),
+        "{:?}",
+        out.frames
+    );
+    assert!(engine.store.rooms_to_leave().unwrap().is_empty());
+    // The relay answers both in order: the `Left` says nothing (the user
+    // was told when leaving), the `Joined` makes it the user's room again.
+    let updates = feed(
+        &mut engine,
+        RelayFrame::Left {
+            room: RoomName::lobby(),
+        },
+    );
+    assert!(updates.is_empty(), "{updates:?}");
+    let updates = feed(&mut engine, joined("lobby", &[("bob", bob.public(), true)]));
+    assert!(
+        updates
+            .iter()
+            .any(|u| matches!(u, Update::Joined { room } if *room == RoomName::lobby())),
+        "{updates:?}"
+    );
+    assert_eq!(
+        engine.store.joined_rooms().unwrap(),
+        Some(vec!["lobby".to_owned()])
+    );
+}
