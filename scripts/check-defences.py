@@ -75,8 +75,8 @@ ENTRIES = [
          # seal too, so that the honest path still works without the defence
          also=[("let digest = message_digest(&header, body.get(start..).unwrap_or_default());", "let digest = message_digest(&header, &[]);")]),
  hostile("s11", *SIGNATURE_FIRST),
- hostile("s12", "client/src/session/engine/rooms.rs", """            PresenceEvent::Left => {
-                entry.members.remove(&user.key());""", """            PresenceEvent::Left => {""", "a member who left is no longer a recipient (keys rotate)"),
+ hostile("s12", "client/src/session/engine/rooms.rs", """        if change == PresenceChange::Left {
+            entry.members.remove(&user.key());""", """        if false {""", "a member who left is no longer a recipient (keys rotate)"),
  hostile("s13", "proto/src/codec.rs", "    if version != PROTOCOL_VERSION {", "    if false {", "frames of another protocol version are refused"),
  hostile("s14", "client/src/session/engine/rooms.rs", "        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
  hostile("s15", "proto/src/codec.rs", """        check_len(len)?;

@@ -698,6 +698,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
                 name: "bob".parse().unwrap(),
                 fingerprint: Some(bob),
                 trust: TrustLevel::Unverified,
+                online: true,
             }],
         },
     );
@@ -965,6 +966,7 @@ async fn a_lookalike_name_is_warned_about_and_shown_with_its_key() {
         name: name.parse().unwrap(),
         fingerprint: Some(key),
         trust: TrustLevel::Unverified,
+        online: true,
     };
     for update in [
         Update::Joined {
@@ -1344,6 +1346,65 @@ async fn a_presence_flood_is_one_notice_that_counts() {
             "user7 and user8 left #lobby",
             "user9 left #lobby",
         ],
+        "{texts:#?}"
+    );
+}
+
+/// A member who went offline stays in the member list, marked offline,
+/// and going offline and coming back are notices in the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_member_stays_listed_marked_offline() {
+    use sotto_client::session::{Member, PresenceChange, TrustLevel, Update};
+    use sotto_crypto::Fingerprint;
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    let members = |online| Update::Members {
+        room: RoomName::lobby(),
+        members: vec![Member {
+            name: "bob".parse().unwrap(),
+            fingerprint: Some(Fingerprint([0x22; 32])),
+            trust: TrustLevel::Unverified,
+            online,
+        }],
+    };
+    let presence = |change| Update::Presence {
+        room: RoomName::lobby(),
+        name: "bob".parse().unwrap(),
+        change,
+    };
+    feed(
+        &mut chat,
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+    );
+    feed(&mut chat, members(true));
+    let texts = texts_of(chat.view());
+    assert!(texts.iter().any(|t| t == "bob"), "{texts:#?}");
+    assert!(!texts.iter().any(|t| t == "(offline)"), "{texts:#?}");
+
+    feed(&mut chat, presence(PresenceChange::Disconnected));
+    feed(&mut chat, members(false));
+    let texts = texts_of(chat.view());
+    assert!(texts.iter().any(|t| t == "bob"), "{texts:#?}");
+    assert_eq!(
+        texts.iter().filter(|t| *t == "(offline)").count(),
+        1,
+        "{texts:#?}"
+    );
+    assert!(
+        texts.iter().any(|t| t == "bob went offline in #lobby"),
+        "{texts:#?}"
+    );
+
+    feed(&mut chat, presence(PresenceChange::Connected));
+    feed(&mut chat, members(true));
+    let texts = texts_of(chat.view());
+    assert!(!texts.iter().any(|t| t == "(offline)"), "{texts:#?}");
+    assert!(
+        texts.iter().any(|t| t == "bob is back in #lobby"),
         "{texts:#?}"
     );
 }

@@ -59,6 +59,7 @@ fn member(member: &Member) -> Value {
         "name": member.name,
         "fingerprint": member.fingerprint.map(|f| f.to_hex()),
         "trust": trust(member.trust),
+        "online": member.online,
     })
 }
 
@@ -139,6 +140,7 @@ pub(crate) fn event(update: &Update) -> Value {
                     PresenceChange::Joined => "joined",
                     PresenceChange::Left => "left",
                     PresenceChange::Disconnected => "disconnected",
+                    PresenceChange::Connected => "connected",
                 },
             }),
         ),
@@ -441,5 +443,30 @@ mod tests {
         assert!(!line.contains('\u{1b}') && !line.contains('\n'), "{line}");
         let back: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["message"], text);
+    }
+
+    #[test]
+    fn members_say_whether_they_are_online_and_presence_names_coming_back() {
+        let event = event(&Update::Members {
+            room: "lobby".parse().unwrap(),
+            members: vec![Member {
+                name: "bob".parse().unwrap(),
+                fingerprint: None,
+                trust: TrustLevel::Unknown,
+                online: false,
+            }],
+        });
+        assert_eq!(event["members"][0]["online"], false);
+        for (change, word) in [
+            (PresenceChange::Disconnected, "disconnected"),
+            (PresenceChange::Connected, "connected"),
+        ] {
+            let event = super::event(&Update::Presence {
+                room: "lobby".parse().unwrap(),
+                name: "bob".parse().unwrap(),
+                change,
+            });
+            assert_eq!(event["change"], word);
+        }
     }
 }

@@ -186,7 +186,7 @@ impl View {
         let members = self.view.members(room);
         out.push(format!("* #{room}: {} members", members.len()));
         for member in members {
-            out.push(format!("*   {}", self.view.label(&member.name)));
+            out.push(format!("*   {}", self.view.member_label(member)));
         }
     }
 
@@ -261,7 +261,7 @@ impl View {
 mod tests {
     use super::*;
     use sotto_client::contacts::KeyEvent;
-    use sotto_client::session::Member;
+    use sotto_client::session::{Member, PresenceChange};
     use sotto_crypto::Fingerprint;
 
     fn message(from: &str, text: &str) -> Update {
@@ -361,6 +361,7 @@ mod tests {
                     name: "aIice".parse().unwrap(),
                     fingerprint: Some(fingerprint),
                     trust: TrustLevel::Unverified,
+                    online: true,
                 }],
             },
         );
@@ -458,5 +459,65 @@ mod tests {
         let error = view.command("\u{1b}[A", &mut out).unwrap_err();
         assert!(error.starts_with(r"not sent: the line contains the control character \e"));
         assert!(view.pending.is_empty());
+    }
+
+    #[test]
+    fn offline_members_are_listed_as_offline_and_their_presence_is_said() {
+        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
+        let lobby: RoomName = "lobby".parse().unwrap();
+        shown(
+            &mut view,
+            &Update::Connection(Connection::Connected {
+                name: "alice".parse().unwrap(),
+            }),
+        );
+        shown(
+            &mut view,
+            &Update::Joined {
+                room: lobby.clone(),
+            },
+        );
+        let member = |name: &str, online| Member {
+            name: name.parse().unwrap(),
+            fingerprint: Some(Fingerprint([2; 32])),
+            trust: TrustLevel::Unverified,
+            online,
+        };
+        let out = shown(
+            &mut view,
+            &Update::Members {
+                room: lobby.clone(),
+                members: vec![member("alice", true), member("bob", false)],
+            },
+        );
+        assert_eq!(
+            out,
+            ["* In #lobby: alice (you), bob [unverified] (offline)"]
+        );
+        let mut out = Vec::new();
+        assert!(view.command("/members", &mut out).unwrap().is_none());
+        assert_eq!(
+            out,
+            [
+                "* #lobby: 2 members",
+                "*   alice (you)",
+                "*   bob [unverified] (offline)"
+            ]
+        );
+        for (change, line) in [
+            (PresenceChange::Disconnected, "* bob went offline in #lobby"),
+            (PresenceChange::Connected, "* bob is back in #lobby"),
+            (PresenceChange::Left, "* bob left #lobby"),
+        ] {
+            let out = shown(
+                &mut view,
+                &Update::Presence {
+                    room: lobby.clone(),
+                    name: "bob".parse().unwrap(),
+                    change,
+                },
+            );
+            assert_eq!(out, [line]);
+        }
     }
 }

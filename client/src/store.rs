@@ -1,5 +1,5 @@
 //! What the client keeps between runs, typed, on top of the encrypted
-//! [`Vault`]: the account name, rooms to rejoin, room settings, contacts,
+//! [`Vault`]: the account name, rooms to rejoin (and to leave), room settings, contacts,
 //! sending epochs and sequence counters, receiving sessions with their
 //! replay windows, and the message history.
 //!
@@ -38,6 +38,7 @@ const HISTORY: &str = "history";
 
 const NAME_KEY: &[u8] = b"name";
 const JOINED_KEY: &[u8] = b"joined";
+const LEAVING_KEY: &[u8] = b"leaving";
 const CONTACTS_KEY: &[u8] = b"all";
 
 /// Why the store failed.
@@ -287,6 +288,23 @@ impl Store {
     /// Records the rooms to join on connecting.
     pub fn set_joined_rooms(&self, rooms: &[String]) -> Result<(), StoreError> {
         Ok(self.vault.put(SETTINGS, JOINED_KEY, &encode(&rooms)?)?)
+    }
+
+    /// The rooms left while disconnected, to leave at the relay on the
+    /// next connection (membership outlasts connections). Empty if never
+    /// recorded (a data directory from before the record existed).
+    pub fn rooms_to_leave(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .vault
+            .get(SETTINGS, LEAVING_KEY)?
+            .map(|bytes| decode(&bytes))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Records the rooms to leave on the next connection.
+    pub fn set_rooms_to_leave(&self, rooms: &[String]) -> Result<(), StoreError> {
+        Ok(self.vault.put(SETTINGS, LEAVING_KEY, &encode(&rooms)?)?)
     }
 
     /// The settings of `room`.

@@ -78,7 +78,8 @@ impl Chat {
             Local::Help => self.tell(Tone::Info, commands::HELP.to_owned()),
             Local::Members(room) => {
                 let members = self.view.members(&room);
-                let names: Vec<String> = members.iter().map(|m| self.view.label(&m.name)).collect();
+                let names: Vec<String> =
+                    members.iter().map(|m| self.view.member_label(m)).collect();
                 let text = format!("#{room}: {} members: {}", members.len(), names.join(", "));
                 self.tell(Tone::Info, text);
             }

@@ -15,6 +15,7 @@ use crate::timeline::{Entry, Tone};
 use crate::verify::{self};
 use sotto_client::safe_text::multiline as visible;
 use sotto_client::session::{Chat as Conversation, Connection};
+use sotto_client::ui::words;
 
 use super::composer::composer_keys;
 use super::{Chat, Message, Pending, ids};
@@ -330,9 +331,19 @@ impl Chat {
             } else {
                 member.name.to_string()
             };
-            let mut line = row![text(name)].spacing(6).align_y(Alignment::Center);
+            // An offline member is still a member (what is said waits for
+            // it at the relay): dimmed, and marked.
+            let name = if member.online {
+                text(name)
+            } else {
+                text(name).style(text::secondary)
+            };
+            let mut line = row![name].spacing(6).align_y(Alignment::Center);
             if !me {
                 line = line.push(badge(member.trust));
+            }
+            if !member.online {
+                line = line.push(text(words::OFFLINE).size(11).style(text::secondary));
             }
             let mut entry = column![line].spacing(2);
             if !me && let Some(key) = self.lookalike_key(&member.name, member.fingerprint) {

@@ -167,6 +167,10 @@ pub struct Member {
     pub fingerprint: Option<Fingerprint>,
     /// Its trust.
     pub trust: TrustLevel,
+    /// Whether it is connected now (an offline member is still a member:
+    /// messages are encrypted to it and wait at the relay until it is
+    /// back).
+    pub online: bool,
 }
 
 /// A message, sent or received.
@@ -233,8 +237,11 @@ pub enum PresenceChange {
     Joined,
     /// Left the room.
     Left,
-    /// Lost its connection (and so left the room).
+    /// Went offline: still a member, it reads what was said when it is
+    /// back.
     Disconnected,
+    /// Came back online.
+    Connected,
 }
 
 /// A connected user, in [`Update::Users`]: the relay's
@@ -288,7 +295,8 @@ pub enum Update {
         /// Every member, this client included.
         members: Vec<Member>,
     },
-    /// Someone joined or left a room this client is in.
+    /// Someone joined, left, went offline or came back in a room this
+    /// client is in.
     Presence {
         /// The room.
         room: RoomName,

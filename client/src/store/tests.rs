@@ -135,3 +135,23 @@ fn a_batch_reads_its_own_writes_and_keeps_them_only_once_committed() {
     assert_eq!(store.inbound(sender, &conversation).unwrap().max_epoch, 3);
     assert_eq!(store.history().unwrap().entries.len(), 3);
 }
+
+#[test]
+fn rooms_to_leave_are_empty_until_recorded_and_kept_apart_from_the_rooms_to_join() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = a_store(dir.path());
+        // A data directory from before the record: the joined rooms only.
+        store.set_joined_rooms(&["lobby".to_owned()]).unwrap();
+        assert!(store.rooms_to_leave().unwrap().is_empty());
+        store.set_rooms_to_leave(&["dev".to_owned()]).unwrap();
+    }
+    let store = a_store(dir.path());
+    assert_eq!(store.rooms_to_leave().unwrap(), ["dev"]);
+    assert_eq!(
+        store.joined_rooms().unwrap(),
+        Some(vec!["lobby".to_owned()])
+    );
+    store.set_rooms_to_leave(&[]).unwrap();
+    assert!(store.rooms_to_leave().unwrap().is_empty());
+}

@@ -126,6 +126,18 @@ impl View {
         )
     }
 
+    /// A member as listed: its [`label`](Self::label), then
+    /// [`words::OFFLINE`] for a member not connected now (`bob [verified]
+    /// (offline)`).
+    pub fn member_label(&self, member: &Member) -> String {
+        let mut label = self.label(&member.name);
+        if !member.online {
+            label.push(' ');
+            label.push_str(words::OFFLINE);
+        }
+        label
+    }
+
     /// The words for the connection's state (see [`words::connection`]),
     /// `left` being what remains of the wait before reconnecting.
     pub fn connection(&self, state: &Connection, left: Duration) -> (Tone, String) {
@@ -215,7 +227,7 @@ impl View {
                 if !first {
                     return Vec::new();
                 }
-                let labels: Vec<String> = members.iter().map(|m| self.label(&m.name)).collect();
+                let labels: Vec<String> = members.iter().map(|m| self.member_label(m)).collect();
                 words::members(room, &labels)
             }
             Update::Presence { room, name, change } => Said {
@@ -338,6 +350,7 @@ mod tests {
             name: name.parse().unwrap(),
             fingerprint: Some(Fingerprint([key; 32])),
             trust,
+            online: true,
         }
     }
 
@@ -523,7 +536,7 @@ mod tests {
             name: "bob".parse().unwrap(),
             change: PresenceChange::Disconnected,
         });
-        assert_eq!(said[0].qualified(), "bob disconnected from #lobby");
+        assert_eq!(said[0].qualified(), "bob went offline in #lobby");
         let (tone, text) = view.connection(
             &Connection::Reconnecting {
                 after: Duration::from_secs(16),
@@ -537,6 +550,46 @@ mod tests {
                 Tone::Warning,
                 "Connection lost (gone): reconnecting in 16 s"
             )
+        );
+    }
+
+    #[test]
+    fn an_offline_member_is_listed_as_offline_and_its_return_is_said() {
+        let mut view = View::new("relay.example:7447", None, false);
+        connected(&mut view, "alice");
+        let mut bob = member("bob", TrustLevel::Verified, 2);
+        bob.online = false;
+        let said = view.apply(&Update::Members {
+            room: room("lobby"),
+            members: vec![member("alice", TrustLevel::Verified, 1), bob.clone()],
+        });
+        assert_eq!(
+            texts(&said),
+            ["In #lobby: alice (you), bob [verified] (offline)"]
+        );
+        assert_eq!(view.member_label(&bob), "bob [verified] (offline)");
+        // Offline is still a member: still in the room.
+        assert_eq!(view.rooms_with(&user("bob")), [room("lobby")]);
+        let said = view.apply(&Update::Presence {
+            room: room("lobby"),
+            name: user("bob"),
+            change: PresenceChange::Connected,
+        });
+        assert_eq!(texts(&said), ["bob is back in #lobby"]);
+        let names = [user("bob"), user("carol")];
+        assert_eq!(
+            words::presence(&names, None, 2, PresenceChange::Connected, &room("lobby")),
+            "bob and carol are back in #lobby"
+        );
+        assert_eq!(
+            words::presence(
+                &names,
+                None,
+                2,
+                PresenceChange::Disconnected,
+                &room("lobby")
+            ),
+            "bob and carol went offline in #lobby"
         );
     }
 

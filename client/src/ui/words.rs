@@ -130,19 +130,26 @@ pub(super) fn label(
     label
 }
 
-/// `joined`, `left`, `disconnected from`.
-fn presence_verb(change: PresenceChange) -> &'static str {
+/// `joined`, `left`, `went offline in`, `is back in` (`are back in` for
+/// several names).
+fn presence_verb(change: PresenceChange, count: u64) -> &'static str {
     match change {
         PresenceChange::Joined => "joined",
         PresenceChange::Left => "left",
-        PresenceChange::Disconnected => "disconnected from",
+        PresenceChange::Disconnected => "went offline in",
+        PresenceChange::Connected if count == 1 => "is back in",
+        PresenceChange::Connected => "are back in",
     }
 }
 
-/// `bob joined #lobby`; for a run of changes of one kind, `bob and carol
-/// joined #lobby`, `bob, carol and dave ...`, `bob, carol, 12 others and
-/// dave ...`: `first` are the first (at most two) names, `newest` the
-/// newest when there are more, `count` all of them.
+/// What a member offline is marked with, after its label.
+pub const OFFLINE: &str = "(offline)";
+
+/// `bob joined #lobby`, `bob left #lobby`, `bob went offline in #lobby`
+/// (still a member), `bob is back in #lobby`; for a run of changes of one
+/// kind, `bob and carol joined #lobby`, `bob, carol and dave ...`, `bob,
+/// carol, 12 others and dave ...`: `first` are the first (at most two)
+/// names, `newest` the newest when there are more, `count` all of them.
 pub fn presence(
     first: &[UserName],
     newest: Option<&UserName>,
@@ -163,7 +170,8 @@ pub fn presence(
         }
         _ => first.join(", "),
     };
-    format!("{names} {} #{}", presence_verb(change), safe(room))
+    let count = count.max(u64::try_from(first.len()).unwrap_or(u64::MAX));
+    format!("{names} {} #{}", presence_verb(change, count), safe(room))
 }
 
 /// The connection's state in words, with `left` until the next attempt

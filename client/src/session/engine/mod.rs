@@ -52,7 +52,7 @@ mod testing;
 use inbound::{Bucket, Delivery, Held};
 use keys::{Awaiting, trust_level};
 use outbound::Outbound;
-use rooms::Room;
+use rooms::{Room, room_set};
 
 pub use limits::SessionLimits;
 
@@ -110,6 +110,11 @@ pub(crate) struct Engine {
     connected: bool,
     rooms: BTreeMap<RoomName, Room>,
     wanted: BTreeSet<RoomName>,
+    /// Rooms the user left while disconnected, still to leave at the relay
+    /// (stored: the user stays a member there until the relay is told).
+    leaving: BTreeSet<RoomName>,
+    /// The rooms of `leaving` a `Leave` was sent for on this connection.
+    leave_sent: BTreeSet<RoomName>,
     outbound: HashMap<Conversation, Outbound>,
     inbound: HashMap<(Fingerprint, Conversation), Inbound>,
     awaiting_key: BTreeMap<UserKey, Awaiting>,
@@ -132,7 +137,12 @@ pub(crate) struct Engine {
     placed: HashMap<(Chat, Fingerprint), BTreeMap<u64, u64>>,
     warned: HashSet<(Fingerprint, SessionId)>,
     outbox: VecDeque<(Chat, String)>,
+    /// The sends of this connection the relay has not confirmed yet, by
+    /// route id (a cumulative `Sent` confirms every id up to its own).
     sends: BTreeMap<u64, Chat>,
+    /// The next route id: ids only grow, over every connection of this
+    /// engine (the relay refuses a `Send` whose id does not exceed the
+    /// previous one on the connection).
     next_route: u64,
     /// Set by `Quit` while messages still wait to be sent.
     quitting: Option<Instant>,
@@ -157,8 +167,9 @@ impl Engine {
     ) -> Result<(Self, Vec<Update>), StoreError> {
         let store = account.store().clone();
         let contacts = store.contacts()?;
+        let leaving = room_set(&store.rooms_to_leave()?);
         let wanted = match store.joined_rooms()? {
-            Some(rooms) => rooms.iter().filter_map(|r| r.parse().ok()).collect(),
+            Some(rooms) => room_set(&rooms),
             None => {
                 // First run: these rooms are the user's rooms from now on.
                 let rooms: Vec<String> = first_rooms.iter().map(|r| r.to_string()).collect();
@@ -176,6 +187,8 @@ impl Engine {
             connected: false,
             rooms: BTreeMap::new(),
             wanted,
+            leaving,
+            leave_sent: BTreeSet::new(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             awaiting_key: BTreeMap::new(),
@@ -268,22 +281,23 @@ impl Engine {
         name.same_as(&self.name)
     }
 
+    /// A new route id, greater than every one before it (2^64 sends are
+    /// out of reach, so the id saturates rather than wraps).
     fn route_id(&mut self) -> u64 {
         let id = self.next_route;
-        self.next_route = self.next_route.wrapping_add(1).max(1);
+        self.next_route = self.next_route.saturating_add(1);
         id
     }
 
     // ----- connection lifecycle -------------------------------------------
 
-    /// The relay registered us: join the rooms we want to be in and send
-    /// what waited for the connection.
+    /// The relay registered us: join the rooms we want to be in, leave
+    /// those left while disconnected, and send what waited for the
+    /// connection.
     pub(crate) fn on_registered(&mut self, name: UserName, out: &mut Out) {
         self.connected = true;
         self.name = name;
-        for room in &self.wanted {
-            out.frames.push(ClientFrame::Join { room: room.clone() });
-        }
+        self.rejoin(out);
         let waiting: Vec<(Chat, String)> = self.outbox.drain(..).collect();
         for (chat, text) in waiting {
             match &chat {
@@ -294,11 +308,14 @@ impl Engine {
         }
     }
 
-    /// The connection ended: membership ends with it (the relay forgets it
-    /// too), and stored deliveries not yet acknowledged will come again.
+    /// The connection ended: the rosters are the relay's to report again
+    /// (membership outlasts the connection: the relay sends `Joined` for
+    /// each room on the next one), and stored deliveries not yet
+    /// acknowledged will come again.
     pub(crate) fn on_disconnected(&mut self) {
         self.connected = false;
         self.rooms.clear();
+        self.leave_sent.clear();
         self.held.retain(|h| h.delivery.delivery == 0);
         for awaiting in self.awaiting_key.values_mut() {
             awaiting.deliveries.retain(|d| d.delivery == 0);
@@ -349,12 +366,7 @@ impl Engine {
     fn on_frame(&mut self, frame: RelayFrame, out: &mut Out) {
         match frame {
             RelayFrame::Joined { room, members } => self.on_joined(room, members, out),
-            RelayFrame::Left { room } => {
-                self.rooms.remove(&room);
-                self.wanted.remove(&room);
-                self.save_wanted(out);
-                out.update(Update::Left { room });
-            }
+            RelayFrame::Left { room } => self.on_left(room, out),
             RelayFrame::Presence {
                 room,
                 user,
@@ -396,10 +408,11 @@ impl Engine {
                     out,
                 );
             }
-            RelayFrame::Sent { id } => {
-                self.sends.remove(&id);
-            }
+            RelayFrame::Sent { id } => self.on_sent(id),
             RelayFrame::Error { id, code, message } => {
+                if self.left_already(id, code, &message, out) {
+                    return;
+                }
                 let chat = id.and_then(|id| self.sends.remove(&id));
                 match chat {
                     Some(chat) => out.error(format!("{chat}: not delivered: {message} ({code:?})")),
@@ -407,13 +420,7 @@ impl Engine {
                 }
             }
             RelayFrame::Undelivered { id, code, users } => {
-                if let Some(chat) = self.sends.get(&id) {
-                    let users: Vec<String> = users.iter().map(ToString::to_string).collect();
-                    out.error(format!(
-                        "{chat}: not delivered to {} ({code:?})",
-                        users.join(", ")
-                    ));
-                }
+                self.on_undelivered(id, code, &users, out);
             }
             RelayFrame::Ping { nonce } => out.frames.push(ClientFrame::Pong { nonce }),
             // Registration and shutdown are the connection's business.
@@ -430,25 +437,8 @@ impl Engine {
     pub(crate) fn handle_command(&mut self, command: Command, out: &mut Out) -> Flow {
         match command {
             Command::Send { chat, text } => self.send_text(chat, text, out),
-            Command::Join(room) => {
-                if self.connected {
-                    out.frames.push(ClientFrame::Join { room });
-                } else if self.wanted.insert(room) {
-                    self.save_wanted(out);
-                }
-            }
-            Command::Leave(room) => {
-                if !self.connected {
-                    if self.wanted.remove(&room) {
-                        self.save_wanted(out);
-                        out.update(Update::Left { room });
-                    }
-                } else if self.rooms.contains_key(&room) {
-                    out.frames.push(ClientFrame::Leave { room });
-                } else {
-                    out.error(format!("you are not in #{room}"));
-                }
-            }
+            Command::Join(room) => self.join_command(room, out),
+            Command::Leave(room) => self.leave_command(room, out),
             Command::ListUsers => self.when_connected(ClientFrame::ListUsers, out),
             Command::ListRooms => self.when_connected(ClientFrame::ListRooms, out),
             Command::SafetyNumber(name) => {

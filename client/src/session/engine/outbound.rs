@@ -10,12 +10,15 @@ use bytes::Bytes;
 use sotto_crypto::{
     Conversation, Fingerprint, PeerBody, PublicIdentity, SendingSession, SequenceCounter,
 };
-use sotto_proto::{ClientFrame, Destination, RoomName, Route, Slot, UserName};
+use sotto_proto::{ClientFrame, Destination, ErrorCode, RoomName, Route, Slot, UserName};
 
 use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::{Blocked, Trust};
 use crate::session::{Chat, Update};
 use crate::store::{Position, StoreError, StoredEntry, VaultCounter};
+
+/// The names an `Undelivered` notice lists; the rest are counted.
+const UNDELIVERED_NAMES: usize = 5;
 
 pub(super) struct Outbound {
     pub(super) epoch: u32,
@@ -61,6 +64,53 @@ impl Engine {
     /// Whether a `Quit` came in.
     pub(crate) fn quitting(&self) -> bool {
         self.quitting.is_some()
+    }
+
+    /// The relay's cumulative `Sent`: every send of this connection up to
+    /// `id` not answered with an error is stored for its recipients.
+    pub(super) fn on_sent(&mut self, id: u64) {
+        match id.checked_add(1) {
+            Some(next) => self.sends = self.sends.split_off(&next),
+            None => self.sends.clear(),
+        }
+    }
+
+    /// The relay's `Undelivered`: the room message of send `id` was stored
+    /// for every other member but `users`. It still counts as sent (a
+    /// `Sent` covering it follows); the user hears who will not get it and
+    /// why.
+    pub(super) fn on_undelivered(
+        &mut self,
+        id: u64,
+        code: ErrorCode,
+        users: &[UserName],
+        out: &mut Out,
+    ) {
+        if users.is_empty() {
+            return;
+        }
+        let shown: Vec<String> = users
+            .iter()
+            .take(UNDELIVERED_NAMES)
+            .map(|u| self.display_name(u).to_string())
+            .collect();
+        let more = users.len().saturating_sub(shown.len());
+        let names = match (shown.split_last(), more) {
+            (Some((last, [])), 0) => last.clone(),
+            (Some((last, first)), 0) => format!("{} and {last}", first.join(", ")),
+            (_, 1) => format!("{} and 1 other", shown.join(", ")),
+            (_, more) => format!("{} and {more} others", shown.join(", ")),
+        };
+        let why = match code {
+            ErrorCode::QueueFull => "their stored messages are at the relay's limit".to_owned(),
+            other => format!("the relay did not store it for them ({other:?})"),
+        };
+        match self.sends.get(&id) {
+            Some(chat) => out.error(format!(
+                "{names} will not get your message in {chat}: {why}"
+            )),
+            None => out.error(format!("{names} will not get a message you sent: {why}")),
+        }
     }
 
     pub(super) fn send_text(&mut self, chat: Chat, text: String, out: &mut Out) {
@@ -503,5 +553,160 @@ mod tests {
             .map(|out| messages(&out.updates)[0].seq)
             .collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    }
+
+    /// The route ids of the `Send`s in `out` to `to`.
+    fn route_ids(out: &Out, to: &Destination) -> Vec<u64> {
+        out.frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::Send { route, .. } if route.to == *to => Some(route.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_cumulative_sent_confirms_every_send_up_to_its_id() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let ids: Vec<u64> = ["one", "two", "three"]
+            .iter()
+            .flat_map(|text| route_ids(&command(&mut engine, send(lobby_chat(), text)), &lobby()))
+            .collect();
+        assert_eq!(ids.len(), 3);
+        // The second is refused; then one `Sent` for the batch.
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Error {
+                id: Some(ids[1]),
+                code: ErrorCode::RateLimited,
+                message: "slow down".to_owned(),
+            },
+        );
+        assert_eq!(
+            errors(&updates),
+            ["#lobby: not delivered: slow down (RateLimited)"]
+        );
+        assert!(feed(&mut engine, RelayFrame::Sent { id: ids[2] }).is_empty());
+        assert!(engine.sends.is_empty(), "{:?}", engine.sends);
+        // Nothing of those is pending any more: a late error about the
+        // first names no chat.
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Error {
+                id: Some(ids[0]),
+                code: ErrorCode::Internal,
+                message: "late".to_owned(),
+            },
+        );
+        assert_eq!(errors(&updates), ["relay: late (Internal)"]);
+        // A `Sent` below what is pending leaves the newer sends pending.
+        let next = route_ids(&command(&mut engine, send(lobby_chat(), "four")), &lobby());
+        feed(&mut engine, RelayFrame::Sent { id: ids[2] });
+        assert_eq!(engine.sends.keys().copied().collect::<Vec<_>>(), next);
+        feed(&mut engine, RelayFrame::Sent { id: u64::MAX });
+        assert!(engine.sends.is_empty());
+    }
+
+    #[tokio::test]
+    async fn members_the_relay_could_not_store_a_message_for_are_named_and_it_still_counts_as_sent()
+    {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let out = command(&mut engine, send(lobby_chat(), "hello"));
+        let [id] = route_ids(&out, &lobby())[..] else {
+            panic!("one room send: {:?}", out.frames);
+        };
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Undelivered {
+                id,
+                code: ErrorCode::QueueFull,
+                users: vec![name("bob")],
+            },
+        );
+        assert_eq!(
+            errors(&updates),
+            [
+                "bob will not get your message in #lobby: their stored messages are at the relay's limit"
+            ]
+        );
+        assert!(engine.sends.contains_key(&id), "sent for the others");
+        assert!(feed(&mut engine, RelayFrame::Sent { id }).is_empty());
+        assert!(engine.sends.is_empty());
+        // Many names: the first are listed, the rest counted.
+        let out = command(&mut engine, send(lobby_chat(), "again"));
+        let [id] = route_ids(&out, &lobby())[..] else {
+            panic!("one room send: {:?}", out.frames);
+        };
+        let users: Vec<UserName> = (1..=7).map(|i| name(&format!("u{i}"))).collect();
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Undelivered {
+                id,
+                code: ErrorCode::QueueFull,
+                users: users[..2].to_vec(),
+            },
+        );
+        assert_eq!(
+            errors(&updates),
+            [
+                "u1 and u2 will not get your message in #lobby: their stored messages are at the relay's limit"
+            ]
+        );
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Undelivered {
+                id,
+                code: ErrorCode::Internal,
+                users,
+            },
+        );
+        assert_eq!(
+            errors(&updates),
+            [
+                "u1, u2, u3, u4, u5 and 2 others will not get your message in #lobby: the relay did not store it for them (Internal)"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn route_ids_keep_growing_across_connections() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let before = route_ids(&command(&mut engine, send(lobby_chat(), "one")), &lobby());
+        engine.on_disconnected();
+        let mut out = Out::default();
+        engine.on_registered(name("alice"), &mut out);
+        let alice = fixture("alice");
+        let joined = RelayFrame::Joined {
+            room: RoomName::lobby(),
+            members: vec![
+                sotto_proto::Member {
+                    name: name("alice"),
+                    identity: alice.public().to_bytes().into(),
+                    online: true,
+                },
+                sotto_proto::Member {
+                    name: name("bob"),
+                    identity: bob.public().to_bytes().into(),
+                    online: false,
+                },
+            ],
+        };
+        feed(&mut engine, joined);
+        let out = command(&mut engine, send(lobby_chat(), "two"));
+        let after: Vec<u64> = out
+            .frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::Send { route, .. } => Some(route.id),
+                _ => None,
+            })
+            .collect();
+        assert!(!after.is_empty());
+        assert!(after.iter().all(|id| before.iter().all(|b| id > b)));
+        assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
     }
 }

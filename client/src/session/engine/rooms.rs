@@ -1,15 +1,24 @@
-//! Rooms and roster views: the rooms this client is in and wants to be in,
-//! their members as the relay reports them (`Joined`, `Presence`), the member
-//! lists sent to the front end (at most once per interval during a presence
-//! flood), and the recent roster digests a message's member set is compared
-//! with (P7, protocol.md 15.1).
+//! Rooms and roster views: the rooms this client is in, wants to be in and
+//! left while disconnected, their members as the relay reports them
+//! (`Joined`, `Presence`), the member lists sent to the front end (at most
+//! once per interval during a presence flood), and the recent roster digests
+//! a message's member set is compared with (P7, protocol.md 15.1).
+//!
+//! Membership is the user's, not the connection's: a member who goes
+//! offline (`Presence { Disconnected }`) stays in the roster, marked
+//! offline, and keeps its key slot in what this client sends (the relay
+//! stores it until the member is back); only `Left` removes a member. The
+//! relay reports every room the user is a member of right after
+//! registration (`Joined`): a room the user left while disconnected is left
+//! at the relay then, and a room joined from another device becomes one of
+//! the rooms this client wants.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
 use sotto_crypto::{Fingerprint, SessionId, roster_digest};
-use sotto_proto::{PresenceEvent, RoomName, UserKey, UserName};
+use sotto_proto::{ClientFrame, ErrorCode, PresenceEvent, RoomName, UserKey, UserName};
 
 use super::keys::trust_level;
 use super::{Engine, Out};
@@ -19,6 +28,8 @@ use crate::store::RoomSettings;
 #[derive(Debug)]
 pub(super) struct RosterEntry {
     pub(super) name: UserName,
+    /// Connected now, as the relay last said.
+    pub(super) online: bool,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +48,12 @@ pub(super) struct Room {
     pub(super) unlisted: bool,
 }
 
+/// The rooms recorded under `rooms` (names that no longer parse are
+/// dropped).
+pub(super) fn room_set(rooms: &[String]) -> BTreeSet<RoomName> {
+    rooms.iter().filter_map(|r| r.parse().ok()).collect()
+}
+
 impl Engine {
     pub(super) fn save_wanted(&self, out: &mut Out) {
         let rooms: Vec<String> = self.wanted.iter().map(|r| r.to_string()).collect();
@@ -45,12 +62,121 @@ impl Engine {
         }
     }
 
+    fn save_leaving(&self, out: &mut Out) {
+        let rooms: Vec<String> = self.leaving.iter().map(|r| r.to_string()).collect();
+        if let Err(e) = self.store.set_rooms_to_leave(&rooms) {
+            out.error(format!("could not save the room list: {e}"));
+        }
+    }
+
+    /// Registered: join the rooms wanted (the relay answers `Joined`, again
+    /// for a room the user is a member of already) and leave those left
+    /// while disconnected.
+    pub(super) fn rejoin(&mut self, out: &mut Out) {
+        for room in &self.wanted {
+            out.frames.push(ClientFrame::Join { room: room.clone() });
+        }
+        for room in &self.leaving {
+            out.frames.push(ClientFrame::Leave { room: room.clone() });
+        }
+        self.leave_sent = self.leaving.clone();
+    }
+
+    /// The user's `/join`.
+    pub(super) fn join_command(&mut self, room: RoomName, out: &mut Out) {
+        if self.leaving.remove(&room) {
+            self.save_leaving(out);
+        }
+        if self.connected {
+            out.frames.push(ClientFrame::Join { room });
+        } else if self.wanted.insert(room) {
+            self.save_wanted(out);
+        }
+    }
+
+    /// The user's `/leave`. While disconnected the room is left here at
+    /// once and at the relay on the next connection (the user stays a
+    /// member there until then).
+    pub(super) fn leave_command(&mut self, room: RoomName, out: &mut Out) {
+        if !self.connected {
+            if self.wanted.remove(&room) {
+                self.save_wanted(out);
+                if self.leaving.insert(room.clone()) {
+                    self.save_leaving(out);
+                }
+                out.update(Update::Left { room });
+            }
+        } else if self.rooms.contains_key(&room) {
+            out.frames.push(ClientFrame::Leave { room });
+        } else {
+            out.error(format!("you are not in #{room}"));
+        }
+    }
+
+    /// The relay's `Left`: the user is no longer a member. Said only for a
+    /// room the user was in or joining: one left while disconnected was
+    /// said then.
+    pub(super) fn on_left(&mut self, room: RoomName, out: &mut Out) {
+        self.leave_sent.remove(&room);
+        if self.leaving.remove(&room) {
+            self.save_leaving(out);
+        }
+        let was_in = self.rooms.remove(&room).is_some();
+        let wanted = self.wanted.remove(&room);
+        if wanted {
+            self.save_wanted(out);
+        }
+        if was_in || wanted {
+            out.update(Update::Left { room });
+        }
+    }
+
+    /// Whether the relay's error answers a `Leave` of a room left while
+    /// disconnected that the user is no longer a member of (a relay that
+    /// ended the membership itself): that room is left, nothing to report.
+    pub(super) fn left_already(
+        &mut self,
+        id: Option<u64>,
+        code: ErrorCode,
+        message: &str,
+        out: &mut Out,
+    ) -> bool {
+        if id.is_some() || code != ErrorCode::NotMember {
+            return false;
+        }
+        let Some(room) = self
+            .leave_sent
+            .iter()
+            .find(|room| message == format!("not in {room}"))
+            .cloned()
+        else {
+            return false;
+        };
+        self.leave_sent.remove(&room);
+        if self.leaving.remove(&room) {
+            self.save_leaving(out);
+        }
+        true
+    }
+
     pub(super) fn on_joined(
         &mut self,
         room: RoomName,
         members: Vec<sotto_proto::Member>,
         out: &mut Out,
     ) {
+        if self.leaving.contains(&room) {
+            // Left while disconnected: leave it at the relay too (once per
+            // connection: the `Leave` sent on registering may be on its way).
+            if self.leave_sent.insert(room.clone()) {
+                out.frames.push(ClientFrame::Leave { room });
+            }
+            return;
+        }
+        // The relay says `Joined` for each room right after registration
+        // and again in answer to `Join`: the user hears it once per
+        // connection.
+        let again = self.rooms.contains_key(&room);
         let settings = match self.store.room_settings(room.as_str()) {
             Ok(settings) => settings,
             Err(e) => {
@@ -68,9 +194,13 @@ impl Engine {
             if self.observe(&member.name, &member.identity, out) {
                 names.push(member.name.clone());
             }
-            entry
-                .members
-                .insert(member.name.key(), RosterEntry { name: member.name });
+            entry.members.insert(
+                member.name.key(),
+                RosterEntry {
+                    name: member.name,
+                    online: member.online,
+                },
+            );
         }
         self.retire_view(&room, Instant::now());
         if let Some(previous) = self.rooms.insert(room.clone(), entry)
@@ -78,11 +208,14 @@ impl Engine {
         {
             current.views = previous.views;
         }
+        // A room joined from another device is one of the user's rooms now.
         if self.wanted.insert(room.clone()) {
             self.save_wanted(out);
         }
-        out.update(Update::Joined { room: room.clone() });
-        if verified_only {
+        if !again {
+            out.update(Update::Joined { room: room.clone() });
+        }
+        if verified_only && !again {
             // Kept from an earlier run: the UI shows it from the start.
             out.update(Update::VerifiedOnly {
                 room: room.clone(),
@@ -111,28 +244,42 @@ impl Engine {
         identity: Option<Bytes>,
         out: &mut Out,
     ) {
-        self.retire_view(&room, Instant::now());
+        let Some(entry) = self.rooms.get(&room) else {
+            return;
+        };
+        let known = entry.members.contains_key(&user.key());
+        let (change, online) = match event {
+            PresenceEvent::Joined => (PresenceChange::Joined, true),
+            PresenceEvent::Left => (PresenceChange::Left, false),
+            PresenceEvent::Disconnected => (PresenceChange::Disconnected, false),
+            PresenceEvent::Connected => (PresenceChange::Connected, true),
+        };
+        // Only a member who joins or leaves changes the member set (and
+        // with it the roster digest); one who goes offline or comes back is
+        // a member all along. One not known yet is a member the relay
+        // names: it joins the set.
+        let membership = match change {
+            PresenceChange::Joined | PresenceChange::Left => true,
+            PresenceChange::Disconnected | PresenceChange::Connected => !known,
+        };
+        if membership {
+            self.retire_view(&room, Instant::now());
+        }
         let Some(entry) = self.rooms.get_mut(&room) else {
             return;
         };
-        let change = match event {
-            PresenceEvent::Joined => {
-                entry
-                    .members
-                    .insert(user.key(), RosterEntry { name: user.clone() });
-                PresenceChange::Joined
-            }
-            PresenceEvent::Left => {
-                entry.members.remove(&user.key());
-                PresenceChange::Left
-            }
-            PresenceEvent::Disconnected => {
-                entry.members.remove(&user.key());
-                PresenceChange::Disconnected
-            }
-            // Not sent by this relay yet: membership is the connection's.
-            PresenceEvent::Connected => return,
-        };
+        if change == PresenceChange::Left {
+            entry.members.remove(&user.key());
+        } else {
+            entry
+                .members
+                .entry(user.key())
+                .and_modify(|m| m.online = online)
+                .or_insert_with(|| RosterEntry {
+                    name: user.clone(),
+                    online,
+                });
+        }
         let pinned = match (&event, identity) {
             (PresenceEvent::Joined, Some(identity)) => self.observe(&user, &identity, out),
             _ => false,
@@ -219,8 +366,8 @@ impl Engine {
     }
 
     /// The roster digest (15.1) of the members this client sees in `room`
-    /// with their pinned keys, itself included: what a message sealed to
-    /// the same view commits to.
+    /// with their pinned keys, offline members included, itself included:
+    /// what a message sealed to the same view commits to.
     pub(super) fn view_digest(&self, room: &Room) -> [u8; 32] {
         let others = room
             .members
@@ -269,6 +416,7 @@ impl Engine {
                         name: m.name.clone(),
                         fingerprint: Some(self.me),
                         trust: TrustLevel::Verified,
+                        online: self.connected,
                     }
                 } else {
                     let contact = self.contacts.get(&m.name);
@@ -276,6 +424,7 @@ impl Engine {
                         name: m.name.clone(),
                         fingerprint: contact.map(|c| c.identity.fingerprint()),
                         trust: contact.map_or(TrustLevel::Unknown, |c| trust_level(&c.trust)),
+                        online: m.online,
                     }
                 }
             })
@@ -318,165 +467,4 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::super::testing::*;
-    use super::*;
-
-    #[tokio::test]
-    async fn a_presence_flood_sends_each_change_once_and_the_member_list_once_per_interval() {
-        let bob = fixture("bob");
-        let (mut engine, _dir) = alice_with_bob(&bob).await;
-        let key = Bytes::from(fixture("mallory").public().to_bytes());
-        let mut updates = Vec::new();
-        for i in 0..50 {
-            updates.extend(feed(
-                &mut engine,
-                RelayFrame::Presence {
-                    room: RoomName::lobby(),
-                    user: name(&format!("flood{i}")),
-                    event: PresenceEvent::Joined,
-                    identity: Some(key.clone()),
-                },
-            ));
-        }
-        let count =
-            |updates: &[Update], f: fn(&Update) -> bool| updates.iter().filter(|u| f(u)).count();
-        assert_eq!(
-            count(&updates, |u| matches!(u, Update::Presence { .. })),
-            50
-        );
-        assert_eq!(
-            count(&updates, |u| matches!(
-                u,
-                Update::Key(KeyEvent::Pinned { .. })
-            )),
-            50
-        );
-        // The whole list went out with the first change only (the list was
-        // sent on joining the room, so not even then)...
-        assert!(count(&updates, |u| matches!(u, Update::Members { .. })) <= 1);
-        // ...and goes out, complete, at the first tick after the interval.
-        let mut out = Out::default();
-        engine.tick(Instant::now() + Duration::from_secs(2), &mut out);
-        let lists: Vec<usize> = out
-            .updates
-            .iter()
-            .filter_map(|u| match u {
-                Update::Members { members, .. } => Some(members.len()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(lists, [52]);
-        // The new contacts were saved at that tick, one record each.
-        let stored = engine.store.contacts().unwrap();
-        assert!(stored.get(&name("flood49")).is_some());
-    }
-
-    #[tokio::test]
-    async fn a_member_who_leaves_drops_out_of_the_member_list_and_the_recipients() {
-        let bob = fixture("bob");
-        let (mut engine, _dir) = alice_with_bob(&bob).await;
-        let updates = feed(&mut engine, presence("bob", PresenceEvent::Left, None));
-        assert!(
-            matches!(
-                &updates[..],
-                [Update::Presence { name, change: PresenceChange::Left, .. }] if name == "bob"
-            ),
-            "{updates:?}"
-        );
-        // The list held back by the interval goes out at the next tick after
-        // it, without bob.
-        let mut out = Out::default();
-        engine.tick(Instant::now() + Duration::from_secs(2), &mut out);
-        assert_eq!(member_lists(&out.updates), [vec!["alice"]]);
-        // A message to the room is sealed to nobody: bob is no recipient.
-        let out = command(&mut engine, send(lobby_chat(), "after bob left"));
-        assert!(sent_to(&out).is_empty(), "{:?}", out.frames);
-        assert!(
-            out.updates.iter().any(|u| matches!(
-                u,
-                Update::NotSentTo { names, .. } if names.is_empty()
-            )),
-            "{:?}",
-            out.updates
-        );
-    }
-
-    #[tokio::test]
-    async fn a_room_the_relay_says_we_left_is_forgotten_and_not_joined_again() {
-        let bob = fixture("bob");
-        let (mut engine, _dir) = alice_with_bob(&bob).await;
-        let updates = feed(
-            &mut engine,
-            RelayFrame::Left {
-                room: RoomName::lobby(),
-            },
-        );
-        assert!(
-            matches!(&updates[..], [Update::Left { room }] if *room == RoomName::lobby()),
-            "{updates:?}"
-        );
-        let out = command(&mut engine, send(lobby_chat(), "hello?"));
-        assert!(sent_to(&out).is_empty());
-        assert_eq!(
-            errors(&out.updates),
-            ["you are not in #lobby: /join lobby first"]
-        );
-        assert_eq!(engine.store.joined_rooms().unwrap(), Some(Vec::new()));
-        // The next connection does not join it again.
-        engine.on_disconnected();
-        let mut out = Out::default();
-        engine.on_registered(name("alice"), &mut out);
-        assert!(
-            !out.frames
-                .iter()
-                .any(|f| matches!(f, ClientFrame::Join { .. })),
-            "{:?}",
-            out.frames
-        );
-    }
-
-    #[tokio::test]
-    async fn a_message_sealed_to_another_member_set_is_reported_once_per_session() {
-        let alice = fixture("alice");
-        let carol = fixture("carol");
-        let mut bob = Bob::start(fixture("bob"), alice.public(), 1, 0);
-        let limits = SessionLimits {
-            roster_grace: Duration::ZERO,
-            ..SessionLimits::default()
-        };
-        let (mut engine, _dir) = alice_with_bob_limits(&bob.identity, limits).await;
-        feed(&mut engine, announce(&bob.announcement));
-        let mismatches = |updates: &[Update]| {
-            updates
-                .iter()
-                .filter(|u| matches!(u, Update::RosterMismatch { .. }))
-                .count()
-        };
-        // Sealed to {alice, bob}, alice's view: no warning.
-        let updates = feed(&mut engine, deliver(&bob.seal("one"), lobby()));
-        assert_eq!(messages(&updates)[0].text, "one");
-        assert_eq!(mismatches(&updates), 0, "{updates:?}");
-        // carol joins, and the old view is past its grace.
-        feed(
-            &mut engine,
-            presence("carol", PresenceEvent::Joined, Some(carol.public())),
-        );
-        engine.tick(Instant::now() + Duration::from_secs(1), &mut Out::default());
-        let updates = feed(&mut engine, deliver(&bob.seal("two"), lobby()));
-        assert_eq!(messages(&updates)[0].text, "two");
-        assert!(
-            matches!(
-                updates.iter().find(|u| matches!(u, Update::RosterMismatch { .. })),
-                Some(Update::RosterMismatch { room, from }) if *room == RoomName::lobby() && from == "bob"
-            ),
-            "{updates:?}"
-        );
-        // Once per session.
-        let updates = feed(&mut engine, deliver(&bob.seal("three"), lobby()));
-        assert_eq!(messages(&updates)[0].text, "three");
-        assert_eq!(mismatches(&updates), 0, "{updates:?}");
-    }
-}
+mod tests;
