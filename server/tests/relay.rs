@@ -13,34 +13,12 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{Client, Relay, identity, room, send_to_user, user};
+use common::{Client, Relay, identity, room, send_to_room, send_to_user, user};
 use sotto_proto::{
     ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, Route, Slot,
     UserInfo,
 };
 use tokio::io::AsyncWriteExt;
-
-fn send_to_room(
-    id: u64,
-    name: &str,
-    body: &'static [u8],
-    slots: &[(&str, &'static [u8])],
-) -> ClientFrame {
-    ClientFrame::Send {
-        route: Route {
-            id,
-            to: Destination::Room(room(name)),
-        },
-        body: Bytes::from_static(body),
-        slots: slots
-            .iter()
-            .map(|(to, data)| Slot {
-                to: user(to),
-                data: Bytes::from_static(data),
-            })
-            .collect(),
-    }
-}
 
 fn members(frame: &RelayFrame) -> Vec<String> {
     let RelayFrame::Joined { members, .. } = frame else {

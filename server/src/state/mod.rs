@@ -1,25 +1,24 @@
-//! Who is online and in which rooms, and the routing that follows from it.
+//! Who is online and who is a member of which room (online or not), and
+//! the routing that follows from it.
 //!
 //! One `std::sync::Mutex` guards the registry. It is never held across an
 //! `.await`: every operation here is synchronous and short (map lookups and
 //! non-blocking `try_send`s), so an async mutex would only add cost
 //! (mini-redis makes the same choice in `db.rs`).
 //!
-//! The routing path is built to cost little per message, because a relay
-//! is judged by how close it comes to a bare forwarder (docs/benchmarks.md):
-//! `Deliver` and `Sent` frames are assembled from their parts ([`deliver`],
-//! [`sent`], by `sotto_proto::codec::fast`: the same bytes as the codec,
-//! see the tests there and here) into blocks shared
-//! by many frames instead of one allocation each; a room message without
-//! slots is assembled once for all its members, whose connections the
-//! room keeps at hand; and a batch of direct messages to one user takes
-//! the registry's lock once ([`PeerCache`]).
+//! What is routed is stored by the committer (`crate::commit`) and sent
+//! from the store by each connection's delivery pump; the registry only
+//! says who the recipients are and wakes their pumps. `Deliver` and `Sent`
+//! frames are assembled from their parts ([`deliver`], [`sent`], by
+//! `sotto_proto::codec::fast`: the same bytes as the codec, see the tests
+//! there and here) into blocks shared by many frames instead of one
+//! allocation each.
 //!
 //! The parts: `frames` (a connection's outbound queue and the frames put
 //! on it), `sources` (admission per source address), `sessions` (who is
 //! registered, per-key limits), `rooms` (membership and presence),
-//! `routing` (room fan-out and direct hand-over). The registry they share
-//! is defined here.
+//! `routing` (a room message's recipients). The registry they share is
+//! defined here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;

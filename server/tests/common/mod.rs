@@ -76,6 +76,29 @@ pub fn send_to_user(
     }
 }
 
+/// A `Send` to room `name` with the given slots.
+pub fn send_to_room(
+    id: u64,
+    name: &str,
+    body: &'static [u8],
+    slots: &[(&str, &'static [u8])],
+) -> ClientFrame {
+    ClientFrame::Send {
+        route: sotto_proto::Route {
+            id,
+            to: sotto_proto::Destination::Room(room(name)),
+        },
+        body: Bytes::from_static(body),
+        slots: slots
+            .iter()
+            .map(|(to, data)| sotto_proto::Slot {
+                to: user(to),
+                data: Bytes::from_static(data),
+            })
+            .collect(),
+    }
+}
+
 pub fn room(name: &str) -> RoomName {
     RoomName::try_from(name).unwrap()
 }
