@@ -191,7 +191,13 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
             warn!(%error, "a batch of writes failed; its messages were refused");
             for answer in answers {
                 for (id, _) in &answer.routed {
-                    refuse(&answer.peer, metrics, *id, ErrorCode::Internal, "could not store the message".into());
+                    refuse(
+                        &answer.peer,
+                        metrics,
+                        *id,
+                        ErrorCode::Internal,
+                        "could not store the message".into(),
+                    );
                 }
                 answer.then(wakers, metrics);
             }
@@ -211,7 +217,13 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
             };
             match (outcome, &to) {
                 (Stored::NoSuchUser, Destination::User(user)) => {
-                    refuse(&peer, metrics, id, ErrorCode::NoSuchUser, format!("no user {user}"));
+                    refuse(
+                        &peer,
+                        metrics,
+                        id,
+                        ErrorCode::NoSuchUser,
+                        format!("no user {user}"),
+                    );
                 }
                 (Stored::RoomFull, Destination::Room(room)) => {
                     Metrics::inc(&metrics.queue_full);
@@ -253,7 +265,13 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
                 }
                 // An outcome that does not fit its destination cannot
                 // happen; refused rather than claimed stored.
-                (_, _) => refuse(&peer, metrics, id, ErrorCode::Internal, "could not store the message".into()),
+                (_, _) => refuse(
+                    &peer,
+                    metrics,
+                    id,
+                    ErrorCode::Internal,
+                    "could not store the message".into(),
+                ),
             }
         }
         if let Some(id) = last_sent {

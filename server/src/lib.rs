@@ -271,10 +271,7 @@ async fn serve(
     // committing what they gave it.
     let grace = shared.config.shutdown_grace;
     drop(shared);
-    if tokio::time::timeout(grace, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close within the grace period");
     }
     Ok(())
@@ -292,7 +289,10 @@ async fn sweep(shared: &Arc<Shared>) {
     }
     let gone = shared.expire_absent(now_secs(), shared.config.member_absence);
     if !gone.is_empty() {
-        tracing::info!(memberships = gone.len(), "members away too long left their rooms");
+        tracing::info!(
+            memberships = gone.len(),
+            "members away too long left their rooms"
+        );
     }
     for (room, user) in gone {
         let write = Write::Leave { room, user };

@@ -360,14 +360,17 @@ async fn a_stopped_reader_loses_nothing_and_its_queue_stays_bounded() {
 
     // Bob stops reading. 400 frames of 60,000 bytes: 24 MB, more than the
     // sockets' buffers hold.
-    let body = |id: u64| Bytes::from(vec![id as u8; 60_000]);
+    let body = |id: u64| Bytes::from(vec![id.to_le_bytes()[0]; 60_000]);
     for id in 1..=400 {
         alice.send(to_room(id, "r", body(id))).await;
     }
     sent_through(&mut alice, 400).await;
     assert_eq!(relay.metrics.slow_consumers.load(Ordering::Relaxed), 0);
     let peak = relay.metrics.outbound_bytes_peak.load(Ordering::Relaxed);
-    assert!(peak <= LIMIT as u64, "queued bytes stayed within the bound: {peak}");
+    assert!(
+        peak <= LIMIT as u64,
+        "queued bytes stayed within the bound: {peak}"
+    );
 
     // Bob reads again: everything, once, in order.
     for id in 1..=400 {

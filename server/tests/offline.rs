@@ -63,10 +63,19 @@ async fn room_membership_outlives_a_connection() {
     let mut bob = relay.registered("bob").await;
     alice.join("lobby").await;
     bob.join("lobby").await;
-    assert!(matches!(alice.recv().await, RelayFrame::Presence { event: PresenceEvent::Joined, .. }));
+    assert!(matches!(
+        alice.recv().await,
+        RelayFrame::Presence {
+            event: PresenceEvent::Joined,
+            ..
+        }
+    ));
     bob.send(ClientFrame::Bye).await;
     assert!(bob.closed().await.is_empty());
-    let RelayFrame::Presence { user: who, event, .. } = alice.recv().await else {
+    let RelayFrame::Presence {
+        user: who, event, ..
+    } = alice.recv().await
+    else {
         panic!("expected presence")
     };
     assert_eq!((who, event), (user("bob"), PresenceEvent::Disconnected));
@@ -96,14 +105,28 @@ async fn room_membership_outlives_a_connection() {
         members(&bob.recv().await),
         [("alice".to_string(), true), ("bob".to_string(), true)]
     );
-    let RelayFrame::Presence { user: who, event, .. } = alice.recv().await else {
+    let RelayFrame::Presence {
+        user: who, event, ..
+    } = alice.recv().await
+    else {
         panic!("expected presence")
     };
     assert_eq!((who, event), (user("bob"), PresenceEvent::Connected));
 
-    bob.send(ClientFrame::Leave { room: room("lobby") }).await;
-    assert_eq!(bob.recv().await, RelayFrame::Left { room: room("lobby") });
-    let RelayFrame::Presence { user: who, event, .. } = alice.recv().await else {
+    bob.send(ClientFrame::Leave {
+        room: room("lobby"),
+    })
+    .await;
+    assert_eq!(
+        bob.recv().await,
+        RelayFrame::Left {
+            room: room("lobby")
+        }
+    );
+    let RelayFrame::Presence {
+        user: who, event, ..
+    } = alice.recv().await
+    else {
         panic!("expected presence")
     };
     assert_eq!((who, event), (user("bob"), PresenceEvent::Left));
@@ -131,7 +154,12 @@ async fn room_messages_wait_for_offline_members() {
     alice.barrier().await;
     for (id, body) in [(1, &b"one"[..]), (2, b"two")] {
         alice
-            .send(send_to_room(id, "lobby", body, &[("bob", b"b"), ("carol", b"c")]))
+            .send(send_to_room(
+                id,
+                "lobby",
+                body,
+                &[("bob", b"b"), ("carol", b"c")],
+            ))
             .await;
     }
     sent_through(&mut alice, 2).await;
@@ -148,7 +176,14 @@ async fn room_messages_wait_for_offline_members() {
     assert!(matches!(carol.recv().await, RelayFrame::Joined { .. }));
     let mut first = Vec::new();
     for body in [&b"one"[..], b"two"] {
-        let RelayFrame::Deliver { delivery, from, to, body: got, slot } = carol.recv().await else {
+        let RelayFrame::Deliver {
+            delivery,
+            from,
+            to,
+            body: got,
+            slot,
+        } = carol.recv().await
+        else {
             panic!("expected a delivery")
         };
         assert_eq!(
@@ -212,11 +247,24 @@ async fn undelivered_names_the_members_at_their_bound() {
     alice.send(send_to_room(3, "lobby", b"three", &[])).await;
     let refused = alice.recv().await;
     assert!(
-        matches!(refused, RelayFrame::Error { id: Some(3), code: ErrorCode::QueueFull, .. }),
+        matches!(
+            refused,
+            RelayFrame::Error {
+                id: Some(3),
+                code: ErrorCode::QueueFull,
+                ..
+            }
+        ),
         "{refused:?}"
     );
     assert_eq!(bob.barrier().await, []);
-    assert_eq!(relay.metrics.queue_full.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        relay
+            .metrics
+            .queue_full
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
 }
 
 /// `Sent` is cumulative and comes only once everything it covers is
@@ -342,9 +390,14 @@ async fn offline_queue_is_bounded() {
         })
         .collect();
     assert_eq!(sent.last(), Some(&1), "{answers:?}");
-    let error_at = answers.iter().position(|f| matches!(f, RelayFrame::Error { .. }));
+    let error_at = answers
+        .iter()
+        .position(|f| matches!(f, RelayFrame::Error { .. }));
     assert!(
-        error_at < answers.iter().rposition(|f| matches!(f, RelayFrame::Sent { .. })),
+        error_at
+            < answers
+                .iter()
+                .rposition(|f| matches!(f, RelayFrame::Sent { .. })),
         "the refusal comes before the Sent that would cover it: {answers:?}"
     );
 }

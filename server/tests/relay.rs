@@ -15,8 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::{Client, Relay, identity, room, send_to_room, send_to_user, user};
 use sotto_proto::{
-    ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, Route, Slot,
-    UserInfo,
+    ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, UserInfo,
 };
 use tokio::io::AsyncWriteExt;
 

@@ -87,10 +87,7 @@ impl Connection {
                 }
             }
             Destination::User(to) => {
-                let slot = slots
-                    .into_iter()
-                    .find(|s| s.to.same_as(to))
-                    .map(|s| s.data);
+                let slot = slots.into_iter().find(|s| s.to.same_as(to)).map(|s| s.data);
                 vec![Recipient {
                     name: to.clone(),
                     slot,

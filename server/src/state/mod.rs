@@ -185,7 +185,12 @@ impl Wakers {
     /// Leaves `frames` with the pump of connection `conn` of `user`, to
     /// send after every delivery stored so far; `frames` back if that
     /// connection is gone (they are pushed straight to it then).
-    pub(crate) fn after(&self, user: &UserKey, conn: u64, frames: Vec<Bytes>) -> Option<Vec<Bytes>> {
+    pub(crate) fn after(
+        &self,
+        user: &UserKey,
+        conn: u64,
+        frames: Vec<Bytes>,
+    ) -> Option<Vec<Bytes>> {
         let registry = lock(&self.0);
         match registry.users.get(user) {
             Some(online) if online.conn == conn => {

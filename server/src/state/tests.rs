@@ -5,8 +5,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::store::Recipient;
-use sotto_proto::ErrorCode;
 use crate::writer::{Backlog, Outbound};
+use sotto_proto::ErrorCode;
 
 fn user(name: &str) -> UserName {
     UserName::try_from(name).unwrap()
@@ -95,7 +95,10 @@ fn a_member_stays_a_member_while_offline_until_it_leaves() {
     assert_eq!(shared.rooms()[0].members, 2, "an offline member counts");
     let (members, fresh) = shared.join(&user("alice"), &room).unwrap();
     assert!(!fresh);
-    let online: Vec<(&str, bool)> = members.iter().map(|m| (m.name.as_str(), m.online)).collect();
+    let online: Vec<(&str, bool)> = members
+        .iter()
+        .map(|m| (m.name.as_str(), m.online))
+        .collect();
     assert_eq!(online, [("alice", true), ("bob", false)]);
 
     let (bob, _bob_rx) = peer();
@@ -148,7 +151,11 @@ fn members_away_too_long_leave_their_rooms() {
     let day = std::time::Duration::from_secs(86_400);
     let now = crate::store::now_secs();
     assert!(shared.expire_absent(now + 86_000, day).is_empty());
-    assert!(shared.expire_absent(now + 10 * 86_400, std::time::Duration::ZERO).is_empty());
+    assert!(
+        shared
+            .expire_absent(now + 10 * 86_400, std::time::Duration::ZERO)
+            .is_empty()
+    );
     assert_eq!(
         shared.expire_absent(now + 2 * 86_400, day),
         [(room.clone(), user("bob").key())],

@@ -300,13 +300,11 @@ impl Store {
                 }
                 Write::Join { room, name } => {
                     let key = name.key();
-                    let existing = match members
-                        .get((room.as_str(), key.as_str()))
-                        .map_err(db_err)?
-                    {
-                        Some(value) => Some(decode::<MemberRecord>(value.value())?),
-                        None => None,
-                    };
+                    let existing =
+                        match members.get((room.as_str(), key.as_str())).map_err(db_err)? {
+                            Some(value) => Some(decode::<MemberRecord>(value.value())?),
+                            None => None,
+                        };
                     let record = MemberRecord {
                         name: name.clone(),
                         joined_at: existing.as_ref().map_or(now, |m| m.joined_at),
@@ -590,7 +588,10 @@ impl Tally {
         if let Some(have) = cache.get(key) {
             return Ok(*have);
         }
-        let have = stats.get(key).map_err(db_err)?.map_or((0, 0), |v| v.value());
+        let have = stats
+            .get(key)
+            .map_err(db_err)?
+            .map_or((0, 0), |v| v.value());
         cache.insert(key.to_string(), have);
         Ok(have)
     }

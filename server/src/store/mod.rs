@@ -563,7 +563,9 @@ fn migrate_queue(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
             let record = postcard::to_stdvec(&record).map_err(encode_err)?;
             bodies.insert(id, body.as_slice()).map_err(db_err)?;
             refs.insert(id, (1, body_len)).map_err(db_err)?;
-            inbox.insert((user, id), record.as_slice()).map_err(db_err)?;
+            inbox
+                .insert((user, id), record.as_slice())
+                .map_err(db_err)?;
         }
     }
     txn.delete_table(QUEUE).map_err(db_err)?;
