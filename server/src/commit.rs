@@ -17,6 +17,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sotto_proto::{Destination, ErrorCode, RelayFrame, UserKey};
@@ -49,10 +50,16 @@ pub(crate) struct Sends {
     pub(crate) peer: Peer,
     /// Each send's route id and what to store.
     pub(crate) sends: Vec<(u64, NewDelivery)>,
+    /// Answers to the connection's other requests, which go right after
+    /// the answers to the sends before them.
+    pub(crate) replies: Vec<bytes::Bytes>,
     /// Frames that go after the answers and after every delivery stored
     /// for the sender so far (a `Pong`: it answers after all that came
     /// before its `Ping`).
     pub(crate) then: Vec<bytes::Bytes>,
+    /// The connection's jobs not answered yet, this one included: counted
+    /// down once this one is.
+    pub(crate) unanswered: Arc<AtomicUsize>,
 }
 
 /// Work for the committer.
@@ -154,7 +161,9 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
                 conn,
                 peer,
                 sends,
+                replies,
                 then,
+                unanswered,
             }) => {
                 let mut routed = Vec::with_capacity(sends.len());
                 for (id, delivery) in sends {
@@ -166,14 +175,17 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
                     conn,
                     peer,
                     routed,
+                    replies,
                     then,
+                    unanswered,
                 });
             }
             Job::Write(write) => writes.push(write),
         }
     }
     if writes.is_empty() {
-        for answer in answers {
+        for mut answer in answers {
+            answer.replied(metrics);
             answer.then(wakers, metrics);
         }
         return false;
@@ -189,7 +201,7 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
             // Nothing of the batch happened: every sender is told, and
             // acknowledgements come again (their deliveries are resent).
             warn!(%error, "a batch of writes failed; its messages were refused");
-            for answer in answers {
+            for mut answer in answers {
                 for (id, _) in &answer.routed {
                     refuse(
                         &answer.peer,
@@ -199,6 +211,7 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
                         "could not store the message".into(),
                     );
                 }
+                answer.replied(metrics);
                 answer.then(wakers, metrics);
             }
             return false;
@@ -233,11 +246,11 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
                 (Stored::Stored { delivered, refused }, to) => {
                     metrics
                         .queued
-                        .fetch_add(delivered.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(delivered.len() as u64, Ordering::Relaxed);
                     if !refused.is_empty() {
                         metrics
                             .queue_full
-                            .fetch_add(refused.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            .fetch_add(refused.len() as u64, Ordering::Relaxed);
                     }
                     if delivered.is_empty() && !refused.is_empty() {
                         let message = match to {
@@ -277,6 +290,7 @@ fn commit(store: &Store, wakers: &Wakers, metrics: &Metrics, jobs: &mut Vec<Job>
         if let Some(id) = last_sent {
             peer.push(sent(id), metrics);
         }
+        answer.replied(metrics);
         done.push(answer);
     }
     wakers.wake(&woken);
@@ -292,10 +306,22 @@ struct Answer {
     conn: u64,
     peer: Peer,
     routed: Vec<(u64, Destination)>,
+    replies: Vec<bytes::Bytes>,
     then: Vec<bytes::Bytes>,
+    unanswered: Arc<AtomicUsize>,
 }
 
 impl Answer {
+    /// Pushes the replies that follow the answers to the sends, then
+    /// counts the job answered (after: a reply the connection makes
+    /// directly once nothing is unanswered comes after these).
+    fn replied(&mut self, metrics: &Metrics) {
+        for frame in self.replies.drain(..) {
+            self.peer.push(frame, metrics);
+        }
+        self.unanswered.fetch_sub(1, Ordering::Release);
+    }
+
     /// Leaves the frames that follow the answers with the connection's
     /// delivery pump, or pushes them if it is gone.
     fn then(self, wakers: &Wakers, metrics: &Metrics) {

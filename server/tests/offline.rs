@@ -427,3 +427,29 @@ async fn an_offline_backlog_larger_than_the_outbound_queue_is_delivered() {
         0
     );
 }
+
+/// A connection's requests are answered in order: the answer to a request
+/// after some sends comes after their answers, although those wait for
+/// the commit; and a `Pong` after them all.
+#[tokio::test]
+async fn requests_are_answered_in_order() {
+    let relay = Relay::start().await;
+    drop(relay.registered("bob").await);
+    let mut alice = relay.registered("alice").await;
+    for round in 0..5 {
+        let first = round * 100 + 1;
+        for id in first..first + 100 {
+            alice.send(send_to_user(id, "bob", b"x", None)).await;
+        }
+        alice.send(ClientFrame::ListUsers).await;
+        let before = sent_through(&mut alice, first + 99).await;
+        assert!(
+            before.iter().all(|f| matches!(f, RelayFrame::Sent { .. })),
+            "{before:?}"
+        );
+        assert!(matches!(alice.recv().await, RelayFrame::Users { .. }));
+    }
+    alice.send(send_to_user(1000, "bob", b"last", None)).await;
+    let answers = alice.barrier().await;
+    assert_eq!(answers, [RelayFrame::Sent { id: 1000 }]);
+}

@@ -119,6 +119,7 @@ async fn serve_tls(
         challenge: rand::random(),
         rate: RateLimit::new(shared.config.rate_per_sec, shared.config.rate_burst),
         pump: None,
+        unanswered: Arc::default(),
     };
     let frames = FramedRead::with_capacity(
         reader,
@@ -210,6 +211,10 @@ struct Connection {
     /// The delivery pump, once registered: cancelled and awaited when the
     /// connection ends.
     pump: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Jobs handed to the committer and not answered yet: while there are
+    /// any, answers to other requests wait for them (so that the relay
+    /// answers a connection's requests in order).
+    unanswered: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Connection {
@@ -384,32 +389,38 @@ impl Connection {
         match frame {
             ClientFrame::Join { room } => match self.shared.join(name, &room) {
                 Ok((members, fresh)) => {
-                    self.reply(RelayFrame::Joined {
+                    let joined = RelayFrame::Joined {
                         room: room.clone(),
                         members,
-                    });
+                    };
+                    self.answer(&joined, routing);
                     if fresh {
                         let name = name.clone();
                         self.record(Write::Join { room, name }).await;
                     }
                 }
-                Err(code) => self.error(None, code, format!("cannot join {room}")),
+                Err(code) => self.answer(&error(code, format!("cannot join {room}")), routing),
             },
             ClientFrame::Leave { room } => match self.shared.leave(name, &room) {
                 Ok(()) => {
-                    self.reply(RelayFrame::Left { room: room.clone() });
+                    self.answer(&RelayFrame::Left { room: room.clone() }, routing);
                     let user = me.key.clone();
                     self.record(Write::Leave { room, user }).await;
                 }
-                Err(code) => self.error(None, code, format!("not in {room}")),
+                Err(code) => self.answer(&error(code, format!("not in {room}")), routing),
             },
-            ClientFrame::ListRooms => self.reply(RelayFrame::Rooms {
-                rooms: self.shared.rooms(),
-            }),
-            ClientFrame::ListUsers => self.reply(RelayFrame::Users {
-                users: self.shared.users(),
-            }),
-            ClientFrame::LookupKey { name: wanted } => Box::pin(self.lookup_key(wanted)).await,
+            ClientFrame::ListRooms => {
+                let rooms = self.shared.rooms();
+                self.answer(&RelayFrame::Rooms { rooms }, routing);
+            }
+            ClientFrame::ListUsers => {
+                let users = self.shared.users();
+                self.answer(&RelayFrame::Users { users }, routing);
+            }
+            ClientFrame::LookupKey { name: wanted } => {
+                let answer = Box::pin(self.lookup_key(wanted)).await;
+                self.answer(&answer, routing);
+            }
             ClientFrame::Send { route, body, slots } => {
                 self.send(me, route, body, slots, routing);
             }
@@ -428,21 +439,30 @@ impl Connection {
     // every connection's future (all its awaits overlaid) stays small, and
     // so does an idle connection.
 
-    async fn lookup_key(&self, wanted: UserName) {
+    async fn lookup_key(&self, wanted: UserName) -> RelayFrame {
         let store = Arc::clone(&self.shared.store);
         let lookup = wanted.clone();
         let found = blocking(move || store.lookup(&lookup)).await;
         match found {
-            Some(Ok(record)) => self.reply(RelayFrame::Key {
+            Some(Ok(record)) => RelayFrame::Key {
                 name: record.as_ref().map_or(wanted, |r| r.name.clone()),
                 identity: record.map(|r| r.identity),
-            }),
-            Some(Err(error)) => {
-                warn!(%error, "a key lookup failed: the directory is unavailable");
-                self.error(None, ErrorCode::Internal, "directory unavailable");
+            },
+            Some(Err(failure)) => {
+                warn!(error = %failure, "a key lookup failed: the directory is unavailable");
+                error(ErrorCode::Internal, "directory unavailable".into())
             }
-            None => self.error(None, ErrorCode::Internal, "directory unavailable"),
+            None => error(ErrorCode::Internal, "directory unavailable".into()),
         }
+    }
+}
+
+/// An `Error` frame answering a request that is not a `Send`.
+fn error(code: ErrorCode, message: String) -> RelayFrame {
+    RelayFrame::Error {
+        id: None,
+        code,
+        message,
     }
 }
 

@@ -4,6 +4,7 @@
 //! batch goes to the committer as one job.
 
 use std::mem;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -28,8 +29,11 @@ pub(super) struct Routing {
     sends: Vec<(u64, NewDelivery)>,
     /// Deliveries acknowledged in this batch.
     acks: Vec<u64>,
+    /// Answers to other requests in this batch, held back because a send
+    /// before them is not answered yet.
+    replies: Vec<Bytes>,
     /// Frames to send after the answers to this batch's sends and every
-    /// earlier one (`Pong`s).
+    /// earlier one, and after the deliveries stored before (`Pong`s).
     then: Vec<Bytes>,
     /// Sends routed since the last flush: the shared counter is updated
     /// once per batch of frames, not once per frame (every connection on
@@ -106,6 +110,20 @@ impl Connection {
         ));
     }
 
+    /// Answers a request (not a `Send`) after the answers to every `Send`
+    /// before it: at once if they are all answered.
+    pub(super) fn answer(&self, frame: &RelayFrame, routing: &mut Routing) {
+        let Some(bytes) = encode(frame) else { return };
+        if routing.sends.is_empty()
+            && routing.replies.is_empty()
+            && self.unanswered.load(Ordering::Acquire) == 0
+        {
+            self.peer.push(bytes, &self.shared.metrics);
+        } else {
+            routing.replies.push(bytes);
+        }
+    }
+
     /// Answers a `Ping` after the answers to every `Send` before it.
     pub(super) fn pong(&self, nonce: u64, routing: &mut Routing) {
         if let Some(bytes) = encode(&RelayFrame::Pong { nonce }) {
@@ -129,8 +147,9 @@ impl Connection {
                 .frames_routed
                 .fetch_add(mem::take(&mut routing.routed), Ordering::Relaxed);
         }
-        if !routing.sends.is_empty() || !routing.then.is_empty() {
+        if !routing.sends.is_empty() || !routing.replies.is_empty() || !routing.then.is_empty() {
             let sends = mem::take(&mut routing.sends);
+            let replies = mem::take(&mut routing.replies);
             let then = mem::take(&mut routing.then);
             let ids: Vec<u64> = sends.iter().map(|(id, _)| *id).collect();
             let Some(me) = &self.me else { return };
@@ -139,9 +158,13 @@ impl Connection {
                 conn: self.conn,
                 peer: self.peer.clone(),
                 sends,
+                replies,
                 then,
+                unanswered: Arc::clone(&self.unanswered),
             });
+            self.unanswered.fetch_add(1, Ordering::AcqRel);
             if !self.shared.commit.submit(job).await {
+                self.unanswered.fetch_sub(1, Ordering::AcqRel);
                 for id in ids {
                     self.error(Some(id), ErrorCode::Internal, "the relay is shutting down");
                 }
