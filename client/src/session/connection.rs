@@ -567,12 +567,15 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
             out.frames.push(ClientFrame::Bye);
         }
         let frames: Vec<ClientFrame> = out.frames.drain(..).collect();
-        if let Err(End::Lost(reason) | End::Fatal(reason)) =
-            write(&mut framed, frames, write_deadline(heard, &timeouts)).await
-        {
+        let written = write(&mut framed, frames, write_deadline(heard, &timeouts)).await;
+        // What the batch stored is shown even if its acknowledgements could
+        // not be written: the relay then delivers it again, and the copy
+        // is dropped as a replay, so this is the only time it is shown.
+        let shown = session.emit(&mut out).await;
+        if let Err(End::Lost(reason) | End::Fatal(reason)) = written {
             return End::Lost(reason);
         }
-        if !session.emit(&mut out).await || flow == Flow::Quit {
+        if !shown || flow == Flow::Quit {
             return End::Quit;
         }
         if let Some(end) = ended {
