@@ -45,6 +45,7 @@ fn message(i: u64) -> session::Message {
         late: false,
         position: (i, IN_ORDER),
         text: format!("message number {i}: the quick brown fox jumps over the lazy dog"),
+        delivery: None,
     }
 }
 

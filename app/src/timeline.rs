@@ -233,6 +233,7 @@ mod tests {
             late: rank != 1 << 31,
             position: (anchor, rank),
             text: format!("m{seq}"),
+            delivery: None,
         }
     }
 

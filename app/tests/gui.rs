@@ -604,6 +604,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
             late: false,
             position: (i, 1 << 31),
             text: format!("history line {i}"),
+            delivery: None,
         })
         .collect();
     for update in [
@@ -682,6 +683,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
             late: position.1 != 1 << 31,
             position,
             text: text.into(),
+            delivery: None,
         })
     };
     feed(
@@ -872,6 +874,7 @@ fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> Update {
         late: false,
         position: (seq, 1 << 31),
         text: text.into(),
+        delivery: None,
     })
 }
 

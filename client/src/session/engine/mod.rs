@@ -24,7 +24,9 @@
 //!   announcement, and opening, windowing and recording a message;
 //! - [`outbound`]: sending: session rotation, sealing, the outbox of
 //!   messages typed while disconnected, and the drain before quitting;
-//! - [`placement`]: where a message goes in its chat (17.4).
+//! - [`placement`]: where a message goes in its chat (17.4);
+//! - [`delivery`]: how far each sent message got (the relay's answers,
+//!   the recipients' receipts) and the receipts this client sends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -34,12 +36,13 @@ use bytes::Bytes;
 use sotto_crypto::{Conversation, Fingerprint, Identity, PublicIdentity, SessionId};
 use sotto_proto::{ClientFrame, RelayFrame, RoomName, UserKey, UserName};
 
-use super::{Chat, Command, Message, OnlineUser, TrustLevel, Update};
+use super::{Chat, Command, DeliveryState, Message, OnlineUser, TrustLevel, Update};
 use crate::account::Account;
 use crate::contacts::{Contacts, KeyEvent, Trust};
 use crate::store::{Inbound, Position, RoomSettings, Store, StoreError, StoredEntry};
 
 mod batch;
+mod delivery;
 mod inbound;
 mod keys;
 mod limits;
@@ -138,8 +141,11 @@ pub(crate) struct Engine {
     warned: HashSet<(Fingerprint, SessionId)>,
     outbox: VecDeque<(Chat, String)>,
     /// The sends of this connection the relay has not confirmed yet, by
-    /// route id (a cumulative `Sent` confirms every id up to its own).
-    sends: BTreeMap<u64, Chat>,
+    /// route id (a cumulative `Sent` confirms every id up to its own),
+    /// with the message each carried.
+    sends: BTreeMap<u64, delivery::Sending>,
+    /// Receipts for what the open read batch stores.
+    receipts_due: delivery::ReceiptsDue,
     /// The next route id: ids only grow, over every connection of this
     /// engine (the relay refuses a `Send` whose id does not exceed the
     /// previous one on the connection).
@@ -205,18 +211,39 @@ impl Engine {
             warned: HashSet::new(),
             outbox: VecDeque::new(),
             sends: BTreeMap::new(),
+            receipts_due: delivery::ReceiptsDue::default(),
             next_route: 1,
             quitting: None,
         };
         let history = engine.store.history()?;
         engine.arrival = history.last;
+        let mut sent: HashMap<(Chat, u64), crate::store::OutgoingRecord> = engine
+            .store
+            .all_outgoing()?
+            .into_iter()
+            .map(|(seq, record)| ((record.chat.clone(), seq), record))
+            .collect();
         let mut chats: BTreeMap<Chat, Vec<Message>> = BTreeMap::new();
         for (position, entry) in history.entries {
             let late = position.rank != Position::IN_ORDER;
             if !late {
                 engine.remember_place(&entry.chat, entry.fingerprint, entry.seq, position.anchor);
             }
-            let message = engine.message_of(entry, position);
+            let record = entry
+                .outgoing
+                .then(|| sent.remove(&(entry.chat.clone(), entry.seq)))
+                .flatten();
+            let mut message = engine.message_of(entry, position);
+            if message.outgoing {
+                // A message sent before delivery states were kept: sent.
+                message.delivery = Some(record.as_ref().map_or_else(
+                    || super::Delivery {
+                        state: DeliveryState::Sent,
+                        ..super::Delivery::default()
+                    },
+                    super::Delivery::of,
+                ));
+            }
             chats.entry(message.chat.clone()).or_default().push(message);
         }
         let mut updates: Vec<Update> = chats
@@ -268,6 +295,7 @@ impl Engine {
             late: position.rank != Position::IN_ORDER,
             position: (position.anchor, position.rank),
             text: entry.text,
+            delivery: None,
         }
     }
 
@@ -408,19 +436,19 @@ impl Engine {
                     out,
                 );
             }
-            RelayFrame::Sent { id } => self.on_sent(id),
+            RelayFrame::Sent { id } => self.on_sent(id, out),
             RelayFrame::Error { id, code, message } => {
                 if self.left_already(id, code, &message, out) {
                     return;
                 }
-                let chat = id.and_then(|id| self.sends.remove(&id));
-                match chat {
-                    Some(chat) => out.error(format!("{chat}: not delivered: {message} ({code:?})")),
+                match id {
+                    Some(id) => self.on_refused(id, code, &message, out),
                     None => out.error(format!("relay: {message} ({code:?})")),
                 }
             }
             RelayFrame::Undelivered { id, code, users } => {
                 self.on_undelivered(id, code, &users, out);
+                self.mark_refused(id, &users, out);
             }
             RelayFrame::Ping { nonce } => out.frames.push(ClientFrame::Pong { nonce }),
             // Registration and shutdown are the connection's business.
