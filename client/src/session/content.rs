@@ -128,6 +128,15 @@ mod tests {
         }
         // The text "hi": variant 0, length 2.
         assert_eq!(Content::Text("hi".into()).encode(), [0, 2, b'h', b'i']);
+        // protocol.md 13.8's example: seqs 1 to 3 and 5 in `lobby`.
+        let receipt = Content::Receipt(Receipt {
+            conversation: room.clone(),
+            stored: vec![(1, 3), (5, 5)],
+        });
+        assert_eq!(
+            receipt.encode(),
+            [1, 0, 5, b'l', b'o', b'b', b'b', b'y', 2, 1, 3, 5, 5]
+        );
         // An over-long length varint, invalid UTF-8, an unknown variant.
         assert_eq!(Content::decode(&[0, 0x82, 0x00, b'h', b'i']), None);
         assert_eq!(Content::decode(&[0, 1, 0xff]), None);
