@@ -1194,3 +1194,121 @@ async fn measure_presence_flood() {
         peak_rss_kib() / 1024
     );
 }
+
+// 19. P13 (receipts): a delivery receipt is the recipient's own word. The
+// relay withholds bob's receipts: alice's message stays "sent" for bob and
+// is delivered only to carol; passing carol's receipt off as bob's is
+// rejected; replaying one changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s19_receipts_cannot_be_forged_withheld_unnoticed_or_passed_off() {
+    use sotto_client::session::{Delivery, MessageId};
+    let (w, mut alice, mut bob, mut carol) = alice_bob_carol().await;
+    let delivered = |alice: &Peer, id: MessageId| -> Vec<String> {
+        alice
+            .seen
+            .iter()
+            .filter_map(|u| match u {
+                Update::Delivery {
+                    id: i,
+                    delivery: Delivery { delivered, .. },
+                    ..
+                } if *i == id => Some(delivered.iter().map(|n| n.to_string()).collect()),
+                _ => None,
+            })
+            .next_back()
+            .unwrap_or_default()
+    };
+    // Honest: both receipts come.
+    alice.send(lobby(), "to both");
+    bob.expect_message(&lobby(), "to both").await;
+    carol.expect_message(&lobby(), "to both").await;
+    let first = sent_id(&mut alice, "to both").await;
+    while delivered(&alice, first).len() < 2 {
+        alice.expect(|u| matches!(u, Update::Delivery { .. })).await;
+    }
+
+    // Bob's receipts (direct messages from bob to alice: bob sends her
+    // nothing else) are dropped on their way down to alice.
+    let from_bob_to_alice = |frame: &hostile::Frame| {
+        matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, to: Destination::User(_), body, .. })
+            if from.as_str() == "bob" && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+    };
+    w.hostile
+        .rule(Rule::down("alice").when(from_bob_to_alice).then(Act::Drop));
+    alice.send(lobby(), "to both again");
+    bob.expect_message(&lobby(), "to both again").await;
+    carol.expect_message(&lobby(), "to both again").await;
+    let second = sent_id(&mut alice, "to both again").await;
+    while delivered(&alice, second).is_empty() {
+        alice.expect(|u| matches!(u, Update::Delivery { .. })).await;
+    }
+    assert_eq!(delivered(&alice, second), ["carol"]);
+
+    // Carol's next receipt is passed off as bob's: rejected, bob is not
+    // marked; the next one of carol's, replayed, changes nothing.
+    let from_carol_to_alice = |frame: &hostile::Frame| {
+        matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, to: Destination::User(_), body, .. })
+            if from.as_str() == "carol" && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+    };
+    w.hostile.rule(
+        Rule::down("alice")
+            .when(from_carol_to_alice)
+            .take(1)
+            .then(Act::Rewrite(Box::new(|frame| match frame {
+                hostile::Frame::Relay(RelayFrame::Deliver {
+                    delivery,
+                    to,
+                    body,
+                    slot,
+                    ..
+                }) => {
+                    vec![hostile::Frame::Relay(RelayFrame::Deliver {
+                        delivery,
+                        from: user("bob"),
+                        to,
+                        body,
+                        slot,
+                    })]
+                }
+                other => vec![other],
+            }))),
+    );
+    alice.send(lobby(), "third");
+    bob.expect_message(&lobby(), "third").await;
+    carol.expect_message(&lobby(), "third").await;
+    alice
+        .expect(|u| matches!(u, Update::Rejected { from, .. } if from == "bob"))
+        .await;
+    let third = sent_id(&mut alice, "third").await;
+    w.hostile.rule(
+        Rule::down("alice")
+            .when(from_carol_to_alice)
+            .take(1)
+            .then(Act::Duplicate),
+    );
+    alice.send(lobby(), "fourth");
+    carol.expect_message(&lobby(), "fourth").await;
+    let fourth = sent_id(&mut alice, "fourth").await;
+    while delivered(&alice, fourth).is_empty() {
+        alice.expect(|u| matches!(u, Update::Delivery { .. })).await;
+    }
+    barrier(&mut alice, Via::message(&carol, lobby(), "carol is done")).await;
+    assert_eq!(delivered(&alice, first), ["bob", "carol"]);
+    assert_eq!(delivered(&alice, second), ["carol"]);
+    assert!(delivered(&alice, third).is_empty(), "{:#?}", alice.seen);
+    assert_eq!(delivered(&alice, fourth), ["carol"]);
+}
+
+/// The id of the message `text` that `peer` sent (waiting for it to be
+/// sealed if need be).
+async fn sent_id(peer: &mut Peer, text: &str) -> sotto_client::session::MessageId {
+    let mine = |u: &Update| matches!(u, Update::Message(m) if m.outgoing && m.text == text);
+    let found = match peer.seen.iter().find(|u| mine(u)) {
+        Some(update) => update.clone(),
+        None => peer.expect(mine).await,
+    };
+    let Update::Message(message) = found else {
+        unreachable!()
+    };
+    message.id()
+}

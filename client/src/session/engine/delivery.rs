@@ -298,6 +298,34 @@ mod tests {
         assert!(messages(&updates).is_empty(), "a receipt is not a message");
         assert!(deliveries(&feed(&mut engine, frame)).is_empty(), "replayed");
 
+        // A message sealed for nobody but alice (alone in #solo): bob's
+        // receipt for its number marks nothing.
+        let solo = RoomName::try_from("solo").unwrap();
+        let joined = RelayFrame::Joined {
+            room: solo.clone(),
+            members: vec![sotto_proto::Member {
+                name: name("alice"),
+                identity: alice.public().to_bytes().into(),
+                online: true,
+            }],
+        };
+        feed(&mut engine, joined);
+        let out = command(&mut engine, send(Chat::Room(solo.clone()), "alone"));
+        let alone = messages(&out.updates)[0].clone();
+        assert!(alone.delivery.clone().unwrap().recipients.is_empty());
+        let sealed = bob.seal_content(&Content::Receipt(Receipt {
+            conversation: Conversation::room("solo"),
+            stored: vec![(alone.seq, alone.seq)],
+        }));
+        let updates = feed(
+            &mut engine,
+            deliver(&sealed, Destination::User(name("alice"))),
+        );
+        assert!(
+            deliveries(&updates).is_empty(),
+            "not sealed for bob: {updates:?}"
+        );
+
         // After a restart the history shows it delivered.
         drop(engine);
         let account = alice_account(dir.path()).await;
