@@ -338,6 +338,7 @@ mod tests {
                 _ => None,
             })
             .flatten()
+            .filter(|m| m.text == "hi")
             .filter_map(|m| m.delivery)
             .collect();
         assert_eq!(shown.len(), 1);
