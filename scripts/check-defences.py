@@ -82,6 +82,7 @@ ENTRIES = [
  hostile("s15", "proto/src/codec.rs", """        check_len(len)?;
         if len > self.max_len {""", """        if false {""", "the frame length is checked before reading or allocating"),
  hostile("s16", "client/src/session/engine/inbound.rs", "        let Ok(arrival) = receiving.window.accept(opened.seq) else {", "        let Ok(arrival) = receiving.window.accept(opened.seq).or_else(|_| Ok::<_, ()>(Arrival::Late)) else {", "the replay window drops a message already seen"),
+ hostile("s20", "client/src/session/engine/delivery.rs", "    pub(super) fn send_due_heartbeats(&mut self, now: Instant, out: &mut Out) {\n        if !self.connected {", "    pub(super) fn send_due_heartbeats(&mut self, now: Instant, out: &mut Out) {\n        if true {", "a sender whose message is not receipted in time sends a heartbeat, so a withheld tail shows as a gap"),
  hostile("s19", "client/src/session/engine/delivery.rs", "                    if pending {\n                        record.state = 1;\n                    }", "                    if pending {\n                        record.state = 1;\n                        record.delivered = record.recipients.iter().map(|(_, fp)| *fp).collect();\n                    }", "a message is marked delivered only by its recipients' own receipts, never by the relay's Sent"),
  hostile("s18", "client/src/session/connection.rs", """                presence @ Update::Presence { .. } => match self.updates.try_send(presence) {
                     Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}

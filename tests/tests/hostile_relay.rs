@@ -88,6 +88,15 @@ impl World {
     /// Each peer loads its own copy of the identity, so that its count of
     /// RSA decryptions is its own (tests run in parallel).
     async fn join(&self, name: &str) -> Peer {
+        self.join_with(name, |_| {}).await
+    }
+
+    /// [`World::join`], with the session's configuration adjusted.
+    async fn join_with(
+        &self,
+        name: &str,
+        adjust: impl FnOnce(&mut sotto_client::session::Config),
+    ) -> Peer {
         let dir = self.temp.path().join(name);
         let identity = Identity::load(
             &sotto_testkit::testdata().join(format!("identities/{name}.sotto-id")),
@@ -101,7 +110,7 @@ impl World {
         )
         .await
         .unwrap();
-        Peer::connect(account, &self.hostile.address).await
+        Peer::connect_with(account, &self.hostile.address, adjust).await
     }
 }
 
@@ -1311,4 +1320,68 @@ async fn sent_id(peer: &mut Peer, text: &str) -> sotto_client::session::MessageI
         unreachable!()
     };
     message.id()
+}
+
+// 20. P5 (withheld tail): withholds the end of a direct conversation and of
+// a room conversation (the last two messages of each) while everything
+// else flows. Nothing follows them, yet bob is told two messages are
+// missing in each, within a bound (alice's heartbeat, here after 1 s),
+// and alice sees them not delivered to bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s20_a_withheld_tail_is_reported_to_both_within_a_bound() {
+    let w = world().await;
+    let fast = |config: &mut sotto_client::session::Config| {
+        config.limits.heartbeat = std::time::Duration::from_secs(1);
+    };
+    let mut alice = w.join_with("alice", fast).await;
+    let mut bob = w.join_with("bob", fast).await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    for chat in [dm("bob"), lobby()] {
+        let arrives_in = if chat == lobby() {
+            lobby()
+        } else {
+            dm("alice")
+        };
+        barrier(
+            &mut bob,
+            Via::message(&alice, chat.clone(), &format!("settled in {chat}")),
+        )
+        .await;
+        // The next two messages from alice to bob in this chat never come.
+        let room = chat == lobby();
+        w.hostile.rule(
+            Rule::down("bob")
+                .when(move |frame| {
+                    matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, to, body, .. })
+                        if from.as_str() == "alice"
+                            && matches!(to, Destination::Room(_)) == room
+                            && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+                })
+                .take(2)
+                .then(Act::Drop),
+        );
+        for text in ["tail 1", "tail 2"] {
+            alice.send(chat.clone(), &format!("{text} in {chat}"));
+        }
+        bob.expect(|u| {
+            matches!(u, Update::Missing { chat: c, from, count: 2 } if *c == arrives_in && from == "alice")
+        })
+        .await;
+        for text in ["tail 1", "tail 2"] {
+            assert!(
+                !bob.saw(shown(&format!("{text} in {chat}"))),
+                "{:#?}",
+                bob.seen
+            );
+            let id = sent_id(&mut alice, &format!("{text} in {chat}")).await;
+            let delivered = alice.seen.iter().any(|u| {
+                matches!(u, Update::Delivery { id: i, delivery, .. } if *i == id && !delivery.delivered.is_empty())
+            });
+            assert!(
+                !delivered,
+                "{text} in {chat} shows delivered: {:#?}",
+                alice.seen
+            );
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! What a sealed message carries (the content `P` of protocol.md 15, step
-//! 5): a text the user wrote, or a delivery receipt (protocol.md 13.8).
+//! 5): a text the user wrote, a delivery receipt, or a heartbeat
+//! (protocol.md 13.8).
 //!
 //! Both travel the same way, sealed in the sender's session of a
 //! conversation, so a receipt is as authenticated and as confidential as
@@ -17,6 +18,11 @@ pub enum Content {
     Text(String),
     /// The sender of this content stored messages of the recipient's.
     Receipt(Receipt),
+    /// Nothing but its own sequence number: "this is the newest number I
+    /// used in this conversation", sent when a message of the sender's is
+    /// not receipted in time, so that a relay withholding what came before
+    /// shows as a gap.
+    Heartbeat,
 }
 
 /// "I have stored your messages with these sequence numbers in this
@@ -137,10 +143,12 @@ mod tests {
             receipt.encode(),
             [1, 0, 5, b'l', b'o', b'b', b'b', b'y', 2, 1, 3, 5, 5]
         );
+        assert_eq!(Content::Heartbeat.encode(), [2]);
+        assert_eq!(Content::decode(&[2]), Some(Content::Heartbeat));
         // An over-long length varint, invalid UTF-8, an unknown variant.
         assert_eq!(Content::decode(&[0, 0x82, 0x00, b'h', b'i']), None);
         assert_eq!(Content::decode(&[0, 1, 0xff]), None);
-        assert_eq!(Content::decode(&[2]), None);
+        assert_eq!(Content::decode(&[3]), None);
         // Ranges out of order, overlapping, touching, reversed, or none.
         for stored in [
             vec![(5, 5), (1, 3)],

@@ -9,6 +9,7 @@
 //! that came again counts too: its first receipt may have been lost).
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use sotto_crypto::{Conversation, Fingerprint};
 use sotto_proto::{Destination, ErrorCode, UserKey, UserName};
@@ -31,6 +32,19 @@ pub(crate) struct Sending {
     /// announcement or a receipt carries none the user tracks.
     pub(super) message: Option<(Conversation, u64)>,
 }
+
+/// A conversation whose newest message of this client's is not receipted
+/// by every recipient yet: when to tell it the newest number again.
+#[derive(Clone, Debug)]
+pub(crate) struct Heartbeat {
+    chat: Chat,
+    seq: u64,
+    due: Instant,
+    sent: u32,
+}
+
+/// Heartbeats sent for one message at most (at 1, 2 and 4 intervals).
+const HEARTBEATS: u32 = 3;
 
 /// Receipts to send once the read batch that stored the messages commits:
 /// per sender and conversation, the sender's name and the numbers stored.
@@ -190,6 +204,73 @@ impl Engine {
                 }
                 fresh
             });
+        }
+    }
+
+    /// A text went out as `seq` in `conversation`: a heartbeat follows if
+    /// it is not receipted in time.
+    pub(super) fn heartbeat_after(&mut self, chat: &Chat, conversation: &Conversation, seq: u64) {
+        self.heartbeats.insert(
+            conversation.clone(),
+            Heartbeat {
+                chat: chat.clone(),
+                seq,
+                due: Instant::now() + self.limits.heartbeat,
+                sent: 0,
+            },
+        );
+    }
+
+    /// Sends the heartbeats that are due: for each conversation whose
+    /// newest message of this client's some recipient has not receipted
+    /// (nor was it refused for it, nor did it fail), one sealed
+    /// `Content::Heartbeat` to the conversation's recipients.
+    pub(super) fn send_due_heartbeats(&mut self, now: Instant, out: &mut Out) {
+        if !self.connected {
+            return;
+        }
+        let due: Vec<(Conversation, Heartbeat)> = self
+            .heartbeats
+            .iter()
+            .filter(|(_, h)| h.due <= now)
+            .map(|(c, h)| (c.clone(), h.clone()))
+            .collect();
+        for (conversation, mut heartbeat) in due {
+            let waiting = match self.store.outgoing(&conversation, heartbeat.seq) {
+                Ok(Some(record)) => {
+                    record.state != 2
+                        && record.recipients.iter().any(|(name, fp)| {
+                            !record.delivered.contains(fp)
+                                && !record.refused.iter().any(|r| r.same_as(name))
+                        })
+                }
+                Ok(None) | Err(_) => false,
+            };
+            if !waiting || heartbeat.sent >= HEARTBEATS {
+                self.heartbeats.remove(&conversation);
+                continue;
+            }
+            match &heartbeat.chat {
+                Chat::Room(room) => {
+                    self.send_content_to_room(room.clone(), Content::Heartbeat, out)
+                }
+                Chat::Direct(user) => {
+                    if let Ok(peer) = self.contacts.sendable(user).cloned() {
+                        let name = self.display_name(user);
+                        self.seal_and_send(
+                            Chat::Direct(name.clone()),
+                            conversation.clone(),
+                            Destination::User(name.clone()),
+                            vec![(name, peer)],
+                            Content::Heartbeat,
+                            out,
+                        );
+                    }
+                }
+            }
+            heartbeat.sent += 1;
+            heartbeat.due = now + self.limits.heartbeat * (1 << heartbeat.sent);
+            self.heartbeats.insert(conversation, heartbeat);
         }
     }
 

@@ -17,7 +17,7 @@ use sotto_proto::{Destination, RoomName, UserName};
 
 use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::Trust;
-use crate::session::content::{Content, Receipt};
+use crate::session::content::Content;
 use crate::session::{Chat, Update};
 use crate::store::{Inbound, Receiving, StoreError, StoredEntry};
 
@@ -487,14 +487,14 @@ impl Engine {
         let roster = opened.roster;
         let text = match content {
             Content::Text(text) => text,
-            Content::Receipt(receipt) => {
-                return self.receipt_arrived(
+            content @ (Content::Receipt(_) | Content::Heartbeat) => {
+                return self.control_arrived(
                     &delivery,
                     sender,
                     &conversation,
                     index,
                     before,
-                    &receipt,
+                    &content,
                     missing,
                     &chat,
                     out,
@@ -552,18 +552,19 @@ impl Engine {
         Handled::Done
     }
 
-    /// A receipt opened: its place in the sender's numbers is stored (in
-    /// the open batch) like a message's, without a history entry, and the
-    /// messages it names are marked delivered to the sender.
+    /// A receipt or a heartbeat opened: its place in the sender's numbers
+    /// is stored (in the open batch) like a message's, without a history
+    /// entry (a gap it reveals is reported like any); a receipt's messages
+    /// are marked delivered to its sender.
     #[allow(clippy::too_many_arguments)]
-    fn receipt_arrived(
+    fn control_arrived(
         &mut self,
         delivery: &Delivery,
         sender: Fingerprint,
         conversation: &Conversation,
         index: usize,
         before: (ReplayWindow, BTreeSet<u64>),
-        receipt: &Receipt,
+        content: &Content,
         missing: u64,
         chat: &Chat,
         out: &mut Out,
@@ -591,7 +592,9 @@ impl Engine {
                 count: missing,
             });
         }
-        self.on_receipt(sender, receipt, out);
+        if let Content::Receipt(receipt) = content {
+            self.on_receipt(sender, receipt, out);
+        }
         Handled::Done
     }
 }

@@ -146,6 +146,9 @@ pub(crate) struct Engine {
     sends: BTreeMap<u64, delivery::Sending>,
     /// Receipts for what the open read batch stores.
     receipts_due: delivery::ReceiptsDue,
+    /// Conversations whose newest message of this client's may need a
+    /// heartbeat.
+    heartbeats: HashMap<Conversation, delivery::Heartbeat>,
     /// The next route id: ids only grow, over every connection of this
     /// engine (the relay refuses a `Send` whose id does not exceed the
     /// previous one on the connection).
@@ -212,6 +215,7 @@ impl Engine {
             outbox: VecDeque::new(),
             sends: BTreeMap::new(),
             receipts_due: delivery::ReceiptsDue::default(),
+            heartbeats: HashMap::new(),
             next_route: 1,
             quitting: None,
         };
@@ -371,6 +375,7 @@ impl Engine {
         self.forget_old_views(now);
         self.save_contacts(out);
         self.send_due_member_lists(now, out);
+        self.send_due_heartbeats(now, out);
     }
 
     fn ack(delivery: &Delivery, out: &mut Out) {

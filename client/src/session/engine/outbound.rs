@@ -132,12 +132,22 @@ impl Engine {
     }
 
     pub(super) fn send_to_room(&mut self, room: RoomName, text: String, out: &mut Out) {
+        self.send_content_to_room(room, Content::Text(text), out);
+    }
+
+    /// Seals `content` for the room's members this client can send to (a
+    /// text also tells the user who was left out and why).
+    pub(super) fn send_content_to_room(&mut self, room: RoomName, content: Content, out: &mut Out) {
         let Some(entry) = self.rooms.get(&room) else {
-            if self.wanted.contains(&room) {
+            match content {
                 // Joining is under way: send once `Joined` arrives.
-                self.outbox.push_back((Chat::Room(room), text));
-            } else {
-                out.error(format!("you are not in #{room}: /join {room} first"));
+                Content::Text(text) if self.wanted.contains(&room) => {
+                    self.outbox.push_back((Chat::Room(room), text));
+                }
+                Content::Text(_) => {
+                    out.error(format!("you are not in #{room}: /join {room} first"))
+                }
+                Content::Receipt(_) | Content::Heartbeat => {}
             }
             return;
         };
@@ -170,19 +180,21 @@ impl Engine {
             }
         }
         let chat = Chat::Room(room.clone());
-        for (reason, names) in left_out {
-            out.update(Update::NotSentTo {
-                chat: chat.clone(),
-                names,
-                reason: reason.to_owned(),
-            });
+        if matches!(content, Content::Text(_)) {
+            for (reason, names) in left_out {
+                out.update(Update::NotSentTo {
+                    chat: chat.clone(),
+                    names,
+                    reason: reason.to_owned(),
+                });
+            }
         }
         self.seal_and_send(
             chat,
             Conversation::room(room.as_str()),
             Destination::Room(room),
             recipients,
-            Content::Text(text),
+            content,
             out,
         );
     }
@@ -351,6 +363,9 @@ impl Engine {
             }
             return;
         };
+        if let Some(seq) = sealed_seq {
+            self.heartbeat_after(&chat, &conversation, seq);
+        }
         let count = frames.len();
         for (n, (to, body, slots)) in frames.into_iter().enumerate() {
             // The message is the last frame (announcements go first).
