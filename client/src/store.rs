@@ -36,6 +36,7 @@ const EPOCHS: &str = "epochs";
 const INBOUND: &str = "inbound";
 const HISTORY: &str = "history";
 const OUTGOING: &str = "outgoing";
+const UNSENT: &str = "unsent";
 
 const NAME_KEY: &[u8] = b"name";
 const JOINED_KEY: &[u8] = b"joined";
@@ -115,6 +116,22 @@ pub struct OutgoingRecord {
     pub delivered: Vec<Fingerprint>,
     /// The recipients the relay will not keep it for.
     pub refused: Vec<UserName>,
+}
+
+/// A message this client sealed that the relay has not yet said it
+/// stored: exactly the frames that carry it (its announcements first), to
+/// send again, byte for byte, on the next connection. Its recipients
+/// drop a copy they have (the replay window), and so does the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsentRecord {
+    /// The conversation and the message's sequence number in it.
+    pub conversation: Conversation,
+    /// The message's sequence number.
+    pub seq: u64,
+    /// The chat, as the history names it.
+    pub chat: crate::session::Chat,
+    /// The frames: destination, body, slots.
+    pub frames: Vec<(sotto_proto::Destination, Vec<u8>, Vec<sotto_proto::Slot>)>,
 }
 
 /// Where an entry sits in its conversation's history: record keys sort in
@@ -557,22 +574,49 @@ impl Store {
         ])?)
     }
 
-    /// Records a message this client sent, with how far it got.
+    /// Records a message this client sent, with how far it got and, until
+    /// the relay says it stored it, the frames that carry it: one
+    /// transaction, before the frames leave.
     pub fn record_sent(
         &self,
         entry: &StoredEntry,
         position: Position,
         conversation: &Conversation,
         record: &OutgoingRecord,
+        unsent: Option<&UnsentRecord>,
     ) -> Result<(), StoreError> {
         let key = self.history_key(entry, position);
         let value = encode(entry)?;
         let outgoing_key = self.outgoing_key(conversation, entry.seq);
         let outgoing = encode(record)?;
-        Ok(self.vault.put_all(&[
-            (HISTORY, &key, &value),
-            (OUTGOING, &outgoing_key, &outgoing),
-        ])?)
+        let unsent = unsent.map(encode).transpose()?;
+        let mut records = vec![
+            (HISTORY, key.as_slice(), value.as_slice()),
+            (OUTGOING, outgoing_key.as_slice(), outgoing.as_slice()),
+        ];
+        if let Some(unsent) = &unsent {
+            records.push((UNSENT, outgoing_key.as_slice(), unsent.as_slice()));
+        }
+        Ok(self.vault.put_all(&records)?)
+    }
+
+    /// The relay stored (or refused) message `seq` of `conversation`: its
+    /// frames are not kept to send again any more.
+    pub fn forget_unsent(&self, conversation: &Conversation, seq: u64) -> Result<(), StoreError> {
+        let key = self.outgoing_key(conversation, seq);
+        Ok(self.vault.remove(UNSENT, &key)?)
+    }
+
+    /// Every message kept to send again (damaged records skipped).
+    pub fn all_unsent(&self) -> Result<Vec<UnsentRecord>, StoreError> {
+        let mut all: Vec<UnsentRecord> = self
+            .vault
+            .each(UNSENT)?
+            .into_iter()
+            .filter_map(|(_, value)| value.ok().and_then(|v| decode(&v).ok()))
+            .collect();
+        all.sort_by_key(|u| u.seq);
+        Ok(all)
     }
 
     fn outgoing_key(&self, conversation: &Conversation, seq: u64) -> [u8; 24] {

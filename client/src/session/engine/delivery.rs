@@ -143,6 +143,7 @@ impl Engine {
         let covered = std::mem::replace(&mut self.sends, rest);
         for sending in covered.into_values() {
             if let Some((conversation, seq)) = sending.message {
+                self.forget_unsent(&conversation, seq, out);
                 self.update_outgoing(&conversation, seq, out, |record| {
                     let pending = record.state == 0;
                     if pending {
@@ -165,6 +166,7 @@ impl Engine {
             sending.chat
         ));
         if let Some((conversation, seq)) = sending.message {
+            self.forget_unsent(&conversation, seq, out);
             let why = format!("{message} ({code:?})");
             self.update_outgoing(&conversation, seq, out, |record| {
                 record.state = 2;
@@ -204,6 +206,49 @@ impl Engine {
                 }
                 fresh
             });
+        }
+    }
+
+    /// The relay answered for message `seq` of `conversation`: its frames
+    /// are not sent again.
+    fn forget_unsent(&mut self, conversation: &Conversation, seq: u64, out: &mut Out) {
+        let before = self.unsent.len();
+        self.unsent
+            .retain(|u| !(u.seq == seq && u.conversation == *conversation));
+        if self.unsent.len() != before
+            && let Err(e) = self.store.forget_unsent(conversation, seq)
+        {
+            // Sent again on the next connection: a copy its recipients
+            // and the relay drop.
+            out.error(format!(
+                "could not record that the relay stored a message: {e}"
+            ));
+        }
+    }
+
+    /// Sends again, byte for byte, the messages of the chats `which`
+    /// admits whose `Sent` has not come and that are not in flight on
+    /// this connection: lost with a connection, or sealed before a
+    /// restart. Their recipients drop a copy they have, and so does the
+    /// relay (protocol.md 9.7), so each is kept exactly once.
+    pub(super) fn resend_unsent(&mut self, which: impl Fn(&Chat) -> bool, out: &mut Out) {
+        let in_flight: std::collections::HashSet<(Conversation, u64)> = self
+            .sends
+            .values()
+            .filter_map(|s| s.message.clone())
+            .collect();
+        let again: Vec<crate::store::UnsentRecord> = self
+            .unsent
+            .iter()
+            .filter(|u| which(&u.chat) && !in_flight.contains(&(u.conversation.clone(), u.seq)))
+            .cloned()
+            .collect();
+        for unsent in again {
+            let count = unsent.frames.len();
+            for (n, (to, body, slots)) in unsent.frames.into_iter().enumerate() {
+                let message = (n + 1 == count).then(|| (unsent.conversation.clone(), unsent.seq));
+                self.push_send(unsent.chat.clone(), message, to, body.into(), slots, out);
+            }
         }
     }
 

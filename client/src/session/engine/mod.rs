@@ -149,6 +149,9 @@ pub(crate) struct Engine {
     /// Conversations whose newest message of this client's may need a
     /// heartbeat.
     heartbeats: HashMap<Conversation, delivery::Heartbeat>,
+    /// Messages sealed whose `Sent` has not come, oldest first: sent again
+    /// on the next connection (kept in the store too).
+    unsent: Vec<crate::store::UnsentRecord>,
     /// The next route id: ids only grow, over every connection of this
     /// engine (the relay refuses a `Send` whose id does not exceed the
     /// previous one on the connection).
@@ -216,9 +219,11 @@ impl Engine {
             sends: BTreeMap::new(),
             receipts_due: delivery::ReceiptsDue::default(),
             heartbeats: HashMap::new(),
+            unsent: Vec::new(),
             next_route: 1,
             quitting: None,
         };
+        engine.unsent = engine.store.all_unsent()?;
         let history = engine.store.history()?;
         engine.arrival = history.last;
         let mut sent: HashMap<(Chat, u64), crate::store::OutgoingRecord> = engine
@@ -330,6 +335,9 @@ impl Engine {
         self.connected = true;
         self.name = name;
         self.rejoin(out);
+        // Direct messages whose `Sent` never came go again now; a room's,
+        // once its `Joined` gives the current members.
+        self.resend_unsent(|chat| matches!(chat, Chat::Direct(_)), out);
         let waiting: Vec<(Chat, String)> = self.outbox.drain(..).collect();
         for (chat, text) in waiting {
             match &chat {

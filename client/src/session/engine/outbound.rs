@@ -17,7 +17,7 @@ use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::{Blocked, Trust};
 use crate::session::content::Content;
 use crate::session::{Chat, Delivery, Update};
-use crate::store::{OutgoingRecord, Position, StoreError, StoredEntry, VaultCounter};
+use crate::store::{OutgoingRecord, Position, StoreError, StoredEntry, UnsentRecord, VaultCounter};
 
 /// The names an `Undelivered` notice lists; the rest are counted.
 const UNDELIVERED_NAMES: usize = 5;
@@ -366,6 +366,17 @@ impl Engine {
         if let Some(seq) = sealed_seq {
             self.heartbeat_after(&chat, &conversation, seq);
         }
+        // Kept until the relay says it stored them, to send again as they
+        // are after a lost connection or a restart (protocol.md 19.2).
+        let unsent = sealed_seq.map(|seq| UnsentRecord {
+            conversation: conversation.clone(),
+            seq,
+            chat: chat.clone(),
+            frames: frames
+                .iter()
+                .map(|(to, body, slots)| (to.clone(), body.to_vec(), slots.clone()))
+                .collect(),
+        });
         let count = frames.len();
         for (n, (to, body, slots)) in frames.into_iter().enumerate() {
             // The message is the last frame (announcements go first).
@@ -401,19 +412,20 @@ impl Engine {
             anchor: self.arrival,
             rank: Position::IN_ORDER,
         };
-        if let Err(e) = self
-            .store
-            .record_sent(&entry, position, &conversation, &record)
+        if let Err(e) =
+            self.store
+                .record_sent(&entry, position, &conversation, &record, unsent.as_ref())
         {
             out.error(format!("could not store the message you sent: {e}"));
         }
+        self.unsent.extend(unsent);
         let mut message = self.message_of(entry, position);
         message.delivery = Some(Delivery::of(&record));
         out.update(Update::Message(message));
     }
 
     /// Puts one `Send` in `out` and remembers what it carried.
-    fn push_send(
+    pub(super) fn push_send(
         &mut self,
         chat: Chat,
         message: Option<(Conversation, u64)>,
