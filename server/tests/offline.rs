@@ -418,7 +418,9 @@ async fn an_offline_backlog_larger_than_the_outbound_queue_is_delivered() {
     drop(relay.registered("bob").await);
     let mut alice = relay.registered("alice").await;
     for id in 1..=12 {
-        alice.send(send_to_user(id, "bob", numbered(id), None)).await;
+        alice
+            .send(send_to_user(id, "bob", numbered(id), None))
+            .await;
         assert_eq!(alice.recv().await, RelayFrame::Sent { id });
     }
     let mut bob = relay.registered("bob").await;

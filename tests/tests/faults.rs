@@ -432,3 +432,111 @@ async fn a_member_offline_gets_what_was_said_in_the_room_and_to_it() {
             .await;
     }
 }
+
+/// The sender's side: alice's connection is reset 3 times while she sends
+/// 300 numbered direct messages. What was in flight is sent again on her
+/// next connection, byte for byte: bob gets each once, in order, and alice
+/// sees each delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_whose_connection_is_reset_loses_nothing() {
+    let bed = Testbed::start();
+    let proxy = proxy_to(&bed);
+    let mut bob = bed.join("bob").await;
+    // All 300 are typed at once: while she is cut off, the rest wait in
+    // her outbox (which refuses more than `outbox`, 256 by default).
+    let short = Duration::from_millis(50);
+    let mut alice = Peer::connect_with(
+        account(&bed.temp.path().join("alice"), "alice", "alice").await,
+        &proxy.relay_address(&bed.relay.address),
+        |config| {
+            config.limits.reconnect = Backoff::new(short, short * 4, Duration::from_secs(60));
+            config.limits.outbox = 1024;
+        },
+    )
+    .await;
+    for peer in [&mut alice, &mut bob] {
+        peer.expect_members("lobby", &["alice", "bob"]).await;
+    }
+    // Alice keeps 20 in flight: one more each time bob gets one, as a
+    // steady conversation does, and her connection is reset at 3 points
+    // of bob's count (each on a connection accepted after the last
+    // reset), with messages of hers on the way.
+    let texts: Vec<String> = (0..300).map(|i| format!("dm {i:03}")).collect();
+    let mut queued = texts.iter();
+    for text in queued.by_ref().take(20) {
+        alice.send(dm("bob"), text);
+    }
+    let planned = reset_points(0x5e, 3, 280);
+    let mut points = planned.iter().peekable();
+    let mut cut = 0;
+    for shown in 1..=300 {
+        bob.expect(|u| matches!(u, Update::Message(m) if !m.outgoing && m.text.starts_with("dm ")))
+            .await;
+        alice.drain();
+        if let Some(text) = queued.next() {
+            alice.send(dm("bob"), text);
+        }
+        let stats = proxy.stats();
+        if points.peek().is_some_and(|&&at| at <= shown) && stats.open > 0 && stats.accepted > cut {
+            cut = stats.accepted;
+            proxy.reset();
+            points.next();
+        }
+    }
+    assert_eq!(proxy.stats().reset, 3, "{planned:?} {:?}", proxy.stats());
+    assert_eq!(shown_in(&bob, &dm("alice"), "dm "), texts);
+    nothing_missing(&bob);
+    assert!(
+        !alice.saw(|u| matches!(u, Update::Error(_))),
+        "{:#?}",
+        alice.seen
+    );
+    delivered_to_all(&mut alice, &dm("bob"), "dm ", 300, &["bob"]).await;
+    let relay = bed.relay.address.clone();
+    assert_eq!(
+        history_after_restart(bob, &relay, &dm("alice"), "dm ").await,
+        texts
+    );
+}
+
+/// Messages alice sealed whose `Sent` never came (her path went silent
+/// and she quit) survive a restart of her client: sent again once she is
+/// back, each arrives once, and shows delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sealed_before_a_restart_are_sent_again_once() {
+    let bed = Testbed::start();
+    let proxy = proxy_to(&bed);
+    let mut bob = bed.join("bob").await;
+    let mut alice = flaky(&bed, &proxy, "alice").await;
+    for peer in [&mut alice, &mut bob] {
+        peer.expect_members("lobby", &["alice", "bob"]).await;
+    }
+    alice.send(dm("bob"), "before");
+    bob.expect_message(&dm("alice"), "before").await;
+    proxy.stall(true);
+    let texts: Vec<String> = (0..10).map(|i| format!("sealed {i}")).collect();
+    for text in &texts {
+        alice.send(dm("bob"), text);
+        alice
+            .expect(|u| matches!(u, Update::Message(m) if m.outgoing && m.text == *text))
+            .await;
+    }
+    let account = alice.account.clone();
+    alice.quit().await;
+    proxy.reset();
+    proxy.stall(false);
+    let mut alice = Peer::connect(account, &bed.relay.address).await;
+    receive(
+        &mut bob,
+        &dm("alice"),
+        "sealed ",
+        10,
+        None,
+        &mut [&mut alice],
+    )
+    .await;
+    assert_eq!(shown_in(&bob, &dm("alice"), "sealed "), texts);
+    barrier(&mut bob, Via::message(&alice, dm("bob"), "after")).await;
+    assert_eq!(shown_in(&bob, &dm("alice"), "sealed "), texts, "once each");
+    nothing_missing(&bob);
+}
