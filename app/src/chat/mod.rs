@@ -39,6 +39,10 @@ pub mod ids {
 
 /// What the chat window does.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a message lives only while iced hands it to `update`; boxing the session's updates would allocate once more for each"
+)]
 pub enum Message {
     /// Something from session number `.0`.
     Session(u64, Update),

@@ -570,19 +570,19 @@ pub(super) fn body_hash(delivery: &NewDelivery) -> [u8; 16] {
     }
     hasher.update([1]);
     hasher.update(&delivery.body);
-    let digest = hasher.finalize();
+    let digest: [u8; 32] = hasher.finalize().into();
     let mut hash = [0; 16];
-    hash.copy_from_slice(&digest[..16]);
+    for (to, from) in hash.iter_mut().zip(digest) {
+        *to = from;
+    }
     hash
 }
 
 /// A hash as two numbers (how [`BODY_REFS`] keeps it).
 fn halves(hash: &[u8; 16]) -> (u64, u64) {
-    let mut high = [0; 8];
-    let mut low = [0; 8];
-    high.copy_from_slice(&hash[..8]);
-    low.copy_from_slice(&hash[8..]);
-    (u64::from_be_bytes(high), u64::from_be_bytes(low))
+    let (high, low) = hash.split_at(8);
+    let number = |half: &[u8]| u64::from_be_bytes(half.try_into().unwrap_or_default());
+    (number(high), number(low))
 }
 
 /// The next id of the relay-wide counter.
@@ -616,9 +616,8 @@ fn release(
     }
     refs.remove(id).map_err(db_err)?;
     if (high, low) != (0, 0) {
-        let mut hash = [0; 16];
-        hash[..8].copy_from_slice(&high.to_be_bytes());
-        hash[8..].copy_from_slice(&low.to_be_bytes());
+        let mut hash = high.to_be_bytes().to_vec();
+        hash.extend_from_slice(&low.to_be_bytes());
         hashes.remove(hash.as_slice()).map_err(db_err)?;
     }
     if let Some(value) = bodies.remove(id).map_err(db_err)? {

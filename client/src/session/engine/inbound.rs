@@ -489,7 +489,7 @@ impl Engine {
             Content::Text(text) => text,
             content @ (Content::Receipt(_) | Content::Heartbeat) => {
                 return self.control_arrived(
-                    &delivery,
+                    delivery,
                     sender,
                     &conversation,
                     index,
