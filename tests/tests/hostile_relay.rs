@@ -1385,3 +1385,101 @@ async fn s20_a_withheld_tail_is_reported_to_both_within_a_bound() {
         }
     }
 }
+
+// 21. Availability (a lost key): drops alice's announcement of her new
+// session in a room to bob. Bob holds her message, asks her for the key
+// (an authenticated key request), she sends the announcement again, and
+// bob reads it within a bound. A relay that drops the requests too leaves
+// bob told the messages could not be opened, and alice sees them not
+// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s21_a_dropped_announcement_is_asked_for_again() {
+    let w = world().await;
+    let patient = |config: &mut sotto_client::session::Config| {
+        config.limits.key_request = std::time::Duration::from_secs(1);
+        config.limits.held_for = std::time::Duration::from_secs(4);
+    };
+    let mut alice = w.join_with("alice", patient).await;
+    let mut bob = w.join_with("bob", patient).await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    // Bob's key request for alice travels in their direct conversation:
+    // set it up first (announcements both ways).
+    barrier(&mut alice, Via::message(&bob, dm("alice"), "hello alice")).await;
+    barrier(&mut bob, Via::message(&alice, dm("bob"), "hello bob")).await;
+    let announcement_in = |room: &'static str| {
+        move |frame: &hostile::Frame| {
+            matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, body, .. })
+                if from.as_str() == "alice"
+                    && matches!(PeerBody::decode(body), Ok(PeerBody::Announcement(a))
+                        if a.context.conversation == Conversation::room(room)))
+        }
+    };
+    for (room_name, drop_requests) in [("r2", false), ("r3", true)] {
+        for peer in [&mut alice, &mut bob] {
+            peer.command(Command::Join(room(room_name)));
+            peer.expect(|u| matches!(u, Update::Joined { room } if room.as_str() == room_name))
+                .await;
+        }
+        alice.expect_members(room_name, &["alice", "bob"]).await;
+        w.hostile.rule(
+            Rule::down("bob")
+                .when(announcement_in(room_name))
+                .take(1)
+                .then(Act::Drop),
+        );
+        if drop_requests {
+            // Every message bob sends alice from now on: his requests.
+            w.hostile.rule(
+                Rule::down("alice")
+                    .when(|frame| {
+                        matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, to: Destination::User(_), body, .. })
+                            if from.as_str() == "bob" && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+                    })
+                    .then(Act::Drop),
+            );
+        }
+        let text = format!("after a lost key in {room_name}");
+        let chat = sotto_client::session::Chat::Room(room(room_name));
+        alice.send(chat.clone(), &text);
+        if drop_requests {
+            // Given up after `held_for`, with a notice naming alice.
+            bob.expect(|u| matches!(u, Update::Rejected { from, .. } if from == "alice"))
+                .await;
+            assert!(!bob.saw(shown(&text)), "{:#?}", bob.seen);
+            let id = sent_id(&mut alice, &text).await;
+            let delivered = alice.seen.iter().any(|u| {
+                matches!(u, Update::Delivery { id: i, delivery, .. } if *i == id && !delivery.delivered.is_empty())
+            });
+            assert!(!delivered, "{:#?}", alice.seen);
+        } else {
+            let r = tokio::time::timeout(
+                std::time::Duration::from_secs(8),
+                bob.expect_message(&chat, &text),
+            )
+            .await;
+            if r.is_err() {
+                alice.drain();
+                let sent: Vec<String> = w
+                    .hostile
+                    .sent_by("bob")
+                    .iter()
+                    .map(|f| format!("{f:?}").chars().take(120).collect())
+                    .collect();
+                let down: Vec<String> = w
+                    .hostile
+                    .delivered_to("alice")
+                    .iter()
+                    .map(|f| format!("{f:?}").chars().take(100).collect())
+                    .collect();
+                panic!(
+                    "DEBUG alice {:#?}\nbob sent {sent:#?}\nalice got {down:#?}",
+                    alice
+                        .seen
+                        .iter()
+                        .filter(|u| !matches!(u, Update::Members { .. }))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@
 //! message, so the recipient's gap detection counts it.
 
 use serde::{Deserialize, Serialize};
-use sotto_crypto::Conversation;
+use sotto_crypto::{Conversation, SessionId};
 
 /// The content of a sealed message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +23,14 @@ pub enum Content {
     /// not receipted in time, so that a relay withholding what came before
     /// shows as a gap.
     Heartbeat,
+    /// "I hold messages of yours I cannot open: send me the announcement
+    /// of this session of yours in this conversation again."
+    KeyRequest {
+        /// The conversation of the session.
+        conversation: Conversation,
+        /// The session whose announcement never came.
+        session: SessionId,
+    },
 }
 
 /// "I have stored your messages with these sequence numbers in this
@@ -148,7 +156,16 @@ mod tests {
         // An over-long length varint, invalid UTF-8, an unknown variant.
         assert_eq!(Content::decode(&[0, 0x82, 0x00, b'h', b'i']), None);
         assert_eq!(Content::decode(&[0, 1, 0xff]), None);
-        assert_eq!(Content::decode(&[3]), None);
+        let request = Content::KeyRequest {
+            conversation: room.clone(),
+            session: SessionId([7; 16]),
+        };
+        assert_eq!(Content::decode(&request.encode()), Some(request.clone()));
+        assert_eq!(
+            request.encode()[..8],
+            [3, 0, 5, b'l', b'o', b'b', b'b', b'y']
+        );
+        assert_eq!(Content::decode(&[4]), None);
         // Ranges out of order, overlapping, touching, reversed, or none.
         for stored in [
             vec![(5, 5), (1, 3)],

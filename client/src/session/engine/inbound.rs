@@ -44,6 +44,8 @@ pub(super) struct Held {
     pub(super) sender: Fingerprint,
     pub(super) session: SessionId,
     pub(super) since: Instant,
+    /// The conversation it came in (where to ask for its key).
+    pub(super) conversation: Conversation,
 }
 
 /// A token bucket.
@@ -437,6 +439,7 @@ impl Engine {
                     sender,
                     session: header.session_id,
                     since: Instant::now(),
+                    conversation: conversation.clone(),
                 });
                 return Handled::Kept;
             }
@@ -487,7 +490,7 @@ impl Engine {
         let roster = opened.roster;
         let text = match content {
             Content::Text(text) => text,
-            content @ (Content::Receipt(_) | Content::Heartbeat) => {
+            content @ (Content::Receipt(_) | Content::Heartbeat | Content::KeyRequest { .. }) => {
                 return self.control_arrived(
                     delivery,
                     sender,
@@ -592,8 +595,13 @@ impl Engine {
                 count: missing,
             });
         }
-        if let Content::Receipt(receipt) = content {
-            self.on_receipt(sender, receipt, out);
+        match content {
+            Content::Receipt(receipt) => self.on_receipt(sender, receipt, out),
+            Content::KeyRequest {
+                conversation: asked,
+                session,
+            } => self.on_key_request(&delivery.from, sender, asked, *session, out),
+            Content::Text(_) | Content::Heartbeat => {}
         }
         Handled::Done
     }

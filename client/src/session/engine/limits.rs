@@ -115,6 +115,11 @@ pub struct SessionLimits {
     /// this long, and the heartbeat is repeated at twice the interval, up
     /// to 3 times. Default: 20 s.
     pub heartbeat: Duration,
+    /// How long a message waits for its session's announcement before
+    /// this client asks the sender for it again (a key request,
+    /// protocol.md 13.8); also the least time between two announcements
+    /// sent again to one member on request. Default: 5 s.
+    pub key_request: Duration,
     /// How long to wait before reconnecting after a lost connection or a
     /// failed attempt. Default: `Backoff::default()` (0.5 s doubling up to
     /// 60 s, with jitter; see docs/protocol.md, section 23).
@@ -153,6 +158,7 @@ impl Default for SessionLimits {
             read_batch: 256,
             network: crate::tls::Timeouts::default(),
             heartbeat: Duration::from_secs(20),
+            key_request: Duration::from_secs(5),
             reconnect: crate::backoff::Backoff::default(),
         }
     }

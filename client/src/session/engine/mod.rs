@@ -26,7 +26,9 @@
 //!   messages typed while disconnected, and the drain before quitting;
 //! - [`placement`]: where a message goes in its chat (17.4);
 //! - [`delivery`]: how far each sent message got (the relay's answers,
-//!   the recipients' receipts) and the receipts this client sends.
+//!   the recipients' receipts) and the receipts this client sends;
+//! - [`recovery`]: asking for a session key whose announcement never
+//!   came, and answering such requests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -48,6 +50,7 @@ mod keys;
 mod limits;
 mod outbound;
 mod placement;
+mod recovery;
 mod rooms;
 #[cfg(test)]
 mod testing;
@@ -152,6 +155,11 @@ pub(crate) struct Engine {
     /// Messages sealed whose `Sent` has not come, oldest first: sent again
     /// on the next connection (kept in the store too).
     unsent: Vec<crate::store::UnsentRecord>,
+    /// Sessions whose announcement this client asked a sender for.
+    keys_requested: HashSet<(Fingerprint, SessionId)>,
+    /// When this client last sent an announcement again on request, per
+    /// requester and session.
+    reannounced: HashMap<(Fingerprint, SessionId), Instant>,
     /// The next route id: ids only grow, over every connection of this
     /// engine (the relay refuses a `Send` whose id does not exceed the
     /// previous one on the connection).
@@ -220,6 +228,8 @@ impl Engine {
             receipts_due: delivery::ReceiptsDue::default(),
             heartbeats: HashMap::new(),
             unsent: Vec::new(),
+            keys_requested: HashSet::new(),
+            reannounced: HashMap::new(),
             next_route: 1,
             quitting: None,
         };
@@ -384,6 +394,7 @@ impl Engine {
         self.save_contacts(out);
         self.send_due_member_lists(now, out);
         self.send_due_heartbeats(now, out);
+        self.request_missing_keys(now, out);
     }
 
     fn ack(delivery: &Delivery, out: &mut Out) {

@@ -147,7 +147,7 @@ impl Engine {
                 Content::Text(_) => {
                     out.error(format!("you are not in #{room}: /join {room} first"))
                 }
-                Content::Receipt(_) | Content::Heartbeat => {}
+                Content::Receipt(_) | Content::Heartbeat | Content::KeyRequest { .. } => {}
             }
             return;
         };
