@@ -31,7 +31,8 @@ pub(crate) enum Command {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Common {
-    /// Rounds; each round runs the relay, then the forwarder.
+    /// Rounds; each round runs the relay, then the in-memory relay (with
+    /// --baseline-relay), then the forwarder.
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,
     /// Which targets to run.
@@ -40,12 +41,18 @@ pub(crate) struct Common {
     /// The relay binary [default: `relay` next to this executable].
     #[arg(long, value_name = "PATH")]
     pub(crate) relay_bin: Option<PathBuf>,
-    /// Directory for the relay's data and both targets' logs [default: a
+    /// A second relay binary run as the baseline target "in-memory" in
+    /// every round, after the relay: the relay of before issue 13 (commit
+    /// 75849f6), which kept live deliveries in memory only.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) baseline_relay: Option<PathBuf>,
+    /// Directory for the targets' logs and the relays' data (a fresh data
+    /// directory per relay and round, removed after the round) [default: a
     /// fresh directory under the system's temporary directory, removed at
     /// the end].
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Extra argument for the relay (repeat for several).
+    /// Extra argument for the relay, not the baseline (repeat for several).
     #[arg(long = "relay-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub(crate) relay_args: Vec<String>,
     /// RUST_LOG for the relay.
@@ -133,6 +140,12 @@ pub(crate) struct RoomArgs {
     /// Members that send.
     #[arg(long, default_value_t = 4)]
     pub(crate) senders: u32,
+    /// Bytes of the key slot each room message carries for every other
+    /// member, as sotto clients send them (80); 0 sends no slots, so that
+    /// every member gets the same frame (the form measured before issue 13).
+    /// The forwarder's frames carry this many bytes more instead.
+    #[arg(long, default_value_t = 80)]
+    pub(crate) slot_len: usize,
 }
 
 #[derive(Debug, clap::Args)]

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use crate::BoxError;
 use crate::target::{Target, Usage, usage_of};
 
-pub(crate) use client::{Bench, Conn, connect_all, to_room, to_user};
+pub(crate) use client::{Bench, Conn, connect_all, to_room, to_user, user_name};
 pub(crate) use handshake::handshakes;
 pub(crate) use traffic::{Mode, Sender, Traffic, run_traffic};
 

@@ -114,7 +114,12 @@ async fn run(command: Command) -> Result<(), BoxError> {
             let members = args.members.max(2);
             let senders = args.senders.clamp(1, members);
             let env = Env::new(&args.common, "room")?;
-            traffic(&env, &args.traffic, Shape::Room { members, senders }).await
+            let shape = Shape::Room {
+                members,
+                senders,
+                slot_len: args.slot_len,
+            };
+            traffic(&env, &args.traffic, shape).await
         }
         Command::Idle(args) => idle(&args).await,
         Command::Handshakes(args) => handshakes(&args).await,
