@@ -4,10 +4,18 @@
 //! same run, a bare tokio-rustls forwarder (`relay-bench forwarder`, also a
 //! child process) with the same framing and write batching, and puts the
 //! same load on both, interleaved: relay, forwarder, relay, forwarder... for
-//! `--rounds` rounds, each target a fresh process. It prints every round's
-//! figures, then each figure's median and min-max spread and the per-round
-//! ratio relay/forwarder. Every phase has a fixed length; children are
-//! killed when the bench exits, fails or is interrupted.
+//! `--rounds` rounds, each target a fresh process (a relay on a fresh data
+//! directory). With `--baseline-relay PATH` a second relay binary (the
+//! in-memory relay of before issue 13) runs after the relay in every
+//! round. It prints every round's figures, then each figure's median and
+//! min-max spread and the per-round ratios relay/in-memory,
+//! relay/forwarder and in-memory/forwarder. Every phase has a fixed length;
+//! children are killed when the bench exits, fails or is interrupted.
+//!
+//! Clients behave as sotto clients do towards the relay: route ids increase
+//! on every connection, `Sent` is read as cumulative, every delivery is
+//! acknowledged (all those of one read in one write), and room messages
+//! carry a key slot per other member (`--slot-len`).
 //!
 //! Scenarios:
 //!
@@ -18,7 +26,8 @@
 //! - `handshakes`: full TLS 1.3 handshakes per second.
 //!
 //! `dm` and `room` run closed loop (`--window` messages in flight per
-//! sender) or open loop (`--mode open`, a fixed total `--rate`, or
+//! sender, each in flight until it is both accepted by a `Sent` and
+//! delivered) or open loop (`--mode open`, a fixed total `--rate`, or
 //! `--rate-fraction` of the relay's closed-loop maximum measured first),
 //! with latency from each frame's timestamp in an HDR histogram.
 //!
