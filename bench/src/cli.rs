@@ -115,6 +115,11 @@ pub(crate) struct TrafficArgs {
     /// Most seconds to wait for frames in flight at the end.
     #[arg(long, default_value_t = 2.0)]
     pub(crate) drain: f64,
+    /// Never acknowledge deliveries: a measured variant that shows what
+    /// storing costs without removing (the relay's stored deliveries then
+    /// grow: raise its bounds with --relay-arg, e.g. --offline-max-messages).
+    #[arg(long)]
+    pub(crate) no_ack: bool,
 }
 
 #[derive(Debug, clap::Args)]

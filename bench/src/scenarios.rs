@@ -155,6 +155,7 @@ async fn traffic_round(
         warmup: secs(args.warmup),
         duration: secs(args.duration),
         drain: secs(args.drain),
+        ack: !args.no_ack,
     };
     let outcome = load::run_traffic(conns, &plan, &target, env.bench.clock).await?;
     target.stop().await;

@@ -59,6 +59,8 @@ pub(crate) struct Traffic {
     pub(crate) duration: Duration,
     /// Longest wait for in-flight frames after the senders stop.
     pub(crate) drain: Duration,
+    /// Whether readers acknowledge deliveries.
+    pub(crate) ack: bool,
 }
 
 /// What a traffic phase measured.
@@ -151,6 +153,7 @@ pub(crate) async fn run_traffic(
         readers.push(tokio::spawn(read_loop(
             Reading {
                 proto,
+                ack: traffic.ack,
                 own,
                 flows: Arc::clone(&flows),
                 window,
@@ -260,6 +263,8 @@ pub(crate) async fn run_traffic(
 /// What a reader needs besides its connection.
 struct Reading {
     proto: Proto,
+    /// Whether to acknowledge deliveries.
+    ack: bool,
     /// The flow of this connection's own sender, if it sends.
     own: Option<usize>,
     flows: Arc<[Flow]>,
@@ -276,6 +281,7 @@ async fn read_loop(
 ) -> Result<ReadResult, BoxError> {
     let Reading {
         proto,
+        ack,
         own,
         flows,
         window,
@@ -301,7 +307,7 @@ async fn read_loop(
             rest = tail;
             let body = match parse(proto, payload) {
                 Incoming::Deliver { delivery, body } => {
-                    if delivery != 0 {
+                    if ack && delivery != 0 {
                         put_ack(&mut acks, delivery);
                     }
                     body
