@@ -46,8 +46,9 @@ pub(crate) struct Common {
     /// 75849f6), which kept live deliveries in memory only.
     #[arg(long, value_name = "PATH")]
     pub(crate) baseline_relay: Option<PathBuf>,
-    /// Directory for the targets' logs and the relays' data (a fresh data
-    /// directory per relay and round, removed after the round) [default: a
+    /// Directory for the targets' logs and the relays' data (dm and room: a
+    /// fresh data directory per relay and round, removed after the round;
+    /// idle and handshakes: one per relay, kept across rounds) [default: a
     /// fresh directory under the system's temporary directory, removed at
     /// the end].
     #[arg(long, value_name = "DIR")]

@@ -141,11 +141,19 @@ impl Env {
         self.dir.path.join(format!("{}-{round}.log", proto.label()))
     }
 
-    /// Starts `proto`'s target for `round`; a relay on a fresh data
-    /// directory (nothing stored, no membership left from an earlier round),
-    /// removed when the target stops.
-    pub(crate) async fn start(&self, round: usize, proto: Proto) -> Result<Target, BoxError> {
-        let target = Target::start(&self.launch, proto, round, &self.log(round, proto)).await?;
+    /// Starts `proto`'s target for `round`; a relay on a `fresh` data
+    /// directory (nothing stored, no membership left from an earlier round;
+    /// removed when the target stops), or on the one its earlier rounds
+    /// used (the idle and handshake scenarios: names already claimed, as
+    /// on a relay in use).
+    pub(crate) async fn start(
+        &self,
+        round: usize,
+        proto: Proto,
+        fresh: bool,
+    ) -> Result<Target, BoxError> {
+        let log = self.log(round, proto);
+        let target = Target::start(&self.launch, proto, round, fresh, &log).await?;
         // Let it finish starting (runtime threads, database) before measuring.
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok(target)

@@ -4,8 +4,9 @@
 //! same run, a bare tokio-rustls forwarder (`relay-bench forwarder`, also a
 //! child process) with the same framing and write batching, and puts the
 //! same load on both, interleaved: relay, forwarder, relay, forwarder... for
-//! `--rounds` rounds, each target a fresh process (a relay on a fresh data
-//! directory). With `--baseline-relay PATH` a second relay binary (the
+//! `--rounds` rounds, each target a fresh process (in `dm` and `room` a
+//! relay on a fresh data directory; `idle` and `handshakes` keep each
+//! relay's across rounds, names claimed once). With `--baseline-relay PATH` a second relay binary (the
 //! in-memory relay of before issue 13) runs after the relay in every
 //! round. It prints every round's figures, then each figure's median and
 //! min-max spread and the per-round ratios relay/in-memory,

@@ -93,7 +93,7 @@ async fn traffic_round(
     round: usize,
     proto: Proto,
 ) -> Result<Figures, BoxError> {
-    let target = env.start(round, proto).await?;
+    let target = env.start(round, proto, true).await?;
     let body = args.body.max(wire::BODY_HEADER);
     let (clients, join, fanout) = match shape {
         Shape::Dm { pairs } => (pairs * 2, false, 1),
@@ -223,7 +223,7 @@ pub(crate) async fn idle(args: &IdleArgs) -> Result<(), BoxError> {
     let mut report = Report::default();
     for round in 1..=env.rounds {
         for &proto in &env.targets {
-            let target = env.start(round, proto).await?;
+            let target = env.start(round, proto, false).await?;
             let before = target.usage()?;
             let started = Instant::now();
             let conns =
@@ -259,7 +259,7 @@ pub(crate) async fn handshakes(args: &HandshakeArgs) -> Result<(), BoxError> {
     let mut report = Report::default();
     for round in 1..=env.rounds {
         for &proto in &env.targets {
-            let target = env.start(round, proto).await?;
+            let target = env.start(round, proto, false).await?;
             let outcome = load::handshakes(
                 &target,
                 args.concurrency,

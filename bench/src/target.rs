@@ -79,7 +79,7 @@ impl Launch {
             "--config".to_string(),
             self.limits_file().display().to_string(),
             "--listen 127.0.0.1:0 --host 127.0.0.1 --data-dir".to_string(),
-            self.data_dir(proto, "N").display().to_string(),
+            self.data_dir(proto, "N".to_string()).display().to_string(),
         ];
         words.extend(RELAY_LIMITS.iter().map(|s| (*s).to_string()));
         if proto == Proto::Relay {
@@ -96,7 +96,7 @@ impl Launch {
     }
 
     /// The data directory of relay `proto` in `round`.
-    fn data_dir(&self, proto: Proto, round: impl std::fmt::Display) -> PathBuf {
+    fn data_dir(&self, proto: Proto, round: String) -> PathBuf {
         self.work_dir
             .join(format!("data-{}-{round}", proto.label()))
     }
@@ -118,7 +118,7 @@ pub(crate) struct Target {
     // stays readable so a later print cannot fail.
     _stdin: Option<ChildStdin>,
     _stdout: BufReader<ChildStdout>,
-    /// A relay's data directory, removed once it stopped.
+    /// A relay's fresh data directory, removed once it stopped.
     data_dir: Option<PathBuf>,
 }
 
@@ -135,16 +135,24 @@ pub(crate) struct Usage {
 
 impl Target {
     /// Starts a target speaking `proto` for `round`; `log` receives its
-    /// stderr.
+    /// stderr. A relay gets a `fresh` data directory (nothing stored or
+    /// joined by an earlier round, removed when it stops), or else the one
+    /// its earlier rounds used (names already claimed).
     pub(crate) async fn start(
         launch: &Launch,
         proto: Proto,
         round: usize,
+        fresh: bool,
         log: &Path,
     ) -> Result<Self, BoxError> {
-        let data_dir = proto.is_relay().then(|| launch.data_dir(proto, round));
-        if let Some(dir) = &data_dir {
-            // Fresh: nothing stored or joined by an earlier round.
+        let data_dir = proto.is_relay().then(|| {
+            if fresh {
+                launch.data_dir(proto, round.to_string())
+            } else {
+                launch.data_dir(proto, "kept".to_string())
+            }
+        });
+        if fresh && let Some(dir) = &data_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
         let mut command = match (proto, &data_dir) {
@@ -207,7 +215,7 @@ impl Target {
             child,
             _stdin: stdin,
             _stdout: stdout,
-            data_dir,
+            data_dir: data_dir.filter(|_| fresh),
         })
     }
 
