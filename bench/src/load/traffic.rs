@@ -396,6 +396,15 @@ async fn read_loop(
     Ok(result)
 }
 
+/// Messages of a sender still in flight: of the `total` it sent, those
+/// not yet accepted (`accepted` so far) or not yet delivered to all
+/// `fanout` recipients (`delivered` deliveries so far, any order).
+fn in_flight(total: u64, fanout: u64, delivered: u64, accepted: u64) -> u64 {
+    let fanout = fanout.max(1);
+    let undelivered = (total * fanout).saturating_sub(delivered).div_ceil(fanout);
+    undelivered.max(total.saturating_sub(accepted))
+}
+
 struct SendJob {
     writer: Writer,
     template: Template,
@@ -431,12 +440,12 @@ impl SendJob {
                 if now >= self.window.end {
                     break;
                 }
-                let delivered = flow.delivered.load(Ordering::Acquire);
-                let accepted = flow.accepted.load(Ordering::Acquire);
-                let undelivered = (total * self.fanout)
-                    .saturating_sub(delivered)
-                    .div_ceil(self.fanout);
-                let in_flight = undelivered.max(total.saturating_sub(accepted));
+                let in_flight = in_flight(
+                    total,
+                    self.fanout,
+                    flow.delivered.load(Ordering::Acquire),
+                    flow.accepted.load(Ordering::Acquire),
+                );
                 let room = window.saturating_sub(in_flight);
                 if room == 0 {
                     tokio::select! {
@@ -518,5 +527,26 @@ impl SendJob {
             scheduled_in_window,
             total,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_flight;
+
+    #[test]
+    fn a_message_is_in_flight_until_accepted_and_delivered() {
+        // Nothing back yet.
+        assert_eq!(in_flight(10, 1, 0, 0), 10);
+        // Delivered but not yet covered by a Sent, and the reverse.
+        assert_eq!(in_flight(10, 1, 10, 4), 6);
+        assert_eq!(in_flight(10, 1, 3, 10), 7);
+        // A cumulative Sent covering everything and every delivery in.
+        assert_eq!(in_flight(10, 1, 10, 10), 0);
+        // Fan-out: a message with one delivery missing is still in flight.
+        assert_eq!(in_flight(4, 31, 4 * 31 - 1, 4), 1);
+        assert_eq!(in_flight(4, 31, 4 * 31, 4), 0);
+        // More accepted or delivered than sent (never) counts nothing.
+        assert_eq!(in_flight(2, 1, 5, 5), 0);
     }
 }
