@@ -104,7 +104,8 @@ pub(crate) struct TrafficArgs {
     /// Most frames per write.
     #[arg(long, default_value_t = 256)]
     pub(crate) batch: u64,
-    /// Body length, bytes (at least 12: timestamp and sender).
+    /// Body length, bytes (at least 20: timestamp, sender and sequence
+    /// number, so that no two bodies are the same).
     #[arg(long, default_value_t = 100)]
     pub(crate) body: usize,
     /// Seconds of warm-up before measuring.

@@ -36,8 +36,13 @@ use sotto_proto::{
 
 use crate::BoxError;
 
-/// Bytes of the body taken by the timestamp and the sender's index.
-pub(crate) const BODY_HEADER: usize = 12;
+/// Bytes of the body taken by the timestamp, the sender's index and the
+/// message's sequence number (its route id): every body differs, as
+/// sealed messages do (the relay stores a body it still holds only once,
+/// taking the same bytes from the same sender for a resend).
+pub(crate) const BODY_HEADER: usize = 20;
+/// Where the sequence number starts, after the timestamp and the sender.
+const SEQ_AT: usize = 12;
 /// Written where the timestamp goes, to find it in the encoded template.
 const SENTINEL: u64 = 0xA55A_C33C_0FF0_9669;
 /// The first route id of every connection: 2^56, the smallest `u64`
@@ -115,10 +120,11 @@ pub(crate) fn fwd_ack() -> Bytes {
     Bytes::from_static(&[0, 0, 0, 3, PROTOCOL_VERSION, fwd::ACK, 0])
 }
 
-/// A body of `len` bytes carrying `sender` and the sentinel timestamp.
+/// A body of `len` bytes carrying `sender` and the sentinel timestamp
+/// (the sequence number left 0, patched per frame).
 fn body(sender: u32, len: usize) -> Vec<u8> {
     let mut body = vec![0u8; len.max(BODY_HEADER)];
-    if let Some(head) = body.get_mut(..BODY_HEADER) {
+    if let Some(head) = body.get_mut(..SEQ_AT) {
         let (ts, who) = head.split_at_mut(8);
         ts.copy_from_slice(&SENTINEL.to_le_bytes());
         who.copy_from_slice(&sender.to_le_bytes());
@@ -199,13 +205,17 @@ impl Template {
         self.bytes.len()
     }
 
-    /// Appends the frame stamped with `ts` and (relay frames) route id
-    /// `id`, at least [`FIRST_ID`].
+    /// Appends the frame stamped with `ts`, its body numbered `id` and (relay
+    /// frames) route id `id`, at least [`FIRST_ID`].
     pub(crate) fn append(&self, out: &mut Vec<u8>, ts: u64, id: u64) {
         let start = out.len();
         out.extend_from_slice(&self.bytes);
         if let Some(slot) = out.get_mut(start + self.ts_at..start + self.ts_at + 8) {
             slot.copy_from_slice(&ts.to_le_bytes());
+        }
+        let seq = start + self.ts_at + SEQ_AT;
+        if let Some(slot) = out.get_mut(seq..seq + 8) {
+            slot.copy_from_slice(&id.to_le_bytes());
         }
         if self.has_id
             && let Some(slot) = out.get_mut(start + ID_AT..start + ID_AT + ID_LEN)
@@ -321,6 +331,7 @@ mod tests {
                 template.append(&mut out, 0x0102_0304_0506_0708, id);
                 let mut expected_body = body(7, 100);
                 expected_body[..8].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+                expected_body[SEQ_AT..BODY_HEADER].copy_from_slice(&id.to_le_bytes());
                 let expected = ClientFrame::Send {
                     route: Route { id, to: to.clone() },
                     body: Bytes::from(expected_body),
@@ -414,6 +425,7 @@ mod tests {
         };
         assert_eq!(body.len(), 180);
         assert_eq!(body_header(body), Some((77, 4)));
+        assert_eq!(body[SEQ_AT..BODY_HEADER], FIRST_ID.to_le_bytes());
         let (second, rest) = split_frame(rest).unwrap().unwrap();
         assert!(rest.is_empty());
         assert!(matches!(
