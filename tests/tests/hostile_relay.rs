@@ -1375,7 +1375,7 @@ async fn s20_a_withheld_tail_is_reported_to_both_within_a_bound() {
             );
             let id = sent_id(&mut alice, &format!("{text} in {chat}")).await;
             let delivered = alice.seen.iter().any(|u| {
-                matches!(u, Update::Delivery { id: i, delivery, .. } if *i == id && !delivery.delivered.is_empty())
+                matches!(u, Update::Delivery { chat: c, id: i, delivery } if *c == chat && *i == id && !delivery.delivered.is_empty())
             });
             assert!(
                 !delivered,
@@ -1448,38 +1448,11 @@ async fn s21_a_dropped_announcement_is_asked_for_again() {
             assert!(!bob.saw(shown(&text)), "{:#?}", bob.seen);
             let id = sent_id(&mut alice, &text).await;
             let delivered = alice.seen.iter().any(|u| {
-                matches!(u, Update::Delivery { id: i, delivery, .. } if *i == id && !delivery.delivered.is_empty())
+                matches!(u, Update::Delivery { chat: c, id: i, delivery } if *c == chat && *i == id && !delivery.delivered.is_empty())
             });
             assert!(!delivered, "{:#?}", alice.seen);
         } else {
-            let r = tokio::time::timeout(
-                std::time::Duration::from_secs(8),
-                bob.expect_message(&chat, &text),
-            )
-            .await;
-            if r.is_err() {
-                alice.drain();
-                let sent: Vec<String> = w
-                    .hostile
-                    .sent_by("bob")
-                    .iter()
-                    .map(|f| format!("{f:?}").chars().take(120).collect())
-                    .collect();
-                let down: Vec<String> = w
-                    .hostile
-                    .delivered_to("alice")
-                    .iter()
-                    .map(|f| format!("{f:?}").chars().take(100).collect())
-                    .collect();
-                panic!(
-                    "DEBUG alice {:#?}\nbob sent {sent:#?}\nalice got {down:#?}",
-                    alice
-                        .seen
-                        .iter()
-                        .filter(|u| !matches!(u, Update::Members { .. }))
-                        .collect::<Vec<_>>()
-                );
-            }
+            bob.expect_message(&chat, &text).await;
         }
     }
 }
