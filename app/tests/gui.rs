@@ -1411,3 +1411,76 @@ async fn an_offline_member_stays_listed_marked_offline() {
         "{texts:#?}"
     );
 }
+
+/// The mark beside the time of the message of yours showing `text` (the
+/// text just before it: sender, time, mark, then the message).
+fn mark_of(texts: &[String], text: &str) -> String {
+    let at = texts
+        .iter()
+        .rposition(|t| t == text)
+        .unwrap_or_else(|| panic!("no {text:?} in {texts:#?}"));
+    texts[at - 1].clone()
+}
+
+/// The line under the message showing `text`.
+fn line_under(texts: &[String], text: &str) -> Option<String> {
+    let at = texts.iter().rposition(|t| t == text)?;
+    texts.get(at + 1).cloned()
+}
+
+/// A direct message to bob while he is offline: pending (◷) until the
+/// relay accepts it, sent (✓) once it has, and delivered (✓✓) when bob,
+/// back, has stored it and his receipt comes; a click on the mark shows
+/// who has it and who not yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_bob_shows_pending_then_sent_then_delivered() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let bob = Peer::join(temp.path(), "bob", &relay).await;
+    gui.until_shows("New contact bob: key").await;
+    let bob_account = bob.account.clone();
+    bob.quit().await;
+    gui.until_shows("bob went offline in #lobby").await;
+
+    let text = "while you were away";
+    gui.type_into(chat_ids::COMPOSER, &format!("/msg bob {text}"));
+    gui.enter(chat_ids::COMPOSER);
+    // Each state is on screen before the next update is applied: the
+    // marks seen, each once.
+    let marks = std::cell::RefCell::new(Vec::<String>::new());
+    let seen = |gui: &Gui, last: &str| {
+        let mark = mark_of(&gui.texts(), text);
+        let mut marks = marks.borrow_mut();
+        if marks.last() != Some(&mark) {
+            marks.push(mark.clone());
+        }
+        mark == last
+    };
+    gui.until("sent", |gui| seen(gui, "✓")).await;
+    assert_eq!(*marks.borrow(), ["◷", "✓"], "pending, then sent");
+    let texts = gui.texts();
+    assert_eq!(
+        line_under(&texts, text).as_deref(),
+        Some("Send"),
+        "nothing under it: {texts:#?}"
+    );
+    gui.click("✓");
+    assert_eq!(
+        line_under(&gui.texts(), text).as_deref(),
+        Some("Accepted by the relay · not yet delivered to bob")
+    );
+
+    let mut bob = Peer::connect(bob_account, &relay).await;
+    bob.expect_message(&dm("alice"), text).await;
+    gui.until("delivered", |gui| seen(gui, "✓✓")).await;
+    assert_eq!(*marks.borrow(), ["◷", "✓", "✓✓"]);
+    assert_eq!(
+        line_under(&gui.texts(), text).as_deref(),
+        Some("Accepted by the relay · delivered to bob")
+    );
+    // A click again hides the details.
+    gui.click("✓✓");
+    assert!(!gui.shows("Accepted by the relay"), "{:#?}", gui.texts());
+}
