@@ -156,7 +156,7 @@ pub(super) fn mark_button<'a, M: Clone + 'a>(
         iced::widget::container(column![text(hint).size(12)])
             .padding(6)
             .style(iced::widget::container::rounded_box),
-        tooltip::Position::Top,
+        tooltip::Position::Right,
     )
     .into()
 }

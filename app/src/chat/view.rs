@@ -229,17 +229,21 @@ impl Chat {
             .on_scroll(Message::Scrolled)
             .height(Fill)
             .width(Fill);
-        let mut body = column![header, timeline].spacing(8);
+        // The jump button and the status line come and go inside one
+        // column of their own: the composer stays the same child of the
+        // body, so it keeps its state (the cursor, the focus) when they do.
+        let mut notes = Column::new().spacing(8);
         if thread.is_some_and(|thread| !thread.timeline.is_following()) {
-            body = body.push(
+            notes = notes.push(
                 button(text("Jump to the newest messages").size(13))
                     .style(button::secondary)
                     .on_press(Message::Newest),
             );
         }
         if let Some((tone, status)) = &self.status {
-            body = body.push(text(visible(status)).size(13).style(tone_style(*tone)));
+            notes = notes.push(text(visible(status)).size(13).style(tone_style(*tone)));
         }
+        let mut body = column![header, timeline, notes].spacing(8);
         let can_send = self.view.context.current.is_some() && self.controller.is_some();
         body = body.push(
             row![
