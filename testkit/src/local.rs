@@ -25,12 +25,23 @@ impl LocalRelay {
     /// Starts a relay keeping its certificate and database in `dir`, on
     /// `port` (0: any free port), as a task of the current tokio runtime.
     pub fn start(dir: &Path, port: u16) -> LocalRelay {
+        Self::start_with(dir, port, |_| {})
+    }
+
+    /// [`LocalRelay::start`] with the configuration changed by `adjust`
+    /// (small storage bounds, say).
+    pub fn start_with(
+        dir: &Path,
+        port: u16,
+        adjust: impl FnOnce(&mut sotto_relay::Config),
+    ) -> LocalRelay {
         let Setup {
             listener,
             certs,
-            config,
+            mut config,
             address,
         } = Setup::new(dir, port);
+        adjust(&mut config);
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
