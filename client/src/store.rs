@@ -41,6 +41,7 @@ const UNSENT: &str = "unsent";
 const NAME_KEY: &[u8] = b"name";
 const JOINED_KEY: &[u8] = b"joined";
 const LEAVING_KEY: &[u8] = b"leaving";
+const OUTBOX_KEY: &[u8] = b"outbox";
 const CONTACTS_KEY: &[u8] = b"all";
 
 /// Why the store failed.
@@ -116,6 +117,9 @@ pub struct OutgoingRecord {
     pub delivered: Vec<Fingerprint>,
     /// The recipients the relay will not keep it for.
     pub refused: Vec<UserName>,
+    /// The id of the typed text it was sealed from, if it waited in the
+    /// outbox (so that a restart does not send it a second time).
+    pub typed: Option<u64>,
 }
 
 /// A message this client sealed that the relay has not yet said it
@@ -598,6 +602,24 @@ impl Store {
             records.push((UNSENT, outgoing_key.as_slice(), unsent.as_slice()));
         }
         Ok(self.vault.put_all(&records)?)
+    }
+
+    /// The texts typed while disconnected, not yet sealed: id, chat, text.
+    pub fn outbox(&self) -> Result<Vec<(u64, crate::session::Chat, String)>, StoreError> {
+        Ok(self
+            .vault
+            .get(SETTINGS, OUTBOX_KEY)?
+            .map(|bytes| decode(&bytes))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Records the texts typed while disconnected (the whole outbox).
+    pub fn set_outbox(
+        &self,
+        outbox: &[(u64, crate::session::Chat, String)],
+    ) -> Result<(), StoreError> {
+        Ok(self.vault.put(SETTINGS, OUTBOX_KEY, &encode(&outbox)?)?)
     }
 
     /// The relay stored (or refused) message `seq` of `conversation`: its

@@ -142,7 +142,11 @@ pub(crate) struct Engine {
     /// late messages (bounded to the replay window).
     placed: HashMap<(Chat, Fingerprint), BTreeMap<u64, u64>>,
     warned: HashSet<(Fingerprint, SessionId)>,
-    outbox: VecDeque<(Chat, String)>,
+    /// Texts typed while they could not be sealed (disconnected, or the
+    /// room not joined yet): id, chat, text; kept in the store too.
+    outbox: VecDeque<(u64, Chat, String)>,
+    /// The id of the outbox text being sealed now, for its record.
+    sealing_typed: Option<u64>,
     /// The sends of this connection the relay has not confirmed yet, by
     /// route id (a cumulative `Sent` confirms every id up to its own),
     /// with the message each carried.
@@ -224,6 +228,7 @@ impl Engine {
             placed: HashMap::new(),
             warned: HashSet::new(),
             outbox: VecDeque::new(),
+            sealing_typed: None,
             sends: BTreeMap::new(),
             receipts_due: delivery::ReceiptsDue::default(),
             heartbeats: HashMap::new(),
@@ -234,6 +239,20 @@ impl Engine {
             quitting: None,
         };
         engine.unsent = engine.store.all_unsent()?;
+        // Texts typed before a restart, less any sealed meanwhile (sealing
+        // records which typed text it was, in the same transaction).
+        let sealed: HashSet<u64> = engine
+            .store
+            .all_outgoing()?
+            .into_iter()
+            .filter_map(|(_, record)| record.typed)
+            .collect();
+        engine.outbox = engine
+            .store
+            .outbox()?
+            .into_iter()
+            .filter(|(id, _, _)| !sealed.contains(id))
+            .collect();
         let history = engine.store.history()?;
         engine.arrival = history.last;
         let mut sent: HashMap<(Chat, u64), crate::store::OutgoingRecord> = engine
@@ -348,14 +367,15 @@ impl Engine {
         // Direct messages whose `Sent` never came go again now; a room's,
         // once its `Joined` gives the current members.
         self.resend_unsent(|chat| matches!(chat, Chat::Direct(_)), out);
-        let waiting: Vec<(Chat, String)> = self.outbox.drain(..).collect();
-        for (chat, text) in waiting {
+        let waiting: Vec<(u64, Chat, String)> = self.outbox.drain(..).collect();
+        for (id, chat, text) in waiting {
             match &chat {
                 // Rooms are flushed when `Joined` confirms membership.
-                Chat::Room(_) => self.outbox.push_back((chat, text)),
-                Chat::Direct(_) => self.send_text(chat, text, out),
+                Chat::Room(_) => self.outbox.push_back((id, chat, text)),
+                Chat::Direct(_) => self.send_typed(id, chat, text, out),
             }
         }
+        self.save_outbox(out);
     }
 
     /// The connection ended: the rosters are the relay's to report again

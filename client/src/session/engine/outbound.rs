@@ -121,7 +121,9 @@ impl Engine {
                     "{chat}: not connected and too many messages queued; not sent"
                 ));
             } else {
-                self.outbox.push_back((chat, text));
+                let id = self.typed_id();
+                self.outbox.push_back((id, chat, text));
+                self.save_outbox(out);
             }
             return;
         }
@@ -142,7 +144,9 @@ impl Engine {
             match content {
                 // Joining is under way: send once `Joined` arrives.
                 Content::Text(text) if self.wanted.contains(&room) => {
-                    self.outbox.push_back((Chat::Room(room), text));
+                    let id = self.typed_id();
+                    self.outbox.push_back((id, Chat::Room(room), text));
+                    self.save_outbox(out);
                 }
                 Content::Text(_) => {
                     out.error(format!("you are not in #{room}: /join {room} first"))
@@ -406,6 +410,7 @@ impl Engine {
             failed: None,
             delivered: Vec::new(),
             refused: Vec::new(),
+            typed: self.sealing_typed.take(),
         };
         self.arrival += 1;
         let position = Position {
@@ -422,6 +427,31 @@ impl Engine {
         let mut message = self.message_of(entry, position);
         message.delivery = Some(Delivery::of(&record));
         out.update(Update::Message(message));
+    }
+
+    /// Seals a text that waited in the outbox (`id`), recording which it
+    /// was; if it has to wait again (its room is not joined yet) it keeps
+    /// its id.
+    pub(super) fn send_typed(&mut self, id: u64, chat: Chat, text: String, out: &mut Out) {
+        self.sealing_typed = Some(id);
+        self.send_text(chat, text, out);
+        self.sealing_typed = None;
+    }
+
+    /// The id of a text entering the outbox: the one being sealed again,
+    /// or a new one.
+    fn typed_id(&mut self) -> u64 {
+        self.sealing_typed.take().unwrap_or_else(rand::random)
+    }
+
+    /// Records the outbox as it is now.
+    pub(super) fn save_outbox(&mut self, out: &mut Out) {
+        let entries: Vec<(u64, Chat, String)> = self.outbox.iter().cloned().collect();
+        if let Err(e) = self.store.set_outbox(&entries) {
+            out.error(format!(
+                "could not store the messages waiting to be sent: {e}"
+            ));
+        }
     }
 
     /// Puts one `Send` in `out` and remembers what it carried.
@@ -501,6 +531,107 @@ mod tests {
         assert_eq!(threads.len(), 1);
         let ordered: BTreeSet<Chat> = [typed, Chat::Direct(name("bob"))].into();
         assert_eq!(ordered.len(), 1);
+    }
+
+    /// Alice back from a restart, connected and in the lobby with bob:
+    /// the engine and what it sent on connecting.
+    fn alice_restarted(
+        account: &crate::account::Account,
+        bob: &sotto_crypto::Identity,
+    ) -> (Engine, Out) {
+        let alice = fixture("alice");
+        let (mut engine, _) =
+            Engine::new(account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        let mut out = Out::default();
+        engine.on_registered(name("alice"), &mut out);
+        engine.handle_frame(
+            RelayFrame::Joined {
+                room: RoomName::lobby(),
+                members: vec![
+                    sotto_proto::Member {
+                        name: name("alice"),
+                        identity: alice.public().to_bytes().into(),
+                        online: true,
+                    },
+                    sotto_proto::Member {
+                        name: name("bob"),
+                        identity: bob.public().to_bytes().into(),
+                        online: true,
+                    },
+                ],
+            },
+            &mut out,
+        );
+        (engine, out)
+    }
+
+    fn room_bodies(out: &Out) -> Vec<Bytes> {
+        out.frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::Send { route, body, .. } if route.to == lobby() => Some(body.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Texts typed while disconnected survive a restart and are sealed
+    /// once back; sealed, and not yet confirmed by the relay, they are sent
+    /// again after the next restart byte for byte (the same messages), not
+    /// sealed anew; confirmed, they are not sent again.
+    #[tokio::test]
+    async fn typed_and_sealed_messages_survive_restarts_and_are_sent_once() {
+        let bob = fixture("bob");
+        let (mut engine, dir) = alice_with_bob(&bob).await;
+        engine.on_disconnected();
+        for text in ["queued 1", "queued 2"] {
+            let out = command(&mut engine, send(lobby_chat(), text));
+            assert!(out.frames.is_empty(), "{out:?}");
+        }
+        drop(engine);
+        let account = alice_account(dir.path()).await;
+        let (engine, out) = alice_restarted(&account, &bob);
+        let first = room_bodies(&out);
+        assert_eq!(first.len(), 2, "the typed texts, sealed: {:?}", out.frames);
+        drop(engine);
+        let (mut engine, out) = alice_restarted(&account, &bob);
+        assert_eq!(room_bodies(&out), first, "sent again as they were");
+        let last = out
+            .frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::Send { route, .. } => Some(route.id),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+        feed(&mut engine, RelayFrame::Sent { id: last });
+        drop(engine);
+        let (engine, out) = alice_restarted(&account, &bob);
+        assert!(room_bodies(&out).is_empty(), "confirmed: {:?}", out.frames);
+
+        // A crash after a text was sealed, before the outbox was written
+        // without it: the outbox still names it, and it is not sealed
+        // again (its record says which typed text it was).
+        let typed: Vec<u64> = engine
+            .store
+            .all_outgoing()
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, r)| r.typed)
+            .collect();
+        assert_eq!(typed.len(), 2);
+        engine
+            .store
+            .set_outbox(&[(typed[0], lobby_chat(), "queued 1".into())])
+            .unwrap();
+        drop(engine);
+        let (_engine, out) = alice_restarted(&account, &bob);
+        assert!(
+            room_bodies(&out).is_empty(),
+            "not sealed twice: {:?}",
+            out.frames
+        );
     }
 
     #[tokio::test]

@@ -228,14 +228,15 @@ impl Engine {
         }
         let here = Chat::Room(room.clone());
         self.resend_unsent(|chat| *chat == here, out);
-        let queued: Vec<(Chat, String)> = self.outbox.drain(..).collect();
-        for (chat, text) in queued {
+        let queued: Vec<(u64, Chat, String)> = self.outbox.drain(..).collect();
+        for (id, chat, text) in queued {
             if chat == Chat::Room(room.clone()) {
-                self.send_text(chat, text, out);
+                self.send_typed(id, chat, text, out);
             } else {
-                self.outbox.push_back((chat, text));
+                self.outbox.push_back((id, chat, text));
             }
         }
+        self.save_outbox(out);
     }
 
     pub(super) fn on_presence(
