@@ -8,6 +8,7 @@
 // A command-line program talks on stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bot;
 mod input;
 mod json;
 mod text;
@@ -316,6 +317,7 @@ async fn chat(
     };
     let mut stdin_open = true;
     let mut out = Vec::new();
+    let mut bot = bot::Bot::default();
     if !json {
         input.print(vec!["type /help for commands".to_owned()]);
         input.prompt(view.prompt());
@@ -337,7 +339,7 @@ async fn chat(
                     Update::Connection(session::Connection::Failed { .. })
                 );
                 if json {
-                    if let Some(event) = json::shown(&update, history) {
+                    if let Some(event) = bot.event(&update, history) {
                         println!("{event}");
                     }
                 } else {
@@ -370,11 +372,19 @@ async fn chat(
                 let _ = controller.quit();
             }
             input::Typed::Line(line) => {
-                let parsed = if json {
-                    json::command(&line)
-                } else {
-                    view.command(&line, &mut out)
-                };
+                if json {
+                    match bot.line(&line) {
+                        Ok(Some(bot::Action::Command(command))) => {
+                            if controller.command(command).is_err() {
+                                break ExitCode::SUCCESS;
+                            }
+                        }
+                        Ok(Some(bot::Action::Print(event))) | Err(event) => println!("{event}"),
+                        Ok(None) => {}
+                    }
+                    continue;
+                }
+                let parsed = view.command(&line, &mut out);
                 match parsed {
                     Ok(Some(command)) => {
                         if controller.command(command).is_err() {
@@ -383,18 +393,12 @@ async fn chat(
                     }
                     Ok(None) => {}
                     Err(message) => {
-                        if json {
-                            println!("{}", json::error(&message));
-                        } else {
-                            // It may quote what was typed.
-                            out.push(format!("! {}", safe_text::inline(&message)));
-                        }
+                        // It may quote what was typed.
+                        out.push(format!("! {}", safe_text::inline(&message)));
                     }
                 }
-                if !json {
-                    input.print(std::mem::take(&mut out));
-                    input.prompt(view.prompt());
-                }
+                input.print(std::mem::take(&mut out));
+                input.prompt(view.prompt());
             }
         }
     };

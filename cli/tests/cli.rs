@@ -39,13 +39,35 @@ async fn two_cli_users_chat_and_verify_each_other_over_json_lines() {
     assert_eq!(message["outgoing"], false);
     assert_eq!(message["trust"], "unverified");
 
-    bob.say(json!({"type": "send", "user": "alice", "text": "a direct reply"}))
+    bob.say(json!({"type": "send", "user": "alice", "text": "a direct reply", "id": "r1"}))
         .await;
     let reply = alice
         .expect(|e| e["type"] == "message" && e["text"] == "a direct reply")
         .await;
     assert_eq!(reply["user"], "bob");
     assert_eq!(reply["from"], "bob");
+    // Bob's command id comes back on his message and its deliveries; alice's
+    // receipt makes it delivered.
+    let mine = bob
+        .expect(|e| e["type"] == "message" && e["text"] == "a direct reply")
+        .await;
+    assert_eq!(mine["command_id"], "r1");
+    let delivered = bob
+        .expect(|e| {
+            e["type"] == "delivery"
+                && e["id"] == mine["id"]
+                && e["delivery"]["delivered"] == json!(["alice"])
+        })
+        .await;
+    assert_eq!(delivered["command_id"], "r1");
+    // And alice pages back through what she has.
+    alice
+        .say(json!({"type": "history", "user": "bob", "limit": 1, "id": 5}))
+        .await;
+    let page = alice
+        .expect(|e| e["type"] == "history" && e["command_id"] == 5)
+        .await;
+    assert_eq!(page["messages"][0]["text"], "a direct reply");
 
     // Verification by safety number.
     alice

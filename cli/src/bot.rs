@@ -1,0 +1,314 @@
+//! JSON mode as a bot drives it: each command may carry an `"id"` (any
+//! JSON value), echoed as `"command_id"` in the events it causes; a
+//! `history` command pages through what this client has stored, instead
+//! of one giant history line at start (docs/cli.md, section 11).
+//!
+//! Which event a command causes is known from what the session reports
+//! in order: the next outgoing `message` in a chat is the next `send` to
+//! it (and its later `delivery` events carry the same id), the next
+//! `joined` or `left` of a room the next `join` or `leave` of it, the next
+//! `users`, `rooms` or `safety_number` of a name the next such command.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::{Map, Value, json};
+use sotto_client::session::{Chat, Command, Message, MessageId, Update};
+use sotto_proto::{RoomName, UserName};
+
+use crate::json;
+
+/// What a line asks for.
+pub(crate) enum Action {
+    /// A command for the session.
+    Command(Command),
+    /// An event to print at once (answered here).
+    Print(Value),
+}
+
+/// The most messages one `history` answer carries.
+const PAGE_LIMIT: usize = 500;
+
+/// The bot side of JSON mode: command ids and stored messages to page.
+#[derive(Default)]
+pub(crate) struct Bot {
+    sends: HashMap<Chat, VecDeque<Value>>,
+    sent: HashMap<(Chat, MessageId), Value>,
+    rooms_joined: HashMap<RoomName, VecDeque<Value>>,
+    rooms_left: HashMap<RoomName, VecDeque<Value>>,
+    users: VecDeque<Value>,
+    rooms: VecDeque<Value>,
+    safety: HashMap<UserName, VecDeque<Value>>,
+    /// Every message of each chat this session has shown, in display
+    /// order.
+    stored: HashMap<Chat, Vec<Message>>,
+}
+
+impl Bot {
+    /// Parses one line: a command for the session, an answer to print, or
+    /// an `error` event (with the command's id, if it had one).
+    pub(crate) fn line(&mut self, line: &str) -> Result<Option<Action>, Value> {
+        let id = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("id").cloned());
+        let failed = |message: String| with_id(json::error(&message), id.clone());
+        if let Ok(Value::Object(object)) = serde_json::from_str::<Value>(line)
+            && object.get("type").and_then(Value::as_str) == Some("history")
+        {
+            return self
+                .page(&object)
+                .map(|event| Some(Action::Print(with_id(event, id.clone()))))
+                .map_err(failed);
+        }
+        let Some(command) = json::command(line).map_err(failed)? else {
+            return Ok(None);
+        };
+        if let Some(id) = id {
+            match &command {
+                Command::Send { chat, .. } => {
+                    self.sends.entry(chat.clone()).or_default().push_back(id)
+                }
+                Command::Join(room) => self
+                    .rooms_joined
+                    .entry(room.clone())
+                    .or_default()
+                    .push_back(id),
+                Command::Leave(room) => self
+                    .rooms_left
+                    .entry(room.clone())
+                    .or_default()
+                    .push_back(id),
+                Command::ListUsers => self.users.push_back(id),
+                Command::ListRooms => self.rooms.push_back(id),
+                Command::SafetyNumber(name) => {
+                    self.safety.entry(name.clone()).or_default().push_back(id)
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(Action::Command(command)))
+    }
+
+    /// The event to print for `update` (a history cut to its `newest`
+    /// messages, as `json::shown`), with the id of the command that caused
+    /// it.
+    pub(crate) fn event(&mut self, update: &Update, newest: Option<usize>) -> Option<Value> {
+        let id = self.caused(update);
+        self.keep(update);
+        json::shown(update, newest).map(|event| with_id(event, id))
+    }
+
+    fn caused(&mut self, update: &Update) -> Option<Value> {
+        let first = |queue: Option<&mut VecDeque<Value>>| queue.and_then(VecDeque::pop_front);
+        match update {
+            Update::Message(m) if m.outgoing => {
+                let id = first(self.sends.get_mut(&m.chat))?;
+                self.sent.insert((m.chat.clone(), m.id()), id.clone());
+                Some(id)
+            }
+            Update::Delivery { chat, id, .. } => self.sent.get(&(chat.clone(), *id)).cloned(),
+            Update::Joined { room } => first(self.rooms_joined.get_mut(room)),
+            Update::Left { room } => first(self.rooms_left.get_mut(room)),
+            Update::Users(_) => self.users.pop_front(),
+            Update::Rooms(_) => self.rooms.pop_front(),
+            Update::SafetyNumber { name, .. } => first(self.safety.get_mut(name)),
+            _ => None,
+        }
+    }
+
+    fn keep(&mut self, update: &Update) {
+        match update {
+            Update::History { chat, messages } => {
+                let kept = self.stored.entry(chat.clone()).or_default();
+                kept.extend(messages.iter().cloned());
+                kept.sort_by_key(|m| m.position);
+            }
+            Update::Message(m) => {
+                let kept = self.stored.entry(m.chat.clone()).or_default();
+                // Late messages go where they belong: by display position.
+                let at = kept.partition_point(|k| k.position <= m.position);
+                kept.insert(at, m.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// `{"type":"history", "room"|"user": ..., "before": MESSAGE_ID?,
+    /// "limit": N?}`: up to `limit` (default 50, at most 500) messages of
+    /// the chat, the newest before `before` (or the newest of all), as a
+    /// `history` event with `more` saying whether older ones remain.
+    fn page(&self, object: &Map<String, Value>) -> Result<Value, String> {
+        let chat = match (object.get("room"), object.get("user")) {
+            (Some(Value::String(r)), None) => Chat::Room(sotto_client::commands::room(r)?),
+            (None, Some(Value::String(u))) => Chat::Direct(sotto_client::commands::user(u)?),
+            _ => return Err("history needs exactly one of \"room\" and \"user\"".to_owned()),
+        };
+        let limit = match object.get("limit") {
+            None => 50,
+            Some(value) => value
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=PAGE_LIMIT).contains(n))
+                .ok_or_else(|| format!("\"limit\" must be a number from 1 to {PAGE_LIMIT}"))?,
+        };
+        let messages = self.stored.get(&chat).map_or(&[][..], Vec::as_slice);
+        let end = match object.get("before") {
+            None => messages.len(),
+            Some(Value::String(before)) => messages
+                .iter()
+                .position(|m| m.id().to_string() == *before)
+                .ok_or_else(|| format!("no message {before:?} in {chat}"))?,
+            Some(_) => return Err("\"before\" must be a message id (a string)".to_owned()),
+        };
+        let start = end.saturating_sub(limit);
+        let page = messages.get(start..end).unwrap_or_default();
+        let mut event = json::event(&Update::History {
+            chat,
+            messages: page.to_vec(),
+        });
+        if let Value::Object(fields) = &mut event {
+            fields.insert("more".to_owned(), json!(start > 0));
+        }
+        Ok(event)
+    }
+}
+
+/// `event` with `"command_id": id`, if there is one.
+fn with_id(mut event: Value, id: Option<Value>) -> Value {
+    if let (Some(id), Value::Object(fields)) = (id, &mut event) {
+        fields.insert("command_id".to_owned(), id);
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use sotto_client::session::{Delivery, TrustLevel};
+    use sotto_crypto::Fingerprint;
+
+    use super::*;
+
+    fn sent(seq: u64, text: &str) -> Message {
+        Message {
+            chat: Chat::Room("lobby".parse().unwrap()),
+            from: "alice".parse().unwrap(),
+            fingerprint: Fingerprint([7; 32]),
+            trust: TrustLevel::Verified,
+            outgoing: true,
+            seq,
+            sent_at_ms: 0,
+            received_at_ms: 0,
+            late: false,
+            position: (seq + 1, 1 << 31),
+            text: text.to_owned(),
+            delivery: Some(Delivery::default()),
+        }
+    }
+
+    #[test]
+    fn a_commands_id_comes_back_on_the_events_it_causes() {
+        let mut bot = Bot::default();
+        for (line, id) in [
+            (
+                r#"{"type":"send","room":"lobby","text":"one","id":1}"#,
+                json!(1),
+            ),
+            (
+                r#"{"type":"send","room":"lobby","text":"two","id":"b"}"#,
+                json!("b"),
+            ),
+        ] {
+            assert!(
+                matches!(bot.line(line), Ok(Some(Action::Command(_)))),
+                "{id}"
+            );
+        }
+        let one = bot.event(&Update::Message(sent(0, "one")), None).unwrap();
+        let two = bot.event(&Update::Message(sent(1, "two")), None).unwrap();
+        assert_eq!(
+            (one["command_id"].clone(), two["command_id"].clone()),
+            (json!(1), json!("b"))
+        );
+        let delivery = Update::Delivery {
+            chat: Chat::Room("lobby".parse().unwrap()),
+            id: sent(1, "two").id(),
+            delivery: Delivery::default(),
+        };
+        assert_eq!(
+            bot.event(&delivery, None).unwrap()["command_id"],
+            json!("b")
+        );
+        // A command with no id, and what it causes, have none.
+        assert!(matches!(
+            bot.line(r#"{"type":"send","room":"lobby","text":"3"}"#),
+            Ok(Some(_))
+        ));
+        assert!(
+            bot.event(&Update::Message(sent(2, "3")), None)
+                .unwrap()
+                .get("command_id")
+                .is_none()
+        );
+        // A refused line's error carries its id.
+        let Err(error) = bot.line(r#"{"type":"send","text":"x","id":[9]}"#) else {
+            panic!("refused")
+        };
+        assert_eq!(
+            (error["type"].clone(), error["command_id"].clone()),
+            (json!("error"), json!([9]))
+        );
+        bot.line(r#"{"type":"users","id":"u"}"#).unwrap();
+        assert_eq!(
+            bot.event(&Update::Users(Vec::new()), None).unwrap()["command_id"],
+            json!("u")
+        );
+    }
+
+    #[test]
+    fn history_pages_back_through_what_is_stored() {
+        let mut bot = Bot::default();
+        let chat = Chat::Room("lobby".parse().unwrap());
+        let messages: Vec<Message> = (0..120).map(|n| sent(n, &format!("m{n}"))).collect();
+        bot.event(
+            &Update::History {
+                chat,
+                messages: messages.clone(),
+            },
+            Some(0),
+        );
+        let page = |bot: &mut Bot, line: &str| match bot.line(line) {
+            Ok(Some(Action::Print(event))) => event,
+            _ => panic!("{line}"),
+        };
+        let newest = page(&mut bot, r#"{"type":"history","room":"lobby","id":7}"#);
+        let texts = |event: &Value| -> Vec<String> {
+            event["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["text"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(texts(&newest).len(), 50);
+        assert_eq!(texts(&newest).last().unwrap(), "m119");
+        assert_eq!(
+            (newest["more"].clone(), newest["command_id"].clone()),
+            (json!(true), json!(7))
+        );
+        let before = messages[70].id().to_string();
+        let older = page(
+            &mut bot,
+            &format!(r#"{{"type":"history","room":"lobby","before":"{before}","limit":100}}"#),
+        );
+        assert_eq!(texts(&older).first().unwrap(), "m0");
+        assert_eq!(texts(&older).last().unwrap(), "m69");
+        assert_eq!(older["more"], json!(false));
+        assert!(
+            bot.line(r#"{"type":"history","room":"lobby","limit":0}"#)
+                .is_err()
+        );
+        assert!(
+            bot.line(r#"{"type":"history","room":"lobby","before":"nope"}"#)
+                .is_err()
+        );
+    }
+}
