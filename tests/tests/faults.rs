@@ -693,3 +693,25 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_the_relay_recovers_by_itse
         expected
     );
 }
+
+/// A client told to quit just as its connection is reset ends its
+/// session: it used to reconnect instead when its `Bye` could not be
+/// written, and run on. The reset and the quit race (the client mostly
+/// sees the reset first), so it is tried 100 times: without the fix, one
+/// run in two failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quit_just_after_a_reset_ends_the_session() {
+    let (bed, proxy, _alice, mut bob) = bob_behind_a_proxy().await;
+    let relay = proxy.relay_address(&bed.relay.address);
+    let short = Duration::from_millis(50);
+    for round in 1..=100 {
+        proxy.reset();
+        proxy.wait_until(|s| s.reset >= round).await;
+        let account = bob.account.clone();
+        bob.quit().await;
+        bob = Peer::connect_with(account, &relay, |config| {
+            config.limits.reconnect = Backoff::new(short, short * 4, Duration::from_secs(60));
+        })
+        .await;
+    }
+}
