@@ -68,7 +68,7 @@ ENTRIES = [
  hostile("s06", "client/src/session/engine/placement.rs", """        if late
             && let Some(placed)""", """        if false
             && let Some(placed)""", "late messages are placed before their sender's next one"),
- hostile("s07", "client/src/session/engine/inbound.rs", "        if missing > 0 {", "        if false {", "gaps are reported as Missing"),
+ hostile("s07", "client/src/session/engine/inbound.rs", "        if missing > 0 {\n            out.update(Update::Missing {\n                chat: chat.clone(),\n                from: entry.from.clone(),", "        if false {\n            out.update(Update::Missing {\n                chat: chat.clone(),\n                from: entry.from.clone(),", "gaps are reported as Missing"),
  hostile("s08", "client/src/session/engine/inbound.rs", "        if header.conversation != conversation\n            || !self.admits(", "        if !self.admits(", "a message's header must name the conversation it came in"),
  hostile("s09", "client/src/session/engine/inbound.rs", "        if contact.identity.fingerprint() == claimed {", "        if true {", "the sender's key must be the one pinned for the name the relay gives"),
  hostile("s10", "crypto/src/message.rs", "        let digest = message_digest(body.header, body.ciphertext);", "        let digest = message_digest(body.header, &[]);", "the key slot authenticates the digest of header and ciphertext",
@@ -81,10 +81,10 @@ ENTRIES = [
  hostile("s14", "client/src/session/engine/rooms.rs", "        if roster == current || entry.views.iter().any(|(d, _)| *d == roster) {", "        if true {", "each message's roster digest is compared with the member's views"),
  hostile("s15", "proto/src/codec.rs", """        check_len(len)?;
         if len > self.max_len {""", """        if false {""", "the frame length is checked before reading or allocating"),
- hostile("s16", "client/src/session/engine/inbound.rs", """        let Ok(arrival) = receiving.window.accept(opened.seq) else {
-            // A duplicate (or too old to place): dropped quietly.
-            return Handled::Done;
-        };""", """        let arrival = receiving.window.accept(opened.seq).unwrap_or(Arrival::Late);""", "the replay window drops a message already seen"),
+ hostile("s16", "client/src/session/engine/inbound.rs", "        let Ok(arrival) = receiving.window.accept(opened.seq) else {", "        let Ok(arrival) = receiving.window.accept(opened.seq).or_else(|_| Ok::<_, ()>(Arrival::Late)) else {", "the replay window drops a message already seen"),
+ hostile("s20", "client/src/session/engine/delivery.rs", "    pub(super) fn send_due_heartbeats(&mut self, now: Instant, out: &mut Out) {\n        if !self.connected {", "    pub(super) fn send_due_heartbeats(&mut self, now: Instant, out: &mut Out) {\n        if true {", "a sender whose message is not receipted in time sends a heartbeat, so a withheld tail shows as a gap"),
+ hostile("s21", "client/src/session/engine/mod.rs", "        self.request_missing_keys(now, out);", "", "a message whose session announcement never came is asked for again"),
+ hostile("s19", "client/src/session/engine/delivery.rs", "                    if pending {\n                        record.state = 1;\n                    }", "                    if pending {\n                        record.state = 1;\n                        record.delivered = record.recipients.iter().map(|(_, fp)| *fp).collect();\n                    }", "a message is marked delivered only by its recipients' own receipts, never by the relay's Sent"),
  hostile("s18", "client/src/session/connection.rs", """                presence @ Update::Presence { .. } => match self.updates.try_send(presence) {
                     Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
@@ -184,8 +184,8 @@ ENTRIES += [
        "        out.extend(lines);",
        "a message's later lines are indented so that none looks like a message header",
        "sotto-cli", ["--test", "terminal"], "hostile_texts_from_a_peer_cannot_take_over_the_terminal_live_or_replayed"),
- entry("gui-escape", "app/src/chat/view.rs", "                column![head, text(visible(&message.text))]",
-       "                column![head, text(message.text.as_str())]",
+ entry("gui-escape", "app/src/chat/view.rs", "                let mut lines = column![head, text(visible(&message.text))]",
+       "                let mut lines = column![head, text(message.text.as_str())]",
        "the app shows a message's text with its bidi and control characters escaped",
        "sotto-app", ["--test", "gui"], "bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text",
        (), {"ICED_TEST_BACKEND": "tiny-skia"}),
@@ -228,6 +228,28 @@ ENTRIES += [
        "        let shown = written.is_err() || session.emit(&mut out).await;",
        "what a read batch stored is shown even if the connection broke before its acknowledgements left",
        "sotto-tests", ["--test", "faults"], "a_thousand_direct_messages_through_five_resets_arrive_once_in_order"),
+ entry("receipt-marks-its-sender-only", "client/src/session/engine/delivery.rs",
+       "                let for_it = record.recipients.iter().any(|(_, fp)| *fp == sender);",
+       "                let for_it = true;",
+       "a receipt marks delivered only its own sender, and only for a message sealed for it",
+       "sotto-client", ["--lib"], "a_message_is_pending_then_sent_then_delivered_by_the_recipients_receipt",
+       cargo=["--no-default-features"]),
+ entry("receipt-after-commit", "client/src/session/engine/batch.rs",
+       "                self.receipts_due.clear();",
+       "                self.send_receipts(out);",
+       "a receipt is sent only once what it names is durably stored",
+       "sotto-client", ["--lib"], "stored_messages_are_receipted_to_their_sender_only_once_stored",
+       cargo=["--no-default-features"]),
+ entry("client-resends-unsent", "client/src/session/engine/delivery.rs",
+       "    pub(super) fn resend_unsent(&mut self, which: impl Fn(&Chat) -> bool, out: &mut Out) {",
+       "    pub(super) fn resend_unsent(&mut self, which: impl Fn(&Chat) -> bool, out: &mut Out) {\n        if true {\n            return;\n        }",
+       "a message the relay did not confirm is sent again on the next connection, also after a restart",
+       "sotto-tests", ["--test", "faults"], "a_sender_whose_connection_is_reset_loses_nothing"),
+ entry("relay-resend-once", "server/src/store/inbox.rs",
+       "                    if hashes.get(hash.as_slice()).map_err(db_err)?.is_some() {",
+       "                    if false {",
+       "a resend of bytes the relay still stores is stored no second time",
+       "sotto-relay", ["--test", "offline"], "a_resend_of_what_is_stored_is_kept_once"),
  entry("relay-sent-is-stored", "server/src/store/inbox.rs",
        "                        inbox\n                            .insert((key.as_str(), id), value.as_slice())\n                            .map_err(db_err)?;",
        "                        let _ = &value;",

@@ -7,6 +7,9 @@
 //! - `frame`: the same, then drawn to pixels with tiny-skia (what a frame
 //!   costs in the real window, at 1024x768);
 //! - `message`: one incoming message applied by `update`;
+//! - `delivery`: one change of how far a message of yours got (an
+//!   `Update::Delivery`, for a message in the middle of the history, where
+//!   every tenth message is yours) applied by `update`;
 //! - `history`: a stored history handed over by the session at start.
 //!
 //! `cargo bench -p sotto-client --bench gui`
@@ -20,7 +23,9 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sotto_app::chat::{Chat, Message};
 use sotto_client::account::Account;
 use sotto_client::profile::Profile;
-use sotto_client::session::{self, Chat as Conversation, TrustLevel, Update};
+use sotto_client::session::{
+    self, Chat as Conversation, Delivery, DeliveryState, TrustLevel, Update,
+};
 use sotto_crypto::{Fingerprint, KdfParams};
 use sotto_proto::{RelayAddress, RoomName};
 
@@ -45,7 +50,28 @@ fn message(i: u64) -> session::Message {
         late: false,
         position: (i, IN_ORDER),
         text: format!("message number {i}: the quick brown fox jumps over the lazy dog"),
+        delivery: None,
     }
+}
+
+/// Message `i`, every tenth one alice's own, sent and waiting for its
+/// receipts from bob, carol and dave.
+fn mixed(i: u64) -> session::Message {
+    let mut message = message(i);
+    if i.is_multiple_of(10) {
+        message.from = "alice".parse().unwrap();
+        message.fingerprint = Fingerprint([9; 32]);
+        message.outgoing = true;
+        message.delivery = Some(Delivery {
+            state: DeliveryState::Sent,
+            recipients: ["bob", "carol", "dave"]
+                .iter()
+                .map(|n| n.parse().unwrap())
+                .collect(),
+            ..Delivery::default()
+        });
+    }
+    message
 }
 
 fn update(chat: &mut Chat, update: Update) {
@@ -108,6 +134,32 @@ fn gui(c: &mut Criterion) {
             b.iter(|| {
                 next += 1;
                 update(&mut growing, Update::Message(message(next)));
+            });
+        });
+        let mut mine = chat_with(&account, 0);
+        update(
+            &mut mine,
+            Update::History {
+                chat: room(),
+                messages: (1..=n as u64).map(mixed).collect(),
+            },
+        );
+        let middle = mixed(n as u64 / 20 * 10);
+        let mut receipts = 0usize;
+        group.bench_function(BenchmarkId::new("delivery", n), |b| {
+            b.iter(|| {
+                // Delivered to one, two, then all three, over again.
+                receipts = receipts % 3 + 1;
+                let mut delivery = middle.delivery.clone().unwrap();
+                delivery.delivered = delivery.recipients[..receipts].to_vec();
+                update(
+                    &mut mine,
+                    Update::Delivery {
+                        chat: room(),
+                        id: middle.id(),
+                        delivery,
+                    },
+                );
             });
         });
         group.bench_function(BenchmarkId::new("history", n), |b| {

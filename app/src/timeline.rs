@@ -4,18 +4,22 @@
 //! Entries are kept sorted by a key: a message's display position (see
 //! [`sotto_client::session::Message::position`]); a notice sorts after the last
 //! message known when it was added. Appending is the common case and costs
-//! O(1); a late message is inserted at its place.
+//! O(1); a late message is inserted at its place. Messages this client
+//! sent are also indexed by id (to their key), so that a change of how far
+//! one got ([`Timeline::set_delivery`]) finds it in O(log n), whatever the
+//! length of the history.
 //!
 //! Only a window of at most [`WINDOW`] entries is laid out and drawn:
 //! scrolling to the top of the window moves it [`PAGE`] entries into the
 //! past, scrolling to its bottom moves it back towards the present, where
 //! it follows new messages again.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use sotto_crypto::Fingerprint;
 
-use sotto_client::session::{Message, TrustLevel};
+use sotto_client::session::{Delivery, Message, MessageId, TrustLevel};
 
 /// Most entries on screen at once.
 pub const WINDOW: usize = 200;
@@ -61,6 +65,8 @@ pub struct Timeline {
     /// How many entries above `end` are shown.
     span: usize,
     notices: u32,
+    /// The key of each message this client sent (those with a delivery).
+    sent: HashMap<MessageId, Key>,
 }
 
 impl Timeline {
@@ -86,6 +92,9 @@ impl Timeline {
     pub fn push_message(&mut self, message: Message) -> bool {
         let key = (message.position.0, message.position.1, 0);
         let at = self.entries.partition_point(|(k, _)| *k < key);
+        if message.delivery.is_some() {
+            self.sent.insert(message.id(), key);
+        }
         let entry = Entry::Message(Box::new(message));
         if let Some((k, existing)) = self.entries.get(at)
             && *k == key
@@ -102,11 +111,40 @@ impl Timeline {
         self.entries.reserve(messages.len());
         for message in messages {
             let key = (message.position.0, message.position.1, 0);
+            if message.delivery.is_some() {
+                self.sent.insert(message.id(), key);
+            }
             self.entries.push((key, Entry::Message(Box::new(message))));
         }
         self.entries.sort_by_key(|(key, _)| *key);
         self.entries
             .dedup_by(|(a, x), (b, y)| a == b && same_message(x, y));
+    }
+
+    /// The message this client sent with `id`, now at `delivery`; false if
+    /// there is none. O(log n): found by its key.
+    pub fn set_delivery(&mut self, id: MessageId, delivery: Delivery) -> bool {
+        let Some(key) = self.sent.get(&id).copied() else {
+            return false;
+        };
+        let at = self.entries.partition_point(|(k, _)| *k < key);
+        let found = self
+            .entries
+            .get_mut(at..)
+            .unwrap_or_default()
+            .iter_mut()
+            .take_while(|(k, _)| *k == key)
+            .find_map(|(_, entry)| match entry {
+                Entry::Message(message) if message.id() == id => Some(message),
+                _ => None,
+            });
+        match found {
+            Some(message) => {
+                message.delivery = Some(delivery);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The text of the newest entry, if it is a notice.
@@ -233,6 +271,7 @@ mod tests {
             late: rank != 1 << 31,
             position: (anchor, rank),
             text: format!("m{seq}"),
+            delivery: None,
         }
     }
 
@@ -285,5 +324,56 @@ mod tests {
         assert_eq!(texts(&timeline)[0], "m1");
         timeline.follow();
         assert_eq!(timeline.visible().count(), PAGE);
+    }
+
+    #[test]
+    fn a_delivery_change_finds_its_message_by_id_among_a_hundred_thousand() {
+        use sotto_client::session::{Delivery, DeliveryState};
+        let mut timeline = Timeline::new();
+        let mine = |seq: u64, anchor: u64| Message {
+            from: "alice".parse().unwrap(),
+            fingerprint: Fingerprint([9; 32]),
+            outgoing: true,
+            delivery: Some(Delivery::default()),
+            ..message(anchor, 1 << 31, seq)
+        };
+        let mut history: Vec<Message> = (1..=100_000).map(|i| message(i, 1 << 31, i)).collect();
+        // One of alice's, with bob's number 500 at the same position.
+        history.push(mine(500, 500));
+        timeline.extend_messages(history);
+        timeline.push_message(mine(501, 100_001));
+        let sent = Delivery {
+            state: DeliveryState::Sent,
+            ..Delivery::default()
+        };
+        let id = |seq| MessageId {
+            sender: Fingerprint([9; 32]),
+            seq,
+        };
+        assert!(timeline.set_delivery(id(500), sent.clone()));
+        assert!(timeline.set_delivery(id(501), sent.clone()));
+        // Nobody's message (bob's ids are not indexed: his have none).
+        assert!(!timeline.set_delivery(id(502), sent.clone()));
+        let bobs = MessageId {
+            sender: Fingerprint([1; 32]),
+            seq: 500,
+        };
+        assert!(!timeline.set_delivery(bobs, sent.clone()));
+        let states: Vec<(u64, bool)> = timeline
+            .entries
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Entry::Message(m) => Some((m.seq, m.outgoing)),
+                Entry::Notice(_) => None,
+            })
+            .filter(|(seq, _)| *seq == 500 || *seq == 501)
+            .collect();
+        assert_eq!(states.len(), 4, "bob's and alice's: {states:?}");
+        for (_, entry) in &timeline.entries {
+            if let Entry::Message(m) = entry {
+                let expected = if m.outgoing { Some(&sent) } else { None };
+                assert_eq!(m.delivery.as_ref(), expected, "{}", m.seq);
+            }
+        }
     }
 }

@@ -604,6 +604,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
             late: false,
             position: (i, 1 << 31),
             text: format!("history line {i}"),
+            delivery: None,
         })
         .collect();
     for update in [
@@ -682,6 +683,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
             late: position.1 != 1 << 31,
             position,
             text: text.into(),
+            delivery: None,
         })
     };
     feed(
@@ -872,6 +874,7 @@ fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> Update {
         late: false,
         position: (seq, 1 << 31),
         text: text.into(),
+        delivery: None,
     })
 }
 
@@ -1132,8 +1135,8 @@ async fn the_qr_code_is_dark_on_light_and_decodes_in_both_themes() {
     }
 }
 
-/// A message written while the relay is down shows at once, greyed as
-/// waiting, and as sent once the session reports it sent.
+/// A message written while the relay is down shows at once, greyed and
+/// marked pending (◷) as waiting, and as sent (✓) once the relay has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_written_while_disconnected_shows_as_pending_then_as_sent() {
     let temp = tempfile::tempdir().unwrap();
@@ -1156,6 +1159,17 @@ async fn a_message_written_while_disconnected_shows_as_pending_then_as_sent() {
         "{:#?}",
         gui.texts()
     );
+    // Marked pending, as a message the relay has not accepted yet is.
+    let texts = gui.texts();
+    let at = texts
+        .iter()
+        .position(|t| t == "written while offline")
+        .unwrap();
+    assert_eq!(
+        texts[at - 3..at],
+        ["alice", "◷", "not sent yet: waiting for the connection"],
+        "{texts:#?}"
+    );
 
     let _running = LocalRelay::start(&relay_dir, address.port);
     // However long the relay was away (on a loaded machine the delay may
@@ -1166,7 +1180,7 @@ async fn a_message_written_while_disconnected_shows_as_pending_then_as_sent() {
         .await;
     assert!(!gui.shows("Retry now"), "{:#?}", gui.texts());
     gui.until("the message sent", |gui| {
-        !gui.shows("not sent yet") && !gui.shows("sending…")
+        !gui.shows("not sent yet") && mark_of(&gui.texts(), "written while offline") == "✓"
     })
     .await;
     let texts = gui.texts();
@@ -1407,4 +1421,292 @@ async fn an_offline_member_stays_listed_marked_offline() {
         texts.iter().any(|t| t == "bob is back in #lobby"),
         "{texts:#?}"
     );
+}
+
+/// The mark beside the time of the message of yours showing `text` (the
+/// text just before it: sender, time, mark, then the message).
+fn mark_of(texts: &[String], text: &str) -> String {
+    let at = texts
+        .iter()
+        .rposition(|t| t == text)
+        .unwrap_or_else(|| panic!("no {text:?} in {texts:#?}"));
+    texts[at - 1].clone()
+}
+
+/// The line under the message showing `text`.
+fn line_under(texts: &[String], text: &str) -> Option<String> {
+    let at = texts.iter().rposition(|t| t == text)?;
+    texts.get(at + 1).cloned()
+}
+
+/// A direct message to bob while he is offline: pending (◷) until the
+/// relay accepts it, sent (✓) once it has, and delivered (✓✓) when bob,
+/// back, has stored it and his receipt comes; a click on the mark shows
+/// who has it and who not yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_bob_shows_pending_then_sent_then_delivered() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let bob = Peer::join(temp.path(), "bob", &relay).await;
+    gui.until_shows("New contact bob: key").await;
+    let bob_account = bob.account.clone();
+    bob.quit().await;
+    gui.until_shows("bob went offline in #lobby").await;
+
+    let text = "while you were away";
+    gui.type_into(chat_ids::COMPOSER, &format!("/msg bob {text}"));
+    gui.enter(chat_ids::COMPOSER);
+    // Each state is on screen before the next update is applied: the
+    // marks seen, each once.
+    let marks = std::cell::RefCell::new(Vec::<String>::new());
+    let seen = |gui: &Gui, last: &str| {
+        let mark = mark_of(&gui.texts(), text);
+        let mut marks = marks.borrow_mut();
+        if marks.last() != Some(&mark) {
+            marks.push(mark.clone());
+        }
+        mark == last
+    };
+    gui.until("sent", |gui| seen(gui, "✓")).await;
+    assert_eq!(*marks.borrow(), ["◷", "✓"], "pending, then sent");
+    let texts = gui.texts();
+    assert_eq!(
+        line_under(&texts, text).as_deref(),
+        Some("Send"),
+        "nothing under it: {texts:#?}"
+    );
+    gui.click("✓");
+    assert_eq!(
+        line_under(&gui.texts(), text).as_deref(),
+        Some("Accepted by the relay · not yet delivered to bob")
+    );
+
+    let mut bob = Peer::connect(bob_account, &relay).await;
+    bob.expect_message(&dm("alice"), text).await;
+    gui.until("delivered", |gui| seen(gui, "✓✓")).await;
+    assert_eq!(*marks.borrow(), ["◷", "✓", "✓✓"]);
+    assert_eq!(
+        line_under(&gui.texts(), text).as_deref(),
+        Some("Accepted by the relay · delivered to bob")
+    );
+    // A click again hides the details.
+    gui.click("✓✓");
+    assert!(!gui.shows("Accepted by the relay"), "{:#?}", gui.texts());
+}
+
+/// Through a relay that keeps at most 3 messages for a user: carol is
+/// offline and her stored messages reach the bound. A direct message to
+/// her is then refused: marked ✗, and why is said under it. A room
+/// message is kept for bob but not for her: delivered to 1 of 2 (✓✓ 1/2),
+/// and under it that she will not get it; the details name both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_relay_will_not_keep_shows_as_not_sent_or_not_for_everyone() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = LocalRelay::start_with(&temp.path().join("relay"), 0, |config| {
+        config.offline_max_messages = 3;
+    })
+    .detach();
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let mut bob = Peer::join(temp.path(), "bob", &relay).await;
+    let carol = Peer::join(temp.path(), "carol", &relay).await;
+    gui.until_shows("Members · 3").await;
+    gui.until_shows("New contact carol: key").await;
+    carol.quit().await;
+    gui.until_shows("carol went offline in #lobby").await;
+
+    // Until her stored messages are at the bound (the announcement of
+    // alice's session with her counts too), each is sent.
+    let mut refused = None;
+    for n in 1..=6 {
+        let text = format!("note {n}");
+        gui.type_into(chat_ids::COMPOSER, &format!("/msg carol {text}"));
+        gui.enter(chat_ids::COMPOSER);
+        gui.until("an answer from the relay", |gui| {
+            let texts = gui.texts();
+            texts.contains(&text) && ["✓", "✗"].contains(&&*mark_of(&texts, &text))
+        })
+        .await;
+        if mark_of(&gui.texts(), &text) == "✗" {
+            refused = Some(text);
+            break;
+        }
+    }
+    let refused = refused.expect("the relay refused one");
+    assert_ne!(refused, "note 1", "the bound holds a message at least");
+    let texts = gui.texts();
+    let under = line_under(&texts, &refused).unwrap();
+    assert!(under.starts_with("not sent: "), "{texts:#?}");
+    gui.click("✗");
+    assert!(
+        gui.texts().iter().any(|t| t.starts_with("Not sent: ")),
+        "{:#?}",
+        gui.texts()
+    );
+
+    // In the room: stored for bob, who has it; not for carol.
+    gui.click("# lobby");
+    let text = "for the whole room";
+    gui.type_into(chat_ids::COMPOSER, text);
+    gui.enter(chat_ids::COMPOSER);
+    bob.expect_message(&lobby(), text).await;
+    let warning = "carol will not get it: the relay would not keep it for them";
+    gui.until("delivered to bob, not kept for carol", |gui| {
+        let texts = gui.texts();
+        texts.iter().any(|t| t == text)
+            && mark_of(&texts, text) == "✓✓ 1/2"
+            && line_under(&texts, text).as_deref() == Some(warning)
+    })
+    .await;
+    gui.click("✓✓ 1/2");
+    assert!(
+        gui.shows("Accepted by the relay · delivered to bob · will not get it: carol"),
+        "{:#?}",
+        gui.texts()
+    );
+}
+
+/// Messages of yours in the stored history carry the state they reached
+/// (each mark as drawn); a delivery change for one of them, deep in a
+/// long history, changes its mark; one naming another conversation does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_messages_show_their_delivery_state_and_follow_its_changes() {
+    use sotto_client::session::{
+        self, Chat as Conversation, Delivery, DeliveryState, TrustLevel, Update,
+    };
+    use sotto_crypto::Fingerprint;
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    let me = Fingerprint([7; 32]);
+    let room = Conversation::Room(RoomName::lobby());
+    let names = |list: &[&str]| -> Vec<sotto_proto::UserName> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    };
+    let delivery = |state, delivered: &[&str], refused: &[&str]| Delivery {
+        state,
+        recipients: names(&["bob", "carol"]),
+        delivered: names(delivered),
+        refused: names(refused),
+    };
+    let states = [
+        delivery(DeliveryState::Pending, &[], &[]),
+        delivery(DeliveryState::Sent, &[], &[]),
+        delivery(DeliveryState::Sent, &["bob"], &[]),
+        delivery(DeliveryState::Sent, &["bob", "carol"], &[]),
+        delivery(
+            DeliveryState::Failed("refused (QueueFull)".into()),
+            &[],
+            &[],
+        ),
+    ];
+    let mine = |seq: u64, delivery: Option<Delivery>| session::Message {
+        chat: room.clone(),
+        from: "alice".parse().unwrap(),
+        fingerprint: me,
+        trust: TrustLevel::Verified,
+        outgoing: true,
+        seq,
+        sent_at_ms: 0,
+        received_at_ms: 0,
+        late: false,
+        position: (seq, 1 << 31),
+        text: format!("mine {seq}"),
+        delivery,
+    };
+    // 10,000 messages, the first one of them alice's, then one of each.
+    let mut history: Vec<session::Message> = (1..=10_000u64)
+        .map(|i| {
+            let mut m = mine(i, None);
+            m.from = "bob".parse().unwrap();
+            m.fingerprint = Fingerprint([2; 32]);
+            m.outgoing = false;
+            m.text = format!("bob {i}");
+            m
+        })
+        .collect();
+    history[0] = mine(1, Some(states[0].clone()));
+    for (n, state) in states.iter().enumerate() {
+        history.push(mine(10_001 + n as u64, Some(state.clone())));
+    }
+    feed(
+        &mut chat,
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+    );
+    feed(
+        &mut chat,
+        Update::History {
+            chat: room.clone(),
+            messages: history,
+        },
+    );
+    let texts = texts_of(chat.view());
+    let marks: Vec<String> = (10_001..=10_005)
+        .map(|seq| mark_of(&texts, &format!("mine {seq}")))
+        .collect();
+    assert_eq!(marks, ["◷", "✓", "✓✓ 1/2", "✓✓", "✗"], "{texts:#?}");
+    assert_eq!(
+        line_under(&texts, "mine 10005").as_deref(),
+        Some("not sent: refused (QueueFull)")
+    );
+
+    // The oldest, far out of the window: changed in place; a change for
+    // a message of that number in another conversation changes nothing.
+    let id = mine(1, None).id();
+    feed(
+        &mut chat,
+        Update::Joined {
+            room: "other".parse().unwrap(),
+        },
+    );
+    feed(
+        &mut chat,
+        Update::Delivery {
+            chat: room.clone(),
+            id,
+            delivery: delivery(DeliveryState::Sent, &[], &["carol"]),
+        },
+    );
+    feed(
+        &mut chat,
+        Update::Delivery {
+            chat: Conversation::Room("other".parse().unwrap()),
+            id,
+            delivery: delivery(DeliveryState::Failed("no".into()), &[], &[]),
+        },
+    );
+    // The newest changes too, and is drawn so.
+    feed(
+        &mut chat,
+        Update::Delivery {
+            chat: room.clone(),
+            id: mine(10_001, None).id(),
+            delivery: delivery(DeliveryState::Sent, &["carol"], &[]),
+        },
+    );
+    assert_eq!(mark_of(&texts_of(chat.view()), "mine 10001"), "✓✓ 1/2");
+    while chat_scrolls_back(&mut chat) {}
+    let texts = texts_of(chat.view());
+    assert_eq!(mark_of(&texts, "mine 1"), "✓", "{texts:#?}");
+    assert_eq!(
+        line_under(&texts, "mine 1").as_deref(),
+        Some("carol will not get it: the relay would not keep it for them")
+    );
+}
+
+/// Scrolls `chat`'s timeline to its top once; whether there was older.
+fn chat_scrolls_back(chat: &mut sotto_app::chat::Chat) -> bool {
+    let older = texts_of(chat.view())
+        .iter()
+        .any(|t| t == "Scroll up for older messages");
+    for message in scroll_to_the_top(chat.view()) {
+        let _ = chat.update(message);
+    }
+    older
 }

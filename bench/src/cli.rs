@@ -31,7 +31,8 @@ pub(crate) enum Command {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Common {
-    /// Rounds; each round runs the relay, then the forwarder.
+    /// Rounds; each round runs the relay, then the in-memory relay (with
+    /// --baseline-relay), then the forwarder.
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,
     /// Which targets to run.
@@ -40,12 +41,19 @@ pub(crate) struct Common {
     /// The relay binary [default: `relay` next to this executable].
     #[arg(long, value_name = "PATH")]
     pub(crate) relay_bin: Option<PathBuf>,
-    /// Directory for the relay's data and both targets' logs [default: a
+    /// A second relay binary run as the baseline target "in-memory" in
+    /// every round, after the relay: the relay of before issue 13 (commit
+    /// 75849f6), which kept live deliveries in memory only.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) baseline_relay: Option<PathBuf>,
+    /// Directory for the targets' logs and the relays' data (dm and room: a
+    /// fresh data directory per relay and round, removed after the round;
+    /// idle and handshakes: one per relay, kept across rounds) [default: a
     /// fresh directory under the system's temporary directory, removed at
     /// the end].
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Extra argument for the relay (repeat for several).
+    /// Extra argument for the relay, not the baseline (repeat for several).
     #[arg(long = "relay-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub(crate) relay_args: Vec<String>,
     /// RUST_LOG for the relay.
@@ -96,7 +104,8 @@ pub(crate) struct TrafficArgs {
     /// Most frames per write.
     #[arg(long, default_value_t = 256)]
     pub(crate) batch: u64,
-    /// Body length, bytes (at least 12: timestamp and sender).
+    /// Body length, bytes (at least 20: timestamp, sender and sequence
+    /// number, so that no two bodies are the same).
     #[arg(long, default_value_t = 100)]
     pub(crate) body: usize,
     /// Seconds of warm-up before measuring.
@@ -108,6 +117,11 @@ pub(crate) struct TrafficArgs {
     /// Most seconds to wait for frames in flight at the end.
     #[arg(long, default_value_t = 2.0)]
     pub(crate) drain: f64,
+    /// Never acknowledge deliveries: a measured variant that shows what
+    /// storing costs without removing (the relay's stored deliveries then
+    /// grow: raise its bounds with --relay-arg, e.g. --offline-max-messages).
+    #[arg(long)]
+    pub(crate) no_ack: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +147,12 @@ pub(crate) struct RoomArgs {
     /// Members that send.
     #[arg(long, default_value_t = 4)]
     pub(crate) senders: u32,
+    /// Bytes of the key slot each room message carries for every other
+    /// member, as sotto clients send them (80); 0 sends no slots, so that
+    /// every member gets the same frame (the form measured before issue 13).
+    /// The forwarder's frames carry this many bytes more instead.
+    #[arg(long, default_value_t = 80)]
+    pub(crate) slot_len: usize,
 }
 
 #[derive(Debug, clap::Args)]

@@ -70,15 +70,27 @@ impl Env {
         let identity = Identity::load(&identity_path, common.passphrase.as_bytes())
             .map_err(|e| format!("{}: {e}", identity_path.display()))?;
         let public = Bytes::from(identity.public().to_bytes());
-        let targets = match common.targets {
-            Targets::Both => vec![Proto::Relay, Proto::Forwarder],
-            Targets::Relay => vec![Proto::Relay],
-            Targets::Forwarder => vec![Proto::Forwarder],
-        };
+        if let Some(baseline) = &common.baseline_relay
+            && !baseline.exists()
+        {
+            return Err(format!("no baseline relay binary at {}", baseline.display()).into());
+        }
+        let relays = common.targets != Targets::Forwarder;
+        let mut targets = Vec::new();
+        if relays {
+            targets.push(Proto::Relay);
+        }
+        if relays && common.baseline_relay.is_some() {
+            targets.push(Proto::InMemory);
+        }
+        if common.targets != Targets::Relay {
+            targets.push(Proto::Forwarder);
+        }
         let launch = Launch {
             relay_bin,
+            baseline_bin: common.baseline_relay.clone(),
             self_bin,
-            data_dir: dir.path.join("relay-data"),
+            work_dir: dir.path.clone(),
             relay_args: common.relay_args.clone(),
             relay_log: common.relay_log.clone(),
         };
@@ -111,7 +123,13 @@ impl Env {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         println!("# relay-bench {scenario}");
         println!("command: {}", args.join(" "));
-        println!("relay:   {}", self.launch.relay_command());
+        println!("relay:   {}", self.launch.relay_command(Proto::Relay));
+        if self.targets.contains(&Proto::InMemory) {
+            println!("in-memory: {}", self.launch.relay_command(Proto::InMemory));
+        }
+        if let Some(fs) = filesystem(&self.dir.path) {
+            println!("data:    {} ({fs})", self.dir.path.display());
+        }
         println!(
             "machine: {cores} cores, {cpu}, Linux {}; bench runtime {threads} worker threads",
             kernel.trim()
@@ -120,15 +138,45 @@ impl Env {
     }
 
     pub(crate) fn log(&self, round: usize, proto: Proto) -> PathBuf {
-        self.dir
-            .path
-            .join(format!("{proto:?}-{round}.log").to_lowercase())
+        self.dir.path.join(format!("{}-{round}.log", proto.label()))
     }
 
-    pub(crate) async fn start(&self, round: usize, proto: Proto) -> Result<Target, BoxError> {
-        let target = Target::start(&self.launch, proto, &self.log(round, proto)).await?;
+    /// Starts `proto`'s target for `round`; a relay on a `fresh` data
+    /// directory (nothing stored, no membership left from an earlier round;
+    /// removed when the target stops), or on the one its earlier rounds
+    /// used (the idle and handshake scenarios: names already claimed, as
+    /// on a relay in use).
+    pub(crate) async fn start(
+        &self,
+        round: usize,
+        proto: Proto,
+        fresh: bool,
+    ) -> Result<Target, BoxError> {
+        let log = self.log(round, proto);
+        let target = Target::start(&self.launch, proto, round, fresh, &log).await?;
         // Let it finish starting (runtime threads, database) before measuring.
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok(target)
     }
+}
+
+/// The type of the filesystem holding `path`, from `/proc/self/mounts`
+/// (the longest mount point that is a prefix of it).
+fn filesystem(path: &Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (device, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(point).then(|| {
+                (
+                    point.len(),
+                    format!("{kind} on {device}, mounted at {point}"),
+                )
+            })
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
 }

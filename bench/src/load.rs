@@ -13,9 +13,10 @@
 //! window, and count the deliveries received inside it. The target's CPU
 //! time and memory are read from `/proc` at the window's edges.
 //!
-//! Closed loop: a sender keeps at most `window` messages in flight, counted
-//! by deliveries (a room message is done when all its deliveries arrived),
-//! and writes whatever the window allows as one batch. Open loop: a pacer
+//! Closed loop: a sender keeps at most `window` messages in flight; a
+//! message is done when the target accepted it (a `Sent` covering its
+//! route id, or a forwarder ack) and all its deliveries arrived. The
+//! sender writes whatever the window allows as one batch. Open loop: a pacer
 //! thread ticks every `tick` and each sender writes everything scheduled
 //! until then.
 //!
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::BoxError;
 use crate::target::{Target, Usage, usage_of};
 
-pub(crate) use client::{Bench, Conn, connect_all, to_room, to_user};
+pub(crate) use client::{Bench, Conn, connect_all, to_room, to_user, user_name};
 pub(crate) use handshake::handshakes;
 pub(crate) use traffic::{Mode, Sender, Traffic, run_traffic};
 

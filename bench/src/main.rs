@@ -4,10 +4,19 @@
 //! same run, a bare tokio-rustls forwarder (`relay-bench forwarder`, also a
 //! child process) with the same framing and write batching, and puts the
 //! same load on both, interleaved: relay, forwarder, relay, forwarder... for
-//! `--rounds` rounds, each target a fresh process. It prints every round's
-//! figures, then each figure's median and min-max spread and the per-round
-//! ratio relay/forwarder. Every phase has a fixed length; children are
-//! killed when the bench exits, fails or is interrupted.
+//! `--rounds` rounds, each target a fresh process (in `dm` and `room` a
+//! relay on a fresh data directory; `idle` and `handshakes` keep each
+//! relay's across rounds, names claimed once). With `--baseline-relay PATH` a second relay binary (the
+//! in-memory relay of before issue 13) runs after the relay in every
+//! round. It prints every round's figures, then each figure's median and
+//! min-max spread and the per-round ratios relay/in-memory,
+//! relay/forwarder and in-memory/forwarder. Every phase has a fixed length;
+//! children are killed when the bench exits, fails or is interrupted.
+//!
+//! Clients behave as sotto clients do towards the relay: route ids increase
+//! on every connection, `Sent` is read as cumulative, every delivery is
+//! acknowledged (all those of one read in one write), and room messages
+//! carry a key slot per other member (`--slot-len`).
 //!
 //! Scenarios:
 //!
@@ -18,7 +27,8 @@
 //! - `handshakes`: full TLS 1.3 handshakes per second.
 //!
 //! `dm` and `room` run closed loop (`--window` messages in flight per
-//! sender) or open loop (`--mode open`, a fixed total `--rate`, or
+//! sender, each in flight until it is both accepted by a `Sent` and
+//! delivered) or open loop (`--mode open`, a fixed total `--rate`, or
 //! `--rate-fraction` of the relay's closed-loop maximum measured first),
 //! with latency from each frame's timestamp in an HDR histogram.
 //!
@@ -114,7 +124,12 @@ async fn run(command: Command) -> Result<(), BoxError> {
             let members = args.members.max(2);
             let senders = args.senders.clamp(1, members);
             let env = Env::new(&args.common, "room")?;
-            traffic(&env, &args.traffic, Shape::Room { members, senders }).await
+            let shape = Shape::Room {
+                members,
+                senders,
+                slot_len: args.slot_len,
+            };
+            traffic(&env, &args.traffic, shape).await
         }
         Command::Idle(args) => idle(&args).await,
         Command::Handshakes(args) => handshakes(&args).await,

@@ -1,5 +1,5 @@
 //! Per-round lines, then for every figure the median and min-max spread
-//! per target and the per-round ratio relay/forwarder.
+//! per target and the per-round ratios between the targets.
 
 use crate::wire::Proto;
 
@@ -36,34 +36,52 @@ impl Report {
             .collect()
     }
 
-    /// Prints the summary table.
+    /// Prints the summary table: each target's median and spread, then
+    /// the per-round ratios relay/in-memory, relay/forwarder and
+    /// in-memory/forwarder, for the targets that ran.
     pub(crate) fn summary(&self) {
         let mut names: Vec<&'static str> = Vec::new();
-        for (_, _, figures) in &self.rounds {
+        let mut protos: Vec<Proto> = Vec::new();
+        for (_, proto, figures) in &self.rounds {
+            if !protos.contains(proto) {
+                protos.push(*proto);
+            }
             for (name, _) in figures {
                 if !names.contains(name) {
                     names.push(name);
                 }
             }
         }
+        protos.sort_by_key(|p| order(*p));
+        let pairs: Vec<(Proto, Proto)> = [
+            (Proto::Relay, Proto::InMemory),
+            (Proto::Relay, Proto::Forwarder),
+            (Proto::InMemory, Proto::Forwarder),
+        ]
+        .into_iter()
+        .filter(|(a, b)| protos.contains(a) && protos.contains(b))
+        .collect();
         println!();
+        let mut header = format!("{:<18}", "median [min-max]");
+        for proto in &protos {
+            header.push_str(&format!(" {:>32}", label(*proto)));
+        }
+        for (a, b) in &pairs {
+            header.push_str(&format!(" {:>22}", format!("{}/{}", label(*a), label(*b))));
+        }
+        println!("{header}");
         println!(
-            "{:<18} {:>34} {:>34} {:>26}",
-            "median [min-max]", "relay", "forwarder", "relay/forwarder (per round)"
+            "{:<18} {:>w$}",
+            "",
+            "(ratios per round)",
+            w = 33 * protos.len() + 23 * pairs.len() - 1
         );
         for name in names {
-            let relay = self.values(Proto::Relay, name);
-            let forwarder = self.values(Proto::Forwarder, name);
             // Counts of trouble and of other load are not compared.
-            let comparable = !matches!(name, "other cores" | "missing" | "failed" | "clients");
-            let ratios: Vec<f64> = relay
-                .iter()
-                .filter(|_| comparable)
-                .filter_map(|(round, r)| {
-                    let (_, f) = forwarder.iter().find(|(fr, _)| fr == round)?;
-                    (*f != 0.0).then(|| r / f)
-                })
-                .collect();
+            let comparable = !matches!(
+                name,
+                "other cores" | "missing" | "failed" | "clients" | "refused"
+            );
             let cell = |values: Vec<f64>, ratio: bool| match spread(values) {
                 None => "-".to_string(),
                 Some((median, min, max)) if ratio => {
@@ -76,21 +94,47 @@ impl Report {
                     show(name, max)
                 ),
             };
-            println!(
-                "{:<18} {:>34} {:>34} {:>26}",
-                name,
-                cell(relay.into_iter().map(|(_, v)| v).collect(), false),
-                cell(forwarder.into_iter().map(|(_, v)| v).collect(), false),
-                cell(ratios, true),
-            );
+            let mut line = format!("{name:<18}");
+            for proto in &protos {
+                let values = self.values(*proto, name).into_iter().map(|(_, v)| v);
+                line.push_str(&format!(" {:>32}", cell(values.collect(), false)));
+            }
+            for (a, b) in &pairs {
+                let ratios = if comparable {
+                    self.ratios(*a, *b, name)
+                } else {
+                    Vec::new()
+                };
+                line.push_str(&format!(" {:>22}", cell(ratios, true)));
+            }
+            println!("{line}");
         }
+    }
+
+    /// `a`'s figure `name` over `b`'s, per round in which both ran.
+    fn ratios(&self, a: Proto, b: Proto, name: &str) -> Vec<f64> {
+        let over = self.values(b, name);
+        self.values(a, name)
+            .iter()
+            .filter_map(|(round, x)| {
+                let (_, y) = over.iter().find(|(r, _)| r == round)?;
+                (*y != 0.0).then(|| x / y)
+            })
+            .collect()
     }
 }
 
 fn label(proto: Proto) -> &'static str {
+    proto.label()
+}
+
+/// The order of the report's columns: the relay, the in-memory relay, the
+/// forwarder.
+fn order(proto: Proto) -> u8 {
     match proto {
-        Proto::Relay => "relay",
-        Proto::Forwarder => "forwarder",
+        Proto::Relay => 0,
+        Proto::InMemory => 1,
+        Proto::Forwarder => 2,
     }
 }
 
@@ -111,7 +155,7 @@ fn spread(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
 
 /// A figure formatted by what it measures.
 fn show(name: &str, value: f64) -> String {
-    if name.ends_with("/s") || name == "clients" || name == "missing" || name == "failed" {
+    if name.ends_with("/s") || matches!(name, "clients" | "missing" | "failed" | "refused") {
         thousands(value.round() as u64)
     } else if name.ends_with("us") {
         format!("{value:.0}")

@@ -13,8 +13,15 @@ use crate::wire::{self, Proto, Template, fwd};
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Shape {
-    Dm { pairs: u32 },
-    Room { members: u32, senders: u32 },
+    Dm {
+        pairs: u32,
+    },
+    Room {
+        members: u32,
+        senders: u32,
+        /// Bytes of each member's key slot (0: no slots).
+        slot_len: usize,
+    },
 }
 
 fn secs(value: f64) -> Duration {
@@ -86,7 +93,7 @@ async fn traffic_round(
     round: usize,
     proto: Proto,
 ) -> Result<Figures, BoxError> {
-    let target = env.start(round, proto).await?;
+    let target = env.start(round, proto, true).await?;
     let body = args.body.max(wire::BODY_HEADER);
     let (clients, join, fanout) = match shape {
         Shape::Dm { pairs } => (pairs * 2, false, 1),
@@ -98,8 +105,10 @@ async fn traffic_round(
             for i in 0..pairs * 2 {
                 let peer = i ^ 1;
                 let template = match proto {
-                    Proto::Relay => Template::relay(load::to_user(peer)?, i, body)?,
-                    Proto::Forwarder => Template::forwarder(fwd::DIRECT, peer, i, body)?,
+                    Proto::Relay | Proto::InMemory => {
+                        Template::relay(load::to_user(peer)?, i, body, Vec::new())?
+                    }
+                    Proto::Forwarder => Template::forwarder(fwd::DIRECT, peer, i, body, 0)?,
                 };
                 senders.push(Sender {
                     conn: usize::try_from(i)?,
@@ -107,11 +116,28 @@ async fn traffic_round(
                 });
             }
         }
-        Shape::Room { senders: count, .. } => {
+        Shape::Room {
+            members,
+            senders: count,
+            slot_len,
+        } => {
             for i in 0..count {
                 let template = match proto {
-                    Proto::Relay => Template::relay(load::to_room()?, i, body)?,
-                    Proto::Forwarder => Template::forwarder(fwd::GROUP, 0, i, body)?,
+                    Proto::Relay | Proto::InMemory => {
+                        // One slot per other member, as a sotto client
+                        // wraps the message key for each.
+                        let others = (0..members)
+                            .filter(|&j| j != i)
+                            .map(load::user_name)
+                            .collect::<Result<Vec<_>, _>>()?;
+                        let slots = if slot_len > 0 {
+                            wire::slots(&others, slot_len)
+                        } else {
+                            Vec::new()
+                        };
+                        Template::relay(load::to_room()?, i, body, slots)?
+                    }
+                    Proto::Forwarder => Template::forwarder(fwd::GROUP, 0, i, body, slot_len)?,
                 };
                 senders.push(Sender {
                     conn: usize::try_from(i)?,
@@ -129,6 +155,7 @@ async fn traffic_round(
         warmup: secs(args.warmup),
         duration: secs(args.duration),
         drain: secs(args.drain),
+        ack: !args.no_ack,
     };
     let outcome = load::run_traffic(conns, &plan, &target, env.bench.clock).await?;
     target.stop().await;
@@ -158,7 +185,19 @@ async fn traffic_round(
             other_cores(outcome.target, outcome.bench, outcome.secs),
         ),
         ("missing", outcome.missing as f64),
+        ("refused", outcome.refused as f64),
+        (
+            "sends/Sent",
+            outcome.sent as f64 / outcome.sent_frames.max(1) as f64,
+        ),
     ]);
+    if outcome.refused > 0 {
+        println!(
+            "warning: the {} refused {} send(s) or recipients (Error, Undelivered)",
+            proto.label(),
+            outcome.refused
+        );
+    }
     if outcome.lost > 0 {
         println!(
             "warning: {} connection(s) closed during the round; see {}",
@@ -184,7 +223,7 @@ pub(crate) async fn idle(args: &IdleArgs) -> Result<(), BoxError> {
     let mut report = Report::default();
     for round in 1..=env.rounds {
         for &proto in &env.targets {
-            let target = env.start(round, proto).await?;
+            let target = env.start(round, proto, false).await?;
             let before = target.usage()?;
             let started = Instant::now();
             let conns =
@@ -220,7 +259,7 @@ pub(crate) async fn handshakes(args: &HandshakeArgs) -> Result<(), BoxError> {
     let mut report = Report::default();
     for round in 1..=env.rounds {
         for &proto in &env.targets {
-            let target = env.start(round, proto).await?;
+            let target = env.start(round, proto, false).await?;
             let outcome = load::handshakes(
                 &target,
                 args.concurrency,

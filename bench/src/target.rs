@@ -1,4 +1,5 @@
-//! The process under test: a `relay` or a `relay-bench forwarder` child,
+//! The process under test: a `relay` (the one under test or the
+//! in-memory baseline) or a `relay-bench forwarder` child,
 //! its address, and its CPU time and resident memory from `/proc`.
 //!
 //! Children are killed when their [`Target`] is dropped, so an error, a
@@ -19,17 +20,20 @@ use crate::wire::Proto;
 /// Clock ticks per second in `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
 const USER_HZ: f64 = 100.0;
 
-/// How to start the two targets.
+/// How to start the targets.
 #[derive(Clone, Debug)]
 pub(crate) struct Launch {
     /// The `relay` binary.
     pub(crate) relay_bin: PathBuf,
+    /// The in-memory relay's binary, if it is run.
+    pub(crate) baseline_bin: Option<PathBuf>,
     /// This binary, for `relay-bench forwarder`.
     pub(crate) self_bin: PathBuf,
-    /// The relay's data directory (kept across rounds: same certificate,
-    /// names already claimed).
-    pub(crate) data_dir: PathBuf,
-    /// Extra arguments for the relay, after the benchmark limits.
+    /// Where the relays' data directories (one per relay and round) and
+    /// the limits file go.
+    pub(crate) work_dir: PathBuf,
+    /// Extra arguments for the relay (not the baseline), after the
+    /// benchmark limits.
     pub(crate) relay_args: Vec<String>,
     /// RUST_LOG for the relay.
     pub(crate) relay_log: String,
@@ -67,23 +71,39 @@ fanout_burst_bytes = 1125899906842624
 ";
 
 impl Launch {
-    /// The relay command line, for the report.
-    pub(crate) fn relay_command(&self) -> String {
+    /// The command line of relay `proto` (round N's data directory shown
+    /// as `*-N`), for the report.
+    pub(crate) fn relay_command(&self, proto: Proto) -> String {
         let mut words = vec![
-            self.relay_bin.display().to_string(),
-            "--listen 127.0.0.1:0 --host 127.0.0.1 --data-dir".to_string(),
-            self.data_dir.display().to_string(),
+            self.relay_binary(proto).display().to_string(),
             "--config".to_string(),
             self.limits_file().display().to_string(),
+            "--listen 127.0.0.1:0 --host 127.0.0.1 --data-dir".to_string(),
+            self.data_dir(proto, "N".to_string()).display().to_string(),
         ];
         words.extend(RELAY_LIMITS.iter().map(|s| (*s).to_string()));
-        words.extend(self.relay_args.iter().cloned());
+        if proto == Proto::Relay {
+            words.extend(self.relay_args.iter().cloned());
+        }
         words.join(" ")
     }
 
-    /// Where [`RELAY_LIMITS_FILE`] is written: beside the data directory.
+    fn relay_binary(&self, proto: Proto) -> &Path {
+        match (proto, &self.baseline_bin) {
+            (Proto::InMemory, Some(baseline)) => baseline,
+            _ => &self.relay_bin,
+        }
+    }
+
+    /// The data directory of relay `proto` in `round`.
+    fn data_dir(&self, proto: Proto, round: String) -> PathBuf {
+        self.work_dir
+            .join(format!("data-{}-{round}", proto.label()))
+    }
+
+    /// Where [`RELAY_LIMITS_FILE`] is written.
     fn limits_file(&self) -> PathBuf {
-        self.data_dir.with_file_name("relay-limits.toml")
+        self.work_dir.join("relay-limits.toml")
     }
 }
 
@@ -98,6 +118,8 @@ pub(crate) struct Target {
     // stays readable so a later print cannot fail.
     _stdin: Option<ChildStdin>,
     _stdout: BufReader<ChildStdout>,
+    /// A relay's fresh data directory, removed once it stopped.
+    data_dir: Option<PathBuf>,
 }
 
 /// CPU time and memory of a process at one moment.
@@ -112,14 +134,33 @@ pub(crate) struct Usage {
 }
 
 impl Target {
-    /// Starts a target speaking `proto`; `log` receives its stderr.
-    pub(crate) async fn start(launch: &Launch, proto: Proto, log: &Path) -> Result<Self, BoxError> {
-        let mut command = match proto {
-            Proto::Relay => {
+    /// Starts a target speaking `proto` for `round`; `log` receives its
+    /// stderr. A relay gets a `fresh` data directory (nothing stored or
+    /// joined by an earlier round, removed when it stops), or else the one
+    /// its earlier rounds used (names already claimed).
+    pub(crate) async fn start(
+        launch: &Launch,
+        proto: Proto,
+        round: usize,
+        fresh: bool,
+        log: &Path,
+    ) -> Result<Self, BoxError> {
+        let data_dir = proto.is_relay().then(|| {
+            if fresh {
+                launch.data_dir(proto, round.to_string())
+            } else {
+                launch.data_dir(proto, "kept".to_string())
+            }
+        });
+        if fresh && let Some(dir) = &data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let mut command = match (proto, &data_dir) {
+            (Proto::Relay | Proto::InMemory, Some(data_dir)) => {
                 let limits = launch.limits_file();
                 std::fs::write(&limits, RELAY_LIMITS_FILE)
                     .map_err(|e| format!("cannot write {}: {e}", limits.display()))?;
-                let mut command = Command::new(&launch.relay_bin);
+                let mut command = Command::new(launch.relay_binary(proto));
                 command
                     .arg("--config")
                     .arg(&limits)
@@ -130,13 +171,15 @@ impl Target {
                         "127.0.0.1",
                         "--data-dir",
                     ])
-                    .arg(&launch.data_dir)
+                    .arg(data_dir)
                     .args(RELAY_LIMITS)
-                    .args(&launch.relay_args)
                     .env("RUST_LOG", &launch.relay_log);
+                if proto == Proto::Relay {
+                    command.args(&launch.relay_args);
+                }
                 command
             }
-            Proto::Forwarder => {
+            _ => {
                 let mut command = Command::new(&launch.self_bin);
                 command.args(["forwarder", "--listen", "127.0.0.1:0"]);
                 command
@@ -172,6 +215,7 @@ impl Target {
             child,
             _stdin: stdin,
             _stdout: stdout,
+            data_dir: data_dir.filter(|_| fresh),
         })
     }
 
@@ -184,6 +228,9 @@ impl Target {
     pub(crate) async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 use serde_json::{Map, Value, json};
 use sotto_client::contacts::KeyEvent;
 use sotto_client::session::{
-    Chat, Command, Connection, Member, Message, PresenceChange, TrustLevel, Update,
+    Chat, Command, Connection, Delivery, DeliveryState, Member, Message, PresenceChange,
+    TrustLevel, Update,
 };
 use sotto_proto::fingerprint_text;
 
@@ -51,6 +52,30 @@ fn message(message: &Message) -> Value {
     fields.insert("received_at_ms".to_owned(), json!(message.received_at_ms));
     fields.insert("late".to_owned(), json!(message.late));
     fields.insert("text".to_owned(), json!(message.text));
+    fields.insert("id".to_owned(), json!(message.id().to_string()));
+    if let Some(delivery) = &message.delivery {
+        fields.insert("delivery".to_owned(), delivery_fields(delivery));
+    }
+    Value::Object(fields)
+}
+
+/// How far a sent message got: `state` (`pending`, `sent` or `failed`,
+/// with `reason`), `recipients`, and those of them it was `delivered` to
+/// (their receipts) or `refused` for (the relay will not keep it for them).
+fn delivery_fields(delivery: &Delivery) -> Value {
+    let (state, reason) = match &delivery.state {
+        DeliveryState::Pending => ("pending", None),
+        DeliveryState::Sent => ("sent", None),
+        DeliveryState::Failed(why) => ("failed", Some(why.as_str())),
+    };
+    let mut fields = Map::new();
+    fields.insert("state".to_owned(), json!(state));
+    if let Some(reason) = reason {
+        fields.insert("reason".to_owned(), json!(reason));
+    }
+    fields.insert("recipients".to_owned(), json!(delivery.recipients));
+    fields.insert("delivered".to_owned(), json!(delivery.delivered));
+    fields.insert("refused".to_owned(), json!(delivery.refused));
     Value::Object(fields)
 }
 
@@ -145,6 +170,13 @@ pub(crate) fn event(update: &Update) -> Value {
             }),
         ),
         Update::Message(m) => with_type("message", message(m)),
+        Update::Delivery { chat, id, delivery } => {
+            let mut fields = Map::new();
+            chat_fields(chat, &mut fields);
+            fields.insert("id".to_owned(), json!(id.to_string()));
+            fields.insert("delivery".to_owned(), delivery_fields(delivery));
+            with_type("delivery", Value::Object(fields))
+        }
         Update::Missing { chat, from, count } => {
             let mut fields = Map::new();
             chat_fields(chat, &mut fields);
@@ -349,6 +381,7 @@ mod tests {
                 late: false,
                 position: (seq, 0),
                 text: format!("message {seq}"),
+                delivery: None,
             })
             .collect();
         Update::History {

@@ -277,6 +277,7 @@ mod tests {
             late: false,
             position: (0, 0),
             text: text.to_owned(),
+            delivery: None,
         })
     }
 

@@ -22,10 +22,11 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
-use sotto_client::session::{PresenceChange, Update};
+use sotto_client::session::{MessageId, PresenceChange, Update};
 use sotto_testkit::{LocalRelay, Peer, Via, barrier, dm, presence};
 use support::{Bot, exited, init};
 
@@ -63,7 +64,7 @@ fn messages(bot: &Bot) -> impl Iterator<Item = &Value> {
 /// him), then continued (SIGCONT). The relay cuts the stopped
 /// connection; alice is shown no error; bob reconnects by himself and
 /// shows each message once, in order, and so does his history after a
-/// restart.
+/// restart; alice sees each delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_reader_gets_every_16_kb_message_once_in_order_once_continued() {
     const COUNT: usize = 300;
@@ -128,6 +129,32 @@ async fn a_stopped_reader_gets_every_16_kb_message_once_in_order_once_continued(
             .any(|e| e["type"] == "connection" && e["state"] == "reconnecting"),
         "the relay did not cut the stopped reader off"
     );
+
+    // Alice is shown each delivered, by bob's own receipts.
+    let ids: HashSet<MessageId> = alice
+        .seen
+        .iter()
+        .filter_map(|u| match u {
+            Update::Message(m) if m.outgoing && m.text.starts_with("big ") => Some(m.id()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), COUNT);
+    let delivered = |alice: &Peer| {
+        let mut done = HashSet::new();
+        for update in &alice.seen {
+            if let Update::Delivery { id, delivery, .. } = update
+                && ids.contains(id)
+                && delivery.delivered.iter().any(|d| d == "bob")
+            {
+                done.insert(*id);
+            }
+        }
+        done.len()
+    };
+    while delivered(&alice) < COUNT {
+        alice.expect(|u| matches!(u, Update::Delivery { .. })).await;
+    }
 
     // Restarted, bob shows the same history.
     bob.say(serde_json::json!({"type": "quit"})).await;

@@ -35,6 +35,8 @@ const COUNTERS: &str = "counters";
 const EPOCHS: &str = "epochs";
 const INBOUND: &str = "inbound";
 const HISTORY: &str = "history";
+const OUTGOING: &str = "outgoing";
+const UNSENT: &str = "unsent";
 
 const NAME_KEY: &[u8] = b"name";
 const JOINED_KEY: &[u8] = b"joined";
@@ -95,6 +97,41 @@ pub struct StoredEntry {
     pub received_at_ms: u64,
     /// The text.
     pub text: String,
+}
+
+/// How far a message this client sent got (see
+/// [`crate::session::Delivery`]): kept beside its history entry, keyed by
+/// its conversation and sequence number, so that a receipt finds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingRecord {
+    /// The chat it was sent in, as the history names it.
+    pub chat: crate::session::Chat,
+    /// Who it was sealed for, as named then, with their keys.
+    pub recipients: Vec<(UserName, Fingerprint)>,
+    /// 0 pending, 1 accepted by the relay, 2 failed (`failed` says why).
+    pub state: u8,
+    /// Why it failed.
+    pub failed: Option<String>,
+    /// The keys of the recipients whose receipt came.
+    pub delivered: Vec<Fingerprint>,
+    /// The recipients the relay will not keep it for.
+    pub refused: Vec<UserName>,
+}
+
+/// A message this client sealed that the relay has not yet said it
+/// stored: exactly the frames that carry it (its announcements first), to
+/// send again, byte for byte, on the next connection. Its recipients
+/// drop a copy they have (the replay window), and so does the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsentRecord {
+    /// The conversation and the message's sequence number in it.
+    pub conversation: Conversation,
+    /// The message's sequence number.
+    pub seq: u64,
+    /// The chat, as the history names it.
+    pub chat: crate::session::Chat,
+    /// The frames: destination, body, slots.
+    pub frames: Vec<(sotto_proto::Destination, Vec<u8>, Vec<sotto_proto::Slot>)>,
 }
 
 /// Where an entry sits in its conversation's history: record keys sort in
@@ -537,10 +574,98 @@ impl Store {
         ])?)
     }
 
-    /// Records a message this client sent.
-    pub fn record_sent(&self, entry: &StoredEntry, position: Position) -> Result<(), StoreError> {
+    /// Records a message this client sent, with how far it got and, until
+    /// the relay says it stored it, the frames that carry it: one
+    /// transaction, before the frames leave.
+    pub fn record_sent(
+        &self,
+        entry: &StoredEntry,
+        position: Position,
+        conversation: &Conversation,
+        record: &OutgoingRecord,
+        unsent: Option<&UnsentRecord>,
+    ) -> Result<(), StoreError> {
         let key = self.history_key(entry, position);
-        Ok(self.vault.put(HISTORY, &key, &encode(entry)?)?)
+        let value = encode(entry)?;
+        let outgoing_key = self.outgoing_key(conversation, entry.seq);
+        let outgoing = encode(record)?;
+        let unsent = unsent.map(encode).transpose()?;
+        let mut records = vec![
+            (HISTORY, key.as_slice(), value.as_slice()),
+            (OUTGOING, outgoing_key.as_slice(), outgoing.as_slice()),
+        ];
+        if let Some(unsent) = &unsent {
+            records.push((UNSENT, outgoing_key.as_slice(), unsent.as_slice()));
+        }
+        Ok(self.vault.put_all(&records)?)
+    }
+
+    /// The relay stored (or refused) message `seq` of `conversation`: its
+    /// frames are not kept to send again any more.
+    pub fn forget_unsent(&self, conversation: &Conversation, seq: u64) -> Result<(), StoreError> {
+        let key = self.outgoing_key(conversation, seq);
+        Ok(self.vault.remove(UNSENT, &key)?)
+    }
+
+    /// Every message kept to send again (damaged records skipped).
+    pub fn all_unsent(&self) -> Result<Vec<UnsentRecord>, StoreError> {
+        let mut all: Vec<UnsentRecord> = self
+            .vault
+            .each(UNSENT)?
+            .into_iter()
+            .filter_map(|(_, value)| value.ok().and_then(|v| decode(&v).ok()))
+            .collect();
+        all.sort_by_key(|u| u.seq);
+        Ok(all)
+    }
+
+    fn outgoing_key(&self, conversation: &Conversation, seq: u64) -> [u8; 24] {
+        let mut key = [0; 24];
+        let (id, number) = key.split_at_mut(16);
+        id.copy_from_slice(&self.record_id(&("outgoing", conversation)));
+        number.copy_from_slice(&seq.to_be_bytes());
+        key
+    }
+
+    /// How far the message `seq` this client sent in `conversation` got.
+    pub fn outgoing(
+        &self,
+        conversation: &Conversation,
+        seq: u64,
+    ) -> Result<Option<OutgoingRecord>, StoreError> {
+        let key = self.outgoing_key(conversation, seq);
+        self.vault
+            .get(OUTGOING, &key)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    /// Records how far the message `seq` in `conversation` got.
+    pub fn set_outgoing(
+        &self,
+        conversation: &Conversation,
+        seq: u64,
+        record: &OutgoingRecord,
+    ) -> Result<(), StoreError> {
+        let key = self.outgoing_key(conversation, seq);
+        Ok(self.vault.put(OUTGOING, &key, &encode(record)?)?)
+    }
+
+    /// Every outgoing record with its sequence number (damaged ones
+    /// skipped), for showing the history.
+    pub fn all_outgoing(&self) -> Result<Vec<(u64, OutgoingRecord)>, StoreError> {
+        let mut all = Vec::new();
+        for (key, value) in self.vault.each(OUTGOING)? {
+            let seq = key
+                .get(16..24)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            let record = value.ok().and_then(|v| decode::<OutgoingRecord>(&v).ok());
+            if let (Some(seq), Some(record)) = (seq, record) {
+                all.push((seq, record));
+            }
+        }
+        Ok(all)
     }
 
     /// The whole history in display order per conversation.

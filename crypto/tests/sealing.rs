@@ -425,3 +425,50 @@ fn the_header_commits_to_who_can_read_the_message() {
         roster_digest([p.alice.fingerprint(), p.bob.fingerprint()])
     );
 }
+
+/// A session announced again to one of its recipients (its first
+/// announcement lost): other bytes, the same session: the recipient
+/// accepts it and opens what was sealed before and after; it cannot be
+/// made for someone who is not a recipient, nor by someone else.
+#[test]
+fn a_session_announced_again_opens_what_it_sealed() {
+    let p = people();
+    let mut rng = rng();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let before = seal(&mut dm, b"before");
+    let again = dm
+        .session
+        .announce_again(&mut rng, &p.alice, p.bob.public())
+        .unwrap();
+    assert_eq!(again.context.session_id, dm.session.id());
+    let bob = p.bob.accept(&mut rng, &again, p.alice.public()).unwrap();
+    let after = seal(&mut dm, b"after");
+    for (sealed, text) in [(&before, &b"before"[..]), (&after, b"after")] {
+        let PeerBody::Message(body) = PeerBody::decode(&sealed.body).unwrap() else {
+            panic!()
+        };
+        let opened = bob
+            .open(&dm.room, &body, &slot_for(sealed, p.bob.fingerprint()))
+            .unwrap();
+        assert_eq!(&opened.plaintext[..], text);
+    }
+    let twice = dm
+        .session
+        .announce_again(&mut rng, &p.alice, p.bob.public())
+        .unwrap();
+    assert_ne!(
+        PeerBody::Announcement(twice).encode(),
+        PeerBody::Announcement(again).encode(),
+        "wrapped and signed afresh each time"
+    );
+    assert!(
+        dm.session
+            .announce_again(&mut rng, &p.alice, p.alice.public())
+            .is_err()
+    );
+    assert!(
+        dm.session
+            .announce_again(&mut rng, &p.bob, p.carol.public())
+            .is_err()
+    );
+}

@@ -360,7 +360,13 @@ async fn a_stopped_reader_loses_nothing_and_its_queue_stays_bounded() {
 
     // Bob stops reading. 400 frames of 60,000 bytes: 24 MB, more than the
     // sockets' buffers hold.
-    let body = |id: u64| Bytes::from(vec![id.to_le_bytes()[0]; 60_000]);
+    // Each body its own (the relay stores identical bytes from one sender
+    // to the same recipients once).
+    let body = |id: u64| {
+        let mut bytes = vec![0x5a; 60_000];
+        bytes[..8].copy_from_slice(&id.to_be_bytes());
+        Bytes::from(bytes)
+    };
     for id in 1..=400 {
         alice.send(to_room(id, "r", body(id))).await;
     }
@@ -492,12 +498,14 @@ async fn a_stopped_reader_stalls_nobody() {
     alice.recv().await;
     bob.recv().await;
 
-    static BIG: [u8; 60_000] = [0x42; 60_000];
+    let big = |id: u64| {
+        let mut bytes = vec![0x42; 60_000];
+        bytes[..8].copy_from_slice(&id.to_be_bytes());
+        Bytes::from(bytes)
+    };
     let sender = tokio::spawn(async move {
         for id in 1..=400 {
-            alice
-                .send(to_room(id, "lobby", Bytes::from_static(&BIG)))
-                .await;
+            alice.send(to_room(id, "lobby", big(id))).await;
         }
         sent_through(&mut alice, 400).await;
         alice

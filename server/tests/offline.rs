@@ -14,6 +14,12 @@
 
 mod common;
 
+/// A body of its own for send `id` (the relay stores identical bytes from
+/// one sender to the same recipients once).
+fn numbered(id: u64) -> &'static [u8] {
+    Box::leak(format!("x{id}").into_bytes().into_boxed_slice())
+}
+
 use bytes::Bytes;
 use common::{Client, Relay, room, send_to_room, send_to_user, user};
 use sotto_proto::{ClientFrame, Destination, ErrorCode, PresenceEvent, RelayFrame};
@@ -277,7 +283,9 @@ async fn sent_is_cumulative() {
     drop(relay.registered("bob").await);
     let mut alice = relay.registered("alice").await;
     for id in 1..=200 {
-        alice.send(send_to_user(id, "bob", b"x", None)).await;
+        alice
+            .send(send_to_user(id, "bob", numbered(id), None))
+            .await;
     }
     let mut sents = Vec::new();
     while sents.last() != Some(&200) {
@@ -369,7 +377,9 @@ async fn offline_queue_is_bounded() {
     drop(relay.registered("bob").await);
     let mut alice = relay.registered("alice").await;
     for id in 0..3 {
-        alice.send(send_to_user(id, "bob", b"x", None)).await;
+        alice
+            .send(send_to_user(id, "bob", numbered(id), None))
+            .await;
     }
     // One refusal, for the third; `Sent` (cumulative) covers the others
     // and never the third.
@@ -408,7 +418,9 @@ async fn an_offline_backlog_larger_than_the_outbound_queue_is_delivered() {
     drop(relay.registered("bob").await);
     let mut alice = relay.registered("alice").await;
     for id in 1..=12 {
-        alice.send(send_to_user(id, "bob", b"waiting", None)).await;
+        alice
+            .send(send_to_user(id, "bob", numbered(id), None))
+            .await;
         assert_eq!(alice.recv().await, RelayFrame::Sent { id });
     }
     let mut bob = relay.registered("bob").await;
@@ -439,7 +451,9 @@ async fn requests_are_answered_in_order() {
     for round in 0..5 {
         let first = round * 100 + 1;
         for id in first..first + 100 {
-            alice.send(send_to_user(id, "bob", b"x", None)).await;
+            alice
+                .send(send_to_user(id, "bob", numbered(id), None))
+                .await;
         }
         alice.send(ClientFrame::ListUsers).await;
         let before = sent_through(&mut alice, first + 99).await;
@@ -452,4 +466,39 @@ async fn requests_are_answered_in_order() {
     alice.send(send_to_user(1000, "bob", b"last", None)).await;
     let answers = alice.barrier().await;
     assert_eq!(answers, [RelayFrame::Sent { id: 1000 }]);
+}
+
+/// A `Send` of bytes the relay still stores for their recipients (a
+/// client resending what it was not told was stored, on a new connection)
+/// is answered `Sent` and stored no second time; once the recipient has
+/// acknowledged it, the same bytes are a new delivery.
+#[tokio::test]
+async fn a_resend_of_what_is_stored_is_kept_once() {
+    let relay = Relay::start().await;
+    drop(relay.registered("bob").await);
+    for _ in 0..2 {
+        let mut alice = relay.registered("alice").await;
+        alice.send(send_to_user(1, "bob", b"once", None)).await;
+        assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
+        alice.send(send_to_user(2, "bob", b"once", None)).await;
+        assert_eq!(alice.recv().await, RelayFrame::Sent { id: 2 });
+    }
+    // Another sender's identical bytes are its own delivery.
+    let mut carol = relay.registered("carol").await;
+    carol.send(send_to_user(1, "bob", b"once", None)).await;
+    assert_eq!(carol.recv().await, RelayFrame::Sent { id: 1 });
+    let mut bob = relay.registered("bob").await;
+    let (first, _) = delivery(&mut bob).await;
+    let (second, _) = delivery(&mut bob).await;
+    assert_eq!(bob.barrier().await, [], "alice's once, carol's once");
+    for id in [first, second] {
+        bob.send(ClientFrame::Ack { delivery: id }).await;
+    }
+    bob.barrier().await;
+    let mut alice = relay.registered("alice").await;
+    alice.send(send_to_user(1, "bob", b"once", None)).await;
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
+    let (third, body) = delivery(&mut bob).await;
+    assert!(third > second);
+    assert_eq!(body.as_ref(), b"once");
 }

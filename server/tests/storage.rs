@@ -13,6 +13,12 @@
 
 mod common;
 
+/// A body of its own for send `id` (the relay stores identical bytes from
+/// one sender to the same recipients once).
+fn numbered(id: u64) -> &'static [u8] {
+    Box::leak(format!("x{id}").into_bytes().into_boxed_slice())
+}
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -199,7 +205,9 @@ async fn a_disk_that_stays_full_is_not_reopened_at_every_message() {
     disk.fill();
     let opens = disk.opens();
     for id in 0..20 {
-        alice.send(send_to_user(id, "bob", b"x", None)).await;
+        alice
+            .send(send_to_user(id, "bob", numbered(id), None))
+            .await;
         assert!(matches!(
             alice.recv().await,
             RelayFrame::Error {

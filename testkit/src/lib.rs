@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use sotto_client::account::Account;
 use sotto_client::contacts::Blocked;
 use sotto_client::profile::Profile;
@@ -259,6 +259,16 @@ impl Peer {
         };
         self.seen.push(update.clone());
         update
+    }
+
+    /// Takes every update that is there now (into [`Peer::seen`]) without
+    /// waiting: a peer whose updates nobody reads stops (its session waits
+    /// for the front end), so a test that only watches another peer keeps
+    /// this one going with it.
+    pub fn drain(&mut self) {
+        while let Some(Some(update)) = self.updates.next().now_or_never() {
+            self.seen.push(update);
+        }
     }
 
     /// The next update matching `wanted` (first among those that came while

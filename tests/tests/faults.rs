@@ -3,38 +3,39 @@
 //! slow or refuse its connection.
 //!
 //! Every delivery is stored by the relay until its recipient acknowledges
-//! it, and room membership outlives the connection, so whatever happens to
-//! the recipient's connection, what was sent arrives once, in order, and
-//! is in the recipient's history after a restart of its client: cases (a)
-//! 1,000 numbered direct messages while the recipient's connection is
-//! reset 5 times at random points, (b) the same in a room of 3 with one
-//! flaky member, (c) a member offline while 20 room messages and 20 direct
-//! messages are sent, (d2) 1,000 direct messages while the recipient's
-//! path is silent for 15 s without closing, (e) the relay, a process of
-//! its own, killed with SIGKILL in the middle of a stream of 500 direct
-//! messages and restarted on its data, (f) the relay's database disk full
-//! (the relay's test-only `store::fault::Disk`), then given space back.
-//! The resets come at points drawn from a fixed seed, so a failure can be
-//! replayed. Case (d), a stopped reader (SIGSTOP), needs a client process
-//! of its own: it is `cli/tests/faults.rs`, with a real `sotto-cli`.
+//! it, room membership outlives the connection, and the sender's client
+//! sends again what the relay did not confirm, so whatever happens, what
+//! was sent arrives once, in order, and is in the recipient's history
+//! after a restart of its client: cases (a) 1,000 numbered direct
+//! messages while the recipient's connection is reset 5 times at random
+//! points, (b) the same in a room of 3 with one flaky member, (c) a member
+//! offline while 20 room messages and 20 direct messages are sent, (d2)
+//! 1,000 direct messages while the recipient's path is silent for 15 s
+//! without closing, (e) the relay, a process of its own, killed with
+//! SIGKILL in the middle of a stream of 500 direct messages and restarted
+//! on its data, (f) the relay's database disk full (the relay's test-only
+//! `store::fault::Disk`), then given space back; and the sender's side:
+//! its connection reset while it sends, messages sealed before its
+//! restart. The resets come at points drawn from a fixed seed, so a
+//! failure can be replayed. Case (d), a stopped reader (SIGSTOP), needs a
+//! client process of its own: it is `cli/tests/faults.rs`, with a real
+//! `sotto-cli`.
+//!
+//! The sender's view matches: no error for what the relay accepted, each
+//! message ends delivered to each recipient by the recipient's own
+//! receipt; what the relay refused (f) is an error naming the chat and
+//! shows failed, with why.
+//!
 //! The helpers are in `fault_kit/`; for (e) this binary runs itself again
 //! as the relay process (`fault_kit::relay_process_for_the_kill_case`,
 //! which does nothing as an ordinary test). Besides: a client told to quit
 //! as its connection is reset ends.
 //!
-//! What the sender is shown: no error for what the relay accepted, an
-//! error naming the chat for what it refused (f). The library tells its
-//! user nothing when the relay answers `Sent`, so "accepted" is learnt
-//! from a `/users` round trip (`barrier(.., Via::Relay)`): the relay
-//! answers a connection's requests in order.
-//!
-//! Not yet here (later steps of issue 13): per-message delivery states
-//! (receipts), and messages in flight when the relay dies, which may be
-//! lost until the durable outbox sends them again: (e) asserts that every
-//! message confirmed before the kill arrives, and nothing twice or out of
-//! order, not that all 500 arrive. A relay that sends a delivery twice is
-//! not seen here: the recipient's client drops the copy (its replay
-//! window), which is what these tests check the user is shown.
+//! Not here: a relay that sends a delivery twice is not seen by these
+//! tests, since the recipient's client drops the copy (its replay window),
+//! and that is what they check the user is shown; a relay that answers
+//! `Sent` before its fsync would only lose messages in a machine crash,
+//! which SIGKILL is not.
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
@@ -43,14 +44,14 @@
     clippy::unreachable,
     clippy::indexing_slicing
 )] // tests
-
 mod fault_kit;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use fault_kit::*;
 use sotto_client::backoff::Backoff;
-use sotto_client::session::{PresenceChange, Update};
+use sotto_client::session::{DeliveryState, MessageId, PresenceChange, Update};
 use sotto_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,13 +128,21 @@ async fn direct_messages_sent_while_the_recipient_is_refused_arrive_once_in_orde
 /// restart of its client holds each once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_direct_messages_through_five_resets_arrive_once_in_order() {
-    let (bed, proxy, alice, mut bob) = bob_behind_a_proxy().await;
+    let (bed, proxy, mut alice, mut bob) = bob_behind_a_proxy().await;
     let texts: Vec<String> = (0..1000).map(|i| format!("dm {i:04}")).collect();
     for text in &texts {
         alice.send(dm("bob"), text);
     }
     let points = reset_points(0xa, 5, 1000);
-    receive(&mut bob, &dm("alice"), "dm ", 1000, Some((&proxy, &points))).await;
+    receive(
+        &mut bob,
+        &dm("alice"),
+        "dm ",
+        1000,
+        Some((&proxy, &points)),
+        &mut [&mut alice],
+    )
+    .await;
     assert_eq!(proxy.stats().reset, 5, "{points:?}");
     assert_eq!(shown_in(&bob, &dm("alice"), "dm "), texts);
     nothing_missing(&bob);
@@ -142,6 +151,7 @@ async fn a_thousand_direct_messages_through_five_resets_arrive_once_in_order() {
         "{:#?}",
         alice.seen
     );
+    delivered_to_all(&mut alice, &dm("bob"), "dm ", 1000, &["bob"]).await;
     let relay = proxy.relay_address(&bed.relay.address);
     assert_eq!(
         history_after_restart(bob, &relay, &dm("alice"), "dm ").await,
@@ -168,8 +178,16 @@ async fn a_thousand_room_messages_reach_a_flaky_member_once_in_order() {
         alice.send(lobby(), text);
     }
     let points = reset_points(0xb, 5, 1000);
-    receive(&mut bob, &lobby(), "room ", 1000, Some((&proxy, &points))).await;
-    receive(&mut carol, &lobby(), "room ", 1000, None).await;
+    receive(
+        &mut bob,
+        &lobby(),
+        "room ",
+        1000,
+        Some((&proxy, &points)),
+        &mut [&mut alice, &mut carol],
+    )
+    .await;
+    receive(&mut carol, &lobby(), "room ", 1000, None, &mut [&mut alice]).await;
     assert_eq!(proxy.stats().reset, 5, "{points:?}");
     assert_eq!(shown_in(&bob, &lobby(), "room "), texts);
     assert_eq!(shown_in(&carol, &lobby(), "room "), texts);
@@ -180,6 +198,7 @@ async fn a_thousand_room_messages_reach_a_flaky_member_once_in_order() {
         "{:#?}",
         alice.seen
     );
+    delivered_to_all(&mut alice, &lobby(), "room ", 1000, &["bob", "carol"]).await;
     let relay = proxy.relay_address(&bed.relay.address);
     assert_eq!(
         history_after_restart(bob, &relay, &lobby(), "room ").await,
@@ -214,21 +233,133 @@ async fn a_member_offline_gets_what_was_said_in_the_room_and_to_it() {
     );
 
     let mut bob = Peer::connect(account, &bed.relay.address).await;
-    receive(&mut bob, &lobby(), "room ", 20, None).await;
-    receive(&mut bob, &dm("alice"), "dm ", 20, None).await;
+    receive(&mut bob, &lobby(), "room ", 20, None, &mut [&mut alice]).await;
+    receive(&mut bob, &dm("alice"), "dm ", 20, None, &mut [&mut alice]).await;
     assert_eq!(shown_in(&bob, &lobby(), "room "), room_texts);
     assert_eq!(shown_in(&bob, &dm("alice"), "dm "), dm_texts);
     nothing_missing(&bob);
-    alice
-        .expect(presence("bob", PresenceChange::Connected))
-        .await;
+    // (Already taken from alice's updates while bob received, if it came.)
+    if !alice.saw(presence("bob", PresenceChange::Connected)) {
+        alice
+            .expect(presence("bob", PresenceChange::Connected))
+            .await;
+    }
+}
+
+/// The sender's side: alice's connection is reset 3 times while she sends
+/// 300 numbered direct messages. What was in flight is sent again on her
+/// next connection, byte for byte: bob gets each once, in order, and alice
+/// sees each delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_whose_connection_is_reset_loses_nothing() {
+    let bed = Testbed::start();
+    let proxy = proxy_to(&bed);
+    let mut bob = bed.join("bob").await;
+    // All 300 are typed at once: while she is cut off, the rest wait in
+    // her outbox (which refuses more than `outbox`, 256 by default).
+    let short = Duration::from_millis(50);
+    let mut alice = Peer::connect_with(
+        account(&bed.temp.path().join("alice"), "alice", "alice").await,
+        &proxy.relay_address(&bed.relay.address),
+        |config| {
+            config.limits.reconnect = Backoff::new(short, short * 4, Duration::from_secs(60));
+            config.limits.outbox = 1024;
+        },
+    )
+    .await;
+    for peer in [&mut alice, &mut bob] {
+        peer.expect_members("lobby", &["alice", "bob"]).await;
+    }
+    // Alice keeps 20 in flight: one more each time bob gets one, as a
+    // steady conversation does, and her connection is reset at 3 points
+    // of bob's count (each on a connection accepted after the last
+    // reset), with messages of hers on the way.
+    let texts: Vec<String> = (0..300).map(|i| format!("dm {i:03}")).collect();
+    let mut queued = texts.iter();
+    for text in queued.by_ref().take(20) {
+        alice.send(dm("bob"), text);
+    }
+    let planned = reset_points(0x5e, 3, 280);
+    let mut points = planned.iter().peekable();
+    let mut cut = 0;
+    for shown in 1..=300 {
+        bob.expect(|u| matches!(u, Update::Message(m) if !m.outgoing && m.text.starts_with("dm ")))
+            .await;
+        alice.drain();
+        if let Some(text) = queued.next() {
+            alice.send(dm("bob"), text);
+        }
+        let stats = proxy.stats();
+        if points.peek().is_some_and(|&&at| at <= shown) && stats.open > 0 && stats.accepted > cut {
+            cut = stats.accepted;
+            proxy.reset();
+            points.next();
+        }
+    }
+    assert_eq!(proxy.stats().reset, 3, "{planned:?} {:?}", proxy.stats());
+    assert_eq!(shown_in(&bob, &dm("alice"), "dm "), texts);
+    nothing_missing(&bob);
+    assert!(
+        !alice.saw(|u| matches!(u, Update::Error(_))),
+        "{:#?}",
+        alice.seen
+    );
+    delivered_to_all(&mut alice, &dm("bob"), "dm ", 300, &["bob"]).await;
+    let relay = bed.relay.address.clone();
+    assert_eq!(
+        history_after_restart(bob, &relay, &dm("alice"), "dm ").await,
+        texts
+    );
+}
+
+/// Messages alice sealed whose `Sent` never came (her path went silent
+/// and she quit) survive a restart of her client: sent again once she is
+/// back, each arrives once, and shows delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sealed_before_a_restart_are_sent_again_once() {
+    let bed = Testbed::start();
+    let proxy = proxy_to(&bed);
+    let mut bob = bed.join("bob").await;
+    let mut alice = flaky(&bed, &proxy, "alice").await;
+    for peer in [&mut alice, &mut bob] {
+        peer.expect_members("lobby", &["alice", "bob"]).await;
+    }
+    alice.send(dm("bob"), "before");
+    bob.expect_message(&dm("alice"), "before").await;
+    proxy.stall(true);
+    let texts: Vec<String> = (0..10).map(|i| format!("sealed {i}")).collect();
+    for text in &texts {
+        alice.send(dm("bob"), text);
+        alice
+            .expect(|u| matches!(u, Update::Message(m) if m.outgoing && m.text == *text))
+            .await;
+    }
+    let account = alice.account.clone();
+    alice.quit().await;
+    proxy.reset();
+    proxy.stall(false);
+    let mut alice = Peer::connect(account, &bed.relay.address).await;
+    receive(
+        &mut bob,
+        &dm("alice"),
+        "sealed ",
+        10,
+        None,
+        &mut [&mut alice],
+    )
+    .await;
+    assert_eq!(shown_in(&bob, &dm("alice"), "sealed "), texts);
+    barrier(&mut bob, Via::message(&alice, dm("bob"), "after")).await;
+    assert_eq!(shown_in(&bob, &dm("alice"), "sealed "), texts, "once each");
+    nothing_missing(&bob);
 }
 
 /// Case (d2): bob's network path goes silent for 15 s without closing
 /// while alice sends him 1,000 numbered direct messages: the relay accepts
 /// every one (it keeps them until bob acknowledges them, never drops a
 /// reader that is slow), and when the path comes back bob gets each once,
-/// in order, as his history does after a restart.
+/// in order, as his history does after a restart; alice sees each
+/// delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_whose_path_goes_silent_for_fifteen_seconds_gets_every_message_once() {
     const OUTAGE: Duration = Duration::from_secs(15);
@@ -251,15 +382,23 @@ async fn a_recipient_whose_path_goes_silent_for_fifteen_seconds_gets_every_messa
     tokio::time::sleep_until(silent_since + OUTAGE).await;
     proxy.stall(false);
 
-    receive(&mut bob, &dm("alice"), "silent ", 1000, None).await;
+    receive(
+        &mut bob,
+        &dm("alice"),
+        "silent ",
+        1000,
+        None,
+        &mut [&mut alice],
+    )
+    .await;
     assert_eq!(shown_in(&bob, &dm("alice"), "silent "), texts);
     nothing_missing(&bob);
-    barrier(&mut alice, Via::Relay).await;
     assert!(
         !alice.saw(|u| matches!(u, Update::Error(_))),
         "{:#?}",
         alice.seen
     );
+    delivered_to_all(&mut alice, &dm("bob"), "silent ", 1000, &["bob"]).await;
     let relay = proxy.relay_address(&bed.relay.address);
     assert_eq!(
         history_after_restart(bob, &relay, &dm("alice"), "silent ").await,
@@ -269,21 +408,14 @@ async fn a_recipient_whose_path_goes_silent_for_fifteen_seconds_gets_every_messa
 
 /// Case (e): the relay, a process of its own, is killed with SIGKILL in
 /// the middle of a stream of 500 numbered direct messages from alice to
-/// bob, then started again on the same data.
-///
-/// The library tells its user nothing when the relay answers `Sent`
-/// (receipts are a later step of issue 13), so the test learns what the
-/// relay accepted from a `/users` round trip: the relay answers a
-/// connection's requests in order, so its answer means that every message
-/// alice handed over before it was answered, and with no error, durably
-/// stored (`Sent`). The first 250 are confirmed so; the relay is killed
-/// while the other 250 are being sent. Every confirmed message reaches
-/// bob; of those in flight at the kill, some may be lost today (the
-/// durable outbox that sends them again is a later step of issue 13);
-/// nothing arrives twice or out of order, and bob's history after a
-/// restart holds exactly what he was shown.
+/// bob, then started again on the same data. Every message alice was told
+/// `Sent` before the kill (her delivery state) was stored and reaches bob;
+/// those in flight are sent again by her client once it is back, with the
+/// same ids, so that bob gets all 500 once, in order, with nothing
+/// reported missing, his history after a restart holds the same, and
+/// alice sees each delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_killed_mid_stream_loses_nothing_it_confirmed_and_duplicates_nothing() {
+async fn the_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let temp = tempfile::tempdir().unwrap();
     let relay_dir = temp.path().join("relay");
     let process = RelayProcess::start(&relay_dir, 0);
@@ -295,12 +427,14 @@ async fn the_relay_killed_mid_stream_loses_nothing_it_confirmed_and_duplicates_n
     }
 
     let texts: Vec<String> = (0..500).map(|i| format!("crash {i:04}")).collect();
-    let (confirmed, in_flight) = texts.split_at(250);
-    for text in confirmed {
+    let (first, rest) = texts.split_at(250);
+    for text in first {
         alice.send(dm("bob"), text);
     }
+    // The relay answers a connection's requests in order: once this
+    // answer is in, the first 250 were answered (and shown) `Sent`.
     barrier(&mut alice, Via::Relay).await;
-    for text in in_flight {
+    for text in rest {
         alice.send(dm("bob"), text);
     }
     // Killed once alice has handed over the 300th: the rest are still
@@ -310,45 +444,59 @@ async fn the_relay_killed_mid_stream_loses_nothing_it_confirmed_and_duplicates_n
         .await;
     process.kill();
     alice.expect(reconnecting).await;
+    let cut = alice.seen_at(reconnecting).unwrap();
     let _process = RelayProcess::start(&relay_dir, relay.port);
     alice.expect_connected().await;
 
-    let after: Vec<String> = (0..20).map(|i| format!("after {i:02}")).collect();
-    for text in &after {
-        alice.send(dm("bob"), text);
-    }
-    barrier(&mut alice, Via::Relay).await;
-    // Nothing refused: what was in flight is not reported yet either.
+    receive(
+        &mut bob,
+        &dm("alice"),
+        "crash ",
+        500,
+        None,
+        &mut [&mut alice],
+    )
+    .await;
+    // Nothing more comes (a duplicate would come before this).
+    barrier(&mut bob, Via::message(&alice, dm("bob"), "after")).await;
+    let arrived = shown_in(&bob, &dm("alice"), "crash ");
+    assert_eq!(arrived, texts);
+    nothing_missing(&bob);
     assert!(
         !alice.saw(|u| matches!(u, Update::Error(_))),
         "{:#?}",
         alice.seen
     );
-
-    receive(&mut bob, &dm("alice"), "after ", after.len(), None).await;
-    assert_eq!(shown_in(&bob, &dm("alice"), "after "), after);
-    let arrived = shown_in(&bob, &dm("alice"), "crash ");
-    assert!(arrived.starts_with(confirmed), "{arrived:#?}");
-    // Once each, in order: each one later in the stream than the one
-    // before it.
-    let places: Vec<usize> = arrived
+    // What alice was told `Sent` before the kill: at least the first 250,
+    // each among what arrived (all did).
+    let told_sent: HashSet<MessageId> = alice.seen[..cut]
         .iter()
-        .map(|text| texts.iter().position(|t| t == text).unwrap())
+        .filter_map(|u| match u {
+            Update::Delivery { id, delivery, .. } if delivery.state == DeliveryState::Sent => {
+                Some(*id)
+            }
+            _ => None,
+        })
         .collect();
-    assert!(places.is_sorted_by(|a, b| a < b), "{arrived:#?}");
-    assert!(
-        !bob.saw(|u| matches!(u, Update::Rejected { .. } | Update::NotForYou { .. })),
-        "{:#?}",
-        bob.seen
-    );
-    let mut everything = arrived.clone();
-    everything.extend(after);
+    let sent_texts: Vec<String> = alice.seen[..cut]
+        .iter()
+        .filter_map(|u| match u {
+            Update::Message(m) if m.outgoing && told_sent.contains(&m.id()) => Some(m.text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(sent_texts.len() >= first.len(), "{}", sent_texts.len());
+    assert!(sent_texts.iter().all(|t| arrived.contains(t)));
+    delivered_to_all(&mut alice, &dm("bob"), "crash ", 500, &["bob"]).await;
     assert_eq!(
-        history_after_restart(bob, &relay, &dm("alice"), "").await,
-        everything
+        history_after_restart(bob, &relay, &dm("alice"), "crash ").await,
+        texts
     );
-    // What the kill cost today (until the durable outbox).
-    eprintln!("case (e): {} of 500 arrived", arrived.len());
+    // How many the kill caught before their `Sent` (sent again after).
+    eprintln!(
+        "case (e): {} of 500 told Sent before the kill",
+        sent_texts.len()
+    );
 }
 
 /// Case (f): the relay's database on a disk that fills up while alice
@@ -381,6 +529,9 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_the_relay_recovers_by_itse
         alice.send(dm("bob"), text);
     }
     barrier(&mut alice, Via::Relay).await;
+    // Bob's receipts for them are in before the disk fills (a receipt the
+    // relay refuses is not sent again today).
+    delivered_to_all(&mut alice, &dm("bob"), "disk before ", 20, &["bob"]).await;
 
     disk.fill();
     for i in 0..5 {
@@ -411,8 +562,27 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_the_relay_recovers_by_itse
         "{:#?}",
         alice.seen
     );
+    // Each refused one shows failed, with why.
+    let why = DeliveryState::Failed("could not store the message (Internal)".to_owned());
+    let failed: HashSet<MessageId> = alice
+        .seen
+        .iter()
+        .filter_map(|u| match u {
+            Update::Delivery { id, delivery, .. } if delivery.state == why => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 5, "{:#?}", alice.seen);
 
-    receive(&mut bob, &dm("alice"), "disk after ", after.len(), None).await;
+    receive(
+        &mut bob,
+        &dm("alice"),
+        "disk after ",
+        after.len(),
+        None,
+        &mut [&mut alice],
+    )
+    .await;
     let mut expected = before.clone();
     expected.extend(after);
     assert_eq!(shown_in(&bob, &dm("alice"), "disk "), expected);
@@ -426,6 +596,7 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_the_relay_recovers_by_itse
         .collect();
     assert_eq!(missing, [5], "{:#?}", bob.seen);
     assert!(!bob.saw(|u| matches!(u, Update::Rejected { .. } | Update::NotForYou { .. })));
+    delivered_to_all(&mut alice, &dm("bob"), "disk after ", 20, &["bob"]).await;
     assert_eq!(
         history_after_restart(bob, &relay.address, &dm("alice"), "disk ").await,
         expected

@@ -88,6 +88,15 @@ impl World {
     /// Each peer loads its own copy of the identity, so that its count of
     /// RSA decryptions is its own (tests run in parallel).
     async fn join(&self, name: &str) -> Peer {
+        self.join_with(name, |_| {}).await
+    }
+
+    /// [`World::join`], with the session's configuration adjusted.
+    async fn join_with(
+        &self,
+        name: &str,
+        adjust: impl FnOnce(&mut sotto_client::session::Config),
+    ) -> Peer {
         let dir = self.temp.path().join(name);
         let identity = Identity::load(
             &sotto_testkit::testdata().join(format!("identities/{name}.sotto-id")),
@@ -101,7 +110,7 @@ impl World {
         )
         .await
         .unwrap();
-        Peer::connect(account, &self.hostile.address).await
+        Peer::connect_with(account, &self.hostile.address, adjust).await
     }
 }
 
@@ -1193,4 +1202,257 @@ async fn measure_presence_flood() {
         rss_before / 1024,
         peak_rss_kib() / 1024
     );
+}
+
+// 19. P13 (receipts): a delivery receipt is the recipient's own word. The
+// relay withholds bob's receipts: alice's message stays "sent" for bob and
+// is delivered only to carol; passing carol's receipt off as bob's is
+// rejected; replaying one changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s19_receipts_cannot_be_forged_withheld_unnoticed_or_passed_off() {
+    use sotto_client::session::{Delivery, MessageId};
+    let (w, mut alice, mut bob, mut carol) = alice_bob_carol().await;
+    let delivered = |alice: &Peer, id: MessageId| -> Vec<String> {
+        alice
+            .seen
+            .iter()
+            .filter_map(|u| match u {
+                Update::Delivery {
+                    id: i,
+                    delivery: Delivery { delivered, .. },
+                    ..
+                } if *i == id => Some(delivered.iter().map(|n| n.to_string()).collect()),
+                _ => None,
+            })
+            .next_back()
+            .unwrap_or_default()
+    };
+    // Honest: both receipts come.
+    alice.send(lobby(), "to both");
+    bob.expect_message(&lobby(), "to both").await;
+    carol.expect_message(&lobby(), "to both").await;
+    let first = sent_id(&mut alice, "to both").await;
+    while delivered(&alice, first).len() < 2 {
+        alice.expect(|u| matches!(u, Update::Delivery { .. })).await;
+    }
+
+    // Bob's receipts (direct messages from bob to alice: bob sends her
+    // nothing else) are dropped on their way down to alice.
+    let from_bob_to_alice = |frame: &hostile::Frame| {
+        matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, to: Destination::User(_), body, .. })
+            if from.as_str() == "bob" && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+    };
+    w.hostile
+        .rule(Rule::down("alice").when(from_bob_to_alice).then(Act::Drop));
+    alice.send(lobby(), "to both again");
+    bob.expect_message(&lobby(), "to both again").await;
+    carol.expect_message(&lobby(), "to both again").await;
+    let second = sent_id(&mut alice, "to both again").await;
+    while delivered(&alice, second).is_empty() {
+        alice.expect(|u| matches!(u, Update::Delivery { .. })).await;
+    }
+    assert_eq!(delivered(&alice, second), ["carol"]);
+
+    // Carol's next receipt is passed off as bob's: rejected, bob is not
+    // marked; the next one of carol's, replayed, changes nothing.
+    let from_carol_to_alice = |frame: &hostile::Frame| {
+        matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, to: Destination::User(_), body, .. })
+            if from.as_str() == "carol" && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+    };
+    w.hostile.rule(
+        Rule::down("alice")
+            .when(from_carol_to_alice)
+            .take(1)
+            .then(Act::Rewrite(Box::new(|frame| match frame {
+                hostile::Frame::Relay(RelayFrame::Deliver {
+                    delivery,
+                    to,
+                    body,
+                    slot,
+                    ..
+                }) => {
+                    vec![hostile::Frame::Relay(RelayFrame::Deliver {
+                        delivery,
+                        from: user("bob"),
+                        to,
+                        body,
+                        slot,
+                    })]
+                }
+                other => vec![other],
+            }))),
+    );
+    alice.send(lobby(), "third");
+    bob.expect_message(&lobby(), "third").await;
+    carol.expect_message(&lobby(), "third").await;
+    alice
+        .expect(|u| matches!(u, Update::Rejected { from, .. } if from == "bob"))
+        .await;
+    let third = sent_id(&mut alice, "third").await;
+    w.hostile.rule(
+        Rule::down("alice")
+            .when(from_carol_to_alice)
+            .take(1)
+            .then(Act::Duplicate),
+    );
+    alice.send(lobby(), "fourth");
+    carol.expect_message(&lobby(), "fourth").await;
+    let fourth = sent_id(&mut alice, "fourth").await;
+    while delivered(&alice, fourth).is_empty() {
+        alice.expect(|u| matches!(u, Update::Delivery { .. })).await;
+    }
+    barrier(&mut alice, Via::message(&carol, lobby(), "carol is done")).await;
+    assert_eq!(delivered(&alice, first), ["bob", "carol"]);
+    assert_eq!(delivered(&alice, second), ["carol"]);
+    assert!(delivered(&alice, third).is_empty(), "{:#?}", alice.seen);
+    assert_eq!(delivered(&alice, fourth), ["carol"]);
+}
+
+/// The id of the message `text` that `peer` sent (waiting for it to be
+/// sealed if need be).
+async fn sent_id(peer: &mut Peer, text: &str) -> sotto_client::session::MessageId {
+    let mine = |u: &Update| matches!(u, Update::Message(m) if m.outgoing && m.text == text);
+    let found = match peer.seen.iter().find(|u| mine(u)) {
+        Some(update) => update.clone(),
+        None => peer.expect(mine).await,
+    };
+    let Update::Message(message) = found else {
+        unreachable!()
+    };
+    message.id()
+}
+
+// 20. P5 (withheld tail): withholds the end of a direct conversation and of
+// a room conversation (the last two messages of each) while everything
+// else flows. Nothing follows them, yet bob is told two messages are
+// missing in each, within a bound (alice's heartbeat, here after 1 s),
+// and alice sees them not delivered to bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s20_a_withheld_tail_is_reported_to_both_within_a_bound() {
+    let w = world().await;
+    let fast = |config: &mut sotto_client::session::Config| {
+        config.limits.heartbeat = std::time::Duration::from_secs(1);
+    };
+    let mut alice = w.join_with("alice", fast).await;
+    let mut bob = w.join_with("bob", fast).await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    for chat in [dm("bob"), lobby()] {
+        let arrives_in = if chat == lobby() {
+            lobby()
+        } else {
+            dm("alice")
+        };
+        barrier(
+            &mut bob,
+            Via::message(&alice, chat.clone(), &format!("settled in {chat}")),
+        )
+        .await;
+        // The next two messages from alice to bob in this chat never come.
+        let room = chat == lobby();
+        w.hostile.rule(
+            Rule::down("bob")
+                .when(move |frame| {
+                    matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, to, body, .. })
+                        if from.as_str() == "alice"
+                            && matches!(to, Destination::Room(_)) == room
+                            && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+                })
+                .take(2)
+                .then(Act::Drop),
+        );
+        for text in ["tail 1", "tail 2"] {
+            alice.send(chat.clone(), &format!("{text} in {chat}"));
+        }
+        bob.expect(|u| {
+            matches!(u, Update::Missing { chat: c, from, count: 2 } if *c == arrives_in && from == "alice")
+        })
+        .await;
+        for text in ["tail 1", "tail 2"] {
+            assert!(
+                !bob.saw(shown(&format!("{text} in {chat}"))),
+                "{:#?}",
+                bob.seen
+            );
+            let id = sent_id(&mut alice, &format!("{text} in {chat}")).await;
+            let delivered = alice.seen.iter().any(|u| {
+                matches!(u, Update::Delivery { chat: c, id: i, delivery } if *c == chat && *i == id && !delivery.delivered.is_empty())
+            });
+            assert!(
+                !delivered,
+                "{text} in {chat} shows delivered: {:#?}",
+                alice.seen
+            );
+        }
+    }
+}
+
+// 21. Availability (a lost key): drops alice's announcement of her new
+// session in a room to bob. Bob holds her message, asks her for the key
+// (an authenticated key request), she sends the announcement again, and
+// bob reads it within a bound. A relay that drops the requests too leaves
+// bob told the messages could not be opened, and alice sees them not
+// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s21_a_dropped_announcement_is_asked_for_again() {
+    let w = world().await;
+    let patient = |config: &mut sotto_client::session::Config| {
+        config.limits.key_request = std::time::Duration::from_secs(1);
+        config.limits.held_for = std::time::Duration::from_secs(4);
+    };
+    let mut alice = w.join_with("alice", patient).await;
+    let mut bob = w.join_with("bob", patient).await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    // Bob's key request for alice travels in their direct conversation:
+    // set it up first (announcements both ways).
+    barrier(&mut alice, Via::message(&bob, dm("alice"), "hello alice")).await;
+    barrier(&mut bob, Via::message(&alice, dm("bob"), "hello bob")).await;
+    let announcement_in = |room: &'static str| {
+        move |frame: &hostile::Frame| {
+            matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, body, .. })
+                if from.as_str() == "alice"
+                    && matches!(PeerBody::decode(body), Ok(PeerBody::Announcement(a))
+                        if a.context.conversation == Conversation::room(room)))
+        }
+    };
+    for (room_name, drop_requests) in [("r2", false), ("r3", true)] {
+        for peer in [&mut alice, &mut bob] {
+            peer.command(Command::Join(room(room_name)));
+            peer.expect(|u| matches!(u, Update::Joined { room } if room.as_str() == room_name))
+                .await;
+        }
+        alice.expect_members(room_name, &["alice", "bob"]).await;
+        w.hostile.rule(
+            Rule::down("bob")
+                .when(announcement_in(room_name))
+                .take(1)
+                .then(Act::Drop),
+        );
+        if drop_requests {
+            // Every message bob sends alice from now on: his requests.
+            w.hostile.rule(
+                Rule::down("alice")
+                    .when(|frame| {
+                        matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, to: Destination::User(_), body, .. })
+                            if from.as_str() == "bob" && matches!(PeerBody::decode(body), Ok(PeerBody::Message(_))))
+                    })
+                    .then(Act::Drop),
+            );
+        }
+        let text = format!("after a lost key in {room_name}");
+        let chat = sotto_client::session::Chat::Room(room(room_name));
+        alice.send(chat.clone(), &text);
+        if drop_requests {
+            // Given up after `held_for`, with a notice naming alice.
+            bob.expect(|u| matches!(u, Update::Rejected { from, .. } if from == "alice"))
+                .await;
+            assert!(!bob.saw(shown(&text)), "{:#?}", bob.seen);
+            let id = sent_id(&mut alice, &text).await;
+            let delivered = alice.seen.iter().any(|u| {
+                matches!(u, Update::Delivery { chat: c, id: i, delivery } if *c == chat && *i == id && !delivery.delivered.is_empty())
+            });
+            assert!(!delivered, "{:#?}", alice.seen);
+        } else {
+            bob.expect_message(&chat, &text).await;
+        }
+    }
 }

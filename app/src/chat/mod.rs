@@ -16,11 +16,12 @@ use sotto_client::account::Account;
 use sotto_client::commands;
 use sotto_client::safe_text::multiline as visible;
 use sotto_client::session::{
-    self, Chat as Conversation, Command, Connection, Controller, TrustLevel, Update,
+    self, Chat as Conversation, Command, Connection, Controller, MessageId, TrustLevel, Update,
 };
 use sotto_client::ui::{self};
 
 mod composer;
+mod delivery;
 mod updates;
 mod view;
 
@@ -39,6 +40,10 @@ pub mod ids {
 
 /// What the chat window does.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a message lives only while iced hands it to `update`; boxing the session's updates would allocate once more for each"
+)]
 pub enum Message {
     /// Something from session number `.0`.
     Session(u64, Update),
@@ -73,6 +78,9 @@ pub enum Message {
     Scrolled(scrollable::Viewport),
     /// Show the newest messages.
     Newest,
+    /// Show (or hide again) how far a message of yours in the current
+    /// conversation got: who has it, who not yet, who will not get it.
+    Details(MessageId),
     /// A second passed (countdowns).
     Tick,
     /// While waiting to reconnect, try the relay again now.
@@ -172,6 +180,8 @@ pub struct Chat {
     status: Option<(Tone, String)>,
     /// The newest position seen: notices go after it.
     last_position: (u64, u32),
+    /// The message of yours whose delivery details are shown, if any.
+    details: Option<(Conversation, MessageId)>,
     focused: bool,
     /// Per room, the presence changes of one kind shown as one notice
     /// while nothing else comes between them.
@@ -228,6 +238,7 @@ impl Chat {
             join_field: String::new(),
             status: None,
             last_position: (0, 0),
+            details: None,
             focused: true,
             presence: HashMap::new(),
         }
@@ -471,6 +482,10 @@ impl Chat {
                     thread.timeline.follow();
                 }
                 return Action::Run(to_newest());
+            }
+            Message::Details(id) => {
+                let shown = self.selected().map(|chat| (chat, id));
+                self.details = if self.details == shown { None } else { shown };
             }
             Message::Tick => {
                 if self.retry_at.is_some_and(|at| at <= Instant::now()) {

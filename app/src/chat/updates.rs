@@ -167,6 +167,12 @@ impl Chat {
                 }
             }
             Update::Presence { room, name, change } => self.presence_notice(room, name, change),
+            // Drawn beside the message's time; found by its id.
+            Update::Delivery { chat, id, delivery } => {
+                if let Some(thread) = self.threads.get_mut(&chat) {
+                    thread.timeline.set_delivery(id, delivery);
+                }
+            }
             Update::Message(message) => {
                 let chat = message.chat.clone();
                 let from = message.from.clone();
@@ -330,6 +336,11 @@ impl Chat {
         let Some((head, reason)) = error.split_once(": ") else {
             return;
         };
+        if reason.starts_with("not delivered: ") {
+            // About a message already shown (the relay refused it): its
+            // `Update::Delivery` marks it failed.
+            return;
+        }
         let chat = if let Some(room) = head.strip_prefix('#') {
             room.parse::<RoomName>().ok().map(Conversation::Room)
         } else if let Some(user) = head.strip_prefix('@') {

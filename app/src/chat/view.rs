@@ -18,6 +18,7 @@ use sotto_client::session::{Chat as Conversation, Connection};
 use sotto_client::ui::words;
 
 use super::composer::composer_keys;
+use super::delivery;
 use super::{Chat, Message, Pending, ids};
 
 impl Chat {
@@ -228,17 +229,21 @@ impl Chat {
             .on_scroll(Message::Scrolled)
             .height(Fill)
             .width(Fill);
-        let mut body = column![header, timeline].spacing(8);
+        // The jump button and the status line come and go inside one
+        // column of their own: the composer stays the same child of the
+        // body, so it keeps its state (the cursor, the focus) when they do.
+        let mut notes = Column::new().spacing(8);
         if thread.is_some_and(|thread| !thread.timeline.is_following()) {
-            body = body.push(
+            notes = notes.push(
                 button(text("Jump to the newest messages").size(13))
                     .style(button::secondary)
                     .on_press(Message::Newest),
             );
         }
         if let Some((tone, status)) = &self.status {
-            body = body.push(text(visible(status)).size(13).style(tone_style(*tone)));
+            notes = notes.push(text(visible(status)).size(13).style(tone_style(*tone)));
         }
+        let mut body = column![header, timeline, notes].spacing(8);
         let can_send = self.view.context.current.is_some() && self.controller.is_some();
         body = body.push(
             row![
@@ -282,12 +287,34 @@ impl Chat {
                         .size(11)
                         .style(text::secondary),
                 );
+                if let Some(got) = &message.delivery {
+                    // How far it got, beside the time (see `delivery`).
+                    let (label, look) = delivery::mark(got);
+                    head = head.push(delivery::mark_button(
+                        label,
+                        look,
+                        delivery::details(got),
+                        Message::Details(message.id()),
+                    ));
+                }
                 if message.late {
                     head = head.push(text("arrived late").size(11).style(text::secondary));
                 }
-                column![head, text(visible(&message.text))]
-                    .spacing(2)
-                    .into()
+                let mut lines = column![head, text(visible(&message.text))].spacing(2);
+                if let Some(got) = &message.delivery {
+                    for (line, look) in delivery::warnings(got) {
+                        lines = lines.push(text(line).size(11).style(delivery::style(look)));
+                    }
+                    if self
+                        .details
+                        .as_ref()
+                        .is_some_and(|(chat, id)| *id == message.id() && self.is_current(chat))
+                    {
+                        lines = lines
+                            .push(text(delivery::details(got)).size(11).style(text::secondary));
+                    }
+                }
+                lines.into()
             }
             Entry::Notice(notice) => row![
                 text(clock(notice.at_ms)).size(11).style(text::secondary),
@@ -301,24 +328,34 @@ impl Chat {
     }
 
     /// A message written here that the session has not reported sent:
-    /// greyed, with what is known of it.
+    /// greyed, marked pending as a message the relay has not accepted is
+    /// (or not sent, with why), with what is known of it.
     fn pending<'a>(&'a self, pending: &'a Pending) -> Element<'a, Message> {
-        let state = match (&pending.failed, &self.connection) {
-            (Some(reason), _) => text(format!("not sent: {}", visible(reason))).style(text::danger),
-            (None, Connection::Connected { .. }) => text("sending…").style(text::secondary),
-            (None, _) => text("not sent yet: waiting for the connection").style(text::secondary),
+        let (mark, state) = match (&pending.failed, &self.connection) {
+            (Some(reason), _) => (
+                text(delivery::FAILED).style(text::danger),
+                Some(text(format!("not sent: {}", visible(reason))).style(text::danger)),
+            ),
+            (None, Connection::Connected { .. }) => {
+                (text(delivery::PENDING).style(text::secondary), None)
+            }
+            (None, _) => (
+                text(delivery::PENDING).style(text::secondary),
+                Some(text("not sent yet: waiting for the connection").style(text::secondary)),
+            ),
         };
-        column![
-            row![
-                text(self.me().as_str()).font(BOLD).style(text::secondary),
-                state.size(11)
-            ]
-            .spacing(8)
-            .align_y(Alignment::Center),
-            text(visible(&pending.text)).style(text::secondary),
+        let mut head = row![
+            text(self.me().as_str()).font(BOLD).style(text::secondary),
+            mark.size(11)
         ]
-        .spacing(2)
-        .into()
+        .spacing(8)
+        .align_y(Alignment::Center);
+        if let Some(state) = state {
+            head = head.push(state.size(11));
+        }
+        column![head, text(visible(&pending.text)).style(text::secondary)]
+            .spacing(2)
+            .into()
     }
 
     fn member_list(&self, room: &RoomName) -> Element<'_, Message> {

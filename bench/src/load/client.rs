@@ -9,7 +9,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sotto_crypto::Identity;
 use sotto_proto::codec::PREFIX_LEN;
-use sotto_proto::codec::fast::split_frame;
+use sotto_proto::codec::fast::{RelayView, peek_relay, split_frame};
+use sotto_proto::frame::index;
 use sotto_proto::{
     ClientFrame, Destination, RelayAddress, RelayFrame, RoomName, UserName, decode_payload,
     encode_frame,
@@ -70,17 +71,25 @@ impl Conn {
         Ok(decode_payload(&payload)?)
     }
 
-    /// Reads relay frames until `want` matches one; an error frame fails.
-    async fn expect_relay(
-        &mut self,
-        want: impl Fn(&RelayFrame) -> bool,
-    ) -> Result<RelayFrame, BoxError> {
+    /// Reads relay frames until one of variant `want` ([`index::relay`]);
+    /// an error frame fails. Frames are told apart by their variant only,
+    /// as both relays' frames are read (the in-memory relay's `Joined`
+    /// does not decode with today's `Member`).
+    async fn expect_relay(&mut self, want: u32) -> Result<(), BoxError> {
         loop {
-            let frame = self.next_relay().await?;
-            if want(&frame) {
-                return Ok(frame);
+            let payload = self.next_payload().await?;
+            let got = match peek_relay(&payload) {
+                Some(RelayView::Deliver(_)) => index::relay::DELIVER,
+                Some(RelayView::Sent { .. }) => index::relay::SENT,
+                Some(RelayView::Other { index }) => index,
+                None => return Err("the relay sent a frame that does not parse".into()),
+            };
+            if got == want {
+                return Ok(());
             }
-            if let RelayFrame::Error { code, message, .. } = frame {
+            if got == index::relay::ERROR
+                && let Ok(RelayFrame::Error { code, message, .. }) = decode_payload(&payload)
+            {
                 return Err(format!("relay refused: {code:?}: {message}").into());
             }
         }
@@ -118,7 +127,7 @@ pub(crate) async fn connect(
         buf: BytesMut::with_capacity(4096),
     };
     match proto {
-        Proto::Relay => {
+        Proto::Relay | Proto::InMemory => {
             let RelayFrame::Challenge { nonce } = conn.next_relay().await? else {
                 return Err("the relay did not open with a challenge".into());
             };
@@ -135,14 +144,12 @@ pub(crate) async fn connect(
                 proof: Bytes::from(proof),
             };
             conn.write(&encode_frame(&register)?).await?;
-            conn.expect_relay(|f| matches!(f, RelayFrame::Registered { .. }))
-                .await?;
+            conn.expect_relay(index::relay::REGISTERED).await?;
             if join {
                 let room = RoomName::try_from(ROOM)?;
                 conn.write(&encode_frame(&ClientFrame::Join { room })?)
                     .await?;
-                conn.expect_relay(|f| matches!(f, RelayFrame::Joined { .. }))
-                    .await?;
+                conn.expect_relay(index::relay::JOINED).await?;
             }
         }
         Proto::Forwarder => {

@@ -1,6 +1,10 @@
 //! The traffic phase: one sender task per sending client (closed or open
 //! loop, see the parent module), one reader task per client, and what they
 //! measured ([`Outcome`]).
+//!
+//! Each reader acknowledges every delivery with an id (the relay stores
+//! each until then) in one write per read, on the connection's writer,
+//! which it shares with the connection's sender, if any, behind a lock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,14 +14,14 @@ use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Clock, Conn, Window, nanos};
 use crate::BoxError;
 use crate::target::{Target, Usage};
-use crate::wire::{Incoming, Proto, Template, body_header, parse};
+use crate::wire::{FIRST_ID, Incoming, Proto, Template, body_header, parse, put_ack};
 use sotto_proto::codec::fast::split_frame;
 
 /// Read buffer growth step.
@@ -55,6 +59,8 @@ pub(crate) struct Traffic {
     pub(crate) duration: Duration,
     /// Longest wait for in-flight frames after the senders stop.
     pub(crate) drain: Duration,
+    /// Whether readers acknowledge deliveries.
+    pub(crate) ack: bool,
 }
 
 /// What a traffic phase measured.
@@ -78,6 +84,10 @@ pub(crate) struct Outcome {
     pub(crate) bench: (Usage, Usage),
     /// Connections that closed during the phase.
     pub(crate) lost: usize,
+    /// `Sent` frames (forwarder acks) received inside the window.
+    pub(crate) sent_frames: u64,
+    /// `Error` and `Undelivered` frames received during the phase.
+    pub(crate) refused: u64,
 }
 
 /// Per-sender progress, shared with the readers.
@@ -85,14 +95,22 @@ pub(crate) struct Outcome {
 struct Flow {
     /// Deliveries of this sender's messages received so far.
     delivered: AtomicU64,
-    /// Woken when `delivered` grows.
+    /// This sender's messages the target has accepted so far: covered by
+    /// a (cumulative) `Sent`, or forwarder acks.
+    accepted: AtomicU64,
+    /// Woken when `delivered` or `accepted` grows.
     wake: Notify,
 }
+
+/// A connection's writer, shared by its sender and its reader (acks).
+type Writer = Arc<Mutex<WriteHalf<TlsStream<TcpStream>>>>;
 
 struct ReadResult {
     latency: Histogram<u64>,
     delivered_in_window: u64,
     stamped_in_window: u64,
+    sent_frames: u64,
+    refused: u64,
     closed: bool,
 }
 
@@ -100,7 +118,6 @@ struct SendResult {
     in_window: u64,
     scheduled_in_window: u64,
     total: u64,
-    _writer: WriteHalf<TlsStream<TcpStream>>,
 }
 
 fn histogram() -> Result<Histogram<u64>, BoxError> {
@@ -126,19 +143,26 @@ pub(crate) async fn run_traffic(
     };
     let stop = CancellationToken::new();
 
-    let mut writers: Vec<Option<WriteHalf<_>>> = Vec::with_capacity(conns.len());
+    let mut writers: Vec<Writer> = Vec::with_capacity(conns.len());
     let mut readers = Vec::with_capacity(conns.len());
-    for conn in conns {
+    for (index, conn) in conns.into_iter().enumerate() {
         let (reader, writer) = tokio::io::split(conn.stream);
-        writers.push(Some(writer));
+        let writer = Arc::new(Mutex::new(writer));
+        writers.push(Arc::clone(&writer));
+        let own = traffic.senders.iter().position(|s| s.conn == index);
         readers.push(tokio::spawn(read_loop(
+            Reading {
+                proto,
+                ack: traffic.ack,
+                own,
+                flows: Arc::clone(&flows),
+                window,
+                clock,
+                stop: stop.clone(),
+            },
             reader,
             conn.buf,
-            proto,
-            Arc::clone(&flows),
-            window,
-            clock,
-            stop.clone(),
+            writer,
         )));
     }
 
@@ -158,9 +182,9 @@ pub(crate) async fn run_traffic(
     let mut senders = Vec::with_capacity(traffic.senders.len());
     for (index, sender) in traffic.senders.iter().enumerate() {
         let writer = writers
-            .get_mut(sender.conn)
-            .and_then(Option::take)
-            .ok_or("two senders on one connection")?;
+            .get(sender.conn)
+            .cloned()
+            .ok_or("a sender without a connection")?;
         let job = SendJob {
             writer,
             template: sender.template.clone(),
@@ -187,13 +211,11 @@ pub(crate) async fn run_traffic(
     let mut sent = 0;
     let mut scheduled = 0;
     let mut total_sent = 0;
-    let mut kept = Vec::new();
     for sender in senders {
         let result = sender.await?;
         sent += result.in_window;
         scheduled += result.scheduled_in_window;
         total_sent += result.total;
-        kept.push(result);
     }
     pacer_stop.store(true, Ordering::Relaxed);
     let expected = total_sent * traffic.fanout;
@@ -212,14 +234,16 @@ pub(crate) async fn run_traffic(
     let mut delivered = 0;
     let mut stamped = 0;
     let mut lost = 0;
+    let (mut sent_frames, mut refused) = (0, 0);
     for reader in readers {
         let result = reader.await??;
         latency.add(&result.latency)?;
         delivered += result.delivered_in_window;
         stamped += result.stamped_in_window;
+        sent_frames += result.sent_frames;
+        refused += result.refused;
         lost += usize::from(result.closed);
     }
-    drop(kept);
     drop(writers);
     Ok(Outcome {
         secs: traffic.duration.as_secs_f64(),
@@ -231,33 +255,80 @@ pub(crate) async fn run_traffic(
         target: target_usage,
         bench: bench_usage,
         lost,
+        sent_frames,
+        refused,
     })
 }
 
-async fn read_loop(
-    mut reader: ReadHalf<TlsStream<TcpStream>>,
-    mut buf: BytesMut,
+/// What a reader needs besides its connection.
+struct Reading {
     proto: Proto,
+    /// Whether to acknowledge deliveries.
+    ack: bool,
+    /// The flow of this connection's own sender, if it sends.
+    own: Option<usize>,
     flows: Arc<[Flow]>,
     window: Window,
     clock: Clock,
     stop: CancellationToken,
+}
+
+async fn read_loop(
+    ctx: Reading,
+    mut reader: ReadHalf<TlsStream<TcpStream>>,
+    mut buf: BytesMut,
+    writer: Writer,
 ) -> Result<ReadResult, BoxError> {
+    let Reading {
+        proto,
+        ack,
+        own,
+        flows,
+        window,
+        clock,
+        stop,
+    } = ctx;
     let mut result = ReadResult {
         latency: histogram()?,
         delivered_in_window: 0,
         stamped_in_window: 0,
+        sent_frames: 0,
+        refused: 0,
         closed: false,
     };
     let mut local = vec![0u64; flows.len()];
     let mut touched: Vec<usize> = Vec::new();
+    let mut acks = BytesMut::with_capacity(4096);
     loop {
         let now = clock.now();
         let mut rest: &[u8] = &buf;
+        let mut accepted = None;
         while let Some((payload, tail)) = split_frame(rest)? {
             rest = tail;
-            let Incoming::Deliver(body) = parse(proto, payload) else {
-                continue;
+            let body = match parse(proto, payload) {
+                Incoming::Deliver { delivery, body } => {
+                    if ack && delivery != 0 {
+                        put_ack(&mut acks, delivery);
+                    }
+                    body
+                }
+                Incoming::Ack(id) => {
+                    if window.contains(now) {
+                        result.sent_frames += 1;
+                    }
+                    let before = accepted.unwrap_or(0);
+                    accepted = Some(match id {
+                        // Cumulative: every send up to `id`.
+                        Some(id) => before.max(id.saturating_sub(FIRST_ID) + 1),
+                        None => before + 1,
+                    });
+                    continue;
+                }
+                Incoming::Refused => {
+                    result.refused += 1;
+                    continue;
+                }
+                Incoming::Other => continue,
             };
             let Some((stamp, who)) = body_header(body) else {
                 continue;
@@ -281,6 +352,25 @@ async fn read_loop(
         }
         let consumed = buf.len() - rest.len();
         buf.advance(consumed);
+        if !acks.is_empty() {
+            // Every delivery of this read acknowledged in one write, as a
+            // client does once it has stored the read's messages.
+            let mut writer = writer.lock().await;
+            if writer.write_all(&acks).await.is_err() || writer.flush().await.is_err() {
+                result.closed = !stop.is_cancelled();
+                break;
+            }
+            acks.clear();
+        }
+        if let (Some(accepted), Some(flow)) = (accepted, own.and_then(|own| flows.get(own))) {
+            match proto {
+                Proto::Forwarder => flow.accepted.fetch_add(accepted, Ordering::Release),
+                Proto::Relay | Proto::InMemory => {
+                    flow.accepted.fetch_max(accepted, Ordering::Release)
+                }
+            };
+            flow.wake.notify_one();
+        }
         for who in touched.drain(..) {
             if let (Some(count), Some(flow)) = (local.get_mut(who), flows.get(who)) {
                 flow.delivered.fetch_add(*count, Ordering::Release);
@@ -306,8 +396,17 @@ async fn read_loop(
     Ok(result)
 }
 
+/// Messages of a sender still in flight: of the `total` it sent, those
+/// not yet accepted (`accepted` so far) or not yet delivered to all
+/// `fanout` recipients (`delivered` deliveries so far, any order).
+fn in_flight(total: u64, fanout: u64, delivered: u64, accepted: u64) -> u64 {
+    let fanout = fanout.max(1);
+    let undelivered = (total * fanout).saturating_sub(delivered).div_ceil(fanout);
+    undelivered.max(total.saturating_sub(accepted))
+}
+
 struct SendJob {
-    writer: WriteHalf<TlsStream<TcpStream>>,
+    writer: Writer,
     template: Template,
     flows: Arc<[Flow]>,
     index: usize,
@@ -320,12 +419,15 @@ struct SendJob {
 
 impl SendJob {
     async fn write(&mut self, out: &[u8]) -> bool {
-        self.writer.write_all(out).await.is_ok() && self.writer.flush().await.is_ok()
+        let mut writer = self.writer.lock().await;
+        writer.write_all(out).await.is_ok() && writer.flush().await.is_ok()
     }
 
-    /// Keeps `window` messages in flight until the window ends.
+    /// Keeps `window` messages in flight until the window ends: a message
+    /// is in flight until the target has accepted it (`Sent`) and every
+    /// delivery of it arrived.
     async fn closed(mut self, window: u64) -> SendResult {
-        let cap = window.max(1) * self.fanout;
+        let window = window.max(1);
         let mut out =
             Vec::with_capacity(self.template.len() * usize::try_from(self.batch).unwrap_or(1));
         let (mut total, mut in_window) = (0u64, 0u64);
@@ -338,9 +440,13 @@ impl SendJob {
                 if now >= self.window.end {
                     break;
                 }
-                let done = flow.delivered.load(Ordering::Acquire);
-                let in_flight = (total * self.fanout).saturating_sub(done);
-                let room = cap.saturating_sub(in_flight) / self.fanout;
+                let in_flight = in_flight(
+                    total,
+                    self.fanout,
+                    flow.delivered.load(Ordering::Acquire),
+                    flow.accepted.load(Ordering::Acquire),
+                );
+                let room = window.saturating_sub(in_flight);
                 if room == 0 {
                     tokio::select! {
                         () = flow.wake.notified() => continue,
@@ -349,8 +455,8 @@ impl SendJob {
                 }
                 let n = room.min(self.batch);
                 out.clear();
-                for _ in 0..n {
-                    self.template.append(&mut out, now);
+                for k in total..total + n {
+                    self.template.append(&mut out, now, FIRST_ID + k);
                 }
                 if !self.write(&out).await {
                     break;
@@ -365,7 +471,6 @@ impl SendJob {
             in_window,
             scheduled_in_window: in_window,
             total,
-            _writer: self.writer,
         }
     }
 
@@ -400,7 +505,7 @@ impl SendJob {
                 out.clear();
                 for k in total..total + n {
                     let stamp = schedule(k);
-                    self.template.append(&mut out, stamp);
+                    self.template.append(&mut out, stamp, FIRST_ID + k);
                     if self.window.contains(stamp) {
                         in_window += 1;
                     }
@@ -421,7 +526,27 @@ impl SendJob {
             in_window,
             scheduled_in_window,
             total,
-            _writer: self.writer,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_flight;
+
+    #[test]
+    fn a_message_is_in_flight_until_accepted_and_delivered() {
+        // Nothing back yet.
+        assert_eq!(in_flight(10, 1, 0, 0), 10);
+        // Delivered but not yet covered by a Sent, and the reverse.
+        assert_eq!(in_flight(10, 1, 10, 4), 6);
+        assert_eq!(in_flight(10, 1, 3, 10), 7);
+        // A cumulative Sent covering everything and every delivery in.
+        assert_eq!(in_flight(10, 1, 10, 10), 0);
+        // Fan-out: a message with one delivery missing is still in flight.
+        assert_eq!(in_flight(4, 31, 4 * 31 - 1, 4), 1);
+        assert_eq!(in_flight(4, 31, 4 * 31, 4), 0);
+        // More accepted or delivered than sent (never) counts nothing.
+        assert_eq!(in_flight(2, 1, 5, 5), 0);
     }
 }

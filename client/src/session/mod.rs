@@ -57,6 +57,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod connection;
+pub mod content;
 mod engine;
 
 use std::fmt;
@@ -203,6 +204,66 @@ pub struct Message {
     pub position: (u64, u32),
     /// The text.
     pub text: String,
+    /// For a message this client sent: how far it got ([`Update::Delivery`]
+    /// follows each change). `None` for a received one.
+    pub delivery: Option<Delivery>,
+}
+
+impl Message {
+    /// The message's stable id in its chat.
+    pub fn id(&self) -> MessageId {
+        MessageId {
+            sender: self.fingerprint,
+            seq: self.seq,
+        }
+    }
+}
+
+/// A message's stable id within its chat: its sender's key and the
+/// sender's sequence number in the conversation, which the sender never
+/// uses twice there, in any session (protocol.md 17.1). Shown as
+/// `FINGERPRINT-HEX:SEQ`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId {
+    /// The sender's key.
+    pub sender: Fingerprint,
+    /// The sender's sequence number in the conversation.
+    pub seq: u64,
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.sender.to_hex(), self.seq)
+    }
+}
+
+/// How far a message this client sent got. The relay can delay or drop
+/// messages, and lie about `Sent`; it cannot forge `delivered`, which
+/// comes from each recipient's own authenticated receipt (protocol.md
+/// 13.8).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Delivery {
+    /// Where it is.
+    pub state: DeliveryState,
+    /// Who it was sealed for (everyone who can read it), as named then.
+    pub recipients: Vec<UserName>,
+    /// Those of `recipients` whose receipt came: they have it stored.
+    pub delivered: Vec<UserName>,
+    /// Those the relay said it will not keep it for (their stored
+    /// messages are at its limit).
+    pub refused: Vec<UserName>,
+}
+
+/// Where a sent message is.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum DeliveryState {
+    /// Not yet accepted by the relay.
+    #[default]
+    Pending,
+    /// Accepted by the relay: stored for its recipients (the relay's word).
+    Sent,
+    /// Not accepted: why.
+    Failed(String),
 }
 
 /// The connection to the relay.
@@ -307,6 +368,16 @@ pub enum Update {
     },
     /// A message arrived or was sent.
     Message(Message),
+    /// A message this client sent got further (the relay accepted it, a
+    /// recipient's receipt came, or it failed).
+    Delivery {
+        /// Its chat.
+        chat: Chat,
+        /// Its id.
+        id: MessageId,
+        /// Where it is now.
+        delivery: Delivery,
+    },
     /// Messages of `from` in `chat` were skipped: `count` numbers between
     /// the last one received and the one that just arrived.
     Missing {

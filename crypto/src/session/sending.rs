@@ -17,9 +17,10 @@ use crate::secret::SessionKey;
 /// One recipient of a sending session.
 pub(crate) struct SlotKey {
     pub(crate) fingerprint: Fingerprint,
-    /// Kept only for [`SendingSession::export`]; the cipher is all sealing
-    /// needs, so without `hazmat` the key is wiped once the cipher exists.
-    #[cfg(feature = "hazmat")]
+    /// Kept (zeroized on drop) for [`SendingSession::announce_again`] and
+    /// [`SendingSession::export`]. Wiping it would protect little: the
+    /// cipher beside it holds the AES-256 key schedule, whose first two
+    /// round keys are the key.
     pub(crate) key: SessionKey,
     pub(crate) cipher: Aes256Gcm,
 }
@@ -29,7 +30,6 @@ impl SlotKey {
         let cipher = cipher_for(&key);
         Self {
             fingerprint,
-            #[cfg(feature = "hazmat")]
             key,
             cipher,
         }
@@ -222,6 +222,39 @@ impl SendingSession {
                 })
                 .collect(),
         }
+    }
+
+    /// A new announcement of this session to `recipient`, one of its
+    /// recipients: the same context and key, wrapped and signed afresh, so
+    /// its bytes differ from the first one's (for a recipient whose
+    /// announcement never came and who asks for it again, protocol.md
+    /// 13.8). Costs one OAEP encryption and one PSS signature.
+    pub fn announce_again<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        sender: &Identity,
+        recipient: &PublicIdentity,
+    ) -> Result<Announcement> {
+        if sender.fingerprint() != self.sender {
+            return Err(Error::InvalidParameter("not this session's sender"));
+        }
+        let Some(slot) = self
+            .recipients
+            .iter()
+            .find(|k| k.fingerprint == recipient.fingerprint())
+        else {
+            return Err(Error::InvalidParameter("not a recipient of this session"));
+        };
+        let context = SessionContext {
+            conversation: self.conversation.clone(),
+            sender: self.sender,
+            recipient: recipient.fingerprint(),
+            session_id: self.session_id,
+            epoch: self.epoch,
+            first_seq: self.first_seq,
+            created_at: self.created_at,
+        };
+        sender.announce(rng, recipient, context, &slot.key)
     }
 
     /// The session id.

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use sotto_proto::{Destination, RoomName, UserKey, UserName};
 
 use super::{
-    BODIES, BODY_REFS, INBOX, MEMBERS, META, MemberRecord, NAMES, QUEUE_STATS, ROOM_STATS, Store,
-    StoreError, db_err, decode, encode_err, now_secs,
+    BODIES, BODY_HASHES, BODY_REFS, INBOX, MEMBERS, META, MemberRecord, NAMES, QUEUE_STATS,
+    ROOM_STATS, Store, StoreError, db_err, decode, encode_err, now_secs,
 };
 
 /// A body shared by the recipients of one `Send`.
@@ -201,6 +201,7 @@ impl Store {
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut bodies = txn.open_table(BODIES).map_err(db_err)?;
         let mut refs = txn.open_table(BODY_REFS).map_err(db_err)?;
+        let mut hashes = txn.open_table(BODY_HASHES).map_err(db_err)?;
         let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
         let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
         let mut room_stats = txn.open_table(ROOM_STATS).map_err(db_err)?;
@@ -230,6 +231,16 @@ impl Store {
                         Destination::User(_) => None,
                     };
                     let body_len = delivery.body.len() as u64;
+                    // The same bytes from the same sender, still stored:
+                    // a resend of what was stored already.
+                    let hash = body_hash(delivery);
+                    if hashes.get(hash.as_slice()).map_err(db_err)?.is_some() {
+                        outcomes.push(Outcome::Deliver(Stored::Stored {
+                            delivered: Vec::new(),
+                            refused: Vec::new(),
+                        }));
+                        continue;
+                    }
                     if let Some(room) = room {
                         let (count, bytes) = tally.room(&room_stats, room)?;
                         if !delivery.recipients.is_empty()
@@ -274,8 +285,10 @@ impl Store {
                         };
                         let value = postcard::to_stdvec(&record).map_err(encode_err)?;
                         bodies.insert(body_id, value.as_slice()).map_err(db_err)?;
-                        refs.insert(body_id, (delivered.len() as u64, body_len))
+                        let (high, low) = halves(&hash);
+                        refs.insert(body_id, (delivered.len() as u64, body_len, high, low))
                             .map_err(db_err)?;
+                        hashes.insert(hash.as_slice(), body_id).map_err(db_err)?;
                         if let Some(room) = room {
                             tally.add_room(room, 1, signed(body_len));
                         }
@@ -292,7 +305,14 @@ impl Store {
                         if let Some(record) = removed {
                             tally.user(&stats, user.as_str())?;
                             tally.add_user(user.as_str(), -1, -signed(record.size));
-                            release(&mut bodies, &mut refs, &room_stats, &mut tally, record.body)?;
+                            release(
+                                &mut bodies,
+                                &mut refs,
+                                &mut hashes,
+                                &room_stats,
+                                &mut tally,
+                                record.body,
+                            )?;
                             acked += 1;
                         }
                     }
@@ -455,6 +475,7 @@ impl Store {
             let dropped = {
                 let mut bodies = txn.open_table(BODIES).map_err(db_err)?;
                 let mut refs = txn.open_table(BODY_REFS).map_err(db_err)?;
+                let mut hashes = txn.open_table(BODY_HASHES).map_err(db_err)?;
                 let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
                 let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
                 let mut room_stats = txn.open_table(ROOM_STATS).map_err(db_err)?;
@@ -472,7 +493,14 @@ impl Store {
                     inbox.remove((user.as_str(), *id)).map_err(db_err)?;
                     tally.user(&stats, user)?;
                     tally.add_user(user, -1, -signed(record.size));
-                    release(&mut bodies, &mut refs, &room_stats, &mut tally, record.body)?;
+                    release(
+                        &mut bodies,
+                        &mut refs,
+                        &mut hashes,
+                        &room_stats,
+                        &mut tally,
+                        record.body,
+                    )?;
                 }
                 tally.write_back(&mut stats, &mut room_stats)?;
                 expired.len() as u64
@@ -525,6 +553,38 @@ impl Store {
     }
 }
 
+/// What identifies a stored body for resends: SHA-256 of the sender's
+/// key, the destination, the recipients and the body, 16 bytes.
+pub(super) fn body_hash(delivery: &NewDelivery) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(delivery.from.key().as_str().as_bytes());
+    hasher.update([0]);
+    match &delivery.to {
+        Destination::Room(room) => hasher.update(room.as_str().as_bytes()),
+        Destination::User(user) => hasher.update(user.key().as_str().as_bytes()),
+    }
+    for recipient in &delivery.recipients {
+        hasher.update([0]);
+        hasher.update(recipient.name.key().as_str().as_bytes());
+    }
+    hasher.update([1]);
+    hasher.update(&delivery.body);
+    let digest: [u8; 32] = hasher.finalize().into();
+    let mut hash = [0; 16];
+    for (to, from) in hash.iter_mut().zip(digest) {
+        *to = from;
+    }
+    hash
+}
+
+/// A hash as two numbers (how [`BODY_REFS`] keeps it).
+fn halves(hash: &[u8; 16]) -> (u64, u64) {
+    let (high, low) = hash.split_at(8);
+    let number = |half: &[u8]| u64::from_be_bytes(half.try_into().unwrap_or_default());
+    (number(high), number(low))
+}
+
 /// The next id of the relay-wide counter.
 fn take(next_id: &mut u64) -> u64 {
     let id = *next_id;
@@ -540,19 +600,26 @@ fn signed(size: u64) -> i64 {
 /// Drops one recipient's hold on body `id`: the body goes with the last.
 fn release(
     bodies: &mut redb::Table<'_, u64, &[u8]>,
-    refs: &mut redb::Table<'_, u64, (u64, u64)>,
+    refs: &mut redb::Table<'_, u64, (u64, u64, u64, u64)>,
+    hashes: &mut redb::Table<'_, &[u8], u64>,
     room_stats: &redb::Table<'_, &str, (u64, u64)>,
     tally: &mut Tally,
     id: u64,
 ) -> Result<(), StoreError> {
-    let Some((held, len)) = refs.get(id).map_err(db_err)?.map(|v| v.value()) else {
+    let Some((held, len, high, low)) = refs.get(id).map_err(db_err)?.map(|v| v.value()) else {
         return Ok(());
     };
     if held > 1 {
-        refs.insert(id, (held - 1, len)).map_err(db_err)?;
+        refs.insert(id, (held - 1, len, high, low))
+            .map_err(db_err)?;
         return Ok(());
     }
     refs.remove(id).map_err(db_err)?;
+    if (high, low) != (0, 0) {
+        let mut hash = high.to_be_bytes().to_vec();
+        hash.extend_from_slice(&low.to_be_bytes());
+        hashes.remove(hash.as_slice()).map_err(db_err)?;
+    }
     if let Some(value) = bodies.remove(id).map_err(db_err)? {
         let record: BodyRecord = decode(value.value())?;
         if let Destination::Room(room) = &record.to {

@@ -30,6 +30,7 @@ mod members;
 mod names;
 
 pub use inbox::{Enqueue, NewDelivery, Outcome, Queued, Recipient, Stored, Write};
+
 pub use members::Membership;
 
 /// File name of the database in the data directory.
@@ -47,8 +48,13 @@ const NAMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("names");
 const QUEUE: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("queue");
 /// Body id -> the body shared by the recipients of one `Send`.
 const BODIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("bodies");
-/// Body id -> (recipients still holding it, body length).
-const BODY_REFS: TableDefinition<'_, u64, (u64, u64)> = TableDefinition::new("body_refs");
+/// Body id -> (recipients still holding it, body length, the two halves
+/// of its [`BODY_HASHES`] key).
+const BODY_REFS: TableDefinition<'_, u64, (u64, u64, u64, u64)> = TableDefinition::new("body_meta");
+/// A stored body's hash (its sender and bytes, 16 bytes) -> its id: a
+/// `Send` of the same bytes again (a client resending what it was not told
+/// was stored) is answered `Sent` and stored no second time.
+const BODY_HASHES: TableDefinition<'_, &[u8], u64> = TableDefinition::new("body_hashes");
 /// (recipient's key, delivery id) -> the recipient's entry (body id, slot).
 const INBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("inbox");
 /// Recipient's key -> (deliveries, bytes) stored.
@@ -345,6 +351,7 @@ impl Store {
             txn.open_table(ROOM_STATS).map_err(db_err)?;
             txn.open_table(MEMBERS).map_err(db_err)?;
             txn.open_table(BODY_REFS).map_err(db_err)?;
+            txn.open_table(BODY_HASHES).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let mut per_key = txn.open_table(NAMES_PER_KEY).map_err(db_err)?;
             // A database from before the per-key count: count once.
@@ -562,7 +569,8 @@ fn migrate_queue(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
             let body = postcard::to_stdvec(&body).map_err(encode_err)?;
             let record = postcard::to_stdvec(&record).map_err(encode_err)?;
             bodies.insert(id, body.as_slice()).map_err(db_err)?;
-            refs.insert(id, (1, body_len)).map_err(db_err)?;
+            // Moved bodies get no hash: their senders' resends are long past.
+            refs.insert(id, (1, body_len, 0, 0)).map_err(db_err)?;
             inbox
                 .insert((user, id), record.as_slice())
                 .map_err(db_err)?;

@@ -1,15 +1,17 @@
 //! What the fault-injection tests of `faults.rs` share: a recipient
 //! behind a `Proxy`, what a peer was shown, receiving with resets at given
-//! points, its history after a restart, and the relay as a process of its
-//! own (this test binary run again), to be killed with SIGKILL.
+//! points, its history after a restart, the sender's delivery states, and
+//! the relay as a process of its own (this test binary run again), to be
+//! killed with SIGKILL.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sotto_client::backoff::Backoff;
-use sotto_client::session::{Chat, Connection, Update};
+use sotto_client::session::{Chat, Connection, MessageId, Update};
 use sotto_testkit::*;
 
 /// alice connected to the relay directly, bob through a proxy, both in the
@@ -66,13 +68,15 @@ pub(crate) fn shown_in(peer: &Peer, chat: &Chat, prefix: &str) -> Vec<String> {
 /// client still reads what it had before a reset waits for the next
 /// connection), so that each cuts a live connection; those still due
 /// when the last message is shown are made then. Returns once every
-/// reset has ended its connection.
+/// reset has ended its connection. The `others` are kept going meanwhile
+/// (their updates taken as they come).
 pub(crate) async fn receive(
     peer: &mut Peer,
     chat: &Chat,
     prefix: &str,
     count: usize,
     proxy: Option<(&Proxy, &[usize])>,
+    others: &mut [&mut Peer],
 ) {
     let mut shown = shown_in(peer, chat, prefix).len();
     let reset_before = proxy.map_or(0, |(proxy, _)| proxy.stats().reset);
@@ -87,6 +91,9 @@ pub(crate) async fn receive(
             matches!(u, Update::Message(m) if !m.outgoing && m.chat == *chat && m.text.starts_with(prefix))
         })
         .await;
+        for other in others.iter_mut() {
+            other.drain();
+        }
         shown += 1;
         while resets.next_if(|&&at| at <= shown).is_some() {
             due += 1;
@@ -153,6 +160,55 @@ pub(crate) async fn history_after_restart(
         .filter(|m| !m.outgoing && m.text.starts_with(prefix))
         .map(|m| m.text)
         .collect()
+}
+
+/// Waits until the sender has been told, by each of `to`'s own receipts,
+/// that all of its `count` messages in `chat` starting with `prefix` are
+/// delivered to each of them: the sender's view matches what arrived.
+pub(crate) async fn delivered_to_all(
+    sender: &mut Peer,
+    chat: &Chat,
+    prefix: &str,
+    count: usize,
+    to: &[&str],
+) {
+    let ids: std::collections::HashSet<MessageId> = sender
+        .seen
+        .iter()
+        .filter_map(|u| match u {
+            Update::Message(m) if m.outgoing && m.chat == *chat && m.text.starts_with(prefix) => {
+                Some(m.id())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), count);
+    let done = |sender: &Peer| {
+        let mut delivered: HashMap<MessageId, usize> = HashMap::new();
+        for update in &sender.seen {
+            if let Update::Delivery {
+                chat: c,
+                id,
+                delivery,
+            } = update
+                && c == chat
+                && ids.contains(id)
+            {
+                let all = to
+                    .iter()
+                    .filter(|name| delivery.delivered.iter().any(|d| d == **name))
+                    .count();
+                let best = delivered.entry(*id).or_default();
+                *best = (*best).max(all);
+            }
+        }
+        delivered.values().filter(|n| **n == to.len()).count()
+    };
+    while done(sender) < count {
+        sender
+            .expect(|u| matches!(u, Update::Delivery { .. }))
+            .await;
+    }
 }
 
 /// No gap was reported to `peer` and nothing failed its checks.
@@ -277,6 +333,8 @@ pub(crate) async fn quick_to_return(
         relay,
         |config| {
             config.limits.reconnect = Backoff::new(short, short * 4, Duration::from_secs(60));
+            // Room for everything typed while the relay is away.
+            config.limits.outbox = 1024;
         },
     )
     .await

@@ -1,8 +1,8 @@
 //! Frames read together, stored together: every record the frames of one
 //! read batch produce (messages, receiving sessions and their windows,
 //! counters, pins) goes into one [`StoreBatch`], committed durably once;
-//! only then do the batch's acknowledgements leave and its messages show
-//! (P13: nothing acknowledged is lost).
+//! only then do the batch's acknowledgements and receipts leave and its
+//! messages show (P13: nothing acknowledged is lost).
 
 use sotto_proto::{ClientFrame, RelayFrame};
 
@@ -58,8 +58,11 @@ impl Engine {
             Ok(()) => {
                 out.frames.append(&mut produced.frames);
                 out.updates.append(&mut produced.updates);
+                // Stored now: their senders may hear so.
+                self.send_receipts(out);
             }
             Err(e) => {
+                self.receipts_due.clear();
                 self.inbound.clear();
                 // Sending state is read again too: a session started in
                 // this batch was never announced (its announcements are not
@@ -158,7 +161,20 @@ mod tests {
             .collect();
         assert_eq!(texts, (0..8).map(|n| format!("m{n}")).collect::<Vec<_>>());
         assert!(errors(&out.updates).is_empty(), "{:?}", out.updates);
-        assert_eq!(engine.store.vault().commits(), before + 1);
+        // One commit for the batch; then one receipt to bob for the eight,
+        // in a new direct session: its epoch and its first reservation of
+        // sequence numbers are two more.
+        assert_eq!(engine.store.vault().commits(), before + 3);
+        let receipts = out
+            .frames
+            .iter()
+            .filter(|f| matches!(f, ClientFrame::Send { route, .. } if route.to == Destination::User(name("bob"))))
+            .count();
+        assert_eq!(
+            receipts, 2,
+            "an announcement and one receipt: {:?}",
+            out.frames
+        );
         let history = engine.store.history().unwrap();
         assert_eq!(history.entries.len(), 8);
 

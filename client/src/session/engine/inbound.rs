@@ -17,6 +17,7 @@ use sotto_proto::{Destination, RoomName, UserName};
 
 use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::Trust;
+use crate::session::content::Content;
 use crate::session::{Chat, Update};
 use crate::store::{Inbound, Receiving, StoreError, StoredEntry};
 
@@ -43,6 +44,8 @@ pub(super) struct Held {
     pub(super) sender: Fingerprint,
     pub(super) session: SessionId,
     pub(super) since: Instant,
+    /// The conversation it came in (where to ask for its key).
+    pub(super) conversation: Conversation,
 }
 
 /// A token bucket.
@@ -436,6 +439,7 @@ impl Engine {
                     sender,
                     session: header.session_id,
                     since: Instant::now(),
+                    conversation: conversation.clone(),
                 });
                 return Handled::Kept;
             }
@@ -452,10 +456,21 @@ impl Engine {
         let Ok(opened) = receiving.session.open(&conversation, body, &slot) else {
             return self.reject(delivery, out);
         };
+        // What it carries: a text, or a receipt (13.8); anything else is
+        // rejected like a forgery (P11).
+        let Some(content) = Content::decode(&opened.plaintext) else {
+            return self.reject(delivery, out);
+        };
         let before = (receiving.window.clone(), receiving.missing.clone());
         let top = receiving.window.next_expected();
         let Ok(arrival) = receiving.window.accept(opened.seq) else {
-            // A duplicate (or too old to place): dropped quietly.
+            // A duplicate (or too old to place): dropped quietly. A text is
+            // stored already: its sender gets a receipt again (the first
+            // may have been lost, and it may be resending for that).
+            if matches!(content, Content::Text(_)) {
+                self.receipts_due
+                    .add(&delivery.from, &conversation, opened.seq);
+            }
             return Handled::Done;
         };
         let mut missing = 0;
@@ -473,6 +488,22 @@ impl Engine {
         }
         let session_id = header.session_id;
         let roster = opened.roster;
+        let text = match content {
+            Content::Text(text) => text,
+            content @ (Content::Receipt(_) | Content::Heartbeat | Content::KeyRequest { .. }) => {
+                return self.control_arrived(
+                    delivery,
+                    sender,
+                    &conversation,
+                    index,
+                    before,
+                    &content,
+                    missing,
+                    &chat,
+                    out,
+                );
+            }
+        };
         let entry = StoredEntry {
             chat: chat.clone(),
             from: self.display_name(&delivery.from),
@@ -481,7 +512,7 @@ impl Engine {
             seq: opened.seq,
             sent_at_ms: opened.sent_at_ms,
             received_at_ms: now_ms(),
-            text: String::from_utf8_lossy(&opened.plaintext).into_owned(),
+            text,
         };
         let position = self.place(&chat, sender, opened.seq, arrival == Arrival::Late);
         let key = (sender, conversation.clone());
@@ -517,8 +548,61 @@ impl Engine {
                 count: missing,
             });
         }
+        self.receipts_due
+            .add(&delivery.from, &conversation, opened.seq);
         let message = self.message_of(entry, position);
         out.update(Update::Message(message));
+        Handled::Done
+    }
+
+    /// A receipt or a heartbeat opened: its place in the sender's numbers
+    /// is stored (in the open batch) like a message's, without a history
+    /// entry (a gap it reveals is reported like any); a receipt's messages
+    /// are marked delivered to its sender.
+    #[allow(clippy::too_many_arguments)]
+    fn control_arrived(
+        &mut self,
+        delivery: &Delivery,
+        sender: Fingerprint,
+        conversation: &Conversation,
+        index: usize,
+        before: (ReplayWindow, BTreeSet<u64>),
+        content: &Content,
+        missing: u64,
+        chat: &Chat,
+        out: &mut Out,
+    ) -> Handled {
+        let key = (sender, conversation.clone());
+        let saved = match self.inbound.get(&key) {
+            Some(inbound) => self.store.set_inbound(sender, conversation, inbound),
+            None => Err(StoreError::Format),
+        };
+        if let Err(e) = saved {
+            if let Some(receiving) = self
+                .inbound
+                .get_mut(&key)
+                .and_then(|i| i.sessions.get_mut(index))
+            {
+                (receiving.window, receiving.missing) = before;
+            }
+            out.error(format!("could not store a message: {e}"));
+            return Handled::Kept;
+        }
+        if missing > 0 {
+            out.update(Update::Missing {
+                chat: chat.clone(),
+                from: self.display_name(&delivery.from),
+                count: missing,
+            });
+        }
+        match content {
+            Content::Receipt(receipt) => self.on_receipt(sender, receipt, out),
+            Content::KeyRequest {
+                conversation: asked,
+                session,
+            } => self.on_key_request(&delivery.from, sender, asked, *session, out),
+            Content::Text(_) | Content::Heartbeat => {}
+        }
         Handled::Done
     }
 }

@@ -107,6 +107,19 @@ pub struct SessionLimits {
     /// relay's answers, writes) and the dead-connection bound. Default:
     /// `Timeouts::default()` (see docs/protocol.md, section 23).
     pub network: crate::tls::Timeouts,
+    /// How long after its last message in a conversation a client tells
+    /// the conversation its newest sequence number again (a heartbeat,
+    /// protocol.md 13.8), if some recipient has not sent a receipt for
+    /// that message by then: a relay withholding the end of a
+    /// conversation then shows as a gap to the recipients within about
+    /// this long, and the heartbeat is repeated at twice the interval, up
+    /// to 3 times. Default: 20 s.
+    pub heartbeat: Duration,
+    /// How long a message waits for its session's announcement before
+    /// this client asks the sender for it again (a key request,
+    /// protocol.md 13.8); also the least time between two announcements
+    /// sent again to one member on request. Default: 5 s.
+    pub key_request: Duration,
     /// How long to wait before reconnecting after a lost connection or a
     /// failed attempt. Default: `Backoff::default()` (0.5 s doubling up to
     /// 60 s, with jitter; see docs/protocol.md, section 23).
@@ -144,6 +157,8 @@ impl Default for SessionLimits {
             updates: 1024,
             read_batch: 256,
             network: crate::tls::Timeouts::default(),
+            heartbeat: Duration::from_secs(20),
+            key_request: Duration::from_secs(5),
             reconnect: crate::backoff::Backoff::default(),
         }
     }

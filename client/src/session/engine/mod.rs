@@ -24,7 +24,11 @@
 //!   announcement, and opening, windowing and recording a message;
 //! - [`outbound`]: sending: session rotation, sealing, the outbox of
 //!   messages typed while disconnected, and the drain before quitting;
-//! - [`placement`]: where a message goes in its chat (17.4).
+//! - [`placement`]: where a message goes in its chat (17.4);
+//! - [`delivery`]: how far each sent message got (the relay's answers,
+//!   the recipients' receipts) and the receipts this client sends;
+//! - [`recovery`]: asking for a session key whose announcement never
+//!   came, and answering such requests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -34,17 +38,19 @@ use bytes::Bytes;
 use sotto_crypto::{Conversation, Fingerprint, Identity, PublicIdentity, SessionId};
 use sotto_proto::{ClientFrame, RelayFrame, RoomName, UserKey, UserName};
 
-use super::{Chat, Command, Message, OnlineUser, TrustLevel, Update};
+use super::{Chat, Command, DeliveryState, Message, OnlineUser, TrustLevel, Update};
 use crate::account::Account;
 use crate::contacts::{Contacts, KeyEvent, Trust};
 use crate::store::{Inbound, Position, RoomSettings, Store, StoreError, StoredEntry};
 
 mod batch;
+mod delivery;
 mod inbound;
 mod keys;
 mod limits;
 mod outbound;
 mod placement;
+mod recovery;
 mod rooms;
 #[cfg(test)]
 mod testing;
@@ -138,8 +144,22 @@ pub(crate) struct Engine {
     warned: HashSet<(Fingerprint, SessionId)>,
     outbox: VecDeque<(Chat, String)>,
     /// The sends of this connection the relay has not confirmed yet, by
-    /// route id (a cumulative `Sent` confirms every id up to its own).
-    sends: BTreeMap<u64, Chat>,
+    /// route id (a cumulative `Sent` confirms every id up to its own),
+    /// with the message each carried.
+    sends: BTreeMap<u64, delivery::Sending>,
+    /// Receipts for what the open read batch stores.
+    receipts_due: delivery::ReceiptsDue,
+    /// Conversations whose newest message of this client's may need a
+    /// heartbeat.
+    heartbeats: HashMap<Conversation, delivery::Heartbeat>,
+    /// Messages sealed whose `Sent` has not come, oldest first: sent again
+    /// on the next connection (kept in the store too).
+    unsent: Vec<crate::store::UnsentRecord>,
+    /// Sessions whose announcement this client asked a sender for.
+    keys_requested: HashSet<(Fingerprint, SessionId)>,
+    /// When this client last sent an announcement again on request, per
+    /// requester and session.
+    reannounced: HashMap<(Fingerprint, SessionId), Instant>,
     /// The next route id: ids only grow, over every connection of this
     /// engine (the relay refuses a `Send` whose id does not exceed the
     /// previous one on the connection).
@@ -205,18 +225,44 @@ impl Engine {
             warned: HashSet::new(),
             outbox: VecDeque::new(),
             sends: BTreeMap::new(),
+            receipts_due: delivery::ReceiptsDue::default(),
+            heartbeats: HashMap::new(),
+            unsent: Vec::new(),
+            keys_requested: HashSet::new(),
+            reannounced: HashMap::new(),
             next_route: 1,
             quitting: None,
         };
+        engine.unsent = engine.store.all_unsent()?;
         let history = engine.store.history()?;
         engine.arrival = history.last;
+        let mut sent: HashMap<(Chat, u64), crate::store::OutgoingRecord> = engine
+            .store
+            .all_outgoing()?
+            .into_iter()
+            .map(|(seq, record)| ((record.chat.clone(), seq), record))
+            .collect();
         let mut chats: BTreeMap<Chat, Vec<Message>> = BTreeMap::new();
         for (position, entry) in history.entries {
             let late = position.rank != Position::IN_ORDER;
             if !late {
                 engine.remember_place(&entry.chat, entry.fingerprint, entry.seq, position.anchor);
             }
-            let message = engine.message_of(entry, position);
+            let record = entry
+                .outgoing
+                .then(|| sent.remove(&(entry.chat.clone(), entry.seq)))
+                .flatten();
+            let mut message = engine.message_of(entry, position);
+            if message.outgoing {
+                // A message sent before delivery states were kept: sent.
+                message.delivery = Some(record.as_ref().map_or_else(
+                    || super::Delivery {
+                        state: DeliveryState::Sent,
+                        ..super::Delivery::default()
+                    },
+                    super::Delivery::of,
+                ));
+            }
             chats.entry(message.chat.clone()).or_default().push(message);
         }
         let mut updates: Vec<Update> = chats
@@ -268,6 +314,7 @@ impl Engine {
             late: position.rank != Position::IN_ORDER,
             position: (position.anchor, position.rank),
             text: entry.text,
+            delivery: None,
         }
     }
 
@@ -298,6 +345,9 @@ impl Engine {
         self.connected = true;
         self.name = name;
         self.rejoin(out);
+        // Direct messages whose `Sent` never came go again now; a room's,
+        // once its `Joined` gives the current members.
+        self.resend_unsent(|chat| matches!(chat, Chat::Direct(_)), out);
         let waiting: Vec<(Chat, String)> = self.outbox.drain(..).collect();
         for (chat, text) in waiting {
             match &chat {
@@ -343,6 +393,8 @@ impl Engine {
         self.forget_old_views(now);
         self.save_contacts(out);
         self.send_due_member_lists(now, out);
+        self.send_due_heartbeats(now, out);
+        self.request_missing_keys(now, out);
     }
 
     fn ack(delivery: &Delivery, out: &mut Out) {
@@ -408,19 +460,19 @@ impl Engine {
                     out,
                 );
             }
-            RelayFrame::Sent { id } => self.on_sent(id),
+            RelayFrame::Sent { id } => self.on_sent(id, out),
             RelayFrame::Error { id, code, message } => {
                 if self.left_already(id, code, &message, out) {
                     return;
                 }
-                let chat = id.and_then(|id| self.sends.remove(&id));
-                match chat {
-                    Some(chat) => out.error(format!("{chat}: not delivered: {message} ({code:?})")),
+                match id {
+                    Some(id) => self.on_refused(id, code, &message, out),
                     None => out.error(format!("relay: {message} ({code:?})")),
                 }
             }
             RelayFrame::Undelivered { id, code, users } => {
                 self.on_undelivered(id, code, &users, out);
+                self.mark_refused(id, &users, out);
             }
             RelayFrame::Ping { nonce } => out.frames.push(ClientFrame::Pong { nonce }),
             // Registration and shutdown are the connection's business.

@@ -12,10 +12,12 @@ use sotto_crypto::{
 };
 use sotto_proto::{ClientFrame, Destination, ErrorCode, RoomName, Route, Slot, UserName};
 
+use super::delivery::Sending;
 use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::{Blocked, Trust};
-use crate::session::{Chat, Update};
-use crate::store::{Position, StoreError, StoredEntry, VaultCounter};
+use crate::session::content::Content;
+use crate::session::{Chat, Delivery, Update};
+use crate::store::{OutgoingRecord, Position, StoreError, StoredEntry, UnsentRecord, VaultCounter};
 
 /// The names an `Undelivered` notice lists; the rest are counted.
 const UNDELIVERED_NAMES: usize = 5;
@@ -66,15 +68,6 @@ impl Engine {
         self.quitting.is_some()
     }
 
-    /// The relay's cumulative `Sent`: every send of this connection up to
-    /// `id` not answered with an error is stored for its recipients.
-    pub(super) fn on_sent(&mut self, id: u64) {
-        match id.checked_add(1) {
-            Some(next) => self.sends = self.sends.split_off(&next),
-            None => self.sends.clear(),
-        }
-    }
-
     /// The relay's `Undelivered`: the room message of send `id` was stored
     /// for every other member but `users`. It still counts as sent (a
     /// `Sent` covering it follows); the user hears who will not get it and
@@ -105,7 +98,7 @@ impl Engine {
             ErrorCode::QueueFull => "their stored messages are at the relay's limit".to_owned(),
             other => format!("the relay did not store it for them ({other:?})"),
         };
-        match self.sends.get(&id) {
+        match self.sends.get(&id).map(|s| &s.chat) {
             Some(chat) => out.error(format!(
                 "{names} will not get your message in {chat}: {why}"
             )),
@@ -139,12 +132,22 @@ impl Engine {
     }
 
     pub(super) fn send_to_room(&mut self, room: RoomName, text: String, out: &mut Out) {
+        self.send_content_to_room(room, Content::Text(text), out);
+    }
+
+    /// Seals `content` for the room's members this client can send to (a
+    /// text also tells the user who was left out and why).
+    pub(super) fn send_content_to_room(&mut self, room: RoomName, content: Content, out: &mut Out) {
         let Some(entry) = self.rooms.get(&room) else {
-            if self.wanted.contains(&room) {
+            match content {
                 // Joining is under way: send once `Joined` arrives.
-                self.outbox.push_back((Chat::Room(room), text));
-            } else {
-                out.error(format!("you are not in #{room}: /join {room} first"));
+                Content::Text(text) if self.wanted.contains(&room) => {
+                    self.outbox.push_back((Chat::Room(room), text));
+                }
+                Content::Text(_) => {
+                    out.error(format!("you are not in #{room}: /join {room} first"))
+                }
+                Content::Receipt(_) | Content::Heartbeat | Content::KeyRequest { .. } => {}
             }
             return;
         };
@@ -177,19 +180,21 @@ impl Engine {
             }
         }
         let chat = Chat::Room(room.clone());
-        for (reason, names) in left_out {
-            out.update(Update::NotSentTo {
-                chat: chat.clone(),
-                names,
-                reason: reason.to_owned(),
-            });
+        if matches!(content, Content::Text(_)) {
+            for (reason, names) in left_out {
+                out.update(Update::NotSentTo {
+                    chat: chat.clone(),
+                    names,
+                    reason: reason.to_owned(),
+                });
+            }
         }
         self.seal_and_send(
             chat,
             Conversation::room(room.as_str()),
             Destination::Room(room),
             recipients,
-            text,
+            content,
             out,
         );
     }
@@ -223,7 +228,7 @@ impl Engine {
             conversation,
             Destination::User(name.clone()),
             vec![(name, peer)],
-            text,
+            Content::Text(text),
             out,
         );
     }
@@ -252,7 +257,7 @@ impl Engine {
         conversation: Conversation,
         to: Destination,
         recipients: Vec<(UserName, PublicIdentity)>,
-        text: String,
+        content: Content,
         out: &mut Out,
     ) {
         let identity = self.identity.clone();
@@ -316,7 +321,7 @@ impl Engine {
                     &mut rand::rng(),
                     &mut outbound.counter,
                     now_ms(),
-                    text.as_bytes(),
+                    &content.encode(),
                 ) {
                     Ok(sealed) => Some(sealed),
                     Err(e) => return fail(out, &e),
@@ -328,6 +333,7 @@ impl Engine {
             Some(sealed) => sealed.seq,
             None => outbound.counter.peek(),
         };
+        let sealed_seq = sealed.as_ref().map(|sealed| sealed.seq);
         if let Some(sealed) = sealed {
             let slots = sealed
                 .slots
@@ -343,27 +349,44 @@ impl Engine {
                 })
                 .collect();
             frames.push((to, Bytes::from(sealed.body), slots));
-        } else {
+        } else if matches!(content, Content::Text(_)) {
             out.update(Update::NotSentTo {
                 chat: chat.clone(),
                 names: Vec::new(),
                 reason: "nobody else can read it here".to_owned(),
             });
         }
-        for (to, body, slots) in frames {
-            let id = self.route_id();
-            self.sends.insert(id, chat.clone());
-            while self.sends.len() > self.limits.tracked_sends {
-                self.sends.pop_first();
+        let Content::Text(text) = content else {
+            // A receipt: nothing to show or keep.
+            for (to, body, slots) in frames {
+                self.push_send(chat.clone(), None, to, body, slots, out);
             }
-            out.frames.push(ClientFrame::Send {
-                route: Route { id, to },
-                body,
-                slots,
-            });
+            return;
+        };
+        if let Some(seq) = sealed_seq {
+            self.heartbeat_after(&chat, &conversation, seq);
+        }
+        // Kept until the relay says it stored them, to send again as they
+        // are after a lost connection or a restart (protocol.md 19.2).
+        let unsent = sealed_seq.map(|seq| UnsentRecord {
+            conversation: conversation.clone(),
+            seq,
+            chat: chat.clone(),
+            frames: frames
+                .iter()
+                .map(|(to, body, slots)| (to.clone(), body.to_vec(), slots.clone()))
+                .collect(),
+        });
+        let count = frames.len();
+        for (n, (to, body, slots)) in frames.into_iter().enumerate() {
+            // The message is the last frame (announcements go first).
+            let message = (n + 1 == count)
+                .then(|| sealed_seq.map(|seq| (conversation.clone(), seq)))
+                .flatten();
+            self.push_send(chat.clone(), message, to, body, slots, out);
         }
         let entry = StoredEntry {
-            chat,
+            chat: chat.clone(),
             from: self.name.clone(),
             fingerprint: self.me,
             outgoing: true,
@@ -372,16 +395,55 @@ impl Engine {
             received_at_ms: now_ms(),
             text,
         };
+        let record = OutgoingRecord {
+            chat,
+            recipients: recipients
+                .iter()
+                .map(|(name, id)| (name.clone(), id.fingerprint()))
+                .collect(),
+            // Sealed for nobody: nothing to wait for.
+            state: if sealed_seq.is_some() { 0 } else { 1 },
+            failed: None,
+            delivered: Vec::new(),
+            refused: Vec::new(),
+        };
         self.arrival += 1;
         let position = Position {
             anchor: self.arrival,
             rank: Position::IN_ORDER,
         };
-        if let Err(e) = self.store.record_sent(&entry, position) {
+        if let Err(e) =
+            self.store
+                .record_sent(&entry, position, &conversation, &record, unsent.as_ref())
+        {
             out.error(format!("could not store the message you sent: {e}"));
         }
-        let message = self.message_of(entry, position);
+        self.unsent.extend(unsent);
+        let mut message = self.message_of(entry, position);
+        message.delivery = Some(Delivery::of(&record));
         out.update(Update::Message(message));
+    }
+
+    /// Puts one `Send` in `out` and remembers what it carried.
+    pub(super) fn push_send(
+        &mut self,
+        chat: Chat,
+        message: Option<(Conversation, u64)>,
+        to: Destination,
+        body: Bytes,
+        slots: Vec<Slot>,
+        out: &mut Out,
+    ) {
+        let id = self.route_id();
+        self.sends.insert(id, Sending { chat, message });
+        while self.sends.len() > self.limits.tracked_sends {
+            self.sends.pop_first();
+        }
+        out.frames.push(ClientFrame::Send {
+            route: Route { id, to },
+            body,
+            slots,
+        });
     }
 }
 
@@ -392,6 +454,7 @@ mod tests {
 
     use super::super::testing::*;
     use super::*;
+    use crate::session::DeliveryState;
     use crate::session::engine::Flow;
 
     #[tokio::test]
@@ -566,6 +629,20 @@ mod tests {
             .collect()
     }
 
+    fn deliveries(updates: &[Update]) -> Vec<Delivery> {
+        updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Delivery { delivery, .. } => Some(delivery.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn states(updates: &[Update]) -> Vec<DeliveryState> {
+        deliveries(updates).into_iter().map(|d| d.state).collect()
+    }
+
     #[tokio::test]
     async fn a_cumulative_sent_confirms_every_send_up_to_its_id() {
         let bob = fixture("bob");
@@ -588,7 +665,9 @@ mod tests {
             errors(&updates),
             ["#lobby: not delivered: slow down (RateLimited)"]
         );
-        assert!(feed(&mut engine, RelayFrame::Sent { id: ids[2] }).is_empty());
+        // Sent: the first and the third; the second failed.
+        let updates = feed(&mut engine, RelayFrame::Sent { id: ids[2] });
+        assert_eq!(states(&updates), [DeliveryState::Sent, DeliveryState::Sent]);
         assert!(engine.sends.is_empty(), "{:?}", engine.sends);
         // Nothing of those is pending any more: a late error about the
         // first names no chat.
@@ -633,7 +712,13 @@ mod tests {
             ]
         );
         assert!(engine.sends.contains_key(&id), "sent for the others");
-        assert!(feed(&mut engine, RelayFrame::Sent { id }).is_empty());
+        let refused: Vec<Vec<UserName>> = deliveries(&updates)
+            .iter()
+            .map(|d| d.refused.clone())
+            .collect();
+        assert_eq!(refused, [vec![name("bob")]]);
+        let updates = feed(&mut engine, RelayFrame::Sent { id });
+        assert_eq!(states(&updates), [DeliveryState::Sent]);
         assert!(engine.sends.is_empty());
         // Many names: the first are listed, the rest counted.
         let out = command(&mut engine, send(lobby_chat(), "again"));

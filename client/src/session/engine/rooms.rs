@@ -226,6 +226,8 @@ impl Engine {
         for name in names {
             self.retry_key(&name, out);
         }
+        let here = Chat::Room(room.clone());
+        self.resend_unsent(|chat| *chat == here, out);
         let queued: Vec<(Chat, String)> = self.outbox.drain(..).collect();
         for (chat, text) in queued {
             if chat == Chat::Room(room.clone()) {

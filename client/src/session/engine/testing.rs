@@ -18,6 +18,7 @@ pub(super) use super::{Engine, Out, SessionLimits, now_ms, now_secs};
 use crate::account::Account;
 pub(super) use crate::contacts::KeyEvent;
 use crate::profile::Profile;
+pub(super) use crate::session::content::Content;
 pub(super) use crate::session::{Chat, Command, Message, Update};
 pub(super) use sotto_crypto::SealedMessage;
 pub(super) use sotto_proto::RelayFrame;
@@ -139,13 +140,18 @@ impl Bob {
         }
     }
 
+    /// A text sealed as a client seals it (its content encoded, 13.8).
     pub(super) fn seal(&mut self, text: &str) -> SealedMessage {
+        self.seal_content(&Content::Text(text.to_owned()))
+    }
+
+    pub(super) fn seal_content(&mut self, content: &Content) -> SealedMessage {
         self.session
             .seal(
                 &mut rand::rng(),
                 &mut self.counter,
                 now_ms(),
-                text.as_bytes(),
+                &content.encode(),
             )
             .unwrap()
     }

@@ -1,0 +1,202 @@
+//! What a sealed message carries (the content `P` of protocol.md 15, step
+//! 5): a text the user wrote, a delivery receipt, or a heartbeat
+//! (protocol.md 13.8).
+//!
+//! Both travel the same way, sealed in the sender's session of a
+//! conversation, so a receipt is as authenticated and as confidential as
+//! a message, and the relay cannot tell one from the other by anything but
+//! size. A receipt takes a sequence number in its conversation like any
+//! message, so the recipient's gap detection counts it.
+
+use serde::{Deserialize, Serialize};
+use sotto_crypto::{Conversation, SessionId};
+
+/// The content of a sealed message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// A text the user wrote (UTF-8).
+    Text(String),
+    /// The sender of this content stored messages of the recipient's.
+    Receipt(Receipt),
+    /// Nothing but its own sequence number: "this is the newest number I
+    /// used in this conversation", sent when a message of the sender's is
+    /// not receipted in time, so that a relay withholding what came before
+    /// shows as a gap.
+    Heartbeat,
+    /// "I hold messages of yours I cannot open: send me the announcement
+    /// of this session of yours in this conversation again."
+    KeyRequest {
+        /// The conversation of the session.
+        conversation: Conversation,
+        /// The session whose announcement never came.
+        session: SessionId,
+    },
+}
+
+/// "I have stored your messages with these sequence numbers in this
+/// conversation": sent by a recipient to a message's sender, in their
+/// direct conversation, once the messages are durably in its store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The conversation the stored messages belong to (a room, or the
+    /// direct conversation the receipt travels in).
+    pub conversation: Conversation,
+    /// The receipt's recipient's sequence numbers stored, as inclusive
+    /// ranges `(first, last)`, ascending and disjoint.
+    pub stored: Vec<(u64, u64)>,
+}
+
+/// The most ranges one receipt carries (a receipt for more is split).
+pub const MAX_RECEIPT_RANGES: usize = 256;
+
+impl Content {
+    /// The content's bytes: postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding these types into a vector cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes `bytes`; `None` for anything that is not exactly one
+    /// canonical encoding of a content (trailing bytes, over-long
+    /// varints, invalid UTF-8, a receipt with ranges out of order or more
+    /// than [`MAX_RECEIPT_RANGES`]).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let content: Self = postcard::from_bytes(bytes).ok()?;
+        if content.encode() != bytes {
+            return None;
+        }
+        if let Self::Receipt(receipt) = &content {
+            if receipt.stored.len() > MAX_RECEIPT_RANGES || receipt.stored.is_empty() {
+                return None;
+            }
+            let ordered = receipt.stored.iter().all(|(first, last)| first <= last)
+                && receipt.stored.windows(2).all(|w| match w {
+                    [(_, last), (next, _)] => last.checked_add(1).is_some_and(|n| n < *next),
+                    _ => true,
+                });
+            if !ordered {
+                return None;
+            }
+        }
+        Some(content)
+    }
+}
+
+impl Receipt {
+    /// Receipts for `seqs` (any order, duplicates allowed) in
+    /// `conversation`: the numbers as ranges, at most
+    /// [`MAX_RECEIPT_RANGES`] to a receipt.
+    pub fn for_seqs(conversation: &Conversation, seqs: impl IntoIterator<Item = u64>) -> Vec<Self> {
+        let mut seqs: Vec<u64> = seqs.into_iter().collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for seq in seqs {
+            match ranges.last_mut() {
+                Some((_, last)) if last.checked_add(1) == Some(seq) => *last = seq,
+                _ => ranges.push((seq, seq)),
+            }
+        }
+        ranges
+            .chunks(MAX_RECEIPT_RANGES)
+            .map(|stored| Self {
+                conversation: conversation.clone(),
+                stored: stored.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Whether `seq` is among the stored numbers.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.stored
+            .iter()
+            .any(|(first, last)| (*first..=*last).contains(&seq))
+    }
+
+    /// Every stored number (bounded by the caller: ranges can be wide).
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.stored.iter().flat_map(|(first, last)| *first..=*last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_round_trips_and_refuses_anything_but_its_one_encoding() {
+        let room = Conversation::room("lobby");
+        for content in [
+            Content::Text("hi".into()),
+            Content::Text(String::new()),
+            Content::Receipt(Receipt {
+                conversation: room.clone(),
+                stored: vec![(1, 3), (5, 5)],
+            }),
+        ] {
+            let bytes = content.encode();
+            assert_eq!(Content::decode(&bytes), Some(content));
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(Content::decode(&longer), None, "trailing bytes");
+        }
+        // The text "hi": variant 0, length 2.
+        assert_eq!(Content::Text("hi".into()).encode(), [0, 2, b'h', b'i']);
+        // protocol.md 13.8's example: seqs 1 to 3 and 5 in `lobby`.
+        let receipt = Content::Receipt(Receipt {
+            conversation: room.clone(),
+            stored: vec![(1, 3), (5, 5)],
+        });
+        assert_eq!(
+            receipt.encode(),
+            [1, 0, 5, b'l', b'o', b'b', b'b', b'y', 2, 1, 3, 5, 5]
+        );
+        assert_eq!(Content::Heartbeat.encode(), [2]);
+        assert_eq!(Content::decode(&[2]), Some(Content::Heartbeat));
+        // An over-long length varint, invalid UTF-8, an unknown variant.
+        assert_eq!(Content::decode(&[0, 0x82, 0x00, b'h', b'i']), None);
+        assert_eq!(Content::decode(&[0, 1, 0xff]), None);
+        let request = Content::KeyRequest {
+            conversation: room.clone(),
+            session: SessionId([7; 16]),
+        };
+        assert_eq!(Content::decode(&request.encode()), Some(request.clone()));
+        assert_eq!(
+            request.encode()[..8],
+            [3, 0, 5, b'l', b'o', b'b', b'b', b'y']
+        );
+        assert_eq!(Content::decode(&[4]), None);
+        // Ranges out of order, overlapping, touching, reversed, or none.
+        for stored in [
+            vec![(5, 5), (1, 3)],
+            vec![(1, 3), (3, 4)],
+            vec![(1, 3), (4, 4)],
+            vec![(3, 1)],
+            vec![],
+        ] {
+            let bytes = Content::Receipt(Receipt {
+                conversation: room.clone(),
+                stored,
+            })
+            .encode();
+            assert_eq!(Content::decode(&bytes), None);
+        }
+    }
+
+    #[test]
+    fn receipts_carry_ranges_split_at_the_most_a_receipt_holds() {
+        let room = Conversation::room("lobby");
+        let receipts = Receipt::for_seqs(&room, [7, 3, 4, 5, 5, 9]);
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].stored, [(3, 5), (7, 7), (9, 9)]);
+        assert!(receipts[0].covers(4) && !receipts[0].covers(6));
+        assert_eq!(receipts[0].seqs().collect::<Vec<_>>(), [3, 4, 5, 7, 9]);
+        let sparse = Receipt::for_seqs(&room, (0..600).map(|n| n * 2));
+        assert_eq!(sparse.len(), 3);
+        assert!(
+            sparse
+                .iter()
+                .all(|r| Content::decode(&Content::Receipt(r.clone()).encode()).is_some())
+        );
+    }
+}
