@@ -5,9 +5,13 @@
 //! `ShuttingDown`) and started again on the same port and data.
 //! [`crate::Relay`], on a runtime of its own, is the one to kill.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use sotto_proto::RelayAddress;
+use sotto_relay::CertStore;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -21,6 +25,18 @@ pub struct LocalRelay {
     task: JoinHandle<()>,
 }
 
+/// What a relay needs to run: its listener, certificate, configuration
+/// and shutdown signal.
+type Parts = (
+    tokio::net::TcpListener,
+    Arc<CertStore>,
+    sotto_relay::Config,
+    Pin<Box<dyn Future<Output = ()> + Send>>,
+);
+
+/// A relay running, as `sotto_relay::run` is.
+type Running = Pin<Box<dyn Future<Output = Result<(), sotto_relay::RelayError>> + Send>>;
+
 impl LocalRelay {
     /// Starts a relay keeping its certificate and database in `dir`, on
     /// `port` (0: any free port), as a task of the current tokio runtime.
@@ -28,12 +44,52 @@ impl LocalRelay {
         Self::start_with(dir, port, |_| {})
     }
 
-    /// [`LocalRelay::start`] with the configuration changed by `adjust`
-    /// (small storage bounds, say).
+    /// [`LocalRelay::start`], with the relay's configuration changed by
+    /// `adjust` first (short keepalive and idle timeouts, say).
     pub fn start_with(
         dir: &Path,
         port: u16,
         adjust: impl FnOnce(&mut sotto_relay::Config),
+    ) -> LocalRelay {
+        Self::spawn(dir, port, adjust, |(listener, certs, config, shutdown)| {
+            Box::pin(sotto_relay::run(listener, certs, config, shutdown))
+        })
+    }
+
+    /// [`LocalRelay::start`], with the database on `disk`, which the test
+    /// can fill and free (`sotto_relay::store::fault`), recovering from
+    /// storage failures as `recovery` says. Feature `fault-injection`.
+    #[cfg(feature = "fault-injection")]
+    pub fn start_on_disk(
+        dir: &Path,
+        port: u16,
+        disk: &sotto_relay::store::fault::Disk,
+        recovery: sotto_relay::store::Recovery,
+    ) -> LocalRelay {
+        let disk = disk.clone();
+        Self::spawn(
+            dir,
+            port,
+            |_| {},
+            move |(listener, certs, config, shutdown)| {
+                Box::pin(sotto_relay::run_on_disk(
+                    listener,
+                    certs,
+                    config,
+                    Arc::default(),
+                    disk,
+                    recovery,
+                    shutdown,
+                ))
+            },
+        )
+    }
+
+    fn spawn(
+        dir: &Path,
+        port: u16,
+        adjust: impl FnOnce(&mut sotto_relay::Config),
+        run: impl FnOnce(Parts) -> Running,
     ) -> LocalRelay {
         let Setup {
             listener,
@@ -44,15 +100,13 @@ impl LocalRelay {
         adjust(&mut config);
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            // A relay that cannot start (its database still open, say)
-            // fails the test here, not as a silent refusal to connect.
-            sotto_relay::run(listener, certs, config, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the relay runs");
+        let shutdown = Box::pin(async move {
+            let _ = stopped.await;
         });
+        let relay = run((listener, certs, config, shutdown));
+        // A relay that cannot start (its database still open, say)
+        // fails the test here, not as a silent refusal to connect.
+        let task = tokio::spawn(async move { relay.await.expect("the relay runs") });
         LocalRelay {
             address,
             stop,

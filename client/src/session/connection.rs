@@ -572,11 +572,13 @@ async fn serve(session: &mut Session, mut framed: Framed_) -> End {
         // not be written: the relay then delivers it again, and the copy
         // is dropped as a replay, so this is the only time it is shown.
         let shown = session.emit(&mut out).await;
-        if let Err(End::Lost(reason) | End::Fatal(reason)) = written {
-            return End::Lost(reason);
-        }
+        // A quit ends the session even if its `Bye` could not be written
+        // (the connection died meanwhile): it must not reconnect.
         if !shown || flow == Flow::Quit {
             return End::Quit;
+        }
+        if let Err(End::Lost(reason) | End::Fatal(reason)) = written {
+            return End::Lost(reason);
         }
         if let Some(end) = ended {
             return end;
