@@ -273,7 +273,7 @@ async fn a_sender_whose_connection_is_reset_loses_nothing() {
     // Alice keeps 20 in flight: one more each time bob gets one, as a
     // steady conversation does, and her connection is reset at 3 points
     // of bob's count (each on a connection accepted after the last
-    // reset), with messages of hers on the way.
+    // reset), each time with a message of hers on the way.
     let texts: Vec<String> = (0..300).map(|i| format!("dm {i:03}")).collect();
     let mut queued = texts.iter();
     for text in queued.by_ref().take(20) {
@@ -286,14 +286,30 @@ async fn a_sender_whose_connection_is_reset_loses_nothing() {
         bob.expect(|u| matches!(u, Update::Message(m) if !m.outgoing && m.text.starts_with("dm ")))
             .await;
         alice.drain();
+        let stats = proxy.stats();
+        let reset_now =
+            points.peek().is_some_and(|&&at| at <= shown) && stats.open > 0 && stats.accepted > cut;
+        if reset_now {
+            cut = stats.accepted;
+            points.next();
+            // The path stops, alice seals her next message (it is held in
+            // the path or written to a dead connection), and the path is
+            // reset: that message is on its way and never confirmed.
+            proxy.stall(true);
+        }
         if let Some(text) = queued.next() {
             alice.send(dm("bob"), text);
+            if reset_now {
+                let sealed =
+                    |u: &Update| matches!(u, Update::Message(m) if m.outgoing && m.text == *text);
+                if !alice.saw(sealed) {
+                    alice.expect(sealed).await;
+                }
+            }
         }
-        let stats = proxy.stats();
-        if points.peek().is_some_and(|&&at| at <= shown) && stats.open > 0 && stats.accepted > cut {
-            cut = stats.accepted;
+        if reset_now {
             proxy.reset();
-            points.next();
+            proxy.stall(false);
         }
     }
     assert_eq!(proxy.stats().reset, 3, "{planned:?} {:?}", proxy.stats());

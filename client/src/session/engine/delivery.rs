@@ -510,5 +510,13 @@ mod tests {
         let mut out = Out::default();
         engine.handle_frames(frames[1..].to_vec(), &mut out);
         assert_eq!(to_bob(&out), 1, "the copies: a receipt again");
+        // Bob's heartbeat (he is still waiting for a receipt): another.
+        let heartbeat = deliver(
+            &bob.seal_content(&Content::Heartbeat),
+            Destination::User(name("alice")),
+        );
+        let mut out = Out::default();
+        engine.handle_frames([heartbeat], &mut out);
+        assert_eq!(to_bob(&out), 1, "a heartbeat: a receipt again");
     }
 }

@@ -555,6 +555,33 @@ impl Engine {
         Handled::Done
     }
 
+    /// Receipts again, for every number of the receiving session at
+    /// `index` of `key` that arrived (within the replay window, from the
+    /// session's first number): answered to a heartbeat.
+    fn receipt_again(
+        &mut self,
+        from: &UserName,
+        key: &(Fingerprint, Conversation),
+        index: usize,
+        conversation: &Conversation,
+    ) {
+        let Some(receiving) = self.inbound.get(key).and_then(|i| i.sessions.get(index)) else {
+            return;
+        };
+        let top = receiving.window.next_expected();
+        let first = receiving
+            .session
+            .context()
+            .first_seq
+            .max(top.saturating_sub(sotto_crypto::REPLAY_WINDOW));
+        let stored: Vec<u64> = (first..top)
+            .filter(|seq| !receiving.missing.contains(seq))
+            .collect();
+        for seq in stored {
+            self.receipts_due.add(from, conversation, seq);
+        }
+    }
+
     /// A receipt or a heartbeat opened: its place in the sender's numbers
     /// is stored (in the open batch) like a message's, without a history
     /// entry (a gap it reveals is reported like any); a receipt's messages
@@ -594,6 +621,11 @@ impl Engine {
                 from: self.display_name(&delivery.from),
                 count: missing,
             });
+        }
+        if matches!(content, Content::Heartbeat) {
+            // The sender waits for a receipt: say again what is stored of
+            // this session (a receipt may have been lost or refused).
+            self.receipt_again(&delivery.from, &key, index, conversation);
         }
         match content {
             Content::Receipt(receipt) => self.on_receipt(sender, receipt, out),
