@@ -37,11 +37,11 @@ const INBOUND: &str = "inbound";
 const HISTORY: &str = "history";
 const OUTGOING: &str = "outgoing";
 const UNSENT: &str = "unsent";
+const OUTBOX: &str = "outbox";
 
 const NAME_KEY: &[u8] = b"name";
 const JOINED_KEY: &[u8] = b"joined";
 const LEAVING_KEY: &[u8] = b"leaving";
-const OUTBOX_KEY: &[u8] = b"outbox";
 const CONTACTS_KEY: &[u8] = b"all";
 
 /// Why the store failed.
@@ -604,22 +604,49 @@ impl Store {
         Ok(self.vault.put_all(&records)?)
     }
 
-    /// The texts typed while disconnected, not yet sealed: id, chat, text.
+    /// The texts typed while they could not be sealed, in the order typed
+    /// (by id): id, chat, text.
     pub fn outbox(&self) -> Result<Vec<(u64, crate::session::Chat, String)>, StoreError> {
         Ok(self
             .vault
-            .get(SETTINGS, OUTBOX_KEY)?
-            .map(|bytes| decode(&bytes))
-            .transpose()?
-            .unwrap_or_default())
+            .each(OUTBOX)?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let id = u64::from_be_bytes(key.as_slice().try_into().ok()?);
+                let (chat, text) = value.ok().and_then(|v| decode(&v).ok())?;
+                Some((id, chat, text))
+            })
+            .collect())
     }
 
-    /// Records the texts typed while disconnected (the whole outbox).
-    pub fn set_outbox(
+    /// Keeps a text typed while it could not be sealed (one record each,
+    /// so that a long outbox is not rewritten at every text).
+    pub fn push_outbox(
         &self,
-        outbox: &[(u64, crate::session::Chat, String)],
+        id: u64,
+        chat: &crate::session::Chat,
+        text: &str,
     ) -> Result<(), StoreError> {
-        Ok(self.vault.put(SETTINGS, OUTBOX_KEY, &encode(&outbox)?)?)
+        Ok(self
+            .vault
+            .put(OUTBOX, &id.to_be_bytes(), &encode(&(chat, text))?)?)
+    }
+
+    /// Forgets the typed text `id` (sealed).
+    pub fn remove_outbox(&self, id: u64) -> Result<(), StoreError> {
+        Ok(self.vault.remove(OUTBOX, &id.to_be_bytes())?)
+    }
+
+    /// Test hook: keeps `entries` as the outbox, as a crash could leave it.
+    #[cfg(test)]
+    pub(crate) fn set_outbox(
+        &self,
+        entries: &[(u64, crate::session::Chat, String)],
+    ) -> Result<(), StoreError> {
+        for (id, chat, text) in entries {
+            self.push_outbox(*id, chat, text)?;
+        }
+        Ok(())
     }
 
     /// The relay stored (or refused) message `seq` of `conversation`: its

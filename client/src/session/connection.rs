@@ -421,22 +421,27 @@ fn write_deadline(heard: Instant, timeouts: &Timeouts) -> Instant {
     (Instant::now() + timeouts.write).min(heard + timeouts.dead_after)
 }
 
-/// Writes `frames` and flushes them by `deadline`.
+/// Writes `frames` and flushes them, each frame by the time left until
+/// `deadline` from when the one before it was taken: the bound is on a
+/// relay that stops reading, not on the size of what is sent (a backlog
+/// sent again after reconnecting can be megabytes).
 async fn write(
     framed: &mut Framed_,
     frames: impl IntoIterator<Item = ClientFrame>,
     deadline: Instant,
 ) -> Result<(), End> {
-    let sending = async {
-        for frame in frames {
-            framed.feed(frame).await?;
+    let allowance = deadline.saturating_duration_since(Instant::now());
+    let stalled = || End::Lost("the relay stopped reading what this client sends".to_owned());
+    let mut until = deadline;
+    for frame in frames {
+        match tokio::time::timeout_at(until.into(), framed.feed(frame)).await {
+            Err(_) => return Err(stalled()),
+            Ok(Err(e)) => return Err(End::Lost(e.to_string())),
+            Ok(Ok(())) => until = Instant::now() + allowance,
         }
-        SinkExt::<ClientFrame>::flush(framed).await
-    };
-    match tokio::time::timeout_at(deadline.into(), sending).await {
-        Err(_) => Err(End::Lost(
-            "the relay stopped reading what this client sends".to_owned(),
-        )),
+    }
+    match tokio::time::timeout_at(until.into(), SinkExt::<ClientFrame>::flush(framed)).await {
+        Err(_) => Err(stalled()),
         Ok(Err(e)) => Err(End::Lost(e.to_string())),
         Ok(Ok(())) => Ok(()),
     }

@@ -147,6 +147,8 @@ pub(crate) struct Engine {
     outbox: VecDeque<(u64, Chat, String)>,
     /// The id of the outbox text being sealed now, for its record.
     sealing_typed: Option<u64>,
+    /// The least id of the next text to enter the outbox.
+    next_typed: u64,
     /// The sends of this connection the relay has not confirmed yet, by
     /// route id (a cumulative `Sent` confirms every id up to its own),
     /// with the message each carried.
@@ -229,6 +231,7 @@ impl Engine {
             warned: HashSet::new(),
             outbox: VecDeque::new(),
             sealing_typed: None,
+            next_typed: 0,
             sends: BTreeMap::new(),
             receipts_due: delivery::ReceiptsDue::default(),
             heartbeats: HashMap::new(),
@@ -247,12 +250,15 @@ impl Engine {
             .into_iter()
             .filter_map(|(_, record)| record.typed)
             .collect();
-        engine.outbox = engine
-            .store
-            .outbox()?
-            .into_iter()
-            .filter(|(id, _, _)| !sealed.contains(id))
-            .collect();
+        for (id, chat, text) in engine.store.outbox()? {
+            if sealed.contains(&id) {
+                // Sealed just before a crash: its record outlived it.
+                engine.store.remove_outbox(id)?;
+            } else {
+                engine.outbox.push_back((id, chat, text));
+            }
+            engine.next_typed = engine.next_typed.max(id.saturating_add(1));
+        }
         let history = engine.store.history()?;
         engine.arrival = history.last;
         let mut sent: HashMap<(Chat, u64), crate::store::OutgoingRecord> = engine
@@ -375,7 +381,6 @@ impl Engine {
                 Chat::Direct(_) => self.send_typed(id, chat, text, out),
             }
         }
-        self.save_outbox(out);
     }
 
     /// The connection ended: the rosters are the relay's to report again

@@ -121,9 +121,7 @@ impl Engine {
                     "{chat}: not connected and too many messages queued; not sent"
                 ));
             } else {
-                let id = self.typed_id();
-                self.outbox.push_back((id, chat, text));
-                self.save_outbox(out);
+                self.queue_typed(chat, text, out);
             }
             return;
         }
@@ -144,9 +142,7 @@ impl Engine {
             match content {
                 // Joining is under way: send once `Joined` arrives.
                 Content::Text(text) if self.wanted.contains(&room) => {
-                    let id = self.typed_id();
-                    self.outbox.push_back((id, Chat::Room(room), text));
-                    self.save_outbox(out);
+                    self.queue_typed(Chat::Room(room), text, out);
                 }
                 Content::Text(_) => {
                     out.error(format!("you are not in #{room}: /join {room} first"))
@@ -431,27 +427,36 @@ impl Engine {
 
     /// Seals a text that waited in the outbox (`id`), recording which it
     /// was; if it has to wait again (its room is not joined yet) it keeps
-    /// its id.
+    /// its id and its record, otherwise its record goes.
     pub(super) fn send_typed(&mut self, id: u64, chat: Chat, text: String, out: &mut Out) {
         self.sealing_typed = Some(id);
         self.send_text(chat, text, out);
         self.sealing_typed = None;
-    }
-
-    /// The id of a text entering the outbox: the one being sealed again,
-    /// or a new one.
-    fn typed_id(&mut self) -> u64 {
-        self.sealing_typed.take().unwrap_or_else(rand::random)
-    }
-
-    /// Records the outbox as it is now.
-    pub(super) fn save_outbox(&mut self, out: &mut Out) {
-        let entries: Vec<(u64, Chat, String)> = self.outbox.iter().cloned().collect();
-        if let Err(e) = self.store.set_outbox(&entries) {
+        if !self.outbox.iter().any(|(queued, _, _)| *queued == id)
+            && let Err(e) = self.store.remove_outbox(id)
+        {
             out.error(format!(
-                "could not store the messages waiting to be sent: {e}"
+                "could not update the messages waiting to be sent: {e}"
             ));
         }
+    }
+
+    /// A text enters the outbox: kept in the store too (unless it is one
+    /// being sealed again, whose record is there already).
+    fn queue_typed(&mut self, chat: Chat, text: String, out: &mut Out) {
+        let id = match self.sealing_typed.take() {
+            Some(id) => id,
+            None => {
+                // Ids grow, so the store keeps the order typed.
+                let id = self.next_typed.max(now_ms().saturating_mul(1000));
+                self.next_typed = id.saturating_add(1);
+                if let Err(e) = self.store.push_outbox(id, &chat, &text) {
+                    out.error(format!("could not keep the message to send later: {e}"));
+                }
+                id
+            }
+        };
+        self.outbox.push_back((id, chat, text));
     }
 
     /// Puts one `Send` in `out` and remembers what it carried.

@@ -236,7 +236,6 @@ impl Engine {
                 self.outbox.push_back((id, chat, text));
             }
         }
-        self.save_outbox(out);
     }
 
     pub(super) fn on_presence(
