@@ -23,6 +23,8 @@ use crate::writer::Outbound;
 
 /// Deliveries read from the database at a time.
 const READ_BATCH: usize = 256;
+/// How soon a read that failed is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Streams `user`'s deliveries to `peer` until `done` is cancelled.
 pub(super) async fn pump(
@@ -46,12 +48,19 @@ pub(super) async fn pump(
         };
         let batch = match batch {
             Some(Ok(batch)) => batch,
-            Some(Err(error)) => {
-                // Still stored: tried again at the next wake-up.
-                warn!(%error, "could not read stored deliveries");
-                Vec::new()
+            failed => {
+                // Still stored: read again in a moment (the store reopens
+                // after a storage failure); the frames left for after the
+                // deliveries wait for them.
+                match failed {
+                    Some(Err(error)) => warn!(%error, "could not read stored deliveries"),
+                    _ => warn!("could not read stored deliveries: the task failed"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY) => continue,
+                    () = done.cancelled() => return,
+                }
             }
-            None => Vec::new(),
         };
         if batch.is_empty() {
             for frame in then.drain(..) {
