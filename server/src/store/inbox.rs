@@ -44,6 +44,11 @@ pub(super) struct InboxRecord {
     pub(super) queued_at: u64,
     pub(super) size: u64,
     pub(super) slot: Option<Bytes>,
+    /// A delivery with one recipient (a direct message) keeps its body
+    /// here, with its resend hash, instead of in [`BODIES`] with a count
+    /// in [`BODY_REFS`]: one insert and one remove per message instead of
+    /// three and three (docs/benchmarks.md).
+    pub(super) inline: Option<(BodyRecord, [u8; 16])>,
 }
 
 /// A stored delivery as read back. (Also the record of the `queue` table
@@ -253,7 +258,8 @@ impl Store {
                     }
                     let mut delivered = Vec::with_capacity(delivery.recipients.len());
                     let mut refused = Vec::new();
-                    let body_id = take(&mut next_id);
+                    let single = delivery.recipients.len() == 1;
+                    let body_id = if single { 0 } else { take(&mut next_id) };
                     for recipient in &delivery.recipients {
                         let key = recipient.name.key();
                         let size = body_len + recipient.slot.as_ref().map_or(0, |s| s.len() as u64);
@@ -268,6 +274,14 @@ impl Store {
                             queued_at: delivery.queued_at,
                             size,
                             slot: recipient.slot.clone(),
+                            inline: single.then(|| {
+                                let body = BodyRecord {
+                                    from: delivery.from.clone(),
+                                    to: delivery.to.clone(),
+                                    body: delivery.body.clone(),
+                                };
+                                (body, hash)
+                            }),
                         };
                         let value = postcard::to_stdvec(&record).map_err(encode_err)?;
                         inbox
@@ -276,8 +290,14 @@ impl Store {
                         tally.add_user(key.as_str(), 1, signed(size));
                         delivered.push((key, id));
                     }
+                    if single && let Some((_, id)) = delivered.first() {
+                        hashes.insert(hash.as_slice(), *id).map_err(db_err)?;
+                        if let Some(room) = room {
+                            tally.add_room(room, 1, signed(body_len));
+                        }
+                    }
                     // Nobody to keep it for: no body either.
-                    if !delivered.is_empty() {
+                    if !single && !delivered.is_empty() {
                         let record = BodyRecord {
                             from: delivery.from.clone(),
                             to: delivery.to.clone(),
@@ -305,13 +325,13 @@ impl Store {
                         if let Some(record) = removed {
                             tally.user(&stats, user.as_str())?;
                             tally.add_user(user.as_str(), -1, -signed(record.size));
-                            release(
+                            forget_body(
                                 &mut bodies,
                                 &mut refs,
                                 &mut hashes,
                                 &room_stats,
                                 &mut tally,
-                                record.body,
+                                record,
                             )?;
                             acked += 1;
                         }
@@ -402,9 +422,10 @@ impl Store {
                 if record.queued_at < cutoff {
                     continue;
                 }
-                let body = match &last_body {
-                    Some((id, body)) if *id == record.body => body.clone(),
-                    _ => {
+                let body = match (record.inline, &last_body) {
+                    (Some((body, _)), _) => body,
+                    (None, Some((id, body))) if *id == record.body => body.clone(),
+                    (None, _) => {
                         let Some(value) = bodies.get(record.body).map_err(db_err)? else {
                             return Err(StoreError::Corrupt);
                         };
@@ -489,21 +510,22 @@ impl Store {
                     }
                 }
                 let mut tally = Tally::default();
-                for (user, id, record) in &expired {
-                    inbox.remove((user.as_str(), *id)).map_err(db_err)?;
-                    tally.user(&stats, user)?;
-                    tally.add_user(user, -1, -signed(record.size));
-                    release(
+                let dropped = expired.len() as u64;
+                for (user, id, record) in expired {
+                    inbox.remove((user.as_str(), id)).map_err(db_err)?;
+                    tally.user(&stats, &user)?;
+                    tally.add_user(&user, -1, -signed(record.size));
+                    forget_body(
                         &mut bodies,
                         &mut refs,
                         &mut hashes,
                         &room_stats,
                         &mut tally,
-                        record.body,
+                        record,
                     )?;
                 }
                 tally.write_back(&mut stats, &mut room_stats)?;
-                expired.len() as u64
+                dropped
             };
             txn.commit().map_err(db_err)?;
             Ok(dropped)
@@ -595,6 +617,29 @@ fn take(next_id: &mut u64) -> u64 {
 /// A size as a signed change (sizes are bounded far below `i64::MAX`).
 fn signed(size: u64) -> i64 {
     i64::try_from(size).unwrap_or(i64::MAX)
+}
+
+/// What a removed inbox entry held of its body: an inline body and its
+/// hash go with it; a shared one loses a holder.
+fn forget_body(
+    bodies: &mut redb::Table<'_, u64, &[u8]>,
+    refs: &mut redb::Table<'_, u64, (u64, u64, u64, u64)>,
+    hashes: &mut redb::Table<'_, &[u8], u64>,
+    room_stats: &redb::Table<'_, &str, (u64, u64)>,
+    tally: &mut Tally,
+    record: InboxRecord,
+) -> Result<(), StoreError> {
+    match record.inline {
+        Some((body, hash)) => {
+            hashes.remove(hash.as_slice()).map_err(db_err)?;
+            if let Destination::Room(room) = &body.to {
+                tally.room(room_stats, room.as_str())?;
+                tally.add_room(room.as_str(), -1, -signed(body.body.len() as u64));
+            }
+            Ok(())
+        }
+        None => release(bodies, refs, hashes, room_stats, tally, record.body),
+    }
 }
 
 /// Drops one recipient's hold on body `id`: the body goes with the last.

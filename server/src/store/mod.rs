@@ -565,6 +565,7 @@ fn migrate_queue(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
                 queued_at: old.queued_at,
                 size,
                 slot: old.slot,
+                inline: None,
             };
             let body = postcard::to_stdvec(&body).map_err(encode_err)?;
             let record = postcard::to_stdvec(&record).map_err(encode_err)?;

@@ -279,3 +279,84 @@ fn expired_deliveries_are_left_out_then_swept() {
     assert_eq!(s.total_queued().unwrap(), 0);
     assert_eq!(s.total_bodies().unwrap(), 0);
 }
+
+/// A direct message keeps its body in its one inbox entry; a room message
+/// for several members stores its body once, shared, deleted with the
+/// last entry; the counts per user and per room follow both, and a resend
+/// of either is stored once while it is held.
+#[test]
+fn bodies_are_inline_for_one_recipient_and_shared_by_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), LIMITS);
+    let room: sotto_proto::RoomName = "lobby".parse().unwrap();
+    let send = |to: Destination, names: &[&str], body: &'static [u8]| {
+        Write::Deliver(NewDelivery {
+            queued_at: now_secs(),
+            from: user("alice"),
+            to,
+            body: Bytes::from_static(body),
+            recipients: names
+                .iter()
+                .map(|n| Recipient {
+                    name: user(n),
+                    slot: Some(Bytes::from_static(b"s")),
+                })
+                .collect(),
+        })
+    };
+    let ids = |outcome: &Outcome| match outcome {
+        Outcome::Deliver(Stored::Stored { delivered, .. }) => {
+            delivered.iter().map(|(_, id)| *id).collect::<Vec<u64>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    let dm = s
+        .apply(&[send(Destination::User(user("bob")), &["bob"], b"direct")])
+        .unwrap();
+    assert_eq!(ids(&dm[0]).len(), 1);
+    assert_eq!(s.total_bodies().unwrap(), 0, "inline");
+    let shared = s
+        .apply(&[send(
+            Destination::Room(room.clone()),
+            &["bob", "carol"],
+            b"to both",
+        )])
+        .unwrap();
+    assert_eq!(s.total_bodies().unwrap(), 1);
+    assert_eq!(s.room_depth(&room).unwrap(), (1, 7));
+    // Resends while held: stored no second time.
+    let again = s
+        .apply(&[
+            send(Destination::User(user("bob")), &["bob"], b"direct"),
+            send(
+                Destination::Room(room.clone()),
+                &["bob", "carol"],
+                b"to both",
+            ),
+        ])
+        .unwrap();
+    assert!(again.iter().all(|o| ids(o).is_empty()), "{again:?}");
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (2, 7 + 8));
+    let bob: Vec<Vec<u8>> = s
+        .pending(&user("bob"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, q)| q.body.to_vec())
+        .collect();
+    assert_eq!(bob, [b"direct".to_vec(), b"to both".to_vec()]);
+    // Acknowledged: the inline body goes with its entry, the shared one
+    // with the last of its two.
+    let shared_ids = ids(&shared[0]);
+    s.acknowledge(&user("bob"), ids(&dm[0])[0]).unwrap();
+    s.acknowledge(&user("bob"), shared_ids[0]).unwrap();
+    assert_eq!(s.total_bodies().unwrap(), 1);
+    s.acknowledge(&user("carol"), shared_ids[1]).unwrap();
+    assert_eq!(s.total_bodies().unwrap(), 0);
+    assert_eq!(s.room_depth(&room).unwrap(), (0, 0));
+    assert_eq!(s.queue_depth(&user("bob")).unwrap(), (0, 0));
+    // Gone: the same bytes are a new delivery.
+    let new = s
+        .apply(&[send(Destination::User(user("bob")), &["bob"], b"direct")])
+        .unwrap();
+    assert_eq!(ids(&new[0]).len(), 1);
+}
