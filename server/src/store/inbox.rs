@@ -46,8 +46,8 @@ pub(super) struct InboxRecord {
     pub(super) slot: Option<Bytes>,
     /// A delivery with one recipient (a direct message) keeps its body
     /// here, with its resend hash, instead of in [`BODIES`] with a count
-    /// in [`BODY_REFS`]: one insert and one remove per message instead of
-    /// three and three (docs/benchmarks.md).
+    /// in [`BODY_REFS`]: fewer B-tree writes per message
+    /// (docs/benchmarks.md, "Direct messages with their body inline").
     pub(super) inline: Option<(BodyRecord, [u8; 16])>,
 }
 
