@@ -7,6 +7,11 @@
 //! the message is durably stored (after its read batch's commit), in their
 //! direct conversation, for every message stored in that batch (a copy
 //! that came again counts too: its first receipt may have been lost).
+//!
+//! Also here: the heartbeat a conversation gets when this client's newest
+//! message there is not receipted in time (so that a withheld tail shows
+//! as a gap), and sending again, byte for byte, the messages whose `Sent`
+//! never came (after a lost connection or a restart).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
