@@ -524,16 +524,7 @@ impl Engine {
             None => Err(StoreError::Format),
         };
         if let Err(e) = saved {
-            // Undo, so that the relay's redelivery opens it again.
-            if let Some(receiving) = self
-                .inbound
-                .get_mut(&key)
-                .and_then(|i| i.sessions.get_mut(index))
-            {
-                (receiving.window, receiving.missing) = before;
-            }
-            out.error(format!("could not store a message: {e}"));
-            return Handled::Kept;
+            return self.not_stored(&key, index, before, &e, out);
         }
         if !matches!(arrival, Arrival::Late) {
             self.remember_place(&chat, sender, opened.seq, position.anchor);
@@ -553,6 +544,28 @@ impl Engine {
         let message = self.message_of(entry, position);
         out.update(Update::Message(message));
         Handled::Done
+    }
+
+    /// What arrived could not be stored: the receiving window moves back,
+    /// so that the relay's redelivery opens it again, and the user hears
+    /// so.
+    fn not_stored(
+        &mut self,
+        key: &(Fingerprint, Conversation),
+        index: usize,
+        before: (ReplayWindow, BTreeSet<u64>),
+        error: &StoreError,
+        out: &mut Out,
+    ) -> Handled {
+        if let Some(receiving) = self
+            .inbound
+            .get_mut(key)
+            .and_then(|i| i.sessions.get_mut(index))
+        {
+            (receiving.window, receiving.missing) = before;
+        }
+        out.error(format!("could not store a message: {error}"));
+        Handled::Kept
     }
 
     /// Receipts again, for every number of the receiving session at
@@ -605,15 +618,7 @@ impl Engine {
             None => Err(StoreError::Format),
         };
         if let Err(e) = saved {
-            if let Some(receiving) = self
-                .inbound
-                .get_mut(&key)
-                .and_then(|i| i.sessions.get_mut(index))
-            {
-                (receiving.window, receiving.missing) = before;
-            }
-            out.error(format!("could not store a message: {e}"));
-            return Handled::Kept;
+            return self.not_stored(&key, index, before, &e, out);
         }
         if missing > 0 {
             out.update(Update::Missing {

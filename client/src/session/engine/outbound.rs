@@ -544,29 +544,9 @@ mod tests {
         account: &crate::account::Account,
         bob: &sotto_crypto::Identity,
     ) -> (Engine, Out) {
-        let alice = fixture("alice");
         let (mut engine, _) =
             Engine::new(account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
-        let mut out = Out::default();
-        engine.on_registered(name("alice"), &mut out);
-        engine.handle_frame(
-            RelayFrame::Joined {
-                room: RoomName::lobby(),
-                members: vec![
-                    sotto_proto::Member {
-                        name: name("alice"),
-                        identity: alice.public().to_bytes().into(),
-                        online: true,
-                    },
-                    sotto_proto::Member {
-                        name: name("bob"),
-                        identity: bob.public().to_bytes().into(),
-                        online: true,
-                    },
-                ],
-            },
-            &mut out,
-        );
+        let out = back_in_lobby(&mut engine, bob);
         (engine, out)
     }
 
@@ -657,27 +637,7 @@ mod tests {
         );
         assert!(out.frames.is_empty());
         // Reconnected and back in the room: the 256 kept go out, one session.
-        let mut out = Out::default();
-        engine.on_registered(name("alice"), &mut out);
-        let alice = fixture("alice");
-        engine.handle_frame(
-            RelayFrame::Joined {
-                room: RoomName::lobby(),
-                members: vec![
-                    sotto_proto::Member {
-                        name: name("alice"),
-                        identity: alice.public().to_bytes().into(),
-                        online: true,
-                    },
-                    sotto_proto::Member {
-                        name: name("bob"),
-                        identity: bob.public().to_bytes().into(),
-                        online: true,
-                    },
-                ],
-            },
-            &mut out,
-        );
+        let out = back_in_lobby(&mut engine, &bob);
         let to = sent_to(&out);
         assert_eq!(to.iter().filter(|d| **d == &lobby()).count(), bound);
         assert_eq!(to.len(), bound + 1, "one announcement to bob");

@@ -64,8 +64,15 @@ pub(super) fn alice_in_lobby_with(
     bob: &Identity,
     limits: SessionLimits,
 ) -> (Engine, Vec<Update>) {
-    let alice = fixture("alice");
     let (mut engine, history) = Engine::new(account, &[RoomName::lobby()], limits).unwrap();
+    back_in_lobby(&mut engine, bob);
+    (engine, history)
+}
+
+/// Alice's engine registered and told it is in the lobby with bob (as
+/// after connecting); what it sends and shows for that.
+pub(super) fn back_in_lobby(engine: &mut Engine, bob: &Identity) -> Out {
+    let alice = fixture("alice");
     let mut out = Out::default();
     engine.on_registered(name("alice"), &mut out);
     engine.handle_frame(
@@ -86,7 +93,7 @@ pub(super) fn alice_in_lobby_with(
         },
         &mut out,
     );
-    (engine, history)
+    out
 }
 
 /// Bob's side: a session to alice in the lobby and its counter.
