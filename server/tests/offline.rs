@@ -14,14 +14,8 @@
 
 mod common;
 
-/// A body of its own for send `id` (the relay stores identical bytes from
-/// one sender to the same recipients once).
-fn numbered(id: u64) -> &'static [u8] {
-    Box::leak(format!("x{id}").into_bytes().into_boxed_slice())
-}
-
 use bytes::Bytes;
-use common::{Client, Relay, room, send_to_room, send_to_user, user};
+use common::{Client, Relay, numbered, room, send_to_room, send_to_user, user};
 use sotto_proto::{ClientFrame, Destination, ErrorCode, PresenceEvent, RelayFrame};
 
 /// The members of a `Joined` frame, with whether each is online.

@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{Client, Relay, identity, room, send_to_room, send_to_user, user};
+use common::{Client, Relay, identity, numbered, room, send_to_room, send_to_user, user};
 use sotto_proto::{
     ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, UserInfo,
 };
@@ -386,7 +386,7 @@ async fn bad_input_closes_only_the_offending_connection() {
                 id,
                 "lobby",
                 // Its own bytes each time: identical ones are stored once.
-                Box::leak(format!("still here {id}").into_bytes().into_boxed_slice()),
+                numbered(id),
                 &[],
             ))
             .await;

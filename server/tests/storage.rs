@@ -13,16 +13,10 @@
 
 mod common;
 
-/// A body of its own for send `id` (the relay stores identical bytes from
-/// one sender to the same recipients once).
-fn numbered(id: u64) -> &'static [u8] {
-    Box::leak(format!("x{id}").into_bytes().into_boxed_slice())
-}
-
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{Relay, identity, send_to_user, user};
+use common::{Relay, identity, numbered, send_to_user, user};
 use sotto_proto::{ClientFrame, ErrorCode, RelayFrame};
 use sotto_relay::store::fault::Disk;
 use sotto_relay::store::{DATABASE_FILE, Recovery};

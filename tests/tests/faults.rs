@@ -107,11 +107,7 @@ async fn direct_messages_sent_while_the_recipient_is_refused_arrive_once_in_orde
             .await;
     }
     barrier(&mut alice, Via::Relay).await;
-    assert!(
-        !alice.saw(|u| matches!(u, Update::Error(_))),
-        "{:#?}",
-        alice.seen
-    );
+    no_errors(&alice);
 
     proxy.refuse(false);
     bob.expect_connected().await;
@@ -146,11 +142,7 @@ async fn a_thousand_direct_messages_through_five_resets_arrive_once_in_order() {
     assert_eq!(proxy.stats().reset, 5, "{points:?}");
     assert_eq!(shown_in(&bob, &dm("alice"), "dm "), texts);
     nothing_missing(&bob);
-    assert!(
-        !alice.saw(|u| matches!(u, Update::Error(_))),
-        "{:#?}",
-        alice.seen
-    );
+    no_errors(&alice);
     delivered_to_all(&mut alice, &dm("bob"), "dm ", 1000, &["bob"]).await;
     let relay = proxy.relay_address(&bed.relay.address);
     assert_eq!(
@@ -193,11 +185,7 @@ async fn a_thousand_room_messages_reach_a_flaky_member_once_in_order() {
     assert_eq!(shown_in(&carol, &lobby(), "room "), texts);
     nothing_missing(&bob);
     nothing_missing(&carol);
-    assert!(
-        !alice.saw(|u| matches!(u, Update::Error(_))),
-        "{:#?}",
-        alice.seen
-    );
+    no_errors(&alice);
     delivered_to_all(&mut alice, &lobby(), "room ", 1000, &["bob", "carol"]).await;
     let relay = proxy.relay_address(&bed.relay.address);
     assert_eq!(
@@ -226,11 +214,7 @@ async fn a_member_offline_gets_what_was_said_in_the_room_and_to_it() {
         alice.send(dm("bob"), direct);
     }
     barrier(&mut alice, Via::Relay).await;
-    assert!(
-        !alice.saw(|u| matches!(u, Update::Error(_))),
-        "{:#?}",
-        alice.seen
-    );
+    no_errors(&alice);
 
     let mut bob = Peer::connect(account, &bed.relay.address).await;
     receive(&mut bob, &lobby(), "room ", 20, None, &mut [&mut alice]).await;
@@ -315,11 +299,7 @@ async fn a_sender_whose_connection_is_reset_loses_nothing() {
     assert_eq!(proxy.stats().reset, 3, "{planned:?} {:?}", proxy.stats());
     assert_eq!(shown_in(&bob, &dm("alice"), "dm "), texts);
     nothing_missing(&bob);
-    assert!(
-        !alice.saw(|u| matches!(u, Update::Error(_))),
-        "{:#?}",
-        alice.seen
-    );
+    no_errors(&alice);
     delivered_to_all(&mut alice, &dm("bob"), "dm ", 300, &["bob"]).await;
     let relay = bed.relay.address.clone();
     assert_eq!(
@@ -409,11 +389,7 @@ async fn a_recipient_whose_path_goes_silent_for_fifteen_seconds_gets_every_messa
     .await;
     assert_eq!(shown_in(&bob, &dm("alice"), "silent "), texts);
     nothing_missing(&bob);
-    assert!(
-        !alice.saw(|u| matches!(u, Update::Error(_))),
-        "{:#?}",
-        alice.seen
-    );
+    no_errors(&alice);
     delivered_to_all(&mut alice, &dm("bob"), "silent ", 1000, &["bob"]).await;
     let relay = proxy.relay_address(&bed.relay.address);
     assert_eq!(
@@ -478,11 +454,7 @@ async fn the_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let arrived = shown_in(&bob, &dm("alice"), "crash ");
     assert_eq!(arrived, texts);
     nothing_missing(&bob);
-    assert!(
-        !alice.saw(|u| matches!(u, Update::Error(_))),
-        "{:#?}",
-        alice.seen
-    );
+    no_errors(&alice);
     // What alice was told `Sent` before the kill: at least the first 250,
     // each among what arrived (all did).
     let told_sent: HashSet<MessageId> = alice.seen[..cut]

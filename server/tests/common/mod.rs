@@ -76,6 +76,13 @@ pub fn send_to_user(
     }
 }
 
+/// A body of its own for send `id`, to give bytes that must not be taken
+/// for a resend (the relay stores identical bytes from one sender to the
+/// same recipients once). Leaked: tests only.
+pub fn numbered(id: u64) -> &'static [u8] {
+    Box::leak(format!("x{id}").into_bytes().into_boxed_slice())
+}
+
 /// A `Send` to room `name` with the given slots.
 pub fn send_to_room(
     id: u64,

@@ -224,6 +224,16 @@ pub(crate) fn nothing_missing(peer: &Peer) {
     );
 }
 
+/// `peer` was shown no error (nothing it sent was refused).
+pub(crate) fn no_errors(peer: &Peer) {
+    assert!(
+        !peer.saw(|u| matches!(u, Update::Error(_))),
+        "{}: {:#?}",
+        peer.name,
+        peer.seen
+    );
+}
+
 pub(crate) fn reconnecting(update: &Update) -> bool {
     matches!(update, Update::Connection(Connection::Reconnecting { .. }))
 }
