@@ -29,7 +29,7 @@ use sotto_app::onboarding::ids as onboarding_ids;
 use sotto_app::{App, Message, Options};
 use sotto_client::account::Account;
 use sotto_client::profile::{IDENTITY_FILE, Profile};
-use sotto_client::session::{Command, TrustLevel, Update};
+use sotto_client::session::{Command, Problem, ProblemCode, TrustLevel, Update};
 use sotto_crypto::KdfParams;
 use sotto_proto::RelayAddress;
 use sotto_testkit::{LocalRelay, Peer, account, dm, lobby, user};
@@ -905,7 +905,10 @@ async fn bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text(
     };
     feed(
         &mut chat,
-        Update::Error(format!("the relay refused: \u{202E}detsurt{nasty}")),
+        Update::Error(Problem::new(
+            ProblemCode::Relay(sotto_proto::ErrorCode::Internal),
+            format!("the relay refused: \u{202E}detsurt{nasty}"),
+        )),
     );
     feed(
         &mut chat,
@@ -1599,7 +1602,10 @@ async fn stored_messages_show_their_delivery_state_and_follow_its_changes() {
         delivery(DeliveryState::Sent, &["bob"], &[]),
         delivery(DeliveryState::Sent, &["bob", "carol"], &[]),
         delivery(
-            DeliveryState::Failed("refused (QueueFull)".into()),
+            DeliveryState::Failed(Box::new(Problem::new(
+                ProblemCode::Relay(sotto_proto::ErrorCode::QueueFull),
+                "refused (QueueFull)",
+            ))),
             &[],
             &[],
         ),
@@ -1678,7 +1684,14 @@ async fn stored_messages_show_their_delivery_state_and_follow_its_changes() {
         Update::Delivery {
             chat: Conversation::Room("other".parse().unwrap()),
             id,
-            delivery: delivery(DeliveryState::Failed("no".into()), &[], &[]),
+            delivery: delivery(
+                DeliveryState::Failed(Box::new(Problem::new(
+                    ProblemCode::Relay(sotto_proto::ErrorCode::Internal),
+                    "no",
+                ))),
+                &[],
+                &[],
+            ),
         },
     );
     // The newest changes too, and is drawn so.

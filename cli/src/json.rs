@@ -66,7 +66,7 @@ fn delivery_fields(delivery: &Delivery) -> Value {
     let (state, reason) = match &delivery.state {
         DeliveryState::Pending => ("pending", None),
         DeliveryState::Sent => ("sent", None),
-        DeliveryState::Failed(why) => ("failed", Some(why.as_str())),
+        DeliveryState::Failed(why) => ("failed", Some(why.message.as_str())),
     };
     let mut fields = Map::new();
     fields.insert("state".to_owned(), json!(state));
@@ -296,7 +296,7 @@ pub(crate) fn event(update: &Update) -> Value {
         Update::VerifiedOnly { room, on } => {
             with_type("verified_only", json!({ "room": room.as_str(), "on": on }))
         }
-        Update::Error(message) => error(message),
+        Update::Error(problem) => error(&problem.message),
         Update::RelayKeyMoved(moved) => with_type(
             "relay_key",
             json!({
@@ -412,7 +412,10 @@ mod tests {
         assert!(enough.get("omitted").is_none());
         assert_eq!(shown(&history(3), Some(0)), None);
         // Only the history is cut.
-        let error = Update::Error("x".to_owned());
+        let error = Update::Error(sotto_client::session::Problem::new(
+            sotto_client::session::ProblemCode::NotInRoom,
+            "x",
+        ));
         assert_eq!(shown(&error, Some(0)), Some(event(&error)));
     }
 
@@ -472,7 +475,11 @@ mod tests {
     #[test]
     fn text_stays_exact_and_json_escaped() {
         let text = "\u{1b}]0;TITLE\u{7} \u{1b}[2J\n[06:59:59] #lobby <bob [verified]> x\u{202e}";
-        let line = event(&Update::Error(text.to_owned())).to_string();
+        let line = event(&Update::Error(sotto_client::session::Problem::new(
+            sotto_client::session::ProblemCode::Storage,
+            text,
+        )))
+        .to_string();
         assert!(!line.contains('\u{1b}') && !line.contains('\n'), "{line}");
         let back: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["message"], text);

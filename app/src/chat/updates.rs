@@ -227,7 +227,7 @@ impl Chat {
                 self.shown.insert(key, shown);
             }
             Update::Error(error) => {
-                self.not_sent(&error);
+                self.not_sent(&error.message);
                 // In the status line, louder than the notices.
                 for said in said {
                     self.status = Some((Tone::Danger, said.text));

@@ -7,7 +7,7 @@
 use sotto_proto::{ClientFrame, RelayFrame};
 
 use super::{Engine, Out};
-use crate::session::Update;
+use crate::session::{Problem, ProblemCode, Update};
 use crate::store::StoreBatch;
 
 /// What a failed batch commit means to the user: nothing of it was kept,
@@ -46,7 +46,7 @@ impl Engine {
             Err(e) => {
                 // Not even a batch: nothing of these frames is handled, so
                 // nothing is acknowledged.
-                out.error(batch_not_stored(&e));
+                out.error(ProblemCode::Storage, batch_not_stored(&e));
                 return;
             }
         };
@@ -78,15 +78,18 @@ impl Engine {
                 );
                 for update in produced.updates {
                     match update {
-                        Update::Message(message) if message.outgoing => out.error(format!(
-                            "{}: not sent: could not store it: {e}",
-                            message.chat
-                        )),
+                        Update::Message(message) if message.outgoing => out.problem(
+                            Problem::new(
+                                ProblemCode::Storage,
+                                format!("{}: not sent: could not store it: {e}", message.chat),
+                            )
+                            .unsent(message.chat, 1),
+                        ),
                         update if about_delivery(&update) => {}
                         update => out.updates.push(update),
                     }
                 }
-                out.error(batch_not_stored(&e));
+                out.error(ProblemCode::Storage, batch_not_stored(&e));
             }
         }
     }

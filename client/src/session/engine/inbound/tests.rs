@@ -218,6 +218,7 @@ async fn forged_announcements_are_blamed_on_the_relay_and_spend_none_of_the_send
         errors(&out.updates),
         [forged_announcements(u64::from(count), "bob")]
     );
+    assert_eq!(codes(&out.updates), [ProblemCode::Forged]);
     let mut out = Out::default();
     engine.tick(Instant::now(), &mut out);
     assert!(errors(&out.updates).is_empty());

@@ -106,6 +106,13 @@ async fn a_room_the_relay_says_we_left_is_forgotten_and_not_joined_again() {
         errors(&out.updates),
         ["you are not in #lobby: /join lobby first"]
     );
+    assert_eq!(codes(&out.updates), [ProblemCode::NotInRoom]);
+    // The send it answers: one text to the lobby, not sent.
+    assert!(matches!(
+        &out.updates[..],
+        [Update::Error(problem)] if problem.answers.as_deref()
+            == Some(&crate::session::Answers::Sends { chat: lobby_chat(), count: 1 })
+    ));
     assert_eq!(engine.store.joined_rooms().unwrap(), Some(Vec::new()));
     // The next connection does not join it again.
     engine.on_disconnected();
@@ -419,6 +426,7 @@ async fn a_joined_for_a_room_to_leave_is_answered_with_leave_and_a_relay_that_fo
         },
     );
     assert_eq!(errors(&updates), ["relay: not in lobby (NotMember)"]);
+    assert_eq!(codes(&updates), [ProblemCode::Relay(ErrorCode::NotMember)]);
 }
 
 #[tokio::test]
