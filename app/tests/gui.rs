@@ -1058,6 +1058,34 @@ async fn a_direct_conversation_is_one_whatever_the_case_of_the_name() {
     assert_eq!(gui.app.chat().unwrap().unread(), 0, "it is on screen");
 }
 
+/// A message to a name nobody owns shows as not sent, with why: the
+/// session's error says which sends it answers (not its wording).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_nobody_shows_as_not_sent_with_why() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    gui.until_shows("You joined #lobby").await;
+
+    gui.type_into(chat_ids::COMPOSER, "/msg nobody are you there?");
+    gui.enter(chat_ids::COMPOSER);
+    gui.until_shows("not sent: there is no user called nobody on this relay")
+        .await;
+    // Marked not sent, with why, over the message.
+    let texts = gui.texts();
+    let at = texts.iter().position(|t| t == "are you there?").unwrap();
+    assert_eq!(
+        texts[at - 3..at],
+        [
+            "alice",
+            "✗",
+            "not sent: there is no user called nobody on this relay"
+        ],
+        "{texts:#?}"
+    );
+}
+
 /// The verification screen drawn to pixels (tiny-skia, as in the real
 /// window) in both themes: a real QR decoder reads the safety-number
 /// payload back from it.
