@@ -8,10 +8,12 @@
 //! it (and its later `delivery` events carry the same id), the next
 //! `joined` or `left` of a room the next `join` or `leave` of it, the next
 //! `users`, `rooms` or `safety_number` of a name the next such command.
-//! A send that ends in an `error` instead of a message (not in the room,
-//! no such user, ...) is answered by that error: the session says which
-//! chat's oldest sends it answers; an error about a message already sent
-//! (the relay refused it) names that message.
+//! A `verify` or `trust` of a name is answered by the next `trust` of it.
+//! A command that ends in an `error` instead (a send not in the room or to
+//! no such user, a leave of a room not joined, ...) is answered by that
+//! error: the session's `Problem` says which commands it answers (a
+//! chat's oldest sends, a leave of a room, ...); an error about a message
+//! already sent (the relay refused it) names that message.
 //!
 //! Every command is queued, with its id or without one, so that a command
 //! with no id does not take the id of the next one.
@@ -19,8 +21,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use serde_json::{Map, Value, json};
-use sotto_client::session::{Answers, Chat, Command, Message, MessageId, Update};
-use sotto_proto::{RoomName, UserName};
+use sotto_client::session::{Answers, Chat, Command, Message, MessageId, Problem, Update};
+use sotto_proto::{RoomName, UserKey};
 
 use crate::json;
 
@@ -48,7 +50,9 @@ pub(crate) struct Bot {
     rooms_left: HashMap<RoomName, Waiting>,
     users: Waiting,
     rooms: Waiting,
-    safety: HashMap<UserName, Waiting>,
+    safety: HashMap<UserKey, Waiting>,
+    /// `verify` and `trust` commands, answered by `trust` (or an error).
+    trusts: HashMap<UserKey, Waiting>,
     /// Every message of each chat this session has shown, in display
     /// order.
     stored: HashMap<Chat, Vec<Message>>,
@@ -87,8 +91,9 @@ impl Bot {
                 .push_back(id),
             Command::ListUsers => self.users.push_back(id),
             Command::ListRooms => self.rooms.push_back(id),
-            Command::SafetyNumber(name) => {
-                self.safety.entry(name.clone()).or_default().push_back(id)
+            Command::SafetyNumber(name) => self.safety.entry(name.key()).or_default().push_back(id),
+            Command::Verify { name, .. } | Command::AcceptKey(name) => {
+                self.trusts.entry(name.key()).or_default().push_back(id)
             }
             _ => {}
         }
@@ -99,15 +104,11 @@ impl Bot {
     /// messages, as `json::shown`), with the id of the command that caused
     /// it.
     pub(crate) fn event(&mut self, update: &Update, newest: Option<usize>) -> Option<Value> {
-        if let Update::Error(problem) = update
-            && let Some(Answers::Sends { chat, count }) = problem.answers.as_deref()
-        {
-            // The sends it answers: the first id is the `command_id`, and
-            // all of them (when there are several) `command_ids`.
-            let queue = self.sends.entry(chat.clone()).or_default();
-            let ids: Vec<Value> = (0..*count)
-                .filter_map(|_| queue.pop_front().flatten())
-                .collect();
+        if let Update::Error(problem) = update {
+            // The commands it answers: the first one's id is the
+            // `command_id`, and all of them (when there are several)
+            // `command_ids`.
+            let ids = self.answered(problem);
             let mut event = with_id(json::event(update), ids.first().cloned());
             if let (true, Value::Object(fields)) = (ids.len() > 1, &mut event) {
                 fields.insert("command_ids".to_owned(), Value::Array(ids));
@@ -127,20 +128,43 @@ impl Bot {
                 self.sent.insert((m.chat.clone(), m.id()), id.clone());
                 Some(id)
             }
-            Update::Error(problem) => {
-                let Some(Answers::Message { chat, id }) = problem.answers.as_deref() else {
-                    return None;
-                };
-                self.sent.get(&(chat.clone(), *id)).cloned()
-            }
             Update::Delivery { chat, id, .. } => self.sent.get(&(chat.clone(), *id)).cloned(),
             Update::Joined { room } => first(self.rooms_joined.get_mut(room)),
             Update::Left { room } => first(self.rooms_left.get_mut(room)),
             Update::Users(_) => self.users.pop_front().flatten(),
             Update::Rooms(_) => self.rooms.pop_front().flatten(),
-            Update::SafetyNumber { name, .. } => first(self.safety.get_mut(name)),
+            Update::SafetyNumber { name, .. } => first(self.safety.get_mut(&name.key())),
+            Update::Trust { name, .. } => first(self.trusts.get_mut(&name.key())),
             _ => None,
         }
+    }
+
+    /// The ids of the commands `problem` answers (those that had one), in
+    /// order; they are answered, so no later event takes their ids.
+    fn answered(&mut self, problem: &Problem) -> Vec<Value> {
+        let first = |queue: Option<&mut Waiting>| queue.and_then(VecDeque::pop_front).flatten();
+        let mut ids = Vec::new();
+        for answers in &problem.answers {
+            match answers {
+                Answers::Sends { chat, count } => {
+                    let queue = self.sends.entry(chat.clone()).or_default();
+                    ids.extend((0..*count).filter_map(|_| queue.pop_front().flatten()));
+                }
+                Answers::Message { chat, id } => {
+                    ids.extend(self.sent.get(&(chat.clone(), *id)).cloned());
+                }
+                Answers::Leave { room } => ids.extend(first(self.rooms_left.get_mut(room))),
+                Answers::SafetyNumber { name } => {
+                    ids.extend(first(self.safety.get_mut(&name.key())));
+                }
+                Answers::Trust { name } => ids.extend(first(self.trusts.get_mut(&name.key()))),
+                Answers::Users => ids.extend(self.users.pop_front().flatten()),
+                Answers::Rooms => ids.extend(self.rooms.pop_front().flatten()),
+                // Answers this version does not know: no id.
+                _ => {}
+            }
+        }
+        ids
     }
 
     fn keep(&mut self, update: &Update) {
@@ -292,8 +316,8 @@ mod tests {
     }
 
     #[test]
-    fn an_error_that_answers_a_send_carries_its_id_and_its_codes() {
-        use sotto_client::session::{Problem, ProblemCode};
+    fn an_error_that_answers_a_command_carries_its_id_and_its_codes() {
+        use sotto_client::session::ProblemCode;
         use sotto_proto::ErrorCode;
         let mut bot = Bot::default();
         let ops = Chat::Room("ops".parse().unwrap());
@@ -357,6 +381,55 @@ mod tests {
                 refused["command_id"].clone()
             ),
             (json!("relay"), json!("queue_full"), json!("e"))
+        );
+        // Other commands' errors: a leave, a safety number, a verify, a
+        // listing; the next answer of each kind is the next command's.
+        for line in [
+            r#"{"type":"leave","room":"ops","id":"l"}"#,
+            r#"{"type":"safety_number","name":"Carol","id":"s1"}"#,
+            r#"{"type":"safety_number","name":"carol","id":"s2"}"#,
+            r#"{"type":"trust","name":"bob","id":"t"}"#,
+            r#"{"type":"users","id":"u1"}"#,
+            r#"{"type":"users","id":"u2"}"#,
+        ] {
+            assert!(matches!(bot.line(line), Ok(Some(Action::Command(_)))));
+        }
+        let answering = |code, answers| Update::Error(Problem::new(code, "no").answering(answers));
+        for (error, id) in [
+            (
+                answering(
+                    ProblemCode::NotInRoom,
+                    Answers::Leave {
+                        room: "ops".parse().unwrap(),
+                    },
+                ),
+                "l",
+            ),
+            (
+                answering(
+                    ProblemCode::NoKeyYet,
+                    Answers::SafetyNumber {
+                        name: "CAROL".parse().unwrap(),
+                    },
+                ),
+                "s1",
+            ),
+            (
+                answering(
+                    ProblemCode::BadCommand,
+                    Answers::Trust {
+                        name: "bob".parse().unwrap(),
+                    },
+                ),
+                "t",
+            ),
+            (answering(ProblemCode::NotConnected, Answers::Users), "u1"),
+        ] {
+            assert_eq!(bot.event(&error, None).unwrap()["command_id"], json!(id));
+        }
+        assert_eq!(
+            bot.event(&Update::Users(Vec::new()), None).unwrap()["command_id"],
+            json!("u2")
         );
         // An error about nothing sent has no id.
         let other = bot

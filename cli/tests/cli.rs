@@ -246,6 +246,13 @@ async fn errors_carry_a_stable_code_and_the_id_of_the_command_they_answer() {
     assert_eq!(no_user["code"], "no_such_user", "{no_user}");
     assert!(no_user.get("relay_code").is_none(), "{no_user}");
 
+    // A room to leave that this client is not in.
+    alice
+        .say(json!({"type": "leave", "room": "ops", "id": "leave-1"}))
+        .await;
+    let not_left = alice.expect(error("leave-1")).await;
+    assert_eq!(not_left["code"], "not_in_room", "{not_left}");
+
     // A line that is not a command.
     alice
         .say(json!({"type": "send", "text": "where to?", "id": "bad-1"}))
@@ -275,6 +282,7 @@ async fn errors_carry_a_stable_code_and_the_id_of_the_command_they_answer() {
         [
             (&json!("not_in_room"), &json!("ops-1")),
             (&json!("no_such_user"), &json!("dm-1")),
+            (&json!("not_in_room"), &json!("leave-1")),
             (&json!("bad_command"), &json!("bad-1")),
             (&json!("not_in_room"), &Value::Null),
         ]

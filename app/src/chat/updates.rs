@@ -336,25 +336,27 @@ impl Chat {
     /// session got first). A problem about a message already shown (the
     /// relay refused it) answers none: its `Update::Delivery` marks it.
     fn not_sent(&mut self, problem: &Problem) {
-        let Some(Answers::Sends { chat, count }) = problem.answers.as_deref() else {
-            return;
-        };
-        let Some(thread) = self.threads.get_mut(chat) else {
-            return;
-        };
-        // The conversation is the thread's: the reason without it.
-        let named = format!("{chat}: ");
-        let reason = problem
-            .message
-            .strip_prefix(named.as_str())
-            .unwrap_or(&problem.message);
-        for pending in thread
-            .pending
-            .iter_mut()
-            .filter(|pending| pending.failed.is_none())
-            .take(*count)
-        {
-            pending.failed = Some(reason.to_owned());
+        for answers in &problem.answers {
+            let Answers::Sends { chat, count } = answers else {
+                continue;
+            };
+            let Some(thread) = self.threads.get_mut(chat) else {
+                continue;
+            };
+            // The conversation is the thread's: the reason without it.
+            let named = format!("{chat}: ");
+            let reason = problem
+                .message
+                .strip_prefix(named.as_str())
+                .unwrap_or(&problem.message);
+            for pending in thread
+                .pending
+                .iter_mut()
+                .filter(|pending| pending.failed.is_none())
+                .take(*count)
+            {
+                pending.failed = Some(reason.to_owned());
+            }
         }
     }
 }

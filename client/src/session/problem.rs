@@ -5,6 +5,8 @@ use std::fmt;
 
 use sotto_proto::ErrorCode;
 
+use sotto_proto::{RoomName, UserName};
+
 use super::{Chat, MessageId};
 
 /// A command failed, or the relay refused something: what kind of
@@ -16,13 +18,16 @@ pub struct Problem {
     pub code: ProblemCode,
     /// What to tell the user.
     pub message: String,
-    /// What it answers, when it answers something the user did (boxed:
-    /// most problems answer nothing, and updates stay small).
-    pub answers: Option<Box<Answers>>,
+    /// What the user did that it answers, if anything: the commands it
+    /// ends (so that a front end can match it to them) or the message it
+    /// is about. Empty for most problems.
+    pub answers: Vec<Answers>,
 }
 
-/// What a [`Problem`] answers.
+/// What a [`Problem`] answers. More may be added: a front end ignores
+/// what it does not know.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Answers {
     /// Typed texts it left unsent: the oldest `count` sends to `chat` not
     /// yet answered by a message or a problem, in the order typed.
@@ -40,6 +45,31 @@ pub enum Answers {
         /// Its id.
         id: MessageId,
     },
+    /// The oldest [`Command::Leave`](super::Command::Leave) of `room` not
+    /// yet answered by a `Left` or a problem.
+    Leave {
+        /// The room.
+        room: RoomName,
+    },
+    /// The oldest [`Command::SafetyNumber`](super::Command::SafetyNumber)
+    /// for `name` not yet answered by a safety number or a problem.
+    SafetyNumber {
+        /// Who.
+        name: UserName,
+    },
+    /// The oldest [`Command::Verify`](super::Command::Verify) or
+    /// [`Command::AcceptKey`](super::Command::AcceptKey) of `name` not yet
+    /// answered by a `Trust` or a problem.
+    Trust {
+        /// Who.
+        name: UserName,
+    },
+    /// The oldest [`Command::ListUsers`](super::Command::ListUsers) not
+    /// yet answered.
+    Users,
+    /// The oldest [`Command::ListRooms`](super::Command::ListRooms) not
+    /// yet answered.
+    Rooms,
 }
 
 impl Problem {
@@ -48,20 +78,27 @@ impl Problem {
         Self {
             code,
             message: message.into(),
-            answers: None,
+            answers: Vec::new(),
         }
     }
 
     /// The same, having left `count` typed texts to `chat` unsent (none:
     /// no change).
-    pub fn unsent(mut self, chat: Chat, count: usize) -> Self {
-        self.answers = (count > 0).then(|| Box::new(Answers::Sends { chat, count }));
-        self
+    pub fn unsent(self, chat: Chat, count: usize) -> Self {
+        if count == 0 {
+            return self;
+        }
+        self.answering(Answers::Sends { chat, count })
     }
 
     /// The same, about message `id`, already sent in `chat`.
-    pub fn about(mut self, chat: Chat, id: MessageId) -> Self {
-        self.answers = Some(Box::new(Answers::Message { chat, id }));
+    pub fn about(self, chat: Chat, id: MessageId) -> Self {
+        self.answering(Answers::Message { chat, id })
+    }
+
+    /// The same, answering `answers` too.
+    pub fn answering(mut self, answers: Answers) -> Self {
+        self.answers.push(answers);
         self
     }
 }

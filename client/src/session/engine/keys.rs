@@ -12,7 +12,7 @@ use sotto_proto::{ClientFrame, RoomName, UserName};
 use super::inbound::Delivery;
 use super::{Engine, Out};
 use crate::contacts::{KeyEvent, Trust};
-use crate::session::{Chat, Problem, ProblemCode, TrustLevel, Update};
+use crate::session::{Answers, Chat, Problem, ProblemCode, TrustLevel, Update};
 
 /// Work waiting for a peer's key (a `LookupKey` is in flight).
 #[derive(Debug, Default)]
@@ -111,13 +111,16 @@ impl Engine {
             None => {
                 if let Some(awaiting) = self.awaiting_key.remove(&name.key()) {
                     if !awaiting.texts.is_empty() || awaiting.show_safety_number {
-                        out.problem(
-                            Problem::new(
-                                ProblemCode::NoSuchUser,
-                                format!("there is no user called {name} on this relay"),
-                            )
-                            .unsent(Chat::Direct(name.clone()), awaiting.texts.len()),
-                        );
+                        let mut problem = Problem::new(
+                            ProblemCode::NoSuchUser,
+                            format!("there is no user called {name} on this relay"),
+                        )
+                        .unsent(Chat::Direct(name.clone()), awaiting.texts.len());
+                        if awaiting.show_safety_number {
+                            problem =
+                                problem.answering(Answers::SafetyNumber { name: name.clone() });
+                        }
+                        out.problem(problem);
                     }
                     for delivery in awaiting.deliveries {
                         out.update(Update::Rejected {

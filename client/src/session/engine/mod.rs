@@ -39,7 +39,8 @@ use sotto_crypto::{Conversation, Fingerprint, Identity, PublicIdentity, SessionI
 use sotto_proto::{ClientFrame, RelayFrame, RoomName, UserKey, UserName};
 
 use super::{
-    Chat, Command, DeliveryState, Message, OnlineUser, Problem, ProblemCode, TrustLevel, Update,
+    Answers, Chat, Command, DeliveryState, Message, OnlineUser, Problem, ProblemCode, TrustLevel,
+    Update,
 };
 use crate::account::Account;
 use crate::contacts::{Contacts, KeyEvent, Trust, TrustError};
@@ -538,24 +539,27 @@ impl Engine {
             Command::Send { chat, text } => self.send_text(chat, text, out),
             Command::Join(room) => self.join_command(room, out),
             Command::Leave(room) => self.leave_command(room, out),
-            Command::ListUsers => self.when_connected(ClientFrame::ListUsers, out),
-            Command::ListRooms => self.when_connected(ClientFrame::ListRooms, out),
+            Command::ListUsers => self.when_connected(ClientFrame::ListUsers, Answers::Users, out),
+            Command::ListRooms => self.when_connected(ClientFrame::ListRooms, Answers::Rooms, out),
             Command::SafetyNumber(name) => {
-                if self.is_me(&name) {
-                    out.error(
+                let problem = if self.is_me(&name) {
+                    Problem::new(
                         ProblemCode::Yourself,
                         "that is you: compare safety numbers with someone else",
-                    );
+                    )
                 } else if self.contacts.get(&name).is_some() {
                     self.show_safety_number(&name, out);
+                    return Flow::Continue;
                 } else if self.connected {
                     self.await_key(&name, out).show_safety_number = true;
+                    return Flow::Continue;
                 } else {
-                    out.error(
+                    Problem::new(
                         ProblemCode::NoKeyYet,
                         format!("no key is known for {name} yet"),
-                    );
-                }
+                    )
+                };
+                out.problem(problem.answering(Answers::SafetyNumber { name }));
             }
             Command::Verify {
                 name,
@@ -566,12 +570,18 @@ impl Engine {
                         .mark_verified(self.identity.public(), &name, &safety_number);
                 match result {
                     Ok(()) => self.trust_changed(&name, out),
-                    Err(e) => out.error(trust_problem(&e), e.to_string()),
+                    Err(e) => out.problem(
+                        Problem::new(trust_problem(&e), e.to_string())
+                            .answering(Answers::Trust { name }),
+                    ),
                 }
             }
             Command::AcceptKey(name) => match self.contacts.accept_new_key(&name) {
                 Ok(_) => self.trust_changed(&name, out),
-                Err(e) => out.error(trust_problem(&e), e.to_string()),
+                Err(e) => out.problem(
+                    Problem::new(trust_problem(&e), e.to_string())
+                        .answering(Answers::Trust { name }),
+                ),
             },
             Command::SetVerifiedOnly { room, on } => {
                 let settings = RoomSettings { verified_only: on };
@@ -603,11 +613,16 @@ impl Engine {
         Flow::Continue
     }
 
-    pub(super) fn when_connected(&mut self, frame: ClientFrame, out: &mut Out) {
+    /// Sends `frame` if connected; otherwise the command it `answers`
+    /// fails.
+    pub(super) fn when_connected(&mut self, frame: ClientFrame, answers: Answers, out: &mut Out) {
         if self.connected {
             out.frames.push(frame);
         } else {
-            out.error(ProblemCode::NotConnected, "not connected to the relay");
+            out.problem(
+                Problem::new(ProblemCode::NotConnected, "not connected to the relay")
+                    .answering(answers),
+            );
         }
     }
 }

@@ -832,8 +832,8 @@ mod tests {
         // The error names the message it refused, whose delivery failed
         // with the relay's code.
         let refused = updates.iter().find_map(|u| match u {
-            Update::Error(problem) => match problem.answers.as_deref() {
-                Some(crate::session::Answers::Message { chat, id }) => Some((chat.clone(), *id)),
+            Update::Error(problem) => match &problem.answers[..] {
+                [crate::session::Answers::Message { chat, id }] => Some((chat.clone(), *id)),
                 _ => None,
             },
             _ => None,

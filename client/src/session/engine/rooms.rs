@@ -22,7 +22,9 @@ use sotto_proto::{ClientFrame, ErrorCode, PresenceEvent, RoomName, UserKey, User
 
 use super::keys::trust_level;
 use super::{Engine, Out};
-use crate::session::{Chat, Member, PresenceChange, ProblemCode, TrustLevel, Update};
+use crate::session::{
+    Answers, Chat, Member, PresenceChange, Problem, ProblemCode, TrustLevel, Update,
+};
 use crate::store::RoomSettings;
 
 #[derive(Debug)]
@@ -115,7 +117,8 @@ impl Engine {
         } else if self.rooms.contains_key(&room) {
             out.frames.push(ClientFrame::Leave { room });
         } else {
-            out.error(ProblemCode::NotInRoom, format!("you are not in #{room}"));
+            let problem = Problem::new(ProblemCode::NotInRoom, format!("you are not in #{room}"));
+            out.problem(problem.answering(Answers::Leave { room }));
         }
     }
 
