@@ -146,7 +146,12 @@ mod tests {
         engine.handle_frames(frames.clone(), &mut out);
         assert_eq!(acks(&out), Vec::<u64>::new());
         assert!(messages(&out.updates).is_empty(), "{:?}", out.updates);
-        assert_eq!(errors(&out.updates).len(), 1, "{:?}", out.updates);
+        assert_eq!(
+            codes(&out.updates),
+            [crate::session::ProblemCode::Storage],
+            "{:?}",
+            out.updates
+        );
         assert_eq!(engine.store.vault().commits(), before);
         assert!(engine.store.history().unwrap().entries.is_empty());
 
@@ -242,6 +247,24 @@ mod tests {
             errors(&out.updates)
                 .iter()
                 .any(|e| e.starts_with("@carol: not sent: could not store it")),
+            "{:?}",
+            out.updates
+        );
+        // Every error of the failed batch is this client's storage; the
+        // one about the text answers its send.
+        assert!(
+            codes(&out.updates)
+                .iter()
+                .all(|c| *c == crate::session::ProblemCode::Storage),
+            "{:?}",
+            out.updates
+        );
+        assert!(
+            out.updates.iter().any(|u| matches!(u, Update::Error(p)
+            if p.answers == [crate::session::Answers::Sends {
+                chat: Chat::Direct(name("carol")),
+                count: 1,
+            }])),
             "{:?}",
             out.updates
         );
