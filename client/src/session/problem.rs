@@ -3,9 +3,7 @@
 
 use std::fmt;
 
-use sotto_proto::ErrorCode;
-
-use sotto_proto::{RoomName, UserName};
+use sotto_proto::{ErrorCode, RoomName, UserName};
 
 use super::{Chat, MessageId};
 
@@ -19,8 +17,8 @@ pub struct Problem {
     /// What to tell the user.
     pub message: String,
     /// What the user did that it answers, if anything: the commands it
-    /// ends (so that a front end can match it to them) or the message it
-    /// is about. Empty for most problems.
+    /// ends (so that a front end can match it to them, without reading
+    /// `message`) or the message it is about. Empty for most problems.
     pub answers: Vec<Answers>,
 }
 
