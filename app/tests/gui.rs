@@ -29,7 +29,7 @@ use sotto_app::onboarding::ids as onboarding_ids;
 use sotto_app::{App, Message, Options};
 use sotto_client::account::Account;
 use sotto_client::profile::{IDENTITY_FILE, Profile};
-use sotto_client::session::{Command, TrustLevel, Update};
+use sotto_client::session::{Command, Problem, ProblemCode, TrustLevel, Update};
 use sotto_crypto::KdfParams;
 use sotto_proto::RelayAddress;
 use sotto_testkit::{LocalRelay, Peer, account, dm, lobby, user};
@@ -905,7 +905,10 @@ async fn bidi_controls_in_peer_text_are_escaped_and_notifications_carry_no_text(
     };
     feed(
         &mut chat,
-        Update::Error(format!("the relay refused: \u{202E}detsurt{nasty}")),
+        Update::Error(Problem::new(
+            ProblemCode::Relay(sotto_proto::ErrorCode::Internal),
+            format!("the relay refused: \u{202E}detsurt{nasty}"),
+        )),
     );
     feed(
         &mut chat,
@@ -1053,6 +1056,34 @@ async fn a_direct_conversation_is_one_whatever_the_case_of_the_name() {
         .collect();
     assert_eq!(direct, [Conversation::Direct("bob".parse().unwrap())]);
     assert_eq!(gui.app.chat().unwrap().unread(), 0, "it is on screen");
+}
+
+/// A message to a name nobody owns shows as not sent, with why: the
+/// session's error says which sends it answers (not its wording).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_nobody_shows_as_not_sent_with_why() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    gui.until_shows("You joined #lobby").await;
+
+    gui.type_into(chat_ids::COMPOSER, "/msg nobody are you there?");
+    gui.enter(chat_ids::COMPOSER);
+    gui.until_shows("not sent: there is no user called nobody on this relay")
+        .await;
+    // Marked not sent, with why, over the message.
+    let texts = gui.texts();
+    let at = texts.iter().position(|t| t == "are you there?").unwrap();
+    assert_eq!(
+        texts[at - 3..at],
+        [
+            "alice",
+            "✗",
+            "not sent: there is no user called nobody on this relay"
+        ],
+        "{texts:#?}"
+    );
 }
 
 /// The verification screen drawn to pixels (tiny-skia, as in the real
@@ -1599,7 +1630,10 @@ async fn stored_messages_show_their_delivery_state_and_follow_its_changes() {
         delivery(DeliveryState::Sent, &["bob"], &[]),
         delivery(DeliveryState::Sent, &["bob", "carol"], &[]),
         delivery(
-            DeliveryState::Failed("refused (QueueFull)".into()),
+            DeliveryState::Failed(Box::new(Problem::new(
+                ProblemCode::Relay(sotto_proto::ErrorCode::QueueFull),
+                "refused (QueueFull)",
+            ))),
             &[],
             &[],
         ),
@@ -1678,7 +1712,14 @@ async fn stored_messages_show_their_delivery_state_and_follow_its_changes() {
         Update::Delivery {
             chat: Conversation::Room("other".parse().unwrap()),
             id,
-            delivery: delivery(DeliveryState::Failed("no".into()), &[], &[]),
+            delivery: delivery(
+                DeliveryState::Failed(Box::new(Problem::new(
+                    ProblemCode::Relay(sotto_proto::ErrorCode::Internal),
+                    "no",
+                ))),
+                &[],
+                &[],
+            ),
         },
     );
     // The newest changes too, and is drawn so.

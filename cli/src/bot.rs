@@ -8,12 +8,21 @@
 //! it (and its later `delivery` events carry the same id), the next
 //! `joined` or `left` of a room the next `join` or `leave` of it, the next
 //! `users`, `rooms` or `safety_number` of a name the next such command.
+//! A `verify` or `trust` of a name is answered by the next `trust` of it.
+//! A command that ends in an `error` instead (a send not in the room or to
+//! no such user, a leave of a room not joined, ...) is answered by that
+//! error: the session's `Problem` says which commands it answers (a
+//! chat's oldest sends, a leave of a room, ...); an error about a message
+//! already sent (the relay refused it) names that message.
+//!
+//! Every command is queued, with its id or without one, so that a command
+//! with no id does not take the id of the next one.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde_json::{Map, Value, json};
-use sotto_client::session::{Chat, Command, Message, MessageId, Update};
-use sotto_proto::{RoomName, UserName};
+use sotto_client::session::{Answers, Chat, Command, Message, MessageId, Problem, Update};
+use sotto_proto::{RoomName, UserKey};
 
 use crate::json;
 
@@ -28,16 +37,22 @@ pub(crate) enum Action {
 /// The most messages one `history` answer carries.
 const PAGE_LIMIT: usize = 500;
 
+/// The ids of the commands of one kind not yet answered, oldest first
+/// (`None` for a command without one).
+type Waiting = VecDeque<Option<Value>>;
+
 /// The bot side of JSON mode: command ids and stored messages to page.
 #[derive(Default)]
 pub(crate) struct Bot {
-    sends: HashMap<Chat, VecDeque<Value>>,
+    sends: HashMap<Chat, Waiting>,
     sent: HashMap<(Chat, MessageId), Value>,
-    rooms_joined: HashMap<RoomName, VecDeque<Value>>,
-    rooms_left: HashMap<RoomName, VecDeque<Value>>,
-    users: VecDeque<Value>,
-    rooms: VecDeque<Value>,
-    safety: HashMap<UserName, VecDeque<Value>>,
+    rooms_joined: HashMap<RoomName, Waiting>,
+    rooms_left: HashMap<RoomName, Waiting>,
+    users: Waiting,
+    rooms: Waiting,
+    safety: HashMap<UserKey, Waiting>,
+    /// `verify` and `trust` commands, answered by `trust` (or an error).
+    trusts: HashMap<UserKey, Waiting>,
     /// Every message of each chat this session has shown, in display
     /// order.
     stored: HashMap<Chat, Vec<Message>>,
@@ -50,7 +65,7 @@ impl Bot {
         let id = serde_json::from_str::<Value>(line)
             .ok()
             .and_then(|v| v.get("id").cloned());
-        let failed = |message: String| with_id(json::error(&message), id.clone());
+        let failed = |message: String| with_id(json::refused(&message), id.clone());
         if let Ok(Value::Object(object)) = serde_json::from_str::<Value>(line)
             && object.get("type").and_then(Value::as_str) == Some("history")
         {
@@ -62,28 +77,25 @@ impl Bot {
         let Some(command) = json::command(line).map_err(failed)? else {
             return Ok(None);
         };
-        if let Some(id) = id {
-            match &command {
-                Command::Send { chat, .. } => {
-                    self.sends.entry(chat.clone()).or_default().push_back(id)
-                }
-                Command::Join(room) => self
-                    .rooms_joined
-                    .entry(room.clone())
-                    .or_default()
-                    .push_back(id),
-                Command::Leave(room) => self
-                    .rooms_left
-                    .entry(room.clone())
-                    .or_default()
-                    .push_back(id),
-                Command::ListUsers => self.users.push_back(id),
-                Command::ListRooms => self.rooms.push_back(id),
-                Command::SafetyNumber(name) => {
-                    self.safety.entry(name.clone()).or_default().push_back(id)
-                }
-                _ => {}
+        match &command {
+            Command::Send { chat, .. } => self.sends.entry(chat.clone()).or_default().push_back(id),
+            Command::Join(room) => self
+                .rooms_joined
+                .entry(room.clone())
+                .or_default()
+                .push_back(id),
+            Command::Leave(room) => self
+                .rooms_left
+                .entry(room.clone())
+                .or_default()
+                .push_back(id),
+            Command::ListUsers => self.users.push_back(id),
+            Command::ListRooms => self.rooms.push_back(id),
+            Command::SafetyNumber(name) => self.safety.entry(name.key()).or_default().push_back(id),
+            Command::Verify { name, .. } | Command::AcceptKey(name) => {
+                self.trusts.entry(name.key()).or_default().push_back(id)
             }
+            _ => {}
         }
         Ok(Some(Action::Command(command)))
     }
@@ -92,13 +104,24 @@ impl Bot {
     /// messages, as `json::shown`), with the id of the command that caused
     /// it.
     pub(crate) fn event(&mut self, update: &Update, newest: Option<usize>) -> Option<Value> {
+        if let Update::Error(problem) = update {
+            // The commands it answers: the first one's id is the
+            // `command_id`, and all of them (when there are several)
+            // `command_ids`.
+            let ids = self.answered(problem);
+            let mut event = with_id(json::event(update), ids.first().cloned());
+            if let (true, Value::Object(fields)) = (ids.len() > 1, &mut event) {
+                fields.insert("command_ids".to_owned(), Value::Array(ids));
+            }
+            return Some(event);
+        }
         let id = self.caused(update);
         self.keep(update);
         json::shown(update, newest).map(|event| with_id(event, id))
     }
 
     fn caused(&mut self, update: &Update) -> Option<Value> {
-        let first = |queue: Option<&mut VecDeque<Value>>| queue.and_then(VecDeque::pop_front);
+        let first = |queue: Option<&mut Waiting>| queue.and_then(VecDeque::pop_front).flatten();
         match update {
             Update::Message(m) if m.outgoing => {
                 let id = first(self.sends.get_mut(&m.chat))?;
@@ -108,11 +131,40 @@ impl Bot {
             Update::Delivery { chat, id, .. } => self.sent.get(&(chat.clone(), *id)).cloned(),
             Update::Joined { room } => first(self.rooms_joined.get_mut(room)),
             Update::Left { room } => first(self.rooms_left.get_mut(room)),
-            Update::Users(_) => self.users.pop_front(),
-            Update::Rooms(_) => self.rooms.pop_front(),
-            Update::SafetyNumber { name, .. } => first(self.safety.get_mut(name)),
+            Update::Users(_) => self.users.pop_front().flatten(),
+            Update::Rooms(_) => self.rooms.pop_front().flatten(),
+            Update::SafetyNumber { name, .. } => first(self.safety.get_mut(&name.key())),
+            Update::Trust { name, .. } => first(self.trusts.get_mut(&name.key())),
             _ => None,
         }
+    }
+
+    /// The ids of the commands `problem` answers (those that had one), in
+    /// order; they are answered, so no later event takes their ids.
+    fn answered(&mut self, problem: &Problem) -> Vec<Value> {
+        let first = |queue: Option<&mut Waiting>| queue.and_then(VecDeque::pop_front).flatten();
+        let mut ids = Vec::new();
+        for answers in &problem.answers {
+            match answers {
+                Answers::Sends { chat, count } => {
+                    let queue = self.sends.entry(chat.clone()).or_default();
+                    ids.extend((0..*count).filter_map(|_| queue.pop_front().flatten()));
+                }
+                Answers::Message { chat, id } => {
+                    ids.extend(self.sent.get(&(chat.clone(), *id)).cloned());
+                }
+                Answers::Leave { room } => ids.extend(first(self.rooms_left.get_mut(room))),
+                Answers::SafetyNumber { name } => {
+                    ids.extend(first(self.safety.get_mut(&name.key())));
+                }
+                Answers::Trust { name } => ids.extend(first(self.trusts.get_mut(&name.key()))),
+                Answers::Users => ids.extend(self.users.pop_front().flatten()),
+                Answers::Rooms => ids.extend(self.rooms.pop_front().flatten()),
+                // Answers this version does not know: no id.
+                _ => {}
+            }
+        }
+        ids
     }
 
     fn keep(&mut self, update: &Update) {
@@ -261,6 +313,132 @@ mod tests {
             bot.event(&Update::Users(Vec::new()), None).unwrap()["command_id"],
             json!("u")
         );
+    }
+
+    #[test]
+    fn an_error_that_answers_a_command_carries_its_id_and_its_codes() {
+        use sotto_client::session::ProblemCode;
+        use sotto_proto::ErrorCode;
+        let mut bot = Bot::default();
+        let ops = Chat::Room("ops".parse().unwrap());
+        let nobody = Chat::Direct("nobody".parse().unwrap());
+        for line in [
+            r#"{"type":"send","room":"ops","text":"a"}"#,
+            r#"{"type":"send","room":"ops","text":"b","id":"b"}"#,
+            r#"{"type":"send","user":"nobody","text":"c","id":3}"#,
+            r#"{"type":"send","user":"nobody","text":"d","id":4}"#,
+            r#"{"type":"send","room":"lobby","text":"e","id":"e"}"#,
+        ] {
+            assert!(matches!(bot.line(line), Ok(Some(Action::Command(_)))));
+        }
+        let not_in = |text: &str| {
+            Update::Error(Problem::new(ProblemCode::NotInRoom, text).unsent(ops.clone(), 1))
+        };
+        // The first send had no id: its error has none, and does not take
+        // the next one's.
+        let first = bot.event(&not_in("first"), None).unwrap();
+        assert!(first.get("command_id").is_none(), "{first}");
+        let second = bot.event(&not_in("second"), None).unwrap();
+        assert_eq!(
+            (second["code"].clone(), second["command_id"].clone()),
+            (json!("not_in_room"), json!("b"))
+        );
+        // One error for both texts waiting for nobody's key.
+        let no_user = bot
+            .event(
+                &Update::Error(
+                    Problem::new(ProblemCode::NoSuchUser, "there is no user called nobody")
+                        .unsent(nobody, 2),
+                ),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                no_user["code"].clone(),
+                no_user["command_id"].clone(),
+                no_user["command_ids"].clone()
+            ),
+            (json!("no_such_user"), json!(3), json!([3, 4]))
+        );
+        // The relay refusing a message already shown: the id of its send.
+        let message = sent(0, "e");
+        let shown = bot.event(&Update::Message(message.clone()), None).unwrap();
+        assert_eq!(shown["command_id"], json!("e"));
+        let refused = bot
+            .event(
+                &Update::Error(
+                    Problem::new(ProblemCode::Relay(ErrorCode::QueueFull), "not delivered")
+                        .about(message.chat.clone(), message.id()),
+                ),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                refused["code"].clone(),
+                refused["relay_code"].clone(),
+                refused["command_id"].clone()
+            ),
+            (json!("relay"), json!("queue_full"), json!("e"))
+        );
+        // Other commands' errors: a leave, a safety number, a verify, a
+        // listing; the next answer of each kind is the next command's.
+        for line in [
+            r#"{"type":"leave","room":"ops","id":"l"}"#,
+            r#"{"type":"safety_number","name":"Carol","id":"s1"}"#,
+            r#"{"type":"safety_number","name":"carol","id":"s2"}"#,
+            r#"{"type":"trust","name":"bob","id":"t"}"#,
+            r#"{"type":"users","id":"u1"}"#,
+            r#"{"type":"users","id":"u2"}"#,
+        ] {
+            assert!(matches!(bot.line(line), Ok(Some(Action::Command(_)))));
+        }
+        let answering = |code, answers| Update::Error(Problem::new(code, "no").answering(answers));
+        for (error, id) in [
+            (
+                answering(
+                    ProblemCode::NotInRoom,
+                    Answers::Leave {
+                        room: "ops".parse().unwrap(),
+                    },
+                ),
+                "l",
+            ),
+            (
+                answering(
+                    ProblemCode::NoKeyYet,
+                    Answers::SafetyNumber {
+                        name: "CAROL".parse().unwrap(),
+                    },
+                ),
+                "s1",
+            ),
+            (
+                answering(
+                    ProblemCode::BadCommand,
+                    Answers::Trust {
+                        name: "bob".parse().unwrap(),
+                    },
+                ),
+                "t",
+            ),
+            (answering(ProblemCode::NotConnected, Answers::Users), "u1"),
+        ] {
+            assert_eq!(bot.event(&error, None).unwrap()["command_id"], json!(id));
+        }
+        assert_eq!(
+            bot.event(&Update::Users(Vec::new()), None).unwrap()["command_id"],
+            json!("u2")
+        );
+        // An error about nothing sent has no id.
+        let other = bot
+            .event(
+                &Update::Error(Problem::new(ProblemCode::Storage, "disk")),
+                None,
+            )
+            .unwrap();
+        assert!(other.get("command_id").is_none(), "{other}");
     }
 
     #[test]

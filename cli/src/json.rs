@@ -4,8 +4,8 @@
 use serde_json::{Map, Value, json};
 use sotto_client::contacts::KeyEvent;
 use sotto_client::session::{
-    Chat, Command, Connection, Delivery, DeliveryState, Member, Message, PresenceChange,
-    TrustLevel, Update,
+    Chat, Command, Connection, Delivery, DeliveryState, Member, Message, PresenceChange, Problem,
+    ProblemCode, TrustLevel, Update, relay_code_str,
 };
 use sotto_proto::fingerprint_text;
 
@@ -59,19 +59,30 @@ fn message(message: &Message) -> Value {
     Value::Object(fields)
 }
 
+/// `"code"` (and `"relay_code"` when the relay refused) of `problem`,
+/// merged into an event.
+fn code_fields(problem: &Problem, into: &mut Map<String, Value>) {
+    into.insert("code".to_owned(), json!(problem.code.as_str()));
+    if let Some(code) = problem.code.relay_code() {
+        into.insert("relay_code".to_owned(), json!(relay_code_str(code)));
+    }
+}
+
 /// How far a sent message got: `state` (`pending`, `sent` or `failed`,
-/// with `reason`), `recipients`, and those of them it was `delivered` to
-/// (their receipts) or `refused` for (the relay will not keep it for them).
+/// with `reason`, its `code` and the relay's `relay_code`), `recipients`,
+/// and those of them it was `delivered` to (their receipts) or `refused`
+/// for (the relay will not keep it for them).
 fn delivery_fields(delivery: &Delivery) -> Value {
-    let (state, reason) = match &delivery.state {
+    let (state, failed) = match &delivery.state {
         DeliveryState::Pending => ("pending", None),
         DeliveryState::Sent => ("sent", None),
-        DeliveryState::Failed(why) => ("failed", Some(why.as_str())),
+        DeliveryState::Failed(why) => ("failed", Some(why)),
     };
     let mut fields = Map::new();
     fields.insert("state".to_owned(), json!(state));
-    if let Some(reason) = reason {
-        fields.insert("reason".to_owned(), json!(reason));
+    if let Some(why) = failed {
+        fields.insert("reason".to_owned(), json!(why.message));
+        code_fields(why, &mut fields);
     }
     fields.insert("recipients".to_owned(), json!(delivery.recipients));
     fields.insert("delivered".to_owned(), json!(delivery.delivered));
@@ -88,9 +99,18 @@ fn member(member: &Member) -> Value {
     })
 }
 
-/// An error event.
-pub(crate) fn error(message: &str) -> Value {
-    with_type("error", json!({ "message": message }))
+/// An error event: its stable `code`, the relay's `relay_code` when the
+/// relay refused, and the `message` for people.
+pub(crate) fn error(problem: &Problem) -> Value {
+    let mut fields = Map::new();
+    code_fields(problem, &mut fields);
+    fields.insert("message".to_owned(), json!(problem.message));
+    with_type("error", Value::Object(fields))
+}
+
+/// The error event for a command line that could not be read.
+pub(crate) fn refused(message: &str) -> Value {
+    error(&Problem::new(ProblemCode::BadCommand, message))
 }
 
 /// The event to print for `update`, with a stored history cut to its
@@ -296,7 +316,7 @@ pub(crate) fn event(update: &Update) -> Value {
         Update::VerifiedOnly { room, on } => {
             with_type("verified_only", json!({ "room": room.as_str(), "on": on }))
         }
-        Update::Error(message) => error(message),
+        Update::Error(problem) => error(problem),
         Update::RelayKeyMoved(moved) => with_type(
             "relay_key",
             json!({
@@ -412,8 +432,74 @@ mod tests {
         assert!(enough.get("omitted").is_none());
         assert_eq!(shown(&history(3), Some(0)), None);
         // Only the history is cut.
-        let error = Update::Error("x".to_owned());
+        let error = Update::Error(Problem::new(ProblemCode::NotInRoom, "x"));
         assert_eq!(shown(&error, Some(0)), Some(event(&error)));
+    }
+
+    #[test]
+    fn an_error_says_its_code_and_the_relays_code_beside_the_text() {
+        let mine = event(&Update::Error(Problem::new(
+            ProblemCode::NotInRoom,
+            "you are not in #ops: /join ops first",
+        )));
+        assert_eq!(
+            mine,
+            json!({
+                "type": "error",
+                "code": "not_in_room",
+                "message": "you are not in #ops: /join ops first",
+            })
+        );
+        let relays = event(&Update::Error(Problem::new(
+            ProblemCode::Relay(sotto_proto::ErrorCode::QueueFull),
+            "@bob: not delivered: full (QueueFull)",
+        )));
+        assert_eq!(
+            relays,
+            json!({
+                "type": "error",
+                "code": "relay",
+                "relay_code": "queue_full",
+                "message": "@bob: not delivered: full (QueueFull)",
+            })
+        );
+        assert_eq!(
+            refused("each line must be a JSON object"),
+            json!({
+                "type": "error",
+                "code": "bad_command",
+                "message": "each line must be a JSON object",
+            })
+        );
+    }
+
+    #[test]
+    fn a_failed_delivery_says_its_code_and_the_relays_code() {
+        let failed = Delivery {
+            state: DeliveryState::Failed(Box::new(Problem::new(
+                ProblemCode::Relay(sotto_proto::ErrorCode::LimitReached),
+                "too many (LimitReached)",
+            ))),
+            recipients: vec!["bob".parse().unwrap()],
+            ..Delivery::default()
+        };
+        assert_eq!(
+            delivery_fields(&failed),
+            json!({
+                "state": "failed",
+                "reason": "too many (LimitReached)",
+                "code": "relay",
+                "relay_code": "limit_reached",
+                "recipients": ["bob"],
+                "delivered": [],
+                "refused": [],
+            })
+        );
+        let sent = delivery_fields(&Delivery {
+            state: DeliveryState::Sent,
+            ..Delivery::default()
+        });
+        assert!(sent.get("code").is_none() && sent.get("reason").is_none());
     }
 
     #[test]
@@ -472,7 +558,7 @@ mod tests {
     #[test]
     fn text_stays_exact_and_json_escaped() {
         let text = "\u{1b}]0;TITLE\u{7} \u{1b}[2J\n[06:59:59] #lobby <bob [verified]> x\u{202e}";
-        let line = event(&Update::Error(text.to_owned())).to_string();
+        let line = event(&Update::Error(Problem::new(ProblemCode::Storage, text))).to_string();
         assert!(!line.contains('\u{1b}') && !line.contains('\n'), "{line}");
         let back: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["message"], text);

@@ -213,3 +213,78 @@ async fn a_relay_presenting_another_certificate_is_refused_naming_both() {
     let status = exited(&mut bot, "me").await;
     assert!(!status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_a_stable_code_and_the_id_of_the_command_they_answer() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let dir = temp.path().join("alice");
+    init(&dir, "alice").await;
+    // Connected and in the lobby.
+    let mut alice = Bot::connect(&dir, "alice", &relay).await;
+    let error = |id: &'static str| move |e: &Value| e["type"] == "error" && e["command_id"] == id;
+
+    // A room this client is not in: refused here, nothing sent.
+    alice
+        .say(json!({"type": "send", "room": "ops", "text": "hello?", "id": "ops-1"}))
+        .await;
+    let not_in = alice.expect(error("ops-1")).await;
+    assert_eq!(
+        (&not_in["code"], &not_in["message"]),
+        (
+            &json!("not_in_room"),
+            &json!("you are not in #ops: /join ops first")
+        )
+    );
+    assert!(not_in.get("relay_code").is_none(), "{not_in}");
+
+    // A direct message to a name nobody owns: the relay has no key for it.
+    alice
+        .say(json!({"type": "send", "user": "nobody", "text": "hi", "id": "dm-1"}))
+        .await;
+    let no_user = alice.expect(error("dm-1")).await;
+    assert_eq!(no_user["code"], "no_such_user", "{no_user}");
+    assert!(no_user.get("relay_code").is_none(), "{no_user}");
+
+    // A room to leave that this client is not in.
+    alice
+        .say(json!({"type": "leave", "room": "ops", "id": "leave-1"}))
+        .await;
+    let not_left = alice.expect(error("leave-1")).await;
+    assert_eq!(not_left["code"], "not_in_room", "{not_left}");
+
+    // A line that is not a command.
+    alice
+        .say(json!({"type": "send", "text": "where to?", "id": "bad-1"}))
+        .await;
+    let bad = alice.expect(error("bad-1")).await;
+    assert_eq!(bad["code"], "bad_command", "{bad}");
+
+    // A command without an id, refused, does not take the next one's id.
+    alice
+        .say(json!({"type": "send", "room": "ops", "text": "again"}))
+        .await;
+    alice
+        .say(json!({"type": "send", "room": "lobby", "text": "in the lobby", "id": "ok-1"}))
+        .await;
+    let sent = alice
+        .expect(|e| e["type"] == "message" && e["text"] == "in the lobby")
+        .await;
+    assert_eq!(sent["command_id"], "ok-1");
+    let errors: Vec<(&Value, &Value)> = alice
+        .seen
+        .iter()
+        .filter(|e| e["type"] == "error")
+        .map(|e| (&e["code"], &e["command_id"]))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (&json!("not_in_room"), &json!("ops-1")),
+            (&json!("no_such_user"), &json!("dm-1")),
+            (&json!("not_in_room"), &json!("leave-1")),
+            (&json!("bad_command"), &json!("bad-1")),
+            (&json!("not_in_room"), &Value::Null),
+        ]
+    );
+}

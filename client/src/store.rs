@@ -111,8 +111,8 @@ pub struct OutgoingRecord {
     pub recipients: Vec<(UserName, Fingerprint)>,
     /// 0 pending, 1 accepted by the relay, 2 failed (`failed` says why).
     pub state: u8,
-    /// Why it failed.
-    pub failed: Option<String>,
+    /// Why it failed: the relay's code and what to tell the user.
+    pub failed: Option<(sotto_proto::ErrorCode, String)>,
     /// The keys of the recipients whose receipt came.
     pub delivered: Vec<Fingerprint>,
     /// The recipients the relay will not keep it for.

@@ -374,7 +374,8 @@ impl Peer {
         };
         let expected = format!("@{name}: not sent: {blocked}");
         assert!(
-            matches!(&refused, Update::Error(e) if *e == expected),
+            matches!(&refused, Update::Error(e)
+                if e.code == session::ProblemCode::KeyChanged && e.message == expected),
             "{refused:?}"
         );
         self.send(lobby(), in_room);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use sotto_client::backoff::Backoff;
 use sotto_client::contacts::KeyEvent;
-use sotto_client::session::{Command, Connection, PresenceChange, TrustLevel, Update};
+use sotto_client::session::{Command, Connection, PresenceChange, ProblemCode, TrustLevel, Update};
 use sotto_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,7 +327,9 @@ async fn sending_to_a_verified_peer_whose_key_changed_is_blocked_until_trusted_a
         name: user("bob"),
         safety_number: "12345".repeat(12),
     });
-    alice.expect(|u| matches!(u, Update::Error(_))).await;
+    alice
+        .expect(|u| matches!(u, Update::Error(e) if e.code == ProblemCode::WrongSafetyNumber))
+        .await;
     alice.command(Command::Verify {
         name: user("bob"),
         safety_number: safety_number.digits().to_owned(),

@@ -51,7 +51,10 @@ use std::time::Duration;
 
 use fault_kit::*;
 use sotto_client::backoff::Backoff;
-use sotto_client::session::{DeliveryState, MessageId, PresenceChange, Update};
+use sotto_client::session::{
+    DeliveryState, MessageId, PresenceChange, Problem, ProblemCode, Update,
+};
+use sotto_proto::ErrorCode;
 use sotto_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,7 +535,8 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_the_relay_recovers_by_itse
     for _ in 0..5 {
         let error = alice.expect(|u| matches!(u, Update::Error(_))).await;
         assert!(
-            matches!(&error, Update::Error(e) if *e == refused),
+            matches!(&error, Update::Error(e)
+                if e.code == ProblemCode::Relay(ErrorCode::Internal) && e.message == refused),
             "{error:?}"
         );
     }
@@ -551,7 +555,10 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_the_relay_recovers_by_itse
         alice.seen
     );
     // Each refused one shows failed, with why.
-    let why = DeliveryState::Failed("could not store the message (Internal)".to_owned());
+    let why = DeliveryState::Failed(Box::new(Problem::new(
+        ProblemCode::Relay(ErrorCode::Internal),
+        "could not store the message (Internal)",
+    )));
     let failed: HashSet<MessageId> = alice
         .seen
         .iter()

@@ -34,7 +34,9 @@ use rand_chacha::rand_core::SeedableRng;
 use sotto_client::account::Account;
 use sotto_client::contacts::KeyEvent;
 use sotto_client::profile::Profile;
-use sotto_client::session::{Command, Connection, PresenceChange, TrustLevel, Update};
+use sotto_client::session::{
+    Command, Connection, PresenceChange, Problem, ProblemCode, TrustLevel, Update,
+};
 use sotto_crypto::{
     Conversation, Identity, NoPersistence, PeerBody, RSA_LEN, SendingSession, SequenceCounter,
     SessionId,
@@ -213,7 +215,9 @@ async fn s01_own_key_at_first_contact_fails_the_safety_number_comparison() {
         name: user("bob"),
         safety_number: theirs.digits().to_owned(),
     });
-    alice.expect(|u| matches!(u, Update::Error(_))).await;
+    alice
+        .expect(|u| matches!(u, Update::Error(e) if e.code == ProblemCode::WrongSafetyNumber))
+        .await;
     alice.command(Command::SafetyNumber(user("bob")));
     alice
         .expect(|u| {
@@ -1028,16 +1032,19 @@ async fn s17_forged_announcements_do_not_spend_the_senders_allowance() {
         &|u| matches!(u, Update::Message(m) if m.text == "after the rotation"),
         &|u| {
             matches!(u, Update::Error(e)
-                if e.starts_with("the relay delivered ")
-                    && e.ends_with(" claiming to be from alice"))
+                if e.code == ProblemCode::Forged
+                    && e.message.starts_with("the relay delivered ")
+                    && e.message.ends_with(" claiming to be from alice"))
         },
     ])
     .await;
     barrier(&mut bob, Via::message(&alice, lobby(), "and later")).await;
     // The one error bob was shown is the relay's doing, not alice's (not
     // "ignoring session keys from alice").
-    let forgery_report = |e: &str| {
-        e.starts_with("the relay delivered ") && e.ends_with(" claiming to be from alice")
+    let forgery_report = |e: &Problem| {
+        e.code == ProblemCode::Forged
+            && e.message.starts_with("the relay delivered ")
+            && e.message.ends_with(" claiming to be from alice")
     };
     assert!(
         !bob.saw(|u| matches!(u, Update::Error(e) if !forgery_report(e))),

@@ -77,7 +77,7 @@ pub(super) fn details(delivery: &Delivery) -> String {
     let mut parts = vec![match &delivery.state {
         DeliveryState::Pending => "Not yet accepted by the relay".to_owned(),
         DeliveryState::Sent => "Accepted by the relay".to_owned(),
-        DeliveryState::Failed(why) => format!("Not sent: {}", visible(why)),
+        DeliveryState::Failed(why) => format!("Not sent: {}", visible(&why.message)),
     }];
     if delivery.recipients.is_empty() {
         parts.push("encrypted for nobody else".to_owned());
@@ -111,7 +111,7 @@ pub(super) fn details(delivery: &Delivery) -> String {
 pub(super) fn warnings(delivery: &Delivery) -> Vec<(String, Look)> {
     let mut lines = Vec::new();
     if let DeliveryState::Failed(why) = &delivery.state {
-        lines.push((format!("not sent: {}", visible(why)), Look::Danger));
+        lines.push((format!("not sent: {}", visible(&why.message)), Look::Danger));
     }
     let refused: Vec<&UserName> = delivery
         .refused
@@ -165,6 +165,14 @@ pub(super) fn mark_button<'a, M: Clone + 'a>(
 mod tests {
     use super::*;
 
+    /// The relay refused a message: its queue is full.
+    fn queue_full(why: &str) -> Box<sotto_client::session::Problem> {
+        Box::new(sotto_client::session::Problem::new(
+            sotto_client::session::ProblemCode::Relay(sotto_proto::ErrorCode::QueueFull),
+            why,
+        ))
+    }
+
     fn names(list: &[&str]) -> Vec<UserName> {
         list.iter().map(|n| n.parse().unwrap()).collect()
     }
@@ -194,7 +202,7 @@ mod tests {
             // A receipt can come before the relay's `Sent`.
             (delivery(Pending, &["bob"], &["bob"], &[]), "✓✓", Look::Done),
             (
-                delivery(Failed("full (QueueFull)".into()), &["bob"], &[], &[]),
+                delivery(Failed(queue_full("full (QueueFull)")), &["bob"], &[], &[]),
                 "✗",
                 Look::Danger,
             ),
@@ -239,7 +247,7 @@ mod tests {
         // A failure: the reason, under the message too (bidi controls in
         // the relay's words escaped).
         let d = delivery(
-            Failed("full\u{202e} (QueueFull)".into()),
+            Failed(queue_full("full\u{202e} (QueueFull)")),
             &["bob"],
             &[],
             &[],

@@ -12,7 +12,9 @@ use crate::timeline::Tone;
 use crate::verify::{KeyChange, Shown};
 use sotto_client::contacts::KeyEvent;
 use sotto_client::safe_text::multiline as visible;
-use sotto_client::session::{Chat as Conversation, Connection, PresenceChange, Update};
+use sotto_client::session::{
+    Answers, Chat as Conversation, Connection, PresenceChange, Problem, Update,
+};
 use sotto_client::ui::{Place, Said, words};
 
 use super::{Action, Chat, ids, now_ms};
@@ -329,35 +331,32 @@ impl Chat {
         }
     }
 
-    /// Marks as not sent the newest message still waiting in the
-    /// conversation an error of the session names (its errors about a
-    /// message start with the conversation: `#room: ` or `@name: `).
-    fn not_sent(&mut self, error: &str) {
-        let Some((head, reason)) = error.split_once(": ") else {
-            return;
-        };
-        if reason.starts_with("not delivered: ") {
-            // About a message already shown (the relay refused it): its
-            // `Update::Delivery` marks it failed.
-            return;
-        }
-        let chat = if let Some(room) = head.strip_prefix('#') {
-            room.parse::<RoomName>().ok().map(Conversation::Room)
-        } else if let Some(user) = head.strip_prefix('@') {
-            user.parse::<UserName>().ok().map(Conversation::Direct)
-        } else {
-            None
-        };
-        let Some(thread) = chat.and_then(|chat| self.threads.get_mut(&chat)) else {
-            return;
-        };
-        if let Some(pending) = thread
-            .pending
-            .iter_mut()
-            .rev()
-            .find(|pending| pending.failed.is_none())
-        {
-            pending.failed = Some(reason.to_owned());
+    /// Marks as not sent the messages still waiting that a problem of the
+    /// session answers: the oldest `count` in its conversation (those the
+    /// session got first). A problem about a message already shown (the
+    /// relay refused it) answers none: its `Update::Delivery` marks it.
+    fn not_sent(&mut self, problem: &Problem) {
+        for answers in &problem.answers {
+            let Answers::Sends { chat, count } = answers else {
+                continue;
+            };
+            let Some(thread) = self.threads.get_mut(chat) else {
+                continue;
+            };
+            // The conversation is the thread's: the reason without it.
+            let named = format!("{chat}: ");
+            let reason = problem
+                .message
+                .strip_prefix(named.as_str())
+                .unwrap_or(&problem.message);
+            for pending in thread
+                .pending
+                .iter_mut()
+                .filter(|pending| pending.failed.is_none())
+                .take(*count)
+            {
+                pending.failed = Some(reason.to_owned());
+            }
         }
     }
 }

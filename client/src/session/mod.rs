@@ -59,6 +59,7 @@ pub mod bench;
 mod connection;
 pub mod content;
 mod engine;
+mod problem;
 
 use std::fmt;
 use std::time::Duration;
@@ -76,6 +77,7 @@ use crate::contacts::KeyEvent;
 use crate::servers::Move;
 
 pub use engine::SessionLimits;
+pub use problem::{Answers, Problem, ProblemCode, relay_code_str};
 
 /// A conversation as a user sees it: a room, or the direct conversation
 /// with one peer.
@@ -262,8 +264,9 @@ pub enum DeliveryState {
     Pending,
     /// Accepted by the relay: stored for its recipients (the relay's word).
     Sent,
-    /// Not accepted: why.
-    Failed(String),
+    /// Not accepted: why (the relay's refusal, with its code; boxed, so
+    /// that a delivery stays small).
+    Failed(Box<Problem>),
 }
 
 /// The connection to the relay.
@@ -456,8 +459,9 @@ pub enum Update {
         /// Whether keys go to verified members only.
         on: bool,
     },
-    /// A command failed, or the relay refused something.
-    Error(String),
+    /// A command failed, or the relay refused something: its kind (a
+    /// stable code) and what to tell the user.
+    Error(Problem),
     /// The relay's pinned key moved without the user, because the move
     /// proved itself (see [`RelayKeyMoved`]); recorded in
     /// [`crate::servers::PIN_LOG_FILE`].

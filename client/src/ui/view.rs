@@ -298,7 +298,7 @@ impl View {
                 }
                 words::verified_only(room, *on)
             }
-            Update::Error(message) => words::error(message),
+            Update::Error(problem) => words::error(&problem.message),
             Update::RelayKeyMoved(moved) => words::info(moved),
         };
         vec![said]
@@ -448,7 +448,10 @@ mod tests {
             resolve("/fingerprint", &with_key.context),
             Ok(Resolved::Local(Local::Fingerprint(Fingerprint([9; 32]))))
         );
-        with_key.apply(&Update::Error("x".to_owned()));
+        with_key.apply(&Update::Error(crate::session::Problem::new(
+            crate::session::ProblemCode::BadCommand,
+            "x",
+        )));
     }
 
     #[test]
@@ -494,7 +497,10 @@ mod tests {
         let mut view = View::new("relay.example:7447", None, false);
         let hostile = "\u{1b}]0;TITLE\u{7}\u{202e}\r\nsecond line";
         for update in [
-            Update::Error(hostile.to_owned()),
+            Update::Error(crate::session::Problem::new(
+                crate::session::ProblemCode::Relay(sotto_proto::ErrorCode::Internal),
+                hostile,
+            )),
             Update::Connection(Connection::Failed {
                 reason: hostile.to_owned(),
             }),

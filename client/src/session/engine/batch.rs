@@ -7,7 +7,7 @@
 use sotto_proto::{ClientFrame, RelayFrame};
 
 use super::{Engine, Out};
-use crate::session::Update;
+use crate::session::{Problem, ProblemCode, Update};
 use crate::store::StoreBatch;
 
 /// What a failed batch commit means to the user: nothing of it was kept,
@@ -46,7 +46,7 @@ impl Engine {
             Err(e) => {
                 // Not even a batch: nothing of these frames is handled, so
                 // nothing is acknowledged.
-                out.error(batch_not_stored(&e));
+                out.error(ProblemCode::Storage, batch_not_stored(&e));
                 return;
             }
         };
@@ -78,15 +78,18 @@ impl Engine {
                 );
                 for update in produced.updates {
                     match update {
-                        Update::Message(message) if message.outgoing => out.error(format!(
-                            "{}: not sent: could not store it: {e}",
-                            message.chat
-                        )),
+                        Update::Message(message) if message.outgoing => out.problem(
+                            Problem::new(
+                                ProblemCode::Storage,
+                                format!("{}: not sent: could not store it: {e}", message.chat),
+                            )
+                            .unsent(message.chat, 1),
+                        ),
                         update if about_delivery(&update) => {}
                         update => out.updates.push(update),
                     }
                 }
-                out.error(batch_not_stored(&e));
+                out.error(ProblemCode::Storage, batch_not_stored(&e));
             }
         }
     }
@@ -143,7 +146,12 @@ mod tests {
         engine.handle_frames(frames.clone(), &mut out);
         assert_eq!(acks(&out), Vec::<u64>::new());
         assert!(messages(&out.updates).is_empty(), "{:?}", out.updates);
-        assert_eq!(errors(&out.updates).len(), 1, "{:?}", out.updates);
+        assert_eq!(
+            codes(&out.updates),
+            [crate::session::ProblemCode::Storage],
+            "{:?}",
+            out.updates
+        );
         assert_eq!(engine.store.vault().commits(), before);
         assert!(engine.store.history().unwrap().entries.is_empty());
 
@@ -239,6 +247,24 @@ mod tests {
             errors(&out.updates)
                 .iter()
                 .any(|e| e.starts_with("@carol: not sent: could not store it")),
+            "{:?}",
+            out.updates
+        );
+        // Every error of the failed batch is this client's storage; the
+        // one about the text answers its send.
+        assert!(
+            codes(&out.updates)
+                .iter()
+                .all(|c| *c == crate::session::ProblemCode::Storage),
+            "{:?}",
+            out.updates
+        );
+        assert!(
+            out.updates.iter().any(|u| matches!(u, Update::Error(p)
+            if p.answers == [crate::session::Answers::Sends {
+                chat: Chat::Direct(name("carol")),
+                count: 1,
+            }])),
             "{:?}",
             out.updates
         );

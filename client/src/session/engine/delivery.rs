@@ -21,7 +21,7 @@ use sotto_proto::{Destination, ErrorCode, UserKey, UserName};
 
 use super::{Engine, Out};
 use crate::session::content::{Content, Receipt};
-use crate::session::{Chat, Delivery, DeliveryState, MessageId, Update};
+use crate::session::{Chat, Delivery, DeliveryState, MessageId, Problem, ProblemCode, Update};
 use crate::store::OutgoingRecord;
 
 /// The most sequence numbers one receipt may mark delivered: a receipt
@@ -83,8 +83,15 @@ impl Delivery {
     /// The delivery a record describes, recipients named as then.
     pub(crate) fn of(record: &OutgoingRecord) -> Self {
         let state = match (record.state, &record.failed) {
-            (2, Some(why)) => DeliveryState::Failed(why.clone()),
-            (2, None) => DeliveryState::Failed("the relay refused it".to_owned()),
+            (2, Some((code, why))) => DeliveryState::Failed(Box::new(Problem::new(
+                ProblemCode::Relay(*code),
+                why.clone(),
+            ))),
+            // Not written: a failed record says why.
+            (2, None) => DeliveryState::Failed(Box::new(Problem::new(
+                ProblemCode::Relay(ErrorCode::Internal),
+                "the relay refused it",
+            ))),
             (1, _) => DeliveryState::Sent,
             _ => DeliveryState::Pending,
         };
@@ -117,7 +124,10 @@ impl Engine {
             Ok(Some(record)) => record,
             Ok(None) => return,
             Err(e) => {
-                out.error(format!("could not read how far a sent message got: {e}"));
+                out.error(
+                    ProblemCode::Storage,
+                    format!("could not read how far a sent message got: {e}"),
+                );
                 return;
             }
         };
@@ -125,7 +135,10 @@ impl Engine {
             return;
         }
         if let Err(e) = self.store.set_outgoing(conversation, seq, &record) {
-            out.error(format!("could not store how far a sent message got: {e}"));
+            out.error(
+                ProblemCode::Storage,
+                format!("could not store how far a sent message got: {e}"),
+            );
             return;
         }
         out.update(Update::Delivery {
@@ -163,19 +176,32 @@ impl Engine {
     /// The relay refused send `id`: its message, if any, failed.
     pub(super) fn on_refused(&mut self, id: u64, code: ErrorCode, message: &str, out: &mut Out) {
         let Some(sending) = self.sends.remove(&id) else {
-            out.error(format!("relay: {message} ({code:?})"));
+            out.error(
+                ProblemCode::Relay(code),
+                format!("relay: {message} ({code:?})"),
+            );
             return;
         };
-        out.error(format!(
-            "{}: not delivered: {message} ({code:?})",
-            sending.chat
-        ));
+        let problem = Problem::new(
+            ProblemCode::Relay(code),
+            format!("{}: not delivered: {message} ({code:?})", sending.chat),
+        );
+        out.problem(match &sending.message {
+            Some((_, seq)) => problem.about(
+                sending.chat.clone(),
+                MessageId {
+                    sender: self.me,
+                    seq: *seq,
+                },
+            ),
+            None => problem,
+        });
         if let Some((conversation, seq)) = sending.message {
             self.forget_unsent(&conversation, seq, out);
             let why = format!("{message} ({code:?})");
             self.update_outgoing(&conversation, seq, out, |record| {
                 record.state = 2;
-                record.failed = Some(why);
+                record.failed = Some((code, why));
                 true
             });
         }
@@ -225,9 +251,10 @@ impl Engine {
         {
             // Sent again on the next connection: a copy its recipients
             // and the relay drop.
-            out.error(format!(
-                "could not record that the relay stored a message: {e}"
-            ));
+            out.error(
+                ProblemCode::Storage,
+                format!("could not record that the relay stored a message: {e}"),
+            );
         }
     }
 

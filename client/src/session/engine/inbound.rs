@@ -18,7 +18,7 @@ use sotto_proto::{Destination, RoomName, UserName};
 use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::Trust;
 use crate::session::content::Content;
-use crate::session::{Chat, Update};
+use crate::session::{Chat, ProblemCode, Update};
 use crate::store::{Inbound, Receiving, StoreError, StoredEntry};
 
 /// A delivery kept for later: waiting for a key lookup, a trust decision or
@@ -138,13 +138,19 @@ impl Engine {
     pub(super) fn report_forgeries(&mut self, out: &mut Out) {
         // Forgeries are reported at most once per tick and claimed sender.
         for (_, (claimed, count)) in std::mem::take(&mut self.forged) {
-            out.error(forged_announcements(count, claimed.as_str()));
+            out.error(
+                ProblemCode::Forged,
+                forged_announcements(count, claimed.as_str()),
+            );
         }
         if self.unchecked > 0 {
-            out.error(format!(
-                "the relay delivered key announcements faster than they can be checked: {} dropped unchecked",
-                std::mem::take(&mut self.unchecked)
-            ));
+            out.error(
+                ProblemCode::Flooded,
+                format!(
+                    "the relay delivered key announcements faster than they can be checked: {} dropped unchecked",
+                    std::mem::take(&mut self.unchecked)
+                ),
+            );
         }
     }
 
@@ -267,9 +273,10 @@ impl Engine {
     /// Reports that the stored sessions could not be read; the delivery
     /// stays unacknowledged.
     pub(super) fn unreadable_sessions(e: &StoreError, out: &mut Out) -> Handled {
-        out.error(format!(
-            "could not read stored session keys (the message will be retried): {e}"
-        ));
+        out.error(
+            ProblemCode::Storage,
+            format!("could not read stored session keys (the message will be retried): {e}"),
+        );
         Handled::Kept
     }
 
@@ -332,10 +339,13 @@ impl Engine {
             return self.reject(delivery, out);
         }
         if !self.take_token(sender.fingerprint()) {
-            out.error(format!(
-                "ignoring session keys from {}: too many in a short time",
-                delivery.from
-            ));
+            out.error(
+                ProblemCode::Flooded,
+                format!(
+                    "ignoring session keys from {}: too many in a short time",
+                    delivery.from
+                ),
+            );
             return Handled::Done;
         }
         let Ok(session) = self
@@ -366,7 +376,10 @@ impl Engine {
             inbound.max_epoch = previous_epoch;
             inbound.sessions.pop();
             inbound.sessions.splice(..0, dropped);
-            out.error(format!("could not save a session key: {e}"));
+            out.error(
+                ProblemCode::Storage,
+                format!("could not save a session key: {e}"),
+            );
             return Handled::Kept;
         }
         // Messages that arrived before their announcement.
@@ -564,7 +577,10 @@ impl Engine {
         {
             (receiving.window, receiving.missing) = before;
         }
-        out.error(format!("could not store a message: {error}"));
+        out.error(
+            ProblemCode::Storage,
+            format!("could not store a message: {error}"),
+        );
         Handled::Kept
     }
 

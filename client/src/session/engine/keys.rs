@@ -12,7 +12,7 @@ use sotto_proto::{ClientFrame, RoomName, UserName};
 use super::inbound::Delivery;
 use super::{Engine, Out};
 use crate::contacts::{KeyEvent, Trust};
-use crate::session::{Chat, TrustLevel, Update};
+use crate::session::{Answers, Chat, Problem, ProblemCode, TrustLevel, Update};
 
 /// Work waiting for a peer's key (a `LookupKey` is in flight).
 #[derive(Debug, Default)]
@@ -54,7 +54,10 @@ impl Engine {
             }
             None => {
                 let Ok(parsed) = PublicIdentity::from_bytes(identity) else {
-                    out.error(format!("the relay sent an invalid key for {name}"));
+                    out.error(
+                        ProblemCode::InvalidKey,
+                        format!("the relay sent an invalid key for {name}"),
+                    );
                     return false;
                 };
                 let parsed = Arc::new(parsed);
@@ -91,7 +94,10 @@ impl Engine {
             .filter_map(|key| self.contacts.get(&key.to_name()))
             .collect();
         if let Err(e) = self.store.save_contacts(contacts) {
-            out.error(format!("could not save contacts: {e}"));
+            out.error(
+                ProblemCode::Storage,
+                format!("could not save contacts: {e}"),
+            );
             self.unsaved_contacts = unsaved;
         }
     }
@@ -105,7 +111,16 @@ impl Engine {
             None => {
                 if let Some(awaiting) = self.awaiting_key.remove(&name.key()) {
                     if !awaiting.texts.is_empty() || awaiting.show_safety_number {
-                        out.error(format!("there is no user called {name} on this relay"));
+                        let mut problem = Problem::new(
+                            ProblemCode::NoSuchUser,
+                            format!("there is no user called {name} on this relay"),
+                        )
+                        .unsent(Chat::Direct(name.clone()), awaiting.texts.len());
+                        if awaiting.show_safety_number {
+                            problem =
+                                problem.answering(Answers::SafetyNumber { name: name.clone() });
+                        }
+                        out.problem(problem);
                     }
                     for delivery in awaiting.deliveries {
                         out.update(Update::Rejected {
@@ -248,6 +263,7 @@ mod tests {
         assert!(sent_to(&out).is_empty(), "{:?}", out.frames);
         let blocked = Blocked::KeyChanged { name: "bob".into() };
         assert_eq!(errors(&out.updates), [format!("@bob: not sent: {blocked}")]);
+        assert_eq!(codes(&out.updates), [ProblemCode::KeyChanged]);
         // In the room: bob is left out, and told why.
         let out = command(&mut engine, send(lobby_chat(), "hi all"));
         assert!(sent_to(&out).is_empty(), "{:?}", out.frames);
@@ -324,5 +340,6 @@ mod tests {
             errors(&updates),
             ["there is no user called nobody on this relay"]
         );
+        assert_eq!(codes(&updates), [ProblemCode::NoSuchUser]);
     }
 }

@@ -38,9 +38,12 @@ use bytes::Bytes;
 use sotto_crypto::{Conversation, Fingerprint, Identity, PublicIdentity, SessionId};
 use sotto_proto::{ClientFrame, RelayFrame, RoomName, UserKey, UserName};
 
-use super::{Chat, Command, DeliveryState, Message, OnlineUser, TrustLevel, Update};
+use super::{
+    Answers, Chat, Command, DeliveryState, Message, OnlineUser, Problem, ProblemCode, TrustLevel,
+    Update,
+};
 use crate::account::Account;
-use crate::contacts::{Contacts, KeyEvent, Trust};
+use crate::contacts::{Contacts, KeyEvent, Trust, TrustError};
 use crate::store::{Inbound, Position, RoomSettings, Store, StoreError, StoredEntry};
 
 mod batch;
@@ -74,8 +77,13 @@ impl Out {
         self.updates.push(update);
     }
 
-    fn error(&mut self, message: impl Into<String>) {
-        self.updates.push(Update::Error(message.into()));
+    /// Tells the user of a problem of kind `code`.
+    fn error(&mut self, code: ProblemCode, message: impl Into<String>) {
+        self.problem(Problem::new(code, message));
+    }
+
+    fn problem(&mut self, problem: Problem) {
+        self.updates.push(Update::Error(problem));
     }
 }
 
@@ -95,6 +103,15 @@ pub(super) fn now_ms() -> u64 {
 
 pub(super) fn now_secs() -> u64 {
     now_ms() / 1000
+}
+
+/// The kind of a refused trust decision.
+fn trust_problem(error: &TrustError) -> ProblemCode {
+    match error {
+        TrustError::Unknown(_) => ProblemCode::NoKeyYet,
+        TrustError::Mismatch(_) => ProblemCode::WrongSafetyNumber,
+        TrustError::NothingToAccept(_) => ProblemCode::BadCommand,
+    }
 }
 
 /// What the user is told when stored messages could not be read.
@@ -300,7 +317,10 @@ impl Engine {
             })
             .collect();
         if history.skipped > 0 {
-            updates.push(Update::Error(skipped_history(history.skipped)));
+            updates.push(Update::Error(Problem::new(
+                ProblemCode::HistoryDamaged,
+                skipped_history(history.skipped),
+            )));
         }
         // A key change the user has not decided on yet is still pending:
         // say so again, so a new UI blocks on it as the last one did (P6).
@@ -492,7 +512,10 @@ impl Engine {
                 }
                 match id {
                     Some(id) => self.on_refused(id, code, &message, out),
-                    None => out.error(format!("relay: {message} ({code:?})")),
+                    None => out.error(
+                        ProblemCode::Relay(code),
+                        format!("relay: {message} ({code:?})"),
+                    ),
                 }
             }
             RelayFrame::Undelivered { id, code, users } => {
@@ -516,18 +539,27 @@ impl Engine {
             Command::Send { chat, text } => self.send_text(chat, text, out),
             Command::Join(room) => self.join_command(room, out),
             Command::Leave(room) => self.leave_command(room, out),
-            Command::ListUsers => self.when_connected(ClientFrame::ListUsers, out),
-            Command::ListRooms => self.when_connected(ClientFrame::ListRooms, out),
+            Command::ListUsers => self.when_connected(ClientFrame::ListUsers, Answers::Users, out),
+            Command::ListRooms => self.when_connected(ClientFrame::ListRooms, Answers::Rooms, out),
             Command::SafetyNumber(name) => {
-                if self.is_me(&name) {
-                    out.error("that is you: compare safety numbers with someone else");
+                let problem = if self.is_me(&name) {
+                    Problem::new(
+                        ProblemCode::Yourself,
+                        "that is you: compare safety numbers with someone else",
+                    )
                 } else if self.contacts.get(&name).is_some() {
                     self.show_safety_number(&name, out);
+                    return Flow::Continue;
                 } else if self.connected {
                     self.await_key(&name, out).show_safety_number = true;
+                    return Flow::Continue;
                 } else {
-                    out.error(format!("no key is known for {name} yet"));
-                }
+                    Problem::new(
+                        ProblemCode::NoKeyYet,
+                        format!("no key is known for {name} yet"),
+                    )
+                };
+                out.problem(problem.answering(Answers::SafetyNumber { name }));
             }
             Command::Verify {
                 name,
@@ -538,17 +570,26 @@ impl Engine {
                         .mark_verified(self.identity.public(), &name, &safety_number);
                 match result {
                     Ok(()) => self.trust_changed(&name, out),
-                    Err(e) => out.error(e.to_string()),
+                    Err(e) => out.problem(
+                        Problem::new(trust_problem(&e), e.to_string())
+                            .answering(Answers::Trust { name }),
+                    ),
                 }
             }
             Command::AcceptKey(name) => match self.contacts.accept_new_key(&name) {
                 Ok(_) => self.trust_changed(&name, out),
-                Err(e) => out.error(e.to_string()),
+                Err(e) => out.problem(
+                    Problem::new(trust_problem(&e), e.to_string())
+                        .answering(Answers::Trust { name }),
+                ),
             },
             Command::SetVerifiedOnly { room, on } => {
                 let settings = RoomSettings { verified_only: on };
                 if let Err(e) = self.store.set_room_settings(room.as_str(), &settings) {
-                    out.error(format!("could not save the setting: {e}"));
+                    out.error(
+                        ProblemCode::Storage,
+                        format!("could not save the setting: {e}"),
+                    );
                     return Flow::Continue;
                 }
                 if let Some(entry) = self.rooms.get_mut(&room) {
@@ -572,11 +613,16 @@ impl Engine {
         Flow::Continue
     }
 
-    pub(super) fn when_connected(&mut self, frame: ClientFrame, out: &mut Out) {
+    /// Sends `frame` if connected; otherwise the command it `answers`
+    /// fails.
+    pub(super) fn when_connected(&mut self, frame: ClientFrame, answers: Answers, out: &mut Out) {
         if self.connected {
             out.frames.push(frame);
         } else {
-            out.error("not connected to the relay");
+            out.problem(
+                Problem::new(ProblemCode::NotConnected, "not connected to the relay")
+                    .answering(answers),
+            );
         }
     }
 }

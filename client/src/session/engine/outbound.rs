@@ -16,7 +16,7 @@ use super::delivery::Sending;
 use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::{Blocked, Trust};
 use crate::session::content::Content;
-use crate::session::{Chat, Delivery, Update};
+use crate::session::{Chat, Delivery, MessageId, Problem, ProblemCode, Update};
 use crate::store::{OutgoingRecord, Position, StoreError, StoredEntry, UnsentRecord, VaultCounter};
 
 /// The names an `Undelivered` notice lists; the rest are counted.
@@ -26,6 +26,15 @@ pub(super) struct Outbound {
     pub(super) epoch: u32,
     pub(super) counter: SequenceCounter<VaultCounter>,
     pub(super) session: Option<SendingSession>,
+}
+
+/// The kind of a failure to seal: the sequence counter's file failed
+/// (this client's storage), or something in this client did.
+fn sealing_problem(error: &sotto_crypto::Error) -> ProblemCode {
+    match error {
+        sotto_crypto::Error::Io(_) => ProblemCode::Storage,
+        _ => ProblemCode::Internal,
+    }
 }
 
 impl Engine {
@@ -49,9 +58,10 @@ impl Engine {
             } else {
                 ("messages", "were")
             };
-            out.error(format!(
-                "{queued} queued {noun} {verb} not sent: the relay could not be reached"
-            ));
+            out.error(
+                ProblemCode::NotConnected,
+                format!("{queued} queued {noun} {verb} not sent: the relay could not be reached"),
+            );
         }
     }
 
@@ -98,28 +108,49 @@ impl Engine {
             ErrorCode::QueueFull => "their stored messages are at the relay's limit".to_owned(),
             other => format!("the relay did not store it for them ({other:?})"),
         };
-        match self.sends.get(&id).map(|s| &s.chat) {
-            Some(chat) => out.error(format!(
-                "{names} will not get your message in {chat}: {why}"
-            )),
-            None => out.error(format!("{names} will not get a message you sent: {why}")),
+        let code = ProblemCode::Undelivered(code);
+        match self.sends.get(&id) {
+            Some(sending) => {
+                let problem = Problem::new(
+                    code,
+                    format!(
+                        "{names} will not get your message in {}: {why}",
+                        sending.chat
+                    ),
+                );
+                out.problem(match &sending.message {
+                    Some((_, seq)) => problem.about(
+                        sending.chat.clone(),
+                        MessageId {
+                            sender: self.me,
+                            seq: *seq,
+                        },
+                    ),
+                    None => problem,
+                });
+            }
+            None => out.error(
+                code,
+                format!("{names} will not get a message you sent: {why}"),
+            ),
         }
     }
 
     pub(super) fn send_text(&mut self, chat: Chat, text: String, out: &mut Out) {
         if text.len() > sotto_crypto::MAX_PLAINTEXT_LEN {
-            out.error(format!(
+            let message = format!(
                 "{chat}: the message is too long ({} bytes; at most {})",
                 text.len(),
                 sotto_crypto::MAX_PLAINTEXT_LEN
-            ));
+            );
+            out.problem(Problem::new(ProblemCode::TooLong, message).unsent(chat, 1));
             return;
         }
         if !self.connected {
             if self.outbox.len() >= self.limits.outbox {
-                out.error(format!(
-                    "{chat}: not connected and too many messages queued; not sent"
-                ));
+                let message =
+                    format!("{chat}: not connected and too many messages queued; not sent");
+                out.problem(Problem::new(ProblemCode::TooManyWaiting, message).unsent(chat, 1));
             } else {
                 self.queue_typed(chat, text, out);
             }
@@ -144,9 +175,13 @@ impl Engine {
                 Content::Text(text) if self.wanted.contains(&room) => {
                     self.queue_typed(Chat::Room(room), text, out);
                 }
-                Content::Text(_) => {
-                    out.error(format!("you are not in #{room}: /join {room} first"))
-                }
+                Content::Text(_) => out.problem(
+                    Problem::new(
+                        ProblemCode::NotInRoom,
+                        format!("you are not in #{room}: /join {room} first"),
+                    )
+                    .unsent(Chat::Room(room), 1),
+                ),
                 Content::Receipt(_) | Content::Heartbeat | Content::KeyRequest { .. } => {}
             }
             return;
@@ -201,7 +236,13 @@ impl Engine {
 
     pub(super) fn send_direct(&mut self, user: UserName, text: String, out: &mut Out) {
         if self.is_me(&user) {
-            out.error("you cannot send a direct message to yourself");
+            out.problem(
+                Problem::new(
+                    ProblemCode::Yourself,
+                    "you cannot send a direct message to yourself",
+                )
+                .unsent(Chat::Direct(user), 1),
+            );
             return;
         }
         let peer = match self.contacts.sendable(&user) {
@@ -212,12 +253,21 @@ impl Engine {
                 if awaiting.texts.len() < limit {
                     awaiting.texts.push(text);
                 } else {
-                    out.error(format!("@{user}: too many messages waiting for a key"));
+                    let message = format!("@{user}: too many messages waiting for a key");
+                    out.problem(
+                        Problem::new(ProblemCode::TooManyWaiting, message)
+                            .unsent(Chat::Direct(user), 1),
+                    );
                 }
                 return;
             }
             Err(blocked) => {
-                out.error(format!("@{user}: not sent: {blocked}"));
+                let code = match blocked {
+                    Blocked::Unknown(_) => ProblemCode::NoKeyYet,
+                    Blocked::KeyChanged { .. } => ProblemCode::KeyChanged,
+                };
+                let message = format!("@{user}: not sent: {blocked}");
+                out.problem(Problem::new(code, message).unsent(Chat::Direct(user), 1));
                 return;
             }
         };
@@ -262,12 +312,17 @@ impl Engine {
     ) {
         let identity = self.identity.clone();
         let store = self.store.clone();
-        let fail = |out: &mut Out, what: &dyn std::fmt::Display| {
-            out.error(format!("{chat}: not sent: {what}"));
+        // A typed text that fails leaves one send unanswered; a receipt,
+        // heartbeat or key request none.
+        let typed = usize::from(matches!(content, Content::Text(_)));
+        let fail = |out: &mut Out, code: ProblemCode, what: &dyn std::fmt::Display| {
+            out.problem(
+                Problem::new(code, format!("{chat}: not sent: {what}")).unsent(chat.clone(), typed),
+            );
         };
         let outbound = match self.outbound(&conversation) {
             Ok(outbound) => outbound,
-            Err(e) => return fail(out, &e),
+            Err(e) => return fail(out, ProblemCode::Storage, &e),
         };
         let wanted: BTreeSet<Fingerprint> =
             recipients.iter().map(|(_, id)| id.fingerprint()).collect();
@@ -283,7 +338,7 @@ impl Engine {
             let clock = u32::try_from(now).unwrap_or(u32::MAX);
             let epoch = outbound.epoch.saturating_add(1).max(clock);
             if let Err(e) = store.set_epoch(&conversation, epoch) {
-                return fail(out, &e);
+                return fail(out, ProblemCode::Storage, &e);
             }
             outbound.epoch = epoch;
             let keys: Vec<&PublicIdentity> = recipients.iter().map(|(_, id)| id).collect();
@@ -298,7 +353,7 @@ impl Engine {
             );
             let (session, announcements) = match started {
                 Ok(started) => started,
-                Err(e) => return fail(out, &e),
+                Err(e) => return fail(out, sealing_problem(&e), &e),
             };
             outbound.session = Some(session);
             for announcement in announcements {
@@ -324,7 +379,7 @@ impl Engine {
                     &content.encode(),
                 ) {
                     Ok(sealed) => Some(sealed),
-                    Err(e) => return fail(out, &e),
+                    Err(e) => return fail(out, sealing_problem(&e), &e),
                 }
             }
             _ => None,
@@ -417,7 +472,10 @@ impl Engine {
             self.store
                 .record_sent(&entry, position, &conversation, &record, unsent.as_ref())
         {
-            out.error(format!("could not store the message you sent: {e}"));
+            out.error(
+                ProblemCode::Storage,
+                format!("could not store the message you sent: {e}"),
+            );
         }
         self.unsent.extend(unsent);
         let mut message = self.message_of(entry, position);
@@ -435,9 +493,10 @@ impl Engine {
         if !self.outbox.iter().any(|(queued, _, _)| *queued == id)
             && let Err(e) = self.store.remove_outbox(id)
         {
-            out.error(format!(
-                "could not update the messages waiting to be sent: {e}"
-            ));
+            out.error(
+                ProblemCode::Storage,
+                format!("could not update the messages waiting to be sent: {e}"),
+            );
         }
     }
 
@@ -451,7 +510,10 @@ impl Engine {
                 let id = self.next_typed.max(now_ms().saturating_mul(1000));
                 self.next_typed = id.saturating_add(1);
                 if let Err(e) = self.store.push_outbox(id, &chat, &text) {
-                    out.error(format!("could not keep the message to send later: {e}"));
+                    out.error(
+                        ProblemCode::Storage,
+                        format!("could not keep the message to send later: {e}"),
+                    );
                 }
                 id
             }
@@ -635,6 +697,7 @@ mod tests {
             errors(&out.updates),
             ["#lobby: not connected and too many messages queued; not sent"]
         );
+        assert_eq!(codes(&out.updates), [ProblemCode::TooManyWaiting]);
         assert!(out.frames.is_empty());
         // Reconnected and back in the room: the 256 kept go out, one session.
         let out = back_in_lobby(&mut engine, &bob);
@@ -678,6 +741,7 @@ mod tests {
             errors(&out.updates),
             ["1 queued message was not sent: the relay could not be reached"]
         );
+        assert_eq!(codes(&out.updates), [ProblemCode::NotConnected]);
     }
 
     #[tokio::test]
@@ -761,6 +825,32 @@ mod tests {
             errors(&updates),
             ["#lobby: not delivered: slow down (RateLimited)"]
         );
+        assert_eq!(
+            codes(&updates),
+            [ProblemCode::Relay(ErrorCode::RateLimited)]
+        );
+        // The error names the message it refused, whose delivery failed
+        // with the relay's code.
+        let refused = updates.iter().find_map(|u| match u {
+            Update::Error(problem) => match &problem.answers[..] {
+                [crate::session::Answers::Message { chat, id }] => Some((chat.clone(), *id)),
+                _ => None,
+            },
+            _ => None,
+        });
+        let failed = updates.iter().find_map(|u| match u {
+            Update::Delivery { chat, id, delivery } => match &delivery.state {
+                DeliveryState::Failed(why) => Some((chat.clone(), *id, why.code)),
+                _ => None,
+            },
+            _ => None,
+        });
+        let (chat, id) = refused.expect("the refused message");
+        assert_eq!(chat, lobby_chat());
+        assert_eq!(
+            failed,
+            Some((chat, id, ProblemCode::Relay(ErrorCode::RateLimited)))
+        );
         // Sent: the first and the third; the second failed.
         let updates = feed(&mut engine, RelayFrame::Sent { id: ids[2] });
         assert_eq!(states(&updates), [DeliveryState::Sent, DeliveryState::Sent]);
@@ -776,6 +866,7 @@ mod tests {
             },
         );
         assert_eq!(errors(&updates), ["relay: late (Internal)"]);
+        assert_eq!(codes(&updates), [ProblemCode::Relay(ErrorCode::Internal)]);
         // A `Sent` below what is pending leaves the newer sends pending.
         let next = route_ids(&command(&mut engine, send(lobby_chat(), "four")), &lobby());
         feed(&mut engine, RelayFrame::Sent { id: ids[2] });
@@ -806,6 +897,10 @@ mod tests {
             [
                 "bob will not get your message in #lobby: their stored messages are at the relay's limit"
             ]
+        );
+        assert_eq!(
+            codes(&updates),
+            [ProblemCode::Undelivered(ErrorCode::QueueFull)]
         );
         assert!(engine.sends.contains_key(&id), "sent for the others");
         let refused: Vec<Vec<UserName>> = deliveries(&updates)

@@ -22,7 +22,9 @@ use sotto_proto::{ClientFrame, ErrorCode, PresenceEvent, RoomName, UserKey, User
 
 use super::keys::trust_level;
 use super::{Engine, Out};
-use crate::session::{Chat, Member, PresenceChange, TrustLevel, Update};
+use crate::session::{
+    Answers, Chat, Member, PresenceChange, Problem, ProblemCode, TrustLevel, Update,
+};
 use crate::store::RoomSettings;
 
 #[derive(Debug)]
@@ -58,14 +60,20 @@ impl Engine {
     pub(super) fn save_wanted(&self, out: &mut Out) {
         let rooms: Vec<String> = self.wanted.iter().map(|r| r.to_string()).collect();
         if let Err(e) = self.store.set_joined_rooms(&rooms) {
-            out.error(format!("could not save the room list: {e}"));
+            out.error(
+                ProblemCode::Storage,
+                format!("could not save the room list: {e}"),
+            );
         }
     }
 
     fn save_leaving(&self, out: &mut Out) {
         let rooms: Vec<String> = self.leaving.iter().map(|r| r.to_string()).collect();
         if let Err(e) = self.store.set_rooms_to_leave(&rooms) {
-            out.error(format!("could not save the room list: {e}"));
+            out.error(
+                ProblemCode::Storage,
+                format!("could not save the room list: {e}"),
+            );
         }
     }
 
@@ -109,7 +117,8 @@ impl Engine {
         } else if self.rooms.contains_key(&room) {
             out.frames.push(ClientFrame::Leave { room });
         } else {
-            out.error(format!("you are not in #{room}"));
+            let problem = Problem::new(ProblemCode::NotInRoom, format!("you are not in #{room}"));
+            out.problem(problem.answering(Answers::Leave { room }));
         }
     }
 
@@ -180,7 +189,10 @@ impl Engine {
         let settings = match self.store.room_settings(room.as_str()) {
             Ok(settings) => settings,
             Err(e) => {
-                out.error(format!("could not read the settings of #{room}: {e}"));
+                out.error(
+                    ProblemCode::Storage,
+                    format!("could not read the settings of #{room}: {e}"),
+                );
                 RoomSettings::default()
             }
         };

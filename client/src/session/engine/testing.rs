@@ -229,14 +229,21 @@ pub(super) fn acked(out: &Out, delivery: u64) -> bool {
         .any(|f| matches!(f, ClientFrame::Ack { delivery: d } if *d == delivery))
 }
 
+/// The texts of the errors in `updates`.
 pub(super) fn errors(updates: &[Update]) -> Vec<&str> {
-    updates
-        .iter()
-        .filter_map(|u| match u {
-            Update::Error(e) => Some(e.as_str()),
-            _ => None,
-        })
-        .collect()
+    problems(updates).map(|p| p.message.as_str()).collect()
+}
+
+/// The codes of the errors in `updates`.
+pub(super) fn codes(updates: &[Update]) -> Vec<crate::session::ProblemCode> {
+    problems(updates).map(|p| p.code).collect()
+}
+
+fn problems(updates: &[Update]) -> impl Iterator<Item = &crate::session::Problem> {
+    updates.iter().filter_map(|u| match u {
+        Update::Error(problem) => Some(problem),
+        _ => None,
+    })
 }
 
 /// `announcement` from bob as the stored delivery number `delivery`.

@@ -103,7 +103,12 @@ async fn a_store_read_failure_is_retried_and_never_overwrites_the_stored_session
     engine.inbound.clear();
     let out = feed_out(&mut engine, announce_stored(&second.announcement, 7));
     assert!(!acked(&out, 7), "{out:?}");
-    assert_eq!(errors(&out.updates).len(), 1, "{:?}", out.updates);
+    assert_eq!(
+        codes(&out.updates),
+        [ProblemCode::Storage],
+        "{:?}",
+        out.updates
+    );
     // Nothing was written over the stored state.
     assert_eq!(
         engine.store.vault().get_raw(table, &id).unwrap(),
@@ -218,6 +223,7 @@ async fn forged_announcements_are_blamed_on_the_relay_and_spend_none_of_the_send
         errors(&out.updates),
         [forged_announcements(u64::from(count), "bob")]
     );
+    assert_eq!(codes(&out.updates), [ProblemCode::Forged]);
     let mut out = Out::default();
     engine.tick(Instant::now(), &mut out);
     assert!(errors(&out.updates).is_empty());
@@ -250,6 +256,10 @@ async fn checking_forgeries_is_bounded_by_a_budget_shared_by_all_senders() {
             forged_announcements(3, "bob"),
             "the relay delivered key announcements faster than they can be checked: 2 dropped unchecked".to_owned()
         ]
+    );
+    assert_eq!(
+        codes(&out.updates),
+        [ProblemCode::Forged, ProblemCode::Flooded]
     );
 }
 

@@ -106,6 +106,13 @@ async fn a_room_the_relay_says_we_left_is_forgotten_and_not_joined_again() {
         errors(&out.updates),
         ["you are not in #lobby: /join lobby first"]
     );
+    assert_eq!(codes(&out.updates), [ProblemCode::NotInRoom]);
+    // The send it answers: one text to the lobby, not sent.
+    assert!(matches!(
+        &out.updates[..],
+        [Update::Error(problem)] if problem.answers
+            == [Answers::Sends { chat: lobby_chat(), count: 1 }]
+    ));
     assert_eq!(engine.store.joined_rooms().unwrap(), Some(Vec::new()));
     // The next connection does not join it again.
     engine.on_disconnected();
@@ -419,6 +426,7 @@ async fn a_joined_for_a_room_to_leave_is_answered_with_leave_and_a_relay_that_fo
         },
     );
     assert_eq!(errors(&updates), ["relay: not in lobby (NotMember)"]);
+    assert_eq!(codes(&updates), [ProblemCode::Relay(ErrorCode::NotMember)]);
 }
 
 #[tokio::test]
@@ -520,5 +528,61 @@ async fn a_room_left_while_disconnected_and_joined_again_once_back_ends_joined()
     assert_eq!(
         engine.store.joined_rooms().unwrap(),
         Some(vec!["lobby".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn a_refused_command_says_which_command_it_answers() {
+    use crate::session::Problem;
+    let bob = fixture("bob");
+    let (mut engine, _dir) = alice_with_bob(&bob).await;
+    let answered = |out: &Out| -> Vec<(ProblemCode, Vec<Answers>)> {
+        out.updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Error(Problem { code, answers, .. }) => Some((*code, answers.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let ops: RoomName = "ops".parse().unwrap();
+    let out = command(&mut engine, Command::Leave(ops.clone()));
+    assert_eq!(
+        answered(&out),
+        [(ProblemCode::NotInRoom, vec![Answers::Leave { room: ops }])]
+    );
+    let out = command(&mut engine, Command::SafetyNumber(name("alice")));
+    assert_eq!(
+        answered(&out),
+        [(
+            ProblemCode::Yourself,
+            vec![Answers::SafetyNumber {
+                name: name("alice")
+            }]
+        )]
+    );
+    let out = command(&mut engine, Command::AcceptKey(name("bob")));
+    assert_eq!(
+        answered(&out),
+        [(
+            ProblemCode::BadCommand,
+            vec![Answers::Trust { name: name("bob") }]
+        )]
+    );
+    engine.on_disconnected();
+    let out = command(&mut engine, Command::ListUsers);
+    assert_eq!(
+        answered(&out),
+        [(ProblemCode::NotConnected, vec![Answers::Users])]
+    );
+    let out = command(&mut engine, Command::SafetyNumber(name("carol")));
+    assert_eq!(
+        answered(&out),
+        [(
+            ProblemCode::NoKeyYet,
+            vec![Answers::SafetyNumber {
+                name: name("carol")
+            }]
+        )]
     );
 }
