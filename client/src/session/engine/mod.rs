@@ -370,6 +370,12 @@ impl Engine {
         self.connected = true;
         self.name = name;
         self.rejoin(out);
+        // Key lookups of the last connection went with it: asked again.
+        for key in self.awaiting_key.keys() {
+            out.frames.push(ClientFrame::LookupKey {
+                name: key.to_name(),
+            });
+        }
         // Direct messages whose `Sent` never came go again now; a room's,
         // once its `Joined` gives the current members.
         self.resend_unsent(|chat| matches!(chat, Chat::Direct(_)), out);
