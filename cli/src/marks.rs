@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use sotto_client::safe_text;
 use sotto_client::session::{Chat, Delivery, DeliveryState, Message, MessageId};
+use sotto_client::ui::words;
 use sotto_proto::UserName;
 
 /// Sent messages whose state changes are said (the newest).
@@ -98,29 +99,15 @@ pub(crate) struct Marks {
     accepted_due: Option<Instant>,
 }
 
-fn named_in(name: &UserName, names: &[UserName]) -> bool {
-    names.iter().any(|n| n.same_as(name))
-}
-
 /// The recipients whose receipt came, and those still waiting (neither
 /// delivered nor refused).
 fn split(delivery: &Delivery) -> (Vec<&UserName>, Vec<&UserName>) {
-    let got = delivery
-        .recipients
-        .iter()
-        .filter(|r| named_in(r, &delivery.delivered))
-        .collect();
-    let waiting = delivery
-        .recipients
-        .iter()
-        .filter(|r| !named_in(r, &delivery.delivered) && !named_in(r, &delivery.refused))
-        .collect();
-    (got, waiting)
+    let reached = words::reached(delivery);
+    (reached.got, reached.waiting)
 }
 
 fn everyone_has_it(delivery: &Delivery) -> bool {
-    let (got, _) = split(delivery);
-    !delivery.recipients.is_empty() && got.len() == delivery.recipients.len()
+    words::reached(delivery).everyone()
 }
 
 /// `a, b and c` (names safe), at most [`NAMES`], then `and N others`.
@@ -227,13 +214,17 @@ fn changed(tracked: &mut Tracked, delivery: &Delivery, now: Instant, out: &mut V
     let refused: Vec<&UserName> = delivery
         .refused
         .iter()
-        .filter(|r| !named_in(r, &delivery.delivered) && !named_in(r, &tracked.said_refused))
+        .filter(|r| {
+            !delivery.delivered.iter().any(|d| d.same_as(r))
+                && !tracked.said_refused.iter().any(|s| s.same_as(r))
+        })
         .collect();
     if !refused.is_empty() {
         out.push(format!(
-            "! {chat}: {} will not get {}: the relay would not keep it for them",
+            "! {chat}: {} will not get {}: {}",
             names(&refused),
-            which(&[&*tracked])
+            which(&[&*tracked]),
+            words::NOT_KEPT
         ));
         let refused: Vec<UserName> = refused.into_iter().cloned().collect();
         tracked.said_refused.extend(refused);
