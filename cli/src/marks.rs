@@ -30,7 +30,10 @@
 //! or a direct message to someone whose key is still to be looked up) are
 //! printed at once with ` (pending)`: the session's own report of the
 //! message, when it is sealed, is then not printed again (matched by
-//! conversation and text, the oldest first; at most [`TRACKED`] wait).
+//! conversation and text, the oldest first; at most [`TRACKED`] wait),
+//! and an error of the session's saying it was not sent (`@bob: not sent:
+//! REASON`, a user the relay does not know, say) is said as a notice
+//! naming it.
 //!
 //! Every text here went through [`sotto_client::safe_text`]; every line
 //! starts with `*` or `!`, so none can be taken for a message.
@@ -258,6 +261,29 @@ impl Marks {
             self.typed.pop_front();
         }
         self.typed.push_back(Typed { chat, text, at_ms });
+    }
+
+    /// The session's error `error` about a line printed when typed: an
+    /// error that names a conversation and says `not sent` (`@bob: not
+    /// sent: REASON`) is about the newest line typed there that is still
+    /// waiting, which is not followed any more; the notice that names it.
+    pub(crate) fn not_sent(&mut self, error: &str) -> Option<String> {
+        let (head, reason) = error.split_once(": ")?;
+        let why = reason.strip_prefix("not sent: ")?;
+        let chat = if let Some(room) = head.strip_prefix('#') {
+            Chat::Room(room.parse().ok()?)
+        } else {
+            Chat::Direct(head.strip_prefix('@')?.parse().ok()?)
+        };
+        let at = self.typed.iter().rposition(|t| t.chat == chat)?;
+        let typed = self.typed.remove(at)?;
+        Some(format!(
+            "! {}: not sent: your message of {} {}: {}",
+            safe_chat(&chat),
+            super::text::clock(typed.at_ms),
+            snippet(&typed.text),
+            safe_text::inline(why)
+        ))
     }
 
     /// A message of yours the session reports (sent now, or in the history

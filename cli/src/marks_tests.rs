@@ -410,3 +410,39 @@ fn the_first_words_naming_a_message_are_made_safe() {
         [r#"* @bob: delivered: your message of 06:59:59 "\e]0;x\x07…""#]
     );
 }
+
+#[test]
+fn a_direct_message_to_nobody_shows_pending_then_not_sent_with_the_reason() {
+    let mut view = connected();
+    let mut out = Vec::new();
+    // No key known for carol: printed at once, pending.
+    view.command("/msg carol hello?", &mut out).unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].ends_with("] -> @carol <alice> hello? (pending)"),
+        "{out:?}"
+    );
+    let at = out[0][1..9].to_owned();
+    // The relay knows no carol.
+    let out = shown(
+        &mut view,
+        &Update::Error("there is no user called carol on this relay".into()),
+    );
+    assert_eq!(out, ["! there is no user called carol on this relay"]);
+    let out = shown(
+        &mut view,
+        &Update::Error("@carol: not sent: no such user on this relay".into()),
+    );
+    assert_eq!(
+        out,
+        [format!(
+            "! @carol: not sent: your message of {at} \"hello?\": no such user on this relay"
+        )]
+    );
+    // An error about nothing printed when typed is said as it is.
+    let out = shown(
+        &mut view,
+        &Update::Error("@carol: not sent: no such user on this relay".into()),
+    );
+    assert_eq!(out, ["! @carol: not sent: no such user on this relay"]);
+}

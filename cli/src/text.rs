@@ -324,8 +324,19 @@ impl View {
         // Whether a room was joined before this update (lines are held
         // until the first one is).
         let rooms_known = !self.view.context.hold;
-        for said in self.view.apply(update) {
-            said_lines(&said, out);
+        let said = self.view.apply(update);
+        // An error about a line printed when typed names it instead.
+        let named = match update {
+            Update::Error(error) => self.marks.not_sent(error),
+            _ => None,
+        };
+        match named {
+            Some(line) => out.push(line),
+            None => {
+                for said in said {
+                    said_lines(&said, out);
+                }
+            }
         }
         match update {
             Update::History { chat, messages } => {

@@ -109,8 +109,11 @@ impl Engine {
                     if !awaiting.texts.is_empty() || awaiting.show_safety_number {
                         out.error(format!("there is no user called {name} on this relay"));
                     }
-                    // Never to be sent: out of the outbox.
+                    // Never to be sent: each one failed (a front end marks
+                    // its message by the conversation the error names),
+                    // and out of the outbox.
                     for (id, _) in &awaiting.texts {
+                        out.error(format!("@{name}: not sent: no such user on this relay"));
                         if let Err(e) = self.store.remove_outbox(*id) {
                             out.error(format!(
                                 "could not update the messages waiting to be sent: {e}"
@@ -442,7 +445,10 @@ mod tests {
         );
         assert_eq!(
             errors(&updates),
-            ["there is no user called nobody on this relay"]
+            [
+                "there is no user called nobody on this relay",
+                "@nobody: not sent: no such user on this relay"
+            ]
         );
         assert!(!engine.has_unsent());
         drop(engine);
