@@ -446,3 +446,41 @@ fn a_direct_message_to_nobody_shows_pending_then_not_sent_with_the_reason() {
     );
     assert_eq!(out, ["! @carol: not sent: no such user on this relay"]);
 }
+
+#[test]
+fn texts_queued_by_an_earlier_run_show_pending_at_start_and_once() {
+    use DeliveryState::*;
+    let mut view =
+        View::new("relay.example:7447", None, HISTORY_SHOWN).named("alice".parse().unwrap());
+    let carol = Chat::Direct("carol".parse().unwrap());
+    let out = shown(
+        &mut view,
+        &Update::Queued(vec![sotto_client::session::Queued {
+            chat: carol.clone(),
+            typed_at_ms: 25_199_000,
+            text: "hi carol".into(),
+        }]),
+    );
+    assert_eq!(out, ["[06:59:59] -> @carol <alice> hi carol (pending)"]);
+    shown(
+        &mut view,
+        &Update::Connection(Connection::Connected {
+            name: "alice".parse().unwrap(),
+        }),
+    );
+    let message = mine(
+        "@carol",
+        0,
+        "hi carol",
+        delivery(Pending, &["carol"], &[], &[]),
+    );
+    assert!(shown(&mut view, &Update::Message(message.clone())).is_empty());
+    let out = shown(
+        &mut view,
+        &changed(&message, delivery(Sent, &["carol"], &["carol"], &[])),
+    );
+    assert_eq!(
+        out,
+        ["* @carol: delivered: your message of 06:59:59 \"hi carol\""]
+    );
+}

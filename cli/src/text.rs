@@ -179,18 +179,32 @@ impl View {
         let waits = !self.connected
             || matches!(chat, Chat::Direct(peer)
                 if self.view.trust_of(peer).0 == TrustLevel::Unknown);
-        let Some(me) = self.view.me().or(self.name.as_ref()).cloned() else {
-            return;
-        };
         if !waits {
             return;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let place = place(chat, true);
-        print_message(now, &place, &me, "", text, Some("(pending)"), out);
-        self.marks.typed(chat.clone(), text.clone(), now);
+        self.queued(chat, text, now, out);
+    }
+
+    /// Prints a text of this user's not sealed yet, typed at `at_ms`,
+    /// marked pending; the session's report of it once sealed is not
+    /// printed again.
+    fn queued(&mut self, chat: &Chat, text: &str, at_ms: u64, out: &mut Vec<String>) {
+        let Some(me) = self.view.me().or(self.name.as_ref()).cloned() else {
+            return;
+        };
+        print_message(
+            at_ms,
+            &place(chat, true),
+            &me,
+            "",
+            text,
+            Some("(pending)"),
+            out,
+        );
+        self.marks.typed(chat.clone(), text.to_owned(), at_ms);
     }
 
     fn current_room(&self) -> Option<&RoomName> {
@@ -352,6 +366,11 @@ impl View {
                 }
             }
             Update::Message(message) => self.message(message, true, out),
+            Update::Queued(queued) => {
+                for queued in queued {
+                    self.queued(&queued.chat, &queued.text, queued.typed_at_ms, out);
+                }
+            }
             Update::Delivery { chat, id, delivery } => {
                 self.marks.delivery(chat, id, delivery, Instant::now(), out);
             }

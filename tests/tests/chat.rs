@@ -713,13 +713,20 @@ async fn a_direct_message_waiting_for_a_key_survives_a_restart_and_arrives_once(
     alice.quit().await;
     drop(proxy);
 
-    // The next run: the lookup again, then the message, sealed once.
+    // The next run shows it pending at once, looks the key up again, then
+    // seals and sends it.
     let mut alice = Peer::connect(alice_account.clone(), &relay.address).await;
-    alice
-        .expect(
-            |u| matches!(u, Update::Message(m) if m.outgoing && m.text == "hi carol, a first word"),
-        )
-        .await;
+    let sealed = |u: &Update| matches!(u, Update::Message(m) if m.outgoing && m.text == "hi carol, a first word");
+    alice.expect(sealed).await;
+    let queued = alice.seen_at(|u| {
+        matches!(u, Update::Queued(queued)
+            if queued.iter().any(|q| q.chat == dm("carol") && q.text == "hi carol, a first word"))
+    });
+    assert!(
+        queued.is_some_and(|at| Some(at) < alice.seen_at(sealed)),
+        "{:#?}",
+        alice.seen
+    );
     let mut carol = Peer::connect_with(carol_account, &relay.address, elsewhere).await;
     carol
         .expect_message(&dm("alice"), "hi carol, a first word")

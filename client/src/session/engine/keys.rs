@@ -374,6 +374,14 @@ mod tests {
         drop(engine);
 
         let account = alice_account(dir.path()).await;
+        // Shown pending at once by the next run, before anything is sent.
+        let (_, history) =
+            Engine::new(&account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        assert!(
+            history.iter().any(|u| matches!(u, Update::Queued(queued)
+                if matches!(&queued[..], [q] if q.chat == to_carol && q.text == "hi carol"))),
+            "{history:?}"
+        );
         let (mut engine, out) = restarted(&account, &bob);
         assert_eq!(lookups(&out), ["carol"], "asked again: {out:?}");
         let out = feed_out(

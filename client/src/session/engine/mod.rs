@@ -302,6 +302,21 @@ impl Engine {
         if history.skipped > 0 {
             updates.push(Update::Error(skipped_history(history.skipped)));
         }
+        // What an earlier run typed and did not seal: pending at once.
+        if !engine.outbox.is_empty() {
+            updates.push(Update::Queued(
+                engine
+                    .outbox
+                    .iter()
+                    .map(|(id, chat, text)| super::Queued {
+                        chat: chat.clone(),
+                        // Ids are at least the typing time in µs.
+                        typed_at_ms: id / 1000,
+                        text: text.clone(),
+                    })
+                    .collect(),
+            ));
+        }
         // A key change the user has not decided on yet is still pending:
         // say so again, so a new UI blocks on it as the last one did (P6).
         for contact in engine.contacts.iter() {
