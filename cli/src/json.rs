@@ -190,6 +190,19 @@ pub(crate) fn event(update: &Update) -> Value {
             }),
         ),
         Update::Message(m) => with_type("message", message(m)),
+        Update::Queued(queued) => {
+            let messages: Vec<Value> = queued
+                .iter()
+                .map(|queued| {
+                    let mut fields = Map::new();
+                    chat_fields(&queued.chat, &mut fields);
+                    fields.insert("typed_at_ms".to_owned(), json!(queued.typed_at_ms));
+                    fields.insert("text".to_owned(), json!(queued.text));
+                    Value::Object(fields)
+                })
+                .collect();
+            with_type("queued", json!({ "messages": messages }))
+        }
         Update::Delivery { chat, id, delivery } => {
             let mut fields = Map::new();
             chat_fields(chat, &mut fields);

@@ -11,6 +11,7 @@
 mod bot;
 mod input;
 mod json;
+mod marks;
 mod text;
 
 use std::path::PathBuf;
@@ -296,6 +297,7 @@ async fn chat(
     history: Option<usize>,
 ) -> Result<ExitCode, String> {
     let config_relay = config.relay.authority();
+    let name = config.account.name().clone();
     let mut updates = Box::pin(session::run(config));
     let Some(Update::Ready(controller)) = updates.next().await else {
         return Err("the session did not start".to_owned());
@@ -304,7 +306,8 @@ async fn chat(
         &config_relay,
         Some(fingerprint),
         history.unwrap_or(text::HISTORY_SHOWN),
-    );
+    )
+    .named(name);
     if json {
         println!("{}", json::event(&Update::Ready(controller.clone())));
     }
@@ -325,7 +328,14 @@ async fn chat(
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let code = loop {
+        // Delivery notices that wait to be coalesced (interactive mode).
+        let due = if json { None } else { view.due() };
         let typed = tokio::select! {
+            () = tokio::time::sleep_until(due.map_or_else(tokio::time::Instant::now, Into::into)), if due.is_some() => {
+                view.tick(std::time::Instant::now(), &mut out);
+                input.print(std::mem::take(&mut out));
+                continue;
+            }
             // Ctrl-C: say goodbye properly (the counters are checkpointed);
             // a second Ctrl-C stops at once.
             _ = &mut interrupted => {

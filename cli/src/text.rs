@@ -6,15 +6,21 @@
 //! several lines prints its lines after the first under [`CONTINUATION`],
 //! which no header starts with: nothing a peer writes can pose as another
 //! line of this program (docs/cli.md section 7.1).
+//!
+//! Your own messages end with their delivery mark and later changes are
+//! said as notices naming the message: [`crate::marks`].
 
 use std::fmt;
+use std::time::Instant;
 
 use sotto_client::commands;
 use sotto_client::safe_text;
 use sotto_client::session::{Chat, Command, Connection, Message, TrustLevel, Update};
 use sotto_client::ui::{self, Local, Resolved, Said, Tone};
 use sotto_crypto::Fingerprint;
-use sotto_proto::RoomName;
+use sotto_proto::{RoomName, UserName};
+
+use crate::marks::Marks;
 
 /// What starts every line of a message after its first: no header
 /// (`[`, `*`, `!`) starts with a space.
@@ -39,6 +45,12 @@ pub(crate) struct View {
     pending: Vec<String>,
     /// Stored messages shown per conversation at start.
     history: usize,
+    /// How far this user's messages got, as said so far.
+    marks: Marks,
+    /// Whether the session is connected (as last reported).
+    connected: bool,
+    /// This user's name, for lines printed before the relay registered it.
+    name: Option<UserName>,
 }
 
 fn safe(text: &impl fmt::Display) -> String {
@@ -56,7 +68,7 @@ fn trust_badge(trust: TrustLevel) -> &'static str {
 }
 
 /// HH:MM:SS (UTC) of a time in ms since the Unix epoch.
-fn clock(ms: u64) -> String {
+pub(crate) fn clock(ms: u64) -> String {
     let secs = ms / 1000;
     format!(
         "{:02}:{:02}:{:02}",
@@ -87,6 +99,44 @@ fn said_lines(said: &Said, out: &mut Vec<String>) {
     );
 }
 
+/// Where a message line says it belongs.
+fn place(chat: &Chat, outgoing: bool) -> String {
+    match chat {
+        Chat::Room(room) => format!("#{room}"),
+        Chat::Direct(peer) if outgoing => format!("-> @{peer}"),
+        Chat::Direct(_) => "(direct)".to_owned(),
+    }
+}
+
+/// The lines of a message: its header and first line, the rest under
+/// [`CONTINUATION`]; `mark` (a delivery mark, `(arrived late)`) ends the
+/// last line.
+fn print_message(
+    at_ms: u64,
+    place: &str,
+    from: &UserName,
+    badge: &str,
+    text: &str,
+    mark: Option<&str>,
+    out: &mut Vec<String>,
+) {
+    let mut lines = safe_text::message_lines(text);
+    if let Some(mark) = mark
+        && let Some(last) = lines.last_mut()
+    {
+        last.push(' ');
+        last.push_str(mark);
+    }
+    let mut lines = lines.into_iter();
+    out.push(format!(
+        "[{}] {place} <{}{badge}> {}",
+        clock(at_ms),
+        safe(from),
+        lines.next().unwrap_or_default()
+    ));
+    out.extend(lines.map(|line| format!("{CONTINUATION}{line}")));
+}
+
 impl View {
     /// Nothing known yet of a session with the relay at `relay`
     /// (`host:port`) for the user whose key has `fingerprint`.
@@ -97,7 +147,64 @@ impl View {
             view: ui::View::new(relay, fingerprint, true),
             pending: Vec::new(),
             history,
+            marks: Marks::default(),
+            connected: false,
+            name: None,
         }
+    }
+
+    /// This user's name (shown on lines typed before connecting).
+    pub(crate) fn named(mut self, name: UserName) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// When [`View::tick`] has something to say.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.marks.due()
+    }
+
+    /// Prints what waited until `now` (coalesced delivery notices).
+    pub(crate) fn tick(&mut self, now: Instant, out: &mut Vec<String>) {
+        self.marks.tick(now, out);
+    }
+
+    /// A line sent while the session cannot seal it at once (not
+    /// connected, or a direct message to someone whose key is to be
+    /// looked up first) is printed at once, marked pending.
+    fn typed(&mut self, command: &Command, out: &mut Vec<String>) {
+        let Command::Send { chat, text } = command else {
+            return;
+        };
+        let waits = !self.connected
+            || matches!(chat, Chat::Direct(peer)
+                if self.view.trust_of(peer).0 == TrustLevel::Unknown);
+        if !waits {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.queued(chat, text, now, out);
+    }
+
+    /// Prints a text of this user's not sealed yet, typed at `at_ms`,
+    /// marked pending; the session's report of it once sealed is not
+    /// printed again.
+    fn queued(&mut self, chat: &Chat, text: &str, at_ms: u64, out: &mut Vec<String>) {
+        let Some(me) = self.view.me().or(self.name.as_ref()).cloned() else {
+            return;
+        };
+        print_message(
+            at_ms,
+            &place(chat, true),
+            &me,
+            "",
+            text,
+            Some("(pending)"),
+            out,
+        );
+        self.marks.typed(chat.clone(), text.to_owned(), at_ms);
     }
 
     fn current_room(&self) -> Option<&RoomName> {
@@ -135,6 +242,7 @@ impl View {
                 if let Command::Join(room) = &command {
                     self.view.context.current = Some(Chat::Room(room.clone()));
                 }
+                self.typed(&command, out);
                 return Ok(Some(command));
             }
             Resolved::Local(Local::Help) => out.extend(commands::HELP.lines().map(str::to_owned)),
@@ -190,31 +298,38 @@ impl View {
         }
     }
 
-    fn message(message: &Message, out: &mut Vec<String>) {
+    /// Prints `message`; one of this user's is tracked for its delivery
+    /// notices (`live`: sent in this run, not from the history).
+    fn message(&mut self, message: &Message, live: bool, out: &mut Vec<String>) {
+        let mut shown_mark = None;
+        if message.outgoing {
+            match self.marks.sent(message, live, self.connected) {
+                // Printed when typed.
+                None => return,
+                Some(mark) => shown_mark = mark,
+            }
+        }
         let badge = if message.outgoing {
             ""
         } else {
             trust_badge(message.trust)
         };
-        let place = match &message.chat {
-            Chat::Room(room) => format!("#{room}"),
-            Chat::Direct(peer) if message.outgoing => format!("-> @{peer}"),
-            Chat::Direct(_) => "(direct)".to_owned(),
-        };
-        let mut lines = safe_text::message_lines(&message.text);
-        if message.late
-            && let Some(last) = lines.last_mut()
-        {
-            last.push_str(" (arrived late)");
+        let mut text_mark = shown_mark;
+        if message.late {
+            text_mark = Some(match text_mark {
+                Some(mark) => format!("(arrived late) {mark}"),
+                None => "(arrived late)".to_owned(),
+            });
         }
-        let mut lines = lines.into_iter();
-        out.push(format!(
-            "[{}] {place} <{}{badge}> {}",
-            clock(message.sent_at_ms),
-            safe(&message.from),
-            lines.next().unwrap_or_default()
-        ));
-        out.extend(lines.map(|line| format!("{CONTINUATION}{line}")));
+        print_message(
+            message.sent_at_ms,
+            &place(&message.chat, message.outgoing),
+            &message.from,
+            badge,
+            &message.text,
+            text_mark.as_deref(),
+            out,
+        );
     }
 
     /// Prints one update into `out`; returns the commands it releases
@@ -223,8 +338,18 @@ impl View {
         // Whether a room was joined before this update (lines are held
         // until the first one is).
         let rooms_known = !self.view.context.hold;
-        for said in self.view.apply(update) {
-            said_lines(&said, out);
+        let said = self.view.apply(update);
+        // An error about a line printed when typed names it instead.
+        let named = match update {
+            Update::Error(problem) => self.marks.not_sent(problem),
+            _ => Vec::new(),
+        };
+        if named.is_empty() {
+            for said in said {
+                said_lines(&said, out);
+            }
+        } else {
+            out.extend(named);
         }
         match update {
             Update::History { chat, messages } => {
@@ -236,11 +361,28 @@ impl View {
                     ));
                 }
                 for message in messages.iter().skip(older) {
-                    Self::message(message, out);
+                    self.message(message, false, out);
                 }
             }
-            Update::Message(message) => Self::message(message, out),
-            Update::Connection(Connection::Failed { .. }) => self.abandon(out),
+            Update::Message(message) => self.message(message, true, out),
+            Update::Queued(queued) => {
+                for queued in queued {
+                    self.queued(&queued.chat, &queued.text, queued.typed_at_ms, out);
+                }
+            }
+            Update::Delivery { chat, id, delivery } => {
+                self.marks.delivery(chat, id, delivery, Instant::now(), out);
+            }
+            Update::Connection(Connection::Connected { .. }) => self.connected = true,
+            Update::Connection(Connection::Reconnecting { .. }) => {
+                self.connected = false;
+                self.marks.disconnected(out);
+            }
+            Update::Connection(Connection::Connecting) => self.connected = false,
+            Update::Connection(Connection::Failed { .. }) => {
+                self.connected = false;
+                self.abandon(out);
+            }
             Update::Joined { room } if !rooms_known => {
                 return self
                     .pending
@@ -256,6 +398,10 @@ impl View {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+#[path = "marks_tests.rs"]
+mod marks_tests;
 
 #[cfg(test)]
 mod tests {
@@ -281,7 +427,7 @@ mod tests {
         })
     }
 
-    fn shown(view: &mut View, update: &Update) -> Vec<String> {
+    pub(super) fn shown(view: &mut View, update: &Update) -> Vec<String> {
         let mut out = Vec::new();
         view.show(update, &mut out);
         out

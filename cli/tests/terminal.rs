@@ -2,7 +2,9 @@
 //! texts sent by a real peer through a real relay into a real `sotto-cli`
 //! in interactive mode, and replayed from its history at the next
 //! `connect`. The assertions read the process's standard output, the
-//! bytes its one printing function writes.
+//! bytes its one printing function writes. Also here: the delivery
+//! notices of interactive mode (issue 13 item 3) through a real relay,
+//! with the relay cut off by a proxy for the pending case.
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
@@ -440,4 +442,93 @@ async fn at_a_terminal_up_arrow_recalls_history_and_peer_escapes_stay_visible() 
     }
     bob.keys("/quit\r").await;
     assert!(exited(&mut bob.child, "bob").await.success());
+}
+
+/// Whether `line` is the notice that alice's message `text` was delivered
+/// to bob (docs/cli.md 7.1: `* WHERE: delivered...: your message of
+/// HH:MM:SS "FIRST WORDS"`).
+fn delivered_to_bob(line: &str, place: &str, text: &str) -> bool {
+    let to = if place.starts_with('#') {
+        " to bob"
+    } else {
+        ""
+    };
+    line.starts_with(&format!("* {place}: delivered{to}: your message of "))
+        && line.ends_with(&format!(" \"{text}\""))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_messages_say_when_they_are_delivered_and_typed_while_the_relay_is_away_show_pending()
+{
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let proxy = sotto_testkit::Proxy::start(format!("127.0.0.1:{}", relay.port).parse().unwrap());
+    let (alice_dir, bob_dir) = (temp.path().join("alice"), temp.path().join("bob"));
+    init(&alice_dir, "alice").await;
+    init(&bob_dir, "bob").await;
+    let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
+    // alice at a terminal, through a proxy that can cut her off.
+    let mut alice = Interactive::spawn(&alice_dir, &proxy.relay_address(&relay));
+    alice
+        .until(|l| l.starts_with("* In #lobby: ") && l.contains("bob"))
+        .await;
+
+    // Live: printed without a mark (being sent), then delivered once bob
+    // has stored it.
+    alice.type_line("hello bob").await;
+    alice
+        .until(|l| header(l) == Some("alice") && l.ends_with("#lobby <alice> hello bob"))
+        .await;
+    bob.expect(|e| e["type"] == "message" && e["text"] == "hello bob")
+        .await;
+    alice
+        .until(|l| delivered_to_bob(l, "#lobby", "hello bob"))
+        .await;
+    alice.type_line("/msg bob a direct word").await;
+    bob.expect(|e| e["type"] == "message" && e["text"] == "a direct word")
+        .await;
+    alice
+        .until(|l| delivered_to_bob(l, "@bob", "a direct word"))
+        .await;
+
+    // The relay out of reach: a line typed now shows at once as pending.
+    proxy.refuse(true);
+    proxy.reset();
+    alice.until(|l| l.starts_with("! Connection lost")).await;
+    alice.type_line("typed while away").await;
+    alice
+        .until(|l| {
+            header(l) == Some("alice") && l.ends_with("#lobby <alice> typed while away (pending)")
+        })
+        .await;
+    // Back: sent once rejoined, not printed again, then delivered.
+    proxy.refuse(false);
+    alice.type_line("/reconnect").await;
+    bob.expect(|e| e["type"] == "message" && e["text"] == "typed while away")
+        .await;
+    alice
+        .until(|l| delivered_to_bob(l, "#lobby", "typed while away"))
+        .await;
+    alice.type_line("/quit").await;
+    assert!(exited(&mut alice.child, "alice").await.success());
+    let shown = alice.text();
+    assert_eq!(
+        shown
+            .lines()
+            .filter(|l| l.contains("<alice> typed while away"))
+            .count(),
+        1,
+        "{shown}"
+    );
+    for text in ["hello bob", "a direct word", "typed while away"] {
+        assert_eq!(
+            shown
+                .lines()
+                .filter(|l| l.starts_with("* ") && l.ends_with(&format!("\"{text}\"")))
+                .filter(|l| l.contains(": delivered"))
+                .count(),
+            1,
+            "{shown}"
+        );
+    }
 }

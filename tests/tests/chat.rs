@@ -1,7 +1,7 @@
 //! End-to-end chat through a real relay with real clients: the seed's
 //! features and the properties the client enforces (P5-P7 and P9 of docs/threat-model.md).
 //!
-//! One file (about 680 lines) on purpose: each scenario is one test over the
+//! One file (about 750 lines) on purpose: each scenario is one test over the
 //! shared harness (`sotto_testkit`'s relay and peers), and another test
 //! binary would link the relay and the client library again, which costs
 //! link time and disk on this 2-core machine.
@@ -679,4 +679,85 @@ async fn a_verified_only_room_wraps_no_key_to_unverified_members() {
             |u| matches!(u, Update::VerifiedOnly { room, on: true } if room.as_str() == "lobby"),
         )
         .await;
+}
+
+/// A first direct message to a user the relay knows but this client has no
+/// key for waits for the key lookup in the client's stored outbox: the
+/// client stopped before the relay answered (the path to it dead) keeps
+/// it; the next run looks the key up again, seals and sends it, and it
+/// arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_waiting_for_a_key_survives_a_restart_and_arrives_once() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&temp.path().join("relay"), 0);
+    // carol registers once (so the relay knows her key), in a room of
+    // her own (so alice sees no roster with her key), then goes away.
+    let carol_account = account(&temp.path().join("carol"), "carol", "carol").await;
+    let elsewhere = |config: &mut sotto_client::session::Config| {
+        config.rooms = vec![room("elsewhere")];
+    };
+    let carol = Peer::connect_with(carol_account.clone(), &relay.address, elsewhere).await;
+    carol.quit().await;
+
+    // alice through a proxy, which goes silent before she writes to carol.
+    let proxy = Proxy::start(format!("127.0.0.1:{}", relay.address.port).parse().unwrap());
+    let alice_account = account(&temp.path().join("alice"), "alice", "alice").await;
+    let alice = Peer::connect_with(
+        alice_account.clone(),
+        &proxy.relay_address(&relay.address),
+        |config| config.limits.quit_wait = Duration::ZERO,
+    )
+    .await;
+    proxy.stall(true);
+    alice.send(dm("carol"), "hi carol, a first word");
+    // The lookup is written (so the text was kept first) and held.
+    proxy.wait_until(|stats| stats.held > 0).await;
+    alice.quit().await;
+    drop(proxy);
+
+    // The next run shows it pending at once, looks the key up again, then
+    // seals and sends it.
+    let mut alice = Peer::connect(alice_account.clone(), &relay.address).await;
+    let sealed = |u: &Update| matches!(u, Update::Message(m) if m.outgoing && m.text == "hi carol, a first word");
+    alice.expect(sealed).await;
+    let queued = alice.seen_at(|u| {
+        matches!(u, Update::Queued(queued)
+            if queued.iter().any(|q| q.chat == dm("carol") && q.text == "hi carol, a first word"))
+    });
+    assert!(
+        queued.is_some_and(|at| Some(at) < alice.seen_at(sealed)),
+        "{:#?}",
+        alice.seen
+    );
+    let mut carol = Peer::connect_with(carol_account, &relay.address, elsewhere).await;
+    carol
+        .expect_message(&dm("alice"), "hi carol, a first word")
+        .await;
+    barrier(
+        &mut carol,
+        Via::message(&alice, dm("carol"), "and a second"),
+    )
+    .await;
+    assert_eq!(
+        carol.count(shown("hi carol, a first word")),
+        1,
+        "{:#?}",
+        carol.seen
+    );
+    // alice's next run has it once in its history and sends nothing again.
+    alice.quit().await;
+    let alice = Peer::connect(alice_account, &relay.address).await;
+    let sent: usize = alice
+        .seen
+        .iter()
+        .map(|u| match u {
+            Update::History { messages, .. } => messages
+                .iter()
+                .filter(|m| m.outgoing && m.text == "hi carol, a first word")
+                .count(),
+            Update::Message(m) if m.outgoing && m.text == "hi carol, a first word" => 1,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(sent, 1, "{:#?}", alice.seen);
 }

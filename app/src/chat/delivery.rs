@@ -10,6 +10,7 @@ use iced::widget::{button, column, text, tooltip};
 use iced::{Element, Padding};
 use sotto_client::safe_text::multiline as visible;
 use sotto_client::session::{Delivery, DeliveryState};
+use sotto_client::ui::words::{self, NOT_KEPT};
 use sotto_proto::UserName;
 
 /// The mark of a message not yet accepted by the relay.
@@ -37,8 +38,8 @@ pub(super) fn mark(delivery: &Delivery) -> (String, Look) {
     if matches!(delivery.state, DeliveryState::Failed(_)) {
         return (FAILED.to_owned(), Look::Danger);
     }
-    let of = delivery.recipients.len();
-    let got = delivered(delivery).count();
+    let reached = words::reached(delivery);
+    let (got, of) = (reached.got.len(), reached.of());
     if got > 0 {
         if got >= of {
             return (DELIVERED.to_owned(), Look::Done);
@@ -49,18 +50,6 @@ pub(super) fn mark(delivery: &Delivery) -> (String, Look) {
         DeliveryState::Pending => (PENDING.to_owned(), Look::Quiet),
         _ => (SENT.to_owned(), Look::Quiet),
     }
-}
-
-fn named_in(name: &UserName, names: &[UserName]) -> bool {
-    names.iter().any(|n| n.same_as(name))
-}
-
-/// The recipients whose receipt came.
-fn delivered(delivery: &Delivery) -> impl Iterator<Item = &UserName> {
-    delivery
-        .recipients
-        .iter()
-        .filter(|r| named_in(r, &delivery.delivered))
 }
 
 fn list(names: &[&UserName]) -> String {
@@ -83,17 +72,11 @@ pub(super) fn details(delivery: &Delivery) -> String {
         parts.push("encrypted for nobody else".to_owned());
         return parts.join(" · ");
     }
-    let got: Vec<&UserName> = delivered(delivery).collect();
-    let refused: Vec<&UserName> = delivery
-        .recipients
-        .iter()
-        .filter(|r| !named_in(r, &delivery.delivered) && named_in(r, &delivery.refused))
-        .collect();
-    let waiting: Vec<&UserName> = delivery
-        .recipients
-        .iter()
-        .filter(|r| !named_in(r, &delivery.delivered) && !named_in(r, &delivery.refused))
-        .collect();
+    let words::Reached {
+        got,
+        waiting,
+        refused,
+    } = words::reached(delivery);
     if !got.is_empty() {
         parts.push(format!("delivered to {}", list(&got)));
     }
@@ -113,17 +96,10 @@ pub(super) fn warnings(delivery: &Delivery) -> Vec<(String, Look)> {
     if let DeliveryState::Failed(why) = &delivery.state {
         lines.push((format!("not sent: {}", visible(&why.message)), Look::Danger));
     }
-    let refused: Vec<&UserName> = delivery
-        .refused
-        .iter()
-        .filter(|r| !named_in(r, &delivery.delivered))
-        .collect();
+    let refused = words::reached(delivery).refused;
     if !refused.is_empty() && !matches!(delivery.state, DeliveryState::Failed(_)) {
         lines.push((
-            format!(
-                "{} will not get it: the relay would not keep it for them",
-                list(&refused)
-            ),
+            format!("{} will not get it: {NOT_KEPT}", list(&refused)),
             Look::Danger,
         ));
     }

@@ -17,7 +17,7 @@ use sotto_client::session::{
 };
 use sotto_client::ui::{Place, Said, words};
 
-use super::{Action, Chat, ids, now_ms};
+use super::{Action, Chat, Pending, ids, now_ms};
 
 /// Presence changes of one kind in one room, shown as one notice: a flood
 /// of joins is one line that counts, not a line each.
@@ -118,6 +118,16 @@ impl Chat {
                 }
                 self.thread(&chat).timeline.extend_messages(messages);
                 self.open_if_none(&chat);
+            }
+            // Typed in an earlier run, not sent yet: pending, as if just
+            // written.
+            Update::Queued(queued) => {
+                for queued in queued {
+                    self.thread(&queued.chat).pending.push(Pending {
+                        text: queued.text,
+                        failed: None,
+                    });
+                }
             }
             Update::Connection(connection) => {
                 self.retry_at = match &connection {

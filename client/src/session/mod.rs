@@ -269,6 +269,17 @@ pub enum DeliveryState {
     Failed(Box<Problem>),
 }
 
+/// A text typed but not sealed yet (see [`Update::Queued`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    /// Where it goes.
+    pub chat: Chat,
+    /// When it was typed (this client's clock), ms since the Unix epoch.
+    pub typed_at_ms: u64,
+    /// The text.
+    pub text: String,
+}
+
 /// The connection to the relay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Connection {
@@ -371,6 +382,11 @@ pub enum Update {
     },
     /// A message arrived or was sent.
     Message(Message),
+    /// At start: the texts typed in an earlier run that are still to be
+    /// sent (kept in the store's outbox: typed while disconnected, or
+    /// waiting for a peer's key), in the order typed. Each is reported as
+    /// a [`Update::Message`] once sealed, like one typed now.
+    Queued(Vec<Queued>),
     /// A message this client sent got further (the relay accepted it, a
     /// recipient's receipt came, or it failed).
     Delivery {

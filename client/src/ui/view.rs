@@ -174,7 +174,9 @@ impl View {
     /// better way to show.
     pub fn apply(&mut self, update: &Update) -> Vec<Said> {
         let said = match update {
-            Update::Ready(_) | Update::Message(_) | Update::Delivery { .. } => return Vec::new(),
+            Update::Ready(_) | Update::Message(_) | Update::Delivery { .. } | Update::Queued(_) => {
+                return Vec::new();
+            }
             Update::History { messages, .. } => {
                 for message in messages.iter().filter(|m| !m.outgoing) {
                     self.trust

@@ -13,7 +13,7 @@ use sotto_proto::{RoomName, UserName};
 
 use crate::contacts::KeyEvent;
 use crate::safe_text;
-use crate::session::{Chat, Connection, PresenceChange, RoomInfo, TrustLevel};
+use crate::session::{Chat, Connection, Delivery, PresenceChange, RoomInfo, TrustLevel};
 
 /// How much a notice matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,6 +89,52 @@ pub(super) fn safe(text: &impl fmt::Display) -> String {
 
 fn plural(count: u64) -> &'static str {
     if count == 1 { "" } else { "s" }
+}
+
+/// Why a recipient will not get a message the relay named in
+/// `Undelivered`, as both front ends say it.
+pub const NOT_KEPT: &str = "the relay would not keep it for them";
+
+/// How far a message of yours reached: the recipients it was sealed for,
+/// split into those whose receipt came, those still waited for, and those
+/// the relay will not keep it for (names compared as the relay compares
+/// them). Both front ends draw their marks and notices from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reached<'a> {
+    /// Their receipt came: they have it stored.
+    pub got: Vec<&'a UserName>,
+    /// Neither delivered nor refused yet.
+    pub waiting: Vec<&'a UserName>,
+    /// The relay will not keep it for them (and no receipt came).
+    pub refused: Vec<&'a UserName>,
+}
+
+impl Reached<'_> {
+    /// Whether everyone it was sealed for has it (somebody, at least).
+    pub fn everyone(&self) -> bool {
+        !self.got.is_empty() && self.waiting.is_empty() && self.refused.is_empty()
+    }
+
+    /// How many it was sealed for.
+    pub fn of(&self) -> usize {
+        self.got.len() + self.waiting.len() + self.refused.len()
+    }
+}
+
+/// [`Reached`] of `delivery`.
+pub fn reached(delivery: &Delivery) -> Reached<'_> {
+    let named_in = |name: &UserName, names: &[UserName]| names.iter().any(|n| n.same_as(name));
+    let mut reached = Reached::default();
+    for recipient in &delivery.recipients {
+        if named_in(recipient, &delivery.delivered) {
+            reached.got.push(recipient);
+        } else if named_in(recipient, &delivery.refused) {
+            reached.refused.push(recipient);
+        } else {
+            reached.waiting.push(recipient);
+        }
+    }
+    reached
 }
 
 /// How a trust level is written beside a name: `verified`, `unverified`,
@@ -421,4 +467,36 @@ pub(super) fn error(message: &str) -> Said {
 
 pub(super) fn info(text: &impl fmt::Display) -> Said {
     Said::new(Tone::Info, Place::General, safe(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::DeliveryState;
+
+    #[test]
+    fn reached_splits_the_recipients_by_their_receipts_and_the_relays_refusals() {
+        let names =
+            |list: &[&str]| -> Vec<UserName> { list.iter().map(|n| n.parse().unwrap()).collect() };
+        let delivery = Delivery {
+            state: DeliveryState::Sent,
+            recipients: names(&["bob", "carol", "dave"]),
+            // A receipt counts from a recipient only, in any letter case.
+            delivered: names(&["BOB", "mallory"]),
+            refused: names(&["dave"]),
+        };
+        let reached = reached(&delivery);
+        let shown = |list: &[&UserName]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(shown(&reached.got), ["bob"]);
+        assert_eq!(shown(&reached.waiting), ["carol"]);
+        assert_eq!(shown(&reached.refused), ["dave"]);
+        assert_eq!(reached.of(), 3);
+        assert!(!reached.everyone());
+        let all = Delivery {
+            delivered: names(&["bob", "carol", "dave"]),
+            ..delivery
+        };
+        assert!(super::reached(&all).everyone());
+        assert!(!super::reached(&Delivery::default()).everyone());
+    }
 }

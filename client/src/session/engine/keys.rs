@@ -18,7 +18,9 @@ use crate::session::{Answers, Chat, Problem, ProblemCode, TrustLevel, Update};
 #[derive(Debug, Default)]
 pub(super) struct Awaiting {
     pub(super) deliveries: Vec<Delivery>,
-    pub(super) texts: Vec<String>,
+    /// Direct messages typed for the peer, by outbox id: kept in the
+    /// store's outbox until sealed, so that a restart keeps them.
+    pub(super) texts: Vec<(u64, String)>,
     pub(super) show_safety_number: bool,
 }
 
@@ -122,6 +124,16 @@ impl Engine {
                         }
                         out.problem(problem);
                     }
+                    // Never to be sent (the problem above says so for each,
+                    // by `Answers::Sends`): out of the outbox.
+                    for (id, _) in &awaiting.texts {
+                        if let Err(e) = self.store.remove_outbox(*id) {
+                            out.error(
+                                ProblemCode::Storage,
+                                format!("could not update the messages waiting to be sent: {e}"),
+                            );
+                        }
+                    }
                     for delivery in awaiting.deliveries {
                         out.update(Update::Rejected {
                             chat: None,
@@ -149,8 +161,8 @@ impl Engine {
         for delivery in awaiting.deliveries {
             self.deliver(delivery, out);
         }
-        for text in awaiting.texts {
-            self.send_text(Chat::Direct(name.clone()), text, out);
+        for (id, text) in awaiting.texts {
+            self.send_typed(id, Chat::Direct(name.clone()), text, out);
         }
     }
 
@@ -341,5 +353,141 @@ mod tests {
             ["there is no user called nobody on this relay"]
         );
         assert_eq!(codes(&updates), [ProblemCode::NoSuchUser]);
+    }
+
+    /// Alice's engine after a restart: registered and in the lobby with
+    /// bob; what it sent on connecting.
+    fn restarted(account: &crate::account::Account, bob: &Identity) -> (Engine, Out) {
+        let (mut engine, _) =
+            Engine::new(account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        let out = back_in_lobby(&mut engine, bob);
+        (engine, out)
+    }
+
+    fn lookups(out: &Out) -> Vec<&str> {
+        out.frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::LookupKey { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A direct message to a user known by name only waits for the key
+    /// lookup in the store's outbox: a restart before the answer keeps it,
+    /// the lookup is asked again, and once the key is pinned it is sealed
+    /// once (a later restart does not seal it again).
+    #[tokio::test]
+    async fn a_direct_message_waiting_for_a_key_survives_a_restart_and_is_sealed_once() {
+        let (bob, carol) = (fixture("bob"), fixture("carol"));
+        let (mut engine, dir) = alice_with_bob(&bob).await;
+        let to_carol = Chat::Direct(name("carol"));
+        let out = command(&mut engine, send(to_carol.clone(), "hi carol"));
+        assert_eq!(lookups(&out), ["carol"]);
+        assert!(sent_to(&out).is_empty(), "{out:?}");
+        assert!(engine.has_unsent());
+        drop(engine);
+
+        let account = alice_account(dir.path()).await;
+        // Shown pending at once by the next run, before anything is sent.
+        let (_, history) =
+            Engine::new(&account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        assert!(
+            history.iter().any(|u| matches!(u, Update::Queued(queued)
+                if matches!(&queued[..], [q] if q.chat == to_carol && q.text == "hi carol"))),
+            "{history:?}"
+        );
+        let (mut engine, out) = restarted(&account, &bob);
+        assert_eq!(lookups(&out), ["carol"], "asked again: {out:?}");
+        let out = feed_out(
+            &mut engine,
+            RelayFrame::Key {
+                name: name("carol"),
+                identity: Some(carol.public().to_bytes().into()),
+            },
+        );
+        let carol_dest = Destination::User(name("carol"));
+        assert_eq!(sent_to(&out), [&carol_dest, &carol_dest], "{out:?}");
+        let sent = messages(&out.updates);
+        assert_eq!(sent.len(), 1, "{:?}", out.updates);
+        assert!(sent[0].outgoing && sent[0].text == "hi carol");
+        assert!(!engine.has_unsent());
+        let last = out
+            .frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::Send { route, .. } => Some(route.id),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+        feed(&mut engine, RelayFrame::Sent { id: last });
+        drop(engine);
+
+        // Sealed and accepted: the next run neither looks it up nor sends
+        // it, and its history holds it once.
+        let (engine, out) = restarted(&account, &bob);
+        assert!(lookups(&out).is_empty(), "{out:?}");
+        assert!(sent_to(&out).is_empty(), "{out:?}");
+        drop(engine);
+        let (_, history) =
+            Engine::new(&account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        assert_eq!(history_texts(&history), ["hi carol"]);
+    }
+
+    /// A lookup lost with the connection is asked again on the next one.
+    #[tokio::test]
+    async fn a_key_lookup_lost_with_the_connection_is_asked_again() {
+        let bob = fixture("bob");
+        let (mut engine, _dir) = alice_with_bob(&bob).await;
+        let out = command(&mut engine, send(Chat::Direct(name("carol")), "hi"));
+        assert_eq!(lookups(&out), ["carol"]);
+        engine.on_disconnected();
+        let out = back_in_lobby(&mut engine, &bob);
+        assert_eq!(lookups(&out), ["carol"], "{out:?}");
+        assert!(engine.has_unsent());
+    }
+
+    /// The relay knows no such user: said, and the text leaves the outbox
+    /// (not looked up again after a restart).
+    #[tokio::test]
+    async fn a_direct_message_to_nobody_is_refused_and_forgotten() {
+        let bob = fixture("bob");
+        let (mut engine, dir) = alice_with_bob(&bob).await;
+        command(&mut engine, send(Chat::Direct(name("nobody")), "hello?"));
+        drop(engine);
+        let account = alice_account(dir.path()).await;
+        let (mut engine, out) = restarted(&account, &bob);
+        assert_eq!(lookups(&out), ["nobody"]);
+        let updates = feed(
+            &mut engine,
+            RelayFrame::Key {
+                name: name("nobody"),
+                identity: None,
+            },
+        );
+        assert_eq!(
+            errors(&updates),
+            ["there is no user called nobody on this relay"]
+        );
+        let answers: Vec<_> = updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Error(problem) => Some(problem.answers.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            [vec![Answers::Sends {
+                chat: Chat::Direct(name("nobody")),
+                count: 1
+            }]]
+        );
+        assert!(!engine.has_unsent());
+        drop(engine);
+        let (_engine, out) = restarted(&account, &bob);
+        assert!(lookups(&out).is_empty(), "{out:?}");
     }
 }

@@ -322,6 +322,21 @@ impl Engine {
                 skipped_history(history.skipped),
             )));
         }
+        // What an earlier run typed and did not seal: pending at once.
+        if !engine.outbox.is_empty() {
+            updates.push(Update::Queued(
+                engine
+                    .outbox
+                    .iter()
+                    .map(|(id, chat, text)| super::Queued {
+                        chat: chat.clone(),
+                        // Ids are at least the typing time in µs.
+                        typed_at_ms: id / 1000,
+                        text: text.clone(),
+                    })
+                    .collect(),
+            ));
+        }
         // A key change the user has not decided on yet is still pending:
         // say so again, so a new UI blocks on it as the last one did (P6).
         for contact in engine.contacts.iter() {
@@ -390,6 +405,12 @@ impl Engine {
         self.connected = true;
         self.name = name;
         self.rejoin(out);
+        // Key lookups of the last connection went with it: asked again.
+        for key in self.awaiting_key.keys() {
+            out.frames.push(ClientFrame::LookupKey {
+                name: key.to_name(),
+            });
+        }
         // Direct messages whose `Sent` never came go again now; a room's,
         // once its `Joined` gives the current members.
         self.resend_unsent(|chat| matches!(chat, Chat::Direct(_)), out);

@@ -39,7 +39,7 @@ fn sealing_problem(error: &sotto_crypto::Error) -> ProblemCode {
 
 impl Engine {
     /// Messages typed but not yet sealed: waiting for the connection, a
-    /// room's `Joined` or a peer's key.
+    /// room's `Joined` or a peer's key (all of them in the store's outbox).
     pub(super) fn has_unsent(&self) -> bool {
         !self.outbox.is_empty() || self.awaiting_key.values().any(|a| !a.texts.is_empty())
     }
@@ -248,17 +248,24 @@ impl Engine {
         let peer = match self.contacts.sendable(&user) {
             Ok(identity) => identity.clone(),
             Err(Blocked::Unknown(_)) => {
+                // Kept in the store's outbox at once, like a text typed
+                // while disconnected: a restart or a lost connection does
+                // not lose it, and it is sealed once the key is pinned.
                 let limit = self.limits.texts_awaiting_key;
-                let awaiting = self.await_key(&user, out);
-                if awaiting.texts.len() < limit {
-                    awaiting.texts.push(text);
-                } else {
+                let waiting = self
+                    .awaiting_key
+                    .get(&user.key())
+                    .map_or(0, |a| a.texts.len());
+                if waiting >= limit {
                     let message = format!("@{user}: too many messages waiting for a key");
                     out.problem(
                         Problem::new(ProblemCode::TooManyWaiting, message)
                             .unsent(Chat::Direct(user), 1),
                     );
+                    return;
                 }
+                let id = self.typed_id(&Chat::Direct(user.clone()), &text, out);
+                self.await_key(&user, out).texts.push((id, text));
                 return;
             }
             Err(blocked) => {
@@ -490,9 +497,12 @@ impl Engine {
         self.sealing_typed = Some(id);
         self.send_text(chat, text, out);
         self.sealing_typed = None;
-        if !self.outbox.iter().any(|(queued, _, _)| *queued == id)
-            && let Err(e) = self.store.remove_outbox(id)
-        {
+        let waits = self.outbox.iter().any(|(queued, _, _)| *queued == id)
+            || self
+                .awaiting_key
+                .values()
+                .any(|a| a.texts.iter().any(|(queued, _)| *queued == id));
+        if !waits && let Err(e) = self.store.remove_outbox(id) {
             out.error(
                 ProblemCode::Storage,
                 format!("could not update the messages waiting to be sent: {e}"),
@@ -503,22 +513,27 @@ impl Engine {
     /// A text enters the outbox: kept in the store too (unless it is one
     /// being sealed again, whose record is there already).
     fn queue_typed(&mut self, chat: Chat, text: String, out: &mut Out) {
-        let id = match self.sealing_typed.take() {
-            Some(id) => id,
-            None => {
-                // Ids grow, so the store keeps the order typed.
-                let id = self.next_typed.max(now_ms().saturating_mul(1000));
-                self.next_typed = id.saturating_add(1);
-                if let Err(e) = self.store.push_outbox(id, &chat, &text) {
-                    out.error(
-                        ProblemCode::Storage,
-                        format!("could not keep the message to send later: {e}"),
-                    );
-                }
-                id
-            }
-        };
+        let id = self.typed_id(&chat, &text, out);
         self.outbox.push_back((id, chat, text));
+    }
+
+    /// The outbox id of a text that has to wait: the one it has if it is
+    /// being sealed again from the outbox, else a new one, with the text
+    /// kept in the store under it.
+    fn typed_id(&mut self, chat: &Chat, text: &str, out: &mut Out) -> u64 {
+        if let Some(id) = self.sealing_typed.take() {
+            return id;
+        }
+        // Ids grow, so the store keeps the order typed.
+        let id = self.next_typed.max(now_ms().saturating_mul(1000));
+        self.next_typed = id.saturating_add(1);
+        if let Err(e) = self.store.push_outbox(id, chat, text) {
+            out.error(
+                ProblemCode::Storage,
+                format!("could not keep the message to send later: {e}"),
+            );
+        }
+        id
     }
 
     /// Puts one `Send` in `out` and remembers what it carried.
