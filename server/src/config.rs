@@ -92,6 +92,12 @@ pub struct Config {
     /// Time connected clients get to hear the shutdown before the relay exits.
     #[serde(with = "humantime_secs")]
     pub shutdown_grace: Duration,
+    /// Milliseconds a batch of deliveries handed to connected recipients
+    /// waits for their acknowledgements before it is written to the
+    /// database anyway (protocol.md 9.7): what an acknowledgement within it
+    /// saves is the write; what it costs is as much delay for the `Sent` of
+    /// a message to someone offline or slow. At most 10,000.
+    pub delivery_hold_ms: u64,
     /// Address of the Prometheus metrics endpoint; off when absent.
     pub metrics: Option<SocketAddr>,
 }
@@ -127,6 +133,7 @@ impl Default for Config {
             room_max_bytes: 64 * 1024 * 1024,
             member_absence: Duration::from_secs(30 * 24 * 60 * 60),
             shutdown_grace: Duration::from_secs(5),
+            delivery_hold_ms: 10,
             metrics: None,
         }
     }
@@ -163,6 +170,10 @@ impl Config {
             (self.rate_per_sec > 0, "rate_per_sec must be at least 1"),
             (self.rate_burst > 0, "rate_burst must be at least 1"),
             (self.outbound_queue > 0, "outbound_queue must be at least 1"),
+            (
+                self.delivery_hold_ms <= 10_000,
+                "delivery_hold_ms must be at most 10000",
+            ),
             (
                 self.outbound_queue_bytes >= self.max_frame_len + 1024,
                 "outbound_queue_bytes must be at least max_frame_len + 1024",

@@ -211,7 +211,8 @@ async fn serve(
     {
         let (store, wakers, metrics) = (Arc::clone(&store), shared.wakers(), Arc::clone(&metrics));
         let runtime = tokio::runtime::Handle::current();
-        tracker.spawn_blocking(move || commit::run(jobs, store, wakers, metrics, runtime));
+        let hold = Duration::from_millis(shared.config.delivery_hold_ms);
+        tracker.spawn_blocking(move || commit::run(jobs, store, wakers, metrics, runtime, hold));
     }
     // Expired deliveries (of users who never return) and members away too
     // long are swept at start and then hourly.

@@ -109,6 +109,10 @@ struct Args {
     /// [default: 2592000, 30 days].
     #[arg(long, value_name = "SECS")]
     member_absence: Option<u64>,
+    /// Milliseconds a batch of deliveries to connected clients waits for
+    /// their acknowledgements before it is stored anyway [default: 10].
+    #[arg(long, value_name = "MS")]
+    delivery_hold_ms: Option<u64>,
     /// Seconds clients get to hear about a shutdown [default: 5].
     #[arg(long, value_name = "SECS")]
     shutdown_grace: Option<u64>,
@@ -171,7 +175,7 @@ impl Args {
         set!(
             listen, data_dir, max_connections, max_frame_len, max_slots, rate_per_sec,
             rate_burst, outbound_queue, max_rooms_per_user, offline_max_messages,
-            offline_max_bytes, room_max_messages, room_max_bytes,
+            offline_max_bytes, room_max_messages, room_max_bytes, delivery_hold_ms,
             handshake_timeout => secs, idle_timeout => secs, keepalive_interval => secs,
             offline_max_age => secs, shutdown_grace => secs, member_absence => secs,
         );

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub deliveries: AtomicU64,
     /// Deliveries stored in the offline queue.
     pub queued: AtomicU64,
+    /// Deliveries their recipient acknowledged before they were stored,
+    /// so never written (protocol.md 9.7).
+    pub acked_unstored: AtomicU64,
     /// Deliveries refused because a recipient's offline queue was full.
     pub queue_full: AtomicU64,
     /// Clients disconnected for not reading fast enough.
@@ -77,7 +80,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter, plus the offline
     /// queue depth given by the caller.
     pub fn render(&self, offline_queue_depth: u64) -> String {
-        let rows: [(&str, &str, &str, u64); 21] = [
+        let rows: [(&str, &str, &str, u64); 22] = [
             (
                 "sotto_relay_connections",
                 "gauge",
@@ -131,6 +134,12 @@ impl Metrics {
                 "counter",
                 "Deliveries stored for offline users.",
                 self.queued.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_acked_unstored_total",
+                "counter",
+                "Deliveries acknowledged before they were stored, never written.",
+                self.acked_unstored.load(Ordering::Relaxed),
             ),
             (
                 "sotto_relay_queue_full_total",

@@ -1,12 +1,14 @@
-//! A connection's delivery pump: the user's stored deliveries, streamed
-//! from the database in id order (which is commit order), waiting for
-//! room in the outbound queue instead of treating a backlog as a slow
-//! reader.
+//! A connection's delivery pump: the user's deliveries in id order (which
+//! is the committer's order), waiting for room in the outbound queue
+//! instead of treating a backlog as a slow reader.
 //!
-//! The committer wakes the pump after each commit that stored something
-//! for the user; the pump reads everything with an id above the last it
-//! sent, so each delivery goes out once on a connection, in order, and
-//! whatever the client has not acknowledged when the connection ends is
+//! While its door is live ([`PumpDoor`]) the pump sends what the committer
+//! hands it from memory, before it is stored (protocol.md 9.7); when the
+//! door falls back (at the start of the connection, and after the pump
+//! fell behind) it first reads the database for everything with an id
+//! above the last it sent, until the door can be live again. So each
+//! delivery goes out once on a connection, in order, and whatever the
+//! client has not acknowledged when the connection ends is stored and
 //! sent again on its next one.
 
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use tracing::warn;
 
 use super::blocking;
 use crate::metrics::Metrics;
-use crate::state::{Peer, PumpDoor, Shared, To, deliver};
+use crate::state::{Live, Peer, PumpDoor, Shared, To, deliver};
 use crate::store::Queued;
 use crate::writer::Outbound;
 
@@ -34,69 +36,118 @@ pub(super) async fn pump(
     door: Arc<PumpDoor>,
     done: CancellationToken,
 ) {
+    // The id of the last delivery sent.
     let mut after = 0;
-    // Frames left for after the deliveries: taken before reading, so
-    // that the read sees every commit that came before them.
-    let mut then = door.take_after();
     loop {
-        let store = Arc::clone(&shared.store);
-        let reader = user.clone();
-        let read = blocking(move || store.pending_after(&reader, after, READ_BATCH));
-        let batch = tokio::select! {
-            batch = read => batch,
-            () = done.cancelled() => return,
-        };
-        let batch = match batch {
-            Some(Ok(batch)) => batch,
-            failed => {
-                // Still stored: read again in a moment (the store reopens
-                // after a storage failure); the frames left for after the
-                // deliveries wait for them.
-                match failed {
-                    Some(Err(error)) => warn!(%error, "could not read stored deliveries"),
-                    _ => warn!("could not read stored deliveries: the task failed"),
+        // Frames left for after the deliveries are taken first, so that
+        // what they wait for is read or taken after them.
+        let then = door.take_after();
+        if door.falls_back() {
+            // Every id up to here was committed (or refused) before the read.
+            let resolved = shared.store.resolved();
+            let store = Arc::clone(&shared.store);
+            let reader = user.clone();
+            let read = blocking(move || store.pending_after(&reader, after, READ_BATCH));
+            let batch = tokio::select! {
+                batch = read => batch,
+                () = done.cancelled() => return,
+            };
+            let batch = match batch {
+                Some(Ok(batch)) => batch,
+                failed => {
+                    // Still stored: read again in a moment (the store
+                    // reopens after a storage failure); the frames left for
+                    // after the deliveries wait for them.
+                    match failed {
+                        Some(Err(error)) => warn!(%error, "could not read stored deliveries"),
+                        _ => warn!("could not read stored deliveries: the task failed"),
+                    }
+                    door.put_back(then);
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => continue,
+                        () = done.cancelled() => return,
+                    }
+                }
+            };
+            if !batch.is_empty() {
+                door.put_back(then);
+                for (id, queued) in batch {
+                    if let Some(frame) = stored_frame(id, &queued)
+                        && !send(&shared, &peer, frame, &done).await
+                    {
+                        return;
+                    }
+                    after = id;
+                }
+                continue;
+            }
+            if !door.go_live(resolved) {
+                // Everything before the frames is sent: what is missing
+                // was stored after them.
+                for frame in then {
+                    peer.push(frame, &shared.metrics);
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(RETRY) => continue,
+                    () = door.wake.notified() => {}
                     () = done.cancelled() => return,
                 }
+                continue;
             }
-        };
-        if batch.is_empty() {
-            for frame in then.drain(..) {
-                peer.push(frame, &shared.metrics);
+        }
+        let live = door.take_live();
+        let idle = live.is_empty() && then.is_empty();
+        for live in live {
+            // Sent from the database already (stored before it was taken).
+            if live.id <= after {
+                continue;
             }
+            if let Some(frame) = live_frame(&live)
+                && !send(&shared, &peer, frame, &done).await
+            {
+                return;
+            }
+            after = live.id;
+        }
+        for frame in then {
+            peer.push(frame, &shared.metrics);
+        }
+        if idle {
             tokio::select! {
                 () = door.wake.notified() => {}
                 () = done.cancelled() => return,
             }
-            then = door.take_after();
-            continue;
-        }
-        for (id, queued) in batch {
-            let Some(frame) = frame(id, &queued) else {
-                after = id;
-                continue;
-            };
-            let queued = tokio::select! {
-                queued = push(&peer, frame) => queued,
-                () = done.cancelled() => return,
-            };
-            if !queued {
-                return;
-            }
-            Metrics::inc(&shared.metrics.deliveries);
-            after = id;
         }
     }
 }
 
-fn frame(id: u64, queued: &Queued) -> Option<Outbound> {
+/// Queues one delivery; `false` if the connection is gone or ending.
+async fn send(shared: &Shared, peer: &Peer, frame: Outbound, done: &CancellationToken) -> bool {
+    let queued = tokio::select! {
+        queued = push(peer, frame) => queued,
+        () = done.cancelled() => return false,
+    };
+    if queued {
+        Metrics::inc(&shared.metrics.deliveries);
+    }
+    queued
+}
+
+fn stored_frame(id: u64, queued: &Queued) -> Option<Outbound> {
     let to = match &queued.to {
         sotto_proto::Destination::Room(room) => To::Room(room),
         sotto_proto::Destination::User(user) => To::User(user),
     };
     deliver(id, &queued.from, to, &queued.body, queued.slot.as_deref()).map(Outbound::Whole)
+}
+
+fn live_frame(live: &Live) -> Option<Outbound> {
+    let delivery = &live.delivery;
+    let to = match &delivery.to {
+        sotto_proto::Destination::Room(room) => To::Room(room),
+        sotto_proto::Destination::User(user) => To::User(user),
+    };
+    let slot = delivery.recipients.get(live.recipient)?.slot.as_deref();
+    deliver(live.id, &delivery.from, to, &delivery.body, slot).map(Outbound::Whole)
 }
 
 /// Queues `frame`, waiting until the outbound queue has room for it and

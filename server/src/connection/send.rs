@@ -95,6 +95,7 @@ impl Connection {
                 vec![Recipient {
                     name: to.clone(),
                     slot,
+                    id: 0,
                 }]
             }
         };
@@ -106,6 +107,7 @@ impl Connection {
                 to: route.to,
                 body,
                 recipients,
+                body_id: 0,
             },
         ));
     }

@@ -20,7 +20,7 @@
 //! `routing` (a room message's recipients). The registry they share is
 //! defined here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::Config;
 use crate::commit::Committer;
 use crate::metrics::Metrics;
-use crate::store::{Membership, Store};
+use crate::store::{Membership, NewDelivery, Store};
 use crate::tls::CertStore;
 
 mod frames;
@@ -60,27 +60,134 @@ struct Online {
     wake: Arc<PumpDoor>,
 }
 
-/// How the committer reaches a connection's delivery pump: a wake-up when
-/// something was stored for its user, and frames to send once everything
-/// stored so far is sent (a `Pong`, which so answers after every delivery
-/// stored before its `Ping`).
-#[derive(Default)]
+/// How the committer reaches a connection's delivery pump: the deliveries
+/// it hands over from memory before they are stored (protocol.md 9.7),
+/// a wake-up when something was stored for its user, and frames to send
+/// once everything stored so far is sent (a `Pong`, which so answers
+/// after every delivery stored before its `Ping`).
+///
+/// The door is *live* while the pump has sent everything stored for its
+/// user: it sends what is handed over, in id order. It *falls back* to
+/// the database at the start of the connection (what is stored comes
+/// first) and when its queue of handed deliveries overflows (a reader
+/// that does not keep up): the queue is then emptied, and the pump reads
+/// the database until it has sent every delivery up to the highest one
+/// it did not get from the queue, committed by then; what is handed over
+/// meanwhile waits in the queue, and goes after.
 pub(crate) struct PumpDoor {
     pub(crate) wake: Notify,
-    after: Mutex<Vec<Bytes>>,
+    state: Mutex<DoorState>,
+}
+
+struct DoorState {
+    /// Frames for after the deliveries.
+    after: Vec<Bytes>,
+    /// Deliveries handed over, in id order, and their bytes.
+    live: VecDeque<Live>,
+    live_bytes: usize,
+    /// `Some(id)`: deliveries up to `id` that are not in `live` may be in
+    /// the database only; the pump reads them from there first.
+    fallback: Option<u64>,
+}
+
+/// The most deliveries, and bytes of bodies, handed to one door and not
+/// yet taken by its pump; past either the door falls back to the database.
+const LIVE_FRAMES: usize = 1024;
+const LIVE_BYTES: usize = 1024 * 1024;
+
+/// A delivery handed to a pump before it is stored: recipient
+/// `recipient` of `delivery`, under `id`.
+pub(crate) struct Live {
+    pub(crate) id: u64,
+    pub(crate) delivery: Arc<NewDelivery>,
+    pub(crate) recipient: usize,
 }
 
 impl PumpDoor {
+    /// A door that reads the database first: every id up to `reserved`
+    /// (the highest handed out so far) may be stored for its user.
+    pub(crate) fn new(reserved: u64) -> Self {
+        Self {
+            wake: Notify::new(),
+            state: Mutex::new(DoorState {
+                after: Vec::new(),
+                live: VecDeque::new(),
+                live_bytes: 0,
+                fallback: Some(reserved),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, DoorState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the pump has to read the database before what is handed
+    /// over.
+    pub(crate) fn falls_back(&self) -> bool {
+        self.state().fallback.is_some()
+    }
+
+    /// Takes the deliveries handed over, in id order.
+    pub(crate) fn take_live(&self) -> VecDeque<Live> {
+        let mut state = self.state();
+        state.live_bytes = 0;
+        std::mem::take(&mut state.live)
+    }
+
     /// Takes the frames left for after the deliveries.
     pub(crate) fn take_after(&self) -> Vec<Bytes> {
-        std::mem::take(&mut *self.after.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut self.state().after)
+    }
+
+    /// The pump read the database empty, with every id up to `resolved`
+    /// committed (or refused) before the read: the door is live again if
+    /// nothing it was not handed lies above that.
+    pub(crate) fn go_live(&self, resolved: u64) -> bool {
+        let mut state = self.state();
+        match state.fallback {
+            Some(up_to) if up_to <= resolved => {
+                state.fallback = None;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// Hands `live` (of `len` bytes) over: `Some(true)` if nothing was
+    /// waiting before it (the door needs a wake-up), `Some(false)` if
+    /// something was. `None` if the queue was full: it is emptied and the
+    /// door falls back to the database for everything up to `live`. No
+    /// wake-up here: the committer wakes each door once for everything
+    /// it handed over.
+    pub(crate) fn offer(&self, live: Live, len: usize) -> Option<bool> {
+        let mut state = self.state();
+        if state.live.len() < LIVE_FRAMES && state.live_bytes + len <= LIVE_BYTES {
+            let first = state.live.is_empty();
+            state.live.push_back(live);
+            state.live_bytes += len;
+            return Some(first);
+        }
+        let up_to = state.fallback.unwrap_or(0).max(live.id);
+        state.fallback = Some(up_to);
+        state.live.clear();
+        state.live_bytes = 0;
+        None
+    }
+
+    /// Puts frames taken for after the deliveries back in front of any
+    /// left since (the deliveries they wait for are not all sent yet).
+    pub(crate) fn put_back(&self, frames: Vec<Bytes>) {
+        if !frames.is_empty() {
+            let mut state = self.state();
+            let newer = std::mem::replace(&mut state.after, frames);
+            state.after.extend(newer);
+        }
     }
 
     fn leave(&self, frames: Vec<Bytes>) {
-        self.after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(frames);
+        self.state().after.extend(frames);
         self.wake.notify_one();
     }
 }
@@ -180,6 +287,24 @@ impl Wakers {
                 online.wake.wake.notify_one();
             }
         }
+    }
+
+    /// The doors of the connected users among `users`, in their order
+    /// (`None` for those offline), under one lock.
+    pub(crate) fn doors<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a UserKey>,
+    ) -> Vec<Option<Arc<PumpDoor>>> {
+        let registry = lock(&self.0);
+        users
+            .into_iter()
+            .map(|user| {
+                registry
+                    .users
+                    .get(user)
+                    .map(|online| Arc::clone(&online.wake))
+            })
+            .collect()
     }
 
     /// Leaves `frames` with the pump of connection `conn` of `user`, to

@@ -67,6 +67,7 @@ impl Shared {
             .map(|(member, m)| Recipient {
                 name: m.name.clone(),
                 slot: own.get(member).map(|slot| Bytes::clone(slot)),
+                id: 0,
             })
             .collect())
     }

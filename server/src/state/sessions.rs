@@ -110,7 +110,7 @@ impl Shared {
                 last: Instant::now(),
             })
             .connections += 1;
-        let wake = Arc::new(PumpDoor::default());
+        let wake = Arc::new(PumpDoor::new(self.store.last_reserved()));
         registry.users.insert(
             user.clone(),
             Online {

@@ -89,7 +89,8 @@ fn a_member_stays_a_member_while_offline_until_it_leaves() {
         recipients,
         [Recipient {
             name: user("bob"),
-            slot: None
+            slot: None,
+            id: 0,
         }]
     );
     assert_eq!(shared.rooms()[0].members, 2, "an offline member counts");
@@ -217,7 +218,8 @@ fn every_spelling_of_a_name_is_one_user() {
         recipients,
         [Recipient {
             name: user("Bob"),
-            slot: Some(slot.data)
+            slot: Some(slot.data),
+            id: 0,
         }],
         "the other member, with its own slot; the sender gets no copy"
     );

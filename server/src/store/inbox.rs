@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use sotto_proto::{Destination, RoomName, UserKey, UserName};
 
 use super::{
-    BODIES, BODY_HASHES, BODY_REFS, INBOX, MEMBERS, META, MemberRecord, NAMES, QUEUE_STATS,
-    ROOM_STATS, Store, StoreError, db_err, decode, encode_err, now_secs,
+    BODIES, BODY_HASHES, BODY_REFS, INBOX, MEMBERS, MemberRecord, NAMES, QUEUE_STATS, ROOM_STATS,
+    Store, StoreError, db_err, decode, encode_err, now_secs,
 };
 
 /// A body shared by the recipients of one `Send`.
@@ -85,6 +85,9 @@ pub struct Recipient {
     pub name: UserName,
     /// Its slot, if the sender included one.
     pub slot: Option<Bytes>,
+    /// Its delivery id, from [`Store::reserve_ids`]; 0: [`Store::apply`]
+    /// reserves one.
+    pub id: u64,
 }
 
 /// A `Send` to store.
@@ -102,6 +105,9 @@ pub struct NewDelivery {
     /// Who gets it. For a direct message, the one recipient must be a name
     /// some identity owns.
     pub recipients: Vec<Recipient>,
+    /// The id its body is stored under when it has several recipients,
+    /// from [`Store::reserve_ids`]; 0: [`Store::apply`] reserves one.
+    pub body_id: u64,
 }
 
 /// One write of a batch.
@@ -185,6 +191,39 @@ impl Store {
     /// On an error nothing of the batch happened.
     pub fn apply(&self, writes: &[Write]) -> Result<Vec<Outcome>, StoreError> {
         let durable = writes.iter().any(|w| !matches!(w, Write::Ack { .. }));
+        let needed: u64 = writes
+            .iter()
+            .map(|write| match write {
+                Write::Deliver(d) => {
+                    u64::from(d.body_id == 0)
+                        + d.recipients.iter().filter(|r| r.id == 0).count() as u64
+                }
+                _ => 0,
+            })
+            .sum();
+        let owned: Vec<Write>;
+        let writes = if needed == 0 {
+            writes
+        } else {
+            let mut next = self.reserve_ids(needed)?;
+            let mut take = || {
+                next += 1;
+                next - 1
+            };
+            let mut copy = writes.to_vec();
+            for write in &mut copy {
+                if let Write::Deliver(d) = write {
+                    if d.body_id == 0 {
+                        d.body_id = take();
+                    }
+                    for recipient in d.recipients.iter_mut().filter(|r| r.id == 0) {
+                        recipient.id = take();
+                    }
+                }
+            }
+            owned = copy;
+            owned.as_slice()
+        };
         self.write("apply", |db| {
             let mut txn = db.begin_write().map_err(db_err)?;
             if !durable {
@@ -210,14 +249,8 @@ impl Store {
         let mut inbox = txn.open_table(INBOX).map_err(db_err)?;
         let mut stats = txn.open_table(QUEUE_STATS).map_err(db_err)?;
         let mut room_stats = txn.open_table(ROOM_STATS).map_err(db_err)?;
-        let mut meta = txn.open_table(META).map_err(db_err)?;
         let mut members = txn.open_table(MEMBERS).map_err(db_err)?;
         let names = txn.open_table(NAMES).map_err(db_err)?;
-        let mut next_id = meta
-            .get("next_id")
-            .map_err(db_err)?
-            .map_or(1, |v| v.value());
-        let first_id = next_id;
         let mut tally = Tally::default();
         let now = now_secs();
         let limits = self.limits;
@@ -259,7 +292,7 @@ impl Store {
                     let mut delivered = Vec::with_capacity(delivery.recipients.len());
                     let mut refused = Vec::new();
                     let single = delivery.recipients.len() == 1;
-                    let body_id = if single { 0 } else { take(&mut next_id) };
+                    let body_id = if single { 0 } else { delivery.body_id };
                     for recipient in &delivery.recipients {
                         let key = recipient.name.key();
                         let size = body_len + recipient.slot.as_ref().map_or(0, |s| s.len() as u64);
@@ -268,7 +301,7 @@ impl Store {
                             refused.push(recipient.name.clone());
                             continue;
                         }
-                        let id = take(&mut next_id);
+                        let id = recipient.id;
                         let record = InboxRecord {
                             body: body_id,
                             queued_at: delivery.queued_at,
@@ -380,9 +413,6 @@ impl Store {
             };
             outcomes.push(outcome);
         }
-        if next_id != first_id {
-            meta.insert("next_id", next_id).map_err(db_err)?;
-        }
         tally.write_back(&mut stats, &mut room_stats)?;
         Ok(outcomes)
     }
@@ -465,7 +495,9 @@ impl Store {
             recipients: vec![Recipient {
                 name: recipient.clone(),
                 slot: message.slot.clone(),
+                id: 0,
             }],
+            body_id: 0,
         });
         match self.apply(&[write])?.pop() {
             Some(Outcome::Deliver(Stored::Stored { delivered, .. })) => Ok(delivered
@@ -608,12 +640,6 @@ fn halves(hash: &[u8; 16]) -> (u64, u64) {
 }
 
 /// The next id of the relay-wide counter.
-fn take(next_id: &mut u64) -> u64 {
-    let id = *next_id;
-    *next_id += 1;
-    id
-}
-
 /// A size as a signed change (sizes are bounded far below `i64::MAX`).
 fn signed(size: u64) -> i64 {
     i64::try_from(size).unwrap_or(i64::MAX)

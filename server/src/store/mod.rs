@@ -63,8 +63,10 @@ const QUEUE_STATS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new(
 const ROOM_STATS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("room_stats");
 /// (room, member's key) -> [`MemberRecord`].
 const MEMBERS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("members");
-/// Counters: `next_id`, and `names_per_key`, set once [`NAMES_PER_KEY`]
-/// has been filled from [`NAMES`].
+/// Counters: `next_id` (the ceiling of the ids handed out: every id the
+/// relay ever handed out, stored or not, is below it; see [`Ids`]), and
+/// `names_per_key`, set once [`NAMES_PER_KEY`] has been filled from
+/// [`NAMES`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Fingerprint -> how many names in [`NAMES`] it owns.
 const NAMES_PER_KEY: TableDefinition<'_, &[u8], u64> = TableDefinition::new("names_per_key");
@@ -204,7 +206,25 @@ pub struct Store {
     limits: QueueLimits,
     recovery: Recovery,
     metrics: Arc<Metrics>,
+    ids: Mutex<Ids>,
+    /// Every id up to this one is stored, acknowledged or refused: none
+    /// is still on its way to the database ([`Store::resolved`]).
+    resolved: AtomicU64,
 }
+
+/// Delivery and body ids, handed out from memory ([`Store::reserve_ids`])
+/// below a ceiling kept in the database, raised (with an fsync) a block
+/// at a time before any id above it is handed out. An id given to a
+/// connection before its delivery is stored (protocol.md 9.7) so stays
+/// unique across a crash: the relay restarts counting from the ceiling.
+#[derive(Debug)]
+struct Ids {
+    next: u64,
+    ceiling: u64,
+}
+
+/// How far the ceiling of [`Ids`] is raised at a time.
+const ID_BLOCK: u64 = 1 << 20;
 
 /// How soon the store tries to reopen its database after a storage
 /// failure: `first_retry` after the first failure in a row, doubling with
@@ -371,6 +391,12 @@ impl Store {
             }
         }
         migrate_queue(&txn)?;
+        let ceiling = {
+            let meta = txn.open_table(META).map_err(db_err)?;
+            meta.get("next_id")
+                .map_err(db_err)?
+                .map_or(1, |v| v.value())
+        };
         txn.commit().map_err(db_err)?;
         Ok(Self {
             db: RwLock::new(Some(db)),
@@ -383,7 +409,57 @@ impl Store {
             limits,
             recovery,
             metrics: Arc::default(),
+            ids: Mutex::new(Ids {
+                next: ceiling,
+                ceiling,
+            }),
+            resolved: AtomicU64::new(ceiling.saturating_sub(1)),
         })
+    }
+
+    /// Reserves `n` consecutive ids for deliveries and bodies: the first
+    /// is returned. None of them was handed out before, in this run or an
+    /// earlier one, and none will be again (see [`Ids`]).
+    pub fn reserve_ids(&self, n: u64) -> Result<u64, StoreError> {
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        let end = ids.next.checked_add(n).ok_or(StoreError::Corrupt)?;
+        if end > ids.ceiling {
+            let ceiling = end.saturating_add(ID_BLOCK);
+            self.write("reserve_ids", |db| {
+                let txn = db.begin_write().map_err(db_err)?;
+                {
+                    let mut meta = txn.open_table(META).map_err(db_err)?;
+                    meta.insert("next_id", ceiling).map_err(db_err)?;
+                }
+                txn.commit().map_err(db_err)
+            })?;
+            ids.ceiling = ceiling;
+        }
+        let first = ids.next;
+        ids.next = end;
+        Ok(first)
+    }
+
+    /// Every delivery id up to the one returned is stored, acknowledged
+    /// or refused: none is on its way to the database any more (the
+    /// committer says so after each commit, [`Store::mark_resolved`]).
+    pub fn resolved(&self) -> u64 {
+        self.resolved.load(Ordering::Acquire)
+    }
+
+    /// Records that every id up to `id` is resolved (see
+    /// [`Store::resolved`]); never moves back.
+    pub fn mark_resolved(&self, id: u64) {
+        self.resolved.fetch_max(id, Ordering::Release);
+    }
+
+    /// The highest id reserved so far (0 if none).
+    pub fn last_reserved(&self) -> u64 {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next
+            .saturating_sub(1)
     }
 
     /// Runs a read-only operation on the database (see [`Store::write`]).

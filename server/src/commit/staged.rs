@@ -1,0 +1,362 @@
+//! Batches handed over and not stored yet: their deliveries went to the
+//! pumps of their connected recipients from memory, and each waits here
+//! until it is due (held long enough, or every delivery handed over
+//! acknowledged).
+//! An acknowledgement that comes meanwhile cancels the delivery's write.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sotto_proto::UserKey;
+
+use super::answer::Answer;
+use super::{Job, Sends};
+use crate::state::{Live, PumpDoor, Wakers};
+use crate::store::{NewDelivery, Store, Write};
+
+/// Most batches held at once; past it the oldest are stored.
+const MAX_BATCHES: usize = 256;
+/// Most bytes of bodies held at once; past it the oldest are stored.
+const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Hashes a delivery id (consecutive numbers from one counter, never
+/// chosen by a client) by one multiplication: SipHash, which the map
+/// would use otherwise, was a tenth of the committer's time per delivery.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Ids<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// The batches held, oldest first, and the writes that go with the next
+/// commit.
+pub(super) struct Pipeline {
+    /// How long a batch handed over waits for its recipients'
+    /// acknowledgements before it is stored anyway
+    /// (`Config::delivery_hold_ms`): the time a connected recipient has to
+    /// make a copy in the relay's database unnecessary, and what a
+    /// delivery to someone offline or slow adds to its `Sent`.
+    hold: Duration,
+    batches: VecDeque<Staged>,
+    /// The number of `batches[0]` (batches are numbered as they come).
+    first: u64,
+    /// Delivery id -> where it is: those handed over, until acknowledged
+    /// or stored.
+    handed: Ids<Handed>,
+    /// Writes nobody waits for (acknowledgements of what is stored,
+    /// memberships), for the next commit.
+    writes: Vec<Write>,
+    /// Bytes of bodies held.
+    bytes: usize,
+}
+
+/// Where a delivery handed over is.
+struct Handed {
+    batch: u64,
+    delivery: usize,
+    recipient: usize,
+    key: UserKey,
+}
+
+/// One batch: the sends of one turn.
+pub(super) struct Staged {
+    /// When it was handed over.
+    at: Instant,
+    /// What its jobs are answered with, in order.
+    pub(super) answers: Vec<Answer>,
+    /// Its deliveries, in the order of the answers' sends.
+    pub(super) deliveries: Vec<StagedDelivery>,
+    /// The ids handed over (acknowledged or not), and how many of them
+    /// are not acknowledged yet.
+    handed: Vec<u64>,
+    unacked: usize,
+    /// Users whose pump was not handed a delivery of this batch (it reads
+    /// the database): woken once the batch is stored.
+    pub(super) skipped: HashSet<UserKey>,
+    /// Every id of this batch is at most this one.
+    pub(super) last_id: u64,
+    bytes: usize,
+}
+
+/// One delivery of a [`Staged`] batch.
+pub(super) struct StagedDelivery {
+    pub(super) delivery: Arc<NewDelivery>,
+    /// The recipients (by index) that acknowledged it before it was
+    /// stored: it is not stored for them.
+    pub(super) acked: Vec<usize>,
+}
+
+impl Pipeline {
+    pub(super) fn new(hold: Duration) -> Self {
+        Self {
+            hold,
+            batches: VecDeque::new(),
+            first: 0,
+            handed: Ids::default(),
+            writes: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Whether nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.writes.is_empty()
+    }
+
+    /// Takes one turn's jobs: acknowledgements of deliveries handed over
+    /// cancel their writes, other writes wait for the next commit, and the
+    /// sends are handed over as a new batch.
+    pub(super) fn take(&mut self, jobs: &mut Vec<Job>, store: &Store, wakers: &Wakers) {
+        let mut sends = Vec::new();
+        for job in jobs.drain(..) {
+            match job {
+                Job::Write(Write::Ack { user, mut ids }) => {
+                    ids.retain(|id| !self.acknowledge(&user, *id));
+                    if !ids.is_empty() {
+                        self.writes.push(Write::Ack { user, ids });
+                    }
+                }
+                Job::Write(write) => self.writes.push(write),
+                Job::Sends(job) => sends.push(job),
+            }
+        }
+        if !sends.is_empty() {
+            let number = self.first + self.batches.len() as u64;
+            let batch = Staged::hand_over(sends, number, store, wakers, &mut self.handed);
+            self.bytes += batch.bytes;
+            self.batches.push_back(batch);
+        }
+    }
+
+    /// `user` acknowledged delivery `id`; `true` if it was handed over and
+    /// is not stored yet (its write is cancelled).
+    fn acknowledge(&mut self, user: &UserKey, id: u64) -> bool {
+        let Some(handed) = self.handed.remove(&id) else {
+            return false;
+        };
+        // Only the recipient's own acknowledgement counts.
+        if handed.key != *user {
+            self.handed.insert(id, handed);
+            return false;
+        }
+        let Some(batch) = handed
+            .batch
+            .checked_sub(self.first)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.batches.get_mut(i))
+        else {
+            return false;
+        };
+        batch.unacked -= 1;
+        if let Some(staged) = batch.deliveries.get_mut(handed.delivery) {
+            staged.acked.push(handed.recipient);
+        }
+        true
+    }
+
+    /// When something held is due to be stored (`None`: nothing is held).
+    pub(super) fn due_at(&self) -> Option<Instant> {
+        match self.batches.front() {
+            Some(batch) if batch.unacked == 0 => Some(Instant::now()),
+            Some(batch) => Some(batch.at + self.hold),
+            None if self.writes.is_empty() => None,
+            None => Some(Instant::now()),
+        }
+    }
+
+    /// The batches due at `now`, oldest first, and with them the writes
+    /// waiting: what the next commit stores. A batch is due once every
+    /// delivery handed over from it is acknowledged, when too much is
+    /// held, and (only if `drained`: no job is waiting that could
+    /// acknowledge more) once it is held as long as `hold` says. Writes wait only while
+    /// a batch is held that is not due.
+    pub(super) fn due(&mut self, now: Instant, drained: bool) -> (Vec<Staged>, Vec<Write>) {
+        let mut due = Vec::new();
+        while let Some(batch) = self.batches.front() {
+            let ready = batch.unacked == 0
+                || (drained && now >= batch.at + self.hold)
+                || self.batches.len() > MAX_BATCHES
+                || self.bytes > MAX_HELD_BYTES;
+            if !ready {
+                break;
+            }
+            self.pop(&mut due);
+        }
+        let writes = if due.is_empty() && !self.batches.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.writes)
+        };
+        (due, writes)
+    }
+
+    /// Everything held (the committer is stopping).
+    pub(super) fn all(&mut self) -> (Vec<Staged>, Vec<Write>) {
+        let mut due = Vec::new();
+        while !self.batches.is_empty() {
+            self.pop(&mut due);
+        }
+        (due, std::mem::take(&mut self.writes))
+    }
+
+    fn pop(&mut self, due: &mut Vec<Staged>) {
+        let Some(batch) = self.batches.pop_front() else {
+            return;
+        };
+        self.first += 1;
+        self.bytes -= batch.bytes;
+        if batch.unacked > 0 {
+            for id in &batch.handed {
+                self.handed.remove(id);
+            }
+        }
+        due.push(batch);
+    }
+}
+
+impl Staged {
+    /// Batch `number` of `jobs`: every delivery gets its ids and goes to
+    /// the pumps of its connected recipients (recorded in `handed`). If no
+    /// ids can be reserved (the database fails), nothing is handed over:
+    /// the store assigns them, or refuses the batch.
+    fn hand_over(
+        jobs: Vec<Sends>,
+        number: u64,
+        store: &Store,
+        wakers: &Wakers,
+        handed: &mut Ids<Handed>,
+    ) -> Self {
+        let mut batch = Self {
+            at: Instant::now(),
+            answers: Vec::with_capacity(jobs.len()),
+            deliveries: Vec::new(),
+            handed: Vec::new(),
+            unacked: 0,
+            skipped: HashSet::new(),
+            last_id: 0,
+            bytes: 0,
+        };
+        for job in jobs {
+            batch.add(job);
+        }
+        let count: u64 = batch
+            .deliveries
+            .iter()
+            .map(|d| 1 + d.delivery.recipients.len() as u64)
+            .sum();
+        let reserved = if count == 0 {
+            None
+        } else {
+            store.reserve_ids(count).ok()
+        };
+        if let Some(first) = reserved {
+            batch.offer(first, number, wakers, handed);
+        }
+        batch.last_id = store.last_reserved();
+        batch
+    }
+
+    fn add(&mut self, job: Sends) {
+        let Sends {
+            user,
+            conn,
+            peer,
+            sends,
+            replies,
+            then,
+            unanswered,
+        } = job;
+        let mut routed = Vec::with_capacity(sends.len());
+        for (id, delivery) in sends {
+            routed.push(id);
+            self.bytes += delivery.body.len();
+            self.deliveries.push(StagedDelivery {
+                delivery: Arc::new(delivery),
+                acked: Vec::new(),
+            });
+        }
+        self.answers.push(Answer {
+            user,
+            conn,
+            peer,
+            routed,
+            replies,
+            then,
+            unanswered,
+        });
+    }
+
+    /// Numbers the deliveries from `next` on (a body id, then one id per
+    /// recipient) and offers each to its recipient's pump.
+    fn offer(&mut self, mut next: u64, number: u64, wakers: &Wakers, handed: &mut Ids<Handed>) {
+        let mut take = || {
+            next += 1;
+            next - 1
+        };
+        // The doors to wake once everything is handed over: those whose
+        // queue was empty before (the others are woken already).
+        let mut woken: Vec<Arc<PumpDoor>> = Vec::new();
+        for (index, staged) in self.deliveries.iter_mut().enumerate() {
+            let Some(delivery) = Arc::get_mut(&mut staged.delivery) else {
+                continue;
+            };
+            delivery.body_id = take();
+            for recipient in &mut delivery.recipients {
+                recipient.id = take();
+            }
+            let delivery = &staged.delivery;
+            let keys: Vec<UserKey> = delivery.recipients.iter().map(|r| r.name.key()).collect();
+            let doors = wakers.doors(&keys);
+            for (recipient, (key, door)) in keys.into_iter().zip(doors).enumerate() {
+                let (Some(door), Some(to)) = (door, delivery.recipients.get(recipient)) else {
+                    continue;
+                };
+                let id = to.id;
+                let len = delivery.body.len() + to.slot.as_ref().map_or(0, |s| s.len());
+                let live = Live {
+                    id,
+                    delivery: Arc::clone(delivery),
+                    recipient,
+                };
+                if let Some(first) = door.offer(live, len) {
+                    self.handed.push(id);
+                    self.unacked += 1;
+                    handed.insert(
+                        id,
+                        Handed {
+                            batch: number,
+                            delivery: index,
+                            recipient,
+                            key,
+                        },
+                    );
+                    if first {
+                        woken.push(door);
+                    }
+                } else {
+                    self.skipped.insert(key);
+                }
+            }
+        }
+        for door in woken {
+            door.wake.notify_one();
+        }
+    }
+}
