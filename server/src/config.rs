@@ -96,7 +96,9 @@ pub struct Config {
     /// waits for their acknowledgements before it is written to the
     /// database anyway (protocol.md 9.7): what an acknowledgement within it
     /// saves is the write; what it costs is as much delay for the `Sent` of
-    /// a message to someone offline or slow. At most 10,000.
+    /// a message to someone offline or slow. Zero: nothing is handed over,
+    /// every delivery is stored before it is sent to anyone. At most
+    /// 10,000.
     pub delivery_hold_ms: u64,
     /// Address of the Prometheus metrics endpoint; off when absent.
     pub metrics: Option<SocketAddr>,

@@ -58,7 +58,10 @@ impl LocalRelay {
 
     /// [`LocalRelay::start`], with the database on `disk`, which the test
     /// can fill and free (`sotto_relay::store::fault`), recovering from
-    /// storage failures as `recovery` says. Feature `fault-injection`.
+    /// storage failures as `recovery` says. Every delivery is written
+    /// before it is sent to anyone (`delivery_hold_ms` 0), so that what
+    /// the full disk refuses reaches nobody.
+    /// Feature `fault-injection`.
     #[cfg(feature = "fault-injection")]
     pub fn start_on_disk(
         dir: &Path,
@@ -70,7 +73,7 @@ impl LocalRelay {
         Self::spawn(
             dir,
             port,
-            |_| {},
+            |config| config.delivery_hold_ms = 0,
             move |(listener, certs, config, shutdown)| {
                 Box::pin(sotto_relay::run_on_disk(
                     listener,

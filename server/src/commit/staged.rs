@@ -18,7 +18,8 @@ use crate::store::{NewDelivery, Store, Write};
 
 /// Most batches held at once; past it the oldest are stored.
 const MAX_BATCHES: usize = 256;
-/// Most bytes of bodies held at once; past it the oldest are stored.
+/// Most bytes of bodies and slots held at once; past it the oldest are
+/// stored.
 const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
 
 /// Hashes a delivery id (consecutive numbers from one counter, never
@@ -52,7 +53,8 @@ pub(super) struct Pipeline {
     /// acknowledgements before it is stored anyway
     /// (`Config::delivery_hold_ms`): the time a connected recipient has to
     /// make a copy in the relay's database unnecessary, and what a
-    /// delivery to someone offline or slow adds to its `Sent`.
+    /// delivery to someone offline or slow adds to its `Sent`. Zero: every
+    /// batch is stored in the turn it is handed over.
     hold: Duration,
     batches: VecDeque<Staged>,
     /// The number of `batches[0]` (batches are numbered as they come).
@@ -139,7 +141,9 @@ impl Pipeline {
         }
         if !sends.is_empty() {
             let number = self.first + self.batches.len() as u64;
-            let batch = Staged::hand_over(sends, number, store, wakers, &mut self.handed);
+            let hand_over = !self.hold.is_zero();
+            let batch =
+                Staged::hand_over(sends, number, hand_over, store, wakers, &mut self.handed);
             self.bytes += batch.bytes;
             self.batches.push_back(batch);
         }
@@ -185,12 +189,14 @@ impl Pipeline {
     /// waiting: what the next commit stores. A batch is due once every
     /// delivery handed over from it is acknowledged, when too much is
     /// held, and (only if `drained`: no job is waiting that could
-    /// acknowledge more) once it is held as long as `hold` says. Writes wait only while
+    /// acknowledge more) once it is held as long as `hold` says; at once
+    /// with a `hold` of zero. Writes wait only while
     /// a batch is held that is not due.
     pub(super) fn due(&mut self, now: Instant, drained: bool) -> (Vec<Staged>, Vec<Write>) {
         let mut due = Vec::new();
         while let Some(batch) = self.batches.front() {
             let ready = batch.unacked == 0
+                || self.hold.is_zero()
                 || (drained && now >= batch.at + self.hold)
                 || self.batches.len() > MAX_BATCHES
                 || self.bytes > MAX_HELD_BYTES;
@@ -232,13 +238,15 @@ impl Pipeline {
 }
 
 impl Staged {
-    /// Batch `number` of `jobs`: every delivery gets its ids and goes to
-    /// the pumps of its connected recipients (recorded in `handed`). If no
-    /// ids can be reserved (the database fails), nothing is handed over:
-    /// the store assigns them, or refuses the batch.
+    /// Batch `number` of `jobs`: every delivery gets its ids and, with
+    /// `hand_over`, goes to the pumps of its connected recipients
+    /// (recorded in `handed`); without, they read it once it is stored. If
+    /// no ids can be reserved (the database fails), nothing is handed
+    /// over: the store assigns them, or refuses the batch.
     fn hand_over(
         jobs: Vec<Sends>,
         number: u64,
+        hand_over: bool,
         store: &Store,
         wakers: &Wakers,
         handed: &mut Ids<Handed>,
@@ -267,7 +275,7 @@ impl Staged {
             store.reserve_ids(count).ok()
         };
         if let Some(first) = reserved {
-            batch.offer(first, number, wakers, handed);
+            batch.offer(first, number, hand_over, wakers, handed);
         }
         batch.last_id = store.last_reserved();
         batch
@@ -286,7 +294,7 @@ impl Staged {
         let mut routed = Vec::with_capacity(sends.len());
         for (id, delivery) in sends {
             routed.push(id);
-            self.bytes += delivery.body.len();
+            self.bytes += size(&delivery);
             self.deliveries.push(StagedDelivery {
                 delivery: Arc::new(delivery),
                 acked: Vec::new(),
@@ -304,8 +312,16 @@ impl Staged {
     }
 
     /// Numbers the deliveries from `next` on (a body id, then one id per
-    /// recipient) and offers each to its recipient's pump.
-    fn offer(&mut self, mut next: u64, number: u64, wakers: &Wakers, handed: &mut Ids<Handed>) {
+    /// recipient) and offers each to its recipient's pump (with
+    /// `hand_over`; else tells the pump to read it from the database).
+    fn offer(
+        &mut self,
+        mut next: u64,
+        number: u64,
+        hand_over: bool,
+        wakers: &Wakers,
+        handed: &mut Ids<Handed>,
+    ) {
         let mut take = || {
             next += 1;
             next - 1
@@ -322,6 +338,9 @@ impl Staged {
                 recipient.id = take();
             }
             let delivery = &staged.delivery;
+            // What a door holds while it holds this: all of it (its
+            // recipients' doors share it).
+            let len = size(delivery);
             let keys: Vec<UserKey> = delivery.recipients.iter().map(|r| r.name.key()).collect();
             let doors = wakers.doors(&keys);
             for (recipient, (key, door)) in keys.into_iter().zip(doors).enumerate() {
@@ -329,7 +348,11 @@ impl Staged {
                     continue;
                 };
                 let id = to.id;
-                let len = delivery.body.len() + to.slot.as_ref().map_or(0, |s| s.len());
+                if !hand_over {
+                    door.skip(id);
+                    self.skipped.insert(key);
+                    continue;
+                }
                 let live = Live {
                     id,
                     delivery: Arc::clone(delivery),
@@ -359,4 +382,14 @@ impl Staged {
             door.wake.notify_one();
         }
     }
+}
+
+/// The bytes of a delivery held in memory: its body and every slot.
+fn size(delivery: &NewDelivery) -> usize {
+    delivery.body.len()
+        + delivery
+            .recipients
+            .iter()
+            .map(|r| r.slot.as_ref().map_or(0, |s| s.len()))
+            .sum::<usize>()
 }

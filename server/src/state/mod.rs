@@ -90,10 +90,13 @@ struct DoorState {
     fallback: Option<u64>,
 }
 
-/// The most deliveries, and bytes of bodies, handed to one door and not
-/// yet taken by its pump; past either the door falls back to the database.
+/// The most deliveries, and bytes, handed to one door and not yet taken by
+/// its pump; past either the door falls back to the database. A delivery
+/// counts with its body and every slot of its message, all of which the
+/// door keeps alive while it holds it (shared with the other recipients'
+/// doors, so this overstates what one door costs).
 const LIVE_FRAMES: usize = 1024;
-const LIVE_BYTES: usize = 1024 * 1024;
+const LIVE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A delivery handed to a pump before it is stored: recipient
 /// `recipient` of `delivery`, under `id`.
@@ -174,6 +177,13 @@ impl PumpDoor {
         state.live.clear();
         state.live_bytes = 0;
         None
+    }
+
+    /// Delivery `id` is not handed over: the door falls back to the
+    /// database for it (and everything before it).
+    pub(crate) fn skip(&self, id: u64) {
+        let mut state = self.state();
+        state.fallback = Some(state.fallback.unwrap_or(0).max(id));
     }
 
     /// Puts frames taken for after the deliveries back in front of any

@@ -210,6 +210,8 @@ pub struct Store {
     /// Every id up to this one is stored, acknowledged or refused: none
     /// is still on its way to the database ([`Store::resolved`]).
     resolved: AtomicU64,
+    /// The highest id reserved (the `next` of [`Ids`] less one).
+    reserved: AtomicU64,
 }
 
 /// Delivery and body ids, handed out from memory ([`Store::reserve_ids`])
@@ -414,6 +416,7 @@ impl Store {
                 ceiling,
             }),
             resolved: AtomicU64::new(ceiling.saturating_sub(1)),
+            reserved: AtomicU64::new(ceiling.saturating_sub(1)),
         })
     }
 
@@ -437,6 +440,8 @@ impl Store {
         }
         let first = ids.next;
         ids.next = end;
+        self.reserved
+            .store(end.saturating_sub(1), Ordering::Release);
         Ok(first)
     }
 
@@ -453,13 +458,10 @@ impl Store {
         self.resolved.fetch_max(id, Ordering::Release);
     }
 
-    /// The highest id reserved so far (0 if none).
+    /// The highest id reserved so far (0 if none). Lock-free: a
+    /// registration reads it while it holds the relay's registry.
     pub fn last_reserved(&self) -> u64 {
-        self.ids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .next
-            .saturating_sub(1)
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// Runs a read-only operation on the database (see [`Store::write`]).
