@@ -207,6 +207,15 @@ impl UserKey {
     }
 }
 
+/// A key is looked up by its folded text, so that a map of keys can be
+/// searched with [`UserName::folded`] without allocating one (`UserKey`
+/// hashes and compares as its text does).
+impl std::borrow::Borrow<str> for UserKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for UserKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -228,6 +237,26 @@ impl UserName {
     /// Whether two names are the same name as the relay compares them.
     pub fn same_as(&self, other: &UserName) -> bool {
         self.0.eq_ignore_ascii_case(&other.0)
+    }
+
+    /// Whether this name's key is `key`, without making the key.
+    pub fn has_key(&self, key: &UserKey) -> bool {
+        self.0.eq_ignore_ascii_case(&key.0)
+    }
+
+    /// The text of this name's [`UserKey`], folded into `buf` instead of
+    /// a new allocation (a name is at most [`MAX_NAME_LEN`] bytes of
+    /// ASCII): for looking a key up in a map of them.
+    pub fn folded<'a>(&self, buf: &'a mut [u8; MAX_NAME_LEN]) -> &'a str {
+        let mut len = 0;
+        for (to, from) in buf.iter_mut().zip(self.0.as_bytes()) {
+            *to = from.to_ascii_lowercase();
+            len += 1;
+        }
+        // ASCII lowered is still ASCII, so still UTF-8.
+        buf.get(..len)
+            .and_then(|folded| std::str::from_utf8(folded).ok())
+            .unwrap_or_default()
     }
 
     /// The name reduced to how it looks: case folded, and the characters
@@ -375,6 +404,20 @@ mod tests {
         assert_eq!(a.key().to_name().as_str(), "bob-2.x");
         assert!(a.same_as(&b));
         assert_ne!(a.key(), UserName::try_from("bob-2x").unwrap().key());
+        assert!(a.has_key(&b.key()));
+        assert!(!a.has_key(&UserName::try_from("bob-2x").unwrap().key()));
+    }
+
+    #[test]
+    fn a_name_folded_in_place_is_its_keys_text_and_finds_it_in_a_map() {
+        let longest = "A".repeat(MAX_NAME_LEN);
+        for name in ["Bob-2.x", "x", longest.as_str()] {
+            let name = UserName::try_from(name).unwrap();
+            let mut buf = [0; MAX_NAME_LEN];
+            assert_eq!(name.folded(&mut buf), name.key().as_str());
+            let map: std::collections::HashMap<UserKey, u8> = [(name.key(), 7)].into();
+            assert_eq!(map.get(name.folded(&mut buf)), Some(&7));
+        }
     }
 
     #[test]

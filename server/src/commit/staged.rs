@@ -74,7 +74,6 @@ struct Handed {
     batch: u64,
     delivery: usize,
     recipient: usize,
-    key: UserKey,
 }
 
 /// One batch: the sends of one turn.
@@ -152,14 +151,9 @@ impl Pipeline {
     /// `user` acknowledged delivery `id`; `true` if it was handed over and
     /// is not stored yet (its write is cancelled).
     fn acknowledge(&mut self, user: &UserKey, id: u64) -> bool {
-        let Some(handed) = self.handed.remove(&id) else {
+        let Some(handed) = self.handed.get(&id) else {
             return false;
         };
-        // Only the recipient's own acknowledgement counts.
-        if handed.key != *user {
-            self.handed.insert(id, handed);
-            return false;
-        }
         let Some(batch) = handed
             .batch
             .checked_sub(self.first)
@@ -168,10 +162,22 @@ impl Pipeline {
         else {
             return false;
         };
-        batch.unacked -= 1;
-        if let Some(staged) = batch.deliveries.get_mut(handed.delivery) {
-            staged.acked.push(handed.recipient);
+        let Some(staged) = batch.deliveries.get_mut(handed.delivery) else {
+            return false;
+        };
+        // Only the recipient's own acknowledgement counts.
+        let recipient = handed.recipient;
+        if !staged
+            .delivery
+            .recipients
+            .get(recipient)
+            .is_some_and(|to| to.name.has_key(user))
+        {
+            return false;
         }
+        staged.acked.push(recipient);
+        batch.unacked -= 1;
+        self.handed.remove(&id);
         true
     }
 
@@ -341,42 +347,40 @@ impl Staged {
             // What a door holds while it holds this: all of it (its
             // recipients' doors share it).
             let len = size(delivery);
-            let keys: Vec<UserKey> = delivery.recipients.iter().map(|r| r.name.key()).collect();
-            let doors = wakers.doors(&keys);
-            for (recipient, (key, door)) in keys.into_iter().zip(doors).enumerate() {
-                let (Some(door), Some(to)) = (door, delivery.recipients.get(recipient)) else {
-                    continue;
+            let names = delivery.recipients.iter().map(|r| &r.name);
+            let mut handed_any = |recipient: usize, door: &Arc<PumpDoor>| {
+                let Some(to) = delivery.recipients.get(recipient) else {
+                    return;
                 };
                 let id = to.id;
-                if !hand_over {
-                    door.skip(id);
-                    self.skipped.insert(key);
-                    continue;
-                }
-                let live = Live {
-                    id,
-                    delivery: Arc::clone(delivery),
-                    recipient,
-                };
-                if let Some(first) = door.offer(live, len) {
-                    self.handed.push(id);
-                    self.unacked += 1;
-                    handed.insert(
+                if hand_over {
+                    let live = Live {
                         id,
-                        Handed {
-                            batch: number,
-                            delivery: index,
-                            recipient,
-                            key,
-                        },
-                    );
-                    if first {
-                        woken.push(door);
+                        delivery: Arc::clone(delivery),
+                        recipient,
+                    };
+                    if let Some(first) = door.offer(live, len) {
+                        self.handed.push(id);
+                        self.unacked += 1;
+                        handed.insert(
+                            id,
+                            Handed {
+                                batch: number,
+                                delivery: index,
+                                recipient,
+                            },
+                        );
+                        if first {
+                            woken.push(Arc::clone(door));
+                        }
+                        return;
                     }
                 } else {
-                    self.skipped.insert(key);
+                    door.skip(id);
                 }
-            }
+                self.skipped.insert(to.name.key());
+            };
+            wakers.each_door(names, &mut handed_any);
         }
         for door in woken {
             door.wake.notify_one();

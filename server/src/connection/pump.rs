@@ -38,6 +38,8 @@ pub(super) async fn pump(
 ) {
     // The id of the last delivery sent.
     let mut after = 0;
+    // What is taken from the door (its buffer swapped with the door's).
+    let mut live = std::collections::VecDeque::new();
     loop {
         // Frames left for after the deliveries are taken first, so that
         // what they wait for is read or taken after them.
@@ -94,9 +96,9 @@ pub(super) async fn pump(
                 continue;
             }
         }
-        let live = door.take_live();
+        door.take_live(&mut live);
         let idle = live.is_empty() && then.is_empty();
-        for live in live {
+        for live in live.drain(..) {
             // Sent from the database already (stored before it was taken).
             if live.id <= after {
                 continue;

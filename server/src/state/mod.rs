@@ -131,11 +131,12 @@ impl PumpDoor {
         self.state().fallback.is_some()
     }
 
-    /// Takes the deliveries handed over, in id order.
-    pub(crate) fn take_live(&self) -> VecDeque<Live> {
+    /// Takes the deliveries handed over, in id order, into `into` (empty:
+    /// the door keeps its buffer, so neither allocates once warm).
+    pub(crate) fn take_live(&self, into: &mut VecDeque<Live>) {
         let mut state = self.state();
         state.live_bytes = 0;
-        std::mem::take(&mut state.live)
+        std::mem::swap(&mut state.live, into);
     }
 
     /// Takes the frames left for after the deliveries.
@@ -299,22 +300,21 @@ impl Wakers {
         }
     }
 
-    /// The doors of the connected users among `users`, in their order
-    /// (`None` for those offline), under one lock.
-    pub(crate) fn doors<'a>(
+    /// Calls `each` with the index and the door of every connected user
+    /// among `names`, under one lock of the registry (no allocation: the
+    /// names are folded on the stack).
+    pub(crate) fn each_door<'a>(
         &self,
-        users: impl IntoIterator<Item = &'a UserKey>,
-    ) -> Vec<Option<Arc<PumpDoor>>> {
+        names: impl IntoIterator<Item = &'a UserName>,
+        mut each: impl FnMut(usize, &Arc<PumpDoor>),
+    ) {
         let registry = lock(&self.0);
-        users
-            .into_iter()
-            .map(|user| {
-                registry
-                    .users
-                    .get(user)
-                    .map(|online| Arc::clone(&online.wake))
-            })
-            .collect()
+        let mut buf = [0; sotto_proto::MAX_NAME_LEN];
+        for (index, name) in names.into_iter().enumerate() {
+            if let Some(online) = registry.users.get(name.folded(&mut buf)) {
+                each(index, &online.wake);
+            }
+        }
     }
 
     /// Leaves `frames` with the pump of connection `conn` of `user`, to
