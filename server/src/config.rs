@@ -135,7 +135,7 @@ impl Default for Config {
             room_max_bytes: 64 * 1024 * 1024,
             member_absence: Duration::from_secs(30 * 24 * 60 * 60),
             shutdown_grace: Duration::from_secs(5),
-            delivery_hold_ms: 10,
+            delivery_hold_ms: 25,
             metrics: None,
         }
     }

@@ -110,7 +110,7 @@ struct Args {
     #[arg(long, value_name = "SECS")]
     member_absence: Option<u64>,
     /// Milliseconds a batch of deliveries to connected clients waits for
-    /// their acknowledgements before it is stored anyway [default: 10].
+    /// their acknowledgements before it is stored anyway [default: 25].
     #[arg(long, value_name = "MS")]
     delivery_hold_ms: Option<u64>,
     /// Seconds clients get to hear about a shutdown [default: 5].
