@@ -1592,11 +1592,13 @@ async fn a_message_the_relay_will_not_keep_shows_as_not_sent_or_not_for_everyone
     })
     .await;
     gui.click("✓✓ 1/2");
-    assert!(
-        gui.shows("Accepted by the relay · delivered to bob · will not get it: carol"),
-        "{:#?}",
-        gui.texts()
-    );
+    // Bob's receipt can come before the relay's `Sent`: the relay hands a
+    // message to a connected member before it stores it for the others
+    // (protocol.md 9.7), so "not yet accepted" may show for a moment.
+    gui.until("accepted by the relay", |gui| {
+        gui.shows("Accepted by the relay · delivered to bob · will not get it: carol")
+    })
+    .await;
 }
 
 /// Messages of yours in the stored history carry the state they reached

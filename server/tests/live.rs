@@ -224,3 +224,60 @@ async fn only_its_recipient_can_acknowledge_a_delivery() {
     assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
     assert_eq!(relay.metrics.acked_unstored.load(Ordering::Relaxed), 1);
 }
+
+/// A delivery the committer queued on the connection itself (the pump had
+/// nothing to send) and that was then stored, not acknowledged in time,
+/// is not sent again when the connection falls behind and its pump reads
+/// the database: the recipient gets it once, then the burst, in order.
+#[tokio::test]
+async fn a_delivery_queued_directly_is_not_sent_again_from_the_database() {
+    const BURST: u64 = 1500;
+    let relay = Relay::start_with(|c| {
+        c.delivery_hold_ms = 1;
+        c.max_frame_len = 4096;
+        c.outbound_queue_bytes = 4096 + 1024;
+        c.rate_burst = 4000;
+        c.offline_max_messages = 2 * BURST;
+    })
+    .await;
+    let mut alice = relay.registered("alice").await;
+    let mut bob = relay.registered("bob").await;
+    bob.barrier().await;
+
+    // Bob reads it but does not acknowledge it: stored after the hold.
+    alice.send(send_to_user(1, "bob", b"first", None)).await;
+    let (_, body) = delivery(&mut bob).await;
+    assert_eq!(body.as_ref(), b"first");
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 1 });
+
+    // A burst larger than what a door holds: bob's tiny queue makes him
+    // fall behind, and his pump reads the database.
+    let sender = tokio::spawn(async move {
+        for id in 2..=BURST {
+            alice
+                .send(ClientFrame::Send {
+                    route: sotto_proto::Route {
+                        id,
+                        to: sotto_proto::Destination::User(user("bob")),
+                    },
+                    body: kilobyte(id),
+                    slots: Vec::new(),
+                })
+                .await;
+        }
+        alice
+    });
+    let mut acks = Vec::new();
+    for expected in 2..=BURST {
+        let (id, body) = delivery(&mut bob).await;
+        assert_eq!(body, kilobyte(expected), "message {expected}");
+        acks.push(id);
+        if acks.len() == 64 || expected == BURST {
+            for id in acks.drain(..) {
+                bob.send(ClientFrame::Ack { delivery: id }).await;
+            }
+        }
+    }
+    assert_eq!(delivered(&mut bob).await, Vec::<Bytes>::new());
+    sender.await.unwrap().barrier().await;
+}

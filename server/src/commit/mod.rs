@@ -131,7 +131,7 @@ pub(crate) fn run(
     hold: Duration,
 ) {
     let mut jobs = Vec::new();
-    let mut pipeline = Pipeline::new(hold);
+    let mut pipeline = Pipeline::new(hold, Arc::clone(&metrics));
     let mut unsynced = false;
     loop {
         let first = match rx.try_recv() {

@@ -13,7 +13,8 @@ use sotto_proto::UserKey;
 
 use super::answer::Answer;
 use super::{Job, Sends};
-use crate::state::{Live, PumpDoor, Wakers};
+use crate::metrics::Metrics;
+use crate::state::{Live, Offered, Peer, PumpDoor, Wakers};
 use crate::store::{NewDelivery, Store, Write};
 
 /// Most batches held at once; past it the oldest are stored.
@@ -56,6 +57,8 @@ pub(super) struct Pipeline {
     /// delivery to someone offline or slow adds to its `Sent`. Zero: every
     /// batch is stored in the turn it is handed over.
     hold: Duration,
+    /// The relay's counters (deliveries queued on a connection directly).
+    metrics: Arc<Metrics>,
     batches: VecDeque<Staged>,
     /// The number of `batches[0]` (batches are numbered as they come).
     first: u64,
@@ -105,9 +108,10 @@ pub(super) struct StagedDelivery {
 }
 
 impl Pipeline {
-    pub(super) fn new(hold: Duration) -> Self {
+    pub(super) fn new(hold: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             hold,
+            metrics,
             batches: VecDeque::new(),
             first: 0,
             handed: Ids::default(),
@@ -141,8 +145,13 @@ impl Pipeline {
         if !sends.is_empty() {
             let number = self.first + self.batches.len() as u64;
             let hand_over = !self.hold.is_zero();
-            let batch =
-                Staged::hand_over(sends, number, hand_over, store, wakers, &mut self.handed);
+            let batch = Staged::hand_over(
+                sends,
+                number,
+                hand_over,
+                (store, wakers, &self.metrics),
+                &mut self.handed,
+            );
             self.bytes += batch.bytes;
             self.batches.push_back(batch);
         }
@@ -253,8 +262,7 @@ impl Staged {
         jobs: Vec<Sends>,
         number: u64,
         hand_over: bool,
-        store: &Store,
-        wakers: &Wakers,
+        (store, wakers, metrics): (&Store, &Wakers, &Metrics),
         handed: &mut Ids<Handed>,
     ) -> Self {
         let mut batch = Self {
@@ -281,7 +289,7 @@ impl Staged {
             store.reserve_ids(count).ok()
         };
         if let Some(first) = reserved {
-            batch.offer(first, number, hand_over, wakers, handed);
+            batch.offer(first, number, hand_over, (wakers, metrics), handed);
         }
         batch.last_id = store.last_reserved();
         batch
@@ -325,7 +333,7 @@ impl Staged {
         mut next: u64,
         number: u64,
         hand_over: bool,
-        wakers: &Wakers,
+        (wakers, metrics): (&Wakers, &Metrics),
         handed: &mut Ids<Handed>,
     ) {
         let mut take = || {
@@ -348,7 +356,7 @@ impl Staged {
             // recipients' doors share it).
             let len = size(delivery);
             let names = delivery.recipients.iter().map(|r| &r.name);
-            let mut handed_any = |recipient: usize, door: &Arc<PumpDoor>| {
+            let mut handed_any = |recipient: usize, door: &Arc<PumpDoor>, peer: &Peer| {
                 let Some(to) = delivery.recipients.get(recipient) else {
                     return;
                 };
@@ -359,22 +367,28 @@ impl Staged {
                         delivery: Arc::clone(delivery),
                         recipient,
                     };
-                    if let Some(first) = door.offer(live, len) {
-                        self.handed.push(id);
-                        self.unacked += 1;
-                        handed.insert(
-                            id,
-                            Handed {
-                                batch: number,
-                                delivery: index,
-                                recipient,
-                            },
-                        );
-                        if first {
-                            woken.push(Arc::clone(door));
+                    let first = match door.offer(live, len, peer, metrics) {
+                        Offered::Sent => false,
+                        Offered::Handed { first } => first,
+                        Offered::Refused => {
+                            self.skipped.insert(to.name.key());
+                            return;
                         }
-                        return;
+                    };
+                    self.handed.push(id);
+                    self.unacked += 1;
+                    handed.insert(
+                        id,
+                        Handed {
+                            batch: number,
+                            delivery: index,
+                            recipient,
+                        },
+                    );
+                    if first {
+                        woken.push(Arc::clone(door));
                     }
+                    return;
                 } else {
                     door.skip(id);
                 }

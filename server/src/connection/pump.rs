@@ -3,7 +3,9 @@
 //! instead of treating a backlog as a slow reader.
 //!
 //! While its door is live ([`PumpDoor`]) the pump sends what the committer
-//! hands it from memory, before it is stored (protocol.md 9.7); when the
+//! hands it from memory, before it is stored (protocol.md 9.7), unless it
+//! had nothing to send: the committer then queues the delivery on the
+//! connection itself, and the pump counts it as sent; when the
 //! door falls back (at the start of the connection, and after the pump
 //! fell behind) it first reads the database for everything with an id
 //! above the last it sent, until the door can be live again. So each
@@ -19,7 +21,7 @@ use tracing::warn;
 
 use super::blocking;
 use crate::metrics::Metrics;
-use crate::state::{Live, Peer, PumpDoor, Shared, To, deliver};
+use crate::state::{Peer, PumpDoor, Shared, To, deliver};
 use crate::store::Queued;
 use crate::writer::Outbound;
 
@@ -43,8 +45,12 @@ pub(super) async fn pump(
     loop {
         // Frames left for after the deliveries are taken first, so that
         // what they wait for is read or taken after them.
-        let then = door.take_after();
-        if door.falls_back() {
+        let opened = door.open();
+        // What the committer queued on the connection itself, while this
+        // pump had nothing to send, counts as sent.
+        after = after.max(opened.direct);
+        let then = opened.after;
+        if opened.falls_back {
             // Every id up to here was committed (or refused) before the read.
             let resolved = shared.store.resolved();
             let store = Arc::clone(&shared.store);
@@ -103,7 +109,7 @@ pub(super) async fn pump(
             if live.id <= after {
                 continue;
             }
-            if let Some(frame) = live_frame(&live)
+            if let Some(frame) = live.frame()
                 && !send(&shared, &peer, frame, &done).await
             {
                 return;
@@ -140,16 +146,6 @@ fn stored_frame(id: u64, queued: &Queued) -> Option<Outbound> {
         sotto_proto::Destination::User(user) => To::User(user),
     };
     deliver(id, &queued.from, to, &queued.body, queued.slot.as_deref()).map(Outbound::Whole)
-}
-
-fn live_frame(live: &Live) -> Option<Outbound> {
-    let delivery = &live.delivery;
-    let to = match &delivery.to {
-        sotto_proto::Destination::Room(room) => To::Room(room),
-        sotto_proto::Destination::User(user) => To::User(user),
-    };
-    let slot = delivery.recipients.get(live.recipient)?.slot.as_deref();
-    deliver(live.id, &delivery.from, to, &delivery.body, slot).map(Outbound::Whole)
 }
 
 /// Queues `frame`, waiting until the outbound queue has room for it and

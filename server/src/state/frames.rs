@@ -51,6 +51,38 @@ impl Peer {
         }
     }
 
+    /// Queues a delivery without waiting, if the outbound queue has room
+    /// for it and still half of its room (in bytes and in frames) for the
+    /// connection's other frames, as a delivery pump would; otherwise
+    /// gives it back (it then waits with the pump, never a reason to
+    /// disconnect).
+    pub(crate) fn try_push_delivery(&self, frame: Outbound) -> Result<(), Outbound> {
+        let len = frame.len();
+        let limit = self.backlog.limit();
+        let headroom = (limit / 2).min(limit.saturating_sub(len));
+        if !self.backlog.try_take(len + headroom) {
+            return Err(frame);
+        }
+        self.backlog.release(headroom);
+        let frames = (self.tx.max_capacity() / 2).max(1);
+        match self.tx.try_reserve_many(frames) {
+            Ok(mut permits) => match permits.next() {
+                Some(permit) => {
+                    permit.send(frame);
+                    Ok(())
+                }
+                None => {
+                    self.backlog.release(len);
+                    Err(frame)
+                }
+            },
+            Err(_) => {
+                self.backlog.release(len);
+                Err(frame)
+            }
+        }
+    }
+
     fn too_slow(&self, metrics: &Metrics) {
         if !self.kill.is_cancelled() {
             Metrics::inc(&metrics.slow_consumers);

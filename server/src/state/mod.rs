@@ -88,6 +88,33 @@ struct DoorState {
     /// `Some(id)`: deliveries up to `id` that are not in `live` may be in
     /// the database only; the pump reads them from there first.
     fallback: Option<u64>,
+    /// The pump is sending deliveries it took from `live`.
+    busy: bool,
+    /// The highest delivery the committer queued on the connection itself
+    /// (the door was live and idle, [`PumpDoor::offer`]), for the pump to
+    /// count as sent.
+    direct: u64,
+}
+
+/// What became of a delivery offered to a door.
+pub(crate) enum Offered {
+    /// Queued on the connection at once: the pump had nothing to send.
+    Sent,
+    /// Waiting for the pump; `first`: nothing was waiting before it (the
+    /// door needs a wake-up).
+    Handed { first: bool },
+    /// The door's queue was full: emptied, the door reads the database.
+    Refused,
+}
+
+/// What a pump learns from its door at the top of its loop.
+pub(crate) struct Opened {
+    /// Frames left for after the deliveries.
+    pub(crate) after: Vec<Bytes>,
+    /// Whether the database has to be read first.
+    pub(crate) falls_back: bool,
+    /// The highest delivery queued without it (count it as sent).
+    pub(crate) direct: u64,
 }
 
 /// The most deliveries, and bytes, handed to one door and not yet taken by
@@ -106,6 +133,21 @@ pub(crate) struct Live {
     pub(crate) recipient: usize,
 }
 
+impl Live {
+    /// The `Deliver` frame for its recipient (`None` if it cannot be
+    /// framed, which routing rules out).
+    pub(crate) fn frame(&self) -> Option<crate::writer::Outbound> {
+        let delivery = &self.delivery;
+        let to = match &delivery.to {
+            sotto_proto::Destination::Room(room) => To::Room(room),
+            sotto_proto::Destination::User(user) => To::User(user),
+        };
+        let slot = delivery.recipients.get(self.recipient)?.slot.as_deref();
+        deliver(self.id, &delivery.from, to, &delivery.body, slot)
+            .map(crate::writer::Outbound::Whole)
+    }
+}
+
 impl PumpDoor {
     /// A door that reads the database first: every id up to `reserved`
     /// (the highest handed out so far) may be stored for its user.
@@ -117,6 +159,8 @@ impl PumpDoor {
                 live: VecDeque::new(),
                 live_bytes: 0,
                 fallback: Some(reserved),
+                busy: false,
+                direct: 0,
             }),
         }
     }
@@ -125,23 +169,25 @@ impl PumpDoor {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the pump has to read the database before what is handed
-    /// over.
-    pub(crate) fn falls_back(&self) -> bool {
-        self.state().fallback.is_some()
+    /// The frames left for after the deliveries (taken), whether the
+    /// database is to be read first, and what was queued without the pump.
+    pub(crate) fn open(&self) -> Opened {
+        let mut state = self.state();
+        Opened {
+            after: std::mem::take(&mut state.after),
+            falls_back: state.fallback.is_some(),
+            direct: state.direct,
+        }
     }
 
     /// Takes the deliveries handed over, in id order, into `into` (empty:
-    /// the door keeps its buffer, so neither allocates once warm).
+    /// the door keeps its buffer, so neither allocates once warm); the
+    /// pump is busy until it takes an empty queue.
     pub(crate) fn take_live(&self, into: &mut VecDeque<Live>) {
         let mut state = self.state();
         state.live_bytes = 0;
         std::mem::swap(&mut state.live, into);
-    }
-
-    /// Takes the frames left for after the deliveries.
-    pub(crate) fn take_after(&self) -> Vec<Bytes> {
-        std::mem::take(&mut self.state().after)
+        state.busy = !into.is_empty();
     }
 
     /// The pump read the database empty, with every id up to `resolved`
@@ -159,25 +205,44 @@ impl PumpDoor {
         }
     }
 
-    /// Hands `live` (of `len` bytes) over: `Some(true)` if nothing was
-    /// waiting before it (the door needs a wake-up), `Some(false)` if
-    /// something was. `None` if the queue was full: it is emptied and the
-    /// door falls back to the database for everything up to `live`. No
-    /// wake-up here: the committer wakes each door once for everything
-    /// it handed over.
-    pub(crate) fn offer(&self, live: Live, len: usize) -> Option<bool> {
+    /// Hands `live` (of `len` bytes) over. If the door is live and its
+    /// pump has nothing to send, the delivery is queued on the connection
+    /// `peer` at once, if it has room ([`Offered::Sent`]: no pump wakes);
+    /// otherwise it waits in the door's queue ([`Offered::Handed`]). If
+    /// that queue is full, it is emptied and the door falls back to the
+    /// database for everything up to `live` ([`Offered::Refused`]). No
+    /// wake-up here: the committer wakes each door once for everything it
+    /// handed over.
+    pub(crate) fn offer(&self, live: Live, len: usize, peer: &Peer, metrics: &Metrics) -> Offered {
         let mut state = self.state();
+        if state.fallback.is_none() && state.live.is_empty() && !state.busy {
+            let id = live.id;
+            match live.frame() {
+                // Nothing to send (it cannot be framed): as good as sent.
+                None => {
+                    state.direct = id;
+                    return Offered::Sent;
+                }
+                Some(frame) => {
+                    if peer.try_push_delivery(frame).is_ok() {
+                        state.direct = id;
+                        Metrics::inc(&metrics.deliveries);
+                        return Offered::Sent;
+                    }
+                }
+            }
+        }
         if state.live.len() < LIVE_FRAMES && state.live_bytes + len <= LIVE_BYTES {
             let first = state.live.is_empty();
             state.live.push_back(live);
             state.live_bytes += len;
-            return Some(first);
+            return Offered::Handed { first };
         }
         let up_to = state.fallback.unwrap_or(0).max(live.id);
         state.fallback = Some(up_to);
         state.live.clear();
         state.live_bytes = 0;
-        None
+        Offered::Refused
     }
 
     /// Delivery `id` is not handed over: the door falls back to the
@@ -300,19 +365,19 @@ impl Wakers {
         }
     }
 
-    /// Calls `each` with the index and the door of every connected user
-    /// among `names`, under one lock of the registry (no allocation: the
-    /// names are folded on the stack).
+    /// Calls `each` with the index, the door and the connection of every
+    /// connected user among `names`, under one lock of the registry (no
+    /// allocation: the names are folded on the stack).
     pub(crate) fn each_door<'a>(
         &self,
         names: impl IntoIterator<Item = &'a UserName>,
-        mut each: impl FnMut(usize, &Arc<PumpDoor>),
+        mut each: impl FnMut(usize, &Arc<PumpDoor>, &Peer),
     ) {
         let registry = lock(&self.0);
         let mut buf = [0; sotto_proto::MAX_NAME_LEN];
         for (index, name) in names.into_iter().enumerate() {
             if let Some(online) = registry.users.get(name.folded(&mut buf)) {
-                each(index, &online.wake);
+                each(index, &online.wake, &online.peer);
             }
         }
     }

@@ -237,3 +237,88 @@ fn every_spelling_of_a_name_is_one_user() {
         .collect();
     assert_eq!(names, ["alice"]);
 }
+
+/// A delivery offered to a door whose pump has nothing to send goes
+/// straight onto the connection, and the door says so, so that the pump
+/// counts it as sent before it ever reads the database; while the pump is
+/// busy, or the door falls back, deliveries wait in the door, in order; a
+/// full door empties and falls back to the database for all of them.
+#[test]
+fn a_door_queues_on_the_connection_only_when_its_pump_is_idle() {
+    let metrics = Metrics::default();
+    let (bob, mut bob_rx) = peer();
+    let delivery = Arc::new(NewDelivery {
+        queued_at: 0,
+        from: user("alice"),
+        to: sotto_proto::Destination::User(user("bob")),
+        body: Bytes::from_static(b"hi"),
+        recipients: vec![Recipient {
+            name: user("bob"),
+            slot: None,
+            id: 0,
+        }],
+        body_id: 0,
+    });
+    let live = |id| Live {
+        id,
+        delivery: Arc::clone(&delivery),
+        recipient: 0,
+    };
+    let door = PumpDoor::new(0);
+    // A new door reads the database first: everything waits in it.
+    assert!(matches!(
+        door.offer(live(1), 2, &bob, &metrics),
+        Offered::Handed { first: true }
+    ));
+    assert!(door.go_live(0));
+    let mut taken = VecDeque::new();
+    door.take_live(&mut taken);
+    assert_eq!(taken.iter().map(|l| l.id).collect::<Vec<_>>(), [1]);
+    // The pump is busy with it: the next waits too.
+    assert!(matches!(
+        door.offer(live(2), 2, &bob, &metrics),
+        Offered::Handed { first: true }
+    ));
+    taken.clear();
+    door.take_live(&mut taken);
+    taken.clear();
+    // It took everything and then found nothing: idle, so the next goes
+    // on the connection itself, and the door remembers it.
+    door.take_live(&mut taken);
+    assert!(taken.is_empty());
+    assert!(matches!(
+        door.offer(live(3), 2, &bob, &metrics),
+        Offered::Sent
+    ));
+    let opened = door.open();
+    assert_eq!((opened.direct, opened.falls_back), (3, false));
+    assert!(matches!(
+        bob_rx.try_recv(),
+        Ok(frame) if !frame.is_empty()
+    ));
+    assert_eq!(metrics.deliveries.load(Ordering::Relaxed), 1);
+    // A full door empties and falls back for everything up to the last.
+    let (slow, _slow_rx) = peer();
+    let full = PumpDoor::new(0);
+    assert!(full.go_live(0));
+    full.take_live(&mut taken);
+    // (Busy from here on: nothing goes on the connection.)
+    full.state().busy = true;
+    let mut refused = None;
+    for id in 10..10 + 2 * LIVE_FRAMES as u64 {
+        if matches!(full.offer(live(id), 2, &slow, &metrics), Offered::Refused) {
+            refused = Some(id);
+            break;
+        }
+    }
+    let refused = refused.expect("the door fills");
+    assert_eq!(refused, 10 + LIVE_FRAMES as u64);
+    assert!(full.open().falls_back);
+    assert!(
+        !full.go_live(refused - 1),
+        "not before the last is resolved"
+    );
+    full.take_live(&mut taken);
+    assert!(taken.is_empty(), "emptied");
+    assert!(full.go_live(refused));
+}
