@@ -211,7 +211,14 @@ fn changed(tracked: &mut Tracked, delivery: &Delivery, now: Instant, out: &mut V
         }
         return;
     }
-    if was_pending && delivery.state == DeliveryState::Sent && tracked.said_pending {
+    // (A receipt can come before the relay's `Sent`: the relay hands a
+    // message to a connected recipient before it stores it, protocol.md
+    // 9.7. Once everyone has it, "accepted" says nothing more.)
+    if was_pending
+        && delivery.state == DeliveryState::Sent
+        && tracked.said_pending
+        && !tracked.said_all
+    {
         tracked.accepted_unsaid = true;
     }
     let refused: Vec<&UserName> = delivery

@@ -362,6 +362,52 @@ fn a_line_typed_offline_shows_pending_at_once_then_accepted_then_delivered() {
     );
 }
 
+/// A recipient's receipt can come before the relay's `Sent` (the relay
+/// hands a message over before it stores it): "delivered" is said, and no
+/// "accepted by the relay" after it.
+#[test]
+fn a_receipt_before_the_relays_sent_says_delivered_only() {
+    use DeliveryState::*;
+    let mut view = connected();
+    shown(
+        &mut view,
+        &Update::Connection(Connection::Reconnecting {
+            after: std::time::Duration::from_secs(1),
+            reason: "gone".into(),
+        }),
+    );
+    let mut out = Vec::new();
+    view.command("typed offline", &mut out).unwrap();
+    shown(
+        &mut view,
+        &Update::Connection(Connection::Connected {
+            name: "alice".parse().unwrap(),
+        }),
+    );
+    let message = mine(
+        "#lobby",
+        0,
+        "typed offline",
+        delivery(Pending, &["bob"], &[], &[]),
+    );
+    shown(&mut view, &Update::Message(message.clone()));
+    let out = shown(
+        &mut view,
+        &changed(&message, delivery(Pending, &["bob"], &["bob"], &[])),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with("* #lobby: delivered to bob: "),
+        "{out:?}"
+    );
+    let out = shown(
+        &mut view,
+        &changed(&message, delivery(Sent, &["bob"], &["bob"], &[])),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(view.due(), None);
+}
+
 #[test]
 fn messages_in_flight_when_the_connection_is_lost_are_said_pending_once() {
     use DeliveryState::*;
