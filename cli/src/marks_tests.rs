@@ -298,29 +298,23 @@ fn a_room_of_few_names_who_has_it_and_who_not_yet() {
     );
 }
 
-#[test]
-fn a_line_typed_offline_shows_pending_at_once_then_accepted_then_delivered() {
-    use DeliveryState::*;
-    let mut view = connected();
+/// `text` typed while the connection is lost, then the session back and
+/// reporting it sealed: the line printed when typed (pending) and the
+/// message as the session reports it.
+fn typed_offline_then_sealed(view: &mut View, text: &str) -> (String, Message) {
     shown(
-        &mut view,
+        view,
         &Update::Connection(Connection::Reconnecting {
             after: std::time::Duration::from_secs(1),
             reason: "gone".into(),
         }),
     );
     let mut out = Vec::new();
-    let command = view.command("typed offline", &mut out).unwrap();
+    let command = view.command(text, &mut out).unwrap();
     assert!(matches!(command, Some(Command::Send { .. })));
     assert_eq!(out.len(), 1, "{out:?}");
-    assert!(
-        out[0].starts_with('[') && out[0].ends_with("] #lobby <alice> typed offline (pending)"),
-        "{out:?}"
-    );
-    let shown_at = out[0][..10].to_owned();
-    // Back: the session seals it and reports it; not printed again.
     shown(
-        &mut view,
+        view,
         &Update::Connection(Connection::Connected {
             name: "alice".parse().unwrap(),
         }),
@@ -328,10 +322,24 @@ fn a_line_typed_offline_shows_pending_at_once_then_accepted_then_delivered() {
     let message = mine(
         "#lobby",
         0,
-        "typed offline",
-        delivery(Pending, &["bob"], &[], &[]),
+        text,
+        delivery(DeliveryState::Pending, &["bob"], &[], &[]),
     );
-    assert!(shown(&mut view, &Update::Message(message.clone())).is_empty());
+    // Not printed again.
+    assert!(shown(view, &Update::Message(message.clone())).is_empty());
+    (out.remove(0), message)
+}
+
+#[test]
+fn a_line_typed_offline_shows_pending_at_once_then_accepted_then_delivered() {
+    use DeliveryState::*;
+    let mut view = connected();
+    let (line, message) = typed_offline_then_sealed(&mut view, "typed offline");
+    assert!(
+        line.starts_with('[') && line.ends_with("] #lobby <alice> typed offline (pending)"),
+        "{line:?}"
+    );
+    let shown_at = line[..10].to_owned();
     // Accepted: said once the delay has passed (gathered per room).
     assert!(
         shown(
@@ -369,28 +377,7 @@ fn a_line_typed_offline_shows_pending_at_once_then_accepted_then_delivered() {
 fn a_receipt_before_the_relays_sent_says_delivered_only() {
     use DeliveryState::*;
     let mut view = connected();
-    shown(
-        &mut view,
-        &Update::Connection(Connection::Reconnecting {
-            after: std::time::Duration::from_secs(1),
-            reason: "gone".into(),
-        }),
-    );
-    let mut out = Vec::new();
-    view.command("typed offline", &mut out).unwrap();
-    shown(
-        &mut view,
-        &Update::Connection(Connection::Connected {
-            name: "alice".parse().unwrap(),
-        }),
-    );
-    let message = mine(
-        "#lobby",
-        0,
-        "typed offline",
-        delivery(Pending, &["bob"], &[], &[]),
-    );
-    shown(&mut view, &Update::Message(message.clone()));
+    let (_, message) = typed_offline_then_sealed(&mut view, "typed offline");
     let out = shown(
         &mut view,
         &changed(&message, delivery(Pending, &["bob"], &["bob"], &[])),

@@ -46,6 +46,45 @@ fn kilobyte(id: u64) -> Bytes {
     Bytes::from(bytes)
 }
 
+/// Sends direct messages `ids` of 1,000 bytes from `alice` to bob, on a
+/// task of its own (so that bob reads while alice sends); gives `alice`
+/// back once all are sent.
+fn burst(mut alice: Client, ids: std::ops::RangeInclusive<u64>) -> tokio::task::JoinHandle<Client> {
+    tokio::spawn(async move {
+        for id in ids {
+            alice
+                .send(ClientFrame::Send {
+                    route: sotto_proto::Route {
+                        id,
+                        to: sotto_proto::Destination::User(user("bob")),
+                    },
+                    body: kilobyte(id),
+                    slots: Vec::new(),
+                })
+                .await;
+        }
+        alice
+    })
+}
+
+/// Reads messages `ids` of [`burst`], each once and in order,
+/// acknowledging them 64 at a time, then nothing more.
+async fn read_in_order(bob: &mut Client, ids: std::ops::RangeInclusive<u64>) {
+    let last = *ids.end();
+    let mut acks = Vec::new();
+    for expected in ids {
+        let (id, body) = delivery(bob).await;
+        assert_eq!(body, kilobyte(expected), "message {expected}");
+        acks.push(id);
+        if acks.len() == 64 || expected == last {
+            for id in acks.drain(..) {
+                bob.send(ClientFrame::Ack { delivery: id }).await;
+            }
+        }
+    }
+    assert_eq!(delivered(bob).await, Vec::<Bytes>::new());
+}
+
 /// The bodies delivered before a barrier.
 async fn delivered(client: &mut Client) -> Vec<Bytes> {
     client
@@ -159,37 +198,12 @@ async fn deliveries_moving_between_memory_and_the_database_arrive_once_in_order(
         c.offline_max_messages = 2 * COUNT;
     })
     .await;
-    let mut alice = relay.registered("alice").await;
+    let alice = relay.registered("alice").await;
     let mut bob = relay.registered("bob").await;
     bob.barrier().await;
 
-    let sender = tokio::spawn(async move {
-        for id in 1..=COUNT {
-            alice
-                .send(ClientFrame::Send {
-                    route: sotto_proto::Route {
-                        id,
-                        to: sotto_proto::Destination::User(user("bob")),
-                    },
-                    body: kilobyte(id),
-                    slots: Vec::new(),
-                })
-                .await;
-        }
-        alice
-    });
-    let mut acks = Vec::new();
-    for expected in 1..=COUNT {
-        let (id, body) = delivery(&mut bob).await;
-        assert_eq!(body, kilobyte(expected), "message {expected}");
-        acks.push(id);
-        if acks.len() == 64 || expected == COUNT {
-            for id in acks.drain(..) {
-                bob.send(ClientFrame::Ack { delivery: id }).await;
-            }
-        }
-    }
-    assert_eq!(delivered(&mut bob).await, Vec::<Bytes>::new());
+    let sender = burst(alice, 1..=COUNT);
+    read_in_order(&mut bob, 1..=COUNT).await;
     let mut alice = sender.await.unwrap();
     alice.barrier().await;
     assert!(
@@ -252,32 +266,7 @@ async fn a_delivery_queued_directly_is_not_sent_again_from_the_database() {
 
     // A burst larger than what a door holds: bob's tiny queue makes him
     // fall behind, and his pump reads the database.
-    let sender = tokio::spawn(async move {
-        for id in 2..=BURST {
-            alice
-                .send(ClientFrame::Send {
-                    route: sotto_proto::Route {
-                        id,
-                        to: sotto_proto::Destination::User(user("bob")),
-                    },
-                    body: kilobyte(id),
-                    slots: Vec::new(),
-                })
-                .await;
-        }
-        alice
-    });
-    let mut acks = Vec::new();
-    for expected in 2..=BURST {
-        let (id, body) = delivery(&mut bob).await;
-        assert_eq!(body, kilobyte(expected), "message {expected}");
-        acks.push(id);
-        if acks.len() == 64 || expected == BURST {
-            for id in acks.drain(..) {
-                bob.send(ClientFrame::Ack { delivery: id }).await;
-            }
-        }
-    }
-    assert_eq!(delivered(&mut bob).await, Vec::<Bytes>::new());
+    let sender = burst(alice, 2..=BURST);
+    read_in_order(&mut bob, 2..=BURST).await;
     sender.await.unwrap().barrier().await;
 }

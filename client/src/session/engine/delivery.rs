@@ -38,6 +38,23 @@ pub(crate) struct Sending {
     pub(super) message: Option<(Conversation, u64)>,
 }
 
+impl Sending {
+    /// `problem`, about this send's message (sent by `me`) if it carried
+    /// one, so that a front end marks that message.
+    pub(super) fn about(&self, problem: Problem, me: Fingerprint) -> Problem {
+        match &self.message {
+            Some((_, seq)) => problem.about(
+                self.chat.clone(),
+                MessageId {
+                    sender: me,
+                    seq: *seq,
+                },
+            ),
+            None => problem,
+        }
+    }
+}
+
 /// A conversation whose newest message of this client's is not receipted
 /// by every recipient yet: when to tell it the newest number again.
 #[derive(Clone, Debug)]
@@ -186,16 +203,7 @@ impl Engine {
             ProblemCode::Relay(code),
             format!("{}: not delivered: {message} ({code:?})", sending.chat),
         );
-        out.problem(match &sending.message {
-            Some((_, seq)) => problem.about(
-                sending.chat.clone(),
-                MessageId {
-                    sender: self.me,
-                    seq: *seq,
-                },
-            ),
-            None => problem,
-        });
+        out.problem(sending.about(problem, self.me));
         if let Some((conversation, seq)) = sending.message {
             self.forget_unsent(&conversation, seq, out);
             let why = format!("{message} ({code:?})");
@@ -413,15 +421,7 @@ mod tests {
         let delivery = sent.delivery.clone().unwrap();
         assert_eq!(delivery.state, DeliveryState::Pending);
         assert_eq!(delivery.recipients, [name("bob")]);
-        let id = out
-            .frames
-            .iter()
-            .filter_map(|f| match f {
-                ClientFrame::Send { route, .. } => Some(route.id),
-                _ => None,
-            })
-            .next_back()
-            .unwrap();
+        let id = *send_ids(&out).last().unwrap();
         let updates = feed(&mut engine, RelayFrame::Sent { id });
         let [(got, delivery)] = &deliveries(&updates)[..] else {
             panic!("{updates:?}")

@@ -413,15 +413,7 @@ mod tests {
         assert_eq!(sent.len(), 1, "{:?}", out.updates);
         assert!(sent[0].outgoing && sent[0].text == "hi carol");
         assert!(!engine.has_unsent());
-        let last = out
-            .frames
-            .iter()
-            .filter_map(|f| match f {
-                ClientFrame::Send { route, .. } => Some(route.id),
-                _ => None,
-            })
-            .max()
-            .unwrap();
+        let last = *send_ids(&out).iter().max().unwrap();
         feed(&mut engine, RelayFrame::Sent { id: last });
         drop(engine);
 

@@ -16,7 +16,7 @@ use super::delivery::Sending;
 use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::{Blocked, Trust};
 use crate::session::content::Content;
-use crate::session::{Chat, Delivery, MessageId, Problem, ProblemCode, Update};
+use crate::session::{Chat, Delivery, Problem, ProblemCode, Update};
 use crate::store::{OutgoingRecord, Position, StoreError, StoredEntry, UnsentRecord, VaultCounter};
 
 /// The names an `Undelivered` notice lists; the rest are counted.
@@ -118,16 +118,7 @@ impl Engine {
                         sending.chat
                     ),
                 );
-                out.problem(match &sending.message {
-                    Some((_, seq)) => problem.about(
-                        sending.chat.clone(),
-                        MessageId {
-                            sender: self.me,
-                            seq: *seq,
-                        },
-                    ),
-                    None => problem,
-                });
+                out.problem(sending.about(problem, self.me));
             }
             None => out.error(
                 code,
@@ -658,15 +649,7 @@ mod tests {
         drop(engine);
         let (mut engine, out) = alice_restarted(&account, &bob);
         assert_eq!(room_bodies(&out), first, "sent again as they were");
-        let last = out
-            .frames
-            .iter()
-            .filter_map(|f| match f {
-                ClientFrame::Send { route, .. } => Some(route.id),
-                _ => None,
-            })
-            .max()
-            .unwrap();
+        let last = *send_ids(&out).iter().max().unwrap();
         feed(&mut engine, RelayFrame::Sent { id: last });
         drop(engine);
         let (engine, out) = alice_restarted(&account, &bob);
@@ -988,14 +971,7 @@ mod tests {
         };
         feed(&mut engine, joined);
         let out = command(&mut engine, send(lobby_chat(), "two"));
-        let after: Vec<u64> = out
-            .frames
-            .iter()
-            .filter_map(|f| match f {
-                ClientFrame::Send { route, .. } => Some(route.id),
-                _ => None,
-            })
-            .collect();
+        let after = send_ids(&out);
         assert!(!after.is_empty());
         assert!(after.iter().all(|id| before.iter().all(|b| id > b)));
         assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");

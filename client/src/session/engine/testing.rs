@@ -330,6 +330,17 @@ pub(super) fn sent_to(out: &Out) -> Vec<&Destination> {
         .collect()
 }
 
+/// The route ids of the `Send` frames in `out`, in order.
+pub(super) fn send_ids(out: &Out) -> Vec<u64> {
+    out.frames
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Send { route, .. } => Some(route.id),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The names in each member list among `updates`.
 pub(super) fn member_lists(updates: &[Update]) -> Vec<Vec<&str>> {
     updates
