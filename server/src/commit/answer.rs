@@ -42,13 +42,7 @@ pub(super) fn store(
                 plan.push(None);
                 continue;
             }
-            let recipients = delivery
-                .recipients
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !staged.acked.contains(i))
-                .map(|(_, recipient)| recipient.clone())
-                .collect();
+            let recipients = staged.unacknowledged().cloned().collect();
             plan.push(Some(all.len()));
             all.push(Write::Deliver(NewDelivery {
                 queued_at: delivery.queued_at,
@@ -173,12 +167,9 @@ fn answered(
         Some(Stored::RoomFull) => {
             // It reached those who acknowledged it; it is kept for no one
             // else.
-            let refused: Vec<_> = delivery
-                .recipients
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !staged.acked.contains(i))
-                .map(|(_, recipient)| recipient.name.clone())
+            let refused: Vec<_> = staged
+                .unacknowledged()
+                .map(|recipient| recipient.name.clone())
                 .collect();
             metrics
                 .queue_full

@@ -15,8 +15,11 @@ use super::answer::Answer;
 use super::{Job, Sends};
 use crate::metrics::Metrics;
 use crate::state::{Live, Offered, Peer, PumpDoor, Wakers};
-use crate::store::{NewDelivery, Store, Write};
+use crate::store::{NewDelivery, Recipient, Store, Write};
 
+/// A batch held this many times the hold is stored even while jobs are
+/// waiting.
+const OVERDUE: u32 = 4;
 /// Most batches held at once; past it the oldest are stored.
 const MAX_BATCHES: usize = 256;
 /// Most bytes of bodies and slots held at once; past it the oldest are
@@ -105,6 +108,25 @@ pub(super) struct StagedDelivery {
     /// The recipients (by index) that acknowledged it before it was
     /// stored: it is not stored for them.
     pub(super) acked: Vec<usize>,
+}
+
+impl StagedDelivery {
+    /// The recipients that have not acknowledged it, in order (linear in
+    /// the recipients, however many acknowledged).
+    pub(super) fn unacknowledged(&self) -> impl Iterator<Item = &Recipient> {
+        let mut acked = vec![false; self.delivery.recipients.len()];
+        for &i in &self.acked {
+            if let Some(flag) = acked.get_mut(i) {
+                *flag = true;
+            }
+        }
+        self.delivery
+            .recipients
+            .iter()
+            .zip(acked)
+            .filter(|(_, acked)| !acked)
+            .map(|(recipient, _)| recipient)
+    }
 }
 
 impl Pipeline {
@@ -204,15 +226,17 @@ impl Pipeline {
     /// waiting: what the next commit stores. A batch is due once every
     /// delivery handed over from it is acknowledged, when too much is
     /// held, and (only if `drained`: no job is waiting that could
-    /// acknowledge more) once it is held as long as `hold` says; at once
-    /// with a `hold` of zero. Writes wait only while
-    /// a batch is held that is not due.
+    /// acknowledge more) once it is held as long as `hold` says, and
+    /// [`OVERDUE`] times that in any case (a relay never idle still
+    /// answers); at once with a `hold` of zero. Writes wait only while a
+    /// batch is held that is not due.
     pub(super) fn due(&mut self, now: Instant, drained: bool) -> (Vec<Staged>, Vec<Write>) {
         let mut due = Vec::new();
         while let Some(batch) = self.batches.front() {
             let ready = batch.unacked == 0
                 || self.hold.is_zero()
                 || (drained && now >= batch.at + self.hold)
+                || now >= batch.at + self.hold * OVERDUE
                 || self.batches.len() > MAX_BATCHES
                 || self.bytes > MAX_HELD_BYTES;
             if !ready {
