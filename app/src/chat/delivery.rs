@@ -63,22 +63,32 @@ fn list(names: &[&UserName]) -> String {
 /// The details, on one line: where it is, then who has it, who does not
 /// yet and who will not get it.
 pub(super) fn details(delivery: &Delivery) -> String {
-    let mut parts = vec![match &delivery.state {
-        DeliveryState::Pending => "Not yet accepted by the relay".to_owned(),
-        DeliveryState::Sent => "Accepted by the relay".to_owned(),
-        DeliveryState::Failed(why) => format!("Not sent: {}", visible(&why.message)),
-    }];
-    if delivery.recipients.is_empty() {
-        parts.push("encrypted for nobody else".to_owned());
-        return parts.join(" · ");
-    }
     let words::Reached {
         got,
         waiting,
         refused,
     } = words::reached(delivery);
+    let mut parts = Vec::new();
+    match &delivery.state {
+        // A recipient has it already: the relay passes a message on before
+        // it answers for it (protocol.md 9.7), and "not yet accepted"
+        // beside "delivered" would only puzzle.
+        DeliveryState::Pending if !got.is_empty() => {}
+        DeliveryState::Pending => parts.push("Not yet accepted by the relay".to_owned()),
+        DeliveryState::Sent => parts.push("Accepted by the relay".to_owned()),
+        DeliveryState::Failed(why) => parts.push(format!("Not sent: {}", visible(&why.message))),
+    }
+    if delivery.recipients.is_empty() {
+        parts.push("encrypted for nobody else".to_owned());
+        return parts.join(" · ");
+    }
     if !got.is_empty() {
-        parts.push(format!("delivered to {}", list(&got)));
+        let lead = if parts.is_empty() {
+            "Delivered"
+        } else {
+            "delivered"
+        };
+        parts.push(format!("{lead} to {}", list(&got)));
     }
     if !waiting.is_empty() && !matches!(delivery.state, DeliveryState::Failed(_)) {
         parts.push(format!("not yet delivered to {}", list(&waiting)));
@@ -215,6 +225,10 @@ mod tests {
             "Not yet accepted by the relay · not yet delivered to bob"
         );
         assert!(warnings(&d).is_empty());
+        // A receipt before the relay's `Sent` (it passes a message on
+        // first): who has it, and no "not yet accepted".
+        let d = delivery(Pending, &["bob", "carol"], &["bob"], &[]);
+        assert_eq!(details(&d), "Delivered to bob · not yet delivered to carol");
         let d = delivery(Sent, &[], &[], &[]);
         assert_eq!(
             details(&d),
