@@ -1,5 +1,6 @@
 //! The crypto path: seal to 1, 10, 100 and 1000 recipients, open, announce,
-//! accept, and sealing 64 KiB against raw AES-256-GCM.
+//! accept, sealing 64 KiB against raw AES-256-GCM, and a step of the key
+//! chain of sessions v2.
 //!
 //! `cargo bench -p sotto-crypto --bench crypto`; figures in docs/benchmarks.md.
 
@@ -176,5 +177,20 @@ fn rsa(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal, open, seal_64k_vs_raw, rsa);
+/// The symmetric chain of sessions v2 (`sotto_crypto::chain`, not used by
+/// the protocol yet): one step (a message key and the next chain key, two
+/// HMAC-SHA256), per recipient and message when every pair advances with
+/// the sender's sequence number; and a receiver's jump over 1,000 numbers.
+fn chain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("chain");
+    let mut sending = sotto_crypto::chain::SendingChain::new(&[7; 32], b"bench");
+    group.bench_function("step", |b| b.iter(|| black_box(sending.next_key())));
+    let receiving = sotto_crypto::chain::ReceivingChain::new(&[7; 32], b"bench");
+    group.bench_function("key_1000_ahead", |b| {
+        b.iter(|| black_box(receiving.key(1000).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, seal, open, seal_64k_vs_raw, rsa, chain);
 criterion_main!(benches);

@@ -71,6 +71,7 @@
 #![deny(missing_docs)]
 
 pub mod at_rest;
+pub mod chain;
 mod error;
 mod identity;
 mod keystore;
