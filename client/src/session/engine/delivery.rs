@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use sotto_crypto::{Conversation, Fingerprint};
-use sotto_proto::{Destination, ErrorCode, UserKey, UserName};
+use sotto_proto::{ErrorCode, UserKey, UserName};
 
 use super::{Engine, Out};
 use crate::session::content::{Content, Receipt};
@@ -341,12 +341,11 @@ impl Engine {
                 }
                 Chat::Direct(user) => {
                     if let Ok(peer) = self.contacts.sendable(user).cloned() {
-                        let name = self.display_name(user);
-                        self.seal_and_send(
-                            Chat::Direct(name.clone()),
+                        let user = user.clone();
+                        self.seal_direct(
+                            &user,
+                            peer,
                             conversation.clone(),
-                            Destination::User(name.clone()),
-                            vec![(name, peer)],
                             Content::Heartbeat,
                             out,
                         );
@@ -367,17 +366,10 @@ impl Engine {
                 // No key to send to (or a changed one): no receipt.
                 continue;
             };
-            let name = self.display_name(&sender);
             let direct = Conversation::direct(self.me, peer.fingerprint());
             for receipt in Receipt::for_seqs(&conversation, seqs) {
-                self.seal_and_send(
-                    Chat::Direct(name.clone()),
-                    direct.clone(),
-                    Destination::User(name.clone()),
-                    vec![(name.clone(), peer.clone())],
-                    Content::Receipt(receipt),
-                    out,
-                );
+                let content = Content::Receipt(receipt);
+                self.seal_direct(&sender, peer.clone(), direct.clone(), content, out);
             }
         }
     }

@@ -269,16 +269,8 @@ impl Engine {
                 return;
             }
         };
-        let name = self.display_name(&user);
         let conversation = Conversation::direct(self.me, peer.fingerprint());
-        self.seal_and_send(
-            Chat::Direct(name.clone()),
-            conversation,
-            Destination::User(name.clone()),
-            vec![(name, peer)],
-            Content::Text(text),
-            out,
-        );
+        self.seal_direct(&user, peer, conversation, Content::Text(text), out);
     }
 
     pub(super) fn outbound(
@@ -297,6 +289,27 @@ impl Engine {
                 })
             }
         })
+    }
+
+    /// Seals `content` in `conversation` for `user` (whose key is `peer`)
+    /// alone, and sends it as a direct message under the name as pinned.
+    pub(super) fn seal_direct(
+        &mut self,
+        user: &UserName,
+        peer: PublicIdentity,
+        conversation: Conversation,
+        content: Content,
+        out: &mut Out,
+    ) {
+        let name = self.display_name(user);
+        self.seal_and_send(
+            Chat::Direct(name.clone()),
+            conversation,
+            Destination::User(name.clone()),
+            vec![(name, peer)],
+            content,
+            out,
+        );
     }
 
     pub(super) fn seal_and_send(

@@ -66,19 +66,12 @@ impl Engine {
             if peer.fingerprint() != sender {
                 continue;
             }
-            let name = self.display_name(&from);
             let direct = Conversation::direct(self.me, sender);
-            self.seal_and_send(
-                Chat::Direct(name.clone()),
-                direct,
-                Destination::User(name.clone()),
-                vec![(name, peer)],
-                Content::KeyRequest {
-                    conversation,
-                    session,
-                },
-                out,
-            );
+            let request = Content::KeyRequest {
+                conversation,
+                session,
+            };
+            self.seal_direct(&from, peer, direct, request, out);
         }
     }
 
