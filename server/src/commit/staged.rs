@@ -305,7 +305,7 @@ impl Staged {
         let count: u64 = batch
             .deliveries
             .iter()
-            .map(|d| 1 + d.delivery.recipients.len() as u64)
+            .map(|d| d.delivery.unnumbered())
             .sum();
         let reserved = if count == 0 {
             None
@@ -349,9 +349,9 @@ impl Staged {
         });
     }
 
-    /// Numbers the deliveries from `next` on (a body id, then one id per
-    /// recipient) and offers each to its recipient's pump (with
-    /// `hand_over`; else tells the pump to read it from the database).
+    /// Numbers the deliveries from `next` on ([`NewDelivery::number`]) and
+    /// offers each to its recipient's pump (with `hand_over`; else tells
+    /// the pump to read it from the database).
     fn offer(
         &mut self,
         mut next: u64,
@@ -360,10 +360,6 @@ impl Staged {
         (wakers, metrics): (&Wakers, &Metrics),
         handed: &mut Ids<Handed>,
     ) {
-        let mut take = || {
-            next += 1;
-            next - 1
-        };
         // The doors to wake once everything is handed over: those whose
         // queue was empty before (the others are woken already).
         let mut woken: Vec<Arc<PumpDoor>> = Vec::new();
@@ -371,10 +367,7 @@ impl Staged {
             let Some(delivery) = Arc::get_mut(&mut staged.delivery) else {
                 continue;
             };
-            delivery.body_id = take();
-            for recipient in &mut delivery.recipients {
-                recipient.id = take();
-            }
+            delivery.number(&mut next);
             let delivery = &staged.delivery;
             // What a door holds while it holds this: all of it (its
             // recipients' doors share it).

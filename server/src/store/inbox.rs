@@ -110,6 +110,30 @@ pub struct NewDelivery {
     pub body_id: u64,
 }
 
+impl NewDelivery {
+    /// How many of its ids (its body's, and one per recipient) are not
+    /// assigned yet (0 stands for unassigned).
+    pub fn unnumbered(&self) -> u64 {
+        u64::from(self.body_id == 0) + self.recipients.iter().filter(|r| r.id == 0).count() as u64
+    }
+
+    /// Assigns the ids not assigned yet, the body's first and then each
+    /// recipient's in order, counting up from `next` (reserved with
+    /// [`Store::reserve_ids`]), which it leaves at the first id not used.
+    pub fn number(&mut self, next: &mut u64) {
+        let mut take = |id: &mut u64| {
+            if *id == 0 {
+                *id = *next;
+                *next += 1;
+            }
+        };
+        take(&mut self.body_id);
+        for recipient in &mut self.recipients {
+            take(&mut recipient.id);
+        }
+    }
+}
+
 /// One write of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
@@ -194,35 +218,26 @@ impl Store {
         let needed: u64 = writes
             .iter()
             .map(|write| match write {
-                Write::Deliver(d) => {
-                    u64::from(d.body_id == 0)
-                        + d.recipients.iter().filter(|r| r.id == 0).count() as u64
-                }
+                Write::Deliver(d) => d.unnumbered(),
                 _ => 0,
             })
             .sum();
-        let owned: Vec<Write>;
+        let numbered: Vec<Write>;
         let writes = if needed == 0 {
             writes
         } else {
             let mut next = self.reserve_ids(needed)?;
-            let mut take = || {
-                next += 1;
-                next - 1
-            };
-            let mut copy = writes.to_vec();
-            for write in &mut copy {
-                if let Write::Deliver(d) = write {
-                    if d.body_id == 0 {
-                        d.body_id = take();
+            numbered = writes
+                .iter()
+                .cloned()
+                .map(|mut write| {
+                    if let Write::Deliver(d) = &mut write {
+                        d.number(&mut next);
                     }
-                    for recipient in d.recipients.iter_mut().filter(|r| r.id == 0) {
-                        recipient.id = take();
-                    }
-                }
-            }
-            owned = copy;
-            owned.as_slice()
+                    write
+                })
+                .collect();
+            numbered.as_slice()
         };
         self.write("apply", |db| {
             let mut txn = db.begin_write().map_err(db_err)?;
