@@ -238,6 +238,7 @@ mod tests {
     use sotto_crypto::Fingerprint;
 
     use super::*;
+    use crate::json::tests::texts;
 
     fn sent(seq: u64, text: &str) -> Message {
         Message {
@@ -458,14 +459,6 @@ mod tests {
             _ => panic!("{line}"),
         };
         let newest = page(&mut bot, r#"{"type":"history","room":"lobby","id":7}"#);
-        let texts = |event: &Value| -> Vec<String> {
-            event["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["text"].as_str().unwrap().to_owned())
-                .collect()
-        };
         assert_eq!(texts(&newest).len(), 50);
         assert_eq!(texts(&newest).last().unwrap(), "m119");
         assert_eq!(

@@ -395,7 +395,7 @@ pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sotto_client::session::RelayKeyMoved;
     use sotto_crypto::Fingerprint;
@@ -423,16 +423,18 @@ mod tests {
         }
     }
 
+    /// The texts of the messages of a `history` event.
+    pub(crate) fn texts(event: &Value) -> Vec<String> {
+        event["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     #[test]
     fn a_history_is_cut_to_its_newest_messages_and_says_how_many_it_left_out() {
-        let texts = |event: &Value| -> Vec<String> {
-            event["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["text"].as_str().unwrap().to_owned())
-                .collect()
-        };
         let all = shown(&history(3), None).unwrap();
         assert_eq!(texts(&all), ["message 0", "message 1", "message 2"]);
         assert!(all.get("omitted").is_none());

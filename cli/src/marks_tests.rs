@@ -9,7 +9,7 @@ use sotto_client::session::{
 };
 use sotto_crypto::Fingerprint;
 
-use super::tests::shown;
+use super::tests::{connected, shown};
 use super::{CONTINUATION, HISTORY_SHOWN, View};
 
 fn mine(chat: &str, seq: u64, text: &str, delivery: Delivery) -> Message {
@@ -49,24 +49,6 @@ fn changed(message: &Message, delivery: Delivery) -> Update {
         id: message.id(),
         delivery,
     }
-}
-
-/// A view connected as alice, in the lobby.
-fn connected() -> View {
-    let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
-    shown(
-        &mut view,
-        &Update::Connection(Connection::Connected {
-            name: "alice".parse().unwrap(),
-        }),
-    );
-    shown(
-        &mut view,
-        &Update::Joined {
-            room: "lobby".parse().unwrap(),
-        },
-    );
-    view
 }
 
 #[test]

@@ -433,6 +433,24 @@ mod tests {
         out
     }
 
+    /// A view connected as alice, in the lobby.
+    pub(super) fn connected() -> View {
+        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
+        shown(
+            &mut view,
+            &Update::Connection(Connection::Connected {
+                name: "alice".parse().unwrap(),
+            }),
+        );
+        shown(
+            &mut view,
+            &Update::Joined {
+                room: "lobby".parse().unwrap(),
+            },
+        );
+        view
+    }
+
     #[test]
     fn a_forged_header_inside_a_message_is_a_continuation_line() {
         let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
@@ -610,20 +628,8 @@ mod tests {
 
     #[test]
     fn offline_members_are_listed_as_offline_and_their_presence_is_said() {
-        let mut view = View::new("relay.example:7447", None, HISTORY_SHOWN);
+        let mut view = connected();
         let lobby: RoomName = "lobby".parse().unwrap();
-        shown(
-            &mut view,
-            &Update::Connection(Connection::Connected {
-                name: "alice".parse().unwrap(),
-            }),
-        );
-        shown(
-            &mut view,
-            &Update::Joined {
-                room: lobby.clone(),
-            },
-        );
         let member = |name: &str, online| Member {
             name: name.parse().unwrap(),
             fingerprint: Some(Fingerprint([2; 32])),
