@@ -51,6 +51,7 @@ fn message(i: u64) -> session::Message {
         position: (i, IN_ORDER),
         text: format!("message number {i}: the quick brown fox jumps over the lazy dog"),
         delivery: None,
+        expires_at_ms: None,
     }
 }
 
@@ -84,6 +85,7 @@ fn chat_with(account: &Account, n: usize) -> Chat {
         host: "127.0.0.1".into(),
         port: 7447,
         fingerprint: [0; 32],
+        alternates: Vec::new(),
     };
     let mut chat = Chat::new(account.clone(), relay, 1);
     update(

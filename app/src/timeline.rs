@@ -147,6 +147,35 @@ impl Timeline {
         }
     }
 
+    /// Removes the messages `ids` (they disappeared); how many it held.
+    pub fn remove_messages(&mut self, ids: &[MessageId]) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        let before = self.entries.len();
+        let end = self.end;
+        let mut removed_before_end = 0;
+        let mut index = 0;
+        self.entries.retain(|(_, entry)| {
+            let gone = matches!(entry, Entry::Message(m) if ids.contains(&m.id()));
+            if gone && end.is_some_and(|end| index < end) {
+                removed_before_end += 1;
+            }
+            index += 1;
+            !gone
+        });
+        // A window in the past keeps showing the entries it showed.
+        if let Some(end) = &mut self.end {
+            *end = end
+                .saturating_sub(removed_before_end)
+                .min(self.entries.len());
+        }
+        for id in ids {
+            self.sent.remove(id);
+        }
+        before - self.entries.len()
+    }
+
     /// The text of the newest entry, if it is a notice.
     pub fn last_notice(&self) -> Option<&str> {
         match self.entries.last() {
@@ -272,6 +301,7 @@ mod tests {
             position: (anchor, rank),
             text: format!("m{seq}"),
             delivery: None,
+            expires_at_ms: None,
         }
     }
 
@@ -283,6 +313,21 @@ mod tests {
                 Entry::Notice(n) => n.text.clone(),
             })
             .collect()
+    }
+
+    #[test]
+    fn disappeared_messages_leave_the_timeline_and_the_rest_stays_in_order() {
+        let mut timeline = Timeline::new();
+        for seq in 1..=4 {
+            timeline.push_message(message(seq, 1 << 31, seq));
+        }
+        let gone: Vec<MessageId> = [2, 4]
+            .iter()
+            .map(|seq| message(*seq, 0, *seq).id())
+            .collect();
+        assert_eq!(timeline.remove_messages(&gone), 2);
+        assert_eq!(texts(&timeline), ["m1", "m3"]);
+        assert_eq!(timeline.remove_messages(&gone), 0);
     }
 
     #[test]
@@ -335,6 +380,7 @@ mod tests {
             fingerprint: Fingerprint([9; 32]),
             outgoing: true,
             delivery: Some(Delivery::default()),
+            expires_at_ms: None,
             ..message(anchor, 1 << 31, seq)
         };
         let mut history: Vec<Message> = (1..=100_000).map(|i| message(i, 1 << 31, i)).collect();

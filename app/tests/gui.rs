@@ -555,6 +555,7 @@ async fn offline_chat(dir: &Path) -> sotto_app::chat::Chat {
         host: "127.0.0.1".into(),
         port: 7447,
         fingerprint: [1; 32],
+        alternates: Vec::new(),
     };
     sotto_app::chat::Chat::new(account, relay, OFFLINE_SESSION)
 }
@@ -605,6 +606,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
             position: (i, 1 << 31),
             text: format!("history line {i}"),
             delivery: None,
+            expires_at_ms: None,
         })
         .collect();
     for update in [
@@ -684,6 +686,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
             position,
             text: text.into(),
             delivery: None,
+            expires_at_ms: None,
         })
     };
     feed(
@@ -875,6 +878,7 @@ fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> Update {
         position: (seq, 1 << 31),
         text: text.into(),
         delivery: None,
+        expires_at_ms: None,
     })
 }
 
@@ -1235,6 +1239,7 @@ async fn an_unreachable_new_relay_keeps_the_user_on_the_connect_screen() {
         host: "127.0.0.1".into(),
         port: closed.local_addr().unwrap().port(),
         fingerprint: [5; 32],
+        alternates: Vec::new(),
     };
     drop(closed);
     let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
@@ -1653,6 +1658,7 @@ async fn stored_messages_show_their_delivery_state_and_follow_its_changes() {
         position: (seq, 1 << 31),
         text: format!("mine {seq}"),
         delivery,
+        expires_at_ms: None,
     };
     // 10,000 messages, the first one of them alice's, then one of each.
     let mut history: Vec<session::Message> = (1..=10_000u64)
@@ -1752,4 +1758,134 @@ fn chat_scrolls_back(chat: &mut sotto_app::chat::Chat) -> bool {
         let _ = chat.update(message);
     }
     older
+}
+
+/// Disappearing messages in the window: a member's change is a notice and
+/// the header's indicator, and a message that disappears leaves the
+/// timeline (and a pending one the pending list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_shows_in_the_header_and_disappeared_messages_leave_the_timeline() {
+    use sotto_app::chat::Message as ChatMessage;
+    use sotto_client::session::{self, Chat as Conversation, Member, MessageId, Queued};
+    use sotto_crypto::Fingerprint;
+    use sotto_proto::RoomName;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    let lobby = Conversation::Room(RoomName::lobby());
+    let bob = Fingerprint([2; 32]);
+    let message = |seq: u64, text: &str| {
+        Update::Message(session::Message {
+            chat: lobby.clone(),
+            from: "bob".parse().unwrap(),
+            fingerprint: bob,
+            trust: TrustLevel::Unverified,
+            outgoing: false,
+            seq,
+            sent_at_ms: 0,
+            received_at_ms: 0,
+            late: false,
+            position: (seq, 1 << 31),
+            text: text.into(),
+            delivery: None,
+            expires_at_ms: Some(3_600_000 + 5_000 * seq),
+        })
+    };
+    feed(
+        &mut chat,
+        Update::Joined {
+            room: RoomName::lobby(),
+        },
+    );
+    feed(
+        &mut chat,
+        Update::Members {
+            room: RoomName::lobby(),
+            members: vec![Member {
+                name: "bob".parse().unwrap(),
+                fingerprint: Some(bob),
+                trust: TrustLevel::Unverified,
+                online: true,
+            }],
+        },
+    );
+    let texts = texts_of(chat.view());
+    assert!(texts.iter().any(|t| t == "Disappearing: off"), "{texts:#?}");
+    feed(
+        &mut chat,
+        Update::Timer {
+            chat: lobby.clone(),
+            seconds: 3600,
+            by: Some("bob".parse().unwrap()),
+        },
+    );
+    feed(&mut chat, message(1, "stays a while"));
+    feed(&mut chat, message(2, "gone soon"));
+    feed(
+        &mut chat,
+        Update::Queued(vec![Queued {
+            chat: lobby.clone(),
+            typed_at_ms: 5,
+            text: "never sent".into(),
+        }]),
+    );
+    let texts = texts_of(chat.view());
+    let shows = |texts: &[String], needle: &str| texts.iter().any(|t| t.contains(needle));
+    assert!(
+        shows(&texts, "bob set disappearing messages to 1 hour"),
+        "{texts:#?}"
+    );
+    assert!(
+        texts.iter().any(|t| t == "Disappearing: 1 hour"),
+        "{texts:#?}"
+    );
+    assert!(shows(&texts, "gone soon") && shows(&texts, "never sent"));
+    // Each message says when it disappears (local time, as its clock).
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.starts_with("disappears at "))
+            .count(),
+        2,
+        "{texts:#?}"
+    );
+
+    feed(
+        &mut chat,
+        Update::Expired {
+            chat: lobby.clone(),
+            ids: vec![MessageId {
+                sender: bob,
+                seq: 2,
+            }],
+            queued: vec![Queued {
+                chat: lobby.clone(),
+                typed_at_ms: 5,
+                text: "never sent".into(),
+            }],
+        },
+    );
+    let texts = texts_of(chat.view());
+    assert!(!shows(&texts, "gone soon"), "{texts:#?}");
+    assert!(!shows(&texts, "never sent"), "{texts:#?}");
+    assert!(shows(&texts, "stays a while"));
+    assert!(
+        shows(
+            &texts,
+            "1 message disappeared; 1 queued message disappeared before it could be sent"
+        ),
+        "{texts:#?}"
+    );
+    // The header's list sets the timer for the conversation shown.
+    let _ = chat.update(ChatMessage::Timer(lobby.clone(), 0));
+    feed(
+        &mut chat,
+        Update::Timer {
+            chat: lobby.clone(),
+            seconds: 0,
+            by: Some("alice".parse().unwrap()),
+        },
+    );
+    let texts = texts_of(chat.view());
+    assert!(texts.iter().any(|t| t == "Disappearing: off"), "{texts:#?}");
 }

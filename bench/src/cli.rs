@@ -31,8 +31,9 @@ pub(crate) enum Command {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Common {
-    /// Rounds; each round runs the relay, then the in-memory relay (with
-    /// --baseline-relay), then the forwarder.
+    /// Rounds; each round runs the relay, then the cluster (with
+    /// --cluster), then the in-memory relay (with --baseline-relay), then
+    /// the forwarder.
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,
     /// Which targets to run.
@@ -59,6 +60,17 @@ pub(crate) struct Common {
     /// RUST_LOG for the relay.
     #[arg(long, default_value = "warn")]
     pub(crate) relay_log: String,
+    /// Also run a cluster as the target "cluster" in every round, after
+    /// the relay: `--cluster-relays` relays (`--relay-bin`) over a fresh
+    /// three-node NATS cluster (`nats-server` on the PATH, or
+    /// $SOTTO_NATS_SERVER), client i on relay i mod N, so that every pair
+    /// of `dm` crosses relays and so does most of a room's fan-out. Its CPU
+    /// is the relays' and the NATS nodes' together.
+    #[arg(long)]
+    pub(crate) cluster: bool,
+    /// Relays of the cluster (with --cluster).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) cluster_relays: usize,
     /// Identity every client registers with (one key may own many names).
     #[arg(long, value_name = "FILE")]
     pub(crate) identity: Option<PathBuf>,

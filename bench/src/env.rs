@@ -80,6 +80,9 @@ impl Env {
         if relays {
             targets.push(Proto::Relay);
         }
+        if relays && common.cluster {
+            targets.push(Proto::Cluster);
+        }
         if relays && common.baseline_relay.is_some() {
             targets.push(Proto::InMemory);
         }
@@ -93,6 +96,7 @@ impl Env {
             work_dir: dir.path.clone(),
             relay_args: common.relay_args.clone(),
             relay_log: common.relay_log.clone(),
+            cluster_relays: common.cluster_relays.max(1),
         };
         let env = Self {
             launch,
@@ -124,6 +128,13 @@ impl Env {
         println!("# relay-bench {scenario}");
         println!("command: {}", args.join(" "));
         println!("relay:   {}", self.launch.relay_command(Proto::Relay));
+        if self.targets.contains(&Proto::Cluster) {
+            println!(
+                "cluster: {} x {} --cluster <3 nats-server nodes, JetStream, 3 replicas, user and password>",
+                self.launch.cluster_relays,
+                self.launch.relay_command(Proto::Cluster)
+            );
+        }
         if self.targets.contains(&Proto::InMemory) {
             println!("in-memory: {}", self.launch.relay_command(Proto::InMemory));
         }

@@ -88,6 +88,7 @@ pub(crate) async fn serve(args: ForwarderArgs) -> Result<(), BoxError> {
         host: local.ip().to_string(),
         port: local.port(),
         fingerprint,
+        alternates: Vec::new(),
     };
     println!("address: {address}");
 

@@ -10,8 +10,12 @@
 //! in-memory relay of before issue 13) runs after the relay in every
 //! round. It prints every round's figures, then each figure's median and
 //! min-max spread and the per-round ratios relay/in-memory,
-//! relay/forwarder and in-memory/forwarder. Every phase has a fixed length;
-//! children are killed when the bench exits, fails or is interrupted.
+//! relay/forwarder and in-memory/forwarder. With `--cluster`, a cluster
+//! runs after the relay in every round: `--cluster-relays` relays over a
+//! fresh three-node NATS cluster (`nats-server`), client i on relay i mod
+//! N, its CPU its relays' and NATS nodes' together; the ratios then start
+//! with cluster/relay. Every phase has a fixed length; children are
+//! killed when the bench exits, fails or is interrupted.
 //!
 //! Clients behave as sotto clients do towards the relay: route ids increase
 //! on every connection, `Sent` is read as cumulative, every delivery is

@@ -37,8 +37,8 @@ impl Report {
     }
 
     /// Prints the summary table: each target's median and spread, then
-    /// the per-round ratios relay/in-memory, relay/forwarder and
-    /// in-memory/forwarder, for the targets that ran.
+    /// the per-round ratios cluster/relay, relay/in-memory,
+    /// relay/forwarder and in-memory/forwarder, for the targets that ran.
     pub(crate) fn summary(&self) {
         let mut names: Vec<&'static str> = Vec::new();
         let mut protos: Vec<Proto> = Vec::new();
@@ -54,6 +54,7 @@ impl Report {
         }
         protos.sort_by_key(|p| order(*p));
         let pairs: Vec<(Proto, Proto)> = [
+            (Proto::Cluster, Proto::Relay),
             (Proto::Relay, Proto::InMemory),
             (Proto::Relay, Proto::Forwarder),
             (Proto::InMemory, Proto::Forwarder),
@@ -128,13 +129,14 @@ fn label(proto: Proto) -> &'static str {
     proto.label()
 }
 
-/// The order of the report's columns: the relay, the in-memory relay, the
-/// forwarder.
+/// The order of the report's columns: the relay, the cluster, the
+/// in-memory relay, the forwarder.
 fn order(proto: Proto) -> u8 {
     match proto {
         Proto::Relay => 0,
-        Proto::InMemory => 1,
-        Proto::Forwarder => 2,
+        Proto::Cluster => 1,
+        Proto::InMemory => 2,
+        Proto::Forwarder => 3,
     }
 }
 

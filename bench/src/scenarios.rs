@@ -24,6 +24,10 @@ pub(crate) enum Shape {
     },
 }
 
+/// How long a cluster's relays are given to learn of the room's members
+/// before the traffic starts (a lag shows as `missing`).
+const CLUSTER_SETTLE: Duration = Duration::from_secs(2);
+
 fn secs(value: f64) -> Duration {
     Duration::from_secs_f64(value.max(0.0))
 }
@@ -105,7 +109,7 @@ async fn traffic_round(
             for i in 0..pairs * 2 {
                 let peer = i ^ 1;
                 let template = match proto {
-                    Proto::Relay | Proto::InMemory => {
+                    Proto::Relay | Proto::InMemory | Proto::Cluster => {
                         Template::relay(load::to_user(peer)?, i, body, Vec::new())?
                     }
                     Proto::Forwarder => Template::forwarder(fwd::DIRECT, peer, i, body, 0)?,
@@ -123,7 +127,7 @@ async fn traffic_round(
         } => {
             for i in 0..count {
                 let template = match proto {
-                    Proto::Relay | Proto::InMemory => {
+                    Proto::Relay | Proto::InMemory | Proto::Cluster => {
                         // One slot per other member, as a sotto client
                         // wraps the message key for each.
                         let others = (0..members)
@@ -147,6 +151,11 @@ async fn traffic_round(
         }
     }
     let conns = load::connect_all(&env.bench, &target, clients, join, 32).await?;
+    if proto == Proto::Cluster && join {
+        // Each relay learns the members who joined through the others
+        // from NATS.
+        tokio::time::sleep(CLUSTER_SETTLE).await;
+    }
     let plan = Traffic {
         senders,
         fanout,
@@ -179,6 +188,15 @@ async fn traffic_round(
             relay_cpu * 1e6 / (outcome.delivered.max(1) as f64),
         ),
         ("rss MiB", outcome.target.1.rss_kib as f64 / 1024.0),
+    ]);
+    if proto == Proto::Cluster {
+        let nats_cpu = outcome.target.1.nats_secs - outcome.target.0.nats_secs;
+        figures.push((
+            "nats us/delivery",
+            nats_cpu * 1e6 / (outcome.delivered.max(1) as f64),
+        ));
+    }
+    figures.extend([
         ("bench cores", cpu(outcome.bench) / outcome.secs),
         (
             "other cores",

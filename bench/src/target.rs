@@ -1,6 +1,7 @@
 //! The process under test: a `relay` (the one under test or the
-//! in-memory baseline) or a `relay-bench forwarder` child,
-//! its address, and its CPU time and resident memory from `/proc`.
+//! in-memory baseline), a cluster (relays over three `nats-server`
+//! nodes) or a `relay-bench forwarder` child, its addresses, and its CPU
+//! time and resident memory from `/proc`.
 //!
 //! Children are killed when their [`Target`] is dropped, so an error, a
 //! panic or Ctrl-C in the bench never leaves one behind; the forwarder also
@@ -13,6 +14,9 @@ use std::time::Duration;
 use sotto_proto::RelayAddress;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use sotto_relay::tls;
+use sotto_testkit::nats::{self, NatsCluster};
 
 use crate::BoxError;
 use crate::wire::Proto;
@@ -37,6 +41,8 @@ pub(crate) struct Launch {
     pub(crate) relay_args: Vec<String>,
     /// RUST_LOG for the relay.
     pub(crate) relay_log: String,
+    /// Relays of the cluster target.
+    pub(crate) cluster_relays: usize,
 }
 
 /// The benchmark limits: nothing in the relay's defaults may throttle the
@@ -82,7 +88,7 @@ impl Launch {
             self.data_dir(proto, "N".to_string()).display().to_string(),
         ];
         words.extend(RELAY_LIMITS.iter().map(|s| (*s).to_string()));
-        if proto == Proto::Relay {
+        if proto != Proto::InMemory {
             words.extend(self.relay_args.iter().cloned());
         }
         words.join(" ")
@@ -105,39 +111,81 @@ impl Launch {
     fn limits_file(&self) -> PathBuf {
         self.work_dir.join("relay-limits.toml")
     }
+
+    /// The command that starts relay `proto` on `data_dir`, as
+    /// [`Launch::relay_command`] shows it.
+    fn relay(&self, proto: Proto, data_dir: &Path) -> Result<Command, BoxError> {
+        let limits = self.limits_file();
+        std::fs::write(&limits, RELAY_LIMITS_FILE)
+            .map_err(|e| format!("cannot write {}: {e}", limits.display()))?;
+        let mut command = Command::new(self.relay_binary(proto));
+        command
+            .arg("--config")
+            .arg(&limits)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--host",
+                "127.0.0.1",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(RELAY_LIMITS)
+            .env("RUST_LOG", &self.relay_log);
+        if proto != Proto::InMemory {
+            command.args(&self.relay_args);
+        }
+        Ok(command)
+    }
 }
 
-/// A running target.
-#[derive(Debug)]
+/// A running target: one process (a relay, a forwarder), or a cluster's
+/// relays and NATS nodes.
 pub(crate) struct Target {
     pub(crate) proto: Proto,
-    pub(crate) address: RelayAddress,
-    pub(crate) pid: u32,
+    /// Where clients connect: client `i` to `addresses[i % len]`.
+    addresses: Vec<RelayAddress>,
+    processes: Vec<Process>,
+    /// A cluster's NATS nodes (stopped when it drops).
+    nats: Option<NatsCluster>,
+    /// Fresh data directories, removed once the target stopped.
+    data_dirs: Vec<PathBuf>,
+}
+
+/// One child process of a target.
+struct Process {
+    pid: u32,
     child: Child,
     // Held open: the forwarder exits when it closes; the relay's stdout
     // stays readable so a later print cannot fail.
     _stdin: Option<ChildStdin>,
     _stdout: BufReader<ChildStdout>,
-    /// A relay's fresh data directory, removed once it stopped.
-    data_dir: Option<PathBuf>,
 }
 
 /// CPU time and memory of a process at one moment.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Usage {
-    /// User plus system CPU seconds so far.
+    /// User plus system CPU seconds so far (a cluster: its relays' and
+    /// NATS nodes' together).
     pub(crate) cpu_secs: f64,
-    /// Resident set size, KiB.
+    /// Of which a cluster's NATS nodes spent this many.
+    pub(crate) nats_secs: f64,
+    /// Resident set size, KiB (a cluster: every process's together).
     pub(crate) rss_kib: u64,
     /// Busy CPU seconds of the whole machine so far.
     pub(crate) machine_secs: f64,
 }
 
+/// How long a relay may take to print its address: a relay of a cluster
+/// first waits for JetStream to elect its leaders.
+const ADDRESS_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl Target {
     /// Starts a target speaking `proto` for `round`; `log` receives its
     /// stderr. A relay gets a `fresh` data directory (nothing stored or
     /// joined by an earlier round, removed when it stops), or else the one
-    /// its earlier rounds used (names already claimed).
+    /// its earlier rounds used (names already claimed); a cluster always
+    /// starts fresh, NATS included.
     pub(crate) async fn start(
         launch: &Launch,
         proto: Proto,
@@ -145,48 +193,78 @@ impl Target {
         fresh: bool,
         log: &Path,
     ) -> Result<Self, BoxError> {
-        let data_dir = proto.is_relay().then(|| {
-            if fresh {
-                launch.data_dir(proto, round.to_string())
-            } else {
-                launch.data_dir(proto, "kept".to_string())
-            }
-        });
-        if fresh && let Some(dir) = &data_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        let mut command = match (proto, &data_dir) {
-            (Proto::Relay | Proto::InMemory, Some(data_dir)) => {
-                let limits = launch.limits_file();
-                std::fs::write(&limits, RELAY_LIMITS_FILE)
-                    .map_err(|e| format!("cannot write {}: {e}", limits.display()))?;
-                let mut command = Command::new(launch.relay_binary(proto));
-                command
-                    .arg("--config")
-                    .arg(&limits)
-                    .args([
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--host",
-                        "127.0.0.1",
-                        "--data-dir",
-                    ])
-                    .arg(data_dir)
-                    .args(RELAY_LIMITS)
-                    .env("RUST_LOG", &launch.relay_log);
-                if proto == Proto::Relay {
-                    command.args(&launch.relay_args);
-                }
-                command
-            }
-            _ => {
-                let mut command = Command::new(&launch.self_bin);
-                command.args(["forwarder", "--listen", "127.0.0.1:0"]);
-                command
-            }
-        };
         let stderr = std::fs::File::create(log)
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let mut target = Self {
+            proto,
+            addresses: Vec::new(),
+            processes: Vec::new(),
+            nats: None,
+            data_dirs: Vec::new(),
+        };
+        match proto {
+            Proto::Relay | Proto::InMemory => {
+                let round = if fresh {
+                    round.to_string()
+                } else {
+                    "kept".to_string()
+                };
+                let data_dir = launch.data_dir(proto, round);
+                if fresh {
+                    let _ = std::fs::remove_dir_all(&data_dir);
+                    target.data_dirs.push(data_dir.clone());
+                }
+                let command = launch.relay(proto, &data_dir)?;
+                target.spawn(command, stderr, log).await?;
+            }
+            Proto::Cluster => {
+                let nats = tokio::task::spawn_blocking(|| NatsCluster::start(3))
+                    .await
+                    .map_err(|e| {
+                        format!("the NATS cluster did not start (is nats-server installed?): {e}")
+                    })?;
+                let (urls, password) = (nats.urls(), nats.password_file());
+                target.nats = Some(nats);
+                let first = launch.data_dir(proto, format!("{round}-0"));
+                for i in 0..launch.cluster_relays {
+                    let data_dir = launch.data_dir(proto, format!("{round}-{i}"));
+                    let _ = std::fs::remove_dir_all(&data_dir);
+                    target.data_dirs.push(data_dir.clone());
+                    if i > 0 {
+                        // The cluster's one key, made by its first relay.
+                        std::fs::create_dir_all(&data_dir)?;
+                        for file in [tls::GENERATED_CERT, tls::GENERATED_KEY] {
+                            std::fs::copy(first.join(file), data_dir.join(file))?;
+                        }
+                    }
+                    let mut command = launch.relay(proto, &data_dir)?;
+                    command
+                        .args(["--cluster", &urls, "--cluster-user", nats::USER])
+                        .arg("--cluster-password-file")
+                        .arg(&password);
+                    target.spawn(command, stderr.try_clone()?, log).await?;
+                }
+                for address in &target.addresses {
+                    serving(address).await?;
+                }
+            }
+            Proto::Forwarder => {
+                let mut command = Command::new(&launch.self_bin);
+                command.args(["forwarder", "--listen", "127.0.0.1:0"]);
+                target.spawn(command, stderr, log).await?;
+            }
+        }
+        Ok(target)
+    }
+
+    /// Starts one process of the target and reads the address it prints.
+    async fn spawn(
+        &mut self,
+        mut command: Command,
+        stderr: std::fs::File,
+        log: &Path,
+    ) -> Result<(), BoxError> {
+        let proto = self.proto;
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -198,7 +276,7 @@ impl Target {
         let stdin = child.stdin.take();
         let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         let mut line = String::new();
-        let read = tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await;
+        let read = tokio::time::timeout(ADDRESS_TIMEOUT, stdout.read_line(&mut line)).await;
         if !matches!(read, Ok(Ok(n)) if n > 0) {
             let log = std::fs::read_to_string(log).unwrap_or_default();
             return Err(format!("{proto:?} target printed no address; its log:\n{log}").into());
@@ -208,30 +286,75 @@ impl Target {
             .strip_prefix("address: ")
             .ok_or_else(|| format!("unexpected first line {line:?}"))?
             .parse()?;
-        Ok(Self {
-            proto,
-            address,
+        self.addresses.push(address);
+        self.processes.push(Process {
             pid,
             child,
             _stdin: stdin,
             _stdout: stdout,
-            data_dir: data_dir.filter(|_| fresh),
-        })
+        });
+        Ok(())
     }
 
-    /// This target's CPU time and memory now.
+    /// Where client `index` connects.
+    pub(crate) fn address_for(&self, index: u32) -> Result<&RelayAddress, BoxError> {
+        let at = usize::try_from(index).unwrap_or(0) % self.addresses.len().max(1);
+        Ok(self.addresses.get(at).ok_or("the target has no address")?)
+    }
+
+    /// This target's CPU time and memory now: its processes' together.
     pub(crate) fn usage(&self) -> Result<Usage, BoxError> {
-        usage_of(&self.pid.to_string())
+        let mut total = Usage {
+            machine_secs: machine_busy_secs()?,
+            ..Usage::default()
+        };
+        let nats = self
+            .nats
+            .iter()
+            .flat_map(|n| n.nodes.iter().filter_map(|node| node.pid()));
+        for (pid, of_nats) in self
+            .processes
+            .iter()
+            .map(|p| (p.pid, false))
+            .chain(nats.map(|pid| (pid, true)))
+        {
+            let usage = usage_of(&pid.to_string())?;
+            total.cpu_secs += usage.cpu_secs;
+            total.rss_kib += usage.rss_kib;
+            if of_nats {
+                total.nats_secs += usage.cpu_secs;
+            }
+        }
+        Ok(total)
     }
 
     /// Kills the target and waits for it.
     pub(crate) async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        if let Some(dir) = &self.data_dir {
+        for process in &mut self.processes {
+            let _ = process.child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), process.child.wait()).await;
+        }
+        if let Some(nats) = self.nats.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(nats)).await;
+        }
+        for dir in &self.data_dirs {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Waits until the relay at `address` completes a TLS handshake: a relay
+/// of a cluster prints its address once it listens, and serves once it
+/// has joined NATS (until then connections wait in its listener's queue).
+async fn serving(address: &RelayAddress) -> Result<(), BoxError> {
+    let deadline = tokio::time::Instant::now() + ADDRESS_TIMEOUT;
+    while sotto_client::tls::connect(address).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("the relay at {address} never served").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// CPU time and memory of `/proc/<pid>` (`self` for this process), with
@@ -256,6 +379,7 @@ pub(crate) fn usage_of(pid: &str) -> Result<Usage, BoxError> {
         .parse()?;
     Ok(Usage {
         cpu_secs,
+        nats_secs: 0.0,
         rss_kib,
         machine_secs: machine_busy_secs()?,
     })

@@ -65,20 +65,19 @@ pub(crate) enum Proto {
     InMemory,
     /// The bare forwarder.
     Forwarder,
+    /// Two relays (`--relay-bin`) over a three-node NATS cluster
+    /// (`--cluster`), clients alternating between them.
+    Cluster,
 }
 
 impl Proto {
-    /// Whether the target speaks sotto's protocol (either relay).
-    pub(crate) fn is_relay(self) -> bool {
-        matches!(self, Self::Relay | Self::InMemory)
-    }
-
     /// The target's name in reports and file names.
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Relay => "relay",
             Self::InMemory => "in-memory",
             Self::Forwarder => "forwarder",
+            Self::Cluster => "cluster",
         }
     }
 }
@@ -271,7 +270,7 @@ pub(crate) fn body_header(body: &[u8]) -> Option<(u64, u32)> {
 /// Classifies one payload (version byte first) of protocol `proto`.
 pub(crate) fn parse(proto: Proto, payload: &[u8]) -> Incoming<'_> {
     let parsed = match proto {
-        Proto::Relay | Proto::InMemory => parse_relay(payload),
+        Proto::Relay | Proto::InMemory | Proto::Cluster => parse_relay(payload),
         Proto::Forwarder => parse_forwarder(payload),
     };
     parsed.unwrap_or(Incoming::Other)

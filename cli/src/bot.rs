@@ -8,7 +8,8 @@
 //! it (and its later `delivery` events carry the same id), the next
 //! `joined` or `left` of a room the next `join` or `leave` of it, the next
 //! `users`, `rooms` or `safety_number` of a name the next such command.
-//! A `verify` or `trust` of a name is answered by the next `trust` of it.
+//! A `verify` or `trust` of a name is answered by the next `trust` of it,
+//! a `timer` of a chat by the next `timer` of that chat.
 //! A command that ends in an `error` instead (a send not in the room or to
 //! no such user, a leave of a room not joined, ...) is answered by that
 //! error: the session's `Problem` says which commands it answers (a
@@ -53,9 +54,14 @@ pub(crate) struct Bot {
     safety: HashMap<UserKey, Waiting>,
     /// `verify` and `trust` commands, answered by `trust` (or an error).
     trusts: HashMap<UserKey, Waiting>,
+    /// `timer` commands, answered by `timer` (or an error).
+    timers: HashMap<Chat, Waiting>,
     /// Every message of each chat this session has shown, in display
     /// order.
     stored: HashMap<Chat, Vec<Message>>,
+    /// This user, once registered (its own timer changes answer its
+    /// `timer` commands).
+    me: Option<sotto_proto::UserName>,
 }
 
 impl Bot {
@@ -94,6 +100,9 @@ impl Bot {
             Command::SafetyNumber(name) => self.safety.entry(name.key()).or_default().push_back(id),
             Command::Verify { name, .. } | Command::AcceptKey(name) => {
                 self.trusts.entry(name.key()).or_default().push_back(id)
+            }
+            Command::SetTimer { chat, .. } | Command::ShowTimer(chat) => {
+                self.timers.entry(chat.clone()).or_default().push_back(id);
             }
             _ => {}
         }
@@ -135,6 +144,15 @@ impl Bot {
             Update::Rooms(_) => self.rooms.pop_front().flatten(),
             Update::SafetyNumber { name, .. } => first(self.safety.get_mut(&name.key())),
             Update::Trust { name, .. } => first(self.trusts.get_mut(&name.key())),
+            // A member's change answers nothing; this user's own, or the
+            // setting shown, answers the chat's oldest `timer`.
+            Update::Timer { chat, by, .. }
+                if by
+                    .as_ref()
+                    .is_none_or(|by| self.me.as_ref().is_some_and(|me| me.same_as(by))) =>
+            {
+                first(self.timers.get_mut(chat))
+            }
             _ => None,
         }
     }
@@ -160,6 +178,7 @@ impl Bot {
                 Answers::Trust { name } => ids.extend(first(self.trusts.get_mut(&name.key()))),
                 Answers::Users => ids.extend(self.users.pop_front().flatten()),
                 Answers::Rooms => ids.extend(self.rooms.pop_front().flatten()),
+                Answers::Timer { chat } => ids.extend(first(self.timers.get_mut(chat))),
                 // Answers this version does not know: no id.
                 _ => {}
             }
@@ -179,6 +198,18 @@ impl Bot {
                 // Late messages go where they belong: by display position.
                 let at = kept.partition_point(|k| k.position <= m.position);
                 kept.insert(at, m.clone());
+            }
+            // Disappeared: no page shows them again.
+            Update::Expired { chat, ids, .. } => {
+                if let Some(kept) = self.stored.get_mut(chat) {
+                    kept.retain(|m| !ids.contains(&m.id()));
+                }
+                for id in ids {
+                    self.sent.remove(&(chat.clone(), *id));
+                }
+            }
+            Update::Connection(sotto_client::session::Connection::Connected { name }) => {
+                self.me = Some(name.clone());
             }
             _ => {}
         }
@@ -254,6 +285,7 @@ mod tests {
             position: (seq + 1, 1 << 31),
             text: text.to_owned(),
             delivery: Some(Delivery::default()),
+            expires_at_ms: None,
         }
     }
 

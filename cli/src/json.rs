@@ -56,6 +56,9 @@ fn message(message: &Message) -> Value {
     if let Some(delivery) = &message.delivery {
         fields.insert("delivery".to_owned(), delivery_fields(delivery));
     }
+    if let Some(expires) = message.expires_at_ms {
+        fields.insert("expires_at_ms".to_owned(), json!(expires));
+    }
     Value::Object(fields)
 }
 
@@ -330,6 +333,29 @@ pub(crate) fn event(update: &Update) -> Value {
             with_type("verified_only", json!({ "room": room.as_str(), "on": on }))
         }
         Update::Error(problem) => error(problem),
+        Update::Timer { chat, seconds, by } => {
+            let mut fields = Map::new();
+            chat_fields(chat, &mut fields);
+            fields.insert("seconds".to_owned(), json!(seconds));
+            if let Some(by) = by {
+                fields.insert("by".to_owned(), json!(by));
+            }
+            with_type("timer", Value::Object(fields))
+        }
+        Update::Expired { chat, ids, queued } => {
+            let mut fields = Map::new();
+            chat_fields(chat, &mut fields);
+            fields.insert(
+                "ids".to_owned(),
+                json!(ids.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            );
+            let queued: Vec<Value> = queued
+                .iter()
+                .map(|q| json!({ "typed_at_ms": q.typed_at_ms, "text": q.text }))
+                .collect();
+            fields.insert("queued".to_owned(), Value::Array(queued));
+            with_type("expired", Value::Object(fields))
+        }
         Update::RelayKeyMoved(moved) => with_type(
             "relay_key",
             json!({
@@ -387,6 +413,22 @@ pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
                 .and_then(Value::as_bool)
                 .ok_or("missing boolean field \"on\"")?,
         },
+        "timer" => {
+            let chat = match (object.get("room"), object.get("user")) {
+                (Some(Value::String(r)), None) => Chat::Room(room(r)?),
+                (None, Some(Value::String(u))) => Chat::Direct(user(u)?),
+                _ => return Err("timer needs exactly one of \"room\" and \"user\"".to_owned()),
+            };
+            match object.get("seconds") {
+                None => Command::ShowTimer(chat),
+                Some(seconds) => Command::SetTimer {
+                    chat,
+                    seconds: seconds
+                        .as_u64()
+                        .ok_or("\"seconds\" must be a whole number of seconds (0: off)")?,
+                },
+            }
+        }
         "reconnect" => Command::Reconnect,
         "quit" => Command::Quit,
         other => return Err(format!("unknown command type {other:?}")),
@@ -415,6 +457,7 @@ pub(crate) mod tests {
                 position: (seq, 0),
                 text: format!("message {seq}"),
                 delivery: None,
+                expires_at_ms: None,
             })
             .collect();
         Update::History {

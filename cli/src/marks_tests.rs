@@ -30,6 +30,7 @@ fn mine(chat: &str, seq: u64, text: &str, delivery: Delivery) -> Message {
         position: (seq, 0),
         text: text.to_owned(),
         delivery: Some(delivery),
+        expires_at_ms: None,
     }
 }
 

@@ -321,6 +321,13 @@ impl View {
                 None => "(arrived late)".to_owned(),
             });
         }
+        if let Some(expires) = message.expires_at_ms {
+            let disappears = format!("(disappears at {})", clock(expires));
+            text_mark = Some(match text_mark {
+                Some(mark) => format!("{mark} {disappears}"),
+                None => disappears,
+            });
+        }
         print_message(
             message.sent_at_ms,
             &place(&message.chat, message.outgoing),
@@ -424,6 +431,7 @@ mod tests {
             position: (0, 0),
             text: text.to_owned(),
             delivery: None,
+            expires_at_ms: None,
         })
     }
 

@@ -36,6 +36,7 @@ async fn an_unsigned_key_change_is_refused_and_replace_pin_replaces_it_on_purpos
         host: "127.0.0.1".into(),
         port: listener.local_addr().unwrap().port(),
         fingerprint: certs.fingerprint(),
+        alternates: Vec::new(),
     };
     tokio::spawn(sotto_relay::run(
         listener,

@@ -4,7 +4,8 @@
 //! `connect`. The assertions read the process's standard output, the
 //! bytes its one printing function writes. Also here: the delivery
 //! notices of interactive mode (issue 13 item 3) through a real relay,
-//! with the relay cut off by a proxy for the pending case.
+//! with the relay cut off by a proxy for the pending case, and
+//! disappearing messages set at the terminal and seen by a bot.
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
@@ -531,4 +532,76 @@ async fn your_messages_say_when_they_are_delivered_and_typed_while_the_relay_is_
             "{shown}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_set_at_the_terminal_reaches_a_bot_and_what_is_sent_under_it_disappears() {
+    let temp = tempfile::tempdir().unwrap();
+    let (mut alice, relay, bob_dir) = alice_and_interactive_bob(temp.path()).await;
+    let mut bob = Interactive::spawn(&bob_dir, &relay);
+    bob.until(|line| line.contains("joined #lobby")).await;
+    alice
+        .expect(|e| e["type"] == "presence" && e["name"] == "bob" && e["change"] == "joined")
+        .await;
+    bob.type_line("/timer 2s").await;
+    bob.until(|line| line == "* #lobby: you set disappearing messages to 2 seconds")
+        .await;
+    alice
+        .expect(|e| e == &json!({"type": "timer", "room": "lobby", "seconds": 2, "by": "bob"}))
+        .await;
+
+    // alice sends under the timer she was told of: gone at both ends.
+    alice
+        .say(json!({"type": "send", "room": "lobby", "text": "brief", "id": "b1"}))
+        .await;
+    let sent = alice
+        .expect(|e| e["type"] == "message" && e["command_id"] == "b1")
+        .await;
+    // Shown with when it disappears; the bot is told when, too.
+    let line = bob
+        .until(|line| line.contains("<alice> brief (disappears at "))
+        .await;
+    assert!(line.trim_end().ends_with(')'), "{line}");
+    let expires = sent["expires_at_ms"].as_u64().unwrap();
+    assert_eq!(expires - sent["received_at_ms"].as_u64().unwrap(), 2000);
+    alice
+        .expect(|e| e["type"] == "expired" && e["ids"] == json!([sent["id"]]))
+        .await;
+    bob.until(|line| line == "* #lobby: 1 message disappeared")
+        .await;
+    // Nor does the bot's paging show it any more.
+    alice
+        .say(json!({"type": "history", "room": "lobby", "id": "h1"}))
+        .await;
+    let page = alice
+        .expect(|e| e["type"] == "history" && e["command_id"] == "h1")
+        .await;
+    assert_eq!(page["messages"], json!([]), "{page}");
+
+    // Asked for, the setting answers its command; turned off, it says who.
+    alice
+        .say(json!({"type": "timer", "room": "lobby", "id": "t1"}))
+        .await;
+    let shown = alice
+        .expect(|e| e["type"] == "timer" && e["command_id"] == "t1")
+        .await;
+    assert_eq!(shown["seconds"], 2, "{shown}");
+    assert!(shown.get("by").is_none(), "{shown}");
+    alice
+        .say(json!({"type": "timer", "room": "lobby", "seconds": 0, "id": "t2"}))
+        .await;
+    let off = alice
+        .expect(|e| e["type"] == "timer" && e["command_id"] == "t2")
+        .await;
+    assert_eq!((&off["seconds"], &off["by"]), (&json!(0), &json!("alice")));
+    bob.until(|line| line == "* #lobby: alice turned off disappearing messages")
+        .await;
+    bob.type_line("/timer").await;
+    bob.until(|line| line == "* #lobby: disappearing messages are off")
+        .await;
+    bob.type_line("/timer 2y").await;
+    bob.until(|line| line.starts_with("! usage: /timer")).await;
+    bob.type_line("/quit").await;
+    assert!(exited(&mut bob.child, "bob").await.success());
+    assert_safe(&bob.raw, &["alice"]);
 }

@@ -24,7 +24,8 @@ use sotto_client::profile::Profile;
 use sotto_client::session::Update;
 use sotto_client::session::bench::Receiver;
 use sotto_crypto::{
-    Conversation, Identity, NoPersistence, PeerBody, SendingSession, SequenceCounter,
+    Conversation, Identity, NoPersistence, PeerBody, SendingSession, SequenceCounter, WrapTo,
+    sign_announcements,
 };
 use sotto_proto::{ClientFrame, Destination, Member, RelayFrame, RoomName, UserName};
 
@@ -99,19 +100,25 @@ fn alice_and_bob(dir: &Path) -> (Receiver, Bob) {
             name: name(n),
             identity: id.public().to_bytes().into(),
             online: true,
+            prekeys: Vec::new(),
         })
         .to_vec();
     let mut receiver = Receiver::new(&account, name("alice"), RoomName::lobby(), members).unwrap();
-    let (session, mut announcements) = SendingSession::start(
+    // Wrapped to alice's identity key (this bench has no prekey
+    // directory): the same RSA work as a prekey, and what is measured
+    // is the messages after it.
+    let mut session = SendingSession::start(
         &mut rand::rng(),
-        &bob,
+        bob.fingerprint(),
         Conversation::room("lobby"),
         1,
         0,
         now().as_secs(),
-        &[alice.public()],
-    )
-    .unwrap();
+    );
+    let unsigned = session
+        .add_recipients(&mut rand::rng(), &[WrapTo::Identity(alice.public())], 0)
+        .unwrap();
+    let mut announcements = sign_announcements(&bob, &mut rand::rng(), unsigned).unwrap();
     let announce = RelayFrame::Deliver {
         delivery: 0,
         from: name("bob"),

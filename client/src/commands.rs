@@ -30,6 +30,8 @@ commands:
   /verify NAME yes          mark NAME verified after the numbers matched
   /trust NAME               accept NAME's changed key without verifying it
   /verified-only [on|off]   in the current room, send only to verified members
+  /timer [TIME|off]         show or set the current conversation's disappearing
+                            messages (TIME: 30s, 5m, 1h, 1d, 1w; at most 365d)
   /reconnect                while the connection is lost, try again now
   /help                     this list
   /quit                     leave";
@@ -78,6 +80,9 @@ pub enum Line {
     Trust(UserName),
     /// `/verified-only on|off`.
     VerifiedOnly(bool),
+    /// `/timer`: show the current conversation's disappearing-message
+    /// timer (`None`), or set it to so many seconds (`Some(0)`: off).
+    Timer(Option<u64>),
     /// `/reconnect`.
     Reconnect,
     /// `/help`.
@@ -132,12 +137,46 @@ pub fn parse(line: &str) -> Result<Line, String> {
         ("trust", [name]) => Line::Trust(user(name)?),
         ("verified-only", [state @ ("on" | "off")]) => Line::VerifiedOnly(*state == "on"),
         ("verified-only", _) => return Err("usage: /verified-only on|off".to_owned()),
+        ("timer", []) => Line::Timer(None),
+        ("timer", [time]) => Line::Timer(Some(timer(time)?)),
+        ("timer", _) => return Err(TIMER_USAGE.to_owned()),
         _ => {
             return Err(format!(
                 "unknown command or wrong arguments: /{name} (try /help)"
             ));
         }
     })
+}
+
+const TIMER_USAGE: &str =
+    "usage: /timer [TIME|off], TIME a number and a unit: 30s, 5m, 1h, 1d, 1w (at most 365d)";
+
+/// Parses a disappearing-message timer: `off` (0), or a whole number with
+/// a unit (`s`, `m`, `h`, `d`, `w`), at most
+/// [`MAX_TIMER_SECS`](crate::session::content::MAX_TIMER_SECS).
+pub fn timer(time: &str) -> Result<u64, String> {
+    if time.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let split = time
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| TIMER_USAGE.to_owned())?;
+    let (number, unit) = time.split_at(split);
+    let unit = match unit.to_ascii_lowercase().as_str() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        "w" => 7 * 24 * 3600,
+        _ => return Err(TIMER_USAGE.to_owned()),
+    };
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|s| (1..=crate::session::content::MAX_TIMER_SECS).contains(s))
+        .ok_or_else(|| TIMER_USAGE.to_owned())?;
+    Ok(seconds)
 }
 
 /// Parses a user name, with a readable error.
@@ -196,6 +235,23 @@ mod tests {
             Line::VerifiedOnly(true)
         );
         assert!(parse("/verified-only maybe").is_err());
+        assert_eq!(parse("/timer").unwrap(), Line::Timer(None));
+        assert_eq!(parse("/timer off").unwrap(), Line::Timer(Some(0)));
+        assert_eq!(parse("/timer 1h").unwrap(), Line::Timer(Some(3600)));
+        assert_eq!(parse("/timer 30s").unwrap(), Line::Timer(Some(30)));
+        assert_eq!(parse("/timer 2W").unwrap(), Line::Timer(Some(1_209_600)));
+        assert_eq!(parse("/timer 365d").unwrap(), Line::Timer(Some(31_536_000)));
+        for wrong in [
+            "/timer 366d",
+            "/timer 0s",
+            "/timer 5",
+            "/timer h",
+            "/timer 1y",
+            "/timer 1h 2m",
+            "/timer -1h",
+        ] {
+            assert!(parse(wrong).is_err(), "{wrong}");
+        }
         assert!(parse("/join").is_err());
         assert!(parse("/join a b").is_err());
         assert!(parse("/nope").is_err());

@@ -25,7 +25,7 @@
 //! # Example
 //!
 //! ```
-//! assert_eq!(sotto_client::PROTOCOL_VERSION, 1);
+//! assert_eq!(sotto_client::PROTOCOL_VERSION, 2);
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -372,6 +372,7 @@ mod tests {
             host: host.into(),
             port: 7447,
             fingerprint: [fingerprint; 32],
+            alternates: Vec::new(),
         }
     }
 

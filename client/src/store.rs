@@ -18,15 +18,19 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sotto_crypto::chain::{ChainKey, ChainState, MessageKey};
 use sotto_crypto::{
     Conversation, CounterStore, Fingerprint, Identity, PublicIdentity, ReceivingSession,
-    ReplayWindow, SessionContext, SessionKey, at_rest::StorageKey,
+    ReceivingState, ReplayWindow, SessionContext, SessionKey, at_rest::StorageKey,
 };
 use sotto_proto::UserName;
 use zeroize::Zeroizing;
 
 use crate::contacts::{Contact, Contacts, Trust};
 use crate::vault::{Vault, VaultError};
+
+mod timers;
+pub use timers::{ExpiringRecord, TimerRecord};
 
 const SETTINGS: &str = "settings";
 const CONTACTS: &str = "contacts";
@@ -38,11 +42,20 @@ const HISTORY: &str = "history";
 const OUTGOING: &str = "outgoing";
 const UNSENT: &str = "unsent";
 const OUTBOX: &str = "outbox";
+const TIMERS: &str = "timers";
+const EXPIRING: &str = "expiring";
 
 const NAME_KEY: &[u8] = b"name";
 const JOINED_KEY: &[u8] = b"joined";
 const LEAVING_KEY: &[u8] = b"leaving";
 const CONTACTS_KEY: &[u8] = b"all";
+/// The format of the store's records: 2 since sessions v2 (absent in a
+/// store made before, which is migrated once, `Store::new`).
+const FORMAT_KEY: &[u8] = b"format";
+/// What a migration dropped, until the engine has told the user.
+const MIGRATED_KEY: &[u8] = b"migrated";
+/// The record format this build writes.
+pub const STORE_FORMAT: u8 = 2;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +71,11 @@ pub enum StoreError {
     /// Deriving the local keys failed.
     #[error(transparent)]
     Crypto(#[from] sotto_crypto::Error),
+    /// The data directory was made by a newer sotto.
+    #[error(
+        "this data directory was written by a newer sotto (store format {0}); this build reads format 2"
+    )]
+    NewerFormat(u8),
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, StoreError> {
@@ -180,12 +198,16 @@ pub struct History {
     pub skipped: usize,
 }
 
-/// A receiving session at rest: its context, key, replay window and the
-/// sequence numbers still missing in it.
+/// A receiving session at rest: its context, pair key, chain (its next
+/// key, that key's number, and the keys kept for messages passed over),
+/// replay window and the sequence numbers still missing in it.
 #[derive(Serialize, Deserialize)]
 struct StoredReceiving {
     context: SessionContext,
     key: [u8; 32],
+    chain_next: [u8; 32],
+    chain_n: u64,
+    skipped: Vec<(u64, [u8; 32])>,
     window: ReplayWindow,
     missing: BTreeSet<u64>,
 }
@@ -193,6 +215,56 @@ struct StoredReceiving {
 impl Drop for StoredReceiving {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.key);
+        zeroize::Zeroize::zeroize(&mut self.chain_next);
+        for (_, key) in &mut self.skipped {
+            zeroize::Zeroize::zeroize(key);
+        }
+    }
+}
+
+impl StoredReceiving {
+    fn of(receiving: &Receiving) -> Self {
+        let ReceivingState {
+            context,
+            key,
+            chain,
+        } = receiving.session.export();
+        Self {
+            context,
+            key: *key.expose_secret(),
+            chain_next: *chain.next.expose_secret(),
+            chain_n: chain.n,
+            skipped: chain
+                .skipped
+                .iter()
+                .map(|(n, key)| (*n, *key.as_bytes()))
+                .collect(),
+            window: receiving.window.clone(),
+            missing: receiving.missing.clone(),
+        }
+    }
+
+    fn restore(&self) -> Result<Receiving, StoreError> {
+        let chain = ChainState {
+            next: ChainKey::from_bytes(self.chain_next),
+            n: self.chain_n,
+            skipped: self
+                .skipped
+                .iter()
+                .map(|(n, key)| (*n, MessageKey::from_bytes(*key)))
+                .collect(),
+        };
+        let session = ReceivingSession::restore(ReceivingState {
+            context: self.context.clone(),
+            key: SessionKey::from_bytes(self.key),
+            chain,
+        })
+        .map_err(|_| StoreError::Format)?;
+        Ok(Receiving {
+            session,
+            window: self.window.clone(),
+            missing: self.missing.clone(),
+        })
     }
 }
 
@@ -205,6 +277,35 @@ pub struct Receiving {
     pub window: ReplayWindow,
     /// Sequence numbers skipped and not (yet) arrived, within the window.
     pub missing: BTreeSet<u64>,
+}
+
+/// A receiving session as it was before a message moved it: put back if
+/// what the message carried could not be stored, so that the relay's
+/// redelivery opens it again.
+pub struct Snapshot {
+    state: StoredReceiving,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
+impl Receiving {
+    /// What [`Receiving::put_back`] restores.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            state: StoredReceiving::of(self),
+        }
+    }
+
+    /// Puts the session, its window and its missing numbers back as they
+    /// were at `snapshot`.
+    pub fn put_back(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        *self = snapshot.state.restore()?;
+        Ok(())
+    }
 }
 
 /// Everything received from one sender in one conversation.
@@ -287,10 +388,69 @@ impl Store {
         })
     }
 
-    /// The store of `identity` in `vault`.
+    /// The store of `identity` in `vault`, migrated once if a version of
+    /// sotto before sessions v2 made it ([`Store::migrated`]); one made by
+    /// a newer sotto is refused ([`StoreError::NewerFormat`]).
     pub fn new(vault: Arc<Vault>, identity: &Identity) -> Result<Self, StoreError> {
         let ids = Arc::new(identity.local_storage_key("record-ids")?);
-        Ok(Self { vault, ids })
+        let store = Self { vault, ids };
+        let format = store.vault.get(SETTINGS, FORMAT_KEY)?;
+        match format.as_ref().map(|f| f.as_slice()) {
+            Some([STORE_FORMAT]) => {}
+            Some([newer]) if *newer > STORE_FORMAT => return Err(StoreError::NewerFormat(*newer)),
+            Some(_) => return Err(StoreError::Format),
+            None => store.migrate_from_v1()?,
+        }
+        Ok(store)
+    }
+
+    /// A store without a format mark: new, or made before sessions v2
+    /// (protocol.md 20.2, "Migration"). Its receiving sessions (version 1,
+    /// which no peer uses any more) are dropped, and each message it
+    /// sealed that the relay never confirmed, whose frames are version 1,
+    /// is marked failed rather than sent: what is said about both is kept
+    /// in `settings` for the engine to tell the user once. Then the mark.
+    fn migrate_from_v1(&self) -> Result<(), StoreError> {
+        let sessions = self.vault.all(INBOUND)?.len();
+        let mut unsent: usize = 0;
+        for (key, value) in self.vault.each(UNSENT)? {
+            self.vault.remove(UNSENT, &key)?;
+            let Ok(value) = value else { continue };
+            let Ok(record) = decode::<UnsentRecord>(&value) else {
+                continue;
+            };
+            unsent += 1;
+            if let Some(bytes) = self.vault.get(OUTGOING, &key)?
+                && let Ok(mut outgoing) = decode::<OutgoingRecord>(&bytes)
+            {
+                outgoing.state = 2;
+                outgoing.failed = Some((
+                    sotto_proto::ErrorCode::UnsupportedVersion,
+                    "sealed by an earlier version of sotto and never sent: send it again"
+                        .to_owned(),
+                ));
+                self.set_outgoing(&record.conversation, record.seq, &outgoing)?;
+            }
+        }
+        for (key, _) in self.vault.each(INBOUND)? {
+            self.vault.remove(INBOUND, &key)?;
+        }
+        if sessions > 0 || unsent > 0 {
+            let note = encode(&(sessions, unsent))?;
+            self.vault.put(SETTINGS, MIGRATED_KEY, &note)?;
+        }
+        Ok(self.vault.put(SETTINGS, FORMAT_KEY, &[STORE_FORMAT])?)
+    }
+
+    /// What the migration from before sessions v2 dropped, once: the
+    /// receiving sessions and the unsent messages (then forgotten).
+    pub fn take_migrated(&self) -> Result<Option<(usize, usize)>, StoreError> {
+        let Some(bytes) = self.vault.get(SETTINGS, MIGRATED_KEY)? else {
+            return Ok(None);
+        };
+        let note = decode(&bytes)?;
+        self.vault.remove(SETTINGS, MIGRATED_KEY)?;
+        Ok(Some(note))
     }
 
     /// A 16-byte record id for `parts`: SHA-256 keyed with a secret of the
@@ -303,6 +463,12 @@ impl Store {
         let mut id = [0u8; 16];
         id.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
         id
+    }
+
+    /// The vault underneath, for the tables another module keeps
+    /// (`session::prekeys`: `own_prekeys`, `peer_prekeys`).
+    pub(crate) fn records(&self) -> &Vault {
+        &self.vault
     }
 
     /// The account's name on relays.
@@ -506,15 +672,8 @@ impl Store {
         let sessions = stored
             .sessions
             .iter()
-            .map(|s| Receiving {
-                session: ReceivingSession::restore(
-                    s.context.clone(),
-                    SessionKey::from_bytes(s.key),
-                ),
-                window: s.window.clone(),
-                missing: s.missing.clone(),
-            })
-            .collect();
+            .map(StoredReceiving::restore)
+            .collect::<Result<_, _>>()?;
         Ok(Inbound {
             max_epoch: stored.max_epoch,
             sessions,
@@ -524,18 +683,50 @@ impl Store {
     fn encode_inbound(inbound: &Inbound) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let stored = StoredInbound {
             max_epoch: inbound.max_epoch,
-            sessions: inbound
-                .sessions
-                .iter()
-                .map(|r| StoredReceiving {
-                    context: r.session.context().clone(),
-                    key: *r.session.export_key().expose_secret(),
-                    window: r.window.clone(),
-                    missing: r.missing.clone(),
-                })
-                .collect(),
+            sessions: inbound.sessions.iter().map(StoredReceiving::of).collect(),
         };
         encode(&stored)
+    }
+
+    /// Deletes, from every `inbound` record, the receiving sessions no longer
+    /// current at `now` (protocol.md 18.1), keeping each sender's epoch
+    /// floor: their keys would open nothing the client still accepts, and
+    /// would open for whoever copies the database the messages it never
+    /// received (docs/threat-model.md 11). How many were deleted.
+    pub fn prune_inbound(&self, now: u64) -> Result<usize, StoreError> {
+        let mut pruned = 0;
+        for (key, value) in self.vault.all(INBOUND)? {
+            let stored: StoredInbound = decode(&value)?;
+            let before = stored.sessions.len();
+            let sessions: Vec<StoredReceiving> = stored
+                .sessions
+                .into_iter()
+                .filter(|s| s.context.is_current(now))
+                .collect();
+            if sessions.len() != before {
+                pruned += before - sessions.len();
+                let kept = StoredInbound {
+                    max_epoch: stored.max_epoch,
+                    sessions,
+                };
+                self.vault.put(INBOUND, &key, &encode(&kept)?)?;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Every receiving session the store holds, whoever sent it (tests of
+    /// what a copy of the database opens).
+    #[cfg(test)]
+    pub(crate) fn all_receiving(&self) -> Result<Vec<Receiving>, StoreError> {
+        let mut all = Vec::new();
+        for (_, value) in self.vault.all(INBOUND)? {
+            let stored: StoredInbound = decode(&value)?;
+            for session in &stored.sessions {
+                all.push(session.restore()?);
+            }
+        }
+        Ok(all)
     }
 
     /// Records what was received from `sender` in `conversation`.
@@ -560,6 +751,9 @@ impl Store {
     /// Records an opened message and the receiving state it moved, in one
     /// transaction: after a crash either both are there or neither is, so
     /// a message is never shown twice nor lost once acknowledged.
+    ///
+    /// A message under a disappearing-message timer has its `expiring`
+    /// record written in the same transaction.
     pub fn record_received(
         &self,
         entry: &StoredEntry,
@@ -567,20 +761,30 @@ impl Store {
         sender: Fingerprint,
         conversation: &Conversation,
         inbound: &Inbound,
+        expiring: Option<&ExpiringRecord>,
     ) -> Result<(), StoreError> {
         let history_key = self.history_key(entry, position);
         let history_value = encode(entry)?;
         let inbound_id = self.inbound_id(sender, conversation);
         let inbound_value = Self::encode_inbound(inbound)?;
-        Ok(self.vault.put_all(&[
-            (HISTORY, &history_key, &history_value),
-            (INBOUND, &inbound_id, &inbound_value),
-        ])?)
+        let expiring = expiring.map(|r| self.expiring_parts(r)).transpose()?;
+        let mut records = vec![
+            (HISTORY, history_key.as_slice(), history_value.as_slice()),
+            (INBOUND, inbound_id.as_slice(), inbound_value.as_slice()),
+        ];
+        if let Some((key, value, _)) = &expiring {
+            records.push((EXPIRING, key.as_slice(), value.as_slice()));
+        }
+        Ok(self.vault.put_all(&records)?)
     }
 
     /// Records a message this client sent, with how far it got and, until
     /// the relay says it stored it, the frames that carry it: one
     /// transaction, before the frames leave.
+    ///
+    /// A message under a disappearing-message timer has its `expiring`
+    /// record written in the same transaction (replacing the one of the
+    /// outbox text it was sealed from, if any).
     pub fn record_sent(
         &self,
         entry: &StoredEntry,
@@ -588,12 +792,14 @@ impl Store {
         conversation: &Conversation,
         record: &OutgoingRecord,
         unsent: Option<&UnsentRecord>,
+        expiring: Option<&ExpiringRecord>,
     ) -> Result<(), StoreError> {
         let key = self.history_key(entry, position);
         let value = encode(entry)?;
         let outgoing_key = self.outgoing_key(conversation, entry.seq);
         let outgoing = encode(record)?;
         let unsent = unsent.map(encode).transpose()?;
+        let expiring = expiring.map(|r| self.expiring_parts(r)).transpose()?;
         let mut records = vec![
             (HISTORY, key.as_slice(), value.as_slice()),
             (OUTGOING, outgoing_key.as_slice(), outgoing.as_slice()),
@@ -601,7 +807,14 @@ impl Store {
         if let Some(unsent) = &unsent {
             records.push((UNSENT, outgoing_key.as_slice(), unsent.as_slice()));
         }
-        Ok(self.vault.put_all(&records)?)
+        let mut removed = Vec::new();
+        if let Some((key, value, typed)) = &expiring {
+            records.push((EXPIRING, key.as_slice(), value.as_slice()));
+            if let Some(typed) = typed {
+                removed.push((EXPIRING, typed.as_slice()));
+            }
+        }
+        Ok(self.vault.put_and_remove(&records, &removed)?)
     }
 
     /// The texts typed while they could not be sealed, in the order typed

@@ -14,7 +14,7 @@
 //! are and their sizes, not what they say.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use sotto_crypto::at_rest::{RecordCipher, StorageKey};
@@ -56,7 +56,10 @@ fn db_err<E: std::fmt::Display>(error: E) -> VaultError {
 /// nothing of it is on disk until [`Vault::commit_batch`] commits it all,
 /// durably, at once.
 pub struct Vault {
-    db: Database,
+    /// The database: shared by every read and write (each only begins its
+    /// transaction under the lock), held alone by [`Vault::compact`], the
+    /// one operation that needs `&mut Database`.
+    db: RwLock<Database>,
     cipher: RecordCipher,
     batch: Mutex<Batch>,
     /// Test hook: commits (batched or not) fail while set.
@@ -106,7 +109,7 @@ impl Vault {
                 e => db_err(e),
             })?;
         Ok(Self {
-            db,
+            db: RwLock::new(db),
             cipher: RecordCipher::new(key),
             batch: Mutex::new(Batch::Closed),
             #[cfg(test)]
@@ -114,6 +117,14 @@ impl Vault {
             #[cfg(test)]
             commits: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The database, shared: only to begin a transaction (transactions
+    /// are not bound to the guard, which is dropped at once).
+    fn db(&self) -> Result<RwLockReadGuard<'_, Database>, VaultError> {
+        self.db
+            .read()
+            .map_err(|_| VaultError::Database("the database lock is poisoned".to_owned()))
     }
 
     fn batch(&self) -> Result<MutexGuard<'_, Batch>, VaultError> {
@@ -153,9 +164,9 @@ impl Vault {
                 }
                 let result = match txn {
                     Some(txn) => write(txn),
-                    None => match self.db.begin_write() {
+                    None => match self.db().and_then(|db| db.begin_write().map_err(db_err)) {
                         Ok(begun) => write(txn.insert(Box::new(begun))),
-                        Err(e) => Err(db_err(e)),
+                        Err(e) => Err(e),
                     },
                 };
                 *failed = result.is_err();
@@ -163,7 +174,7 @@ impl Vault {
             }
             Batch::Closed => {
                 drop(batch);
-                let txn = self.db.begin_write().map_err(db_err)?;
+                let txn = self.db()?.begin_write().map_err(db_err)?;
                 let result = write(&txn)?;
                 self.commit(txn)?;
                 Ok(result)
@@ -184,7 +195,7 @@ impl Vault {
             return read(Some(&t));
         }
         drop(batch);
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         match txn.open_table(Table::new(table)) {
             Ok(t) => read(Some(&t)),
             Err(redb::TableError::TableDoesNotExist(_)) => read(None),
@@ -248,6 +259,33 @@ impl Vault {
         }
     }
 
+    /// Compacts the database file (redb `Database::compact`): live pages
+    /// move to the front of the file and the rest is cut off, so that
+    /// records deleted before it no longer linger in free pages. It runs
+    /// in redb's own durable transactions: a crash during it leaves the
+    /// database as last committed. `Ok(false)` if it could not run now (a
+    /// batch or another transaction is open: try again later).
+    pub(crate) fn compact(&self) -> Result<bool, VaultError> {
+        // The batch lock first (as every write takes it): no batch begins
+        // while the database is held alone.
+        let batch = self.batch()?;
+        if matches!(*batch, Batch::Open { .. }) {
+            return Ok(false);
+        }
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| VaultError::Database("the database lock is poisoned".to_owned()))?;
+        let compacted = match db.compact() {
+            Ok(_) => Ok(true),
+            Err(redb::CompactionError::TransactionInProgress) => Ok(false),
+            Err(e) => Err(db_err(e)),
+        };
+        drop(db);
+        drop(batch);
+        compacted
+    }
+
     /// Test hook: makes every commit fail (`true`) or succeed again.
     #[cfg(test)]
     pub(crate) fn fail_commits(&self, fail: bool) {
@@ -291,6 +329,16 @@ impl Vault {
     /// Stores several `(table, key, value)` records in one durable
     /// transaction: all of them or none.
     pub fn put_all(&self, records: &[(&str, &[u8], &[u8])]) -> Result<(), VaultError> {
+        self.put_and_remove(records, &[])
+    }
+
+    /// Stores `records` and removes the `(table, key)` records of
+    /// `removed`, in one durable transaction: all of it or none.
+    pub fn put_and_remove(
+        &self,
+        records: &[(&str, &[u8], &[u8])],
+        removed: &[(&str, &[u8])],
+    ) -> Result<(), VaultError> {
         let sealed = records
             .iter()
             .map(|(table, key, value)| self.seal(table, key, value))
@@ -299,6 +347,10 @@ impl Vault {
             for ((table, key, _), sealed) in records.iter().zip(&sealed) {
                 let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
                 t.insert(*key, sealed.as_slice()).map_err(db_err)?;
+            }
+            for (table, key) in removed {
+                let mut t = txn.open_table(Table::new(table)).map_err(db_err)?;
+                t.remove(*key).map_err(db_err)?;
             }
             Ok(())
         })
@@ -499,6 +551,63 @@ mod tests {
             vault.get("history", b"b"),
             Err(VaultError::Corrupt)
         ));
+    }
+
+    fn contains(file: &[u8], needle: &[u8]) -> bool {
+        file.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_removed_record_is_gone_from_the_file_after_compaction_and_the_rest_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(VAULT_FILE);
+        let vault = Vault::open(&path, &key(1)).unwrap();
+        // Enough records around it that the file has pages to move.
+        for n in 0u64..200 {
+            vault
+                .put(
+                    "history",
+                    &n.to_be_bytes(),
+                    &[u8::try_from(n % 251).unwrap(); 300],
+                )
+                .unwrap();
+        }
+        let doomed = [7u64, 100, 150];
+        let sealed: Vec<Vec<u8>> = doomed
+            .iter()
+            .map(|n| vault.get_raw("history", &n.to_be_bytes()).unwrap())
+            .collect();
+        for bytes in &sealed {
+            assert!(contains(&std::fs::read(&path).unwrap(), bytes));
+        }
+        for n in doomed {
+            vault.remove("history", &n.to_be_bytes()).unwrap();
+        }
+        assert!(vault.compact().unwrap());
+        let file = std::fs::read(&path).unwrap();
+        for bytes in &sealed {
+            assert!(!contains(&file, bytes), "a deleted record lingers");
+        }
+        // Not while a batch is open (it would wait on the batch).
+        vault.begin_batch().unwrap();
+        vault.put("history", b"x", b"in the batch").unwrap();
+        assert!(!vault.compact().unwrap());
+        vault.commit_batch().unwrap();
+        drop(vault);
+        let vault = Vault::open(&path, &key(1)).unwrap();
+        let all = vault.all("history").unwrap();
+        assert_eq!(all.len(), 198);
+        assert_eq!(
+            &vault.get("history", b"x").unwrap().unwrap()[..],
+            b"in the batch"
+        );
+        assert_eq!(
+            &vault
+                .get("history", &199u64.to_be_bytes())
+                .unwrap()
+                .unwrap()[..],
+            &[199u8; 300]
+        );
     }
 
     /// Records in the format of this file's own sealing before it moved to

@@ -1,6 +1,7 @@
 //! A walk through sotto's cryptography, end to end, on one machine:
 //! two identities, a passphrase-protected identity file, a safety number,
-//! a session announcement, and one message sealed, opened and tampered with.
+//! a signed prekey, a session announced to it, and one message sealed,
+//! opened, forgotten and tampered with.
 //!
 //! `cargo run --release -p sotto-crypto --example walkthrough`
 
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 use sotto_crypto::{
     Conversation, Identity, KdfParams, NoPersistence, PeerBody, ReplayWindow, SendingSession,
-    SequenceCounter, roster_digest,
+    SequenceCounter, SignedPrekey, WrapTo, roster_digest, sign_announcements,
 };
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -49,17 +50,30 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("\nthe safety number alice and bob read to each other:\n{number}");
     println!("QR payload: {}", number.qr_payload());
 
-    let room = Conversation::room("lobby");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let started = Instant::now();
-    let (mut session, announcements) =
-        SendingSession::start(&mut rng, &alice, room.clone(), 1, 0, 0, &[bob.public()])?;
-    let from_alice = bob.accept(&mut rng, &announcements[0], alice.public())?;
+    let (signed_prekey, prekey_secret) = bob.make_prekey(&mut rng, now)?;
     println!(
-        "\nalice announced a session key to bob, bob verified and unwrapped it: {:.1?}",
+        "\nbob made and signed a prekey (an RSA-3072 key of its own) in {:.1?}",
         started.elapsed()
     );
 
+    let room = Conversation::room("lobby");
+    let started = Instant::now();
+    let prekey = SignedPrekey::verify(signed_prekey.as_bytes(), bob.public(), now)?;
     let mut counter = SequenceCounter::resume(0, NoPersistence);
+    let mut session = SendingSession::start(&mut rng, alice.fingerprint(), room.clone(), 1, 0, now);
+    let unsigned = session.add_recipients(&mut rng, &[WrapTo::Prekey(&prekey)], counter.peek())?;
+    let announcements = sign_announcements(&alice, &mut rng, unsigned)?;
+    let mut from_alice =
+        announcements[0].accept(&mut rng, &bob, alice.public(), now, Some(&prekey_secret))?;
+    println!(
+        "alice wrapped a pair key and chain key to bob's prekey and signed it; bob verified and unwrapped it: {:.1?}",
+        started.elapsed()
+    );
+
     let sealed = session.seal(&mut rng, &mut counter, 0, b"hello, bob")?;
     println!(
         "sealed 10 bytes: {}-byte body for everyone, {}-byte slot for bob",
@@ -84,9 +98,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         String::from_utf8_lossy(&opened.plaintext),
         window.accept(opened.seq)?
     );
+    from_alice.forget(opened.seq)?;
     match window.accept(opened.seq) {
         Err(e) => println!("the same message again: {e}"),
         Ok(_) => println!("a replay was accepted: this is a bug"),
+    }
+    match from_alice.open(&room, &body, &slot) {
+        Err(e) => println!("its key is forgotten, so even bob's session cannot open it again: {e}"),
+        Ok(_) => println!("a forgotten message opened again: this is a bug"),
     }
 
     let mut tampered = sealed.body.clone();
@@ -95,7 +114,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let result = PeerBody::decode(&tampered).and_then(|b| match b {
         PeerBody::Message(body) => from_alice.open(&room, &body, &slot).map(|_| ()),
-        PeerBody::Announcement(_) => Ok(()),
+        PeerBody::Announcement(_) | PeerBody::PairReply(_) => Ok(()),
     });
     println!(
         "one flipped bit: {}",

@@ -27,6 +27,11 @@ pub enum Error {
     /// public exponent 65537).
     #[error("invalid public identity")]
     InvalidPublicIdentity,
+    /// A signed prekey that fails any check (encoding, owner, key, times,
+    /// signature: one opaque error), or a stored prekey secret that does
+    /// not decode.
+    #[error("invalid prekey")]
+    InvalidPrekey,
     /// A registration proof that does not verify.
     #[error("invalid signature")]
     InvalidSignature,

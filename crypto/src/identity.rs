@@ -2,6 +2,7 @@
 //! numbers and the registration proof.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand_core::{CryptoRng, TryCryptoRng};
@@ -15,7 +16,6 @@ use zeroize::Zeroizing;
 
 use crate::at_rest::StorageKey;
 use crate::error::{Error, Result};
-use crate::secret::{KEY_LEN, SessionKey};
 use crate::wire;
 
 /// RSA modulus size of both identity keys, in bits.
@@ -212,19 +212,21 @@ impl PublicIdentity {
             .map_err(|_| Error::DecryptionFailed)
     }
 
-    /// Wraps `key` to this identity with RSA-OAEP-SHA256 under `label`.
-    pub(crate) fn wrap_session_key<R: CryptoRng + ?Sized>(
+    /// Whether `key` has the modulus of either of this identity's keys.
+    pub(crate) fn uses_key(&self, key: &PublicKey) -> bool {
+        self.enc.n() == key.n() || self.sig.n() == key.n()
+    }
+
+    /// Wraps `secret` to this identity's OAEP key under `label` (sessions
+    /// v2, when the recipient has no valid prekey).
+    pub(crate) fn wrap_secret<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         label: Vec<u8>,
-        key: &SessionKey,
+        secret: &[u8],
     ) -> Result<Vec<u8>> {
         self.enc
-            .encrypt(
-                rng,
-                Oaep::<Sha256>::new_with_label(label),
-                key.expose_secret(),
-            )
+            .encrypt(rng, Oaep::<Sha256>::new_with_label(label), secret)
             .map_err(|_| Error::Rsa)
     }
 }
@@ -253,7 +255,9 @@ pub struct Identity {
     enc: PrivateKey,
     sig: PrivateKey,
     public: PublicIdentity,
-    rsa_decryptions: AtomicU64,
+    /// Shared with the prekey secrets counted for this identity
+    /// ([`crate::PrekeySecret::count_for`]).
+    rsa_decryptions: Arc<AtomicU64>,
 }
 
 impl Identity {
@@ -278,7 +282,7 @@ impl Identity {
             enc,
             sig,
             public,
-            rsa_decryptions: AtomicU64::new(0),
+            rsa_decryptions: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -299,6 +303,16 @@ impl Identity {
         let enc = PrivateKey::from_pkcs8_der(enc).map_err(|_| Error::CorruptIdentityFile)?;
         let sig = PrivateKey::from_pkcs8_der(sig).map_err(|_| Error::CorruptIdentityFile)?;
         Self::from_keys(enc, sig).map_err(|_| Error::CorruptIdentityFile)
+    }
+
+    /// An identity from its two private keys, each PKCS#8 DER (the OAEP key
+    /// first), under the rules of an identity file (3072 bits, exponent
+    /// 65537, two distinct keys; anything else is
+    /// [`Error::CorruptIdentityFile`]): for tools and benchmarks that keep
+    /// keys of their own. People's identities come from
+    /// [`Identity::generate`] and live in identity files.
+    pub fn from_private_keys(enc: &[u8], sig: &[u8]) -> Result<Self> {
+        Self::from_pkcs8(enc, sig)
     }
 
     /// The public half.
@@ -328,10 +342,17 @@ impl Identity {
         Ok(StorageKey::from_bytes(*hasher.finalize().as_bytes()))
     }
 
-    /// How many RSA decryptions this identity has performed. Tests use it to
-    /// show that forged announcements never reach the decryption (P3).
+    /// How many RSA decryptions this identity's keys have performed, and
+    /// the prekey secrets counted for it (those it made, and those given
+    /// [`crate::PrekeySecret::count_for`]). Tests use it to show that
+    /// forged announcements never reach the decryption (P3).
     pub fn rsa_decryptions(&self) -> u64 {
         self.rsa_decryptions.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`Identity::rsa_decryptions`], for its prekeys.
+    pub(crate) fn decryption_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.rsa_decryptions)
     }
 
     /// Proves possession of the signing key to a relay: a PSS signature over
@@ -361,26 +382,21 @@ impl Identity {
             .map_err(|_| Error::Rsa)
     }
 
-    /// Unwraps a session key wrapped to this identity under `label`, with
-    /// RSA blinding. Callers must have verified the sender's signature over
-    /// the wrapped key first (P3): see [`crate::session`].
-    pub(crate) fn unwrap_session_key<R: CryptoRng + ?Sized>(
+    /// Decrypts a secret wrapped to this identity's OAEP key under `label`,
+    /// with RSA blinding (sessions v2: a pair key and a chain key, when the
+    /// recipient had no valid prekey). Callers must have verified the
+    /// sender's signature over the wrapped secret first (P3).
+    pub(crate) fn unwrap_secret<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         label: Vec<u8>,
         wrapped: &[u8],
-    ) -> Result<SessionKey> {
+    ) -> Result<Zeroizing<Vec<u8>>> {
         self.rsa_decryptions.fetch_add(1, Ordering::Relaxed);
-        let plain = Zeroizing::new(
-            self.enc
-                .decrypt_blinded(rng, Oaep::<Sha256>::new_with_label(label), wrapped)
-                .map_err(|_| Error::DecryptionFailed)?,
-        );
-        let bytes: [u8; KEY_LEN] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::DecryptionFailed)?;
-        Ok(SessionKey::from_bytes(bytes))
+        self.enc
+            .decrypt_blinded(rng, Oaep::<Sha256>::new_with_label(label), wrapped)
+            .map(Zeroizing::new)
+            .map_err(|_| Error::DecryptionFailed)
     }
 }
 
@@ -503,9 +519,15 @@ fn parse_public_key(der: &[u8]) -> Result<PublicKey> {
 /// [`RSA_PUBLIC_EXPONENT`], and two distinct keys, so that the wrapping
 /// key is never also the signing key.
 fn acceptable_keys(enc: &PublicKey, sig: &PublicKey) -> bool {
+    acceptable_key(enc) && acceptable_key(sig) && enc.n() != sig.n()
+}
+
+/// One key under the rules of [`acceptable_keys`]: a modulus of exactly
+/// [`RSA_BITS`] bits and public exponent [`RSA_PUBLIC_EXPONENT`]. Prekeys
+/// (`crate::prekey`) are held to it too.
+pub(crate) fn acceptable_key(key: &PublicKey) -> bool {
     let exponent = rsa::BoxedUint::from(RSA_PUBLIC_EXPONENT);
-    let good = |key: &PublicKey| key.n().bit_width() as usize == RSA_BITS && *key.e() == exponent;
-    good(enc) && good(sig) && enc.n() != sig.n()
+    key.n().bit_width() as usize == RSA_BITS && *key.e() == exponent
 }
 
 /// Lengths in sotto's hashes are u32; nothing hashed comes near 4 GiB.

@@ -1,58 +1,57 @@
-//! Sealing a message to every recipient of a session, and opening it.
+//! What clients send each other ([`PeerBody`]), and the parts of a sealed
+//! message shared by sealing and opening (`session/sending.rs`,
+//! `session/receiving.rs`).
 //!
 //! A message is one body encrypted once (AES-256-CTR) under a fresh content
-//! key, plus one 80-byte key slot per recipient: the content key sealed with
-//! AES-256-GCM under that recipient's pairwise session key, with a BLAKE3
-//! digest of the whole message (header and body ciphertext) as associated
-//! data. The header commits to the content key. docs/protocol.md gives the
-//! exact bytes and the argument that this is as strong as a GCM body.
+//! key, plus one 80-byte key slot per recipient: the content key, masked with
+//! the chain's key for the message, sealed with AES-256-GCM under that
+//! recipient's pair key, with a BLAKE3 digest of the whole message (header
+//! and body ciphertext) as associated data. The header commits to the
+//! content key. docs/protocol.md gives the exact bytes and the argument that
+//! this is as strong as a GCM body.
 
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Nonce, Tag};
+use aes_gcm::Nonce;
 use ctr::cipher::StreamCipher;
-use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::identity::{Fingerprint, len_u32};
 use crate::secret::{ContentKey, KEY_LEN};
-use crate::session::{
-    Announcement, Conversation, CounterStore, MAX_MESSAGES_PER_SESSION, ReceivingSession,
-    SendingSession, SequenceCounter, SessionId,
-};
+use crate::session::{Announcement, Conversation, PairReply, SessionId};
 use crate::wire;
 
 /// Version of everything clients send each other inside the relay's frames.
-pub const PEER_VERSION: u8 = 1;
+pub const PEER_VERSION: u8 = 2;
 /// Length of an encoded [`KeySlot`].
 pub const SLOT_LEN: usize = 32 + KEY_LEN + TAG_LEN;
 /// Plaintexts are padded to a multiple of this many bytes (after a 12-byte
 /// prefix: send time and length), so the relay learns lengths only to this
 /// granularity.
 pub const PAD_BLOCK: usize = 64;
-/// Largest plaintext [`SendingSession::seal`] accepts.
+/// Largest plaintext [`SendingSession::seal`](crate::SendingSession::seal) accepts.
 pub const MAX_PLAINTEXT_LEN: usize = 512 * 1024;
 
-const TAG_LEN: usize = 16;
-/// BLAKE3 derive-key context of the message digest.
-const MESSAGE_CONTEXT: &str = "sotto/v1/message";
-const COMMIT_LABEL: &[u8] = b"sotto/v1/commit\0";
-const SLOT_LABEL: &[u8] = b"sotto/v1/slot\0";
-const ROSTER_LABEL: &[u8] = b"sotto/v1/roster\0";
+pub(crate) const TAG_LEN: usize = 16;
 /// postcard's variant index of [`PeerBody::Message`].
-const MESSAGE_VARIANT: u8 = 1;
+pub(crate) const MESSAGE_VARIANT: u8 = 1;
+/// BLAKE3 derive-key context of the message digest.
+const MESSAGE_CONTEXT: &str = "sotto/v2/message";
+const COMMIT_LABEL: &[u8] = b"sotto/v2/commit\0";
+const SLOT_LABEL: &[u8; 14] = b"sotto/v2/slot\0";
+const ROSTER_LABEL: &[u8] = b"sotto/v2/roster\0";
 
 /// What one client sends another inside a relay frame's body: version byte
 /// [`PEER_VERSION`], then the postcard encoding of this enum.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerBody<'a> {
-    /// A session key for the recipient.
+    /// A pair key (and chain key) for the recipient, signed in a batch.
     Announcement(Announcement),
     /// A sealed message's shared part.
     Message(#[serde(borrow)] MessageBody<'a>),
+    /// A pair key sent back under the pair key the recipient made.
+    PairReply(PairReply),
 }
 
 impl<'a> PeerBody<'a> {
@@ -82,7 +81,7 @@ impl<'a> PeerBody<'a> {
                         + varint_len(m.ciphertext.len())
                         + m.ciphertext.len()
             }
-            Self::Announcement(_) => body.encode() == bytes,
+            Self::Announcement(_) | Self::PairReply(_) => body.encode() == bytes,
         };
         if canonical {
             Ok(body)
@@ -214,7 +213,7 @@ pub fn roster_digest(members: impl IntoIterator<Item = Fingerprint>) -> [u8; 32]
     hash.finalize().into()
 }
 
-fn commitment(key: &ContentKey) -> [u8; 32] {
+pub(crate) fn commitment(key: &ContentKey) -> [u8; 32] {
     Sha256::new_with_prefix(COMMIT_LABEL)
         .chain_update(key.0)
         .finalize()
@@ -227,8 +226,14 @@ fn commitment(key: &ContentKey) -> [u8; 32] {
 /// other recipients. BLAKE3 (derive-key mode, context [`MESSAGE_CONTEXT`])
 /// rather than SHA-256: it hashes a 64 KiB body in a fifth of the time
 /// here, and after the body cipher it is the largest cost of sealing.
-fn message_digest(header: &[u8], ciphertext: &[u8]) -> [u8; 32] {
-    blake3::Hasher::new_derive_key(MESSAGE_CONTEXT)
+pub(crate) fn message_digest(header: &[u8], ciphertext: &[u8]) -> [u8; 32] {
+    // Derive-key mode hashes the context string into the key on its own,
+    // one compression: done once, and the hasher cloned for each message
+    // (the same output, one compression fewer per seal and per open).
+    static HASHER: std::sync::LazyLock<blake3::Hasher> =
+        std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key(MESSAGE_CONTEXT));
+    HASHER
+        .clone()
         .update(&len_u32(header.len()).to_be_bytes())
         .update(header)
         .update(ciphertext)
@@ -236,14 +241,14 @@ fn message_digest(header: &[u8], ciphertext: &[u8]) -> [u8; 32] {
         .into()
 }
 
-fn slot_nonce(seq: u64) -> Nonce<aes_gcm::aead::consts::U12> {
+pub(crate) fn slot_nonce(seq: u64) -> Nonce<aes_gcm::aead::consts::U12> {
     let mut nonce = [0u8; 12];
     let (_, counter) = nonce.split_at_mut(4);
     counter.copy_from_slice(&seq.to_be_bytes());
     Nonce::from(nonce)
 }
 
-fn slot_aad(digest: &[u8; 32], recipient: &Fingerprint) -> [u8; 78] {
+pub(crate) fn slot_aad(digest: &[u8; 32], recipient: &Fingerprint) -> [u8; 78] {
     let mut aad = [0u8; 78];
     let (label, rest) = aad.split_at_mut(SLOT_LABEL.len());
     label.copy_from_slice(SLOT_LABEL);
@@ -264,7 +269,7 @@ fn body_cipher(key: &ContentKey) -> ctr::Ctr32BE<aes::Aes256> {
 }
 
 /// Length of postcard's varint encoding of `value`.
-fn varint_len(value: usize) -> usize {
+pub(crate) fn varint_len(value: usize) -> usize {
     let bits = usize::BITS - value.leading_zeros();
     (bits.max(1)).div_ceil(7) as usize
 }
@@ -286,119 +291,66 @@ fn push_varint(out: &mut Vec<u8>, mut value: usize) {
     }
 }
 
-impl SendingSession {
-    /// Seals `plaintext` to every recipient of this session under the next
-    /// number of `counter` (persisted first, P9).
-    ///
-    /// `sent_at_ms` is the sender's clock; it travels inside the ciphertext.
-    /// The header commits to the session's recipients ([`roster_digest`]).
-    pub fn seal<R: CryptoRng + ?Sized, S: CounterStore>(
-        &mut self,
-        rng: &mut R,
-        counter: &mut SequenceCounter<S>,
-        sent_at_ms: u64,
-        plaintext: &[u8],
-    ) -> Result<SealedMessage> {
-        if self.sealed >= MAX_MESSAGES_PER_SESSION {
-            return Err(Error::SessionExhausted);
-        }
-        if plaintext.len() > MAX_PLAINTEXT_LEN {
-            return Err(Error::InvalidParameter("plaintext too long"));
-        }
-        if counter.peek() < self.first_seq
-            || self.last_seq.is_some_and(|last| counter.peek() <= last)
-        {
-            return Err(Error::InvalidParameter(
-                "sequence counter behind this session",
-            ));
-        }
-        let seq = counter.next()?;
-        self.last_seq = Some(seq);
-        self.sealed += 1;
+/// Writes an encoded `PeerBody::Message` of `version` directly: version,
+/// variant, `header` (length-prefixed), then the ciphertext
+/// (length-prefixed) of the padded plaintext, encrypted straight from the
+/// caller's buffer under `key`. Returns the body and where its ciphertext
+/// starts.
+pub(crate) fn encrypt_body(
+    version: u8,
+    header: &[u8],
+    sent_at_ms: u64,
+    plaintext: &[u8],
+    key: &ContentKey,
+) -> Result<(Vec<u8>, usize)> {
+    let padded_len = padded_len(plaintext.len());
+    let mut body = Vec::with_capacity(header.len() + padded_len + 12);
+    body.push(version);
+    body.push(MESSAGE_VARIANT);
+    push_varint(&mut body, header.len());
+    body.extend_from_slice(header);
+    push_varint(&mut body, padded_len);
+    let start = body.len();
+    body.extend_from_slice(&sent_at_ms.to_le_bytes());
+    body.extend_from_slice(&len_u32(plaintext.len()).to_le_bytes());
+    body.resize(start + padded_len, 0);
 
-        let mut key = ContentKey([0u8; KEY_LEN]);
-        rng.fill_bytes(&mut key.0);
-        let committed = commitment(&key);
-        self.seal_parts(seq, sent_at_ms, plaintext, committed, &key, &key)
-    }
+    // Encrypt prefix, content and padding in order; the content goes
+    // straight from the caller's buffer to the output (one pass, no
+    // separate copy).
+    let mut cipher = body_cipher(key);
+    let (prefix, rest) = body
+        .get_mut(start..)
+        .unwrap_or_default()
+        .split_at_mut(PREFIX_LEN);
+    let (content, padding) = rest.split_at_mut(plaintext.len());
+    let too_long = |_| Error::InvalidParameter("plaintext too long");
+    cipher.try_apply_keystream(prefix).map_err(too_long)?;
+    cipher
+        .try_apply_keystream_b2b(plaintext, content)
+        .map_err(too_long)?;
+    cipher.try_apply_keystream(padding).map_err(too_long)?;
+    Ok((body, start))
+}
 
-    /// Builds the message. Production passes one key for the commitment, the
-    /// body and the slots; tests pass mismatched ones to show the
-    /// commitment check (P8) is what stops them.
-    #[allow(clippy::too_many_arguments)]
-    fn seal_parts(
-        &self,
-        seq: u64,
-        sent_at_ms: u64,
-        plaintext: &[u8],
-        committed: [u8; 32],
-        body_key: &ContentKey,
-        slot_key: &ContentKey,
-    ) -> Result<SealedMessage> {
-        let header = wire::encode(&MessageHeader {
-            version: PEER_VERSION,
-            conversation: self.conversation.clone(),
-            sender: self.sender,
-            session_id: self.session_id,
-            epoch: self.epoch,
-            seq,
-            roster: self.roster,
-            commitment: committed,
-        });
+/// Whether `len` is a possible ciphertext length: at least one block of
+/// padding, a multiple of [`PAD_BLOCK`] (there is no tag).
+pub(crate) fn is_padded_len(len: usize) -> bool {
+    len >= PAD_BLOCK && len.is_multiple_of(PAD_BLOCK)
+}
 
-        // Write the encoded PeerBody::Message directly: version, variant,
-        // header (length-prefixed), ciphertext (length-prefixed), the
-        // ciphertext encrypted straight from the caller's plaintext.
-        let padded_len = padded_len(plaintext.len());
-        let ciphertext_len = padded_len;
-        let mut body = Vec::with_capacity(header.len() + ciphertext_len + 12);
-        body.push(PEER_VERSION);
-        body.push(MESSAGE_VARIANT);
-        push_varint(&mut body, header.len());
-        body.extend_from_slice(&header);
-        push_varint(&mut body, ciphertext_len);
-        let start = body.len();
-        body.extend_from_slice(&sent_at_ms.to_le_bytes());
-        body.extend_from_slice(&len_u32(plaintext.len()).to_le_bytes());
-        body.resize(start + padded_len, 0);
-
-        // Encrypt prefix, content and padding in order; the content goes
-        // straight from the caller's buffer to the output (one pass, no
-        // separate copy).
-        let mut cipher = body_cipher(body_key);
-        let (prefix, rest) = body
-            .get_mut(start..)
-            .unwrap_or_default()
-            .split_at_mut(PREFIX_LEN);
-        let (content, padding) = rest.split_at_mut(plaintext.len());
-        let too_long = |_| Error::InvalidParameter("plaintext too long");
-        cipher.try_apply_keystream(prefix).map_err(too_long)?;
-        cipher
-            .try_apply_keystream_b2b(plaintext, content)
-            .map_err(too_long)?;
-        cipher.try_apply_keystream(padding).map_err(too_long)?;
-
-        let digest = message_digest(&header, body.get(start..).unwrap_or_default());
-        let nonce = slot_nonce(seq);
-        let mut slots = Vec::with_capacity(self.recipients.len());
-        for recipient in &self.recipients {
-            let mut ciphertext = slot_key.0;
-            let tag = recipient
-                .cipher
-                .encrypt_inout_detached(
-                    &nonce,
-                    &slot_aad(&digest, &recipient.fingerprint),
-                    ciphertext.as_mut_slice().into(),
-                )
-                .map_err(|_| Error::InvalidParameter("slot"))?;
-            slots.push(KeySlot {
-                recipient: recipient.fingerprint,
-                ciphertext,
-                tag: tag.into(),
-            });
-        }
-        Ok(SealedMessage { seq, body, slots })
-    }
+/// Decrypts an authenticated body under its committed `key` and unpads
+/// it: the send time and the plaintext. Call it only once the slot opened
+/// and the key matched the commitment (protocol.md 16, step 11).
+pub(crate) fn decrypt_body(
+    key: &ContentKey,
+    ciphertext: &[u8],
+) -> Result<(u64, Zeroizing<Vec<u8>>)> {
+    let mut plain = Zeroizing::new(ciphertext.to_vec());
+    body_cipher(key)
+        .try_apply_keystream(plain.as_mut_slice())
+        .map_err(|_| Error::DecryptionFailed)?;
+    unpad(plain)
 }
 
 /// Bytes before the content in a body's plaintext: `sent_at_ms` (u64 LE)
@@ -410,72 +362,6 @@ fn padded_len(plaintext_len: usize) -> usize {
         .saturating_add(plaintext_len)
         .div_ceil(PAD_BLOCK)
         .saturating_mul(PAD_BLOCK)
-}
-
-impl ReceivingSession {
-    /// Opens a message that arrived in `conversation` with this recipient's
-    /// `slot`.
-    ///
-    /// Every check must pass: the header's version, conversation, sender,
-    /// session and epoch match this session; the message is not this
-    /// recipient's own (no reflection); the slot is addressed here and opens
-    /// under the pairwise key with the whole message bound in; the content
-    /// key matches the header's commitment. Only then is the body
-    /// decrypted, and its padding must be exact. Any failure is
-    /// [`Error::DecryptionFailed`] (P11). Replay and order are the caller's
-    /// next step, with this session's [`crate::ReplayWindow`].
-    pub fn open(
-        &self,
-        conversation: &Conversation,
-        body: &MessageBody<'_>,
-        slot: &[u8],
-    ) -> Result<Opened> {
-        let header = body.header()?;
-        let context = &self.context;
-        let slot = KeySlot::from_bytes(slot)?;
-        let matches = header.version == PEER_VERSION
-            && header.conversation == *conversation
-            && header.conversation == context.conversation
-            && header.sender == context.sender
-            && header.sender != context.recipient
-            && header.session_id == context.session_id
-            && header.epoch == context.epoch
-            && header.seq >= context.first_seq
-            && slot.recipient == context.recipient
-            && body.ciphertext.len() >= PAD_BLOCK
-            && body.ciphertext.len().is_multiple_of(PAD_BLOCK);
-        if !matches {
-            return Err(Error::DecryptionFailed);
-        }
-
-        let digest = message_digest(body.header, body.ciphertext);
-        let mut key = ContentKey(slot.ciphertext);
-        self.cipher
-            .decrypt_inout_detached(
-                &slot_nonce(header.seq),
-                &slot_aad(&digest, &slot.recipient),
-                key.0.as_mut_slice().into(),
-                &Tag::from(slot.tag),
-            )
-            .map_err(|_| Error::DecryptionFailed)?;
-        if !bool::from(commitment(&key).ct_eq(&header.commitment)) {
-            return Err(Error::DecryptionFailed);
-        }
-
-        // The slot authenticated the digest of header and ciphertext, and the
-        // key matches the commitment: only now is the body decrypted.
-        let mut plain = Zeroizing::new(body.ciphertext.to_vec());
-        body_cipher(&key)
-            .try_apply_keystream(plain.as_mut_slice())
-            .map_err(|_| Error::DecryptionFailed)?;
-        let (sent_at_ms, plaintext) = unpad(plain)?;
-        Ok(Opened {
-            seq: header.seq,
-            sent_at_ms,
-            roster: header.roster,
-            plaintext,
-        })
-    }
 }
 
 /// Splits off the send time and strips the zero padding, refusing
@@ -498,90 +384,4 @@ fn unpad(mut padded: Zeroizing<Vec<u8>>) -> Result<(u64, Zeroizing<Vec<u8>>)> {
     padded.copy_within(PREFIX_LEN..PREFIX_LEN + len, 0);
     padded.truncate(len);
     Ok((sent_at_ms, padded))
-}
-
-#[cfg(test)]
-mod tests {
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha20Rng;
-
-    use super::*;
-    use crate::Identity;
-
-    fn pair() -> (SendingSession, ReceivingSession, Conversation) {
-        let mut rng = ChaCha20Rng::seed_from_u64(7);
-        let alice = Identity::generate_from_rng(&mut rng).unwrap();
-        let bob = Identity::generate_from_rng(&mut rng).unwrap();
-        let room = Conversation::room("lobby");
-        let (session, announcements) =
-            SendingSession::start(&mut rng, &alice, room.clone(), 1, 0, 0, &[bob.public()])
-                .unwrap();
-        let receiving = bob
-            .accept(&mut rng, &announcements[0], alice.public())
-            .unwrap();
-        (session, receiving, room)
-    }
-
-    fn open(
-        receiving: &ReceivingSession,
-        room: &Conversation,
-        sealed: &SealedMessage,
-    ) -> Result<Vec<u8>> {
-        let PeerBody::Message(body) = PeerBody::decode(&sealed.body)? else {
-            return Err(Error::DecryptionFailed);
-        };
-        Ok(receiving
-            .open(room, &body, &sealed.slots[0].to_bytes())?
-            .plaintext
-            .to_vec())
-    }
-
-    #[test]
-    fn mismatched_key_commitment_is_rejected() {
-        let (session, receiving, room) = pair();
-        let committed = ContentKey([1; KEY_LEN]);
-        let used = ContentKey([2; KEY_LEN]);
-        // Control: a consistent message under `used` opens.
-        let honest = session
-            .seal_parts(0, 0, b"x", commitment(&used), &used, &used)
-            .unwrap();
-        assert_eq!(open(&receiving, &room, &honest).unwrap(), b"x");
-        // Body and slot agree on `used`, but the header commits to another
-        // key: what a sender would do to show two recipients two texts.
-        let split = session
-            .seal_parts(0, 0, b"x", commitment(&committed), &used, &used)
-            .unwrap();
-        assert!(matches!(
-            open(&receiving, &room, &split),
-            Err(Error::DecryptionFailed)
-        ));
-    }
-
-    #[test]
-    fn body_under_another_key_than_the_slot_is_rejected() {
-        let (session, receiving, room) = pair();
-        let slot_key = ContentKey([1; KEY_LEN]);
-        let body_key = ContentKey([2; KEY_LEN]);
-        let sealed = session
-            .seal_parts(0, 0, b"x", commitment(&slot_key), &body_key, &slot_key)
-            .unwrap();
-        assert!(matches!(
-            open(&receiving, &room, &sealed),
-            Err(Error::DecryptionFailed)
-        ));
-    }
-
-    #[test]
-    fn hand_written_body_encoding_matches_postcard() {
-        let (mut session, _, _) = pair();
-        let mut counter = SequenceCounter::resume(0, crate::NoPersistence);
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
-        for len in [0, 100, 200, 20_000] {
-            let sealed = session
-                .seal(&mut rng, &mut counter, 0, &vec![7; len])
-                .unwrap();
-            let decoded = PeerBody::decode(&sealed.body).unwrap();
-            assert_eq!(decoded.encode(), sealed.body, "length {len}");
-        }
-    }
 }

@@ -13,32 +13,11 @@
 
 mod common;
 
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
-use argon2::{Algorithm, Argon2, Params, Version};
-use common::{people, rng};
-use rsa::pkcs8::{DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use common::{IDENTITY_FILE_PASS as PASS, identity_file, people, rng, two_byte_strings};
+use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
 use rsa::traits::PublicKeyParts;
 use rsa::{BoxedUint, PrivateKey, PublicKey};
-use sha2::{Digest, Sha256};
 use sotto_crypto::{Error, Identity, PublicIdentity};
-
-const PASS: &[u8] = b"correct horse battery staple";
-
-/// postcard of two byte strings: each a varint length, then the bytes.
-fn two_byte_strings(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for bytes in [a, b] {
-        let mut len = bytes.len();
-        while len >= 0x80 {
-            out.push(u8::try_from(len & 0x7f).unwrap() | 0x80);
-            len >>= 7;
-        }
-        out.push(u8::try_from(len).unwrap());
-        out.extend_from_slice(bytes);
-    }
-    out
-}
 
 /// An exported public identity holding these two keys (protocol.md 12.1).
 fn public_identity_bytes(enc: &PublicKey, sig: &PublicKey) -> Vec<u8> {
@@ -129,43 +108,6 @@ fn public_identities_with_keys_sotto_does_not_make_are_refused() {
         .map(|(what, _)| what)
         .collect();
     assert!(accepted.is_empty(), "accepted: {accepted:?}");
-}
-
-/// An identity file holding these two private keys, written from the
-/// layout in protocol.md 20 (cheap Argon2id costs).
-fn identity_file(enc: &PrivateKey, sig: &PrivateKey) -> Vec<u8> {
-    let (memory, passes, lanes) = (64u32, 1u32, 1u32);
-    let salt = [7u8; 16];
-    let nonce = [9u8; 12];
-    let mut key = [0u8; 32];
-    Argon2::new(
-        Algorithm::Argon2id,
-        Version::V0x13,
-        Params::new(memory, passes, lanes, Some(32)).unwrap(),
-    )
-    .hash_password_into(PASS, &salt, &mut key)
-    .unwrap();
-
-    let mut out = b"SOTTOKEY".to_vec();
-    out.push(sotto_crypto::IDENTITY_FILE_VERSION);
-    for cost in [memory, passes, lanes] {
-        out.extend_from_slice(&cost.to_le_bytes());
-    }
-    out.extend_from_slice(&salt);
-    out.extend_from_slice(&nonce);
-    let mut plain = two_byte_strings(
-        enc.to_pkcs8_der().unwrap().as_bytes(),
-        sig.to_pkcs8_der().unwrap().as_bytes(),
-    );
-    let tag = Aes256Gcm::new_from_slice(&key)
-        .unwrap()
-        .encrypt_inout_detached(&Nonce::from(nonce), &out, plain.as_mut_slice().into())
-        .unwrap();
-    out.extend_from_slice(&plain);
-    out.extend_from_slice(&tag);
-    let check = Sha256::digest(&out);
-    out.extend_from_slice(&check);
-    out
 }
 
 #[test]

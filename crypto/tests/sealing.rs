@@ -1,4 +1,8 @@
 //! Sessions, sealing and opening, with the checks that defend P2-P5, P8, P11.
+//!
+//! Sessions v2: every slot seals the content key XOR the chain's key for
+//! the message under the recipient's pair key; a recipient forgets a
+//! message's key once the message is kept (`ReceivingSession::forget`).
 
 #![forbid(unsafe_code)]
 #![allow(
@@ -13,9 +17,44 @@ mod common;
 use common::{people, rng};
 use proptest::prelude::*;
 use sotto_crypto::{
-    Arrival, Conversation, Error, NoPersistence, PeerBody, ReceivingSession, ReplayWindow,
-    SealedMessage, SendingSession, SequenceCounter, roster_digest,
+    Arrival, Conversation, Error, Identity, MAX_MESSAGES_PER_SESSION, NoPersistence, PeerBody,
+    ReceivingSession, ReplayWindow, SealedMessage, SendingSession, SequenceCounter, WrapTo,
+    roster_digest, sign_announcements,
 };
+
+/// When the sessions below are made and accepted.
+const NOW: u64 = 1_700_000_000;
+
+/// `sender`'s session in `conversation` (epoch 1, from seq 0) to `to`,
+/// wrapped to their identity keys and signed in one batch, and each
+/// recipient's accepted receiving session, in the order of `to`.
+fn start(
+    sender: &Identity,
+    conversation: &Conversation,
+    to: &[&Identity],
+) -> (SendingSession, Vec<ReceivingSession>) {
+    let mut rng = rng();
+    let mut session = SendingSession::start(
+        &mut rng,
+        sender.fingerprint(),
+        conversation.clone(),
+        1,
+        0,
+        NOW,
+    );
+    let targets: Vec<WrapTo<'_>> = to.iter().map(|r| WrapTo::Identity(r.public())).collect();
+    let unsigned = session.add_recipients(&mut rng, &targets, 0).unwrap();
+    let announcements = sign_announcements(sender, &mut rng, unsigned).unwrap();
+    let receiving = to
+        .iter()
+        .zip(&announcements)
+        .map(|(r, a)| {
+            assert_eq!(a.context.recipient, r.fingerprint());
+            a.accept(&mut rng, r, sender.public(), NOW, None).unwrap()
+        })
+        .collect();
+    (session, receiving)
+}
 
 struct Dm {
     room: Conversation,
@@ -28,32 +67,10 @@ struct Dm {
 /// Alice sends in a room with Bob and Carol.
 fn room_with_bob_and_carol(name: &str) -> Dm {
     let p = people();
-    let mut rng = rng();
     let room = Conversation::room(name);
-    let (session, announcements) = SendingSession::start(
-        &mut rng,
-        &p.alice,
-        room.clone(),
-        1,
-        0,
-        1_700_000_000,
-        &[p.bob.public(), p.carol.public()],
-    )
-    .unwrap();
-    let to = |fp| {
-        announcements
-            .iter()
-            .find(|a| a.context.recipient == fp)
-            .unwrap()
-    };
-    let bob = p
-        .bob
-        .accept(&mut rng, to(p.bob.fingerprint()), p.alice.public())
-        .unwrap();
-    let carol = p
-        .carol
-        .accept(&mut rng, to(p.carol.fingerprint()), p.alice.public())
-        .unwrap();
+    let (session, mut receiving) = start(&p.alice, &room, &[&p.bob, &p.carol]);
+    let carol = receiving.pop().unwrap();
+    let bob = receiving.pop().unwrap();
     Dm {
         room,
         session,
@@ -225,12 +242,9 @@ fn message_reflected_back_to_its_sender_is_rejected() {
     let mut rng = rng();
     let dm = Conversation::direct(p.alice.fingerprint(), p.bob.fingerprint());
     // Alice -> Bob and Bob -> Alice sessions in the same DM.
-    let (mut to_bob, ann) =
-        SendingSession::start(&mut rng, &p.alice, dm.clone(), 1, 0, 0, &[p.bob.public()]).unwrap();
-    let _ = p.bob.accept(&mut rng, &ann[0], p.alice.public()).unwrap();
-    let (_, ann) =
-        SendingSession::start(&mut rng, &p.bob, dm.clone(), 1, 0, 0, &[p.alice.public()]).unwrap();
-    let alice_from_bob = p.alice.accept(&mut rng, &ann[0], p.bob.public()).unwrap();
+    let (mut to_bob, _) = start(&p.alice, &dm, &[&p.bob]);
+    let (_, mut from_bob) = start(&p.bob, &dm, &[&p.alice]);
+    let alice_from_bob = from_bob.remove(0);
 
     let mut counter = SequenceCounter::resume(0, NoPersistence);
     let sealed = to_bob.seal(&mut rng, &mut counter, 0, b"mine").unwrap();
@@ -241,6 +255,10 @@ fn message_reflected_back_to_its_sender_is_rejected() {
     assert_opaque(open(&alice_from_bob, &dm, &sealed.body, &readdressed));
 }
 
+/// The window and the chain agree: a message kept has its key forgotten,
+/// so a replay is refused twice over (its key is gone, and the window has
+/// seen it); a message overtaken by a later one still opens from the key
+/// kept for it.
 #[test]
 fn replayed_or_reordered_sequence_is_handled_by_the_window() {
     let p = people();
@@ -256,12 +274,27 @@ fn replayed_or_reordered_sequence_is_handled_by_the_window() {
         let PeerBody::Message(body) = PeerBody::decode(&sealed.body).unwrap() else {
             panic!()
         };
-        let opened = dm
+        let arrival = match dm
             .bob
             .open(&dm.room, &body, &slot_for(sealed, p.bob.fingerprint()))
-            .unwrap();
-        assert_eq!(opened.seq, i as u64);
-        arrivals.push(window.accept(opened.seq).map_err(|e| e.to_string()));
+        {
+            Ok(opened) => {
+                assert_eq!(opened.seq, i as u64);
+                let arrival = window.accept(opened.seq);
+                if arrival.is_ok() {
+                    dm.bob.forget(opened.seq).unwrap();
+                }
+                arrival
+            }
+            Err(e) => {
+                // Only the replay fails to open, and the window refuses it
+                // too.
+                assert_eq!(arrivals.len(), 3, "message {i}");
+                assert!(window.accept(sealed.seq).is_err());
+                Err(e)
+            }
+        };
+        arrivals.push(arrival.map_err(|e| e.to_string()));
     }
     assert_eq!(
         arrivals,
@@ -323,22 +356,69 @@ proptest! {
     }
 }
 
+/// v2: sending sessions are never stored (v1's `SendingSession::export`
+/// and `restore` are gone: a sending session restarts instead), so this is
+/// the receiving side's state at rest: its pair key and its chain, with
+/// the keys kept for messages passed over. A restored copy opens what
+/// follows and what was passed over, and nothing already forgotten.
 #[test]
 fn sessions_survive_export_and_restore() {
     let p = people();
+    let bob = p.bob.fingerprint();
     let mut dm = room_with_bob_and_carol("lobby");
-    let first = seal(&mut dm, b"before");
-    let state = dm.session.export();
-    assert!(
-        !format!("{state:?}").contains("key: ["),
-        "Debug shows no key bytes"
+    let read = seal(&mut dm, b"read");
+    let passed_over = seal(&mut dm, b"passed over");
+    let also_read = seal(&mut dm, b"also read");
+    for sealed in [&read, &also_read] {
+        assert!(open(&dm.bob, &dm.room, &sealed.body, &slot_for(sealed, bob)).is_ok());
+        dm.bob.forget(sealed.seq).unwrap();
+    }
+    let state = dm.bob.export();
+    assert_eq!(state.context, *dm.bob.context());
+    assert_eq!(
+        state.chain.n,
+        also_read.seq + 1,
+        "the chain is past what was read"
     );
-    dm.session = SendingSession::restore(state).unwrap();
-    let second = seal(&mut dm, b"after");
-    assert_eq!(second.seq, first.seq + 1);
-    let bob = ReceivingSession::restore(dm.bob.context().clone(), dm.bob.export_key());
-    let slot = slot_for(&second, p.bob.fingerprint());
-    assert_eq!(open(&bob, &dm.room, &second.body, &slot).unwrap(), b"after");
+    assert_eq!(
+        state
+            .chain
+            .skipped
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>(),
+        [passed_over.seq],
+        "one key kept, for the message passed over"
+    );
+    let shown = format!("{state:?}");
+    assert!(
+        !shown.contains(&format!("{:?}", &state.key.expose_secret()[..4])),
+        "Debug shows no key bytes: {shown}"
+    );
+    let restored = ReceivingSession::restore(state).unwrap();
+    let after = seal(&mut dm, b"after");
+    assert_eq!(after.seq, also_read.seq + 1);
+    for (sealed, text) in [(&after, &b"after"[..]), (&passed_over, b"passed over")] {
+        let got = open(&restored, &dm.room, &sealed.body, &slot_for(sealed, bob));
+        assert_eq!(got.unwrap(), text);
+    }
+    for forgotten in [&read, &also_read] {
+        assert_opaque(open(
+            &restored,
+            &dm.room,
+            &forgotten.body,
+            &slot_for(forgotten, bob),
+        ));
+    }
+    // Far ahead still opens (the chain derives up to 10,000 ahead).
+    for _ in 0..200 {
+        seal(&mut dm, b"");
+    }
+    let far = seal(&mut dm, b"far");
+    assert_eq!(
+        open(&restored, &dm.room, &far.body, &slot_for(&far, bob)).unwrap(),
+        b"far"
+    );
 }
 
 #[test]
@@ -346,46 +426,95 @@ fn nothing_sent_contains_the_plaintext_or_a_key() {
     let p = people();
     let mut rng = rng();
     let room = Conversation::room("lobby");
-    let (mut session, announcements) =
-        SendingSession::start(&mut rng, &p.alice, room, 1, 0, 0, &[p.bob.public()]).unwrap();
-    let marker = b"MARKER-PLAINTEXT-4f1c9a";
-    let sealed = session
-        .seal(
-            &mut rng,
-            &mut SequenceCounter::resume(0, NoPersistence),
-            0,
-            marker,
-        )
+    let mut session =
+        SendingSession::start(&mut rng, p.alice.fingerprint(), room.clone(), 1, 0, NOW);
+    let unsigned = session
+        .add_recipients(&mut rng, &[WrapTo::Identity(p.bob.public())], 0)
         .unwrap();
-    let mut wire = sealed.body.clone();
-    wire.extend(sealed.slots.iter().flat_map(|s| s.to_bytes()));
+    let announcements = sign_announcements(&p.alice, &mut rng, unsigned).unwrap();
+    let bob = announcements[0]
+        .accept(&mut rng, &p.bob, p.alice.public(), NOW, None)
+        .unwrap();
+    let marker = b"MARKER-PLAINTEXT-4f1c9a";
+    let mut counter = SequenceCounter::resume(0, NoPersistence);
+    let sealed: Vec<SealedMessage> = (0..3)
+        .map(|_| session.seal(&mut rng, &mut counter, 0, marker).unwrap())
+        .collect();
+    let mut wire = Vec::new();
+    for message in &sealed {
+        wire.extend_from_slice(&message.body);
+        wire.extend(message.slots.iter().flat_map(|s| s.to_bytes()));
+    }
     for announcement in &announcements {
         wire.extend(PeerBody::Announcement(announcement.clone()).encode());
     }
     let contains = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
     assert!(!contains(marker), "plaintext on the wire (P1)");
-    for (_, key) in session.export().keys {
-        assert!(
-            !contains(key.expose_secret()),
-            "session key on the wire (P1)"
-        );
+    // The pair key and every chain key of the messages sent.
+    let state = bob.export();
+    assert!(
+        !contains(state.key.expose_secret()),
+        "pair key on the wire (P1)"
+    );
+    let mut chain = bob;
+    for message in &sealed {
+        let key = chain.export().chain.next;
+        assert!(!contains(key.expose_secret()), "chain key on the wire (P1)");
+        chain.forget(message.seq).unwrap();
     }
 }
 
 #[test]
 fn exhausted_session_refuses_to_seal_until_rotated() {
+    let p = people();
     let mut dm = room_with_bob_and_carol("lobby");
-    let mut state = dm.session.export();
-    state.sealed = sotto_crypto::MAX_MESSAGES_PER_SESSION - 1;
-    dm.session = SendingSession::restore(state).unwrap();
-    assert!(!dm.session.needs_rotation(0));
-    seal(&mut dm, b"the last one");
-    assert!(dm.session.needs_rotation(0));
+    for _ in 0..MAX_MESSAGES_PER_SESSION - 1 {
+        dm.session
+            .seal(&mut rng(), &mut dm.counter, 0, b"")
+            .unwrap();
+    }
+    assert!(!dm.session.needs_rotation(NOW));
+    let last = seal(&mut dm, b"the last one");
+    assert_eq!(last.seq, MAX_MESSAGES_PER_SESSION - 1);
+    // The last one opens: the chain reaches every message of a session.
+    assert_eq!(
+        open(
+            &dm.bob,
+            &dm.room,
+            &last.body,
+            &slot_for(&last, p.bob.fingerprint())
+        )
+        .unwrap(),
+        b"the last one"
+    );
+    assert!(dm.session.needs_rotation(NOW));
     let err = dm
         .session
         .seal(&mut rng(), &mut dm.counter, 0, b"one too many")
         .unwrap_err();
     assert!(matches!(err, Error::SessionExhausted), "{err:?}");
+    // Rotated: a new session (new pair keys, new chain) seals on from the
+    // same counter, at the next epoch.
+    let mut rotated = SendingSession::start(
+        &mut rng(),
+        p.alice.fingerprint(),
+        dm.room.clone(),
+        2,
+        dm.counter.peek(),
+        NOW,
+    );
+    rotated
+        .add_recipients(
+            &mut rng(),
+            &[WrapTo::Identity(p.bob.public())],
+            dm.counter.peek(),
+        )
+        .unwrap();
+    assert!(!rotated.needs_rotation(NOW));
+    let next = rotated
+        .seal(&mut rng(), &mut dm.counter, 0, b"rotated")
+        .unwrap();
+    assert_eq!(next.seq, MAX_MESSAGES_PER_SESSION);
 }
 
 #[test]
@@ -429,19 +558,29 @@ fn the_header_commits_to_who_can_read_the_message() {
 /// A session announced again to one of its recipients (its first
 /// announcement lost): other bytes, the same session: the recipient
 /// accepts it and opens what was sealed before and after; it cannot be
-/// made for someone who is not a recipient, nor by someone else.
+/// made for someone who is not a recipient, nor signed by someone else.
 #[test]
 fn a_session_announced_again_opens_what_it_sealed() {
     let p = people();
     let mut rng = rng();
     let mut dm = room_with_bob_and_carol("lobby");
     let before = seal(&mut dm, b"before");
-    let again = dm
+    let unsigned = dm
         .session
-        .announce_again(&mut rng, &p.alice, p.bob.public())
+        .announce_again(&mut rng, WrapTo::Identity(p.bob.public()))
         .unwrap();
+    let again = sign_announcements(&p.alice, &mut rng, vec![unsigned])
+        .unwrap()
+        .remove(0);
     assert_eq!(again.context.session_id, dm.session.id());
-    let bob = p.bob.accept(&mut rng, &again, p.alice.public()).unwrap();
+    assert_eq!(
+        again.context,
+        *dm.bob.context(),
+        "the same pair, from the same first number"
+    );
+    let bob = again
+        .accept(&mut rng, &p.bob, p.alice.public(), NOW, None)
+        .unwrap();
     let after = seal(&mut dm, b"after");
     for (sealed, text) in [(&before, &b"before"[..]), (&after, b"after")] {
         let PeerBody::Message(body) = PeerBody::decode(&sealed.body).unwrap() else {
@@ -452,23 +591,70 @@ fn a_session_announced_again_opens_what_it_sealed() {
             .unwrap();
         assert_eq!(&opened.plaintext[..], text);
     }
-    let twice = dm
+    let unsigned = dm
         .session
-        .announce_again(&mut rng, &p.alice, p.bob.public())
+        .announce_again(&mut rng, WrapTo::Identity(p.bob.public()))
         .unwrap();
+    let twice = sign_announcements(&p.alice, &mut rng, vec![unsigned])
+        .unwrap()
+        .remove(0);
     assert_ne!(
         PeerBody::Announcement(twice).encode(),
         PeerBody::Announcement(again).encode(),
         "wrapped and signed afresh each time"
     );
+    // Not a recipient: neither the sender nor a stranger.
+    let stranger = common::forger();
+    for target in [p.alice.public(), stranger.identity.public()] {
+        assert!(
+            dm.session
+                .announce_again(&mut rng, WrapTo::Identity(target))
+                .is_err()
+        );
+    }
+    // Only the sender signs it.
+    let carols = dm
+        .session
+        .announce_again(&mut rng, WrapTo::Identity(p.carol.public()))
+        .unwrap();
+    assert!(sign_announcements(&p.bob, &mut rng, vec![carols]).is_err());
+}
+
+/// Announced again to a newer prekey of the recipient's: the same pair
+/// from the same first number, now readable only with that prekey.
+#[test]
+fn a_session_announced_again_to_a_prekey_needs_that_prekey() {
+    let p = people();
+    let mut rng = rng();
+    let mut dm = room_with_bob_and_carol("lobby");
+    let before = seal(&mut dm, b"before");
+    let (signed, secret) = common::prekey_of(&p.bob, 2, NOW);
+    let prekey =
+        sotto_crypto::SignedPrekey::verify(signed.as_bytes(), p.bob.public(), NOW).unwrap();
+    let unsigned = dm
+        .session
+        .announce_again(&mut rng, WrapTo::Prekey(&prekey))
+        .unwrap();
+    let again = sign_announcements(&p.alice, &mut rng, vec![unsigned])
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.context.via, sotto_crypto::Via::Prekey(prekey.id()));
     assert!(
-        dm.session
-            .announce_again(&mut rng, &p.alice, p.alice.public())
+        again
+            .accept(&mut rng, &p.bob, p.alice.public(), NOW, None)
             .is_err()
     );
-    assert!(
-        dm.session
-            .announce_again(&mut rng, &p.bob, p.carol.public())
-            .is_err()
+    let bob = again
+        .accept(&mut rng, &p.bob, p.alice.public(), NOW, Some(&secret))
+        .unwrap();
+    assert_eq!(
+        open(
+            &bob,
+            &dm.room,
+            &before.body,
+            &slot_for(&before, p.bob.fingerprint())
+        )
+        .unwrap(),
+        b"before"
     );
 }

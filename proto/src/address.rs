@@ -11,6 +11,13 @@
 //! address valid; a new key is followed only through the old key's signed
 //! hand-over ([`key_handover_transcript`]).
 //!
+//! A cluster of relays sharing one key (several relays of one community,
+//! docs/self-hosting.md) has one address listing its hosts:
+//! `sotto://FINGERPRINT@HOST1:PORT1,HOST2:PORT2,...`, at most
+//! [`MAX_HOSTS`]. A client connects to the first that answers, in the
+//! address's order, and moves on to the next when its relay fails; each
+//! host must present the same pinned key.
+//!
 //! Addresses made before version 0.1's key pins carry the SHA-256 of the
 //! whole certificate instead; clients still accept a certificate whose
 //! hash equals such a pin and convert the pin to the key's.
@@ -25,18 +32,24 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub const DEFAULT_PORT: u16 = 7447;
 /// The URI scheme of relay addresses.
 pub const SCHEME: &str = "sotto://";
+/// The most hosts one address lists.
+pub const MAX_HOSTS: usize = 16;
 
-/// A relay's host, port and pinned certificate fingerprint.
+/// A relay's host, port and pinned certificate fingerprint, and the other
+/// hosts of its cluster (the same key), if any.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RelayAddress {
-    /// DNS name or IP address (IPv6 without brackets).
+    /// DNS name or IP address (IPv6 without brackets): the first host.
     pub host: String,
-    /// TCP port.
+    /// TCP port of the first host.
     pub port: u16,
     /// SHA-256 of the relay's public key (the certificate's
     /// SubjectPublicKeyInfo, DER); in old addresses, of the whole
     /// certificate's DER.
     pub fingerprint: [u8; 32],
+    /// The other hosts of a cluster, `(host, port)`, in the order they are
+    /// tried after the first; empty for a single relay.
+    pub alternates: Vec<(String, u16)>,
 }
 
 /// Why a string is not a relay address.
@@ -52,6 +65,9 @@ pub enum AddressError {
     /// The host is missing or malformed.
     #[error("the host (after '@') is missing or malformed")]
     Host,
+    /// More than [`MAX_HOSTS`] hosts.
+    #[error("an address lists at most {MAX_HOSTS} hosts")]
+    TooManyHosts,
     /// The port is not a number from 1 to 65535.
     #[error("the port must be a number from 1 to 65535")]
     Port,
@@ -91,13 +107,40 @@ impl RelayAddress {
         fingerprint_text(&self.fingerprint)
     }
 
-    /// `host:port`, with IPv6 hosts in brackets, for connecting.
+    /// The first host's `host:port`, with IPv6 hosts in brackets, for
+    /// connecting; it also names the relay (its pin, in the known relays).
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        authority(&self.host, self.port)
+    }
+
+    /// How many hosts it lists (at least one).
+    pub fn hosts(&self) -> usize {
+        1 + self.alternates.len()
+    }
+
+    /// The single-host address of host `index` (wrapping around), with
+    /// the same pinned key.
+    pub fn host_at(&self, index: usize) -> RelayAddress {
+        let index = index % self.hosts();
+        let (host, port) = match index.checked_sub(1).and_then(|i| self.alternates.get(i)) {
+            Some((host, port)) => (host.clone(), *port),
+            None => (self.host.clone(), self.port),
+        };
+        RelayAddress {
+            host,
+            port,
+            fingerprint: self.fingerprint,
+            alternates: Vec::new(),
         }
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -108,7 +151,11 @@ impl fmt::Display for RelayAddress {
             "{SCHEME}{}@{}",
             self.fingerprint_text(),
             self.authority()
-        )
+        )?;
+        for (host, port) in &self.alternates {
+            write!(f, ",{}", authority(host, *port))?;
+        }
+        Ok(())
     }
 }
 
@@ -127,11 +174,17 @@ impl FromStr for RelayAddress {
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or(AddressError::Fingerprint)?;
         let authority = authority.strip_suffix('/').unwrap_or(authority);
-        let (host, port) = split_host_port(authority)?;
+        let mut hosts = authority.split(',');
+        let (host, port) = split_host_port(hosts.next().unwrap_or_default())?;
+        let alternates = hosts.map(split_host_port).collect::<Result<Vec<_>, _>>()?;
+        if alternates.len() >= MAX_HOSTS {
+            return Err(AddressError::TooManyHosts);
+        }
         Ok(Self {
             host,
             port,
             fingerprint,
+            alternates,
         })
     }
 }
@@ -185,7 +238,58 @@ mod tests {
             host: host.into(),
             port,
             fingerprint: [0xAB; 32],
+            alternates: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_cluster_address_lists_its_hosts_in_order() {
+        let fp = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let text = format!("sotto://{fp}@a.example:7000,[::1]:7001,c.example");
+        let parsed: RelayAddress = text.parse().unwrap();
+        assert_eq!(parsed.hosts(), 3);
+        assert_eq!(parsed.authority(), "a.example:7000");
+        assert_eq!(
+            parsed.alternates,
+            vec![
+                ("::1".to_string(), 7001),
+                ("c.example".to_string(), DEFAULT_PORT)
+            ]
+        );
+        assert_eq!(
+            parsed.to_string(),
+            format!("sotto://{fp}@a.example:7000,[::1]:7001,c.example:7447")
+        );
+        assert_eq!(parsed.to_string().parse::<RelayAddress>().unwrap(), parsed);
+        // Each host is the same key at its own host and port.
+        let second = parsed.host_at(1);
+        assert_eq!((second.host.as_str(), second.port), ("::1", 7001));
+        assert_eq!(second.fingerprint, [7; 32]);
+        assert!(second.alternates.is_empty());
+        assert_eq!(parsed.host_at(3).authority(), "a.example:7000");
+        for bad in [
+            ",a.example",
+            "a.example,",
+            "a.example,,b.example",
+            "a.example,b example",
+        ] {
+            assert_eq!(
+                format!("sotto://{fp}@{bad}").parse::<RelayAddress>(),
+                Err(AddressError::Host),
+                "{bad}"
+            );
+        }
+        let many = vec!["h.example"; MAX_HOSTS + 1].join(",");
+        assert_eq!(
+            format!("sotto://{fp}@{many}").parse::<RelayAddress>(),
+            Err(AddressError::TooManyHosts)
+        );
+        let most = vec!["h.example"; MAX_HOSTS].join(",");
+        assert!(
+            format!("sotto://{fp}@{most}")
+                .parse::<RelayAddress>()
+                .is_ok()
+        );
     }
 
     #[test]

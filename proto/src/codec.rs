@@ -25,7 +25,7 @@ use crate::frame::{ClientFrame, RelayFrame};
 pub mod fast;
 
 /// The protocol version, the first byte of every frame's payload.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The largest allowed frame payload (version byte plus postcard body), in
 /// bytes: 1 MiB.

@@ -84,6 +84,15 @@ pub enum ClientFrame {
     },
     /// Orderly goodbye.
     Bye,
+    /// Store a signed prekey of the registered identity in the relay's
+    /// key directory; answered by [`RelayFrame::PrekeyPublished`] once it
+    /// is stored durably, or by [`RelayFrame::Error`] (`BadPrekey`,
+    /// `TooLarge`, `RateLimited`, `Internal`).
+    PublishPrekey {
+        /// The encoded signed prekey (opaque to this crate; the relay
+        /// verifies it against the connection's registered identity).
+        prekey: Bytes,
+    },
 }
 
 /// The routing header of a [`ClientFrame::Send`].
@@ -127,6 +136,10 @@ pub enum RelayFrame {
     Registered {
         /// The name now bound to this connection.
         name: UserName,
+        /// The relay's storage age: how long it keeps a delivery for an
+        /// absent recipient (`--offline-max-age`), in seconds. Clients keep
+        /// the private halves of their prekeys this much past expiry.
+        offline_max_age: u64,
     },
     /// The client joined `room`.
     Joined {
@@ -156,6 +169,9 @@ pub enum RelayFrame {
         name: UserName,
         /// The identity the relay has for `name`, if any (opaque here).
         identity: Option<Bytes>,
+        /// The identity's stored signed prekeys, newest first (opaque
+        /// here; the client verifies each against the pinned identity).
+        prekeys: Vec<Bytes>,
     },
     /// Routed ciphertext, stored by the relay until the client
     /// acknowledges `delivery` with [`ClientFrame::Ack`].
@@ -181,6 +197,9 @@ pub enum RelayFrame {
         event: PresenceEvent,
         /// The member's identity (opaque here), sent when it joins.
         identity: Option<Bytes>,
+        /// The member's stored signed prekeys, newest first, sent when it
+        /// joins (empty otherwise).
+        prekeys: Vec<Bytes>,
     },
     /// Cumulative: every [`ClientFrame::Send`] of this connection with a
     /// route id up to `id` that was not answered with [`RelayFrame::Error`]
@@ -240,6 +259,14 @@ pub enum RelayFrame {
         /// The members who will not get it.
         users: Vec<UserName>,
     },
+    /// Answer to [`ClientFrame::PublishPrekey`]: the prekey is stored
+    /// durably (or was already), and handed out while it is among the
+    /// identity's newest unexpired ones.
+    PrekeyPublished {
+        /// The prekey's id (the first 16 bytes of
+        /// `SHA256("sotto/v2/prekey-id\0" || its public key DER)`).
+        id: [u8; 16],
+    },
 }
 
 /// A member of a room, in [`RelayFrame::Joined`].
@@ -251,6 +278,8 @@ pub struct Member {
     pub identity: Bytes,
     /// Whether the member has a registered connection now.
     pub online: bool,
+    /// The member's stored signed prekeys, newest first (opaque here).
+    pub prekeys: Vec<Bytes>,
 }
 
 /// A room, in [`RelayFrame::Rooms`].
@@ -320,6 +349,9 @@ pub enum ErrorCode {
     /// reached: names per key, connections per key, or connections kept
     /// for keys not yet connected when the relay is nearly full.
     LimitReached,
+    /// A published prekey that does not verify for the connection's
+    /// registered identity (or is expired).
+    BadPrekey,
 }
 
 /// The wire index of every variant of [`ClientFrame`], [`RelayFrame`] and
@@ -355,6 +387,8 @@ pub mod index {
         pub const PONG: u32 = 9;
         /// `Bye`.
         pub const BYE: u32 = 10;
+        /// `PublishPrekey`.
+        pub const PUBLISH_PREKEY: u32 = 11;
     }
 
     /// Indices of [`RelayFrame`](super::RelayFrame)'s variants.
@@ -391,6 +425,8 @@ pub mod index {
         pub const KEY_HANDOVER: u32 = 14;
         /// `Undelivered`.
         pub const UNDELIVERED: u32 = 15;
+        /// `PrekeyPublished`.
+        pub const PREKEY_PUBLISHED: u32 = 16;
     }
 
     /// Indices of [`Destination`](super::Destination)'s variants.
@@ -418,6 +454,7 @@ impl ClientFrame {
             Self::Ping { .. } => PING,
             Self::Pong { .. } => PONG,
             Self::Bye => BYE,
+            Self::PublishPrekey { .. } => PUBLISH_PREKEY,
         }
     }
 }
@@ -443,6 +480,7 @@ impl RelayFrame {
             Self::ShuttingDown => SHUTTING_DOWN,
             Self::KeyHandover { .. } => KEY_HANDOVER,
             Self::Undelivered { .. } => UNDELIVERED,
+            Self::PrekeyPublished { .. } => PREKEY_PUBLISHED,
         }
     }
 }

@@ -61,6 +61,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         ShuttingDown,
         Internal,
         LimitReached,
+        BadPrekey,
     ])
 }
 
@@ -90,30 +91,43 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
         any::<u64>().prop_map(|nonce| ClientFrame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| ClientFrame::Pong { nonce }),
         Just(ClientFrame::Bye),
+        bytes().prop_map(|prekey| ClientFrame::PublishPrekey { prekey }),
     ]
 }
 
 pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
-    let member =
-        (user_name(), bytes(), any::<bool>()).prop_map(|(name, identity, online)| Member {
+    let member = (user_name(), bytes(), any::<bool>(), vec(bytes(), 0..3)).prop_map(
+        |(name, identity, online, prekeys)| Member {
             name,
             identity,
             online,
-        });
+            prekeys,
+        },
+    );
     let room_info =
         (room_name(), any::<u32>()).prop_map(|(name, members)| RoomInfo { name, members });
     let user_info =
         (user_name(), vec(room_name(), 0..4)).prop_map(|(name, rooms)| UserInfo { name, rooms });
     prop_oneof![
         any::<[u8; 32]>().prop_map(|nonce| RelayFrame::Challenge { nonce }),
-        user_name().prop_map(|name| RelayFrame::Registered { name }),
+        (user_name(), any::<u64>()).prop_map(|(name, offline_max_age)| {
+            RelayFrame::Registered {
+                name,
+                offline_max_age,
+            }
+        }),
         (room_name(), vec(member, 0..4))
             .prop_map(|(room, members)| RelayFrame::Joined { room, members }),
         room_name().prop_map(|room| RelayFrame::Left { room }),
         vec(room_info, 0..4).prop_map(|rooms| RelayFrame::Rooms { rooms }),
         vec(user_info, 0..4).prop_map(|users| RelayFrame::Users { users }),
-        (user_name(), option::of(bytes()))
-            .prop_map(|(name, identity)| RelayFrame::Key { name, identity }),
+        (user_name(), option::of(bytes()), vec(bytes(), 0..3)).prop_map(
+            |(name, identity, prekeys)| RelayFrame::Key {
+                name,
+                identity,
+                prekeys,
+            }
+        ),
         (
             any::<u64>(),
             user_name(),
@@ -132,14 +146,18 @@ pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
             room_name(),
             user_name(),
             presence_event(),
-            option::of(bytes())
+            option::of(bytes()),
+            vec(bytes(), 0..3)
         )
-            .prop_map(|(room, user, event, identity)| RelayFrame::Presence {
-                room,
-                user,
-                event,
-                identity,
-            }),
+            .prop_map(
+                |(room, user, event, identity, prekeys)| RelayFrame::Presence {
+                    room,
+                    user,
+                    event,
+                    identity,
+                    prekeys,
+                }
+            ),
         any::<u64>().prop_map(|id| RelayFrame::Sent { id }),
         (option::of(any::<u64>()), error_code(), ".{0,40}")
             .prop_map(|(id, code, message)| RelayFrame::Error { id, code, message }),
@@ -164,11 +182,12 @@ pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
             }),
         (any::<u64>(), error_code(), vec(user_name(), 0..4))
             .prop_map(|(id, code, users)| RelayFrame::Undelivered { id, code, users }),
+        any::<[u8; 16]>().prop_map(|id| RelayFrame::PrekeyPublished { id }),
     ]
 }
 
 /// The number of [`ClientFrame`] variants.
-pub(crate) const CLIENT_VARIANTS: usize = 11;
+pub(crate) const CLIENT_VARIANTS: usize = 12;
 
 /// The wire index of `frame`'s variant. Exhaustive on purpose: adding a
 /// variant fails to compile here until the strategies and this table are
@@ -186,11 +205,12 @@ pub(crate) fn client_variant(frame: &ClientFrame) -> usize {
         ClientFrame::Ping { .. } => 8,
         ClientFrame::Pong { .. } => 9,
         ClientFrame::Bye => 10,
+        ClientFrame::PublishPrekey { .. } => 11,
     }
 }
 
 /// The number of [`RelayFrame`] variants.
-pub(crate) const RELAY_VARIANTS: usize = 16;
+pub(crate) const RELAY_VARIANTS: usize = 17;
 
 /// The wire index of `frame`'s variant; see [`client_variant`].
 pub(crate) fn relay_variant(frame: &RelayFrame) -> usize {
@@ -211,5 +231,6 @@ pub(crate) fn relay_variant(frame: &RelayFrame) -> usize {
         RelayFrame::ShuttingDown => 13,
         RelayFrame::KeyHandover { .. } => 14,
         RelayFrame::Undelivered { .. } => 15,
+        RelayFrame::PrekeyPublished { .. } => 16,
     }
 }

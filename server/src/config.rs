@@ -102,6 +102,44 @@ pub struct Config {
     pub delivery_hold_ms: u64,
     /// Address of the Prometheus metrics endpoint; off when absent.
     pub metrics: Option<SocketAddr>,
+    /// Share one community with other relays through NATS JetStream
+    /// (docs/self-hosting.md, "A cluster of relays"); absent: this relay
+    /// alone, with its database in `data_dir`.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a relay reaches the NATS cluster it shares its community through.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers, `nats://HOST:PORT` (or `tls://HOST:PORT`); the relay
+    /// connects to one and moves to another when it fails.
+    pub servers: Vec<String>,
+    /// User name to authenticate to NATS with (with `password_file`).
+    pub user: Option<String>,
+    /// File holding the password for `user` (its first line).
+    pub password_file: Option<PathBuf>,
+    /// File holding an nkey seed (`SU...`) to authenticate with instead.
+    pub nkey_file: Option<PathBuf>,
+    /// PEM certificates to verify the NATS servers' TLS certificates with;
+    /// given, the connection to NATS must be TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Copies JetStream keeps of everything the relays share: 3 for a
+    /// cluster of three or more NATS nodes (one may fail), at most 5.
+    pub replicas: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            user: None,
+            password_file: None,
+            nkey_file: None,
+            tls_ca: None,
+            replicas: 3,
+        }
+    }
 }
 
 impl Default for Config {
@@ -137,6 +175,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             delivery_hold_ms: 25,
             metrics: None,
+            cluster: None,
         }
     }
 }
@@ -215,9 +254,50 @@ impl Config {
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, why)) => Err((*why).to_string()),
-            None => Ok(()),
+            None => self
+                .cluster
+                .as_ref()
+                .map_or(Ok(()), ClusterConfig::validate),
         }
     }
+}
+
+impl ClusterConfig {
+    /// Checks the values make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.servers.is_empty() {
+            return Err("cluster: name at least one NATS server".into());
+        }
+        if let Some(bad) = self.servers.iter().find(|s| !valid_server(s)) {
+            return Err(format!(
+                "cluster: {bad:?} is not a NATS server address (nats://HOST:PORT or tls://HOST:PORT)"
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err("cluster: replicas must be between 1 and 5".into());
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err("cluster: user and password_file must be given together".into());
+        }
+        if self.user.is_some() && self.nkey_file.is_some() {
+            return Err(
+                "cluster: authenticate with a user and password or an nkey, not both".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `nats://HOST:PORT` or `tls://HOST:PORT`, as NATS clients write them.
+fn valid_server(server: &str) -> bool {
+    let Some((scheme, rest)) = server.split_once("://") else {
+        return false;
+    };
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, hp)| hp);
+    matches!(scheme, "nats" | "tls")
+        && host_port
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// Durations in the TOML file are whole seconds.
@@ -274,6 +354,49 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn a_cluster_is_read_from_toml_and_checked() {
+        let config = Config::from_toml(
+            "[cluster]\nservers = [\"nats://10.0.0.1:4222\", \"tls://nats.example:4222\"]\n\
+             user = \"relay\"\npassword_file = \"/etc/sotto/nats-password\"\n",
+        )
+        .unwrap();
+        let cluster = config.cluster.clone().unwrap();
+        assert_eq!(cluster.servers.len(), 2);
+        assert_eq!(cluster.replicas, 3);
+        config.validate().unwrap();
+        assert!(Config::default().cluster.is_none());
+        let bad = |cluster: ClusterConfig| {
+            Config {
+                cluster: Some(cluster),
+                ..Config::default()
+            }
+            .validate()
+            .unwrap_err()
+        };
+        let servers = vec!["nats://127.0.0.1:4222".to_string()];
+        assert!(bad(ClusterConfig::default()).contains("at least one"));
+        for wrong in ["127.0.0.1:4222", "http://h:1", "nats://h", "nats://:4222"] {
+            let cluster = ClusterConfig {
+                servers: vec![wrong.to_string()],
+                ..ClusterConfig::default()
+            };
+            assert!(bad(cluster).contains("not a NATS server"), "{wrong}");
+        }
+        let cluster = ClusterConfig {
+            servers: servers.clone(),
+            replicas: 0,
+            ..ClusterConfig::default()
+        };
+        assert!(bad(cluster).contains("replicas"));
+        let cluster = ClusterConfig {
+            servers,
+            user: Some("relay".into()),
+            ..ClusterConfig::default()
+        };
+        assert!(bad(cluster).contains("together"));
     }
 
     #[test]

@@ -46,6 +46,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod backend;
+mod cluster;
 mod commit;
 mod config;
 mod connection;
@@ -59,7 +61,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::Config;
+pub use config::{ClusterConfig, Config};
 pub use metrics::Metrics;
 pub use tls::{CertSource, CertStore, TlsError};
 
@@ -69,6 +71,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::Backend;
+use crate::cluster::Cluster;
 use crate::commit::Committer;
 use crate::state::{Registry, Shared};
 use crate::store::{QueueLimits, Store, StoreError, Write, now_secs};
@@ -127,8 +131,21 @@ pub async fn run_with_metrics(
     shutdown: impl Future,
 ) -> Result<(), RelayError> {
     config.validate().map_err(RelayError::Config)?;
-    let store = Store::open(&config.data_dir, queue_limits(&config))?;
-    serve(listener, certs, config, metrics, store, shutdown).await
+    let kept = match &config.cluster {
+        None => Kept::Local(Store::open(&config.data_dir, queue_limits(&config))?),
+        Some(cluster) => Kept::Cluster(Cluster::connect(cluster, queue_limits(&config)).await?),
+    };
+    serve(listener, certs, config, metrics, kept, shutdown).await
+}
+
+/// Where a relay keeps what outlives a connection, opened.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one is made when the relay starts, and moved once"
+)]
+enum Kept {
+    Local(Store),
+    Cluster(Cluster),
 }
 
 /// [`run_with_metrics`] with the database on a [`store::fault::Disk`] that
@@ -146,7 +163,15 @@ pub async fn run_on_disk(
 ) -> Result<(), RelayError> {
     config.validate().map_err(RelayError::Config)?;
     let store = Store::open_on(&config.data_dir, queue_limits(&config), &disk, recovery)?;
-    serve(listener, certs, config, metrics, store, shutdown).await
+    serve(
+        listener,
+        certs,
+        config,
+        metrics,
+        Kept::Local(store),
+        shutdown,
+    )
+    .await
 }
 
 fn queue_limits(config: &Config) -> QueueLimits {
@@ -164,10 +189,9 @@ async fn serve(
     certs: Arc<CertStore>,
     config: Config,
     metrics: Arc<Metrics>,
-    store: Store,
+    kept: Kept,
     shutdown: impl Future,
 ) -> Result<(), RelayError> {
-    let store = Arc::new(store.with_metrics(Arc::clone(&metrics)));
     let acceptor = TlsAcceptor::from(certs.server_config()?);
     // Every task that holds the store is tracked, so that when `run`
     // returns the database is closed and the data directory can be opened
@@ -175,10 +199,31 @@ async fn serve(
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
 
+    let (backend, registry, start) = match kept {
+        Kept::Local(store) => {
+            let store = Arc::new(store.with_metrics(Arc::clone(&metrics)));
+            let registry = local_registry(&store)?;
+            (Backend::Local(store), registry, None)
+        }
+        Kept::Cluster(cluster) => {
+            let mut start = cluster.start().await?;
+            let registry = std::mem::take(&mut start.registry);
+            (Backend::Cluster(Arc::new(cluster)), registry, Some(start))
+        }
+    };
+
     if let Some(addr) = config.metrics {
         let endpoint = TcpListener::bind(addr).await.map_err(RelayError::Metrics)?;
-        let store = Arc::clone(&store);
-        let depth = Arc::new(move || store.total_queued().unwrap_or(0));
+        let depth: Arc<dyn Fn() -> u64 + Send + Sync> = match &backend {
+            Backend::Local(store) => {
+                let store = Arc::clone(store);
+                Arc::new(move || store.total_queued().unwrap_or(0))
+            }
+            Backend::Cluster(cluster) => {
+                let cluster = Arc::clone(cluster);
+                Arc::new(move || cluster.queued.load(std::sync::atomic::Ordering::Relaxed))
+            }
+        };
         let serve = metrics::serve(endpoint, Arc::clone(&metrics), depth);
         let stop = stop.clone();
         tracker.spawn(async move {
@@ -189,30 +234,41 @@ async fn serve(
         });
     }
 
-    // The rooms' members, with their identities, as the store kept them.
-    let mut members = Vec::new();
-    for membership in store.memberships()? {
-        let identity = store
-            .lookup(&membership.member.name)?
-            .map(|record| record.identity)
-            .unwrap_or_default();
-        members.push((membership, identity));
-    }
     let (commit, jobs) = Committer::new();
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let shared = Arc::new(Shared::new(
         config,
-        Arc::clone(&store),
+        backend,
         certs,
         Arc::clone(&metrics),
         commit,
-        Registry::with_members(members),
+        registry,
     ));
-    {
-        let (store, wakers, metrics) = (Arc::clone(&store), shared.wakers(), Arc::clone(&metrics));
-        let runtime = tokio::runtime::Handle::current();
-        let hold = Duration::from_millis(shared.config.delivery_hold_ms);
-        tracker.spawn_blocking(move || commit::run(jobs, store, wakers, metrics, runtime, hold));
+    let (wakers, metrics) = (shared.wakers(), Arc::clone(&metrics));
+    match &shared.backend {
+        Backend::Local(store) => {
+            let store = Arc::clone(store);
+            let runtime = tokio::runtime::Handle::current();
+            let hold = Duration::from_millis(shared.config.delivery_hold_ms);
+            tracker
+                .spawn_blocking(move || commit::run(jobs, store, wakers, metrics, runtime, hold));
+        }
+        Backend::Cluster(cluster) => {
+            tracker.spawn(commit::cluster::run(
+                jobs,
+                Arc::clone(cluster),
+                wakers,
+                metrics,
+            ));
+            if let Some(start) = start {
+                tracker.spawn(cluster::mirror::run(
+                    Arc::clone(cluster),
+                    Arc::clone(&shared),
+                    start,
+                    stop.clone(),
+                ));
+            }
+        }
     }
     // Expired deliveries (of users who never return) and members away too
     // long are swept at start and then hourly.
@@ -278,16 +334,53 @@ async fn serve(
     Ok(())
 }
 
-/// Deletes expired deliveries and ends the memberships of members away
-/// longer than the absence limit.
+/// The registry of a relay alone: the rooms' members, with their
+/// identities, and the prekey directory, as its database kept them.
+fn local_registry(store: &Store) -> Result<Registry, StoreError> {
+    let mut members = Vec::new();
+    for membership in store.memberships()? {
+        let (identity, fingerprint) = store
+            .lookup(&membership.member.name)?
+            .map(|record| (record.identity, record.fingerprint))
+            .unwrap_or_default();
+        members.push((membership, identity, fingerprint));
+    }
+    let prekeys = store.prekeys(now_secs())?;
+    Ok(Registry::with_members(members, prekeys))
+}
+
+/// Deletes expired deliveries and prekeys, and ends the memberships of
+/// members away longer than the absence limit. (In a cluster the stream
+/// forgets deliveries past their age by itself.)
 async fn sweep(shared: &Arc<Shared>) {
-    let store = Arc::clone(&shared.store);
+    let now = now_secs();
+    shared.expire_prekeys(now);
+    if let Some(store) = shared.backend.local() {
+        sweep_store(store, now).await;
+    }
+    expire_members(shared).await;
+}
+
+/// Deletes the expired prekeys and deliveries of the local database.
+async fn sweep_store(store: &Arc<Store>, now: u64) {
+    let prekeys = Arc::clone(store);
+    match tokio::task::spawn_blocking(move || prekeys.expire_prekeys(now)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(dropped)) => tracing::info!(dropped, "expired prekeys removed"),
+        Ok(Err(error)) => tracing::warn!(%error, "could not sweep the prekeys"),
+        Err(_) => tracing::warn!("could not sweep the prekeys: the task failed"),
+    }
+    let store = Arc::clone(store);
     match tokio::task::spawn_blocking(move || store.expire_all()).await {
         Ok(Ok(0)) => {}
         Ok(Ok(dropped)) => tracing::info!(dropped, "expired stored deliveries removed"),
         Ok(Err(error)) => tracing::warn!(%error, "could not sweep the stored deliveries"),
         Err(_) => tracing::warn!("could not sweep the stored deliveries: the task failed"),
     }
+}
+
+/// Ends the memberships of members away longer than the absence limit.
+async fn expire_members(shared: &Arc<Shared>) {
     let gone = shared.expire_absent(now_secs(), shared.config.member_absence);
     if !gone.is_empty() {
         tracing::info!(

@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sotto_proto::{RelayAddress, fingerprint_text};
 use sotto_relay::tls::{self, HANDOVER_FILE, HANDOVER_PERIOD};
-use sotto_relay::{CertSource, CertStore, Config, run};
+use sotto_relay::{CertSource, CertStore, ClusterConfig, Config, run};
 use tracing_subscriber::EnvFilter;
 
 /// sotto's relay: routes end-to-end encrypted chat between sotto clients.
@@ -116,6 +116,26 @@ struct Args {
     /// Seconds clients get to hear about a shutdown [default: 5].
     #[arg(long, value_name = "SECS")]
     shutdown_grace: Option<u64>,
+    /// Share one community with other relays through these NATS JetStream
+    /// servers, comma-separated nats://HOST:PORT (or tls://) [default: this
+    /// relay alone, with its own database].
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Option<Vec<String>>,
+    /// User name to authenticate to NATS with (with --cluster-password-file).
+    #[arg(long, value_name = "NAME", requires = "cluster_password_file")]
+    cluster_user: Option<String>,
+    /// File whose first line is the NATS password of --cluster-user.
+    #[arg(long, value_name = "FILE", requires = "cluster_user")]
+    cluster_password_file: Option<PathBuf>,
+    /// File holding an nkey seed to authenticate to NATS with instead.
+    #[arg(long, value_name = "FILE")]
+    cluster_nkey_file: Option<PathBuf>,
+    /// PEM certificates to verify the NATS servers with; requires TLS to NATS.
+    #[arg(long, value_name = "PEM")]
+    cluster_tls_ca: Option<PathBuf>,
+    /// Copies JetStream keeps of what the relays share [default: 3].
+    #[arg(long, value_name = "N")]
+    cluster_replicas: Option<usize>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -189,8 +209,43 @@ impl Args {
         if self.metrics.is_some() {
             config.metrics = self.metrics;
         }
+        self.cluster_config(&mut config);
         config.validate()?;
         Ok(config)
+    }
+}
+
+impl Args {
+    /// The `--cluster` flags over the file's `[cluster]` table: any of
+    /// them makes one if the file has none.
+    fn cluster_config(&self, config: &mut Config) {
+        let given = self.cluster.is_some()
+            || self.cluster_user.is_some()
+            || self.cluster_nkey_file.is_some()
+            || self.cluster_tls_ca.is_some()
+            || self.cluster_replicas.is_some();
+        if !given {
+            return;
+        }
+        let cluster = config.cluster.get_or_insert_with(ClusterConfig::default);
+        if let Some(servers) = &self.cluster {
+            cluster.servers.clone_from(servers);
+        }
+        if self.cluster_user.is_some() {
+            cluster.user.clone_from(&self.cluster_user);
+            cluster
+                .password_file
+                .clone_from(&self.cluster_password_file);
+        }
+        if self.cluster_nkey_file.is_some() {
+            cluster.nkey_file.clone_from(&self.cluster_nkey_file);
+        }
+        if self.cluster_tls_ca.is_some() {
+            cluster.tls_ca.clone_from(&self.cluster_tls_ca);
+        }
+        if let Some(replicas) = self.cluster_replicas {
+            cluster.replicas = replicas;
+        }
     }
 }
 
@@ -207,6 +262,7 @@ fn print_address(host: &str, port: u16, fingerprint: [u8; 32]) {
         host: host.to_string(),
         port,
         fingerprint,
+        alternates: Vec::new(),
     };
     // The one line meant for people and scripts alike: on stdout, on its own.
     #[allow(clippy::print_stdout)]

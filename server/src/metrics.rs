@@ -39,6 +39,11 @@ pub struct Metrics {
     pub bad_frames: AtomicU64,
     /// Registrations refused (bad proof, name taken, a per-key limit).
     pub registrations_refused: AtomicU64,
+    /// Signed prekeys verified and stored (`PublishPrekey`).
+    pub prekeys_published: AtomicU64,
+    /// `PublishPrekey`s refused: not verifying for the registered
+    /// identity, too large, or too frequent.
+    pub prekeys_refused: AtomicU64,
     /// Bytes queued for clients and not yet written, over all connections,
     /// as each connection's writer last saw it (gauge, updated once per
     /// write).
@@ -80,7 +85,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter, plus the offline
     /// queue depth given by the caller.
     pub fn render(&self, offline_queue_depth: u64) -> String {
-        let rows: [(&str, &str, &str, u64); 22] = [
+        let rows: [(&str, &str, &str, u64); 24] = [
             (
                 "sotto_relay_connections",
                 "gauge",
@@ -164,6 +169,18 @@ impl Metrics {
                 "counter",
                 "Registrations refused.",
                 self.registrations_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_prekeys_published_total",
+                "counter",
+                "Signed prekeys verified and stored.",
+                self.prekeys_published.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_prekeys_refused_total",
+                "counter",
+                "Prekey publications refused.",
+                self.prekeys_refused.load(Ordering::Relaxed),
             ),
             (
                 "sotto_relay_outbound_bytes",

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Client, Relay, identity, room, user};
+use common::{Client, Relay, identity, room, user, welcome};
 use sotto_proto::{ClientFrame, Destination, ErrorCode, RelayFrame, Route};
 
 fn to_room(id: u64, name: &str, body: Bytes) -> ClientFrame {
@@ -66,29 +66,17 @@ async fn one_key_registers_at_most_its_limit_of_names() {
     let relay = Relay::start_with(|c| c.max_names_per_key = 2).await;
     let mallory = identity("mallory");
     let mut first = relay.client().await;
-    assert_eq!(
-        first.register("m1", mallory).await,
-        RelayFrame::Registered { name: user("m1") }
-    );
+    assert_eq!(first.register("m1", mallory).await, welcome("m1"));
     let mut second = relay.client().await;
-    assert_eq!(
-        second.register("m2", mallory).await,
-        RelayFrame::Registered { name: user("m2") }
-    );
+    assert_eq!(second.register("m2", mallory).await, welcome("m2"));
     let mut third = relay.client().await;
     let refused = third.register("m3", mallory).await;
     assert_eq!(code(&refused), (None, ErrorCode::LimitReached));
     // The connection stays open: a name the key owns still registers.
-    assert_eq!(
-        third.register("M2", mallory).await,
-        RelayFrame::Registered { name: user("m2") }
-    );
+    assert_eq!(third.register("M2", mallory).await, welcome("m2"));
     // m3 was not bound to mallory: anyone may take it.
     let mut bob = relay.client().await;
-    assert_eq!(
-        bob.register("m3", identity("bob")).await,
-        RelayFrame::Registered { name: user("m3") }
-    );
+    assert_eq!(bob.register("m3", identity("bob")).await, welcome("m3"));
     assert_eq!(relay.metrics.key_limit_refusals.load(Ordering::Relaxed), 1);
     drop(first);
 }
@@ -129,7 +117,7 @@ async fn one_key_holds_at_most_its_limit_of_connections() {
     // The relay forgets the connection before it closes it.
     let mut fourth = relay.client().await;
     let reply = fourth.register("m3", mallory).await;
-    assert_eq!(reply, RelayFrame::Registered { name: user("m3") });
+    assert_eq!(reply, welcome("m3"));
 }
 
 /// One key opens as many connections as the relay lets it (each under a
@@ -190,10 +178,7 @@ async fn an_address_filling_the_relay_leaves_room_for_another() {
     let mut bob = Client::try_connect_from(&relay.address, "127.0.0.2")
         .await
         .expect("another address gets the last slot");
-    assert_eq!(
-        bob.register("bob", identity("bob")).await,
-        RelayFrame::Registered { name: user("bob") }
-    );
+    assert_eq!(bob.register("bob", identity("bob")).await, welcome("bob"));
 }
 
 #[tokio::test]

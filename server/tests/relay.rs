@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{Client, Relay, identity, numbered, room, send_to_room, send_to_user, user};
+use common::{Client, Relay, identity, numbered, room, send_to_room, send_to_user, user, welcome};
 use sotto_proto::{
     ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, UserInfo,
 };
@@ -76,12 +76,7 @@ async fn registration_needs_a_proof_for_this_relays_challenge() {
     assert_eq!(code, ErrorCode::NotRegistered);
 
     // The right proof works on the same connection.
-    assert_eq!(
-        client.register("alice", alice).await,
-        RelayFrame::Registered {
-            name: user("alice")
-        }
-    );
+    assert_eq!(client.register("alice", alice).await, welcome("alice"));
 }
 
 #[tokio::test]
@@ -124,6 +119,7 @@ async fn rooms_presence_and_listings_follow_the_seed_chat() {
         user: u,
         event,
         identity: id,
+        prekeys,
     } = alice.recv().await
     else {
         panic!()
@@ -136,6 +132,8 @@ async fn rooms_presence_and_listings_follow_the_seed_chat() {
         id.unwrap(),
         Bytes::from(identity("bob").public().to_bytes())
     );
+    // Bob published no prekey.
+    assert!(prekeys.is_empty());
 
     bob.join("ops").await;
     alice.send(ClientFrame::ListUsers).await;
@@ -313,7 +311,8 @@ async fn key_directory_answers_with_the_registered_identity() {
         alice.recv().await,
         RelayFrame::Key {
             name: user("bob"),
-            identity: Some(Bytes::from(identity("bob").public().to_bytes()))
+            identity: Some(Bytes::from(identity("bob").public().to_bytes())),
+            prekeys: Vec::new(),
         }
     );
     alice
@@ -325,7 +324,8 @@ async fn key_directory_answers_with_the_registered_identity() {
         alice.recv().await,
         RelayFrame::Key {
             name: user("nobody"),
-            identity: None
+            identity: None,
+            prekeys: Vec::new(),
         }
     );
 }
@@ -350,7 +350,7 @@ async fn bad_input_closes_only_the_offending_connection() {
     let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
         (
             "garbage",
-            b"\x00\x00\x00\x05\x01\xff\xff\xff\xff".to_vec(),
+            b"\x00\x00\x00\x05\x02\xff\xff\xff\xff".to_vec(),
             ErrorCode::BadFrame,
         ),
         (
@@ -366,7 +366,7 @@ async fn bad_input_closes_only_the_offending_connection() {
         ("zero length", vec![0, 0, 0, 0], ErrorCode::BadFrame),
         (
             "truncated then closed",
-            b"\x00\x00\x00\x10\x01\x05".to_vec(),
+            b"\x00\x00\x00\x10\x02\x05".to_vec(),
             ErrorCode::BadFrame,
         ),
     ];
@@ -446,9 +446,7 @@ async fn certificate_reload_keeps_connections_and_changes_the_pin() {
     // Its proof names the old certificate, which it was shown: accepted.
     assert_eq!(
         straddling.register("carol", identity("carol")).await,
-        RelayFrame::Registered {
-            name: user("carol")
-        }
+        welcome("carol")
     );
     // The open connection carries on.
     before.send(ClientFrame::Ping { nonce: 5 }).await;
@@ -460,10 +458,7 @@ async fn certificate_reload_keeps_connections_and_changes_the_pin() {
     let mut renewed = relay.address.clone();
     renewed.fingerprint = new_fingerprint;
     let mut after = Client::connect(&renewed).await;
-    assert_eq!(
-        after.register("bob", identity("bob")).await,
-        RelayFrame::Registered { name: user("bob") }
-    );
+    assert_eq!(after.register("bob", identity("bob")).await, welcome("bob"));
     // A bad reload (a key that does not match) keeps the current certificate.
     std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
     assert!(certs.reload().is_err());
@@ -557,9 +552,7 @@ async fn a_name_keeps_the_casing_it_was_first_registered_with() {
     let mut again = relay.client().await;
     assert_eq!(
         again.register("ALICE", identity("alice")).await,
-        RelayFrame::Registered {
-            name: user("alice")
-        }
+        welcome("alice")
     );
     let mut bob = relay.registered("bob").await;
     bob.send(ClientFrame::ListUsers).await;

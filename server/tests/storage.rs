@@ -16,7 +16,7 @@ mod common;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{Relay, identity, numbered, send_to_user, user};
+use common::{Relay, identity, numbered, send_to_user, welcome};
 use sotto_proto::{ClientFrame, ErrorCode, RelayFrame};
 use sotto_relay::store::fault::Disk;
 use sotto_relay::store::{DATABASE_FILE, Recovery};
@@ -158,9 +158,7 @@ async fn a_full_disk_refuses_what_it_cannot_keep_and_the_relay_recovers_without_
     let mut carol = relay.client().await;
     assert_eq!(
         carol.register("carol", identity("carol")).await,
-        RelayFrame::Registered {
-            name: user("carol")
-        }
+        welcome("carol")
     );
     assert!(relay.metrics.storage_reopened.load(Ordering::Relaxed) >= 1);
     assert_eq!(relay.metrics.storage_unavailable.load(Ordering::Relaxed), 0);

@@ -34,6 +34,8 @@ use sotto_proto::{RelayAddress, RoomName, UserName};
 use sotto_relay::{CertSource, CertStore};
 
 mod local;
+pub mod nats;
+pub mod process;
 pub mod proxy;
 pub use local::LocalRelay;
 pub use proxy::{Proxy, Stats};
@@ -43,6 +45,17 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
+}
+
+/// The pre-generated prekey keys of `testdata/prekey-keys.txt`, for test
+/// clients (`SessionLimits::prekeys`), loaded once.
+pub fn prekey_pool() -> session::PrekeySource {
+    static POOL: OnceLock<session::PrekeySource> = OnceLock::new();
+    POOL.get_or_init(|| {
+        session::PrekeySource::pool_file(&testdata().join("prekey-keys.txt"))
+            .expect("testdata/prekey-keys.txt")
+    })
+    .clone()
 }
 
 /// A fixture identity (testdata/identities), loaded once.
@@ -57,6 +70,47 @@ pub fn identity(name: &str) -> Arc<Identity> {
     let id = Arc::new(Identity::load(&path, b"sotto test vectors").unwrap());
     cache.push((name.to_owned(), id.clone()));
     id
+}
+
+/// A connection to the relay driven by hand at the frame level.
+pub type RawFrames = tokio_util::codec::Framed<
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    sotto_proto::ClientCodec,
+>;
+
+/// `name` (its fixture identity) registered on `relay` frame by frame,
+/// as a modified client would: the connection once the relay answered
+/// `Registered` (what came before it is passed over).
+pub async fn register_raw(relay: &RelayAddress, name: &str) -> RawFrames {
+    use futures::SinkExt;
+    use sotto_proto::{ClientFrame, RelayFrame};
+    let tls = sotto_client::tls::connect(relay).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(tls, sotto_proto::ClientCodec::new());
+    let Some(Ok(RelayFrame::Challenge { nonce })) = framed.next().await else {
+        panic!("no challenge")
+    };
+    let identity = identity(name);
+    let proof = identity
+        .sign_registration(&mut rand::rng(), &relay.fingerprint, &nonce, name)
+        .unwrap();
+    framed
+        .send(ClientFrame::Register {
+            name: user(name),
+            identity: identity.public().to_bytes().into(),
+            proof: proof.into(),
+        })
+        .await
+        .unwrap();
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, framed.next())
+            .await
+            .expect("Registered in time")
+            .unwrap()
+            .unwrap();
+        if matches!(frame, RelayFrame::Registered { .. }) {
+            return framed;
+        }
+    }
 }
 
 pub fn user(name: &str) -> UserName {
@@ -103,6 +157,7 @@ impl Setup {
             host: "127.0.0.1".into(),
             port: listener.local_addr().unwrap().port(),
             fingerprint: certs.fingerprint(),
+            alternates: Vec::new(),
         };
         Setup {
             listener,
@@ -119,18 +174,42 @@ pub struct Relay {
     pub dir: PathBuf,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// With [`nats::CLUSTER_MODE`]: the NATS cluster it is a member of,
+    /// kept across [`Relay::restart`].
+    nats: Option<Arc<nats::NatsCluster>>,
 }
 
 impl Relay {
     /// Starts a relay keeping its certificate and database in `dir`, on
-    /// `port` (0: any free port).
+    /// `port` (0: any free port); with [`nats::CLUSTER_MODE`] set, as a
+    /// member of a cluster over a one-node NATS cluster of its own (its
+    /// data there, not in `dir`).
     pub fn start(dir: &Path, port: u16) -> Relay {
+        let nats = nats::cluster_mode().then(|| Arc::new(nats::NatsCluster::start(1)));
+        Self::start_over(dir, port, nats)
+    }
+
+    fn start_over(dir: &Path, port: u16, nats: Option<Arc<nats::NatsCluster>>) -> Relay {
+        let cluster = nats.as_ref().map(|n| n.relay_config(1));
+        let mut relay = Self::start_with(dir, port, |config| config.cluster = cluster);
+        relay.nats = nats;
+        relay
+    }
+
+    /// [`Relay::start`], with the relay's configuration changed by
+    /// `adjust` first (a cluster to join, say).
+    pub fn start_with(
+        dir: &Path,
+        port: u16,
+        adjust: impl FnOnce(&mut sotto_relay::Config),
+    ) -> Relay {
         let Setup {
             listener,
             certs,
-            config,
+            mut config,
             address,
         } = Setup::new(dir, port);
+        adjust(&mut config);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -156,6 +235,7 @@ impl Relay {
             dir: dir.to_path_buf(),
             stop: Some(stop),
             thread: Some(thread),
+            nats: None,
         }
     }
 
@@ -169,9 +249,11 @@ impl Relay {
         }
     }
 
-    /// Starts the relay again on the same port with the same data.
+    /// Starts the relay again on the same port with the same data (in a
+    /// cluster, the same NATS cluster).
     pub fn restart(&mut self) {
-        *self = Relay::start(&self.dir.clone(), self.address.port);
+        let nats = self.nats.take();
+        *self = Relay::start_over(&self.dir.clone(), self.address.port, nats);
     }
 }
 
@@ -217,6 +299,9 @@ impl Peer {
     ) -> Peer {
         let name = account.name().to_string();
         let mut config = Config::new(account.clone(), relay.clone());
+        // Prekeys from the pre-generated pool: no seconds of RSA key
+        // generation per client.
+        config.limits.prekeys = prekey_pool();
         adjust(&mut config);
         let mut updates: Updates = Box::pin(session::run(config));
         let Some(Update::Ready(controller)) = updates.next().await else {

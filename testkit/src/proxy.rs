@@ -522,6 +522,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 1,
             fingerprint: [7; 32],
+            alternates: Vec::new(),
         };
         let through = proxy.relay_address(&relay);
         assert_eq!(

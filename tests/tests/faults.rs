@@ -413,7 +413,7 @@ async fn a_recipient_whose_path_goes_silent_for_fifteen_seconds_gets_every_messa
 async fn the_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let temp = tempfile::tempdir().unwrap();
     let relay_dir = temp.path().join("relay");
-    let process = RelayProcess::start(&relay_dir, 0);
+    let mut process = relay_process(&relay_dir, 0);
     let relay = process.address.clone();
     let mut alice = quick_to_return(temp.path(), "alice", &relay).await;
     let mut bob = quick_to_return(temp.path(), "bob", &relay).await;
@@ -440,7 +440,7 @@ async fn the_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     process.kill();
     alice.expect(reconnecting).await;
     let cut = alice.seen_at(reconnecting).unwrap();
-    let _process = RelayProcess::start(&relay_dir, relay.port);
+    let _process = relay_process(&relay_dir, relay.port);
     alice.expect_connected().await;
 
     receive(

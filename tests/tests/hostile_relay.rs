@@ -22,7 +22,7 @@ mod hostile;
 
 use hostile::{
     Act, Hostile, Rule, announcement_body, carries_identities, deliver, hide_member, message_from,
-    readdress, rewrite_body, rewrite_slot, substitute_key,
+    pair_key_in, readdress, rewrite_body, rewrite_slot, substitute_key,
 };
 use sotto_testkit::{
     Peer, Relay, Via, barrier, dm, identity, lobby, room, shown, shown_where, user,
@@ -64,9 +64,13 @@ async fn world() -> World {
 /// A world with alice and bob in the lobby, alice seeing bob there.
 async fn alice_and_bob() -> (World, Peer, Peer) {
     let w = world().await;
+    // bob first: alice, joining after him, announces her session to him
+    // (and he answers with a pair reply), so that the scenarios have an
+    // announcement of alice's to bob to replay, forge or drop.
+    let mut bob = w.join("bob").await;
     let mut alice = w.join("alice").await;
-    let bob = w.join("bob").await;
     alice.expect_members("lobby", &["alice", "bob"]).await;
+    bob.expect_members("lobby", &["alice", "bob"]).await;
     (w, alice, bob)
 }
 
@@ -292,6 +296,23 @@ fn keys_for(frame: &ClientFrame, name: &str) -> bool {
             || route.to == Destination::User(user(name)))
 }
 
+/// Whether `frame` gives `name` a key in the lobby: a slot of a lobby
+/// message, or an announcement or pair reply for the lobby. (Their direct
+/// conversation is another matter: leaving a room does not end it.)
+fn lobby_keys_for(frame: &ClientFrame, name: &str) -> bool {
+    let ClientFrame::Send { route, slots, body } = frame else {
+        return false;
+    };
+    let lobby_pair = match PeerBody::decode(body) {
+        Ok(PeerBody::Announcement(a)) => a.context.conversation == Conversation::room("lobby"),
+        Ok(PeerBody::PairReply(r)) => r.context.conversation == Conversation::room("lobby"),
+        _ => false,
+    };
+    (route.to == Destination::Room(RoomName::lobby())
+        && slots.iter().any(|s| s.to.as_str() == name))
+        || (route.to == Destination::User(user(name)) && lobby_pair)
+}
+
 // 3. P7: adds a member to a room's roster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s03_added_member_is_announced_and_gets_no_key_in_a_verified_only_room() {
@@ -310,6 +331,7 @@ async fn s03_added_member_is_announced_and_gets_no_key_in_a_verified_only_room()
         user: user("mallory"),
         event: PresenceEvent::Joined,
         identity: Some(identity("mallory").public().to_bytes().into()),
+        prekeys: Vec::new(),
     };
     w.hostile.inject("alice", ghost.clone());
     w.hostile.inject("bob", ghost);
@@ -333,6 +355,33 @@ async fn s03_added_member_is_announced_and_gets_no_key_in_a_verified_only_room()
     }
 }
 
+/// A session of `sender` in the lobby to bob (wrapped to his identity key:
+/// the relay's forgeries do not need his prekey), and its announcement.
+fn session_to_bob(
+    sender: &Identity,
+    epoch: u32,
+    first_seq: u64,
+) -> (SendingSession, Vec<sotto_crypto::Announcement>) {
+    let mut session = SendingSession::start(
+        &mut rng(),
+        sender.fingerprint(),
+        Conversation::room("lobby"),
+        epoch,
+        first_seq,
+        now(),
+    );
+    let bob = identity("bob");
+    let unsigned = session
+        .add_recipients(
+            &mut rng(),
+            &[sotto_crypto::WrapTo::Identity(bob.public())],
+            first_seq,
+        )
+        .unwrap();
+    let announcements = sotto_crypto::sign_announcements(sender, &mut rng(), unsigned).unwrap();
+    (session, announcements)
+}
+
 // 4. P2, P3: a message claiming to come from a member, with an
 // announcement of the relay's own making.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,16 +391,7 @@ async fn s04_injected_message_with_its_own_announcement_is_rejected() {
     let before = rsa(&bob);
 
     let mallory = identity("mallory");
-    let (mut session, announcements) = SendingSession::start(
-        &mut rng(),
-        &mallory,
-        Conversation::room("lobby"),
-        u32::MAX - 1,
-        1,
-        now(),
-        &[identity("bob").public()],
-    )
-    .unwrap();
+    let (mut session, announcements) = session_to_bob(&mallory, u32::MAX - 1, 1);
     // Signed by mallory, delivered as alice's...
     let own = announcements[0].clone();
     w.hostile.inject(
@@ -496,11 +536,21 @@ async fn s08_moved_messages_are_rejected() {
     let w = world().await;
     let mut alice = w.join("alice").await;
     let mut bob = w.join("bob").await;
+    // bob gets no key of alice's in "other": a message moved there finds
+    // nothing to reject it by but its header's conversation (with a key
+    // there, the no-rollback rule would reject it anyway).
+    w.hostile.rule(
+        Rule::down("bob")
+            .when(pair_key_in("alice", "other"))
+            .take(1)
+            .then(Act::Drop),
+    );
     for peer in [&mut alice, &mut bob] {
         peer.command(Command::Join(room("other")));
         peer.expect(|u| matches!(u, Update::Joined { room } if room.as_str() == "other"))
             .await;
     }
+    alice.expect_members("other", &["alice", "bob"]).await;
     barrier(&mut bob, Via::message(&alice, lobby(), "settled")).await;
     for to in [
         Destination::Room(room("other")),
@@ -523,7 +573,19 @@ async fn s08_moved_messages_are_rejected() {
 // 9. P4: reflects a user's own message back as if from a peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s09_reflected_own_message_is_rejected() {
-    let (w, mut alice, mut bob) = alice_and_bob().await;
+    let w = world().await;
+    // alice gets no key of bob's in the lobby: her own message reflected as
+    // bob's finds nothing to reject it by but the pinned key of its sender
+    // (with a key of bob's, the no-rollback rule would reject it anyway).
+    w.hostile.rule(
+        Rule::down("alice")
+            .when(pair_key_in("bob", "lobby"))
+            .take(1)
+            .then(Act::Drop),
+    );
+    let mut bob = w.join("bob").await;
+    let mut alice = w.join("alice").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
     barrier(&mut bob, Via::message(&alice, lobby(), "mine")).await;
     let (body, slot) = w
         .hostile
@@ -546,7 +608,7 @@ async fn s09_reflected_own_message_is_rejected() {
         .await;
     barrier(
         &mut alice,
-        Via::message(&bob, lobby(), "after the reflection"),
+        Via::message(&bob, dm("alice"), "after the reflection"),
     )
     .await;
     assert!(!alice.saw(shown("mine")), "{:#?}", alice.seen);
@@ -559,7 +621,7 @@ async fn s10_tampered_messages_are_rejected_alike() {
     barrier(&mut bob, Via::message(&alice, lobby(), "untouched")).await;
     let before = rsa(&bob);
     type Change = fn(Vec<u8>) -> Vec<u8>;
-    let body_changes: [(&str, Change); 7] = [
+    let body_changes: [(&str, Change); 8] = [
         ("flip the body's version", |mut b| {
             b[0] ^= 1;
             b
@@ -578,12 +640,24 @@ async fn s10_tampered_messages_are_rejected_alike() {
             b[mid] ^= 0x80;
             b
         }),
-        ("flip a byte of the encrypted text", |mut b| {
-            // The first byte of the text, after the 12-byte time and length.
+        ("flip a byte of the encrypted content", |mut b| {
+            // The first byte of the content (its kind), after the 12-byte
+            // time and length.
             let Ok(PeerBody::Message(m)) = PeerBody::decode(&b) else {
                 panic!("not a message")
             };
             let at = b.len() - m.ciphertext.len() + 12;
+            b[at] ^= 1;
+            b
+        }),
+        ("flip a letter of the text", |mut b| {
+            // The text's first letter, after the content's kind and length:
+            // the body cipher is malleable, so only the slot's digest of
+            // the ciphertext stops a "uampered" from showing.
+            let Ok(PeerBody::Message(m)) = PeerBody::decode(&b) else {
+                panic!("not a message")
+            };
+            let at = b.len() - m.ciphertext.len() + 12 + 2;
             b[at] ^= 1;
             b
         }),
@@ -711,16 +785,7 @@ async fn s11_crafted_key_wraps_never_reach_rsa_decryption() {
     a.context.epoch += 4;
     crafted.push(a);
     // Signed by someone else (mallory), claiming alice.
-    let (_, signed_by_mallory) = SendingSession::start(
-        &mut rng(),
-        &identity("mallory"),
-        Conversation::room("lobby"),
-        genuine.context.epoch + 5,
-        1,
-        now(),
-        &[identity("bob").public()],
-    )
-    .unwrap();
+    let (_, signed_by_mallory) = session_to_bob(&identity("mallory"), genuine.context.epoch + 5, 1);
     let mut a = signed_by_mallory[0].clone();
     a.context.sender = identity("alice").fingerprint();
     crafted.push(a);
@@ -758,10 +823,11 @@ async fn s12_a_member_who_left_cannot_open_what_follows() {
         .await;
     let sent_before = w.hostile.sent_by("alice").len();
     barrier(&mut bob, Via::message(&alice, lobby(), "after carol left")).await;
-    // No key left alice for carol after she left: no slot, no announcement.
+    // No key left alice for carol in the lobby after she left: no slot, no
+    // announcement, no pair reply.
     for frame in w.hostile.sent_by("alice").iter().skip(sent_before) {
         assert!(
-            !keys_for(frame, "carol"),
+            !lobby_keys_for(frame, "carol"),
             "a key for carol after she left: {frame:?}"
         );
     }
@@ -993,7 +1059,7 @@ async fn s16_a_stored_delivery_replayed_after_its_ack_is_dropped() {
 // (bob still reads her) nor be blamed on her (bob is told the relay did it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s17_forged_announcements_do_not_spend_the_senders_allowance() {
-    let (w, mut alice, mut bob) = alice_and_bob().await;
+    let (w, alice, mut bob) = alice_and_bob().await;
     barrier(&mut bob, Via::message(&alice, lobby(), "genuine")).await;
     let genuine = w
         .hostile
@@ -1020,12 +1086,12 @@ async fn s17_forged_announcements_do_not_spend_the_senders_allowance() {
             deliver("alice", to_bob(), announcement_body(a), None),
         );
     }
-    // alice rotates for real: carol joins, so her next message starts a
-    // new session, announced to bob right behind the forgeries.
-    let carol = w.join("carol").await;
-    alice
-        .expect_members("lobby", &["alice", "bob", "carol"])
-        .await;
+    // alice starts a new session for real, announced to bob right behind
+    // the forgeries: a new run of her client (sending sessions are never
+    // carried across runs; a join or a leave no longer starts one).
+    alice.quit().await;
+    let mut alice = w.join("alice").await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
     alice.send(lobby(), "after the rotation");
     // In either order: the forgeries are reported at bob's next tick.
     bob.expect_all(&[
@@ -1051,7 +1117,6 @@ async fn s17_forged_announcements_do_not_spend_the_senders_allowance() {
         "alice was blamed: {:#?}",
         bob.seen
     );
-    drop(carol);
 }
 
 // 18. Availability: a presence flood towards a front end that does not keep
@@ -1090,22 +1155,29 @@ async fn s18_a_presence_flood_is_bounded_by_the_front_ends_pace() {
                 user: user(&format!("flood{i}")),
                 event: PresenceEvent::Joined,
                 identity: None,
+                prekeys: Vec::new(),
             },
         );
     }
     // ...and the Pong to a Ping behind the flood shows that bob's session
-    // has read all of it.
-    let nonce = 0x5eed_f100d;
-    w.hostile.inject("bob", RelayFrame::Ping { nonce });
-    let deadline = std::time::Instant::now() + sotto_testkit::PATIENCE;
-    while !w
-        .hostile
-        .sent_by("bob")
-        .iter()
-        .any(|f| matches!(f, ClientFrame::Pong { nonce: n } if *n == nonce))
-    {
-        assert!(std::time::Instant::now() < deadline, "bob stopped reading");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // has read all of it. A session writes a batch's answers before it
+    // hands the batch's updates to the front end, so a second Ping, sent
+    // only once the first is answered, reads in a later batch: its Pong
+    // shows that the flood's last batch has been handed over too (else
+    // the front end, reading below, would make room for that batch's
+    // notices).
+    for nonce in [0x5eed_f100d, 0x5eed_f100e] {
+        w.hostile.inject("bob", RelayFrame::Ping { nonce });
+        let deadline = std::time::Instant::now() + sotto_testkit::PATIENCE;
+        while !w
+            .hostile
+            .sent_by("bob")
+            .iter()
+            .any(|f| matches!(f, ClientFrame::Pong { nonce: n } if *n == nonce))
+        {
+            assert!(std::time::Instant::now() < deadline, "bob stopped reading");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
     alice.send(lobby(), "after the flood");
     // The message, and the member list, complete all the same (in either
@@ -1180,6 +1252,7 @@ async fn measure_presence_flood() {
                 user: format!("flood{i}").parse().unwrap(),
                 event: PresenceEvent::Joined,
                 identity: key.clone(),
+                prekeys: Vec::new(),
             },
         );
     }
@@ -1413,27 +1486,21 @@ async fn s21_a_dropped_announcement_is_asked_for_again() {
     // set it up first (announcements both ways).
     barrier(&mut alice, Via::message(&bob, dm("alice"), "hello alice")).await;
     barrier(&mut bob, Via::message(&alice, dm("bob"), "hello bob")).await;
-    let announcement_in = |room: &'static str| {
-        move |frame: &hostile::Frame| {
-            matches!(frame, hostile::Frame::Relay(RelayFrame::Deliver { from, body, .. })
-                if from.as_str() == "alice"
-                    && matches!(PeerBody::decode(body), Ok(PeerBody::Announcement(a))
-                        if a.context.conversation == Conversation::room(room)))
-        }
-    };
     for (room_name, drop_requests) in [("r2", false), ("r3", true)] {
+        // alice's key for bob in the room goes as soon as he joins (a pair
+        // reply to his announcement): the rule that drops it comes first.
+        w.hostile.rule(
+            Rule::down("bob")
+                .when(pair_key_in("alice", room_name))
+                .take(1)
+                .then(Act::Drop),
+        );
         for peer in [&mut alice, &mut bob] {
             peer.command(Command::Join(room(room_name)));
             peer.expect(|u| matches!(u, Update::Joined { room } if room.as_str() == room_name))
                 .await;
         }
         alice.expect_members(room_name, &["alice", "bob"]).await;
-        w.hostile.rule(
-            Rule::down("bob")
-                .when(announcement_in(room_name))
-                .take(1)
-                .then(Act::Drop),
-        );
         if drop_requests {
             // Every message bob sends alice from now on: his requests.
             w.hostile.rule(
@@ -1462,4 +1529,103 @@ async fn s21_a_dropped_announcement_is_asked_for_again() {
             bob.expect_message(&chat, &text).await;
         }
     }
+}
+
+// 22. Forward secrecy (prekeys, protocol.md 12.6): hands out a prekey for
+// bob that another key signed, then bob's genuine newest prekey, then an
+// older one of his again (a replay, which would make alice wrap to a key
+// whose secret bob may have deleted, or one the relay kept a copy of).
+// Both the substitute and the replay are refused and blamed on the relay;
+// the genuine one is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s22_a_substituted_or_replayed_prekey_is_refused_and_blamed_on_the_relay() {
+    let (w, mut alice, mut bob) = alice_and_bob().await;
+    let made = |signer: &Identity, key: usize, created_at: u64| {
+        let sotto_client::session::PrekeySource::Pool(keys) = sotto_testkit::prekey_pool() else {
+            panic!("the test pool is a pool")
+        };
+        let key = sotto_crypto::PrekeyKey::from_pkcs8_der(&keys[key]).unwrap();
+        let (signed, _) = signer
+            .make_prekey_with(&mut rng(), key, created_at)
+            .unwrap();
+        bytes::Bytes::from(signed.into_bytes())
+    };
+    // Bob's client publishes a prekey of its own after registering (made
+    // on its blocking pool, from the test pool): wait until it has.
+    let bobs_own = tokio::time::timeout(sotto_testkit::PATIENCE, async {
+        loop {
+            let published = w.hostile.sent_by("bob").into_iter().find_map(|f| match f {
+                ClientFrame::PublishPrekey { prekey } => Some(prekey),
+                _ => None,
+            });
+            if let Some(prekey) = published {
+                return prekey;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("bob publishes a prekey");
+    sotto_crypto::SignedPrekey::verify(&bobs_own, identity("bob").public(), now()).unwrap();
+    // Newer than anything bob's own client makes meanwhile (it is within
+    // the clock skew a prekey may be ahead).
+    let newest = made(&identity("bob"), 5, now() + 60);
+    let older = made(&identity("bob"), 6, now() - 60 * 60);
+    let forged = made(&identity("mallory"), 7, now() + 120);
+    // The two refusals, told apart by what the user is told.
+    let forged_message =
+        "the relay handed out a prekey for bob that bob's pinned key did not sign: refused";
+    let replayed_message =
+        "the relay handed out only older prekeys for bob than one already taken: refused";
+    let refusal = |text: &'static str| {
+        move |u: &Update| {
+            matches!(u, Update::Error(Problem { code: ProblemCode::ForgedPrekey, message, .. })
+                if message == text)
+        }
+    };
+    let rejoin = async |bob: &mut Peer| {
+        bob.command(Command::Leave(room("lobby")));
+        bob.expect(|u| matches!(u, Update::Left { .. })).await;
+        bob.command(Command::Join(room("lobby")));
+    };
+    for (step, prekeys) in [
+        vec![forged],
+        vec![newest.clone(), older.clone()],
+        vec![older],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        w.hostile.rule(
+            Rule::down("alice")
+                .when(hostile::joins_of("bob"))
+                .take(1)
+                .then(hostile::substitute_prekeys("bob", prekeys)),
+        );
+        rejoin(&mut bob).await;
+        alice
+            .expect(|u| matches!(u, Update::Presence { room: r, change: PresenceChange::Joined, name, .. } if *r == RoomName::lobby() && name == "bob"))
+            .await;
+        match step {
+            0 => drop(alice.expect(refusal(forged_message)).await),
+            2 => drop(alice.expect(refusal(replayed_message)).await),
+            _ => {}
+        }
+    }
+    // The genuine newest was taken: the replay was refused as older than
+    // it (had it been refused, the older one would have been taken
+    // silently), and only the substitute was called forged.
+    let forged = alice
+        .seen
+        .iter()
+        .filter(|u| refusal(forged_message)(u))
+        .count();
+    assert_eq!(forged, 1, "{:#?}", alice.seen);
+    // What the relay itself handed alice with bob's joins was bob's own
+    // published prekey.
+    let handed = w.hostile.delivered_to("alice").into_iter().any(|f| {
+        matches!(&f, RelayFrame::Presence { user: u, event: PresenceEvent::Joined, prekeys, .. }
+            if *u == user("bob") && prekeys.contains(&bobs_own))
+    });
+    assert!(handed, "{:#?}", w.hostile.delivered_to("alice"));
 }

@@ -49,6 +49,7 @@ async fn relay(dir: &Path) -> Relay {
         host: "127.0.0.1".into(),
         port: listener.local_addr().unwrap().port(),
         fingerprint: certs.fingerprint(),
+        alternates: Vec::new(),
     };
     let config = sotto_relay::Config {
         data_dir: dir.to_path_buf(),
@@ -350,6 +351,7 @@ async fn an_unsigned_key_change_is_refused_naming_both_keys_with_nothing_sent() 
             host: "127.0.0.1".into(),
             port,
             fingerprint: pinned,
+            alternates: Vec::new(),
         };
         let profile = base.path().join(format!("alice{number}"));
         let alice = account(&profile, "alice", "alice").await;
@@ -409,6 +411,7 @@ async fn a_relay_that_accepts_and_never_answers_times_out_and_is_retried() {
         host: "127.0.0.1".into(),
         port,
         fingerprint: [1; 32],
+        alternates: Vec::new(),
     };
     let error = tokio::time::timeout(
         PATIENCE,
@@ -555,4 +558,60 @@ async fn the_pinned_connector_accepts_only_the_pinned_key_or_certificate() {
         Err(e) => panic!("refused for another reason: {e}"),
         Ok(_) => panic!("a key other than the pinned one was accepted"),
     }
+}
+
+/// A cluster's address pins one key for all its hosts (protocol.md 9.1):
+/// a host that presents another key is refused, naming both keys, with
+/// nothing sent, and the client does not go on to the next host, which
+/// would make any host an address lists a way around its pin. A host that
+/// cannot be reached is skipped for the next, which connects.
+#[tokio::test]
+async fn every_host_of_a_cluster_address_must_present_the_pinned_key() {
+    let base = tempfile::tempdir().unwrap();
+    let good = relay(&base.path().join("good")).await;
+    let other = relay(&base.path().join("other")).await;
+    let pinned = good.address.fingerprint;
+    let presented = other.address.fingerprint;
+    assert_ne!(pinned, presented);
+    let cluster = |first: (String, u16)| RelayAddress {
+        host: first.0,
+        port: first.1,
+        fingerprint: pinned,
+        alternates: vec![(good.address.host.clone(), good.address.port)],
+    };
+
+    // The first host has another key: refused, the second never tried.
+    let address = cluster((other.address.host.clone(), other.address.port));
+    let profile = base.path().join("alice");
+    let mut config = Config::new(account(&profile, "alice", "alice").await, address);
+    config.limits.prekeys = sotto_testkit::prekey_pool();
+    let (state, seen) = outcome(config).await;
+    let Connection::Failed { reason } = state else {
+        panic!("{state:?}: {seen:#?}")
+    };
+    assert!(
+        reason.contains(&fingerprint_text(&pinned))
+            && reason.contains(&fingerprint_text(&presented)),
+        "{reason}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|u| matches!(u, Update::Connection(Connection::Connected { .. }))),
+        "{seen:#?}"
+    );
+
+    // The first host is down: the next one, with the pinned key, connects.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let address = cluster(("127.0.0.1".into(), dead_port));
+    let profile = base.path().join("bob");
+    let mut config = Config::new(account(&profile, "bob", "bob").await, address);
+    config.limits.prekeys = sotto_testkit::prekey_pool();
+    let (state, seen) = outcome(config).await;
+    assert!(
+        matches!(state, Connection::Connected { .. }),
+        "{state:?}: {seen:#?}"
+    );
 }

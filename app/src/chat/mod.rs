@@ -64,6 +64,8 @@ pub enum Message {
     Leave(RoomName),
     /// In a room, encrypt to verified members only (or to all pinned).
     VerifiedOnly(RoomName, bool),
+    /// Set a conversation's disappearing-message timer (seconds, 0: off).
+    Timer(Conversation, u64),
     /// Open the verification screen for a peer.
     Verify(UserName),
     /// Mark a peer verified with the safety number shown.
@@ -442,6 +444,9 @@ impl Chat {
             }
             Message::VerifiedOnly(room, on) => {
                 self.command(Command::SetVerifiedOnly { room, on });
+            }
+            Message::Timer(chat, seconds) => {
+                self.command(Command::SetTimer { chat, seconds });
             }
             Message::Verify(name) => self.verify_screen(name),
             Message::MarkVerified(name) => {

@@ -245,7 +245,26 @@ impl Chat {
                     self.status = Some((Tone::Danger, said.text));
                 }
             }
+            // Gone from the store: gone from the screen (what was never
+            // sent leaves the pending list), with a notice of how many.
+            Update::Expired {
+                ref chat,
+                ref ids,
+                ref queued,
+            } => {
+                if let Some(thread) = self.threads.get_mut(chat) {
+                    thread.timeline.remove_messages(ids);
+                    for queued in queued {
+                        if let Some(at) = thread.pending.iter().position(|p| p.text == queued.text)
+                        {
+                            thread.pending.remove(at);
+                        }
+                    }
+                }
+                self.show(said);
+            }
             Update::Left { .. }
+            | Update::Timer { .. }
             | Update::Missing { .. }
             | Update::Rejected { .. }
             | Update::NotForYou { .. }

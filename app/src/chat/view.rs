@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use iced::widget::{
-    Column, button, checkbox, column, container, row, scrollable, space, text, text_editor,
-    text_input,
+    Column, button, checkbox, column, container, pick_list, row, scrollable, space, text,
+    text_editor, text_input,
 };
 use iced::{Alignment, Element, Fill, Task};
 use sotto_proto::RoomName;
@@ -159,6 +159,37 @@ impl Chat {
             .into()
     }
 
+    /// The conversation's disappearing-message timer: what it is (shown
+    /// as a clock and its duration while on) and a list to change it.
+    fn timer_control(&self, chat: &Conversation) -> Element<'_, Message> {
+        let current = self.view.timer(chat);
+        let mut choices: Vec<TimerChoice> =
+            TIMER_CHOICES.iter().copied().map(TimerChoice).collect();
+        if !choices.contains(&TimerChoice(current)) {
+            // Set elsewhere to a value not in the list: shown as it is.
+            choices.push(TimerChoice(current));
+            choices.sort_unstable();
+        }
+        let chat = chat.clone();
+        let list = pick_list(
+            choices,
+            Some(TimerChoice(current)),
+            move |choice: TimerChoice| Message::Timer(chat.clone(), choice.0),
+        )
+        .text_size(13);
+        let label = if current == 0 {
+            text("Disappearing: off").size(13).style(text::secondary)
+        } else {
+            text(format!("Disappearing: {}", words::duration(current)))
+                .size(13)
+                .style(text::primary)
+        };
+        row![label, list]
+            .spacing(6)
+            .align_y(Alignment::Center)
+            .into()
+    }
+
     fn conversation(&self) -> Element<'_, Message> {
         let title: Element<'_, Message> = match self.current() {
             Some(Conversation::Room(room)) => {
@@ -166,6 +197,7 @@ impl Chat {
                     .spacing(10)
                     .align_y(Alignment::Center);
                 line = line.push(space().width(Fill));
+                line = line.push(self.timer_control(&Conversation::Room(room.clone())));
                 let room_ = room.clone();
                 line = line.push(
                     checkbox(self.view.is_verified_only(room))
@@ -191,6 +223,7 @@ impl Chat {
                     line = line.push(text(key).font(MONO).size(12).style(text::warning));
                 }
                 line.push(space().width(Fill))
+                    .push(self.timer_control(&Conversation::Direct(user.clone())))
                     .push(
                         button(text("Verify").size(13))
                             .style(button::secondary)
@@ -299,6 +332,13 @@ impl Chat {
                 }
                 if message.late {
                     head = head.push(text("arrived late").size(11).style(text::secondary));
+                }
+                if let Some(expires) = message.expires_at_ms {
+                    head = head.push(
+                        text(format!("disappears at {}", clock(expires)))
+                            .size(11)
+                            .style(text::secondary),
+                    );
                 }
                 let mut lines = column![head, text(visible(&message.text))].spacing(2);
                 if let Some(got) = &message.delivery {
@@ -429,5 +469,18 @@ fn tone_style(tone: Tone) -> fn(&iced::Theme) -> text::Style {
         Tone::Info => text::secondary,
         Tone::Warning => text::warning,
         Tone::Danger => text::danger,
+    }
+}
+
+/// The timers the header offers (seconds; 0: off).
+const TIMER_CHOICES: [u64; 7] = [0, 30, 300, 3600, 8 * 3600, 24 * 3600, 7 * 24 * 3600];
+
+/// A choice of disappearing-message timer, shown in words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TimerChoice(u64);
+
+impl std::fmt::Display for TimerChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&words::duration(self.0))
     }
 }

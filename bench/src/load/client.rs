@@ -127,7 +127,7 @@ pub(crate) async fn connect(
         buf: BytesMut::with_capacity(4096),
     };
     match proto {
-        Proto::Relay | Proto::InMemory => {
+        Proto::Relay | Proto::InMemory | Proto::Cluster => {
             let RelayFrame::Challenge { nonce } = conn.next_relay().await? else {
                 return Err("the relay did not open with a challenge".into());
             };
@@ -166,7 +166,8 @@ pub(crate) async fn connect(
 }
 
 /// Connects clients `0..count`, `concurrency` at a time, on the runtime's
-/// worker threads (registration signs with RSA).
+/// worker threads (registration signs with RSA); client `i` to the
+/// target's address for `i` (a cluster's relays in turn).
 pub(crate) async fn connect_all(
     bench: &Arc<Bench>,
     target: &Target,
@@ -175,12 +176,12 @@ pub(crate) async fn connect_all(
     concurrency: usize,
 ) -> Result<Vec<Conn>, BoxError> {
     let proto = target.proto;
-    let address = Arc::new(target.address.clone());
     let mut pending = futures::stream::iter(0..count)
         .map(|index| {
             let bench = Arc::clone(bench);
-            let address = Arc::clone(&address);
+            let address = target.address_for(index).cloned();
             tokio::spawn(async move {
+                let address = address?;
                 tokio::time::timeout(SETUP_TIMEOUT, connect(&bench, proto, &address, index, join))
                     .await
                     .map_err(|_| BoxError::from("setup timed out"))

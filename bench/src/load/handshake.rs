@@ -34,9 +34,10 @@ pub(crate) async fn handshakes(
     duration: Duration,
     clock: Clock,
 ) -> Result<Handshakes, BoxError> {
-    let connector = sotto_client::tls::connector(&target.address)?;
-    let server_name = ServerName::try_from(target.address.host.clone())?;
-    let addr = (target.address.host.clone(), target.address.port);
+    let address = target.address_for(0)?;
+    let connector = sotto_client::tls::connector(address)?;
+    let server_name = ServerName::try_from(address.host.clone())?;
+    let addr = (address.host.clone(), address.port);
     let start = clock.now() + nanos(warmup);
     let window = Window {
         start,

@@ -365,7 +365,7 @@ async fn read_loop(
         if let (Some(accepted), Some(flow)) = (accepted, own.and_then(|own| flows.get(own))) {
             match proto {
                 Proto::Forwarder => flow.accepted.fetch_add(accepted, Ordering::Release),
-                Proto::Relay | Proto::InMemory => {
+                Proto::Relay | Proto::InMemory | Proto::Cluster => {
                     flow.accepted.fetch_max(accepted, Ordering::Release)
                 }
             };

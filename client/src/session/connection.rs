@@ -70,6 +70,10 @@ struct Session {
     /// is a whole list that replaces the one before, so only the newest
     /// is kept, and sent as soon as there is room.
     deferred: BTreeMap<RoomName, Update>,
+    /// Which host of the relay's address to try first (a cluster's address
+    /// lists several): the one last connected to, or the next after it
+    /// once that connection was lost.
+    host: usize,
 }
 
 impl Session {
@@ -147,6 +151,7 @@ async fn drive(
     commands: mpsc::UnboundedReceiver<Command>,
     updates: mpsc::Sender<Update>,
 ) {
+    super::clock::use_on_this_thread(config.limits.clock.clone());
     let started = Engine::new(&config.account, &config.rooms, config.limits.clone());
     let (engine, history) = match started {
         Ok(started) => started,
@@ -164,12 +169,19 @@ async fn drive(
             return;
         }
     }
+    let mut engine = engine;
+    if let Some(problem) = engine.prepare_prekey().await
+        && updates.send(Update::Error(problem)).await.is_err()
+    {
+        return;
+    }
     let mut session = Session {
         config,
         engine,
         commands,
         updates,
         deferred: BTreeMap::new(),
+        host: 0,
     };
     let mut backoff = session.config.limits.reconnect.clone();
     loop {
@@ -180,7 +192,11 @@ async fn drive(
         let reason = match connect(&mut session).await {
             Ok(framed) => match serve(&mut session, framed).await {
                 End::Quit => break,
-                End::Lost(reason) => reason,
+                End::Lost(reason) => {
+                    // Its relay may be gone: the next host first.
+                    session.host = session.host.wrapping_add(1);
+                    reason
+                }
                 End::Fatal(reason) => {
                     session.state(Connection::Failed { reason }).await;
                     break;
@@ -212,13 +228,22 @@ async fn drive(
 }
 
 /// Waits `delay` before reconnecting, still taking commands (messages sent
-/// now are queued until the connection is back).
+/// now are queued until the connection is back); disappearing messages
+/// still disappear meanwhile (the housekeeping tick).
 async fn wait(session: &mut Session, delay: Duration) -> Flow {
     let sleep = tokio::time::sleep(delay);
     tokio::pin!(sleep);
+    let mut ticker = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             () = &mut sleep => return Flow::Continue,
+            _ = ticker.tick() => {
+                let mut out = Out::default();
+                session.engine.expire(Instant::now(), &mut out);
+                if !session.emit(&mut out).await {
+                    return Flow::Quit;
+                }
+            }
             command = session.commands.recv() => {
                 let Some(command) = command else { return Flow::Quit };
                 if matches!(command, Command::Reconnect) {
@@ -251,21 +276,14 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
         .resolve(&session.config.relay)
         .map_err(|e| End::Fatal(e.to_string()))?;
 
-    let opened = tls::open(&relay, Unpinned::AwaitHandover, &timeouts)
-        .await
-        .map_err(|e| match e {
-            ConnectError::CertificateMismatch { .. } | ConnectError::InvalidHost(_) => {
-                End::Fatal(e.to_string())
-            }
-            _ => End::Lost(e.to_string()),
-        })?;
+    let opened = open_any(session, &relay, &timeouts).await?;
     let presented = opened.presented;
     let mut framed = Framed::new(opened.stream, ClientCodec::new());
     let (moved, first) = match presented.matched {
-        PinMatch::Key => (None, next_frame(&mut framed, &timeouts).await?),
+        PinMatch::Key => (None, opening_frame(&mut framed, &timeouts).await?),
         PinMatch::Certificate => (
             Some(Move::Converted),
-            next_frame(&mut framed, &timeouts).await?,
+            opening_frame(&mut framed, &timeouts).await?,
         ),
         // Not the pinned key: nothing is sent until the first frame proves
         // that the pinned key handed over to this one.
@@ -273,13 +291,13 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
             follow_handover(&mut framed, &relay, &presented, &timeouts).await?;
             (
                 Some(Move::Handover),
-                next_frame(&mut framed, &timeouts).await?,
+                opening_frame(&mut framed, &timeouts).await?,
             )
         }
     };
     // A client on the new key ignores the hand-over.
     let first = match first {
-        RelayFrame::KeyHandover { .. } => next_frame(&mut framed, &timeouts).await?,
+        RelayFrame::KeyHandover { .. } => opening_frame(&mut framed, &timeouts).await?,
         other => other,
     };
     let challenge = match first {
@@ -314,7 +332,10 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
     )
     .await?;
     match next_frame(&mut framed, &timeouts).await? {
-        RelayFrame::Registered { name } => {
+        RelayFrame::Registered {
+            name,
+            offline_max_age,
+        } => {
             let mut out = Out::default();
             // The key is now known to be this relay's: pin it.
             match moved {
@@ -334,6 +355,10 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
                     }));
                 }
             }
+            // Prekeys first: the relay hands them out with the join that
+            // follows (`Presence`), so members who see this client arrive
+            // can wrap to them at once.
+            session.engine.publish_prekeys(offline_max_age, &mut out);
             session.engine.on_registered(name.clone(), &mut out);
             let frames: Vec<ClientFrame> = out.frames.drain(..).collect();
             write(
@@ -362,6 +387,36 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
             kind(&other)
         ))),
     }
+}
+
+/// Opens a TLS connection to the first host of `relay` that answers, in
+/// the address's order from the session's current host (a cluster's
+/// relays share one key, so one pin is checked on each). A host that
+/// presents another key completes the handshake and is refused right
+/// after it unless the pinned key handed over to that key
+/// ([`follow_handover`]): fatal, as for a single relay, never a reason to
+/// try the next host. So is a host that is no host name.
+async fn open_any(
+    session: &mut Session,
+    relay: &sotto_proto::RelayAddress,
+    timeouts: &Timeouts,
+) -> Result<tls::Opened, End> {
+    let hosts = relay.hosts();
+    let mut failures = Vec::new();
+    for step in 0..hosts {
+        let index = session.host.wrapping_add(step) % hosts;
+        match tls::open(&relay.host_at(index), Unpinned::AwaitHandover, timeouts).await {
+            Ok(opened) => {
+                session.host = index;
+                return Ok(opened);
+            }
+            Err(e @ (ConnectError::CertificateMismatch { .. } | ConnectError::InvalidHost(_))) => {
+                return Err(End::Fatal(e.to_string()));
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(End::Lost(failures.join("; ")))
 }
 
 /// Reads the first frame of a connection whose key is not the pinned one
@@ -456,6 +511,36 @@ async fn next_frame(framed: &mut Framed_, timeouts: &Timeouts) -> Result<RelayFr
     }
 }
 
+/// [`next_frame`] for the frames that open a connection (a hand-over, the
+/// challenge): a relay that frames them in another protocol version speaks
+/// that version, and retrying cannot help, so the connection fails for
+/// good with words that say which side to update.
+async fn opening_frame(framed: &mut Framed_, timeouts: &Timeouts) -> Result<RelayFrame, End> {
+    match tokio::time::timeout(timeouts.answer, framed.next()).await {
+        Ok(Some(Err(ProtoError::UnsupportedVersion(theirs)))) => {
+            Err(End::Fatal(other_version(theirs)))
+        }
+        Err(_) => Err(End::Lost("the relay did not answer in time".to_owned())),
+        Ok(None) => Err(End::Lost("the relay closed the connection".to_owned())),
+        Ok(Some(Err(e))) => Err(End::Lost(read_failed(&e))),
+        Ok(Some(Ok(frame))) => Ok(frame),
+    }
+}
+
+/// Why a relay of protocol version `theirs` cannot be used.
+fn other_version(theirs: u8) -> String {
+    let ours = sotto_proto::PROTOCOL_VERSION;
+    if theirs > ours {
+        format!(
+            "the relay speaks protocol version {theirs}, newer than this sotto's version {ours}: update sotto"
+        )
+    } else {
+        format!(
+            "the relay speaks protocol version {theirs}, older than this sotto's version {ours}: the relay must be updated"
+        )
+    }
+}
+
 /// Why reading from the relay failed, in words: a connection that broke is
 /// not a bad frame.
 fn read_failed(error: &ProtoError) -> String {
@@ -487,6 +572,7 @@ fn kind(frame: &RelayFrame) -> &'static str {
         RelayFrame::ShuttingDown => "ShuttingDown",
         RelayFrame::KeyHandover { .. } => "KeyHandover",
         RelayFrame::Undelivered { .. } => "Undelivered",
+        RelayFrame::PrekeyPublished { .. } => "PrekeyPublished",
     }
 }
 
@@ -613,8 +699,20 @@ mod tests {
             "the connection to the relay failed: connection reset"
         );
         assert_eq!(
-            read_failed(&ProtoError::UnsupportedVersion(2)),
-            "bad frame from the relay: unsupported protocol version 2 (this build speaks version 1)"
+            read_failed(&ProtoError::UnsupportedVersion(3)),
+            "bad frame from the relay: unsupported protocol version 3 (this build speaks version 2)"
+        );
+    }
+
+    #[test]
+    fn a_relay_of_another_protocol_version_is_named_with_the_side_to_update() {
+        assert_eq!(
+            other_version(3),
+            "the relay speaks protocol version 3, newer than this sotto's version 2: update sotto"
+        );
+        assert_eq!(
+            other_version(1),
+            "the relay speaks protocol version 1, older than this sotto's version 2: the relay must be updated"
         );
     }
 }

@@ -1,6 +1,8 @@
 //! What a sealed message carries (the content `P` of protocol.md 15, step
-//! 5): a text the user wrote, a delivery receipt, or a heartbeat
-//! (protocol.md 13.8).
+//! 5): a text the user wrote (with the disappearing-message timer it was
+//! sent under, if any), a delivery receipt, a heartbeat, a key request, or
+//! a change of the conversation's disappearing-message timer (protocol.md
+//! 13.8).
 //!
 //! Both travel the same way, sealed in the sender's session of a
 //! conversation, so a receipt is as authenticated and as confidential as
@@ -31,7 +33,28 @@ pub enum Content {
         /// The session whose announcement never came.
         session: SessionId,
     },
+    /// "Messages in this conversation disappear `seconds` after they are
+    /// sent (or stored, for a recipient) from now on; 0: they no longer
+    /// do." Any member may send it.
+    Timer {
+        /// The timer: 0 (off) or 1 to [`MAX_TIMER_SECS`].
+        seconds: u64,
+    },
+    /// A text sent while the conversation's timer was `seconds` (1 to
+    /// [`MAX_TIMER_SECS`]): it disappears that long after it is sent or
+    /// stored, whatever timer its recipient has (it may have missed the
+    /// [`Content::Timer`]). A text sent with no timer is a
+    /// [`Content::Text`].
+    TimedText {
+        /// The timer it was sent under.
+        seconds: u64,
+        /// The text (UTF-8).
+        text: String,
+    },
 }
+
+/// The longest disappearing-message timer: 365 days.
+pub const MAX_TIMER_SECS: u64 = 365 * 24 * 60 * 60;
 
 /// "I have stored your messages with these sequence numbers in this
 /// conversation": sent by a recipient to a message's sender, in their
@@ -56,14 +79,49 @@ impl Content {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
+    /// A text sent under `timer` seconds (0: none).
+    pub fn text(text: String, timer: u64) -> Self {
+        if timer == 0 {
+            Self::Text(text)
+        } else {
+            Self::TimedText {
+                seconds: timer,
+                text,
+            }
+        }
+    }
+
+    /// The text and the timer it was sent under (0: none), if this is a
+    /// text.
+    pub fn as_text(&self) -> Option<(&str, u64)> {
+        match self {
+            Self::Text(text) => Some((text, 0)),
+            Self::TimedText { seconds, text } => Some((text, *seconds)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a text the user wrote (timed or not).
+    pub fn is_text(&self) -> bool {
+        self.as_text().is_some()
+    }
+
     /// Decodes `bytes`; `None` for anything that is not exactly one
     /// canonical encoding of a content (trailing bytes, over-long
     /// varints, invalid UTF-8, a receipt with ranges out of order or more
-    /// than [`MAX_RECEIPT_RANGES`]).
+    /// than [`MAX_RECEIPT_RANGES`], a timer above [`MAX_TIMER_SECS`], a
+    /// timed text with a timer of 0).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let content: Self = postcard::from_bytes(bytes).ok()?;
         if content.encode() != bytes {
             return None;
+        }
+        match &content {
+            Self::Timer { seconds } if *seconds > MAX_TIMER_SECS => return None,
+            Self::TimedText { seconds, .. } if *seconds == 0 || *seconds > MAX_TIMER_SECS => {
+                return None;
+            }
+            _ => {}
         }
         if let Self::Receipt(receipt) = &content {
             if receipt.stored.len() > MAX_RECEIPT_RANGES || receipt.stored.is_empty() {
@@ -165,7 +223,46 @@ mod tests {
             request.encode()[..8],
             [3, 0, 5, b'l', b'o', b'b', b'b', b'y']
         );
-        assert_eq!(Content::decode(&[4]), None);
+        assert_eq!(Content::decode(&[6]), None);
+        // protocol.md 13.8's timer examples: one hour, off, and "hi" sent
+        // under one hour (3600 = varint 0x90 0x1c).
+        assert_eq!(Content::Timer { seconds: 3600 }.encode(), [4, 0x90, 0x1c]);
+        assert_eq!(Content::Timer { seconds: 0 }.encode(), [4, 0]);
+        assert_eq!(
+            Content::text("hi".into(), 3600).encode(),
+            [5, 0x90, 0x1c, 2, b'h', b'i']
+        );
+        assert_eq!(Content::text("hi".into(), 0), Content::Text("hi".into()));
+        for content in [
+            Content::Timer { seconds: 0 },
+            Content::Timer { seconds: 1 },
+            Content::Timer {
+                seconds: MAX_TIMER_SECS,
+            },
+            Content::text(String::new(), MAX_TIMER_SECS),
+            Content::text("hi".into(), 30),
+        ] {
+            assert_eq!(Content::decode(&content.encode()), Some(content));
+        }
+        assert_eq!(Content::text("hi".into(), 30).as_text(), Some(("hi", 30)));
+        // Over the longest timer, a timed text under no timer, an
+        // over-long varint for 3600, missing text.
+        let over = MAX_TIMER_SECS + 1;
+        assert_eq!(
+            Content::decode(&Content::Timer { seconds: over }.encode()),
+            None
+        );
+        let timed = |seconds| {
+            Content::TimedText {
+                seconds,
+                text: "hi".into(),
+            }
+            .encode()
+        };
+        assert_eq!(Content::decode(&timed(over)), None);
+        assert_eq!(Content::decode(&timed(0)), None);
+        assert_eq!(Content::decode(&[4, 0x90, 0x9c, 0x00]), None);
+        assert_eq!(Content::decode(&[5, 0x90, 0x1c]), None);
         // Ranges out of order, overlapping, touching, reversed, or none.
         for stored in [
             vec![(5, 5), (1, 3)],

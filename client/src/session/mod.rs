@@ -56,9 +56,11 @@
 
 #[doc(hidden)]
 pub mod bench;
+mod clock;
 mod connection;
 pub mod content;
 mod engine;
+mod prekeys;
 mod problem;
 
 use std::fmt;
@@ -76,7 +78,9 @@ use crate::account::Account;
 use crate::contacts::KeyEvent;
 use crate::servers::Move;
 
+pub use clock::Clock;
 pub use engine::SessionLimits;
+pub use prekeys::PrekeySource;
 pub use problem::{Answers, Problem, ProblemCode, relay_code_str};
 
 /// A conversation as a user sees it: a room, or the direct conversation
@@ -209,6 +213,10 @@ pub struct Message {
     /// For a message this client sent: how far it got ([`Update::Delivery`]
     /// follows each change). `None` for a received one.
     pub delivery: Option<Delivery>,
+    /// Under a disappearing-message timer: when it disappears (this
+    /// client's clock, ms since the Unix epoch; [`Update::Expired`] says
+    /// when it did). `None`: it stays.
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Message {
@@ -482,6 +490,31 @@ pub enum Update {
     /// proved itself (see [`RelayKeyMoved`]); recorded in
     /// [`crate::servers::PIN_LOG_FILE`].
     RelayKeyMoved(RelayKeyMoved),
+    /// `chat`'s disappearing-message timer: `seconds` (0: off). With `by`,
+    /// a change that member made (this user's own name for a change made
+    /// here): show it as a notice. Without, the setting as stored, at
+    /// start (only for chats that have a timer).
+    Timer {
+        /// The chat.
+        chat: Chat,
+        /// Messages disappear this long after they are sent or arrive; 0:
+        /// they do not.
+        seconds: u64,
+        /// Who changed it, for a change.
+        by: Option<UserName>,
+    },
+    /// Messages of `chat` reached the end of their disappearing-message
+    /// timer and were deleted from the store: remove them from the screen.
+    Expired {
+        /// The chat.
+        chat: Chat,
+        /// The messages (sent and received).
+        ids: Vec<MessageId>,
+        /// Texts still waiting to be sent (see [`Update::Queued`]) that
+        /// expired before they could be, in the order typed: they will
+        /// not be sent.
+        queued: Vec<Queued>,
+    },
 }
 
 /// A relay's pinned key moved with no decision of the user's: the key
@@ -560,6 +593,19 @@ pub enum Command {
         /// On or off.
         on: bool,
     },
+    /// Set `chat`'s disappearing-message timer to `seconds` (0: off, at
+    /// most [`content::MAX_TIMER_SECS`]): every member is told, and texts
+    /// sent in it from now on disappear that long after they are sent
+    /// (and, at each recipient, after they arrive).
+    SetTimer {
+        /// The chat.
+        chat: Chat,
+        /// The timer.
+        seconds: u64,
+    },
+    /// Say `chat`'s disappearing-message timer again (an
+    /// [`Update::Timer`] without `by`, with 0 if it has none).
+    ShowTimer(Chat),
     /// While waiting to reconnect, try the relay again now instead of
     /// waiting out the backoff (sent during an attempt: try again as soon as
     /// that attempt fails). Nothing while connected.

@@ -68,6 +68,12 @@ pub enum Answers {
     /// The oldest [`Command::ListRooms`](super::Command::ListRooms) not
     /// yet answered.
     Rooms,
+    /// The oldest [`Command::SetTimer`](super::Command::SetTimer) of
+    /// `chat` not yet answered by an `Update::Timer` or a problem.
+    Timer {
+        /// The chat.
+        chat: Chat,
+    },
 }
 
 impl Problem {
@@ -148,6 +154,10 @@ pub enum ProblemCode {
     Flooded,
     /// The relay sent a key that is not a valid sotto identity.
     InvalidKey,
+    /// The relay handed out a prekey that does not verify for the
+    /// contact's pinned identity, or only older ones than already seen:
+    /// refused (blamed on the relay, not on the contact).
+    ForgedPrekey,
     /// The safety number given does not match: nothing was verified.
     WrongSafetyNumber,
     /// A command that does not apply (a key to accept that has not
@@ -158,6 +168,16 @@ pub enum ProblemCode {
     /// Sealing a message failed in this client (its sequence numbers are
     /// used up, or a key operation failed): not sent.
     Internal,
+    /// A pair key went to (or came from) an identity key rather than a
+    /// prekey: what it carries is not forward secret against a later
+    /// compromise of that identity file and its passphrase.
+    NotForwardSecret,
+    /// A session key was wrapped to a prekey this client has deleted (its
+    /// grace period is over): its messages cannot be opened.
+    KeyExpired,
+    /// The data directory was written by an earlier sotto and was
+    /// migrated once: what it could not keep is named.
+    Migrated,
 }
 
 impl ProblemCode {
@@ -165,6 +185,9 @@ impl ProblemCode {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::NotInRoom => "not_in_room",
+            Self::NotForwardSecret => "not_forward_secret",
+            Self::KeyExpired => "key_expired",
+            Self::Migrated => "migrated",
             Self::NoSuchUser => "no_such_user",
             Self::Yourself => "yourself",
             Self::KeyChanged => "key_changed",
@@ -178,6 +201,7 @@ impl ProblemCode {
             Self::Forged => "forged",
             Self::Flooded => "flooded",
             Self::InvalidKey => "invalid_key",
+            Self::ForgedPrekey => "forged_prekey",
             Self::WrongSafetyNumber => "wrong_safety_number",
             Self::BadCommand => "bad_command",
             Self::HistoryDamaged => "history_damaged",
@@ -218,6 +242,7 @@ pub fn relay_code_str(code: ErrorCode) -> &'static str {
         ErrorCode::ShuttingDown => "shutting_down",
         ErrorCode::Internal => "internal",
         ErrorCode::LimitReached => "limit_reached",
+        ErrorCode::BadPrekey => "bad_prekey",
     }
 }
 
@@ -242,6 +267,7 @@ mod tests {
             ProblemCode::Forged,
             ProblemCode::Flooded,
             ProblemCode::InvalidKey,
+            ProblemCode::ForgedPrekey,
             ProblemCode::WrongSafetyNumber,
             ProblemCode::BadCommand,
             ProblemCode::HistoryDamaged,

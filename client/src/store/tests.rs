@@ -96,7 +96,7 @@ fn a_batch_reads_its_own_writes_and_keeps_them_only_once_committed() {
     {
         let batch = store.batch().unwrap();
         store
-            .record_received(&an_entry(1), at(1), sender, &conversation, &inbound)
+            .record_received(&an_entry(1), at(1), sender, &conversation, &inbound, None)
             .unwrap();
         assert_eq!(store.inbound(sender, &conversation).unwrap().max_epoch, 5);
         assert_eq!(store.history().unwrap().entries.len(), 1);
@@ -116,7 +116,7 @@ fn a_batch_reads_its_own_writes_and_keeps_them_only_once_committed() {
             sessions: Vec::new(),
         };
         store
-            .record_received(&an_entry(seq), at(seq), sender, &conversation, &next)
+            .record_received(&an_entry(seq), at(seq), sender, &conversation, &next, None)
             .unwrap();
     }
     batch.commit().unwrap();
@@ -128,7 +128,7 @@ fn a_batch_reads_its_own_writes_and_keeps_them_only_once_committed() {
     store.vault().fail_commits(true);
     let batch = store.batch().unwrap();
     store
-        .record_received(&an_entry(4), at(4), sender, &conversation, &inbound)
+        .record_received(&an_entry(4), at(4), sender, &conversation, &inbound, None)
         .unwrap();
     assert!(batch.commit().is_err());
     store.vault().fail_commits(false);
@@ -154,4 +154,74 @@ fn rooms_to_leave_are_empty_until_recorded_and_kept_apart_from_the_rooms_to_join
     );
     store.set_rooms_to_leave(&[]).unwrap();
     assert!(store.rooms_to_leave().unwrap().is_empty());
+}
+
+/// A data directory from before sessions v2 (no format mark): opened once,
+/// its version-1 receiving sessions are gone, each message it never sent is
+/// marked failed rather than sent as version-1 frames, the user is told once,
+/// and the mark is written. A mark from a newer sotto is refused.
+#[test]
+fn a_version_1_store_is_migrated_once_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/identities/alice.sotto-id"),
+        b"sotto test vectors",
+    )
+    .unwrap();
+    let store = a_store(dir.path());
+    let conversation = Conversation::room("lobby");
+    // What a version-1 store held: a session record (its old format does
+    // not even decode now), and a sealed message the relay never took.
+    store
+        .vault
+        .put(INBOUND, b"an old session", b"v1 bytes")
+        .unwrap();
+    let outgoing = OutgoingRecord {
+        chat: Chat::Room("lobby".parse().unwrap()),
+        recipients: Vec::new(),
+        state: 0,
+        failed: None,
+        delivered: Vec::new(),
+        refused: Vec::new(),
+        typed: None,
+    };
+    store.set_outgoing(&conversation, 7, &outgoing).unwrap();
+    let unsent = UnsentRecord {
+        conversation: conversation.clone(),
+        seq: 7,
+        chat: outgoing.chat.clone(),
+        frames: Vec::new(),
+    };
+    let key = store.outgoing_key(&conversation, 7);
+    store
+        .vault
+        .put(UNSENT, &key, &encode(&unsent).unwrap())
+        .unwrap();
+    store.vault.remove(SETTINGS, FORMAT_KEY).unwrap();
+    let vault = store.vault.clone();
+    drop(store);
+
+    let store = Store::new(vault.clone(), &identity).unwrap();
+    assert!(store.vault.all(INBOUND).unwrap().is_empty());
+    assert!(store.all_unsent().unwrap().is_empty());
+    let (_, failed) = store.all_outgoing().unwrap().remove(0);
+    assert_eq!(failed.state, 2);
+    assert!(failed.failed.is_some());
+    assert_eq!(store.take_migrated().unwrap(), Some((1, 1)));
+    assert_eq!(store.take_migrated().unwrap(), None, "told once");
+    // Opened again: nothing more to migrate.
+    drop(store);
+    let store = Store::new(vault.clone(), &identity).unwrap();
+    assert_eq!(store.take_migrated().unwrap(), None);
+    // A newer sotto's mark: refused, nothing touched.
+    store
+        .vault
+        .put(SETTINGS, FORMAT_KEY, &[STORE_FORMAT + 1])
+        .unwrap();
+    drop(store);
+    assert!(matches!(
+        Store::new(vault, &identity),
+        Err(StoreError::NewerFormat(3))
+    ));
 }

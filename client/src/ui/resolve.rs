@@ -125,6 +125,15 @@ pub fn resolve(line: &str, context: &Context) -> Result<Resolved, String> {
             room: current_room(context)?,
             on,
         },
+        Line::Timer(seconds) => {
+            let chat = context.current.clone().ok_or_else(|| {
+                "you are in no conversation: /join ROOM or /msg NAME first".to_owned()
+            })?;
+            match seconds {
+                Some(seconds) => Command::SetTimer { chat, seconds },
+                None => Command::ShowTimer(chat),
+            }
+        }
         Line::Help => return Ok(Resolved::Local(Local::Help)),
         Line::Reconnect => Command::Reconnect,
         Line::Quit => Command::Quit,
@@ -353,6 +362,33 @@ mod tests {
                 "/verified-only on",
                 nowhere(),
                 refused("you are in no room"),
+            ),
+            // Line::Timer: in the current conversation, room or direct.
+            (
+                "/timer 1h",
+                in_lobby(),
+                command(Command::SetTimer {
+                    chat: Chat::Room(room("lobby")),
+                    seconds: 3600,
+                }),
+            ),
+            (
+                "/timer off",
+                with_bob(),
+                command(Command::SetTimer {
+                    chat: Chat::Direct(user("bob")),
+                    seconds: 0,
+                }),
+            ),
+            (
+                "/timer",
+                in_lobby(),
+                command(Command::ShowTimer(Chat::Room(room("lobby")))),
+            ),
+            (
+                "/timer 1h",
+                nowhere(),
+                refused("you are in no conversation: /join ROOM or /msg NAME first"),
             ),
             (
                 "/verified-only maybe",

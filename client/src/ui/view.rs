@@ -37,6 +37,8 @@ pub struct View {
     offered: HashMap<UserKey, Fingerprint>,
     /// The rooms whose messages go to verified members only.
     verified_only: BTreeSet<RoomName>,
+    /// Each chat's disappearing-message timer in seconds (absent: none).
+    timers: HashMap<Chat, u64>,
 }
 
 impl View {
@@ -58,6 +60,7 @@ impl View {
             lookalikes: HashMap::new(),
             offered: HashMap::new(),
             verified_only: BTreeSet::new(),
+            timers: HashMap::new(),
         }
     }
 
@@ -148,6 +151,12 @@ impl View {
     /// session last set or reported it).
     pub fn is_verified_only(&self, room: &RoomName) -> bool {
         self.verified_only.contains(room)
+    }
+
+    /// `chat`'s disappearing-message timer in seconds, as last reported (0:
+    /// none).
+    pub fn timer(&self, chat: &Chat) -> u64 {
+        self.timers.get(chat).copied().unwrap_or(0)
     }
 
     /// Records `name`'s trust (and key, if known), in the member lists
@@ -302,6 +311,20 @@ impl View {
             }
             Update::Error(problem) => words::error(&problem.message),
             Update::RelayKeyMoved(moved) => words::info(moved),
+            Update::Timer { chat, seconds, by } => {
+                if *seconds == 0 {
+                    self.timers.remove(chat);
+                } else {
+                    self.timers.insert(chat.clone(), *seconds);
+                }
+                let me = by.as_ref().is_some_and(|by| self.is_me(by));
+                words::timer(chat, *seconds, by.as_ref(), me)
+            }
+            Update::Expired { chat, ids, queued } => {
+                return words::expired(chat, ids.len(), queued.len())
+                    .into_iter()
+                    .collect();
+            }
         };
         vec![said]
     }

@@ -458,6 +458,83 @@ pub(super) fn verified_only(room: &RoomName, on: bool) -> Said {
     Said::new(Tone::Info, Place::Chat(chat), text).naming_place()
 }
 
+/// A disappearing-message timer as people say it: in the largest unit it
+/// is a whole number (under 1,000) of ("30 seconds", "90 minutes", "1
+/// hour", "365 days", "4 weeks"), else in its two largest units ("1 hour
+/// 30 seconds"); 0 is "off".
+pub fn duration(seconds: u64) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (7 * 24 * 3600, "week"),
+        (24 * 3600, "day"),
+        (3600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ];
+    if seconds == 0 {
+        return "off".to_owned();
+    }
+    let count = |n: u64, unit: &str| format!("{n} {unit}{}", plural(n));
+    if let Some((size, unit)) = UNITS
+        .iter()
+        .find(|(size, _)| seconds.is_multiple_of(*size) && seconds / size < 1000)
+    {
+        return count(seconds / size, unit);
+    }
+    let mut parts = Vec::new();
+    let mut left = seconds;
+    for (size, unit) in UNITS {
+        if left >= size && parts.len() < 2 {
+            parts.push(count(left / size, unit));
+            left %= size;
+        }
+    }
+    parts.join(" ")
+}
+
+/// A chat's disappearing-message timer: changed `by` someone (a notice
+/// everyone in the chat sees; `me` when it was this user), or the setting
+/// as it stands.
+pub(super) fn timer(chat: &Chat, seconds: u64, by: Option<&UserName>, me: bool) -> Said {
+    let place = Place::Chat(chat.clone());
+    let text = match (by, seconds) {
+        (Some(_), 0) if me => "you turned off disappearing messages".to_owned(),
+        (Some(by), 0) => format!("{} turned off disappearing messages", safe(by)),
+        (Some(_), seconds) if me => {
+            format!("you set disappearing messages to {}", duration(seconds))
+        }
+        (Some(by), seconds) => format!(
+            "{} set disappearing messages to {}",
+            safe(by),
+            duration(seconds)
+        ),
+        (None, 0) => "disappearing messages are off".to_owned(),
+        (None, seconds) => format!(
+            "messages disappear {} after they are sent or arrive",
+            duration(seconds)
+        ),
+    };
+    Said::new(Tone::Info, place, text)
+}
+
+/// Messages of `chat` disappeared: `count` shown ones, `queued` never sent.
+/// Nothing to say when none was shown.
+pub(super) fn expired(chat: &Chat, count: usize, queued: usize) -> Option<Said> {
+    let count = u64::try_from(count).unwrap_or(u64::MAX);
+    let queued = u64::try_from(queued).unwrap_or(u64::MAX);
+    let mut parts = Vec::new();
+    if count > 0 {
+        parts.push(format!("{count} message{} disappeared", plural(count)));
+    }
+    if queued > 0 {
+        parts.push(format!(
+            "{queued} queued message{} disappeared before {} could be sent",
+            plural(queued),
+            if queued == 1 { "it" } else { "they" }
+        ));
+    }
+    (!parts.is_empty()).then(|| Said::new(Tone::Info, Place::Chat(chat.clone()), parts.join("; ")))
+}
+
 /// A command or a frame that failed (the session's words): a warning, as
 /// most are refusals (a message not sent, a request the relay refused); a
 /// front end may show them louder.
@@ -473,6 +550,50 @@ pub(super) fn info(text: &impl fmt::Display) -> Said {
 mod tests {
     use super::*;
     use crate::session::DeliveryState;
+
+    #[test]
+    fn timers_read_as_people_say_them_and_changes_name_who_made_them() {
+        let cases = [
+            (0, "off"),
+            (1, "1 second"),
+            (90, "90 seconds"),
+            (3600, "1 hour"),
+            (5400, "90 minutes"),
+            (3630, "1 hour 30 seconds"),
+            (8 * 3600, "8 hours"),
+            (90_000, "25 hours"),
+            (604_800, "1 week"),
+            (31_536_000, "365 days"),
+            (31_535_999, "52 weeks 23 hours"),
+        ];
+        for (seconds, said) in cases {
+            assert_eq!(duration(seconds), said, "{seconds}");
+        }
+        let lobby = Chat::Room("lobby".parse().unwrap());
+        let bob: UserName = "bob".parse().unwrap();
+        let text = |seconds, by: Option<&UserName>, me| timer(&lobby, seconds, by, me).qualified();
+        assert_eq!(
+            text(3600, Some(&bob), false),
+            "#lobby: bob set disappearing messages to 1 hour"
+        );
+        assert_eq!(
+            text(0, Some(&bob), false),
+            "#lobby: bob turned off disappearing messages"
+        );
+        assert_eq!(
+            text(60, Some(&bob), true),
+            "#lobby: you set disappearing messages to 1 minute"
+        );
+        assert_eq!(
+            text(0, None, false),
+            "#lobby: disappearing messages are off"
+        );
+        assert_eq!(expired(&lobby, 0, 0), None);
+        assert_eq!(
+            expired(&lobby, 2, 0).map(|s| s.text),
+            Some("2 messages disappeared".to_owned())
+        );
+    }
 
     #[test]
     fn reached_splits_the_recipients_by_their_receipts_and_the_relays_refusals() {

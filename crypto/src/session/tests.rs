@@ -14,17 +14,20 @@ fn announcement_made_at(created_at: u64) -> (Identity, Identity, Announcement) {
     let mut rng = ChaCha20Rng::seed_from_u64(11);
     let alice = Identity::generate_from_rng(&mut rng).unwrap();
     let bob = Identity::generate_from_rng(&mut rng).unwrap();
-    let (_, mut announcements) = SendingSession::start(
+    let mut session = SendingSession::start(
         &mut rng,
-        &alice,
+        alice.fingerprint(),
         Conversation::room("lobby"),
         1,
         0,
         created_at,
-        &[bob.public()],
-    )
-    .unwrap();
-    let announcement = announcements.remove(0);
+    );
+    let unsigned = session
+        .add_recipients(&mut rng, &[WrapTo::Identity(bob.public())], 0)
+        .unwrap();
+    let announcement = sign_announcements(&alice, &mut rng, unsigned)
+        .unwrap()
+        .remove(0);
     (alice, bob, announcement)
 }
 
@@ -38,6 +41,7 @@ fn sessions_are_current_within_their_age_and_the_clock_skew() {
         epoch: 1,
         first_seq: 0,
         created_at,
+        via: Via::Identity,
     };
     let skew = MAX_CLOCK_SKEW.as_secs();
     let oldest = MAX_SESSION_AGE.as_secs() + MAX_DELIVERY_DELAY.as_secs() + skew;
@@ -55,21 +59,18 @@ fn sessions_are_current_within_their_age_and_the_clock_skew() {
 fn an_announcement_too_old_or_from_the_future_is_refused_opaquely_before_rsa() {
     for created_at in [0, 1 << 40] {
         let (alice, bob, announcement) = announcement_made_at(created_at);
-        let verified = bob
-            .verify_announcement(&announcement, alice.public())
-            .unwrap();
+        let verified = announcement.verify(&bob, alice.public()).unwrap();
         let before = bob.rsa_decryptions();
-        let result = bob.accept_verified(&mut rand::rng(), &verified, NOW);
-        assert!(matches!(result, Err(Error::DecryptionFailed)), "{result:?}");
-        assert_eq!(bob.rsa_decryptions(), before);
+        assert!(matches!(
+            verified.accept(&mut rand::rng(), &bob, NOW, None),
+            Err(Error::DecryptionFailed)
+        ));
+        assert_eq!(bob.rsa_decryptions(), before, "no RSA decryption");
     }
     let (alice, bob, announcement) = announcement_made_at(NOW - 60);
-    let verified = bob
-        .verify_announcement(&announcement, alice.public())
-        .unwrap();
-    let session = bob
-        .accept_verified(&mut rand::rng(), &verified, NOW)
-        .unwrap();
+    let verified = announcement.verify(&bob, alice.public()).unwrap();
+    let session = verified.accept(&mut rand::rng(), &bob, NOW, None).unwrap();
+    assert_eq!(bob.rsa_decryptions(), 1);
     assert!(session.is_current(NOW));
     let later = NOW + MAX_SESSION_AGE.as_secs() + MAX_DELIVERY_DELAY.as_secs() + 3600;
     assert!(!session.is_current(later));
@@ -78,11 +79,14 @@ fn an_announcement_too_old_or_from_the_future_is_refused_opaquely_before_rsa() {
 #[test]
 fn a_forged_signature_fails_verification_before_any_decryption() {
     let (alice, bob, mut announcement) = announcement_made_at(NOW);
-    if let Some(byte) = announcement.signature.first_mut() {
-        *byte ^= 1;
-    }
-    let before = bob.rsa_decryptions();
-    let result = bob.verify_announcement(&announcement, alice.public());
-    assert!(matches!(result, Err(Error::DecryptionFailed)), "{result:?}");
-    assert_eq!(bob.rsa_decryptions(), before);
+    announcement.signature[0] ^= 1;
+    assert!(matches!(
+        announcement.verify(&bob, alice.public()),
+        Err(Error::DecryptionFailed)
+    ));
+    assert!(matches!(
+        announcement.accept(&mut rand::rng(), &bob, alice.public(), NOW, None),
+        Err(Error::DecryptionFailed)
+    ));
+    assert_eq!(bob.rsa_decryptions(), 0);
 }

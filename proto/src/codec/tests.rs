@@ -134,14 +134,14 @@ fn wire_layout_matches_known_answers() {
     let vectors: [(Vec<u8>, Vec<u8>); 5] = [
         (
             encode_frame(&ClientFrame::Ping { nonce: 300 }).unwrap(),
-            vec![0, 0, 0, 4, 1, 8, 0xac, 0x02],
+            vec![0, 0, 0, 4, 2, 8, 0xac, 0x02],
         ),
         (
             encode_frame(&ClientFrame::Join {
                 room: RoomName::lobby(),
             })
             .unwrap(),
-            [&[0, 0, 0, 8, 1, 1, 5][..], b"lobby"].concat(),
+            [&[0, 0, 0, 8, 2, 1, 5][..], b"lobby"].concat(),
         ),
         (
             encode_frame(&ClientFrame::Send {
@@ -157,7 +157,7 @@ fn wire_layout_matches_known_answers() {
             })
             .unwrap(),
             [
-                &[0, 0, 0, 18, 1, 6, 1, 1, 3][..],
+                &[0, 0, 0, 18, 2, 6, 1, 1, 3][..],
                 b"bob",
                 &[2, 0xaa, 0xbb, 1, 3],
                 b"bob",
@@ -167,7 +167,7 @@ fn wire_layout_matches_known_answers() {
         ),
         (
             encode_frame(&RelayFrame::Challenge { nonce: [7; 32] }).unwrap(),
-            [&[0, 0, 0, 34, 1, 0][..], &[7; 32]].concat(),
+            [&[0, 0, 0, 34, 2, 0][..], &[7; 32]].concat(),
         ),
         (
             encode_frame(&RelayFrame::Error {
@@ -176,7 +176,7 @@ fn wire_layout_matches_known_answers() {
                 message: "x".into(),
             })
             .unwrap(),
-            vec![0, 0, 0, 7, 1, 10, 1, 5, 4, 1, b'x'],
+            vec![0, 0, 0, 7, 2, 10, 1, 5, 4, 1, b'x'],
         ),
     ];
     for (actual, expected) in vectors {
@@ -216,7 +216,8 @@ fn length_prefix_at_max_reserves_only_that_frame() {
 #[test]
 fn unknown_version_is_refused() {
     let wire = encode_frame(&ClientFrame::Bye).unwrap();
-    for version in [0, 2, 0xff] {
+    // Version 1 (sotto before prekeys) is refused like any other.
+    for version in [0, 1, 3, 0xff] {
         let mut bad = wire.clone();
         bad[PREFIX_LEN] = version;
         assert!(matches!(
@@ -287,7 +288,7 @@ fn zero_length_frame_is_malformed() {
     ));
     // A version byte and nothing else is not a frame either.
     assert!(matches!(
-        decode_all::<ClientFrame>(&[0, 0, 0, 1, 1]),
+        decode_all::<ClientFrame>(&[0, 0, 0, 1, PROTOCOL_VERSION]),
         Err(ProtoError::Malformed)
     ));
 }
@@ -296,17 +297,20 @@ fn zero_length_frame_is_malformed() {
 fn unknown_variant_is_refused() {
     let past_client = u8::try_from(CLIENT_VARIANTS).unwrap();
     let past_relay = u8::try_from(RELAY_VARIANTS).unwrap();
+    let v = PROTOCOL_VERSION;
     assert!(matches!(
-        decode_payload::<ClientFrame>(&[1, past_client]),
+        decode_payload::<ClientFrame>(&[v, past_client]),
         Err(ProtoError::Malformed)
     ));
     assert!(matches!(
-        decode_payload::<RelayFrame>(&[1, past_relay]),
+        decode_payload::<RelayFrame>(&[v, past_relay]),
         Err(ProtoError::Malformed)
     ));
-    assert!(decode_payload::<ClientFrame>(&[1, past_client - 1]).is_ok());
-    // The last relay variant, Undelivered: id 0, code BadFrame, no users.
-    let last = vec![1, past_relay - 1, 0, 0, 0];
+    // The last client variant, PublishPrekey, with an empty prekey.
+    assert!(decode_payload::<ClientFrame>(&[v, past_client - 1, 0]).is_ok());
+    // The last relay variant, PrekeyPublished: a 16-byte id.
+    let mut last = vec![v, past_relay - 1];
+    last.extend_from_slice(&[0; 16]);
     assert!(decode_payload::<RelayFrame>(&last).is_ok());
 }
 
@@ -410,8 +414,8 @@ fn errors_read_clearly() {
         "frame of 5 bytes exceeds the maximum frame length of 4 bytes"
     );
     assert_eq!(
-        ProtoError::UnsupportedVersion(2).to_string(),
-        "unsupported protocol version 2 (this build speaks version 1)"
+        ProtoError::UnsupportedVersion(1).to_string(),
+        "unsupported protocol version 1 (this build speaks version 2)"
     );
 }
 
@@ -434,7 +438,10 @@ async fn frames_cross_a_duplex_stream_both_ways() {
             panic!("expected Register");
         };
         relay
-            .send(&RelayFrame::Registered { name: name.clone() })
+            .send(&RelayFrame::Registered {
+                name: name.clone(),
+                offline_max_age: 604_800,
+            })
             .await
             .unwrap();
         let Some(Ok(ClientFrame::Send { route, body, .. })) = relay.next().await else {
@@ -469,7 +476,8 @@ async fn frames_cross_a_duplex_stream_both_ways() {
     assert_eq!(
         client.next().await.unwrap().unwrap(),
         RelayFrame::Registered {
-            name: user("alice")
+            name: user("alice"),
+            offline_max_age: 604_800,
         }
     );
     let body = Bytes::from(vec![9; 1000]);

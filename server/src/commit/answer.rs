@@ -133,7 +133,7 @@ pub(super) fn store(
 /// Answers send `id` of `staged` as `stored` says (`None`: not stored),
 /// adding the recipients it was stored for to `woken`; `true` if it is
 /// covered by the connection's `Sent`.
-fn answered(
+pub(super) fn answered(
     peer: &Peer,
     metrics: &Metrics,
     id: u64,
@@ -239,11 +239,38 @@ pub(super) struct Answer {
     pub(super) unanswered: Arc<AtomicUsize>,
 }
 
+impl super::Sends {
+    /// The job's answer (its sends' route ids, in order) and what its sends
+    /// route, in the same order.
+    pub(super) fn into_answer(self) -> (Answer, Vec<NewDelivery>) {
+        let Self {
+            user,
+            conn,
+            peer,
+            sends,
+            replies,
+            then,
+            unanswered,
+        } = self;
+        let (routed, deliveries) = sends.into_iter().unzip();
+        let answer = Answer {
+            user,
+            conn,
+            peer,
+            routed,
+            replies,
+            then,
+            unanswered,
+        };
+        (answer, deliveries)
+    }
+}
+
 impl Answer {
     /// Pushes the replies that follow the answers to the sends, then
     /// counts the job answered (after: a reply the connection makes
     /// directly once nothing is unanswered comes after these).
-    fn replied(&mut self, metrics: &Metrics) {
+    pub(super) fn replied(&mut self, metrics: &Metrics) {
         for frame in self.replies.drain(..) {
             self.peer.push(frame, metrics);
         }
@@ -252,7 +279,7 @@ impl Answer {
 
     /// Leaves the frames that follow the answers with the connection's
     /// delivery pump, or pushes them if it is gone.
-    fn then(self, wakers: &Wakers, metrics: &Metrics) {
+    pub(super) fn then(self, wakers: &Wakers, metrics: &Metrics) {
         if self.then.is_empty() {
             return;
         }

@@ -46,6 +46,7 @@ use crate::state::{Peer, Wakers};
 use crate::store::{NewDelivery, Store, Write};
 
 mod answer;
+pub(crate) mod cluster;
 mod staged;
 
 use staged::Pipeline;

@@ -320,33 +320,15 @@ impl Staged {
     }
 
     fn add(&mut self, job: Sends) {
-        let Sends {
-            user,
-            conn,
-            peer,
-            sends,
-            replies,
-            then,
-            unanswered,
-        } = job;
-        let mut routed = Vec::with_capacity(sends.len());
-        for (id, delivery) in sends {
-            routed.push(id);
+        let (answer, deliveries) = job.into_answer();
+        for delivery in deliveries {
             self.bytes += size(&delivery);
             self.deliveries.push(StagedDelivery {
                 delivery: Arc::new(delivery),
                 acked: Vec::new(),
             });
         }
-        self.answers.push(Answer {
-            user,
-            conn,
-            peer,
-            routed,
-            replies,
-            then,
-            unanswered,
-        });
+        self.answers.push(answer);
     }
 
     /// Numbers the deliveries from `next` on ([`NewDelivery::number`]) and

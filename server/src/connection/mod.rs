@@ -29,7 +29,9 @@ use crate::state::{Arrival, Peer, Registered, Shared, encode};
 use crate::store::{Write, now_secs};
 use crate::writer::{Backlog, CLOSE_FLUSH, write_counted};
 
+mod prekeys;
 mod pump;
+mod pump_cluster;
 mod register;
 mod send;
 
@@ -120,6 +122,7 @@ async fn serve_tls(
         rate: RateLimit::new(shared.config.rate_per_sec, shared.config.rate_burst),
         pump: None,
         unanswered: Arc::default(),
+        publisher: None,
     };
     let frames = FramedRead::with_capacity(
         reader,
@@ -131,6 +134,11 @@ async fn serve_tls(
     if let Some((done, pump)) = connection.pump.take() {
         done.cancel();
         let _ = pump.await;
+    }
+    if let Some(me) = connection.me.as_ref()
+        && let crate::backend::Backend::Cluster(cluster) = &shared.backend
+    {
+        cluster.gone(&me.key, conn).await;
     }
     if let Some(me) = connection.me.take()
         && let Some(rooms) = shared.unregister(conn, &me.name)
@@ -215,6 +223,9 @@ struct Connection {
     /// any, answers to other requests wait for them (so that the relay
     /// answers a connection's requests in order).
     unanswered: Arc<std::sync::atomic::AtomicUsize>,
+    /// The registered identity, for the prekeys it publishes, and their
+    /// rate limit; once registered.
+    publisher: Option<prekeys::Publisher>,
 }
 
 impl Connection {
@@ -373,6 +384,9 @@ impl Connection {
                 identity,
                 proof,
             } => return Box::pin(self.register(name, identity, proof)).await,
+            ClientFrame::PublishPrekey { prekey } if self.me.is_some() => {
+                Box::pin(self.publish_prekey(prekey, routing)).await;
+            }
             other => {
                 let Some(me) = &self.me else {
                     self.error(None, ErrorCode::NotRegistered, "register first");
@@ -425,8 +439,10 @@ impl Connection {
                 self.send(me, route, body, slots, routing);
             }
             ClientFrame::Ack { delivery } => self.acknowledge(delivery, routing),
-            // Answered before registration is checked.
+            // Answered before registration is checked, or (publishing a
+            // prekey) needing the connection mutably.
             ClientFrame::Register { .. }
+            | ClientFrame::PublishPrekey { .. }
             | ClientFrame::Ping { .. }
             | ClientFrame::Pong { .. }
             | ClientFrame::Bye => {}
@@ -440,19 +456,19 @@ impl Connection {
     // so does an idle connection.
 
     async fn lookup_key(&self, wanted: UserName) -> RelayFrame {
-        let store = Arc::clone(&self.shared.store);
-        let lookup = wanted.clone();
-        let found = blocking(move || store.lookup(&lookup)).await;
+        let found = self.shared.backend.lookup(wanted.clone()).await;
         match found {
-            Some(Ok(record)) => RelayFrame::Key {
+            Ok(record) => RelayFrame::Key {
+                prekeys: record.as_ref().map_or_else(Vec::new, |r| {
+                    self.shared.prekeys_of(&r.fingerprint, now_secs())
+                }),
                 name: record.as_ref().map_or(wanted, |r| r.name.clone()),
                 identity: record.map(|r| r.identity),
             },
-            Some(Err(failure)) => {
+            Err(failure) => {
                 warn!(error = %failure, "a key lookup failed: the directory is unavailable");
                 error(ErrorCode::Internal, "directory unavailable".into())
             }
-            None => error(ErrorCode::Internal, "directory unavailable".into()),
         }
     }
 }

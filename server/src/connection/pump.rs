@@ -22,7 +22,7 @@ use tracing::warn;
 use super::blocking;
 use crate::metrics::Metrics;
 use crate::state::{Peer, PumpDoor, Shared, To, deliver};
-use crate::store::Queued;
+use crate::store::{Queued, Store};
 use crate::writer::Outbound;
 
 /// Deliveries read from the database at a time.
@@ -30,9 +30,11 @@ const READ_BATCH: usize = 256;
 /// How soon a read that failed is tried again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Streams `user`'s deliveries to `peer` until `done` is cancelled.
+/// Streams `user`'s deliveries, stored in `store`, to `peer` until `done`
+/// is cancelled.
 pub(super) async fn pump(
     shared: Arc<Shared>,
+    store: Arc<Store>,
     user: UserKey,
     peer: Peer,
     door: Arc<PumpDoor>,
@@ -52,8 +54,8 @@ pub(super) async fn pump(
         let then = opened.after;
         if opened.falls_back {
             // Every id up to here was committed (or refused) before the read.
-            let resolved = shared.store.resolved();
-            let store = Arc::clone(&shared.store);
+            let resolved = store.resolved();
+            let store = Arc::clone(&store);
             let reader = user.clone();
             let read = blocking(move || store.pending_after(&reader, after, READ_BATCH));
             let batch = tokio::select! {
@@ -129,7 +131,12 @@ pub(super) async fn pump(
 }
 
 /// Queues one delivery; `false` if the connection is gone or ending.
-async fn send(shared: &Shared, peer: &Peer, frame: Outbound, done: &CancellationToken) -> bool {
+pub(super) async fn send(
+    shared: &Shared,
+    peer: &Peer,
+    frame: Outbound,
+    done: &CancellationToken,
+) -> bool {
     let queued = tokio::select! {
         queued = push(peer, frame) => queued,
         () = done.cancelled() => return false,
@@ -140,7 +147,7 @@ async fn send(shared: &Shared, peer: &Peer, frame: Outbound, done: &Cancellation
     queued
 }
 
-fn stored_frame(id: u64, queued: &Queued) -> Option<Outbound> {
+pub(super) fn stored_frame(id: u64, queued: &Queued) -> Option<Outbound> {
     let to = match &queued.to {
         sotto_proto::Destination::Room(room) => To::Room(room),
         sotto_proto::Destination::User(user) => To::User(user),

@@ -11,7 +11,9 @@ use tracing::{info, warn};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Connection, End, blocking, pump};
+use super::prekeys::Publisher;
+use super::{Connection, End, blocking, pump, pump_cluster};
+use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::state::{KeyLimit, Registered};
 use crate::store::{Claim, NameRecord, Write, now_secs};
@@ -48,14 +50,14 @@ impl Connection {
                     .is_ok()
             };
             if verifies(&current) || previous.is_some_and(|p| verifies(&p)) {
-                Ok(*public.fingerprint().as_bytes())
+                Ok(public)
             } else {
                 Err("the proof does not verify for this relay's challenge")
             }
         })
         .await;
-        let fingerprint = match check {
-            Some(Ok(fingerprint)) => fingerprint,
+        let public = match check {
+            Some(Ok(public)) => public,
             Some(Err(why)) => {
                 refuse(self, ErrorCode::BadProof, why);
                 return None;
@@ -65,6 +67,7 @@ impl Connection {
                 return None;
             }
         };
+        let fingerprint = *public.fingerprint().as_bytes();
         // A key at its connection limit gets no further name either.
         if let Err(limit) = self.shared.may_register(&fingerprint, &name) {
             return self.refuse_key(limit);
@@ -74,14 +77,13 @@ impl Connection {
             fingerprint,
             identity: identity.clone(),
         };
-        let store = Arc::clone(&self.shared.store);
         let max_names = self.shared.config.max_names_per_key;
-        let claim = blocking(move || store.claim(&record, max_names)).await;
+        let claim = self.shared.backend.claim(record, max_names).await;
         // The name as first registered is how everyone sees it.
         let name = match claim {
-            Some(Ok(Claim::New)) => name,
-            Some(Ok(Claim::Existing(registered))) => registered,
-            Some(Ok(Claim::Taken)) => {
+            Ok(Claim::New) => name,
+            Ok(Claim::Existing(registered)) => registered,
+            Ok(Claim::Taken) => {
                 refuse(
                     self,
                     ErrorCode::NameTaken,
@@ -89,7 +91,7 @@ impl Connection {
                 );
                 return None;
             }
-            Some(Ok(Claim::KeyFull)) => {
+            Ok(Claim::KeyFull) => {
                 Metrics::inc(&self.shared.metrics.key_limit_refusals);
                 refuse(
                     self,
@@ -101,14 +103,9 @@ impl Connection {
                 );
                 return None;
             }
-            Some(Err(error)) => {
+            Err(error) => {
                 // Not registered: nothing was kept.
                 warn!(%error, "a registration was refused: the directory is unavailable");
-                self.error(None, ErrorCode::Internal, "directory unavailable");
-                return None;
-            }
-            None => {
-                warn!("a registration was refused: the store task failed");
                 self.error(None, ErrorCode::Internal, "directory unavailable");
                 return None;
             }
@@ -123,23 +120,54 @@ impl Connection {
             Ok(welcome) => welcome,
             Err(limit) => return self.refuse_key(limit),
         };
+        // In a cluster, the other relays learn where the user is (and a
+        // connection of it on another relay is replaced).
+        if let Backend::Cluster(cluster) = &self.shared.backend {
+            match cluster.online(&name, self.conn).await {
+                Ok(revision) => self
+                    .shared
+                    .cluster_registered(&name.key(), self.conn, revision),
+                Err(error) => {
+                    warn!(%error, "a registration was refused: the cluster is unavailable");
+                    self.shared.unregister(self.conn, &name);
+                    self.error(None, ErrorCode::Internal, "directory unavailable");
+                    return None;
+                }
+            }
+        }
         self.arrival.registered();
         let me = Registered::new(name.clone());
+        self.publisher = Some(Publisher::new(public));
         info!(user = %name, "registered");
-        self.reply(RelayFrame::Registered { name: name.clone() });
+        self.reply(RelayFrame::Registered {
+            name: name.clone(),
+            offline_max_age: self.shared.config.offline_max_age.as_secs(),
+        });
         // The rooms it is a member of, then what is stored for it.
         let rooms: Vec<_> = welcome.rooms.iter().map(|(room, _)| room.clone()).collect();
         for (room, members) in welcome.rooms {
             self.reply(RelayFrame::Joined { room, members });
         }
         let done = CancellationToken::new();
-        let pump = tokio::spawn(pump::pump(
-            Arc::clone(&self.shared),
-            me.key.clone(),
-            self.peer.clone(),
-            welcome.wake,
-            done.clone(),
-        ));
+        let pump = match &self.shared.backend {
+            Backend::Local(store) => tokio::spawn(pump::pump(
+                Arc::clone(&self.shared),
+                Arc::clone(store),
+                me.key.clone(),
+                self.peer.clone(),
+                welcome.wake,
+                done.clone(),
+            )),
+            Backend::Cluster(cluster) => tokio::spawn(pump_cluster::pump(
+                Arc::clone(&self.shared),
+                Arc::clone(cluster),
+                me.key.clone(),
+                self.conn,
+                self.peer.clone(),
+                welcome.wake,
+                done.clone(),
+            )),
+        };
         self.pump = Some((done, pump));
         if !rooms.is_empty() {
             let user = me.key.clone();

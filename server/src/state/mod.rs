@@ -31,12 +31,15 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::Config;
+use crate::backend::Backend;
 use crate::commit::Committer;
 use crate::metrics::Metrics;
-use crate::store::{Membership, NewDelivery, Store};
+use crate::store::{Membership, NewDelivery, PrekeyDirectory, PrekeyRecord};
 use crate::tls::CertStore;
 
 mod frames;
+mod prekeys;
+mod remote;
 mod rooms;
 mod routing;
 mod sessions;
@@ -58,6 +61,9 @@ struct Online {
     /// The connection's delivery pump's door: woken when something is
     /// stored for it.
     wake: Arc<PumpDoor>,
+    /// In a cluster, the revision of this connection's entry in the
+    /// `sotto_online` bucket, once written.
+    revision: Option<u64>,
 }
 
 /// How the committer reaches a connection's delivery pump: the deliveries
@@ -274,6 +280,8 @@ struct RoomMember {
     name: UserName,
     /// The identity it registered with (the name's owner's).
     identity: Bytes,
+    /// That identity's fingerprint (its prekeys' key in the registry).
+    fingerprint: [u8; 32],
     /// Its connection, while it has one.
     peer: Option<Peer>,
     /// When it was last connected (or joined), seconds since the epoch.
@@ -312,12 +320,20 @@ pub(crate) struct Registry {
     /// Fingerprint -> what the key holds. A key leaves once it has no
     /// connection and a full budget.
     keys: HashMap<[u8; 32], KeyUse>,
+    /// Fingerprint -> the identity's stored prekeys, newest first: the
+    /// same as the store's prekey directory, read once at start and kept
+    /// up to date by every publication (`prekeys`).
+    prekeys: HashMap<[u8; 32], Vec<PrekeyRecord>>,
+    /// In a cluster, users connected to the other relays (`remote`).
+    remote: HashMap<UserKey, remote::Remote>,
 }
 
 /// State shared by every connection.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) store: Arc<Store>,
+    /// Where names, prekeys and (through the committer) deliveries and
+    /// memberships are kept.
+    pub(crate) backend: Backend,
     pub(crate) certs: Arc<CertStore>,
     pub(crate) metrics: Arc<Metrics>,
     /// Where every write to the store goes, in batches.
@@ -416,7 +432,7 @@ impl Shared {
     /// with [`Shared::wakers`].
     pub(crate) fn new(
         config: Config,
-        store: Arc<Store>,
+        backend: Backend,
         certs: Arc<CertStore>,
         metrics: Arc<Metrics>,
         commit: Committer,
@@ -424,7 +440,7 @@ impl Shared {
     ) -> Self {
         Self {
             config,
-            store,
+            backend,
             certs,
             metrics,
             commit,
@@ -451,10 +467,17 @@ impl Shared {
 
 impl Registry {
     /// The registry of a relay that starts with `memberships`, each with
-    /// its member's identity.
-    pub(crate) fn with_members(memberships: Vec<(Membership, Bytes)>) -> Self {
-        let mut registry = Self::default();
-        for (Membership { room, member }, identity) in memberships {
+    /// its member's identity and that identity's fingerprint, and with the
+    /// stored `prekeys` of every identity.
+    pub(crate) fn with_members(
+        memberships: Vec<(Membership, Bytes, [u8; 32])>,
+        prekeys: PrekeyDirectory,
+    ) -> Self {
+        let mut registry = Self {
+            prekeys: prekeys.into_iter().collect(),
+            ..Self::default()
+        };
+        for (Membership { room, member }, identity, fingerprint) in memberships {
             let key = member.name.key();
             registry
                 .memberships
@@ -466,6 +489,7 @@ impl Registry {
                 RoomMember {
                     name: member.name,
                     identity,
+                    fingerprint,
                     peer: None,
                     last_seen: member.last_seen,
                 },

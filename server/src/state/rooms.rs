@@ -49,6 +49,7 @@ impl Shared {
                 user: name.clone(),
                 event,
                 identity: None,
+                prekeys: Vec::new(),
             },
         );
     }
@@ -68,6 +69,7 @@ impl Shared {
             users,
             rooms,
             memberships,
+            prekeys,
             ..
         } = &mut *registry;
         let online = users.get(&user).ok_or(ErrorCode::NotRegistered)?;
@@ -82,12 +84,14 @@ impl Shared {
                 RoomMember {
                     name: online.name.clone(),
                     identity: online.identity.clone(),
+                    fingerprint: online.fingerprint,
                     peer: Some(online.peer.clone()),
                     last_seen: now_secs(),
                 },
             );
             let identity = online.identity.clone();
             let display = online.name.clone();
+            let prekeys = super::prekeys::unexpired(prekeys, &online.fingerprint, now_secs());
             self.broadcast(
                 &registry,
                 room,
@@ -97,6 +101,7 @@ impl Shared {
                     user: display,
                     event: PresenceEvent::Joined,
                     identity: Some(identity),
+                    prekeys,
                 },
             );
         }
@@ -134,7 +139,9 @@ impl Shared {
             .flat_map(|(room, members)| {
                 members
                     .iter()
-                    .filter(|(_, m)| m.peer.is_none() && m.last_seen < cutoff)
+                    .filter(|(user, m)| {
+                        m.peer.is_none() && !registry.is_online(user) && m.last_seen < cutoff
+                    })
                     .map(|(user, _)| (room.clone(), user.clone()))
             })
             .collect();
@@ -167,7 +174,11 @@ impl Shared {
 
 /// Takes `user` out of `room`'s members (the room goes with its last);
 /// returns the name it had.
-fn remove_member(registry: &mut Registry, room: &RoomName, user: &UserKey) -> Option<UserName> {
+pub(super) fn remove_member(
+    registry: &mut Registry,
+    room: &RoomName,
+    user: &UserKey,
+) -> Option<UserName> {
     let members = registry.rooms.get_mut(room)?;
     let removed = members.remove(user).map(|m| m.name);
     if members.is_empty() {
@@ -177,17 +188,21 @@ fn remove_member(registry: &mut Registry, room: &RoomName, user: &UserKey) -> Op
 }
 
 /// `room`'s members, online or not, in ascending order of their keys (the
-/// names with ASCII letters lowered).
+/// names with ASCII letters lowered), with their identities' prekeys as
+/// far as [`JOINED_PREKEY_ROOM`] allows (see [`Registry::fill_prekeys`]).
 pub(super) fn members_of(registry: &Registry, room: &RoomName) -> Vec<Member> {
-    registry
-        .rooms
-        .get(room)
+    let members = registry.rooms.get(room);
+    let mut list: Vec<Member> = members
         .into_iter()
         .flatten()
         .map(|(_, m)| Member {
             name: m.name.clone(),
             identity: m.identity.clone(),
-            online: m.peer.is_some(),
+            online: m.peer.is_some() || registry.is_online(&m.name.key()),
+            prekeys: Vec::new(),
         })
-        .collect()
+        .collect();
+    let fingerprints = members.into_iter().flatten().map(|(_, m)| m.fingerprint);
+    registry.fill_prekeys(room, &mut list, fingerprints, now_secs());
+    list
 }

@@ -110,7 +110,11 @@ impl Shared {
                 last: Instant::now(),
             })
             .connections += 1;
-        let wake = Arc::new(PumpDoor::new(self.store.last_reserved()));
+        let reserved = self
+            .backend
+            .local()
+            .map_or(0, |store| store.last_reserved());
+        let wake = Arc::new(PumpDoor::new(reserved));
         registry.users.insert(
             user.clone(),
             Online {
@@ -120,6 +124,7 @@ impl Shared {
                 conn,
                 peer: peer.clone(),
                 wake: Arc::clone(&wake),
+                revision: None,
             },
         );
         let rooms: Vec<RoomName> = registry
@@ -136,6 +141,7 @@ impl Shared {
                 member.peer = Some(peer.clone());
                 member.name = name.clone();
                 member.identity = identity.clone();
+                member.fingerprint = fingerprint;
                 member.last_seen = now_secs();
             }
             self.presence(&registry, room, &user, &name, PresenceEvent::Connected);
@@ -167,7 +173,12 @@ impl Shared {
 
     /// A connection that is gone (`old`, of `user`): its rooms hear that it
     /// went offline (it stays a member). Returns those rooms.
-    fn disconnected(&self, registry: &mut Registry, user: &UserKey, old: &Online) -> Vec<RoomName> {
+    pub(super) fn disconnected(
+        &self,
+        registry: &mut Registry,
+        user: &UserKey,
+        old: &Online,
+    ) -> Vec<RoomName> {
         if let Some(held) = registry.keys.get_mut(&old.fingerprint) {
             held.connections = held.connections.saturating_sub(1);
             held.refill(&self.config, Instant::now());
@@ -212,6 +223,20 @@ impl Shared {
                     .unwrap_or_default(),
             })
             .collect();
+        users.extend(
+            registry
+                .remote
+                .iter()
+                .filter(|(key, remote)| remote.alive && !registry.users.contains_key(*key))
+                .map(|(key, remote)| UserInfo {
+                    name: remote.name.clone(),
+                    rooms: registry
+                        .memberships
+                        .get(key)
+                        .map(|rooms| rooms.iter().cloned().collect())
+                        .unwrap_or_default(),
+                }),
+        );
         users.sort_by(|a, b| a.name.cmp(&b.name));
         users
     }

@@ -4,7 +4,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::store::Recipient;
+use crate::store::{Recipient, Store};
 use crate::writer::{Backlog, Outbound};
 use sotto_proto::ErrorCode;
 
@@ -33,7 +33,7 @@ fn shared(dir: &std::path::Path) -> Shared {
     let (commit, _) = Committer::new();
     Shared::new(
         Config::default(),
-        Arc::new(store),
+        Backend::Local(Arc::new(store)),
         certs,
         Arc::new(Metrics::default()),
         commit,
@@ -72,6 +72,7 @@ fn a_member_stays_a_member_while_offline_until_it_leaves() {
             user: user("bob"),
             event,
             identity: None,
+            prekeys: Vec::new(),
         })
         .unwrap()
     };
@@ -169,6 +170,7 @@ fn members_away_too_long_leave_their_rooms() {
             user: user("bob"),
             event: PresenceEvent::Left,
             identity: None,
+            prekeys: Vec::new(),
         })
         .unwrap()
     );
@@ -201,6 +203,7 @@ fn every_spelling_of_a_name_is_one_user() {
         user: user("alice"),
         event: PresenceEvent::Joined,
         identity: Some(Bytes::from_static(b"a")),
+        prekeys: Vec::new(),
     })
     .unwrap();
     assert_eq!(bob_rx.try_recv().unwrap().to_bytes(), joined);

@@ -1,14 +1,15 @@
 //! What the relay keeps on disk, in one redb database in the data
-//! directory: which identity owns which name, who is a member of which
-//! room, and every delivery until its recipient acknowledges it.
+//! directory: which identity owns which name, each identity's newest
+//! signed prekeys, who is a member of which room, and every delivery
+//! until its recipient acknowledges it.
 //!
 //! Nothing else is stored: no plaintext (the relay never has any), no
 //! session keys, no logs of who talked to whom beyond the stored
 //! deliveries themselves, which are deleted once acknowledged or expired.
 //!
 //! This module opens the database and defines its tables and records; the
-//! name directory is in `names`, the stored deliveries in `inbox`, the
-//! memberships in `members`.
+//! name directory is in `names`, the prekey directory in `prekeys`, the
+//! stored deliveries in `inbox`, the memberships in `members`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -28,10 +29,12 @@ pub mod fault;
 mod inbox;
 mod members;
 mod names;
+mod prekeys;
 
 pub use inbox::{Enqueue, NewDelivery, Outcome, Queued, Recipient, Stored, Write};
 
 pub use members::Membership;
+pub use prekeys::{PrekeyDirectory, PrekeyRecord, keep_newest};
 
 /// File name of the database in the data directory.
 pub const DATABASE_FILE: &str = "relay.redb";
@@ -70,6 +73,9 @@ const MEMBERS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Fingerprint -> how many names in [`NAMES`] it owns.
 const NAMES_PER_KEY: TableDefinition<'_, &[u8], u64> = TableDefinition::new("names_per_key");
+/// Fingerprint -> the identity's newest signed prekeys (a postcard
+/// `Vec<PrekeyRecord>`, newest first, at most `MAX_PREKEYS`).
+const PREKEYS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("prekeys");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +96,11 @@ pub enum StoreError {
     /// A stored record did not decode (the file is damaged).
     #[error("damaged record in the database")]
     Corrupt,
+    /// The NATS cluster a clustered relay keeps its state in refused the
+    /// operation or could not be reached (nothing was changed, or the
+    /// change is unknown: see each operation).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The database file exists but cannot be used: empty, damaged, not a
     /// database, or unreadable. The relay refuses to start rather than
     /// replace it, which would silently forget every name and stored
@@ -374,6 +385,7 @@ impl Store {
             txn.open_table(MEMBERS).map_err(db_err)?;
             txn.open_table(BODY_REFS).map_err(db_err)?;
             txn.open_table(BODY_HASHES).map_err(db_err)?;
+            txn.open_table(PREKEYS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let mut per_key = txn.open_table(NAMES_PER_KEY).map_err(db_err)?;
             // A database from before the per-key count: count once.

@@ -385,3 +385,53 @@ fn ids_are_never_handed_out_twice_across_a_crash() {
     };
     assert!(id > after, "{id} after {after}");
 }
+
+/// The prekey directory keeps the newest `MAX_PREKEYS` unexpired prekeys
+/// of each identity, newest first, one of each encoding; the sweep deletes
+/// the expired ones from the file.
+#[test]
+fn the_prekey_directory_keeps_the_newest_unexpired_per_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), LIMITS).unwrap();
+    let record = |created_at: u64, expires_at: u64, byte: u8| PrekeyRecord {
+        created_at,
+        expires_at,
+        prekey: Bytes::from(vec![byte; 4]),
+    };
+    let (alice, bob) = ([1; 32], [2; 32]);
+    assert_eq!(
+        s.publish_prekey(&alice, record(10, 100, 1), 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    // The same prekey again is not a second one.
+    assert_eq!(
+        s.publish_prekey(&alice, record(10, 100, 1), 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    s.publish_prekey(&alice, record(30, 50, 3), 10).unwrap();
+    let kept = s.publish_prekey(&alice, record(20, 200, 2), 10).unwrap();
+    assert_eq!(kept, [record(30, 50, 3), record(20, 200, 2)]);
+    // An older one does not displace them.
+    let kept = s.publish_prekey(&alice, record(5, 100, 5), 10).unwrap();
+    assert_eq!(kept, [record(30, 50, 3), record(20, 200, 2)]);
+    s.publish_prekey(&bob, record(10, 60, 9), 10).unwrap();
+    assert_eq!(
+        s.prekeys(10).unwrap(),
+        [
+            (alice, vec![record(30, 50, 3), record(20, 200, 2)]),
+            (bob, vec![record(10, 60, 9)])
+        ]
+    );
+    // At 60 Bob's and Alice's newest have expired: read without them,
+    // then deleted.
+    assert_eq!(s.prekeys(60).unwrap(), [(alice, vec![record(20, 200, 2)])]);
+    assert_eq!(s.expire_prekeys(60).unwrap(), 2);
+    assert_eq!(s.expire_prekeys(60).unwrap(), 0);
+    drop(s);
+    let s = Store::open(dir.path(), LIMITS).unwrap();
+    assert_eq!(s.prekeys(0).unwrap(), [(alice, vec![record(20, 200, 2)])]);
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use sotto_crypto::Identity;
+use sotto_crypto::{Identity, PrekeyKey};
 use sotto_proto::{ClientCodec, ClientFrame, RelayAddress, RelayFrame, RoomName, UserName};
 use sotto_relay::{CertSource, CertStore, Config, Metrics};
 use tokio::net::TcpStream;
@@ -47,6 +47,44 @@ pub fn identity(name: &str) -> &'static Identity {
     ));
     cache.push((name.to_string(), id));
     id
+}
+
+/// Key `i` of the pre-generated RSA-3072 test pool
+/// (`testdata/prekey-keys.txt`): tests sign prekeys with these instead of
+/// generating keys.
+pub fn prekey_key(i: usize) -> PrekeyKey {
+    let text = std::fs::read_to_string(testdata().join("prekey-keys.txt")).unwrap();
+    let line = text.lines().filter(|l| !l.starts_with('#')).nth(i).unwrap();
+    let der: Vec<u8> = (0..line.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&line[at..at + 2], 16).unwrap())
+        .collect();
+    PrekeyKey::from_pkcs8_der(&der).unwrap()
+}
+
+/// A signed prekey of `signer` made at `created_at` from pool key `key`.
+pub fn prekey(signer: &Identity, key: usize, created_at: u64) -> Bytes {
+    let (signed, _) = signer
+        .make_prekey_with(&mut rand::rng(), prekey_key(key), created_at)
+        .unwrap();
+    Bytes::from(signed.into_bytes())
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The relay's answer to a registration as `name`, with the default
+/// storage age.
+pub fn welcome(name: &str) -> RelayFrame {
+    RelayFrame::Registered {
+        name: user(name),
+        offline_max_age: Config::default().offline_max_age.as_secs(),
+    }
 }
 
 pub fn user(name: &str) -> UserName {
@@ -192,6 +230,7 @@ impl Relay {
             host: "127.0.0.1".into(),
             port,
             fingerprint: certs.fingerprint(),
+            alternates: Vec::new(),
         };
         let metrics = Arc::new(Metrics::default());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -250,7 +289,7 @@ impl Relay {
     pub async fn registered(&self, name: &str) -> Client {
         let mut client = self.client().await;
         let reply = client.register(name, identity(name)).await;
-        assert_eq!(reply, RelayFrame::Registered { name: user(name) });
+        assert_eq!(reply, welcome(name));
         client
     }
 }

@@ -12,6 +12,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sotto_client::backoff::Backoff;
 use sotto_client::session::{Chat, Connection, MessageId, Update};
+use sotto_testkit::process::{ADDRESS_LINE, RelayProcess};
 use sotto_testkit::*;
 
 /// alice connected to the relay directly, bob through a proxy, both in the
@@ -256,7 +257,6 @@ pub(crate) fn from_alice(bob: &Peer, prefix: &str) -> Vec<String> {
 /// process (this test binary, run again by the test).
 pub(crate) const RELAY_PROCESS_DIR: &str = "SOTTO_FAULTS_RELAY_DIR";
 pub(crate) const RELAY_PROCESS_PORT: &str = "SOTTO_FAULTS_RELAY_PORT";
-pub(crate) const RELAY_PROCESS_ADDRESS: &str = "relay-process-address: ";
 
 /// Not a test: the relay of case (e) as a process of its own, which the
 /// test kills with SIGKILL. The test runs this binary again with only
@@ -272,7 +272,7 @@ fn relay_process_for_the_kill_case() {
     };
     let port = std::env::var(RELAY_PROCESS_PORT).unwrap().parse().unwrap();
     let relay = Relay::start(std::path::Path::new(&dir), port);
-    println!("{RELAY_PROCESS_ADDRESS}{}", relay.address);
+    println!("{ADDRESS_LINE}{}", relay.address);
     // Until killed, or until the test that started it is gone (its end
     // of standard input closed), so that no relay outlives its test.
     let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
@@ -282,53 +282,15 @@ fn relay_process_for_the_kill_case() {
 /// The relay as a process of its own: this test binary, run again as
 /// [`relay_process_for_the_kill_case`], keeping its data in `dir` and
 /// listening on `port` (0: any free one).
-pub(crate) struct RelayProcess {
-    /// Its standard input stays open while this lives (and this process).
-    child: std::process::Child,
-    pub(crate) address: sotto_proto::RelayAddress,
-}
-
-impl RelayProcess {
-    pub(crate) fn start(dir: &std::path::Path, port: u16) -> RelayProcess {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "fault_kit::relay_process_for_the_kill_case",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(RELAY_PROCESS_DIR, dir)
-            .env(RELAY_PROCESS_PORT, port.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let address = loop {
-            let line = lines.next().expect("the relay process prints its address");
-            // The harness may have begun the line ("test ... ").
-            if let Some((_, address)) = line.unwrap().split_once(RELAY_PROCESS_ADDRESS) {
-                break address.parse().unwrap();
-            }
-        };
-        // Keep reading what it prints, so that it never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
-        RelayProcess { child, address }
-    }
-
-    /// SIGKILL: no goodbye, nothing flushed, nothing closed.
-    pub(crate) fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+pub(crate) fn relay_process(dir: &std::path::Path, port: u16) -> RelayProcess {
+    let port = port.to_string();
+    RelayProcess::start(
+        "fault_kit::relay_process_for_the_kill_case",
+        &[
+            (RELAY_PROCESS_DIR, dir.as_os_str()),
+            (RELAY_PROCESS_PORT, std::ffi::OsStr::new(&port)),
+        ],
+    )
 }
 
 /// `name` connected to `relay` directly, retrying every 50-200 ms.

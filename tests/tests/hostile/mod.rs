@@ -141,6 +141,20 @@ pub fn message_from(from: &str) -> impl Fn(&Frame) -> bool + Send + 'static {
     }
 }
 
+/// A pair key of `from`'s (an announcement or a pair reply) for the room
+/// `room`, as the relay delivers it.
+pub fn pair_key_in(from: &str, room: &str) -> impl Fn(&Frame) -> bool + Send + 'static {
+    let (from, room) = (from.to_owned(), sotto_crypto::Conversation::room(room));
+    move |frame| {
+        matches!(frame, Frame::Relay(RelayFrame::Deliver { from: f, .. }) if f.as_str().eq_ignore_ascii_case(&from))
+            && match peer_body(frame) {
+                Some(PeerBody::Announcement(a)) => a.context.conversation == room,
+                Some(PeerBody::PairReply(r)) => r.context.conversation == room,
+                _ => false,
+            }
+    }
+}
+
 /// Frames from the relay that carry someone's identity: room rosters,
 /// presence and directory answers.
 pub fn carries_identities() -> impl Fn(&Frame) -> bool + Send + 'static {
@@ -155,6 +169,59 @@ pub fn carries_identities() -> impl Fn(&Frame) -> bool + Send + 'static {
 }
 
 // Rewrites.
+
+/// Frames from the relay that announce `name` joining a room, with its
+/// identity and prekeys: its `Presence { Joined }`.
+pub fn joins_of(name: &str) -> impl Fn(&Frame) -> bool + Send + 'static {
+    let name = name.to_ascii_lowercase();
+    move |frame| {
+        matches!(frame, Frame::Relay(RelayFrame::Presence { user, event: sotto_proto::PresenceEvent::Joined, .. })
+            if user.as_str().eq_ignore_ascii_case(&name))
+    }
+}
+
+/// Replaces the prekeys the relay hands out for `name` (in `Joined`,
+/// `Presence` and `Key`) with `prekeys`.
+pub fn substitute_prekeys(name: &str, prekeys: Vec<Bytes>) -> Act {
+    let name = name.to_ascii_lowercase();
+    Act::Rewrite(Box::new(move |frame| {
+        let is = |user: &UserName| user.as_str().eq_ignore_ascii_case(&name);
+        let frame = match frame {
+            Frame::Relay(RelayFrame::Joined { room, mut members }) => {
+                for member in &mut members {
+                    if is(&member.name) {
+                        member.prekeys = prekeys.clone();
+                    }
+                }
+                Frame::Relay(RelayFrame::Joined { room, members })
+            }
+            Frame::Relay(RelayFrame::Presence {
+                room,
+                user,
+                event,
+                identity,
+                prekeys: theirs,
+            }) => Frame::Relay(RelayFrame::Presence {
+                prekeys: if is(&user) { prekeys.clone() } else { theirs },
+                room,
+                user,
+                event,
+                identity,
+            }),
+            Frame::Relay(RelayFrame::Key {
+                name: who,
+                identity,
+                prekeys: theirs,
+            }) => Frame::Relay(RelayFrame::Key {
+                prekeys: if is(&who) { prekeys.clone() } else { theirs },
+                name: who,
+                identity,
+            }),
+            other => other,
+        };
+        vec![frame]
+    }))
+}
 
 /// Replaces `name`'s identity with `identity` wherever the relay names it
 /// (roster, presence, directory).
@@ -177,6 +244,7 @@ pub fn substitute_key(name: &str, identity: &PublicIdentity) -> Act {
                 user,
                 event,
                 identity,
+                prekeys,
             }) => Frame::Relay(RelayFrame::Presence {
                 identity: if is(&user) {
                     identity.map(|_| bytes.clone())
@@ -186,10 +254,12 @@ pub fn substitute_key(name: &str, identity: &PublicIdentity) -> Act {
                 room,
                 user,
                 event,
+                prekeys,
             }),
             Frame::Relay(RelayFrame::Key {
                 name: who,
                 identity,
+                prekeys,
             }) => Frame::Relay(RelayFrame::Key {
                 identity: if is(&who) {
                     identity.map(|_| bytes.clone())
@@ -197,6 +267,7 @@ pub fn substitute_key(name: &str, identity: &PublicIdentity) -> Act {
                     identity
                 },
                 name: who,
+                prekeys,
             }),
             other => other,
         };
@@ -337,6 +408,7 @@ impl Hostile {
             host: "127.0.0.1".into(),
             port: listener.local_addr().unwrap().port(),
             fingerprint: relay.fingerprint,
+            alternates: Vec::new(),
         };
         let state = Arc::new(Mutex::new(State::default()));
         let upstream = relay.clone();

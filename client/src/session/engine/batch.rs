@@ -101,6 +101,8 @@ fn about_delivery(update: &Update) -> bool {
     match update {
         Update::Message(message) => !message.outgoing,
         Update::Missing { .. } | Update::Rejected { .. } | Update::NotForYou { .. } => true,
+        // A member's change of a timer (its delivery comes again).
+        Update::Timer { by, .. } => by.is_some(),
         _ => false,
     }
 }
@@ -171,7 +173,8 @@ mod tests {
         assert!(errors(&out.updates).is_empty(), "{:?}", out.updates);
         // One commit for the batch; then one receipt to bob for the eight,
         // in a new direct session: its epoch and its first reservation of
-        // sequence numbers are two more.
+        // sequence numbers are two more. Before it, alice answered bob's
+        // lobby announcement with a pair reply (no RSA, no signature).
         assert_eq!(engine.store.vault().commits(), before + 3);
         let receipts = out
             .frames
@@ -179,8 +182,8 @@ mod tests {
             .filter(|f| matches!(f, ClientFrame::Send { route, .. } if route.to == Destination::User(name("bob"))))
             .count();
         assert_eq!(
-            receipts, 2,
-            "an announcement and one receipt: {:?}",
+            receipts, 3,
+            "a pair reply, an announcement and one receipt: {:?}",
             out.frames
         );
         let history = engine.store.history().unwrap();
@@ -223,6 +226,7 @@ mod tests {
         let carol_key = RelayFrame::Key {
             name: name("carol"),
             identity: Some(carol.public().to_bytes().into()),
+            prekeys: Vec::new(),
         };
         // A direct message to carol waits for her key...
         let out = command(&mut engine, send(Chat::Direct(name("carol")), "first"));

@@ -60,7 +60,7 @@ impl Sending {
 #[derive(Clone, Debug)]
 pub(crate) struct Heartbeat {
     chat: Chat,
-    seq: u64,
+    pub(super) seq: u64,
     due: Instant,
     sent: u32,
 }
@@ -251,6 +251,8 @@ impl Engine {
     /// The relay answered for message `seq` of `conversation`: its frames
     /// are not sent again.
     fn forget_unsent(&mut self, conversation: &Conversation, seq: u64, out: &mut Out) {
+        self.unsent_unkept
+            .retain(|u| !(u.seq == seq && u.conversation == *conversation));
         let before = self.unsent.len();
         self.unsent
             .retain(|u| !(u.seq == seq && u.conversation == *conversation));
@@ -280,9 +282,13 @@ impl Engine {
         let again: Vec<crate::store::UnsentRecord> = self
             .unsent
             .iter()
+            .chain(&self.unsent_unkept)
             .filter(|u| which(&u.chat) && !in_flight.contains(&(u.conversation.clone(), u.seq)))
             .cloned()
             .collect();
+        // Each conversation's in the order sealed.
+        let mut again = again;
+        again.sort_by_key(|u| u.seq);
         for unsent in again {
             let count = unsent.frames.len();
             for (n, (to, body, slots)) in unsent.frames.into_iter().enumerate() {
@@ -329,7 +335,10 @@ impl Engine {
                                 && !record.refused.iter().any(|r| r.same_as(name))
                         })
                 }
-                Ok(None) | Err(_) => false,
+                // Disappeared before every receipt came: still waited for
+                // (its record went with it), so a withheld tail still shows.
+                Ok(None) => self.expired_unreceipted(&conversation, heartbeat.seq),
+                Err(_) => false,
             };
             if !waiting || heartbeat.sent >= HEARTBEATS {
                 self.heartbeats.remove(&conversation);
@@ -388,6 +397,62 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The `Send`s to `user` in `out`: route id and body.
+    fn direct_sends(out: &Out, user: &str) -> Vec<(u64, bytes::Bytes)> {
+        out.frames
+            .iter()
+            .filter_map(|f| match f {
+                ClientFrame::Send { route, body, .. }
+                    if route.to == Destination::User(name(user)) =>
+                {
+                    Some((route.id, body.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A receipt takes a sequence number in the direct conversation: one
+    /// lost with its connection (its relay died before answering for it)
+    /// would show its recipient a message missing. So it is sent again,
+    /// byte for byte, on the next connection, until the relay answers for
+    /// it; then never again.
+    #[tokio::test]
+    async fn a_receipt_lost_with_its_connection_is_sent_again_until_stored() {
+        let alice = fixture("alice");
+        let bob_identity = fixture("bob");
+        let direct = Conversation::direct(alice.fingerprint(), bob_identity.fingerprint());
+        let mut bob = Bob::start_in(
+            direct.clone(),
+            bob_identity,
+            alice.public(),
+            1,
+            0,
+            now_secs(),
+        );
+        let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
+        feed(&mut engine, announce(&bob.announcement));
+        let sealed = bob.seal("for alice");
+        let out = feed_out(
+            &mut engine,
+            stored(deliver(&sealed, Destination::User(name("alice"))), 7),
+        );
+        let receipt = direct_sends(&out, "bob");
+        assert_eq!(receipt.len(), 1, "{:?}", out.frames);
+        engine.on_disconnected();
+        let out = back_in_lobby(&mut engine, &bob.identity);
+        let again = direct_sends(&out, "bob");
+        assert_eq!(
+            again.iter().map(|(_, body)| body).collect::<Vec<_>>(),
+            [&receipt[0].1],
+            "sent again as it was"
+        );
+        feed(&mut engine, RelayFrame::Sent { id: again[0].0 });
+        engine.on_disconnected();
+        let out = back_in_lobby(&mut engine, &bob.identity);
+        assert!(direct_sends(&out, "bob").is_empty(), "{:?}", out.frames);
     }
 
     /// A message to bob is pending, then sent (the relay's word), then
@@ -457,6 +522,7 @@ mod tests {
                 name: name("alice"),
                 identity: alice.public().to_bytes().into(),
                 online: true,
+                prekeys: Vec::new(),
             }],
         };
         feed(&mut engine, joined);

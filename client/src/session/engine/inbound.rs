@@ -4,14 +4,13 @@
 //! window and recording it (protocol.md 17, 18; P11: every failure is the
 //! same `Rejected`).
 
-use std::collections::BTreeSet;
 use std::collections::hash_map::Entry;
 use std::time::Instant;
 
 use bytes::Bytes;
 use sotto_crypto::{
     Announcement, Arrival, Conversation, Fingerprint, MessageBody, PeerBody, PublicIdentity,
-    ReplayWindow, SessionId,
+    SessionContext, SessionId, Via,
 };
 use sotto_proto::{Destination, RoomName, UserName};
 
@@ -19,7 +18,7 @@ use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::Trust;
 use crate::session::content::Content;
 use crate::session::{Chat, ProblemCode, Update};
-use crate::store::{Inbound, Receiving, StoreError, StoredEntry};
+use crate::store::{Inbound, Snapshot, StoreError, StoredEntry};
 
 /// A delivery kept for later: waiting for a key lookup, a trust decision or
 /// the announcement of its session.
@@ -172,6 +171,7 @@ impl Engine {
                 self.on_announcement(delivery, announcement, out)
             }
             Ok(PeerBody::Message(body)) => self.on_message(delivery, &body, out),
+            Ok(PeerBody::PairReply(reply)) => self.on_pair_reply(delivery, &reply, out),
             Err(_) => self.reject(delivery, out),
         }
     }
@@ -240,6 +240,26 @@ impl Engine {
         bucket.take(now, burst, 1.0 / refill)
     }
 
+    /// Charges `sender`'s allowance for a pair key its own key made (signed,
+    /// or sealed under a pair key it was sent); when none is left, says so
+    /// (naming `from`, the relay's name for it) and returns false: the key
+    /// is discarded.
+    pub(super) fn charge_allowance(
+        &mut self,
+        sender: Fingerprint,
+        from: &UserName,
+        out: &mut Out,
+    ) -> bool {
+        let charged = self.take_token(sender);
+        if !charged {
+            out.error(
+                ProblemCode::Flooded,
+                format!("ignoring session keys from {from}: too many in a short time"),
+            );
+        }
+        charged
+    }
+
     /// Charges the budget of signature checks shared by every sender.
     pub(super) fn take_verification(&mut self) -> bool {
         let now = Instant::now();
@@ -280,41 +300,53 @@ impl Engine {
         Handled::Kept
     }
 
+    /// What every new pair key (an announcement or a pair reply) must pass
+    /// before any cryptography (protocol.md 14.3, steps 1-4): it travels
+    /// alone, to this client, from the key pinned for its sender, who is a
+    /// member of its conversation; and it is no rollback (an epoch not
+    /// newer than the highest accepted, or a session already held, is
+    /// dropped without a word). The sender's pinned identity, or how the
+    /// delivery was handled.
+    pub(super) fn new_pair_key(
+        &mut self,
+        delivery: &Delivery,
+        context: &SessionContext,
+        out: &mut Out,
+    ) -> Result<PublicIdentity, Handled> {
+        let to_me = matches!(&delivery.to, Destination::User(user) if self.is_me(user));
+        if !to_me || context.recipient != self.me || delivery.slot.is_some() {
+            return Err(self.reject(delivery, out));
+        }
+        let sender = self.sender_key(delivery, context.sender, out)?;
+        if !self.admits(&context.conversation, &delivery.from, sender.fingerprint()) {
+            return Err(self.reject(delivery, out));
+        }
+        let inbound = self
+            .inbound_mut(sender.fingerprint(), &context.conversation)
+            .map_err(|e| Self::unreadable_sessions(&e, out))?;
+        if context.epoch <= inbound.max_epoch
+            || inbound
+                .sessions
+                .iter()
+                .any(|r| r.session.context().session_id == context.session_id)
+        {
+            return Err(Handled::Done);
+        }
+        Ok(sender)
+    }
+
     pub(super) fn on_announcement(
         &mut self,
         delivery: &Delivery,
         announcement: Announcement,
         out: &mut Out,
     ) -> Handled {
-        // Announcements travel alone, to their one recipient.
-        let to_me = matches!(&delivery.to, Destination::User(user) if self.is_me(user));
         let context = &announcement.context;
-        if !to_me || context.recipient != self.me || delivery.slot.is_some() {
-            return self.reject(delivery, out);
-        }
-        let sender = match self.sender_key(delivery, context.sender, out) {
+        let sender = match self.new_pair_key(delivery, context, out) {
             Ok(sender) => sender,
             Err(handled) => return handled,
         };
         let conversation = context.conversation.clone();
-        if !self.admits(&conversation, &delivery.from, sender.fingerprint()) {
-            return self.reject(delivery, out);
-        }
-        // No rollback, checked before any RSA work: a replayed or older
-        // announcement is dropped without a word.
-        let (epoch, session_id) = (context.epoch, context.session_id);
-        let inbound = match self.inbound_mut(sender.fingerprint(), &conversation) {
-            Ok(inbound) => inbound,
-            Err(e) => return Self::unreadable_sessions(&e, out),
-        };
-        if epoch <= inbound.max_epoch
-            || inbound
-                .sessions
-                .iter()
-                .any(|r| r.session.context().session_id == session_id)
-        {
-            return Handled::Done;
-        }
         // The signature first (cheap, shared budget): a forgery is counted
         // against the relay, and never against the sender it names.
         if !self.take_verification() {
@@ -323,7 +355,7 @@ impl Engine {
             self.unchecked += 1;
             return Handled::Kept;
         }
-        let Ok(verified) = self.identity.verify_announcement(&announcement, &sender) else {
+        let Ok(verified) = announcement.verify(&self.identity, &sender) else {
             let claimed = self.display_name(&delivery.from);
             let (_, count) = self
                 .forged
@@ -338,61 +370,34 @@ impl Engine {
         if !verified.context().is_current(now) {
             return self.reject(delivery, out);
         }
-        if !self.take_token(sender.fingerprint()) {
-            out.error(
-                ProblemCode::Flooded,
-                format!(
-                    "ignoring session keys from {}: too many in a short time",
-                    delivery.from
-                ),
-            );
+        if !self.charge_allowance(sender.fingerprint(), &delivery.from, out) {
             return Handled::Done;
         }
-        let Ok(session) = self
-            .identity
-            .accept_verified(&mut rand::rng(), &verified, now)
+        let prekey = match verified.context().via {
+            Via::Prekey(id) => match self.own_prekey(id) {
+                Some(prekey) => Some(prekey),
+                None => {
+                    // Wrapped to a prekey this client deleted (its grace,
+                    // the relay's longest storage, is over) or never had.
+                    let chat = self.chat_for(&conversation, &delivery.from);
+                    out.error(
+                        ProblemCode::KeyExpired,
+                        format!(
+                            "{chat}: messages from {} cannot be opened: their key was sent to a prekey of yours \
+                             that has been deleted (it was older than the relay keeps messages)",
+                            self.display_name(&delivery.from)
+                        ),
+                    );
+                    return self.reject(delivery, out);
+                }
+            },
+            Via::Identity | Via::Reply(_) => None,
+        };
+        let Ok(session) = verified.accept(&mut rand::rng(), &self.identity, now, prekey.as_deref())
         else {
             return self.reject(delivery, out);
         };
-        let first_seq = session.context().first_seq;
-        let kept = self.limits.kept_sessions.max(1);
-        let store = self.store.clone();
-        let inbound = match self.inbound_mut(sender.fingerprint(), &conversation) {
-            Ok(inbound) => inbound,
-            Err(e) => return Self::unreadable_sessions(&e, out),
-        };
-        let previous_epoch = std::mem::replace(&mut inbound.max_epoch, epoch);
-        inbound.sessions.push(Receiving {
-            session,
-            window: ReplayWindow::starting_at(first_seq),
-            missing: BTreeSet::new(),
-        });
-        let excess = inbound.sessions.len().saturating_sub(kept);
-        let dropped: Vec<Receiving> = inbound.sessions.drain(..excess).collect();
-        let saved = store.set_inbound(sender.fingerprint(), &conversation, inbound);
-        if let Err(e) = saved {
-            // Undo, so that the relay's redelivery is accepted again; not
-            // acknowledged, so a stored announcement does come again.
-            inbound.max_epoch = previous_epoch;
-            inbound.sessions.pop();
-            inbound.sessions.splice(..0, dropped);
-            out.error(
-                ProblemCode::Storage,
-                format!("could not save a session key: {e}"),
-            );
-            return Handled::Kept;
-        }
-        // Messages that arrived before their announcement.
-        let fingerprint = sender.fingerprint();
-        let (ready, waiting): (Vec<Held>, Vec<Held>) = self
-            .held
-            .drain(..)
-            .partition(|h| h.sender == fingerprint && h.session == session_id);
-        self.held = waiting.into();
-        for held in ready {
-            self.deliver(held.delivery, out);
-        }
-        Handled::Done
+        self.keep_session(delivery, sender.fingerprint(), &conversation, session, out)
     }
 
     pub(super) fn on_message(
@@ -467,6 +472,16 @@ impl Engine {
             return self.reject(delivery, out);
         }
         let Ok(opened) = receiving.session.open(&conversation, body, &slot) else {
+            // Its key already forgotten: a genuine duplicate (the sender
+            // sending again, the relay delivering again) is dropped quietly,
+            // and its sender gets a receipt again (the first may have been
+            // lost); anything else was forged.
+            let seen = receiving.window.clone().accept(header.seq).is_err();
+            if seen && receiving.session.is_genuine(&conversation, body, &slot) {
+                self.receipts_due
+                    .add(&delivery.from, &conversation, header.seq);
+                return Handled::Done;
+            }
             return self.reject(delivery, out);
         };
         // What it carries: a text, or a receipt (13.8); anything else is
@@ -474,18 +489,25 @@ impl Engine {
         let Some(content) = Content::decode(&opened.plaintext) else {
             return self.reject(delivery, out);
         };
-        let before = (receiving.window.clone(), receiving.missing.clone());
+        let before = receiving.snapshot();
         let top = receiving.window.next_expected();
         let Ok(arrival) = receiving.window.accept(opened.seq) else {
-            // A duplicate (or too old to place): dropped quietly. A text is
-            // stored already: its sender gets a receipt again (the first
-            // may have been lost, and it may be resending for that).
-            if matches!(content, Content::Text(_)) {
-                self.receipts_due
-                    .add(&delivery.from, &conversation, opened.seq);
-            }
+            // Too old to place: its key was kept (skipped) but the window
+            // has passed it. Dropped quietly, its key forgotten.
+            let _ = receiving.session.forget(opened.seq);
             return Handled::Done;
         };
+        // Kept from here on (or put back if storing fails): its key is
+        // forgotten, and so are those of numbers the window has passed.
+        if receiving.session.forget(opened.seq).is_err() {
+            return self.reject(delivery, out);
+        }
+        receiving.session.forget_before(
+            receiving
+                .window
+                .next_expected()
+                .saturating_sub(sotto_crypto::REPLAY_WINDOW),
+        );
         let mut missing = 0;
         match arrival {
             Arrival::Newest { missing: n } => {
@@ -501,9 +523,13 @@ impl Engine {
         }
         let session_id = header.session_id;
         let roster = opened.roster;
-        let text = match content {
-            Content::Text(text) => text,
-            content @ (Content::Receipt(_) | Content::Heartbeat | Content::KeyRequest { .. }) => {
+        let (text, timer) = match content {
+            Content::Text(text) => (text, 0),
+            Content::TimedText { seconds, text } => (text, seconds),
+            content @ (Content::Receipt(_)
+            | Content::Heartbeat
+            | Content::KeyRequest { .. }
+            | Content::Timer { .. }) => {
                 return self.control_arrived(
                     delivery,
                     sender,
@@ -528,16 +554,33 @@ impl Engine {
             text,
         };
         let position = self.place(&chat, sender, opened.seq, arrival == Arrival::Late);
+        // Under the timer it was sent with, from now (when it is stored).
+        let expiring = Self::received_expiring(
+            &chat,
+            timer,
+            self.store.history_record_key(&entry, position),
+            sender,
+            opened.seq,
+            entry.received_at_ms,
+        );
         let key = (sender, conversation.clone());
         let saved = match self.inbound.get(&key) {
-            Some(inbound) => {
-                self.store
-                    .record_received(&entry, position, sender, &conversation, inbound)
-            }
+            Some(inbound) => self.store.record_received(
+                &entry,
+                position,
+                sender,
+                &conversation,
+                inbound,
+                expiring.as_ref(),
+            ),
             None => Err(StoreError::Format),
         };
         if let Err(e) = saved {
             return self.not_stored(&key, index, before, &e, out);
+        }
+        let expires_at_ms = expiring.as_ref().map(|e| e.expires_at_ms);
+        if let Some(expiring) = expiring {
+            self.track_expiring(expiring);
         }
         if !matches!(arrival, Arrival::Late) {
             self.remember_place(&chat, sender, opened.seq, position.anchor);
@@ -554,7 +597,8 @@ impl Engine {
         }
         self.receipts_due
             .add(&delivery.from, &conversation, opened.seq);
-        let message = self.message_of(entry, position);
+        let mut message = self.message_of(entry, position);
+        message.expires_at_ms = expires_at_ms;
         out.update(Update::Message(message));
         Handled::Done
     }
@@ -566,7 +610,7 @@ impl Engine {
         &mut self,
         key: &(Fingerprint, Conversation),
         index: usize,
-        before: (ReplayWindow, BTreeSet<u64>),
+        before: Snapshot,
         error: &StoreError,
         out: &mut Out,
     ) -> Handled {
@@ -574,8 +618,12 @@ impl Engine {
             .inbound
             .get_mut(key)
             .and_then(|i| i.sessions.get_mut(index))
+            && let Err(e) = receiving.put_back(&before)
         {
-            (receiving.window, receiving.missing) = before;
+            out.error(
+                ProblemCode::Storage,
+                format!("could not restore a session key after a failed write: {e}"),
+            );
         }
         out.error(
             ProblemCode::Storage,
@@ -622,7 +670,7 @@ impl Engine {
         sender: Fingerprint,
         conversation: &Conversation,
         index: usize,
-        before: (ReplayWindow, BTreeSet<u64>),
+        before: Snapshot,
         content: &Content,
         missing: u64,
         chat: &Chat,
@@ -654,7 +702,11 @@ impl Engine {
                 conversation: asked,
                 session,
             } => self.on_key_request(&delivery.from, sender, asked, *session, out),
-            Content::Text(_) | Content::Heartbeat => {}
+            Content::Timer { seconds } => {
+                let by = self.display_name(&delivery.from);
+                self.apply_timer(chat.clone(), *seconds, by, out);
+            }
+            Content::Text(_) | Content::TimedText { .. } | Content::Heartbeat => {}
         }
         Handled::Done
     }

@@ -5,6 +5,10 @@
 
 use std::time::Duration;
 
+/// How often expired receiving sessions are deleted (at the first tick,
+/// then at this interval).
+pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(60 * 60);
+
 /// Bounds on what the session keeps and accepts.
 ///
 /// Each field's doc gives its default ([`SessionLimits::default`]). Lower
@@ -124,6 +128,19 @@ pub struct SessionLimits {
     /// failed attempt. Default: `Backoff::default()` (0.5 s doubling up to
     /// 60 s, with jitter; see docs/protocol.md, section 23).
     pub reconnect: crate::backoff::Backoff,
+    /// After disappearing messages are deleted, the store is compacted
+    /// (so that they leave the file) at most once per this interval: the
+    /// first time at once, later deletions wait out the rest of it and
+    /// share one compaction. Compaction rewrites the live part of the
+    /// database, so it is not run after every deletion. Default: 60 s.
+    pub compact_every: Duration,
+    /// Where this client's prekey key pairs come from. Default:
+    /// [`PrekeySource::Fresh`](crate::session::PrekeySource::Fresh), a
+    /// fresh RSA-3072 key for every prekey; only tests use a pool.
+    pub prekeys: crate::session::PrekeySource,
+    /// The clock the session reads. Default: the system's; only tests move
+    /// it ([`Clock::advance`](crate::session::Clock::advance)).
+    pub clock: crate::session::Clock,
 }
 
 impl Default for SessionLimits {
@@ -160,6 +177,9 @@ impl Default for SessionLimits {
             heartbeat: Duration::from_secs(20),
             key_request: Duration::from_secs(5),
             reconnect: crate::backoff::Backoff::default(),
+            compact_every: Duration::from_secs(60),
+            prekeys: crate::session::PrekeySource::Fresh,
+            clock: crate::session::Clock::default(),
         }
     }
 }

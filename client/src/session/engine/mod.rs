@@ -22,22 +22,29 @@
 //! - [`inbound`]: deliveries: announcements (no rollback, the signature
 //!   budget, the per-sender allowance), messages held for their
 //!   announcement, and opening, windowing and recording a message;
-//! - [`outbound`]: sending: session rotation, sealing, the outbox of
-//!   messages typed while disconnected, and the drain before quitting;
+//! - [`outbound`]: sending: sealing, the outbox of messages typed while
+//!   disconnected, and the drain before quitting;
+//! - [`pairs`]: keeping a sending session's recipients in step (restarts,
+//!   joins wrapped to prekeys under one signature, leaves), and pair
+//!   replies both ways;
 //! - [`placement`]: where a message goes in its chat (17.4);
 //! - [`delivery`]: how far each sent message got (the relay's answers,
 //!   the recipients' receipts) and the receipts this client sends;
 //! - [`recovery`]: asking for a session key whose announcement never
-//!   came, and answering such requests.
+//!   came, and answering such requests;
+//! - [`timers`]: disappearing messages: each conversation's timer, the
+//!   expiry of what was sent and stored under one, the sweep that deletes
+//!   it and the compaction after.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use sotto_crypto::{Conversation, Fingerprint, Identity, PublicIdentity, SessionId};
 use sotto_proto::{ClientFrame, RelayFrame, RoomName, UserKey, UserName};
 
+use super::prekeys::{Prekeys, Refusal};
 use super::{
     Answers, Chat, Command, DeliveryState, Message, OnlineUser, Problem, ProblemCode, TrustLevel,
     Update,
@@ -52,11 +59,13 @@ mod inbound;
 mod keys;
 mod limits;
 mod outbound;
+mod pairs;
 mod placement;
 mod recovery;
 mod rooms;
 #[cfg(test)]
 mod testing;
+mod timers;
 
 use inbound::{Bucket, Delivery, Held};
 use keys::{Awaiting, trust_level};
@@ -94,11 +103,9 @@ pub(crate) enum Flow {
     Quit,
 }
 
+/// The session clock's milliseconds since the Unix epoch (`session::clock`).
 pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    super::clock::now_ms()
 }
 
 pub(super) fn now_secs() -> u64 {
@@ -178,6 +185,11 @@ pub(crate) struct Engine {
     /// Messages sealed whose `Sent` has not come, oldest first: sent again
     /// on the next connection (kept in the store too).
     unsent: Vec<crate::store::UnsentRecord>,
+    /// Sealed receipts, heartbeats and key requests whose `Sent` has not
+    /// come: sent again on the next connection, like `unsent`, but kept in
+    /// memory only (each takes a sequence number, so one lost with a
+    /// connection would show its recipient a message missing).
+    unsent_unkept: Vec<crate::store::UnsentRecord>,
     /// Sessions whose announcement this client asked a sender for.
     keys_requested: HashSet<(Fingerprint, SessionId)>,
     /// When this client last sent an announcement again on request, per
@@ -189,6 +201,15 @@ pub(crate) struct Engine {
     next_route: u64,
     /// Set by `Quit` while messages still wait to be sent.
     quitting: Option<Instant>,
+    /// Disappearing messages: timers, expiries, compaction.
+    timers: timers::Timers,
+    /// This client's prekeys and its contacts' (`session::prekeys`).
+    prekeys: Prekeys,
+    /// The prekeys the frame being handled handed out, by owner, until
+    /// taken (`Engine::take_handed_prekeys`).
+    handed_prekeys: HashMap<UserKey, (UserName, Vec<Bytes>)>,
+    /// When expired receiving sessions were last deleted.
+    pruned_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -220,7 +241,17 @@ impl Engine {
                 first_rooms.iter().cloned().collect()
             }
         };
+        let prekeys = Prekeys::load(
+            account.identity().clone(),
+            store.clone(),
+            limits.prekeys.clone(),
+            &contacts,
+            now_secs(),
+        )?;
         let mut engine = Self {
+            prekeys,
+            handed_prekeys: HashMap::new(),
+            pruned_at: None,
             identity: account.identity().clone(),
             me: account.identity().fingerprint(),
             name: account.name().clone(),
@@ -253,11 +284,19 @@ impl Engine {
             receipts_due: delivery::ReceiptsDue::default(),
             heartbeats: HashMap::new(),
             unsent: Vec::new(),
+            unsent_unkept: Vec::new(),
             keys_requested: HashSet::new(),
             reannounced: HashMap::new(),
             next_route: 1,
             quitting: None,
+            timers: timers::Timers::default(),
         };
+        // What expired while the client was not running goes before
+        // anything is read or shown.
+        engine.timers = timers::Timers::load(&engine.store)?;
+        let mut swept = Out::default();
+        engine.sweep_expired(now_ms(), &mut swept);
+        engine.compact_if_due(Instant::now(), true, &mut swept);
         engine.unsent = engine.store.all_unsent()?;
         // Texts typed before a restart, less any sealed meanwhile (sealing
         // records which typed text it was, in the same transaction).
@@ -285,7 +324,12 @@ impl Engine {
             .map(|(seq, record)| ((record.chat.clone(), seq), record))
             .collect();
         let mut chats: BTreeMap<Chat, Vec<Message>> = BTreeMap::new();
+        let expiries = engine.timers.by_history_key();
         for (position, entry) in history.entries {
+            let expires_at_ms = (!expiries.is_empty())
+                .then(|| expiries.get(&engine.store.history_record_key(&entry, position)))
+                .flatten()
+                .copied();
             let late = position.rank != Position::IN_ORDER;
             if !late {
                 engine.remember_place(&entry.chat, entry.fingerprint, entry.seq, position.anchor);
@@ -295,6 +339,7 @@ impl Engine {
                 .then(|| sent.remove(&(entry.chat.clone(), entry.seq)))
                 .flatten();
             let mut message = engine.message_of(entry, position);
+            message.expires_at_ms = expires_at_ms;
             if message.outgoing {
                 // A message sent before delivery states were kept: sent.
                 message.delivery = Some(record.as_ref().map_or_else(
@@ -316,10 +361,25 @@ impl Engine {
                 Update::History { chat, messages }
             })
             .collect();
+        updates.extend(engine.timers.updates());
+        updates.extend(
+            swept
+                .updates
+                .into_iter()
+                .filter(|u| matches!(u, Update::Error(_))),
+        );
         if history.skipped > 0 {
             updates.push(Update::Error(Problem::new(
                 ProblemCode::HistoryDamaged,
                 skipped_history(history.skipped),
+            )));
+        }
+        if let Some((sessions, unsent)) = engine.store.take_migrated()? {
+            updates.push(Update::Error(Problem::new(
+                ProblemCode::Migrated,
+                format!(
+                    "this data directory was written by an earlier sotto: its {sessions} received session keys were dropped (your contacts' next sessions replace them), and {unsent} messages it had not yet sent are marked failed: send them again"
+                ),
             )));
         }
         // What an earlier run typed and did not seal: pending at once.
@@ -375,6 +435,7 @@ impl Engine {
             position: (position.anchor, position.rank),
             text: entry.text,
             delivery: None,
+            expires_at_ms: None,
         }
     }
 
@@ -430,6 +491,7 @@ impl Engine {
     /// acknowledged will come again.
     pub(crate) fn on_disconnected(&mut self) {
         self.connected = false;
+        self.prekeys.on_disconnected();
         self.rooms.clear();
         self.leave_sent.clear();
         self.held.retain(|h| h.delivery.delivery == 0);
@@ -448,6 +510,7 @@ impl Engine {
             let _ = outbound.counter.checkpoint();
         }
         self.save_contacts(&mut Out::default());
+        self.compact_if_due(Instant::now(), true, &mut Out::default());
     }
 
     /// Periodic housekeeping: gives up messages whose announcement never
@@ -461,6 +524,115 @@ impl Engine {
         self.send_due_member_lists(now, out);
         self.send_due_heartbeats(now, out);
         self.request_missing_keys(now, out);
+        self.prune_sessions(now, out);
+        self.expire(now, out);
+        self.prekey_housekeeping(out);
+    }
+
+    /// At the first tick and every hour: receiving sessions past their age
+    /// are deleted, from memory and from the store, and the store is then
+    /// compacted (as after disappearing messages) so that their keys leave
+    /// the file (docs/threat-model.md 11).
+    fn prune_sessions(&mut self, now: Instant, out: &mut Out) {
+        if self
+            .pruned_at
+            .is_some_and(|at| now.duration_since(at) < limits::PRUNE_EVERY)
+        {
+            return;
+        }
+        self.pruned_at = Some(now);
+        let secs = now_secs();
+        for inbound in self.inbound.values_mut() {
+            inbound.sessions.retain(|r| r.session.is_current(secs));
+        }
+        match self.store.prune_inbound(secs) {
+            Ok(0) => {}
+            Ok(_) => self.timers.compaction_due = true,
+            Err(e) => out.error(
+                ProblemCode::Storage,
+                format!("could not delete expired session keys: {e}"),
+            ),
+        }
+    }
+
+    /// Deletes what expired and compacts the store when that is due (also
+    /// called while waiting to reconnect).
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Out) {
+        self.sweep_expired(now_ms(), out);
+        self.compact_if_due(now, false, out);
+    }
+
+    // ----- prekeys (session::prekeys) ----------------------------------------
+
+    /// Before the first connection: makes this client's first prekey (on
+    /// the blocking pool) if it has no valid one, so that its first
+    /// registration publishes it at once. An error is reported; the
+    /// prekey is then made after registering, as usual.
+    pub(crate) async fn prepare_prekey(&mut self) -> Option<Problem> {
+        let job = self.prekeys.first_job(now_secs())?;
+        let made = tokio::task::spawn_blocking(job).await.ok()?;
+        self.prekeys.keep_made(made).err().map(|e| {
+            Problem::new(
+                ProblemCode::Storage,
+                format!("could not store a prekey: {e}"),
+            )
+        })
+    }
+
+    /// Registered at a relay that keeps deliveries `offline_max_age`
+    /// seconds: publishes this client's valid prekeys, and starts making
+    /// one if none is fresh.
+    pub(crate) fn publish_prekeys(&mut self, offline_max_age: u64, out: &mut Out) {
+        let frames = self.prekeys.on_registered(offline_max_age, now_secs());
+        out.frames.extend(frames);
+    }
+
+    /// Takes a prekey made meanwhile (and publishes it), rotates, deletes
+    /// expired secrets, and reports prekeys the relay handed out wrongly.
+    fn prekey_housekeeping(&mut self, out: &mut Out) {
+        match self.prekeys.tick(now_secs()) {
+            Ok(frames) => out.frames.extend(frames),
+            Err(e) => out.error(
+                ProblemCode::Storage,
+                format!("could not store or delete a prekey: {e}"),
+            ),
+        }
+        for (name, how) in self.prekeys.take_refused() {
+            let what = match how {
+                Refusal::Forged => {
+                    format!("a prekey for {name} that {name}'s pinned key did not sign")
+                }
+                Refusal::Replayed => {
+                    format!("only older prekeys for {name} than one already taken")
+                }
+            };
+            out.error(
+                ProblemCode::ForgedPrekey,
+                format!("the relay handed out {what}: refused"),
+            );
+        }
+    }
+
+    /// Takes the prekeys a relay frame handed out, for contacts pinned
+    /// (by the frame itself, if it was the first sight) and not waiting
+    /// for a decision on a changed key.
+    fn observe_prekeys(&mut self, handed: Vec<(UserName, Vec<Bytes>)>, out: &mut Out) {
+        let now = now_secs();
+        for (name, prekeys) in handed {
+            let Some(contact) = self.contacts.get(&name) else {
+                continue;
+            };
+            if matches!(contact.trust, Trust::Changed { .. }) {
+                continue;
+            }
+            let pinned = Arc::clone(&contact.identity);
+            if let Err(e) = self.prekeys.observe(&name, &pinned, &prekeys, now) {
+                out.error(
+                    ProblemCode::Storage,
+                    format!("could not store a prekey of {name}: {e}"),
+                );
+            }
+        }
     }
 
     fn ack(delivery: &Delivery, out: &mut Out) {
@@ -482,6 +654,44 @@ impl Engine {
 
     /// Dispatches one frame; what it stores goes into the open batch.
     fn on_frame(&mut self, frame: RelayFrame, out: &mut Out) {
+        // Prekeys are taken as soon as their owner's key is pinned (the
+        // frame may pin it: `observe`), before anything is sealed to it;
+        // those of owners the frame did not pin after it.
+        let handed: Vec<(UserName, Vec<Bytes>)> = match &frame {
+            RelayFrame::Joined { members, .. } => members
+                .iter()
+                .filter(|m| !m.prekeys.is_empty())
+                .map(|m| (m.name.clone(), m.prekeys.clone()))
+                .collect(),
+            RelayFrame::Presence { user, prekeys, .. }
+            | RelayFrame::Key {
+                name: user,
+                prekeys,
+                ..
+            } if !prekeys.is_empty() => {
+                vec![(user.clone(), prekeys.clone())]
+            }
+            _ => Vec::new(),
+        };
+        self.handed_prekeys = handed.into_iter().map(|(n, p)| (n.key(), (n, p))).collect();
+        self.dispatch_frame(frame, out);
+        if !self.handed_prekeys.is_empty() {
+            let left: Vec<(UserName, Vec<Bytes>)> = std::mem::take(&mut self.handed_prekeys)
+                .into_values()
+                .collect();
+            self.observe_prekeys(left, out);
+        }
+    }
+
+    /// The prekeys the frame being handled handed out for `name`, taken
+    /// now that its key is pinned (`keys::observe`).
+    pub(super) fn take_handed_prekeys(&mut self, name: &UserName, out: &mut Out) {
+        if let Some(handed) = self.handed_prekeys.remove(&name.key()) {
+            self.observe_prekeys(vec![handed], out);
+        }
+    }
+
+    fn dispatch_frame(&mut self, frame: RelayFrame, out: &mut Out) {
         match frame {
             RelayFrame::Joined { room, members } => self.on_joined(room, members, out),
             RelayFrame::Left { room } => self.on_left(room, out),
@@ -490,6 +700,7 @@ impl Engine {
                 user,
                 event,
                 identity,
+                ..
             } => self.on_presence(room, user, event, identity, out),
             RelayFrame::Rooms { rooms } => out.update(Update::Rooms(rooms)),
             RelayFrame::Users { users } => {
@@ -507,7 +718,7 @@ impl Engine {
                     .collect();
                 out.update(Update::Users(users));
             }
-            RelayFrame::Key { name, identity } => self.on_key(name, identity, out),
+            RelayFrame::Key { name, identity, .. } => self.on_key(name, identity, out),
             RelayFrame::Deliver {
                 delivery,
                 from,
@@ -549,6 +760,7 @@ impl Engine {
             | RelayFrame::Challenge { .. }
             | RelayFrame::Registered { .. }
             | RelayFrame::KeyHandover { .. }
+            | RelayFrame::PrekeyPublished { .. }
             | RelayFrame::ShuttingDown => {}
         }
     }
@@ -618,6 +830,8 @@ impl Engine {
                 }
                 out.update(Update::VerifiedOnly { room, on });
             }
+            Command::SetTimer { chat, seconds } => self.set_timer_command(chat, seconds, out),
+            Command::ShowTimer(chat) => self.show_timer(chat, out),
             // Only meaningful while waiting to reconnect (the connection
             // loop takes it there); connected, there is nothing to retry.
             Command::Reconnect => {}

@@ -7,17 +7,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use bytes::Bytes;
-use sotto_crypto::{
-    Conversation, Fingerprint, PeerBody, PublicIdentity, SendingSession, SequenceCounter,
-};
+use sotto_crypto::{Conversation, Fingerprint, PublicIdentity, SendingSession, SequenceCounter};
 use sotto_proto::{ClientFrame, Destination, ErrorCode, RoomName, Route, Slot, UserName};
 
 use super::delivery::Sending;
-use super::{Engine, Out, now_ms, now_secs};
+use super::{Engine, Out, now_ms};
 use crate::contacts::{Blocked, Trust};
 use crate::session::content::Content;
 use crate::session::{Chat, Delivery, Problem, ProblemCode, Update};
 use crate::store::{OutgoingRecord, Position, StoreError, StoredEntry, UnsentRecord, VaultCounter};
+
+/// The members a room message leaves out, by reason.
+type LeftOut = BTreeMap<&'static str, Vec<UserName>>;
 
 /// The names an `Undelivered` notice lists; the rest are counted.
 const UNDELIVERED_NAMES: usize = 5;
@@ -26,6 +27,10 @@ pub(super) struct Outbound {
     pub(super) epoch: u32,
     pub(super) counter: SequenceCounter<VaultCounter>,
     pub(super) session: Option<SendingSession>,
+    /// The recipients of `session` whose pair key went to their identity
+    /// key (they had no valid prekey): the session restarts once they have
+    /// one, so that what follows is forward secret again.
+    pub(super) fallback: BTreeSet<Fingerprint>,
 }
 
 /// The kind of a failure to seal: the sequence counter's file failed
@@ -154,33 +159,63 @@ impl Engine {
     }
 
     pub(super) fn send_to_room(&mut self, room: RoomName, text: String, out: &mut Out) {
-        self.send_content_to_room(room, Content::Text(text), out);
+        let timer = self.timer_of(&Chat::Room(room.clone()));
+        self.send_content_to_room(room, Content::text(text, timer), out);
     }
 
     /// Seals `content` for the room's members this client can send to (a
     /// text also tells the user who was left out and why).
     pub(super) fn send_content_to_room(&mut self, room: RoomName, content: Content, out: &mut Out) {
         let Some(entry) = self.rooms.get(&room) else {
-            match content {
+            match content.as_text() {
                 // Joining is under way: send once `Joined` arrives.
-                Content::Text(text) if self.wanted.contains(&room) => {
-                    self.queue_typed(Chat::Room(room), text, out);
+                Some((text, _)) if self.wanted.contains(&room) => {
+                    self.queue_typed(Chat::Room(room), text.to_owned(), out);
                 }
-                Content::Text(_) => out.problem(
+                Some(_) => out.problem(
                     Problem::new(
                         ProblemCode::NotInRoom,
                         format!("you are not in #{room}: /join {room} first"),
                     )
                     .unsent(Chat::Room(room), 1),
                 ),
-                Content::Receipt(_) | Content::Heartbeat | Content::KeyRequest { .. } => {}
+                None => {}
             }
             return;
         };
         let verified_only = entry.settings.verified_only;
+        let (recipients, left_out) = self.room_recipients(entry.members.values(), verified_only);
+        let chat = Chat::Room(room.clone());
+        if content.is_text() {
+            for (reason, names) in left_out {
+                out.update(Update::NotSentTo {
+                    chat: chat.clone(),
+                    names,
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+        self.seal_and_send(
+            chat,
+            Conversation::room(room.as_str()),
+            Destination::Room(room),
+            recipients,
+            content,
+            out,
+        );
+    }
+
+    /// Who a room message goes to: every member but this client whose key
+    /// it can send to (and verified, if `verified_only`); and who is left
+    /// out, by reason.
+    fn room_recipients<'a>(
+        &self,
+        members: impl Iterator<Item = &'a super::rooms::RosterEntry>,
+        verified_only: bool,
+    ) -> (Vec<(UserName, PublicIdentity)>, LeftOut) {
         let mut recipients = Vec::new();
-        let mut left_out: BTreeMap<&'static str, Vec<UserName>> = BTreeMap::new();
-        for member in entry.members.values() {
+        let mut left_out = LeftOut::new();
+        for member in members {
             if self.is_me(&member.name) {
                 continue;
             }
@@ -205,24 +240,32 @@ impl Engine {
                     .push(member.name.clone()),
             }
         }
-        let chat = Chat::Room(room.clone());
-        if matches!(content, Content::Text(_)) {
-            for (reason, names) in left_out {
-                out.update(Update::NotSentTo {
-                    chat: chat.clone(),
-                    names,
-                    reason: reason.to_owned(),
-                });
-            }
+        (recipients, left_out)
+    }
+
+    /// Once in a room: this client's session there is brought in step with
+    /// the members now (18), so that a newcomer announces itself at once
+    /// and every member can answer with a pair reply before either sends a
+    /// word. Nothing is sent if the session already has every member.
+    pub(super) fn announce_in_room(&mut self, room: &RoomName, out: &mut Out) {
+        let Some(entry) = self.rooms.get(room) else {
+            return;
+        };
+        let verified_only = entry.settings.verified_only;
+        let (recipients, _) = self.room_recipients(entry.members.values(), verified_only);
+        if recipients.is_empty() {
+            return;
         }
-        self.seal_and_send(
-            chat,
-            Conversation::room(room.as_str()),
-            Destination::Room(room),
-            recipients,
-            content,
-            out,
-        );
+        let chat = Chat::Room(room.clone());
+        let conversation = Conversation::room(room.as_str());
+        match self.sync_session(&chat, &conversation, &recipients, out) {
+            Ok(frames) => {
+                for (to, body, slots) in frames {
+                    self.push_send(chat.clone(), None, to, body, slots, out);
+                }
+            }
+            Err(e) => out.error(e.code, format!("{chat}: {}", e.message)),
+        }
     }
 
     pub(super) fn send_direct(&mut self, user: UserName, text: String, out: &mut Out) {
@@ -270,7 +313,8 @@ impl Engine {
             }
         };
         let conversation = Conversation::direct(self.me, peer.fingerprint());
-        self.seal_direct(&user, peer, conversation, Content::Text(text), out);
+        let timer = self.timer_of(&Chat::Direct(user.clone()));
+        self.seal_direct(&user, peer, conversation, Content::text(text, timer), out);
     }
 
     pub(super) fn outbound(
@@ -286,6 +330,7 @@ impl Engine {
                     epoch,
                     counter: SequenceCounter::resume(limit, store),
                     session: None,
+                    fallback: BTreeSet::new(),
                 })
             }
         })
@@ -321,66 +366,22 @@ impl Engine {
         content: Content,
         out: &mut Out,
     ) {
-        let identity = self.identity.clone();
-        let store = self.store.clone();
         // A typed text that fails leaves one send unanswered; a receipt,
         // heartbeat or key request none.
-        let typed = usize::from(matches!(content, Content::Text(_)));
+        let typed = usize::from(content.is_text());
         let fail = |out: &mut Out, code: ProblemCode, what: &dyn std::fmt::Display| {
             out.problem(
                 Problem::new(code, format!("{chat}: not sent: {what}")).unsent(chat.clone(), typed),
             );
         };
+        let mut frames = match self.sync_session(&chat, &conversation, &recipients, out) {
+            Ok(frames) => frames,
+            Err(e) => return fail(out, e.code, &e.message),
+        };
         let outbound = match self.outbound(&conversation) {
             Ok(outbound) => outbound,
             Err(e) => return fail(out, ProblemCode::Storage, &e),
         };
-        let wanted: BTreeSet<Fingerprint> =
-            recipients.iter().map(|(_, id)| id.fingerprint()).collect();
-        let now = now_secs();
-        let current = outbound.session.as_ref().is_some_and(|s| {
-            s.recipients().collect::<BTreeSet<_>>() == wanted && !s.needs_rotation(now)
-        });
-        let mut frames = Vec::new();
-        if !current && !recipients.is_empty() {
-            // A new session: new keys for exactly these recipients. The epoch
-            // also follows the clock, so that a data directory restored from
-            // a backup still announces epochs newer than any it used.
-            let clock = u32::try_from(now).unwrap_or(u32::MAX);
-            let epoch = outbound.epoch.saturating_add(1).max(clock);
-            if let Err(e) = store.set_epoch(&conversation, epoch) {
-                return fail(out, ProblemCode::Storage, &e);
-            }
-            outbound.epoch = epoch;
-            let keys: Vec<&PublicIdentity> = recipients.iter().map(|(_, id)| id).collect();
-            let started = SendingSession::start(
-                &mut rand::rng(),
-                &identity,
-                conversation.clone(),
-                epoch,
-                outbound.counter.peek(),
-                now,
-                &keys,
-            );
-            let (session, announcements) = match started {
-                Ok(started) => started,
-                Err(e) => return fail(out, sealing_problem(&e), &e),
-            };
-            outbound.session = Some(session);
-            for announcement in announcements {
-                let Some((name, _)) = recipients
-                    .iter()
-                    .find(|(_, id)| id.fingerprint() == announcement.context.recipient)
-                else {
-                    continue;
-                };
-                frames.push((
-                    Destination::User(name.clone()),
-                    Bytes::from(PeerBody::Announcement(announcement).encode()),
-                    Vec::new(),
-                ));
-            }
-        }
         let sealed = match (&mut outbound.session, recipients.is_empty()) {
             (Some(session), false) => {
                 match session.seal(
@@ -415,22 +416,12 @@ impl Engine {
                 })
                 .collect();
             frames.push((to, Bytes::from(sealed.body), slots));
-        } else if matches!(content, Content::Text(_)) {
+        } else if content.is_text() {
             out.update(Update::NotSentTo {
                 chat: chat.clone(),
                 names: Vec::new(),
                 reason: "nobody else can read it here".to_owned(),
             });
-        }
-        let Content::Text(text) = content else {
-            // A receipt: nothing to show or keep.
-            for (to, body, slots) in frames {
-                self.push_send(chat.clone(), None, to, body, slots, out);
-            }
-            return;
-        };
-        if let Some(seq) = sealed_seq {
-            self.heartbeat_after(&chat, &conversation, seq);
         }
         // Kept until the relay says it stored them, to send again as they
         // are after a lost connection or a restart (protocol.md 19.2).
@@ -451,6 +442,19 @@ impl Engine {
                 .flatten();
             self.push_send(chat.clone(), message, to, body, slots, out);
         }
+        let Some((text, timer)) = content
+            .as_text()
+            .map(|(text, timer)| (text.to_owned(), timer))
+        else {
+            // A receipt, heartbeat or key request: nothing to show or
+            // store, but sent again after a lost connection (not after a
+            // restart) until the relay answers for it.
+            self.unsent_unkept.extend(unsent);
+            return;
+        };
+        if let Some(seq) = sealed_seq {
+            self.heartbeat_after(&chat, &conversation, seq);
+        }
         let entry = StoredEntry {
             chat: chat.clone(),
             from: self.name.clone(),
@@ -462,7 +466,7 @@ impl Engine {
             text,
         };
         let record = OutgoingRecord {
-            chat,
+            chat: chat.clone(),
             recipients: recipients
                 .iter()
                 .map(|(name, id)| (name.clone(), id.fingerprint()))
@@ -479,18 +483,39 @@ impl Engine {
             anchor: self.arrival,
             rank: Position::IN_ORDER,
         };
-        if let Err(e) =
-            self.store
-                .record_sent(&entry, position, &conversation, &record, unsent.as_ref())
-        {
-            out.error(
+        let history_key = self.store.history_record_key(&entry, position);
+        let expiring = self.sent_expiring(
+            &chat,
+            timer,
+            history_key,
+            &conversation,
+            seq,
+            record.typed,
+            entry.received_at_ms,
+        );
+        let expires_at_ms = expiring.as_ref().map(|e| e.expires_at_ms);
+        match self.store.record_sent(
+            &entry,
+            position,
+            &conversation,
+            &record,
+            unsent.as_ref(),
+            expiring.as_ref(),
+        ) {
+            Ok(()) => {
+                if let Some(expiring) = expiring {
+                    self.track_expiring(expiring);
+                }
+            }
+            Err(e) => out.error(
                 ProblemCode::Storage,
                 format!("could not store the message you sent: {e}"),
-            );
+            ),
         }
         self.unsent.extend(unsent);
         let mut message = self.message_of(entry, position);
         message.delivery = Some(Delivery::of(&record));
+        message.expires_at_ms = expires_at_ms;
         out.update(Update::Message(message));
     }
 
@@ -531,6 +556,8 @@ impl Engine {
         // Ids grow, so the store keeps the order typed.
         let id = self.next_typed.max(now_ms().saturating_mul(1000));
         self.next_typed = id.saturating_add(1);
+        // Its expiry first: one without its text deletes nothing.
+        self.typed_expiring(id, chat, out);
         if let Err(e) = self.store.push_outbox(id, chat, text) {
             out.error(
                 ProblemCode::Storage,
@@ -598,7 +625,7 @@ mod tests {
                 delivery: 0,
                 from: name("bob"),
                 to: Destination::User(name("alice")),
-                body: PeerBody::Announcement(bob.announcement.clone())
+                body: sotto_crypto::PeerBody::Announcement(bob.announcement.clone())
                     .encode()
                     .into(),
                 slot: None,
@@ -625,8 +652,7 @@ mod tests {
         account: &crate::account::Account,
         bob: &sotto_crypto::Identity,
     ) -> (Engine, Out) {
-        let (mut engine, _) =
-            Engine::new(account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+        let (mut engine, _) = new_engine(account, SessionLimits::default());
         let out = back_in_lobby(&mut engine, bob);
         (engine, out)
     }
@@ -710,11 +736,12 @@ mod tests {
         );
         assert_eq!(codes(&out.updates), [ProblemCode::TooManyWaiting]);
         assert!(out.frames.is_empty());
-        // Reconnected and back in the room: the 256 kept go out, one session.
+        // Reconnected and back in the room: the 256 kept go out, under the
+        // session announced to bob on the first join, which runs on.
         let out = back_in_lobby(&mut engine, &bob);
         let to = sent_to(&out);
         assert_eq!(to.iter().filter(|d| **d == &lobby()).count(), bound);
-        assert_eq!(to.len(), bound + 1, "one announcement to bob");
+        assert_eq!(to.len(), bound, "no announcement again: {to:?}");
     }
 
     #[tokio::test]
@@ -755,34 +782,87 @@ mod tests {
         assert_eq!(codes(&out.updates), [ProblemCode::NotConnected]);
     }
 
+    /// Sessions v2: one session runs on while the room changes. A newcomer
+    /// alone gets an announcement (the others keep their pairs); one who
+    /// leaves gets no more slots, and nobody gets an announcement for it.
     #[tokio::test]
-    async fn a_session_is_kept_for_the_same_recipients_and_rotated_for_new_ones() {
+    async fn a_session_runs_on_and_only_a_newcomer_gets_an_announcement() {
         let bob = fixture("bob");
         let carol = fixture("carol");
         let (mut engine, _dir) = alice_with_bob(&bob).await;
-        let announcements = |out: &Out| {
+        let announced_to = |out: &Out| -> Vec<Destination> {
             sent_to(out)
                 .into_iter()
                 .filter(|d| matches!(d, Destination::User(_)))
-                .count()
+                .cloned()
+                .collect()
         };
-        let first = command(&mut engine, send(lobby_chat(), "one"));
-        assert_eq!(announcements(&first), 1, "{:?}", first.frames);
-        let second = command(&mut engine, send(lobby_chat(), "two"));
-        assert_eq!(announcements(&second), 0, "{:?}", second.frames);
-        // carol joins: a new session, announced to both.
-        feed(
-            &mut engine,
-            RelayFrame::Presence {
-                room: RoomName::lobby(),
-                user: name("carol"),
-                event: PresenceEvent::Joined,
-                identity: Some(carol.public().to_bytes().into()),
-            },
+        let slots_for = |out: &Out| -> Vec<UserName> {
+            out.frames
+                .iter()
+                .filter_map(|f| match f {
+                    ClientFrame::Send { route, slots, .. } if route.to == lobby() => {
+                        Some(slots.iter().map(|s| s.to.clone()))
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
+        // Announced to bob on joining (so that he could answer with a pair
+        // reply before anyone wrote): the first message needs none.
+        assert!(
+            engine.outbound[&Conversation::room("lobby")]
+                .session
+                .is_some()
         );
+        let first = command(&mut engine, send(lobby_chat(), "one"));
+        assert!(announced_to(&first).is_empty(), "{:?}", first.frames);
+        let session = engine.outbound[&Conversation::room("lobby")]
+            .session
+            .as_ref()
+            .unwrap()
+            .id();
+        let second = command(&mut engine, send(lobby_chat(), "two"));
+        assert!(announced_to(&second).is_empty(), "{:?}", second.frames);
+        // carol joins: announced to her alone, in the same session.
+        let presence = |event| RelayFrame::Presence {
+            room: RoomName::lobby(),
+            user: name("carol"),
+            event,
+            identity: Some(carol.public().to_bytes().into()),
+            prekeys: Vec::new(),
+        };
+        feed(&mut engine, presence(PresenceEvent::Joined));
         let third = command(&mut engine, send(lobby_chat(), "three"));
-        assert_eq!(announcements(&third), 2, "{:?}", third.frames);
-        let seqs: Vec<u64> = [&first, &second, &third]
+        assert_eq!(announced_to(&third), [Destination::User(name("carol"))]);
+        assert_eq!(slots_for(&third), [name("bob"), name("carol")]);
+        // carol leaves: no announcement to anyone, and no slot for her.
+        feed(&mut engine, presence(PresenceEvent::Left));
+        let fourth = command(&mut engine, send(lobby_chat(), "four"));
+        assert!(announced_to(&fourth).is_empty(), "{:?}", fourth.frames);
+        assert_eq!(slots_for(&fourth), [name("bob")]);
+        // And the header commits to exactly who can read it now (P7).
+        let roster = fourth
+            .frames
+            .iter()
+            .find_map(|f| match f {
+                ClientFrame::Send { route, body, .. } if route.to == lobby() => {
+                    match sotto_crypto::PeerBody::decode(body) {
+                        Ok(sotto_crypto::PeerBody::Message(m)) => Some(m.header().unwrap().roster),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            roster,
+            sotto_crypto::roster_digest([fixture("alice").fingerprint(), bob.fingerprint()])
+        );
+        let outbound = &engine.outbound[&Conversation::room("lobby")];
+        assert_eq!(outbound.session.as_ref().unwrap().id(), session);
+        let seqs: Vec<u64> = [&first, &second, &third, &fourth]
             .iter()
             .map(|out| messages(&out.updates)[0].seq)
             .collect();
@@ -974,11 +1054,13 @@ mod tests {
                     name: name("alice"),
                     identity: alice.public().to_bytes().into(),
                     online: true,
+                    prekeys: Vec::new(),
                 },
                 sotto_proto::Member {
                     name: name("bob"),
                     identity: bob.public().to_bytes().into(),
                     online: false,
+                    prekeys: Vec::new(),
                 },
             ],
         };

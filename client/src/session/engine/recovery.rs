@@ -20,7 +20,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use sotto_crypto::{Conversation, Fingerprint, PeerBody, SessionId};
+use sotto_crypto::{Conversation, Fingerprint, PeerBody, SessionId, WrapTo, sign_announcements};
 use sotto_proto::{Destination, UserName};
 
 use super::{Engine, Out};
@@ -103,16 +103,23 @@ impl Engine {
             return;
         }
         let identity = self.identity.clone();
+        let prekey = self.peer_prekey(requester, super::now_secs());
+        let target = match &prekey {
+            Some(prekey) => WrapTo::Prekey(prekey),
+            None => WrapTo::Identity(&peer),
+        };
         let announced = self.outbound.get(conversation).and_then(|outbound| {
             let current = outbound.session.as_ref()?;
-            (current.id() == session)
-                .then(|| current.announce_again(&mut rand::rng(), &identity, &peer))
+            (current.id() == session).then(|| {
+                let unsigned = current.announce_again(&mut rand::rng(), target)?;
+                sign_announcements(&identity, &mut rand::rng(), vec![unsigned])
+            })
         });
         let announcement = match announced {
-            Some(Ok(announcement)) => announcement,
+            Some(Ok(mut signed)) if signed.len() == 1 => signed.remove(0),
             // Not this client's current session there, or not sealed for
             // the requester: nothing to send.
-            None | Some(Err(_)) => return,
+            _ => return,
         };
         self.reannounced.insert((requester, session), now);
         let name = self.display_name(from);

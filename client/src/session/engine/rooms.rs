@@ -174,13 +174,28 @@ impl Engine {
         members: Vec<sotto_proto::Member>,
         out: &mut Out,
     ) {
+        if self.enter_room(room.clone(), members, out) {
+            // Last, after what was resent under earlier sessions.
+            self.announce_in_room(&room, out);
+        }
+    }
+
+    /// Everything `Joined` does but announcing this client's session: the
+    /// roster, the notices, what waited for the room. Whether the client is
+    /// in the room now (not leaving it).
+    pub(crate) fn enter_room(
+        &mut self,
+        room: RoomName,
+        members: Vec<sotto_proto::Member>,
+        out: &mut Out,
+    ) -> bool {
         if self.leaving.contains(&room) {
             // Left while disconnected: leave it at the relay too (once per
             // connection: the `Leave` sent on registering may be on its way).
             if self.leave_sent.insert(room.clone()) {
                 out.frames.push(ClientFrame::Leave { room });
             }
-            return;
+            return false;
         }
         // The relay says `Joined` for each room right after registration
         // and again in answer to `Join`: the user hears it once per
@@ -248,6 +263,7 @@ impl Engine {
                 self.outbox.push_back((id, chat, text));
             }
         }
+        true
     }
 
     pub(super) fn on_presence(

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sotto_crypto::{
-    Announcement, Conversation, Identity, NoPersistence, PeerBody, PublicIdentity, SendingSession,
-    SequenceCounter, SessionId,
+    Announcement, Conversation, Identity, NoPersistence, PeerBody, PrekeyKey, PrekeySecret,
+    PublicIdentity, SendingSession, SequenceCounter, SessionId, SignedPrekey, VerifiedPrekey,
+    WrapTo, sign_announcements,
 };
 use sotto_proto::Member as RosterMember;
 pub(super) use sotto_proto::{ClientFrame, Destination, PresenceEvent, RoomName, UserName};
@@ -29,6 +30,39 @@ pub(super) fn fixture(name: &str) -> Arc<Identity> {
     Arc::new(Identity::load(&path, b"sotto test vectors").unwrap())
 }
 
+/// The test prekey of `owner` (a key of the pre-generated pool in
+/// testdata/prekey-keys.txt, chosen by its fingerprint, made at the start
+/// of the test run): signed, verified and its secret.
+pub(super) fn test_prekey(owner: &Identity) -> (VerifiedPrekey, PrekeySecret) {
+    let (_, verified, secret) = test_signed_prekey(owner);
+    (verified, secret)
+}
+
+/// [`test_prekey`] with the signed prekey as published.
+pub(super) fn test_signed_prekey(owner: &Identity) -> (SignedPrekey, VerifiedPrekey, PrekeySecret) {
+    static MADE_AT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let made_at = *MADE_AT.get_or_init(now_secs);
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/prekey-keys.txt"),
+    )
+    .unwrap();
+    let keys: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let line = keys[usize::from(owner.fingerprint().0[0]) % keys.len()];
+    let der: Vec<u8> = (0..line.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())
+        .collect();
+    let (signed, secret) = owner
+        .make_prekey_with(
+            &mut rand::rng(),
+            PrekeyKey::from_pkcs8_der(&der).unwrap(),
+            made_at,
+        )
+        .unwrap();
+    let verified = SignedPrekey::verify(signed.as_bytes(), owner.public(), now_secs()).unwrap();
+    (signed, verified, secret)
+}
+
 pub(super) fn name(name: &str) -> UserName {
     name.parse().unwrap()
 }
@@ -42,6 +76,46 @@ pub(super) async fn alice_account(dir: &Path) -> Account {
     )
     .await
     .unwrap()
+}
+
+/// `Engine::new` in the lobby, with its own test prekey and those of every
+/// test identity, as if the relay had served them (the prekey lifecycle
+/// itself is tested on its own).
+pub(super) fn new_engine(account: &Account, limits: SessionLimits) -> (Engine, Vec<Update>) {
+    let (mut engine, history) = Engine::new(account, &[RoomName::lobby()], limits).unwrap();
+    for name in ["alice", "bob", "carol", "dave", "erin", "mallory"] {
+        let identity = fixture(name);
+        let (signed, verified, secret) = test_signed_prekey(&identity);
+        if identity.fingerprint() == engine.me {
+            engine.prekeys.keep_own(signed, secret);
+        } else {
+            engine.prekeys.keep_theirs(verified);
+        }
+    }
+    (engine, history)
+}
+
+/// Every RSA decryption the engine's keys made: its identity's and its
+/// prekeys'.
+pub(super) fn rsa_decryptions(engine: &Engine) -> u64 {
+    engine.rsa_decryptions()
+}
+
+/// `Joined` for the lobby with `members` (names of test identities), as
+/// the relay sends it, without prekeys.
+pub(super) fn lobby_joined(members: &[&str]) -> RelayFrame {
+    RelayFrame::Joined {
+        room: RoomName::lobby(),
+        members: members
+            .iter()
+            .map(|m| RosterMember {
+                name: name(m),
+                identity: fixture(m).public().to_bytes().into(),
+                online: true,
+                prekeys: Vec::new(),
+            })
+            .collect(),
+    }
 }
 
 /// Alice's engine, registered, in the lobby with bob.
@@ -64,7 +138,7 @@ pub(super) fn alice_in_lobby_with(
     bob: &Identity,
     limits: SessionLimits,
 ) -> (Engine, Vec<Update>) {
-    let (mut engine, history) = Engine::new(account, &[RoomName::lobby()], limits).unwrap();
+    let (mut engine, history) = new_engine(account, limits);
     back_in_lobby(&mut engine, bob);
     (engine, history)
 }
@@ -83,11 +157,13 @@ pub(super) fn back_in_lobby(engine: &mut Engine, bob: &Identity) -> Out {
                     name: name("alice"),
                     identity: alice.public().to_bytes().into(),
                     online: true,
+                    prekeys: Vec::new(),
                 },
                 RosterMember {
                     name: name("bob"),
                     identity: bob.public().to_bytes().into(),
                     online: true,
+                    prekeys: Vec::new(),
                 },
             ],
         },
@@ -129,16 +205,21 @@ impl Bob {
         first: u64,
         created_at: u64,
     ) -> Bob {
-        let (session, mut announcements) = SendingSession::start(
+        let mut session = SendingSession::start(
             &mut rand::rng(),
-            &identity,
+            identity.fingerprint(),
             conversation,
             epoch,
             first,
             created_at,
-            &[alice],
-        )
-        .unwrap();
+        );
+        // Wrapped to alice's test prekey, as a client that knows it does.
+        let (prekey, _) = test_prekey(&fixture("alice"));
+        assert_eq!(prekey.owner(), alice.fingerprint());
+        let unsigned = session
+            .add_recipients(&mut rand::rng(), &[WrapTo::Prekey(&prekey)], first)
+            .unwrap();
+        let mut announcements = sign_announcements(&identity, &mut rand::rng(), unsigned).unwrap();
         Bob {
             identity,
             session,
@@ -296,6 +377,7 @@ pub(super) fn presence(
         user: name(user),
         event,
         identity: identity.map(|id| id.to_bytes().into()),
+        prekeys: Vec::new(),
     }
 }
 

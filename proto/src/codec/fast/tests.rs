@@ -315,7 +315,7 @@ fn peek_refuses_other_versions_trailing_bytes_and_bad_tags() {
     assert!(matches!(peek_relay(payload), Some(RelayView::Deliver(_))));
 
     let mut other_version = payload.to_vec();
-    other_version[0] = 2;
+    other_version[0] = 1;
     assert_eq!(peek_relay(&other_version), None);
 
     let trailing = [payload, &[0]].concat();

@@ -24,13 +24,13 @@ async fn replayed_or_older_announcements_cost_no_rsa_and_roll_nothing_back() {
     let old = Bob::start(fixture("bob"), alice.public(), 1, 0);
     let mut new = Bob::start(fixture("bob"), alice.public(), 2, 10);
     let (mut engine, _dir) = alice_with_bob(&new.identity).await;
-    let before = engine.identity.rsa_decryptions();
+    let before = rsa_decryptions(&engine);
     assert!(feed(&mut engine, announce(&new.announcement)).is_empty());
-    assert_eq!(engine.identity.rsa_decryptions(), before + 1);
+    assert_eq!(rsa_decryptions(&engine), before + 1);
     // The same announcement again, and an older epoch: dropped before RSA.
     assert!(feed(&mut engine, announce(&new.announcement)).is_empty());
     assert!(feed(&mut engine, announce(&old.announcement)).is_empty());
-    assert_eq!(engine.identity.rsa_decryptions(), before + 1);
+    assert_eq!(rsa_decryptions(&engine), before + 1);
     // The newer session is still the one in use.
     let sealed = new.seal("still epoch 2");
     let updates = feed(&mut engine, deliver(&sealed, lobby()));
@@ -122,9 +122,9 @@ async fn a_store_read_failure_is_retried_and_never_overwrites_the_stored_session
     let updates = feed(&mut engine, deliver(&first.seal("epoch 1"), lobby()));
     assert_eq!(messages(&updates)[0].text, "epoch 1");
     // And the epoch floor held: epoch 1 again is a replay.
-    let before = engine.identity.rsa_decryptions();
+    let before = rsa_decryptions(&engine);
     assert!(feed(&mut engine, announce(&first.announcement)).is_empty());
-    assert_eq!(engine.identity.rsa_decryptions(), before);
+    assert_eq!(rsa_decryptions(&engine), before);
 }
 
 #[tokio::test]
@@ -142,7 +142,7 @@ async fn sessions_made_long_ago_or_in_the_future_are_refused_on_receipt() {
             0,
             created_at,
         );
-        let before = engine.identity.rsa_decryptions();
+        let before = rsa_decryptions(&engine);
         // As often as bob's whole allowance: signed but out of date,
         // they must not spend it (the current session below still
         // gets through).
@@ -153,7 +153,7 @@ async fn sessions_made_long_ago_or_in_the_future_are_refused_on_receipt() {
                 "{created_at}: {updates:?}"
             );
         }
-        assert_eq!(engine.identity.rsa_decryptions(), before);
+        assert_eq!(rsa_decryptions(&engine), before);
     }
     // A session accepted long ago (kept from an earlier run) no longer
     // opens anything.
@@ -170,17 +170,25 @@ async fn sessions_made_long_ago_or_in_the_future_are_refused_on_receipt() {
         0,
         created_at,
     );
-    let session = alice
-        .accept(&mut rand::rng(), &old.announcement, bob_identity.public())
+    let (_, secret) = test_prekey(&alice);
+    let session = old
+        .announcement
+        .accept(
+            &mut rand::rng(),
+            &alice,
+            bob_identity.public(),
+            created_at,
+            Some(&secret),
+        )
         .unwrap();
     engine.inbound.insert(
         (bob_identity.fingerprint(), lobby_conversation),
         Inbound {
             max_epoch: 8,
-            sessions: vec![Receiving {
+            sessions: vec![crate::store::Receiving {
                 session,
-                window: ReplayWindow::starting_at(0),
-                missing: BTreeSet::new(),
+                window: sotto_crypto::ReplayWindow::starting_at(0),
+                missing: std::collections::BTreeSet::new(),
             }],
         },
     );
@@ -203,7 +211,7 @@ async fn forged_announcements_are_blamed_on_the_relay_and_spend_none_of_the_send
     let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
     let limits = SessionLimits::default();
     let count = u8::try_from(limits.announcement_burst + 5).unwrap();
-    let before = engine.identity.rsa_decryptions();
+    let before = rsa_decryptions(&engine);
     for forged in forgeries(&bob.announcement, count) {
         let updates = feed(&mut engine, announce(&forged));
         assert!(
@@ -211,7 +219,7 @@ async fn forged_announcements_are_blamed_on_the_relay_and_spend_none_of_the_send
             "{updates:?}"
         );
     }
-    assert_eq!(engine.identity.rsa_decryptions(), before);
+    assert_eq!(rsa_decryptions(&engine), before);
     // bob's real announcement still opens his messages.
     assert!(feed(&mut engine, announce(&bob.announcement)).is_empty());
     let updates = feed(&mut engine, deliver(&bob.seal("real"), lobby()));
@@ -270,13 +278,13 @@ async fn a_duplicate_announcement_is_ignored_acknowledged_and_costs_no_rsa() {
     let (mut engine, _dir) = alice_with_bob(&bob.identity).await;
     let out = feed_out(&mut engine, stored(announce(&bob.announcement), 5));
     assert!(acked(&out, 5) && out.updates.is_empty(), "{out:?}");
-    let before = engine.identity.rsa_decryptions();
+    let before = rsa_decryptions(&engine);
     // The relay delivers it again (as stored delivery 6): acknowledged so it
     // is not stored forever, and nothing else.
     let out = feed_out(&mut engine, stored(announce(&bob.announcement), 6));
     assert!(acked(&out, 6), "{out:?}");
     assert!(out.updates.is_empty(), "{:?}", out.updates);
-    assert_eq!(engine.identity.rsa_decryptions(), before);
+    assert_eq!(rsa_decryptions(&engine), before);
     let updates = feed(&mut engine, deliver(&bob.seal("still open"), lobby()));
     assert_eq!(messages(&updates)[0].text, "still open");
 }

@@ -20,6 +20,7 @@ async fn a_presence_flood_sends_each_change_once_and_the_member_list_once_per_in
                 user: name(&format!("flood{i}")),
                 event: PresenceEvent::Joined,
                 identity: Some(key.clone()),
+                prekeys: Vec::new(),
             },
         ));
     }
@@ -217,11 +218,13 @@ fn joined(room: &str, others: &[(&str, &sotto_crypto::PublicIdentity, bool)]) ->
         name: name("alice"),
         identity: alice.public().to_bytes().into(),
         online: true,
+        prekeys: Vec::new(),
     }];
     members.extend(others.iter().map(|(n, id, online)| sotto_proto::Member {
         name: name(n),
         identity: id.to_bytes().into(),
         online: *online,
+        prekeys: Vec::new(),
     }));
     RelayFrame::Joined {
         room: room.parse().unwrap(),
@@ -320,6 +323,7 @@ async fn offline_members_the_relay_lists_get_slots_and_count_in_the_roster_diges
             user: name("carol"),
             event: PresenceEvent::Left,
             identity: None,
+            prekeys: Vec::new(),
         },
     );
     let out = command(
@@ -348,8 +352,7 @@ async fn a_room_left_while_disconnected_is_left_at_the_relay_on_the_next_connect
     // Kept on disk: the next run leaves it.
     assert_eq!(account.store().rooms_to_leave().unwrap(), ["lobby"]);
     assert_eq!(account.store().joined_rooms().unwrap(), Some(Vec::new()));
-    let (mut engine, _) =
-        Engine::new(&account, &[RoomName::lobby()], SessionLimits::default()).unwrap();
+    let (mut engine, _) = new_engine(&account, SessionLimits::default());
     let mut out = Out::default();
     engine.on_registered(name("alice"), &mut out);
     assert!(

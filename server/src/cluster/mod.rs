@@ -1,0 +1,387 @@
+//! Several relays sharing one community through NATS JetStream
+//! (`--cluster`, [`ClusterConfig`]).
+//!
+//! Without `--cluster` a relay keeps everything in its own database
+//! (`crate::store`). With it, what the relays of one community must agree
+//! on lives in JetStream, replicated over the NATS cluster
+//! ([`ClusterConfig::replicas`] copies), and each relay keeps in memory
+//! only its own connections and a mirror of what the others share:
+//!
+//! | What | Where in NATS | Written by | Read by |
+//! |---|---|---|---|
+//! | the name directory | KV bucket `sotto_names`: the name's key (hex) -> a `NameRecord` | [`Cluster::claim`]: create-if-absent, so one registration wins cluster-wide | [`Cluster::lookup`], from the stream's leader |
+//! | the names of each key | KV `sotto_keys`: fingerprint (hex) -> the names it owns | [`Cluster::claim`], compare-and-set | [`Cluster::claim`] (`max_names_per_key`) |
+//! | the prekey directory | KV `sotto_prekeys`: fingerprint (hex) -> its newest prekeys | [`Cluster::publish_prekey`], compare-and-set | every relay's registry, by a watch |
+//!
+//! Only what one relay sees already crosses NATS: names, public
+//! identities, signed prekeys, routing data and ciphertext
+//! (threat-model.md, "A cluster of relays").
+//!
+//! The KV buckets are made here as the streams NATS's own clients make
+//! for them (`KV_<bucket>`, subjects `$KV.<bucket>.>`), not through
+//! `create_key_value`: async-nats asks the server for account fields that
+//! Debian's nats-server 2.9 does not send. Reads go to each stream's
+//! leader (no direct gets from followers), so a name registered through
+//! one relay is seen by every other at once.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{ConnectOptions, ServerAddr};
+use serde::{Deserialize, Serialize};
+use sotto_proto::{RoomName, UserKey, UserName};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::ClusterConfig;
+use crate::store::{QueueLimits, StoreError};
+
+mod directory;
+mod inbox;
+pub(crate) mod mirror;
+
+pub(crate) use inbox::{InboxEntry, Publication};
+
+/// The KV bucket of the name directory.
+const NAMES: &str = "sotto_names";
+/// The KV bucket of the names each key owns.
+const KEYS: &str = "sotto_keys";
+/// The KV bucket of the prekey directory.
+const PREKEYS: &str = "sotto_prekeys";
+/// The KV bucket of room memberships: `<room>.<member>` (hex) -> a
+/// [`MemberValue`].
+const MEMBERS: &str = "sotto_members";
+/// The KV bucket of who is connected where: the user's key (hex) -> an
+/// [`OnlineValue`].
+const ONLINE: &str = "sotto_online";
+/// The KV bucket of the relays' heartbeats: relay id -> when.
+const RELAYS: &str = "sotto_relays";
+/// The stream of stored deliveries, subjects `sotto.inbox.<user>` (hex).
+const INBOX: &str = "SOTTO_INBOX";
+/// Subjects of the stored deliveries.
+const INBOX_PREFIX: &str = "sotto.inbox.";
+/// Core NATS subjects on which the stream republishes each delivery once
+/// stored, for the recipient's delivery pump wherever it is connected:
+/// `sotto.live.<user>` (hex).
+const LIVE_PREFIX: &str = "sotto.live.";
+
+/// How often a relay writes its heartbeat.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A relay not heard for this long is taken for dead: its users are shown
+/// offline (until it is heard again). Longer than JetStream takes to
+/// elect its streams' new leaders when a NATS node goes (while no
+/// heartbeat can be written: seen to take 20 s on a loaded machine), so
+/// that a NATS node lost does not look like a relay lost.
+pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(30);
+/// A relay dead for this long has its users' entries deleted.
+pub(crate) const GONE_AFTER: Duration = Duration::from_secs(60);
+
+/// How long the relay tries to reach NATS when it starts before it gives
+/// up with an error (once running, the client reconnects for ever).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay waits for JetStream to make its buckets and stream
+/// when it starts.
+const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a publication to the stream, or a read of it, waits for
+/// JetStream's answer before it is sent again: a stream whose leader was
+/// lost answers nothing until another is elected (several seconds), and
+/// is asked again within this of having one. Well above a loaded
+/// cluster's answer; a publication sent again that was stored meanwhile
+/// is recognised (`Nats-Msg-Id`). (Other requests keep async-nats's 5 s:
+/// the directory's are not sent again.)
+pub(super) const STREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A member of a room, as the cluster keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct MemberValue {
+    pub(crate) name: UserName,
+    pub(crate) identity: bytes::Bytes,
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) joined_at: u64,
+    pub(crate) last_seen: u64,
+}
+
+/// Where a user is connected.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct OnlineValue {
+    pub(crate) relay: String,
+    pub(crate) conn: u64,
+    pub(crate) name: UserName,
+}
+
+/// A relay's handle on the NATS cluster.
+pub(crate) struct Cluster {
+    /// This relay's id in the cluster: random, new at every start.
+    pub(crate) relay: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: kv::Store,
+    keys: kv::Store,
+    prekeys: kv::Store,
+    members: kv::Store,
+    online: kv::Store,
+    relays: kv::Store,
+    inbox: stream::Stream,
+    /// Names known to be owned (never released, so never stale), for
+    /// routing direct messages without a lookup each.
+    known: Mutex<std::collections::HashSet<UserKey>>,
+    /// Per user served here: what was sent on its connection
+    /// ([`inbox::Sent`]; only that can be acknowledged away).
+    sent: Mutex<HashMap<UserKey, inbox::Sent>>,
+    /// Per user connected here: its connection and its entry's revision in
+    /// `sotto_online`.
+    registered: Mutex<HashMap<UserKey, (u64, u64)>>,
+    /// Per user connected here: the rooms it joined here lately, which
+    /// what it sends carries ([`inbox::InboxEntry::joined`]).
+    joined: Mutex<HashMap<UserKey, Vec<(RoomName, tokio::time::Instant)>>>,
+    /// Deliveries stored in the stream, as last counted (for the metrics).
+    pub(crate) queued: std::sync::atomic::AtomicU64,
+    /// Counts the client's reconnections to NATS: a pump reads again after
+    /// each (a wake-up may have been lost meanwhile).
+    pub(crate) reconnected: watch::Receiver<u64>,
+}
+
+/// A NATS failure as a [`StoreError`].
+fn nats_err(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Cluster(error.to_string())
+}
+
+/// The hexadecimal form of `bytes`: KV keys and subjects allow only a few
+/// characters, and names may hold dots, which NATS reads as separators.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+/// The bytes of a [`hex`] text.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect()
+}
+
+/// The key of `user` in the buckets and subjects.
+fn user_hex(user: &UserKey) -> String {
+    hex(user.as_str().as_bytes())
+}
+
+impl Cluster {
+    /// Connects to NATS as `config` says and makes the buckets and streams
+    /// that are missing; deliveries are kept within `limits`.
+    pub(crate) async fn connect(
+        config: &ClusterConfig,
+        limits: QueueLimits,
+    ) -> Result<Self, StoreError> {
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| s.parse::<ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Cluster(format!("a NATS server address: {e}")))?;
+        let (reconnects, reconnected) = watch::channel(0u64);
+        let options = options(config)?.event_callback(move |event| {
+            let reconnects = reconnects.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!("connected to NATS");
+                        reconnects.send_modify(|n| *n += 1);
+                    }
+                    async_nats::Event::Disconnected => warn!("lost the connection to NATS"),
+                    other => info!(event = %other, "NATS"),
+                }
+            }
+        });
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(servers.as_slice()))
+            .await
+            .map_err(|_| {
+                StoreError::Cluster(format!(
+                    "no NATS server of {} answered within {CONNECT_TIMEOUT:?}",
+                    config.servers.join(", ")
+                ))
+            })?
+            .map_err(|e| {
+                StoreError::Cluster(format!(
+                    "cannot join NATS at {}: {e}",
+                    config.servers.join(", ")
+                ))
+            })?;
+        let js = jetstream::new(client.clone());
+        let replicas = config.replicas;
+        let inbox = patiently(|| async {
+            let config = inbox::stream_config(replicas, limits);
+            let mut stream = js
+                .get_or_create_stream(config.clone())
+                .await
+                .map_err(|e| StoreError::Cluster(format!("the stream {INBOX}: {e}")))?;
+            if stream.cached_info().config.republish != config.republish {
+                // Made by a relay that did not republish.
+                js.update_stream(config)
+                    .await
+                    .map_err(|e| StoreError::Cluster(format!("the stream {INBOX}: {e}")))?;
+                stream = js
+                    .get_stream(INBOX)
+                    .await
+                    .map_err(|e| StoreError::Cluster(format!("the stream {INBOX}: {e}")))?;
+            }
+            stream.get_info().await.map_err(|e| {
+                StoreError::Cluster(format!("the stream {INBOX} has no leader yet: {e}"))
+            })?;
+            Ok(stream)
+        })
+        .await?;
+        let cluster = Self {
+            relay: hex(&rand::random::<[u8; 8]>()),
+            names: patiently(|| bucket(&js, NAMES, replicas, None)).await?,
+            keys: patiently(|| bucket(&js, KEYS, replicas, None)).await?,
+            prekeys: patiently(|| bucket(&js, PREKEYS, replicas, None)).await?,
+            members: patiently(|| bucket(&js, MEMBERS, replicas, None)).await?,
+            online: patiently(|| bucket(&js, ONLINE, replicas, None)).await?,
+            relays: patiently(|| bucket(&js, RELAYS, replicas, Some(GONE_AFTER))).await?,
+            client,
+            js,
+            inbox,
+            known: Mutex::default(),
+            sent: Mutex::default(),
+            registered: Mutex::default(),
+            joined: Mutex::default(),
+            queued: std::sync::atomic::AtomicU64::new(0),
+            reconnected,
+        };
+        info!(
+            servers = %config.servers.join(","),
+            replicas,
+            relay = %cluster.relay,
+            "joined the NATS cluster"
+        );
+        Ok(cluster)
+    }
+}
+
+/// Runs `step` until it succeeds, for up to [`SETUP_PATIENCE`]: a NATS
+/// cluster that has just started answers JetStream requests only once it
+/// has elected its leaders.
+async fn patiently<T, F: Future<Output = Result<T, StoreError>>>(
+    step: impl FnMut() -> F,
+) -> Result<T, StoreError> {
+    let retried = |error: &StoreError| info!(%error, "JetStream is not ready yet; trying again");
+    until_done(SETUP_PATIENCE, Duration::from_millis(500), retried, step).await
+}
+
+/// Runs `step` until it succeeds, for up to `patience`, pausing `pause`
+/// (and telling `retried`) after each failure.
+async fn until_done<T, F: Future<Output = Result<T, StoreError>>>(
+    patience: Duration,
+    pause: Duration,
+    retried: impl Fn(&StoreError),
+    mut step: impl FnMut() -> F,
+) -> Result<T, StoreError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match step().await {
+            Ok(done) => return Ok(done),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                retried(&error);
+                tokio::time::sleep(pause).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// How long a write to a bucket (a membership, where a user is) is tried
+/// again while JetStream does not answer (a NATS node lost, a stream
+/// electing its leader) before it is given up.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `write` until it succeeds, for up to [`WRITE_PATIENCE`]: a
+/// membership written while a bucket has no leader would otherwise be
+/// lost to the other relays.
+pub(crate) async fn persistently<T, F: Future<Output = Result<T, StoreError>>>(
+    what: &str,
+    write: impl FnMut() -> F,
+) -> Result<T, StoreError> {
+    let retried =
+        |error: &StoreError| tracing::debug!(%error, what, "a write to the cluster is tried again");
+    until_done(WRITE_PATIENCE, Duration::from_millis(250), retried, write).await
+}
+
+/// How to connect to NATS: credentials, TLS, and a client that keeps
+/// reconnecting (to any server of the list) for as long as the relay runs.
+fn options(config: &ClusterConfig) -> Result<ConnectOptions, StoreError> {
+    let mut options = ConnectOptions::new()
+        .name("sotto-relay")
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None);
+    if let (Some(user), Some(file)) = (&config.user, &config.password_file) {
+        let password = first_line(file)?;
+        options = options.user_and_password(user.clone(), password);
+    }
+    if let Some(file) = &config.nkey_file {
+        options = options.nkey(first_line(file)?);
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    Ok(options)
+}
+
+/// The first line of a secret's file, without its line ending.
+fn first_line(file: &Path) -> Result<String, StoreError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| StoreError::Cluster(format!("{}: {e}", file.display())))?;
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if line.is_empty() {
+        return Err(StoreError::Cluster(format!("{} is empty", file.display())));
+    }
+    Ok(line)
+}
+
+/// The KV bucket `name`, made if missing: one value per key, replicated
+/// `replicas` times, read from the stream's leader; values older than
+/// `max_age` go.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+    max_age: Option<Duration>,
+) -> Result<kv::Store, StoreError> {
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age: max_age.unwrap_or_default(),
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: false,
+        num_replicas: replicas,
+        ..stream::Config::default()
+    };
+    let stream = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| StoreError::Cluster(format!("the bucket {name}: {e}")))?;
+    // Answered by the stream's leader: the bucket can be written.
+    stream
+        .get_info()
+        .await
+        .map_err(|e| StoreError::Cluster(format!("the bucket {name} has no leader yet: {e}")))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| StoreError::Cluster(format!("the bucket {name}: {e}")))
+}

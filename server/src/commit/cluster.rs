@@ -1,0 +1,186 @@
+//! The committer of a relay in a cluster: the same jobs as the local
+//! committer's (`super::run`), stored in JetStream instead of the
+//! database (`crate::cluster`), and answered by the same rules
+//! (protocol.md 9.6, 9.7): nothing is answered `Sent` before each of its
+//! deliveries is acknowledged by JetStream, that is held by a majority of
+//! the stream's replicas.
+//!
+//! Each turn takes every job waiting (up to [`super::MAX_JOBS`]), stores
+//! every delivery of its sends in the stream (copies to different
+//! recipients together, each recipient's in order:
+//! `Cluster::store_in_order`), then answers the jobs in order. Nothing is
+//! handed over before it is stored: each recipient's pump reads its
+//! deliveries from the stream, wherever it is connected (the stream
+//! republishes each once stored).
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::Arc;
+
+use sotto_proto::{Destination, UserKey};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::answer::answered;
+use super::staged::StagedDelivery;
+use super::{Job, MAX_JOBS};
+use crate::cluster::{Cluster, Publication, persistently};
+use crate::metrics::Metrics;
+use crate::state::{Wakers, sent};
+use crate::store::{Stored, Write};
+
+/// Runs the committer until every `Committer` is dropped.
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    cluster: Arc<Cluster>,
+    wakers: Wakers,
+    metrics: Arc<Metrics>,
+) {
+    let mut jobs = Vec::new();
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        while jobs.len() < MAX_JOBS {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        turn(&cluster, &wakers, &metrics, std::mem::take(&mut jobs)).await;
+    }
+}
+
+/// What one delivery is waiting for.
+enum Pending {
+    /// Its direct recipient is a name nobody owns.
+    NoSuchUser,
+    /// The directory could not be asked.
+    Failed,
+    /// Its copies, one per recipient: these publications of the turn.
+    Published(Range<usize>),
+}
+
+async fn turn(cluster: &Cluster, wakers: &Wakers, metrics: &Metrics, jobs: Vec<Job>) {
+    let mut sends = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Sends(job) => sends.push(job),
+            Job::Write(write) => apply(cluster, write).await,
+        }
+    }
+    // Every copy of every delivery of the turn, in order...
+    let mut outgoing = Vec::new();
+    let mut waiting = Vec::with_capacity(sends.len());
+    for job in sends {
+        let (answer, routed) = job.into_answer();
+        let mut deliveries = Vec::with_capacity(routed.len());
+        for delivery in routed {
+            let exists = match &delivery.to {
+                Destination::User(to) => cluster.exists(to).await,
+                Destination::Room(_) => Ok(true),
+            };
+            let pending = match exists {
+                Ok(true) => {
+                    let first = outgoing.len();
+                    outgoing.extend(cluster.outgoing(&delivery));
+                    Pending::Published(first..outgoing.len())
+                }
+                Ok(false) => Pending::NoSuchUser,
+                Err(error) => {
+                    warn!(%error, "a direct message was refused: the directory is unavailable");
+                    Pending::Failed
+                }
+            };
+            let staged = StagedDelivery {
+                delivery: Arc::new(delivery),
+                acked: Vec::new(),
+            };
+            deliveries.push((staged, pending));
+        }
+        waiting.push((answer, deliveries));
+    }
+    // ...stored, each recipient's in order...
+    let publications = cluster.store_in_order(&outgoing).await;
+    // ...then the jobs' answers, in the same order.
+    let mut woken: HashSet<UserKey> = HashSet::new();
+    let mut done = Vec::with_capacity(waiting.len());
+    for (mut answer, deliveries) in waiting {
+        let peer = answer.peer.clone();
+        let mut last_sent = None;
+        let routed = std::mem::take(&mut answer.routed);
+        for (id, (staged, pending)) in routed.into_iter().zip(deliveries) {
+            let stored = match pending {
+                Pending::NoSuchUser => Some(Stored::NoSuchUser),
+                Pending::Failed => None,
+                Pending::Published(range) => {
+                    outcome(&staged, publications.get(range).unwrap_or_default())
+                }
+            };
+            if answered(&peer, metrics, id, &staged, stored, &mut woken) {
+                last_sent = Some(id);
+            }
+        }
+        if let Some(id) = last_sent {
+            peer.push(sent(id), metrics);
+        }
+        answer.replied(metrics);
+        done.push(answer);
+    }
+    // The recipients' pumps, here or on other relays, take the deliveries
+    // as the stream republishes them: `woken` is not needed.
+    drop(woken);
+    for answer in done {
+        answer.then(wakers, metrics);
+    }
+}
+
+/// What became of a delivery, from JetStream's answers for its
+/// recipients: stored for those it was stored for, refused for those at
+/// their bound; not stored at all (`None`) if any publication failed (its
+/// sender then sends it again, and the copies stored already are
+/// recognised as resends).
+fn outcome(staged: &StagedDelivery, publications: &[Publication]) -> Option<Stored> {
+    let recipients = &staged.delivery.recipients;
+    if publications.len() != recipients.len() {
+        return None;
+    }
+    let mut delivered = Vec::with_capacity(recipients.len());
+    let mut refused = Vec::new();
+    for (recipient, publication) in recipients.iter().zip(publications) {
+        match publication {
+            Publication::Stored(id) => delivered.push((recipient.name.key(), *id)),
+            Publication::Full => refused.push(recipient.name.clone()),
+            Publication::Failed => return None,
+        }
+    }
+    Some(Stored::Stored { delivered, refused })
+}
+
+/// Applies a write nobody waits for.
+async fn apply(cluster: &Cluster, write: Write) {
+    let result = match write {
+        Write::Ack { user, ids } => {
+            cluster.acknowledge(&user, &ids).await;
+            Ok(())
+        }
+        Write::Join { room, name } => {
+            match persistently("a member's identity", || cluster.lookup(&name)).await {
+                Ok(Some(record)) => {
+                    cluster
+                        .join(&room, &record.name, record.identity, record.fingerprint)
+                        .await
+                }
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            }
+        }
+        Write::Leave { room, user } => cluster.leave(&room, &user).await,
+        Write::Seen { user, rooms, at } => {
+            cluster.seen(&user, &rooms, at).await;
+            Ok(())
+        }
+        Write::Deliver(_) => Ok(()),
+    };
+    if let Err(error) = result {
+        warn!(%error, "a change was not written to the cluster");
+    }
+}
