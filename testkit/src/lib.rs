@@ -72,6 +72,20 @@ pub fn identity(name: &str) -> Arc<Identity> {
     id
 }
 
+/// Shows the relays' and clients' warnings (or what `RUST_LOG` asks for)
+/// with the output of a test that fails, through the test harness's
+/// capture: the first call in a test binary installs it, later calls do
+/// nothing. Not for a binary whose tests install a subscriber of their
+/// own.
+pub fn test_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A connection to the relay driven by hand at the frame level.
 pub type RawFrames = tokio_util::codec::Framed<
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,

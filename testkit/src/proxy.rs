@@ -5,7 +5,8 @@
 //! It forwards bytes only: a client pinned to the relay (see
 //! [`Proxy::relay_address`]) does its TLS handshake end to end through it.
 //! Memory is bounded: each direction of a connection holds at most one read
-//! buffer ([`CHUNK`] bytes), and a stalled direction stops reading.
+//! buffer ([`CHUNK`] bytes), and a stalled direction reads no more once it
+//! holds one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -259,8 +260,13 @@ async fn connection(
     shared.counters.open.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// Copies `from` to `to` chunk by chunk (waiting while stalled, and the
-/// delay before each chunk) until `from` ends, then shuts `to` down.
+/// Copies `from` to `to` chunk by chunk (holding a chunk while stalled,
+/// and the delay before each) until `from` ends, then shuts `to` down.
+///
+/// It is always reading when it holds nothing, stalled or not, so that
+/// the first bytes sent into a stalled path are held (and counted) at
+/// once, whenever the stall began: a stalled direction holds at most the
+/// one chunk it read and reads no more until the stall ends.
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
@@ -271,10 +277,6 @@ async fn pump(
     let mut buffer = vec![0u8; CHUNK];
     let gone = || std::io::Error::other("the proxy is gone");
     loop {
-        stalls
-            .wait_for(|stalled| !*stalled)
-            .await
-            .map_err(|_| gone())?;
         let read = from.read(&mut buffer).await?;
         if read == 0 {
             return to.shutdown().await;
@@ -454,6 +456,62 @@ mod tests {
             (stats.to_upstream, stats.to_client, stats.held, stats.reset),
             (17, 17, 0, 0)
         );
+    }
+
+    /// A stall that begins while a chunk is being written on (its
+    /// receiver slow) still holds the next bytes that come: the direction
+    /// goes back to reading, so whenever a stall began, what is sent into
+    /// the stalled path is seen held (the fault suite waits for that).
+    #[tokio::test]
+    async fn a_stall_begun_during_a_write_holds_what_comes_next() {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let proxy = Proxy::start(listener.local_addr().unwrap());
+        let mut client = TcpStream::connect(proxy.address()).await.unwrap();
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        // More than loopback's buffers take while the upstream reads
+        // nothing: the proxy's write on blocks.
+        const SENT: usize = 32 << 20;
+        let writer = tokio::spawn(async move { client.write_all(&vec![7u8; SENT]).await });
+        let mut last = proxy.stats();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = proxy.stats();
+            if now.to_upstream == last.to_upstream && now.held > 0 {
+                break;
+            }
+            last = now;
+        }
+        proxy.stall(true);
+        let blocked = proxy.stats();
+        let received = Arc::new(AtomicU64::new(0));
+        let counted = received.clone();
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0u8; CHUNK];
+            while counted.load(Ordering::SeqCst) < SENT as u64 {
+                let read = upstream.read(&mut buffer).await.unwrap();
+                assert_ne!(read, 0, "the upstream got everything");
+                counted.fetch_add(read as u64, Ordering::SeqCst);
+            }
+        });
+        // The blocked write ends, and the next chunk is read and held.
+        let stalled = proxy
+            .wait_until(|s| s.to_upstream > blocked.to_upstream && s.held > 0)
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            proxy.stats().to_upstream,
+            stalled.to_upstream,
+            "nothing more goes on"
+        );
+        assert_eq!(received.load(Ordering::SeqCst), stalled.to_upstream);
+
+        proxy.stall(false);
+        writer.await.unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(received.load(Ordering::SeqCst), SENT as u64);
     }
 
     #[tokio::test]

@@ -53,6 +53,7 @@ struct Bed {
 impl Bed {
     /// `relays` relays over a fresh three-node NATS cluster.
     fn start(relays: usize) -> Bed {
+        test_logs();
         let nats = NatsCluster::start(3);
         let temp = tempfile::tempdir().unwrap();
         let mut bed = Bed {
@@ -499,10 +500,6 @@ async fn one_name_cannot_be_registered_twice_through_two_relays_at_once() {
 /// the node rejoins, and the chat goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_nats_node_killed_the_chat_goes_on() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
     let mut bed = Bed::start(2);
     let mut alice = bed.join("alice", 0).await;
     let mut bob = bed.join("bob", 1).await;

@@ -30,6 +30,7 @@ pub(crate) async fn bob_behind_a_proxy() -> (Testbed, Proxy, Peer, Peer) {
 }
 
 pub(crate) fn proxy_to(bed: &Testbed) -> Proxy {
+    test_logs();
     let relay: SocketAddr = ([127, 0, 0, 1], bed.relay.address.port).into();
     Proxy::start(relay)
 }
