@@ -96,6 +96,18 @@ pub type RawFrames = tokio_util::codec::Framed<
 /// as a modified client would: the connection once the relay answered
 /// `Registered` (what came before it is passed over).
 pub async fn register_raw(relay: &RelayAddress, name: &str) -> RawFrames {
+    match register_raw_answer(relay, name).await {
+        (framed, sotto_proto::RelayFrame::Registered { .. }) => framed,
+        (_, refused) => panic!("{name}: the registration was refused: {refused:?}"),
+    }
+}
+
+/// [`register_raw`], with the relay's answer to `Register`: `Registered`
+/// or the `Error` that refused it (what came before it is passed over).
+pub async fn register_raw_answer(
+    relay: &RelayAddress,
+    name: &str,
+) -> (RawFrames, sotto_proto::RelayFrame) {
     use futures::SinkExt;
     use sotto_proto::{ClientFrame, RelayFrame};
     let tls = sotto_client::tls::connect(relay).await.unwrap();
@@ -121,8 +133,11 @@ pub async fn register_raw(relay: &RelayAddress, name: &str) -> RawFrames {
             .expect("Registered in time")
             .unwrap()
             .unwrap();
-        if matches!(frame, RelayFrame::Registered { .. }) {
-            return framed;
+        if matches!(
+            frame,
+            RelayFrame::Registered { .. } | RelayFrame::Error { .. }
+        ) {
+            return (framed, frame);
         }
     }
 }

@@ -81,8 +81,27 @@ fn free_port() -> SocketAddr {
 
 impl NatsCluster {
     /// `n` nodes with JetStream, each routed to all the others, and waits
-    /// until every node has its `n - 1` routes.
+    /// until every node has its `n - 1` routes. The ports are free when
+    /// chosen but may be taken before a node binds them (by any process
+    /// of the machine): a cluster that does not form for that, or for any
+    /// other reason, is started again on other ports, three times at most.
     pub fn start(n: usize) -> Self {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1.. {
+            let mut cluster = Self::spawn(n);
+            match cluster.wait_until_routed() {
+                Ok(()) => return cluster,
+                Err(why) if attempt < ATTEMPTS => {
+                    eprintln!("the NATS cluster did not form ({why}); starting it again");
+                }
+                Err(why) => panic!("the NATS cluster did not form {ATTEMPTS} times: {why}"),
+            }
+        }
+        unreachable!("the attempts end with a cluster or a panic")
+    }
+
+    /// Starts `n` nodes on free ports, without waiting for them.
+    fn spawn(n: usize) -> Self {
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var_os("SOTTO_NATS_KEEP").is_some() {
             dir.disable_cleanup(true);
@@ -116,16 +135,37 @@ impl NatsCluster {
             node.start(i, &routes, &password);
         }
         std::fs::write(dir.path().join("password"), &password).unwrap();
-        let cluster = Self {
+        Self {
             nodes,
             routes,
             password,
             dir,
-        };
-        for node in &cluster.nodes {
-            node.wait_for_routes(n - 1);
         }
-        cluster
+    }
+
+    /// Waits (up to [`PATIENCE`]) until every node has a route to every
+    /// other; an error at once if a node exited (a port of its taken).
+    fn wait_until_routed(&mut self) -> Result<(), String> {
+        let routes = self.nodes.len() - 1;
+        let started = Instant::now();
+        loop {
+            for node in &mut self.nodes {
+                if let Some(status) = node.exited() {
+                    return Err(format!("nats-server at {} exited: {status}", node.client));
+                }
+            }
+            match self.nodes.iter().find(|node| node.routes() != Some(routes)) {
+                None => return Ok(()),
+                Some(node) if started.elapsed() >= PATIENCE => {
+                    return Err(format!(
+                        "nats-server at {} has {:?} routes, not {routes}",
+                        node.client,
+                        node.routes()
+                    ));
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
     }
 
     /// A file whose first line is the clients' password (for [`USER`]).
@@ -146,6 +186,23 @@ impl NatsCluster {
         if 2 * running > self.nodes.len() {
             self.nodes[i].wait_until_healthy();
         }
+    }
+
+    /// The index of the node that leads the stream `stream` (a KV bucket
+    /// `b` is the stream `KV_b`), as a running node's monitoring endpoint
+    /// reports it (`/jsz`); `None` while it has no leader.
+    pub fn leader_of(&self, stream: &str) -> Option<usize> {
+        let node = self.nodes.iter().find(|n| n.running())?;
+        // Pretty-printed JSON: without its white space, `"key":"value"`.
+        let reply: String = node
+            .monitoring("/jsz?accounts=true&streams=true")?
+            .split_whitespace()
+            .collect();
+        let detail = &reply[reply.find(&format!("\"name\":\"{stream}\""))?..];
+        let at = detail.find("\"leader\":\"")? + "\"leader\":\"".len();
+        let leader: String = detail[at..].chars().take_while(|&c| c != '"').collect();
+        let index = leader.strip_prefix("sotto-nats-")?.parse().ok()?;
+        (index < self.nodes.len()).then_some(index)
     }
 
     /// How a relay joins this cluster: its servers, the user and password
@@ -230,6 +287,11 @@ impl NatsNode {
                 .status();
             let _ = child.wait();
         }
+    }
+
+    /// How the process ended, if it has.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.as_mut()?.try_wait().ok()?
     }
 
     /// The process's id while it runs.

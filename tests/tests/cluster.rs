@@ -537,6 +537,44 @@ async fn one_nats_node_killed_the_chat_goes_on() {
     }
 }
 
+/// The NATS node leading the name directory's bucket killed with
+/// SIGKILL, and a newcomer registering at once, while the bucket elects
+/// a new leader: its relay asks the directory again until it answers, so
+/// the newcomer is registered, or refused only once the relay's patience
+/// (11 s) is over, never at the first request that goes unanswered (5 s);
+/// then it chats with a member on the other relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_registers_while_the_name_directory_elects_its_leader() {
+    let mut bed = Bed::start(2);
+    let mut alice = bed.join("alice", 0).await;
+    alice.expect_members("lobby", &["alice"]).await;
+    // Both relays started (a relay that starts while JetStream has no
+    // leaders gives up, to be started again).
+    ready(&bed.relays[1].address).await;
+    let leader = bed
+        .nats
+        .leader_of("KV_sotto_names")
+        .expect("the name directory has a leader");
+    bed.nats.nodes[leader].kill();
+    let asked = Instant::now();
+    let (frames, answer) = register_raw_answer(&bed.relays[1].address, "carol").await;
+    let waited = asked.elapsed();
+    match answer {
+        RelayFrame::Registered { .. } => eprintln!("registered after {waited:?}"),
+        refused => assert!(
+            waited >= Duration::from_secs(11),
+            "refused after {waited:?}, before the relay's patience was over: {refused:?}"
+        ),
+    }
+    drop(frames);
+    let mut carol = bed.join("carol", 1).await;
+    carol.expect_members("lobby", &["alice", "carol"]).await;
+    carol.send(lobby(), "hello from carol");
+    alice.expect_message(&lobby(), "hello from carol").await;
+    assert_ne!(bed.nats.leader_of("KV_sotto_names"), Some(leader));
+    assert_untroubled(&alice);
+}
+
 /// The NATS node a relay is connected through, killed with SIGKILL while
 /// a sender on that relay sends a burst: what was on its way through the
 /// dead node is sent again, and what came after waits for it, so the

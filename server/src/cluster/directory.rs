@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sotto_proto::UserName;
 
-use super::{Cluster, hex, nats_err};
+use super::{Cluster, directory_request, hex, nats_err};
 use crate::store::{Claim, NameRecord, PrekeyRecord, StoreError, keep_newest};
 
 /// Compare-and-set attempts before an operation gives up as contended
@@ -84,6 +84,12 @@ impl Cluster {
         record: &NameRecord,
         max_names: u64,
     ) -> Result<Claim, StoreError> {
+        // Run again after a failure, it finds the name it created (then
+        // `Existing`: the same registration) or the place it held.
+        directory_request("a name claimed", || self.claim_once(record, max_names)).await
+    }
+
+    async fn claim_once(&self, record: &NameRecord, max_names: u64) -> Result<Claim, StoreError> {
         let user = record.name.key();
         let user = user.as_str();
         let name_key = hex(user.as_bytes());
@@ -154,7 +160,8 @@ impl Cluster {
 
     /// The owner of `name`, in any letter case.
     pub(crate) async fn lookup(&self, name: &UserName) -> Result<Option<NameRecord>, StoreError> {
-        self.owner(&hex(name.key().as_str().as_bytes())).await
+        let name_key = hex(name.key().as_str().as_bytes());
+        directory_request("a name looked up", || self.owner(&name_key)).await
     }
 
     /// Puts `user` on the list of names of the key `fingerprint`, unless
@@ -224,6 +231,19 @@ impl Cluster {
         &self,
         fingerprint: &[u8; 32],
         record: PrekeyRecord,
+        now: u64,
+    ) -> Result<Vec<PrekeyRecord>, StoreError> {
+        // Run again after a failure, it keeps the prekey once (`keep_newest`).
+        directory_request("a prekey published", || {
+            self.publish_prekey_once(fingerprint, &record, now)
+        })
+        .await
+    }
+
+    async fn publish_prekey_once(
+        &self,
+        fingerprint: &[u8; 32],
+        record: &PrekeyRecord,
         now: u64,
     ) -> Result<Vec<PrekeyRecord>, StoreError> {
         let key = hex(fingerprint);

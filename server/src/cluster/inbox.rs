@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sotto_proto::{Destination, MAX_FRAME_LEN, RoomName, UserKey};
 
-use super::{Cluster, INBOX, INBOX_PREFIX, LIVE_PREFIX, STREAM_TIMEOUT, hex, nats_err, user_hex};
+use super::{
+    Cluster, INBOX, INBOX_PREFIX, LIVE_PREFIX, STREAM_TIMEOUT, hex, nats_err, says, user_hex,
+};
 use crate::store::{NewDelivery, QueueLimits, Queued, StoreError};
 
 /// How long a resend is recognised as one.
@@ -224,10 +226,7 @@ impl Cluster {
                         Err(_) => ("not acknowledged in time".to_string(), Duration::ZERO),
                         Ok(Ok(ack)) => return Publication::Stored(ack.sequence),
                         Ok(Err(error)) => {
-                            let full = std::error::Error::source(&error).is_some_and(|e| {
-                                e.to_string().contains("maximum messages per subject")
-                            });
-                            if full {
+                            if says(&error, "maximum messages per subject") {
                                 return Publication::Full;
                             }
                             (error.to_string(), PUBLISH_RETRY)

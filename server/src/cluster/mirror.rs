@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::{
     Cluster, DEAD_AFTER, GONE_AFTER, HEARTBEAT, MemberValue, OnlineValue, hex, nats_err,
-    persistently, unhex, user_hex,
+    persistently, says, unhex, user_hex,
 };
 use crate::state::{Registry, Shared};
 use crate::store::{MemberRecord, Membership, PrekeyRecord, StoreError, keep_newest, now_secs};
@@ -353,13 +353,28 @@ impl Cluster {
 
     /// Deletes `user`'s entry if it is still the one at `revision` (the
     /// user did not connect elsewhere meanwhile).
+    /// Tried again while JetStream does not answer (`persistently`): an
+    /// entry left behind would show the user online to the other relays
+    /// for as long as this relay runs. Tried again after a deletion that
+    /// was applied but not answered, it finds the entry changed.
     pub(crate) async fn offline(&self, user: &UserKey, revision: u64) {
-        if let Err(error) = self
-            .online
-            .delete_expect_revision(user_hex(user), Some(revision))
-            .await
-        {
-            debug!(%error, "an entry of who is online was not deleted: it changed");
+        let key = user_hex(user);
+        let deleted = persistently("where a user was", || async {
+            match self
+                .online
+                .delete_expect_revision(&key, Some(revision))
+                .await
+            {
+                Ok(()) => Ok(true),
+                Err(error) if says(&error, "wrong last sequence") => Ok(false),
+                Err(error) => Err(nats_err(error)),
+            }
+        })
+        .await;
+        match deleted {
+            Ok(true) => {}
+            Ok(false) => debug!("an entry of who is online was not deleted: it changed"),
+            Err(error) => warn!(%error, "an entry of who is online could not be deleted"),
         }
     }
 

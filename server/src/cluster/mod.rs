@@ -144,6 +144,19 @@ pub(crate) struct Cluster {
     pub(crate) reconnected: watch::Receiver<u64>,
 }
 
+/// Whether `error`, or an error it comes from, says `text` (how NATS
+/// tells one refusal of JetStream's from another).
+fn says(error: &(dyn std::error::Error + 'static), text: &str) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.to_string().contains(text) {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// A NATS failure as a [`StoreError`].
 fn nats_err(error: impl std::fmt::Display) -> StoreError {
     StoreError::Cluster(error.to_string())
@@ -318,6 +331,44 @@ pub(crate) async fn persistently<T, F: Future<Output = Result<T, StoreError>>>(
     let retried =
         |error: &StoreError| tracing::debug!(%error, what, "a write to the cluster is tried again");
     until_done(WRITE_PATIENCE, Duration::from_millis(250), retried, write).await
+}
+
+/// How long a directory request (a name claimed or looked up, a prekey
+/// published) is tried again while JetStream does not answer (a bucket
+/// electing its leader after a NATS node was lost: 4-9 s seen on
+/// loopback) before the client is told the directory is unavailable:
+/// with its last attempt, inside the client's wait for the answer to
+/// `Register` (15 s, docs/protocol.md).
+const DIRECTORY_PATIENCE: Duration = Duration::from_secs(11);
+/// How long one attempt of a directory request may take: a request sent
+/// while a bucket had no leader is never answered (its new leader does
+/// not answer what came before it), so it is sent again this soon rather
+/// than after async-nats's 5 s. Far above a loaded cluster's answer.
+const DIRECTORY_ATTEMPT: Duration = Duration::from_secs(3);
+
+/// Runs the directory request `request` again while NATS fails it or
+/// does not answer within [`DIRECTORY_ATTEMPT`] ([`StoreError::Cluster`];
+/// a record that does not decode is not asked for again), for up to
+/// [`DIRECTORY_PATIENCE`]. Each request it runs is safe to run again, or
+/// to drop midway, whether or not an earlier attempt took effect (a claim
+/// finds its own name, a prekey is kept once).
+pub(crate) async fn directory_request<T, F: Future<Output = Result<T, StoreError>>>(
+    what: &str,
+    mut request: impl FnMut() -> F,
+) -> Result<T, StoreError> {
+    let deadline = tokio::time::Instant::now() + DIRECTORY_PATIENCE;
+    loop {
+        let answer = tokio::time::timeout(DIRECTORY_ATTEMPT, request())
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Cluster("no answer in time".into())));
+        match answer {
+            Err(error @ StoreError::Cluster(_)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%error, what, "a directory request to the cluster is tried again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            answer => return answer,
+        }
+    }
 }
 
 /// How to connect to NATS: credentials, TLS, and a client that keeps
