@@ -541,8 +541,9 @@ async fn one_nats_node_killed_the_chat_goes_on() {
 /// SIGKILL, and a newcomer registering at once, while the bucket elects
 /// a new leader: its relay asks the directory again until it answers, so
 /// the newcomer is registered, or refused only once the relay's patience
-/// (11 s) is over, never at the first request that goes unanswered (5 s);
-/// then it chats with a member on the other relay.
+/// (11 s) is over, never at its first request that goes unanswered
+/// (after 10 s, without the relay's retries); then it chats with a member
+/// on the other relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_registers_while_the_name_directory_elects_its_leader() {
     let mut bed = Bed::start(2);

@@ -352,11 +352,11 @@ impl Cluster {
     }
 
     /// Deletes `user`'s entry if it is still the one at `revision` (the
-    /// user did not connect elsewhere meanwhile).
-    /// Tried again while JetStream does not answer (`persistently`): an
-    /// entry left behind would show the user online to the other relays
-    /// for as long as this relay runs. Tried again after a deletion that
-    /// was applied but not answered, it finds the entry changed.
+    /// user did not connect elsewhere meanwhile), tried again while
+    /// JetStream does not answer (`persistently`): an entry left behind
+    /// would show the user online to the other relays for as long as this
+    /// relay runs. Tried again after a deletion that was applied but not
+    /// answered, it finds the entry changed.
     pub(crate) async fn offline(&self, user: &UserKey, revision: u64) {
         let key = user_hex(user);
         let deleted = persistently("where a user was", || async {
