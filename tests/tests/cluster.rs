@@ -576,6 +576,32 @@ async fn a_newcomer_registers_while_the_name_directory_elects_its_leader() {
     assert_untroubled(&alice);
 }
 
+/// A relay started just after the NATS node leading the first bucket it
+/// reads (the prekeys) was killed with SIGKILL: it waits for JetStream to
+/// elect a new leader instead of giving up (it did, "timed out", before),
+/// then serves, and its user chats with one on the relay that ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_started_while_a_bucket_elects_its_leader_waits_and_serves() {
+    let mut bed = Bed::start(1);
+    let mut alice = bed.join("alice", 0).await;
+    alice.expect_members("lobby", &["alice"]).await;
+    let leader = bed
+        .nats
+        .leader_of("KV_sotto_prekeys")
+        .expect("the prekey directory has a leader");
+    bed.nats.nodes[leader].kill();
+    let dir = bed.relay_dir(1);
+    let relay = bed.relay(&dir);
+    bed.relays.push(relay);
+    let mut bob = bed.join("bob", 1).await;
+    bob.expect_members("lobby", &["alice", "bob"]).await;
+    bob.send(lobby(), "hello from the relay started late");
+    alice
+        .expect_message(&lobby(), "hello from the relay started late")
+        .await;
+    assert_untroubled(&alice);
+}
+
 /// The NATS node a relay is connected through, killed with SIGKILL while
 /// a sender on that relay sends a burst: what was on its way through the
 /// dead node is sent again, and what came after waits for it, so the

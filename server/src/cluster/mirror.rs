@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
-    Cluster, DEAD_AFTER, GONE_AFTER, HEARTBEAT, MemberValue, OnlineValue, hex, nats_err,
+    Cluster, DEAD_AFTER, GONE_AFTER, HEARTBEAT, MemberValue, OnlineValue, hex, nats_err, patiently,
     persistently, says, unhex, user_hex,
 };
 use crate::state::{Registry, Shared};
@@ -155,8 +155,14 @@ fn parse_user(key: &str) -> Option<UserKey> {
 }
 
 impl Cluster {
-    /// Reads the shared memberships and prekeys into a registry.
+    /// Reads the shared memberships and prekeys into a registry, trying
+    /// again while JetStream does not answer (`patiently`: a relay started
+    /// while a bucket elects its leader waits for it instead of giving up).
     pub(crate) async fn start(&self) -> Result<Start, StoreError> {
+        patiently(|| self.start_once()).await
+    }
+
+    async fn start_once(&self) -> Result<Start, StoreError> {
         let now = now_secs();
         let Loaded {
             entries,
