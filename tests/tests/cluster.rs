@@ -549,8 +549,8 @@ async fn a_newcomer_registers_while_the_name_directory_elects_its_leader() {
     let mut bed = Bed::start(2);
     let mut alice = bed.join("alice", 0).await;
     alice.expect_members("lobby", &["alice"]).await;
-    // Both relays started (a relay that starts while JetStream has no
-    // leaders gives up, to be started again).
+    // Both relays serve first: the election is to meet the registration,
+    // not a relay's start (a_relay_started_while_a_bucket_elects_...).
     ready(&bed.relays[1].address).await;
     let leader = bed
         .nats
