@@ -72,6 +72,20 @@ pub fn identity(name: &str) -> Arc<Identity> {
     id
 }
 
+/// The texts of the messages in `chat` that `peer` was shown live (not its
+/// own), starting with `prefix`, in the order it was shown them.
+pub fn shown_in(peer: &Peer, chat: &Chat, prefix: &str) -> Vec<String> {
+    peer.seen
+        .iter()
+        .filter_map(|u| match u {
+            Update::Message(m) if !m.outgoing && m.chat == *chat => Some(&m.text),
+            _ => None,
+        })
+        .filter(|text| text.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
 /// Shows the relays' and clients' warnings (or what `RUST_LOG` asks for)
 /// with the output of a test that fails, through the test harness's
 /// capture: the first call in a test binary installs it, later calls do
@@ -319,6 +333,24 @@ impl Peer {
     /// Connects `account` to `relay` and waits until it is in the lobby.
     pub async fn connect(account: Account, relay: &RelayAddress) -> Peer {
         Self::connect_with(account, relay, |_| {}).await
+    }
+
+    /// `name` (its fixture identity, its account in `dir/name`) connected
+    /// to `relay`, retrying every 50-200 ms after losing its connection,
+    /// with room in its outbox for everything typed while the relay is
+    /// away: for the tests that kill a relay under it.
+    pub async fn quick_to_return(dir: &Path, name: &str, relay: &RelayAddress) -> Peer {
+        let short = Duration::from_millis(50);
+        Self::connect_with(
+            account(&dir.join(name), name, name).await,
+            relay,
+            |config| {
+                config.limits.reconnect =
+                    sotto_client::backoff::Backoff::new(short, short * 4, Duration::from_secs(60));
+                config.limits.outbox = 1024;
+            },
+        )
+        .await
     }
 
     pub async fn connect_with(

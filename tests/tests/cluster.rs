@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sotto_client::backoff::Backoff;
 use sotto_client::session::{DeliveryState, MessageId, PresenceChange, Update};
 use sotto_proto::{ClientFrame, RelayAddress, RelayFrame};
 use sotto_relay::{ClusterConfig, tls};
@@ -191,35 +190,6 @@ async fn ready(address: &RelayAddress) {
     }
 }
 
-/// `name` connected to `relay` (a cluster's address), retrying every
-/// 50-200 ms, with room for everything typed while it is away.
-async fn quick_to_return(dir: &Path, name: &str, relay: &RelayAddress) -> Peer {
-    let short = Duration::from_millis(50);
-    Peer::connect_with(
-        account(&dir.join(name), name, name).await,
-        relay,
-        |config| {
-            config.limits.reconnect = Backoff::new(short, short * 4, Duration::from_secs(60));
-            config.limits.outbox = 1024;
-        },
-    )
-    .await
-}
-
-/// The texts of the messages in `chat` that `peer` was shown live (not its
-/// own), starting with `prefix`, in the order it was shown them.
-fn shown_in(peer: &Peer, chat: &sotto_client::session::Chat, prefix: &str) -> Vec<String> {
-    peer.seen
-        .iter()
-        .filter_map(|u| match u {
-            Update::Message(m) if !m.outgoing && m.chat == *chat => Some(&m.text),
-            _ => None,
-        })
-        .filter(|text| text.starts_with(prefix))
-        .cloned()
-        .collect()
-}
-
 /// `peer` saw no gap in anyone's numbers, nothing that failed its checks
 /// and no error.
 fn assert_untroubled(peer: &Peer) {
@@ -356,8 +326,8 @@ async fn a_relay_killed_with_sigkill_its_users_fail_over_and_nothing_is_lost() {
     // alice starts on relay 0, bob on relay 1; each fails over to the next.
     let for_alice = address_of(&[&addresses[0], &addresses[1], &addresses[2]]);
     let for_bob = address_of(&[&addresses[1], &addresses[2], &addresses[0]]);
-    let mut alice = quick_to_return(bed.temp.path(), "alice", &for_alice).await;
-    let mut bob = quick_to_return(bed.temp.path(), "bob", &for_bob).await;
+    let mut alice = Peer::quick_to_return(bed.temp.path(), "alice", &for_alice).await;
+    let mut bob = Peer::quick_to_return(bed.temp.path(), "bob", &for_bob).await;
     for peer in [&mut alice, &mut bob] {
         peer.expect_members("lobby", &["alice", "bob"]).await;
     }

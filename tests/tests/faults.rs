@@ -415,8 +415,8 @@ async fn the_relay_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let relay_dir = temp.path().join("relay");
     let mut process = relay_process(&relay_dir, 0);
     let relay = process.address.clone();
-    let mut alice = quick_to_return(temp.path(), "alice", &relay).await;
-    let mut bob = quick_to_return(temp.path(), "bob", &relay).await;
+    let mut alice = Peer::quick_to_return(temp.path(), "alice", &relay).await;
+    let mut bob = Peer::quick_to_return(temp.path(), "bob", &relay).await;
     for peer in [&mut alice, &mut bob] {
         peer.expect_members("lobby", &["alice", "bob"]).await;
     }

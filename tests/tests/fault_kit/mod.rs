@@ -49,20 +49,6 @@ pub(crate) async fn flaky(bed: &Testbed, proxy: &Proxy, name: &str) -> Peer {
     .await
 }
 
-/// The texts of the messages in `chat` that `peer` was shown live (not
-/// its own), starting with `prefix`, in the order it was shown them.
-pub(crate) fn shown_in(peer: &Peer, chat: &Chat, prefix: &str) -> Vec<String> {
-    peer.seen
-        .iter()
-        .filter_map(|u| match u {
-            Update::Message(m) if !m.outgoing && m.chat == *chat => Some(&m.text),
-            _ => None,
-        })
-        .filter(|text| text.starts_with(prefix))
-        .cloned()
-        .collect()
-}
-
 /// Waits until `peer` has been shown `count` messages in `chat` starting
 /// with `prefix` (duplicates count: a test then finds them), resetting
 /// `proxy` when the count reaches each of `resets`. A reset is made on a
@@ -292,23 +278,4 @@ pub(crate) fn relay_process(dir: &std::path::Path, port: u16) -> RelayProcess {
             (RELAY_PROCESS_PORT, std::ffi::OsStr::new(&port)),
         ],
     )
-}
-
-/// `name` connected to `relay` directly, retrying every 50-200 ms.
-pub(crate) async fn quick_to_return(
-    dir: &std::path::Path,
-    name: &str,
-    relay: &sotto_proto::RelayAddress,
-) -> Peer {
-    let short = Duration::from_millis(50);
-    Peer::connect_with(
-        account(&dir.join(name), name, name).await,
-        relay,
-        |config| {
-            config.limits.reconnect = Backoff::new(short, short * 4, Duration::from_secs(60));
-            // Room for everything typed while the relay is away.
-            config.limits.outbox = 1024;
-        },
-    )
-    .await
 }
