@@ -27,6 +27,13 @@ use crate::store::{MemberRecord, Membership, PrekeyRecord, StoreError, keep_newe
 
 /// How long the first read of a bucket may wait for its next entry.
 const LOAD_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the start of a watch may take before it is asked for again.
+/// For a while after a NATS node is lost (until the others take it for
+/// gone: up to a minute seen with nats-server 2.9), JetStream may place a
+/// watch's consumer on the lost node, and that request is never answered;
+/// asked again, the consumer is placed anew, most often on a live node.
+/// Far above a loaded cluster's answer (milliseconds).
+const WATCH_ATTEMPT: Duration = Duration::from_secs(3);
 /// How soon a watch that failed is started again.
 const RETRY: Duration = Duration::from_secs(1);
 /// Every this many heartbeats, each watch's progress is checked.
@@ -44,11 +51,14 @@ async fn state_of(
     js: &async_nats::jetstream::Context,
     bucket: &kv::Store,
 ) -> Result<async_nats::jetstream::stream::State, StoreError> {
+    let failed = |error: &dyn std::fmt::Display| {
+        StoreError::Cluster(format!("the bucket {}: its state: {error}", bucket.name))
+    };
     let stream = js
         .get_stream(format!("KV_{}", bucket.name))
         .await
-        .map_err(nats_err)?;
-    Ok(stream.get_info().await.map_err(nats_err)?.state)
+        .map_err(|e| failed(&e))?;
+    Ok(stream.get_info().await.map_err(|e| failed(&e))?.state)
 }
 
 /// Every current entry of `bucket` (then its changes, through the watch).
@@ -56,8 +66,14 @@ async fn load(
     js: &async_nats::jetstream::Context,
     bucket: &kv::Store,
 ) -> Result<Loaded, StoreError> {
+    let failed = |what: &str, error: &dyn std::fmt::Display| {
+        StoreError::Cluster(format!("the bucket {}: {what}: {error}", bucket.name))
+    };
     let messages = state_of(js, bucket).await?.messages;
-    let mut watch = bucket.watch_with_history(">").await.map_err(nats_err)?;
+    let mut watch = tokio::time::timeout(WATCH_ATTEMPT, bucket.watch_with_history(">"))
+        .await
+        .map_err(|_| failed("a watch", &"not started in time"))?
+        .map_err(|e| failed("a watch", &e))?;
     let mut entries = Vec::new();
     if messages > 0 {
         loop {
@@ -69,8 +85,8 @@ async fn load(
                         break;
                     }
                 }
-                Ok(Some(Err(error))) => return Err(nats_err(error)),
-                Ok(None) => return Err(StoreError::Cluster("a watch ended".into())),
+                Ok(Some(Err(error))) => return Err(failed("reading it", &error)),
+                Ok(None) => return Err(failed("reading it", &"the watch ended")),
                 // Nothing more came: what was counted is gone (aged out).
                 Err(_) => break,
             }
@@ -155,19 +171,18 @@ fn parse_user(key: &str) -> Option<UserKey> {
 }
 
 impl Cluster {
-    /// Reads the shared memberships and prekeys into a registry, trying
-    /// again while JetStream does not answer (`patiently`: a relay started
-    /// while a bucket elects its leader waits for it instead of giving up).
+    /// Reads the shared memberships and prekeys into a registry. Each
+    /// bucket's read is tried again while JetStream does not answer
+    /// (`patiently`: a relay started while a bucket elects its leader, or
+    /// while JetStream still places watches on a lost node, waits instead
+    /// of giving up), and alone: one bucket read is not read again for
+    /// another's failure.
     pub(crate) async fn start(&self) -> Result<Start, StoreError> {
-        patiently(|| self.start_once()).await
-    }
-
-    async fn start_once(&self) -> Result<Start, StoreError> {
-        let now = now_secs();
         let Loaded {
             entries,
             watch: prekeys,
-        } = load(&self.js, &self.prekeys).await?;
+        } = patiently(|| load(&self.js, &self.prekeys)).await?;
+        let now = now_secs();
         let prekeys = Followed::new(prekeys, &entries);
         let mut directory = Vec::new();
         for entry in entries {
@@ -189,7 +204,7 @@ impl Cluster {
         let Loaded {
             entries,
             watch: members,
-        } = load(&self.js, &self.members).await?;
+        } = patiently(|| load(&self.js, &self.members)).await?;
         let members = Followed::new(members, &entries);
         let mut memberships = Vec::new();
         for entry in entries {
@@ -214,7 +229,7 @@ impl Cluster {
                 value.fingerprint,
             ));
         }
-        let online = load(&self.js, &self.online).await?;
+        let online = patiently(|| load(&self.js, &self.online)).await?;
         Ok(Start {
             registry: Registry::with_members(memberships, directory),
             online,
@@ -551,9 +566,12 @@ async fn next_beat(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv
 /// `None` once the relay stops.
 async fn rewatch(bucket: &kv::Store, revision: u64, stop: &CancellationToken) -> Option<kv::Watch> {
     loop {
-        match bucket.watch_all_from_revision(revision + 1).await {
-            Ok(watch) => return Some(watch),
-            Err(error) => warn!(%error, "a watch of the cluster failed; retrying"),
+        match tokio::time::timeout(WATCH_ATTEMPT, bucket.watch_all_from_revision(revision + 1))
+            .await
+        {
+            Ok(Ok(watch)) => return Some(watch),
+            Ok(Err(error)) => warn!(%error, "a watch of the cluster failed; retrying"),
+            Err(_) => warn!("a watch of the cluster did not start in time; retrying"),
         }
         tokio::select! {
             () = tokio::time::sleep(RETRY) => {}
