@@ -386,13 +386,14 @@ async fn users_on_different_relays_chat_in_rooms_and_directly() {
 /// A user who quits is seen going offline by the members on the other
 /// relays.
 ///
-/// Ignored while an open defect stands (issue 15): in about one run of
-/// eight, the relays' logs show bob's `Bye` handled by his relay only when
-/// the test ends, together with alice's and carol's, 20 s after he quit:
-/// the test's runtime, which runs the three relays (`LocalRelay`), seems
-/// to stand still meanwhile. Run it with `--ignored` to look at it.
+/// It was ignored for a while (issue 15): in about one run of eight, the
+/// relays' logs showed bob's `Bye` handled by his relay only when the test
+/// ended, 20 s after he quit. Since a watch not started in 3 s is asked
+/// for again (`WATCH_ATTEMPT`) it passed 57 runs of 57 (three at a time,
+/// and with the whole file); the link is not understood, so a failure
+/// here is that defect back: its log (`RUST_LOG=sotto_relay=debug`) says
+/// when each relay handled each `Bye` (`connection ends`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect of issue 15: a quit is sometimes handled only when the test ends"]
 async fn a_user_who_quits_is_seen_offline_on_the_other_relays() {
     let bed = Bed::start(3);
     let mut alice = bed.join("alice", 0).await;
