@@ -85,6 +85,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the relay waits for JetStream to make its buckets and stream
 /// when it starts.
 const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+/// How long one attempt to make (or find) a bucket or the stream may take
+/// when the relay starts: a request sent while JetStream elects its
+/// leaders may never be answered (seen in about one start of three of a
+/// fresh three-node cluster, each then waiting out async-nats's timeouts,
+/// 10 s), so it is sent again this soon. Far above a loaded cluster's
+/// answer; every attempt is safe to repeat (what an earlier one made is
+/// found).
+const SETUP_ATTEMPT: Duration = Duration::from_secs(3);
 /// How long a publication to the stream, or a read of it, waits for
 /// JetStream's answer before it is sent again: a stream whose leader was
 /// lost answers nothing until another is elected (several seconds), and
@@ -235,7 +243,7 @@ impl Cluster {
             })?;
         let js = jetstream::new(client.clone());
         let replicas = config.replicas;
-        let inbox = patiently(|| async {
+        let inbox = set_up(INBOX, || async {
             let config = inbox::stream_config(replicas, limits);
             let mut stream = js
                 .get_or_create_stream(config.clone())
@@ -259,12 +267,12 @@ impl Cluster {
         .await?;
         let cluster = Self {
             relay: hex(&rand::random::<[u8; 8]>()),
-            names: patiently(|| bucket(&js, NAMES, replicas, None)).await?,
-            keys: patiently(|| bucket(&js, KEYS, replicas, None)).await?,
-            prekeys: patiently(|| bucket(&js, PREKEYS, replicas, None)).await?,
-            members: patiently(|| bucket(&js, MEMBERS, replicas, None)).await?,
-            online: patiently(|| bucket(&js, ONLINE, replicas, None)).await?,
-            relays: patiently(|| bucket(&js, RELAYS, replicas, Some(GONE_AFTER))).await?,
+            names: set_up(NAMES, || bucket(&js, NAMES, replicas, None)).await?,
+            keys: set_up(KEYS, || bucket(&js, KEYS, replicas, None)).await?,
+            prekeys: set_up(PREKEYS, || bucket(&js, PREKEYS, replicas, None)).await?,
+            members: set_up(MEMBERS, || bucket(&js, MEMBERS, replicas, None)).await?,
+            online: set_up(ONLINE, || bucket(&js, ONLINE, replicas, None)).await?,
+            relays: set_up(RELAYS, || bucket(&js, RELAYS, replicas, Some(GONE_AFTER))).await?,
             client,
             js,
             inbox,
@@ -283,6 +291,25 @@ impl Cluster {
         );
         Ok(cluster)
     }
+}
+
+/// Makes (or finds) `what` with `step`, each attempt given
+/// [`SETUP_ATTEMPT`], again until it succeeds (`patiently`).
+async fn set_up<T, F: Future<Output = Result<T, StoreError>>>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+) -> Result<T, StoreError> {
+    patiently(|| {
+        let attempt = tokio::time::timeout(SETUP_ATTEMPT, step());
+        async move {
+            attempt.await.unwrap_or_else(|_| {
+                Err(StoreError::Cluster(format!(
+                    "{what}: no answer within {SETUP_ATTEMPT:?}"
+                )))
+            })
+        }
+    })
+    .await
 }
 
 /// Runs `step` until it succeeds, for up to [`SETUP_PATIENCE`]: a NATS
