@@ -787,6 +787,72 @@ async fn only_its_recipient_can_acknowledge_a_delivery_in_a_cluster() {
     }
 }
 
+/// Direct messages sent in one go through a relay that has not heard of
+/// their recipients: each recipient's name is asked of the directory
+/// (once per name, the turn's names together), those nobody owns are
+/// refused `NoSuchUser` (each before the `Sent` that covers it), and the
+/// others, a name in any letter case among them, reach their recipient
+/// on the other relay, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_to_names_nobody_owns_are_refused_and_the_rest_delivered() {
+    let bed = Bed::start(2);
+    for relay in &bed.relays {
+        ready(&relay.address).await;
+    }
+    let mut bob = Raw::register(&bed.relays[1].address, "bob").await;
+    bob.barrier().await;
+    let mut alice = Raw::register(&bed.relays[0].address, "alice").await;
+    let to = [
+        (1, "bob"),
+        (2, "nobody"),
+        (3, "BOB"),
+        (4, "noone"),
+        (5, "bob"),
+    ];
+    for (id, name) in to {
+        alice
+            .send(ClientFrame::Send {
+                route: sotto_proto::Route {
+                    id,
+                    to: sotto_proto::Destination::User(user(name)),
+                },
+                body: bytes::Bytes::from(format!("{id} for {name}")),
+                slots: Vec::new(),
+            })
+            .await;
+    }
+    // `Sent` is cumulative: each refusal comes before the `Sent` that
+    // covers its id (protocol.md 9.6).
+    let mut refused = Vec::new();
+    let mut sent = Vec::new();
+    while sent.last() < Some(&5) {
+        match alice
+            .next(|f| matches!(f, RelayFrame::Sent { .. } | RelayFrame::Error { .. }))
+            .await
+        {
+            RelayFrame::Sent { id } => sent.push(id),
+            RelayFrame::Error { id, code, .. } => {
+                assert!(
+                    sent.last() < id.as_ref(),
+                    "refused after a Sent covering it"
+                );
+                refused.push((id, code));
+            }
+            _ => {}
+        }
+    }
+    let nobody = sotto_proto::ErrorCode::NoSuchUser;
+    assert_eq!(refused, [(Some(2), nobody), (Some(4), nobody)]);
+    assert!(sent.is_sorted(), "{sent:?}");
+    for body in ["1 for bob", "3 for BOB", "5 for bob"] {
+        let frame = bob.next(|f| matches!(f, RelayFrame::Deliver { .. })).await;
+        let RelayFrame::Deliver { body: got, .. } = frame else {
+            panic!("not a delivery")
+        };
+        assert_eq!(got, body.as_bytes(), "in order, each once");
+    }
+}
+
 /// Everything stopped (the relay, then all three NATS nodes) and started
 /// again: what was stored for a user who was offline survives, and
 /// reaches him once, in order, when he is back.

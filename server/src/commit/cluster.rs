@@ -13,21 +13,21 @@
 //! deliveries from the stream, wherever it is connected (the stream
 //! republishes each once stored).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
-use sotto_proto::{Destination, UserKey};
+use sotto_proto::{Destination, UserKey, UserName};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::answer::answered;
+use super::answer::{Answer, answered};
 use super::staged::StagedDelivery;
-use super::{Job, MAX_JOBS};
+use super::{Job, MAX_JOBS, Sends};
 use crate::cluster::{Cluster, Publication, persistently};
 use crate::metrics::Metrics;
 use crate::state::{Wakers, sent};
-use crate::store::{Stored, Write};
+use crate::store::{NewDelivery, Stored, Write};
 
 /// Runs the committer until every `Committer` is dropped.
 pub(crate) async fn run(
@@ -59,6 +59,46 @@ enum Pending {
     Published(Range<usize>),
 }
 
+/// How many names of one turn are looked up in the directory at once.
+const LOOKUPS: usize = 32;
+
+/// Whether each name the turn's direct messages go to is owned, every
+/// name asked of the directory once and the names asked together (at most
+/// [`LOOKUPS`] at a time): while a bucket elects its leader, each lookup
+/// waits up to `directory_request`'s patience, and a turn with many
+/// recipients new to this relay waits that once, not once per recipient,
+/// holding up every connection's sends. `None` for a name the directory
+/// could not be asked about (logged once).
+async fn owners(
+    cluster: &Cluster,
+    jobs: &[(Answer, Vec<NewDelivery>)],
+) -> HashMap<UserKey, Option<bool>> {
+    let mut names = HashMap::new();
+    for (_, routed) in jobs {
+        for delivery in routed {
+            if let Destination::User(to) = &delivery.to {
+                names.entry(to.key()).or_insert(to);
+            }
+        }
+    }
+    let names: Vec<(UserKey, &UserName)> = names.into_iter().collect();
+    let mut owned = HashMap::with_capacity(names.len());
+    for chunk in names.chunks(LOOKUPS) {
+        let mut lookups = Vec::with_capacity(chunk.len());
+        for (_, name) in chunk {
+            lookups.push(cluster.exists(name));
+        }
+        let answers = futures::future::join_all(lookups).await;
+        for ((user, _), answer) in chunk.iter().zip(answers) {
+            let answer = answer.inspect_err(|error| {
+                warn!(%error, "a direct message was refused: the directory is unavailable");
+            });
+            owned.insert(user.clone(), answer.ok());
+        }
+    }
+    owned
+}
+
 async fn turn(cluster: &Cluster, wakers: &Wakers, metrics: &Metrics, jobs: Vec<Job>) {
     let mut sends = Vec::new();
     for job in jobs {
@@ -67,28 +107,26 @@ async fn turn(cluster: &Cluster, wakers: &Wakers, metrics: &Metrics, jobs: Vec<J
             Job::Write(write) => apply(cluster, write).await,
         }
     }
+    let jobs: Vec<_> = sends.into_iter().map(Sends::into_answer).collect();
+    let owned = owners(cluster, &jobs).await;
     // Every copy of every delivery of the turn, in order...
     let mut outgoing = Vec::new();
-    let mut waiting = Vec::with_capacity(sends.len());
-    for job in sends {
-        let (answer, routed) = job.into_answer();
+    let mut waiting = Vec::with_capacity(jobs.len());
+    for (answer, routed) in jobs {
         let mut deliveries = Vec::with_capacity(routed.len());
         for delivery in routed {
             let exists = match &delivery.to {
-                Destination::User(to) => cluster.exists(to).await,
-                Destination::Room(_) => Ok(true),
+                Destination::User(to) => owned.get(&to.key()).copied().flatten(),
+                Destination::Room(_) => Some(true),
             };
             let pending = match exists {
-                Ok(true) => {
+                Some(true) => {
                     let first = outgoing.len();
                     outgoing.extend(cluster.outgoing(&delivery));
                     Pending::Published(first..outgoing.len())
                 }
-                Ok(false) => Pending::NoSuchUser,
-                Err(error) => {
-                    warn!(%error, "a direct message was refused: the directory is unavailable");
-                    Pending::Failed
-                }
+                Some(false) => Pending::NoSuchUser,
+                None => Pending::Failed,
             };
             let staged = StagedDelivery {
                 delivery: Arc::new(delivery),
