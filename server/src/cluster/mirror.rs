@@ -19,21 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
-    Cluster, DEAD_AFTER, GONE_AFTER, HEARTBEAT, MemberValue, OnlineValue, hex, nats_err, patiently,
-    persistently, says, unhex, user_hex,
+    ATTEMPT, Cluster, DEAD_AFTER, GONE_AFTER, HEARTBEAT, MemberValue, OnlineValue, hex, nats_err,
+    patiently, persistently, says, unhex, user_hex,
 };
 use crate::state::{Registry, Shared};
 use crate::store::{MemberRecord, Membership, PrekeyRecord, StoreError, keep_newest, now_secs};
 
 /// How long the first read of a bucket may wait for its next entry.
 const LOAD_PATIENCE: Duration = Duration::from_secs(10);
-/// How long the start of a watch may take before it is asked for again.
-/// For a while after a NATS node is lost (until the others take it for
-/// gone: up to a minute seen with nats-server 2.9), JetStream may place a
-/// watch's consumer on the lost node, and that request is never answered;
-/// asked again, the consumer is placed anew, most often on a live node.
-/// Far above a loaded cluster's answer (milliseconds).
-const WATCH_ATTEMPT: Duration = Duration::from_secs(3);
 /// How soon a watch that failed is started again.
 const RETRY: Duration = Duration::from_secs(1);
 /// Every this many heartbeats, each watch's progress is checked.
@@ -70,7 +63,7 @@ async fn load(
         StoreError::Cluster(format!("the bucket {}: {what}: {error}", bucket.name))
     };
     let messages = state_of(js, bucket).await?.messages;
-    let mut watch = tokio::time::timeout(WATCH_ATTEMPT, bucket.watch_with_history(">"))
+    let mut watch = tokio::time::timeout(ATTEMPT, bucket.watch_with_history(">"))
         .await
         .map_err(|_| failed("a watch", &"not started in time"))?
         .map_err(|e| failed("a watch", &e))?;
@@ -566,9 +559,7 @@ async fn next_beat(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv
 /// `None` once the relay stops.
 async fn rewatch(bucket: &kv::Store, revision: u64, stop: &CancellationToken) -> Option<kv::Watch> {
     loop {
-        match tokio::time::timeout(WATCH_ATTEMPT, bucket.watch_all_from_revision(revision + 1))
-            .await
-        {
+        match tokio::time::timeout(ATTEMPT, bucket.watch_all_from_revision(revision + 1)).await {
             Ok(Ok(watch)) => return Some(watch),
             Ok(Err(error)) => warn!(%error, "a watch of the cluster failed; retrying"),
             Err(_) => warn!("a watch of the cluster did not start in time; retrying"),

@@ -85,14 +85,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the relay waits for JetStream to make its buckets and stream
 /// when it starts.
 const SETUP_PATIENCE: Duration = Duration::from_secs(60);
-/// How long one attempt to make (or find) a bucket or the stream may take
-/// when the relay starts: a request sent while JetStream elects its
-/// leaders may never be answered (seen in about one start of three of a
-/// fresh three-node cluster, each then waiting out async-nats's timeouts,
-/// 10 s), so it is sent again this soon. Far above a loaded cluster's
-/// answer; every attempt is safe to repeat (what an earlier one made is
-/// found).
-const SETUP_ATTEMPT: Duration = Duration::from_secs(3);
+/// How long one attempt of a JetStream request may take before it is
+/// sent again. Such a request may never be answered: one sent while
+/// JetStream elects its leaders (a fresh cluster starting: about one
+/// relay start in three waited out async-nats's 10 s), or while a bucket
+/// elects its leader after a NATS node was lost (its new leader does not
+/// answer what came before it), or a watch whose consumer JetStream
+/// placed on a lost node (for up to a minute with nats-server 2.9, until
+/// the others take it for gone). Sent again this soon, rather than after
+/// async-nats's own timeout (5 s a request), it is most often answered.
+/// Far above a loaded cluster's answer (milliseconds); every request
+/// given it is safe to send again.
+pub(super) const ATTEMPT: Duration = Duration::from_secs(3);
 /// How long a publication to the stream, or a read of it, waits for
 /// JetStream's answer before it is sent again: a stream whose leader was
 /// lost answers nothing until another is elected (several seconds), and
@@ -294,17 +298,17 @@ impl Cluster {
 }
 
 /// Makes (or finds) `what` with `step`, each attempt given
-/// [`SETUP_ATTEMPT`], again until it succeeds (`patiently`).
+/// [`ATTEMPT`], again until it succeeds (`patiently`).
 async fn set_up<T, F: Future<Output = Result<T, StoreError>>>(
     what: &str,
     mut step: impl FnMut() -> F,
 ) -> Result<T, StoreError> {
     patiently(|| {
-        let attempt = tokio::time::timeout(SETUP_ATTEMPT, step());
+        let attempt = tokio::time::timeout(ATTEMPT, step());
         async move {
             attempt.await.unwrap_or_else(|_| {
                 Err(StoreError::Cluster(format!(
-                    "{what}: no answer within {SETUP_ATTEMPT:?}"
+                    "{what}: no answer within {ATTEMPT:?}"
                 )))
             })
         }
@@ -367,14 +371,9 @@ pub(crate) async fn persistently<T, F: Future<Output = Result<T, StoreError>>>(
 /// with its last attempt, inside the client's wait for the answer to
 /// `Register` (15 s, docs/protocol.md).
 const DIRECTORY_PATIENCE: Duration = Duration::from_secs(11);
-/// How long one attempt of a directory request may take: a request sent
-/// while a bucket had no leader is never answered (its new leader does
-/// not answer what came before it), so it is sent again this soon rather
-/// than after async-nats's 5 s. Far above a loaded cluster's answer.
-const DIRECTORY_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// Runs the directory request `request` again while NATS fails it or
-/// does not answer within [`DIRECTORY_ATTEMPT`] ([`StoreError::Cluster`];
+/// does not answer within [`ATTEMPT`] ([`StoreError::Cluster`];
 /// a record that does not decode is not asked for again), for up to
 /// [`DIRECTORY_PATIENCE`]. Each request it runs is safe to run again, or
 /// to drop midway, whether or not an earlier attempt took effect (a claim
@@ -385,7 +384,7 @@ pub(crate) async fn directory_request<T, F: Future<Output = Result<T, StoreError
 ) -> Result<T, StoreError> {
     let deadline = tokio::time::Instant::now() + DIRECTORY_PATIENCE;
     loop {
-        let answer = tokio::time::timeout(DIRECTORY_ATTEMPT, request())
+        let answer = tokio::time::timeout(ATTEMPT, request())
             .await
             .unwrap_or_else(|_| Err(StoreError::Cluster("no answer in time".into())));
         match answer {
