@@ -389,7 +389,7 @@ async fn users_on_different_relays_chat_in_rooms_and_directly() {
 /// It was ignored for a while (issue 15): in about one run of eight, the
 /// relays' logs showed bob's `Bye` handled by his relay only when the test
 /// ended, 20 s after he quit. Since a watch not started in 3 s is asked
-/// for again (`WATCH_ATTEMPT`) it passed 57 runs of 57 (three at a time,
+/// for again (`cluster::ATTEMPT`) it passed 57 runs of 57 (three at a time,
 /// and with the whole file); the link is not understood, so a failure
 /// here is that defect back: its log (`RUST_LOG=sotto_relay=debug`) says
 /// when each relay handled each `Bye` (`connection ends`).
@@ -687,6 +687,20 @@ impl Raw {
         self.framed.send(frame).await.unwrap();
     }
 
+    /// Sends `body` to the user `to` as the `Send` with route id `id`,
+    /// without slots.
+    async fn send_direct(&mut self, id: u64, to: &str, body: String) {
+        self.send(ClientFrame::Send {
+            route: sotto_proto::Route {
+                id,
+                to: sotto_proto::Destination::User(user(to)),
+            },
+            body: bytes::Bytes::from(body),
+            slots: Vec::new(),
+        })
+        .await;
+    }
+
     /// The next frame that matches `wanted`; the others are passed over.
     async fn next(&mut self, wanted: impl Fn(&RelayFrame) -> bool) -> RelayFrame {
         use futures::StreamExt;
@@ -740,16 +754,7 @@ async fn only_its_recipient_can_acknowledge_a_delivery_in_a_cluster() {
     // Each gets a delivery of its own first, and acknowledges it: what
     // it acknowledges next is checked against what was sent to it.
     for (id, to) in [(1, "mallory"), (2, "erin"), (3, "bob")] {
-        alice
-            .send(ClientFrame::Send {
-                route: sotto_proto::Route {
-                    id,
-                    to: sotto_proto::Destination::User(user(to)),
-                },
-                body: bytes::Bytes::from(format!("for {to}")),
-                slots: Vec::new(),
-            })
-            .await;
+        alice.send_direct(id, to, format!("for {to}")).await;
     }
     fn delivered(to: &'static str) -> impl Fn(&RelayFrame) -> bool {
         let body = format!("for {to}");
@@ -811,14 +816,7 @@ async fn direct_messages_to_names_nobody_owns_are_refused_and_the_rest_delivered
     ];
     for (id, name) in to {
         alice
-            .send(ClientFrame::Send {
-                route: sotto_proto::Route {
-                    id,
-                    to: sotto_proto::Destination::User(user(name)),
-                },
-                body: bytes::Bytes::from(format!("{id} for {name}")),
-                slots: Vec::new(),
-            })
+            .send_direct(id, name, format!("{id} for {name}"))
             .await;
     }
     // `Sent` is cumulative: each refusal comes before the `Sent` that
