@@ -5,18 +5,21 @@
 //! deliveries is acknowledged by JetStream, that is held by a majority of
 //! the stream's replicas.
 //!
-//! Each turn takes every job waiting (up to [`super::MAX_JOBS`]), stores
-//! every delivery of its sends in the stream (copies to different
-//! recipients together, each recipient's in order:
-//! `Cluster::store_in_order`), then answers the jobs in order. Nothing is
-//! handed over before it is stored: each recipient's pump reads its
-//! deliveries from the stream, wherever it is connected (the stream
-//! republishes each once stored).
+//! Each turn takes every job waiting (up to [`super::MAX_JOBS`]), applies
+//! its memberships in order, stores every delivery of its sends in the
+//! stream (a recipient's copies of the turn in one write, writes to
+//! different recipients together: `Cluster::store_in_order`) while it
+//! deletes what its acknowledgements leave unwanted (one deletion per
+//! user, all together), then answers the jobs in order. Nothing is handed
+//! over before it is stored: each recipient's pump reads its deliveries
+//! from the stream, wherever it is connected (the stream republishes each
+//! write once stored).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
+use futures::future::join_all;
 use sotto_proto::{Destination, UserKey, UserName};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -88,7 +91,7 @@ async fn owners(
         for (_, name) in chunk {
             lookups.push(cluster.exists(name));
         }
-        let answers = futures::future::join_all(lookups).await;
+        let answers = join_all(lookups).await;
         for ((user, _), answer) in chunk.iter().zip(answers) {
             let answer = answer.inspect_err(|error| {
                 warn!(%error, "a direct message was refused: the directory is unavailable");
@@ -101,12 +104,27 @@ async fn owners(
 
 async fn turn(cluster: &Cluster, wakers: &Wakers, metrics: &Metrics, jobs: Vec<Job>) {
     let mut sends = Vec::new();
+    let mut acks: HashMap<UserKey, Vec<u64>> = HashMap::new();
     for job in jobs {
         match job {
             Job::Sends(job) => sends.push(job),
+            Job::Write(Write::Ack { user, ids }) => acks.entry(user).or_default().extend(ids),
             Job::Write(write) => apply(cluster, write).await,
         }
     }
+    // Each user's acknowledgements of the turn in one deletion, all of
+    // them while the turn's sends are stored: a deletion is a JetStream
+    // request of its own, and one after the other they would hold up
+    // every connection's sends a round trip each.
+    let acknowledged = join_all(
+        acks.iter()
+            .map(|(user, ids)| cluster.acknowledge(user, ids)),
+    );
+    let ((), _) = futures::join!(store(cluster, wakers, metrics, sends), acknowledged);
+}
+
+/// Stores the turn's `sends` in the stream and answers them.
+async fn store(cluster: &Cluster, wakers: &Wakers, metrics: &Metrics, sends: Vec<Sends>) {
     let jobs: Vec<_> = sends.into_iter().map(Sends::into_answer).collect();
     let owned = owners(cluster, &jobs).await;
     // Every copy of every delivery of the turn, in order...
