@@ -716,9 +716,46 @@ impl Raw {
         }
     }
 
+    /// Sends direct messages to `to`, one `Send` each with route ids
+    /// from `first`, flushed together: they reach the relay in one read,
+    /// and are stored in one commit turn.
+    async fn send_direct_together(&mut self, first: u64, to: &str, bodies: &[String]) {
+        use futures::SinkExt;
+        for (id, body) in (first..).zip(bodies) {
+            let frame = ClientFrame::Send {
+                route: sotto_proto::Route {
+                    id,
+                    to: sotto_proto::Destination::User(user(to)),
+                },
+                body: bytes::Bytes::from(body.clone()),
+                slots: Vec::new(),
+            };
+            self.framed.feed(frame).await.unwrap();
+        }
+        SinkExt::<ClientFrame>::flush(&mut self.framed)
+            .await
+            .unwrap();
+    }
+
+    /// Waits for the `Sent` that covers route id `id`.
+    async fn sent(&mut self, id: u64) {
+        self.next(|f| matches!(f, RelayFrame::Sent { id: got } if *got >= id))
+            .await;
+    }
+
     /// A round trip through the relay; the deliveries that came before
     /// its answer.
     async fn barrier(&mut self) -> Vec<u64> {
+        self.delivered()
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// A round trip through the relay; the deliveries that came before
+    /// its answer, with their bodies.
+    async fn delivered(&mut self) -> Vec<(u64, String)> {
         let nonce = rand::random();
         self.send(ClientFrame::Ping { nonce }).await;
         let mut delivered = Vec::new();
@@ -727,12 +764,140 @@ impl Raw {
                 .next(|f| matches!(f, RelayFrame::Pong { .. } | RelayFrame::Deliver { .. }))
                 .await
             {
-                RelayFrame::Deliver { delivery, .. } => delivered.push(delivery),
+                RelayFrame::Deliver { delivery, body, .. } => {
+                    delivered.push((delivery, String::from_utf8_lossy(&body).into_owned()));
+                }
                 RelayFrame::Pong { nonce: n } if n == nonce => return delivered,
                 _ => {}
             }
         }
     }
+
+    /// Acknowledges `ids` and waits until the relay has read them.
+    async fn ack(&mut self, ids: &[u64]) {
+        for &delivery in ids {
+            self.send(ClientFrame::Ack { delivery }).await;
+        }
+        self.barrier().await;
+    }
+}
+
+/// How many deliveries a stream message of the cluster holds at most: a
+/// delivery's id is its stream message's sequence times this plus its
+/// place in it (protocol.md 9.7).
+const COPIES: u64 = 64;
+
+/// A recipient's deliveries of one commit turn are stored together (one
+/// stream message: fewer writes than deliveries), and each is
+/// acknowledged on its own: what it did not acknowledge comes again on
+/// its next connection, through either relay, with the same id (with the
+/// rest of its write); a later write acknowledged whole while an earlier
+/// one is not is deleted, and never comes again; once everything is
+/// acknowledged, nothing comes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_stored_together_are_acknowledged_each_on_its_own() {
+    let bed = Bed::start(2);
+    for relay in &bed.relays {
+        ready(&relay.address).await;
+    }
+    let (near, far) = (&bed.relays[0].address, &bed.relays[1].address);
+    let mut bob = Raw::register(far, "bob").await;
+    bob.barrier().await;
+    drop(bob);
+    let mut alice = Raw::register(near, "alice").await;
+    let early: Vec<String> = (0..6).map(|i| format!("early {i}")).collect();
+    let late: Vec<String> = (0..6).map(|i| format!("late {i}")).collect();
+    alice.send_direct_together(1, "bob", &early).await;
+    alice.sent(6).await;
+    alice.send_direct_together(7, "bob", &late).await;
+    alice.sent(12).await;
+
+    let mut bob = Raw::register(far, "bob").await;
+    let got = bob.delivered().await;
+    let bodies: Vec<&String> = got.iter().map(|(_, body)| body).collect();
+    assert_eq!(bodies, early.iter().chain(&late).collect::<Vec<_>>());
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let mut writes: Vec<u64> = ids.iter().map(|id| id / COPIES).collect();
+    writes.dedup();
+    assert!(writes.len() < ids.len(), "a write per delivery: {ids:?}");
+    // Every other one of the early ones, and all of the late ones.
+    let (early_ids, late_ids) = ids.split_at(6);
+    let kept: Vec<u64> = early_ids.iter().step_by(2).copied().collect();
+    let acked: Vec<u64> = early_ids.iter().skip(1).step_by(2).copied().collect();
+    bob.ack(&acked).await;
+    bob.ack(late_ids).await;
+    drop(bob);
+    // What comes again: the writes that still hold one not acknowledged,
+    // whole (the others of such a write are duplicates, which clients
+    // drop and acknowledge again).
+    let again: Vec<u64> = early_ids
+        .iter()
+        .copied()
+        .filter(|id| kept.iter().any(|k| k / COPIES == id / COPIES))
+        .collect();
+    for relay in [near, far] {
+        let mut bob = Raw::register(relay, "bob").await;
+        assert_eq!(bob.barrier().await, again, "through {relay:?}");
+        drop(bob);
+    }
+    let mut bob = Raw::register(near, "bob").await;
+    assert_eq!(bob.barrier().await, again);
+    bob.ack(&again).await;
+    drop(bob);
+    for relay in [near, far] {
+        let mut bob = Raw::register(relay, "bob").await;
+        assert_eq!(
+            bob.barrier().await,
+            Vec::<u64>::new(),
+            "acknowledged, yet sent again"
+        );
+    }
+}
+
+/// A resend stored again in another write (its sender sent the same bytes
+/// again along with a new message, as after a relay that died before its
+/// `Sent`) is handed over once, on a connection that is handed both
+/// writes, and it does not hold the deletion back once what was handed
+/// over is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_stored_in_another_write_is_handed_over_once() {
+    let bed = Bed::start(2);
+    for relay in &bed.relays {
+        ready(&relay.address).await;
+    }
+    let (near, far) = (&bed.relays[0].address, &bed.relays[1].address);
+    let mut bob = Raw::register(far, "bob").await;
+    bob.barrier().await;
+    drop(bob);
+    let mut alice = Raw::register(near, "alice").await;
+    let first = "the first".to_string();
+    let second = "the second".to_string();
+    alice.send_direct(1, "bob", first.clone()).await;
+    alice.sent(1).await;
+    alice
+        .send_direct_together(2, "bob", &[second.clone(), first.clone()])
+        .await;
+    alice.sent(3).await;
+    for _ in 0..2 {
+        let mut bob = Raw::register(far, "bob").await;
+        let got = bob.delivered().await;
+        let bodies: Vec<&String> = got.iter().map(|(_, body)| body).collect();
+        assert_eq!(bodies, [&first, &second], "{got:?}");
+        drop(bob);
+    }
+    let mut bob = Raw::register(near, "bob").await;
+    let got = bob.delivered().await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    bob.ack(&ids).await;
+    drop(bob);
+    let mut bob = Raw::register(far, "bob").await;
+    assert_eq!(
+        bob.barrier().await,
+        Vec::<u64>::new(),
+        "acknowledged, yet sent again"
+    );
 }
 
 /// Only a delivery's recipient can acknowledge it away in a cluster too:

@@ -1,21 +1,27 @@
-//! Stored deliveries in a JetStream stream, `SOTTO_INBOX`: one message per
-//! recipient on its subject `sotto.inbox.<user>`, replicated, kept until
-//! the recipient acknowledges it (the message is deleted) or it is older
+//! Stored deliveries in a JetStream stream, `SOTTO_INBOX`, on each
+//! recipient's subject `sotto.inbox.<user>`, replicated, kept until the
+//! recipient acknowledges them (the message is deleted) or they are older
 //! than `offline_max_age` (the stream's age limit).
 //!
-//! A delivery's id is its sequence in the stream: non-zero, never reused,
-//! and growing in the order the stream's leader took the publications,
-//! for all relays together, so each recipient reads its deliveries in
-//! that order. A publication is answered `Sent` only once JetStream has
-//! acknowledged it, which it does once a majority of the stream's
-//! replicas hold it. The stream bounds each recipient to
-//! `offline_max_messages` deliveries (discard new, per subject): a
-//! delivery past it is refused for that recipient, as the local store
-//! refuses it.
+//! A stream message (a "write") holds up to [`COPIES`] deliveries for its
+//! recipient: those of one commit turn, so that a busy recipient's
+//! deliveries of a turn are one replicated write and one round trip, not
+//! one each. A delivery's id is its write's sequence in the stream times
+//! [`COPIES`] plus its place in the write: non-zero, never reused, and
+//! growing in the order the stream's leader took the writes, for all
+//! relays together, so each recipient reads its deliveries in that order.
+//! A write is answered `Sent` only once JetStream has acknowledged it,
+//! which it does once a majority of the stream's replicas hold it. The
+//! stream bounds each recipient to `offline_max_messages` writes (discard
+//! new, per subject): a delivery past it is refused for that recipient,
+//! as the local store refuses it.
 //!
-//! A resend (a client sending again what it was not told was stored) is
-//! recognised by its `Nats-Msg-Id`, a hash of sender, destination,
-//! recipient and body, within the stream's duplicate window.
+//! A write sent again (JetStream's answer lost) is recognised by its
+//! `Nats-Msg-Id`, a hash of its copies', within the stream's duplicate
+//! window; each copy carries its own hash (of sender, destination,
+//! recipient and body), by which the recipient's pump hands a resend
+//! stored in another write (its sender's relay died before answering)
+//! over once.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -33,11 +39,20 @@ use super::{
 };
 use crate::store::{NewDelivery, QueueLimits, Queued, StoreError};
 
+/// How many deliveries one write holds at most: a delivery's id is its
+/// write's sequence times this, plus its place in the write.
+pub(crate) const COPIES: u64 = 64;
+/// How many bytes of deliveries a write is given: a delivery larger than
+/// this goes in a write alone.
+const WRITE_BYTES: usize = 256 * 1024;
+/// What a copy's encoding takes beyond its body and slot, at most (its
+/// names, time, hash and the rooms its sender joined are counted apart).
+const COPY_OVERHEAD: usize = 256;
 /// How long a resend is recognised as one.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
-/// How long a publication JetStream did not acknowledge (a NATS node
-/// lost, a stream electing its leader) is sent again before the message
-/// is refused: sending again is safe, the `Nats-Msg-Id` keeps one copy.
+/// How long a write JetStream did not acknowledge (a NATS node lost, a
+/// stream electing its leader) is sent again before its deliveries are
+/// refused: sending again is safe, the `Nats-Msg-Id` keeps one copy.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How soon it is sent again after JetStream refused it.
 const PUBLISH_RETRY: Duration = Duration::from_millis(250);
@@ -65,27 +80,47 @@ pub(super) fn stream_config(replicas: usize, limits: QueueLimits) -> stream::Con
     }
 }
 
-/// What the stream holds for one recipient: the delivery, and the rooms
-/// its sender joined lately.
+/// What one write holds for its recipient: deliveries, in order.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct InboxEntry {
+    pub(crate) copies: Vec<InboxCopy>,
+}
+
+/// A write as it is encoded: the same as [`InboxEntry`], borrowed.
+#[derive(Serialize)]
+struct WriteOut<'a> {
+    copies: Vec<&'a InboxCopy>,
+}
+
+/// One delivery in a write.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct InboxCopy {
     pub(crate) queued: Queued,
     /// The rooms its sender joined lately through the relay it was sent
     /// through (`Cluster::recent_joins`): the recipient's relay makes sure
     /// it knows of those memberships before it hands the delivery over
     /// (`Cluster::know_joins`).
     pub(crate) joined: Vec<RoomName>,
+    /// What it is a copy of ([`copy_hash`]): the same for a resend.
+    pub(crate) hash: [u8; 16],
 }
 
 /// One recipient's copy of a delivery, for the stream.
 pub(crate) struct Outgoing {
     subject: String,
-    headers: HeaderMap,
-    /// `None`: it did not encode (it is refused).
-    payload: Option<Bytes>,
+    copy: InboxCopy,
 }
 
-/// What became of one recipient's publication.
+impl Outgoing {
+    /// About how many bytes it takes in a write.
+    fn size(&self) -> usize {
+        let queued = &self.copy.queued;
+        let joined: usize = self.copy.joined.iter().map(|r| r.as_str().len() + 2).sum();
+        queued.body.len() + queued.slot.as_ref().map_or(0, Bytes::len) + joined + COPY_OVERHEAD
+    }
+}
+
+/// What became of one recipient's copy.
 pub(crate) enum Publication {
     /// Stored under this id.
     Stored(u64),
@@ -95,8 +130,9 @@ pub(crate) enum Publication {
     Failed,
 }
 
-/// The `Nats-Msg-Id` of `delivery` for `recipient`.
-fn message_id(delivery: &NewDelivery, recipient: &UserKey) -> String {
+/// What a copy of `delivery` for `recipient` is a copy of: the same for
+/// its resends.
+fn copy_hash(delivery: &NewDelivery, recipient: &UserKey) -> [u8; 16] {
     let mut hash = Sha256::new();
     hash.update(delivery.from.key().as_str().as_bytes());
     hash.update([0]);
@@ -109,7 +145,59 @@ fn message_id(delivery: &NewDelivery, recipient: &UserKey) -> String {
     hash.update([1]);
     hash.update(&delivery.body);
     let digest = hash.finalize();
-    hex(digest.get(..16).unwrap_or_default())
+    let mut first = [0; 16];
+    first.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+    first
+}
+
+/// The `Nats-Msg-Id` of a write of `copies`: the same when it is sent
+/// again.
+fn write_id(copies: &[&InboxCopy]) -> String {
+    let mut hash = Sha256::new();
+    for copy in copies {
+        hash.update(copy.hash);
+    }
+    hex(hash.finalize().get(..16).unwrap_or_default())
+}
+
+/// One write to be stored: a recipient's copies, by their place in the
+/// turn's outgoing copies.
+struct Write<'a> {
+    subject: &'a str,
+    copies: Vec<usize>,
+}
+
+/// `outgoing` in writes: each recipient's copies in order, in writes of
+/// at most [`COPIES`] deliveries and [`WRITE_BYTES`] bytes (or one larger
+/// delivery). Wave `n` holds each recipient's `n`-th write.
+fn waves(outgoing: &[Outgoing]) -> Vec<Vec<Write<'_>>> {
+    // Each recipient's writes, and the bytes of its last.
+    let mut writes: HashMap<&str, (Vec<Vec<usize>>, usize)> = HashMap::new();
+    for (index, out) in outgoing.iter().enumerate() {
+        let size = out.size();
+        let (recipient, bytes) = writes.entry(out.subject.as_str()).or_default();
+        match recipient.last_mut() {
+            Some(last) if (last.len() as u64) < COPIES && *bytes + size <= WRITE_BYTES => {
+                last.push(index);
+                *bytes += size;
+            }
+            _ => {
+                recipient.push(vec![index]);
+                *bytes = size;
+            }
+        }
+    }
+    let mut waves: Vec<Vec<Write<'_>>> = Vec::new();
+    for (subject, (recipient, _)) in writes {
+        for (n, copies) in recipient.into_iter().enumerate() {
+            let write = Write { subject, copies };
+            match waves.get_mut(n) {
+                Some(wave) => wave.push(write),
+                None => waves.push(vec![write]),
+            }
+        }
+    }
+    waves
 }
 
 impl Cluster {
@@ -127,98 +215,90 @@ impl Cluster {
             .iter()
             .map(|recipient| {
                 let user = recipient.name.key();
-                let entry = InboxEntry {
-                    queued: Queued {
-                        queued_at: delivery.queued_at,
-                        from: delivery.from.clone(),
-                        to: delivery.to.clone(),
-                        body: delivery.body.clone(),
-                        slot: recipient.slot.clone(),
-                    },
-                    joined: joined.clone(),
-                };
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", message_id(delivery, &user).as_str());
                 Outgoing {
                     subject: Self::inbox_subject(&user),
-                    headers,
-                    payload: postcard::to_stdvec(&entry).ok().map(Bytes::from),
+                    copy: InboxCopy {
+                        queued: Queued {
+                            queued_at: delivery.queued_at,
+                            from: delivery.from.clone(),
+                            to: delivery.to.clone(),
+                            body: delivery.body.clone(),
+                            slot: recipient.slot.clone(),
+                        },
+                        joined: joined.clone(),
+                        hash: copy_hash(delivery, &user),
+                    },
                 }
             })
             .collect()
     }
 
-    /// Stores `outgoing` in the stream, one answer per publication in the
-    /// same order, keeping each recipient's order: copies to different
-    /// recipients go out together, and a recipient's next copy goes out
-    /// only once its previous one is stored. Sending them all at once
-    /// would not do: a NATS node lost with a copy on its way while the
-    /// next reaches the stream (through the node the client moved to)
-    /// stores the next first, and its recipient would read a gap. Once a
-    /// recipient's copy fails, its later ones in `outgoing` are not sent
-    /// either (they fail too, and their senders send them again, in
-    /// order).
+    /// Stores `outgoing` in the stream, one answer per copy in the same
+    /// order, keeping each recipient's order: each recipient's copies in
+    /// as few writes as they fit ([`COPIES`], [`WRITE_BYTES`]), writes to
+    /// different recipients together, and a recipient's next write only
+    /// once its previous one is stored. Sending them all at once would not
+    /// do: a NATS node lost with a write on its way while the next reaches
+    /// the stream (through the node the client moved to) stores the next
+    /// first, and its recipient would read a gap. Once a recipient's write
+    /// fails, its later ones are not sent either (they fail too, and their
+    /// senders send them again, in order).
     pub(crate) async fn store_in_order(&self, outgoing: &[Outgoing]) -> Vec<Publication> {
-        // Wave n holds each recipient's n-th copy.
-        let mut waves: Vec<Vec<usize>> = Vec::new();
-        let mut copies: HashMap<&str, usize> = HashMap::new();
-        for (index, out) in outgoing.iter().enumerate() {
-            let wave = copies.entry(out.subject.as_str()).or_default();
-            match waves.get_mut(*wave) {
-                Some(members) => members.push(index),
-                None => waves.push(vec![index]),
-            }
-            *wave += 1;
-        }
         let mut answers: Vec<Publication> = outgoing.iter().map(|_| Publication::Failed).collect();
         let mut failed: HashSet<&str> = HashSet::new();
-        for wave in waves {
-            let due: Vec<usize> = wave
+        for wave in waves(outgoing) {
+            let due: Vec<Write<'_>> = wave
                 .into_iter()
-                .filter(|&index| {
-                    outgoing
-                        .get(index)
-                        .is_some_and(|out| !failed.contains(out.subject.as_str()))
-                })
+                .filter(|write| !failed.contains(write.subject))
                 .collect();
-            let stored = join_all(
-                due.iter()
+            let stored = join_all(due.iter().map(|write| {
+                let copies: Vec<&InboxCopy> = write
+                    .copies
+                    .iter()
                     .filter_map(|&index| outgoing.get(index))
-                    .map(|out| self.stored(out)),
-            )
+                    .map(|out| &out.copy)
+                    .collect();
+                self.stored(write.subject, copies)
+            }))
             .await;
-            for (index, publication) in due.into_iter().zip(stored) {
-                if let (Publication::Failed, Some(out)) = (&publication, outgoing.get(index)) {
-                    failed.insert(out.subject.as_str());
+            for (write, publication) in due.into_iter().zip(stored) {
+                if let Publication::Failed = publication {
+                    failed.insert(write.subject);
                 }
-                if let Some(answer) = answers.get_mut(index) {
-                    *answer = publication;
+                for (place, index) in (0..).zip(&write.copies) {
+                    if let Some(answer) = answers.get_mut(*index) {
+                        *answer = match publication {
+                            Publication::Stored(seq) => Publication::Stored(seq * COPIES + place),
+                            Publication::Full => Publication::Full,
+                            Publication::Failed => Publication::Failed,
+                        };
+                    }
                 }
             }
         }
         answers
     }
 
-    /// Publishes one copy and waits for JetStream's answer, sending it
+    /// Stores one write of `copies` on `subject` and waits for
+    /// JetStream's answer (`Stored` with the write's sequence), sending it
     /// again while it is not acknowledged, for up to [`PUBLISH_PATIENCE`]:
     /// at once if the client reconnected to NATS meanwhile (an answer due
     /// on the lost connection never comes) or no answer within
     /// [`STREAM_TIMEOUT`], [`PUBLISH_RETRY`] after a refusal.
-    async fn stored(&self, outgoing: &Outgoing) -> Publication {
-        let Some(payload) = &outgoing.payload else {
+    async fn stored(&self, subject: &str, copies: Vec<&InboxCopy>) -> Publication {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", write_id(&copies).as_str());
+        let Ok(payload) = postcard::to_stdvec(&WriteOut { copies }) else {
             return Publication::Failed;
         };
+        let payload = Bytes::from(payload);
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
         let mut reconnected = self.reconnected.clone();
         loop {
             reconnected.borrow_and_update();
             let sent = self
                 .js
-                .publish_with_headers(
-                    outgoing.subject.clone(),
-                    outgoing.headers.clone(),
-                    payload.clone(),
-                )
+                .publish_with_headers(subject.to_string(), headers.clone(), payload.clone())
                 .await;
             let (failure, pause) = match sent {
                 Ok(ack) => tokio::select! {
@@ -239,10 +319,10 @@ impl Cluster {
                 Err(error) => (error.to_string(), PUBLISH_RETRY),
             };
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(error = %failure, "a delivery was not stored in the cluster");
+                tracing::warn!(error = %failure, "deliveries were not stored in the cluster");
                 return Publication::Failed;
             }
-            tracing::debug!(error = %failure, "a delivery is sent to the cluster again");
+            tracing::debug!(error = %failure, "deliveries are sent to the cluster again");
             tokio::time::sleep(pause).await;
         }
     }
@@ -257,8 +337,8 @@ impl Cluster {
         }
     }
 
-    /// The subscription to `user`'s deliveries as the stream republishes
-    /// them once stored ([`Cluster::live_delivery`] reads one).
+    /// The subscription to `user`'s writes as the stream republishes them
+    /// once stored ([`Cluster::live_delivery`] reads one).
     pub(crate) async fn live(&self, user: &UserKey) -> Result<async_nats::Subscriber, StoreError> {
         self.client
             .subscribe(format!("{LIVE_PREFIX}{}", user_hex(user)))
@@ -266,8 +346,8 @@ impl Cluster {
             .map_err(nats_err)
     }
 
-    /// A delivery as the stream republished it: its id, the id of the
-    /// recipient's delivery stored before it that was still there (0: none
+    /// A write as the stream republished it: its sequence, the sequence of
+    /// the recipient's write stored before it that was still there (0: none
     /// was), and what it holds (`None`: it does not decode). `None` if the
     /// headers are not the stream's.
     pub(crate) fn live_delivery(
@@ -275,13 +355,14 @@ impl Cluster {
     ) -> Option<(u64, u64, Option<InboxEntry>)> {
         let headers = message.headers.as_ref()?;
         let number = |name: &str| headers.get(name)?.as_str().parse::<u64>().ok();
-        let id = number("Nats-Sequence").filter(|&id| id > 0)?;
+        let seq = number("Nats-Sequence").filter(|&seq| seq > 0)?;
         let last = number("Nats-Last-Sequence")?;
-        Some((id, last, postcard::from_bytes(&message.payload).ok()))
+        Some((seq, last, postcard::from_bytes(&message.payload).ok()))
     }
 
-    /// `user`'s first stored delivery with an id above `after`, if any
-    /// (`None` with its id: a message that does not decode, to skip).
+    /// `user`'s first write stored with a sequence above `after`, if any
+    /// (`None` with its sequence: a message that does not decode, to
+    /// skip).
     pub(crate) async fn next_delivery(
         &self,
         user: &UserKey,
@@ -308,16 +389,19 @@ impl Cluster {
         }
     }
 
-    /// Notes that delivery `id` went to `user` on its connection `conn`
-    /// (only such deliveries can be acknowledged away).
-    pub(crate) fn note_sent(&self, user: &UserKey, conn: u64, id: u64) {
+    /// Notes that the write `seq` of `user`'s was read on its connection
+    /// `conn`, and that of its deliveries those with the ids `handed` go
+    /// to the client (only such deliveries can be acknowledged away; the
+    /// write's others, resends handed over already and any that do not
+    /// decode, are taken as acknowledged).
+    pub(crate) fn note_sent(&self, user: &UserKey, conn: u64, seq: u64, handed: &[u64]) {
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         let entry = sent.entry(user.clone()).or_insert_with(|| Sent::on(conn));
         if entry.conn != conn {
             *entry = Sent::on(conn);
         }
-        entry.outstanding.insert(id);
-        entry.highest = entry.highest.max(id);
+        entry.outstanding.extend(handed);
+        entry.highest = entry.highest.max(seq);
     }
 
     /// Forgets what was sent on `user`'s connection `conn`, which ended.
@@ -330,13 +414,15 @@ impl Cluster {
 
     /// Takes `ids` as acknowledged if they were sent to `user` here (any
     /// other id is ignored: it is not `user`'s, or it is gone already) and
-    /// deletes them: every delivery of `user`'s below the lowest sent here
-    /// and not acknowledged in one purge of its subject (the pump sent
-    /// each of those, as it reads the user's deliveries in id order from
-    /// the first on each connection, and each was acknowledged), and any
-    /// acknowledged above it (a delivery the client keeps for later, such
-    /// as one waiting for a key, holds the purge back) one by one. Returns
-    /// how many were deleted.
+    /// deletes the writes nothing is waited for in any more: every write
+    /// of `user`'s below the one holding the lowest delivery sent here and
+    /// not acknowledged, in one purge of its subject (the pump read each
+    /// of those, as it reads the user's writes in order from the first on
+    /// each connection, and each of their deliveries sent was
+    /// acknowledged), and any above it whose deliveries are all
+    /// acknowledged (a delivery the client keeps for later, such as one
+    /// waiting for a key, holds the purge back) one by one. Returns how
+    /// many writes were deleted.
     pub(crate) async fn acknowledge(&self, user: &UserKey, ids: &[u64]) -> u64 {
         let (purge, singles) = {
             let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
@@ -351,13 +437,22 @@ impl Cluster {
             let below = entry
                 .outstanding
                 .first()
-                .copied()
-                .unwrap_or(entry.highest + 1);
+                .map_or(entry.highest + 1, |id| id / COPIES);
             let purge = (!acked.is_empty() && below > entry.purged).then_some(below);
             if let Some(below) = purge {
                 entry.purged = below;
             }
-            let singles: Vec<u64> = acked.into_iter().filter(|&id| id >= below).collect();
+            let mut singles: Vec<u64> = acked
+                .into_iter()
+                .map(|id| id / COPIES)
+                .filter(|&seq| seq > below)
+                .collect();
+            singles.sort_unstable();
+            singles.dedup();
+            singles.retain(|&seq| {
+                let write = seq * COPIES..(seq + 1) * COPIES;
+                entry.outstanding.range(write).next().is_none()
+            });
             (purge, singles)
         };
         let mut deleted = 0;
@@ -375,12 +470,12 @@ impl Cluster {
                     tracing::debug!(%error, "acknowledged deliveries were not deleted");
                     let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(entry) = sent.get_mut(user) {
-                        entry.purged = entry.purged.min(below.saturating_sub(1));
+                        entry.purged = entry.purged.min(below.saturating_sub(1)).max(1);
                     }
                 }
             }
         }
-        let deletions = singles.iter().map(|id| self.inbox.delete_message(*id));
+        let deletions = singles.iter().map(|seq| self.inbox.delete_message(*seq));
         for result in join_all(deletions).await {
             match result {
                 Ok(true) => deleted += 1,
@@ -396,11 +491,13 @@ impl Cluster {
 /// What was sent to a user on its connection here.
 pub(crate) struct Sent {
     conn: u64,
-    /// Sent and not acknowledged.
+    /// The ids of the deliveries sent and not acknowledged.
     outstanding: BTreeSet<u64>,
-    /// The highest id sent.
+    /// The sequence of the last write read.
     highest: u64,
-    /// Every delivery of the user's below this is deleted.
+    /// Every write of the user's below this sequence is deleted. At least
+    /// 1: nothing is below the stream's first sequence, and JetStream
+    /// takes a purge below 1 for a purge of the whole subject.
     purged: u64,
 }
 
@@ -410,7 +507,7 @@ impl Sent {
             conn,
             outstanding: BTreeSet::new(),
             highest: 0,
-            purged: 0,
+            purged: 1,
         }
     }
 }

@@ -133,7 +133,7 @@ impl Followed {
 }
 
 /// How long a room joined through this relay is named in what its new
-/// member sends (`InboxEntry::joined`): longer than the other relays'
+/// member sends (`InboxCopy::joined`): longer than the other relays'
 /// watches of `sotto_members` lag, even while JetStream elects a leader.
 const JOIN_MEMORY: Duration = Duration::from_secs(120);
 /// The most rooms named so.

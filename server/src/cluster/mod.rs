@@ -43,7 +43,7 @@ mod directory;
 mod inbox;
 pub(crate) mod mirror;
 
-pub(crate) use inbox::{InboxEntry, Publication};
+pub(crate) use inbox::{COPIES, InboxEntry, Publication};
 
 /// The KV bucket of the name directory.
 const NAMES: &str = "sotto_names";
@@ -147,7 +147,7 @@ pub(crate) struct Cluster {
     /// `sotto_online`.
     registered: Mutex<HashMap<UserKey, (u64, u64)>>,
     /// Per user connected here: the rooms it joined here lately, which
-    /// what it sends carries ([`inbox::InboxEntry::joined`]).
+    /// what it sends carries ([`inbox::InboxCopy::joined`]).
     joined: Mutex<HashMap<UserKey, Vec<(RoomName, tokio::time::Instant)>>>,
     /// Deliveries stored in the stream, as last counted (for the metrics).
     pub(crate) queued: std::sync::atomic::AtomicU64,

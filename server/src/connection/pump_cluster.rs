@@ -1,15 +1,19 @@
-//! A connection's delivery pump in a cluster: the user's deliveries in id
-//! order, so that whatever JetStream acknowledged to any relay is seen.
-//! It reads them from the stream's leader until nothing is left, then
-//! takes each as the stream republishes it once stored
-//! (`sotto.live.<user>`, from whichever relay stored it) as long as it
-//! follows the last one sent; after a gap (a republished delivery lost,
-//! the subscription behind) it reads from the stream again, and so it
-//! does when the committer has frames to send after the deliveries (a
-//! `Pong`) and after the relay's reconnection to NATS. Each delivery goes
-//! out once on a connection; what the client has not acknowledged when
+//! A connection's delivery pump in a cluster: the user's writes (each
+//! holding some of its deliveries, `crate::cluster::inbox`) in order, so
+//! that whatever JetStream acknowledged to any relay is seen. It reads
+//! them from the stream's leader until nothing is left, then takes each as
+//! the stream republishes it once stored (`sotto.live.<user>`, from
+//! whichever relay stored it) as long as it follows the last one read;
+//! after a gap (a republished write lost, the subscription behind) it
+//! reads from the stream again, and so it does when the committer has
+//! frames to send after the deliveries (a `Pong`) and after the relay's
+//! reconnection to NATS. Each delivery goes out once on a connection, and
+//! a resend stored in another write (its sender's relay died before
+//! answering) is not handed over again while the connection remembers
+//! the first ([`REMEMBERED`]); what the client has not acknowledged when
 //! the connection ends comes again on its next one, on any relay.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +23,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::pump::{send, stored_frame};
-use crate::cluster::{Cluster, InboxEntry};
+use crate::cluster::{COPIES, Cluster, InboxEntry};
 use crate::state::{Peer, PumpDoor, Shared};
 
 /// How soon a read that failed is tried again.
 const RETRY: Duration = Duration::from_millis(500);
+/// How many of the deliveries last handed over a connection remembers, to
+/// hand a resend stored again over once.
+const REMEMBERED: usize = 256;
 
 /// Streams `user`'s deliveries (its connection `conn`) to `peer` until
 /// `done` is cancelled.
@@ -50,16 +57,17 @@ pub(super) async fn pump(
             }
         }
     };
-    let pump = Pump {
+    let mut pump = Pump {
         shared: &shared,
         cluster: &cluster,
         user: &user,
         conn,
         peer: &peer,
         done: &done,
+        handed: VecDeque::new(),
     };
     let mut reconnected = cluster.reconnected.clone();
-    // The id of the last delivery sent.
+    // The sequence of the last write read.
     let mut after = 0;
     'pump: loop {
         // Taken before the read: what they wait for is read first.
@@ -70,11 +78,11 @@ pub(super) async fn pump(
                 () = done.cancelled() => return,
             };
             match next {
-                Ok(Some((id, entry))) => {
-                    if !pump.hand_over(id, entry).await {
+                Ok(Some((seq, entry))) => {
+                    if !pump.hand_over(seq, entry).await {
                         return;
                     }
-                    after = id;
+                    after = seq;
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -90,23 +98,23 @@ pub(super) async fn pump(
         for frame in then {
             peer.push(frame, &shared.metrics);
         }
-        // Then each delivery as the stream republishes it, handed over as
-        // it comes while it follows the last one sent (the one stored
-        // before it for this user, if still there, was sent); after a
-        // gap, read from the stream again.
+        // Then each write as the stream republishes it, handed over as it
+        // comes while it follows the last one read (the one stored before
+        // it for this user, if still there, was read); after a gap, read
+        // from the stream again.
         loop {
             tokio::select! {
                 message = live.next() => match message.as_ref().and_then(Cluster::live_delivery) {
-                    Some((id, _, _)) if id <= after => {}
-                    Some((id, last, entry)) if last <= after => {
-                        if !pump.hand_over(id, entry).await {
+                    Some((seq, _, _)) if seq <= after => {}
+                    Some((seq, last, entry)) if last <= after => {
+                        if !pump.hand_over(seq, entry).await {
                             return;
                         }
-                        after = id;
+                        after = seq;
                     }
                     Some(_) => continue 'pump,
                     None if message.is_some() => {
-                        warn!("a delivery republished by the stream has no sequence; read again");
+                        warn!("a write republished by the stream has no sequence; read again");
                         continue 'pump;
                     }
                     None => {
@@ -124,7 +132,7 @@ pub(super) async fn pump(
     }
 }
 
-/// What handing a delivery over needs.
+/// What handing deliveries over needs.
 struct Pump<'a> {
     shared: &'a Shared,
     cluster: &'a Cluster,
@@ -132,34 +140,56 @@ struct Pump<'a> {
     conn: u64,
     peer: &'a Peer,
     done: &'a CancellationToken,
+    /// The hashes of the last [`REMEMBERED`] deliveries handed over.
+    handed: VecDeque<[u8; 16]>,
 }
 
 impl Pump<'_> {
-    /// Sends delivery `id` (`None`: it does not decode, and is skipped)
-    /// once this relay knows the memberships it names; `false` if the
+    /// Sends the deliveries of write `seq` (`None`: it does not decode,
+    /// and is skipped), each once this relay knows the memberships it
+    /// names, but for those handed over already; `false` if the
     /// connection is gone.
-    async fn hand_over(&self, id: u64, entry: Option<InboxEntry>) -> bool {
+    async fn hand_over(&mut self, seq: u64, entry: Option<InboxEntry>) -> bool {
         let Some(entry) = entry else {
             warn!(
-                id,
-                "a stored delivery in the cluster does not decode; skipped"
+                seq,
+                "a write of stored deliveries in the cluster does not decode; skipped"
             );
+            self.cluster.note_sent(self.user, self.conn, seq, &[]);
             return true;
         };
-        let queued = entry.queued;
-        tokio::select! {
-            () = self.cluster.know_joins(self.shared, &queued.from, &entry.joined) => {}
-            () = self.done.cancelled() => return false,
+        let mut due = Vec::with_capacity(entry.copies.len());
+        for (place, copy) in (0..COPIES).zip(entry.copies) {
+            if self.handed.contains(&copy.hash) {
+                continue;
+            }
+            if self.handed.len() == REMEMBERED {
+                self.handed.pop_front();
+            }
+            self.handed.push_back(copy.hash);
+            due.push((seq * COPIES + place, copy));
         }
-        if let sotto_proto::Destination::Room(room) = &queued.to {
-            self.cluster
-                .know_sender(self.shared, room, &queued.from)
-                .await;
+        let ids: Vec<u64> = due.iter().map(|(id, _)| *id).collect();
+        self.cluster.note_sent(self.user, self.conn, seq, &ids);
+        for (id, copy) in due {
+            let queued = copy.queued;
+            tokio::select! {
+                () = self.cluster.know_joins(self.shared, &queued.from, &copy.joined) => {}
+                () = self.done.cancelled() => return false,
+            }
+            if let sotto_proto::Destination::Room(room) = &queued.to {
+                self.cluster
+                    .know_sender(self.shared, room, &queued.from)
+                    .await;
+            }
+            let sent = match stored_frame(id, &queued) {
+                Some(frame) => send(self.shared, self.peer, frame, self.done).await,
+                None => true,
+            };
+            if !sent {
+                return false;
+            }
         }
-        self.cluster.note_sent(self.user, self.conn, id);
-        match stored_frame(id, &queued) {
-            Some(frame) => send(self.shared, self.peer, frame, self.done).await,
-            None => true,
-        }
+        true
     }
 }
