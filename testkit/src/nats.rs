@@ -236,8 +236,14 @@ impl NatsNode {
             .filter(|r| **r != own)
             .map(String::as_str)
             .collect();
+        // What the command line cannot say: messages as large as the
+        // relays' largest (docs/self-hosting.md, "NATS").
+        let config = self.store.with_extension("conf");
+        std::fs::write(&config, "max_payload: 2MB\n").expect("the node's configuration is written");
         let mut command = Command::new(binary());
         command
+            .arg("--config")
+            .arg(&config)
             .args(["--addr", "127.0.0.1"])
             .args(["--port", &self.client.port().to_string()])
             .args(["--http_port", &self.monitor.port().to_string()])

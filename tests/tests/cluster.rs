@@ -782,6 +782,27 @@ impl Raw {
     }
 }
 
+/// A direct message as large as a frame allows crosses the cluster, from
+/// one relay to the other: NATS takes messages as large as the relays'
+/// largest write (its `max_payload`, which a relay checks when it starts;
+/// NATS's own default, 1 MiB, is too small).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_as_large_as_a_frame_allows_crosses_the_cluster() {
+    let bed = Bed::start(2);
+    for relay in &bed.relays {
+        ready(&relay.address).await;
+    }
+    let mut bob = Raw::register(&bed.relays[1].address, "bob").await;
+    bob.barrier().await;
+    let mut alice = Raw::register(&bed.relays[0].address, "alice").await;
+    let body = "x".repeat(sotto_proto::MAX_FRAME_LEN - 1024);
+    alice.send_direct(1, "bob", body.clone()).await;
+    alice.sent(1).await;
+    let got = bob.delivered().await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].1 == body, "another body came");
+}
+
 /// How many deliveries a stream message of the cluster holds at most: a
 /// delivery's id is its stream message's sequence times this plus its
 /// place in it (protocol.md 9.7).

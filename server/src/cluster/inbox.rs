@@ -48,6 +48,10 @@ const WRITE_BYTES: usize = 256 * 1024;
 /// What a copy's encoding takes beyond its body and slot, at most (its
 /// names, time, hash and the rooms its sender joined are counted apart).
 const COPY_OVERHEAD: usize = 256;
+/// The largest write, in bytes: one delivery of the largest frame, with
+/// room for what the write adds to it. NATS must take messages this
+/// large (its `max_payload`, 1 MiB unless set; `Cluster::connect` checks).
+pub(super) const MAX_WRITE: usize = MAX_FRAME_LEN + 64 * 1024;
 /// How long a resend is recognised as one.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// How long a write JetStream did not acknowledge (a NATS node lost, a
@@ -67,7 +71,7 @@ pub(super) fn stream_config(replicas: usize, limits: QueueLimits) -> stream::Con
         max_messages_per_subject: i64::try_from(limits.max_messages).unwrap_or(i64::MAX),
         discard: stream::DiscardPolicy::New,
         discard_new_per_subject: true,
-        max_message_size: i32::try_from(MAX_FRAME_LEN + 64 * 1024).unwrap_or(i32::MAX),
+        max_message_size: i32::try_from(MAX_WRITE).unwrap_or(i32::MAX),
         duplicate_window: DUPLICATE_WINDOW.min(max_age),
         allow_direct: false,
         num_replicas: replicas,

@@ -245,6 +245,15 @@ impl Cluster {
                     config.servers.join(", ")
                 ))
             })?;
+        let max_payload = client.server_info().max_payload;
+        if max_payload < inbox::MAX_WRITE {
+            return Err(StoreError::Cluster(format!(
+                "the NATS server takes messages of at most {max_payload} bytes (its \
+                 max_payload), and a delivery of the largest frame needs {}: set \
+                 `max_payload: 2MB` in the configuration of every NATS node",
+                inbox::MAX_WRITE
+            )));
+        }
         let js = jetstream::new(client.clone());
         let replicas = config.replicas;
         let inbox = set_up(INBOX, || async {
