@@ -69,6 +69,15 @@ impl Bed {
 
     /// The data directory of relay `i`, holding the cluster's one key
     /// (made in the first one's, copied into the others').
+    /// [`Bed::start`], once every relay serves.
+    async fn serving(relays: usize) -> Bed {
+        let bed = Bed::start(relays);
+        for relay in &bed.relays {
+            ready(&relay.address).await;
+        }
+        bed
+    }
+
     fn relay_dir(&self, i: usize) -> PathBuf {
         let first = self.temp.path().join("relay0");
         if !first.exists() {
@@ -682,6 +691,16 @@ impl Raw {
         }
     }
 
+    /// Asserts that `name`, registered on `relay`, is handed nothing.
+    async fn nothing_for(relay: &RelayAddress, name: &str) {
+        let mut raw = Raw::register(relay, name).await;
+        assert_eq!(
+            raw.barrier().await,
+            Vec::<u64>::new(),
+            "acknowledged, yet sent again"
+        );
+    }
+
     async fn send(&mut self, frame: ClientFrame) {
         use futures::SinkExt;
         self.framed.send(frame).await.unwrap();
@@ -690,15 +709,7 @@ impl Raw {
     /// Sends `body` to the user `to` as the `Send` with route id `id`,
     /// without slots.
     async fn send_direct(&mut self, id: u64, to: &str, body: String) {
-        self.send(ClientFrame::Send {
-            route: sotto_proto::Route {
-                id,
-                to: sotto_proto::Destination::User(user(to)),
-            },
-            body: bytes::Bytes::from(body),
-            slots: Vec::new(),
-        })
-        .await;
+        self.send_direct_together(id, to, &[body]).await;
     }
 
     /// The next frame that matches `wanted`; the others are passed over.
@@ -788,10 +799,7 @@ impl Raw {
 /// NATS's own default, 1 MiB, is too small).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_as_large_as_a_frame_allows_crosses_the_cluster() {
-    let bed = Bed::start(2);
-    for relay in &bed.relays {
-        ready(&relay.address).await;
-    }
+    let bed = Bed::serving(2).await;
     let mut bob = Raw::register(&bed.relays[1].address, "bob").await;
     bob.barrier().await;
     let mut alice = Raw::register(&bed.relays[0].address, "alice").await;
@@ -817,10 +825,7 @@ const COPIES: u64 = 64;
 /// acknowledged, nothing comes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_stored_together_are_acknowledged_each_on_its_own() {
-    let bed = Bed::start(2);
-    for relay in &bed.relays {
-        ready(&relay.address).await;
-    }
+    let bed = Bed::serving(2).await;
     let (near, far) = (&bed.relays[0].address, &bed.relays[1].address);
     let mut bob = Raw::register(far, "bob").await;
     bob.barrier().await;
@@ -867,12 +872,7 @@ async fn deliveries_stored_together_are_acknowledged_each_on_its_own() {
     bob.ack(&again).await;
     drop(bob);
     for relay in [near, far] {
-        let mut bob = Raw::register(relay, "bob").await;
-        assert_eq!(
-            bob.barrier().await,
-            Vec::<u64>::new(),
-            "acknowledged, yet sent again"
-        );
+        Raw::nothing_for(relay, "bob").await;
     }
 }
 
@@ -883,10 +883,7 @@ async fn deliveries_stored_together_are_acknowledged_each_on_its_own() {
 /// over is acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_stored_in_another_write_is_handed_over_once() {
-    let bed = Bed::start(2);
-    for relay in &bed.relays {
-        ready(&relay.address).await;
-    }
+    let bed = Bed::serving(2).await;
     let (near, far) = (&bed.relays[0].address, &bed.relays[1].address);
     let mut bob = Raw::register(far, "bob").await;
     bob.barrier().await;
@@ -913,12 +910,7 @@ async fn a_resend_stored_in_another_write_is_handed_over_once() {
     let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
     bob.ack(&ids).await;
     drop(bob);
-    let mut bob = Raw::register(far, "bob").await;
-    assert_eq!(
-        bob.barrier().await,
-        Vec::<u64>::new(),
-        "acknowledged, yet sent again"
-    );
+    Raw::nothing_for(far, "bob").await;
 }
 
 /// Only a delivery's recipient can acknowledge it away in a cluster too:
@@ -928,10 +920,7 @@ async fn a_resend_stored_in_another_write_is_handed_over_once() {
 /// it itself, after which it never comes again, through either relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_its_recipient_can_acknowledge_a_delivery_in_a_cluster() {
-    let bed = Bed::start(2);
-    for relay in &bed.relays {
-        ready(&relay.address).await;
-    }
+    let bed = Bed::serving(2).await;
     let (near, far) = (&bed.relays[0].address, &bed.relays[1].address);
     let mut alice = Raw::register(near, "alice").await;
     let mut bob = Raw::register(far, "bob").await;
@@ -969,12 +958,7 @@ async fn only_its_recipient_can_acknowledge_a_delivery_in_a_cluster() {
     bob.barrier().await;
     drop(bob);
     for relay in [near, far] {
-        let mut bob = Raw::register(relay, "bob").await;
-        assert_eq!(
-            bob.barrier().await,
-            Vec::<u64>::new(),
-            "acknowledged, yet sent again"
-        );
+        Raw::nothing_for(relay, "bob").await;
     }
 }
 
@@ -986,10 +970,7 @@ async fn only_its_recipient_can_acknowledge_a_delivery_in_a_cluster() {
 /// on the other relay, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_messages_to_names_nobody_owns_are_refused_and_the_rest_delivered() {
-    let bed = Bed::start(2);
-    for relay in &bed.relays {
-        ready(&relay.address).await;
-    }
+    let bed = Bed::serving(2).await;
     let mut bob = Raw::register(&bed.relays[1].address, "bob").await;
     bob.barrier().await;
     let mut alice = Raw::register(&bed.relays[0].address, "alice").await;

@@ -214,10 +214,6 @@ fn outcome(staged: &StagedDelivery, publications: &[Publication]) -> Option<Stor
 /// Applies a write nobody waits for.
 async fn apply(cluster: &Cluster, write: Write) {
     let result = match write {
-        Write::Ack { user, ids } => {
-            cluster.acknowledge(&user, &ids).await;
-            Ok(())
-        }
         Write::Join { room, name } => {
             match persistently("a member's identity", || cluster.lookup(&name)).await {
                 Ok(Some(record)) => {
@@ -234,7 +230,8 @@ async fn apply(cluster: &Cluster, write: Write) {
             cluster.seen(&user, &rooms, at).await;
             Ok(())
         }
-        Write::Deliver(_) => Ok(()),
+        // Acknowledgements are taken apart by `turn`, a user's together.
+        Write::Ack { .. } | Write::Deliver(_) => Ok(()),
     };
     if let Err(error) = result {
         warn!(%error, "a change was not written to the cluster");
