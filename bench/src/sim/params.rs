@@ -140,13 +140,13 @@ pub(crate) struct ClusterArgs {
 ///
 /// The defaults come from `Costs::measured`, the one place that holds them;
 /// each field names the benchmark or test its figure comes from. They are
-/// provisional until those runs are recorded in docs/benchmarks.md.
+/// recorded, with their commands, in docs/benchmarks.md.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct Costs {
     /// Relay CPU per delivery across relays, µs (publishing it to
     /// JetStream, taking it as the stream republishes it, handing it over,
-    /// purging it on its Ack): relays' CPU / deliveries of `relay-bench
-    /// room --cluster`.
+    /// deleting it on its Ack), a write of one delivery: relays' CPU /
+    /// deliveries of `relay-bench room --cluster --senders 1 --window 1`.
     #[arg(long, default_value_t = Costs::measured().relay_us_per_delivery)]
     pub(crate) relay_us_per_delivery: f64,
     /// Share of relay-us-per-delivery spent by the sender's relay (the
@@ -156,11 +156,13 @@ pub(crate) struct Costs {
     #[arg(long, default_value_t = Costs::measured().relay_publish_share)]
     pub(crate) relay_publish_share: f64,
     /// Relay CPU per accepted Send besides its deliveries, µs: relay CPU /
-    /// messages of `relay-bench dm --cluster` less one delivery each.
+    /// messages of `relay-bench dm --cluster --window 1` less one delivery
+    /// each.
     #[arg(long, default_value_t = Costs::measured().relay_us_per_send)]
     pub(crate) relay_us_per_send: f64,
-    /// NATS CPU per delivery, all nodes together, µs: NATS nodes' CPU /
-    /// deliveries of `relay-bench room --cluster`.
+    /// NATS CPU per delivery, all nodes together, µs, a write of one
+    /// delivery: NATS nodes' CPU / deliveries of `relay-bench room
+    /// --cluster --senders 1 --window 1`.
     #[arg(long, default_value_t = Costs::measured().nats_us_per_delivery)]
     pub(crate) nats_us_per_delivery: f64,
     /// Share of nats-us-per-delivery spent by the leader of SOTTO_INBOX
@@ -209,21 +211,26 @@ pub(crate) struct Costs {
 impl Costs {
     /// The calibration: every cost's default, in one place, each with
     /// where it comes from (docs/benchmarks.md, "A cluster over NATS
-    /// JetStream", measured at commit 4dc1c53; docs/scaling.md lists
-    /// which are measured and which are assumed).
+    /// JetStream": the delivery costs measured at commit 9a28d80 with one
+    /// message in flight per sender, so that every write holds one
+    /// delivery, as it does at this community's rates; docs/scaling.md
+    /// lists which are measured and which are assumed).
     pub(crate) const fn measured() -> Self {
         Self {
-            // Measured: relay-bench room --cluster (32 members), relays'
-            // CPU / deliveries: 707 us in all less 633 in the NATS nodes.
-            relay_us_per_delivery: 74.0,
+            // Measured: relay-bench room --cluster --members 32 --senders 1
+            // --window 1, relays' CPU / deliveries: 393 us in all less 322
+            // in the NATS nodes.
+            relay_us_per_delivery: 71.0,
             // Assumed: the per-relay split was not measured.
             relay_publish_share: 0.3,
-            // Assumed: relay-bench dm --cluster gives 48 us per message
-            // with its one delivery, not split between the two.
-            relay_us_per_send: 30.0,
-            // Measured: relay-bench room --cluster, NATS nodes' CPU /
-            // deliveries (1:1: 225 us).
-            nats_us_per_delivery: 633.0,
+            // Measured: relay-bench dm --cluster --pairs 64 --window 1
+            // gives the relays 86 us per message with its one delivery
+            // (326 us less 239 in NATS), 15 more than a delivery.
+            relay_us_per_send: 15.0,
+            // Measured: relay-bench room --cluster --senders 1 --window 1,
+            // NATS nodes' CPU / deliveries, a write of one delivery each
+            // (1:1: 239 us; with 16 in flight, 17-18 us, benchmarks.md).
+            nats_us_per_delivery: 322.0,
             // Assumed: the per-node split was not measured.
             leader_share: 0.5,
             // Assumed: from relay-bench dm --cluster with and without
