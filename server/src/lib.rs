@@ -51,6 +51,7 @@ mod cluster;
 mod commit;
 mod config;
 mod connection;
+mod der;
 pub mod metrics;
 mod state;
 pub mod store;
@@ -59,8 +60,10 @@ pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+pub use cluster::check_files as check_cluster_files;
 pub use config::{ClusterConfig, Config};
 pub use metrics::Metrics;
 pub use tls::{CertSource, CertStore, TlsError};
@@ -214,17 +217,34 @@ async fn serve(
 
     if let Some(addr) = config.metrics {
         let endpoint = TcpListener::bind(addr).await.map_err(RelayError::Metrics)?;
-        let depth: Arc<dyn Fn() -> u64 + Send + Sync> = match &backend {
+        let (depth, trouble): (Box<dyn Fn() -> u64 + Send + Sync>, _) = match &backend {
             Backend::Local(store) => {
                 let store = Arc::clone(store);
-                Arc::new(move || store.total_queued().unwrap_or(0))
+                let metrics = Arc::clone(&metrics);
+                let trouble: Box<dyn Fn() -> Option<&'static str> + Send + Sync> =
+                    Box::new(move || {
+                        (metrics.storage_unavailable.load(Ordering::Relaxed) != 0)
+                            .then_some("storage unavailable: the database waits to be reopened")
+                    });
+                (Box::new(move || store.total_queued().unwrap_or(0)), trouble)
             }
             Backend::Cluster(cluster) => {
-                let cluster = Arc::clone(cluster);
-                Arc::new(move || cluster.queued.load(std::sync::atomic::Ordering::Relaxed))
+                let (counted, connected) = (Arc::clone(cluster), Arc::clone(cluster));
+                (
+                    Box::new(move || counted.queued.load(Ordering::Relaxed)),
+                    Box::new(move || {
+                        (!connected.nats_connected()).then_some("not connected to NATS")
+                    }),
+                )
             }
         };
-        let serve = metrics::serve(endpoint, Arc::clone(&metrics), depth);
+        let certs = Arc::clone(&certs);
+        let probe = metrics::Probe {
+            depth,
+            trouble,
+            cert_not_after: Box::new(move || certs.not_after()),
+        };
+        let serve = metrics::serve(endpoint, Arc::clone(&metrics), probe);
         let stop = stop.clone();
         tracker.spawn(async move {
             tokio::select! {

@@ -1,9 +1,9 @@
 //! The `relay` binary: parse the configuration, set up logging, load or
 //! generate the certificate, bind, print the address to share, and run
 //! until SIGINT or SIGTERM. SIGHUP reloads the certificate (and the key
-//! hand-over). Subcommands print the key fingerprint, renew the generated
-//! certificate with the same key, and rotate the key with a signed
-//! hand-over.
+//! hand-over). Subcommands check a configuration file, print the key
+//! fingerprint, renew the generated certificate with the same key, and
+//! rotate the key with a signed hand-over.
 
 #![forbid(unsafe_code)]
 
@@ -31,7 +31,7 @@ use tracing_subscriber::EnvFilter;
 /// (`--config`); options on the command line win. Logs go to stderr
 /// (RUST_LOG=debug for more) and never contain message content.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(name = "relay", version, about, long_about)]
 struct Args {
     /// TOML file with any of the settings below (same names, underscores
     /// instead of dashes; durations in seconds).
@@ -140,9 +140,20 @@ struct Args {
     command: Option<Cmd>,
 }
 
-/// Key and certificate maintenance; without one the relay runs.
+/// Checks and key and certificate maintenance; without one the relay runs.
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Check a configuration file, with any options given before the
+    /// subcommand, without starting the relay: its settings, the
+    /// certificate and key (and their fingerprint and expiry), the data
+    /// directory, and the cluster's secret and CA files. Prints what the
+    /// relay would run with; exits 1 with the reason if it would not
+    /// start.
+    CheckConfig {
+        /// The TOML file (as --config would take it).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Print the key fingerprint clients pin (the one in the address) of
     /// a certificate file [default: the relay's certificate].
     Fingerprint {
@@ -174,7 +185,12 @@ enum Cmd {
 impl Args {
     /// Defaults, then the file, then the flags.
     fn config(&self) -> Result<Config, String> {
-        let mut config = match &self.config {
+        self.config_from(self.config.as_deref())
+    }
+
+    /// Defaults, then `file`, then the flags.
+    fn config_from(&self, file: Option<&std::path::Path>) -> Result<Config, String> {
+        let mut config = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -316,12 +332,17 @@ fn host_and_source(config: &Config) -> (String, CertSource) {
     (host, source)
 }
 
-/// The subcommands: print, renew, rotate; the relay is not started.
+/// The subcommands: check, print, renew, rotate; the relay is not started.
 fn maintain(args: &Args, command: &Cmd) -> Result<(), String> {
+    if let Cmd::CheckConfig { file } = command {
+        return check_config(args, file);
+    }
     let config = args.config()?;
     let (_, source) = host_and_source(&config);
     #[allow(clippy::print_stdout)] // the subcommands' output
     match command {
+        // Taken above, before the configuration it checks is read.
+        Cmd::CheckConfig { file } => check_config(args, file)?,
         Cmd::Fingerprint { cert } => {
             let cert = match (cert, &source) {
                 (Some(cert), _) => cert.clone(),
@@ -382,6 +403,111 @@ fn maintain(args: &Args, command: &Cmd) -> Result<(), String> {
     Ok(())
 }
 
+/// `relay check-config FILE`: what [`serve`] would start with, checked
+/// without listening, connecting or writing anything but a probe file in
+/// the data directory.
+fn check_config(args: &Args, file: &std::path::Path) -> Result<(), String> {
+    let config = args.config_from(Some(file))?;
+    let (host, source) = host_and_source(&config);
+    let certificate = tls::check(&source, Some(&config.data_dir.join(HANDOVER_FILE)))
+        .map_err(|e| e.to_string())?;
+    check_data_dir(&config.data_dir)?;
+    if let Some(cluster) = &config.cluster {
+        sotto_relay::check_cluster_files(cluster)?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    #[allow(clippy::print_stdout)] // the subcommand's output
+    {
+        println!("{}: the relay would start with it", file.display());
+        println!("listen: {}", config.listen);
+        println!("data directory: {}", config.data_dir.display());
+        match &certificate {
+            Some(checked) => {
+                let address = RelayAddress {
+                    host: host.clone(),
+                    port: config.listen.port(),
+                    fingerprint: checked.fingerprint,
+                    alternates: Vec::new(),
+                };
+                println!("key: {}", fingerprint_text(&checked.fingerprint));
+                match checked.not_after {
+                    Some(end) if end <= now => {
+                        return Err(format!(
+                            "the certificate expired {} days ago: renew it (relay renew-cert, or your CA keeping the key), then SIGHUP the relay",
+                            (now - end) / 86_400
+                        ));
+                    }
+                    Some(end) => println!(
+                        "certificate: expires in {} days (Unix time {end})",
+                        (end - now) / 86_400
+                    ),
+                    None => println!("certificate: its expiry could not be read"),
+                }
+                if let Some(handover) = &checked.handover {
+                    println!(
+                        "key hand-over from {} sent to clients until Unix time {}",
+                        fingerprint_text(&handover.old_fingerprint()),
+                        handover.not_after
+                    );
+                }
+                println!("address: {address}");
+            }
+            None => println!(
+                "certificate: none yet; a key and self-signed certificate will be generated in {} on first start",
+                config.data_dir.display()
+            ),
+        }
+        match config.metrics {
+            Some(addr) => println!("metrics: http://{addr}/metrics, health: http://{addr}/health"),
+            None => println!("metrics: off"),
+        }
+        match &config.cluster {
+            Some(cluster) => println!(
+                "cluster: {} ({} replicas; NATS is not contacted by this check)",
+                cluster.servers.join(","),
+                cluster.replicas
+            ),
+            None => println!("cluster: none, this relay alone with its own database"),
+        }
+    }
+    Ok(())
+}
+
+/// The data directory exists and takes a file, or can be made.
+fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    if !dir.exists() {
+        let parent = dir
+            .ancestors()
+            .skip(1)
+            .find(|ancestor| ancestor.exists())
+            .unwrap_or(std::path::Path::new("."));
+        let writable = std::fs::metadata(parent)
+            .map(|m| m.is_dir() && !m.permissions().readonly())
+            .unwrap_or(false);
+        return if writable {
+            Ok(())
+        } else {
+            Err(format!(
+                "data directory {}: it does not exist and {} cannot take it",
+                dir.display(),
+                parent.display()
+            ))
+        };
+    }
+    if !dir.is_dir() {
+        return Err(format!("data directory {}: not a directory", dir.display()));
+    }
+    let probe = dir.join(format!(".check-config-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| format!("data directory {}: cannot write in it: {e}", dir.display()))?;
+    std::fs::remove_file(&probe).map_err(|e| format!("data directory {}: {e}", dir.display()))
+}
+
 async fn serve(args: &Args) -> Result<(), String> {
     let config = args.config()?;
     let (host, source) = host_and_source(&config);
@@ -392,9 +518,11 @@ async fn serve(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     tracing::info!(
+        version = sotto_relay::metrics::VERSION,
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
         key = %fingerprint_text(&certs.fingerprint()),
+        metrics = %config.metrics.map_or_else(|| "off".to_string(), |addr| format!("http://{addr}/metrics")),
         "relay starting"
     );
     log_handover(&certs);

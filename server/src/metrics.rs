@@ -1,5 +1,7 @@
-//! Counters the relay keeps about itself, and the opt-in Prometheus
-//! endpoint that shows them. Nothing here names a user or holds content.
+//! Counters the relay keeps about itself, and the opt-in HTTP endpoint
+//! that shows them: `GET /metrics` (Prometheus) and `GET /health` (for a
+//! load balancer or a supervisor). Nothing here names a user or holds
+//! content.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -83,8 +85,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every counter, plus the offline
-    /// queue depth given by the caller.
-    pub fn render(&self, offline_queue_depth: u64) -> String {
+    /// queue depth, the relay's version and its certificate's expiry
+    /// (Unix seconds, if known) given by the caller.
+    pub fn render(&self, offline_queue_depth: u64, cert_not_after: Option<u64>) -> String {
         let rows: [(&str, &str, &str, u64); 24] = [
             (
                 "sotto_relay_connections",
@@ -238,17 +241,54 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP sotto_relay_build_info The relay's version.\n\
+             # TYPE sotto_relay_build_info gauge\n\
+             sotto_relay_build_info{{version=\"{VERSION}\"}} 1"
+        );
+        if let Some(not_after) = cert_not_after {
+            let name = "sotto_relay_certificate_expiry_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} When the certificate clients get expires (Unix seconds).\n\
+                 # TYPE {name} gauge\n{name} {not_after}"
+            );
+        }
         out
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped. Any other
-/// request gets a 404. `depth` reads the offline queue depth.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    depth: Arc<dyn Fn() -> u64 + Send + Sync>,
-) {
+/// The relay's version, as `relay --version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the endpoint asks the relay at each request, besides its
+/// counters.
+pub struct Probe {
+    /// Stored deliveries not yet acknowledged (may block: it is called
+    /// off the runtime's threads).
+    pub depth: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Why the relay cannot serve now, if it cannot (`GET /health`).
+    pub trouble: Box<dyn Fn() -> Option<&'static str> + Send + Sync>,
+    /// When the certificate clients get now expires (Unix seconds).
+    pub cert_not_after: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe").finish_non_exhaustive()
+    }
+}
+
+/// Serves `GET /metrics` and `GET /health` on `listener` until the task
+/// is dropped. Any other request gets a 404.
+///
+/// `/health` answers `200 OK` with `ok` while the relay can serve, and
+/// `503 Service Unavailable` with the reason (one line) while it cannot:
+/// its database waits to be reopened after a storage failure, or, in a
+/// cluster, it has lost its connection to NATS.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, probe: Probe) {
+    let probe = Arc::new(probe);
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
             // Out of descriptors and the like: do not spin.
@@ -256,7 +296,7 @@ pub async fn serve(
             continue;
         };
         let metrics = Arc::clone(&metrics);
-        let depth = Arc::clone(&depth);
+        let probe = Arc::clone(&probe);
         tokio::spawn(async move {
             let mut request = [0u8; 1024];
             let read =
@@ -264,23 +304,43 @@ pub async fn serve(
                     .await;
             let Ok(Ok(n)) = read else { return };
             let head = request.get(..n).unwrap_or_default();
-            let response = if head.starts_with(b"GET /metrics ")
-                || head.starts_with(b"GET /metrics?")
-            {
-                let depth = tokio::task::spawn_blocking(move || depth())
-                    .await
-                    .unwrap_or(0);
-                let body = metrics.render(depth);
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
+            let response = if requests(head, "/metrics") {
+                let (depth, not_after) = tokio::task::spawn_blocking(move || {
+                    ((probe.depth)(), (probe.cert_not_after)())
+                })
+                .await
+                .unwrap_or((0, None));
+                let body = metrics.render(depth, not_after);
+                response("200 OK", "text/plain; version=0.0.4", &body)
+            } else if requests(head, "/health") {
+                match (probe.trouble)() {
+                    None => response("200 OK", "text/plain", "ok\n"),
+                    Some(trouble) => response(
+                        "503 Service Unavailable",
+                        "text/plain",
+                        &format!("{trouble}\n"),
+                    ),
+                }
             } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
+                response("404 Not Found", "text/plain", "")
             };
             let _ = socket.write_all(response.as_bytes()).await;
             let _ = socket.shutdown().await;
         });
     }
+}
+
+/// Whether the request `head` is a `GET` of `path` (with or without a
+/// query).
+fn requests(head: &[u8], path: &str) -> bool {
+    head.strip_prefix(b"GET ")
+        .and_then(|rest| rest.strip_prefix(path.as_bytes()))
+        .is_some_and(|rest| rest.starts_with(b" ") || rest.starts_with(b"?"))
+}
+
+fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }

@@ -100,6 +100,8 @@ pub struct CertStore {
 struct Loaded {
     key: Arc<CertifiedKey>,
     fingerprint: [u8; 32],
+    /// The leaf's end of validity (Unix seconds), if it could be read.
+    not_after: Option<u64>,
     handover: Option<Handover>,
 }
 
@@ -242,6 +244,12 @@ impl CertStore {
         self.current().fingerprint
     }
 
+    /// When the current leaf certificate expires (its `notAfter`, Unix
+    /// seconds), if it could be read: the expiry metric.
+    pub fn not_after(&self) -> Option<u64> {
+        self.current().not_after
+    }
+
     /// The hand-over to the current key, if it is valid now.
     pub fn current_handover(&self) -> Option<Handover> {
         self.handover(crate::store::now_secs())
@@ -288,6 +296,35 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// A certificate and key as `relay check-config` finds them.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The key fingerprint clients pin.
+    pub fingerprint: [u8; 32],
+    /// When the leaf certificate expires (Unix seconds), if readable.
+    pub not_after: Option<u64>,
+    /// The hand-over to this key being sent to clients, if any.
+    pub handover: Option<Handover>,
+}
+
+/// Loads the certificate and key of `source` as the relay would, without
+/// writing anything: `None` for a generated certificate not made yet
+/// (the relay makes it on its first start).
+pub fn check(source: &CertSource, handover: Option<&Path>) -> Result<Option<Checked>, TlsError> {
+    if let CertSource::Generated { dir, .. } = source
+        && !(dir.join(GENERATED_KEY).exists() && dir.join(GENERATED_CERT).exists())
+    {
+        return Ok(None);
+    }
+    let provider = rustls::crypto::ring::default_provider();
+    let loaded = load_from(source, handover, &provider)?;
+    Ok(Some(Checked {
+        fingerprint: loaded.fingerprint,
+        not_after: loaded.not_after,
+        handover: loaded.handover,
+    }))
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     move |source| TlsError::Io {
         path: path.to_path_buf(),
@@ -323,6 +360,7 @@ fn load_from(
         path: cert.clone(),
         what: "the first certificate cannot be parsed".into(),
     })?;
+    let not_after = certificate_not_after(leaf);
     let private = read_key(&key)?;
     let signing = provider
         .key_provider
@@ -339,6 +377,7 @@ fn load_from(
     Ok(Loaded {
         key: Arc::new(certified),
         fingerprint,
+        not_after,
         handover,
     })
 }
@@ -380,6 +419,12 @@ fn read_handover(path: &Path) -> Result<Option<Handover>, TlsError> {
 pub fn key_fingerprint(certificate: &CertificateDer<'_>) -> Option<[u8; 32]> {
     let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
     Some(Sha256::digest(parsed.subject_public_key_info().as_ref()).into())
+}
+
+/// When `certificate` expires (its `notAfter`), in Unix seconds, if it can
+/// be read.
+pub fn certificate_not_after(certificate: &CertificateDer<'_>) -> Option<u64> {
+    crate::der::not_after(certificate.as_ref())
 }
 
 /// The key fingerprint of the first certificate in the PEM file `cert`

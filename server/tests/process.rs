@@ -1,8 +1,9 @@
 //! The `relay` binary as a process: the printed address, a crash (SIGKILL)
 //! and restart with the offline queue intact, SIGHUP certificate reload
 //! (a renewal with the same key keeps every address), the key subcommands
-//! (`fingerprint`, `renew-cert`, `rotate-key`), SIGTERM shutdown, and logs
-//! that never hold what clients send (P12).
+//! (`fingerprint`, `renew-cert`, `rotate-key`), `check-config` and
+//! `--version`, SIGTERM shutdown, and logs that never hold what clients
+//! send (P12).
 
 #![forbid(unsafe_code)]
 #![cfg(unix)]
@@ -218,10 +219,12 @@ async fn served_other_than(address: &RelayAddress, before: [u8; 32]) -> Presente
     panic!("the new certificate was not served");
 }
 
-fn relay_command(dir: &Path, args: &[&str]) -> (bool, String, String) {
+/// `relay ARGS`, run to its end: whether it succeeded, its standard
+/// output and error.
+fn relay_run<I: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = I>,
+) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_relay"))
-        .arg("--data-dir")
-        .arg(dir)
         .args(args)
         .output()
         .unwrap();
@@ -230,6 +233,12 @@ fn relay_command(dir: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8(output.stdout).unwrap(),
         String::from_utf8(output.stderr).unwrap(),
     )
+}
+
+fn relay_command(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec![std::ffi::OsStr::new("--data-dir"), dir.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    relay_run(all)
 }
 
 #[tokio::test]
@@ -455,4 +464,145 @@ fn a_bad_configuration_is_refused_with_a_reason() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_conections"), "{stderr}");
+}
+
+#[test]
+fn the_version_is_printed() {
+    let (ok, stdout, stderr) = relay_run(["--version"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("relay {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// `relay check-config FILE`, its output and whether it succeeded.
+fn check_config(file: &Path) -> (bool, String, String) {
+    relay_run([std::ffi::OsStr::new("check-config"), file.as_os_str()])
+}
+
+/// `relay check-config FILE` checks a configuration without starting:
+/// before the first start it says a certificate will be made and makes
+/// nothing; once the relay has run it prints the key and address the
+/// relay prints, with the certificate's expiry; and the relay's start-up
+/// log names its version and metrics address.
+#[tokio::test]
+async fn check_config_says_what_the_relay_would_start_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:7998\"\npublic_host = \"127.0.0.1\"\ndata_dir = \"{}\"\nmetrics = \"127.0.0.1:9798\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check_config(&file);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("a key and self-signed certificate will be generated"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "metrics: http://127.0.0.1:9798/metrics, health: http://127.0.0.1:9798/health"
+        ),
+        "{stdout}"
+    );
+    assert!(!data.exists(), "checking made the data directory");
+
+    let metrics = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut relay = start(&data, &["--metrics", &format!("127.0.0.1:{metrics}")]);
+    let fingerprint = relay.address.fingerprint_text();
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+    let log = relay.log.recv().unwrap();
+    assert!(
+        log.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("metrics=http://127.0.0.1:{metrics}/metrics")),
+        "{log}"
+    );
+
+    let (ok, stdout, stderr) = check_config(&file);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!("key: {fingerprint}\n")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("address: sotto://{fingerprint}@127.0.0.1:7998\n")),
+        "{stdout}"
+    );
+    // The generated certificate's end, rcgen's default (4096-01-01).
+    assert!(stdout.contains("(Unix time 67090118400)"), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with(".check-config"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "the probe file is removed");
+}
+
+/// Every kind of configuration the relay would not start with is refused
+/// by `relay check-config`, exit status 1, with the reason on stderr: an
+/// unknown setting, a data directory that is a file, an expired
+/// certificate, a cluster password file that is not there.
+#[test]
+fn check_config_refuses_what_would_not_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |name: &str, text: String, reason: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let (ok, stdout, stderr) = check_config(&file);
+        assert!(!ok, "{name} was accepted: {stdout}");
+        assert!(stderr.contains(reason), "{name}: {stderr}");
+    };
+    refused(
+        "typo.toml",
+        "max_conections = 3\n".into(),
+        "unknown field `max_conections`",
+    );
+
+    let not_a_dir = dir.path().join("a-file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    refused(
+        "file.toml",
+        format!("data_dir = \"{}\"\n", not_a_dir.display()),
+        "not a directory",
+    );
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("old.pem"), dir.path().join("old-key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    refused(
+        "expired.toml",
+        format!(
+            "data_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            dir.path().join("data").display(),
+            cert_file.display(),
+            key_file.display()
+        ),
+        "the certificate expired",
+    );
+
+    let missing = dir.path().join("no-such-password");
+    refused(
+        "cluster.toml",
+        format!(
+            "data_dir = \"{}\"\n[cluster]\nservers = [\"nats://127.0.0.1:4222\"]\nuser = \"relay\"\npassword_file = \"{}\"\n",
+            dir.path().join("data").display(),
+            missing.display()
+        ),
+        &missing.display().to_string(),
+    );
 }

@@ -13,7 +13,10 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{Client, Relay, identity, numbered, room, send_to_room, send_to_user, user, welcome};
+use common::{
+    Client, Relay, free_port, http_get, identity, numbered, room, send_to_room, send_to_user, user,
+    welcome,
+};
 use sotto_proto::{
     ClientFrame, Destination, ErrorCode, Member, PresenceEvent, RelayFrame, RoomInfo, UserInfo,
 };
@@ -487,48 +490,53 @@ async fn generated_key_is_private_and_reused() {
 
 #[tokio::test]
 async fn metrics_endpoint_counts_without_naming_anyone() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let relay = Relay::start_with(|c| c.metrics = Some(([127, 0, 0, 1], port).into())).await;
     let mut alice = relay.registered("alice").await;
     alice.send(ClientFrame::Ping { nonce: 1 }).await;
     alice.recv().await;
 
-    let fetch = |path: &'static str| async move {
-        use tokio::io::AsyncReadExt;
-        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        socket
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut response = String::new();
-        socket.read_to_string(&mut response).await.unwrap();
-        response
-    };
-    let response = fetch("/metrics").await;
+    let response = http_get(port, "/metrics").await;
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    assert!(
-        response.contains("\nsotto_relay_connections 1\n"),
-        "{response}"
-    );
-    assert!(
-        response.contains("\nsotto_relay_users_online 1\n"),
-        "{response}"
-    );
-    assert!(
-        response.contains("\nsotto_relay_frames_in_total 2\n"),
-        "{response}"
-    );
-    assert!(
-        response.contains("# TYPE sotto_relay_offline_queue_messages gauge"),
-        "{response}"
-    );
+    for line in [
+        "sotto_relay_connections 1",
+        "sotto_relay_users_online 1",
+        "sotto_relay_frames_in_total 2",
+        "# TYPE sotto_relay_offline_queue_messages gauge",
+        &format!(
+            "sotto_relay_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        // The generated certificate's end (rcgen's default, 4096-01-01).
+        "sotto_relay_certificate_expiry_seconds 67090118400",
+    ] {
+        assert!(
+            response.contains(&format!("\n{line}\n")),
+            "{line}: {response}"
+        );
+    }
+    assert_eq!(relay.certs.not_after(), Some(67_090_118_400));
     assert!(!response.contains("alice"), "metrics never name users");
-    assert!(fetch("/other").await.starts_with("HTTP/1.1 404"));
+    assert!(http_get(port, "/other").await.starts_with("HTTP/1.1 404"));
+}
+
+/// `/health` beside `/metrics`: 200 and `ok` while the relay serves (the
+/// unhealthy answers: storage.rs for a full disk, the cluster tests for
+/// NATS out of reach).
+#[tokio::test]
+async fn the_health_endpoint_answers_ok_while_the_relay_serves() {
+    let port = free_port();
+    let relay = Relay::start_with(|c| c.metrics = Some(([127, 0, 0, 1], port).into())).await;
+    drop(relay.registered("alice").await);
+    let response = http_get(port, "/health").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+    assert!(
+        http_get(port, "/health?probe=1")
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
+    assert!(http_get(port, "/healthz").await.starts_with("HTTP/1.1 404"));
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ mod common;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{Relay, identity, numbered, send_to_user, welcome};
+use common::{Relay, free_port, http_get, identity, numbered, send_to_user, welcome};
 use sotto_proto::{ClientFrame, ErrorCode, RelayFrame};
 use sotto_relay::store::fault::Disk;
 use sotto_relay::store::{DATABASE_FILE, Recovery};
@@ -174,6 +174,55 @@ async fn a_full_disk_refuses_what_it_cannot_keep_and_the_relay_recovers_without_
     }
     assert_eq!(bodies, [&b"before the fault"[..], b"after the fault"]);
     assert_eq!(bob.barrier().await, []);
+}
+
+/// `/health` says the relay cannot serve while its database waits to be
+/// reopened after a full disk (503 and why, for a load balancer to send
+/// users elsewhere), and `ok` again once space is back; `/metrics` is
+/// served throughout.
+#[tokio::test]
+async fn the_health_endpoint_tells_a_full_disk() {
+    logged();
+    let disk = Disk::new();
+    let port = free_port();
+    let relay = Relay::start_on_disk_with(&disk, AT_ONCE, |c| {
+        c.metrics = Some(([127, 0, 0, 1], port).into());
+    })
+    .await;
+    drop(relay.registered("bob").await);
+    let mut alice = relay.registered("alice").await;
+    assert!(http_get(port, "/health").await.ends_with("\r\n\r\nok\n"));
+
+    disk.fill();
+    alice
+        .send(send_to_user(1, "bob", b"while full", None))
+        .await;
+    assert!(matches!(
+        alice.recv().await,
+        RelayFrame::Error {
+            code: ErrorCode::Internal,
+            ..
+        }
+    ));
+    let health = http_get(port, "/health").await;
+    assert!(
+        health.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{health}"
+    );
+    assert!(
+        health.ends_with("\r\n\r\nstorage unavailable: the database waits to be reopened\n"),
+        "{health}"
+    );
+    let metrics = http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains("\nsotto_relay_storage_unavailable 1\n"),
+        "{metrics}"
+    );
+
+    disk.free();
+    alice.send(send_to_user(2, "bob", b"after", None)).await;
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 2 });
+    assert!(http_get(port, "/health").await.ends_with("\r\n\r\nok\n"));
 }
 
 /// A disk that stays full is not reopened at every message: with the

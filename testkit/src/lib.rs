@@ -43,6 +43,26 @@ pub use proxy::{Proxy, Stats};
 /// How long any expected event may take.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// A loopback address whose port was free a moment ago.
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// The whole HTTP response to `GET path` from `addr` (a relay's metrics
+/// endpoint, a NATS node's monitoring), or `None` if it does not answer
+/// within a couple of seconds. Blocking.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    Some(reply)
+}
+
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
 }

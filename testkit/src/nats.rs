@@ -8,8 +8,7 @@
 //! A machine without `nats-server` fails the test that asks for one, with
 //! the command that installs it: never a silent skip.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,12 +72,6 @@ fn binary() -> PathBuf {
     );
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
 impl NatsCluster {
     /// `n` nodes with JetStream, each routed to all the others, and waits
     /// until every node has its `n - 1` routes. The ports are free when
@@ -109,9 +102,9 @@ impl NatsCluster {
         }
         let mut nodes: Vec<NatsNode> = (0..n)
             .map(|i| NatsNode {
-                client: free_port(),
-                cluster: free_port(),
-                monitor: free_port(),
+                client: crate::free_port(),
+                cluster: crate::free_port(),
+                monitor: crate::free_port(),
                 store: dir.path().join(format!("node{i}")),
                 process: None,
             })
@@ -317,17 +310,7 @@ impl NatsNode {
 
     /// What the node's monitoring endpoint answers at `path`.
     fn monitoring(&self, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect_timeout(&self.monitor, Duration::from_secs(1)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.monitor
-        )
-        .ok()?;
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).ok()?;
-        Some(reply)
+        crate::http_get(self.monitor, path)
     }
 
     /// Whether the node says it is healthy, its JetStream current

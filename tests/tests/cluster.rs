@@ -67,8 +67,6 @@ impl Bed {
         bed
     }
 
-    /// The data directory of relay `i`, holding the cluster's one key
-    /// (made in the first one's, copied into the others').
     /// [`Bed::start`], once every relay serves.
     async fn serving(relays: usize) -> Bed {
         let bed = Bed::start(relays);
@@ -78,6 +76,8 @@ impl Bed {
         bed
     }
 
+    /// The data directory of relay `i`, holding the cluster's one key
+    /// (made in the first one's, copied into the others').
     fn relay_dir(&self, i: usize) -> PathBuf {
         let first = self.temp.path().join("relay0");
         if !first.exists() {
@@ -1067,6 +1067,72 @@ async fn stored_deliveries_survive_a_restart_of_everything() {
     barrier(&mut bob, Via::Relay).await;
     assert_eq!(shown_in(&bob, &dm("alice"), "kept "), texts);
     assert!(!bob.saw(missing), "{:#?}", bob.seen);
+}
+
+/// A cluster relay's `/health` says when NATS is out of reach (every node
+/// stopped: 503 and why, for a load balancer to send users elsewhere)
+/// and `ok` once the nodes are back; the relay was not restarted, and
+/// users register and chat through it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_health_says_when_nats_is_out_of_reach() {
+    let mut bed = Bed::start(0);
+    let metrics = free_port();
+    let (dir, config) = (bed.relay_dir(0), bed.cluster_config());
+    bed.relays.push(LocalRelay::start_with(&dir, 0, |c| {
+        c.cluster = Some(config);
+        c.metrics = Some(metrics);
+    }));
+    ready(&bed.relays[0].address).await;
+    let health = async || {
+        tokio::task::spawn_blocking(move || http_get(metrics, "/health"))
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    };
+    let until = async |wanted: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let answer = health().await;
+            if answer.ends_with(wanted) {
+                return answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {answer:?}, not {wanted:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert!(health().await.starts_with("HTTP/1.1 200 OK\r\n"));
+    for node in &mut bed.nats.nodes {
+        node.stop();
+    }
+    let stopped = Instant::now();
+    let down = until("\r\n\r\nnot connected to NATS\n", Duration::from_secs(10)).await;
+    assert!(
+        down.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{down}"
+    );
+    eprintln!(
+        "unhealthy {:?} after the last node stopped",
+        stopped.elapsed()
+    );
+    let restarting = Instant::now();
+    for node in 0..3 {
+        bed.nats.restart(node);
+    }
+    let restarted = restarting.elapsed();
+    let up = until("\r\n\r\nok\n", STARTUP).await;
+    assert!(up.starts_with("HTTP/1.1 200 OK\r\n"), "{up}");
+    eprintln!(
+        "healthy again {:?} after the restarts began ({restarted:?} of them)",
+        restarting.elapsed()
+    );
+    let mut alice = bed.join("alice", 0).await;
+    let mut bob = bed.join("bob", 0).await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    alice.send(dm("bob"), "back again");
+    bob.expect_message(&dm("alice"), "back again").await;
 }
 
 /// A relay with the wrong NATS password does not start: it fails with

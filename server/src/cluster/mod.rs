@@ -205,6 +205,11 @@ fn user_hex(user: &UserKey) -> String {
 }
 
 impl Cluster {
+    /// Whether the relay's connection to NATS is up (`GET /health`).
+    pub(crate) fn nats_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Connects to NATS as `config` says and makes the buckets and streams
     /// that are missing; deliveries are kept within `limits`.
     pub(crate) async fn connect(
@@ -424,6 +429,25 @@ fn options(config: &ClusterConfig) -> Result<ConnectOptions, StoreError> {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
     Ok(options)
+}
+
+/// Checks the files `config` names without connecting (`relay
+/// check-config`): the secrets are readable and not empty, the CA file
+/// holds certificates. NATS verifies the secrets when the relay connects.
+pub fn check_files(config: &ClusterConfig) -> Result<(), String> {
+    options(config).map_err(|e| e.to_string())?;
+    if let Some(ca) = &config.tls_ca {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let certificates = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("{}: {e}", ca.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        if certificates.is_empty() {
+            return Err(format!("{}: no PEM certificate in the file", ca.display()));
+        }
+    }
+    Ok(())
 }
 
 /// The first line of a secret's file, without its line ending.

@@ -148,6 +148,25 @@ pub fn room(name: &str) -> RoomName {
     RoomName::try_from(name).unwrap()
 }
 
+/// A port free on 127.0.0.1 a moment ago (for a metrics endpoint).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// The whole HTTP response to `GET path` from 127.0.0.1:`port`.
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 /// A relay running in this process.
 pub struct Relay {
     pub address: RelayAddress,
@@ -198,12 +217,23 @@ impl Relay {
         disk: &sotto_relay::store::fault::Disk,
         recovery: sotto_relay::store::Recovery,
     ) -> Relay {
+        Self::start_on_disk_with(disk, recovery, |_| {}).await
+    }
+
+    /// [`Relay::start_on_disk`], with the configuration changed by
+    /// `adjust` first.
+    pub async fn start_on_disk_with(
+        disk: &sotto_relay::store::fault::Disk,
+        recovery: sotto_relay::store::Recovery,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Relay {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path().to_path_buf();
-        let config = Config {
+        let mut config = Config {
             data_dir: dir.clone(),
             ..Config::default()
         };
+        adjust(&mut config);
         let certs = CertStore::load(CertSource::Generated {
             dir: dir.clone(),
             hosts: vec!["localhost".into()],
