@@ -102,6 +102,10 @@ pub struct Config {
     pub delivery_hold_ms: u64,
     /// Address of the Prometheus metrics endpoint; off when absent.
     pub metrics: Option<SocketAddr>,
+    /// Name each connection's peer address (IP and port) in the log. Off
+    /// by default: the log then links a registered name to a connection
+    /// number only, never to where it connects from.
+    pub log_peer_addresses: bool,
     /// Share one community with other relays through NATS JetStream
     /// (docs/self-hosting.md, "A cluster of relays"); absent: this relay
     /// alone, with its database in `data_dir`.
@@ -175,6 +179,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             delivery_hold_ms: 25,
             metrics: None,
+            log_peer_addresses: false,
             cluster: None,
         }
     }

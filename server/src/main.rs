@@ -57,6 +57,11 @@ struct Args {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9747 [default: off].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Name each connection's peer address (IP and port) in the log
+    /// [default: off: a registered name is linked to a connection number
+    /// only].
+    #[arg(long)]
+    log_peer_addresses: bool,
     /// Most simultaneous connections [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -225,6 +230,9 @@ impl Args {
         if self.metrics.is_some() {
             config.metrics = self.metrics;
         }
+        if self.log_peer_addresses {
+            config.log_peer_addresses = true;
+        }
         self.cluster_config(&mut config);
         config.validate()?;
         Ok(config)
@@ -273,17 +281,25 @@ fn machine_host_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// The log's filter when `RUST_LOG` is not set: `info`, and rustls only
+/// for errors (it warns of every client that sends an IP address as its
+/// server name, as sotto's clients do when the relay's host is one).
+const DEFAULT_LOG: &str = "info,rustls=error";
+
 fn print_address(host: &str, port: u16, fingerprint: [u8; 32]) {
+    use std::io::Write as _;
     let address = RelayAddress {
         host: host.to_string(),
         port,
         fingerprint,
         alternates: Vec::new(),
     };
-    // The one line meant for people and scripts alike: on stdout, on its own.
-    #[allow(clippy::print_stdout)]
-    {
-        println!("address: {address}");
+    // The one line meant for people and scripts alike: on stdout, on its
+    // own. Whoever read it may be gone (`relay | head -1`): the relay
+    // goes on without printing it.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "address: {address}").and_then(|()| stdout.flush()) {
+        tracing::warn!(%error, "could not print the address on standard output");
     }
 }
 
@@ -291,10 +307,13 @@ fn print_address(host: &str, port: u16, fingerprint: [u8; 32]) {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log nobody reads any more (its pipe closed) is not written;
+        // the default would say so on standard error, and panic there.
+        .log_internal_errors(false)
         .init();
     let args = Args::parse();
     let result = match &args.command {

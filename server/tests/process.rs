@@ -24,7 +24,7 @@ use std::time::Duration;
 use common::{
     Client, Presented, handover_verifies, identity, presented, send_to_user, tls_connect, user,
 };
-use sotto_proto::{ClientFrame, RelayAddress, RelayFrame};
+use sotto_proto::{ClientFrame, ErrorCode, RelayAddress, RelayFrame};
 
 /// A marker no log line may ever contain.
 const MARKER: &[u8] = b"BODY-MARKER-7c1e55";
@@ -35,8 +35,16 @@ struct Process {
     log: std::sync::mpsc::Receiver<String>,
 }
 
+/// The relay on loopback with its data in `dir`, logging everything.
 fn start(dir: &Path, extra: &[&str]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+    start_logged(dir, extra, Some("trace"))
+}
+
+/// The relay `relay --listen 127.0.0.1:0 --host 127.0.0.1 --data-dir DIR
+/// EXTRA`, as a process, with its standard output and error piped.
+fn relay_child(dir: &Path, extra: &[&str], rust_log: Option<&str>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+    command
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -46,11 +54,19 @@ fn start(dir: &Path, extra: &[&str]) -> Process {
         ])
         .arg(dir)
         .args(extra)
-        .env("RUST_LOG", "trace")
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    command.spawn().unwrap()
+}
+
+/// [`start`], with `RUST_LOG` set to `rust_log` (`None`: the relay's
+/// default filter).
+fn start_logged(dir: &Path, extra: &[&str], rust_log: Option<&str>) -> Process {
+    let mut child = relay_child(dir, extra, rust_log);
     // Collect stderr (the log) in the background.
     let mut stderr = child.stderr.take().unwrap();
     let (tx, log) = std::sync::mpsc::channel();
@@ -152,10 +168,7 @@ async fn offline_queue_survives_a_killed_relay() {
     assert!(wait(&mut second.child).success());
     let log = second.log.recv().unwrap();
     assert!(!log.contains("BODY-MARKER"), "the log holds message bytes");
-    assert!(
-        log.contains("connection ends"),
-        "debug-level logging was on: {log}"
-    );
+    assert!(log.contains(" TRACE "), "trace-level logging was on: {log}");
 
     // Acknowledged means gone, across restarts too.
     let mut third = start(dir.path(), &[]);
@@ -432,6 +445,7 @@ fn help_explains_every_option() {
         "--cert",
         "--key",
         "--metrics",
+        "--log-peer-addresses",
         "--max-connections",
         "--handshake-timeout",
         "--idle-timeout",
@@ -605,4 +619,105 @@ fn check_config_refuses_what_would_not_start_with_the_reason() {
         ),
         &missing.display().to_string(),
     );
+}
+
+/// At its default level the log links a registered name to a connection
+/// number, never to an address; it says when a registration is refused
+/// and when a connection ends, and why; and rustls's warnings about what
+/// clients send as their server name stay out of it.
+#[tokio::test]
+async fn the_log_names_no_address_by_default_and_tells_refusals_and_disconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = start_logged(dir.path(), &[], None);
+    let alice = registered(&relay.address, "alice").await;
+    let mut impostor = Client::connect(&relay.address).await;
+    let reply = impostor.register("alice", identity("bob")).await;
+    assert!(
+        matches!(
+            reply,
+            RelayFrame::Error {
+                code: ErrorCode::NameTaken,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    drop(impostor);
+    drop(alice);
+    // A server name rustls warns about, where OpenSSL exists.
+    let openssl = Command::new("openssl")
+        .args(["s_client", "-connect"])
+        .arg(format!("127.0.0.1:{}", relay.address.port))
+        .args(["-servername", "bad_name!", "-tls1_3"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|output| output.status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+    let log = relay.log.recv().unwrap();
+    assert!(log.contains("registered user=alice"), "{log}");
+    assert!(
+        log.contains(
+            "registration refused code=NameTaken why=\"that name belongs to another key\""
+        ),
+        "{log}"
+    );
+    assert!(log.contains("disconnected why="), "{log}");
+    assert!(!log.contains("peer="), "{log}");
+    if openssl {
+        assert!(!log.contains("SNI"), "{log}");
+    } else {
+        eprintln!("openssl missing: rustls's server-name warning not provoked here");
+    }
+}
+
+/// With `--log-peer-addresses`, each connection's lines name its peer.
+#[tokio::test]
+async fn the_log_names_peer_addresses_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = start_logged(dir.path(), &["--log-peer-addresses"], None);
+    drop(registered(&relay.address, "alice").await);
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+    let log = relay.log.recv().unwrap();
+    let line = log
+        .lines()
+        .find(|line| line.contains("registered user=alice"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(" peer=127.0.0.1:"), "{line}");
+}
+
+/// Whoever read the relay's output may be gone (`relay | head -1`, a
+/// closed terminal): the relay goes on, reloads its certificate on the
+/// next SIGHUP too (the first one's address line could not be printed),
+/// and shuts down cleanly on SIGTERM.
+#[tokio::test]
+async fn the_relay_goes_on_when_its_output_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = relay_child(&data, &[], Some("info"));
+    drop(child.stderr.take());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let address: RelayAddress = line
+        .strip_prefix("address: ")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(stdout);
+
+    let before = presented(&address).await.certificate;
+    signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, _, stderr) = relay_command(&data, &["--host", "127.0.0.1", "renew-cert"]);
+    assert!(ok, "{stderr}");
+    signal(&child, "HUP");
+    let renewed = served_other_than(&address, before).await;
+    assert_eq!(renewed.key, address.fingerprint);
+    drop(registered(&address, "alice").await);
+    signal(&child, "TERM");
+    assert!(wait(&mut child).success());
 }

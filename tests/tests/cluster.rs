@@ -400,8 +400,9 @@ async fn users_on_different_relays_chat_in_rooms_and_directly() {
 /// ended, 20 s after he quit. Since a watch not started in 3 s is asked
 /// for again (`cluster::ATTEMPT`) it passed 57 runs of 57 (three at a time,
 /// and with the whole file); the link is not understood, so a failure
-/// here is that defect back: its log (`RUST_LOG=sotto_relay=debug`) says
-/// when each relay handled each `Bye` (`connection ends`).
+/// here is that defect back: its log (`RUST_LOG=sotto_relay=info`) says
+/// when each relay handled each `Bye` (`disconnected why=the client said
+/// goodbye`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_quits_is_seen_offline_on_the_other_relays() {
     let bed = Bed::start(3);

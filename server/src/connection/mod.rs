@@ -51,7 +51,10 @@ pub(crate) async fn serve(
     _permit: OwnedSemaphorePermit,
 ) {
     let conn = shared.next_conn_id();
-    let span = tracing::info_span!("conn", id = conn, peer = %addr);
+    let span = tracing::info_span!("conn", id = conn, peer = tracing::field::Empty);
+    if shared.config.log_peer_addresses {
+        span.record("peer", tracing::field::display(addr));
+    }
     async move {
         // Refused before the handshake, so that one address cannot hold
         // many slots (or make the relay do many handshakes) unregistered,
@@ -130,7 +133,7 @@ async fn serve_tls(
         READ_BUFFER,
     );
     let end = connection.run(frames, shutdown).await;
-    debug!(?end, "connection ends");
+    info!(why = %end, "disconnected");
     if let Some((done, pump)) = connection.pump.take() {
         done.cancel();
         let _ = pump.await;
@@ -161,7 +164,7 @@ async fn serve_tls(
 }
 
 /// Why a connection ended.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 enum End {
     Eof,
     Bye,
@@ -171,6 +174,21 @@ enum End {
     RegistrationTimeout,
     BadFrame,
     KeyLimit,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            End::Eof => "the client closed the connection",
+            End::Bye => "the client said goodbye",
+            End::Killed => "replaced by a new login of its name, or reading too slowly",
+            End::Shutdown => "the relay shuts down",
+            End::Idle => "silent past the idle timeout",
+            End::RegistrationTimeout => "not registered in time",
+            End::BadFrame => "a bad frame",
+            End::KeyLimit => "a limit on its key",
+        })
+    }
 }
 
 /// Token bucket that makes a client wait (TCP backpressure) rather than

@@ -34,6 +34,7 @@ impl Connection {
         }
         let refuse = |this: &Self, code, message: &str| {
             Metrics::inc(&this.shared.metrics.registrations_refused);
+            info!(?code, why = message, "registration refused");
             this.error(None, code, message);
         };
         // Parsing the keys and verifying the RSA signature take a fraction
