@@ -51,6 +51,7 @@ mod cluster;
 mod commit;
 mod config;
 mod connection;
+pub mod control;
 mod der;
 pub mod metrics;
 mod state;
@@ -267,6 +268,21 @@ async fn serve(
     let (wakers, metrics) = (shared.wakers(), Arc::clone(&metrics));
     match &shared.backend {
         Backend::Local(store) => {
+            match control::bind(&shared.config.data_dir) {
+                Ok(listener) => {
+                    tracker.spawn(control::serve(
+                        listener,
+                        shared.config.data_dir.join(control::CONTROL_SOCKET),
+                        Arc::clone(store),
+                        tracker.clone(),
+                        stop.clone(),
+                    ));
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    "no control socket in the data directory: relay backup cannot reach this relay"
+                ),
+            }
             let store = Arc::clone(store);
             let runtime = tokio::runtime::Handle::current();
             let hold = Duration::from_millis(shared.config.delivery_hold_ms);

@@ -159,6 +159,17 @@ enum Cmd {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Copy the data directory into DIR (new, or empty): the key,
+    /// certificate and hand-over files, and a consistent copy of the
+    /// database, taken while the relay runs (the relay makes it, asked
+    /// through relay.sock in its data directory) or while it is stopped.
+    /// Restore by stopping the relay and putting DIR in place of the data
+    /// directory (docs/self-hosting.md, "Backup and restore").
+    Backup {
+        /// Where the copy goes.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Print the key fingerprint clients pin (the one in the address) of
     /// a certificate file [default: the relay's certificate].
     Fingerprint {
@@ -362,6 +373,7 @@ fn maintain(args: &Args, command: &Cmd) -> Result<(), String> {
     match command {
         // Taken above, before the configuration it checks is read.
         Cmd::CheckConfig { file } => check_config(args, file)?,
+        Cmd::Backup { dir } => backup(&config, &source, dir)?,
         Cmd::Fingerprint { cert } => {
             let cert = match (cert, &source) {
                 (Some(cert), _) => cert.clone(),
@@ -492,6 +504,98 @@ fn check_config(args: &Args, file: &std::path::Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `relay backup DIR`: the data directory's key files, then the database
+/// (asked of the running relay, or read from the stopped one's file).
+fn backup(config: &Config, source: &CertSource, to: &std::path::Path) -> Result<(), String> {
+    use sotto_relay::control::CONTROL_SOCKET;
+    use sotto_relay::store::DATABASE_FILE;
+    let data = &config.data_dir;
+    if std::fs::read_dir(to).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(format!(
+            "{}: not empty; a backup goes into a new or empty directory",
+            to.display()
+        ));
+    }
+    sotto_fsutil::create_private_dir(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let to = std::fs::canonicalize(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let mut report = Vec::new();
+    for (file, mode) in [
+        (tls::GENERATED_CERT, 0o644),
+        (tls::GENERATED_KEY, 0o600),
+        (HANDOVER_FILE, 0o644),
+        (tls::NEXT_KEY, 0o600),
+        (tls::PREVIOUS_KEY, 0o600),
+    ] {
+        let from = data.join(file);
+        match std::fs::read(&from) {
+            Ok(bytes) => {
+                sotto_fsutil::write_atomic(&to.join(file), &bytes, mode)
+                    .map_err(|e| format!("{}: {e}", to.join(file).display()))?;
+                report.push(format!("{file}: copied"));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(format!("{}: {error}", from.display())),
+        }
+    }
+    let database = to.join(DATABASE_FILE);
+    let socket = data.join(CONTROL_SOCKET);
+    let copied = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(stream) => Some(ask_running_relay(stream, &database)?),
+        Err(_) if data.join(DATABASE_FILE).exists() => Some(
+            sotto_relay::store::backup_stopped(data, &database)
+                .map(|copied| format!("{} bytes from the stopped relay's file", copied.bytes))
+                .map_err(|e| e.to_string())?,
+        ),
+        Err(_) => None,
+    };
+    match (copied, &config.cluster) {
+        (Some(copied), _) => report.push(format!("{DATABASE_FILE}: {copied}")),
+        (None, Some(_)) => report.push(
+            "no database: a cluster relay keeps the community in NATS JetStream (back it up with NATS's own tools)"
+                .to_owned(),
+        ),
+        (None, None) => report.push("no database yet: the relay has never started here".to_owned()),
+    }
+    if let CertSource::Files { cert, key } = source {
+        report.push(format!(
+            "{} and {} are outside the data directory: keep them with your CA's files",
+            cert.display(),
+            key.display()
+        ));
+    }
+    #[allow(clippy::print_stdout)] // the subcommand's output
+    {
+        println!("backed up {} into {}", data.display(), to.display());
+        for line in report {
+            println!("- {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Asks the relay listening on `stream` (its control socket) for a copy
+/// of its database into `database`; what it copied, or why not.
+fn ask_running_relay(
+    mut stream: std::os::unix::net::UnixStream,
+    database: &std::path::Path,
+) -> Result<String, String> {
+    use std::io::{BufRead, Write};
+    let path = database
+        .to_str()
+        .filter(|path| !path.contains('\n'))
+        .ok_or_else(|| format!("{}: not a path the relay can be sent", database.display()))?;
+    writeln!(stream, "backup {path}").map_err(|e| format!("the running relay: {e}"))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("the running relay: {e}"))?;
+    match answer.trim_end().split_once(' ') {
+        Some(("ok", copied)) => Ok(format!("{copied} (copied by the running relay)")),
+        Some(("error", why)) => Err(format!("the running relay could not back up: {why}")),
+        _ => Err(format!("the running relay answered {answer:?}")),
+    }
 }
 
 /// The data directory exists and takes a file, or can be made.

@@ -721,3 +721,88 @@ async fn the_relay_goes_on_when_its_output_is_gone() {
     signal(&child, "TERM");
     assert!(wait(&mut child).success());
 }
+
+/// The first delivery `client` gets: its id and body.
+async fn delivered(client: &mut Client) -> (u64, Vec<u8>) {
+    let RelayFrame::Deliver { delivery, body, .. } = client.recv().await else {
+        panic!("expected a delivery")
+    };
+    (delivery, body.to_vec())
+}
+
+/// `relay backup DIR` while the relay runs copies its key and a snapshot
+/// of its database (it refuses a directory that is not empty); a relay
+/// started on the copy has the same key and what was stored at the
+/// snapshot, and hands out delivery ids past every one handed out since,
+/// so none is reused; a stopped relay's directory is backed up too.
+#[tokio::test]
+async fn a_backup_taken_while_the_relay_runs_restores_what_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
+    let mut relay = start(&data, &[]);
+    drop(registered(&relay.address, "bob").await);
+    let mut alice = registered(&relay.address, "alice").await;
+    for (id, text) in [(1, b"one"), (2, b"two")] {
+        alice.send(send_to_user(id, "bob", text, None)).await;
+        assert_eq!(alice.recv().await, RelayFrame::Sent { id });
+    }
+    let (ok, stdout, stderr) = relay_command(&data, &["backup", copy.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("copied by the running relay"), "{stdout}");
+    assert!(stdout.contains("inbox=2"), "{stdout}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&copy), 0o700);
+        assert_eq!(mode(&copy.join(sotto_relay::tls::GENERATED_KEY)), 0o600);
+    }
+    let (ok, _, stderr) = relay_command(&data, &["backup", copy.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("not empty"), "{stderr}");
+
+    // After the snapshot: one more, and all three taken and acknowledged.
+    alice.send(send_to_user(3, "bob", b"three", None)).await;
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 3 });
+    let mut bob = registered(&relay.address, "bob").await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (delivery, body) = delivered(&mut bob).await;
+        bob.send(ClientFrame::Ack { delivery }).await;
+        seen.push((delivery, body));
+    }
+    drop((alice, bob));
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+
+    let mut restored = start(&copy, &[]);
+    assert_eq!(restored.address.fingerprint, relay.address.fingerprint);
+    let mut bob = registered(&restored.address, "bob").await;
+    let snapshot = [delivered(&mut bob).await, delivered(&mut bob).await];
+    assert_eq!(
+        snapshot.as_slice(),
+        &seen[..2],
+        "the snapshot, with its ids"
+    );
+    for (delivery, _) in &snapshot {
+        bob.send(ClientFrame::Ack {
+            delivery: *delivery,
+        })
+        .await;
+    }
+    let mut alice = registered(&restored.address, "alice").await;
+    alice.send(send_to_user(4, "bob", b"four", None)).await;
+    assert_eq!(alice.recv().await, RelayFrame::Sent { id: 4 });
+    let (delivery, body) = delivered(&mut bob).await;
+    assert_eq!(body, b"four");
+    assert!(delivery > seen[2].0, "{delivery} reuses an id");
+    drop((alice, bob));
+    signal(&restored.child, "TERM");
+    assert!(wait(&mut restored.child).success());
+    let log = restored.log.recv().unwrap();
+    assert!(log.contains("opened a restored backup"), "{log}");
+
+    let stopped = dir.path().join("stopped");
+    let (ok, stdout, stderr) = relay_command(&copy, &["backup", stopped.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("from the stopped relay's file"), "{stdout}");
+}

@@ -24,6 +24,7 @@ use tracing::{debug, error, warn};
 
 use crate::metrics::Metrics;
 
+mod backup;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 mod inbox;
@@ -38,6 +39,8 @@ pub use prekeys::{PrekeyDirectory, PrekeyRecord, keep_newest};
 
 /// File name of the database in the data directory.
 pub const DATABASE_FILE: &str = "relay.redb";
+
+pub use backup::{Copied, backup_stopped};
 
 // The tables are keyed by a user's name as its `UserKey`'s string form
 // (`UserName::key().as_str()`): the lower-cased name, byte for byte what
@@ -406,10 +409,27 @@ impl Store {
         }
         migrate_queue(&txn)?;
         let ceiling = {
-            let meta = txn.open_table(META).map_err(db_err)?;
-            meta.get("next_id")
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let stored = meta
+                .get("next_id")
                 .map_err(db_err)?
-                .map_or(1, |v| v.value())
+                .map_or(1, |v| v.value());
+            if meta.remove(backup::FROM_BACKUP).map_err(db_err)?.is_some() {
+                // A restored backup: ids handed out after its snapshot are
+                // not below its ceiling. Move on past them.
+                let ceiling =
+                    backup::restored_ceiling(stored, now_secs()).ok_or(StoreError::Corrupt)?;
+                meta.insert("next_id", ceiling).map_err(db_err)?;
+                tracing::info!(
+                    database = %path.display(),
+                    from = stored,
+                    to = ceiling,
+                    "opened a restored backup: delivery ids go on past any handed out since it was made"
+                );
+                ceiling
+            } else {
+                stored
+            }
         };
         txn.commit().map_err(db_err)?;
         Ok(Self {

@@ -435,3 +435,111 @@ fn the_prekey_directory_keeps_the_newest_unexpired_per_identity() {
     let s = Store::open(dir.path(), LIMITS).unwrap();
     assert_eq!(s.prekeys(0).unwrap(), [(alice, vec![record(20, 200, 2)])]);
 }
+
+/// A backup taken while the store is open (and written after it) holds
+/// the snapshot: names and stored deliveries, nothing written later; the
+/// store opened from it goes on with delivery ids past every id the
+/// original handed out, so none is handed out twice.
+#[test]
+fn a_backup_is_a_snapshot_taken_while_the_store_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), LIMITS);
+    let Enqueue::Stored(first) = s.enqueue(&user("bob"), &message(b"kept")).unwrap() else {
+        panic!("not stored")
+    };
+    let copy = tempfile::tempdir().unwrap();
+    let copied = s.backup(&copy.path().join(DATABASE_FILE)).unwrap();
+    assert!(copied.bytes > 0);
+    assert!(
+        copied.tables.contains(&("names".to_string(), 1)),
+        "{copied:?}"
+    );
+    // Written after the snapshot: not in the copy.
+    let Enqueue::Stored(later) = s.enqueue(&user("bob"), &message(b"later")).unwrap() else {
+        panic!("not stored")
+    };
+    let handed_out = s.reserve_ids(1000).unwrap() + 1000;
+    drop(s);
+
+    let restored = Store::open(copy.path(), LIMITS).unwrap();
+    let pending = restored.pending(&user("bob")).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].0, first);
+    assert_eq!(pending[0].1.body.as_ref(), b"kept");
+    let next = restored.reserve_ids(1).unwrap();
+    assert!(
+        next > handed_out && next > later,
+        "{next} after {handed_out}"
+    );
+    assert!(next >= 1 << 40);
+    // Opened again, it is an ordinary database: the ids go on from there.
+    drop(restored);
+    let again = Store::open(copy.path(), LIMITS).unwrap();
+    let after = again.reserve_ids(1).unwrap();
+    assert!(
+        after > next && after - next <= 2 * ID_BLOCK,
+        "{after} after {next}"
+    );
+}
+
+/// A backup never writes over a file, and a table this relay does not
+/// know stops it rather than being left out of the copy.
+#[test]
+fn a_backup_refuses_an_existing_file_and_an_unknown_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), LIMITS);
+    let taken = dir.path().join("taken.redb");
+    std::fs::write(&taken, b"something").unwrap();
+    assert!(s.backup(&taken).is_err());
+    assert_eq!(std::fs::read(&taken).unwrap(), b"something");
+    {
+        let db = raw(&s);
+        let txn = db.as_ref().unwrap().begin_write().unwrap();
+        txn.open_table(TableDefinition::<u64, u64>::new("from_the_future"))
+            .unwrap()
+            .insert(1, 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let copy = tempfile::tempdir().unwrap();
+    let error = s.backup(&copy.path().join(DATABASE_FILE)).unwrap_err();
+    assert!(error.to_string().contains("from_the_future"), "{error}");
+    let empty = tempfile::tempdir().unwrap();
+    assert!(backup_stopped(empty.path(), &copy.path().join("none.redb")).is_err());
+    // A running store's file is not read behind its back.
+    assert!(backup_stopped(dir.path(), &copy.path().join("other.redb")).is_err());
+    drop(s);
+    let stopped = backup_stopped(dir.path(), &copy.path().join("stopped.redb"));
+    assert!(stopped.is_err(), "the unknown table stops it here too");
+}
+
+#[test]
+fn a_restored_ceiling_passes_the_snapshot_and_the_clock() {
+    use super::backup::restored_ceiling;
+    let now = 1_800_000_000;
+    let by_time = now << 24;
+    assert_eq!(restored_ceiling(5, now), Some(by_time + (1 << 40)));
+    assert_eq!(
+        restored_ceiling(by_time * 2, now),
+        Some(by_time * 2 + (1 << 40))
+    );
+    assert!(restored_ceiling(5, now + 1).unwrap() > restored_ceiling(5, now).unwrap());
+    assert_eq!(restored_ceiling(u64::MAX - 1, now), None);
+    assert_eq!(restored_ceiling(5, u64::MAX >> 10), None);
+}
+
+/// A backup that fails (its file taken) leaves the store serving: the
+/// failure is the backup's, not the database's.
+#[test]
+fn a_failed_backup_leaves_the_store_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), LIMITS);
+    let taken = dir.path().join("taken.redb");
+    std::fs::write(&taken, b"").unwrap();
+    assert!(s.backup(&taken).is_err());
+    assert!(!s.broken.load(Ordering::Acquire));
+    assert!(matches!(
+        s.enqueue(&user("bob"), &message(b"after")).unwrap(),
+        Enqueue::Stored(_)
+    ));
+}
