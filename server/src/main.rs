@@ -1,9 +1,9 @@
 //! The `relay` binary: parse the configuration, set up logging, load or
 //! generate the certificate, bind, print the address to share, and run
 //! until SIGINT or SIGTERM. SIGHUP reloads the certificate (and the key
-//! hand-over). Subcommands check a configuration file, print the key
-//! fingerprint, renew the generated certificate with the same key, and
-//! rotate the key with a signed hand-over.
+//! hand-over). Subcommands check a configuration file, back up the data
+//! directory, print the key fingerprint, renew the generated certificate
+//! with the same key, and rotate the key with a signed hand-over.
 
 #![forbid(unsafe_code)]
 
@@ -145,7 +145,8 @@ struct Args {
     command: Option<Cmd>,
 }
 
-/// Checks and key and certificate maintenance; without one the relay runs.
+/// Checks, backups, and key and certificate maintenance; without one the
+/// relay runs.
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Check a configuration file, with any options given before the
@@ -362,7 +363,8 @@ fn host_and_source(config: &Config) -> (String, CertSource) {
     (host, source)
 }
 
-/// The subcommands: check, print, renew, rotate; the relay is not started.
+/// The subcommands: check, back up, print, renew, rotate; the relay is
+/// not started.
 fn maintain(args: &Args, command: &Cmd) -> Result<(), String> {
     if let Cmd::CheckConfig { file } = command {
         return check_config(args, file);
