@@ -91,28 +91,6 @@ fn copy_all(
     target: &Database,
 ) -> Result<Vec<(String, u64)>, StoreError> {
     let read = source.begin_read().map_err(db_err)?;
-    let known = [
-        NAMES.name(),
-        QUEUE.name(),
-        BODIES.name(),
-        BODY_REFS.name(),
-        BODY_HASHES.name(),
-        INBOX.name(),
-        QUEUE_STATS.name(),
-        ROOM_STATS.name(),
-        MEMBERS.name(),
-        META.name(),
-        NAMES_PER_KEY.name(),
-        PREKEYS.name(),
-    ];
-    for table in read.list_tables().map_err(db_err)? {
-        if !known.contains(&table.name()) {
-            return Err(StoreError::Database(format!(
-                "the database has a table this relay does not know ({}): back it up with the relay that made it",
-                table.name()
-            )));
-        }
-    }
     if read
         .list_multimap_tables()
         .map_err(db_err)?
@@ -138,13 +116,24 @@ fn copy_all(
         copy(&read, &write, NAMES_PER_KEY)?,
         copy(&read, &write, PREKEYS)?,
     ];
+    let copied: Vec<(String, u64)> = copied.into_iter().flatten().collect();
+    // Every table the snapshot holds was copied if this relay knows it:
+    // any other is a newer relay's, which the copy must not drop.
+    for table in read.list_tables().map_err(db_err)? {
+        if !copied.iter().any(|(name, _)| name == table.name()) {
+            return Err(StoreError::Database(format!(
+                "the database has a table this relay does not know ({}): back it up with the relay that made it",
+                table.name()
+            )));
+        }
+    }
     write
         .open_table(META)
         .map_err(db_err)?
         .insert(FROM_BACKUP, 1)
         .map_err(db_err)?;
     write.commit().map_err(db_err)?;
-    Ok(copied.into_iter().flatten().collect())
+    Ok(copied)
 }
 
 /// Copies the table `table` of `read` into `write`: its name and entries,
