@@ -173,6 +173,17 @@ impl PendingFile {
     }
 }
 
+/// Streams into the new content (a copy too large to hold in memory).
+impl Write for PendingFile {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.file.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.committed {

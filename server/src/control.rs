@@ -3,11 +3,15 @@
 //! relay holds the file exclusively). Only the relay's own user reaches
 //! it: the socket is made with mode 0600 in the private data directory.
 //!
-//! One request per connection, one line each way:
+//! One request per connection, a line:
 //!
-//! - `backup PATH` (an absolute path of a file that does not exist):
-//!   answered `ok BYTES TABLE=ENTRIES ...` once the copy is on disk, or
-//!   `error WHY`.
+//! - `backup`: the relay copies its database into an unnamed file of its
+//!   data directory (nothing is left behind if it dies meanwhile), then
+//!   answers the line `ok BYTES TABLE=ENTRIES ...` followed by exactly
+//!   BYTES bytes, the copy; or the line `error WHY`. The copy is streamed
+//!   so that the relay writes nowhere but its data directory (a service
+//!   sandboxed to it can still be backed up), and whoever asked writes
+//!   the copy wherever they can.
 //!
 //! Anything else is answered `error` and closed.
 
@@ -15,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,9 +50,10 @@ pub(crate) fn bind(dir: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers requests on `listener` until `stop`, then removes the socket.
-/// Each answer is a task of `tracker`, so that the relay waits for a
-/// backup under way before it closes its database.
+/// Answers requests on `listener` until `stop`, then removes the socket
+/// `path` (in the data directory, where copies are made). Each answer is
+/// a task of `tracker`, so that the relay waits for a backup under way
+/// before it closes its database.
 pub(crate) async fn serve(
     listener: UnixListener,
     path: PathBuf,
@@ -56,12 +61,14 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
+    let dir: Arc<Path> = path.parent().unwrap_or(Path::new(".")).into();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tracker.spawn(answer(stream, Arc::clone(&store)));
+                    let (store, dir) = (Arc::clone(&store), Arc::clone(&dir));
+                    tracker.spawn(answer(stream, store, dir, stop.clone()));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "the control socket failed to accept");
@@ -73,41 +80,71 @@ pub(crate) async fn serve(
     let _ = std::fs::remove_file(path);
 }
 
-async fn answer(stream: UnixStream, store: Arc<Store>) {
+/// Answers one request. A copy is made in full even while the relay
+/// stops (it reads the database, which stays open until it is done); its
+/// hand-over is cut short by `stop`, so that a reader that stalls cannot
+/// keep the relay from exiting.
+async fn answer(stream: UnixStream, store: Arc<Store>, dir: Arc<Path>, stop: CancellationToken) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut read = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
     let request = tokio::time::timeout(Duration::from_secs(5), read.read_line(&mut line)).await;
-    let reply = match request {
-        Ok(Ok(_)) => match line.trim_end_matches('\n').split_once(' ') {
-            Some(("backup", path)) if Path::new(path).is_absolute() => {
-                backup(store, PathBuf::from(path)).await
-            }
-            Some(("backup", _)) => "error the path must be absolute".to_string(),
-            _ => "error unknown request".to_string(),
-        },
-        _ => "error no request".to_string(),
+    let copy = match request {
+        Ok(Ok(_)) if line.trim_end_matches('\n') == "backup" => backup(store, dir).await,
+        Ok(Ok(_)) => Err("unknown request".to_string()),
+        _ => Err("no request".to_string()),
     };
-    let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+    match copy {
+        Ok((header, mut file)) => {
+            let streamed = async {
+                write.write_all(header.as_bytes()).await?;
+                file.seek(std::io::SeekFrom::Start(0)).await?;
+                tokio::io::copy(&mut file, &mut write).await
+            };
+            tokio::select! {
+                streamed = streamed => if let Err(error) = streamed {
+                    tracing::warn!(%error, "a backup could not be handed over");
+                },
+                () = stop.cancelled() => {
+                    tracing::warn!("a backup's hand-over was cut short: the relay stops");
+                }
+            }
+        }
+        Err(why) => {
+            let _ = write.write_all(format!("error {why}\n").as_bytes()).await;
+        }
+    }
     let _ = write.shutdown().await;
 }
 
-async fn backup(store: Arc<Store>, to: PathBuf) -> String {
-    let shown = to.display().to_string();
-    match tokio::task::spawn_blocking(move || store.backup(&to)).await {
-        Ok(Ok(copied)) => {
-            tracing::info!(to = shown, bytes = copied.bytes, "database backed up");
+/// A copy of the database in an unnamed file of `dir`, and the line that
+/// announces it.
+async fn backup(store: Arc<Store>, dir: Arc<Path>) -> Result<(String, tokio::fs::File), String> {
+    let made = tokio::task::spawn_blocking(move || {
+        let file = tempfile::tempfile_in(&dir)
+            .map_err(|e| format!("no room for the copy in the data directory: {e}"))?;
+        let into = file
+            .try_clone()
+            .map_err(|e| format!("the copy's file: {e}"))?;
+        let copied = store.backup(into).map_err(|e| e.to_string())?;
+        Ok::<_, String>((copied, file))
+    })
+    .await;
+    match made {
+        Ok(Ok((copied, file))) => {
+            tracing::info!(bytes = copied.bytes, "database backed up");
             let tables: Vec<String> = copied
                 .tables
                 .iter()
                 .map(|(name, entries)| format!("{name}={entries}"))
                 .collect();
-            format!("ok {} {}", copied.bytes, tables.join(" "))
+            let header = format!("ok {} {}\n", copied.bytes, tables.join(" "));
+            Ok((header, tokio::fs::File::from_std(file)))
         }
-        Ok(Err(error)) => {
-            tracing::warn!(to = shown, %error, "a backup failed");
-            format!("error {error}")
+        Ok(Err(why)) => {
+            tracing::warn!(why, "a backup failed");
+            Err(why)
         }
-        Err(_) => "error the backup task failed".to_string(),
+        Err(_) => Err("the backup task failed".to_string()),
     }
 }

@@ -285,11 +285,15 @@ impl Args {
     }
 }
 
+/// The kernel's host name, else /etc/hostname (a service whose /proc
+/// shows its own processes only, as the Debian package's unit has it),
+/// else `localhost`.
 fn machine_host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
         .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
+        .find(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }
 
@@ -545,11 +549,22 @@ fn backup(config: &Config, source: &CertSource, to: &std::path::Path) -> Result<
     let socket = data.join(CONTROL_SOCKET);
     let copied = match std::os::unix::net::UnixStream::connect(&socket) {
         Ok(stream) => Some(ask_running_relay(stream, &database)?),
-        Err(_) if data.join(DATABASE_FILE).exists() => Some(
-            sotto_relay::store::backup_stopped(data, &database)
-                .map(|copied| format!("{} bytes from the stopped relay's file", copied.bytes))
-                .map_err(|e| e.to_string())?,
-        ),
+        Err(_) if data.join(DATABASE_FILE).exists() => {
+            let shown = |e: std::io::Error| format!("{}: {e}", database.display());
+            let file = sotto_fsutil::PendingFile::create(&database, 0o600).map_err(shown)?;
+            let into = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(file.temporary_path())
+                .map_err(shown)?;
+            let copied =
+                sotto_relay::store::backup_stopped(data, into).map_err(|e| e.to_string())?;
+            file.commit().map_err(shown)?;
+            Some(format!(
+                "{} bytes from the stopped relay's file",
+                copied.bytes
+            ))
+        }
         Err(_) => None,
     };
     match (copied, &config.cluster) {
@@ -578,26 +593,50 @@ fn backup(config: &Config, source: &CertSource, to: &std::path::Path) -> Result<
 }
 
 /// Asks the relay listening on `stream` (its control socket) for a copy
-/// of its database into `database`; what it copied, or why not.
+/// of its database, received into `database` (kept only once all of it
+/// arrived and its tables hold what the relay said it copied); what it
+/// copied, or why not.
 fn ask_running_relay(
-    mut stream: std::os::unix::net::UnixStream,
+    stream: std::os::unix::net::UnixStream,
     database: &std::path::Path,
 ) -> Result<String, String> {
-    use std::io::{BufRead, Write};
-    let path = database
-        .to_str()
-        .filter(|path| !path.contains('\n'))
-        .ok_or_else(|| format!("{}: not a path the relay can be sent", database.display()))?;
-    writeln!(stream, "backup {path}").map_err(|e| format!("the running relay: {e}"))?;
+    use std::io::{BufRead, Read, Write};
+    let relay = |e: std::io::Error| format!("the running relay: {e}");
+    let mut stream = std::io::BufReader::new(stream);
+    stream.get_mut().write_all(b"backup\n").map_err(relay)?;
     let mut answer = String::new();
-    std::io::BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(|e| format!("the running relay: {e}"))?;
-    match answer.trim_end().split_once(' ') {
-        Some(("ok", copied)) => Ok(format!("{copied} (copied by the running relay)")),
-        Some(("error", why)) => Err(format!("the running relay could not back up: {why}")),
-        _ => Err(format!("the running relay answered {answer:?}")),
+    stream.read_line(&mut answer).map_err(relay)?;
+    let (bytes, tables) = match answer.trim_end().split_once(' ') {
+        Some(("ok", copied)) => copied.split_once(' ').unwrap_or((copied, "")),
+        Some(("error", why)) => return Err(format!("the running relay could not back up: {why}")),
+        _ => return Err(format!("the running relay answered {answer:?}")),
+    };
+    let bytes: u64 = bytes
+        .parse()
+        .map_err(|_| format!("the running relay answered {answer:?}"))?;
+    let mut file = sotto_fsutil::PendingFile::create(database, 0o600)
+        .map_err(|e| format!("{}: {e}", database.display()))?;
+    let received = std::io::copy(&mut stream.take(bytes), &mut file)
+        .map_err(|e| format!("{}: {e}", database.display()))?;
+    if received != bytes {
+        return Err(format!(
+            "the running relay sent {received} of the copy's {bytes} bytes: no copy was kept"
+        ));
     }
+    let held = sotto_relay::store::table_entries(file.temporary_path())
+        .map_err(|e| format!("the copy received: {e}"))?;
+    let held: Vec<String> = held.iter().map(|(name, n)| format!("{name}={n}")).collect();
+    if held.join(" ") != tables {
+        return Err(format!(
+            "the copy received holds {} where the relay copied {tables}: no copy was kept",
+            held.join(" ")
+        ));
+    }
+    file.commit()
+        .map_err(|e| format!("{}: {e}", database.display()))?;
+    Ok(format!(
+        "{bytes} bytes {tables} (copied by the running relay)"
+    ))
 }
 
 /// The data directory exists and takes a file, or can be made.

@@ -806,3 +806,52 @@ async fn a_backup_taken_while_the_relay_runs_restores_what_it_held() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("from the stopped relay's file"), "{stdout}");
 }
+
+/// `relay backup` keeps a copy only once all of it arrived: a control
+/// socket that announces a copy and sends less (a relay killed half-way,
+/// say) leaves no database file in the backup, and the reason is said.
+/// A running relay's socket answers anything but `backup` with an error.
+#[tokio::test]
+async fn a_backup_cut_short_keeps_no_copy() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
+    std::fs::create_dir(&data).unwrap();
+    let socket = std::os::unix::net::UnixListener::bind(data.join("relay.sock")).unwrap();
+    let answering = std::thread::spawn(move || {
+        let (mut stream, _) = socket.accept().unwrap();
+        let mut request = String::new();
+        BufReader::new(&stream).read_line(&mut request).unwrap();
+        stream
+            .write_all(b"ok 100000 names=1\nthe first bytes")
+            .unwrap();
+        request
+    });
+    let (ok, _, stderr) = relay_command(&data, &["backup", copy.to_str().unwrap()]);
+    assert_eq!(answering.join().unwrap(), "backup\n");
+    assert!(!ok);
+    assert!(
+        stderr.contains("sent 15 of the copy's 100000 bytes"),
+        "{stderr}"
+    );
+    let kept: Vec<_> = std::fs::read_dir(&copy).unwrap().collect();
+    assert!(kept.is_empty(), "{kept:?}");
+
+    let mut relay = start(&dir.path().join("running"), &[]);
+    // The address is printed as the relay opens its database, before the
+    // socket is bound.
+    let socket = dir.path().join("running/relay.sock");
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.write_all(b"backup /somewhere\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "error unknown request\n");
+    signal(&relay.child, "TERM");
+    assert!(wait(&mut relay.child).success());
+}

@@ -1,21 +1,22 @@
 //! `relay backup`: a consistent copy of the database. The copy is one
 //! read transaction's snapshot, table by table, into a new database made
 //! durable before it is reported done. A running relay makes it itself
-//! ([`Store::backup`], asked through its control socket), since it holds
-//! its database file exclusively; a stopped relay's is read by
-//! [`backup_stopped`].
+//! ([`Store::backup`], asked through its control socket, which streams
+//! the copy to `relay backup`), since it holds its database file
+//! exclusively; a stopped relay's is read by [`backup_stopped`].
 //!
 //! A copy is marked (`META` `from_backup`): the relay that opens it moves
 //! its delivery ids far past anything handed out since the snapshot
 //! ([`restored_ceiling`]), so that ids stay unique after a restore
 //! (protocol.md 9.7).
 
+use std::fs::File;
 use std::path::Path;
 
 use redb::backends::FileBackend;
 use redb::{
-    Builder, Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    TableError, TableHandle, Value, WriteTransaction,
+    Builder, Database, Key, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, TableError, TableHandle, Value, WriteTransaction,
 };
 
 use super::{
@@ -27,27 +28,28 @@ use super::{
 /// relay that opens it has moved its ids on.
 pub(super) const FROM_BACKUP: &str = "from_backup";
 
-/// What [`backup`] copied.
+/// What a backup copied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Copied {
-    /// Each table copied, with its entries.
+    /// Each table of the copy, with its entries (as [`table_entries`]
+    /// counts them in the file).
     pub tables: Vec<(String, u64)>,
     /// The size of the new database file, in bytes.
     pub bytes: u64,
 }
 
 impl Store {
-    /// Copies the open database to a new database file `to` (which must
-    /// not exist), from one snapshot, while the relay goes on writing;
-    /// the copy is on disk (fsynced) when this returns.
-    pub fn backup(&self, to: &Path) -> Result<Copied, StoreError> {
-        self.read("backup", |db| copy_to(db, to))
+    /// Copies the open database into `to`, an empty file opened for
+    /// reading and writing, from one snapshot, while the relay goes on
+    /// writing; the copy is on disk (fsynced) when this returns.
+    pub fn backup(&self, to: File) -> Result<Copied, StoreError> {
+        self.read("backup", |db| copy_into(db, to))
     }
 }
 
 /// [`Store::backup`] of the database in `dir`, which no relay has open
 /// (a relay that runs refuses it: ask the relay).
-pub fn backup_stopped(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
+pub fn backup_stopped(dir: &Path, to: File) -> Result<Copied, StoreError> {
     let path = dir.join(DATABASE_FILE);
     if !path.is_file() {
         return Err(StoreError::Database(format!(
@@ -58,38 +60,58 @@ pub fn backup_stopped(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
     let source = Builder::new()
         .open_read_only(&path)
         .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
-    copy_to(&source, to)
+    copy_into(&source, to)
 }
 
-/// Every table of `source`'s snapshot into a new database file `to`.
-fn copy_to(source: &impl ReadableDatabase, to: &Path) -> Result<Copied, StoreError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(to)
-        .map_err(|e| StoreError::Database(format!("{}: {e}", to.display())))?;
+/// The entries of each table of the database file `path`, opened read
+/// only (a copy received from a running relay, checked against what it
+/// reported).
+pub fn table_entries(path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
+    let database = Builder::new()
+        .open_read_only(path)
+        .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+    entries(&database)
+}
+
+fn entries(database: &impl ReadableDatabase) -> Result<Vec<(String, u64)>, StoreError> {
+    let read = database.begin_read().map_err(db_err)?;
+    let mut tables = Vec::new();
+    for table in read.list_tables().map_err(db_err)? {
+        let entries = read
+            .open_untyped_table(table.clone())
+            .map_err(db_err)?
+            .len();
+        tables.push((table.name().to_string(), entries.map_err(db_err)?));
+    }
+    tables.sort();
+    Ok(tables)
+}
+
+/// Every table of `source`'s snapshot into a new database in `file`.
+fn copy_into(source: &impl ReadableDatabase, file: File) -> Result<Copied, StoreError> {
+    let sized = file
+        .try_clone()
+        .map_err(|e| StoreError::Database(format!("the backup's file: {e}")))?;
     let target = FileBackend::new(file)
         .and_then(|backend| Database::builder().create_with_backend(backend))
-        .map_err(|e| StoreError::Database(format!("{}: {e}", to.display())))?;
+        .map_err(|e| StoreError::Database(format!("the backup's file: {e}")))?;
     // A failure here is the backup's (its target full, say), never taken
     // for one of the relay's storage: the relay goes on serving.
-    let tables = copy_all(source, &target).map_err(|error| match error {
+    let backup_failed = |error| match error {
         StoreError::Storage(why) => StoreError::Database(format!("the backup failed: {why}")),
         other => other,
-    })?;
+    };
+    copy_all(source, &target).map_err(backup_failed)?;
+    let tables = entries(&target).map_err(backup_failed)?;
     drop(target);
-    let bytes = std::fs::metadata(to).map_or(0, |meta| meta.len());
+    let bytes = sized.metadata().map_or(0, |meta| meta.len());
     Ok(Copied { tables, bytes })
 }
 
 /// Every table of `source`'s snapshot into `target`, in one durable
 /// transaction; a table this relay does not know is an error, never
 /// left out.
-fn copy_all(
-    source: &impl ReadableDatabase,
-    target: &Database,
-) -> Result<Vec<(String, u64)>, StoreError> {
+fn copy_all(source: &impl ReadableDatabase, target: &Database) -> Result<(), StoreError> {
     let read = source.begin_read().map_err(db_err)?;
     if read
         .list_multimap_tables()
@@ -132,8 +154,7 @@ fn copy_all(
         .map_err(db_err)?
         .insert(FROM_BACKUP, 1)
         .map_err(db_err)?;
-    write.commit().map_err(db_err)?;
-    Ok(copied)
+    write.commit().map_err(db_err)
 }
 
 /// Copies the table `table` of `read` into `write`: its name and entries,

@@ -40,7 +40,7 @@ pub use prekeys::{PrekeyDirectory, PrekeyRecord, keep_newest};
 /// File name of the database in the data directory.
 pub const DATABASE_FILE: &str = "relay.redb";
 
-pub use backup::{Copied, backup_stopped};
+pub use backup::{Copied, backup_stopped, table_entries};
 
 // The tables are keyed by a user's name as its `UserKey`'s string form
 // (`UserName::key().as_str()`): the lower-cased name, byte for byte what
