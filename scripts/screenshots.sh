@@ -115,3 +115,6 @@ xdotool key ctrl+a
 xdotool type --delay 2 "$(address relay2)"
 xdotool key Return
 shot key-change 3
+# The lobby carries a banner and goes on; bob's own conversation is blocked.
+click 37 230 # bob, under Direct messages in the sidebar
+shot key-change-direct

@@ -171,51 +171,80 @@ pub fn view<'a>(
     container(content).padding(32).width(Fill).into()
 }
 
-/// The blocking screen shown when a verified peer's key changed.
-pub fn key_change(change: &KeyChange, consent: bool) -> Element<'_, Message> {
+/// The banner of a verified peer's changed key: in their direct
+/// conversation (`full`: both keys, and the composer is gone) and in
+/// each room shared with them (what it means there: they are left out of
+/// what the user writes). It goes once the user decided.
+pub fn key_change(change: &KeyChange, consent: bool, full: bool) -> Element<'_, Message> {
     let name = change.name.as_str();
-    let content = column![
-        text(format!("{name}'s key has changed"))
-            .size(30)
-            .style(text::danger),
-        text(format!(
+    let what = if full {
+        format!(
             "You verified {name}, but the relay now presents another key under that name. \
              It may be that {name} reinstalled sotto or moved to a new computer, or that \
              someone is trying to impersonate them. Until you decide, nothing you write is \
-             sent to {name}, and their messages under the new key are held unread."
-        )),
-        column![
-            text("Verified key").size(12),
-            text(change.pinned.to_string()).font(MONO).size(13),
-            text("New key").size(12),
-            text(change.offered.to_string()).font(MONO).size(13),
-        ]
-        .spacing(4),
-        text(format!(
-            "Best: ask {name}, in person or on a call, to compare the new safety number with you."
-        )),
-        button(text("Verify the new key"))
-            .padding([8, 16])
-            .style(button::primary)
-            .on_press(Message::Verify(change.name.clone())),
-        container(
-            column![
-                checkbox(consent)
-                    .label(format!(
-                        "I understand that I have not verified {name}'s new key"
-                    ))
-                    .on_toggle(Message::Consent),
-                button(text("Accept the new key without verifying"))
-                    .padding([8, 16])
-                    .style(button::danger)
-                    .on_press_maybe(consent.then(|| Message::AcceptKey(change.name.clone()))),
-            ]
-            .spacing(10),
+             sent to {name}, and their messages under the new key are held unread. \
+             Best: ask {name}, in person or on a call, to compare the new safety number with you."
         )
-        .padding(14)
-        .style(container::bordered_box),
+    } else {
+        format!(
+            "Until you decide, what you write here is not sent to {name}, and their \
+             messages under the new key are held unread."
+        )
+    };
+    let mut content = column![
+        text(format!("{name}'s key has changed"))
+            .size(if full { 22 } else { 16 })
+            .font(BOLD)
+            .style(text::danger),
+        text(what),
     ]
-    .spacing(18)
-    .max_width(680);
-    container(content).padding(40).center(Fill).into()
+    .spacing(10);
+    if full {
+        content = content.push(
+            column![
+                text("Verified key").size(12),
+                text(change.pinned.to_string()).font(MONO).size(12),
+                text("New key").size(12),
+                text(change.offered.to_string()).font(MONO).size(12),
+            ]
+            .spacing(4),
+        );
+    }
+    let accept = button(text("Accept the new key without verifying"))
+        .padding([6, 12])
+        .style(button::danger)
+        .on_press_maybe(consent.then(|| Message::AcceptKey(change.name.clone())));
+    let decided = change.name.clone();
+    content = content.push(
+        row![
+            button(text("Verify the new key"))
+                .padding([6, 12])
+                .style(button::primary)
+                .on_press(Message::Verify(change.name.clone())),
+            checkbox(consent)
+                .label(format!(
+                    "I understand that I have not verified {name}'s new key"
+                ))
+                .on_toggle(move |ticked| Message::Consent(decided.clone(), ticked)),
+            accept,
+        ]
+        .spacing(12)
+        .align_y(Alignment::Center)
+        .wrap(),
+    );
+    container(content)
+        .padding(14)
+        .width(Fill)
+        .style(|theme: &iced::Theme| {
+            let palette = theme.extended_palette();
+            container::Style {
+                border: iced::Border {
+                    color: palette.danger.base.color,
+                    width: 2.0,
+                    radius: 6.0.into(),
+                },
+                ..container::rounded_box(theme)
+            }
+        })
+        .into()
 }

@@ -491,13 +491,17 @@ async fn chat_with_a_peer_then_verify_them_by_safety_number() {
     .await;
 }
 
+/// A verified contact's changed key blocks their conversation (a banner
+/// with both keys, no composer) and puts a banner in the rooms shared
+/// with them, until the user decides; everything else goes on: the room
+/// is written in (they are left out), Disconnect is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
+async fn a_changed_key_blocks_only_that_contacts_conversation_until_the_user_decides() {
     let temp = tempfile::tempdir().unwrap();
     let first = relay(&temp.path().join("relay-1")).await;
     let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
     connect(&mut gui, &first, "alice").await;
-    let bob = Peer::join(temp.path(), "bob", &first).await;
+    let mut bob = Peer::join(temp.path(), "bob", &first).await;
     gui.until_shows("bob joined #lobby").await;
     // Verify bob from the composer: /verify opens the screen.
     gui.type_into(chat_ids::COMPOSER, "/verify bob");
@@ -506,6 +510,9 @@ async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
     gui.click("Mark as verified");
     gui.until_shows("bob is verified.").await;
     gui.click("Close");
+    gui.type_into(chat_ids::COMPOSER, "/msg bob before");
+    gui.enter(chat_ids::COMPOSER);
+    bob.expect_message(&dm("alice"), "before").await;
     drop(bob);
     gui.click("Disconnect");
 
@@ -513,10 +520,30 @@ async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
     let second = relay(&temp.path().join("relay-2")).await;
     let mallory_dir = temp.path().join("mallory");
     let mut mallory = Peer::connect(account(&mallory_dir, "bob", "mallory").await, &second).await;
+    let mut carol = Peer::join(temp.path(), "carol", &second).await;
     connect(&mut gui, &second, "alice").await;
+    gui.update(Message::Chat(sotto_app::chat::Message::Select(lobby())));
     gui.until_shows("bob's key has changed").await;
+    let chat = gui.app.chat().unwrap();
+    assert_eq!(chat.key_changes().len(), 1);
+    assert!(!chat.is_blocked(), "the room is not blocked");
+    assert!(gui.shows("what you write here is not sent to bob"));
+    assert!(gui.has(chat_ids::COMPOSER));
+    assert!(gui.shows("Disconnect"));
+    carol
+        .expect_members("lobby", &["alice", "bob", "carol"])
+        .await;
+    gui.type_into(chat_ids::COMPOSER, "the room goes on");
+    gui.enter(chat_ids::COMPOSER);
+    carol.expect_message(&lobby(), "the room goes on").await;
+
+    // bob's own conversation: blocked, with both keys.
+    gui.update(Message::Chat(sotto_app::chat::Message::Select(dm("bob"))));
     assert!(gui.app.chat().unwrap().is_blocked());
     assert!(!gui.has(chat_ids::COMPOSER), "the composer is blocked");
+    assert!(gui.shows("New key") && gui.shows("Verified key"));
+    assert!(gui.shows("before"), "its history stays readable");
+    assert!(gui.shows("Disconnect"));
 
     // Accepting needs explicit consent.
     gui.click("Accept the new key without verifying");
@@ -531,11 +558,13 @@ async fn a_changed_key_blocks_the_composer_until_the_user_decides() {
     gui.until("the decision", |gui| !gui.app.chat().unwrap().is_blocked())
         .await;
     assert!(gui.has(chat_ids::COMPOSER));
+    assert!(gui.app.chat().unwrap().key_changes().is_empty());
     gui.until_shows("You accepted bob's new key without verifying it")
         .await;
+    assert!(!gui.shows("bob's key has changed"), "the banner is gone");
 
     // Now messages reach the new key.
-    gui.type_into(chat_ids::COMPOSER, "/msg bob after consent");
+    gui.type_into(chat_ids::COMPOSER, "after consent");
     gui.enter(chat_ids::COMPOSER);
     mallory.expect_message(&dm("alice"), "after consent").await;
 }
@@ -1226,6 +1255,12 @@ async fn a_message_written_while_disconnected_shows_as_pending_then_as_sent() {
             .count(),
         1,
         "shown once: {texts:#?}"
+    );
+    // Rejoined without a second "You joined" (the header said it all).
+    assert_eq!(
+        texts.iter().filter(|t| *t == "You joined #lobby").count(),
+        1,
+        "{texts:#?}"
     );
 }
 

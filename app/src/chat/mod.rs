@@ -1,8 +1,8 @@
 //! The chat window: conversations in a sidebar with unread counts, the
 //! timeline, the current room's members, the composer; the verification
-//! and key-change screens on top.
+//! screen, and the banners of a verified contact's changed key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use iced::Task;
@@ -72,8 +72,8 @@ pub enum Message {
     MarkVerified(UserName),
     /// Close the verification screen.
     CloseVerify,
-    /// The key-change consent box.
-    Consent(bool),
+    /// The consent box of a changed key: whose, ticked or not.
+    Consent(UserName, bool),
     /// Accept a changed key (with consent).
     AcceptKey(UserName),
     /// The timeline was scrolled.
@@ -169,8 +169,17 @@ pub struct Chat {
     /// notice waits for the room (or direct message) they show up in.
     new_contacts: HashMap<UserKey, (Tone, String)>,
     verifying: Option<UserName>,
+    /// The rooms whose "You joined" this window has shown: a rejoin
+    /// after a reconnection says nothing (the header tells the
+    /// connection), a join after a leave does.
+    joined: BTreeSet<RoomName>,
+    /// Verified contacts whose key changed, waiting for the user's
+    /// decision: their direct conversation is blocked (a banner, no
+    /// composer), the rooms shared with them carry a banner, everything
+    /// else goes on.
     key_changes: Vec<KeyChange>,
-    consent: bool,
+    /// Whose key change the user ticked "I understand" for.
+    consent: Option<UserKey>,
     composer: text_editor::Content,
     /// Whether this relay was connected to before this session (saved in
     /// the known relays): only then does a failed first attempt retry in
@@ -233,7 +242,8 @@ impl Chat {
             new_contacts: HashMap::new(),
             verifying: None,
             key_changes: Vec::new(),
-            consent: false,
+            consent: None,
+            joined: BTreeSet::new(),
             composer: text_editor::Content::new(),
             known_relay,
             connected_once: false,
@@ -285,10 +295,41 @@ impl Chat {
         self.composer.text()
     }
 
-    /// Whether a key change waits for the user's decision (the composer is
-    /// hidden until then).
+    /// Whether the conversation shown is blocked by a key change waiting
+    /// for the user's decision (its composer is hidden until then).
     pub fn is_blocked(&self) -> bool {
-        !self.key_changes.is_empty()
+        self.current()
+            .is_some_and(|chat| self.blocking(chat).is_some())
+    }
+
+    /// The key change that blocks `chat`: a direct conversation with a
+    /// verified contact whose key changed.
+    pub(super) fn blocking(&self, chat: &Conversation) -> Option<&KeyChange> {
+        let Conversation::Direct(user) = chat else {
+            return None;
+        };
+        self.key_changes
+            .iter()
+            .find(|change| change.name.same_as(user))
+    }
+
+    /// The key changes of the members of `room` (its banners).
+    pub(super) fn key_changes_in(&self, room: &RoomName) -> Vec<&KeyChange> {
+        let members = self.view.members(room);
+        self.key_changes
+            .iter()
+            .filter(|change| members.iter().any(|m| m.name.same_as(&change.name)))
+            .collect()
+    }
+
+    /// Key changes waiting for the user's decision, oldest first.
+    pub fn key_changes(&self) -> &[KeyChange] {
+        &self.key_changes
+    }
+
+    /// Whether the user ticked "I understand" for `name`'s key change.
+    pub(super) fn consents_to(&self, name: &UserName) -> bool {
+        self.consent.as_ref() == Some(&name.key())
     }
 
     /// The window gained or lost focus.
@@ -463,9 +504,11 @@ impl Chat {
                 self.verifying = None;
                 return Action::Run(iced::widget::operation::focus(ids::COMPOSER));
             }
-            Message::Consent(consent) => self.consent = consent,
+            Message::Consent(name, ticked) => {
+                self.consent = ticked.then(|| name.key());
+            }
             Message::AcceptKey(name) => {
-                if !self.consent {
+                if !self.consents_to(&name) {
                     return Action::None;
                 }
                 self.command(Command::AcceptKey(name));

@@ -165,8 +165,10 @@ impl Chat {
                 self.connection = connection;
             }
             Update::Joined { room } => {
-                self.thread(&Conversation::Room(room));
-                self.show(said);
+                self.thread(&Conversation::Room(room.clone()));
+                if self.joined.insert(room) {
+                    self.show(said);
+                }
             }
             Update::Members { room, members } => {
                 // Shown in the member list, not as a notice; a new
@@ -215,7 +217,9 @@ impl Chat {
             Update::Trust { name, trust } => {
                 self.key_changes
                     .retain(|change| !change.name.same_as(&name));
-                self.consent = false;
+                if self.consent == Some(name.key()) {
+                    self.consent = None;
+                }
                 // The key now trusted (the new one, after a key change).
                 if let (_, Some(fingerprint)) = self.view.trust_of(&name) {
                     for thread in self.threads.values_mut() {
@@ -263,8 +267,11 @@ impl Chat {
                 }
                 self.show(said);
             }
-            Update::Left { .. }
-            | Update::Timer { .. }
+            Update::Left { room } => {
+                self.joined.remove(&room);
+                self.show(said);
+            }
+            Update::Timer { .. }
             | Update::Missing { .. }
             | Update::Rejected { .. }
             | Update::NotForYou { .. }

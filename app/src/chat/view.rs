@@ -32,14 +32,6 @@ impl Chat {
 
     /// The window.
     pub fn view(&self) -> Element<'_, Message> {
-        if let Some(change) = self.key_changes.first() {
-            if let Some(name) = &self.verifying
-                && change.name.same_as(name)
-            {
-                return verify::view(self.shown.get(&name.key()), name, &self.account);
-            }
-            return verify::key_change(change, self.consent);
-        }
         let main = match &self.verifying {
             Some(name) => verify::view(self.shown.get(&name.key()), name, &self.account),
             None => self.conversation(),
@@ -233,7 +225,23 @@ impl Chat {
             }
             None => text("No conversation").size(22).into(),
         };
-        let header = column![title, self.connection_line()].spacing(4);
+        let mut header = column![title, self.connection_line()].spacing(4);
+        // A verified contact's changed key: a banner where it matters,
+        // until the user decides; the rest of the app goes on.
+        let blocked = self.current().and_then(|chat| self.blocking(chat));
+        let banners = match (blocked, self.current()) {
+            (Some(change), _) => vec![(change, true)],
+            (None, Some(Conversation::Room(room))) => self
+                .key_changes_in(room)
+                .into_iter()
+                .map(|change| (change, false))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (change, full) in banners {
+            let consent = self.consents_to(&change.name);
+            header = header.push(verify::key_change(change, consent, full));
+        }
 
         let thread = self.selected().and_then(|chat| self.threads.get(&chat));
         let mut lines = Column::new().spacing(6).padding([8, 12]);
@@ -277,6 +285,9 @@ impl Chat {
             notes = notes.push(text(visible(status)).size(13).style(tone_style(*tone)));
         }
         let mut body = column![header, timeline, notes].spacing(8);
+        if blocked.is_some() {
+            return container(body).padding(12).width(Fill).height(Fill).into();
+        }
         let can_send = self.view.context.current.is_some() && self.controller.is_some();
         body = body.push(
             row![
