@@ -295,7 +295,7 @@ impl App {
                     self.settings_open = false;
                     Task::none()
                 } else {
-                    self.update(Message::Chat(chat::Message::CloseVerify))
+                    self.update(Message::Chat(chat::Message::Escape))
                 }
             }
         }
@@ -369,6 +369,11 @@ impl App {
                 key: keyboard::Key::Named(keyboard::key::Named::Escape),
                 ..
             } => Some(Message::Escape),
+            // Not taken by a focused widget (the composer passes them on
+            // itself): the chat window's shortcuts.
+            keyboard::Event::KeyPressed { key, modifiers, .. } => {
+                chat::shortcut(&key, modifiers).map(Message::Chat)
+            }
             _ => None,
         });
         let ticks = match &self.screen {

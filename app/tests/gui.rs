@@ -34,8 +34,8 @@ use sotto_crypto::KdfParams;
 use sotto_proto::RelayAddress;
 use sotto_testkit::{LocalRelay, Peer, account, dm, lobby, user};
 
-use iced_test::core::keyboard::Key;
 use iced_test::core::keyboard::key::Named;
+use iced_test::core::keyboard::{Key, Modifiers};
 use iced_test::runtime::Action;
 use iced_test::runtime::task::{Task, into_stream};
 use iced_test::selector::{self, Candidate, Target};
@@ -159,6 +159,43 @@ impl Gui {
             ui.tap_key(Key::Named(Named::End));
             ui.typewrite(text);
         });
+    }
+
+    /// Presses `key` with `modifiers` in the field `id`.
+    fn press(&mut self, id: &'static str, key: Key, modifiers: Modifiers) {
+        use iced_test::core::keyboard::{self, Location, key::NativeCode, key::Physical};
+        self.interact(|ui| {
+            ui.click(selector::id(id))
+                .unwrap_or_else(|e| panic!("field {id}: {e}"));
+            ui.simulate([
+                iced_test::core::Event::Keyboard(keyboard::Event::KeyPressed {
+                    key: key.clone(),
+                    modified_key: key.clone(),
+                    physical_key: Physical::Unidentified(NativeCode::Unidentified),
+                    location: Location::Standard,
+                    modifiers,
+                    repeat: false,
+                    text: None,
+                }),
+                iced_test::core::Event::Keyboard(keyboard::Event::KeyReleased {
+                    key: key.clone(),
+                    modified_key: key,
+                    physical_key: Physical::Unidentified(NativeCode::Unidentified),
+                    location: Location::Standard,
+                    modifiers,
+                }),
+            ]);
+        });
+    }
+
+    /// The conversation on screen, as the window names it.
+    fn current(&self) -> String {
+        self.app
+            .chat()
+            .unwrap()
+            .current()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     }
 
     /// Presses Enter in the field `id`.
@@ -1923,4 +1960,68 @@ async fn a_timer_shows_in_the_header_and_disappeared_messages_leave_the_timeline
     );
     let texts = texts_of(chat.view());
     assert!(texts.iter().any(|t| t == "Disappearing: off"), "{texts:#?}");
+}
+
+/// The conversations are reached from the keyboard: Ctrl+Down and
+/// Ctrl+Up go through them in the sidebar's order (rooms, then direct
+/// conversations) round the end, from the composer too; Ctrl+K opens a
+/// finder that keeps what matches and goes to the first with Enter;
+/// Escape closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_are_switched_from_the_keyboard() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let mut bob = Peer::join(temp.path(), "bob", &relay).await;
+    let mut carol = Peer::join(temp.path(), "carol", &relay).await;
+    gui.until_shows("carol joined #lobby").await;
+    for line in ["/msg bob hi bob", "/msg carol hi carol", "/join dev"] {
+        gui.type_into(chat_ids::COMPOSER, line);
+        gui.enter(chat_ids::COMPOSER);
+    }
+    bob.expect_message(&dm("alice"), "hi bob").await;
+    carol.expect_message(&dm("alice"), "hi carol").await;
+    gui.until_shows("You joined #dev").await;
+    assert_eq!(gui.current(), "#dev");
+
+    let (down, up) = (Key::Named(Named::ArrowDown), Key::Named(Named::ArrowUp));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        gui.press(chat_ids::COMPOSER, down.clone(), Modifiers::CTRL);
+        seen.push(gui.current());
+    }
+    assert_eq!(seen, ["#lobby", "@bob", "@carol", "#dev"], "round the end");
+    gui.press(chat_ids::COMPOSER, up.clone(), Modifiers::CTRL);
+    assert_eq!(gui.current(), "@carol");
+    // Without Ctrl, the arrows stay the composer's.
+    gui.press(chat_ids::COMPOSER, up, Modifiers::empty());
+    assert_eq!(gui.current(), "@carol");
+
+    gui.press(
+        chat_ids::COMPOSER,
+        Key::Character("k".into()),
+        Modifiers::CTRL,
+    );
+    assert!(gui.app.chat().unwrap().is_finding());
+    assert!(gui.has(chat_ids::FINDER));
+    gui.type_into(chat_ids::FINDER, "LOB");
+    assert!(!gui.shows("# dev"), "the finder keeps what matches");
+    assert!(gui.shows("# lobby"));
+    gui.enter(chat_ids::FINDER);
+    assert_eq!(gui.current(), "#lobby");
+    assert!(!gui.app.chat().unwrap().is_finding());
+    assert!(gui.has(chat_ids::COMPOSER));
+
+    gui.press(
+        chat_ids::COMPOSER,
+        Key::Character("k".into()),
+        Modifiers::CTRL,
+    );
+    assert!(gui.has(chat_ids::FINDER));
+    gui.type_into(chat_ids::FINDER, "nobody");
+    assert!(gui.shows("No conversation has that name"));
+    gui.update(Message::Escape);
+    assert!(!gui.has(chat_ids::FINDER), "Escape closes it");
+    assert_eq!(gui.current(), "#lobby");
 }

@@ -94,8 +94,12 @@ impl Chat {
 }
 
 /// The composer's keys: Enter sends, Shift+Enter breaks the line, the
-/// rest as in any text editor (pasted text keeps its lines).
+/// window's shortcuts ([`shortcut`]) are the window's, the rest as in any
+/// text editor (pasted text keeps its lines).
 pub(super) fn composer_keys(press: text_editor::KeyPress) -> Option<text_editor::Binding<Message>> {
+    if let Some(message) = shortcut(&press.key, press.modifiers) {
+        return Some(text_editor::Binding::Custom(message));
+    }
     let enter = matches!(
         press.key.as_ref(),
         keyboard::Key::Named(keyboard::key::Named::Enter)
@@ -108,4 +112,57 @@ pub(super) fn composer_keys(press: text_editor::KeyPress) -> Option<text_editor:
         });
     }
     text_editor::Binding::from_key_press(press)
+}
+
+/// The chat window's keyboard shortcuts, wherever the focus is: Ctrl+K
+/// finds a conversation, Ctrl+Up and Ctrl+Down go to the previous and
+/// next one, PageUp and PageDown scroll the timeline.
+pub fn shortcut(key: &keyboard::Key, modifiers: keyboard::Modifiers) -> Option<Message> {
+    use keyboard::key::Named;
+    match key.as_ref() {
+        keyboard::Key::Character("k") if modifiers.command() => Some(Message::Find),
+        keyboard::Key::Named(Named::ArrowUp) if modifiers.command() => Some(Message::Step(false)),
+        keyboard::Key::Named(Named::ArrowDown) if modifiers.command() => Some(Message::Step(true)),
+        keyboard::Key::Named(Named::PageUp) if modifiers.is_empty() => Some(Message::Page(true)),
+        keyboard::Key::Named(Named::PageDown) if modifiers.is_empty() => Some(Message::Page(false)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iced::keyboard::{Key, Modifiers, key::Named};
+
+    use super::{Message, shortcut};
+
+    #[test]
+    fn the_shortcuts_are_ctrl_k_ctrl_arrows_and_the_page_keys() {
+        let found =
+            |key: Key, modifiers| shortcut(&key, modifiers).map(|message| format!("{message:?}"));
+        let named = |named| Key::Named(named);
+        let as_text = |message: Message| Some(format!("{message:?}"));
+        assert_eq!(
+            found(Key::Character("k".into()), Modifiers::CTRL),
+            as_text(Message::Find)
+        );
+        assert_eq!(found(Key::Character("k".into()), Modifiers::empty()), None);
+        assert_eq!(
+            found(named(Named::ArrowDown), Modifiers::CTRL),
+            as_text(Message::Step(true))
+        );
+        assert_eq!(
+            found(named(Named::ArrowUp), Modifiers::CTRL),
+            as_text(Message::Step(false))
+        );
+        assert_eq!(found(named(Named::ArrowUp), Modifiers::empty()), None);
+        assert_eq!(
+            found(named(Named::PageUp), Modifiers::empty()),
+            as_text(Message::Page(true))
+        );
+        assert_eq!(
+            found(named(Named::PageDown), Modifiers::empty()),
+            as_text(Message::Page(false))
+        );
+        assert_eq!(found(named(Named::PageUp), Modifiers::SHIFT), None);
+    }
 }

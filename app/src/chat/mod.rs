@@ -21,6 +21,7 @@ use sotto_client::session::{
 use sotto_client::ui::{self};
 
 mod composer;
+pub use composer::shortcut;
 mod delivery;
 mod updates;
 mod view;
@@ -36,6 +37,8 @@ pub mod ids {
     pub const TIMELINE: &str = "chat-timeline";
     /// The "join a room" field.
     pub const JOIN: &str = "chat-join";
+    /// The conversation finder (Ctrl+K).
+    pub const FINDER: &str = "chat-finder";
 }
 
 /// What the chat window does.
@@ -80,6 +83,19 @@ pub enum Message {
     Scrolled(scrollable::Viewport),
     /// Show the newest messages.
     Newest,
+    /// Ctrl+Down (true) or Ctrl+Up: the next or previous conversation in
+    /// the sidebar's order, round the end.
+    Step(bool),
+    /// PageUp (true: towards older messages) or PageDown in the timeline.
+    Page(bool),
+    /// Ctrl+K: open the conversation finder.
+    Find,
+    /// What the finder holds.
+    FindField(String),
+    /// Enter in the finder: the first conversation it shows.
+    FindSubmit,
+    /// Escape: close the finder if open, else the verification screen.
+    Escape,
     /// Show (or hide again) how far a message of yours in the current
     /// conversation got: who has it, who not yet, who will not get it.
     Details(MessageId),
@@ -193,6 +209,10 @@ pub struct Chat {
     last_position: (u64, u32),
     /// The message of yours whose delivery details are shown, if any.
     details: Option<(Conversation, MessageId)>,
+    /// The conversation finder's text, while it is open (Ctrl+K).
+    finder: Option<String>,
+    /// The timeline's height, as last scrolled: what PageUp moves by.
+    page: f32,
     focused: bool,
     /// Per room, the presence changes of one kind shown as one notice
     /// while nothing else comes between them.
@@ -251,6 +271,8 @@ impl Chat {
             status: None,
             last_position: (0, 0),
             details: None,
+            finder: None,
+            page: 400.0,
             focused: true,
             presence: HashMap::new(),
         }
@@ -394,6 +416,48 @@ impl Chat {
         self.view.context.current = Some(chat.clone());
     }
 
+    /// The conversations in the sidebar's order: the rooms joined, then
+    /// the direct conversations.
+    pub(super) fn sidebar_order(&self) -> Vec<Conversation> {
+        let (rooms, direct): (Vec<&Conversation>, Vec<&Conversation>) = self
+            .threads
+            .values()
+            .map(|thread| &thread.chat)
+            .filter(|chat| match chat {
+                Conversation::Room(room) => self.view.context.rooms.contains(room),
+                Conversation::Direct(_) => true,
+            })
+            .partition(|chat| matches!(chat, Conversation::Room(_)));
+        rooms.into_iter().chain(direct).cloned().collect()
+    }
+
+    /// The conversations the finder shows: those whose name holds its
+    /// text, whatever the case (all of them while it is empty).
+    pub(super) fn found(&self) -> Vec<Conversation> {
+        let wanted = self
+            .finder
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .trim_start_matches(['#', '@'])
+            .to_ascii_lowercase();
+        self.sidebar_order()
+            .into_iter()
+            .filter(|chat| {
+                let name = match chat {
+                    Conversation::Room(room) => room.as_str().to_ascii_lowercase(),
+                    Conversation::Direct(user) => user.as_str().to_ascii_lowercase(),
+                };
+                name.contains(&wanted)
+            })
+            .collect()
+    }
+
+    /// Whether the conversation finder is open (Ctrl+K).
+    pub fn is_finding(&self) -> bool {
+        self.finder.is_some()
+    }
+
     /// Opens `chat` if no conversation is on screen.
     fn open_if_none(&mut self, chat: &Conversation) {
         if self.view.context.current.is_none() {
@@ -514,6 +578,7 @@ impl Chat {
                 self.command(Command::AcceptKey(name));
             }
             Message::Scrolled(viewport) => {
+                self.page = viewport.bounds().height;
                 let y = viewport.relative_offset().y;
                 let Some(thread) = self.selected().and_then(|c| self.threads.get_mut(&c)) else {
                     return Action::None;
@@ -524,6 +589,50 @@ impl Chat {
                 } else if y <= 0.001 && !thread.timeline.is_following() {
                     thread.timeline.newer();
                 }
+            }
+            Message::Step(forward) => {
+                let order = self.sidebar_order();
+                let at = self
+                    .selected()
+                    .and_then(|current| order.iter().position(|chat| *chat == current));
+                let next = match (at, forward) {
+                    (_, _) if order.is_empty() => return Action::None,
+                    (None, _) => 0,
+                    (Some(at), true) => (at + 1) % order.len(),
+                    (Some(at), false) => (at + order.len() - 1) % order.len(),
+                };
+                if let Some(chat) = order.get(next).cloned() {
+                    return self.update(Message::Select(chat));
+                }
+            }
+            Message::Page(up) => {
+                // Anchored at the bottom: an offset counts from the newest
+                // message, so older is further.
+                let by = 0.9 * self.page;
+                let offset = scrollable::AbsoluteOffset {
+                    x: 0.0,
+                    y: if up { by } else { -by },
+                };
+                return Action::Run(iced::widget::operation::scroll_by(ids::TIMELINE, offset));
+            }
+            Message::Find => {
+                self.finder = Some(String::new());
+                return Action::Run(iced::widget::operation::focus(ids::FINDER));
+            }
+            Message::FindField(text) => self.finder = Some(text),
+            Message::FindSubmit => {
+                let found = self.found().first().cloned();
+                self.finder = None;
+                return match found {
+                    Some(chat) => self.update(Message::Select(chat)),
+                    None => Action::Run(iced::widget::operation::focus(ids::COMPOSER)),
+                };
+            }
+            Message::Escape => {
+                if self.finder.take().is_some() {
+                    return Action::Run(iced::widget::operation::focus(ids::COMPOSER));
+                }
+                return self.update(Message::CloseVerify);
             }
             Message::Newest => {
                 if let Some(thread) = self.selected().and_then(|c| self.threads.get_mut(&c)) {

@@ -78,8 +78,13 @@ impl Chat {
     fn sidebar(&self) -> Element<'_, Message> {
         let mut rooms = Column::new().spacing(2);
         let mut direct = Column::new().spacing(2);
+        // While the finder is open, only what it finds.
+        let found = self.finder.as_ref().map(|_| self.found());
         for (key, thread) in &self.threads {
             let chat = &thread.chat;
+            if found.as_ref().is_some_and(|found| !found.contains(chat)) {
+                continue;
+            }
             let selected = self.selected().as_ref() == Some(key);
             let mut label = row![].spacing(6).align_y(Alignment::Center);
             match chat {
@@ -120,12 +125,36 @@ impl Chat {
             .on_submit(Message::Join)
             .padding(6)
             .size(13);
-        let content = column![
+        let mut identity = column![
             text(self.me().as_str()).font(BOLD).size(18),
             text(self.account.identity().fingerprint().to_string())
                 .font(MONO)
                 .size(10)
                 .style(text::secondary),
+        ]
+        .spacing(8);
+        if let Some(wanted) = &self.finder {
+            identity = identity.push(
+                column![
+                    text_input("Go to a conversation…", wanted)
+                        .id(ids::FINDER)
+                        .on_input(Message::FindField)
+                        .on_submit(Message::FindSubmit)
+                        .padding(6)
+                        .size(13),
+                    text(if found.as_ref().is_some_and(Vec::is_empty) {
+                        "No conversation has that name · Esc: close"
+                    } else {
+                        "Enter: the first found · Esc: close"
+                    })
+                    .size(11)
+                    .style(text::secondary),
+                ]
+                .spacing(4),
+            );
+        }
+        let content = column![
+            identity,
             text("Rooms").size(13).style(text::secondary),
             rooms,
             join,
