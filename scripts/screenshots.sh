@@ -28,9 +28,9 @@ export DISPLAY=:${SCREENSHOT_DISPLAY:-97}
 Xvfb "$DISPLAY" -screen 0 1100x720x24 -nolisten tcp >"$work/xvfb.log" 2>&1 &
 sleep 1
 
-shot() { # NAME [SECONDS TO WAIT FIRST]
+shot() { # NAME [SECONDS TO WAIT FIRST] [WIDTHxHEIGHT, of the window's top left]
     sleep "${2:-0.8}"
-    xwd -root -silent | convert xwd:- -crop 1100x720+0+0 +repage "$out/$1.png"
+    xwd -root -silent | convert xwd:- -crop "${3:-1100x720}+0+0" +repage "$out/$1.png"
     echo "$out/$1.png"
 }
 
@@ -118,3 +118,8 @@ shot key-change 3
 # The lobby carries a banner and goes on; bob's own conversation is blocked.
 click 37 230 # bob, under Direct messages in the sidebar
 shot key-change-direct
+
+# A narrow window: the member list and the sidebar fold away.
+click 37 130 # the lobby, in the sidebar
+xdotool windowsize "$window" 600 620
+shot chat-narrow 1.5 600x620

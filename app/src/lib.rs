@@ -40,13 +40,25 @@ pub mod verify;
 
 pub use app::{App, Message, Options};
 
+/// The smallest window, in logical pixels.
+pub const MIN_WIDTH: f32 = 560.0;
+/// The smallest window's height, in logical pixels.
+pub const MIN_HEIGHT: f32 = 420.0;
+
 /// Runs the app in a window until it is closed.
 pub fn run(options: Options) -> iced::Result {
     iced::application(move || App::new(options.clone()), App::update, App::view)
         .title(App::title)
         .theme(App::theme)
         .subscription(App::subscription)
-        .window_size((1100.0, 720.0))
+        .window(iced::window::Settings {
+            size: iced::Size::new(1100.0, 720.0),
+            // Below this the composer and a message line no longer fit
+            // beside the sidebar; narrower than the default, the member
+            // list and then the sidebar fold away (`chat::view`).
+            min_size: Some(iced::Size::new(MIN_WIDTH, MIN_HEIGHT)),
+            ..iced::window::Settings::default()
+        })
         .exit_on_close_request(false)
         .run()
 }

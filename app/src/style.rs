@@ -70,6 +70,18 @@ fn clock_in(ms: u64, zone: &TimeZone) -> String {
         )
 }
 
+/// `name` cut to `max` characters, the last of them an ellipsis, so that
+/// what stands beside it (a badge, an unread count) stays in view; the
+/// whole name is in the conversation's header.
+pub(crate) fn ellipsis(name: &str, max: usize) -> String {
+    if name.chars().count() <= max {
+        return name.to_owned();
+    }
+    let mut cut: String = name.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +94,14 @@ mod tests {
         let tokyo = TimeZone::fixed(jiff::tz::offset(9));
         assert_eq!(clock_in((13 * 60 + 7) * 60_000, &tokyo), "22:07");
         assert_eq!(clock_in(u64::MAX, &utc), "--:--");
+    }
+
+    #[test]
+    fn long_names_end_in_an_ellipsis_within_their_room() {
+        assert_eq!(ellipsis("bob", 16), "bob");
+        assert_eq!(ellipsis("sixteen-letters!", 16), "sixteen-letters!");
+        let long = "a-name-of-thirty-two-characters.";
+        assert_eq!(ellipsis(long, 16), "a-name-of-thirt…");
+        assert_eq!(ellipsis(long, 16).chars().count(), 16);
     }
 }

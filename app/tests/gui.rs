@@ -188,6 +188,41 @@ impl Gui {
         });
     }
 
+    /// Every text on screen in a window of `width` by 720.
+    fn texts_at(&self, width: f32) -> Vec<String> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let mut ui = Simulator::with_size(
+            iced_test::core::Settings::default(),
+            (width, 720.0),
+            self.app.view(),
+        );
+        let _ = ui.find(move |candidate: Candidate<'_>| {
+            if let Candidate::Text { content, .. } = candidate {
+                sink.lock().unwrap().push(content.to_owned());
+            }
+            None::<()>
+        });
+        seen.lock().unwrap().clone()
+    }
+
+    /// Clicks `label` in a window of `width` by 720.
+    fn click_at(&mut self, width: f32, label: &str) {
+        let messages = {
+            let mut ui = Simulator::with_size(
+                iced_test::core::Settings::default(),
+                (width, 720.0),
+                self.app.view(),
+            );
+            ui.click(label)
+                .unwrap_or_else(|e| panic!("click {label:?}: {e}"));
+            ui.into_messages().collect::<Vec<_>>()
+        };
+        for message in messages {
+            self.update(message);
+        }
+    }
+
     /// The conversation on screen, as the window names it.
     fn current(&self) -> String {
         self.app
@@ -2024,4 +2059,72 @@ async fn conversations_are_switched_from_the_keyboard() {
     gui.update(Message::Escape);
     assert!(!gui.has(chat_ids::FINDER), "Escape closes it");
     assert_eq!(gui.current(), "#lobby");
+}
+
+/// The layout holds in narrow windows: below 880 pixels the member list
+/// folds away, below 640 the sidebar too, behind a "Conversations"
+/// button that shows it again until a conversation is chosen; a long
+/// name is cut with an ellipsis where badges stand beside it, whole in
+/// the conversation's header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrow_windows_fold_the_side_panes_and_long_names_end_in_an_ellipsis() {
+    let long = "a-name-of-thirty-two-characters.";
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let mut gui = unlocked(&temp.path().join("alice"), "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let peer = Peer::connect(
+        account(&temp.path().join("long"), long, "carol").await,
+        &relay,
+    )
+    .await;
+    gui.until_shows(&format!("{long} joined #lobby")).await;
+    peer.send(dm("alice"), "hello from a long name");
+    gui.until("the direct conversation", |gui| {
+        gui.app.chat().unwrap().conversations().len() == 2
+    })
+    .await;
+    gui.until_shows("Members · 2").await;
+
+    let has = |texts: &[String], wanted: &str| texts.iter().any(|t| t == wanted);
+    let wide = gui.texts_at(1100.0);
+    assert!(
+        has(&wide, "Members · 2") && has(&wide, "Direct messages"),
+        "{wide:#?}"
+    );
+    let cut = "a-name-of-thi…";
+    assert_eq!(
+        wide.iter().filter(|t| *t == cut).count(),
+        2,
+        "cut in the sidebar and the member list: {wide:#?}"
+    );
+    assert!(!has(&wide, "Conversations"));
+
+    let middle = gui.texts_at(800.0);
+    assert!(!has(&middle, "Members · 2"), "{middle:#?}");
+    assert!(has(&middle, "Direct messages"));
+
+    let narrow = gui.texts_at(600.0);
+    assert!(
+        !has(&narrow, "Direct messages") && !has(&narrow, "Members · 2"),
+        "{narrow:#?}"
+    );
+    assert!(
+        has(&narrow, "#lobby"),
+        "the conversation stays: {narrow:#?}"
+    );
+    gui.click_at(600.0, "Conversations");
+    let opened = gui.texts_at(600.0);
+    assert!(
+        has(&opened, "Direct messages") && has(&opened, "Hide"),
+        "{opened:#?}"
+    );
+    gui.click_at(600.0, cut);
+    let chosen = gui.texts_at(600.0);
+    assert!(!has(&chosen, "Direct messages"), "{chosen:#?}");
+    assert!(
+        has(&chosen, &format!("@{long}")),
+        "the header names it whole: {chosen:#?}"
+    );
+    assert!(has(&chosen, "hello from a long name"));
 }

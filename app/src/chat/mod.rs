@@ -90,6 +90,8 @@ pub enum Message {
     Page(bool),
     /// Ctrl+K: open the conversation finder.
     Find,
+    /// Show or hide the sidebar in a narrow window.
+    ToggleSidebar,
     /// What the finder holds.
     FindField(String),
     /// Enter in the finder: the first conversation it shows.
@@ -211,6 +213,8 @@ pub struct Chat {
     details: Option<(Conversation, MessageId)>,
     /// The conversation finder's text, while it is open (Ctrl+K).
     finder: Option<String>,
+    /// In a window too narrow for it, whether the sidebar is shown.
+    sidebar_open: bool,
     /// The timeline's height, as last scrolled: what PageUp moves by.
     page: f32,
     focused: bool,
@@ -272,6 +276,7 @@ impl Chat {
             last_position: (0, 0),
             details: None,
             finder: None,
+            sidebar_open: false,
             page: 400.0,
             focused: true,
             presence: HashMap::new(),
@@ -524,6 +529,7 @@ impl Chat {
                 return self.disconnected(reason);
             }
             Message::Select(chat) => {
+                self.sidebar_open = false;
                 if let Some(thread) = self.threads.get_mut(&chat) {
                     thread.unread = 0;
                 }
@@ -615,7 +621,10 @@ impl Chat {
                 };
                 return Action::Run(iced::widget::operation::scroll_by(ids::TIMELINE, offset));
             }
+            Message::ToggleSidebar => self.sidebar_open = !self.sidebar_open,
             Message::Find => {
+                // In a narrow window the finder is in the sidebar.
+                self.sidebar_open = true;
                 self.finder = Some(String::new());
                 return Action::Run(iced::widget::operation::focus(ids::FINDER));
             }

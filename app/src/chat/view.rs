@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use iced::widget::{
-    Column, button, checkbox, column, container, pick_list, row, scrollable, space, text,
-    text_editor, text_input,
+    Column, Row, button, checkbox, column, container, pick_list, responsive, row, scrollable,
+    space, text, text_editor, text_input,
 };
 use iced::{Alignment, Element, Fill, Task};
 use sotto_proto::RoomName;
 
-use crate::style::{BOLD, MONO, badge, clock, count};
+use crate::style::{BOLD, MONO, badge, clock, count, ellipsis};
 use crate::timeline::{Entry, Tone};
 use crate::verify::{self};
 use sotto_client::safe_text::multiline as visible;
@@ -20,6 +20,18 @@ use sotto_client::ui::words;
 use super::composer::composer_keys;
 use super::delivery;
 use super::{Chat, Message, Pending, ids};
+
+/// The narrowest window that shows the sidebar beside the conversation.
+const SIDEBAR_FITS: f32 = 640.0;
+/// The narrowest window that shows a room's member list too.
+const MEMBERS_FIT: f32 = 880.0;
+/// The sidebar's width.
+const SIDEBAR: f32 = 230.0;
+/// The member list's width.
+const MEMBERS: f32 = 210.0;
+/// The narrowest conversation pane whose header holds its controls
+/// beside its name.
+const CONTROLS_FIT: f32 = 640.0;
 
 impl Chat {
     /// The window's title.
@@ -32,15 +44,36 @@ impl Chat {
 
     /// The window.
     pub fn view(&self) -> Element<'_, Message> {
+        responsive(move |size| self.layout(size.width)).into()
+    }
+
+    /// The window at `width`: the sidebar, the conversation and a room's
+    /// member list; a narrower window folds the member list away
+    /// (`/members` still lists it), then the sidebar (a header button
+    /// shows it again).
+    fn layout(&self, width: f32) -> Element<'_, Message> {
+        let narrow = width < SIDEBAR_FITS;
+        let sidebar = !narrow || self.sidebar_open;
+        let members = match &self.selected() {
+            Some(Conversation::Room(room)) if self.verifying.is_none() && width >= MEMBERS_FIT => {
+                Some(room.clone())
+            }
+            _ => None,
+        };
+        let pane = width
+            - if sidebar { SIDEBAR } else { 0.0 }
+            - if members.is_some() { MEMBERS } else { 0.0 };
         let main = match &self.verifying {
             Some(name) => verify::view(self.shown.get(&name.key()), name, &self.account),
-            None => self.conversation(),
+            None => self.conversation(narrow, pane),
         };
-        let mut layout = row![self.sidebar(), main];
-        if self.verifying.is_none()
-            && let Some(Conversation::Room(room)) = &self.selected()
-        {
-            layout = layout.push(self.member_list(room));
+        let mut layout = row![];
+        if sidebar {
+            layout = layout.push(self.sidebar());
+        }
+        layout = layout.push(main);
+        if let Some(room) = members {
+            layout = layout.push(self.member_list(&room));
         }
         layout.height(Fill).into()
     }
@@ -92,10 +125,10 @@ impl Chat {
                     if !self.view.context.rooms.contains(room) {
                         continue;
                     }
-                    label = label.push(text(format!("# {room}")));
+                    label = label.push(text(format!("# {}", ellipsis(room.as_str(), 20))));
                 }
                 Conversation::Direct(user) => {
-                    label = label.push(text(user.to_string()));
+                    label = label.push(text(ellipsis(user.as_str(), 14)));
                     label = label.push(badge(self.trust_of(user)));
                     if let Some(key) = self.lookalike_key(user, None) {
                         label = label.push(text(key).font(MONO).size(10).style(text::warning));
@@ -174,7 +207,7 @@ impl Chat {
         .spacing(8);
         container(content)
             .padding(12)
-            .width(230)
+            .width(SIDEBAR)
             .height(Fill)
             .style(container::rounded_box)
             .into()
@@ -211,48 +244,80 @@ impl Chat {
             .into()
     }
 
-    fn conversation(&self) -> Element<'_, Message> {
-        let title: Element<'_, Message> = match self.current() {
+    /// The conversation pane, `width` wide (`narrow`: the sidebar folds).
+    fn conversation(&self, narrow: bool, width: f32) -> Element<'_, Message> {
+        let (name, controls): (Element<'_, Message>, Row<'_, Message>) = match self.current() {
             Some(Conversation::Room(room)) => {
-                let mut line = row![text(format!("#{room}")).size(22)]
-                    .spacing(10)
-                    .align_y(Alignment::Center);
-                line = line.push(space().width(Fill));
-                line = line.push(self.timer_control(&Conversation::Room(room.clone())));
                 let room_ = room.clone();
-                line = line.push(
+                let controls = row![
+                    self.timer_control(&Conversation::Room(room.clone())),
                     checkbox(self.view.is_verified_only(room))
                         .label("Verified members only")
                         .text_size(13)
                         .on_toggle(move |on| Message::VerifiedOnly(room_.clone(), on)),
-                );
-                line = line.push(
                     button(text("Leave").size(13))
                         .style(button::secondary)
                         .on_press(Message::Leave(room.clone())),
-                );
-                line.into()
+                ]
+                .spacing(10)
+                .align_y(Alignment::Center);
+                (text(format!("#{room}")).size(22).into(), controls)
             }
             Some(Conversation::Direct(user)) => {
-                let mut line = row![
+                let mut name = row![
                     text(format!("@{user}")).size(22),
                     badge(self.trust_of(user))
                 ]
                 .spacing(10)
                 .align_y(Alignment::Center);
                 if let Some(key) = self.lookalike_key(user, None) {
-                    line = line.push(text(key).font(MONO).size(12).style(text::warning));
+                    name = name.push(text(key).font(MONO).size(12).style(text::warning));
                 }
-                line.push(space().width(Fill))
-                    .push(self.timer_control(&Conversation::Direct(user.clone())))
-                    .push(
-                        button(text("Verify").size(13))
-                            .style(button::secondary)
-                            .on_press(Message::Verify(user.clone())),
-                    )
-                    .into()
+                let controls = row![
+                    self.timer_control(&Conversation::Direct(user.clone())),
+                    button(text("Verify").size(13))
+                        .style(button::secondary)
+                        .on_press(Message::Verify(user.clone())),
+                ]
+                .spacing(10)
+                .align_y(Alignment::Center);
+                (name.into(), controls)
             }
-            None => text("No conversation").size(22).into(),
+            None => (text("No conversation").size(22).into(), row![]),
+        };
+        let name: Element<'_, Message> = if narrow {
+            // The sidebar is folded away: the way back to it.
+            row![
+                button(
+                    text(if self.sidebar_open {
+                        "Hide"
+                    } else {
+                        "Conversations"
+                    })
+                    .size(13)
+                )
+                .style(button::secondary)
+                .padding([2, 8])
+                .on_press(Message::ToggleSidebar),
+                name
+            ]
+            .spacing(10)
+            .align_y(Alignment::Center)
+            .into()
+        } else {
+            name
+        };
+        // The conversation's controls beside its name while they fit,
+        // else on lines of their own.
+        let title: Element<'_, Message> = if width >= CONTROLS_FIT {
+            row![name, space().width(Fill), controls]
+                .spacing(10)
+                .align_y(Alignment::Center)
+                .into()
+        } else {
+            column![name, controls.wrap().vertical_spacing(6)]
+                .spacing(6)
+                .into()
         };
         let mut header = column![title, self.connection_line()].spacing(4);
         // A verified contact's changed key: a banner where it matters,
@@ -380,7 +445,11 @@ impl Chat {
                             .style(text::secondary),
                     );
                 }
-                let mut lines = column![head, text(visible(&message.text))].spacing(2);
+                let mut lines = column![
+                    head,
+                    text(visible(&message.text)).wrapping(text::Wrapping::WordOrGlyph)
+                ]
+                .spacing(2);
                 if let Some(got) = &message.delivery {
                     for (line, look) in delivery::warnings(got) {
                         lines = lines.push(text(line).size(11).style(delivery::style(look)));
@@ -399,6 +468,7 @@ impl Chat {
             Entry::Notice(notice) => row![
                 text(clock(notice.at_ms)).size(11).style(text::secondary),
                 text(visible(&notice.text))
+                    .wrapping(text::Wrapping::WordOrGlyph)
                     .size(13)
                     .style(tone_style(notice.tone)),
             ]
@@ -433,9 +503,14 @@ impl Chat {
         if let Some(state) = state {
             head = head.push(state.size(11));
         }
-        column![head, text(visible(&pending.text)).style(text::secondary)]
-            .spacing(2)
-            .into()
+        column![
+            head,
+            text(visible(&pending.text))
+                .wrapping(text::Wrapping::WordOrGlyph)
+                .style(text::secondary)
+        ]
+        .spacing(2)
+        .into()
     }
 
     fn member_list(&self, room: &RoomName) -> Element<'_, Message> {
@@ -444,9 +519,9 @@ impl Chat {
         for member in members {
             let me = member.name.same_as(self.me());
             let name = if me {
-                format!("{} (you)", member.name)
+                format!("{} (you)", ellipsis(member.name.as_str(), 12))
             } else {
-                member.name.to_string()
+                ellipsis(member.name.as_str(), 14)
             };
             // An offline member is still a member (what is said waits for
             // it at the relay): dimmed, and marked.
@@ -491,7 +566,7 @@ impl Chat {
             .spacing(8),
         )
         .padding(12)
-        .width(210)
+        .width(MEMBERS)
         .height(Fill)
         .style(container::rounded_box)
         .into()
