@@ -2127,4 +2127,13 @@ async fn narrow_windows_fold_the_side_panes_and_long_names_end_in_an_ellipsis() 
         "the header names it whole: {chosen:#?}"
     );
     assert!(has(&chosen, "hello from a long name"));
+    // Ctrl+K shows the folded sidebar with its finder; Escape folds both.
+    gui.press(
+        chat_ids::COMPOSER,
+        Key::Character("k".into()),
+        Modifiers::CTRL,
+    );
+    assert!(has(&gui.texts_at(600.0), "Direct messages"));
+    gui.update(Message::Escape);
+    assert!(!has(&gui.texts_at(600.0), "Direct messages"));
 }

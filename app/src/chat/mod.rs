@@ -632,6 +632,7 @@ impl Chat {
             Message::FindSubmit => {
                 let found = self.found().first().cloned();
                 self.finder = None;
+                self.sidebar_open = false;
                 return match found {
                     Some(chat) => self.update(Message::Select(chat)),
                     None => Action::Run(iced::widget::operation::focus(ids::COMPOSER)),
@@ -639,6 +640,7 @@ impl Chat {
             }
             Message::Escape => {
                 if self.finder.take().is_some() {
+                    self.sidebar_open = false;
                     return Action::Run(iced::widget::operation::focus(ids::COMPOSER));
                 }
                 return self.update(Message::CloseVerify);
