@@ -602,6 +602,7 @@ fn ask_running_relay(
 ) -> Result<String, String> {
     use std::io::{BufRead, Read, Write};
     let relay = |e: std::io::Error| format!("the running relay: {e}");
+    let written = |e: std::io::Error| format!("{}: {e}", database.display());
     let mut stream = std::io::BufReader::new(stream);
     stream.get_mut().write_all(b"backup\n").map_err(relay)?;
     let mut answer = String::new();
@@ -614,10 +615,8 @@ fn ask_running_relay(
     let bytes: u64 = bytes
         .parse()
         .map_err(|_| format!("the running relay answered {answer:?}"))?;
-    let mut file = sotto_fsutil::PendingFile::create(database, 0o600)
-        .map_err(|e| format!("{}: {e}", database.display()))?;
-    let received = std::io::copy(&mut stream.take(bytes), &mut file)
-        .map_err(|e| format!("{}: {e}", database.display()))?;
+    let mut file = sotto_fsutil::PendingFile::create(database, 0o600).map_err(written)?;
+    let received = std::io::copy(&mut stream.take(bytes), &mut file).map_err(written)?;
     if received != bytes {
         return Err(format!(
             "the running relay sent {received} of the copy's {bytes} bytes: no copy was kept"
@@ -632,8 +631,7 @@ fn ask_running_relay(
             held.join(" ")
         ));
     }
-    file.commit()
-        .map_err(|e| format!("{}: {e}", database.display()))?;
+    file.commit().map_err(written)?;
     Ok(format!(
         "{bytes} bytes {tables} (copied by the running relay)"
     ))

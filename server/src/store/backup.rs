@@ -138,11 +138,11 @@ fn copy_all(source: &impl ReadableDatabase, target: &Database) -> Result<(), Sto
         copy(&read, &write, NAMES_PER_KEY)?,
         copy(&read, &write, PREKEYS)?,
     ];
-    let copied: Vec<(String, u64)> = copied.into_iter().flatten().collect();
+    let copied: Vec<String> = copied.into_iter().flatten().collect();
     // Every table the snapshot holds was copied if this relay knows it:
     // any other is a newer relay's, which the copy must not drop.
     for table in read.list_tables().map_err(db_err)? {
-        if !copied.iter().any(|(name, _)| name == table.name()) {
+        if !copied.iter().any(|name| name == table.name()) {
             return Err(StoreError::Database(format!(
                 "the database has a table this relay does not know ({}): back it up with the relay that made it",
                 table.name()
@@ -157,26 +157,25 @@ fn copy_all(source: &impl ReadableDatabase, target: &Database) -> Result<(), Sto
     write.commit().map_err(db_err)
 }
 
-/// Copies the table `table` of `read` into `write`: its name and entries,
-/// or `None` if the snapshot has no such table.
+/// Copies the table `table` of `read` into `write`: its name, or `None` if
+/// the snapshot has no such table (what the copy holds is counted in it,
+/// [`entries`]).
 fn copy<K: Key + 'static, V: Value + 'static>(
     read: &ReadTransaction,
     write: &WriteTransaction,
     table: TableDefinition<'_, K, V>,
-) -> Result<Option<(String, u64)>, StoreError> {
+) -> Result<Option<String>, StoreError> {
     let source = match read.open_table(table) {
         Ok(source) => source,
         Err(TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(error) => return Err(db_err(error)),
     };
     let mut target = write.open_table(table).map_err(db_err)?;
-    let mut entries = 0;
     for entry in source.iter().map_err(db_err)? {
         let (key, value) = entry.map_err(db_err)?;
         target.insert(key.value(), value.value()).map_err(db_err)?;
-        entries += 1;
     }
-    Ok(Some((table.name().to_string(), entries)))
+    Ok(Some(table.name().to_owned()))
 }
 
 /// Where a restored database's delivery ids go on from: past the
