@@ -112,19 +112,17 @@ impl Chat {
         let mut rooms = Column::new().spacing(2);
         let mut direct = Column::new().spacing(2);
         // While the finder is open, only what it finds.
-        let found = self.finder.as_ref().map(|_| self.found());
-        for (key, thread) in &self.threads {
+        let shown = if self.finder.is_some() {
+            self.found()
+        } else {
+            self.sidebar_order()
+        };
+        for thread in shown.iter().filter_map(|chat| self.threads.get(chat)) {
             let chat = &thread.chat;
-            if found.as_ref().is_some_and(|found| !found.contains(chat)) {
-                continue;
-            }
-            let selected = self.selected().as_ref() == Some(key);
+            let selected = self.selected().as_ref() == Some(chat);
             let mut label = row![].spacing(6).align_y(Alignment::Center);
             match chat {
                 Conversation::Room(room) => {
-                    if !self.view.context.rooms.contains(room) {
-                        continue;
-                    }
                     label = label.push(text(format!("# {}", ellipsis(room.as_str(), 20))));
                 }
                 Conversation::Direct(user) => {
@@ -175,7 +173,7 @@ impl Chat {
                         .on_submit(Message::FindSubmit)
                         .padding(6)
                         .size(13),
-                    text(if found.as_ref().is_some_and(Vec::is_empty) {
+                    text(if shown.is_empty() {
                         "No conversation has that name · Esc: close"
                     } else {
                         "Enter: the first found · Esc: close"
