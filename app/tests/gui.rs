@@ -56,9 +56,14 @@ async fn relay(dir: &Path) -> RelayAddress {
 fn texts_of<'a, M: 'a>(
     view: iced_test::core::Element<'a, M, iced::Theme, iced::Renderer>,
 ) -> Vec<String> {
+    texts_in(simulator(view))
+}
+
+/// Every text `ui` shows.
+fn texts_in<M>(mut ui: Simulator<'_, M>) -> Vec<String> {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let _ = simulator(view).find(move |candidate: Candidate<'_>| {
+    let _ = ui.find(move |candidate: Candidate<'_>| {
         if let Candidate::Text { content, .. } = candidate {
             sink.lock().unwrap().push(content.to_owned());
         }
@@ -115,8 +120,28 @@ impl Gui {
 
     /// Lets `act` use the current view, then applies what it produced.
     fn interact<R>(&mut self, act: impl FnOnce(&mut Simulator<'_, Message>) -> R) -> R {
+        self.interact_in(None, act)
+    }
+
+    /// The current view in a simulated window of `size` (else the
+    /// simulator's default, 1024 by 768).
+    fn ui(&self, size: Option<(f32, f32)>) -> Simulator<'_, Message> {
+        match size {
+            Some(size) => {
+                Simulator::with_size(iced_test::core::Settings::default(), size, self.app.view())
+            }
+            None => simulator(self.app.view()),
+        }
+    }
+
+    /// [`Gui::interact`] in a window of `size` (else the default).
+    fn interact_in<R>(
+        &mut self,
+        size: Option<(f32, f32)>,
+        act: impl FnOnce(&mut Simulator<'_, Message>) -> R,
+    ) -> R {
         let (result, messages) = {
-            let mut ui = simulator(self.app.view());
+            let mut ui = self.ui(size);
             let result = act(&mut ui);
             (result, ui.into_messages().collect::<Vec<_>>())
         };
@@ -127,7 +152,12 @@ impl Gui {
     }
 
     fn click(&mut self, label: &str) {
-        self.interact(|ui| {
+        self.click_in(None, label);
+    }
+
+    /// Clicks `label` in a window of `size` (else the default).
+    fn click_in(&mut self, size: Option<(f32, f32)>, label: &str) {
+        self.interact_in(size, |ui| {
             ui.click(label)
                 .unwrap_or_else(|e| panic!("click {label:?}: {e}"));
         });
@@ -190,37 +220,12 @@ impl Gui {
 
     /// Every text on screen in a window of `width` by 720.
     fn texts_at(&self, width: f32) -> Vec<String> {
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let mut ui = Simulator::with_size(
-            iced_test::core::Settings::default(),
-            (width, 720.0),
-            self.app.view(),
-        );
-        let _ = ui.find(move |candidate: Candidate<'_>| {
-            if let Candidate::Text { content, .. } = candidate {
-                sink.lock().unwrap().push(content.to_owned());
-            }
-            None::<()>
-        });
-        seen.lock().unwrap().clone()
+        texts_in(self.ui(Some((width, 720.0))))
     }
 
     /// Clicks `label` in a window of `width` by 720.
     fn click_at(&mut self, width: f32, label: &str) {
-        let messages = {
-            let mut ui = Simulator::with_size(
-                iced_test::core::Settings::default(),
-                (width, 720.0),
-                self.app.view(),
-            );
-            ui.click(label)
-                .unwrap_or_else(|e| panic!("click {label:?}: {e}"));
-            ui.into_messages().collect::<Vec<_>>()
-        };
-        for message in messages {
-            self.update(message);
-        }
+        self.click_in(Some((width, 720.0)), label);
     }
 
     /// The conversation on screen, as the window names it.
