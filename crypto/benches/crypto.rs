@@ -2,7 +2,8 @@
 //! 64 KiB against raw AES-256-GCM, a step of the key chain, and the RSA
 //! work of setting sessions up: announcing (to one recipient, and 100 under
 //! one signature), accepting, rejecting a forgery, and the pair reply that
-//! needs no RSA.
+//! needs no RSA; and sealing and opening a 1 MiB file against raw
+//! AES-256-GCM.
 //!
 //! `cargo bench -p sotto-crypto --bench crypto`; figures in docs/benchmarks.md.
 
@@ -22,6 +23,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sotto_crypto::chain::{ChainKey, ReceivingChain, SendingChain};
+use sotto_crypto::file::{CHUNK_LEN, FileOpener, FileSealer};
 use sotto_crypto::{
     Conversation, Fingerprint, Identity, NoPersistence, PeerBody, PrekeyKey, ReceivingSession,
     SendingSession, SequenceCounter, SignedPrekey, WrapTo, sign_announcements,
@@ -267,5 +269,54 @@ fn chain(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal, open, seal_64k_vs_raw, rsa, chain);
+/// A 1 MiB file (16 chunks): sealing (AES-256-GCM and the BLAKE3 digest)
+/// and opening (the same, and the digest check) against bare AES-256-GCM
+/// in place over the same 16 chunks.
+fn file(c: &mut Criterion) {
+    const SIZE: usize = 16 * CHUNK_LEN;
+    let mut group = c.benchmark_group("file");
+    group.throughput(Throughput::Bytes(SIZE as u64));
+    let plaintext = vec![0x64u8; SIZE];
+    let seal = || {
+        let mut sealer = FileSealer::new(SIZE as u64).unwrap();
+        let chunks: Vec<Vec<u8>> = plaintext
+            .chunks(CHUNK_LEN)
+            .map(|chunk| sealer.seal_chunk(black_box(chunk)).unwrap())
+            .collect();
+        (sealer.finish().unwrap(), chunks)
+    };
+    group.bench_function("seal_1MiB", |b| b.iter(seal));
+    let (manifest, chunks) = seal();
+    group.bench_function("open_1MiB", |b| {
+        b.iter(|| {
+            let mut opener = FileOpener::new(&manifest).unwrap();
+            for (index, chunk) in (0..).zip(&chunks) {
+                black_box(opener.open_chunk(index, black_box(chunk)).unwrap());
+            }
+            opener.finish().unwrap()
+        })
+    });
+    let cipher = Aes256Gcm::new(&[9u8; 32].into());
+    let mut buffers: Vec<Vec<u8>> = plaintext.chunks(CHUNK_LEN).map(<[u8]>::to_vec).collect();
+    group.bench_function("raw_aes_256_gcm_1MiB", |b| {
+        b.iter(|| {
+            for (index, buffer) in (0u32..).zip(&mut buffers) {
+                let mut nonce = [0u8; 12];
+                nonce[8..].copy_from_slice(&index.to_be_bytes());
+                black_box(
+                    cipher
+                        .encrypt_inout_detached(
+                            &Nonce::from(nonce),
+                            b"",
+                            buffer.as_mut_slice().into(),
+                        )
+                        .unwrap(),
+                );
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, seal, open, seal_64k_vs_raw, rsa, chain, file);
 criterion_main!(benches);

@@ -86,6 +86,7 @@
 pub mod at_rest;
 pub mod chain;
 mod error;
+pub mod file;
 mod identity;
 mod kdf;
 mod keystore;
