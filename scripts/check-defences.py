@@ -115,6 +115,7 @@ HANDOVER_UNIT = dict(package="sotto-client", target=["--lib"],
                      test="a_handover_verifies_only_for_its_keys_its_time_and_its_signature")
 RELAY_KEY = dict(package="sotto-tests", target=["--test", "relay_key"])
 ENGINE_UNIT = dict(package="sotto-client", target=["--lib"])
+FILE = "crypto/src/file.rs"
 PREKEY = "crypto/src/prekey.rs"
 
 ENTRIES += [
@@ -446,6 +447,19 @@ ENTRIES += [
        "sotto-crypto", ["--lib"], "the_validity_window_is_enforced"),
  entry("v2-prekeys-deleted", "client/src/session/prekeys.rs", "now >= own.secret.delete_at(storage_age)", "now >= own.secret.delete_at(storage_age) && false", "a prekey's private half is deleted once its grace is over (record now, seize later opens nothing after it)",
        "sotto-client", ["--no-default-features", "--lib"], "record_now_seize_later_opens_nothing_once_the_grace_is_over"),
+ # Files (protocol.md 13.10): a chunk opens only at its own index, and the
+ # whole file only with its digest.
+ entry("file-chunk-index", FILE, "        counter.copy_from_slice(&index.to_be_bytes());", "        counter.copy_from_slice(&0u32.to_be_bytes());",
+       "a file chunk's nonce and associated data hold its index, so a chunk opens nowhere else",
+       "sotto-crypto", ["--lib"], "file::tests::swapped_chunks_do_not_open",
+       also=[("            &index.to_be_bytes(),\n            &self.count.to_be_bytes(),", "            &0u32.to_be_bytes(),\n            &self.count.to_be_bytes(),")]),
+ entry("file-digest", FILE, "        if self.next != self.chunks.count || self.hasher.finalize() != self.digest {", "        if self.next != self.chunks.count {",
+       "a file is accepted only if the whole plaintext has the manifest's digest",
+       "sotto-crypto", ["--lib"], "file::tests::a_download_resumed_on_a_wrong_prefix_does_not_finish"),
+ hostile("s23", FILE, "        counter.copy_from_slice(&index.to_be_bytes());", "        counter.copy_from_slice(&0u32.to_be_bytes());",
+         "a relay's swapped, reordered, cut or replayed chunks fail the download (index in each chunk, the digest of the whole)",
+         also=[("            &index.to_be_bytes(),\n            &self.count.to_be_bytes(),", "            &0u32.to_be_bytes(),\n            &self.count.to_be_bytes(),"),
+               ("        if self.next != self.chunks.count || self.hasher.finalize() != self.digest {", "        if self.next != self.chunks.count {")]),
  entry("v2-sessions-pruned", "client/src/store.rs", "                .filter(|s| s.context.is_current(now))", "                .filter(|s| s.context.is_current(now) || true)", "receiving sessions past their age are deleted from the store (their chains would open what was never received)",
        "sotto-client", ["--no-default-features", "--lib"], "record_now_seize_later_opens_nothing_once_the_grace_is_over"),
 

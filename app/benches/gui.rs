@@ -52,6 +52,7 @@ fn message(i: u64) -> session::Message {
         text: format!("message number {i}: the quick brown fox jumps over the lazy dog"),
         delivery: None,
         expires_at_ms: None,
+        file: None,
     }
 }
 
@@ -76,7 +77,7 @@ fn mixed(i: u64) -> session::Message {
 }
 
 fn update(chat: &mut Chat, update: Update) {
-    let _ = chat.update(Message::Session(1, update));
+    let _ = chat.update(Message::Session(1, Box::new(update)));
 }
 
 /// A chat window in the lobby with `n` messages of history.

@@ -302,6 +302,7 @@ mod tests {
             text: format!("m{seq}"),
             delivery: None,
             expires_at_ms: None,
+            file: None,
         }
     }
 
@@ -381,6 +382,7 @@ mod tests {
             outgoing: true,
             delivery: Some(Delivery::default()),
             expires_at_ms: None,
+            file: None,
             ..message(anchor, 1 << 31, seq)
         };
         let mut history: Vec<Message> = (1..=100_000).map(|i| message(i, 1 << 31, i)).collect();

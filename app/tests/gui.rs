@@ -672,7 +672,7 @@ const OFFLINE_SESSION: u64 = 7;
 /// Hands `update` to `chat` as its session would.
 fn feed(chat: &mut sotto_app::chat::Chat, update: Update) -> sotto_app::chat::Action {
     use sotto_app::chat::Message as ChatMessage;
-    chat.update(ChatMessage::Session(OFFLINE_SESSION, update))
+    chat.update(ChatMessage::Session(OFFLINE_SESSION, Box::new(update)))
 }
 
 /// Scrolls the timeline of `view` all the way up; returns the messages.
@@ -713,6 +713,7 @@ async fn a_long_history_pages_back_and_jumps_to_the_newest() {
             text: format!("history line {i}"),
             delivery: None,
             expires_at_ms: None,
+            file: None,
         })
         .collect();
     for update in [
@@ -776,7 +777,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
     let lobby = Conversation::Room(RoomName::lobby());
     let bob = Fingerprint([2; 32]);
     let mut feed = |generation: u64, update: Update| {
-        let _ = chat.update(ChatMessage::Session(generation, update));
+        let _ = chat.update(ChatMessage::Session(generation, Box::new(update)));
     };
     let message = |seq: u64, position: (u64, u32), text: &str| {
         Update::Message(session::Message {
@@ -793,6 +794,7 @@ async fn gaps_forgeries_and_late_messages_are_shown_as_they_are() {
             text: text.into(),
             delivery: None,
             expires_at_ms: None,
+            file: None,
         })
     };
     feed(
@@ -985,6 +987,7 @@ fn lobby_message(from: &str, key: [u8; 32], seq: u64, text: &str) -> Update {
         text: text.into(),
         delivery: None,
         expires_at_ms: None,
+        file: None,
     })
 }
 
@@ -1771,6 +1774,7 @@ async fn stored_messages_show_their_delivery_state_and_follow_its_changes() {
         text: format!("mine {seq}"),
         delivery,
         expires_at_ms: None,
+        file: None,
     };
     // 10,000 messages, the first one of them alice's, then one of each.
     let mut history: Vec<session::Message> = (1..=10_000u64)
@@ -1901,6 +1905,7 @@ async fn a_timer_shows_in_the_header_and_disappeared_messages_leave_the_timeline
             text: text.into(),
             delivery: None,
             expires_at_ms: Some(3_600_000 + 5_000 * seq),
+            file: None,
         })
     };
     feed(

@@ -24,6 +24,9 @@ pub(crate) enum Command {
     Idle(IdleArgs),
     /// Full TLS 1.3 handshakes per second.
     Handshakes(HandshakeArgs),
+    /// The blob path: 64 KiB chunks uploaded and fetched (the relay),
+    /// against 64 KiB direct frames (the forwarder).
+    Blobs(BlobArgs),
     /// The bare forwarder baseline (started by the other commands).
     #[command(hide = true)]
     Forwarder(forwarder::ForwarderArgs),
@@ -191,6 +194,28 @@ pub(crate) struct HandshakeArgs {
     pub(crate) concurrency: usize,
     /// Seconds of warm-up before measuring.
     #[arg(long, default_value_t = 0.5)]
+    pub(crate) warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) duration: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BlobArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Pairs of clients: one uploads blobs, the other fetches them (on
+    /// the forwarder: one sends 64 KiB frames to the other).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) pairs: u32,
+    /// Chunks (frames) in flight per client.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) window: u32,
+    /// Chunks per blob.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) chunks: u32,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 1.0)]
     pub(crate) warmup: f64,
     /// Seconds measured.
     #[arg(long, default_value_t = 3.0)]

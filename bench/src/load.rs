@@ -28,8 +28,10 @@
 //! - `traffic`: the traffic phase: senders (closed and open loop), readers
 //!   and what they measured.
 //! - `handshake`: handshake storms.
+//! - `blobs`: the blob path, uploads and fetches of 64 KiB chunks.
 //! - here: the clock and the measurement window every phase shares.
 
+mod blobs;
 mod client;
 mod handshake;
 mod traffic;
@@ -39,6 +41,7 @@ use std::time::{Duration, Instant};
 use crate::BoxError;
 use crate::target::{Target, Usage, usage_of};
 
+pub(crate) use blobs::{BlobPlan, run_blobs};
 pub(crate) use client::{Bench, Conn, connect_all, to_room, to_user, user_name};
 pub(crate) use handshake::handshakes;
 pub(crate) use traffic::{Mode, Sender, Traffic, run_traffic};

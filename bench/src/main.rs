@@ -87,6 +87,7 @@ fn main() -> ExitCode {
         Command::Room(a) => a.common.threads,
         Command::Idle(a) => a.common.threads,
         Command::Handshakes(a) => a.common.threads,
+        Command::Blobs(a) => a.common.threads,
         // The relay's #[tokio::main]: one worker per core.
         Command::Forwarder(_) => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
@@ -137,5 +138,6 @@ async fn run(command: Command) -> Result<(), BoxError> {
         }
         Command::Idle(args) => idle(&args).await,
         Command::Handshakes(args) => handshakes(&args).await,
+        Command::Blobs(args) => scenarios::blobs(&args).await,
     }
 }

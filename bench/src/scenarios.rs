@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::BoxError;
-use crate::cli::{HandshakeArgs, IdleArgs, ModeArg, TrafficArgs};
+use crate::cli::{BlobArgs, HandshakeArgs, IdleArgs, ModeArg, TrafficArgs};
 use crate::env::Env;
 use crate::load::{self, Mode, Sender, Traffic};
 use crate::report::{Figures, Report};
@@ -306,6 +306,101 @@ pub(crate) async fn handshakes(args: &HandshakeArgs) -> Result<(), BoxError> {
                     ("failed", outcome.failed as f64),
                 ],
             );
+        }
+    }
+    report.summary();
+    Ok(())
+}
+
+/// The blob path against the forwarder at the same frame size: each round
+/// the relay (pairs uploading and fetching 64 KiB chunks), then the
+/// forwarder (pairs sending 64 KiB frames one way, closed loop with the
+/// same window). A chunk fetched counts once stored and once served, as
+/// a frame forwarded counts once received and once written.
+pub(crate) async fn blobs(args: &BlobArgs) -> Result<(), BoxError> {
+    let env = Env::new(&args.common, "blobs")?;
+    let pairs = args.pairs.max(1);
+    let window = args.window.max(1);
+    let chunk = sotto_proto::BLOB_CHUNK_LEN as f64;
+    let mut report = Report::default();
+    for round in 1..=env.rounds {
+        for &proto in &env.targets {
+            let figures = match proto {
+                Proto::Forwarder => {
+                    let forward = TrafficArgs {
+                        mode: ModeArg::Closed,
+                        window: u64::from(window),
+                        rate: None,
+                        rate_fraction: 0.5,
+                        tick_us: 100,
+                        batch: u64::from(window),
+                        body: sotto_proto::BLOB_CHUNK_LEN,
+                        warmup: args.warmup,
+                        duration: args.duration,
+                        drain: 2.0,
+                        no_ack: false,
+                    };
+                    let closed = Mode::Closed {
+                        window: u64::from(window),
+                    };
+                    let dm = Shape::Dm { pairs };
+                    let figures = traffic_round(&env, &forward, dm, closed, round, proto).await?;
+                    let get = |name: &str| {
+                        figures
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .map_or(0.0, |(_, v)| *v)
+                    };
+                    // Each frame forwarded is read once and written once,
+                    // as a chunk is uploaded once and fetched once.
+                    let per_sec = get("deliveries/s");
+                    let cores = get("cpu cores");
+                    vec![
+                        ("MB/s", per_sec * chunk / 1e6),
+                        ("frames/s", per_sec),
+                        ("cpu cores", cores),
+                        ("cpu us/frame", cores * 1e6 / per_sec.max(1e-9)),
+                        ("bench cores", get("bench cores")),
+                        ("other cores", get("other cores")),
+                    ]
+                }
+                _ => {
+                    let target = env.start(round, proto, true).await?;
+                    let conns =
+                        load::connect_all(&env.bench, &target, pairs * 2, false, 32).await?;
+                    let plan = load::BlobPlan {
+                        window,
+                        chunks: args.chunks.max(1),
+                        warmup: secs(args.warmup),
+                        duration: secs(args.duration),
+                    };
+                    let outcome = load::run_blobs(conns, plan, &target, env.bench.clock).await?;
+                    target.stop().await;
+                    let per_sec = outcome.served as f64 / outcome.secs;
+                    let cores = cpu(outcome.target) / outcome.secs;
+                    if outcome.refused > 0 {
+                        println!(
+                            "warning: the {} refused {} chunk(s)",
+                            proto.label(),
+                            outcome.refused
+                        );
+                    }
+                    vec![
+                        ("MB/s", per_sec * chunk / 1e6),
+                        ("frames/s", per_sec),
+                        ("stored/s", outcome.stored as f64 / outcome.secs),
+                        ("cpu cores", cores),
+                        ("cpu us/frame", cores * 1e6 / per_sec.max(1e-9)),
+                        ("bench cores", cpu(outcome.bench) / outcome.secs),
+                        (
+                            "other cores",
+                            other_cores(outcome.target, outcome.bench, outcome.secs),
+                        ),
+                        ("refused", outcome.refused as f64),
+                    ]
+                }
+            };
+            report.add(round, proto, figures);
         }
     }
     report.summary();

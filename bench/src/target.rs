@@ -76,6 +76,13 @@ fanout_bytes_per_sec = 1125899906842624
 fanout_burst_bytes = 1125899906842624
 ";
 
+/// The limits on blobs, for relays that have them (not the in-memory
+/// relay of before issue 13): every blob of the load is one key's.
+const RELAY_BLOB_LIMITS: &str = "\
+blob_quota_bytes = 1125899906842624
+blob_max_total = 1125899906842624
+";
+
 impl Launch {
     /// The command line of relay `proto` (round N's data directory shown
     /// as `*-N`), for the report.
@@ -116,7 +123,11 @@ impl Launch {
     /// [`Launch::relay_command`] shows it.
     fn relay(&self, proto: Proto, data_dir: &Path) -> Result<Command, BoxError> {
         let limits = self.limits_file();
-        std::fs::write(&limits, RELAY_LIMITS_FILE)
+        let text = match proto {
+            Proto::InMemory => RELAY_LIMITS_FILE.to_owned(),
+            _ => format!("{RELAY_LIMITS_FILE}{RELAY_BLOB_LIMITS}"),
+        };
+        std::fs::write(&limits, text)
             .map_err(|e| format!("cannot write {}: {e}", limits.display()))?;
         let mut command = Command::new(self.relay_binary(proto));
         command

@@ -22,7 +22,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use serde_json::{Map, Value, json};
-use sotto_client::session::{Answers, Chat, Command, Message, MessageId, Problem, Update};
+use sotto_client::session::{
+    Answers, BlobId, Chat, Command, Direction, Message, MessageId, Problem, Transfer,
+    TransferState, Update, safe_file_name,
+};
 use sotto_proto::{RoomName, UserKey};
 
 use crate::json;
@@ -62,6 +65,16 @@ pub(crate) struct Bot {
     /// This user, once registered (its own timer changes answer its
     /// `timer` commands).
     me: Option<sotto_proto::UserName>,
+    /// `send_file` commands by chat and file name, answered by the first
+    /// `transfer` of an upload of that name there.
+    uploads: HashMap<(Chat, String), Waiting>,
+    /// `save_file` commands by file, answered by its next download.
+    downloads: HashMap<BlobId, Waiting>,
+    /// The id of each transfer going on, for all its events.
+    transfers: HashMap<(BlobId, Direction), Value>,
+    /// The id of each upload done, for its file message (and that
+    /// message's deliveries).
+    offered: HashMap<BlobId, Value>,
 }
 
 impl Bot {
@@ -104,6 +117,26 @@ impl Bot {
             Command::SetTimer { chat, .. } | Command::ShowTimer(chat) => {
                 self.timers.entry(chat.clone()).or_default().push_back(id);
             }
+            Command::SendFile { chat, path } => {
+                let name = path
+                    .file_name()
+                    .map(|n| safe_file_name(&n.to_string_lossy()))
+                    .unwrap_or_default();
+                self.uploads
+                    .entry((chat.clone(), name))
+                    .or_default()
+                    .push_back(id);
+            }
+            Command::SaveFile { chat, message, .. } => {
+                let blob = self
+                    .stored
+                    .get(chat)
+                    .and_then(|messages| messages.iter().find(|m| m.id() == *message))
+                    .and_then(|m| m.file.as_ref().map(|f| f.blob));
+                if let Some(blob) = blob {
+                    self.downloads.entry(blob).or_default().push_back(id);
+                }
+            }
             _ => {}
         }
         Ok(Some(Action::Command(command)))
@@ -132,6 +165,12 @@ impl Bot {
     fn caused(&mut self, update: &Update) -> Option<Value> {
         let first = |queue: Option<&mut Waiting>| queue.and_then(VecDeque::pop_front).flatten();
         match update {
+            Update::Message(m) if m.outgoing && m.file.is_some() => {
+                let id = self.offered.remove(&m.file.as_ref()?.blob)?;
+                self.sent.insert((m.chat.clone(), m.id()), id.clone());
+                Some(id)
+            }
+            Update::Transfer(transfer) => self.transfer_id(transfer),
             Update::Message(m) if m.outgoing => {
                 let id = first(self.sends.get_mut(&m.chat))?;
                 self.sent.insert((m.chat.clone(), m.id()), id.clone());
@@ -155,6 +194,38 @@ impl Bot {
             }
             _ => None,
         }
+    }
+
+    /// The id of the command that started `transfer`: a transfer's first
+    /// event takes it, and keeps it to its end.
+    fn transfer_id(&mut self, transfer: &Transfer) -> Option<Value> {
+        let key = (transfer.blob, transfer.direction);
+        let id = match self.transfers.get(&key) {
+            Some(id) => id.clone(),
+            None => {
+                let waiting = match transfer.direction {
+                    Direction::Upload => self
+                        .uploads
+                        .get_mut(&(transfer.chat.clone(), transfer.name.clone())),
+                    Direction::Download => self.downloads.get_mut(&transfer.blob),
+                };
+                let id = waiting.and_then(VecDeque::pop_front).flatten()?;
+                self.transfers.insert(key, id.clone());
+                id
+            }
+        };
+        match &transfer.state {
+            TransferState::Running => {}
+            ended => {
+                self.transfers.remove(&key);
+                if transfer.direction == Direction::Upload
+                    && matches!(ended, TransferState::Done { .. })
+                {
+                    self.offered.insert(transfer.blob, id.clone());
+                }
+            }
+        }
+        Some(id)
     }
 
     /// The ids of the commands `problem` answers (those that had one), in
@@ -286,6 +357,7 @@ mod tests {
             text: text.to_owned(),
             delivery: Some(Delivery::default()),
             expires_at_ms: None,
+            file: None,
         }
     }
 

@@ -4,9 +4,11 @@
 use serde_json::{Map, Value, json};
 use sotto_client::contacts::KeyEvent;
 use sotto_client::session::{
-    Chat, Command, Connection, Delivery, DeliveryState, Member, Message, PresenceChange, Problem,
-    ProblemCode, TrustLevel, Update, relay_code_str,
+    Chat, Command, Connection, Delivery, DeliveryState, Direction, Member, Message, MessageId,
+    PresenceChange, Problem, ProblemCode, Transfer, TransferState, TrustLevel, Update,
+    relay_code_str,
 };
+use sotto_crypto::Fingerprint;
 use sotto_proto::fingerprint_text;
 
 use sotto_client::commands::{room, user};
@@ -59,7 +61,70 @@ fn message(message: &Message) -> Value {
     if let Some(expires) = message.expires_at_ms {
         fields.insert("expires_at_ms".to_owned(), json!(expires));
     }
+    if let Some(file) = &message.file {
+        fields.insert(
+            "file".to_owned(),
+            json!({
+                "name": file.name,
+                "media_type": file.media_type,
+                "size": file.size,
+                "blob": file.blob.to_hex(),
+            }),
+        );
+    }
     Value::Object(fields)
+}
+
+/// A transfer event: where a file on its way is.
+fn transfer(transfer: &Transfer) -> Value {
+    let mut fields = Map::new();
+    chat_fields(&transfer.chat, &mut fields);
+    fields.insert("blob".to_owned(), json!(transfer.blob.to_hex()));
+    fields.insert("name".to_owned(), json!(transfer.name));
+    let direction = match transfer.direction {
+        Direction::Upload => "upload",
+        Direction::Download => "download",
+    };
+    fields.insert("direction".to_owned(), json!(direction));
+    fields.insert("done".to_owned(), json!(transfer.done));
+    fields.insert("size".to_owned(), json!(transfer.size));
+    let state = match &transfer.state {
+        TransferState::Running => "running",
+        TransferState::Done { path } => {
+            if let Some(path) = path {
+                fields.insert("path".to_owned(), json!(path.display().to_string()));
+            }
+            "done"
+        }
+        TransferState::Failed(problem) => {
+            code_fields(problem, &mut fields);
+            fields.insert("message".to_owned(), json!(problem.message));
+            "failed"
+        }
+    };
+    fields.insert("state".to_owned(), json!(state));
+    with_type("transfer", Value::Object(fields))
+}
+
+/// Reads a message id as events write it: `FINGERPRINT-HEX:SEQ`.
+fn message_id(text: &str) -> Result<MessageId, String> {
+    let wrong = || format!("{text:?} is not a message id (FINGERPRINT:SEQ)");
+    let (sender, seq) = text.split_once(':').ok_or_else(wrong)?;
+    Ok(MessageId {
+        sender: Fingerprint::from_hex(sender).ok_or_else(wrong)?,
+        seq: seq.parse().map_err(|_| wrong())?,
+    })
+}
+
+/// The chat a command names with exactly one of `"room"` and `"user"`.
+fn chat_of(object: &Map<String, Value>, command: &str) -> Result<Chat, String> {
+    match (object.get("room"), object.get("user")) {
+        (Some(Value::String(r)), None) => Ok(Chat::Room(room(r)?)),
+        (None, Some(Value::String(u))) => Ok(Chat::Direct(user(u)?)),
+        _ => Err(format!(
+            "{command} needs exactly one of \"room\" and \"user\""
+        )),
+    }
 }
 
 /// `"code"` (and `"relay_code"` when the relay refused) of `problem`,
@@ -193,6 +258,7 @@ pub(crate) fn event(update: &Update) -> Value {
             }),
         ),
         Update::Message(m) => with_type("message", message(m)),
+        Update::Transfer(t) => transfer(t),
         Update::Queued(queued) => {
             let messages: Vec<Value> = queued
                 .iter()
@@ -389,13 +455,18 @@ pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
     let command = match kind {
         "send" => {
             let text = text_field(&object, "text")?.to_owned();
-            let chat = match (object.get("room"), object.get("user")) {
-                (Some(Value::String(r)), None) => Chat::Room(room(r)?),
-                (None, Some(Value::String(u))) => Chat::Direct(user(u)?),
-                _ => return Err("send needs exactly one of \"room\" and \"user\"".to_owned()),
-            };
+            let chat = chat_of(&object, "send")?;
             Command::Send { chat, text }
         }
+        "send_file" => Command::SendFile {
+            chat: chat_of(&object, "send_file")?,
+            path: text_field(&object, "path")?.into(),
+        },
+        "save_file" => Command::SaveFile {
+            chat: chat_of(&object, "save_file")?,
+            message: message_id(text_field(&object, "message")?)?,
+            to: text_field(&object, "path")?.into(),
+        },
         "join" => Command::Join(room(text_field(&object, "room")?)?),
         "leave" => Command::Leave(room(text_field(&object, "room")?)?),
         "users" => Command::ListUsers,
@@ -414,11 +485,7 @@ pub(crate) fn command(line: &str) -> Result<Option<Command>, String> {
                 .ok_or("missing boolean field \"on\"")?,
         },
         "timer" => {
-            let chat = match (object.get("room"), object.get("user")) {
-                (Some(Value::String(r)), None) => Chat::Room(room(r)?),
-                (None, Some(Value::String(u))) => Chat::Direct(user(u)?),
-                _ => return Err("timer needs exactly one of \"room\" and \"user\"".to_owned()),
-            };
+            let chat = chat_of(&object, "timer")?;
             match object.get("seconds") {
                 None => Command::ShowTimer(chat),
                 Some(seconds) => Command::SetTimer {
@@ -458,6 +525,7 @@ pub(crate) mod tests {
                 text: format!("message {seq}"),
                 delivery: None,
                 expires_at_ms: None,
+                file: None,
             })
             .collect();
         Update::History {

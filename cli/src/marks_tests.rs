@@ -31,6 +31,7 @@ fn mine(chat: &str, seq: u64, text: &str, delivery: Delivery) -> Message {
         text: text.to_owned(),
         delivery: Some(delivery),
         expires_at_ms: None,
+        file: None,
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use sotto_client::commands;
 use sotto_client::safe_text;
-use sotto_client::session::{Chat, Command, Connection, Message, TrustLevel, Update};
+use sotto_client::session::{Chat, Command, Connection, Message, TrustLevel, Update, human_size};
 use sotto_client::ui::{self, Local, Resolved, Said, Tone};
 use sotto_crypto::Fingerprint;
 use sotto_proto::{RoomName, UserName};
@@ -328,12 +328,26 @@ impl View {
                 None => disappears,
             });
         }
+        // A file: its name, size and number to save it by.
+        let text = match (&message.file, self.view.file_number(message)) {
+            (Some(file), Some(number)) => format!(
+                "[file {number}] {} ({}){}",
+                message.text,
+                human_size(file.size),
+                if message.outgoing {
+                    String::new()
+                } else {
+                    format!(": /save {number} to keep it")
+                }
+            ),
+            _ => message.text.clone(),
+        };
         print_message(
             message.sent_at_ms,
             &place(&message.chat, message.outgoing),
             &message.from,
             badge,
-            &message.text,
+            &text,
             text_mark.as_deref(),
             out,
         );
@@ -432,6 +446,7 @@ mod tests {
             text: text.to_owned(),
             delivery: None,
             expires_at_ms: None,
+            file: None,
         })
     }
 

@@ -288,3 +288,87 @@ async fn errors_carry_a_stable_code_and_the_id_of_the_command_they_answer() {
         ]
     );
 }
+
+/// A bot sends a file with `send_file` and another saves it with
+/// `save_file`: `transfer` events carry each command's id from start to
+/// end, the file message says what the file is, and the saved file is the
+/// sent one byte for byte; saving over an existing file is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_send_and_save_files_over_json_lines() {
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let (alice_dir, bob_dir) = (temp.path().join("alice"), temp.path().join("bob"));
+    init(&alice_dir, "alice").await;
+    init(&bob_dir, "bob").await;
+    let mut alice = Bot::connect(&alice_dir, "alice", &relay).await;
+    let mut bob = Bot::connect(&bob_dir, "bob", &relay).await;
+    alice
+        .expect(|e| e["type"] == "presence" && e["name"] == "bob" && e["change"] == "joined")
+        .await;
+    let contents: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+    let path = temp.path().join("chart.png");
+    std::fs::write(&path, &contents).unwrap();
+    alice
+        .say(json!({"type": "send_file", "room": "lobby", "path": path, "id": "up"}))
+        .await;
+    let started = alice.expect(|e| e["type"] == "transfer").await;
+    assert_eq!(
+        (
+            &started["direction"],
+            &started["state"],
+            &started["command_id"]
+        ),
+        (&json!("upload"), &json!("running"), &json!("up"))
+    );
+    let done = alice
+        .expect(|e| e["type"] == "transfer" && e["state"] != "running")
+        .await;
+    assert_eq!(
+        (&done["state"], &done["command_id"]),
+        (&json!("done"), &json!("up"))
+    );
+    assert_eq!(done["size"], 150_000);
+    let mine = alice
+        .expect(|e| e["type"] == "message" && e["outgoing"] == true)
+        .await;
+    assert_eq!(mine["command_id"], "up");
+    assert_eq!(mine["file"]["name"], "chart.png");
+    let offered = bob
+        .expect(|e| e["type"] == "message" && e["file"].is_object())
+        .await;
+    assert_eq!(offered["text"], "chart.png");
+    assert_eq!(offered["file"]["media_type"], "image/png");
+    assert_eq!(offered["file"]["size"], 150_000);
+    assert_eq!(offered["file"]["blob"], done["blob"]);
+    let to = temp.path().join("saved.png");
+    bob.say(json!({"type": "save_file", "room": "lobby", "message": offered["id"], "path": to, "id": "down"}))
+        .await;
+    let saved = bob
+        .expect(|e| e["type"] == "transfer" && e["state"] != "running")
+        .await;
+    assert_eq!(
+        (&saved["state"], &saved["command_id"]),
+        (&json!("done"), &json!("down")),
+        "{saved}"
+    );
+    assert_eq!(saved["path"], json!(to));
+    assert_eq!(std::fs::read(&to).unwrap(), contents);
+    // Again, to the same place: refused, the file left as it is.
+    bob.say(json!({"type": "save_file", "room": "lobby", "message": offered["id"], "path": to}))
+        .await;
+    let refused = bob
+        .expect(|e| e["type"] == "transfer" && e["state"] == "failed")
+        .await;
+    assert_eq!(refused["code"], "file");
+    assert_eq!(std::fs::read(&to).unwrap(), contents);
+    // A bad message id is refused as a line.
+    bob.say(json!({"type": "save_file", "room": "lobby", "message": "nope", "path": to}))
+        .await;
+    bob.expect(|e| {
+        e["type"] == "error"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not a message id"))
+    })
+    .await;
+}

@@ -19,6 +19,11 @@ pub const HELP: &str = "\
 commands:
   TEXT                      send TEXT to the current conversation
   /msg NAME TEXT            send a direct message to NAME
+  /send PATH                send the file at PATH to the current conversation
+                            (encrypted, in chunks; goes on after a lost connection)
+  /save [N] [PATH]          save file N (shown beside it; default: the newest
+                            in this conversation) at PATH (default: its name,
+                            here; a directory: its name in it)
   /join ROOM                join ROOM and make it the current room
   /room ROOM                make ROOM (already joined) the current room
   /leave [ROOM]             leave ROOM (default: the current room)
@@ -49,6 +54,17 @@ pub enum Line {
         to: UserName,
         /// What.
         text: String,
+    },
+    /// `/send PATH`: send a file to the current conversation.
+    SendFile(std::path::PathBuf),
+    /// `/save [N] [PATH]`: save file `N` (`None`: the newest in the
+    /// current conversation) at `PATH` (`None`: its name, in the working
+    /// directory).
+    Save {
+        /// The file's number, as shown beside it.
+        number: Option<usize>,
+        /// Where to write it.
+        to: Option<std::path::PathBuf>,
     },
     /// `/join ROOM`.
     Join(RoomName),
@@ -127,6 +143,25 @@ pub fn parse(line: &str) -> Result<Line, String> {
                 text: text.to_owned(),
             }
         }
+        ("send", []) => return Err("usage: /send PATH".to_owned()),
+        ("send", _) => Line::SendFile(std::path::PathBuf::from(args)),
+        ("save", []) => Line::Save {
+            number: None,
+            to: None,
+        },
+        ("save", [first, ..]) => match first.parse::<usize>() {
+            Ok(number) => {
+                let rest = args[first.len()..].trim();
+                Line::Save {
+                    number: Some(number),
+                    to: (!rest.is_empty()).then(|| std::path::PathBuf::from(rest)),
+                }
+            }
+            Err(_) => Line::Save {
+                number: None,
+                to: Some(std::path::PathBuf::from(args)),
+            },
+        },
         ("fingerprint", []) => Line::Fingerprint,
         ("fingerprint" | "verify", [name]) => Line::SafetyNumber(user(name)?),
         ("verify", [name, "yes"]) => Line::Confirm(user(name)?),
@@ -252,6 +287,39 @@ mod tests {
         ] {
             assert!(parse(wrong).is_err(), "{wrong}");
         }
+        assert_eq!(
+            parse("/send my photos/a b.png").unwrap(),
+            Line::SendFile("my photos/a b.png".into())
+        );
+        assert!(parse("/send").is_err());
+        assert_eq!(
+            parse("/save").unwrap(),
+            Line::Save {
+                number: None,
+                to: None
+            }
+        );
+        assert_eq!(
+            parse("/save 3").unwrap(),
+            Line::Save {
+                number: Some(3),
+                to: None
+            }
+        );
+        assert_eq!(
+            parse("/save 3 /tmp/x y").unwrap(),
+            Line::Save {
+                number: Some(3),
+                to: Some("/tmp/x y".into())
+            }
+        );
+        assert_eq!(
+            parse("/save out.png").unwrap(),
+            Line::Save {
+                number: None,
+                to: Some("out.png".into())
+            }
+        );
         assert!(parse("/join").is_err());
         assert!(parse("/join a b").is_err());
         assert!(parse("/nope").is_err());

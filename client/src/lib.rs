@@ -25,7 +25,7 @@
 //! # Example
 //!
 //! ```
-//! assert_eq!(sotto_client::PROTOCOL_VERSION, 2);
+//! assert_eq!(sotto_client::PROTOCOL_VERSION, 3);
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

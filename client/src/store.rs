@@ -27,6 +27,7 @@ use sotto_proto::UserName;
 use zeroize::Zeroizing;
 
 use crate::contacts::{Contact, Contacts, Trust};
+use crate::session::content::FileOffer;
 use crate::vault::{Vault, VaultError};
 
 mod timers;
@@ -44,6 +45,10 @@ const UNSENT: &str = "unsent";
 const OUTBOX: &str = "outbox";
 const TIMERS: &str = "timers";
 const EXPIRING: &str = "expiring";
+/// A file message's offer, under its history record's key.
+const FILES: &str = "files";
+/// Files being uploaded (`UploadRecord`), until their message is sealed.
+const UPLOADS: &str = "uploads";
 
 const NAME_KEY: &[u8] = b"name";
 const JOINED_KEY: &[u8] = b"joined";
@@ -196,6 +201,38 @@ pub struct History {
     pub last: u64,
     /// Records that could not be read (damaged) and were skipped.
     pub skipped: usize,
+    /// The offers of the file messages, by history record key
+    /// ([`Store::history_record_key`]).
+    pub files: std::collections::HashMap<Vec<u8>, FileOffer>,
+}
+
+/// What a history record is written with, in its transaction: when the
+/// message disappears (under a timer), and a file message's offer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Beside<'a> {
+    /// Its `expiring` record.
+    pub expiring: Option<&'a ExpiringRecord>,
+    /// Its offer, if it is a file.
+    pub file: Option<&'a FileOffer>,
+}
+
+/// A file being uploaded: what it is, where its sealed chunks wait on
+/// disk, and the chat its message goes to once the relay holds them all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Where its message goes.
+    pub chat: crate::session::Chat,
+    /// Its name, as offered.
+    pub name: String,
+    /// Its media type, as offered.
+    pub media_type: String,
+    /// Its manifest (with the key).
+    pub manifest: sotto_crypto::file::FileManifest,
+    /// The file of its sealed chunks, one after the other.
+    pub staged: std::path::PathBuf,
+    /// When the user sent it (this client's clock), ms since the Unix
+    /// epoch.
+    pub started_at_ms: u64,
 }
 
 /// A receiving session at rest: its context, pair key, chain (its next
@@ -761,10 +798,12 @@ impl Store {
         sender: Fingerprint,
         conversation: &Conversation,
         inbound: &Inbound,
-        expiring: Option<&ExpiringRecord>,
+        beside: Beside<'_>,
     ) -> Result<(), StoreError> {
+        let Beside { expiring, file } = beside;
         let history_key = self.history_key(entry, position);
         let history_value = encode(entry)?;
+        let file = file.map(encode).transpose()?;
         let inbound_id = self.inbound_id(sender, conversation);
         let inbound_value = Self::encode_inbound(inbound)?;
         let expiring = expiring.map(|r| self.expiring_parts(r)).transpose()?;
@@ -774,6 +813,9 @@ impl Store {
         ];
         if let Some((key, value, _)) = &expiring {
             records.push((EXPIRING, key.as_slice(), value.as_slice()));
+        }
+        if let Some(file) = &file {
+            records.push((FILES, history_key.as_slice(), file.as_slice()));
         }
         Ok(self.vault.put_all(&records)?)
     }
@@ -792,10 +834,12 @@ impl Store {
         conversation: &Conversation,
         record: &OutgoingRecord,
         unsent: Option<&UnsentRecord>,
-        expiring: Option<&ExpiringRecord>,
+        beside: Beside<'_>,
     ) -> Result<(), StoreError> {
+        let Beside { expiring, file } = beside;
         let key = self.history_key(entry, position);
         let value = encode(entry)?;
+        let file = file.map(encode).transpose()?;
         let outgoing_key = self.outgoing_key(conversation, entry.seq);
         let outgoing = encode(record)?;
         let unsent = unsent.map(encode).transpose()?;
@@ -806,6 +850,9 @@ impl Store {
         ];
         if let Some(unsent) = &unsent {
             records.push((UNSENT, outgoing_key.as_slice(), unsent.as_slice()));
+        }
+        if let Some(file) = &file {
+            records.push((FILES, key.as_slice(), file.as_slice()));
         }
         let mut removed = Vec::new();
         if let Some((key, value, typed)) = &expiring {
@@ -951,7 +998,38 @@ impl Store {
                 _ => history.skipped += 1,
             }
         }
+        for (key, value) in self.vault.each(FILES)? {
+            // A damaged offer leaves its message a text (its name).
+            if let Some(offer) = value.ok().and_then(|v| decode::<FileOffer>(&v).ok()) {
+                history.files.insert(key, offer);
+            }
+        }
         Ok(history)
+    }
+
+    /// Every file being uploaded (damaged records skipped).
+    pub fn uploads(&self) -> Result<Vec<UploadRecord>, StoreError> {
+        Ok(self
+            .vault
+            .each(UPLOADS)?
+            .into_iter()
+            .filter_map(|(_, value)| value.ok().and_then(|v| decode(&v).ok()))
+            .collect())
+    }
+
+    /// Records a file being uploaded.
+    pub fn put_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
+        let key = self.upload_key(&upload.manifest.blob);
+        Ok(self.vault.put(UPLOADS, &key, &encode(upload)?)?)
+    }
+
+    /// Forgets a file being uploaded.
+    pub fn remove_upload(&self, blob: &sotto_crypto::file::BlobId) -> Result<(), StoreError> {
+        Ok(self.vault.remove(UPLOADS, &self.upload_key(blob))?)
+    }
+
+    fn upload_key(&self, blob: &sotto_crypto::file::BlobId) -> [u8; 16] {
+        self.record_id(&("upload", blob.0))
     }
 
     /// Test hook: the vault underneath.

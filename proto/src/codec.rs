@@ -25,7 +25,13 @@ use crate::frame::{ClientFrame, RelayFrame};
 pub mod fast;
 
 /// The protocol version, the first byte of every frame's payload.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
+
+/// The length of every chunk of a blob but its last (which is 1 to this
+/// many bytes): 64 KiB of a file's plaintext and its 16-byte AES-GCM tag
+/// (protocol.md 9.13). A `PutChunk` or `Chunk` frame of a full chunk is a
+/// few dozen bytes longer.
+pub const BLOB_CHUNK_LEN: usize = 65_536 + 16;
 
 /// The largest allowed frame payload (version byte plus postcard body), in
 /// bytes: 1 MiB.

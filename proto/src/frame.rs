@@ -93,6 +93,35 @@ pub enum ClientFrame {
         /// verifies it against the connection's registered identity).
         prekey: Bytes,
     },
+    /// Store chunk `index` of the blob `blob`, of `chunks` chunks, for the
+    /// registered identity. Chunks are stored in order, from 0; the first
+    /// makes the blob, the owner's until it expires. Answered by
+    /// [`RelayFrame::ChunkStored`] once durably stored, or by
+    /// [`RelayFrame::BlobRefused`].
+    PutChunk {
+        /// The blob's id, drawn at random by its owner.
+        blob: [u8; 16],
+        /// The chunk's index: the number of chunks stored so far.
+        index: u32,
+        /// How many chunks the blob has, the same in every chunk.
+        chunks: u32,
+        /// The chunk's ciphertext (opaque here).
+        data: Bytes,
+    },
+    /// Fetch chunk `index` of the complete blob `blob`; answered by
+    /// [`RelayFrame::Chunk`] or [`RelayFrame::BlobRefused`].
+    GetChunk {
+        /// The blob.
+        blob: [u8; 16],
+        /// The chunk.
+        index: u32,
+    },
+    /// Ask how much of `blob` is stored; answered by
+    /// [`RelayFrame::BlobState`] or [`RelayFrame::BlobRefused`].
+    BlobStatus {
+        /// The blob.
+        blob: [u8; 16],
+    },
 }
 
 /// The routing header of a [`ClientFrame::Send`].
@@ -140,6 +169,12 @@ pub enum RelayFrame {
         /// absent recipient (`--offline-max-age`), in seconds. Clients keep
         /// the private halves of their prekeys this much past expiry.
         offline_max_age: u64,
+        /// The most bytes of ciphertext one blob may hold
+        /// (`blob_max_bytes`).
+        blob_max_bytes: u64,
+        /// How long the relay keeps a complete blob, in seconds
+        /// (`blob_max_age`).
+        blob_max_age: u64,
     },
     /// The client joined `room`.
     Joined {
@@ -267,6 +302,47 @@ pub enum RelayFrame {
         /// `SHA256("sotto/v2/prekey-id\0" || its public key DER)`).
         id: [u8; 16],
     },
+    /// Answer to [`ClientFrame::PutChunk`]: the chunk is durably stored
+    /// (or already was).
+    ChunkStored {
+        /// The blob.
+        blob: [u8; 16],
+        /// The chunk.
+        index: u32,
+    },
+    /// Answer to [`ClientFrame::GetChunk`]: the chunk as its owner stored
+    /// it.
+    Chunk {
+        /// The blob.
+        blob: [u8; 16],
+        /// The chunk.
+        index: u32,
+        /// The chunk's ciphertext (opaque here).
+        data: Bytes,
+    },
+    /// Answer to [`ClientFrame::BlobStatus`].
+    BlobState {
+        /// The blob.
+        blob: [u8; 16],
+        /// How many chunks it has.
+        chunks: u32,
+        /// How many of them are stored (the first `stored`); the blob is
+        /// complete when `stored == chunks`.
+        stored: u32,
+        /// When the relay deletes it (Unix seconds).
+        expires_at: u64,
+    },
+    /// A blob request failed.
+    BlobRefused {
+        /// The blob it concerned.
+        blob: [u8; 16],
+        /// The chunk it concerned (0 for [`ClientFrame::BlobStatus`]).
+        index: u32,
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
 }
 
 /// A member of a room, in [`RelayFrame::Joined`].
@@ -352,6 +428,13 @@ pub enum ErrorCode {
     /// A published prekey that does not verify for the connection's
     /// registered identity (or is expired).
     BadPrekey,
+    /// No complete blob (for a fetch), or no blob at all (for a status),
+    /// has this id: it never existed, expired, or is still being uploaded.
+    NoSuchBlob,
+    /// A chunk that does not fit its blob: not the next one to store, a
+    /// chunk count other than the blob's, a length other than a chunk's,
+    /// or a blob that belongs to another identity.
+    BadChunk,
 }
 
 /// The wire index of every variant of [`ClientFrame`], [`RelayFrame`] and
@@ -389,6 +472,12 @@ pub mod index {
         pub const BYE: u32 = 10;
         /// `PublishPrekey`.
         pub const PUBLISH_PREKEY: u32 = 11;
+        /// `PutChunk`.
+        pub const PUT_CHUNK: u32 = 12;
+        /// `GetChunk`.
+        pub const GET_CHUNK: u32 = 13;
+        /// `BlobStatus`.
+        pub const BLOB_STATUS: u32 = 14;
     }
 
     /// Indices of [`RelayFrame`](super::RelayFrame)'s variants.
@@ -427,6 +516,14 @@ pub mod index {
         pub const UNDELIVERED: u32 = 15;
         /// `PrekeyPublished`.
         pub const PREKEY_PUBLISHED: u32 = 16;
+        /// `ChunkStored`.
+        pub const CHUNK_STORED: u32 = 17;
+        /// `Chunk`.
+        pub const CHUNK: u32 = 18;
+        /// `BlobState`.
+        pub const BLOB_STATE: u32 = 19;
+        /// `BlobRefused`.
+        pub const BLOB_REFUSED: u32 = 20;
     }
 
     /// Indices of [`Destination`](super::Destination)'s variants.
@@ -455,6 +552,9 @@ impl ClientFrame {
             Self::Pong { .. } => PONG,
             Self::Bye => BYE,
             Self::PublishPrekey { .. } => PUBLISH_PREKEY,
+            Self::PutChunk { .. } => PUT_CHUNK,
+            Self::GetChunk { .. } => GET_CHUNK,
+            Self::BlobStatus { .. } => BLOB_STATUS,
         }
     }
 }
@@ -481,6 +581,10 @@ impl RelayFrame {
             Self::KeyHandover { .. } => KEY_HANDOVER,
             Self::Undelivered { .. } => UNDELIVERED,
             Self::PrekeyPublished { .. } => PREKEY_PUBLISHED,
+            Self::ChunkStored { .. } => CHUNK_STORED,
+            Self::Chunk { .. } => CHUNK,
+            Self::BlobState { .. } => BLOB_STATE,
+            Self::BlobRefused { .. } => BLOB_REFUSED,
         }
     }
 }

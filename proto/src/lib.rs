@@ -68,8 +68,8 @@ pub use address::{
     fingerprint_text, key_handover_transcript,
 };
 pub use codec::{
-    ClientCodec, FrameCodec, MAX_FRAME_LEN, PROTOCOL_VERSION, RelayCodec, decode_payload,
-    encode_frame,
+    BLOB_CHUNK_LEN, ClientCodec, FrameCodec, MAX_FRAME_LEN, PROTOCOL_VERSION, RelayCodec,
+    decode_payload, encode_frame,
 };
 pub use error::ProtoError;
 pub use frame::{

@@ -62,6 +62,8 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Internal,
         LimitReached,
         BadPrekey,
+        NoSuchBlob,
+        BadChunk,
     ])
 }
 
@@ -92,6 +94,17 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
         any::<u64>().prop_map(|nonce| ClientFrame::Pong { nonce }),
         Just(ClientFrame::Bye),
         bytes().prop_map(|prekey| ClientFrame::PublishPrekey { prekey }),
+        (any::<[u8; 16]>(), any::<u32>(), any::<u32>(), bytes()).prop_map(
+            |(blob, index, chunks, data)| ClientFrame::PutChunk {
+                blob,
+                index,
+                chunks,
+                data,
+            }
+        ),
+        (any::<[u8; 16]>(), any::<u32>())
+            .prop_map(|(blob, index)| ClientFrame::GetChunk { blob, index }),
+        any::<[u8; 16]>().prop_map(|blob| ClientFrame::BlobStatus { blob }),
     ]
 }
 
@@ -110,12 +123,14 @@ pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
         (user_name(), vec(room_name(), 0..4)).prop_map(|(name, rooms)| UserInfo { name, rooms });
     prop_oneof![
         any::<[u8; 32]>().prop_map(|nonce| RelayFrame::Challenge { nonce }),
-        (user_name(), any::<u64>()).prop_map(|(name, offline_max_age)| {
-            RelayFrame::Registered {
+        (user_name(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(name, offline_max_age, blob_max_bytes, blob_max_age)| RelayFrame::Registered {
                 name,
                 offline_max_age,
+                blob_max_bytes,
+                blob_max_age,
             }
-        }),
+        ),
         (room_name(), vec(member, 0..4))
             .prop_map(|(room, members)| RelayFrame::Joined { room, members }),
         room_name().prop_map(|room| RelayFrame::Left { room }),
@@ -183,11 +198,31 @@ pub(crate) fn relay_frame() -> impl Strategy<Value = RelayFrame> {
         (any::<u64>(), error_code(), vec(user_name(), 0..4))
             .prop_map(|(id, code, users)| RelayFrame::Undelivered { id, code, users }),
         any::<[u8; 16]>().prop_map(|id| RelayFrame::PrekeyPublished { id }),
+        (any::<[u8; 16]>(), any::<u32>())
+            .prop_map(|(blob, index)| RelayFrame::ChunkStored { blob, index }),
+        (any::<[u8; 16]>(), any::<u32>(), bytes())
+            .prop_map(|(blob, index, data)| RelayFrame::Chunk { blob, index, data }),
+        (any::<[u8; 16]>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+            |(blob, chunks, stored, expires_at)| RelayFrame::BlobState {
+                blob,
+                chunks,
+                stored,
+                expires_at,
+            }
+        ),
+        (any::<[u8; 16]>(), any::<u32>(), error_code(), ".{0,40}").prop_map(
+            |(blob, index, code, message)| RelayFrame::BlobRefused {
+                blob,
+                index,
+                code,
+                message,
+            }
+        ),
     ]
 }
 
 /// The number of [`ClientFrame`] variants.
-pub(crate) const CLIENT_VARIANTS: usize = 12;
+pub(crate) const CLIENT_VARIANTS: usize = 15;
 
 /// The wire index of `frame`'s variant. Exhaustive on purpose: adding a
 /// variant fails to compile here until the strategies and this table are
@@ -206,11 +241,14 @@ pub(crate) fn client_variant(frame: &ClientFrame) -> usize {
         ClientFrame::Pong { .. } => 9,
         ClientFrame::Bye => 10,
         ClientFrame::PublishPrekey { .. } => 11,
+        ClientFrame::PutChunk { .. } => 12,
+        ClientFrame::GetChunk { .. } => 13,
+        ClientFrame::BlobStatus { .. } => 14,
     }
 }
 
 /// The number of [`RelayFrame`] variants.
-pub(crate) const RELAY_VARIANTS: usize = 17;
+pub(crate) const RELAY_VARIANTS: usize = 21;
 
 /// The wire index of `frame`'s variant; see [`client_variant`].
 pub(crate) fn relay_variant(frame: &RelayFrame) -> usize {
@@ -232,5 +270,9 @@ pub(crate) fn relay_variant(frame: &RelayFrame) -> usize {
         RelayFrame::KeyHandover { .. } => 14,
         RelayFrame::Undelivered { .. } => 15,
         RelayFrame::PrekeyPublished { .. } => 16,
+        RelayFrame::ChunkStored { .. } => 17,
+        RelayFrame::Chunk { .. } => 18,
+        RelayFrame::BlobState { .. } => 19,
+        RelayFrame::BlobRefused { .. } => 20,
     }
 }

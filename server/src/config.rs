@@ -81,6 +81,16 @@ pub struct Config {
     /// Stored deliveries older than this are dropped.
     #[serde(with = "humantime_secs")]
     pub offline_max_age: Duration,
+    /// Most bytes of ciphertext in one blob (an encrypted file); 0: the
+    /// relay takes no files.
+    pub blob_max_bytes: u64,
+    /// A blob is deleted this long after its last chunk was stored.
+    #[serde(with = "humantime_secs")]
+    pub blob_max_age: Duration,
+    /// Most bytes of blobs one identity key may hold at once.
+    pub blob_quota_bytes: u64,
+    /// Most bytes of blobs the relay holds at once.
+    pub blob_max_total: u64,
     /// Most message bodies stored for one room at once.
     pub room_max_messages: u64,
     /// Most bytes of message bodies stored for one room at once.
@@ -173,6 +183,10 @@ impl Default for Config {
             offline_max_messages: 10_000,
             offline_max_bytes: 64 * 1024 * 1024,
             offline_max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            blob_max_bytes: 100 * 1024 * 1024,
+            blob_max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            blob_quota_bytes: 1024 * 1024 * 1024,
+            blob_max_total: 16 * 1024 * 1024 * 1024,
             room_max_messages: 10_000,
             room_max_bytes: 64 * 1024 * 1024,
             member_absence: Duration::from_secs(30 * 24 * 60 * 60),
@@ -251,6 +265,10 @@ impl Config {
             (
                 !self.handshake_timeout.is_zero(),
                 "handshake_timeout must not be zero",
+            ),
+            (
+                !self.blob_max_age.is_zero(),
+                "blob_max_age must be at least 1 second",
             ),
             (
                 self.cert.is_some() == self.key.is_some(),

@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+pub mod blobs;
 mod cluster;
 mod commit;
 mod config;
@@ -137,7 +138,9 @@ pub async fn run_with_metrics(
     config.validate().map_err(RelayError::Config)?;
     let kept = match &config.cluster {
         None => Kept::Local(Store::open(&config.data_dir, queue_limits(&config))?),
-        Some(cluster) => Kept::Cluster(Cluster::connect(cluster, queue_limits(&config)).await?),
+        Some(cluster) => Kept::Cluster(
+            Cluster::connect(cluster, queue_limits(&config), blob_limits(&config)).await?,
+        ),
     };
     serve(listener, certs, config, metrics, kept, shutdown).await
 }
@@ -176,6 +179,18 @@ pub async fn run_on_disk(
         shutdown,
     )
     .await
+}
+
+pub(crate) fn blob_limits(config: &Config) -> blobs::BlobLimits {
+    // A full chunk's frame, with room to spare: below it, no chunk could
+    // be sent, so the relay takes no files.
+    let chunk_fits = config.max_frame_len >= sotto_proto::BLOB_CHUNK_LEN + 64;
+    blobs::BlobLimits {
+        max_bytes: if chunk_fits { config.blob_max_bytes } else { 0 },
+        quota_bytes: config.blob_quota_bytes,
+        max_total: config.blob_max_total,
+        max_age: config.blob_max_age,
+    }
 }
 
 fn queue_limits(config: &Config) -> QueueLimits {
@@ -255,6 +270,20 @@ async fn serve(
         });
     }
 
+    // Blobs (files) are kept by a relay alone, in a database of their own.
+    let blobs = match &backend {
+        Backend::Local(_) => {
+            let store = Arc::new(blobs::BlobStore::open(
+                &config.data_dir,
+                blob_limits(&config),
+            )?);
+            let (blobs, puts) = blobs::Blobs::new(Arc::clone(&store));
+            let (metrics, runtime) = (Arc::clone(&metrics), tokio::runtime::Handle::current());
+            tracker.spawn_blocking(move || blobs::run(puts, store, metrics, runtime));
+            Some(blobs)
+        }
+        Backend::Cluster(_) => None,
+    };
     let (commit, jobs) = Committer::new();
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let shared = Arc::new(Shared::new(
@@ -263,6 +292,7 @@ async fn serve(
         certs,
         Arc::clone(&metrics),
         commit,
+        blobs,
         registry,
     ));
     let (wakers, metrics) = (shared.wakers(), Arc::clone(&metrics));

@@ -104,6 +104,18 @@ struct Args {
     /// Drop stored messages older than this many seconds [default: 604800].
     #[arg(long, value_name = "SECS")]
     offline_max_age: Option<u64>,
+    /// Most bytes of one encrypted file (blob) stored; 0 = no files
+    /// [default: 104857600, 100 MiB].
+    #[arg(long, value_name = "BYTES")]
+    blob_max_bytes: Option<u64>,
+    /// Delete a file (blob) this many seconds after its last chunk was
+    /// stored [default: 604800].
+    #[arg(long, value_name = "SECS")]
+    blob_max_age: Option<u64>,
+    /// Most bytes of files (blobs) stored in all [default: 17179869184,
+    /// 16 GiB].
+    #[arg(long, value_name = "BYTES")]
+    blob_max_total: Option<u64>,
     /// Most message bodies stored for one room [default: 10000].
     #[arg(long, value_name = "N")]
     room_max_messages: Option<u64>,
@@ -229,6 +241,7 @@ impl Args {
             listen, data_dir, max_connections, max_frame_len, max_slots, rate_per_sec,
             rate_burst, outbound_queue, max_rooms_per_user, offline_max_messages,
             offline_max_bytes, room_max_messages, room_max_bytes, delivery_hold_ms,
+            blob_max_bytes, blob_max_total, blob_max_age => secs,
             handshake_timeout => secs, idle_timeout => secs, keepalive_interval => secs,
             offline_max_age => secs, shutdown_grace => secs, member_absence => secs,
         );

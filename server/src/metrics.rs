@@ -46,6 +46,14 @@ pub struct Metrics {
     /// `PublishPrekey`s refused: not verifying for the registered
     /// identity, too large, or too frequent.
     pub prekeys_refused: AtomicU64,
+    /// Blob chunks durably stored (`PutChunk` answered `ChunkStored`).
+    pub blob_chunks_stored: AtomicU64,
+    /// Blob chunks refused (`PutChunk` answered `BlobRefused`).
+    pub blob_chunks_refused: AtomicU64,
+    /// Blob chunks served (`GetChunk` answered `Chunk`).
+    pub blob_chunks_served: AtomicU64,
+    /// Bytes charged to the blobs held (gauge).
+    pub blob_bytes: AtomicU64,
     /// Bytes queued for clients and not yet written, over all connections,
     /// as each connection's writer last saw it (gauge, updated once per
     /// write).
@@ -88,7 +96,7 @@ impl Metrics {
     /// queue depth, the relay's version and its certificate's expiry
     /// (Unix seconds, if known) given by the caller.
     pub fn render(&self, offline_queue_depth: u64, cert_not_after: Option<u64>) -> String {
-        let rows: [(&str, &str, &str, u64); 24] = [
+        let rows: [(&str, &str, &str, u64); 28] = [
             (
                 "sotto_relay_connections",
                 "gauge",
@@ -184,6 +192,30 @@ impl Metrics {
                 "counter",
                 "Prekey publications refused.",
                 self.prekeys_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_blob_chunks_stored_total",
+                "counter",
+                "Blob chunks durably stored.",
+                self.blob_chunks_stored.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_blob_chunks_refused_total",
+                "counter",
+                "Blob chunks refused.",
+                self.blob_chunks_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_blob_chunks_served_total",
+                "counter",
+                "Blob chunks served.",
+                self.blob_chunks_served.load(Ordering::Relaxed),
+            ),
+            (
+                "sotto_relay_blob_bytes",
+                "gauge",
+                "Bytes charged to the blobs held (chunk count times the chunk length).",
+                self.blob_bytes.load(Ordering::Relaxed),
             ),
             (
                 "sotto_relay_outbound_bytes",

@@ -235,29 +235,34 @@ async fn expired_prekeys_are_no_longer_handed_out() {
     assert_eq!(members[0].prekeys, vec![fresh]);
 }
 
-/// A client of protocol version 1 (before prekeys) gets the relay's
-/// version in its challenge's first byte, and an `UnsupportedVersion`
-/// error naming both versions for any frame of its own.
+/// A client of protocol version 1 (before prekeys) or 2 (before blobs)
+/// gets the relay's version in its challenge's first byte, and an
+/// `UnsupportedVersion` error naming both versions for any frame of its
+/// own.
 #[tokio::test]
-async fn a_version_1_client_is_refused_clearly() {
+async fn clients_of_older_versions_are_refused_clearly() {
     let relay = Relay::start().await;
-    // The challenge decoded at all: it was framed as version 2.
-    let mut old = relay.client().await;
-    assert_eq!(sotto_proto::PROTOCOL_VERSION, 2);
-    // A version-1 `ListRooms` (variant 3).
-    old.framed
-        .get_mut()
-        .write_all(&[0, 0, 0, 2, 1, 3])
-        .await
-        .unwrap();
-    old.framed.get_mut().flush().await.unwrap();
-    let seen = old.closed().await;
-    assert_eq!(
-        seen,
-        [RelayFrame::Error {
-            id: None,
-            code: ErrorCode::UnsupportedVersion,
-            message: "protocol version 1 is not supported; this relay speaks 2".into(),
-        }]
-    );
+    assert_eq!(sotto_proto::PROTOCOL_VERSION, 3);
+    for old_version in [1, 2] {
+        // The challenge decoded at all: it was framed as version 3.
+        let mut old = relay.client().await;
+        // An old `ListRooms` (variant 3 in both).
+        old.framed
+            .get_mut()
+            .write_all(&[0, 0, 0, 2, old_version, 3])
+            .await
+            .unwrap();
+        old.framed.get_mut().flush().await.unwrap();
+        let seen = old.closed().await;
+        assert_eq!(
+            seen,
+            [RelayFrame::Error {
+                id: None,
+                code: ErrorCode::UnsupportedVersion,
+                message: format!(
+                    "protocol version {old_version} is not supported; this relay speaks 3"
+                ),
+            }]
+        );
+    }
 }

@@ -353,7 +353,7 @@ async fn bad_input_closes_only_the_offending_connection() {
     let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
         (
             "garbage",
-            b"\x00\x00\x00\x05\x02\xff\xff\xff\xff".to_vec(),
+            b"\x00\x00\x00\x05\x03\xff\xff\xff\xff".to_vec(),
             ErrorCode::BadFrame,
         ),
         (
@@ -369,7 +369,7 @@ async fn bad_input_closes_only_the_offending_connection() {
         ("zero length", vec![0, 0, 0, 0], ErrorCode::BadFrame),
         (
             "truncated then closed",
-            b"\x00\x00\x00\x10\x02\x05".to_vec(),
+            b"\x00\x00\x00\x10\x03\x05".to_vec(),
             ErrorCode::BadFrame,
         ),
     ];

@@ -392,6 +392,51 @@ async fn users_on_different_relays_chat_in_rooms_and_directly() {
     }
 }
 
+/// A file uploaded through one relay is saved through another (its chunks
+/// are in JetStream, not in the relay alone), byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_through_one_relay_is_saved_through_another() {
+    use sotto_client::session::{Command, Direction, TransferState};
+    let bed = Bed::start(2);
+    let mut alice = bed.join("alice", 0).await;
+    let mut bob = bed.join("bob", 1).await;
+    alice.expect_members("lobby", &["alice", "bob"]).await;
+    bob.expect_members("lobby", &["alice", "bob"]).await;
+    let contents: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let path = bed.temp.path().join("plan.pdf");
+    std::fs::write(&path, &contents).unwrap();
+    alice.command(Command::SendFile {
+        chat: lobby(),
+        path,
+    });
+    let offered = bob
+        .expect(|u| matches!(u, Update::Message(m) if m.file.is_some()))
+        .await;
+    let Update::Message(message) = offered else {
+        panic!("{offered:?}")
+    };
+    let to = bed.temp.path().join("bob-plan.pdf");
+    bob.command(Command::SaveFile {
+        chat: lobby(),
+        message: message.id(),
+        to: to.clone(),
+    });
+    let saved = bob
+        .expect(|u| {
+            matches!(u, Update::Transfer(t) if t.direction == Direction::Download
+                && !matches!(t.state, TransferState::Running))
+        })
+        .await;
+    assert!(
+        matches!(&saved, Update::Transfer(t) if matches!(t.state, TransferState::Done { .. })),
+        "{saved:?}"
+    );
+    assert_eq!(std::fs::read(&to).unwrap(), contents);
+    for peer in [&alice, &bob] {
+        assert_untroubled(peer);
+    }
+}
+
 /// A user who quits is seen going offline by the members on the other
 /// relays.
 ///

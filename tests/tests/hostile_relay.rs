@@ -1629,3 +1629,156 @@ async fn s22_a_substituted_or_replayed_prekey_is_refused_and_blamed_on_the_relay
     });
     assert!(handed, "{:#?}", w.hostile.delivered_to("alice"));
 }
+
+// 23. Files (protocol.md 9.13): the relay holds a file's chunks, so it can
+// serve them swapped, out of order, cut short or twice. Each attack makes
+// bob's save fail its integrity check with the one message for it (P11),
+// and leaves nothing of the file on disk; with the attacks gone, the same
+// file saves byte for byte, so it was the attack and nothing else that
+// was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s23_swapped_reordered_truncated_or_replayed_chunks_are_refused() {
+    use bytes::Bytes;
+    use hostile::Frame;
+    use sotto_client::session::{Direction, TransferState};
+    use std::sync::Mutex;
+
+    let (w, alice, mut bob) = alice_and_bob().await;
+    // Three full chunks and a short one.
+    let contents: Vec<u8> = (0..3 * 65_536 + 100).map(|i| (i % 251) as u8).collect();
+    let dir = w.temp.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("report.pdf");
+    std::fs::write(&path, &contents).unwrap();
+    alice.command(Command::SendFile {
+        chat: lobby(),
+        path,
+    });
+    let offered = bob
+        .expect(|u| matches!(u, Update::Message(m) if m.file.is_some()))
+        .await;
+    let Update::Message(message) = offered else {
+        unreachable!()
+    };
+    let chunk = |index: u32| move |frame: &Frame| matches!(frame, Frame::Relay(RelayFrame::Chunk { index: i, .. }) if *i == index);
+    let either = |a: u32, b: u32| move |frame: &Frame| matches!(frame, Frame::Relay(RelayFrame::Chunk { index: i, .. }) if *i == a || *i == b);
+    // Chunk 1's bytes and chunk 2's, each answered with the other's.
+    let swapped = || {
+        let first: Arc<Mutex<Option<Bytes>>> = Arc::default();
+        Rule::down("bob")
+            .when(either(1, 2))
+            .take(2)
+            .then(Act::Rewrite(Box::new(move |frame| {
+                let Frame::Relay(RelayFrame::Chunk { blob, index, data }) = frame else {
+                    return vec![frame];
+                };
+                let mut first = first.lock().unwrap();
+                match first.take() {
+                    None => {
+                        *first = Some(data);
+                        Vec::new()
+                    }
+                    Some(one) => vec![
+                        Frame::Relay(RelayFrame::Chunk {
+                            blob,
+                            index: index - 1,
+                            data,
+                        }),
+                        Frame::Relay(RelayFrame::Chunk {
+                            blob,
+                            index,
+                            data: one,
+                        }),
+                    ],
+                }
+            })))
+    };
+    // Chunk 2 before chunk 1, each as itself.
+    let reordered = || {
+        let held: Arc<Mutex<Option<Frame>>> = Arc::default();
+        Rule::down("bob")
+            .when(either(1, 2))
+            .take(2)
+            .then(Act::Rewrite(Box::new(move |frame| {
+                let mut held = held.lock().unwrap();
+                match held.take() {
+                    None => {
+                        *held = Some(frame);
+                        Vec::new()
+                    }
+                    Some(earlier) => vec![frame, earlier],
+                }
+            })))
+    };
+    // The last chunk one byte short.
+    let truncated = || {
+        Rule::down("bob")
+            .when(chunk(3))
+            .take(1)
+            .then(Act::Rewrite(Box::new(|frame| {
+                let Frame::Relay(RelayFrame::Chunk { blob, index, data }) = frame else {
+                    return vec![frame];
+                };
+                let data = data.slice(..data.len() - 1);
+                vec![Frame::Relay(RelayFrame::Chunk { blob, index, data })]
+            })))
+    };
+    // Chunk 0 twice: the copy comes where chunk 1 should.
+    let replayed = || {
+        Rule::down("bob")
+            .when(chunk(0))
+            .take(1)
+            .then(Act::Duplicate)
+    };
+    let attacks: [(&str, Rule); 4] = [
+        ("swapped", swapped()),
+        ("reordered", reordered()),
+        ("truncated", truncated()),
+        ("replayed", replayed()),
+    ];
+    let saved = w.temp.path().join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    let save = |to: std::path::PathBuf| Command::SaveFile {
+        chat: message.chat.clone(),
+        message: message.id(),
+        to,
+    };
+    let ended = |u: &Update| {
+        matches!(u, Update::Transfer(t) if t.direction == Direction::Download
+            && !matches!(t.state, TransferState::Running))
+    };
+    let mut failures = Vec::new();
+    for (attack, rule) in attacks {
+        w.hostile.rule(rule);
+        bob.command(save(saved.join(attack)));
+        let Update::Transfer(transfer) = bob.expect(ended).await else {
+            unreachable!()
+        };
+        w.hostile.clear();
+        let TransferState::Failed(problem) = transfer.state else {
+            panic!("{attack}: {transfer:?}");
+        };
+        assert_eq!(
+            problem.code,
+            ProblemCode::FileDamaged,
+            "{attack}: {problem:?}"
+        );
+        failures.push(problem.message);
+        // Nothing of it on disk, not even a temporary file.
+        let left: Vec<_> = std::fs::read_dir(&saved).unwrap().collect();
+        assert!(left.is_empty(), "{attack}: {left:?}");
+    }
+    // One message, whichever check failed.
+    failures.dedup();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("integrity check"), "{failures:?}");
+    bob.command(save(saved.join("genuine")));
+    let Update::Transfer(transfer) = bob.expect(ended).await else {
+        unreachable!()
+    };
+    assert!(
+        matches!(transfer.state, TransferState::Done { .. }),
+        "{transfer:?}"
+    );
+    assert_eq!(std::fs::read(saved.join("genuine")).unwrap(), contents);
+}

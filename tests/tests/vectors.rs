@@ -151,6 +151,26 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 prekey: prekey.clone(),
             },
         ),
+        (
+            "client_put_chunk",
+            ClientFrame::PutChunk {
+                blob: [0x42; 16],
+                index: 1,
+                chunks: 3,
+                data: Bytes::from_static(b"<chunk>"),
+            },
+        ),
+        (
+            "client_get_chunk",
+            ClientFrame::GetChunk {
+                blob: [0x42; 16],
+                index: 300,
+            },
+        ),
+        (
+            "client_blob_status",
+            ClientFrame::BlobStatus { blob: [0x42; 16] },
+        ),
     ];
     let relay = vec![
         (
@@ -162,6 +182,8 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
             RelayFrame::Registered {
                 name: user("alice"),
                 offline_max_age: 604_800,
+                blob_max_bytes: 104_857_600,
+                blob_max_age: 604_800,
             },
         ),
         (
@@ -289,6 +311,39 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
         (
             "relay_prekey_published",
             RelayFrame::PrekeyPublished { id: [0x11; 16] },
+        ),
+        (
+            "relay_chunk_stored",
+            RelayFrame::ChunkStored {
+                blob: [0x42; 16],
+                index: 1,
+            },
+        ),
+        (
+            "relay_chunk",
+            RelayFrame::Chunk {
+                blob: [0x42; 16],
+                index: 1,
+                data: Bytes::from_static(b"<chunk>"),
+            },
+        ),
+        (
+            "relay_blob_state",
+            RelayFrame::BlobState {
+                blob: [0x42; 16],
+                chunks: 3,
+                stored: 2,
+                expires_at: 1_700_000_000,
+            },
+        ),
+        (
+            "relay_blob_refused",
+            RelayFrame::BlobRefused {
+                blob: [0x42; 16],
+                index: 2,
+                code: ErrorCode::BadChunk,
+                message: "x".into(),
+            },
         ),
     ];
     let mut out = Vec::new();

@@ -48,8 +48,8 @@ pub mod ids {
     reason = "a message lives only while iced hands it to `update`; boxing the session's updates would allocate once more for each"
 )]
 pub enum Message {
-    /// Something from session number `.0`.
-    Session(u64, Update),
+    /// Something from session number `.0` (boxed: a message stays small).
+    Session(u64, Box<Update>),
     /// Session number `.0` has ended (its stream is over).
     Ended(u64),
     /// Open a conversation.
@@ -515,7 +515,7 @@ impl Chat {
                 if generation != self.generation {
                     return Action::None;
                 }
-                return self.apply(update);
+                return self.apply(*update);
             }
             Message::Ended(generation) => {
                 if generation != self.generation {
@@ -719,7 +719,7 @@ impl Chat {
 pub fn start(account: Account, relay: RelayAddress, generation: u64) -> Task<Message> {
     let config = session::Config::new(account, relay);
     Task::run(session::run(config), move |update| {
-        Message::Session(generation, update)
+        Message::Session(generation, Box::new(update))
     })
     .chain(Task::done(Message::Ended(generation)))
 }

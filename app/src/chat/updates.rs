@@ -280,6 +280,7 @@ impl Chat {
             | Update::Users(_)
             | Update::Rooms(_)
             | Update::VerifiedOnly { .. }
+            | Update::Transfer(_)
             | Update::RelayKeyMoved(_) => self.show(said),
         }
         Action::None

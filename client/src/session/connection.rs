@@ -335,6 +335,8 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
         RelayFrame::Registered {
             name,
             offline_max_age,
+            blob_max_bytes,
+            blob_max_age: _,
         } => {
             let mut out = Out::default();
             // The key is now known to be this relay's: pin it.
@@ -360,6 +362,7 @@ async fn connect(session: &mut Session) -> Result<Framed_, End> {
             // can wrap to them at once.
             session.engine.publish_prekeys(offline_max_age, &mut out);
             session.engine.on_registered(name.clone(), &mut out);
+            session.engine.resume_transfers(blob_max_bytes, &mut out);
             let frames: Vec<ClientFrame> = out.frames.drain(..).collect();
             write(
                 &mut framed,
@@ -573,6 +576,10 @@ fn kind(frame: &RelayFrame) -> &'static str {
         RelayFrame::KeyHandover { .. } => "KeyHandover",
         RelayFrame::Undelivered { .. } => "Undelivered",
         RelayFrame::PrekeyPublished { .. } => "PrekeyPublished",
+        RelayFrame::ChunkStored { .. } => "ChunkStored",
+        RelayFrame::Chunk { .. } => "Chunk",
+        RelayFrame::BlobState { .. } => "BlobState",
+        RelayFrame::BlobRefused { .. } => "BlobRefused",
     }
 }
 
@@ -699,20 +706,20 @@ mod tests {
             "the connection to the relay failed: connection reset"
         );
         assert_eq!(
-            read_failed(&ProtoError::UnsupportedVersion(3)),
-            "bad frame from the relay: unsupported protocol version 3 (this build speaks version 2)"
+            read_failed(&ProtoError::UnsupportedVersion(4)),
+            "bad frame from the relay: unsupported protocol version 4 (this build speaks version 3)"
         );
     }
 
     #[test]
     fn a_relay_of_another_protocol_version_is_named_with_the_side_to_update() {
         assert_eq!(
-            other_version(3),
-            "the relay speaks protocol version 3, newer than this sotto's version 2: update sotto"
+            other_version(4),
+            "the relay speaks protocol version 4, newer than this sotto's version 3: update sotto"
         );
         assert_eq!(
-            other_version(1),
-            "the relay speaks protocol version 1, older than this sotto's version 2: the relay must be updated"
+            other_version(2),
+            "the relay speaks protocol version 2, older than this sotto's version 3: the relay must be updated"
         );
     }
 }

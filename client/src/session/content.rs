@@ -11,6 +11,7 @@
 //! message, so the recipient's gap detection counts it.
 
 use serde::{Deserialize, Serialize};
+use sotto_crypto::file::{FileManifest, chunk_count};
 use sotto_crypto::{Conversation, SessionId};
 
 /// The content of a sealed message.
@@ -51,7 +52,35 @@ pub enum Content {
         /// The text (UTF-8).
         text: String,
     },
+    /// A file (or image): where its encrypted chunks are on the relay and
+    /// the key to them (protocol.md 13.8, "Files").
+    File(FileOffer),
 }
+
+/// A file offered in a conversation: what it is, and the manifest that
+/// fetches and checks it. Sealed like a text, so the relay, which stores
+/// the chunks, never learns the key, the name or the kind of file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOffer {
+    /// The timer it was sent under (0: none), as for a
+    /// [`Content::TimedText`].
+    pub seconds: u64,
+    /// The file's name as the sender had it: a suggestion for saving,
+    /// never a path (see `files::safe_file_name`). 1 to
+    /// [`MAX_FILE_NAME_LEN`] bytes.
+    pub name: String,
+    /// Its media type, as the sender guessed it from the name
+    /// (`image/png`); at most [`MAX_MEDIA_TYPE_LEN`] bytes, empty if
+    /// unknown.
+    pub media_type: String,
+    /// Where the chunks are and how to open and check them.
+    pub manifest: FileManifest,
+}
+
+/// The longest file name an offer carries, in bytes.
+pub const MAX_FILE_NAME_LEN: usize = 255;
+/// The longest media type an offer carries, in bytes.
+pub const MAX_MEDIA_TYPE_LEN: usize = 127;
 
 /// The longest disappearing-message timer: 365 days.
 pub const MAX_TIMER_SECS: u64 = 365 * 24 * 60 * 60;
@@ -106,6 +135,16 @@ impl Content {
         self.as_text().is_some()
     }
 
+    /// What the history shows and keeps of it, and the timer it was sent
+    /// under: a text, or a file (by its name); `None` for what is not
+    /// shown (receipts, heartbeats, key requests, timer changes).
+    pub fn shown(&self) -> Option<(&str, u64)> {
+        match self {
+            Self::File(offer) => Some((&offer.name, offer.seconds)),
+            other => other.as_text(),
+        }
+    }
+
     /// Decodes `bytes`; `None` for anything that is not exactly one
     /// canonical encoding of a content (trailing bytes, over-long
     /// varints, invalid UTF-8, a receipt with ranges out of order or more
@@ -121,6 +160,7 @@ impl Content {
             Self::TimedText { seconds, .. } if *seconds == 0 || *seconds > MAX_TIMER_SECS => {
                 return None;
             }
+            Self::File(offer) if !offer.is_well_formed() => return None,
             _ => {}
         }
         if let Self::Receipt(receipt) = &content {
@@ -137,6 +177,17 @@ impl Content {
             }
         }
         Some(content)
+    }
+}
+
+impl FileOffer {
+    /// Whether its fields are within their bounds and its manifest
+    /// consistent (its chunk count is the one its size has).
+    fn is_well_formed(&self) -> bool {
+        (1..=MAX_FILE_NAME_LEN).contains(&self.name.len())
+            && self.media_type.len() <= MAX_MEDIA_TYPE_LEN
+            && self.seconds <= MAX_TIMER_SECS
+            && chunk_count(self.manifest.size).ok() == Some(self.manifest.chunks)
     }
 }
 
@@ -223,7 +274,9 @@ mod tests {
             request.encode()[..8],
             [3, 0, 5, b'l', b'o', b'b', b'b', b'y']
         );
+        // A `File` with nothing after its variant; variant 7 is unknown.
         assert_eq!(Content::decode(&[6]), None);
+        assert_eq!(Content::decode(&[7]), None);
         // protocol.md 13.8's timer examples: one hour, off, and "hi" sent
         // under one hour (3600 = varint 0x90 0x1c).
         assert_eq!(Content::Timer { seconds: 3600 }.encode(), [4, 0x90, 0x1c]);
@@ -277,6 +330,57 @@ mod tests {
             })
             .encode();
             assert_eq!(Content::decode(&bytes), None);
+        }
+    }
+
+    /// protocol.md 13.8's example of a `File`: the 5-byte file of 13.10's
+    /// known answer, `sotto.txt`, `text/plain`, no timer.
+    #[test]
+    fn a_file_offer_has_one_encoding_and_refuses_what_does_not_fit() {
+        use sotto_crypto::file::{BlobId, FileKey};
+        let digest = [
+            0xe9, 0xdf, 0x87, 0x87, 0x83, 0x54, 0xad, 0x82, 0x37, 0xd0, 0xcf, 0x10, 0xe5, 0x89,
+            0x79, 0x7e, 0xeb, 0xe5, 0xcd, 0xd5, 0x19, 0x13, 0x2c, 0xfd, 0x81, 0x43, 0x42, 0x2c,
+            0xce, 0x66, 0x59, 0x21,
+        ];
+        let offer = |name: &str, size: u64, chunks: u32| {
+            Content::File(FileOffer {
+                seconds: 0,
+                name: name.into(),
+                media_type: "text/plain".into(),
+                manifest: FileManifest {
+                    blob: BlobId([9; 16]),
+                    key: FileKey::from_bytes([7; 32]),
+                    size,
+                    chunks,
+                    digest,
+                },
+            })
+        };
+        let bytes = offer("sotto.txt", 5, 1).encode();
+        let expected = [
+            &[6, 0, 9][..],
+            b"sotto.txt",
+            &[10],
+            b"text/plain",
+            &[9; 16],
+            &[7; 32],
+            &[5, 1],
+            &digest,
+        ]
+        .concat();
+        assert_eq!(bytes, expected);
+        assert_eq!(bytes.len(), 105);
+        assert_eq!(Content::decode(&bytes), Some(offer("sotto.txt", 5, 1)));
+        assert_eq!(offer("sotto.txt", 5, 1).shown(), Some(("sotto.txt", 0)));
+        // No name, a name too long, a chunk count its size does not have.
+        for wrong in [
+            offer("", 5, 1),
+            offer(&"x".repeat(MAX_FILE_NAME_LEN + 1), 5, 1),
+            offer("sotto.txt", 5, 2),
+            offer("sotto.txt", 65_537, 1),
+        ] {
+            assert_eq!(Content::decode(&wrong.encode()), None);
         }
     }
 

@@ -64,6 +64,7 @@ mod prekeys;
 mod problem;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::Stream;
@@ -80,8 +81,10 @@ use crate::servers::Move;
 
 pub use clock::Clock;
 pub use engine::SessionLimits;
+pub use engine::files::{human_size, safe_file_name};
 pub use prekeys::PrekeySource;
 pub use problem::{Answers, Problem, ProblemCode, relay_code_str};
+pub use sotto_crypto::file::BlobId;
 
 /// A conversation as a user sees it: a room, or the direct conversation
 /// with one peer.
@@ -217,6 +220,69 @@ pub struct Message {
     /// client's clock, ms since the Unix epoch; [`Update::Expired`] says
     /// when it did). `None`: it stays.
     pub expires_at_ms: Option<u64>,
+    /// For a file message: the file (`text` is then its name). Fetched
+    /// only when asked for ([`Command::SaveFile`]); boxed, so that a
+    /// text stays small.
+    pub file: Option<Box<FileInfo>>,
+}
+
+/// A file sent or received in a message, as a UI shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Its name as the sender offered it (shown; saved under
+    /// [`safe_file_name`] of it).
+    pub name: String,
+    /// Its media type as the sender guessed it (`image/png`), or empty.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The relay's id for its chunks: the id of its transfers
+    /// ([`Update::Transfer`]).
+    pub blob: BlobId,
+}
+
+/// A file on its way to or from the relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// The relay's id for the file's chunks.
+    pub blob: BlobId,
+    /// The chat of its message.
+    pub chat: Chat,
+    /// Its name.
+    pub name: String,
+    /// Up to the relay, or down from it.
+    pub direction: Direction,
+    /// Bytes of it done so far.
+    pub done: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Where it is.
+    pub state: TransferState,
+}
+
+/// Which way a file goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Sent: sealed and uploaded, then offered in a message.
+    Upload,
+    /// Saved: fetched, opened and checked, then written where asked.
+    Download,
+}
+
+/// Where a transfer is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferState {
+    /// Going on (it waits while the relay is out of reach, and goes on
+    /// where it stopped once it is back).
+    Running,
+    /// Done: an upload's message is sealed (its [`Update::Message`]
+    /// follows); a download is checked and saved at `path`.
+    Done {
+        /// Where a download was saved.
+        path: Option<PathBuf>,
+    },
+    /// Given up, and why; nothing of a download is left on disk.
+    Failed(Box<Problem>),
 }
 
 impl Message {
@@ -515,6 +581,9 @@ pub enum Update {
         /// not be sent.
         queued: Vec<Queued>,
     },
+    /// A file transfer started, moved on (at most a few times a second),
+    /// ended or failed (boxed: updates stay small).
+    Transfer(Box<Transfer>),
 }
 
 /// A relay's pinned key moved with no decision of the user's: the key
@@ -534,7 +603,7 @@ pub struct RelayKeyMoved {
     /// How the pin moved.
     pub how: Move,
     /// Where the move is recorded.
-    pub log: std::path::PathBuf,
+    pub log: PathBuf,
 }
 
 impl fmt::Display for RelayKeyMoved {
@@ -602,6 +671,26 @@ pub enum Command {
         chat: Chat,
         /// The timer.
         seconds: u64,
+    },
+    /// Send the file at `path` to `chat`: sealed in chunks under a fresh
+    /// key, uploaded (going on where it stopped after a lost connection
+    /// or a restart), then offered in a message ([`Update::Transfer`]
+    /// follows its way).
+    SendFile {
+        /// Where.
+        chat: Chat,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Fetch the file of message `message` of `chat`, check it, and
+    /// write it at `to` (which must not exist yet).
+    SaveFile {
+        /// The chat.
+        chat: Chat,
+        /// The file message.
+        message: MessageId,
+        /// Where to write it.
+        to: PathBuf,
     },
     /// Say `chat`'s disappearing-message timer again (an
     /// [`Update::Timer`] without `by`, with 0 if it has none).

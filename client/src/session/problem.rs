@@ -178,6 +178,13 @@ pub enum ProblemCode {
     /// The data directory was written by an earlier sotto and was
     /// migrated once: what it could not keep is named.
     Migrated,
+    /// A file could not be read, written or found here (the file to send,
+    /// or where a received one is to be saved).
+    File,
+    /// A received file did not pass its integrity check (a chunk or the
+    /// whole): the relay altered or mixed up its chunks. Nothing of it was
+    /// kept.
+    FileDamaged,
 }
 
 impl ProblemCode {
@@ -188,6 +195,8 @@ impl ProblemCode {
             Self::NotForwardSecret => "not_forward_secret",
             Self::KeyExpired => "key_expired",
             Self::Migrated => "migrated",
+            Self::File => "file",
+            Self::FileDamaged => "file_damaged",
             Self::NoSuchUser => "no_such_user",
             Self::Yourself => "yourself",
             Self::KeyChanged => "key_changed",
@@ -243,6 +252,8 @@ pub fn relay_code_str(code: ErrorCode) -> &'static str {
         ErrorCode::Internal => "internal",
         ErrorCode::LimitReached => "limit_reached",
         ErrorCode::BadPrekey => "bad_prekey",
+        ErrorCode::NoSuchBlob => "no_such_blob",
+        ErrorCode::BadChunk => "bad_chunk",
     }
 }
 
@@ -272,6 +283,11 @@ mod tests {
             ProblemCode::BadCommand,
             ProblemCode::HistoryDamaged,
             ProblemCode::Internal,
+            ProblemCode::NotForwardSecret,
+            ProblemCode::KeyExpired,
+            ProblemCode::Migrated,
+            ProblemCode::File,
+            ProblemCode::FileDamaged,
         ];
         let names: std::collections::BTreeSet<&str> = codes.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), codes.len());

@@ -96,7 +96,14 @@ fn a_batch_reads_its_own_writes_and_keeps_them_only_once_committed() {
     {
         let batch = store.batch().unwrap();
         store
-            .record_received(&an_entry(1), at(1), sender, &conversation, &inbound, None)
+            .record_received(
+                &an_entry(1),
+                at(1),
+                sender,
+                &conversation,
+                &inbound,
+                Beside::default(),
+            )
             .unwrap();
         assert_eq!(store.inbound(sender, &conversation).unwrap().max_epoch, 5);
         assert_eq!(store.history().unwrap().entries.len(), 1);
@@ -116,7 +123,14 @@ fn a_batch_reads_its_own_writes_and_keeps_them_only_once_committed() {
             sessions: Vec::new(),
         };
         store
-            .record_received(&an_entry(seq), at(seq), sender, &conversation, &next, None)
+            .record_received(
+                &an_entry(seq),
+                at(seq),
+                sender,
+                &conversation,
+                &next,
+                Beside::default(),
+            )
             .unwrap();
     }
     batch.commit().unwrap();
@@ -128,7 +142,14 @@ fn a_batch_reads_its_own_writes_and_keeps_them_only_once_committed() {
     store.vault().fail_commits(true);
     let batch = store.batch().unwrap();
     store
-        .record_received(&an_entry(4), at(4), sender, &conversation, &inbound, None)
+        .record_received(
+            &an_entry(4),
+            at(4),
+            sender,
+            &conversation,
+            &inbound,
+            Beside::default(),
+        )
         .unwrap();
     assert!(batch.commit().is_err());
     store.vault().fail_commits(false);

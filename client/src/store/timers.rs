@@ -11,8 +11,8 @@ use sotto_crypto::{Conversation, Fingerprint};
 use sotto_proto::UserName;
 
 use super::{
-    EXPIRING, HISTORY, OUTBOX, OUTGOING, Position, Store, StoreError, StoredEntry, TIMERS, UNSENT,
-    decode, encode,
+    EXPIRING, FILES, HISTORY, OUTBOX, OUTGOING, Position, Store, StoreError, StoredEntry, TIMERS,
+    UNSENT, decode, encode,
 };
 use crate::session::Chat;
 
@@ -128,6 +128,7 @@ impl Store {
         for record in expired {
             if let Some(history) = &record.history {
                 keys.push((HISTORY, history.clone()));
+                keys.push((FILES, history.clone()));
             }
             if let Some((conversation, seq)) = &record.sent {
                 let key = self.outgoing_key(conversation, *seq).to_vec();

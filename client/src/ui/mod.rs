@@ -40,6 +40,6 @@ mod resolve;
 mod view;
 pub mod words;
 
-pub use resolve::{Context, Local, Resolved, resolve};
+pub use resolve::{Context, Local, Resolved, SeenFile, resolve};
 pub use view::View;
 pub use words::{Place, Said, Tone};

@@ -12,7 +12,7 @@ use sotto_crypto::{Fingerprint, SafetyNumber};
 use sotto_proto::{RoomName, UserKey};
 
 use crate::commands::{self, Line};
-use crate::session::{Chat, Command};
+use crate::session::{Chat, Command, MessageId};
 
 /// What a typed line's meaning depends on, as the front end knows it.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +33,21 @@ pub struct Context {
     /// connecting); the app refuses (it has no conversation to show the
     /// line in).
     pub hold: bool,
+    /// The file messages seen, in the order they came: `/save N` saves
+    /// the `N`th (from 1), `/save` the newest of the current
+    /// conversation.
+    pub files: Vec<SeenFile>,
+}
+
+/// A file message a front end has shown, for `/save`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenFile {
+    /// Its chat.
+    pub chat: Chat,
+    /// Its message.
+    pub id: MessageId,
+    /// Its name made safe to save under (`session::safe_file_name`).
+    pub name: String,
 }
 
 /// What a typed line means.
@@ -85,6 +100,39 @@ pub fn resolve(line: &str, context: &Context) -> Result<Resolved, String> {
             chat: Chat::Direct(to),
             text,
         },
+        Line::SendFile(path) => match &context.current {
+            Some(chat) => Command::SendFile {
+                chat: chat.clone(),
+                path,
+            },
+            None => {
+                return Err("you are in no conversation: /join ROOM or /msg NAME first".to_owned());
+            }
+        },
+        Line::Save { number, to } => {
+            let file = match number {
+                Some(number) => number
+                    .checked_sub(1)
+                    .and_then(|n| context.files.get(n))
+                    .ok_or_else(|| format!("there is no file {number}"))?,
+                None => context
+                    .files
+                    .iter()
+                    .rev()
+                    .find(|f| context.current.as_ref() == Some(&f.chat))
+                    .ok_or_else(|| "no file in this conversation".to_owned())?,
+            };
+            let to = match to {
+                Some(to) if to.is_dir() => to.join(&file.name),
+                Some(to) => to,
+                None => std::path::PathBuf::from(&file.name),
+            };
+            Command::SaveFile {
+                chat: file.chat.clone(),
+                message: file.id,
+                to,
+            }
+        }
         Line::Join(room) => Command::Join(room),
         Line::Room(room) => {
             if !context.rooms.contains(&room) {
@@ -176,6 +224,7 @@ mod tests {
             shown: [(user("bob").key(), number())].into(),
             fingerprint: Some(Fingerprint([7; 32])),
             hold: false,
+            files: Vec::new(),
         }
     }
 
@@ -447,6 +496,65 @@ mod tests {
         assert_eq!(
             resolve("/members", &connecting()),
             refused("you are in no room")
+        );
+    }
+
+    #[test]
+    fn files_are_sent_to_the_current_conversation_and_saved_by_number() {
+        let mut context = in_lobby();
+        assert_eq!(
+            resolve("/send a b.png", &context),
+            Ok(Resolved::Command(Command::SendFile {
+                chat: Chat::Room(room("lobby")),
+                path: "a b.png".into(),
+            }))
+        );
+        let id = |seq| MessageId {
+            sender: Fingerprint([2; 32]),
+            seq,
+        };
+        assert_eq!(
+            resolve("/save", &context),
+            Err("no file in this conversation".to_owned())
+        );
+        context.files = vec![
+            SeenFile {
+                chat: Chat::Room(room("lobby")),
+                id: id(1),
+                name: "one.png".into(),
+            },
+            SeenFile {
+                chat: Chat::Direct(user("bob")),
+                id: id(2),
+                name: "two.pdf".into(),
+            },
+        ];
+        // The newest of this conversation, under its name, here.
+        assert_eq!(
+            resolve("/save", &context),
+            Ok(Resolved::Command(Command::SaveFile {
+                chat: Chat::Room(room("lobby")),
+                message: id(1),
+                to: "one.png".into(),
+            }))
+        );
+        // By number, from any conversation; into a directory under its name.
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            resolve(&format!("/save 2 {}", dir.path().display()), &context),
+            Ok(Resolved::Command(Command::SaveFile {
+                chat: Chat::Direct(user("bob")),
+                message: id(2),
+                to: dir.path().join("two.pdf"),
+            }))
+        );
+        assert_eq!(
+            resolve("/save 3", &context),
+            Err("there is no file 3".to_owned())
+        );
+        assert_eq!(
+            resolve("/save 0", &context),
+            Err("there is no file 0".to_owned())
         );
     }
 }

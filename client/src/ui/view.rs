@@ -11,10 +11,10 @@ use std::time::Duration;
 use sotto_crypto::Fingerprint;
 use sotto_proto::{RoomName, UserKey, UserName};
 
-use super::Context;
 use super::words::{self, Place, Said, Tone};
+use super::{Context, SeenFile};
 use crate::contacts::KeyEvent;
-use crate::session::{Chat, Connection, Member, TrustLevel, Update};
+use crate::session::{Chat, Connection, Member, Message, TrustLevel, Update};
 
 /// A front end's knowledge of its session.
 #[derive(Clone, Debug)]
@@ -177,16 +177,46 @@ impl View {
         }
     }
 
+    /// A file message's number for `/save` (from 1), if it is one.
+    pub fn file_number(&self, message: &Message) -> Option<usize> {
+        message.file.as_ref()?;
+        let id = message.id();
+        self.context
+            .files
+            .iter()
+            .position(|f| f.id == id && f.chat == message.chat)
+            .map(|n| n + 1)
+    }
+
+    fn saw_file(&mut self, message: &Message) {
+        if let Some(file) = &message.file
+            && self.file_number(message).is_none()
+        {
+            self.context.files.push(SeenFile {
+                chat: message.chat.clone(),
+                id: message.id(),
+                name: crate::session::safe_file_name(&file.name),
+            });
+        }
+    }
+
     /// Keeps what `update` says and returns what the user reads for it
     /// (nothing for a message: each front end draws messages its own
     /// way). A front end shows the `Said`s of the updates it has no
     /// better way to show.
     pub fn apply(&mut self, update: &Update) -> Vec<Said> {
         let said = match update {
-            Update::Ready(_) | Update::Message(_) | Update::Delivery { .. } | Update::Queued(_) => {
+            Update::Ready(_) | Update::Delivery { .. } | Update::Queued(_) => {
+                return Vec::new();
+            }
+            Update::Message(message) => {
+                self.saw_file(message);
                 return Vec::new();
             }
             Update::History { messages, .. } => {
+                for message in messages {
+                    self.saw_file(message);
+                }
                 for message in messages.iter().filter(|m| !m.outgoing) {
                     self.trust
                         .entry(message.from.key())
@@ -320,6 +350,7 @@ impl View {
                 let me = by.as_ref().is_some_and(|by| self.is_me(by));
                 words::timer(chat, *seconds, by.as_ref(), me)
             }
+            Update::Transfer(transfer) => return words::transfer(transfer).into_iter().collect(),
             Update::Expired { chat, ids, queued } => {
                 return words::expired(chat, ids.len(), queued.len())
                     .into_iter()

@@ -13,7 +13,10 @@ use sotto_proto::{RoomName, UserName};
 
 use crate::contacts::KeyEvent;
 use crate::safe_text;
-use crate::session::{Chat, Connection, Delivery, PresenceChange, RoomInfo, TrustLevel};
+use crate::session::{
+    Chat, Connection, Delivery, Direction, PresenceChange, RoomInfo, Transfer, TransferState,
+    TrustLevel,
+};
 
 /// How much a notice matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -540,6 +543,40 @@ pub(super) fn expired(chat: &Chat, count: usize, queued: usize) -> Option<Said> 
 /// front end may show them louder.
 pub(super) fn error(message: &str) -> Said {
     Said::new(Tone::Warning, Place::General, safe(&message))
+}
+
+/// A file transfer's start, end or failure (its progress in between is
+/// for front ends to draw: nothing here). The file's name is the
+/// sender's, made safe to show.
+pub(super) fn transfer(transfer: &Transfer) -> Option<Said> {
+    let place = Place::Chat(transfer.chat.clone());
+    let name = safe(&transfer.name);
+    let size = crate::session::human_size(transfer.size);
+    let (tone, text) = match (&transfer.state, transfer.direction) {
+        (TransferState::Running, _) if transfer.done > 0 => return None,
+        (TransferState::Running, Direction::Upload) => {
+            (Tone::Info, format!("sending {name} ({size})"))
+        }
+        (TransferState::Running, Direction::Download) => {
+            (Tone::Info, format!("saving {name} ({size})"))
+        }
+        (TransferState::Done { .. }, Direction::Upload) => (
+            Tone::Info,
+            format!("{name} is on the relay; offered in the chat"),
+        ),
+        (TransferState::Done { path }, Direction::Download) => {
+            let path = path
+                .as_ref()
+                .map(|p| safe(&p.display()))
+                .unwrap_or_default();
+            (
+                Tone::Info,
+                format!("saved {name} ({size}) to {path}; its integrity checked"),
+            )
+        }
+        (TransferState::Failed(problem), _) => (Tone::Warning, safe(&problem.message)),
+    };
+    Some(Said::new(tone, place, text))
 }
 
 pub(super) fn info(text: &impl fmt::Display) -> Said {

@@ -134,14 +134,14 @@ fn wire_layout_matches_known_answers() {
     let vectors: [(Vec<u8>, Vec<u8>); 5] = [
         (
             encode_frame(&ClientFrame::Ping { nonce: 300 }).unwrap(),
-            vec![0, 0, 0, 4, 2, 8, 0xac, 0x02],
+            vec![0, 0, 0, 4, 3, 8, 0xac, 0x02],
         ),
         (
             encode_frame(&ClientFrame::Join {
                 room: RoomName::lobby(),
             })
             .unwrap(),
-            [&[0, 0, 0, 8, 2, 1, 5][..], b"lobby"].concat(),
+            [&[0, 0, 0, 8, 3, 1, 5][..], b"lobby"].concat(),
         ),
         (
             encode_frame(&ClientFrame::Send {
@@ -157,7 +157,7 @@ fn wire_layout_matches_known_answers() {
             })
             .unwrap(),
             [
-                &[0, 0, 0, 18, 2, 6, 1, 1, 3][..],
+                &[0, 0, 0, 18, 3, 6, 1, 1, 3][..],
                 b"bob",
                 &[2, 0xaa, 0xbb, 1, 3],
                 b"bob",
@@ -167,7 +167,7 @@ fn wire_layout_matches_known_answers() {
         ),
         (
             encode_frame(&RelayFrame::Challenge { nonce: [7; 32] }).unwrap(),
-            [&[0, 0, 0, 34, 2, 0][..], &[7; 32]].concat(),
+            [&[0, 0, 0, 34, 3, 0][..], &[7; 32]].concat(),
         ),
         (
             encode_frame(&RelayFrame::Error {
@@ -176,7 +176,7 @@ fn wire_layout_matches_known_answers() {
                 message: "x".into(),
             })
             .unwrap(),
-            vec![0, 0, 0, 7, 2, 10, 1, 5, 4, 1, b'x'],
+            vec![0, 0, 0, 7, 3, 10, 1, 5, 4, 1, b'x'],
         ),
     ];
     for (actual, expected) in vectors {
@@ -216,8 +216,9 @@ fn length_prefix_at_max_reserves_only_that_frame() {
 #[test]
 fn unknown_version_is_refused() {
     let wire = encode_frame(&ClientFrame::Bye).unwrap();
-    // Version 1 (sotto before prekeys) is refused like any other.
-    for version in [0, 1, 3, 0xff] {
+    // Versions 1 (before prekeys) and 2 (before blobs) are refused like
+    // any other.
+    for version in [0, 1, 2, 4, 0xff] {
         let mut bad = wire.clone();
         bad[PREFIX_LEN] = version;
         assert!(matches!(
@@ -306,11 +307,15 @@ fn unknown_variant_is_refused() {
         decode_payload::<RelayFrame>(&[v, past_relay]),
         Err(ProtoError::Malformed)
     ));
-    // The last client variant, PublishPrekey, with an empty prekey.
-    assert!(decode_payload::<ClientFrame>(&[v, past_client - 1, 0]).is_ok());
-    // The last relay variant, PrekeyPublished: a 16-byte id.
+    // The last client variant, BlobStatus: a 16-byte blob id.
+    let mut last = vec![v, past_client - 1];
+    last.extend_from_slice(&[0; 16]);
+    assert!(decode_payload::<ClientFrame>(&last).is_ok());
+    // The last relay variant, BlobRefused: a blob id, an index, a code and
+    // an empty message.
     let mut last = vec![v, past_relay - 1];
     last.extend_from_slice(&[0; 16]);
+    last.extend_from_slice(&[0, 0, 0]);
     assert!(decode_payload::<RelayFrame>(&last).is_ok());
 }
 
@@ -415,7 +420,7 @@ fn errors_read_clearly() {
     );
     assert_eq!(
         ProtoError::UnsupportedVersion(1).to_string(),
-        "unsupported protocol version 1 (this build speaks version 2)"
+        "unsupported protocol version 1 (this build speaks version 3)"
     );
 }
 
@@ -441,6 +446,8 @@ async fn frames_cross_a_duplex_stream_both_ways() {
             .send(&RelayFrame::Registered {
                 name: name.clone(),
                 offline_max_age: 604_800,
+                blob_max_bytes: 104_857_600,
+                blob_max_age: 604_800,
             })
             .await
             .unwrap();
@@ -478,6 +485,8 @@ async fn frames_cross_a_duplex_stream_both_ways() {
         RelayFrame::Registered {
             name: user("alice"),
             offline_max_age: 604_800,
+            blob_max_bytes: 104_857_600,
+            blob_max_age: 604_800,
         }
     );
     let body = Bytes::from(vec![9; 1000]);

@@ -40,7 +40,10 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
 
 /// The current value of `key` and its revision (`None`: absent, or
 /// deleted).
-async fn current(bucket: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
+pub(super) async fn current(
+    bucket: &kv::Store,
+    key: &str,
+) -> Result<Option<(Bytes, u64)>, StoreError> {
     Ok(bucket
         .entry(key)
         .await
@@ -51,7 +54,7 @@ async fn current(bucket: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>, 
 
 /// Writes `value` to `key` if it is still at `revision` (`None`: absent);
 /// `false` if another write came first.
-async fn swap(
+pub(super) async fn swap(
     bucket: &kv::Store,
     key: &str,
     revision: Option<u64>,

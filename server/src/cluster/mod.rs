@@ -12,6 +12,7 @@
 //! | the name directory | KV bucket `sotto_names`: the name's key (hex) -> a `NameRecord` | [`Cluster::claim`]: create-if-absent, so one registration wins cluster-wide | [`Cluster::lookup`], from the stream's leader |
 //! | the names of each key | KV `sotto_keys`: fingerprint (hex) -> the names it owns | [`Cluster::claim`], compare-and-set | [`Cluster::claim`] (`max_names_per_key`) |
 //! | the prekey directory | KV `sotto_prekeys`: fingerprint (hex) -> its newest prekeys | [`Cluster::publish_prekey`], compare-and-set | every relay's registry, by a watch |
+//! | blobs (files' chunks) | KV `sotto_blobs` (`blobs`) | [`Cluster::put_chunk`], the record by compare-and-set | [`Cluster::chunk`], [`Cluster::blob_status`] |
 //!
 //! Only what one relay sees already crosses NATS: names, public
 //! identities, signed prekeys, routing data and ciphertext
@@ -39,6 +40,7 @@ use tracing::{info, warn};
 use crate::config::ClusterConfig;
 use crate::store::{QueueLimits, StoreError};
 
+mod blobs;
 mod directory;
 mod inbox;
 pub(crate) mod mirror;
@@ -136,6 +138,9 @@ pub(crate) struct Cluster {
     members: kv::Store,
     online: kv::Store,
     relays: kv::Store,
+    /// Files' chunks and records (`blobs`), and their limits.
+    blobs: kv::Store,
+    blob_limits: crate::blobs::BlobLimits,
     inbox: stream::Stream,
     /// Names known to be owned (never released, so never stale), for
     /// routing direct messages without a lookup each.
@@ -215,6 +220,7 @@ impl Cluster {
     pub(crate) async fn connect(
         config: &ClusterConfig,
         limits: QueueLimits,
+        blob_limits: crate::blobs::BlobLimits,
     ) -> Result<Self, StoreError> {
         let servers = config
             .servers
@@ -291,6 +297,8 @@ impl Cluster {
             members: set_up(MEMBERS, || bucket(&js, MEMBERS, replicas, None)).await?,
             online: set_up(ONLINE, || bucket(&js, ONLINE, replicas, None)).await?,
             relays: set_up(RELAYS, || bucket(&js, RELAYS, replicas, Some(GONE_AFTER))).await?,
+            blobs: set_up(blobs::BLOBS, || blobs::bucket(&js, replicas, &blob_limits)).await?,
+            blob_limits,
             client,
             js,
             inbox,

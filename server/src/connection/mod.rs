@@ -29,6 +29,7 @@ use crate::state::{Arrival, Peer, Registered, Shared, encode};
 use crate::store::{Write, now_secs};
 use crate::writer::{Backlog, CLOSE_FLUSH, write_counted};
 
+mod blobs;
 mod prekeys;
 mod pump;
 mod pump_cluster;
@@ -405,6 +406,20 @@ impl Connection {
             ClientFrame::PublishPrekey { prekey } if self.me.is_some() => {
                 Box::pin(self.publish_prekey(prekey, routing)).await;
             }
+            ClientFrame::PutChunk {
+                blob,
+                index,
+                chunks,
+                data,
+            } if self.me.is_some() => {
+                Box::pin(self.put_chunk(blob, index, chunks, data, routing)).await;
+            }
+            ClientFrame::GetChunk { blob, index } if self.me.is_some() => {
+                Box::pin(self.get_chunk(blob, index, routing)).await;
+            }
+            ClientFrame::BlobStatus { blob } if self.me.is_some() => {
+                Box::pin(self.blob_status(blob, routing)).await;
+            }
             other => {
                 let Some(me) = &self.me else {
                     self.error(None, ErrorCode::NotRegistered, "register first");
@@ -458,9 +473,12 @@ impl Connection {
             }
             ClientFrame::Ack { delivery } => self.acknowledge(delivery, routing),
             // Answered before registration is checked, or (publishing a
-            // prekey) needing the connection mutably.
+            // prekey, blobs) handled apart.
             ClientFrame::Register { .. }
             | ClientFrame::PublishPrekey { .. }
+            | ClientFrame::PutChunk { .. }
+            | ClientFrame::GetChunk { .. }
+            | ClientFrame::BlobStatus { .. }
             | ClientFrame::Ping { .. }
             | ClientFrame::Pong { .. }
             | ClientFrame::Bye => {}

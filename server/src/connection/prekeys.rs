@@ -43,6 +43,11 @@ impl Publisher {
         }
     }
 
+    /// The registered identity's fingerprint.
+    pub(super) fn fingerprint(&self) -> [u8; 32] {
+        *self.public.fingerprint().as_bytes()
+    }
+
     /// Takes one publication from the allowance at `now`, if there is one.
     fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

@@ -143,6 +143,8 @@ impl Connection {
         self.reply(RelayFrame::Registered {
             name: name.clone(),
             offline_max_age: self.shared.config.offline_max_age.as_secs(),
+            blob_max_bytes: crate::blob_limits(&self.shared.config).max_bytes,
+            blob_max_age: self.shared.config.blob_max_age.as_secs(),
         });
         // The rooms it is a member of, then what is stored for it.
         let rooms: Vec<_> = welcome.rooms.iter().map(|(room, _)| room.clone()).collect();

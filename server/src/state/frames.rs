@@ -83,6 +83,42 @@ impl Peer {
         }
     }
 
+    /// Queues a large frame the client asked for (a blob chunk), waiting
+    /// for room as long as the client keeps reading: a client that leaves
+    /// it unread for `patience` is disconnected as a slow reader. `false`
+    /// if it was not queued.
+    pub(crate) async fn push_waiting(
+        &self,
+        frame: Bytes,
+        patience: std::time::Duration,
+        metrics: &Metrics,
+    ) -> bool {
+        let len = frame.len();
+        let queued = tokio::time::timeout(patience, async {
+            tokio::select! {
+                () = self.kill.cancelled() => false,
+                room = self.backlog.take(len) => {
+                    if !room {
+                        return false;
+                    }
+                    if self.tx.send(Outbound::from(frame)).await.is_err() {
+                        self.backlog.release(len);
+                        return false;
+                    }
+                    true
+                }
+            }
+        })
+        .await;
+        match queued {
+            Ok(queued) => queued,
+            Err(_) => {
+                self.too_slow(metrics);
+                false
+            }
+        }
+    }
+
     fn too_slow(&self, metrics: &Metrics) {
         if !self.kill.is_cancelled() {
             Metrics::inc(&metrics.slow_consumers);

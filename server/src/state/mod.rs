@@ -338,6 +338,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Where every write to the store goes, in batches.
     pub(crate) commit: Committer,
+    /// Where blob chunks go and come from; `None` if this relay keeps no
+    /// blobs.
+    pub(crate) blobs: Option<crate::blobs::Blobs>,
     registry: Arc<Mutex<Registry>>,
     next_conn: AtomicU64,
     /// Connections open (each holds one of `max_connections`), counted
@@ -436,6 +439,7 @@ impl Shared {
         certs: Arc<CertStore>,
         metrics: Arc<Metrics>,
         commit: Committer,
+        blobs: Option<crate::blobs::Blobs>,
         registry: Registry,
     ) -> Self {
         Self {
@@ -444,6 +448,7 @@ impl Shared {
             certs,
             metrics,
             commit,
+            blobs,
             registry: Arc::new(Mutex::new(registry)),
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),

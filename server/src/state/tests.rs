@@ -37,6 +37,7 @@ fn shared(dir: &std::path::Path) -> Shared {
         certs,
         Arc::new(Metrics::default()),
         commit,
+        None,
         Registry::default(),
     )
 }

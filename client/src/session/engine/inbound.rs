@@ -18,7 +18,7 @@ use super::{Engine, Out, now_ms, now_secs};
 use crate::contacts::Trust;
 use crate::session::content::Content;
 use crate::session::{Chat, ProblemCode, Update};
-use crate::store::{Inbound, Snapshot, StoreError, StoredEntry};
+use crate::store::{Beside, Inbound, Snapshot, StoreError, StoredEntry};
 
 /// A delivery kept for later: waiting for a key lookup, a trust decision or
 /// the announcement of its session.
@@ -523,9 +523,10 @@ impl Engine {
         }
         let session_id = header.session_id;
         let roster = opened.roster;
-        let (text, timer) = match content {
-            Content::Text(text) => (text, 0),
-            Content::TimedText { seconds, text } => (text, seconds),
+        let (text, timer, offer) = match content {
+            Content::Text(text) => (text, 0, None),
+            Content::TimedText { seconds, text } => (text, seconds, None),
+            Content::File(offer) => (offer.name.clone(), offer.seconds, Some(offer)),
             content @ (Content::Receipt(_)
             | Content::Heartbeat
             | Content::KeyRequest { .. }
@@ -571,7 +572,10 @@ impl Engine {
                 sender,
                 &conversation,
                 inbound,
-                expiring.as_ref(),
+                Beside {
+                    expiring: expiring.as_ref(),
+                    file: offer.as_ref(),
+                },
             ),
             None => Err(StoreError::Format),
         };
@@ -599,6 +603,10 @@ impl Engine {
             .add(&delivery.from, &conversation, opened.seq);
         let mut message = self.message_of(entry, position);
         message.expires_at_ms = expires_at_ms;
+        if let Some(offer) = offer {
+            message.file = Some(Box::new(crate::session::FileInfo::of(&offer)));
+            self.files.remember(&chat, message.id(), offer);
+        }
         out.update(Update::Message(message));
         Handled::Done
     }
@@ -706,7 +714,10 @@ impl Engine {
                 let by = self.display_name(&delivery.from);
                 self.apply_timer(chat.clone(), *seconds, by, out);
             }
-            Content::Text(_) | Content::TimedText { .. } | Content::Heartbeat => {}
+            Content::Text(_)
+            | Content::TimedText { .. }
+            | Content::File(_)
+            | Content::Heartbeat => {}
         }
         Handled::Done
     }

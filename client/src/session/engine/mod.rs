@@ -55,6 +55,7 @@ use crate::store::{Inbound, Position, RoomSettings, Store, StoreError, StoredEnt
 
 mod batch;
 mod delivery;
+pub(crate) mod files;
 mod inbound;
 mod keys;
 mod limits;
@@ -113,6 +114,11 @@ pub(super) fn now_secs() -> u64 {
 }
 
 /// The kind of a refused trust decision.
+/// The uploads an earlier run left unfinished.
+fn store_uploads(account: &Account) -> Result<Vec<crate::store::UploadRecord>, StoreError> {
+    account.store().uploads()
+}
+
 fn trust_problem(error: &TrustError) -> ProblemCode {
     match error {
         TrustError::Unknown(_) => ProblemCode::NoKeyYet,
@@ -210,6 +216,8 @@ pub(crate) struct Engine {
     handed_prekeys: HashMap<UserKey, (UserName, Vec<Bytes>)>,
     /// When expired receiving sessions were last deleted.
     pruned_at: Option<Instant>,
+    /// Files being sent and saved, and the offers of the history's.
+    files: files::Transfers,
 }
 
 impl std::fmt::Debug for Engine {
@@ -290,6 +298,7 @@ impl Engine {
             next_route: 1,
             quitting: None,
             timers: timers::Timers::default(),
+            files: files::Transfers::load(account.profile().dir(), store_uploads(account)?),
         };
         // What expired while the client was not running goes before
         // anything is read or shown.
@@ -325,11 +334,15 @@ impl Engine {
             .collect();
         let mut chats: BTreeMap<Chat, Vec<Message>> = BTreeMap::new();
         let expiries = engine.timers.by_history_key();
+        let mut offers = history.files;
         for (position, entry) in history.entries {
-            let expires_at_ms = (!expiries.is_empty())
-                .then(|| expiries.get(&engine.store.history_record_key(&entry, position)))
-                .flatten()
+            let history_key = (!expiries.is_empty() || !offers.is_empty())
+                .then(|| engine.store.history_record_key(&entry, position));
+            let expires_at_ms = history_key
+                .as_ref()
+                .and_then(|key| expiries.get(key))
                 .copied();
+            let offer = history_key.as_ref().and_then(|key| offers.remove(key));
             let late = position.rank != Position::IN_ORDER;
             if !late {
                 engine.remember_place(&entry.chat, entry.fingerprint, entry.seq, position.anchor);
@@ -340,6 +353,10 @@ impl Engine {
                 .flatten();
             let mut message = engine.message_of(entry, position);
             message.expires_at_ms = expires_at_ms;
+            if let Some(offer) = offer {
+                message.file = Some(Box::new(super::FileInfo::of(&offer)));
+                engine.files.remember(&message.chat, message.id(), offer);
+            }
             if message.outgoing {
                 // A message sent before delivery states were kept: sent.
                 message.delivery = Some(record.as_ref().map_or_else(
@@ -436,6 +453,7 @@ impl Engine {
             text: entry.text,
             delivery: None,
             expires_at_ms: None,
+            file: None,
         }
     }
 
@@ -491,6 +509,7 @@ impl Engine {
     /// acknowledged will come again.
     pub(crate) fn on_disconnected(&mut self) {
         self.connected = false;
+        self.pause_transfers();
         self.prekeys.on_disconnected();
         self.rooms.clear();
         self.leave_sent.clear();
@@ -527,6 +546,7 @@ impl Engine {
         self.prune_sessions(now, out);
         self.expire(now, out);
         self.prekey_housekeeping(out);
+        self.retry_transfers(now, out);
     }
 
     /// At the first tick and every hour: receiving sessions past their age
@@ -762,6 +782,10 @@ impl Engine {
             | RelayFrame::KeyHandover { .. }
             | RelayFrame::PrekeyPublished { .. }
             | RelayFrame::ShuttingDown => {}
+            frame @ (RelayFrame::ChunkStored { .. }
+            | RelayFrame::Chunk { .. }
+            | RelayFrame::BlobState { .. }
+            | RelayFrame::BlobRefused { .. }) => self.on_blob_frame(frame, out),
         }
     }
 
@@ -770,6 +794,8 @@ impl Engine {
     pub(crate) fn handle_command(&mut self, command: Command, out: &mut Out) -> Flow {
         match command {
             Command::Send { chat, text } => self.send_text(chat, text, out),
+            Command::SendFile { chat, path } => self.send_file(chat, path, out),
+            Command::SaveFile { chat, message, to } => self.save_file(chat, message, to, out),
             Command::Join(room) => self.join_command(room, out),
             Command::Leave(room) => self.leave_command(room, out),
             Command::ListUsers => self.when_connected(ClientFrame::ListUsers, Answers::Users, out),

@@ -15,7 +15,9 @@ use super::{Engine, Out, now_ms};
 use crate::contacts::{Blocked, Trust};
 use crate::session::content::Content;
 use crate::session::{Chat, Delivery, Problem, ProblemCode, Update};
-use crate::store::{OutgoingRecord, Position, StoreError, StoredEntry, UnsentRecord, VaultCounter};
+use crate::store::{
+    Beside, OutgoingRecord, Position, StoreError, StoredEntry, UnsentRecord, VaultCounter,
+};
 
 /// The members a room message leaves out, by reason.
 type LeftOut = BTreeMap<&'static str, Vec<UserName>>;
@@ -186,7 +188,7 @@ impl Engine {
         let verified_only = entry.settings.verified_only;
         let (recipients, left_out) = self.room_recipients(entry.members.values(), verified_only);
         let chat = Chat::Room(room.clone());
-        if content.is_text() {
+        if content.shown().is_some() {
             for (reason, names) in left_out {
                 out.update(Update::NotSentTo {
                     chat: chat.clone(),
@@ -368,7 +370,7 @@ impl Engine {
     ) {
         // A typed text that fails leaves one send unanswered; a receipt,
         // heartbeat or key request none.
-        let typed = usize::from(content.is_text());
+        let typed = usize::from(content.shown().is_some());
         let fail = |out: &mut Out, code: ProblemCode, what: &dyn std::fmt::Display| {
             out.problem(
                 Problem::new(code, format!("{chat}: not sent: {what}")).unsent(chat.clone(), typed),
@@ -416,7 +418,7 @@ impl Engine {
                 })
                 .collect();
             frames.push((to, Bytes::from(sealed.body), slots));
-        } else if content.is_text() {
+        } else if content.shown().is_some() {
             out.update(Update::NotSentTo {
                 chat: chat.clone(),
                 names: Vec::new(),
@@ -443,7 +445,7 @@ impl Engine {
             self.push_send(chat.clone(), message, to, body, slots, out);
         }
         let Some((text, timer)) = content
-            .as_text()
+            .shown()
             .map(|(text, timer)| (text.to_owned(), timer))
         else {
             // A receipt, heartbeat or key request: nothing to show or
@@ -455,6 +457,10 @@ impl Engine {
         if let Some(seq) = sealed_seq {
             self.heartbeat_after(&chat, &conversation, seq);
         }
+        let offer = match content {
+            Content::File(offer) => Some(offer),
+            _ => None,
+        };
         let entry = StoredEntry {
             chat: chat.clone(),
             from: self.name.clone(),
@@ -500,7 +506,10 @@ impl Engine {
             &conversation,
             &record,
             unsent.as_ref(),
-            expiring.as_ref(),
+            Beside {
+                expiring: expiring.as_ref(),
+                file: offer.as_ref(),
+            },
         ) {
             Ok(()) => {
                 if let Some(expiring) = expiring {
@@ -516,6 +525,10 @@ impl Engine {
         let mut message = self.message_of(entry, position);
         message.delivery = Some(Delivery::of(&record));
         message.expires_at_ms = expires_at_ms;
+        if let Some(offer) = offer {
+            message.file = Some(Box::new(crate::session::FileInfo::of(&offer)));
+            self.files.remember(&chat, message.id(), offer);
+        }
         out.update(Update::Message(message));
     }
 

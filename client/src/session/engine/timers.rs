@@ -312,7 +312,9 @@ impl Engine {
         for record in expired {
             let (ids, queued) = by_chat.entry(record.chat.clone()).or_default();
             if let Some((sender, seq)) = record.id {
-                ids.push(MessageId { sender, seq });
+                let id = MessageId { sender, seq };
+                self.files.forget(&record.chat, id);
+                ids.push(id);
             }
             if let Some((conversation, seq)) = &record.sent {
                 self.unsent
