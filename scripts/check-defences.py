@@ -460,6 +460,9 @@ ENTRIES += [
          "a relay's swapped, reordered, cut or replayed chunks fail the download (index in each chunk, the digest of the whole)",
          also=[("            &index.to_be_bytes(),\n            &self.count.to_be_bytes(),", "            &0u32.to_be_bytes(),\n            &self.count.to_be_bytes(),"),
                ("        if self.next != self.chunks.count || self.hasher.finalize() != self.digest {", "        if self.next != self.chunks.count {")]),
+ hostile("s24", "client/src/session/engine/files.rs", "            download.retry_at = Some(Instant::now() + RETRY_AFTER);\n            self.files.stale.entry(blob).or_default().extend(coming);",
+         "            download.retry_at = Some(Instant::now() + RETRY_AFTER);\n            let _ = coming;",
+         "after a chunk the relay failed, the answers still coming for the chunks asked after it are dropped, not taken for the chunks asked again"),
  entry("v2-sessions-pruned", "client/src/store.rs", "                .filter(|s| s.context.is_current(now))", "                .filter(|s| s.context.is_current(now) || true)", "receiving sessions past their age are deleted from the store (their chains would open what was never received)",
        "sotto-client", ["--no-default-features", "--lib"], "record_now_seize_later_opens_nothing_once_the_grace_is_over"),
 

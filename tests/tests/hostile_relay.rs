@@ -1782,3 +1782,76 @@ async fn s23_swapped_reordered_truncated_or_replayed_chunks_are_refused() {
     );
     assert_eq!(std::fs::read(saved.join("genuine")).unwrap(), contents);
 }
+
+// 24. Files again, as a relay that fails now and then: it answers one of
+// alice's chunks `Internal` (though it stored it), and one of the chunks
+// bob fetches `Internal` too. Both clients try again a few seconds later,
+// from what the relay holds and from the chunk that failed: the answers
+// still coming for what was in flight are not taken for new ones, and
+// the file arrives byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s24_chunks_the_relay_fails_once_are_tried_again() {
+    use hostile::Frame;
+    use sotto_client::session::{Direction, TransferState};
+    use sotto_proto::ErrorCode;
+
+    let (w, mut alice, mut bob) = alice_and_bob().await;
+    let failed = |index: u32| {
+        Act::Rewrite(Box::new(move |frame| match frame {
+            Frame::Relay(RelayFrame::ChunkStored { blob, .. } | RelayFrame::Chunk { blob, .. }) => {
+                vec![Frame::Relay(RelayFrame::BlobRefused {
+                    blob,
+                    index,
+                    code: ErrorCode::Internal,
+                    message: "the relay could not store the chunk; try again".into(),
+                })]
+            }
+            other => vec![other],
+        }))
+    };
+    let stored = |index: u32| move |frame: &Frame| matches!(frame, Frame::Relay(RelayFrame::ChunkStored { index: i, .. }) if *i == index);
+    let fetched = |index: u32| move |frame: &Frame| matches!(frame, Frame::Relay(RelayFrame::Chunk { index: i, .. }) if *i == index);
+    w.hostile
+        .rule(Rule::down("alice").when(stored(2)).take(1).then(failed(2)));
+    w.hostile
+        .rule(Rule::down("bob").when(fetched(1)).take(1).then(failed(1)));
+    let contents: Vec<u8> = (0..7 * 65_536 + 9).map(|i| (i % 239) as u8).collect();
+    let dir = w.temp.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("slides.pdf");
+    std::fs::write(&path, &contents).unwrap();
+    alice.command(Command::SendFile {
+        chat: lobby(),
+        path,
+    });
+    let ended = |direction: Direction| {
+        move |u: &Update| {
+            matches!(u, Update::Transfer(t) if t.direction == direction
+                && !matches!(t.state, TransferState::Running))
+        }
+    };
+    let Update::Transfer(sent) = alice.expect(ended(Direction::Upload)).await else {
+        unreachable!()
+    };
+    assert!(matches!(sent.state, TransferState::Done { .. }), "{sent:?}");
+    let offered = bob
+        .expect(|u| matches!(u, Update::Message(m) if m.file.is_some()))
+        .await;
+    let Update::Message(message) = offered else {
+        unreachable!()
+    };
+    let to = w.temp.path().join("slides.pdf");
+    bob.command(Command::SaveFile {
+        chat: message.chat.clone(),
+        message: message.id(),
+        to: to.clone(),
+    });
+    let Update::Transfer(saved) = bob.expect(ended(Direction::Download)).await else {
+        unreachable!()
+    };
+    assert!(
+        matches!(saved.state, TransferState::Done { .. }),
+        "{saved:?}"
+    );
+    assert_eq!(std::fs::read(&to).unwrap(), contents);
+}

@@ -216,8 +216,11 @@ impl Engine {
                 format!("{chat}: {name} not sent: {message}"),
             ));
         };
+        // A member of the room, connected or not (it is offered once the
+        // upload is done, in the room then).
         if let Chat::Room(room) = &chat
             && !self.rooms.contains_key(room)
+            && !self.wanted.contains(room)
         {
             return fail(
                 out,
@@ -435,7 +438,9 @@ impl Engine {
         let Some(upload) = self.files.uploads.get_mut(&blob) else {
             return;
         };
-        if index >= upload.record.manifest.chunks {
+        // Only for a chunk sent on this connection: the relay cannot
+        // answer ahead for what this client did not send.
+        if index >= upload.next.unwrap_or(upload.acked) {
             return;
         }
         upload.acked = upload.acked.max(index + 1);
@@ -451,7 +456,8 @@ impl Engine {
         let Some(upload) = self.files.uploads.get_mut(&blob) else {
             return;
         };
-        if chunks != upload.record.manifest.chunks || stored > chunks {
+        let total = upload.record.manifest.chunks;
+        if chunks != total || stored > chunks {
             // Not the blob this client made: start it again.
             upload.acked = 0;
             upload.next = Some(0);
@@ -459,7 +465,7 @@ impl Engine {
             upload.acked = stored;
             upload.next = Some(stored);
         }
-        if upload.acked == chunks {
+        if upload.acked == total {
             self.offer_uploaded(blob, out);
         } else {
             self.pump_upload(blob, out);
@@ -485,6 +491,12 @@ impl Engine {
                 upload.acked = 0;
                 upload.next = Some(0);
                 return self.pump_upload(blob, out);
+            }
+            if upload.next.is_none() {
+                // Waiting to try again, or for the relay's state: this
+                // answers a chunk sent before (refused behind the one that
+                // failed, out of order now), and is moot.
+                return;
             }
             if retry {
                 upload.next = None;
