@@ -486,10 +486,10 @@ impl<'txn> Tables<'txn> {
             )));
         }
         self.usage
-            .insert(put.owner.as_slice(), usage + charged)
+            .insert(put.owner.as_slice(), usage.saturating_add(charged))
             .map_err(db_err)?;
         self.totals
-            .insert("charged", total + charged)
+            .insert("charged", total.saturating_add(charged))
             .map_err(db_err)?;
         Ok(Ok(BlobMeta {
             owner: put.owner,
