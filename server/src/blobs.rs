@@ -461,15 +461,8 @@ impl<'txn> Tables<'txn> {
     ) -> Result<Result<BlobMeta, Refusal>, StoreError> {
         self.sweep(now)?;
         let charged = u64::from(put.chunks).saturating_mul(BLOB_CHUNK_LEN as u64);
-        let least = u64::from(put.chunks - 1) * BLOB_CHUNK_LEN as u64 + 1;
-        if limits.max_bytes == 0 {
-            return Ok(Err((ErrorCode::TooLarge, "this relay takes no files")));
-        }
-        if least > limits.max_bytes {
-            return Ok(Err((
-                ErrorCode::TooLarge,
-                "the blob is larger than this relay takes",
-            )));
+        if let Err(refusal) = check_size(put.chunks, limits) {
+            return Ok(Err(refusal));
         }
         let usage = self.usage_of(&put.owner)?;
         if usage.saturating_add(charged) > limits.quota_bytes {
@@ -522,6 +515,23 @@ impl<'txn> Tables<'txn> {
         }
         let total = self.charged()?.saturating_sub(meta.charged);
         self.totals.insert("charged", total).map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// Refuses a new blob of `chunks` chunks (at least 1) that the relay does
+/// not take: it takes no files, or the least such a blob holds is above
+/// `max_bytes`.
+pub(crate) fn check_size(chunks: u32, limits: &BlobLimits) -> Result<(), Refusal> {
+    let least = u64::from(chunks.saturating_sub(1)) * BLOB_CHUNK_LEN as u64 + 1;
+    if limits.max_bytes == 0 {
+        Err((ErrorCode::TooLarge, "this relay takes no files"))
+    } else if least > limits.max_bytes {
+        Err((
+            ErrorCode::TooLarge,
+            "the blob is larger than this relay takes",
+        ))
+    } else {
         Ok(())
     }
 }

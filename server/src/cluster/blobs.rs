@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use sotto_proto::{BLOB_CHUNK_LEN, ErrorCode};
 
 use super::directory::{current, swap};
-use super::{Cluster, hex, nats_err};
-use crate::blobs::{BlobLimits, BlobState, Refusal, check_shape};
+use super::{Cluster, bucket_config, hex, nats_err, open_bucket};
+use crate::blobs::{BlobLimits, BlobState, Refusal, check_shape, check_size};
 use crate::store::StoreError;
 
 /// The KV bucket of the blobs.
@@ -51,39 +51,20 @@ fn chunk_key(blob: &[u8; 16], index: u32) -> String {
     format!("{}.c{index}", hex(blob))
 }
 
-/// The bucket, made if missing: one value per key, deleted `max_age`
-/// after it was written, at most `max_total` bytes in all (then writes
-/// are refused), read from the stream's leader.
+/// The bucket, made if missing: a KV bucket like the others (its age
+/// `max_age`), at most `max_total` bytes in all (then writes are
+/// refused), and values as large as a chunk.
 pub(super) async fn bucket(
     js: &jetstream::Context,
     replicas: usize,
     limits: &BlobLimits,
 ) -> Result<kv::Store, StoreError> {
     let config = stream::Config {
-        name: format!("KV_{BLOBS}"),
-        subjects: vec![format!("$KV.{BLOBS}.>")],
-        max_messages_per_subject: 1,
-        max_age: limits.max_age,
         max_bytes: i64::try_from(limits.max_total).unwrap_or(i64::MAX),
         max_message_size: i32::try_from(BLOB_CHUNK_LEN + 1024).unwrap_or(i32::MAX),
-        discard: stream::DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: false,
-        num_replicas: replicas,
-        ..stream::Config::default()
+        ..bucket_config(BLOBS, replicas, Some(limits.max_age))
     };
-    let stream = js
-        .get_or_create_stream(config)
-        .await
-        .map_err(|e| StoreError::Cluster(format!("the bucket {BLOBS}: {e}")))?;
-    stream
-        .get_info()
-        .await
-        .map_err(|e| StoreError::Cluster(format!("the bucket {BLOBS} has no leader yet: {e}")))?;
-    js.get_key_value(BLOBS)
-        .await
-        .map_err(|e| StoreError::Cluster(format!("the bucket {BLOBS}: {e}")))
+    open_bucket(js, BLOBS, config).await
 }
 
 /// A write the bucket refused for its size.
@@ -131,15 +112,8 @@ impl Cluster {
                         "chunks are stored in order, from 0",
                     )));
                 }
-                let least = u64::from(chunks - 1) * BLOB_CHUNK_LEN as u64 + 1;
-                if limits.max_bytes == 0 {
-                    return Ok(Err((ErrorCode::TooLarge, "this relay takes no files")));
-                }
-                if least > limits.max_bytes {
-                    return Ok(Err((
-                        ErrorCode::TooLarge,
-                        "the blob is larger than this relay takes",
-                    )));
+                if let Err(refusal) = check_size(chunks, limits) {
+                    return Ok(Err(refusal));
                 }
                 let meta = BlobMeta {
                     owner,

@@ -478,7 +478,13 @@ async fn bucket(
     replicas: usize,
     max_age: Option<Duration>,
 ) -> Result<kv::Store, StoreError> {
-    let config = stream::Config {
+    open_bucket(js, name, bucket_config(name, replicas, max_age)).await
+}
+
+/// The stream of the KV bucket `name`, as NATS's own clients make it:
+/// see [`bucket`].
+fn bucket_config(name: &str, replicas: usize, max_age: Option<Duration>) -> stream::Config {
+    stream::Config {
         name: format!("KV_{name}"),
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
@@ -489,7 +495,16 @@ async fn bucket(
         allow_direct: false,
         num_replicas: replicas,
         ..stream::Config::default()
-    };
+    }
+}
+
+/// Makes (or finds) the KV bucket `name` on the stream `config`, once its
+/// leader answers.
+async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    config: stream::Config,
+) -> Result<kv::Store, StoreError> {
     let stream = js
         .get_or_create_stream(config)
         .await
