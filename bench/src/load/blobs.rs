@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sotto_proto::codec::fast::split_frame;
+use sotto_proto::codec::fast::{put_varint, split_frame, varint_len};
 use sotto_proto::codec::{PREFIX_LEN, PROTOCOL_VERSION};
 use sotto_proto::frame::index;
 use sotto_proto::{BLOB_CHUNK_LEN, ClientFrame, encode_frame};
@@ -69,21 +69,11 @@ fn put_chunk(out: &mut BytesMut, blob: &[u8; 16], index: u32, chunks: u32, data:
     };
     empty.pop();
     let header = empty.get(PREFIX_LEN..).unwrap_or_default();
-    let mut len = Vec::with_capacity(3);
-    let mut n = data.len();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            len.push(byte);
-            break;
-        }
-        len.push(byte | 0x80);
-    }
-    let payload = header.len() + len.len() + data.len();
+    let len = data.len() as u64;
+    let payload = header.len() + varint_len(len) + data.len();
     out.put_u32(u32::try_from(payload).unwrap_or(u32::MAX));
     out.put_slice(header);
-    out.put_slice(&len);
+    put_varint(out, len);
     out.put_slice(data);
 }
 

@@ -355,10 +355,7 @@ impl Engine {
         let downloads: Vec<BlobId> = self.files.downloads.keys().copied().collect();
         for blob in downloads {
             if let Some(download) = self.files.downloads.get_mut(&blob) {
-                download.next = download
-                    .opener
-                    .next_index()
-                    .unwrap_or(download.manifest.chunks);
+                download.next = download.opened();
                 download.retry_at = None;
             }
             self.pump_download(blob, out);
@@ -400,10 +397,7 @@ impl Engine {
         for blob in due {
             if let Some(download) = self.files.downloads.get_mut(&blob) {
                 download.retry_at = None;
-                download.next = download
-                    .opener
-                    .next_index()
-                    .unwrap_or(download.manifest.chunks);
+                download.next = download.opened();
             }
             self.pump_download(blob, out);
         }
@@ -626,12 +620,9 @@ impl Engine {
         let Some(download) = self.files.downloads.get_mut(&blob) else {
             return;
         };
-        let done = download
-            .opener
-            .next_index()
-            .unwrap_or(download.manifest.chunks);
+        let opened = download.opened();
         while download.next < download.manifest.chunks
-            && download.next < done.saturating_add(DOWNLOAD_WINDOW)
+            && download.next < opened.saturating_add(DOWNLOAD_WINDOW)
         {
             out.frames.push(ClientFrame::GetChunk {
                 blob: blob.0,
@@ -690,8 +681,7 @@ impl Engine {
     /// Ends an upload: its record and staging file are deleted.
     fn end_upload(&mut self, blob: BlobId, state: TransferState, out: &mut Out) {
         if let Some(upload) = self.files.uploads.get(&blob) {
-            let done = bytes_of(upload.acked, upload.record.manifest.size);
-            let transfer = upload_transfer(upload, done, state);
+            let transfer = upload.transfer(state);
             let _ = std::fs::remove_file(&upload.record.staged);
             if let Err(e) = self.store.remove_upload(&blob) {
                 out.error(
@@ -709,25 +699,17 @@ impl Engine {
         let Some(download) = self.files.downloads.remove(&blob) else {
             return;
         };
+        // Every chunk is open: done is its whole size.
+        let mut transfer = download.transfer(blob, TransferState::Running);
         let Download {
             chat,
             name,
-            manifest,
             opener,
             target,
             pending,
             ..
         } = download;
-        let transfer = |state| Transfer {
-            blob,
-            chat: chat.clone(),
-            name: name.clone(),
-            direction: Direction::Download,
-            done: manifest.size,
-            size: manifest.size,
-            state,
-        };
-        let state = if opener.finish().is_err() {
+        transfer.state = if opener.finish().is_err() {
             // The pending file is dropped: nothing of it stays.
             TransferState::Failed(Box::new(Problem::new(
                 ProblemCode::FileDamaged,
@@ -750,7 +732,7 @@ impl Engine {
                 ))),
             }
         };
-        out.update(Update::Transfer(Box::new(transfer(state))));
+        out.update(Update::Transfer(Box::new(transfer)));
     }
 
     /// Ends a download that failed on the relay's answer for chunk
@@ -764,34 +746,18 @@ impl Engine {
         out: &mut Out,
     ) {
         if let Some(download) = self.files.downloads.remove(&blob) {
-            let opened = download
-                .opener
-                .next_index()
-                .unwrap_or(download.manifest.chunks);
             if self.connected {
-                let coming = (opened..download.next).filter(|i| Some(*i) != answered);
+                let coming = (download.opened()..download.next).filter(|i| Some(*i) != answered);
                 self.files.stale.entry(blob).or_default().extend(coming);
             }
-            let done = bytes_of(opened, download.manifest.size);
-            out.update(Update::Transfer(Box::new(Transfer {
-                blob,
-                chat: download.chat,
-                name: download.name,
-                direction: Direction::Download,
-                done,
-                size: download.manifest.size,
-                state,
-            })));
+            out.update(Update::Transfer(Box::new(download.transfer(blob, state))));
         }
     }
 
     fn tell_upload(&mut self, blob: BlobId, state: TransferState, out: &mut Out) {
         if let Some(upload) = self.files.uploads.get_mut(&blob) {
             upload.told_at = Some(Instant::now());
-            let done = bytes_of(upload.acked, upload.record.manifest.size);
-            out.update(Update::Transfer(Box::new(upload_transfer(
-                upload, done, state,
-            ))));
+            out.update(Update::Transfer(Box::new(upload.transfer(state))));
         }
     }
 
@@ -809,22 +775,7 @@ impl Engine {
     fn tell_download(&mut self, blob: BlobId, state: TransferState, out: &mut Out) {
         if let Some(download) = self.files.downloads.get_mut(&blob) {
             download.told_at = Some(Instant::now());
-            let done = bytes_of(
-                download
-                    .opener
-                    .next_index()
-                    .unwrap_or(download.manifest.chunks),
-                download.manifest.size,
-            );
-            out.update(Update::Transfer(Box::new(Transfer {
-                blob,
-                chat: download.chat.clone(),
-                name: download.name.clone(),
-                direction: Direction::Download,
-                done,
-                size: download.manifest.size,
-                state,
-            })));
+            out.update(Update::Transfer(Box::new(download.transfer(blob, state))));
         }
     }
 
@@ -931,15 +882,39 @@ fn read_staged(upload: &mut Upload, index: u32) -> std::io::Result<Bytes> {
     Ok(Bytes::from(data))
 }
 
-fn upload_transfer(upload: &Upload, done: u64, state: TransferState) -> Transfer {
-    Transfer {
-        blob: upload.record.manifest.blob,
-        chat: upload.record.chat.clone(),
-        name: upload.record.name.clone(),
-        direction: Direction::Upload,
-        done,
-        size: upload.record.manifest.size,
-        state,
+impl Upload {
+    /// Where it is, as a transfer: the bytes of the chunks the relay holds.
+    fn transfer(&self, state: TransferState) -> Transfer {
+        let manifest = &self.record.manifest;
+        Transfer {
+            blob: manifest.blob,
+            chat: self.record.chat.clone(),
+            name: self.record.name.clone(),
+            direction: Direction::Upload,
+            done: bytes_of(self.acked, manifest.size),
+            size: manifest.size,
+            state,
+        }
+    }
+}
+
+impl Download {
+    /// How many chunks are open: the next one to open, or every one.
+    fn opened(&self) -> u32 {
+        self.opener.next_index().unwrap_or(self.manifest.chunks)
+    }
+
+    /// Where it is, as a transfer: the bytes of the chunks open.
+    fn transfer(&self, blob: BlobId, state: TransferState) -> Transfer {
+        Transfer {
+            blob,
+            chat: self.chat.clone(),
+            name: self.name.clone(),
+            direction: Direction::Download,
+            done: bytes_of(self.opened(), self.manifest.size),
+            size: self.manifest.size,
+            state,
+        }
     }
 }
 
