@@ -27,7 +27,8 @@ use sotto_client::account::Account;
 use sotto_client::contacts::Blocked;
 use sotto_client::profile::Profile;
 use sotto_client::session::{
-    self, Chat, Command, Config, Connection, Controller, PresenceChange, Update,
+    self, Chat, Command, Config, Connection, Controller, Direction, PresenceChange, Transfer,
+    TransferState, Update,
 };
 use sotto_crypto::Identity;
 use sotto_proto::{RelayAddress, RoomName, UserName};
@@ -527,6 +528,48 @@ impl Peer {
             unreachable!()
         };
         message
+    }
+
+    /// Waits for a message in `chat` offering a file; of `name` if given.
+    pub async fn expect_file(&mut self, chat: &Chat, name: Option<&str>) -> session::Message {
+        let update = self
+            .expect(|u| {
+                matches!(u, Update::Message(m) if m.chat == *chat
+                    && m.file.as_ref().is_some_and(|f| name.is_none_or(|name| f.name == name)))
+            })
+            .await;
+        let Update::Message(message) = update else {
+            unreachable!()
+        };
+        message
+    }
+
+    /// Waits for the end (done or failed) of a transfer that way; of the
+    /// file `name` if given.
+    pub async fn transfer_ended(&mut self, name: Option<&str>, direction: Direction) -> Transfer {
+        let update = self
+            .expect(|u| {
+                matches!(u, Update::Transfer(t) if name.is_none_or(|name| t.name == name)
+                    && t.direction == direction
+                    && !matches!(t.state, TransferState::Running))
+            })
+            .await;
+        let Update::Transfer(transfer) = update else {
+            unreachable!()
+        };
+        *transfer
+    }
+
+    /// Saves the file of `message` at `to`; the transfer's end.
+    pub async fn save_file(&mut self, message: &session::Message, to: &Path) -> Transfer {
+        let name = message.file.as_ref().map(|f| f.name.clone());
+        self.command(Command::SaveFile {
+            chat: message.chat.clone(),
+            message: message.id(),
+            to: to.to_path_buf(),
+        });
+        self.transfer_ended(name.as_deref(), Direction::Download)
+            .await
     }
 
     /// Sends `direct` to `name` and `in_room` to the lobby, and checks that

@@ -396,7 +396,7 @@ async fn users_on_different_relays_chat_in_rooms_and_directly() {
 /// are in JetStream, not in the relay alone), byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_sent_through_one_relay_is_saved_through_another() {
-    use sotto_client::session::{Command, Direction, TransferState};
+    use sotto_client::session::{Command, TransferState};
     let bed = Bed::start(2);
     let mut alice = bed.join("alice", 0).await;
     let mut bob = bed.join("bob", 1).await;
@@ -409,26 +409,11 @@ async fn a_file_sent_through_one_relay_is_saved_through_another() {
         chat: lobby(),
         path,
     });
-    let offered = bob
-        .expect(|u| matches!(u, Update::Message(m) if m.file.is_some()))
-        .await;
-    let Update::Message(message) = offered else {
-        panic!("{offered:?}")
-    };
+    let message = bob.expect_file(&lobby(), Some("plan.pdf")).await;
     let to = bed.temp.path().join("bob-plan.pdf");
-    bob.command(Command::SaveFile {
-        chat: lobby(),
-        message: message.id(),
-        to: to.clone(),
-    });
-    let saved = bob
-        .expect(|u| {
-            matches!(u, Update::Transfer(t) if t.direction == Direction::Download
-                && !matches!(t.state, TransferState::Running))
-        })
-        .await;
+    let saved = bob.save_file(&message, &to).await;
     assert!(
-        matches!(&saved, Update::Transfer(t) if matches!(t.state, TransferState::Done { .. })),
+        matches!(saved.state, TransferState::Done { .. }),
         "{saved:?}"
     );
     assert_eq!(std::fs::read(&to).unwrap(), contents);

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use sotto_client::backoff::Backoff;
 use sotto_client::session::{
-    BlobId, Chat, Command, DeliveryState, Direction, Message, ProblemCode, Transfer, TransferState,
-    Update,
+    BlobId, Chat, Command, DeliveryState, Direction, ProblemCode, Transfer, TransferState, Update,
 };
 use sotto_proto::ErrorCode;
 use sotto_testkit::*;
@@ -42,45 +41,6 @@ fn file_in(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
-}
-
-/// Waits for the end of `peer`'s transfer of `name` that way.
-async fn ended(peer: &mut Peer, name: &str, direction: Direction) -> Transfer {
-    let update = peer
-        .expect(|u| {
-            matches!(u, Update::Transfer(t) if t.name == name && t.direction == direction
-                && !matches!(t.state, TransferState::Running))
-        })
-        .await;
-    let Update::Transfer(transfer) = update else {
-        unreachable!()
-    };
-    *transfer
-}
-
-/// Waits for the file message of `name` in `chat`.
-async fn file_message(peer: &mut Peer, chat: &Chat, name: &str) -> Message {
-    let update = peer
-        .expect(|u| {
-            matches!(u, Update::Message(m) if m.chat == *chat
-                && m.file.as_ref().is_some_and(|f| f.name == name))
-        })
-        .await;
-    let Update::Message(message) = update else {
-        unreachable!()
-    };
-    message
-}
-
-/// `peer` saves the file of `message` at `to`; the transfer's end.
-async fn save(peer: &mut Peer, message: &Message, to: &Path) -> Transfer {
-    let name = message.file.as_ref().unwrap().name.clone();
-    peer.command(Command::SaveFile {
-        chat: message.chat.clone(),
-        message: message.id(),
-        to: to.to_path_buf(),
-    });
-    ended(peer, &name, Direction::Download).await
 }
 
 /// What is in `dir` (names), sorted: no temporary file may be left.
@@ -119,24 +79,24 @@ async fn files_sent_to_a_room_and_to_a_person_are_saved_byte_for_byte() {
             chat: chat.clone(),
             path,
         });
-        let sent = ended(&mut alice, name, Direction::Upload).await;
+        let sent = alice.transfer_ended(Some(name), Direction::Upload).await;
         assert!(is_done(&sent), "{sent:?}");
         assert_eq!(
             (sent.done, sent.size),
             (bytes.len() as u64, bytes.len() as u64)
         );
-        let own = file_message(&mut alice, chat, name).await;
+        let own = alice.expect_file(chat, Some(name)).await;
         assert!(own.outgoing);
         let seen_by_bob = match chat {
             Chat::Room(_) => lobby(),
             Chat::Direct(_) => dm("alice"),
         };
-        let message = file_message(&mut bob, &seen_by_bob, name).await;
+        let message = bob.expect_file(&seen_by_bob, Some(name)).await;
         let file = message.file.clone().unwrap();
         assert_eq!(file.size, bytes.len() as u64);
         assert_eq!(message.text, *name);
         let to = saved.join(name);
-        let got = save(&mut bob, &message, &to).await;
+        let got = bob.save_file(&message, &to).await;
         assert_eq!(
             got.state,
             TransferState::Done {
@@ -146,7 +106,7 @@ async fn files_sent_to_a_room_and_to_a_person_are_saved_byte_for_byte() {
         assert_eq!(std::fs::read(&to).unwrap(), *bytes, "{name}");
         // The same file again, to where it now is: refused, not
         // overwritten.
-        let again = save(&mut bob, &message, &to).await;
+        let again = bob.save_file(&message, &to).await;
         assert!(
             matches!(&again.state, TransferState::Failed(p) if p.code == ProblemCode::File),
             "{again:?}"
@@ -184,7 +144,7 @@ async fn files_sent_to_a_room_and_to_a_person_are_saved_byte_for_byte() {
         .unwrap()
         .clone();
     let to = saved.join("photo again.png");
-    assert!(is_done(&save(&mut bob, &photo, &to).await));
+    assert!(is_done(&bob.save_file(&photo, &to).await));
     assert_eq!(std::fs::read(&to).unwrap(), cases[0].2);
 }
 
@@ -225,7 +185,7 @@ async fn a_file_the_relay_will_not_take_is_refused_with_its_reason() {
             chat: lobby(),
             path,
         });
-        let transfer = ended(&mut alice, name, Direction::Upload).await;
+        let transfer = alice.transfer_ended(Some(name), Direction::Upload).await;
         if expect_done {
             assert!(is_done(&transfer), "{transfer:?}");
         } else {
@@ -288,7 +248,9 @@ async fn transfers_cut_off_go_on_where_they_stopped() {
         .await;
         up.reset();
     }
-    let sent = ended(&mut alice, "big.bin", Direction::Upload).await;
+    let sent = alice
+        .transfer_ended(Some("big.bin"), Direction::Upload)
+        .await;
     assert!(is_done(&sent), "{sent:?}");
     assert_eq!(up.stats().reset, 2);
     // Each cut may cost what was in flight (one window of 8 chunks) and a
@@ -296,7 +258,7 @@ async fn transfers_cut_off_go_on_where_they_stopped() {
     let sent_bytes = up.stats().to_upstream - before;
     let bound = size as u64 + 2 * (8 * 65_552 + 16_384);
     assert!(sent_bytes < bound, "{sent_bytes} bytes sent for {size}");
-    let message = file_message(&mut bob, &lobby(), "big.bin").await;
+    let message = bob.expect_file(&lobby(), Some("big.bin")).await;
     let to = bed.temp.path().join("bob-big.bin");
     let before = down.stats().to_client;
     bob.command(Command::SaveFile {
@@ -307,7 +269,9 @@ async fn transfers_cut_off_go_on_where_they_stopped() {
     down.wait_until(|s| s.to_client >= before + size as u64 / 2)
         .await;
     down.reset();
-    let got = ended(&mut bob, "big.bin", Direction::Download).await;
+    let got = bob
+        .transfer_ended(Some("big.bin"), Direction::Download)
+        .await;
     assert!(is_done(&got), "{got:?}");
     assert_eq!(std::fs::read(&to).unwrap(), bytes);
 }
@@ -344,11 +308,13 @@ async fn an_upload_goes_on_after_its_client_restarts() {
     assert_eq!(uploads.len(), 1, "the upload is kept for the next run");
     let blob: BlobId = uploads[0].manifest.blob;
     let mut alice = Peer::connect(account, &bed.relay.address).await;
-    let sent = ended(&mut alice, "half.bin", Direction::Upload).await;
+    let sent = alice
+        .transfer_ended(Some("half.bin"), Direction::Upload)
+        .await;
     assert!(is_done(&sent), "{sent:?}");
     assert_eq!(sent.blob, blob);
-    let message = file_message(&mut bob, &lobby(), "half.bin").await;
+    let message = bob.expect_file(&lobby(), Some("half.bin")).await;
     let to = bed.temp.path().join("bob-half.bin");
-    assert!(is_done(&save(&mut bob, &message, &to).await));
+    assert!(is_done(&bob.save_file(&message, &to).await));
     assert_eq!(std::fs::read(&to).unwrap(), bytes);
 }

@@ -1640,7 +1640,7 @@ async fn s22_a_substituted_or_replayed_prekey_is_refused_and_blamed_on_the_relay
 async fn s23_swapped_reordered_truncated_or_replayed_chunks_are_refused() {
     use bytes::Bytes;
     use hostile::Frame;
-    use sotto_client::session::{Direction, TransferState};
+    use sotto_client::session::TransferState;
     use std::sync::Mutex;
 
     let (w, alice, mut bob) = alice_and_bob().await;
@@ -1654,12 +1654,7 @@ async fn s23_swapped_reordered_truncated_or_replayed_chunks_are_refused() {
         chat: lobby(),
         path,
     });
-    let offered = bob
-        .expect(|u| matches!(u, Update::Message(m) if m.file.is_some()))
-        .await;
-    let Update::Message(message) = offered else {
-        unreachable!()
-    };
+    let message = bob.expect_file(&lobby(), None).await;
     let chunk = |index: u32| move |frame: &Frame| matches!(frame, Frame::Relay(RelayFrame::Chunk { index: i, .. }) if *i == index);
     let either = |a: u32, b: u32| move |frame: &Frame| matches!(frame, Frame::Relay(RelayFrame::Chunk { index: i, .. }) if *i == a || *i == b);
     // Chunk 1's bytes and chunk 2's, each answered with the other's.
@@ -1738,22 +1733,10 @@ async fn s23_swapped_reordered_truncated_or_replayed_chunks_are_refused() {
     ];
     let saved = w.temp.path().join("saved");
     std::fs::create_dir_all(&saved).unwrap();
-    let save = |to: std::path::PathBuf| Command::SaveFile {
-        chat: message.chat.clone(),
-        message: message.id(),
-        to,
-    };
-    let ended = |u: &Update| {
-        matches!(u, Update::Transfer(t) if t.direction == Direction::Download
-            && !matches!(t.state, TransferState::Running))
-    };
     let mut failures = Vec::new();
     for (attack, rule) in attacks {
         w.hostile.rule(rule);
-        bob.command(save(saved.join(attack)));
-        let Update::Transfer(transfer) = bob.expect(ended).await else {
-            unreachable!()
-        };
+        let transfer = bob.save_file(&message, &saved.join(attack)).await;
         w.hostile.clear();
         let TransferState::Failed(problem) = transfer.state else {
             panic!("{attack}: {transfer:?}");
@@ -1772,10 +1755,7 @@ async fn s23_swapped_reordered_truncated_or_replayed_chunks_are_refused() {
     failures.dedup();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].contains("integrity check"), "{failures:?}");
-    bob.command(save(saved.join("genuine")));
-    let Update::Transfer(transfer) = bob.expect(ended).await else {
-        unreachable!()
-    };
+    let transfer = bob.save_file(&message, &saved.join("genuine")).await;
     assert!(
         matches!(transfer.state, TransferState::Done { .. }),
         "{transfer:?}"
@@ -1824,31 +1804,11 @@ async fn s24_chunks_the_relay_fails_once_are_tried_again() {
         chat: lobby(),
         path,
     });
-    let ended = |direction: Direction| {
-        move |u: &Update| {
-            matches!(u, Update::Transfer(t) if t.direction == direction
-                && !matches!(t.state, TransferState::Running))
-        }
-    };
-    let Update::Transfer(sent) = alice.expect(ended(Direction::Upload)).await else {
-        unreachable!()
-    };
+    let sent = alice.transfer_ended(None, Direction::Upload).await;
     assert!(matches!(sent.state, TransferState::Done { .. }), "{sent:?}");
-    let offered = bob
-        .expect(|u| matches!(u, Update::Message(m) if m.file.is_some()))
-        .await;
-    let Update::Message(message) = offered else {
-        unreachable!()
-    };
+    let message = bob.expect_file(&lobby(), None).await;
     let to = w.temp.path().join("slides.pdf");
-    bob.command(Command::SaveFile {
-        chat: message.chat.clone(),
-        message: message.id(),
-        to: to.clone(),
-    });
-    let Update::Transfer(saved) = bob.expect(ended(Direction::Download)).await else {
-        unreachable!()
-    };
+    let saved = bob.save_file(&message, &to).await;
     assert!(
         matches!(saved.state, TransferState::Done { .. }),
         "{saved:?}"
