@@ -3,7 +3,7 @@
 # under Xvfb, a real relay on 127.0.0.1 and sotto-cli peers, driven with
 # xdotool the way a person would (typing, Tab, Enter, clicks).
 #
-# Needs (Debian): apt-get install -y xvfb xdotool x11-apps imagemagick fonts-dejavu-core
+# Needs (Debian): apt-get install -y xvfb xdotool x11-apps imagemagick xclip fonts-dejavu-core
 # Usage: scripts/screenshots.sh
 #
 # Clicks use positions in the 1100x720 window; if a layout change moves a
@@ -62,6 +62,10 @@ start_relay relay 17501
 start_peer bob bob "$(address relay)"
 start_peer carol carol "$(address relay)"
 
+# Saved files go to a folder of the run's own (the settings' downloads).
+mkdir -m 700 "$work/alice"
+printf '{"downloads": "%s"}\n' "$work/downloads" >"$work/alice/settings.json"
+
 # Onboarding: name, passphrase twice (Tab between fields).
 "$bin/sotto" --data-dir "$work/alice" >"$work/alice.log" 2>&1 &
 window=$(xdotool search --sync --name '^sotto$' | head -1)
@@ -98,6 +102,29 @@ xdotool key Escape
 type_line "/verify bob yes"
 say bob "done: I verified you too"
 shot chat
+
+# Files: bob sends a picture (previewed in the window), alice saves it with
+# /save, pastes one, then opens the attach row and types the path of a file
+# to send.
+convert -size 420x260 gradient:'#2f6f9f-#f4c542' "$work/harbour.png"
+printf 'minutes of the meeting\n' >"$work/minutes.txt"
+say bob "/send $work/harbour.png"
+sleep 2
+type_line "/save"
+# Alice pastes a picture copied to the clipboard (xclip owns it): Ctrl+V in
+# the composer sends it as a file.
+convert -size 300x120 gradient:'#7a3b69-#e8a87c' "$work/sunset.png"
+xclip -selection clipboard -t image/png -i "$work/sunset.png"
+xdotool key ctrl+v
+for _ in $(seq 50); do
+    grep -q 'pasted-.*\.png' "$work/bob.out" && break
+    sleep 0.2
+done
+grep -q 'pasted-.*\.png' "$work/bob.out" || { echo "bob got no pasted image" >&2; exit 1; }
+click 268 690 # Attach, left of the composer
+xdotool type --delay 2 "$work/minutes.txt"
+shot files 1.5
+click 845 626 # Cancel, right of the attach row
 
 # Settings: dark theme.
 click 48 694 # Settings, bottom of the sidebar

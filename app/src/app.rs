@@ -210,6 +210,7 @@ impl App {
                         let mut chat =
                             Chat::connecting(account.clone(), relay.clone(), generation, known);
                         chat.set_focused(self.focused);
+                        chat.set_downloads(self.settings.downloads_dir());
                         self.screen = Screen::Chat(Box::new(chat));
                         Task::batch([
                             chat::start(account, relay, generation).map(Message::Chat),
@@ -260,6 +261,19 @@ impl App {
                 }
                 settings::Message::Notifications(on) => {
                     self.settings.notifications = on;
+                    self.save_settings()
+                }
+                settings::Message::ChooseDownloads => {
+                    settings::choose_downloads(self.settings.downloads_dir()).map(Message::Settings)
+                }
+                settings::Message::Downloads(chosen) => {
+                    let Some(dir) = chosen else {
+                        return Task::none();
+                    };
+                    self.settings.downloads = Some(dir.clone());
+                    if let Screen::Chat(chat) = &mut self.screen {
+                        chat.set_downloads(dir);
+                    }
                     self.save_settings()
                 }
                 settings::Message::Saved(result) => {
@@ -346,12 +360,17 @@ impl App {
         self.settings.theme.theme()
     }
 
-    /// Window focus and close events, Tab, Shift-Tab and Escape; ticks for
-    /// countdowns and progress.
+    /// Window focus and close events, files dropped, Tab, Shift-Tab and
+    /// Escape; ticks for countdowns and progress.
     pub fn subscription(&self) -> Subscription<Message> {
         let window = event::listen_with(|event, _status, _window| match event {
             iced::Event::Window(window::Event::Focused) => Some(Message::Focus(true)),
             iced::Event::Window(window::Event::Unfocused) => Some(Message::Focus(false)),
+            // A file dropped on the window is sent to the conversation on
+            // screen (one event per file).
+            iced::Event::Window(window::Event::FileDropped(path)) => {
+                Some(Message::Chat(chat::Message::Dropped(path)))
+            }
             _ => None,
         });
         let close = window::close_requests().map(|_| Message::CloseRequested);

@@ -1,4 +1,5 @@
-//! The app's settings: theme and desktop notifications, kept in
+//! The app's settings: theme, desktop notifications and where saved files
+//! go, kept in
 //! `settings.json` in the data directory (nothing secret is in it).
 
 use std::path::{Path, PathBuf};
@@ -25,10 +26,7 @@ pub enum ThemeChoice {
 impl ThemeChoice {
     /// The iced theme.
     pub fn theme(self) -> Theme {
-        match self {
-            ThemeChoice::Light => Theme::Light,
-            ThemeChoice::Dark => Theme::Dark,
-        }
+        crate::style::theme(self == ThemeChoice::Dark)
     }
 }
 
@@ -41,6 +39,9 @@ pub struct Settings {
     /// Show a desktop notification for messages that arrive while the
     /// window is not focused.
     pub notifications: bool,
+    /// Where saved files go; `None`: the desktop's downloads folder
+    /// ([`Settings::downloads_dir`]).
+    pub downloads: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -48,11 +49,22 @@ impl Default for Settings {
         Self {
             theme: ThemeChoice::Light,
             notifications: true,
+            downloads: None,
         }
     }
 }
 
 impl Settings {
+    /// Where saved files go: the folder chosen, else the desktop's
+    /// downloads folder (`XDG_DOWNLOAD_DIR`), else `~/Downloads`.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.downloads
+            .clone()
+            .or_else(dirs::download_dir)
+            .or_else(|| dirs::home_dir().map(|home| home.join("Downloads")))
+            .unwrap_or_else(|| PathBuf::from("Downloads"))
+    }
+
     /// Reads the settings in `dir`; defaults when there are none (or they
     /// cannot be read: settings are never worth refusing to start for).
     pub fn load(dir: &Path) -> Self {
@@ -105,10 +117,29 @@ pub enum Message {
     Theme(ThemeChoice),
     /// Notifications on or off.
     Notifications(bool),
+    /// Choose the downloads folder (the desktop's folder chooser).
+    ChooseDownloads,
+    /// The folder chooser closed: the folder chosen, if any.
+    Downloads(Option<PathBuf>),
     /// The settings were written (or not).
     Saved(Result<(), String>),
     /// Close the settings.
     Close,
+}
+
+/// The desktop's folder chooser, for the downloads folder.
+pub fn choose_downloads(current: PathBuf) -> Task<Message> {
+    Task::perform(
+        async move {
+            rfd::AsyncFileDialog::new()
+                .set_title("Save files in")
+                .set_directory(current)
+                .pick_folder()
+                .await
+                .map(|handle| handle.path().to_path_buf())
+        },
+        Message::Downloads,
+    )
 }
 
 /// The settings screen.
@@ -142,6 +173,26 @@ pub fn view<'a>(settings: &Settings, error: Option<&'a str>) -> Element<'a, Mess
             .style(text::secondary),
     ]
     .spacing(8);
+    let files = column![
+        text("Files").size(18),
+        row![
+            text(format!(
+                "Saved files go to {}",
+                sotto_client::safe_text::multiline(&settings.downloads_dir().display().to_string())
+            ))
+            .wrapping(text::Wrapping::WordOrGlyph)
+            .width(Fill),
+            button(text("Change…").size(13))
+                .style(button::secondary)
+                .on_press(Message::ChooseDownloads),
+        ]
+        .spacing(8)
+        .align_y(iced::Alignment::Center),
+        text("A file is saved only when you ask; images up to 8 MiB are previewed without being kept.")
+            .size(13)
+            .style(text::secondary),
+    ]
+    .spacing(8);
     let mut content = column![
         row![
             text("Settings").size(26),
@@ -149,7 +200,8 @@ pub fn view<'a>(settings: &Settings, error: Option<&'a str>) -> Element<'a, Mess
             button("Done").on_press(Message::Close)
         ],
         theme,
-        notifications
+        notifications,
+        files
     ]
     .spacing(24)
     .max_width(560);
@@ -172,6 +224,7 @@ mod tests {
         let chosen = Settings {
             theme: ThemeChoice::Dark,
             notifications: false,
+            downloads: Some(dir.path().join("saved")),
         };
         let json = serde_json::to_vec(&chosen).unwrap();
         std::fs::write(dir.path().join(SETTINGS_FILE), json).unwrap();
@@ -186,6 +239,7 @@ mod tests {
             let settings = Settings {
                 theme: ThemeChoice::Dark,
                 notifications: i % 2 == 0,
+                downloads: None,
             };
             tasks.push(settings.save(dir.path().to_path_buf()));
         }

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use sotto_crypto::Fingerprint;
+use sotto_crypto::file::BlobId;
 
 use sotto_client::session::{Delivery, Message, MessageId, TrustLevel};
 
@@ -174,6 +175,22 @@ impl Timeline {
             self.sent.remove(id);
         }
         before - self.entries.len()
+    }
+
+    /// Every message, oldest first.
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        self.entries.iter().filter_map(|(_, entry)| match entry {
+            Entry::Message(message) => Some(&**message),
+            Entry::Notice(_) => None,
+        })
+    }
+
+    /// The files of the messages `ids` (to forget with them).
+    pub fn files_of(&self, ids: &[MessageId]) -> Vec<BlobId> {
+        self.messages()
+            .filter(|m| ids.contains(&m.id()))
+            .filter_map(|m| m.file.as_ref().map(|f| f.blob))
+            .collect()
     }
 
     /// The text of the newest entry, if it is a notice.

@@ -946,7 +946,11 @@ async fn settings_change_the_theme_and_notifications_and_are_kept() {
     gui.click("Settings");
     assert_eq!(gui.app.screen_name(), "settings");
     gui.click("Dark");
-    assert_eq!(gui.app.theme(), iced::Theme::Dark);
+    assert_eq!(gui.app.theme(), ThemeChoice::Dark.theme());
+    assert_eq!(
+        gui.app.theme().palette().background,
+        iced::Theme::Dark.palette().background
+    );
     gui.click("Notify me of new messages while sotto is in the background");
     assert!(!gui.app.settings().notifications);
     gui.until("the settings file", |_| {
@@ -1199,6 +1203,28 @@ async fn a_message_to_nobody_shows_as_not_sent_with_why() {
     );
 }
 
+/// What `ui` draws in `theme` (tiny-skia, as in the real window): its
+/// width, height and RGBA pixels, by way of a PNG in `dir`.
+fn pixels<M>(mut ui: Simulator<'_, M>, theme: &iced::Theme, dir: &Path) -> (usize, usize, Vec<u8>) {
+    let snapshot = ui.snapshot(theme).unwrap();
+    // iced_test writes the frame as a PNG where none is yet (its name
+    // carries the renderer's): the one file of a new directory.
+    std::fs::create_dir(dir).unwrap();
+    assert!(snapshot.matches_image(dir.join("frame.png")).unwrap());
+    let file = std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(file).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut rgba).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgba);
+    (info.width as usize, info.height as usize, rgba)
+}
+
 /// The verification screen drawn to pixels (tiny-skia, as in the real
 /// window) in both themes: a real QR decoder reads the safety-number
 /// payload back from it.
@@ -1235,27 +1261,14 @@ async fn the_qr_code_is_dark_on_light_and_decodes_in_both_themes() {
         number,
         TrustLevel::Unverified,
     );
-    for (theme, name) in [(iced::Theme::Light, "light"), (iced::Theme::Dark, "dark")] {
+    use sotto_app::settings::ThemeChoice;
+    for (theme, name) in [
+        (ThemeChoice::Light.theme(), "light"),
+        (ThemeChoice::Dark.theme(), "dark"),
+    ] {
         let bob_name = "bob".parse().unwrap();
-        let mut ui = simulator(verify::view(Some(&shown), &bob_name, &alice));
-        let snapshot = ui.snapshot(&theme).unwrap();
-        // iced_test writes the frame as a PNG where none is yet.
-        let dir = temp.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(snapshot.matches_image(dir.join("verify.png")).unwrap());
-        let file = std::fs::read_dir(&dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let decoder =
-            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(file).unwrap()));
-        let mut reader = decoder.read_info().unwrap();
-        let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut rgba).unwrap();
-        assert_eq!(info.color_type, png::ColorType::Rgba);
-        let (width, height) = (info.width as usize, info.height as usize);
+        let ui = simulator(verify::view(Some(&shown), &bob_name, &alice));
+        let (width, height, rgba) = pixels(ui, &theme, &temp.path().join(name));
         let grey: Vec<u8> = rgba
             .chunks_exact(4)
             .map(|p| {
@@ -1625,7 +1638,7 @@ async fn a_message_to_bob_shows_pending_then_sent_then_delivered() {
     let texts = gui.texts();
     assert_eq!(
         line_under(&texts, text).as_deref(),
-        Some("Send"),
+        Some("Attach"),
         "nothing under it: {texts:#?}"
     );
     gui.click("✓");
@@ -2146,4 +2159,390 @@ async fn narrow_windows_fold_the_side_panes_and_long_names_end_in_an_ellipsis() 
     assert!(has(&gui.texts_at(600.0), "Direct messages"));
     gui.update(Message::Escape);
     assert!(!has(&gui.texts_at(600.0), "Direct messages"));
+}
+
+/// A PNG of `width` by `height` in one colour, at `path`.
+fn png_file(path: &Path, width: u32, height: u32, colour: [u8; 3]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        let row: Vec<u8> = (0..width).flat_map(|_| colour).collect();
+        let data: Vec<u8> = (0..height).flat_map(|_| row.iter().copied()).collect();
+        writer.write_image_data(&data).unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The blob of the file message named `name` in the conversation on
+/// screen.
+fn blob_of(gui: &Gui, name: &str) -> Option<sotto_client::session::BlobId> {
+    gui.app
+        .chat()?
+        .messages()
+        .into_iter()
+        .find_map(|m| m.file.as_ref().filter(|f| f.name == name).map(|f| f.blob))
+}
+
+/// Whether the image `name` of the conversation on screen is previewed.
+fn previewed(gui: &Gui, name: &str) -> bool {
+    blob_of(gui, name).is_some_and(|blob| {
+        matches!(
+            gui.app.chat().unwrap().preview(&blob),
+            Some(sotto_app::chat::Preview::Ready { .. })
+        )
+    })
+}
+
+/// Files as a user handles them: attached from the attach row (its path
+/// typed, as the file chooser would fill it in), dropped on the window,
+/// received from a peer; images previewed (drawn in the window, nothing
+/// of them left on disk), saved into the downloads folder with a click,
+/// never over a file already there; a file that cannot be read said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_attached_dropped_previewed_and_saved() {
+    use sotto_app::chat::Message as ChatMessage;
+    use sotto_client::session::TransferState;
+
+    let temp = tempfile::tempdir().unwrap();
+    let relay = relay(&temp.path().join("relay")).await;
+    let alice_dir = temp.path().join("alice");
+    let downloads = temp.path().join("downloads");
+    std::fs::create_dir_all(&alice_dir).unwrap();
+    assert!(!downloads.exists());
+    std::fs::write(
+        alice_dir.join(sotto_app::settings::SETTINGS_FILE),
+        serde_json::json!({ "downloads": downloads }).to_string(),
+    )
+    .unwrap();
+    let mut gui = unlocked(&alice_dir, "alice").await;
+    connect(&mut gui, &relay, "alice").await;
+    let mut bob = Peer::join(temp.path(), "bob", &relay).await;
+    gui.until_shows("bob joined #lobby").await;
+
+    // Bob sends a magenta image: alice's window previews it.
+    let files = temp.path().join("files");
+    let photo = files.join("photo.png");
+    png_file(&photo, 300, 200, [255, 0, 255]);
+    bob.command(Command::SendFile {
+        chat: lobby(),
+        path: photo.clone(),
+    });
+    gui.until_shows("photo.png").await;
+    gui.until("the preview", |gui| previewed(gui, "photo.png"))
+        .await;
+    let (width, height, rgba) = pixels(
+        gui.ui(None),
+        &sotto_app::settings::ThemeChoice::Light.theme(),
+        &temp.path().join("frame"),
+    );
+    let magenta = rgba
+        .chunks_exact(4)
+        .filter(|p| p[0] > 250 && p[1] < 5 && p[2] > 250)
+        .count();
+    assert!(
+        magenta > 300 * 200 * 9 / 10,
+        "{magenta} magenta pixels of {width}x{height}"
+    );
+    // Nothing of the preview is kept on disk.
+    let previews = alice_dir.join(sotto_app::chat::PREVIEWS_DIR);
+    assert_eq!(std::fs::read_dir(&previews).unwrap().count(), 0);
+
+    // The composer's /save: a relative path is in the downloads folder
+    // (made if missing).
+    gui.type_into(chat_ids::COMPOSER, "/save 1 typed.png");
+    gui.enter(chat_ids::COMPOSER);
+    gui.until("the typed save", |_| downloads.join("typed.png").exists())
+        .await;
+    gui.until_shows(&format!(
+        "Saved to {}",
+        downloads.join("typed.png").display()
+    ))
+    .await;
+    assert_eq!(
+        std::fs::read(downloads.join("typed.png")).unwrap(),
+        std::fs::read(&photo).unwrap()
+    );
+
+    // Save: into the downloads folder, byte for byte; again: beside it.
+    gui.click("Save");
+    let saved = downloads.join("photo.png");
+    gui.until_shows(&format!("Saved to {}", saved.display()))
+        .await;
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        std::fs::read(&photo).unwrap()
+    );
+    gui.click("Save");
+    gui.until_shows("photo (1).png").await;
+    assert_eq!(
+        std::fs::read(downloads.join("photo (1).png")).unwrap(),
+        std::fs::read(&photo).unwrap()
+    );
+
+    // Attach: the row, a path, Send file; bob saves it byte for byte.
+    let plan = files.join("plan.pdf");
+    let contents: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&plan, &contents).unwrap();
+    assert!(!gui.has(chat_ids::ATTACH));
+    gui.click("Attach");
+    assert!(gui.has(chat_ids::ATTACH));
+    gui.type_into(chat_ids::ATTACH, &plan.display().to_string());
+    gui.click("Send file");
+    assert!(!gui.has(chat_ids::ATTACH), "the row closes once sent");
+    let offer = bob.expect_file(&lobby(), Some("plan.pdf")).await;
+    let got = bob
+        .save_file(&offer, &temp.path().join("bob-plan.pdf"))
+        .await;
+    assert!(matches!(got.state, TransferState::Done { .. }), "{got:?}");
+    assert_eq!(
+        std::fs::read(temp.path().join("bob-plan.pdf")).unwrap(),
+        contents
+    );
+    gui.until("alice's own file in her timeline", |gui| {
+        blob_of(gui, "plan.pdf").is_some()
+    })
+    .await;
+
+    // Dropped on the window: sent to the conversation on screen.
+    let notes = files.join("notes.txt");
+    std::fs::write(&notes, b"dropped, not typed").unwrap();
+    gui.update(Message::Chat(ChatMessage::Dropped(notes)));
+    let offer = bob.expect_file(&lobby(), Some("notes.txt")).await;
+    let got = bob
+        .save_file(&offer, &temp.path().join("bob-notes.txt"))
+        .await;
+    assert!(matches!(got.state, TransferState::Done { .. }), "{got:?}");
+    assert_eq!(
+        std::fs::read(temp.path().join("bob-notes.txt")).unwrap(),
+        b"dropped, not typed"
+    );
+
+    // A file that is not there: said, nothing sent.
+    gui.click("Attach");
+    gui.type_into(
+        chat_ids::ATTACH,
+        &files.join("missing.png").display().to_string(),
+    );
+    gui.click("Send file");
+    gui.until_shows("missing.png not sent").await;
+}
+
+/// Each transfer as the window draws it, from the session's updates: an
+/// upload's progress bar and percentage, its failure with why and a
+/// Dismiss; a save's progress under its message, then where it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_saves_show_their_progress_and_how_they_ended() {
+    use sotto_app::chat::Message as ChatMessage;
+    use sotto_client::session::{
+        self, BlobId, Chat as Conversation, Direction, FileInfo, Transfer, TransferState,
+    };
+    use sotto_crypto::Fingerprint;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    let lobby = Conversation::Room("lobby".parse().unwrap());
+    chat.update(ChatMessage::Select(lobby.clone()));
+    let transfer = |blob: u8, name: &str, direction, done, state| {
+        Update::Transfer(Box::new(Transfer {
+            blob: BlobId([blob; 16]),
+            chat: lobby.clone(),
+            name: name.to_owned(),
+            direction,
+            done,
+            size: 4 << 20,
+            state,
+        }))
+    };
+    feed(
+        &mut chat,
+        transfer(1, "talk.mp4", Direction::Upload, 0, TransferState::Running),
+    );
+    let texts = texts_of(chat.view());
+    assert!(texts.contains(&"talk.mp4".to_owned()), "{texts:#?}");
+    assert!(
+        texts.contains(&"Sending… 0 % of 4.0 MiB".to_owned()),
+        "{texts:#?}"
+    );
+    feed(
+        &mut chat,
+        transfer(
+            1,
+            "talk.mp4",
+            Direction::Upload,
+            1_887_437,
+            TransferState::Running,
+        ),
+    );
+    let texts = texts_of(chat.view());
+    assert!(
+        texts.contains(&"Sending… 45 % of 4.0 MiB".to_owned()),
+        "{texts:#?}"
+    );
+    let refused = Problem::new(
+        ProblemCode::Relay(sotto_proto::ErrorCode::TooLarge),
+        "the relay keeps files of at most 1.0 MiB".to_owned(),
+    );
+    feed(
+        &mut chat,
+        transfer(
+            1,
+            "talk.mp4",
+            Direction::Upload,
+            1_887_437,
+            TransferState::Failed(Box::new(refused)),
+        ),
+    );
+    let texts = texts_of(chat.view());
+    assert!(
+        texts.contains(&"Not sent: the relay keeps files of at most 1.0 MiB".to_owned()),
+        "{texts:#?}"
+    );
+    chat.update(ChatMessage::Dismiss(BlobId([1; 16])));
+    assert!(!texts_of(chat.view()).contains(&"talk.mp4".to_owned()));
+
+    // An offered file (no image: no preview is fetched), saved.
+    let offered = session::Message {
+        chat: lobby.clone(),
+        from: "bob".parse().unwrap(),
+        fingerprint: Fingerprint([2; 32]),
+        trust: TrustLevel::Unverified,
+        outgoing: false,
+        seq: 1,
+        sent_at_ms: 0,
+        received_at_ms: 0,
+        late: false,
+        position: (1, 1 << 31),
+        text: "report.pdf".to_owned(),
+        delivery: None,
+        expires_at_ms: None,
+        file: Some(Box::new(FileInfo {
+            name: "report.pdf".to_owned(),
+            media_type: "application/pdf".to_owned(),
+            size: 4 << 20,
+            blob: BlobId([2; 16]),
+        })),
+    };
+    feed(&mut chat, Update::Message(offered));
+    let texts = texts_of(chat.view());
+    assert!(texts.contains(&"report.pdf".to_owned()), "{texts:#?}");
+    assert!(texts.contains(&"4.0 MiB".to_owned()), "{texts:#?}");
+    assert!(texts.contains(&"Save".to_owned()), "{texts:#?}");
+    feed(
+        &mut chat,
+        transfer(
+            2,
+            "report.pdf",
+            Direction::Download,
+            3 << 20,
+            TransferState::Running,
+        ),
+    );
+    let texts = texts_of(chat.view());
+    assert!(
+        texts.contains(&"Saving… 75 % of 4.0 MiB".to_owned()),
+        "{texts:#?}"
+    );
+    assert!(!texts.contains(&"Save".to_owned()), "no Save while saving");
+    let to = temp.path().join("report.pdf");
+    feed(
+        &mut chat,
+        transfer(
+            2,
+            "report.pdf",
+            Direction::Download,
+            4 << 20,
+            TransferState::Done {
+                path: Some(to.clone()),
+            },
+        ),
+    );
+    let texts = texts_of(chat.view());
+    assert!(
+        texts.contains(&format!("Saved to {}", to.display())),
+        "{texts:#?}"
+    );
+}
+
+/// The timeline dates each day above its first entry ("Yesterday",
+/// "Today"), and one sender's messages a few minutes apart share one
+/// header: the name shows once per run, a new run after a gap, another
+/// sender or a new day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_are_dated_and_a_run_of_one_senders_messages_has_one_header() {
+    use sotto_client::session::Update;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut chat = offline_chat(temp.path()).await;
+    // Noon today, local time: half an hour earlier is today still.
+    let now = jiff::Zoned::now()
+        .date()
+        .at(12, 0, 0, 0)
+        .to_zoned(jiff::tz::TimeZone::system())
+        .unwrap();
+    let now = u64::try_from(now.timestamp().as_millisecond()).unwrap();
+    let day = 24 * 3600 * 1000;
+    let minute = 60 * 1000;
+    // Yesterday at noon, then today: two runs of bob's (a gap of ten
+    // minutes between them), one of carol's, bob again.
+    let at = |update: Update, ms: u64, place: u64| match update {
+        Update::Message(message) => Update::Message(sotto_client::session::Message {
+            sent_at_ms: ms,
+            received_at_ms: ms,
+            position: (place, 1 << 31),
+            ..message
+        }),
+        other => other,
+    };
+    let bob = [2; 32];
+    let carol = [3; 32];
+    let said = [
+        (lobby_message("bob", bob, 1, "yesterday's"), now - day),
+        (lobby_message("bob", bob, 2, "first"), now - 30 * minute),
+        (lobby_message("bob", bob, 3, "second"), now - 29 * minute),
+        (
+            lobby_message("bob", bob, 4, "after a while"),
+            now - 19 * minute,
+        ),
+        (
+            lobby_message("carol", carol, 1, "carol's"),
+            now - 18 * minute,
+        ),
+        (lobby_message("bob", bob, 5, "bob again"), now - 17 * minute),
+    ];
+    for (place, (update, ms)) in (1..).zip(said) {
+        feed(&mut chat, at(update, ms, place));
+    }
+    // What the timeline shows, less the times and badges.
+    let texts = texts_of(chat.view());
+    let from = texts
+        .iter()
+        .position(|t| t == "Yesterday")
+        .unwrap_or_else(|| panic!("not dated: {texts:#?}"));
+    let to = texts.iter().position(|t| t == "Attach").unwrap();
+    let shown: Vec<&str> = texts[from..to]
+        .iter()
+        .map(String::as_str)
+        .filter(|t| *t != "unverified" && !(t.len() == 5 && t.as_bytes()[2] == b':'))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "Yesterday",
+            "bob",
+            "yesterday's",
+            "Today",
+            "bob",
+            "first",
+            "second",
+            "bob",
+            "after a while",
+            "carol",
+            "carol's",
+            "bob",
+            "bob again",
+        ]
+    );
 }

@@ -9,6 +9,7 @@ use sotto_client::commands;
 use sotto_client::session::{Chat as Conversation, Command};
 use sotto_client::ui::{self, Local, Resolved};
 
+use super::files::typed_path;
 use super::{Action, Chat, Message};
 
 impl Chat {
@@ -59,6 +60,24 @@ impl Chat {
                 };
                 self.send(chat, text);
             }
+            // No shell between the composer and the path: `~/` is
+            // expanded here; a relative path to save at is in the
+            // downloads folder, not wherever the app was started.
+            Command::SendFile { chat, path } => {
+                self.command(Command::SendFile {
+                    chat,
+                    path: typed_path(&path.to_string_lossy()),
+                });
+            }
+            Command::SaveFile { chat, message, to } => {
+                let to = typed_path(&to.to_string_lossy());
+                let to = if to.is_relative() {
+                    self.downloads().join(to)
+                } else {
+                    to
+                };
+                self.save_at(chat, message, to);
+            }
             Command::Join(room) => self.join(room),
             Command::SafetyNumber(user) => self.verify_screen(user),
             Command::Quit => {
@@ -93,9 +112,10 @@ impl Chat {
     }
 }
 
-/// The composer's keys: Enter sends, Shift+Enter breaks the line, the
-/// window's shortcuts ([`shortcut`]) are the window's, the rest as in any
-/// text editor (pasted text keeps its lines).
+/// The composer's keys: Enter sends, Shift+Enter breaks the line, Ctrl+V
+/// pastes text or sends a pasted image, the window's shortcuts
+/// ([`shortcut`]) are the window's, the rest as in any text editor (pasted
+/// text keeps its lines).
 pub(super) fn composer_keys(press: text_editor::KeyPress) -> Option<text_editor::Binding<Message>> {
     if let Some(message) = shortcut(&press.key, press.modifiers) {
         return Some(text_editor::Binding::Custom(message));
@@ -104,7 +124,18 @@ pub(super) fn composer_keys(press: text_editor::KeyPress) -> Option<text_editor:
         press.key.as_ref(),
         keyboard::Key::Named(keyboard::key::Named::Enter)
     );
-    if enter && matches!(press.status, text_editor::Status::Focused { .. }) {
+    let focused = matches!(press.status, text_editor::Status::Focused { .. });
+    // Ctrl+V: text pasted as usual, and an image in the clipboard sent.
+    if focused
+        && press.modifiers.command()
+        && matches!(press.key.as_ref(), keyboard::Key::Character("v"))
+    {
+        return Some(text_editor::Binding::Sequence(vec![
+            text_editor::Binding::Paste,
+            text_editor::Binding::Custom(Message::Paste),
+        ]));
+    }
+    if enter && focused {
         return Some(if press.modifiers.shift() {
             text_editor::Binding::Enter
         } else {

@@ -3,11 +3,13 @@
 //! screen, and the banners of a verified contact's changed key.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use iced::Task;
 use iced::widget::{scrollable, text_editor};
 use sotto_crypto::Fingerprint;
+use sotto_crypto::file::BlobId;
 use sotto_proto::{RelayAddress, RoomName, UserKey, UserName};
 
 use crate::timeline::{Timeline, Tone};
@@ -23,9 +25,14 @@ use sotto_client::ui::{self};
 mod composer;
 pub use composer::shortcut;
 mod delivery;
+mod files;
+pub use files::{
+    PASTED_DIR, PREVIEW_EDGE, PREVIEW_MAX_BYTES, PREVIEWS_DIR, Preview, Thumbnail, save_path,
+};
 mod updates;
 mod view;
 
+use files::Files;
 use updates::PresenceRun;
 use view::to_newest;
 
@@ -39,6 +46,8 @@ pub mod ids {
     pub const JOIN: &str = "chat-join";
     /// The conversation finder (Ctrl+K).
     pub const FINDER: &str = "chat-finder";
+    /// The attach row's path field.
+    pub const ATTACH: &str = "chat-attach";
 }
 
 /// What the chat window does.
@@ -105,6 +114,32 @@ pub enum Message {
     Tick,
     /// While waiting to reconnect, try the relay again now.
     RetryNow,
+    /// Open (or close) the attach row.
+    Attach,
+    /// The attach row's path field changed.
+    AttachField(String),
+    /// Open the desktop's file chooser.
+    AttachBrowse,
+    /// The file chooser closed: the file chosen, if any.
+    AttachPicked(Option<PathBuf>),
+    /// Send the file in the attach row to the conversation on screen.
+    AttachSend,
+    /// A file was dropped on the window: send it to the conversation on
+    /// screen.
+    Dropped(PathBuf),
+    /// Save the file of a message (its conversation, id, blob and name)
+    /// into the downloads folder.
+    Save(Conversation, MessageId, BlobId, String),
+    /// Ctrl+V in the composer: an image the clipboard holds (and no
+    /// text) is sent.
+    Paste,
+    /// A pasted image, written to be sent (`None`: the clipboard held
+    /// none).
+    Pasted(Option<Result<PathBuf, String>>),
+    /// A preview was decoded (or could not be).
+    Previewed(BlobId, Option<Thumbnail>),
+    /// Stop showing a failed upload.
+    Dismiss(BlobId),
     /// Leave this relay.
     Disconnect,
     /// Open the settings.
@@ -221,6 +256,8 @@ pub struct Chat {
     /// Per room, the presence changes of one kind shown as one notice
     /// while nothing else comes between them.
     presence: HashMap<RoomName, PresenceRun>,
+    /// Files: transfers, previews, the attach row, the downloads folder.
+    files: Files,
 }
 
 fn now_ms() -> u64 {
@@ -253,7 +290,8 @@ impl Chat {
             Some(account.identity().fingerprint()),
             false,
         );
-        Self {
+        let files = Files::new(account.profile().dir());
+        let chat = Self {
             view,
             account,
             relay,
@@ -280,7 +318,10 @@ impl Chat {
             page: 400.0,
             focused: true,
             presence: HashMap::new(),
-        }
+            files,
+        };
+        chat.clear_previews();
+        chat
     }
 
     /// Whether a countdown is on screen (the app ticks every second).
@@ -315,6 +356,14 @@ impl Chat {
     /// This user's name, as the relay registered it once connected.
     fn me(&self) -> &UserName {
         self.view.me().unwrap_or(self.account.name())
+    }
+
+    /// The messages of the conversation on screen, oldest first.
+    pub fn messages(&self) -> Vec<&session::Message> {
+        self.selected()
+            .and_then(|chat| self.threads.get(&chat))
+            .map(|thread| thread.timeline.messages().collect())
+            .unwrap_or_default()
     }
 
     /// What the composer holds.
@@ -662,6 +711,31 @@ impl Chat {
             }
             Message::RetryNow => {
                 self.command(Command::Reconnect);
+            }
+            Message::Attach => {
+                self.files.attach = match self.files.attach {
+                    Some(_) => None,
+                    None => Some(String::new()),
+                };
+                if self.files.attach.is_some() {
+                    return Action::Run(iced::widget::operation::focus(ids::ATTACH));
+                }
+            }
+            Message::AttachField(text) => self.files.attach = Some(text),
+            Message::AttachBrowse => return Action::Run(Chat::browse()),
+            Message::AttachPicked(picked) => {
+                if let Some(path) = picked {
+                    self.files.attach = Some(path.display().to_string());
+                }
+            }
+            Message::AttachSend => self.send_attached(),
+            Message::Dropped(path) => self.send_file(path),
+            Message::Save(chat, id, blob, name) => self.save(chat, id, blob, name),
+            Message::Previewed(blob, thumbnail) => self.previewed(blob, thumbnail),
+            Message::Paste => return Action::Run(self.paste()),
+            Message::Pasted(written) => self.pasted(written),
+            Message::Dismiss(blob) => {
+                self.files.transfers.remove(&blob);
             }
             Message::Disconnect => {
                 self.quit();

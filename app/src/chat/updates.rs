@@ -116,6 +116,7 @@ impl Chat {
                 if let Some(last) = messages.iter().map(|m| m.position).max() {
                     self.last_position = self.last_position.max(last);
                 }
+                self.fetch_history_previews(&messages);
                 self.thread(&chat).timeline.extend_messages(messages);
                 self.open_if_none(&chat);
             }
@@ -192,6 +193,7 @@ impl Chat {
                 let from = message.from.clone();
                 self.introduce(&from, &chat);
                 self.last_position = self.last_position.max(message.position);
+                self.fetch_previews(std::iter::once(&message));
                 let outgoing = message.outgoing;
                 let seen = self.focused && self.is_current(&chat);
                 let thread = self.thread(&chat);
@@ -256,6 +258,10 @@ impl Chat {
                 ref ids,
                 ref queued,
             } => {
+                if let Some(thread) = self.threads.get(chat) {
+                    let blobs = thread.timeline.files_of(ids);
+                    self.forget_files(&blobs);
+                }
                 if let Some(thread) = self.threads.get_mut(chat) {
                     thread.timeline.remove_messages(ids);
                     for queued in queued {
@@ -280,14 +286,15 @@ impl Chat {
             | Update::Users(_)
             | Update::Rooms(_)
             | Update::VerifiedOnly { .. }
-            | Update::Transfer(_)
             | Update::RelayKeyMoved(_) => self.show(said),
+            // Shown on the file's card or the upload's line, not as notices.
+            Update::Transfer(transfer) => return self.transfer(*transfer),
         }
         Action::None
     }
 
     /// Puts each notice where it belongs.
-    fn show(&mut self, said: Vec<Said>) {
+    pub(super) fn show(&mut self, said: Vec<Said>) {
         for said in said {
             match said.place {
                 Place::Chat(chat) => self.notice(&chat, said.tone, said.text),

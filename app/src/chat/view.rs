@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use iced::widget::{
-    Column, Row, button, checkbox, column, container, pick_list, responsive, row, scrollable,
+    Column, Row, button, checkbox, column, container, pick_list, responsive, row, rule, scrollable,
     space, text, text_editor, text_input,
 };
 use iced::{Alignment, Element, Fill, Task};
 use sotto_proto::RoomName;
 
-use crate::style::{BOLD, MONO, badge, clock, count, ellipsis};
+use crate::style::{BOLD, MONO, badge, clock, count, day_label, day_of, ellipsis, today};
 use crate::timeline::{Entry, Tone};
 use crate::verify::{self};
 use sotto_client::safe_text::multiline as visible;
@@ -345,12 +345,28 @@ impl Chat {
                         .style(text::secondary),
                 );
             }
+            // A date above each day's first entry; one header per run of
+            // messages from one sender.
+            let today = today();
+            let mut dated = None;
+            let mut previous = None;
             for entry in thread.timeline.visible() {
-                lines = lines.push(self.entry(entry));
+                let day = day_of(entry_ms(entry));
+                if day.is_some() && day > dated {
+                    dated = day;
+                    if let Some(day) = day {
+                        lines = lines.push(date_separator(day_label(day, today)));
+                    }
+                }
+                lines = lines.push(self.entry(entry, continues(previous, entry)));
+                previous = Some(entry);
             }
             // What was written here and not reported sent yet comes after
             // everything the session has reported.
             if thread.timeline.is_following() {
+                for upload in self.uploads(&thread.chat) {
+                    lines = lines.push(upload);
+                }
                 for pending in &thread.pending {
                     lines = lines.push(self.pending(pending));
                 }
@@ -381,8 +397,15 @@ impl Chat {
             return container(body).padding(12).width(Fill).height(Fill).into();
         }
         let can_send = self.view.context.current.is_some() && self.controller.is_some();
+        if let Some(attach) = self.attach_row() {
+            body = body.push(attach);
+        }
         body = body.push(
             row![
+                button(text("Attach"))
+                    .padding([10, 12])
+                    .style(button::secondary)
+                    .on_press(Message::Attach),
                 text_editor(&self.composer)
                     .id(ids::COMPOSER)
                     .placeholder("Write a message, or /help (Shift+Enter: new line)")
@@ -402,16 +425,19 @@ impl Chat {
         container(body).padding(12).width(Fill).height(Fill).into()
     }
 
-    fn entry<'a>(&'a self, entry: &'a Entry) -> Element<'a, Message> {
+    /// An entry of the timeline; `continued`: a message that goes on a
+    /// run of its sender's, shown without their name.
+    fn entry<'a>(&'a self, entry: &'a Entry, continued: bool) -> Element<'a, Message> {
         match entry {
             Entry::Message(message) => {
                 // The sender, badge and time are widgets of their own, and
                 // the text a paragraph of its own with its bidi controls
                 // escaped: nothing in it can move them (see `safe`).
-                let mut head = row![text(message.from.as_str()).font(BOLD)]
-                    .spacing(8)
-                    .align_y(Alignment::Center);
-                if !message.outgoing {
+                let mut head = row![].spacing(8).align_y(Alignment::Center);
+                if !continued {
+                    head = head.push(text(message.from.as_str()).font(BOLD));
+                }
+                if !message.outgoing && !continued {
                     head = head.push(badge(message.trust));
                     if let Some(key) = self.lookalike_key(&message.from, Some(message.fingerprint))
                     {
@@ -443,11 +469,13 @@ impl Chat {
                             .style(text::secondary),
                     );
                 }
-                let mut lines = column![
-                    head,
-                    text(visible(&message.text)).wrapping(text::Wrapping::WordOrGlyph)
-                ]
-                .spacing(2);
+                let body: Element<'a, Message> = match &message.file {
+                    Some(file) => self.file_card(message, file),
+                    None => text(visible(&message.text))
+                        .wrapping(text::Wrapping::WordOrGlyph)
+                        .into(),
+                };
+                let mut lines = column![head, body].spacing(2);
                 if let Some(got) = &message.delivery {
                     for (line, look) in delivery::warnings(got) {
                         lines = lines.push(text(line).size(11).style(delivery::style(look)));
@@ -461,7 +489,16 @@ impl Chat {
                             .push(text(delivery::details(got)).size(11).style(text::secondary));
                     }
                 }
-                lines.into()
+                // Your own messages on a tint of their own.
+                container(lines)
+                    .padding([3, 8])
+                    .width(Fill)
+                    .style(if message.outgoing {
+                        own_message
+                    } else {
+                        container::transparent
+                    })
+                    .into()
             }
             Entry::Notice(notice) => row![
                 text(clock(notice.at_ms)).size(11).style(text::secondary),
@@ -568,6 +605,56 @@ impl Chat {
         .height(Fill)
         .style(container::rounded_box)
         .into()
+    }
+}
+
+/// A run of one sender's messages goes on while they come this close.
+const RUN_GAP_MS: u64 = 5 * 60 * 1000;
+
+/// When an entry was: a message's sending time (as shown beside it), a
+/// notice's.
+fn entry_ms(entry: &Entry) -> u64 {
+    match entry {
+        Entry::Message(message) => message.sent_at_ms,
+        Entry::Notice(notice) => notice.at_ms,
+    }
+}
+
+/// Whether `entry` goes on the run of messages `previous` belongs to: the
+/// same sender (key and direction), the same day, within [`RUN_GAP_MS`].
+fn continues(previous: Option<&Entry>, entry: &Entry) -> bool {
+    let (Some(Entry::Message(before)), Entry::Message(message)) = (previous, entry) else {
+        return false;
+    };
+    before.fingerprint == message.fingerprint
+        && before.outgoing == message.outgoing
+        && before.from == message.from
+        && message.sent_at_ms >= before.sent_at_ms
+        && message.sent_at_ms - before.sent_at_ms < RUN_GAP_MS
+        && day_of(before.sent_at_ms) == day_of(message.sent_at_ms)
+}
+
+/// A day's first entry is under its date, centred between two rules.
+fn date_separator<'a>(label: String) -> Element<'a, Message> {
+    row![
+        rule::horizontal(1),
+        text(label).size(12).style(text::secondary),
+        rule::horizontal(1)
+    ]
+    .spacing(10)
+    .align_y(Alignment::Center)
+    .padding([6, 0])
+    .into()
+}
+
+/// The tint of your own messages.
+fn own_message(theme: &iced::Theme) -> container::Style {
+    let pair = theme.extended_palette().background.weak;
+    container::Style {
+        background: Some(pair.color.into()),
+        text_color: Some(pair.text),
+        border: iced::Border::default().rounded(6),
+        ..container::Style::default()
     }
 }
 
