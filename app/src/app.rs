@@ -223,36 +223,8 @@ impl App {
                 let Screen::Chat(chat) = &mut self.screen else {
                     return Task::none();
                 };
-                match chat.update(message) {
-                    chat::Action::None => Task::none(),
-                    chat::Action::Run(task) => task.map(Message::Chat),
-                    chat::Action::Settings => {
-                        self.settings_open = true;
-                        Task::none()
-                    }
-                    chat::Action::Notify { from, chat } => self.notify(from.as_str(), &chat),
-                    chat::Action::Disconnected {
-                        account,
-                        address,
-                        reason,
-                    } => {
-                        if self.closing {
-                            return iced::exit();
-                        }
-                        // The address stays in the field: to try again, or
-                        // to correct it.
-                        self.screen = Screen::Connect(Connect::new(
-                            account,
-                            reason,
-                            Some(address.to_string()),
-                        ));
-                        iced::widget::operation::focus(connect::ids::ADDRESS)
-                    }
-                    chat::Action::Quit => {
-                        self.closing = true;
-                        Task::perform(tokio::time::sleep(CLOSE_GRACE), |()| Message::Exit)
-                    }
-                }
+                let action = chat.update(message);
+                self.on_chat(action)
             }
             Message::Settings(message) => match message {
                 settings::Message::Theme(theme) => {
@@ -311,6 +283,44 @@ impl App {
                 } else {
                     self.update(Message::Chat(chat::Message::Escape))
                 }
+            }
+        }
+    }
+
+    /// Does what the chat window asked for.
+    fn on_chat(&mut self, action: chat::Action) -> Task<Message> {
+        match action {
+            chat::Action::None => Task::none(),
+            chat::Action::Many(actions) => {
+                let mut tasks = Vec::with_capacity(actions.len());
+                for action in actions {
+                    tasks.push(self.on_chat(action));
+                }
+                Task::batch(tasks)
+            }
+            chat::Action::Run(task) => task.map(Message::Chat),
+            chat::Action::Settings => {
+                self.settings_open = true;
+                Task::none()
+            }
+            chat::Action::Notify { from, chat } => self.notify(from.as_str(), &chat),
+            chat::Action::Disconnected {
+                account,
+                address,
+                reason,
+            } => {
+                if self.closing {
+                    return iced::exit();
+                }
+                // The address stays in the field: to try again, or to
+                // correct it.
+                self.screen =
+                    Screen::Connect(Connect::new(account, reason, Some(address.to_string())));
+                iced::widget::operation::focus(connect::ids::ADDRESS)
+            }
+            chat::Action::Quit => {
+                self.closing = true;
+                Task::perform(tokio::time::sleep(CLOSE_GRACE), |()| Message::Exit)
             }
         }
     }

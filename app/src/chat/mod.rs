@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, Stream, StreamExt};
 
 use iced::Task;
 use iced::widget::{scrollable, text_editor};
@@ -59,6 +61,10 @@ pub mod ids {
 pub enum Message {
     /// Something from session number `.0` (boxed: a message stays small).
     Session(u64, Box<Update>),
+    /// What session number `.0` reported close together, applied together
+    /// (one rebuild and one redraw of the window for all of them; see
+    /// [`batches`]).
+    Updates(u64, Vec<Update>),
     /// Session number `.0` has ended (its stream is over).
     Ended(u64),
     /// Open a conversation.
@@ -153,6 +159,8 @@ pub enum Action {
     None,
     /// Run this.
     Run(Task<Message>),
+    /// All of these, in order (what a batch of updates asked for).
+    Many(Vec<Action>),
     /// Tell the desktop about a message (the app decides whether to).
     Notify {
         /// Who wrote.
@@ -566,6 +574,12 @@ impl Chat {
                 }
                 return self.apply(*update);
             }
+            Message::Updates(generation, updates) => {
+                if generation != self.generation {
+                    return Action::None;
+                }
+                return self.apply_all(updates);
+            }
             Message::Ended(generation) => {
                 if generation != self.generation {
                     return Action::None;
@@ -789,11 +803,146 @@ impl Chat {
 }
 
 /// Starts session number `generation` for `account` at `relay`; its updates
-/// arrive as [`Message::Session`].
+/// arrive in batches ([`batches`]), as [`Message::Updates`].
 pub fn start(account: Account, relay: RelayAddress, generation: u64) -> Task<Message> {
     let config = session::Config::new(account, relay);
-    Task::run(session::run(config), move |update| {
-        Message::Session(generation, Box::new(update))
-    })
+    Task::run(
+        batches(session::run(config), BATCH_WINDOW),
+        move |updates| Message::Updates(generation, updates),
+    )
     .chain(Task::done(Message::Ended(generation)))
+}
+
+/// How often, at most, the session's updates reach the window while they
+/// keep coming: each batch costs one rebuild and one redraw, whatever it
+/// holds (a frame costs about 17 ms of CPU, docs/benchmarks.md).
+pub const BATCH_WINDOW: Duration = Duration::from_millis(250);
+
+/// `updates` in batches: an update after a quiet spell (longer than
+/// `window` since the last batch) goes at once, with whatever else is
+/// ready; one that comes sooner waits for the end of that window, and
+/// goes with everything that came meanwhile. So a lone message shows at
+/// once, and a flood redraws the window at most once per `window`.
+pub fn batches<S>(updates: S, window: Duration) -> impl Stream<Item = Vec<Update>> + Send + 'static
+where
+    S: Stream<Item = Update> + Send + 'static,
+{
+    // The state: the updates (`None` once they ended: an ended stream is
+    // never polled again) and when the last batch went.
+    futures::stream::unfold(
+        (Some(Box::pin(updates)), None::<tokio::time::Instant>),
+        move |(updates, last)| async move {
+            let mut updates = updates?;
+            let first = updates.next().await?;
+            let mut batch = vec![first];
+            let until = last
+                .map(|last| last + window)
+                .filter(|until| *until > tokio::time::Instant::now());
+            let mut ended = false;
+            loop {
+                // Whatever is ready now goes in this batch.
+                match updates.next().now_or_never() {
+                    Some(Some(update)) => {
+                        batch.push(update);
+                        continue;
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => {}
+                }
+                let Some(until) = until else { break };
+                match tokio::time::timeout_at(until, updates.next()).await {
+                    Ok(Some(update)) => batch.push(update),
+                    Ok(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let updates = (!ended).then_some(updates);
+            Some((batch, (updates, Some(tokio::time::Instant::now()))))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_client::session::{Problem, ProblemCode};
+
+    fn numbered(i: usize) -> Update {
+        Update::Error(Problem::new(ProblemCode::BadCommand, i.to_string()))
+    }
+
+    fn numbers(batch: &[Update]) -> Vec<usize> {
+        batch
+            .iter()
+            .map(|u| match u {
+                Update::Error(p) => p.message.parse().unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn what_is_ready_together_goes_together_and_a_lone_update_alone() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        for i in 0..100 {
+            tx.unbounded_send(numbered(i)).unwrap();
+        }
+        let mut batched = Box::pin(batches(rx, BATCH_WINDOW));
+        let first = batched.next().await.unwrap();
+        assert_eq!(numbers(&first), (0..100).collect::<Vec<_>>());
+        // A quiet spell longer than the window: the next goes alone, at once.
+        tokio::time::sleep(BATCH_WINDOW + Duration::from_millis(50)).await;
+        tx.unbounded_send(numbered(100)).unwrap();
+        let at = Instant::now();
+        assert_eq!(numbers(&batched.next().await.unwrap()), [100]);
+        assert!(at.elapsed() < BATCH_WINDOW, "not held back");
+        drop(tx);
+        assert!(batched.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_ended_stream_is_never_polled_again() {
+        // `unfold` panics when polled after its end, as the session's
+        // stream may.
+        let three =
+            futures::stream::unfold(0, |i| async move { (i < 3).then(|| (numbered(i), i + 1)) });
+        let all: Vec<Vec<Update>> = batches(three, BATCH_WINDOW).collect().await;
+        let all: Vec<Vec<usize>> = all.iter().map(|b| numbers(b)).collect();
+        assert_eq!(all, [vec![0, 1, 2]]);
+    }
+
+    #[tokio::test]
+    async fn a_flood_reaches_the_window_at_most_once_per_window_and_in_order() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let window = Duration::from_millis(100);
+        let producer = tokio::spawn(async move {
+            for i in 0..120 {
+                tx.unbounded_send(numbered(i)).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let mut batched = Box::pin(batches(rx, window));
+        let mut seen = Vec::new();
+        let mut times = Vec::new();
+        while let Some(batch) = batched.next().await {
+            times.push(Instant::now());
+            seen.extend(numbers(&batch));
+        }
+        producer.await.unwrap();
+        assert_eq!(seen, (0..120).collect::<Vec<_>>(), "each once, in order");
+        // The batches come at least a window apart (the code waits; a slow
+        // machine only spaces them more), however fast updates come; the
+        // last goes as soon as the stream ends.
+        assert!(times.len() > 2);
+        for pair in times[..times.len() - 1].windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(gap + Duration::from_millis(5) >= window, "{gap:?}");
+        }
+    }
 }

@@ -100,6 +100,34 @@ impl Chat {
         self.presence.insert(room, run);
     }
 
+    /// Applies a batch of updates, in order: what they ask for together
+    /// (one desktop notification at most: for the newest message); an
+    /// update that ends the window ends the batch.
+    pub(super) fn apply_all(&mut self, updates: Vec<Update>) -> Action {
+        let mut actions = Vec::new();
+        let mut notify = None;
+        for update in updates {
+            match self.apply(update) {
+                Action::None => {}
+                notice @ Action::Notify { .. } => notify = Some(notice),
+                task @ (Action::Run(_) | Action::Many(_)) => actions.push(task),
+                // Back to the connect screen, settings, quitting: nothing
+                // after it applies to this window.
+                last @ (Action::Disconnected { .. } | Action::Settings | Action::Quit) => {
+                    actions.push(last);
+                    notify = None;
+                    break;
+                }
+            }
+        }
+        actions.extend(notify);
+        match actions.len() {
+            0 => Action::None,
+            1 => actions.pop().unwrap_or(Action::None),
+            _ => Action::Many(actions),
+        }
+    }
+
     /// Applies one update from the session: what it says is kept by the
     /// shared [`sotto_client::ui::View`], which also gives the words for it; this puts
     /// them where they belong and keeps only what is the window's own.
