@@ -2196,6 +2196,16 @@ fn previewed(gui: &Gui, name: &str) -> bool {
     })
 }
 
+/// Bob saves the file `name` offered in the lobby into `dir`; its bytes.
+async fn bob_saves(bob: &mut Peer, name: &str, dir: &Path) -> Vec<u8> {
+    use sotto_client::session::TransferState;
+    let offer = bob.expect_file(&lobby(), Some(name)).await;
+    let to = dir.join(format!("bob-{name}"));
+    let got = bob.save_file(&offer, &to).await;
+    assert!(matches!(got.state, TransferState::Done { .. }), "{got:?}");
+    std::fs::read(to).unwrap()
+}
+
 /// Files as a user handles them: attached from the attach row (its path
 /// typed, as the file chooser would fill it in), dropped on the window,
 /// received from a peer; images previewed (drawn in the window, nothing
@@ -2204,7 +2214,6 @@ fn previewed(gui: &Gui, name: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_attached_dropped_previewed_and_saved() {
     use sotto_app::chat::Message as ChatMessage;
-    use sotto_client::session::TransferState;
 
     let temp = tempfile::tempdir().unwrap();
     let relay = relay(&temp.path().join("relay")).await;
@@ -2292,15 +2301,7 @@ async fn files_are_attached_dropped_previewed_and_saved() {
     gui.type_into(chat_ids::ATTACH, &plan.display().to_string());
     gui.click("Send file");
     assert!(!gui.has(chat_ids::ATTACH), "the row closes once sent");
-    let offer = bob.expect_file(&lobby(), Some("plan.pdf")).await;
-    let got = bob
-        .save_file(&offer, &temp.path().join("bob-plan.pdf"))
-        .await;
-    assert!(matches!(got.state, TransferState::Done { .. }), "{got:?}");
-    assert_eq!(
-        std::fs::read(temp.path().join("bob-plan.pdf")).unwrap(),
-        contents
-    );
+    assert_eq!(bob_saves(&mut bob, "plan.pdf", temp.path()).await, contents);
     gui.until("alice's own file in her timeline", |gui| {
         blob_of(gui, "plan.pdf").is_some()
     })
@@ -2310,13 +2311,8 @@ async fn files_are_attached_dropped_previewed_and_saved() {
     let notes = files.join("notes.txt");
     std::fs::write(&notes, b"dropped, not typed").unwrap();
     gui.update(Message::Chat(ChatMessage::Dropped(notes)));
-    let offer = bob.expect_file(&lobby(), Some("notes.txt")).await;
-    let got = bob
-        .save_file(&offer, &temp.path().join("bob-notes.txt"))
-        .await;
-    assert!(matches!(got.state, TransferState::Done { .. }), "{got:?}");
     assert_eq!(
-        std::fs::read(temp.path().join("bob-notes.txt")).unwrap(),
+        bob_saves(&mut bob, "notes.txt", temp.path()).await,
         b"dropped, not typed"
     );
 
@@ -2356,26 +2352,16 @@ async fn uploads_and_saves_show_their_progress_and_how_they_ended() {
             state,
         }))
     };
-    feed(
-        &mut chat,
-        transfer(1, "talk.mp4", Direction::Upload, 0, TransferState::Running),
-    );
+    // talk.mp4 going up.
+    let upload = |done, state| transfer(1, "talk.mp4", Direction::Upload, done, state);
+    feed(&mut chat, upload(0, TransferState::Running));
     let texts = texts_of(chat.view());
     assert!(texts.contains(&"talk.mp4".to_owned()), "{texts:#?}");
     assert!(
         texts.contains(&"Sending… 0 % of 4.0 MiB".to_owned()),
         "{texts:#?}"
     );
-    feed(
-        &mut chat,
-        transfer(
-            1,
-            "talk.mp4",
-            Direction::Upload,
-            1_887_437,
-            TransferState::Running,
-        ),
-    );
+    feed(&mut chat, upload(1_887_437, TransferState::Running));
     let texts = texts_of(chat.view());
     assert!(
         texts.contains(&"Sending… 45 % of 4.0 MiB".to_owned()),
@@ -2387,13 +2373,7 @@ async fn uploads_and_saves_show_their_progress_and_how_they_ended() {
     );
     feed(
         &mut chat,
-        transfer(
-            1,
-            "talk.mp4",
-            Direction::Upload,
-            1_887_437,
-            TransferState::Failed(Box::new(refused)),
-        ),
+        upload(1_887_437, TransferState::Failed(Box::new(refused))),
     );
     let texts = texts_of(chat.view());
     assert!(

@@ -117,7 +117,7 @@ impl Files {
         }
     }
 
-    /// The uploads of `chat` not yet offered, oldest first.
+    /// The uploads of `chat` not yet offered (or failed), by name.
     pub(super) fn uploads_in(&self, chat: &Conversation) -> Vec<&Transfer> {
         let mut uploads: Vec<&Transfer> = self
             .transfers
