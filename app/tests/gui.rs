@@ -2191,7 +2191,7 @@ fn previewed(gui: &Gui, name: &str) -> bool {
     blob_of(gui, name).is_some_and(|blob| {
         matches!(
             gui.app.chat().unwrap().preview(&blob),
-            Some(sotto_app::chat::Preview::Ready { .. })
+            Some(sotto_app::chat::Preview::Ready(_))
         )
     })
 }

@@ -57,14 +57,7 @@ pub enum Preview {
     /// Fetched and checked; being decoded.
     Decoding,
     /// Ready to draw.
-    Ready {
-        /// The thumbnail's pixels.
-        handle: Handle,
-        /// Its width in pixels.
-        width: u32,
-        /// Its height in pixels.
-        height: u32,
-    },
+    Ready(Thumbnail),
     /// Could not be fetched or decoded (the file can still be saved).
     Failed,
 }
@@ -467,18 +460,7 @@ impl Chat {
         if !self.files.previews.contains_key(&blob) {
             return;
         }
-        let preview = match thumbnail {
-            Some(Thumbnail {
-                handle,
-                width,
-                height,
-            }) => Preview::Ready {
-                handle,
-                width,
-                height,
-            },
-            None => Preview::Failed,
-        };
+        let preview = thumbnail.map_or(Preview::Failed, Preview::Ready);
         self.files.previews.insert(blob, preview);
     }
 
@@ -506,23 +488,28 @@ fn fraction(transfer: &Transfer) -> f32 {
     fraction.clamp(0.0, 1.0)
 }
 
-/// A running transfer in words: `Saving… 45 % of 2.1 MiB`.
-fn progress_words(verb: &str, transfer: &Transfer) -> String {
+/// A running transfer: its bar, and in words `Saving… 45 % of 2.1 MiB`.
+fn progress<'a>(verb: &str, transfer: &Transfer) -> Element<'a, Message> {
     #[allow(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         reason = "a percentage between 0 and 100"
     )]
     let percent = (fraction(transfer) * 100.0).floor() as u32;
-    format!("{verb}… {percent} % of {}", human_size(transfer.size))
-}
-
-/// A transfer's progress bar, `width` long.
-fn bar<'a>(transfer: &Transfer) -> Element<'a, Message> {
-    progress_bar(0.0..=1.0, fraction(transfer))
-        .length(BAR_WIDTH)
-        .girth(6)
-        .into()
+    row![
+        progress_bar(0.0..=1.0, fraction(transfer))
+            .length(BAR_WIDTH)
+            .girth(6),
+        text(format!(
+            "{verb}… {percent} % of {}",
+            human_size(transfer.size)
+        ))
+        .size(12)
+        .style(text::secondary)
+    ]
+    .spacing(8)
+    .align_y(Alignment::Center)
+    .into()
 }
 
 /// A length of `n` pixels (a preview's edge, at most [`PREVIEW_EDGE`]).
@@ -553,11 +540,11 @@ impl Chat {
         ]
         .spacing(6);
         match self.files.previews.get(&file.blob) {
-            Some(Preview::Ready {
+            Some(Preview::Ready(Thumbnail {
                 handle,
                 width,
                 height,
-            }) => {
+            })) => {
                 card = card.push(
                     image(handle.clone())
                         .width(pixels(*width))
@@ -581,15 +568,7 @@ impl Chat {
             ));
         let state: Element<'a, Message> = match self.files.save_of(&file.blob) {
             Some(saving) => match &saving.state {
-                TransferState::Running => row![
-                    bar(saving),
-                    text(progress_words("Saving", saving))
-                        .size(12)
-                        .style(text::secondary)
-                ]
-                .spacing(8)
-                .align_y(Alignment::Center)
-                .into(),
+                TransferState::Running => progress("Saving", saving),
                 TransferState::Done { path } => row![
                     save,
                     text(format!(
@@ -658,15 +637,7 @@ impl Chat {
                     .spacing(8)
                     .align_y(Alignment::Center)
                     .into(),
-                    _ => row![
-                        bar(upload),
-                        text(progress_words("Sending", upload))
-                            .size(12)
-                            .style(text::secondary)
-                    ]
-                    .spacing(8)
-                    .align_y(Alignment::Center)
-                    .into(),
+                    _ => progress("Sending", upload),
                 };
                 column![head, state].spacing(4).into()
             })
